@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# One-step set-up on a fresh machine: a virtual environment in .venv with latentworks installed.
+#   bash scripts/bootstrap.sh          # runtime (generate, train, serve)
+#   bash scripts/bootstrap.sh --test   # plus test-only oracles (diffusers), linters and the web test tools
+# Re-running is cheap: it installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="server,eval"
+with_test=0
+for arg in "$@"; do
+  case "$arg" in
+    --test) extras="test"; with_test=1 ;;
+    -h|--help) sed -n '2,5p' "$0"; exit 0 ;;
+    *) echo "bootstrap: unknown option '$arg' (use --test or nothing)" >&2; exit 2 ;;
+  esac
+done
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "[bootstrap] creating .venv"
+  "$PY" -m venv .venv
+fi
+stamp=".venv/.latentworks-$extras-$(cat pyproject.toml | sha1sum | cut -c1-12)"
+if [ ! -f "$stamp" ]; then
+  echo "[bootstrap] installing latentworks[$extras] (torch pinned to the CPU wheel)"
+  .venv/bin/python -m pip install -q --upgrade pip
+  # torch first and alone, so the pinned local CPU wheel is used rather than a CUDA build.
+  .venv/bin/python -m pip install -q "torch==2.13.0"
+  .venv/bin/python -m pip install -q -e ".[$extras]"
+  touch "$stamp"
+fi
+if [ "$with_test" = 1 ] && [ -f scripts/bootstrap_web.sh ]; then
+  bash scripts/bootstrap_web.sh
+fi
+echo "[bootstrap] ready: .venv/bin/latentworks"

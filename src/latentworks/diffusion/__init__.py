@@ -1,0 +1,1 @@
+"""Model-independent diffusion math: the denoiser contract, schedules, samplers, guidance, noise."""

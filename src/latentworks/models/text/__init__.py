@@ -1,0 +1,1 @@
+"""latentworks.models.text."""

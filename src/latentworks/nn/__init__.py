@@ -1,0 +1,1 @@
+"""Neural-network primitives shared by the model families: attention, embeddings, norms."""
