@@ -1,5 +1,77 @@
-"""Command-line entry point (placeholder, filled in below)."""
+"""The ``latentworks`` command: one entry point, one subcommand per module in ``latentworks.commands``.
+
+Each command module defines ``add_parser(subparsers) -> argparse.ArgumentParser`` and
+``run(args) -> int``. Modules are imported only for the command being run, so ``latentworks --help``
+stays fast and a broken optional dependency only affects its own command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# (subcommand, module under latentworks.commands, one-line help)
+COMMANDS: tuple[tuple[str, str, str], ...] = (
+    ("generate", "generate", "generate images from a prompt"),
+    ("info", "info", "show versions, devices, samplers, schedulers, or describe a model"),
+    ("train-vae", "train_vae", "stage 1: train a KL autoencoder on an image dataset"),
+    ("train", "train", "stage 2: train a latent diffusion model"),
+    ("eval", "evaluate", "FID/KID of a model, or PSNR/SSIM/rFID of an autoencoder"),
+    ("data", "data", "fetch and build datasets (emoji)"),
+    ("convert", "convert", "convert checkpoints between formats"),
+    ("serve", "serve", "run the workflow server and browser editor"),
+)
+
+
+class UserError(Exception):
+    """An error caused by bad input; printed without a traceback (unless --debug)."""
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="latentworks",
+        description="latentworks: latent-diffusion image generation, training and workflows.",
+        epilog="Run 'latentworks COMMAND --help' for the options of a command.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module, help_text in COMMANDS:
+        if only is not None and name != only:
+            sub.add_parser(name, help=help_text, add_help=False)
+            continue
+        try:
+            mod = importlib.import_module(f"latentworks.commands.{module}")
+        except ModuleNotFoundError as e:
+            if e.name and e.name.startswith("latentworks.commands"):
+                continue  # command not built yet
+            raise
+        p = mod.add_parser(sub)
+        p.set_defaults(_run=mod.run)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    return 0
+    argv = list(sys.argv[1:] if argv is None else argv)
+    names = {c[0] for c in COMMANDS}
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(only=chosen if chosen in names else None)
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 0 if args.command is None else 2
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (UserError, ValueError, FileNotFoundError, KeyError) as e:
+        if args.debug:
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"latentworks {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the latentworks CLI; see latentworks.cli."""
