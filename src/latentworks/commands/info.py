@@ -1,0 +1,47 @@
+"""``latentworks info``: versions, devices, registered samplers and schedulers, or one model's card."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "info",
+        help="show versions, devices, samplers, schedulers, or describe a model",
+        description="Print versions, the compute device, and the registered samplers and schedulers. "
+        "With --model, describe that model instead (family, parameters, training data, licence).",
+        epilog="examples:\n  latentworks info\n  latentworks info --model default",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", metavar="NAME|PATH", help="describe a model folder or a named model (e.g. default)")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.model:
+        from latentworks.pipelines.loading import describe_model
+
+        print(describe_model(args.model))
+        return 0
+    import torch
+
+    import latentworks
+
+    print(f"latentworks {latentworks.__version__}")
+    print(f"python      {platform.python_version()} ({platform.machine()})")
+    print(f"torch       {torch.__version__}")
+    if torch.cuda.is_available():
+        names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+        print(f"device      cuda ({names})")
+    elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        print("device      mps")
+    else:
+        print(f"device      cpu ({torch.get_num_threads()} threads)")
+    from latentworks.diffusion.samplers import SAMPLERS
+    from latentworks.diffusion.schedules import SCHEDULERS
+
+    print(f"samplers    {', '.join(SAMPLERS)}")
+    print(f"schedulers  {', '.join(SCHEDULERS)}")
+    return 0
