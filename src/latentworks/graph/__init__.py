@@ -1,1 +1,35 @@
-"""latentworks.graph."""
+"""latentworks.graph: the torch-free workflow engine.
+
+Declare node types with :class:`NodeSpec` / :class:`InputSpec` / :class:`OutputSpec`, register them in a
+:class:`NodeRegistry`, check API-format workflows with :func:`validate_prompt` and run them with an
+:class:`Executor` (which owns the output cache) and one :class:`ExecutionContext` per job.
+"""
+
+from latentworks.graph.cache import CacheEntry, OutputCache, node_cache_key
+from latentworks.graph.executor import ExecutionContext, ExecutionResult, Executor, Interrupted
+from latentworks.graph.metadata import png_metadata
+from latentworks.graph.registry import NodeRegistry, node_info
+from latentworks.graph.types import InputSpec, NodeResult, NodeSpec, OutputSpec, Preview, types_compatible
+from latentworks.graph.validate import ValidationResult, error_item, validate_prompt
+
+__all__ = [
+    "CacheEntry",
+    "ExecutionContext",
+    "ExecutionResult",
+    "Executor",
+    "InputSpec",
+    "Interrupted",
+    "NodeRegistry",
+    "NodeResult",
+    "NodeSpec",
+    "OutputCache",
+    "OutputSpec",
+    "Preview",
+    "ValidationResult",
+    "error_item",
+    "node_cache_key",
+    "node_info",
+    "png_metadata",
+    "types_compatible",
+    "validate_prompt",
+]
