@@ -105,8 +105,9 @@ def interpolation_of(denoiser: Any) -> Interpolation:
 # --------------------------------------------------------------------------------------------------
 
 
-def make_betas(kind: str, num_timesteps: int = 1000, linear_start: float = 0.00085,
-               linear_end: float = 0.012) -> Tensor:
+def make_betas(
+    kind: str, num_timesteps: int = 1000, linear_start: float = 0.00085, linear_end: float = 0.012
+) -> Tensor:
     """Training betas of a discrete diffusion model, float64.
 
     ``linear``: linear in beta (DDPM, Ho et al. 2020). ``scaled_linear``: linear in sqrt(beta)
@@ -135,3 +136,446 @@ def rescale_zero_terminal_snr(betas: Tensor) -> Tensor:
     alphas_bar = alphas_bar_sqrt**2
     alphas = torch.cat([alphas_bar[:1], alphas_bar[1:] / alphas_bar[:-1]])
     return 1 - alphas
+
+
+# --------------------------------------------------------------------------------------------------
+# Model samplings: the noise levels a network was trained on and its sigma <-> timestep map
+# --------------------------------------------------------------------------------------------------
+
+# alpha_bar given to the last training step of a zero-terminal-SNR model. The true value is 0, which
+# would make sigma_max infinite; this tiny positive value (the one ComfyUI uses; diffusers uses 2**-24)
+# gives sigma_max ~ 4519 instead, finite but far beyond any other training level.
+ZERO_SNR_TERMINAL_ALPHA_BAR = 4.8973451890853435e-08
+
+
+def _table_timestep(sigma: Tensor, log_sigmas: Tensor) -> Tensor:
+    """Continuous table index of ``sigma`` by linear interpolation in log-sigma (clamped to the table).
+
+    ``log_sigmas`` is ascending, (N,). Same map as diffusers' ``_sigma_to_t`` and k-diffusion's
+    ``DiscreteSchedule.sigma_to_t``.
+    """
+    shape = sigma.shape
+    log_s = sigma.detach().to(torch.float64).clamp(min=1e-10).log().reshape(-1)  # (M,)
+    table = log_sigmas.to(log_s.device)
+    low = (torch.searchsorted(table, log_s, right=True) - 1).clamp(0, table.numel() - 2)  # (M,)
+    lo, hi = table[low], table[low + 1]
+    w = ((log_s - lo) / (hi - lo)).clamp(0.0, 1.0)
+    return (low.to(torch.float64) + w).reshape(shape)
+
+
+def _table_sigma(t: Tensor, log_sigmas: Tensor) -> Tensor:
+    """Inverse of ``_table_timestep``: sigma at continuous index ``t`` (clamped to [0, N - 1])."""
+    table = log_sigmas.to(t.device)
+    tt = t.detach().to(torch.float64).clamp(0, table.numel() - 1)
+    low = tt.floor().long()
+    high = (low + 1).clamp(max=table.numel() - 1)
+    w = tt - low.to(torch.float64)
+    return ((1 - w) * table[low] + w * table[high]).exp()
+
+
+def _out_dtype(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+class DiscreteModelSampling:
+    """A discrete-time DDPM model (eps/v/x0 prediction, usually 1000 steps) seen in VE space.
+
+    Training step ``i`` has ``alpha_bar_i = prod_{j<=i} (1 - beta_j)`` and noise level
+    ``sigma_i = sqrt((1 - alpha_bar_i) / alpha_bar_i)`` (Karras et al. 2022, Appendix C.2: a VP sample
+    ``x_vp = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) n`` equals ``sqrt(alpha_bar) * (x0 + sigma n)``).
+
+    The network's timestep for any sigma is the continuous table index found by interpolating in
+    log-sigma; ``sigma(t)`` is its exact inverse.
+
+    Args:
+        betas: training betas (N,), e.g. ``make_betas("scaled_linear")`` (the default: SD 1.x/2.x/XL).
+        zero_terminal_snr: rescale ``betas`` so the last step has zero SNR (Lin et al. 2023). The last
+            alpha_bar, then 0, is clamped to ``terminal_alpha_bar`` so ``sigma_max`` stays finite.
+        terminal_alpha_bar: that clamp value (also applied if the given betas already reach 0).
+    """
+
+    interpolation = VE
+
+    def __init__(
+        self,
+        betas: Tensor | None = None,
+        *,
+        zero_terminal_snr: bool = False,
+        terminal_alpha_bar: float = ZERO_SNR_TERMINAL_ALPHA_BAR,
+    ) -> None:
+        betas = make_betas("scaled_linear") if betas is None else torch.as_tensor(betas)
+        betas = betas.detach().to("cpu", torch.float64)
+        if betas.ndim != 1 or betas.numel() < 2:
+            raise ValueError(f"betas must be 1-D with at least 2 entries, got shape {tuple(betas.shape)}")
+        if not bool(((betas > 0) & (betas <= 1)).all()):
+            raise ValueError("betas must lie in (0, 1]; build them with make_betas(kind)")
+        if not 0 < terminal_alpha_bar < 1:
+            raise ValueError(f"terminal_alpha_bar must be in (0, 1), got {terminal_alpha_bar}")
+        if zero_terminal_snr:
+            betas = rescale_zero_terminal_snr(betas)
+        alphas_cumprod = torch.cumprod(1 - betas, 0)  # (N,)
+        if alphas_cumprod[-1] <= 0:
+            alphas_cumprod[-1] = terminal_alpha_bar
+        if not bool((alphas_cumprod > 0).all()):
+            raise ValueError("alpha_bar reaches 0 before the last step; these betas cannot be used")
+        self.betas = betas
+        self.alphas_cumprod = alphas_cumprod
+        self.sigmas = ((1 - alphas_cumprod) / alphas_cumprod).sqrt()  # (N,) ascending, float64
+        self.log_sigmas = self.sigmas.log()
+
+    @property
+    def num_timesteps(self) -> int:
+        return int(self.sigmas.numel())
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self.sigmas[0])
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.sigmas[-1])
+
+    def timestep(self, sigma: Tensor) -> Tensor:
+        """Continuous training step in [0, N - 1] for noise level ``sigma`` (clamped to the table)."""
+        sigma = torch.as_tensor(sigma)
+        return _table_timestep(sigma, self.log_sigmas).to(_out_dtype(sigma))
+
+    def sigma(self, timestep: Tensor) -> Tensor:
+        """Noise level at continuous training step ``timestep`` (log-linear between table entries)."""
+        timestep = torch.as_tensor(timestep)
+        return _table_sigma(timestep, self.log_sigmas).to(_out_dtype(timestep))
+
+    def __repr__(self) -> str:
+        return (
+            f"DiscreteModelSampling(num_timesteps={self.num_timesteps}, sigma_min={self.sigma_min:.6g}, "
+            f"sigma_max={self.sigma_max:.6g})"
+        )
+
+
+class EDMModelSampling:
+    """A continuous VE model preconditioned as in Karras et al. 2022 (EDM), Table 1.
+
+    ``timestep(sigma) = c_noise = ln(sigma) / 4``. ``sigmas`` is a table of 1000 log-spaced levels
+    between ``sigma_min`` and ``sigma_max`` used by table-based schedules (simple, ddim_uniform, beta).
+    """
+
+    interpolation = VE
+
+    def __init__(
+        self,
+        sigma_min: float = 0.002,
+        sigma_max: float = 80.0,
+        sigma_data: float = 0.5,
+        *,
+        table_size: int = 1000,
+    ) -> None:
+        if not 0 < sigma_min < sigma_max:
+            raise ValueError(
+                f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}"
+            )
+        if sigma_data <= 0:
+            raise ValueError(f"sigma_data must be positive, got {sigma_data}")
+        self._sigma_min, self._sigma_max, self.sigma_data = (
+            float(sigma_min),
+            float(sigma_max),
+            float(sigma_data),
+        )
+        self.sigmas = torch.linspace(
+            math.log(sigma_min), math.log(sigma_max), table_size, dtype=torch.float64
+        ).exp()  # (N,) ascending
+
+    @property
+    def sigma_min(self) -> float:
+        return self._sigma_min
+
+    @property
+    def sigma_max(self) -> float:
+        return self._sigma_max
+
+    def timestep(self, sigma: Tensor) -> Tensor:
+        sigma = torch.as_tensor(sigma)
+        return (0.25 * sigma.to(torch.float64).log()).to(_out_dtype(sigma))
+
+    def sigma(self, timestep: Tensor) -> Tensor:
+        timestep = torch.as_tensor(timestep)
+        return (4.0 * timestep.to(torch.float64)).exp().to(_out_dtype(timestep))
+
+    def __repr__(self) -> str:
+        return f"EDMModelSampling(sigma_min={self.sigma_min}, sigma_max={self.sigma_max}, sigma_data={self.sigma_data})"
+
+
+def time_shift_static(sigma: Tensor | float, shift: float) -> Tensor | float:
+    """SD3's resolution shift of a flow schedule: ``shift * s / (1 + (shift - 1) * s)``.
+
+    Esser et al. 2024, eq. 23 (with shift = sqrt(m/n)); ``shift = 1`` is the identity.
+    """
+    return shift * sigma / (1 + (shift - 1) * sigma)
+
+
+def time_shift_exponential(sigma: Tensor | float, mu: float, exponent: float = 1.0) -> Tensor | float:
+    """FLUX's shift of a flow schedule: ``exp(mu) / (exp(mu) + (1 / s - 1) ** exponent)``.
+
+    Equals ``time_shift_static`` with ``shift = exp(mu)`` when ``exponent = 1``. Defined as 0 at s = 0.
+    """
+    if isinstance(sigma, Tensor):
+        inv = torch.where(
+            sigma > 0,
+            1 / sigma.clamp(min=torch.finfo(sigma.dtype).tiny) - 1,
+            torch.full_like(sigma, math.inf),
+        )
+        return math.exp(mu) / (math.exp(mu) + inv**exponent)
+    if sigma <= 0:
+        return 0.0
+    return math.exp(mu) / (math.exp(mu) + (1 / sigma - 1) ** exponent)
+
+
+def flux_shift_mu(
+    image_seq_len: int,
+    base_seq_len: int = 256,
+    max_seq_len: int = 4096,
+    base_shift: float = 0.5,
+    max_shift: float = 1.15,
+) -> float:
+    """FLUX's ``mu`` for an image of ``image_seq_len`` latent tokens: linear from (base_seq_len,
+    base_shift) to (max_seq_len, max_shift), as in diffusers' ``calculate_shift``.
+
+    ``image_seq_len`` for FLUX is ``(H / 16) * (W / 16)`` for an H x W image (8x VAE, 2x2 patches).
+    """
+    if max_seq_len == base_seq_len:
+        raise ValueError("max_seq_len must differ from base_seq_len")
+    slope = (max_shift - base_shift) / (max_seq_len - base_seq_len)
+    return image_seq_len * slope + (base_shift - slope * base_seq_len)
+
+
+class FlowModelSampling:
+    """A rectified-flow model (SD3, FLUX): ``x = (1 - sigma) x0 + sigma n``, sigma in [0, 1].
+
+    The network's timestep is ``sigma * multiplier`` (diffusers passes 0..1000) and ``sigma(t)`` is its
+    inverse. The schedule transform ``time_shift`` (static ``shift`` as in SD3, or FLUX's exponential
+    shift with ``mu`` when ``mu`` is given) maps uniform training time to noise level; ``sigmas`` is the
+    shifted table ``time_shift(i / N)``, i = 1..N, as in diffusers' ``FlowMatchEulerDiscreteScheduler``.
+    Schedules apply ``time_shift``; the wrapper and samplers never do.
+    """
+
+    interpolation = FLOW
+
+    def __init__(
+        self,
+        shift: float = 1.0,
+        multiplier: float = 1000.0,
+        *,
+        mu: float | None = None,
+        num_train_timesteps: int = 1000,
+    ) -> None:
+        if shift <= 0:
+            raise ValueError(f"shift must be positive, got {shift}")
+        if multiplier <= 0:
+            raise ValueError(f"multiplier must be positive, got {multiplier}")
+        if num_train_timesteps < 2:
+            raise ValueError(f"num_train_timesteps must be at least 2, got {num_train_timesteps}")
+        self.shift, self.multiplier, self.mu = float(shift), float(multiplier), mu
+        u = torch.arange(1, num_train_timesteps + 1, dtype=torch.float64) / num_train_timesteps
+        self.sigmas = self.time_shift(u)  # (N,) ascending, float64
+
+    @classmethod
+    def flux(
+        cls, image_seq_len: int, *, multiplier: float = 1000.0, **shift_kwargs: float
+    ) -> FlowModelSampling:
+        """FLUX's resolution-dependent sampling for ``image_seq_len`` tokens (see ``flux_shift_mu``)."""
+        return cls(multiplier=multiplier, mu=flux_shift_mu(image_seq_len, **shift_kwargs))  # type: ignore[arg-type]
+
+    def time_shift(self, sigma: Tensor) -> Tensor:
+        """Map an unshifted noise level (uniform training time) to this model's shifted level."""
+        if self.mu is not None:
+            return time_shift_exponential(sigma, self.mu)  # type: ignore[return-value]
+        return time_shift_static(sigma, self.shift)  # type: ignore[return-value]
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self.sigmas[0])
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.sigmas[-1])
+
+    def timestep(self, sigma: Tensor) -> Tensor:
+        sigma = torch.as_tensor(sigma)
+        return (sigma.to(torch.float64) * self.multiplier).to(_out_dtype(sigma))
+
+    def sigma(self, timestep: Tensor) -> Tensor:
+        timestep = torch.as_tensor(timestep)
+        return (timestep.to(torch.float64) / self.multiplier).to(_out_dtype(timestep))
+
+    def __repr__(self) -> str:
+        shift = f"mu={self.mu}" if self.mu is not None else f"shift={self.shift}"
+        return f"FlowModelSampling({shift}, multiplier={self.multiplier})"
+
+
+# --------------------------------------------------------------------------------------------------
+# Wrappers: network -> denoiser
+# --------------------------------------------------------------------------------------------------
+
+
+def _model_dtype(model: Any, fallback: torch.dtype) -> torch.dtype:
+    dtype = getattr(model, "dtype", None)
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(model, torch.nn.Module):
+        for p in model.parameters():
+            if p.is_floating_point():
+                return p.dtype
+    return fallback
+
+
+def _per_sample_sigma(sigma: Tensor | float, x: Tensor, dtype: torch.dtype) -> Tensor:
+    """``sigma`` as a (B,) tensor on x's device in ``dtype`` (a scalar is broadcast to the batch)."""
+    s = torch.as_tensor(sigma, device=x.device).to(dtype)
+    if s.ndim == 0:
+        s = s.expand(x.shape[0])
+    if s.ndim != 1 or s.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"sigma must be a scalar or a (B,) = ({x.shape[0]},) tensor, got shape {tuple(s.shape)}"
+        )
+    return s
+
+
+class _NetworkDenoiser:
+    """``D(x, sigma) = c_skip * x + c_out * F(c_in * x, timestep(sigma), cond)``.
+
+    Subclasses give the scalings. The network runs in its own dtype; the scalings and the result are
+    computed in float32 (float64 when ``x`` is float64) and returned in ``x``'s dtype.
+    """
+
+    prediction = ""
+    _needs: Interpolation = VE
+
+    def __init__(self, model: Any, model_sampling: Any = None) -> None:
+        self.model = model
+        self.model_sampling = self._default_sampling() if model_sampling is None else model_sampling
+        got = self.model_sampling.interpolation
+        if got != self._needs:
+            raise ValueError(
+                f"{type(self).__name__} needs a model sampling with {self._needs.name.upper()} interpolation, "
+                f"got {type(self.model_sampling).__name__} ({got.name.upper()}); use "
+                + (
+                    "FlowModelSampling"
+                    if self._needs.is_flow
+                    else "DiscreteModelSampling or EDMModelSampling"
+                )
+            )
+
+    @property
+    def interpolation(self) -> Interpolation:
+        return self.model_sampling.interpolation
+
+    def _default_sampling(self) -> Any:
+        return DiscreteModelSampling()
+
+    def scalings(self, sigma: Tensor) -> tuple[Tensor | float, Tensor | float, Tensor | float]:
+        """``(c_skip, c_out, c_in)`` for broadcastable ``sigma``."""
+        raise NotImplementedError
+
+    def __call__(self, x: Tensor, sigma: Tensor | float, cond: Any = None) -> Tensor:
+        dtype = _out_dtype(x)
+        s = _per_sample_sigma(sigma, x, dtype)  # (B,)
+        s_b = s.reshape(-1, *([1] * (x.ndim - 1)))  # (B, 1, ...)
+        xc = x.to(dtype)
+        c_skip, c_out, c_in = self.scalings(s_b)
+        t = self.model_sampling.timestep(s).to(dtype)  # (B,)
+        out = self.model((xc * c_in).to(_model_dtype(self.model, dtype)), t, cond)
+        return (c_skip * xc + c_out * out.to(dtype)).to(x.dtype)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({type(self.model).__name__}, {self.model_sampling!r})"
+
+
+class EpsDenoiser(_NetworkDenoiser):
+    """Noise (eps) prediction (Ho et al. 2020) driven in VE space: ``x0 = x - sigma * eps``,
+    network input ``x / sqrt(sigma^2 + 1)`` (= the VP sample), Karras et al. 2022 Table 1 "VP"."""
+
+    prediction = "eps"
+
+    def scalings(self, sigma: Tensor) -> tuple[Tensor | float, Tensor | float, Tensor | float]:
+        return 1.0, -sigma, (sigma**2 + 1).rsqrt()
+
+
+class VDenoiser(_NetworkDenoiser):
+    """Velocity prediction ``v = alpha n - sigma_vp x0`` (Salimans & Ho 2022) in VE space:
+    ``c_skip = 1 / (sigma^2 + 1)``, ``c_out = -sigma / sqrt(sigma^2 + 1)``, ``c_in = 1 / sqrt(sigma^2 + 1)``."""
+
+    prediction = "v"
+
+    def scalings(self, sigma: Tensor) -> tuple[Tensor | float, Tensor | float, Tensor | float]:
+        c_in = (sigma**2 + 1).rsqrt()
+        return c_in**2, -sigma * c_in, c_in
+
+
+class X0Denoiser(_NetworkDenoiser):
+    """Direct x0 prediction from the VP sample ``x / sqrt(sigma^2 + 1)``."""
+
+    prediction = "x0"
+
+    def scalings(self, sigma: Tensor) -> tuple[Tensor | float, Tensor | float, Tensor | float]:
+        return 0.0, 1.0, (sigma**2 + 1).rsqrt()
+
+
+class FlowDenoiser(_NetworkDenoiser):
+    """Rectified-flow velocity ``v = n - x0`` (Liu et al. 2022; Esser et al. 2024): ``x0 = x - sigma * v``,
+    network input ``x`` unscaled, timestep ``sigma * multiplier``."""
+
+    prediction = "flow"
+    _needs = FLOW
+
+    def _default_sampling(self) -> Any:
+        return FlowModelSampling()
+
+    def scalings(self, sigma: Tensor) -> tuple[Tensor | float, Tensor | float, Tensor | float]:
+        return 1.0, -sigma, 1.0
+
+
+class EDMDenoiser(_NetworkDenoiser):
+    """EDM preconditioning (Karras et al. 2022, Table 1): ``c_skip = sd^2 / (sigma^2 + sd^2)``,
+    ``c_out = sigma * sd / sqrt(sigma^2 + sd^2)``, ``c_in = 1 / sqrt(sigma^2 + sd^2)``,
+    ``c_noise = ln(sigma) / 4`` (the model sampling's timestep), sd = ``sigma_data``."""
+
+    prediction = "edm"
+
+    def __init__(self, model: Any, model_sampling: Any = None, *, sigma_data: float | None = None) -> None:
+        super().__init__(model, model_sampling)
+        if sigma_data is None:
+            sigma_data = getattr(self.model_sampling, "sigma_data", None)
+            if sigma_data is None:
+                raise ValueError("EDMDenoiser needs sigma_data: pass sigma_data= or use EDMModelSampling")
+        self.sigma_data = float(sigma_data)
+
+    def _default_sampling(self) -> Any:
+        return EDMModelSampling()
+
+    def scalings(self, sigma: Tensor) -> tuple[Tensor | float, Tensor | float, Tensor | float]:
+        sd2 = self.sigma_data**2
+        c_in = (sigma**2 + sd2).rsqrt()
+        return sd2 * c_in**2, sigma * self.sigma_data * c_in, c_in
+
+
+DENOISERS: dict[str, type[_NetworkDenoiser]] = {
+    "eps": EpsDenoiser,
+    "v": VDenoiser,
+    "x0": X0Denoiser,
+    "flow": FlowDenoiser,
+    "edm": EDMDenoiser,
+}
+
+
+def make_denoiser(model: Any, prediction: str, model_sampling: Any = None) -> _NetworkDenoiser:
+    """Wrap a network ``model(x_in, t, cond) -> prediction`` as a denoiser ``D(x, sigma, cond) -> x0``.
+
+    ``prediction`` is one of ``eps``, ``v``, ``x0``, ``flow``, ``edm``. ``model_sampling`` defaults to SD's
+    discrete schedule (eps/v/x0), ``FlowModelSampling()`` (flow) or ``EDMModelSampling()`` (edm).
+    """
+    try:
+        cls = DENOISERS[prediction]
+    except KeyError:
+        raise ValueError(
+            f"unknown prediction type {prediction!r}; choose one of: {', '.join(DENOISERS)}"
+        ) from None
+    return cls(model, model_sampling)
