@@ -1,0 +1,445 @@
+"""The workflow server: ComfyUI-compatible HTTP + WebSocket API over the graph engine.
+
+``create_app(registry, data_dir=..., models_dir=...)`` builds the FastAPI app; ``serve(registry, host,
+port, ...)`` runs it with uvicorn after the safety checks. Every route is also served under ``/api``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import mimetypes
+import os
+import platform
+import sys
+import uuid
+from collections.abc import Callable
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request, UploadFile, WebSocket, WebSocketDisconnect
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+import latentworks
+from latentworks.graph import Executor, NodeRegistry, error_item, node_info, validate_prompt
+from latentworks.server.auth import BodyLimit, TokenAuth, check_bind
+from latentworks.server.files import FOLDER_TYPES, resolve_file, sniff_image, upload_target
+from latentworks.server.hub import Hub
+from latentworks.server.queue import JobStore
+from latentworks.server.worker import Worker
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+DEFAULT_MAX_UPLOAD_BYTES = 32 * 2**20
+DEFAULT_MAX_BODY_BYTES = 16 * 2**20
+
+
+@dataclass
+class ServerState:
+    """What the routes share; available as ``app.state.latentworks``."""
+
+    registry: NodeRegistry
+    executor: Executor
+    store: JobStore
+    worker: Worker
+    hub: Hub
+    dirs: dict[str, Path]
+    models_dir: Path
+    max_upload_bytes: int
+    devices_info: Callable[[], list[dict]] | None
+
+
+def _bad_request(type_: str, message: str, details: str = "", status: int = 400) -> JSONResponse:
+    return JSONResponse({"error": error_item(type_, message, details), "node_errors": {}}, status_code=status)
+
+
+async def _json_body(request: Request) -> tuple[Any, JSONResponse | None]:
+    """(parsed body, None) or (None, 400 response); never raises on malformed or deeply nested JSON."""
+    raw = await request.body()
+    if not raw.strip():
+        return {}, None
+    try:
+        return json.loads(raw), None
+    except (ValueError, RecursionError) as e:
+        return None, _bad_request("invalid_json", "The request body is not valid JSON", str(e)[:200])
+
+
+def create_app(
+    registry: NodeRegistry,
+    *,
+    data_dir: str | Path,
+    models_dir: str | Path,
+    token: str | None = None,
+    device: Any = None,
+    cache_size: int = 256,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    static_dir: str | Path | None = None,
+    devices_info: Callable[[], list[dict]] | None = None,
+) -> FastAPI:
+    """Build the server app.
+
+    Args:
+        registry: the node types workflows may use.
+        data_dir: holds ``queue.sqlite3`` and the ``input/``, ``output/``, ``temp/`` folders (created).
+        models_dir: listed by /models and /embeddings (one subfolder per model kind).
+        token: if set, every request (HTTP and WebSocket) must carry it as ``Authorization: Bearer``
+            or ``?token=``.
+        device: opaque device manager handed to every job's ExecutionContext.
+        cache_size: entries in the executor's output LRU cache.
+        max_upload_bytes / max_body_bytes: request size limits (413 beyond them).
+        static_dir: the built editor (default ``latentworks/server/static``), served at ``/`` if present.
+        devices_info: optional callable returning the "devices" list of /system_stats.
+    """
+    data_dir = Path(data_dir)
+    dirs = {name: data_dir / name for name in FOLDER_TYPES}
+    for path in dirs.values():
+        path.mkdir(parents=True, exist_ok=True)
+    store = JobStore(data_dir / "queue.sqlite3")
+    executor = Executor(registry, cache_size=cache_size)
+    hub = Hub()
+    worker = Worker(store, executor, hub, dirs, device=device)
+    state = ServerState(
+        registry=registry,
+        executor=executor,
+        store=store,
+        worker=worker,
+        hub=hub,
+        dirs=dirs,
+        models_dir=Path(models_dir),
+        max_upload_bytes=max_upload_bytes,
+        devices_info=devices_info,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        hub.attach(asyncio.get_running_loop())
+        worker.start()
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(worker.stop)
+            store.close()
+
+    app = FastAPI(title="latentworks", version=latentworks.__version__, lifespan=lifespan)
+    app.state.latentworks = state
+    router = _routes(state)
+    app.include_router(router)
+    app.include_router(router, prefix="/api")
+
+    static = Path(static_dir) if static_dir is not None else STATIC_DIR
+    if (static / "index.html").is_file():
+        app.mount("/", StaticFiles(directory=static, html=True), name="editor")
+    else:
+
+        @app.get("/", include_in_schema=False)
+        async def no_editor() -> HTMLResponse:
+            return HTMLResponse(
+                "<!doctype html><title>latentworks</title><p>latentworks workflow server is running. "
+                "The browser editor is not built (no static/index.html); the API is under /api.</p>"
+            )
+
+    app.add_middleware(BodyLimit, max_body_bytes=max_body_bytes, max_upload_bytes=max_upload_bytes)
+    if token:
+        app.add_middleware(TokenAuth, token=token)
+    return app
+
+
+def _routes(s: ServerState) -> APIRouter:
+    r = APIRouter()
+
+    # -- node types ------------------------------------------------------------------------------
+
+    @r.get("/object_info")
+    def object_info() -> JSONResponse:
+        return JSONResponse(s.registry.object_info())
+
+    @r.get("/object_info/{node_class}")
+    def object_info_one(node_class: str) -> JSONResponse:
+        spec = s.registry.get(node_class)
+        if spec is None:
+            return _bad_request(
+                "unknown_node_type", f"Node type {node_class!r} is not registered", status=404
+            )
+        return JSONResponse({node_class: node_info(spec)})
+
+    # -- prompt and queue ------------------------------------------------------------------------
+
+    @r.get("/prompt")
+    def get_prompt() -> dict:
+        return {"exec_info": {"queue_remaining": s.worker.queue_remaining()}}
+
+    @r.post("/prompt")
+    async def post_prompt(request: Request) -> JSONResponse:
+        body, err = await _json_body(request)
+        if err is not None:
+            return err
+        if not isinstance(body, dict):
+            return _bad_request("invalid_prompt", "The body must be a JSON object with a 'prompt' field")
+        if "prompt" not in body:
+            return _bad_request(
+                "no_prompt", "No prompt provided", "add a 'prompt' field with the API-format workflow"
+            )
+        client_id = body.get("client_id")
+        extra_data = body.get("extra_data", {})
+        front = body.get("front", False)
+        number = body.get("number")
+        prompt_id = body.get("prompt_id")
+        if client_id is not None and not isinstance(client_id, str):
+            return _bad_request("invalid_prompt", "client_id must be a string")
+        if not isinstance(extra_data, dict):
+            return _bad_request("invalid_prompt", "extra_data must be an object")
+        if not isinstance(front, bool):
+            return _bad_request("invalid_prompt", "front must be true or false")
+        if number is not None and (
+            isinstance(number, bool) or not isinstance(number, int | float) or not abs(number) < 2**53
+        ):
+            return _bad_request("invalid_prompt", "number must be a finite number below 2**53")
+        if prompt_id is not None and (not isinstance(prompt_id, str) or not 0 < len(prompt_id) <= 128):
+            return _bad_request("invalid_prompt", "prompt_id must be a string of 1 to 128 characters")
+        result = await asyncio.to_thread(validate_prompt, s.registry, body["prompt"])
+        if not result.ok:
+            return JSONResponse(result.response(), status_code=400)
+        prompt_id = prompt_id or str(uuid.uuid4())
+        extra_data = {**extra_data, "client_id": client_id} if client_id is not None else dict(extra_data)
+        try:
+            number = s.store.add(
+                prompt_id, body["prompt"], extra_data, result.outputs, front=front, number=number
+            )
+        except KeyError as e:
+            return _bad_request("duplicate_prompt_id", str(e.args[0]))
+        s.worker.notify()
+        s.hub.send("status", s.worker.status())
+        number = int(number) if float(number).is_integer() else number
+        return JSONResponse({"prompt_id": prompt_id, "number": number, "node_errors": {}})
+
+    @r.get("/queue")
+    def get_queue() -> dict:
+        running = s.store.jobs("running")
+        pending = s.store.jobs("pending")
+        return {
+            "queue_running": [j.queue_entry() for j in running],
+            "queue_pending": [j.queue_entry() for j in pending],
+        }
+
+    @r.post("/queue")
+    async def post_queue(request: Request) -> JSONResponse:
+        body, err = await _json_body(request)
+        if err is not None:
+            return err
+        if not isinstance(body, dict):
+            return _bad_request(
+                "invalid_request", 'expected {"clear": true}, {"delete": [ids]} or {"requeue": [ids]}'
+            )
+        out: dict[str, Any] = {}
+        if body.get("clear") is True:
+            out["deleted"] = s.store.delete_pending()
+        for key in ("delete", "requeue"):
+            if key in body:
+                ids = body[key]
+                if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+                    return _bad_request("invalid_request", f"'{key}' must be a list of prompt ids")
+                if key == "delete":
+                    out["deleted"] = out.get("deleted", 0) + s.store.delete_pending(ids)
+                else:
+                    out["requeued"] = s.store.requeue(ids)
+                    s.worker.notify()
+        s.hub.send("status", s.worker.status())
+        return JSONResponse(out)
+
+    @r.post("/interrupt")
+    async def interrupt(request: Request) -> JSONResponse:
+        body, err = await _json_body(request)
+        if err is not None:
+            return err
+        prompt_id = body.get("prompt_id") if isinstance(body, dict) else None
+        if prompt_id is not None and not isinstance(prompt_id, str):
+            return _bad_request("invalid_request", "prompt_id must be a string")
+        return JSONResponse({"interrupted": s.worker.interrupt(prompt_id)})
+
+    # -- history ---------------------------------------------------------------------------------
+
+    @r.get("/history")
+    def get_history(max_items: int | None = None) -> dict:
+        return s.store.history(max_items=max_items)
+
+    @r.get("/history/{prompt_id}")
+    def get_history_one(prompt_id: str) -> dict:
+        return s.store.history(prompt_id=prompt_id)
+
+    @r.post("/history")
+    async def post_history(request: Request) -> JSONResponse:
+        body, err = await _json_body(request)
+        if err is not None:
+            return err
+        if not isinstance(body, dict):
+            return _bad_request("invalid_request", 'expected {"clear": true} or {"delete": [ids]}')
+        out: dict[str, Any] = {}
+        if body.get("clear") is True:
+            out["deleted"] = s.store.delete_history()
+        if "delete" in body:
+            ids = body["delete"]
+            if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+                return _bad_request("invalid_request", "'delete' must be a list of prompt ids")
+            out["deleted"] = out.get("deleted", 0) + s.store.delete_history(ids)
+        return JSONResponse(out)
+
+    # -- files -----------------------------------------------------------------------------------
+
+    @r.get("/view")
+    def view(filename: str = "", subfolder: str = "", type: str = "output"):  # noqa: A002 - ComfyUI's name
+        path = resolve_file(s.dirs, type, subfolder, filename)
+        if path is None:
+            return _bad_request("not_found", "no such file in the output, input or temp folders", status=404)
+        media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return FileResponse(path, media_type=media, headers={"Cache-Control": "no-cache"})
+
+    @r.post("/upload/image")
+    async def upload_image(request: Request) -> JSONResponse:
+        try:
+            form = await request.form(max_files=1, max_fields=10)
+        except Exception as e:
+            return _bad_request(
+                "invalid_upload", "expected a multipart form with an 'image' file", str(e)[:200]
+            )
+        image = form.get("image")
+        if not isinstance(image, UploadFile) and not hasattr(image, "read"):
+            return _bad_request("invalid_upload", "missing the 'image' file field")
+        data = await image.read(s.max_upload_bytes + 1)
+        if len(data) > s.max_upload_bytes:
+            return _bad_request(
+                "request_too_large", f"the image is larger than {s.max_upload_bytes} bytes", status=413
+            )
+        kind = sniff_image(data)
+        if kind is None:
+            return _bad_request(
+                "unsupported_media_type",
+                "only PNG, JPEG and WebP images are accepted (checked by content)",
+                status=415,
+            )
+        folder_type = str(form.get("type") or "input")
+        subfolder = str(form.get("subfolder") or "")
+        overwrite = str(form.get("overwrite") or "").lower() in ("1", "true")
+        target = upload_target(s.dirs, folder_type, subfolder, image.filename or "upload", kind, overwrite)
+        if target is None:
+            return _bad_request(
+                "invalid_upload", "uploads go to type 'input' or 'temp' inside a relative subfolder"
+            )
+        path, name, sub = target
+        path.parent.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(path.write_bytes, data)
+        return JSONResponse({"name": name, "subfolder": sub, "type": folder_type})
+
+    # -- environment -----------------------------------------------------------------------------
+
+    @r.get("/system_stats")
+    def system_stats() -> dict:
+        ram_total = ram_free = 0
+        with suppress(ValueError, OSError, AttributeError):
+            page = os.sysconf("SC_PAGE_SIZE")
+            ram_total = page * os.sysconf("SC_PHYS_PAGES")
+            ram_free = page * os.sysconf("SC_AVPHYS_PAGES")
+        torch = sys.modules.get("torch")
+        return {
+            "system": {
+                "os": platform.system().lower() or os.name,
+                "python_version": sys.version,
+                "embedded_python": False,
+                "comfyui_version": f"latentworks-{latentworks.__version__}",
+                "latentworks_version": latentworks.__version__,
+                "pytorch_version": getattr(torch, "__version__", None),
+                "ram_total": ram_total,
+                "ram_free": ram_free,
+                "argv": [],
+            },
+            "devices": s.devices_info() if s.devices_info else [],
+        }
+
+    def _model_files(folder: str) -> list[str] | None:
+        if not folder or folder.startswith(".") or "/" in folder or "\\" in folder:
+            return None
+        root = s.models_dir / folder
+        if not root.is_dir():
+            return None
+        return sorted(
+            str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")
+        )
+
+    @r.get("/models")
+    def models() -> list[str]:
+        if not s.models_dir.is_dir():
+            return []
+        return sorted(p.name for p in s.models_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    @r.get("/models/{folder}")
+    def models_in(folder: str) -> JSONResponse:
+        files = _model_files(folder)
+        if files is None:
+            return _bad_request("not_found", f"no model folder {folder!r}", status=404)
+        return JSONResponse(files)
+
+    @r.get("/embeddings")
+    def embeddings() -> list[str]:
+        return [Path(f).stem for f in (_model_files("embeddings") or [])]
+
+    # -- websocket -------------------------------------------------------------------------------
+
+    @r.websocket("/ws")
+    async def ws(websocket: WebSocket) -> None:
+        client_id = websocket.query_params.get("clientId") or uuid.uuid4().hex
+        await websocket.accept()
+        queue = s.hub.connect(client_id)
+        try:
+            await websocket.send_text(
+                json.dumps({"type": "status", "data": {**s.worker.status(), "sid": client_id}})
+            )
+
+            async def pump() -> None:
+                while True:
+                    message = await queue.get()
+                    if isinstance(message, bytes):
+                        await websocket.send_bytes(message)
+                    else:
+                        await websocket.send_text(message)
+
+            async def drain() -> None:
+                while True:
+                    await websocket.receive_text()
+
+            tasks = [asyncio.create_task(pump()), asyncio.create_task(drain())]
+            try:
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                for task in tasks:
+                    with suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError, Exception):
+                        await task
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+        finally:
+            s.hub.disconnect(client_id, queue)
+
+    return r
+
+
+def serve(
+    registry: NodeRegistry,
+    host: str = "127.0.0.1",
+    port: int = 8188,
+    *,
+    data_dir: str | Path,
+    models_dir: str | Path,
+    token: str | None = None,
+    log_level: str = "info",
+    **app_kwargs: Any,
+) -> None:
+    """Run the server with uvicorn until interrupted. Refuses a non-loopback ``host`` without ``token``."""
+    check_bind(host, token)
+    import uvicorn
+
+    app = create_app(registry, data_dir=data_dir, models_dir=models_dir, token=token, **app_kwargs)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)

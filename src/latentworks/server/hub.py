@@ -1,0 +1,72 @@
+"""WebSocket fan-out: thread-safe sends from the worker thread to each connected client's socket."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+import threading
+from typing import Any
+
+# ComfyUI's binary frame types and image formats.
+PREVIEW_IMAGE = 1
+IMAGE_FORMATS = {"JPEG": 1, "PNG": 2}
+
+_MAX_BACKLOG = 2048  # messages kept for a slow client before new ones are dropped
+
+
+def preview_frame(image_format: str, data: bytes) -> bytes:
+    """ComfyUI's preview framing: 4-byte big-endian event type, 4-byte image format, then the image bytes."""
+    return struct.pack(">II", PREVIEW_IMAGE, IMAGE_FORMATS[image_format]) + data
+
+
+class Hub:
+    """Connected clients by client id; ``send`` may be called from any thread."""
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._clients: dict[str, asyncio.Queue] = {}
+        self._lock = threading.Lock()
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+
+    def connect(self, client_id: str) -> asyncio.Queue:
+        queue: asyncio.Queue = asyncio.Queue(maxsize=_MAX_BACKLOG)
+        with self._lock:
+            self._clients[client_id] = queue
+        return queue
+
+    def disconnect(self, client_id: str, queue: asyncio.Queue) -> None:
+        with self._lock:
+            if self._clients.get(client_id) is queue:
+                del self._clients[client_id]
+
+    def send(self, event: str, data: dict[str, Any], client_id: str | None = None) -> None:
+        """Send a JSON message ``{"type": event, "data": data}`` to one client, or to all when None."""
+        self._post(json.dumps({"type": event, "data": data}, default=str), client_id)
+
+    def send_bytes(self, frame: bytes, client_id: str | None = None) -> None:
+        self._post(frame, client_id)
+
+    def _post(self, message: str | bytes, client_id: str | None) -> None:
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(self._deliver, message, client_id)
+        except RuntimeError:  # loop closed between the check and the call
+            pass
+
+    def _deliver(self, message: str | bytes, client_id: str | None) -> None:
+        with self._lock:
+            if client_id is None:
+                targets = list(self._clients.values())
+            else:
+                queue = self._clients.get(client_id)
+                targets = [queue] if queue is not None else []
+        for queue in targets:
+            try:
+                queue.put_nowait(message)
+            except asyncio.QueueFull:
+                pass

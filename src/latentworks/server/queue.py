@@ -1,0 +1,270 @@
+"""Persistent job queue and history in one SQLite table (stdlib sqlite3, WAL).
+
+Each job is a row in state "pending", "running" or "done". A restart loses nothing: pending jobs stay
+pending, finished ones stay in history, and a job found "running" when the store opens (the server died
+while running it) is marked done with status "error" and a message saying it was interrupted by the
+restart; :meth:`JobStore.requeue` puts any finished job back at the end of the queue.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    prompt_id TEXT PRIMARY KEY,
+    number REAL NOT NULL,
+    state TEXT NOT NULL,              -- pending | running | done
+    status_str TEXT,                  -- success | error | interrupted (when done)
+    prompt TEXT NOT NULL,
+    extra_data TEXT NOT NULL,
+    outputs_to_execute TEXT NOT NULL,
+    outputs TEXT NOT NULL DEFAULT '{}',
+    messages TEXT NOT NULL DEFAULT '[]',
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_state_number ON jobs (state, number);
+CREATE INDEX IF NOT EXISTS jobs_state_finished ON jobs (state, finished);
+"""
+
+RESTART_MESSAGE = (
+    "interrupted by server restart: the server stopped while this job was running; "
+    'requeue it with POST /queue {"requeue": ["<prompt_id>"]}'
+)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=str)
+
+
+@dataclass(frozen=True)
+class Job:
+    prompt_id: str
+    number: float
+    prompt: dict
+    extra_data: dict
+    outputs_to_execute: list[str]
+
+    @property
+    def client_id(self) -> str | None:
+        cid = self.extra_data.get("client_id")
+        return cid if isinstance(cid, str) else None
+
+    def queue_entry(self) -> list[Any]:
+        """ComfyUI's queue item: [number, prompt_id, prompt, extra_data, outputs_to_execute]."""
+        number = int(self.number) if float(self.number).is_integer() else self.number
+        return [number, self.prompt_id, self.prompt, self.extra_data, self.outputs_to_execute]
+
+
+class JobStore:
+    """Thread-safe queue + history backed by ``path`` (created if missing)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self.recovered: list[str] = self._recover()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _recover(self) -> list[str]:
+        with self._lock:
+            ids = [r[0] for r in self._db.execute("SELECT prompt_id FROM jobs WHERE state='running'")]
+            now = time.time()
+            for prompt_id in ids:
+                msg = {
+                    "prompt_id": prompt_id,
+                    "node_id": None,
+                    "node_type": None,
+                    "executed": [],
+                    "exception_message": RESTART_MESSAGE,
+                    "exception_type": "ServerRestart",
+                    "traceback": [],
+                    "current_inputs": {},
+                    "current_outputs": {},
+                    "timestamp": int(now * 1000),
+                }
+                self._db.execute(
+                    "UPDATE jobs SET state='done', status_str='error', messages=?, finished=? WHERE prompt_id=?",
+                    (_dumps([["execution_error", msg]]), now, prompt_id),
+                )
+            return ids
+
+    def _job(self, row: tuple) -> Job:
+        return Job(
+            prompt_id=row[0],
+            number=row[1],
+            prompt=json.loads(row[2]),
+            extra_data=json.loads(row[3]),
+            outputs_to_execute=json.loads(row[4]),
+        )
+
+    _JOB_COLS = "prompt_id, number, prompt, extra_data, outputs_to_execute"
+
+    # -- queue -----------------------------------------------------------------------------------
+
+    def add(
+        self,
+        prompt_id: str,
+        prompt: dict,
+        extra_data: dict,
+        outputs_to_execute: list[str],
+        *,
+        front: bool = False,
+        number: float | None = None,
+    ) -> float:
+        """Queue a job; returns its number (the queue is ordered by number). Raises KeyError on a duplicate id."""
+        with self._lock:
+            if number is None:
+                if front:
+                    row = self._db.execute("SELECT MIN(number) FROM jobs WHERE state='pending'").fetchone()
+                    number = (row[0] if row[0] is not None else self._next_number()) - 1
+                else:
+                    number = self._next_number()
+            try:
+                self._db.execute(
+                    "INSERT INTO jobs (prompt_id, number, state, prompt, extra_data, outputs_to_execute, created) "
+                    "VALUES (?, ?, 'pending', ?, ?, ?, ?)",
+                    (
+                        prompt_id,
+                        number,
+                        _dumps(prompt),
+                        _dumps(extra_data),
+                        _dumps(outputs_to_execute),
+                        time.time(),
+                    ),
+                )
+            except sqlite3.IntegrityError as e:
+                raise KeyError(f"a job with prompt_id {prompt_id!r} already exists") from e
+            return number
+
+    def _next_number(self) -> float:
+        row = self._db.execute("SELECT MAX(number) FROM jobs").fetchone()
+        return float(int(row[0]) + 1) if row[0] is not None else 0.0
+
+    def claim_next(self) -> Job | None:
+        """Mark the first pending job running and return it (None if the queue is empty)."""
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {self._JOB_COLS} FROM jobs WHERE state='pending' ORDER BY number LIMIT 1"
+            ).fetchone()
+            if row is None:
+                return None
+            self._db.execute(
+                "UPDATE jobs SET state='running', started=? WHERE prompt_id=?", (time.time(), row[0])
+            )
+            return self._job(row)
+
+    def finish(self, prompt_id: str, status_str: str, outputs: dict, messages: list) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE jobs SET state='done', status_str=?, outputs=?, messages=?, finished=? WHERE prompt_id=?",
+                (status_str, _dumps(outputs), _dumps(messages), time.time(), prompt_id),
+            )
+
+    def jobs(self, state: str) -> list[Job]:
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {self._JOB_COLS} FROM jobs WHERE state=? ORDER BY number", (state,)
+            ).fetchall()
+        return [self._job(r) for r in rows]
+
+    def pending_count(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM jobs WHERE state='pending'").fetchone()[0]
+
+    def state_of(self, prompt_id: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT state FROM jobs WHERE prompt_id=?", (prompt_id,)).fetchone()
+        return row[0] if row else None
+
+    def delete_pending(self, ids: Iterable[str] | None = None) -> int:
+        """Remove pending jobs (all of them when ``ids`` is None); running/finished jobs are untouched."""
+        with self._lock:
+            if ids is None:
+                return self._db.execute("DELETE FROM jobs WHERE state='pending'").rowcount
+            return sum(
+                self._db.execute("DELETE FROM jobs WHERE state='pending' AND prompt_id=?", (i,)).rowcount
+                for i in ids
+            )
+
+    def requeue(self, ids: Iterable[str]) -> list[str]:
+        """Put finished jobs back at the end of the queue (their old result is dropped); returns those moved."""
+        moved = []
+        with self._lock:
+            for prompt_id in ids:
+                number = self._next_number()
+                n = self._db.execute(
+                    "UPDATE jobs SET state='pending', status_str=NULL, outputs='{}', messages='[]', number=?, "
+                    "started=NULL, finished=NULL WHERE prompt_id=? AND state='done'",
+                    (number, prompt_id),
+                ).rowcount
+                if n:
+                    moved.append(prompt_id)
+        return moved
+
+    # -- history ---------------------------------------------------------------------------------
+
+    def history(self, max_items: int | None = None, prompt_id: str | None = None) -> dict[str, dict]:
+        """Finished jobs in ComfyUI's history shape, oldest first; the newest ``max_items`` if given."""
+        sql = (
+            "SELECT prompt_id, number, prompt, extra_data, outputs_to_execute, status_str, outputs, messages "
+            "FROM jobs WHERE state='done'"
+        )
+        args: tuple = ()
+        if prompt_id is not None:
+            sql += " AND prompt_id=?"
+            args = (prompt_id,)
+        sql += " ORDER BY finished DESC, number DESC"
+        if max_items is not None:
+            sql += " LIMIT ?"
+            args += (max(0, int(max_items)),)
+        with self._lock:
+            rows = self._db.execute(sql, args).fetchall()
+        out: dict[str, dict] = {}
+        for row in reversed(rows):
+            job = self._job(row[:5])
+            status_str = row[5]
+            messages = json.loads(row[7])
+            status: dict[str, Any] = {
+                "status_str": status_str,
+                "completed": status_str == "success",
+                "messages": messages,
+            }
+            if any(
+                m[0] == "execution_error" and m[1].get("exception_type") == "ServerRestart" for m in messages
+            ):
+                status["message"] = RESTART_MESSAGE
+            out[job.prompt_id] = {
+                "prompt": job.queue_entry(),
+                "outputs": json.loads(row[6]),
+                "status": status,
+                "meta": {},
+            }
+        return out
+
+    def delete_history(self, ids: Iterable[str] | None = None) -> int:
+        with self._lock:
+            if ids is None:
+                return self._db.execute("DELETE FROM jobs WHERE state='done'").rowcount
+            return sum(
+                self._db.execute("DELETE FROM jobs WHERE state='done' AND prompt_id=?", (i,)).rowcount
+                for i in ids
+            )

@@ -1,0 +1,159 @@
+"""The one worker thread: takes jobs from the persistent queue, runs them, records history, reports events."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from latentworks.graph import Executor
+from latentworks.server.hub import Hub, preview_frame
+from latentworks.server.queue import Job, JobStore
+
+log = logging.getLogger("latentworks.server")
+
+
+class Worker:
+    """Runs queued jobs one at a time on a background thread."""
+
+    def __init__(
+        self, store: JobStore, executor: Executor, hub: Hub, dirs: dict[str, Path], device: Any = None
+    ):
+        self.store = store
+        self.executor = executor
+        self.hub = hub
+        self.dirs = dirs
+        self.device = device
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._current: tuple[str, threading.Event] | None = None
+        self.jobs_done = 0
+
+    # -- control ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="latentworks-worker", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the thread. A running job is cancelled and left 'running' in the store, so the next
+        start marks it failed ('interrupted by server restart') exactly as after a crash."""
+        with self._wake:
+            self._stopping = True
+            current = self._current
+            self._wake.notify_all()
+        if current is not None:
+            current[1].set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def notify(self) -> None:
+        with self._wake:
+            self._wake.notify_all()
+
+    def interrupt(self, prompt_id: str | None = None) -> bool:
+        """Cancel the running job (only if it is ``prompt_id`` when given). True if one was cancelled."""
+        current = self._current
+        if current is None or (prompt_id is not None and current[0] != prompt_id):
+            return False
+        current[1].set()
+        return True
+
+    @property
+    def running_id(self) -> str | None:
+        current = self._current
+        return current[0] if current else None
+
+    def status(self) -> dict[str, Any]:
+        return {"status": {"exec_info": {"queue_remaining": self.queue_remaining()}}}
+
+    def queue_remaining(self) -> int:
+        return self.store.pending_count() + (1 if self._current is not None else 0)
+
+    # -- loop ------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                if self._stopping:
+                    return
+            try:
+                job = self.store.claim_next()
+            except Exception:
+                log.exception("could not read the job queue")
+                job = None
+            if job is None:
+                with self._wake:
+                    if not self._stopping:
+                        self._wake.wait(timeout=1.0)
+                continue
+            self._run_job(job)
+
+    def _run_job(self, job: Job) -> None:
+        cancel = threading.Event()
+        with self._wake:
+            self._current = (job.prompt_id, cancel)
+            if self._stopping:
+                cancel.set()
+        client = job.client_id
+        self.hub.send("status", self.status())
+
+        def on_event(event: str, data: dict[str, Any]) -> None:
+            if event == "preview":
+                self.hub.send_bytes(preview_frame(data["image_format"], data["data"]), client)
+            else:
+                self.hub.send(event, data, client)
+
+        started = time.perf_counter()
+        try:
+            ctx = self.executor.new_context(
+                job.prompt_id,
+                on_event=on_event,
+                cancel=cancel,
+                device=self.device,
+                output_dir=self.dirs["output"],
+                temp_dir=self.dirs["temp"],
+                input_dir=self.dirs["input"],
+                extra_data=job.extra_data,
+            )
+            result = self.executor.execute(job.prompt, ctx, output_ids=job.outputs_to_execute or None)
+            status, outputs, messages = result.status, result.outputs, result.messages
+        except Exception as e:  # a bug in the engine must not kill the worker
+            log.exception("job %s crashed the executor", job.prompt_id)
+            error = {
+                "prompt_id": job.prompt_id,
+                "node_id": None,
+                "node_type": None,
+                "executed": [],
+                "exception_message": str(e),
+                "exception_type": type(e).__qualname__,
+                "traceback": traceback.format_exception(e),
+                "current_inputs": {},
+                "current_outputs": {},
+            }
+            self.hub.send("execution_error", error, client)
+            status, outputs, messages = "error", {}, [["execution_error", error]]
+        with self._wake:
+            stopping = self._stopping
+        if stopping and status == "interrupted":
+            # Shutting down: leave the job 'running' so the next start reports it as interrupted by restart.
+            self._current = None
+            return
+        try:
+            self.store.finish(job.prompt_id, status, outputs, messages)
+        except Exception:
+            log.exception("could not record the result of job %s", job.prompt_id)
+        self._current = None
+        self.jobs_done += 1
+        log.debug(
+            "job %s finished (%s) in %.1f ms", job.prompt_id, status, 1000 * (time.perf_counter() - started)
+        )
+        # ComfyUI clients wait for "executing" with node None, then read /history.
+        self.hub.send("executing", {"node": None, "prompt_id": job.prompt_id}, client)
+        self.hub.send("status", self.status())
