@@ -1,0 +1,224 @@
+"""Guidance: wrappers that turn a denoiser into a guided denoiser with the same contract.
+
+Every wrapper here is itself a denoiser ``D(x, sigma, cond) -> x0`` with ``.interpolation`` and
+``.model_sampling`` passed through, so samplers never know guidance exists.
+
+* ``CFGDenoiser``: classifier-free guidance (Ho & Salimans 2022) with cond and uncond in ONE batched
+  network call, optional guidance rescale (Lin et al. 2023), dynamic thresholding (Saharia et al. 2022,
+  Imagen) and a guidance interval (Kynkaanniemi et al. 2024). Its ``cond`` is a ``GuidedCond``.
+* ``InpaintDenoiser``: keeps known regions of a latent while the rest is generated.
+* ``noised_start``: the starting sample of img2img / txt2img.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from latentworks.diffusion.conditioning import Conditioning
+from latentworks.diffusion.denoisers import Interpolation, interpolation_of
+
+
+@dataclass(frozen=True)
+class GuidedCond:
+    """The conditioning of a guided denoiser: the prompt's ``cond`` and the negative/empty ``uncond``.
+
+    Both are what the inner denoiser takes (usually ``Conditioning`` with the same batch size as x).
+    """
+
+    cond: Any
+    uncond: Any = None
+
+
+def _cat_cond(items: list[Any]) -> Any:
+    """Concatenate conditionings along the batch (Conditioning, Tensor or all None)."""
+    if all(c is None for c in items):
+        return None
+    if all(isinstance(c, Conditioning) for c in items):
+        return Conditioning.cat(items)
+    if all(isinstance(c, Tensor) for c in items):
+        return torch.cat(items, 0)
+    kinds = ", ".join(type(c).__name__ for c in items)
+    raise TypeError(f"cannot batch cond and uncond of types ({kinds}); use Conditioning for both")
+
+
+def _bcast(v: Tensor, x: Tensor) -> Tensor:
+    """(B,) -> (B, 1, ..., 1) to broadcast against x."""
+    return v.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+def rescale_guidance(x0_cfg: Tensor, x0_cond: Tensor, phi: float) -> Tensor:
+    """Guidance rescale, Lin et al. 2023 ("Common Diffusion Noise Schedules and Sample Steps are Flawed"),
+    eq. 15-16: scale the guided prediction to the per-sample std of the conditional one, then mix by phi.
+
+    Applied here to the x0 predictions (the denoiser's output); diffusers applies it to the raw network
+    prediction, which is equivalent for x0 models only.
+    """
+    if phi == 0:
+        return x0_cfg
+    dims = tuple(range(1, x0_cfg.ndim))
+    std_cond = x0_cond.std(dim=dims, keepdim=True)
+    std_cfg = x0_cfg.std(dim=dims, keepdim=True)
+    rescaled = x0_cfg * (std_cond / std_cfg.clamp(min=1e-12))  # eq. 15
+    return phi * rescaled + (1 - phi) * x0_cfg  # eq. 16
+
+
+def dynamic_threshold(x0: Tensor, percentile: float, max_value: float | None = None) -> Tensor:
+    """Dynamic thresholding (Saharia et al. 2022, Imagen, Sec. 2.3): per sample, let ``s`` be the
+    ``percentile`` quantile of |x0| (at least 1, at most ``max_value``); clamp x0 to [-s, s] and divide
+    by s. Samples already within [-1, 1] at that percentile are unchanged."""
+    if not 0 < percentile <= 1:
+        raise ValueError(f"threshold percentile must be in (0, 1], got {percentile}")
+    flat = x0.reshape(x0.shape[0], -1).abs()  # (B, N)
+    s = torch.quantile(
+        flat.float() if flat.dtype not in (torch.float32, torch.float64) else flat, percentile, dim=1
+    ).to(x0.dtype)  # (B,)
+    s = s.clamp(min=1.0) if max_value is None else s.clamp(min=1.0, max=max_value)
+    s = _bcast(s, x0)
+    return torch.maximum(torch.minimum(x0, s), -s) / s
+
+
+class CFGDenoiser:
+    """Classifier-free guidance as a denoiser: ``x0 = x0_u + scale * (x0_c - x0_u)``.
+
+    Called as ``D(x, sigma, GuidedCond(cond, uncond))``. Cond and uncond go through the inner denoiser
+    in one batched call (``Conditioning.cat``); the uncond half is skipped entirely when ``scale == 1``
+    or when every sample's sigma lies outside ``interval``.
+
+    Args:
+        denoiser: the inner denoiser.
+        scale: guidance scale w (1 = no guidance).
+        rescale: guidance-rescale phi in [0, 1] (Lin et al. 2023); 0 = off. SD 2.x v-models use 0.7.
+        interval: ``(sigma_lo, sigma_hi)``: guide only for sigma in [lo, hi] (Kynkaanniemi et al. 2024);
+            outside, the conditional prediction alone is used.
+        threshold: dynamic-thresholding percentile p in (0, 1] (Imagen uses 0.995); None = off. Applied
+            to the guided x0 (data space), after rescale.
+        threshold_max: upper bound for the threshold s (None = unbounded).
+    """
+
+    def __init__(
+        self,
+        denoiser: Any,
+        scale: float,
+        *,
+        rescale: float = 0.0,
+        interval: tuple[float, float] | None = None,
+        threshold: float | None = None,
+        threshold_max: float | None = None,
+    ) -> None:
+        if not 0.0 <= rescale <= 1.0:
+            raise ValueError(f"rescale (phi) must be in [0, 1], got {rescale}")
+        if interval is not None:
+            lo, hi = interval
+            if not 0 <= lo <= hi:
+                raise ValueError(f"interval must be (sigma_lo, sigma_hi) with 0 <= lo <= hi, got {interval}")
+        if threshold is not None and not 0 < threshold <= 1:
+            raise ValueError(f"threshold is a percentile in (0, 1] such as 0.995, got {threshold}")
+        self.denoiser, self.scale, self.rescale = denoiser, float(scale), float(rescale)
+        self.interval, self.threshold, self.threshold_max = interval, threshold, threshold_max
+
+    @property
+    def interpolation(self) -> Interpolation:
+        return interpolation_of(self.denoiser)
+
+    @property
+    def model_sampling(self) -> Any:
+        return getattr(self.denoiser, "model_sampling", None)
+
+    def _guided(self, sigma: Tensor) -> Tensor:
+        """(B,) bool: which samples get guidance at this sigma."""
+        on = torch.full_like(sigma, self.scale != 1.0, dtype=torch.bool)
+        if self.interval is not None:
+            lo, hi = self.interval
+            on &= (sigma >= lo) & (sigma <= hi)
+        return on
+
+    def __call__(self, x: Tensor, sigma: Tensor | float, cond: Any = None) -> Tensor:
+        if not isinstance(cond, GuidedCond):
+            raise TypeError(
+                f"CFGDenoiser expects cond=GuidedCond(cond, uncond), got {type(cond).__name__}; "
+                "wrap the prompt and negative-prompt conditionings in GuidedCond"
+            )
+        b = x.shape[0]
+        sigma_t = torch.as_tensor(sigma, device=x.device)
+        sigma_t = sigma_t.expand(b) if sigma_t.ndim == 0 else sigma_t  # (B,)
+        on = self._guided(sigma_t)
+        if not bool(on.any()):
+            x0 = self.denoiser(x, sigma_t, cond.cond)
+        else:
+            if cond.uncond is None and cond.cond is not None:
+                raise ValueError("guidance scale != 1 needs an uncond (e.g. the empty prompt's conditioning)")
+            both = self.denoiser(
+                torch.cat([x, x]), torch.cat([sigma_t, sigma_t]), _cat_cond([cond.cond, cond.uncond])
+            )  # (2B, ...)
+            x0_c, x0_u = both[:b], both[b:]
+            x0 = x0_u + self.scale * (x0_c - x0_u)
+            x0 = rescale_guidance(x0, x0_c, self.rescale)
+            if not bool(on.all()):
+                x0 = torch.where(_bcast(on, x), x0, x0_c)
+        if self.threshold is not None:
+            x0 = dynamic_threshold(x0, self.threshold, self.threshold_max)
+        return x0
+
+
+def noised_start(x0: Tensor, noise: Tensor, sigma: Tensor | float, interpolation: Interpolation) -> Tensor:
+    """The sample at noise level ``sigma`` for clean ``x0``: ``x0 + sigma n`` (VE) or
+    ``(1 - sigma) x0 + sigma n`` (FLOW). ``sigma``: scalar or (B,).
+
+    img2img: ``noised_start(encoded, noise, sigmas[0], denoiser.interpolation)`` with
+    ``sigmas = get_sigmas(..., denoise=strength)``. txt2img: pass ``x0 = zeros``.
+    """
+    s = torch.as_tensor(
+        sigma, dtype=torch.float64 if x0.dtype == torch.float64 else torch.float32, device=x0.device
+    )
+    if s.ndim == 1:
+        s = _bcast(s, x0)
+    elif s.ndim != 0:
+        raise ValueError(f"sigma must be a scalar or (B,), got shape {tuple(s.shape)}")
+    out = interpolation.noise(x0.to(s.dtype), noise.to(device=x0.device, dtype=s.dtype), s)
+    return out.to(x0.dtype)
+
+
+class InpaintDenoiser:
+    """Generate where ``mask`` is 1, keep ``known_x0`` where it is 0 (soft masks blend).
+
+    Before each call the known region of ``x`` is replaced by ``known_x0`` noised to the current sigma
+    with the fixed ``noise`` (so it matches the trajectory), and the known region of the returned x0 is
+    ``known_x0`` itself; at sigma = 0 the known pixels are therefore exactly ``known_x0``.
+
+    Args:
+        denoiser: the inner (possibly guided) denoiser.
+        known_x0: clean latent to keep, (B, C, H, W) or broadcastable.
+        mask: 1 = generate, 0 = keep; broadcastable to x, e.g. (B, 1, H, W).
+        noise: unit Gaussian noise of x's shape, the same noise the sampling started from.
+    """
+
+    def __init__(self, denoiser: Any, known_x0: Tensor, mask: Tensor, noise: Tensor) -> None:
+        if mask.ndim != known_x0.ndim:
+            raise ValueError(
+                f"mask must have as many dims as known_x0 ({known_x0.ndim}), e.g. (B, 1, H, W); got {tuple(mask.shape)}"
+            )
+        if bool((mask < 0).any()) or bool((mask > 1).any()):
+            raise ValueError("mask values must lie in [0, 1] (1 = generate, 0 = keep)")
+        self.denoiser, self.known_x0, self.mask, self.noise = denoiser, known_x0, mask, noise
+
+    @property
+    def interpolation(self) -> Interpolation:
+        return interpolation_of(self.denoiser)
+
+    @property
+    def model_sampling(self) -> Any:
+        return getattr(self.denoiser, "model_sampling", None)
+
+    def __call__(self, x: Tensor, sigma: Tensor | float, cond: Any = None) -> Tensor:
+        mask = self.mask.to(device=x.device, dtype=x.dtype)
+        known = self.known_x0.to(device=x.device, dtype=x.dtype)
+        sigma_t = torch.as_tensor(sigma, device=x.device)
+        sigma_t = sigma_t.expand(x.shape[0]) if sigma_t.ndim == 0 else sigma_t  # (B,)
+        known_noisy = noised_start(known.expand_as(x), self.noise, sigma_t, self.interpolation)
+        x_in = mask * x + (1 - mask) * known_noisy
+        x0 = self.denoiser(x_in, sigma_t, cond)
+        return mask * x0 + (1 - mask) * known
