@@ -181,7 +181,8 @@ def _validate_node(
             src, index = link_source(value)
             info = {"input_name": inp.name, "received_value": [src, index]}
             src_node = prompt.get(src)
-            src_spec = registry.get(src_node.get("class_type")) if isinstance(src_node, Mapping) else None
+            src_class = src_node.get("class_type") if isinstance(src_node, Mapping) else None
+            src_spec = registry.get(src_class) if isinstance(src_class, str) else None
             if src_node is None:
                 errors.append(
                     error_item(

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request, UploadFile, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -116,6 +116,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        store.open()  # no-op unless a previous lifespan closed it
         hub.attach(asyncio.get_running_loop())
         worker.start()
         try:
@@ -306,7 +307,7 @@ def _routes(s: ServerState) -> APIRouter:
                 "invalid_upload", "expected a multipart form with an 'image' file", str(e)[:200]
             )
         image = form.get("image")
-        if not isinstance(image, UploadFile) and not hasattr(image, "read"):
+        if image is None or isinstance(image, str):
             return _bad_request("invalid_upload", "missing the 'image' file field")
         data = await image.read(s.max_upload_bytes + 1)
         if len(data) > s.max_upload_bytes:

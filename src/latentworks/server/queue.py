@@ -72,21 +72,38 @@ class JobStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        self.recovered: list[str] = self._recover()
+        self._db: sqlite3.Connection | None = None
+        self.recovered: list[str] = []
+        self.open()
+
+    def open(self) -> None:
+        """Connect (no-op if open) and mark jobs left 'running' by a previous process as failed."""
+        with self._lock:
+            if self._db is not None:
+                return
+            self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.executescript(_SCHEMA)
+            self.recovered = self._recover()
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError(f"the job store {self.path} is closed; call open() first")
+        return self._db
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            if self._db is not None:
+                self._db.close()
+                self._db = None
 
     # -- internals -------------------------------------------------------------------------------
 
     def _recover(self) -> list[str]:
         with self._lock:
-            ids = [r[0] for r in self._db.execute("SELECT prompt_id FROM jobs WHERE state='running'")]
+            ids = [r[0] for r in self._conn.execute("SELECT prompt_id FROM jobs WHERE state='running'")]
             now = time.time()
             for prompt_id in ids:
                 msg = {
@@ -101,7 +118,7 @@ class JobStore:
                     "current_outputs": {},
                     "timestamp": int(now * 1000),
                 }
-                self._db.execute(
+                self._conn.execute(
                     "UPDATE jobs SET state='done', status_str='error', messages=?, finished=? WHERE prompt_id=?",
                     (_dumps([["execution_error", msg]]), now, prompt_id),
                 )
@@ -134,12 +151,12 @@ class JobStore:
         with self._lock:
             if number is None:
                 if front:
-                    row = self._db.execute("SELECT MIN(number) FROM jobs WHERE state='pending'").fetchone()
+                    row = self._conn.execute("SELECT MIN(number) FROM jobs WHERE state='pending'").fetchone()
                     number = (row[0] if row[0] is not None else self._next_number()) - 1
                 else:
                     number = self._next_number()
             try:
-                self._db.execute(
+                self._conn.execute(
                     "INSERT INTO jobs (prompt_id, number, state, prompt, extra_data, outputs_to_execute, created) "
                     "VALUES (?, ?, 'pending', ?, ?, ?, ?)",
                     (
@@ -156,52 +173,56 @@ class JobStore:
             return number
 
     def _next_number(self) -> float:
-        row = self._db.execute("SELECT MAX(number) FROM jobs").fetchone()
+        row = self._conn.execute("SELECT MAX(number) FROM jobs").fetchone()
         return float(int(row[0]) + 1) if row[0] is not None else 0.0
 
     def claim_next(self) -> Job | None:
         """Mark the first pending job running and return it (None if the queue is empty)."""
         with self._lock:
-            row = self._db.execute(
+            row = self._conn.execute(
                 f"SELECT {self._JOB_COLS} FROM jobs WHERE state='pending' ORDER BY number LIMIT 1"
             ).fetchone()
             if row is None:
                 return None
-            self._db.execute(
+            self._conn.execute(
                 "UPDATE jobs SET state='running', started=? WHERE prompt_id=?", (time.time(), row[0])
             )
             return self._job(row)
 
     def finish(self, prompt_id: str, status_str: str, outputs: dict, messages: list) -> None:
         with self._lock:
-            self._db.execute(
+            self._conn.execute(
                 "UPDATE jobs SET state='done', status_str=?, outputs=?, messages=?, finished=? WHERE prompt_id=?",
                 (status_str, _dumps(outputs), _dumps(messages), time.time(), prompt_id),
             )
 
     def jobs(self, state: str) -> list[Job]:
         with self._lock:
-            rows = self._db.execute(
+            rows = self._conn.execute(
                 f"SELECT {self._JOB_COLS} FROM jobs WHERE state=? ORDER BY number", (state,)
             ).fetchall()
         return [self._job(r) for r in rows]
 
     def pending_count(self) -> int:
         with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM jobs WHERE state='pending'").fetchone()[0]
+            return self._conn.execute("SELECT COUNT(*) FROM jobs WHERE state='pending'").fetchone()[0]
 
     def state_of(self, prompt_id: str) -> str | None:
         with self._lock:
-            row = self._db.execute("SELECT state FROM jobs WHERE prompt_id=?", (prompt_id,)).fetchone()
+            row = self._conn.execute("SELECT state FROM jobs WHERE prompt_id=?", (prompt_id,)).fetchone()
         return row[0] if row else None
 
     def delete_pending(self, ids: Iterable[str] | None = None) -> int:
         """Remove pending jobs (all of them when ``ids`` is None); running/finished jobs are untouched."""
         with self._lock:
             if ids is None:
-                return self._db.execute("DELETE FROM jobs WHERE state='pending'").rowcount
+                return self._conn.execute("DELETE FROM jobs WHERE state='pending'").rowcount
             return sum(
-                self._db.execute("DELETE FROM jobs WHERE state='pending' AND prompt_id=?", (i,)).rowcount
+                int(
+                    self._conn.execute(
+                        "DELETE FROM jobs WHERE state='pending' AND prompt_id=?", (i,)
+                    ).rowcount
+                )
                 for i in ids
             )
 
@@ -211,7 +232,7 @@ class JobStore:
         with self._lock:
             for prompt_id in ids:
                 number = self._next_number()
-                n = self._db.execute(
+                n = self._conn.execute(
                     "UPDATE jobs SET state='pending', status_str=NULL, outputs='{}', messages='[]', number=?, "
                     "started=NULL, finished=NULL WHERE prompt_id=? AND state='done'",
                     (number, prompt_id),
@@ -237,7 +258,7 @@ class JobStore:
             sql += " LIMIT ?"
             args += (max(0, int(max_items)),)
         with self._lock:
-            rows = self._db.execute(sql, args).fetchall()
+            rows = self._conn.execute(sql, args).fetchall()
         out: dict[str, dict] = {}
         for row in reversed(rows):
             job = self._job(row[:5])
@@ -263,8 +284,8 @@ class JobStore:
     def delete_history(self, ids: Iterable[str] | None = None) -> int:
         with self._lock:
             if ids is None:
-                return self._db.execute("DELETE FROM jobs WHERE state='done'").rowcount
+                return self._conn.execute("DELETE FROM jobs WHERE state='done'").rowcount
             return sum(
-                self._db.execute("DELETE FROM jobs WHERE state='done' AND prompt_id=?", (i,)).rowcount
+                self._conn.execute("DELETE FROM jobs WHERE state='done' AND prompt_id=?", (i,)).rowcount
                 for i in ids
             )

@@ -126,7 +126,7 @@ class Worker:
             status, outputs, messages = result.status, result.outputs, result.messages
         except Exception as e:  # a bug in the engine must not kill the worker
             log.exception("job %s crashed the executor", job.prompt_id)
-            error = {
+            error: dict[str, Any] = {
                 "prompt_id": job.prompt_id,
                 "node_id": None,
                 "node_type": None,
