@@ -87,7 +87,8 @@ try {
       { timeout: 120000 },
     );
     report.lastPromptId = await page.evaluate(() => window.latentworksEditor.lastPromptId ?? null);
-    report.banner = await page.locator('[data-testid="banner"]').textContent().catch(() => null);
+    report.events = await page.evaluate(() => [...window.latentworksEditor.events]);
+    report.banner = await page.evaluate(() => document.querySelector('[data-testid="banner"]')?.textContent ?? null);
     report.resultImages = await page.$$eval(".lw-result img", (els) => els.map((e) => [e.getAttribute("src"), e.naturalWidth]));
     await page.screenshot({ path: path.join(outDir, "editor-real.png") });
   } else {

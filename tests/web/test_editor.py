@@ -198,19 +198,89 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _real_registry():
-    """The server's built-in nodes if latentworks.nodes offers them, else an empty registry."""
-    from latentworks.graph.registry import NodeRegistry
+def _toy_registry():
+    """The default graph's node types with ComfyUI's names and sockets, computing nothing: SaveImage writes a
+    64x64 PNG. Lets the real server run the editor's default graph without a checkpoint."""
+    from PIL import Image
 
-    try:
-        import latentworks.nodes as nodes
-    except ImportError:
-        return NodeRegistry()
-    for name in ("default_registry", "builtin_registry", "create_registry", "build_registry"):
-        factory = getattr(nodes, name, None)
-        if callable(factory):
-            return factory()
-    return NodeRegistry()
+    from latentworks.graph.registry import NodeRegistry
+    from latentworks.graph.types import InputSpec, NodeResult, NodeSpec, OutputSpec
+
+    def save(ctx, images, filename_prefix):
+        name = f"{filename_prefix}_{ctx.prompt_id[:8]}.png"
+        Image.new("RGB", images, (30, 160, 60)).save(Path(ctx.output_dir) / name)
+        return NodeResult(outputs=(), ui={"images": [{"filename": name, "subfolder": "", "type": "output"}]})
+
+    def inp(name, type_, **kw):
+        return InputSpec(name=name, type=type_, **kw)
+
+    def spec(name, execute, inputs, outputs, **kw):
+        outs = tuple(OutputSpec(type=t) for t in outputs)
+        return NodeSpec(name=name, execute=execute, inputs=tuple(inputs), outputs=outs, **kw)
+
+    size = dict(default=64, min=16, max=4096, step=8)
+    return NodeRegistry(
+        [
+            spec(
+                "CheckpointLoaderSimple",
+                lambda ctx, ckpt_name: ("model", "clip", "vae"),
+                [inp("ckpt_name", "COMBO", choices=["default"])],
+                ["MODEL", "CLIP", "VAE"],
+                category="loaders",
+            ),
+            spec(
+                "CLIPTextEncode",
+                lambda ctx, text, clip: (text,),
+                [inp("text", "STRING", default="", multiline=True), inp("clip", "CLIP")],
+                ["CONDITIONING"],
+                category="conditioning",
+            ),
+            spec(
+                "EmptyLatentImage",
+                lambda ctx, width, height, batch_size: ((width, height),),
+                [
+                    inp("width", "INT", **size),
+                    inp("height", "INT", **size),
+                    inp("batch_size", "INT", default=1, min=1, max=64),
+                ],
+                ["LATENT"],
+                category="latent",
+            ),
+            spec(
+                "KSampler",
+                lambda ctx, latent_image, **_: (latent_image,),
+                [
+                    inp("model", "MODEL"),
+                    inp("seed", "INT", default=0, min=0, max=2**64 - 1),
+                    inp("steps", "INT", default=20, min=1, max=10000),
+                    inp("cfg", "FLOAT", default=8.0, min=0.0, max=100.0, step=0.1),
+                    inp("sampler_name", "COMBO", choices=["euler"]),
+                    inp("scheduler", "COMBO", choices=["normal"]),
+                    inp("positive", "CONDITIONING"),
+                    inp("negative", "CONDITIONING"),
+                    inp("latent_image", "LATENT"),
+                    inp("denoise", "FLOAT", default=1.0, min=0.0, max=1.0, step=0.01),
+                ],
+                ["LATENT"],
+                category="sampling",
+            ),
+            spec(
+                "VAEDecode",
+                lambda ctx, samples, vae: (samples,),
+                [inp("samples", "LATENT"), inp("vae", "VAE")],
+                ["IMAGE"],
+                category="latent",
+            ),
+            spec(
+                "SaveImage",
+                save,
+                [inp("images", "IMAGE"), inp("filename_prefix", "STRING", default="ComfyUI")],
+                [],
+                category="image",
+                output_node=True,
+            ),
+        ]
+    )
 
 
 def test_editor_against_real_server(tmp_path):
@@ -219,7 +289,7 @@ def test_editor_against_real_server(tmp_path):
     if create_app is None:
         pytest.skip("latentworks.server.create_app does not exist yet")
     uvicorn = pytest.importorskip("uvicorn")
-    registry = _real_registry()
+    registry = _toy_registry()
     app = create_app(registry, data_dir=tmp_path / "data", models_dir=tmp_path / "models", static_dir=STATIC)
     port = _free_port()
     server = uvicorn.Server(
@@ -238,12 +308,12 @@ def test_editor_against_real_server(tmp_path):
         thread.join(timeout=10)
 
     offered = set(registry.object_info())
-    assert sorted(report["nodeClasses"]) == DEFAULT_CLASSES  # opens on the default graph, whatever is offered
-    assert sorted(report["missing"]) == sorted(c for c in DEFAULT_CLASSES if c not in offered)
-    assert sorted(report["menuItems"]) == sorted(offered)
-    # Queueing ends in result images or in an error the page shows (e.g. no "default" checkpoint here).
-    loaded = [src for src, width in report["resultImages"] if width > 0]
-    assert loaded or report["banner"], "queueing showed neither a result image nor an error"
-    if not offered >= set(DEFAULT_CLASSES):
-        assert "not available on this server" in report["banner"]
+    assert sorted(report["nodeClasses"]) == DEFAULT_CLASSES
+    assert report["missing"] == [] and sorted(report["menuItems"]) == sorted(offered)
+    # The default graph ran on the real server's queue and executor; the editor shows SaveImage's PNG.
+    assert report["banner"] is None, report["banner"]
+    saved = sorted(p.name for p in (tmp_path / "data" / "output").glob("*.png"))
+    shown = [(re.search(r"filename=([^&]+)", src).group(1), width) for src, width in report["resultImages"]]
+    assert shown == [(saved[0], 64)] and len(saved) == 1, (shown, saved)
+    assert {"executing", "executed"} <= set(report["events"]), report["events"]
     assert report["foreignRequests"] == []
