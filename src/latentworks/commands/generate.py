@@ -1,0 +1,145 @@
+"""``latentworks generate``: images from a prompt, with a progress bar and parameters in the PNGs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from latentworks.cli import UserError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "generate",
+        help="generate images from a prompt",
+        description="Generate images from a text prompt. Every PNG carries its full generation parameters "
+        "in PNG text chunks (read them back with 'latentworks info --image FILE' or any A1111-style tool).",
+        epilog="examples:\n"
+        '  latentworks generate "a red apple, google style" -o apple.png\n'
+        '  latentworks generate "a grinning face, twitter style" --seed 7 --batch 4 -o faces.png\n'
+        '  latentworks generate "a blue heart" --init apple.png --strength 0.6\n'
+        "Samplers and schedulers: see 'latentworks info'.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("prompt", help="what to draw")
+    p.add_argument(
+        "--model",
+        default="default",
+        metavar="NAME|PATH",
+        help="model folder, or 'default' for the embedded model (default: %(default)s)",
+    )
+    p.add_argument("--negative", default="", metavar="TEXT", help="negative prompt (default: empty)")
+    p.add_argument("--steps", type=int, default=None, metavar="N", help="sampling steps (model default: 20)")
+    p.add_argument("--cfg", type=float, default=None, metavar="X", help="classifier-free guidance scale")
+    p.add_argument("--sampler", default=None, metavar="NAME", help="sampler, e.g. euler, dpmpp_2m, uni_pc")
+    p.add_argument("--scheduler", default=None, metavar="NAME", help="schedule, e.g. normal, karras, simple")
+    p.add_argument(
+        "--seed", type=int, default=None, metavar="N", help="seed of image 1 (image i uses seed+i-1)"
+    )
+    p.add_argument("--batch", type=int, default=1, metavar="N", help="images to generate (default: 1)")
+    p.add_argument("--width", type=int, default=None, metavar="W", help="width in pixels (model default)")
+    p.add_argument("--height", type=int, default=None, metavar="H", help="height in pixels (model default)")
+    p.add_argument("--init", type=Path, default=None, metavar="IMAGE", help="start from this image (img2img)")
+    p.add_argument(
+        "--strength",
+        type=float,
+        default=0.75,
+        metavar="S",
+        help="with --init: how much to change it, 0 (keep) .. 1 (ignore) (default: %(default)s)",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=Path("latentworks.png"),
+        metavar="PATH",
+        help="output PNG; with --batch N, files PATH-1.png ... PATH-N.png (default: %(default)s)",
+    )
+    p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    from latentworks.diffusion.samplers import SAMPLERS
+    from latentworks.diffusion.schedules import SCHEDULERS
+
+    if args.sampler is not None and args.sampler not in SAMPLERS:
+        raise UserError(f"unknown sampler {args.sampler!r}; choose one of: {', '.join(SAMPLERS)}")
+    if args.scheduler is not None and args.scheduler not in SCHEDULERS:
+        raise UserError(f"unknown scheduler {args.scheduler!r}; choose one of: {', '.join(SCHEDULERS)}")
+    if args.steps is not None and not 1 <= args.steps <= 1000:
+        raise UserError(f"--steps must be between 1 and 1000, got {args.steps}")
+    if args.batch < 1 or args.batch > 64:
+        raise UserError(f"--batch must be between 1 and 64, got {args.batch}")
+    if args.cfg is not None and not 0 <= args.cfg <= 100:
+        raise UserError(f"--cfg must be between 0 and 100, got {args.cfg}")
+    for name in ("width", "height"):
+        v = getattr(args, name)
+        if v is not None and not 8 <= v <= 4096:
+            raise UserError(f"--{name} must be between 8 and 4096 pixels, got {v}")
+    if args.init is None and args.strength != 0.75:
+        raise UserError("--strength only applies with --init IMAGE")
+    if not 0 <= args.strength <= 1:
+        raise UserError(f"--strength must be between 0 and 1, got {args.strength}")
+    if args.init is not None and not args.init.is_file():
+        raise UserError(f"--init: no such image file: {args.init}")
+    if args.output.suffix.lower() != ".png":
+        raise UserError(f"--output must end in .png, got {args.output}")
+    if not args.output.parent.exists():
+        raise UserError(f"--output: folder {args.output.parent} does not exist")
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_args(args)
+    from PIL import Image, UnidentifiedImageError
+    from tqdm import tqdm
+
+    from latentworks.pipelines import Pipeline
+    from latentworks.pipelines.metadata import save_png
+
+    init = None
+    if args.init is not None:
+        try:
+            init = Image.open(args.init)
+            init.load()
+        except (UnidentifiedImageError, OSError) as e:
+            raise UserError(f"--init: cannot read {args.init} as an image ({e})") from None
+    pipe = Pipeline.from_pretrained(args.model, device=args.device)
+    bar = None
+
+    def on_step(step) -> None:  # noqa: ANN001
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=step.total, desc="sampling", unit="step", disable=args.quiet, file=sys.stderr)
+        bar.update(1)
+        bar.set_postfix(sigma=f"{step.sigma_next:.3f}")
+
+    result = pipe(
+        args.prompt,
+        args.negative,
+        steps=args.steps,
+        guidance=args.cfg,
+        sampler=args.sampler,
+        scheduler=args.scheduler,
+        seed=args.seed,
+        batch=args.batch,
+        width=args.width,
+        height=args.height,
+        init_image=init,
+        strength=args.strength if init else 1.0,
+        callback=on_step,
+    )
+    if bar is not None:
+        bar.close()
+    out: Path = args.output
+    paths = (
+        [out]
+        if len(result.images) == 1
+        else [out.with_name(f"{out.stem}-{i + 1}{out.suffix}") for i in range(len(result.images))]
+    )
+    for img, path, seed in zip(result.images, paths, result.seeds, strict=True):
+        save_png(img, path, {**result.parameters, "seed": seed, "batch": 1})
+        print(f"{path}  seed={seed}")
+    return 0

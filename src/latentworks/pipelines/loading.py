@@ -1,0 +1,253 @@
+"""latentworks model folders: save, load, describe.
+
+A model folder holds everything a text-to-image pipeline needs except the text encoder's weights
+(which come from their own package):
+
+    model.json            configs, objective, latent format, defaults and the model card
+    denoiser.safetensors  the diffusion network (fp16 or fp32)
+    vae.safetensors       the autoencoder
+
+``model.json`` (version 1)::
+
+    {"format": "latentworks-model", "version": 1, "name": ...,
+     "denoiser": {"family": "unet"|"dit"|"mmdit"|"flux", "config": {...}, "prediction": "eps"|"v"|"flow",
+                  "sampling": {"kind": "discrete", "betas": "cosine", ...} | {"kind": "flow", "shift": 1.0}},
+     "vae": {"config": {...}},
+     "latent_format": {"channels": 4, "scale_factor": ..., "shift_factor": ...},
+     "text_encoder": {"kind": "minilm", "max_length": 32},
+     "resolution": [64, 64],
+     "defaults": {"steps": 20, "guidance": 5.0, "sampler": "euler", "scheduler": "normal"},
+     "card": {...}}
+
+The name ``default`` resolves to the model embedded in the package (``latentworks/assets/default``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from latentworks.checkpoints.io import load_state_dict, save_file_atomic
+from latentworks.diffusion.denoisers import DiscreteModelSampling, FlowModelSampling, make_betas
+from latentworks.diffusion.latent_formats import LatentFormat
+from latentworks.models.configs import config_from_dict, config_to_dict
+
+FORMAT = "latentworks-model"
+EMBEDDED = Path(__file__).resolve().parent.parent / "assets"
+
+
+def _unet() -> tuple[type, type]:
+    from latentworks.models.unet import UNet, UNetConfig
+
+    return UNet, UNetConfig
+
+
+def _dit() -> tuple[type, type]:
+    from latentworks.models.dit import DiT, DiTConfig
+
+    return DiT, DiTConfig
+
+
+def _mmdit() -> tuple[type, type]:
+    from latentworks.models.mmdit import MMDiT, MMDiTConfig
+
+    return MMDiT, MMDiTConfig
+
+
+# family name -> (model class, config class); explicit, no string class names in files.
+FAMILIES: dict[str, Callable[[], tuple[type, type]]] = {"unet": _unet, "dit": _dit, "mmdit": _mmdit}
+
+
+@dataclass
+class ModelFolder:
+    """A loaded model folder: networks, sampling and metadata (see the module docstring)."""
+
+    path: Path
+    meta: dict[str, Any]
+    denoiser_net: nn.Module
+    vae: nn.Module
+    latent_format: LatentFormat
+    model_sampling: Any
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def prediction(self) -> str:
+        return str(self.meta["denoiser"]["prediction"])
+
+    @property
+    def resolution(self) -> tuple[int, int]:
+        h, w = self.meta.get("resolution", [64, 64])
+        return int(h), int(w)
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        return dict(self.meta.get("defaults", {}))
+
+
+def resolve_model_path(name_or_path: str | Path, models_dir: str | Path | None = None) -> Path:
+    """``default`` -> the embedded model; a folder path; or a folder name inside ``models_dir``."""
+    s = str(name_or_path)
+    candidates = []
+    if s == "default":
+        candidates.append(EMBEDDED / "default")
+    candidates.append(Path(s).expanduser())
+    if models_dir is not None:
+        candidates.append(Path(models_dir) / s)
+    for c in candidates:
+        if (c / "model.json").is_file():
+            return c
+    if s == "default":
+        raise FileNotFoundError(
+            f"the embedded default model is missing from {EMBEDDED / 'default'}; reinstall latentworks "
+            "or train one with docs/training.md"
+        )
+    where = ", ".join(str(c) for c in candidates)
+    raise FileNotFoundError(f"no latentworks model folder (with model.json) at {where}")
+
+
+def sampling_from_meta(spec: dict[str, Any]) -> Any:
+    kind = spec.get("kind")
+    if kind == "discrete":
+        betas = make_betas(
+            spec.get("betas", "scaled_linear"),
+            spec.get("num_timesteps", 1000),
+            spec.get("linear_start", 0.00085),
+            spec.get("linear_end", 0.012),
+        )
+        return DiscreteModelSampling(betas, zero_terminal_snr=bool(spec.get("zero_terminal_snr", False)))
+    if kind == "flow":
+        return FlowModelSampling(
+            shift=float(spec.get("shift", 1.0)), multiplier=float(spec.get("multiplier", 1000))
+        )
+    raise ValueError(f"model.json: unknown sampling kind {kind!r}; choose 'discrete' or 'flow'")
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads((path / "model.json").read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path / 'model.json'} is not valid JSON: {e}") from None
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path / 'model.json'} is not a latentworks model (format={meta.get('format')!r})")
+    return meta
+
+
+def load_model_folder(
+    name_or_path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    models_dir: str | Path | None = None,
+) -> ModelFolder:
+    """Load a model folder (see the module docstring) onto ``device`` in ``dtype``."""
+    from latentworks.models.autoencoder import Autoencoder, AutoencoderConfig
+
+    path = resolve_model_path(name_or_path, models_dir)
+    meta = _read_meta(path)
+    dn = meta["denoiser"]
+    family = dn.get("family")
+    if family not in FAMILIES:
+        raise ValueError(
+            f"{path / 'model.json'}: unknown denoiser family {family!r}; known: {sorted(FAMILIES)}"
+        )
+    model_cls, config_cls = FAMILIES[family]()
+    net = model_cls(config_from_dict(config_cls, dn["config"]))
+    net.load_state_dict(load_state_dict(path / "denoiser.safetensors"), strict=True)
+    vae = Autoencoder(config_from_dict(AutoencoderConfig, meta["vae"]["config"]))
+    vae.load_state_dict(load_state_dict(path / "vae.safetensors"), strict=True)
+    lf = LatentFormat(
+        **{
+            k: (tuple(tuple(r) for r in v) if k == "rgb_factors" else tuple(v) if isinstance(v, list) else v)
+            for k, v in meta["latent_format"].items()
+        }
+    )
+    for m in (net, vae):
+        m.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return ModelFolder(
+        path=path,
+        meta=meta,
+        denoiser_net=net,
+        vae=vae,
+        latent_format=lf,
+        model_sampling=sampling_from_meta(dn["sampling"]),
+    )
+
+
+def save_model_folder(
+    path: str | Path,
+    *,
+    name: str,
+    family: str,
+    denoiser: nn.Module,
+    prediction: str,
+    sampling: dict[str, Any],
+    vae: nn.Module,
+    latent_format: LatentFormat,
+    text_encoder: dict[str, Any],
+    resolution: tuple[int, int],
+    defaults: dict[str, Any] | None = None,
+    card: dict[str, Any] | None = None,
+    half: bool = False,
+) -> Path:
+    """Write a model folder. ``half`` stores the denoiser and VAE in float16 (loading casts back)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+
+    def tensors(m: nn.Module) -> dict[str, torch.Tensor]:
+        sd = {k: v.detach().cpu().contiguous() for k, v in m.state_dict().items()}
+        return {k: (v.half() if half and v.is_floating_point() else v) for k, v in sd.items()}
+
+    save_file_atomic(tensors(denoiser), path / "denoiser.safetensors")
+    save_file_atomic(tensors(vae), path / "vae.safetensors")
+    meta = {
+        "format": FORMAT,
+        "version": 1,
+        "name": name,
+        "denoiser": {
+            "family": family,
+            "config": config_to_dict(denoiser.config),
+            "prediction": prediction,
+            "sampling": sampling,
+        },
+        "vae": {"config": config_to_dict(vae.config)},
+        "latent_format": config_to_dict(latent_format),
+        "text_encoder": text_encoder,
+        "resolution": list(resolution),
+        "defaults": defaults or {},
+        "card": card or {},
+    }
+    tmp = path / "model.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    tmp.replace(path / "model.json")
+    return path
+
+
+def describe_model(name_or_path: str | Path, models_dir: str | Path | None = None) -> str:
+    """A human-readable description: family, parameters, objective, training data, licence."""
+    path = resolve_model_path(name_or_path, models_dir)
+    meta = _read_meta(path)
+    from safetensors import safe_open
+
+    def count(file: Path) -> int:
+        with safe_open(str(file), framework="pt") as f:
+            return sum(int(torch.Size(f.get_slice(k).get_shape()).numel()) for k in f.keys())
+
+    dn, card = meta["denoiser"], meta.get("card", {})
+    lines = [
+        f"model       {meta.get('name', path.name)}  ({path})",
+        f"family      {dn['family']}  prediction={dn['prediction']}  sampling={dn['sampling']}",
+        f"parameters  denoiser {count(path / 'denoiser.safetensors'):,}  vae {count(path / 'vae.safetensors'):,}",
+        f"resolution  {meta.get('resolution')}  latent channels {meta['latent_format']['channels']}",
+        f"text        {meta.get('text_encoder')}",
+        f"defaults    {meta.get('defaults')}",
+    ]
+    for key in ("training_data", "training", "licence", "credits"):
+        if key in card:
+            lines.append(f"{key:<11} {card[key]}")
+    return "\n".join(lines)

@@ -1,0 +1,59 @@
+"""Generation parameters in PNG text chunks, readable by latentworks, A1111-style tools and ComfyUI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, PngImagePlugin
+
+
+def parameters_text(params: dict[str, Any]) -> str:
+    """The A1111-style one-paragraph summary ("prompt\\nNegative prompt: ...\\nSteps: 20, ...")."""
+    lines = [str(params.get("prompt", ""))]
+    if params.get("negative_prompt"):
+        lines.append(f"Negative prompt: {params['negative_prompt']}")
+    keys = [
+        ("Steps", "steps"),
+        ("Sampler", "sampler"),
+        ("Schedule type", "scheduler"),
+        ("CFG scale", "guidance"),
+        ("Seed", "seed"),
+        ("Size", None),
+        ("Model", "model"),
+        ("Denoising strength", "strength"),
+    ]
+    parts = []
+    for label, key in keys:
+        if key is None:
+            parts.append(f"Size: {params.get('width')}x{params.get('height')}")
+        elif params.get(key) is not None:
+            parts.append(f"{label}: {params[key]}")
+    lines.append(", ".join(parts))
+    return "\n".join(lines)
+
+
+def save_png(
+    image: Image.Image, path: str | Path, params: dict[str, Any], extra_text: dict[str, str] | None = None
+) -> Path:
+    """Save ``image`` with ``params`` as text chunks: ``parameters`` (A1111 style) and ``latentworks`` (JSON)."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", parameters_text(params))
+    info.add_text("latentworks", json.dumps(params, sort_keys=True))
+    for k, v in (extra_text or {}).items():
+        info.add_text(k, v)
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    image.save(tmp, format="PNG", pnginfo=info)
+    tmp.replace(path)
+    return path
+
+
+def read_parameters(path: str | Path) -> dict[str, Any]:
+    """The generation parameters that ``save_png`` wrote into ``path``."""
+    with Image.open(path) as im:
+        text = im.text.get("latentworks")  # type: ignore[attr-defined]
+    if text is None:
+        raise ValueError(f"{path} has no latentworks parameters chunk")
+    return json.loads(text)

@@ -1,0 +1,272 @@
+"""Text-to-image (and image-to-image) pipeline: text encoder -> guided denoiser -> sampler -> VAE.
+
+The pipeline is thin: it composes library parts and exposes one per-step mechanism, ``callback``,
+which the CLI progress bar, server previews and cancellation all use.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from latentworks.diffusion.denoisers import make_denoiser
+from latentworks.diffusion.guidance import CFGDenoiser, GuidedCond, noised_start
+from latentworks.diffusion.noise import SeededNoiseSampler, seeded_noise
+from latentworks.diffusion.samplers import SAMPLERS, StepInfo, get_sampler
+from latentworks.diffusion.schedules import SCHEDULERS, get_sigmas
+from latentworks.pipelines.loading import ModelFolder, load_model_folder
+
+STOCHASTIC_DEFAULT_ETA = 1.0
+
+
+@dataclass(frozen=True)
+class PipelineStep:
+    """What the per-step callback receives."""
+
+    i: int
+    total: int
+    sigma: float
+    sigma_next: float
+    latent: Tensor  # (B, C, h, w) current sample, model space
+    denoised: Tensor  # (B, C, h, w) current x0 prediction, model space
+    preview: Callable[[], np.ndarray]  # cheap RGB preview of ``denoised``: uint8 (B, h, w, 3)
+
+
+@dataclass
+class PipelineResult:
+    images: list[Image.Image]
+    parameters: dict[str, Any]  # everything needed to reproduce the run
+    seeds: list[int]
+    latents: Tensor | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def images_to_tensor(images: list[Image.Image], size: tuple[int, int]) -> Tensor:
+    """PIL images -> (B, 3, H, W) in [-1, 1]; RGBA is composited on white; resized to ``size`` (h, w)."""
+    out = []
+    for im in images:
+        if im.mode in ("RGBA", "LA", "P"):
+            im = im.convert("RGBA")
+            bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+            im = Image.alpha_composite(bg, im)
+        im = im.convert("RGB")
+        if im.size != (size[1], size[0]):
+            im = im.resize((size[1], size[0]), Image.Resampling.LANCZOS)
+        out.append(torch.from_numpy(np.asarray(im, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1)
+    return torch.stack(out)
+
+
+def tensor_to_images(x: Tensor) -> list[Image.Image]:
+    """(B, 3, H, W) in [-1, 1] -> PIL images."""
+    arr = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in arr]
+
+
+class Pipeline:
+    """Text-to-image pipeline over a latentworks model folder.
+
+    >>> pipe = Pipeline.from_pretrained("default")          # doctest: +SKIP
+    >>> pipe("a red apple, google style", seed=1).images[0]  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: ModelFolder,
+        text_encoder: Any,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.model = model
+        self.text_encoder = text_encoder
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self._uncond_cache: dict[str, Any] = {}
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path = "default",
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        models_dir: str | Path | None = None,
+    ) -> Pipeline:
+        model = load_model_folder(name_or_path, device=device, dtype=dtype, models_dir=models_dir)
+        te_spec = model.meta.get("text_encoder", {"kind": "minilm"})
+        if te_spec.get("kind") != "minilm":
+            raise ValueError(
+                f"{model.path}: unsupported text encoder {te_spec.get('kind')!r} (known: minilm)"
+            )
+        from latentworks.models.text.minilm import MiniLMTextEncoder
+
+        te = MiniLMTextEncoder(max_length=int(te_spec.get("max_length", 32)), device=device)
+        return cls(model, te, device=device, dtype=dtype)
+
+    # -- parts -------------------------------------------------------------------------------------
+
+    def encode_prompts(self, prompts: list[str]) -> Any:
+        return self.text_encoder.encode(prompts).to(self.device, self.dtype)
+
+    def encode_images(self, images: list[Image.Image], size: tuple[int, int]) -> Tensor:
+        """Images -> model-space latents (posterior mode, then the latent format's scale/shift)."""
+        x = images_to_tensor(images, size).to(self.device, self.dtype)
+        with torch.no_grad():
+            z = self.model.vae.encode(x).mode()
+        return self.model.latent_format.process_in(z.float())
+
+    def decode_latents(self, z: Tensor) -> list[Image.Image]:
+        with torch.no_grad():
+            x = self.model.vae.decode(self.model.latent_format.process_out(z).to(self.dtype))
+        return tensor_to_images(x)
+
+    # -- generation --------------------------------------------------------------------------------
+
+    def __call__(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        *,
+        steps: int | None = None,
+        guidance: float | None = None,
+        sampler: str | None = None,
+        scheduler: str | None = None,
+        seed: int | None = None,
+        batch: int = 1,
+        width: int | None = None,
+        height: int | None = None,
+        init_image: Image.Image | list[Image.Image] | None = None,
+        strength: float = 1.0,
+        callback: Callable[[PipelineStep], Any] | None = None,
+        sampler_options: dict[str, Any] | None = None,
+    ) -> PipelineResult:
+        """Generate ``batch`` images per prompt.
+
+        Image i uses seed ``seed + i``: it equals a single run with that seed. With ``init_image``,
+        generation starts from the encoded image noised to the level ``strength`` selects (1 = pure
+        noise, 0 = the image back up to VAE error). ``callback`` gets a ``PipelineStep`` after each
+        step; returning False cancels (the result then holds the partially denoised images).
+        """
+        d = self.model.defaults
+        steps = int(steps if steps is not None else d.get("steps", 20))
+        guidance = float(guidance if guidance is not None else d.get("guidance", 5.0))
+        sampler = sampler or d.get("sampler", "euler")
+        scheduler = scheduler or d.get("scheduler", "normal")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
+        if scheduler not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {scheduler!r}; choose one of: {', '.join(SCHEDULERS)}")
+        if steps < 1:
+            raise ValueError(f"steps must be at least 1, got {steps}")
+        if batch < 1:
+            raise ValueError(f"batch must be at least 1, got {batch}")
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"strength must be in [0, 1], got {strength}")
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts:
+            raise ValueError("give at least one prompt")
+        negs = (
+            negative_prompt if isinstance(negative_prompt, list) else [negative_prompt or ""] * len(prompts)
+        )
+        if len(negs) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(negs)} negative prompts")
+        h0, w0 = self.model.resolution
+        height, width = int(height or h0), int(width or w0)
+        f = self.model.vae.config.downsample_factor
+        if height % f or width % f or height <= 0 or width <= 0:
+            raise ValueError(
+                f"width and height must be positive multiples of {f} (the VAE's factor), got {width}x{height}"
+            )
+        seed = random.randrange(2**31) if seed is None else int(seed)
+        n = len(prompts) * batch
+        seeds = [seed + i for i in range(n)]
+        all_prompts = [p for p in prompts for _ in range(batch)]
+        all_negs = [q for q in negs for _ in range(batch)]
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+
+        cond = self.encode_prompts(all_prompts)
+        uncond = self.encode_prompts(all_negs) if guidance != 1.0 else None
+        timings["encode_text"] = time.perf_counter() - t0
+
+        ms = self.model.model_sampling
+        denoiser = make_denoiser(self.model.denoiser_net, self.model.prediction, ms)
+        guided = CFGDenoiser(denoiser, guidance)
+        c = self.model.latent_format.channels
+        shape = (c, height // f, width // f)
+        noise = seeded_noise(shape, seeds, device=self.device, dtype=torch.float32)
+        denoise = strength if init_image is not None else 1.0
+        if denoise == 0.0:
+            sigmas = torch.zeros(1)
+        else:
+            sigmas = get_sigmas(ms, scheduler, steps, denoise=denoise)
+        sigmas = sigmas.to(self.device)
+        if init_image is not None:
+            imgs = init_image if isinstance(init_image, list) else [init_image]
+            if len(imgs) not in (1, n):
+                raise ValueError(f"give 1 or {n} init images, got {len(imgs)}")
+            x0 = self.encode_images(imgs, (height, width))
+            x0 = x0.expand(n, *x0.shape[1:]) if x0.shape[0] == 1 else x0
+            x = noised_start(x0, noise, sigmas[0], denoiser.interpolation)
+        else:
+            x = noised_start(torch.zeros_like(noise), noise, sigmas[0], denoiser.interpolation)
+
+        sample_fn = get_sampler(sampler)
+        cb = None
+        if callback is not None:
+            lf = self.model.latent_format
+
+            def cb(info: StepInfo) -> Any:
+                return callback(
+                    PipelineStep(
+                        i=info.i,
+                        total=info.total,
+                        sigma=info.sigma,
+                        sigma_next=info.sigma_next,
+                        latent=info.x,
+                        denoised=info.denoised,
+                        preview=lambda: lf.preview(info.denoised),
+                    )
+                )
+
+        t1 = time.perf_counter()
+        if len(sigmas) > 1:
+            noise_sampler = SeededNoiseSampler(seeds, shape, device=self.device)
+            with torch.no_grad():
+                x = sample_fn(
+                    guided,
+                    x,
+                    sigmas,
+                    cond=GuidedCond(cond, uncond),
+                    noise=noise_sampler,
+                    callback=cb,
+                    **(sampler_options or {}),
+                )
+        timings["sample"] = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        images = self.decode_latents(x)
+        timings["decode"] = time.perf_counter() - t2
+        params = {
+            "prompt": prompts[0] if len(prompts) == 1 else prompts,
+            "negative_prompt": negs[0] if len(negs) == 1 else negs,
+            "steps": steps,
+            "guidance": guidance,
+            "sampler": sampler,
+            "scheduler": scheduler,
+            "seed": seed,
+            "batch": batch,
+            "width": width,
+            "height": height,
+            "strength": strength if init_image is not None else None,
+            "model": self.model.meta.get("name", str(self.model.path)),
+        }
+        return PipelineResult(images=images, parameters=params, seeds=seeds, latents=x, timings=timings)
