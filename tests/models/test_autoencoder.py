@@ -183,3 +183,10 @@ def test_key_map_errors_name_the_key_and_the_shapes() -> None:
     # a config mismatch (16 latent channels read as 4) fails on shapes, not silently
     with pytest.raises(ValueError, match="expected"):
         vae_from_diffusers(theirs, replace(cfg, latent_channels=16))
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_survive_json_config_round_trip(name: str) -> None:
+    from latentworks.models.configs import config_from_dict, config_to_dict
+
+    assert config_from_dict(AutoencoderConfig, config_to_dict(PRESETS[name])) == PRESETS[name]

@@ -232,3 +232,10 @@ def test_key_map_errors_name_the_key_and_the_shapes() -> None:
         unet_from_diffusers(xl, replace(tiny_xl(), pooled_dim=0))
     with pytest.raises(KeyError, match="add_embedding"):
         unet_from_diffusers(theirs, tiny_xl())
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_survive_json_config_round_trip(name: str) -> None:
+    from latentworks.models.configs import config_from_dict, config_to_dict
+
+    assert config_from_dict(UNetConfig, config_to_dict(PRESETS[name])) == PRESETS[name]

@@ -344,6 +344,18 @@ class DownLevel(Level):
         super().__init__(in_channels, out_ch, cfg, level=level, depth=cfg.transformer_depth[level])
         self.downsample = Downsample(out_ch) if downsample else None
 
+    def forward(
+        self, h: Tensor, temb: Tensor, context: Tensor, mask: Tensor | None, skips: list[Tensor]
+    ) -> Tensor:
+        """Run the level, pushing every ResBlock/transformer output and the downsampled map onto ``skips``."""
+        for j in range(len(self.resnets)):
+            h = self.block(j, h, temb, context, mask)
+            skips.append(h)
+        if self.downsample is not None:
+            h = self.downsample(h)
+            skips.append(h)
+        return h
+
 
 class UpLevel(Level):
     def __init__(
@@ -351,6 +363,16 @@ class UpLevel(Level):
     ) -> None:
         super().__init__(in_channels, out_ch, cfg, level=level, depth=cfg.transformer_depth[level])
         self.upsample = Upsample(out_ch) if upsample else None
+
+    def forward(
+        self, h: Tensor, temb: Tensor, context: Tensor, mask: Tensor | None, skips: list[Tensor]
+    ) -> Tensor:
+        """Run the level, concatenating a popped skip before every ResBlock; upsample to the next skip's size."""
+        for j in range(len(self.resnets)):
+            h = self.block(j, torch.cat([h, skips.pop()], dim=1), temb, context, mask)
+        if self.upsample is not None:
+            h = self.upsample(h, size=tuple(skips[-1].shape[-2:]))
+        return h
 
 
 class MidBlock(nn.Module):
@@ -460,17 +482,9 @@ class UNet(nn.Module):
 
         h = self.conv_in(x.to(dtype))
         skips = [h]
-        for level in self.down:
-            for j in range(len(level.resnets)):
-                h = level.block(j, h, temb, context, mask)
-                skips.append(h)
-            if level.downsample is not None:
-                h = level.downsample(h)
-                skips.append(h)
+        for down in self.down:
+            h = down(h, temb, context, mask, skips)
         h = self.mid(h, temb, context, mask)
-        for level in self.up:
-            for j in range(len(level.resnets)):
-                h = level.block(j, torch.cat([h, skips.pop()], dim=1), temb, context, mask)
-            if level.upsample is not None:
-                h = level.upsample(h, size=tuple(skips[-1].shape[-2:]))
+        for up in self.up:
+            h = up(h, temb, context, mask, skips)
         return self.conv_out(F.silu(self.norm_out(h)))
