@@ -289,7 +289,62 @@ class Autoencoder(nn.Module):
             z = self.post_quant_conv(z)
         return self.decoder(z)
 
+    def tiled_decode(self, z: Tensor, tile: int = 64, overlap: int = 16) -> Tensor:
+        """Decode ``z`` in overlapping ``tile`` x ``tile`` latent tiles, blended with linear ramps.
+
+        Memory grows with the tile, not the image. Each tile is decoded on its own (GroupNorm statistics
+        and the middle attention see only the tile), so the result is close to, not equal to,
+        ``decode(z)``; the ramps over ``overlap`` latent pixels hide the seams. A latent no larger than
+        one tile is decoded in one piece, exactly as ``decode``.
+        """
+        if tile < 1 or not 0 <= overlap < tile:
+            raise ValueError(f"tiled_decode needs tile >= 1 and 0 <= overlap < tile, got {tile=} {overlap=}")
+        b, _, h, w = z.shape
+        if h <= tile and w <= tile:
+            return self.decode(z)
+        f = self.config.downsample_factor
+        ys, xs = _tile_starts(h, tile, overlap), _tile_starts(w, tile, overlap)
+        out = z.new_zeros(b, self.config.out_channels, h * f, w * f)
+        weight = z.new_zeros(1, 1, h * f, w * f)
+        for y0 in ys:
+            for x0 in xs:
+                th, tw = min(tile, h - y0), min(tile, w - x0)
+                image = self.decode(z[:, :, y0 : y0 + th, x0 : x0 + tw])  # (B, C, th*f, tw*f)
+                ramp_y = _ramp(th * f, overlap * f, y0 > 0, y0 + th < h, z)
+                ramp_x = _ramp(tw * f, overlap * f, x0 > 0, x0 + tw < w, z)
+                mask = ramp_y[:, None] * ramp_x[None, :]  # (th*f, tw*f)
+                region = (
+                    slice(None),
+                    slice(None),
+                    slice(y0 * f, (y0 + th) * f),
+                    slice(x0 * f, (x0 + tw) * f),
+                )
+                out[region] += image * mask
+                weight[region] += mask
+        return out / weight
+
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, DiagonalGaussian]:
         """Reconstruct ``x`` through a posterior sample; returns (reconstruction, posterior)."""
         posterior = self.encode(x)
         return self.decode(posterior.sample(generator)), posterior
+
+
+def _tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+    """Tile offsets along one axis: stride ``tile - overlap``, the last tile flush with the end."""
+    if size <= tile:
+        return [0]
+    starts = list(range(0, size - tile, tile - overlap))
+    return starts + [size - tile]
+
+
+def _ramp(length: int, overlap: int, rise: bool, fall: bool, like: Tensor) -> Tensor:
+    """Blend weights along one tile axis: linear ramps over ``overlap`` pixels on the sides with a neighbour."""
+    weights = torch.ones(length, dtype=like.dtype, device=like.device)
+    n = min(overlap, length)
+    if n > 0:
+        ramp = (torch.arange(n, dtype=like.dtype, device=like.device) + 0.5) / n  # (n,), in (0, 1)
+        if rise:
+            weights[:n] = torch.minimum(weights[:n], ramp)
+        if fall:
+            weights[-n:] = torch.minimum(weights[-n:], ramp.flip(0))
+    return weights
