@@ -1,4 +1,4 @@
-"""A tiny random-weight model folder for pipeline and CLI tests (no training needed)."""
+"""Shared fixtures: a tiny random-weight model folder for pipeline, node and CLI tests (no training needed)."""
 
 from __future__ import annotations
 

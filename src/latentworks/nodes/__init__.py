@@ -1,1 +1,26 @@
-"""latentworks.nodes."""
+"""Thin node adapters over the library, with ComfyUI's class and input names.
+
+``default_registry(models_dir, input_dir)`` returns a fresh ``NodeRegistry`` holding every node
+latentworks ships; nothing is registered globally.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from latentworks.graph.registry import NodeRegistry
+
+
+def default_registry(
+    models_dir: str | Path | None = None, input_dir: str | Path | None = None
+) -> NodeRegistry:
+    from latentworks.nodes.image import image_nodes
+    from latentworks.nodes.models import loader_nodes
+    from latentworks.nodes.sampling import sampling_nodes
+
+    md = None if models_dir is None else Path(models_dir)
+    idir = None if input_dir is None else Path(input_dir)
+    return NodeRegistry([*loader_nodes(md), *sampling_nodes(), *image_nodes(idir)])
+
+
+__all__ = ["default_registry"]

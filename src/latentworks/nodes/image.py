@@ -1,0 +1,199 @@
+"""Image nodes: VAEDecode, VAEEncode, VAEEncodeForInpaint, LoadImage, SaveImage, PreviewImage."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, PngImagePlugin
+
+from latentworks.graph.metadata import png_metadata
+from latentworks.graph.types import InputSpec, NodeResult, NodeSpec, OutputSpec
+from latentworks.nodes.payloads import Latent, VAEPayload
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def _decode(ctx: Any, samples: Latent, vae: VAEPayload) -> tuple[Any, ...]:
+    if samples.samples is None:
+        raise ValueError("VAEDecode got an empty latent; sample it first (KSampler)")
+    p = next(vae.vae.parameters())
+    z = vae.latent_format.process_out(samples.samples.to(p.device).float()).to(p.dtype)
+    with torch.no_grad():
+        x = vae.vae.decode(z).float()  # (B, 3, H, W) in [-1, 1]
+    return (((x.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu(),)  # IMAGE (B, H, W, 3) in [0, 1]
+
+
+def _encode_pixels(vae: VAEPayload, pixels: torch.Tensor) -> torch.Tensor:
+    f = vae.factor
+    h, w = (pixels.shape[1] // f) * f, (pixels.shape[2] // f) * f
+    if h == 0 or w == 0:
+        raise ValueError(f"image {tuple(pixels.shape[1:3])} is smaller than the VAE factor {f}")
+    p = next(vae.vae.parameters())
+    x = pixels[:, :h, :w, :3].permute(0, 3, 1, 2).to(p.device, p.dtype) * 2 - 1
+    with torch.no_grad():
+        z = vae.vae.encode(x).mode().float()
+    return vae.latent_format.process_in(z)
+
+
+def _vae_encode(ctx: Any, pixels: torch.Tensor, vae: VAEPayload) -> tuple[Any, ...]:
+    return (Latent(samples=_encode_pixels(vae, pixels), factor=vae.factor),)
+
+
+def _vae_encode_inpaint(
+    ctx: Any, pixels: torch.Tensor, vae: VAEPayload, mask: torch.Tensor, grow_mask_by: int
+) -> tuple[Any, ...]:
+    m = (mask if mask.ndim == 3 else mask[None]).float()[:, None]  # (B, 1, H, W)
+    m = F.interpolate(m, size=pixels.shape[1:3], mode="bilinear")
+    if grow_mask_by > 0:
+        k = 2 * grow_mask_by + 1
+        m = F.max_pool2d(m, k, stride=1, padding=grow_mask_by)
+    keep = (m.round() < 0.5).permute(0, 2, 3, 1).float()  # grey out what will be regenerated
+    pixels = pixels[..., :3] * keep + 0.5 * (1 - keep)
+    return (Latent(samples=_encode_pixels(vae, pixels), noise_mask=m.round(), factor=vae.factor),)
+
+
+def _safe_prefix(prefix: str) -> tuple[str, str]:
+    """Split 'sub/dir/name' into (subfolder, name), refusing anything that climbs out."""
+    parts = [p for p in re.split(r"[\\/]+", prefix) if p not in ("", ".")]
+    if not parts or any(p == ".." for p in parts):
+        raise ValueError(f"filename_prefix {prefix!r} must be a relative name without '..'")
+    return "/".join(parts[:-1]), parts[-1]
+
+
+def _save(
+    ctx: Any,
+    images: torch.Tensor,
+    filename_prefix: str,
+    folder_type: str,
+    prompt: Any = None,
+    extra_pnginfo: Any = None,
+) -> NodeResult:
+    root = Path(ctx.output_dir if folder_type == "output" else ctx.temp_dir or ctx.output_dir)
+    sub, name = _safe_prefix(filename_prefix)
+    folder = root / sub
+    folder.mkdir(parents=True, exist_ok=True)
+    info = PngImagePlugin.PngInfo()
+    for key, text in png_metadata(prompt, extra_pnginfo).items():
+        info.add_text(key, text)
+    existing = [
+        int(m.group(1)) for p in folder.glob(f"{name}_*_.png") if (m := re.search(r"_(\d+)_\.png$", p.name))
+    ]
+    counter = max(existing, default=0) + 1
+    results = []
+    arr = (images.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    for i, a in enumerate(arr):
+        fname = (
+            f"{name}_{counter + i:05d}_.png"
+            if folder_type == "output"
+            else f"{name}_{uuid.uuid4().hex[:8]}.png"
+        )
+        Image.fromarray(a).save(folder / fname, pnginfo=info)
+        results.append({"filename": fname, "subfolder": sub, "type": folder_type})
+    return NodeResult(outputs=(), ui={"images": results})
+
+
+def _save_image(
+    ctx: Any, images: torch.Tensor, filename_prefix: str, prompt: Any = None, extra_pnginfo: Any = None
+) -> NodeResult:
+    return _save(ctx, images, filename_prefix, "output", prompt, extra_pnginfo)
+
+
+def _preview_image(
+    ctx: Any, images: torch.Tensor, prompt: Any = None, extra_pnginfo: Any = None
+) -> NodeResult:
+    return _save(ctx, images, "preview", "temp", prompt, extra_pnginfo)
+
+
+def list_inputs(input_dir: Path | None) -> list[str]:
+    if input_dir is None or not Path(input_dir).is_dir():
+        return []
+    return sorted(p.name for p in Path(input_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def image_nodes(input_dir: Path | None) -> list[NodeSpec]:
+    def load_image(ctx: Any, image: str) -> tuple[Any, ...]:
+        root = Path(ctx.input_dir or input_dir or ".")
+        path = (root / image).resolve()
+        if root.resolve() not in path.parents:
+            raise ValueError(f"image {image!r} is outside the input folder")
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            rgba = im.convert("RGBA")
+        a = np.asarray(rgba, dtype=np.float32) / 255.0
+        pixels = torch.from_numpy(a[..., :3].copy())[None]  # (1, H, W, 3)
+        mask = torch.from_numpy(1.0 - a[..., 3].copy())[None]  # transparent = 1 (regenerate), as ComfyUI
+        return (pixels, mask)
+
+    def I(name: str, type_: str, **kw: Any) -> InputSpec:  # noqa: E743, N802
+        return InputSpec(name=name, type=type_, **kw)
+
+    hidden = (I("prompt", "PROMPT", hidden=True), I("extra_pnginfo", "EXTRA_PNGINFO", hidden=True))
+    return [
+        NodeSpec(
+            name="VAEDecode",
+            display_name="VAE Decode",
+            category="latent",
+            execute=_decode,
+            description="Latents to pixels.",
+            inputs=(I("samples", "LATENT"), I("vae", "VAE")),
+            outputs=(OutputSpec(type="IMAGE"),),
+        ),
+        NodeSpec(
+            name="VAEEncode",
+            display_name="VAE Encode",
+            category="latent",
+            execute=_vae_encode,
+            description="Pixels to latents (crops to a multiple of the VAE factor).",
+            inputs=(I("pixels", "IMAGE"), I("vae", "VAE")),
+            outputs=(OutputSpec(type="LATENT"),),
+        ),
+        NodeSpec(
+            name="VAEEncodeForInpaint",
+            display_name="VAE Encode (for Inpainting)",
+            category="latent/inpaint",
+            execute=_vae_encode_inpaint,
+            description="Encode with the masked area greyed out and attach the mask as the noise mask.",
+            inputs=(
+                I("pixels", "IMAGE"),
+                I("vae", "VAE"),
+                I("mask", "MASK"),
+                I("grow_mask_by", "INT", default=6, min=0, max=64),
+            ),
+            outputs=(OutputSpec(type="LATENT"),),
+        ),
+        NodeSpec(
+            name="LoadImage",
+            display_name="Load Image",
+            category="image",
+            execute=load_image,
+            description="Load an uploaded image; its alpha channel becomes the mask.",
+            inputs=(
+                I("image", "COMBO", choices=lambda: list_inputs(input_dir), extra={"image_upload": True}),
+            ),
+            outputs=(OutputSpec(type="IMAGE"), OutputSpec(type="MASK")),
+        ),
+        NodeSpec(
+            name="SaveImage",
+            display_name="Save Image",
+            category="image",
+            execute=_save_image,
+            output_node=True,
+            description="Save PNGs to the output folder with the workflow in their text chunks.",
+            inputs=(I("images", "IMAGE"), I("filename_prefix", "STRING", default="latentworks"), *hidden),
+        ),
+        NodeSpec(
+            name="PreviewImage",
+            display_name="Preview Image",
+            category="image",
+            execute=_preview_image,
+            output_node=True,
+            description="Show images without keeping them (temp folder).",
+            inputs=(I("images", "IMAGE"), *hidden),
+        ),
+    ]

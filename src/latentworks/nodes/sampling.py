@@ -1,0 +1,304 @@
+"""Conditioning, latent and sampling nodes: CLIPTextEncode, EmptyLatentImage, KSampler, KSamplerAdvanced,
+SetLatentNoiseMask, LatentUpscale."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from latentworks.diffusion.denoisers import make_denoiser
+from latentworks.diffusion.guidance import CFGDenoiser, GuidedCond, InpaintDenoiser, noised_start
+from latentworks.diffusion.noise import SeededNoiseSampler, seeded_noise
+from latentworks.diffusion.samplers import SAMPLERS, StepInfo, get_sampler
+from latentworks.diffusion.schedules import SCHEDULERS, get_sigmas
+from latentworks.graph.types import InputSpec, NodeSpec, OutputSpec, Preview
+from latentworks.nodes.payloads import ClipPayload, ConditioningPayload, Latent, ModelPayload
+
+SEED_MAX = 2**64 - 1
+
+
+def _encode(ctx: Any, text: str, clip: ClipPayload) -> tuple[Any, ...]:
+    return (ConditioningPayload(clip.encoder.encode([text])),)
+
+
+def _empty_latent(ctx: Any, width: int, height: int, batch_size: int) -> tuple[Any, ...]:
+    return (Latent(pixel_size=(int(height), int(width)), batch_size=int(batch_size)),)
+
+
+def _preview_jpeg(rgb: torch.Tensor) -> Preview:
+    """uint8 (h, w, 3) -> a JPEG preview, upscaled so small latents are visible."""
+    im = Image.fromarray(rgb.cpu().numpy())
+    if im.width < 256:
+        s = max(1, 256 // im.width)
+        im = im.resize((im.width * s, im.height * s), Image.Resampling.NEAREST)
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=85)
+    return Preview("JPEG", buf.getvalue())
+
+
+def run_sampler(
+    ctx: Any,
+    model: ModelPayload,
+    seed: int,
+    steps: int,
+    cfg: float,
+    sampler_name: str,
+    scheduler: str,
+    positive: ConditioningPayload,
+    negative: ConditioningPayload,
+    latent: Latent,
+    *,
+    denoise: float = 1.0,
+    add_noise: bool = True,
+    start_at_step: int = 0,
+    end_at_step: int | None = None,
+    leftover_noise: bool = False,
+) -> Latent:
+    """The shared body of KSampler and KSamplerAdvanced."""
+    folder = model.folder
+    device = next(folder.denoiser_net.parameters()).device
+    lf = folder.latent_format
+    factor = int(folder.vae.config.downsample_factor)
+    x0 = latent.materialise(lf.channels, factor, device).float()
+    if x0.shape[1] != lf.channels:
+        raise ValueError(
+            f"latent has {x0.shape[1]} channels but the model expects {lf.channels}; "
+            "encode the image with this model's VAE"
+        )
+    b = x0.shape[0]
+    seeds = [(int(seed) + i) % 2**63 for i in range(b)]
+    ms = folder.model_sampling
+    full = get_sigmas(ms, scheduler, steps, denoise=denoise) if denoise > 0 else torch.zeros(1)
+    last = len(full) - 1 if end_at_step is None else min(end_at_step, len(full) - 1)
+    sigmas = full[start_at_step : last + 1].clone()
+    if len(sigmas) >= 2 and last < len(full) - 1 and not leftover_noise:
+        sigmas[-1] = 0.0  # stop early but still finish the denoising (ComfyUI's force_full_denoise)
+    if len(sigmas) < 2:
+        return Latent(samples=x0, noise_mask=latent.noise_mask, factor=factor)
+    sigmas = sigmas.to(device)
+    shape = tuple(x0.shape[1:])
+    noise = seeded_noise(shape, seeds, device=device)
+    denoiser = make_denoiser(folder.denoiser_net, folder.prediction, ms)
+    interp = denoiser.interpolation
+    x = noised_start(x0, noise, sigmas[0], interp) if add_noise else x0
+    inner: Any = denoiser
+    if latent.noise_mask is not None:
+        mask = F.interpolate(latent.noise_mask.to(device).float(), size=x0.shape[-2:], mode="bilinear")
+        mask = mask.expand(b, 1, *x0.shape[-2:]) if mask.shape[0] == 1 else mask
+        inner = InpaintDenoiser(denoiser, x0, mask, noise)
+    guided = CFGDenoiser(inner, cfg)
+    cond = positive.cond.repeat(b).to(device)
+    uncond = negative.cond.repeat(b).to(device) if cfg != 1.0 else None
+    total = len(sigmas) - 1
+
+    def callback(info: StepInfo) -> None:
+        preview = _preview_jpeg(torch.as_tensor(lf.preview(info.denoised[:1]))[0]) if lf.rgb_factors else None
+        ctx.progress(info.i + 1, total, preview=preview)  # raises Interrupted when cancelled
+
+    with torch.no_grad():
+        out = get_sampler(sampler_name)(
+            guided,
+            x,
+            sigmas,
+            cond=GuidedCond(cond, uncond),
+            noise=SeededNoiseSampler(seeds, shape, device=device),
+            callback=callback,
+        )
+    return Latent(samples=out.float(), noise_mask=latent.noise_mask, factor=factor)
+
+
+def _ksampler(
+    ctx: Any,
+    model: ModelPayload,
+    seed: int,
+    steps: int,
+    cfg: float,
+    sampler_name: str,
+    scheduler: str,
+    positive: ConditioningPayload,
+    negative: ConditioningPayload,
+    latent_image: Latent,
+    denoise: float = 1.0,
+) -> tuple[Any, ...]:
+    return (
+        run_sampler(
+            ctx,
+            model,
+            seed,
+            steps,
+            cfg,
+            sampler_name,
+            scheduler,
+            positive,
+            negative,
+            latent_image,
+            denoise=denoise,
+        ),
+    )
+
+
+def _ksampler_advanced(
+    ctx: Any,
+    model: ModelPayload,
+    add_noise: str,
+    noise_seed: int,
+    steps: int,
+    cfg: float,
+    sampler_name: str,
+    scheduler: str,
+    positive: ConditioningPayload,
+    negative: ConditioningPayload,
+    latent_image: Latent,
+    start_at_step: int,
+    end_at_step: int,
+    return_with_leftover_noise: str,
+) -> tuple[Any, ...]:
+    return (
+        run_sampler(
+            ctx,
+            model,
+            noise_seed,
+            steps,
+            cfg,
+            sampler_name,
+            scheduler,
+            positive,
+            negative,
+            latent_image,
+            add_noise=add_noise == "enable",
+            start_at_step=start_at_step,
+            end_at_step=end_at_step,
+            leftover_noise=return_with_leftover_noise == "enable",
+        ),
+    )
+
+
+def _set_mask(ctx: Any, samples: Latent, mask: torch.Tensor) -> tuple[Any, ...]:
+    m = mask if mask.ndim == 3 else mask[None]
+    return (samples.with_mask(m[:, None].float()),)
+
+
+UPSCALE_METHODS = ("nearest-exact", "bilinear", "area", "bicubic")
+
+
+def _latent_upscale(
+    ctx: Any, samples: Latent, upscale_method: str, width: int, height: int, crop: str
+) -> tuple[Any, ...]:
+    if samples.samples is None:
+        return (Latent(pixel_size=(height, width), batch_size=samples.batch_size),)
+    z = samples.samples
+    h, w = z.shape[-2:]
+    if width == 0 and height == 0:
+        return (samples,)
+    th = height // samples.factor if height else round(h * width / (w * samples.factor))
+    tw = width // samples.factor if width else round(w * height / (h * samples.factor))
+    th, tw = max(1, th), max(1, tw)
+    if crop == "center":  # crop to the target aspect ratio before resizing
+        if w * th > h * tw:
+            nw = round(h * tw / th)
+            z = z[..., (w - nw) // 2 : (w - nw) // 2 + nw]
+        elif w * th < h * tw:
+            nh = round(w * th / tw)
+            z = z[..., (h - nh) // 2 : (h - nh) // 2 + nh, :]
+    kw: dict[str, Any] = {} if upscale_method in ("nearest-exact", "area") else {"align_corners": False}
+    out = F.interpolate(z, size=(th, tw), mode=upscale_method, **kw)
+    return (Latent(samples=out, noise_mask=samples.noise_mask, factor=samples.factor),)
+
+
+def sampling_nodes() -> list[NodeSpec]:
+    def I(name: str, type_: str, **kw: Any) -> InputSpec:  # noqa: E743, N802
+        return InputSpec(name=name, type=type_, **kw)
+
+    common = (
+        I("sampler_name", "COMBO", choices=tuple(SAMPLERS), default="euler"),
+        I("scheduler", "COMBO", choices=tuple(SCHEDULERS), default="normal"),
+        I("positive", "CONDITIONING"),
+        I("negative", "CONDITIONING"),
+        I("latent_image", "LATENT"),
+    )
+    size = {"default": 64, "min": 16, "max": 4096, "step": 8}
+    return [
+        NodeSpec(
+            name="CLIPTextEncode",
+            display_name="CLIP Text Encode (Prompt)",
+            category="conditioning",
+            description="Encode a prompt with the checkpoint's text encoder.",
+            execute=_encode,
+            inputs=(I("text", "STRING", default="", multiline=True), I("clip", "CLIP")),
+            outputs=(OutputSpec(type="CONDITIONING"),),
+        ),
+        NodeSpec(
+            name="EmptyLatentImage",
+            display_name="Empty Latent Image",
+            category="latent",
+            description="An empty latent of a pixel size; the model decides channels and scale.",
+            execute=_empty_latent,
+            inputs=(
+                I("width", "INT", **size),
+                I("height", "INT", **size),
+                I("batch_size", "INT", default=1, min=1, max=64),
+            ),
+            outputs=(OutputSpec(type="LATENT"),),
+        ),
+        NodeSpec(
+            name="KSampler",
+            category="sampling",
+            execute=_ksampler,
+            description="Denoise a latent with classifier-free guidance. Image i uses seed + i.",
+            inputs=(
+                I("model", "MODEL"),
+                I("seed", "INT", default=0, min=0, max=SEED_MAX, extra={"control_after_generate": True}),
+                I("steps", "INT", default=20, min=1, max=10000),
+                I("cfg", "FLOAT", default=5.0, min=0.0, max=100.0, step=0.1),
+                *common,
+                I("denoise", "FLOAT", default=1.0, min=0.0, max=1.0, step=0.01),
+            ),
+            outputs=(OutputSpec(type="LATENT"),),
+        ),
+        NodeSpec(
+            name="KSamplerAdvanced",
+            display_name="KSampler (Advanced)",
+            category="sampling",
+            execute=_ksampler_advanced,
+            description="KSampler over a step range, for multi-stage sampling.",
+            inputs=(
+                I("model", "MODEL"),
+                I("add_noise", "COMBO", choices=("enable", "disable"), default="enable"),
+                I("noise_seed", "INT", default=0, min=0, max=SEED_MAX),
+                I("steps", "INT", default=20, min=1, max=10000),
+                I("cfg", "FLOAT", default=5.0, min=0.0, max=100.0, step=0.1),
+                *common,
+                I("start_at_step", "INT", default=0, min=0, max=10000),
+                I("end_at_step", "INT", default=10000, min=0, max=10000),
+                I("return_with_leftover_noise", "COMBO", choices=("disable", "enable"), default="disable"),
+            ),
+            outputs=(OutputSpec(type="LATENT"),),
+        ),
+        NodeSpec(
+            name="SetLatentNoiseMask",
+            category="latent/inpaint",
+            execute=_set_mask,
+            description="Only regenerate where the mask is 1.",
+            inputs=(I("samples", "LATENT"), I("mask", "MASK")),
+            outputs=(OutputSpec(type="LATENT"),),
+        ),
+        NodeSpec(
+            name="LatentUpscale",
+            display_name="Upscale Latent",
+            category="latent",
+            execute=_latent_upscale,
+            description="Resize a latent to a pixel size (0 keeps the aspect ratio).",
+            inputs=(
+                I("samples", "LATENT"),
+                I("upscale_method", "COMBO", choices=UPSCALE_METHODS),
+                I("width", "INT", default=512, min=0, max=16384, step=8),
+                I("height", "INT", default=512, min=0, max=16384, step=8),
+                I("crop", "COMBO", choices=("disabled", "center")),
+            ),
+            outputs=(OutputSpec(type="LATENT"),),
+        ),
+    ]
