@@ -1,0 +1,373 @@
+"""Stage 2: train a latent diffusion model (U-Net or DiT) on cached latents.
+
+Objectives: ``eps`` / ``v`` (discrete DDPM, scaled-linear betas) or ``flow`` (rectified flow with
+logit-normal time, SD3). Captions are encoded on the fly by the frozen text encoder; 10% are
+replaced by "" (the unconditional embedding) for classifier-free guidance. AdamW, EMA weights,
+gradient clipping, bf16/fp16 autocast on GPU, DDP under torchrun.
+
+Run folder (``cfg.out``)::
+
+    config.json                   {"kind": "diffusion", "family": "unet"|"dit", "model": {...},
+                                   "prediction": "eps"|"v"|"flow", "vae_run": ..., "latent": {"scale", "shift",
+                                   "channels", "size"}, "text_encoder": {"name": "minilm", "max_length": 32},
+                                   "train": {...}}
+    model.safetensors             EMA weights (what pipelines load)
+    checkpoints/last.safetensors  full training state for --resume
+    samples/step_XXXXXXX.png, loss.png, log.jsonl
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from latentworks.checkpoints.io import save_file_atomic
+from latentworks.diffusion.conditioning import Conditioning
+from latentworks.training.checkpoint import check_finite, load_training_state, save_training_state
+from latentworks.training.common import RunLog, batch_indices, step_generator, to_jsonable, write_json
+from latentworks.training.distributed import (
+    all_reduce_mean,
+    barrier,
+    cleanup,
+    init_distributed,
+    wrap_ddp,
+)
+from latentworks.training.ema import EMA
+from latentworks.training.losses import DiffusionObjective
+
+DEFAULT_PROMPTS = (
+    "red apple, google style",
+    "grinning face, twitter style",
+    "red heart, google style",
+    "waving hand, twitter style",
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DiffusionTrainConfig:
+    """Stage-2 training on a latent cache (``data.latents``)."""
+
+    latents: Path
+    out: Path
+    family: str = "unet"  # "unet" or "dit"
+    preset: str = "emoji-s"
+    model: Any = None  # a UNetConfig / DiTConfig; overrides ``preset``
+    prediction: str = "flow"  # "eps", "v" or "flow"
+    steps: int = 50_000
+    batch_size: int = 32
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    ema_decay: float = 0.999
+    caption_dropout: float = 0.1
+    grad_clip: float = 1.0
+    mixed_precision: str = "no"  # "no", "bf16", "fp16" (autocast; fp16 adds a GradScaler)
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    text_max_length: int = 32
+    seed: int = 0
+    log_every: int = 10
+    sample_every: int = 1000
+    checkpoint_every: int = 500
+    sample_prompts: tuple[str, ...] = DEFAULT_PROMPTS
+    sample_steps: int = 20
+    sample_guidance: float = 4.0
+    vae_run: Path | None = None  # decode sample grids to pixels with this autoencoder
+    resume: bool = False
+    device: str = "cpu"
+    progress: bool = True
+    max_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "latents", Path(self.latents))
+        object.__setattr__(self, "out", Path(self.out))
+        if self.family not in ("unet", "dit"):
+            raise ValueError(f"family must be 'unet' or 'dit', got {self.family!r}")
+        if self.prediction not in ("eps", "v", "flow"):
+            raise ValueError(f"prediction must be eps, v or flow, got {self.prediction!r}")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        if not 0 <= self.caption_dropout < 1:
+            raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
+        for name in ("steps", "batch_size", "log_every", "sample_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"DiffusionTrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+
+    def model_config(self) -> Any:
+        if self.model is not None:
+            return self.model
+        if self.family == "unet":
+            from latentworks.models.unet import PRESETS
+        else:
+            from latentworks.models.dit import PRESETS
+        if self.preset not in PRESETS:
+            raise ValueError(
+                f"unknown {self.family} preset {self.preset!r}; choose from {', '.join(PRESETS)}"
+            )
+        return PRESETS[self.preset]
+
+
+@dataclass
+class DiffusionResult:
+    step: int
+    losses: list[float] = field(default_factory=list)
+    run_dir: Path | None = None
+
+
+def build_model(family: str, config: Any) -> nn.Module:
+    if family == "unet":
+        from latentworks.models.unet import UNet
+
+        return UNet(config)
+    from latentworks.models.dit import DiT
+
+    return DiT(config)
+
+
+def check_fit(family: str, mcfg: Any, channels: int, size: int, text_dim: int) -> None:
+    """Raise a clear error when the model config does not fit the latents or the text encoder."""
+    if mcfg.in_channels != channels:
+        raise ValueError(
+            f"the {family} config has in_channels={mcfg.in_channels} but the latents have {channels} channels; "
+            f"use a config with in_channels={channels} (and out_channels={channels})"
+        )
+    out = getattr(mcfg, "output_channels", getattr(mcfg, "out_channels", channels))
+    if out != channels:
+        raise ValueError(f"the {family} config predicts {out} channels; the latents have {channels}")
+    if family == "dit" and mcfg.sample_size != size:
+        raise ValueError(
+            f"the DiT config has sample_size={mcfg.sample_size} but the latents are {size}x{size}"
+        )
+    ctx = getattr(mcfg, "context_dim", None)
+    if ctx is not None and ctx != text_dim:
+        raise ValueError(
+            f"the {family} config has context_dim={ctx} but the text encoder gives {text_dim}-dim tokens"
+        )
+    pooled = getattr(mcfg, "pooled_dim", None)
+    if pooled and pooled != text_dim:
+        raise ValueError(
+            f"the {family} config has pooled_dim={pooled}; the text encoder's pooled vector is {text_dim}"
+        )
+
+
+class _CaptionCache:
+    """Encodes captions with the text encoder, memoising per caption (captions repeat every epoch)."""
+
+    def __init__(self, encoder: Any, device: torch.device, max_items: int = 20_000) -> None:
+        self.encoder, self.device, self.max_items = encoder, device, max_items
+        self.memo: dict[str, Conditioning] = {}
+
+    def __call__(self, captions: list[str]) -> Conditioning:
+        todo = sorted({c for c in captions if c not in self.memo})
+        if todo:
+            enc = self.encoder.encode(todo)
+            for i, c in enumerate(todo):
+                if len(self.memo) < self.max_items:
+                    self.memo[c] = enc.map(lambda t, i=i: t[i : i + 1].cpu())
+            if any(c not in self.memo for c in captions):  # memo full: encode the batch directly
+                return enc.to(self.device) if len(todo) == len(captions) else self.encoder.encode(captions)
+        return Conditioning.cat([self.memo[c] for c in captions]).to(self.device)
+
+
+@torch.no_grad()
+def sample_latents(
+    model: nn.Module,
+    prediction: str,
+    cond: Conditioning,
+    uncond: Conditioning,
+    shape: tuple[int, ...],
+    steps: int,
+    guidance: float,
+    generator: torch.Generator,
+) -> Tensor:
+    """Euler on the probability-flow ODE with classifier-free guidance (previews during training)."""
+    from latentworks.diffusion.denoisers import make_denoiser
+    from latentworks.diffusion.schedules import karras_schedule
+
+    den = make_denoiser(model, prediction)
+    ms = den.model_sampling
+    if prediction == "flow":
+        sigmas = torch.linspace(1.0, 0.0, steps + 1)
+    else:
+        sigmas = karras_schedule(ms, steps).float()
+    x = torch.randn(shape, generator=generator) * (1.0 if prediction == "flow" else float(sigmas[0]))
+    both = Conditioning.cat([uncond, cond])
+    for i in range(steps):
+        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+        x0_u, x0_c = den(torch.cat([x, x]), torch.full((2 * shape[0],), s), both).chunk(2)
+        x0 = x0_u + guidance * (x0_c - x0_u)
+        x = x + (x - x0) / s * (s_next - s)
+    return x
+
+
+def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> DiffusionResult:
+    """Train (or resume) a latent diffusion model; see the module docstring. ``text_encoder`` defaults to
+    the frozen MiniLM (``models.text.minilm``)."""
+    from latentworks.data.latents import load_latent_cache
+
+    info = init_distributed(cfg.device)
+    device = torch.device(
+        cfg.device if not (cfg.device.startswith("cuda") and info.enabled) else f"cuda:{info.local_rank}"
+    )
+    try:
+        cache = load_latent_cache(cfg.latents)
+        if text_encoder is None:
+            from latentworks.models.text.minilm import MiniLMTextEncoder
+
+            text_encoder = MiniLMTextEncoder(max_length=cfg.text_max_length, device=device)
+        mcfg = cfg.model_config()
+        check_fit(cfg.family, mcfg, cache.channels, cache.size, text_encoder.dim)
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg.family, mcfg).to(device)
+        ema = EMA(model, cfg.ema_decay)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        objective = DiffusionObjective(cfg.prediction, cfg.logit_mean, cfg.logit_std)
+        run, ckpt = cfg.out, cfg.out / "checkpoints" / "last.safetensors"
+        step = 0
+        if cfg.resume and ckpt.is_file():
+            meta = load_training_state(
+                ckpt, modules={"model": model, "ema": ema.model}, optimizers={"model": opt}, device=device
+            )
+            step = int(meta["step"])
+            ema.num_updates = int(meta.get("ema_updates", step))
+        elif cfg.resume and info.is_main:
+            print(f"--resume: no checkpoint at {ckpt}; starting from step 0")
+        run_config = {
+            "kind": "diffusion",
+            "family": cfg.family,
+            "model": to_jsonable(mcfg),
+            "prediction": cfg.prediction,
+            "vae_run": str(cache.metadata.get("vae_run", cfg.vae_run or "")),
+            "latent": {
+                "scale": cache.scale,
+                "shift": cache.shift,
+                "channels": cache.channels,
+                "size": cache.size,
+            },
+            "text_encoder": {"name": "minilm", "max_length": cfg.text_max_length, "dim": text_encoder.dim},
+            "train": to_jsonable(cfg),
+        }
+        if info.is_main:
+            run.mkdir(parents=True, exist_ok=True)
+            write_json(run / "config.json", run_config)
+        log = RunLog(run, step) if info.is_main else None
+        ddp_model = wrap_ddp(model, info)
+        captions = _CaptionCache(text_encoder, device)
+        use_amp = cfg.mixed_precision != "no"
+        amp_dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float16
+        scaler = torch.amp.GradScaler(device.type, enabled=cfg.mixed_precision == "fp16")
+
+        def save_all(s: int) -> None:
+            if info.is_main:
+                save_training_state(
+                    ckpt,
+                    step=s,
+                    modules={"model": model, "ema": ema.model},
+                    optimizers={"model": opt},
+                    extra_meta={"config": run_config, "ema_updates": str(ema.num_updates)},
+                )
+                save_file_atomic(
+                    ema.state_dict(),
+                    run / "model.safetensors",
+                    {"step": str(s), "kind": "diffusion", "weights": "ema"},
+                )
+
+        bar = None
+        if info.is_main and cfg.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+        losses: list[float] = []
+        t_start, start_step = time.perf_counter(), step
+        model.train()
+        while step < cfg.steps:
+            idx = batch_indices(step, len(cache), cfg.batch_size, cfg.seed, info.rank, info.world_size)
+            gen = step_generator(cfg.seed, step, info.rank)
+            x0 = cache.sample(idx, gen).to(device)
+            drop = torch.rand(len(idx), generator=gen) < cfg.caption_dropout
+            caps = ["" if d else cache.captions[int(i)] for i, d in zip(idx, drop)]
+            cond = captions(caps)
+            nb = objective.noise(x0, gen)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                pred = ddp_model(nb.x_t, nb.t, cond)
+            loss = (pred.float() - nb.target.float()).pow(2).mean()
+            check_finite(loss, step)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip > 0:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            ema.update(model)
+            step += 1
+            losses.append(float(loss.detach()))
+
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                lv = float(all_reduce_mean(loss.detach(), info))
+                if log is not None:
+                    log.log(step, loss=lv)
+                if bar is not None:
+                    rate = (
+                        (step - start_step)
+                        * cfg.batch_size
+                        * info.world_size
+                        / (time.perf_counter() - t_start)
+                    )
+                    bar.set_postfix(loss=f"{lv:.4f}", img_s=f"{rate:.1f}")
+            if bar is not None:
+                bar.update(1)
+            timed_out = cfg.max_seconds is not None and time.perf_counter() - t_start > cfg.max_seconds
+            if info.is_main and (step % cfg.sample_every == 0 or step == cfg.steps or timed_out):
+                _preview(cfg, ema.model, text_encoder, cache, run, step, device)
+                if log is not None:
+                    log.plot(f"train ({cfg.family}, {cfg.prediction}) loss")
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps or timed_out:
+                save_all(step)
+                barrier(info)
+            if timed_out:
+                break
+        if bar is not None:
+            bar.close()
+        return DiffusionResult(step=step, losses=losses, run_dir=run)
+    finally:
+        cleanup(info)
+
+
+def _preview(
+    cfg: DiffusionTrainConfig,
+    model: nn.Module,
+    text_encoder: Any,
+    cache: Any,
+    run: Path,
+    step: int,
+    device: torch.device,
+) -> None:
+    """Sample the preview prompts with the EMA model; decode with the VAE when one is known."""
+    from latentworks.evaluation.grids import make_grid
+
+    prompts = list(cfg.sample_prompts)
+    if not prompts:
+        return
+    vae_run = cfg.vae_run or cache.metadata.get("vae_run")
+    cond = text_encoder.encode(prompts).to(device)
+    uncond = text_encoder.encode([""] * len(prompts)).to(device)
+    g = torch.Generator().manual_seed(cfg.seed)
+    shape = (len(prompts), cache.channels, cache.size, cache.size)
+    z = sample_latents(model, cfg.prediction, cond, uncond, shape, cfg.sample_steps, cfg.sample_guidance, g)
+    (run / "samples").mkdir(exist_ok=True)
+    if vae_run and Path(vae_run, "model.safetensors").is_file():
+        from latentworks.data.latents import load_autoencoder
+
+        ae = load_autoencoder(vae_run, device)
+        with torch.no_grad():
+            img = ae.decode((z / cache.scale + cache.shift).to(device)).clamp(-1, 1)
+    else:  # no autoencoder: show the first three latent channels
+        img = (z[:, :3] / max(1e-6, float(z[:, :3].abs().max()))).clamp(-1, 1)
+        if img.shape[1] < 3:
+            img = img.expand(-1, 3, -1, -1)
+    make_grid(img.cpu()).save(run / "samples" / f"step_{step:07d}.png")

@@ -1,0 +1,166 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from helpers import HashTextEncoder, make_latent_cache  # noqa: E402
+
+from latentworks.checkpoints.io import load_state_dict  # noqa: E402
+from latentworks.models.dit import DiTConfig  # noqa: E402
+from latentworks.models.unet import UNetConfig  # noqa: E402
+from latentworks.training.diffusion import DiffusionTrainConfig, train_diffusion  # noqa: E402
+
+DIT = DiTConfig(
+    in_channels=4, sample_size=8, patch_size=2, width=32, depth=2, num_heads=2, context_dim=16, pooled_dim=16
+)
+UNET = UNetConfig(
+    channels=(16, 32),
+    layers_per_block=1,
+    transformer_depth=(0, 1),
+    mid_transformer_depth=1,
+    num_heads=None,
+    head_dim=16,
+    context_dim=16,
+    norm_groups=8,
+)
+
+
+def _cfg(tmp_path, name="run", **kw):
+    base = dict(
+        latents=tmp_path / "lat.safetensors",
+        out=tmp_path / name,
+        family="dit",
+        model=DIT,
+        steps=6,
+        batch_size=4,
+        log_every=1,
+        sample_every=1000,
+        checkpoint_every=3,
+        progress=False,
+        sample_steps=2,
+        sample_prompts=("red apple",),
+        lr=1e-3,
+    )
+    base.update(kw)
+    return DiffusionTrainConfig(**base)
+
+
+@pytest.fixture
+def cache(tmp_path):
+    return make_latent_cache(tmp_path / "lat.safetensors", n=8)
+
+
+@pytest.mark.parametrize("prediction", ["flow", "eps"])
+def test_overfit_loss_decreases(tmp_path, cache, prediction):
+    # One latent (x0 fixed): the target is a function of (x_t, t), so the loss can go to 0 from ~1-2.
+    make_latent_cache(tmp_path / "lat.safetensors", n=4, identical=True)
+    cfg = _cfg(tmp_path, steps=60, checkpoint_every=60, caption_dropout=0.0, prediction=prediction, lr=3e-3)
+    r = train_diffusion(cfg, text_encoder=HashTextEncoder())
+    first, last = sum(r.losses[:10]) / 10, sum(r.losses[-10:]) / 10
+    assert last < 0.7 * first, (first, last)
+    assert (tmp_path / "run" / "loss.png").is_file() and (tmp_path / "run" / "samples").is_dir()
+
+
+@pytest.mark.parametrize("family,model", [("dit", DIT), ("unet", UNET)])
+def test_resume_is_exact(tmp_path, cache, family, model):
+    enc = HashTextEncoder()
+    n, m = (3, 3) if family == "dit" else (2, 1)  # the U-Net is slower on CPU
+    kw = dict(family=family, model=model, checkpoint_every=n)
+    straight = train_diffusion(_cfg(tmp_path, "a", steps=n + m, **kw), text_encoder=enc)
+    train_diffusion(_cfg(tmp_path, "b", steps=n, **kw), text_encoder=enc)
+    resumed = train_diffusion(_cfg(tmp_path, "b", steps=n + m, resume=True, **kw), text_encoder=enc)
+    assert resumed.losses == straight.losses[n:]
+    a = load_state_dict(tmp_path / "a" / "checkpoints" / "last.safetensors")
+    b = load_state_dict(tmp_path / "b" / "checkpoints" / "last.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_nan_stops_without_checkpoint(tmp_path, cache):
+    enc = HashTextEncoder()
+    train_diffusion(_cfg(tmp_path, steps=3), text_encoder=enc)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.safetensors"
+    before = ckpt.read_bytes()
+    # Resume on latents that contain NaN: the first new step (3) must stop the run.
+    bad = make_latent_cache(tmp_path / "nan.safetensors", n=8)
+    from latentworks.data.latents import save_latent_cache
+
+    save_latent_cache(tmp_path / "nan.safetensors", bad.mean * float("nan"), bad.std, bad.captions)
+    with pytest.raises(FloatingPointError, match="step 3"):
+        train_diffusion(
+            _cfg(tmp_path, steps=6, resume=True, latents=tmp_path / "nan.safetensors"), text_encoder=enc
+        )
+    assert ckpt.read_bytes() == before
+    assert not [p for p in ckpt.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_config_that_does_not_fit(tmp_path, cache):
+    bad = DiTConfig(
+        in_channels=8, sample_size=8, patch_size=2, width=32, depth=1, num_heads=2, context_dim=16
+    )
+    with pytest.raises(ValueError, match="in_channels=8 but the latents have 4 channels"):
+        train_diffusion(_cfg(tmp_path, model=bad), text_encoder=HashTextEncoder())
+    with pytest.raises(ValueError, match="context_dim=16 but the text encoder gives 8"):
+        train_diffusion(_cfg(tmp_path), text_encoder=HashTextEncoder(dim=8))
+
+
+def test_ddp_two_processes_identical_weights(tmp_path, cache):
+    script = tmp_path / "ddp.py"
+    script.write_text(
+        f"""
+import sys, torch
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from helpers import HashTextEncoder
+from test_diffusion_training import DIT
+from latentworks.training.diffusion import DiffusionTrainConfig, train_diffusion
+import torch.distributed as dist
+torch.set_num_threads(1)
+cfg = DiffusionTrainConfig(latents={str(tmp_path / "lat.safetensors")!r}, out={str(tmp_path / "ddp")!r},
+    family="dit", model=DIT, steps=3, batch_size=2, log_every=1, sample_every=1000, checkpoint_every=1000,
+    progress=False, sample_prompts=())
+import latentworks.training.diffusion as D
+orig = D.cleanup
+def keep(info):  # gather weights before the group is destroyed
+    import torch.distributed as dist
+    from latentworks.training.distributed import unwrap
+    flat = torch.cat([p.detach().flatten() for p in D._last_model.parameters()])
+    out = [torch.zeros_like(flat) for _ in range(info.world_size)]
+    dist.all_gather(out, flat)
+    if info.rank == 0:
+        torch.save(torch.stack(out), {str(tmp_path / "w.pt")!r})
+    orig(info)
+D.cleanup = keep
+_build = D.build_model
+def build(f, c):
+    m = _build(f, c); D._last_model = m; return m
+D.build_model = build
+train_diffusion(cfg, text_encoder=HashTextEncoder())
+"""
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_port=29533",
+            str(script),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    w = torch.load(tmp_path / "w.pt")
+    assert w.shape[0] == 2 and torch.equal(w[0], w[1])
+    init = torch.cat(
+        [p.flatten() for p in __import__("latentworks.models.dit", fromlist=["DiT"]).DiT(DIT).parameters()]
+    )
+    assert not torch.equal(w[0], init)  # training moved the weights
