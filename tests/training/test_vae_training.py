@@ -1,0 +1,77 @@
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from helpers import make_square_images  # noqa: E402
+
+from latentworks.checkpoints.io import load_state_dict  # noqa: E402
+from latentworks.training.vae import VAETrainConfig, train_vae  # noqa: E402
+
+
+def _cfg(tmp_path, name="vae", **kw):
+    base = dict(
+        data=tmp_path / "sq.npz",
+        out=tmp_path / name,
+        preset="tiny",
+        resolution=16,
+        steps=4,
+        batch_size=4,
+        perceptual_weight=0.0,
+        disc_start=2,
+        log_every=1,
+        sample_every=100,
+        checkpoint_every=2,
+        progress=False,
+        eval_items=4,
+        lr=1e-3,
+    )
+    base.update(kw)
+    return VAETrainConfig(**base)
+
+
+@pytest.fixture
+def data(tmp_path):
+    make_square_images(tmp_path / "sq.npz")
+
+
+def test_vae_resume_exact_with_gan(tmp_path, data):
+    a = train_vae(_cfg(tmp_path, "a"))
+    train_vae(_cfg(tmp_path, "b", steps=2))
+    b = train_vae(_cfg(tmp_path, "b", resume=True))
+    assert a.step == b.step == 4
+    sa = load_state_dict(tmp_path / "a" / "checkpoints" / "last.safetensors")
+    sb = load_state_dict(tmp_path / "b" / "checkpoints" / "last.safetensors")
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+    assert any(k.startswith("disc.") for k in sa) and "psnr" in a.metrics
+    assert (tmp_path / "a" / "model.safetensors").is_file() and (tmp_path / "a" / "config.json").is_file()
+
+
+def test_vae_learns_and_cache_latents(tmp_path, data):
+    import json
+
+    r = train_vae(_cfg(tmp_path, steps=40, disc_start=-1, checkpoint_every=40, lr=3e-3))
+    log = [json.loads(line) for line in (tmp_path / "vae" / "log.jsonl").read_text().splitlines()]
+    assert sum(x["l1"] for x in log[-5:]) < 0.6 * sum(x["l1"] for x in log[:5])
+    assert r.metrics["psnr"] > 12
+    from latentworks.data.latents import cache_latents, load_latent_cache
+
+    c = cache_latents(tmp_path / "vae", tmp_path / "sq.npz", tmp_path / "lat.safetensors", progress=False)
+    back = load_latent_cache(tmp_path / "lat.safetensors")
+    assert back.mean.shape == (20, 4, 8, 8) and len(back.captions) == 20
+    z = back.sample(torch.arange(20), torch.Generator().manual_seed(0))
+    assert abs(float(z.std()) - 1) < 0.2 and abs(c.scale - back.scale) < 1e-9
+
+
+def test_perceptual_loss_is_zero_for_identical_and_grows():
+    from latentworks.training.losses import InceptionPerceptualLoss
+
+    p = InceptionPerceptualLoss()
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
+    n = torch.randn(2, 3, 32, 32, generator=g)
+    d = [p(x, x + s * n).mean().item() for s in (0.0, 0.1, 0.5)]
+    assert d[0] < 1e-8 and d[0] < d[1] < d[2]
