@@ -1,0 +1,47 @@
+"""``latentworks eval``: PSNR/SSIM/rFID of an autoencoder run, or FID/KID between two image sets."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("eval", help="FID/KID of a model, or PSNR/SSIM/rFID of an autoencoder")
+    sub = p.add_subparsers(dest="what", metavar="WHAT", required=True)
+    a = sub.add_parser("autoencoder", help="PSNR, SSIM and rFID on the held-out split")
+    a.add_argument("run", type=Path, help="train-vae run folder")
+    a.add_argument("--data", type=Path, required=True)
+    a.add_argument("--split", default="heldout")
+    a.add_argument("--limit", type=int, default=None, help="use at most this many images")
+    a.add_argument("--no-fid", action="store_true")
+    f = sub.add_parser("fid", help="FID and KID between two datasets (.npz or image folders)")
+    f.add_argument("real", type=Path)
+    f.add_argument("fake", type=Path)
+    f.add_argument("--size", type=int, default=64)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from latentworks.data.folder import load_dataset
+
+    if args.what == "autoencoder":
+        from latentworks.data.latents import load_autoencoder
+        from latentworks.training.vae import evaluate_reconstruction
+
+        ae = load_autoencoder(args.run)
+        ds = load_dataset(args.data, split=args.split)
+        n = len(ds) if args.limit is None else min(args.limit, len(ds))
+        x = ds.batch(range(n))[0]
+        m = evaluate_reconstruction(ae, x, fid=not args.no_fid)
+        line = f"PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f}"
+        if "rfid" in m:
+            line += f", rFID {m['rfid']:.2f}, rKID {m['rkid'] * 1e3:.2f}e-3"
+        print(f"{line} (N={n} {args.split} images)")
+        return 0
+    from latentworks.evaluation.fid import fid_kid
+
+    real = load_dataset(args.real, size=args.size).images
+    fake = load_dataset(args.fake, size=args.size).images
+    print(fid_kid(real, fake))
+    return 0
