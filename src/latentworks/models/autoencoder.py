@@ -92,6 +92,10 @@ PRESETS: dict[str, AutoencoderConfig] = {
     "flux": AutoencoderConfig(latent_channels=16, use_quant_conv=False, use_post_quant_conv=False),
     # 64x64 emoji -> 16x16x4 latents.
     "emoji-f4c4": AutoencoderConfig(latent_channels=4, channels=(64, 128, 128), layers_per_block=2),
+    # The embedded default model: 32x32 emoji -> 8x8x4 latents; ~2.1M params, trainable on a CPU.
+    "emoji32-f4c4": AutoencoderConfig(
+        latent_channels=4, channels=(48, 96, 96), layers_per_block=1, norm_groups=16
+    ),
     # For tests: f2, a few hundred thousand params.
     "tiny": AutoencoderConfig(latent_channels=4, channels=(16, 32), layers_per_block=1, norm_groups=8),
 }

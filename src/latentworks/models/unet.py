@@ -193,6 +193,16 @@ PRESETS: dict[str, UNetConfig] = {
         context_dim=384,
         use_linear_projection=True,
     ),
+    # The embedded default model: 8x8x4 latents of 32x32 emoji, MiniLM tokens; ~10.8M params.
+    "emoji32-xs": UNetConfig(
+        channels=(64, 128, 128),
+        transformer_depth=(0, 1, 1),
+        mid_transformer_depth=1,
+        num_heads=None,
+        head_dim=32,
+        context_dim=384,
+        use_linear_projection=True,
+    ),
     # For tests: a few hundred thousand params, every kind of layer present.
     "tiny": UNetConfig(
         channels=(32, 64),

@@ -1,0 +1,108 @@
+"""Turn training runs into a latentworks model folder (see ``pipelines.loading``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from latentworks.checkpoints.io import load_state_dict
+from latentworks.diffusion.latent_formats import LatentFormat
+from latentworks.models.configs import config_from_dict
+from latentworks.pipelines.loading import FAMILIES, save_model_folder
+
+
+def fit_preview_factors(
+    vae: torch.nn.Module, images: torch.Tensor, scale: float, shift: float
+) -> tuple[tuple[tuple[float, float, float], ...], tuple[float, float, float]]:
+    """Least-squares linear map from model-space latents (C) to RGB in [-1, 1] at latent resolution.
+
+    ``images``: (N, 3, H, W) in [-1, 1]. Returns (rgb_factors C x 3, rgb_bias 3) for ``LatentFormat``.
+    """
+    with torch.no_grad():
+        z = (vae.encode(images).mode() - shift) * scale  # (N, C, h, w)
+    rgb = torch.nn.functional.adaptive_avg_pool2d(images, z.shape[-2:])  # (N, 3, h, w)
+    a = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]).double()
+    a = torch.cat([a, torch.ones(a.shape[0], 1, dtype=a.dtype)], 1)  # (P, C + 1)
+    b = rgb.permute(0, 2, 3, 1).reshape(-1, 3).double()
+    sol = torch.linalg.lstsq(a, b).solution  # (C + 1, 3)
+    factors = tuple(tuple(round(float(v), 5) for v in row) for row in sol[:-1])
+    bias = tuple(round(float(v), 5) for v in sol[-1])
+    return factors, bias  # type: ignore[return-value]
+
+
+def export_run(
+    diffusion_run: str | Path,
+    out: str | Path,
+    *,
+    name: str,
+    data: str | Path | None = None,
+    resolution: int | None = None,
+    half: bool = False,
+    defaults: dict[str, Any] | None = None,
+    card: dict[str, Any] | None = None,
+) -> Path:
+    """Write the model folder for a ``latentworks train`` run (EMA weights) and its ``train-vae`` run.
+
+    With ``data`` (a dataset file), preview factors for the latent format are fitted on 256 images.
+    """
+    from latentworks.data.latents import load_autoencoder
+
+    run = Path(diffusion_run)
+    cfg_path = run / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{run}: no config.json; give the folder of a 'latentworks train' run")
+    cfg = json.loads(cfg_path.read_text())
+    if cfg.get("kind") != "diffusion":
+        raise ValueError(
+            f"{cfg_path} is a {cfg.get('kind')!r} run, not a 'latentworks train' (diffusion) run"
+        )
+    family = cfg["family"]
+    model_cls, config_cls = FAMILIES[family]()
+    net = model_cls(config_from_dict(config_cls, cfg["model"]))
+    net.load_state_dict(load_state_dict(run / "model.safetensors"), strict=True)
+    vae_run = Path(cfg["vae_run"])
+    if not vae_run.is_absolute() and not vae_run.exists():
+        vae_run = run.parent / vae_run.name
+    vae = load_autoencoder(vae_run)
+    lat = cfg["latent"]
+    factors: tuple = ()
+    bias: tuple = (0.0, 0.0, 0.0)
+    res = resolution or int(lat["size"]) * vae.config.downsample_factor
+    if data is not None:
+        from latentworks.data.folder import load_dataset
+
+        ds = load_dataset(data, size=res, split="all")
+        images = ds.batch(range(0, len(ds), max(1, len(ds) // 256)))[0][:256]
+        factors, bias = fit_preview_factors(vae, images, float(lat["scale"]), float(lat["shift"]))
+    lf = LatentFormat(
+        channels=int(lat["channels"]),
+        scale_factor=float(lat["scale"]),
+        shift_factor=float(lat["shift"]),
+        rgb_factors=factors,
+        rgb_bias=bias,
+    )
+    prediction = cfg["prediction"]
+    sampling = (
+        {"kind": "flow", "shift": 1.0}
+        if prediction == "flow"
+        else {"kind": "discrete", "betas": "scaled_linear"}
+    )
+    te = cfg.get("text_encoder", {})
+    return save_model_folder(
+        out,
+        name=name,
+        family=family,
+        denoiser=net,
+        prediction=prediction,
+        sampling=sampling,
+        vae=vae,
+        latent_format=lf,
+        text_encoder={"kind": "minilm", "max_length": int(te.get("max_length", 32))},
+        resolution=(res, res),
+        defaults=defaults,
+        card=card,
+        half=half,
+    )
