@@ -15,7 +15,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         epilog="examples:\n  latentworks info\n  latentworks info --model default",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", metavar="NAME|PATH", help="describe a model folder or a named model (e.g. default)")
+    p.add_argument(
+        "--model", metavar="NAME|PATH", help="describe a model folder or a named model (e.g. default)"
+    )
     return p
 
 
