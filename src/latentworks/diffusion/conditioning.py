@@ -78,7 +78,9 @@ class Conditioning:
             m = c.mask if c.mask is not None else torch.ones(b, n, dtype=torch.bool, device=c.tokens.device)
             if n < length:
                 c_t = torch.cat([c.tokens, c.tokens.new_zeros(b, length - n, d)], dim=1)
-                m = torch.cat([m.bool(), torch.zeros(b, length - n, dtype=torch.bool, device=m.device)], dim=1)
+                m = torch.cat(
+                    [m.bool(), torch.zeros(b, length - n, dtype=torch.bool, device=m.device)], dim=1
+                )
             else:
                 c_t = c.tokens
             toks.append(c_t)

@@ -8,8 +8,15 @@ import torch
 from torch import Tensor
 
 
-def timestep_embedding(t: Tensor, dim: int, *, max_period: float = 10000.0, flip_sin_to_cos: bool = True,
-                       downscale_freq_shift: float = 0.0, scale: float = 1.0) -> Tensor:
+def timestep_embedding(
+    t: Tensor,
+    dim: int,
+    *,
+    max_period: float = 10000.0,
+    flip_sin_to_cos: bool = True,
+    downscale_freq_shift: float = 0.0,
+    scale: float = 1.0,
+) -> Tensor:
     """Sinusoidal embedding of (B,) timesteps -> (B, dim), float32.
 
     ``flip_sin_to_cos=True`` puts cos first (SD/LDM convention); ``downscale_freq_shift`` is the
