@@ -271,27 +271,15 @@ def _quadrature_weights(
     a: float,
     b: float,
     kernel: Callable[[Any], Any] | None = None,
-    to_neg_inf: bool = False,
 ) -> list[float]:
     """Weights w_j = integral_a^b L_j(t) kernel(t) dt of the Lagrange basis through ``nodes``.
 
     Gauss-Legendre with 8 points: exact for the polynomial part (degree <= 3 here) and accurate to
-    ~1e-16 for the smooth ``exp`` kernel used by DEIS. ``to_neg_inf`` integrates
-    ``integral_-inf^a L_j(t) e^t dt`` exactly instead (the DEIS step to sigma = 0).
+    ~1e-16 for the smooth ``exp`` kernel used by DEIS.
     """
     nodes_np = np.asarray(nodes, dtype=np.float64)
     k = len(nodes_np)
     weights = []
-    if to_neg_inf:
-        # integral_{-inf}^{a} p(t) e^t dt with p in powers of v = t - a: sum_m c_m (-1)^m m! e^a.
-        for j in range(k):
-            others = np.delete(nodes_np, j)
-            coeffs = np.poly(others - a) / np.prod(nodes_np[j] - others)  # highest power first
-            total = 0.0
-            for power, c in enumerate(coeffs[::-1]):
-                total += c * (-1) ** power * math.factorial(power)
-            weights.append(total * math.exp(a))
-        return weights
     gx, gw = np.polynomial.legendre.leggauss(8)
     t = 0.5 * (b - a) * gx + 0.5 * (b + a)
     gw = gw * 0.5 * (b - a) * (kernel(t) if kernel is not None else 1.0)
@@ -700,8 +688,8 @@ def sample_deis(
     Integrator", Sec. 3.3-3.4) with time t = log sigma (= -lambda on VE).
 
     The slope d = (x - D) / sigma is extrapolated by the Lagrange polynomial P in t through the last
-    ``order`` steps, and the step integrates ``dx = P(t) e^t dt`` exactly (Gauss-Legendre; the final
-    step to sigma = 0 uses the closed form of integral_-inf P(t) e^t dt).
+    ``order`` steps, and the step integrates ``dx = P(t) e^t dt`` exactly (Gauss-Legendre). The
+    final step to sigma = 0 is first order (returns D), like DPM-Solver++'s ``lower_order_final``.
     """
     if order < 1:
         raise ValueError(f"deis: order must be >= 1, got {order}")
@@ -716,8 +704,9 @@ def sample_deis(
         log_sigmas.insert(0, math.log(sigma))
         del slopes[order:], log_sigmas[order:]
         if sigma_next == 0:
-            weights = _quadrature_weights(log_sigmas, log_sigmas[0], -math.inf, to_neg_inf=True)
-            weights = [-w for w in weights]  # integral from log sigma down to -inf
+            # lower order final: extrapolating the polynomial to log sigma = -inf is unreliable
+            # after a coarse last step, so the step to 0 is first order (it returns D).
+            weights = [-sigma]
         else:
             weights = _quadrature_weights(log_sigmas, log_sigmas[0], math.log(sigma_next), kernel=np.exp)
         for w, d in zip(weights, slopes):
