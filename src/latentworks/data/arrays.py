@@ -82,13 +82,13 @@ class ArrayDataset:
 
         buf = io.BytesIO()
         arrays = {f"extra_{k}": v for k, v in self.extra.items()}
-        np.savez_compressed(
-            buf,
-            images=self.images,
-            captions=np.asarray(self.captions, dtype=np.str_),
-            metadata=np.asarray(json.dumps(self.metadata)),
+        fields: dict[str, Any] = {
+            "images": self.images,
+            "captions": np.asarray(self.captions, dtype=np.str_),
+            "metadata": np.asarray(json.dumps(self.metadata)),
             **arrays,
-        )
+        }
+        np.savez_compressed(buf, **fields)
         atomic_write_bytes(buf.getvalue(), path)
 
 

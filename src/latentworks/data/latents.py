@@ -9,6 +9,7 @@ float16, plus metadata: captions (JSON), the autoencoder run folder, and the lat
 from __future__ import annotations
 
 import json
+from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +49,7 @@ class LatentCache:
 
 @torch.no_grad()
 def encode_dataset(
-    autoencoder: nn.Module,
+    autoencoder: Any,
     ds: ArrayDataset,
     batch_size: int = 64,
     device: str | torch.device = "cpu",
@@ -107,7 +108,7 @@ def load_latent_cache(path: str | Path) -> LatentCache:
     )
 
 
-def load_autoencoder(run_dir: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+def load_autoencoder(run_dir: str | Path, device: str | torch.device = "cpu") -> Any:
     """The autoencoder of a ``train-vae`` run folder (config.json + model.safetensors)."""
     from latentworks.models.autoencoder import Autoencoder, AutoencoderConfig
 

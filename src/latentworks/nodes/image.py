@@ -122,9 +122,8 @@ def image_nodes(input_dir: Path | None) -> list[NodeSpec]:
         path = (root / image).resolve()
         if root.resolve() not in path.parents:
             raise ValueError(f"image {image!r} is outside the input folder")
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            rgba = im.convert("RGBA")
+        with Image.open(path) as opened:
+            rgba = ImageOps.exif_transpose(opened).convert("RGBA")
         a = np.asarray(rgba, dtype=np.float32) / 255.0
         pixels = torch.from_numpy(a[..., :3].copy())[None]  # (1, H, W, 3)
         mask = torch.from_numpy(1.0 - a[..., 3].copy())[None]  # transparent = 1 (regenerate), as ComfyUI

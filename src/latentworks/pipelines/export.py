@@ -15,7 +15,7 @@ from latentworks.pipelines.loading import FAMILIES, save_model_folder
 
 
 def fit_preview_factors(
-    vae: torch.nn.Module, images: torch.Tensor, scale: float, shift: float
+    vae: Any, images: torch.Tensor, scale: float, shift: float
 ) -> tuple[tuple[tuple[float, float, float], ...], tuple[float, float, float]]:
     """Least-squares linear map from model-space latents (C) to RGB in [-1, 1] at latent resolution.
 

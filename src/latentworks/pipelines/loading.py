@@ -70,8 +70,8 @@ class ModelFolder:
 
     path: Path
     meta: dict[str, Any]
-    denoiser_net: nn.Module
-    vae: nn.Module
+    denoiser_net: Any  # an nn.Module of the family's class
+    vae: Any  # an Autoencoder
     latent_format: LatentFormat
     model_sampling: Any
     extra: dict[str, Any] = field(default_factory=dict)
@@ -161,11 +161,13 @@ def load_model_folder(
     net.load_state_dict(load_state_dict(path / "denoiser.safetensors"), strict=True)
     vae = Autoencoder(config_from_dict(AutoencoderConfig, meta["vae"]["config"]))
     vae.load_state_dict(load_state_dict(path / "vae.safetensors"), strict=True)
+    lf_meta = meta["latent_format"]
     lf = LatentFormat(
-        **{
-            k: (tuple(tuple(r) for r in v) if k == "rgb_factors" else tuple(v) if isinstance(v, list) else v)
-            for k, v in meta["latent_format"].items()
-        }
+        channels=int(lf_meta["channels"]),
+        scale_factor=float(lf_meta["scale_factor"]),
+        shift_factor=float(lf_meta.get("shift_factor", 0.0)),
+        rgb_factors=tuple(tuple(r) for r in lf_meta.get("rgb_factors", ())),
+        rgb_bias=tuple(lf_meta.get("rgb_bias", (0.0, 0.0, 0.0))),
     )
     for m in (net, vae):
         m.to(device=device, dtype=dtype).eval().requires_grad_(False)

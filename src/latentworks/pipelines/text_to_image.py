@@ -38,7 +38,7 @@ class PipelineStep:
     sigma_next: float
     latent: Tensor  # (B, C, h, w) current sample, model space
     denoised: Tensor  # (B, C, h, w) current x0 prediction, model space
-    preview: Callable[[], np.ndarray]  # cheap RGB preview of ``denoised``: uint8 (B, h, w, 3)
+    preview: Callable[[], Tensor]  # cheap RGB preview of ``denoised``: uint8 (B, h, w, 3)
 
 
 @dataclass

@@ -100,15 +100,16 @@ class DiffusionTrainConfig:
     def model_config(self) -> Any:
         if self.model is not None:
             return self.model
+        presets: dict[str, Any]
         if self.family == "unet":
-            from latentworks.models.unet import PRESETS
+            from latentworks.models.unet import PRESETS as presets
         else:
-            from latentworks.models.dit import PRESETS
-        if self.preset not in PRESETS:
+            from latentworks.models.dit import PRESETS as presets
+        if self.preset not in presets:
             raise ValueError(
-                f"unknown {self.family} preset {self.preset!r}; choose from {', '.join(PRESETS)}"
+                f"unknown {self.family} preset {self.preset!r}; choose from {', '.join(presets)}"
             )
-        return PRESETS[self.preset]
+        return presets[self.preset]
 
 
 @dataclass

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import os
 from dataclasses import dataclass
 
@@ -49,7 +51,8 @@ def wrap_ddp(model: nn.Module, info: DistInfo) -> nn.Module:
     return DistributedDataParallel(model, device_ids=ids)
 
 
-def unwrap(model: nn.Module) -> nn.Module:
+def unwrap(model: nn.Module) -> Any:
+    """The module inside a DDP wrapper (typed Any: callers use model-specific attributes)."""
     return model.module if hasattr(model, "module") else model
 
 

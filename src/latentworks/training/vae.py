@@ -111,7 +111,7 @@ def _split(cfg: VAETrainConfig):
 
 @torch.no_grad()
 def evaluate_reconstruction(
-    model: nn.Module, images: torch.Tensor, batch_size: int = 32, fid: bool = False
+    model: Any, images: torch.Tensor, batch_size: int = 32, fid: bool = False
 ) -> dict[str, float]:
     """PSNR/SSIM (and optionally rFID) of ``model`` on images (N, 3, H, W) in [-1, 1] via the posterior mode."""
     from latentworks.evaluation.recon import psnr, ssim
