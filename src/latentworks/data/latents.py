@@ -9,12 +9,12 @@ float16, plus metadata: captions (JSON), the autoencoder run folder, and the lat
 from __future__ import annotations
 
 import json
-from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from latentworks.checkpoints.io import load_state_dict, read_metadata, save_file_atomic
 from latentworks.data.arrays import ArrayDataset
