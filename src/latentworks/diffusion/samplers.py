@@ -47,7 +47,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -82,18 +82,9 @@ class SamplingCancelled(Exception):
 StepCallback = Callable[[StepInfo], Any]
 
 
-class SamplerFn(Protocol):
-    def __call__(
-        self,
-        denoiser: Any,
-        x: Tensor,
-        sigmas: Tensor,
-        *,
-        cond: Any = None,
-        noise: NoiseFn | None = None,
-        callback: StepCallback | None = None,
-        **opts: Any,
-    ) -> Tensor: ...
+SamplerFn = Callable[..., Tensor]
+"""``(denoiser, x, sigmas, *, cond=None, noise=None, callback=None, **opts) -> Tensor``; each sampler
+declares its own keyword options, so an unknown option raises TypeError."""
 
 
 def gaussian_noise(
