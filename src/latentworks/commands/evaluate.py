@@ -19,6 +19,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     f.add_argument("real", type=Path)
     f.add_argument("fake", type=Path)
     f.add_argument("--size", type=int, default=64)
+    m = sub.add_parser(
+        "model",
+        help="FID/KID of a text-to-image model on a dataset's captions, beside real-vs-real at the same N",
+    )
+    m.add_argument("model", help="model folder or 'default'")
+    m.add_argument(
+        "--data", type=Path, required=True, help="captioned dataset (.npz from 'latentworks data')"
+    )
+    m.add_argument(
+        "--split",
+        action="append",
+        default=None,
+        help="train (seen prompts), heldout (held-out names) or all; repeatable (default: both)",
+    )
+    m.add_argument("-n", type=int, default=1000, help="images per split (default: %(default)s)")
+    m.add_argument("--steps", type=int, default=20)
+    m.add_argument("--cfg", type=float, default=None)
+    m.add_argument("--sampler", default=None)
+    m.add_argument("--seed", type=int, default=0)
     return p
 
 
@@ -38,6 +57,27 @@ def run(args: argparse.Namespace) -> int:
         if "rfid" in m:
             line += f", rFID {m['rfid']:.2f}, rKID {m['rkid'] * 1e3:.2f}e-3"
         print(f"{line} (N={n} {args.split} images)")
+        return 0
+    if args.what == "model":
+        from latentworks.evaluation.generation import HEADER, evaluate_generation
+        from latentworks.pipelines import Pipeline
+
+        pipe = Pipeline.from_pretrained(args.model)
+        h, _ = pipe.model.resolution
+        ds = load_dataset(args.data, size=h)
+        print(HEADER)
+        for split in args.split or ["train", "heldout"]:
+            r = evaluate_generation(
+                pipe,
+                ds,
+                split=split,
+                n=args.n,
+                seed=args.seed,
+                steps=args.steps,
+                guidance=args.cfg,
+                sampler=args.sampler,
+            )
+            print(r.row(), flush=True)
         return 0
     from latentworks.evaluation.fid import fid_kid
 
