@@ -1,0 +1,142 @@
+"""The command line: clear errors for bad arguments, PNG parameters, and a real end-to-end run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from latentworks.cli import main
+from latentworks.pipelines.metadata import read_parameters
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--sampler", "eulr"], "unknown sampler 'eulr'; choose one of: euler"),
+        (["--scheduler", "karas"], "unknown scheduler 'karas'; choose one of: normal"),
+        (["--steps", "0"], "--steps must be between 1 and 1000"),
+        (["--batch", "0"], "--batch must be between 1 and 64"),
+        (["--width", "4"], "--width must be between 8 and 4096"),
+        (["--strength", "0.5"], "--strength only applies with --init"),
+        (["--init", "missing.png"], "--init: no such image file: missing.png"),
+        (["-o", "out.jpg"], "--output must end in .png"),
+    ],
+)
+def test_generate_rejects_bad_arguments_without_traceback(
+    extra: list[str], message: str, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch
+) -> None:  # noqa: ANN001
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(["generate", "an apple", *extra], capsys)
+    assert code == 2
+    assert message in err and "Traceback" not in err
+
+
+def test_unknown_model_is_a_clear_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, _, err = run_cli(
+        ["generate", "x", "--model", str(tmp_path / "nope"), "-o", str(tmp_path / "a.png")], capsys
+    )
+    assert code == 2 and "no latentworks model folder" in err
+
+
+def test_generate_writes_pngs_with_parameters(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "img.png"
+    code, stdout, _ = run_cli(
+        [
+            "generate",
+            "a red apple",
+            "--model",
+            str(tiny_model),
+            "--seed",
+            "7",
+            "--batch",
+            "2",
+            "--steps",
+            "3",
+            "--sampler",
+            "dpmpp_2m",
+            "--quiet",
+            "-o",
+            str(out),
+        ],
+        capsys,
+    )
+    assert code == 0
+    files = [tmp_path / "img-1.png", tmp_path / "img-2.png"]
+    assert all(f.is_file() for f in files) and "seed=7" in stdout and "seed=8" in stdout
+    p1, p2 = (read_parameters(f) for f in files)
+    assert (p1["seed"], p2["seed"]) == (7, 8)
+    assert p1["prompt"] == "a red apple" and p1["sampler"] == "dpmpp_2m" and p1["steps"] == 3
+    assert "Steps: 3, Sampler: dpmpp_2m" in Image.open(files[0]).text["parameters"]
+    # The parameters reproduce the image.
+    again = tmp_path / "again.png"
+    run_cli(
+        [
+            "generate",
+            p2["prompt"],
+            "--model",
+            str(tiny_model),
+            "--seed",
+            str(p2["seed"]),
+            "--steps",
+            "3",
+            "--sampler",
+            "dpmpp_2m",
+            "--quiet",
+            "-o",
+            str(again),
+        ],
+        capsys,
+    )
+    assert Image.open(again).tobytes() == Image.open(files[1]).tobytes()
+
+
+def test_info_lists_samplers_and_describes_a_model(
+    tiny_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run_cli(["info"], capsys)
+    assert code == 0 and "dpmpp_2m_sde" in out and "kl_optimal" in out
+    code, out, _ = run_cli(["info", "--model", str(tiny_model)], capsys)
+    assert code == 0 and "family      unet" in out and "tiny-test" in out
+
+
+def test_real_console_script_end_to_end(tiny_model: Path, tmp_path: Path) -> None:
+    exe = Path(sys.executable).with_name("latentworks")
+    out = tmp_path / "e2e.png"
+    r = subprocess.run(
+        [
+            str(exe),
+            "generate",
+            "a blue heart",
+            "--model",
+            str(tiny_model),
+            "--seed",
+            "3",
+            "--steps",
+            "2",
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "sampling" in r.stderr  # the progress bar
+    assert json.loads(Image.open(out).text["latentworks"])["seed"] == 3
+    r = subprocess.run(
+        [str(exe), "generate", "x", "--sampler", "nope"], capture_output=True, text=True, timeout=600
+    )
+    assert r.returncode == 2 and "unknown sampler 'nope'" in r.stderr and "Traceback" not in r.stderr
