@@ -158,7 +158,7 @@ train_diffusion(cfg, text_encoder=HashTextEncoder())
         env=env,
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    w = torch.load(tmp_path / "w.pt")
+    w = torch.load(tmp_path / "w.pt", weights_only=True)
     assert w.shape[0] == 2 and torch.equal(w[0], w[1])
     init = torch.cat(
         [p.flatten() for p in __import__("latentworks.models.dit", fromlist=["DiT"]).DiT(DIT).parameters()]
