@@ -10,13 +10,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from latentworks.diffusion.denoisers import make_denoiser
-from latentworks.diffusion.guidance import CFGDenoiser, GuidedCond, InpaintDenoiser, noised_start
-from latentworks.diffusion.noise import SeededNoiseSampler, seeded_noise
-from latentworks.diffusion.samplers import SAMPLERS, StepInfo, get_sampler
+from latentworks.diffusion.samplers import SAMPLERS, StepInfo
 from latentworks.diffusion.schedules import SCHEDULERS, get_sigmas
 from latentworks.graph.types import InputSpec, NodeSpec, OutputSpec, Preview
 from latentworks.nodes.payloads import ClipPayload, ConditioningPayload, Latent, ModelPayload
+from latentworks.pipelines.sampling import denoise_latents
 
 SEED_MAX = 2**64 - 1
 
@@ -79,35 +77,31 @@ def run_sampler(
         sigmas[-1] = 0.0  # stop early but still finish the denoising (ComfyUI's force_full_denoise)
     if len(sigmas) < 2:
         return Latent(samples=x0, noise_mask=latent.noise_mask, factor=factor)
-    sigmas = sigmas.to(device)
-    shape = tuple(x0.shape[1:])
-    noise = seeded_noise(shape, seeds, device=device)
-    denoiser = make_denoiser(folder.denoiser_net, folder.prediction, ms)
-    interp = denoiser.interpolation
-    x = noised_start(x0, noise, sigmas[0], interp) if add_noise else x0
-    inner: Any = denoiser
+    mask = None
     if latent.noise_mask is not None:
         mask = F.interpolate(latent.noise_mask.to(device).float(), size=x0.shape[-2:], mode="bilinear")
         mask = mask.expand(b, 1, *x0.shape[-2:]) if mask.shape[0] == 1 else mask
-        inner = InpaintDenoiser(denoiser, x0, mask, noise)
-    guided = CFGDenoiser(inner, cfg)
     cond = positive.cond.repeat(b).to(device)
-    uncond = negative.cond.repeat(b).to(device) if cfg != 1.0 else None
+    uncond = negative.cond.repeat(b).to(device)
     total = len(sigmas) - 1
 
     def callback(info: StepInfo) -> None:
         preview = _preview_jpeg(torch.as_tensor(lf.preview(info.denoised[:1]))[0]) if lf.rgb_factors else None
         ctx.progress(info.i + 1, total, preview=preview)  # raises Interrupted when cancelled
 
-    with torch.no_grad():
-        out = get_sampler(sampler_name)(
-            guided,
-            x,
-            sigmas,
-            cond=GuidedCond(cond, uncond),
-            noise=SeededNoiseSampler(seeds, shape, device=device),
-            callback=callback,
-        )
+    out = denoise_latents(
+        folder,
+        x0,
+        sigmas,
+        seeds,
+        cond,
+        uncond,
+        cfg,
+        sampler_name,
+        add_noise=add_noise,
+        mask=mask,
+        callback=callback,
+    )
     return Latent(samples=out.float(), noise_mask=latent.noise_mask, factor=factor)
 
 

@@ -18,14 +18,10 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from latentworks.diffusion.denoisers import make_denoiser
-from latentworks.diffusion.guidance import CFGDenoiser, GuidedCond, noised_start
-from latentworks.diffusion.noise import SeededNoiseSampler, seeded_noise
-from latentworks.diffusion.samplers import SAMPLERS, StepInfo, get_sampler
+from latentworks.diffusion.samplers import SAMPLERS, StepInfo
 from latentworks.diffusion.schedules import SCHEDULERS, get_sigmas
 from latentworks.pipelines.loading import ModelFolder, load_model_folder
-
-STOCHASTIC_DEFAULT_ETA = 1.0
+from latentworks.pipelines.sampling import denoise_latents
 
 
 @dataclass(frozen=True)
@@ -198,29 +194,20 @@ class Pipeline:
         uncond = self.encode_prompts(all_negs) if guidance != 1.0 else None
         timings["encode_text"] = time.perf_counter() - t0
 
-        ms = self.model.model_sampling
-        denoiser = make_denoiser(self.model.denoiser_net, self.model.prediction, ms)
-        guided = CFGDenoiser(denoiser, guidance)
         c = self.model.latent_format.channels
-        shape = (c, height // f, width // f)
-        noise = seeded_noise(shape, seeds, device=self.device, dtype=torch.float32)
+        shape = (n, c, height // f, width // f)
         denoise = strength if init_image is not None else 1.0
-        if denoise == 0.0:
-            sigmas = torch.zeros(1)
-        else:
-            sigmas = get_sigmas(ms, scheduler, steps, denoise=denoise)
-        sigmas = sigmas.to(self.device)
+        ms = self.model.model_sampling
+        sigmas = get_sigmas(ms, scheduler, steps, denoise=denoise) if denoise > 0 else torch.zeros(1)
         if init_image is not None:
             imgs = init_image if isinstance(init_image, list) else [init_image]
             if len(imgs) not in (1, n):
                 raise ValueError(f"give 1 or {n} init images, got {len(imgs)}")
             x0 = self.encode_images(imgs, (height, width))
-            x0 = x0.expand(n, *x0.shape[1:]) if x0.shape[0] == 1 else x0
-            x = noised_start(x0, noise, sigmas[0], denoiser.interpolation)
+            x0 = x0.expand(shape) if x0.shape[0] == 1 else x0
         else:
-            x = noised_start(torch.zeros_like(noise), noise, sigmas[0], denoiser.interpolation)
+            x0 = torch.zeros(shape, device=self.device)
 
-        sample_fn = get_sampler(sampler)
         cb = None
         if callback is not None:
             lf = self.model.latent_format
@@ -239,18 +226,18 @@ class Pipeline:
                 )
 
         t1 = time.perf_counter()
-        if len(sigmas) > 1:
-            noise_sampler = SeededNoiseSampler(seeds, shape, device=self.device)
-            with torch.no_grad():
-                x = sample_fn(
-                    guided,
-                    x,
-                    sigmas,
-                    cond=GuidedCond(cond, uncond),
-                    noise=noise_sampler,
-                    callback=cb,
-                    **(sampler_options or {}),
-                )
+        x = denoise_latents(
+            self.model,
+            x0,
+            sigmas,
+            seeds,
+            cond,
+            uncond,
+            guidance,
+            sampler,
+            callback=cb,
+            sampler_options=sampler_options,
+        )
         timings["sample"] = time.perf_counter() - t1
         t2 = time.perf_counter()
         images = self.decode_latents(x)
