@@ -60,8 +60,19 @@ def _mmdit() -> tuple[type, type]:
     return MMDiT, MMDiTConfig
 
 
+def _flux() -> tuple[type, type]:
+    from latentworks.models.flux import Flux, FluxConfig
+
+    return Flux, FluxConfig
+
+
 # family name -> (model class, config class); explicit, no string class names in files.
-FAMILIES: dict[str, Callable[[], tuple[type, type]]] = {"unet": _unet, "dit": _dit, "mmdit": _mmdit}
+FAMILIES: dict[str, Callable[[], tuple[type, type]]] = {
+    "unet": _unet,
+    "dit": _dit,
+    "mmdit": _mmdit,
+    "flux": _flux,
+}
 
 
 @dataclass

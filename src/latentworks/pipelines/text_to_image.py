@@ -20,6 +20,12 @@ from torch import Tensor
 
 from latentworks.diffusion.samplers import SAMPLERS, StepInfo
 from latentworks.diffusion.schedules import SCHEDULERS, get_sigmas
+from latentworks.pipelines.families import (
+    add_conditioning_extras,
+    behaviour_of,
+    cfg_scale,
+    sampling_for_size,
+)
 from latentworks.pipelines.loading import ModelFolder, load_model_folder
 from latentworks.pipelines.sampling import denoise_latents
 
@@ -87,6 +93,7 @@ class Pipeline:
         self.device = torch.device(device)
         self.dtype = dtype
         self._uncond_cache: dict[str, Any] = {}
+        self.behaviour = behaviour_of(model.meta.get("family"))
 
     @classmethod
     def from_pretrained(
@@ -190,14 +197,20 @@ class Pipeline:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
 
-        cond = self.encode_prompts(all_prompts)
-        uncond = self.encode_prompts(all_negs) if guidance != 1.0 else None
+        cfg = cfg_scale(self.behaviour, guidance)
+        extras = {"height": height, "width": width, "guidance": guidance}
+        cond = add_conditioning_extras(self.behaviour, self.encode_prompts(all_prompts), **extras)
+        uncond = None
+        if cfg != 1.0:
+            uncond = add_conditioning_extras(
+                self.behaviour, self.encode_prompts(all_negs), negative=True, **extras
+            )
         timings["encode_text"] = time.perf_counter() - t0
 
         c = self.model.latent_format.channels
         shape = (n, c, height // f, width // f)
         denoise = strength if init_image is not None else 1.0
-        ms = self.model.model_sampling
+        ms = sampling_for_size(self.behaviour, self.model.model_sampling, height=height, width=width)
         sigmas = get_sigmas(ms, scheduler, steps, denoise=denoise) if denoise > 0 else torch.zeros(1)
         if init_image is not None:
             imgs = init_image if isinstance(init_image, list) else [init_image]
@@ -233,7 +246,7 @@ class Pipeline:
             seeds,
             cond,
             uncond,
-            guidance,
+            cfg,
             sampler,
             callback=cb,
             sampler_options=sampler_options,
