@@ -1,0 +1,63 @@
+"""Per-family generation behaviour: SDXL size ids, FLUX distilled guidance and dynamic shift."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from latentworks.diffusion.conditioning import Conditioning
+from latentworks.diffusion.denoisers import FlowModelSampling, flux_shift_mu
+from latentworks.pipelines.families import (
+    FAMILY_BEHAVIOUR,
+    add_conditioning_extras,
+    behaviour_of,
+    cfg_scale,
+    sampling_for_size,
+)
+
+
+def _cond(b: int = 2) -> Conditioning:
+    return Conditioning(tokens=torch.zeros(b, 3, 4), pooled=torch.zeros(b, 5))
+
+
+def test_sdxl_time_ids_follow_diffusers_order_height_first() -> None:
+    c = add_conditioning_extras(behaviour_of("sdxl"), _cond(), height=768, width=1344, guidance=5.0)
+    expected = torch.tensor([[768.0, 1344.0, 0.0, 0.0, 768.0, 1344.0]] * 2)
+    torch.testing.assert_close(c.extra["time_ids"], expected)
+    assert "guidance" not in c.extra
+
+
+def test_refiner_uses_aesthetic_scores_for_prompt_and_negative() -> None:
+    b = behaviour_of("sdxl-refiner")
+    pos = add_conditioning_extras(b, _cond(1), height=1024, width=1024, guidance=5.0)
+    neg = add_conditioning_extras(b, _cond(1), height=1024, width=1024, guidance=5.0, negative=True)
+    assert pos.extra["time_ids"].tolist() == [[1024.0, 1024.0, 0.0, 0.0, 6.0]]
+    assert neg.extra["time_ids"].tolist() == [[1024.0, 1024.0, 0.0, 0.0, 2.5]]
+
+
+def test_flux_dev_puts_guidance_in_cond_and_turns_cfg_off() -> None:
+    b = behaviour_of("flux-dev")
+    c = add_conditioning_extras(b, _cond(3), height=512, width=512, guidance=3.5)
+    torch.testing.assert_close(c.extra["guidance"], torch.full((3,), 3.5))
+    assert cfg_scale(b, 3.5) == 1.0
+    assert cfg_scale(behaviour_of("sd1"), 7.0) == 7.0
+    assert (
+        "guidance"
+        not in add_conditioning_extras(
+            behaviour_of("flux-schnell"), _cond(), height=512, width=512, guidance=1.0
+        ).extra
+    )
+
+
+@pytest.mark.parametrize(("h", "w"), [(512, 512), (1024, 768)])
+def test_flux_shift_depends_on_token_count(h: int, w: int) -> None:
+    ms = sampling_for_size(behaviour_of("flux-dev"), FlowModelSampling(), height=h, width=w)
+    assert ms.mu == pytest.approx(flux_shift_mu((h // 16) * (w // 16)))
+    sd3 = FlowModelSampling(shift=3.0)
+    assert sampling_for_size(behaviour_of("sd3"), sd3, height=h, width=w) is sd3
+
+
+def test_unknown_family_lists_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="sdxl"):
+        behaviour_of("sd9")
+    assert behaviour_of(None) is FAMILY_BEHAVIOUR["latentworks"]
