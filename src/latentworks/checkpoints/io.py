@@ -5,6 +5,15 @@
 * ``load_state_dict`` reads ``.safetensors``; pickled formats (``.ckpt``, ``.pt``, ``.pth``, ``.bin``)
   are refused unless ``allow_pickle=True``, and then go through ``torch.load(weights_only=True)``.
 * A truncated or corrupt file raises ``CheckpointError`` naming the file and what was expected.
+* ``LazyStateDict`` is a read-on-access ``Mapping[str, Tensor]`` over a safetensors file: ``shapes()``
+  and ``dtypes()`` come from the header alone, and each tensor is read (and cast) only when indexed.
+* ``load_into`` puts a (lazy) state dict into a module tensor by tensor; a module built on the ``meta``
+  device takes the loaded tensors as its parameters (no second copy of the model).
+
+Memory: tensors are read with plain file reads at the header's offsets, not through a memory map, so
+file pages do not stay resident and count against the process (a touched ``mmap`` page stays in RSS
+until the map is closed). Casting happens per tensor, so loading an fp32 file as fp16 peaks at the fp16
+weights plus the largest single fp32 tensor, never the whole fp32 file.
 """
 
 from __future__ import annotations
@@ -13,12 +22,38 @@ import json
 import os
 import struct
 import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 from torch import Tensor
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+_CHUNK_BYTES = 1 << 20  # casting reads go through one buffer of this size
+
+# safetensors dtype codes -> torch dtypes (those this torch build has).
+SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
+    name: getattr(torch, attr)
+    for name, attr in {
+        "F64": "float64",
+        "F32": "float32",
+        "F16": "float16",
+        "BF16": "bfloat16",
+        "F8_E4M3": "float8_e4m3fn",
+        "F8_E5M2": "float8_e5m2",
+        "I64": "int64",
+        "I32": "int32",
+        "I16": "int16",
+        "I8": "int8",
+        "U8": "uint8",
+        "U16": "uint16",
+        "U32": "uint32",
+        "U64": "uint64",
+        "BOOL": "bool",
+    }.items()
+    if hasattr(torch, attr)
+}
 
 
 class CheckpointError(ValueError):
@@ -89,6 +124,11 @@ def save_file_atomic(
 
 def _check_safetensors_header(path: Path) -> dict:
     """Parse and validate the safetensors header; raise CheckpointError with a clear message."""
+    return _read_header(path)[0]
+
+
+def _read_header(path: Path) -> tuple[dict, int]:
+    """(header, offset of the data section); every entry's dtype, shape and byte range is checked."""
     size = path.stat().st_size
     expected = "a safetensors file (8-byte little-endian header length, JSON header, tensor data)"
     if size < 8:
@@ -105,20 +145,41 @@ def _check_safetensors_header(path: Path) -> dict:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: header is not valid JSON ({e}); expected {expected}") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: header is JSON but not an object; expected {expected}")
     end = 0
     for k, v in header.items():
         if k == "__metadata__":
             continue
         try:
-            end = max(end, int(v["data_offsets"][1]))
+            begin, stop = (int(o) for o in v["data_offsets"])
+            shape = [int(d) for d in v["shape"]]
+            dtype_name = v["dtype"]
         except (KeyError, TypeError, IndexError, ValueError):
-            raise CheckpointError(f"{path}: header entry {k!r} has no valid data_offsets") from None
+            raise CheckpointError(
+                f"{path}: header entry {k!r} has no valid dtype/shape/data_offsets"
+            ) from None
+        if dtype_name not in SAFETENSORS_DTYPES:
+            raise CheckpointError(
+                f"{path}: tensor {k!r} has dtype {dtype_name!r}, which this torch build cannot hold; "
+                f"supported: {sorted(SAFETENSORS_DTYPES)}"
+            )
+        numel = 1
+        for d in shape:
+            numel *= d
+        nbytes = numel * SAFETENSORS_DTYPES[dtype_name].itemsize
+        if begin < 0 or stop - begin != nbytes:
+            raise CheckpointError(
+                f"{path}: tensor {k!r} ({dtype_name}, shape {tuple(shape)}) needs {nbytes} bytes but its "
+                f"data_offsets span {stop - begin}; the file is corrupt. Re-create or re-download it."
+            )
+        end = max(end, stop)
     if 8 + n + end > size:
         raise CheckpointError(
             f"{path}: tensor data needs {8 + n + end} bytes but the file has {size}; "
             "the file is truncated (an interrupted download or write?). Re-create or re-download it."
         )
-    return header
+    return header, 8 + n
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
@@ -130,13 +191,22 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
 
 
 def load_state_dict(
-    path: str | os.PathLike[str], *, device: str | torch.device = "cpu", allow_pickle: bool = False
+    path: str | os.PathLike[str],
+    *,
+    device: str | torch.device = "cpu",
+    allow_pickle: bool = False,
+    dtype: torch.dtype | None = None,
+    keys: Iterable[str] | None = None,
+    prefix: str | None = None,
 ) -> dict[str, Tensor]:
     """Load a state dict from ``path``.
 
-    safetensors files load directly. Pickled formats (``.ckpt .pt .pth .bin``) are refused unless
-    ``allow_pickle=True``; then they load with ``torch.load(weights_only=True)`` (no code execution),
-    and a nested ``{"state_dict": ...}`` is unwrapped.
+    safetensors files are read tensor by tensor and each floating-point tensor is cast to ``dtype``
+    (if given) as it is read, so the peak memory is the result plus one tensor in the file's dtype.
+    ``keys`` and ``prefix`` select which tensors to read (``prefix`` keeps keys starting with it, names
+    unchanged). Pickled formats (``.ckpt .pt .pth .bin``) are refused unless ``allow_pickle=True``; then
+    they load with ``torch.load(weights_only=True)`` (no code execution), and a nested
+    ``{"state_dict": ...}`` is unwrapped.
     """
     path = Path(path)
     if not path.is_file():
@@ -157,12 +227,206 @@ def load_state_dict(
             obj = obj["state_dict"]
         if not isinstance(obj, dict):
             raise CheckpointError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
-        return {k: v for k, v in obj.items() if isinstance(v, Tensor)}
-    _check_safetensors_header(path)
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+        wanted = _selector(keys, prefix)
+        return {k: _cast(v, dtype).to(device) for k, v in obj.items() if isinstance(v, Tensor) and wanted(k)}
+    lazy = LazyStateDict(path, dtype=dtype, device=device, keys=keys, prefix=prefix)
+    return {k: lazy[k] for k in lazy}
 
-    try:
-        return load_file(str(path), device=str(device))
-    except SafetensorError as e:
-        raise CheckpointError(f"{path}: not a valid safetensors file ({e})") from e
+
+def _selector(keys: Iterable[str] | None, prefix: str | None) -> Callable[[str], bool]:
+    chosen = None if keys is None else set(keys)
+    return lambda k: (chosen is None or k in chosen) and (prefix is None or k.startswith(prefix))
+
+
+def _cast(t: Tensor, dtype: torch.dtype | None) -> Tensor:
+    """Cast floating-point tensors to ``dtype``; integer and bool tensors (ids, counters) keep theirs."""
+    if dtype is None or not t.is_floating_point() or t.dtype == dtype:
+        return t
+    return t.to(dtype)
+
+
+class LazyStateDict(Mapping[str, Tensor]):
+    """A read-only ``Mapping[str, Tensor]`` over a safetensors file that reads a tensor when indexed.
+
+    Construction reads and validates only the header (a truncated or corrupt file raises
+    ``CheckpointError`` naming it). ``shapes()``, ``dtypes()``, ``len`` and ``in`` never touch tensor
+    data, so detection and key maps can inspect a multi-GB checkpoint for free. Indexing reads that one
+    tensor (a fresh tensor each time; nothing is cached), casts floating-point data to ``dtype`` and
+    moves it to ``device``.
+
+    Args:
+        path: the ``.safetensors`` file.
+        dtype: cast floating-point tensors to this on read (None keeps the file's dtype).
+        device: where read tensors go.
+        keys: only these keys are visible (None: all).
+        prefix: only keys starting with this are visible; ``strip_prefix`` removes it from the names.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        dtype: torch.dtype | None = None,
+        device: str | torch.device = "cpu",
+        keys: Iterable[str] | None = None,
+        prefix: str | None = None,
+        strip_prefix: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {self.path}")
+        if self.path.suffix.lower() in PICKLE_SUFFIXES:
+            raise CheckpointError(
+                f"{self.path}: a pickled checkpoint cannot be read lazily; convert it to .safetensors "
+                "(or use load_state_dict(..., allow_pickle=True) if you trust it)"
+            )
+        header, self._data_start = _read_header(self.path)
+        self.metadata: dict[str, str] = dict(header.pop("__metadata__", None) or {})
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self._chunk: Tensor | None = None  # reused read buffer for casting reads
+        wanted = _selector(keys, prefix)
+        cut = len(prefix) if (prefix and strip_prefix) else 0
+        self._entries: dict[str, dict] = {k[cut:]: v for k, v in header.items() if wanted(k)}
+        if keys is not None:
+            absent = sorted(set(keys) - set(header))
+            if absent:
+                raise KeyError(f"{self.path}: no tensors named {absent[:5]} (of {len(absent)} requested)")
+
+    def __getitem__(self, key: str) -> Tensor:
+        try:
+            entry = self._entries[key]
+        except KeyError:
+            raise KeyError(f"{self.path} has no tensor {key!r}") from None
+        begin, stop = entry["data_offsets"]
+        src_dtype = SAFETENSORS_DTYPES[entry["dtype"]]
+        cast = self.dtype is not None and src_dtype.is_floating_point and src_dtype != self.dtype
+        out = torch.empty(entry["shape"], dtype=self.dtype if cast else src_dtype)
+        flat = out.view(-1)
+        with open(self.path, "rb") as f:
+            f.seek(self._data_start + begin)
+            if not cast:  # read straight into the result
+                self._read_exact(f, flat.view(torch.uint8), key)
+            else:  # read the source in small chunks, cast each into place: no full-size temporary
+                per = max(1, _CHUNK_BYTES // src_dtype.itemsize)
+                if self._chunk is None:
+                    self._chunk = torch.empty(_CHUNK_BYTES + 16, dtype=torch.uint8)
+                for start in range(0, flat.numel(), per):
+                    n = min(per, flat.numel() - start)
+                    raw = self._chunk[: n * src_dtype.itemsize]
+                    self._read_exact(f, raw, key)
+                    flat[start : start + n].copy_(raw.view(src_dtype))
+        return out.to(self.device)
+
+    def _read_exact(self, f: BinaryIO, into: Tensor, key: str) -> None:
+        """Fill the uint8 tensor ``into`` from ``f``; a short read means the file changed under us."""
+        if into.numel() == 0:
+            return
+        got = f.readinto(memoryview(into.numpy()))
+        if got != into.numel():
+            raise CheckpointError(f"{self.path}: tensor {key!r} is cut short ({got} of {into.numel()} bytes)")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every visible tensor's shape, from the header (no data read)."""
+        return {k: tuple(v["shape"]) for k, v in self._entries.items()}
+
+    def dtypes(self) -> dict[str, torch.dtype]:
+        """Every visible tensor's dtype in the file (before any cast), from the header."""
+        return {k: SAFETENSORS_DTYPES[v["dtype"]] for k, v in self._entries.items()}
+
+    def nbytes(self, dtype: torch.dtype | None = None) -> int:
+        """Bytes the visible tensors take in the file, or once cast to ``dtype`` (floating point only)."""
+        total = 0
+        for v in self._entries.values():
+            src = SAFETENSORS_DTYPES[v["dtype"]]
+            target = dtype if dtype is not None and src.is_floating_point else src
+            n = 1
+            for d in v["shape"]:
+                n *= d
+            total += n * target.itemsize
+        return total
+
+    def __repr__(self) -> str:
+        return f"LazyStateDict({str(self.path)!r}, {len(self)} tensors, dtype={self.dtype}, device={self.device})"
+
+
+def load_into(
+    module: torch.nn.Module,
+    state_dict: Mapping[str, Tensor],
+    *,
+    strict: bool = True,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+) -> torch.nn.Module:
+    """Load ``state_dict`` (a dict or a ``LazyStateDict``) into ``module`` one tensor at a time.
+
+    Parameters and buffers on the ``meta`` device are *replaced* by the loaded tensors (build the model
+    under ``with torch.device("meta"):`` so it is never allocated twice); others are copied into in
+    place. Each tensor is read, cast (floating point only, to ``dtype`` if given), moved to ``device``
+    (if given) and set before the next is read. Returns ``module``.
+
+    Raises:
+        KeyError: with ``strict``, names the keys the module needs that are missing and the keys the
+            module does not have.
+        ValueError: a tensor whose shape differs from the module's (names the key and both shapes).
+    """
+    targets: dict[str, tuple[torch.nn.Module, str, bool]] = {}
+    for mod_name, mod in module.named_modules():
+        for name in dict(mod.named_parameters(recurse=False)):
+            targets[f"{mod_name}.{name}" if mod_name else name] = (mod, name, True)
+        for name in dict(mod.named_buffers(recurse=False)):
+            if name in mod._non_persistent_buffers_set:
+                continue
+            targets[f"{mod_name}.{name}" if mod_name else name] = (mod, name, False)
+    if strict:
+        missing = [k for k in targets if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in targets]
+        if missing or unexpected:
+            source = getattr(state_dict, "path", "state dict")
+            raise KeyError(
+                f"{source} does not fit {type(module).__name__}: {len(missing)} missing keys "
+                f"{missing[:5]}, {len(unexpected)} unexpected keys {unexpected[:5]}; is it the right "
+                "model and config (or a different key layout that needs a key map first)?"
+            )
+    with torch.no_grad():
+        for key, (mod, name, is_param) in targets.items():
+            if key not in state_dict:
+                continue
+            current = getattr(mod, name)
+            tensor = state_dict[key]
+            if tuple(tensor.shape) != tuple(current.shape):
+                raise ValueError(
+                    f"tensor {key!r} has shape {tuple(tensor.shape)} but {type(module).__name__} expects "
+                    f"{tuple(current.shape)}: the checkpoint does not match this model config"
+                )
+            tensor = _cast(tensor, dtype)
+            if current.is_meta:
+                if device is not None:
+                    tensor = tensor.to(device)
+                if is_param:
+                    mod._parameters[name] = torch.nn.Parameter(tensor, requires_grad=current.requires_grad)
+                else:
+                    mod._buffers[name] = tensor
+            else:
+                if device is not None and torch.device(device) != current.device:
+                    raise ValueError(
+                        f"{key!r} is already allocated on {current.device}, not {device}; build the model "
+                        "on the meta device (or move it first) to load it onto another device"
+                    )
+                if dtype is not None and current.is_floating_point() and current.dtype != dtype:
+                    raise ValueError(
+                        f"{key!r} is allocated as {current.dtype}, not {dtype}; build the model on the meta "
+                        "device (or cast it first) to load it in another dtype"
+                    )
+                current.copy_(tensor)
+            del tensor
+    return module
