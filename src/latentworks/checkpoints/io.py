@@ -23,8 +23,8 @@ import os
 import struct
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from io import BufferedReader
 from pathlib import Path
-from typing import BinaryIO
 
 import torch
 from torch import Tensor
@@ -318,11 +318,11 @@ class LazyStateDict(Mapping[str, Tensor]):
                     flat[start : start + n].copy_(raw.view(src_dtype))
         return out.to(self.device)
 
-    def _read_exact(self, f: BinaryIO, into: Tensor, key: str) -> None:
+    def _read_exact(self, f: BufferedReader, into: Tensor, key: str) -> None:
         """Fill the uint8 tensor ``into`` from ``f``; a short read means the file changed under us."""
         if into.numel() == 0:
             return
-        got = f.readinto(memoryview(into.numpy()))
+        got = f.readinto(into.numpy())  # type: ignore[arg-type]
         if got != into.numel():
             raise CheckpointError(f"{self.path}: tensor {key!r} is cut short ({got} of {into.numel()} bytes)")
 
