@@ -1,0 +1,348 @@
+"""Prompt encoders for real checkpoints: SD1, SD2, SDXL (base, refiner), SD3 and FLUX.
+
+Each implements :class:`~latentworks.models.text.base.TextEncoder` and is built by :func:`make_prompt_encoder`
+from component state dicts (``"clip_l"``, ``"clip_h"``, ``"clip_g"``, ``"t5xxl"``; HF or open_clip layout,
+un-prefixed). What each family hands the denoiser, matching diffusers' ``encode_prompt``:
+
+==============  =====================================================================  ======================
+family          tokens (B, L, D)                                                       pooled (B, P)
+==============  =====================================================================  ======================
+sd1             CLIP-L last layer + final LN, 768                                      CLIP-L pooled (unused)
+sd2             OpenCLIP-H penultimate layer + final LN, 1024 (diffusers drops the     OpenCLIP-H pooled
+                24th layer and keeps the LN; the LDM code does the same)
+sdxl            cat(CLIP-L penultimate, bigG penultimate) -> 2048, no final LN          bigG projected, 1280
+sdxl-refiner    bigG penultimate, 1280                                                  bigG projected, 1280
+sd3             cat(CLIP-L, CLIP-G penultimate) zero-padded to 4096, then the T5 tokens  cat(L, G projected),
+                (256) appended along the sequence; without T5, 256 zero tokens           2048
+flux-dev        T5 tokens, 512 x 4096                                                   CLIP-L pooled, 768
+flux-schnell    T5 tokens, 256 x 4096                                                   CLIP-L pooled, 768
+==============  =====================================================================  ======================
+
+CLIP prompts use the weighting syntax and 77-token chunking of :mod:`latentworks.models.text.prompts`; a prompt
+of N chunks gives 77 * N CLIP positions (``max_length`` is the one-chunk length). The pooled vector comes from
+the first chunk, unweighted (as ComfyUI). T5 prompts are plain text (weights syntax is stripped, weights not
+applied), truncated to the family's T5 length.
+
+Padding tokens follow diffusers' tokenizers: CLIP-L pads with EOS, OpenCLIP H/bigG with ``!`` (id 0). A
+diffusers folder's own tokenizer files, when given, decide instead.
+
+The empty prompt ``""``: SDXL base returns all zeros (tokens and pooled), which is what diffusers' SDXL
+pipelines use as the unconditional input (``force_zeros_for_empty_prompt=True`` in SDXL base's
+model_index.json); pass ``zero_empty_prompt=False`` to encode ``""`` instead (ComfyUI's behaviour). Every other
+family encodes ``""`` like any prompt, as its diffusers pipeline does for the default negative prompt. SDXL
+``time_ids`` and FLUX ``guidance`` belong to the pipeline and are not added here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from latentworks.checkpoints.keymaps.text_encoders import detect_text_encoder
+from latentworks.diffusion.conditioning import Conditioning
+from latentworks.models.text.base import TextEncoder
+from latentworks.models.text.clip import CLIPModel, build_clip, clip_encode
+from latentworks.models.text.prompts import (
+    CONTEXT_LENGTH,
+    ClipTokenizer,
+    HFClipTokenizer,
+    InstantClipTokenizer,
+    apply_weights,
+    parse_weights,
+    tokenize_chunks,
+)
+from latentworks.models.text.t5 import T5Tokenizer, build_t5, t5_encode
+
+FAMILY_ALIASES = {
+    "sd1": "sd1", "sd15": "sd1", "sd1.5": "sd1",
+    "sd2": "sd2", "sd21": "sd2", "sd2.1": "sd2",
+    "sdxl": "sdxl", "sdxl-refiner": "sdxl-refiner",
+    "sd3": "sd3", "sd35": "sd3", "sd3.5": "sd3",
+    "flux": "flux-dev", "flux-dev": "flux-dev", "flux-schnell": "flux-schnell",
+}  # fmt: skip
+SD3_T5_LENGTH = 256  # diffusers' StableDiffusion3Pipeline default max_sequence_length
+FLUX_T5_LENGTH = {"flux-dev": 512, "flux-schnell": 256}
+T5_DIM = 4096
+
+
+@dataclass
+class ClipBranch:
+    """One CLIP tower and how a family reads it."""
+
+    model: CLIPModel
+    tokenizer: ClipTokenizer
+    pad_id: int
+    layer: int  # -1 last, -2 penultimate
+    final_norm: bool
+    project_pooled: bool
+
+    @property
+    def width(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def encode(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
+        """Weighted, chunked encoding: tokens (B, 77 * N, D) and first-chunk pooled (B, P)."""
+        chunks = tokenize_chunks(self.tokenizer, prompts, pad_id=self.pad_id)
+        b, n, length = chunks.ids.shape
+        device = self.model.device
+        ids = chunks.ids.reshape(b * n, length).to(device)
+        out = clip_encode(
+            self.model, ids, layer=self.layer, final_norm=self.final_norm, project_pooled=self.project_pooled
+        )
+        z = out.hidden.reshape(b, n, length, -1)  # (B, N, 77, D)
+        if bool((chunks.weights != 1.0).any()):
+            empty = [self.tokenizer.bos_id, self.tokenizer.eos_id] + [self.pad_id] * (length - 2)
+            z_empty = clip_encode(
+                self.model, torch.tensor([empty], device=device), layer=self.layer, final_norm=self.final_norm
+            ).hidden[0]  # (77, D)
+            z = apply_weights(z, z_empty, chunks.weights.to(device))
+        pooled = out.pooled.reshape(b, n, -1)[:, 0]  # (B, P)
+        return z.reshape(b, n * length, -1), pooled
+
+
+@dataclass
+class T5Branch:
+    model: Any  # transformers T5EncoderModel
+    tokenizer: T5Tokenizer | None
+    max_length: int
+
+    @property
+    def width(self) -> int:
+        return int(self.model.config.d_model)
+
+    def encode(self, prompts: list[str]) -> Tensor:
+        if self.tokenizer is None:
+            from latentworks.models.text.t5 import find_t5_tokenizer
+
+            find_t5_tokenizer(None)  # raises the error that says which file to provide
+        plain = ["".join(text for text, _ in parse_weights(p)) for p in prompts]
+        assert self.tokenizer is not None
+        ids = self.tokenizer(plain, self.max_length).to(self.model.device)
+        return t5_encode(self.model, ids)  # (B, T, 4096)
+
+
+class PromptEncoder:
+    """A family's prompt encoder: CLIP branches concatenated along features, an optional T5 sequence after.
+
+    Built by :func:`make_prompt_encoder`; see the module docstring for each family's layout.
+    """
+
+    def __init__(
+        self,
+        family: str,
+        *,
+        clips: list[ClipBranch],
+        pooled_from: list[int],
+        t5: T5Branch | None = None,
+        t5_tokens_only: bool = False,
+        pad_features_to: int | None = None,
+        zero_t5_length: int = 0,
+        zero_empty_prompt: bool = False,
+    ) -> None:
+        self.family = family
+        self.clips = clips
+        self.pooled_from = pooled_from
+        self.t5 = t5
+        self.t5_tokens_only = t5_tokens_only
+        self.pad_features_to = pad_features_to
+        self.zero_t5_length = zero_t5_length
+        self.zero_empty_prompt = zero_empty_prompt
+
+    @property
+    def dim(self) -> int:
+        if self.t5_tokens_only:
+            assert self.t5 is not None
+            return self.t5.width
+        return self.pad_features_to or sum(c.width for c in self.clips)
+
+    @property
+    def max_length(self) -> int:
+        if self.t5_tokens_only:
+            assert self.t5 is not None
+            return self.t5.max_length
+        t5_len = self.t5.max_length if self.t5 is not None else self.zero_t5_length
+        return CONTEXT_LENGTH + t5_len
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> Conditioning:
+        if isinstance(prompts, str):
+            raise TypeError(f"encode takes a list of prompts, got the string {prompts!r}; pass [prompt]")
+        if not prompts:
+            raise ValueError("encode needs at least one prompt")
+        if self.zero_empty_prompt and any(p == "" for p in prompts):
+            return self._encode_with_zeros(prompts)
+        encoded = [c.encode(prompts) for c in self.clips]
+        pooled = torch.cat([encoded[i][1] for i in self.pooled_from], dim=-1)  # (B, P)
+        if self.t5_tokens_only:
+            assert self.t5 is not None
+            tokens = self.t5.encode(prompts)  # (B, T, 4096)
+        else:
+            tokens = torch.cat([z for z, _ in encoded], dim=-1)  # (B, 77 * N, sum D)
+            if self.pad_features_to is not None:
+                tokens = F.pad(tokens, (0, self.pad_features_to - tokens.shape[-1]))
+            if self.t5 is not None:
+                tokens = torch.cat([tokens, self.t5.encode(prompts).to(tokens.dtype)], dim=1)
+            elif self.zero_t5_length:
+                tokens = F.pad(tokens, (0, 0, 0, self.zero_t5_length))
+        mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        return Conditioning(tokens=tokens, mask=mask, pooled=pooled)
+
+    def _encode_with_zeros(self, prompts: list[str]) -> Conditioning:
+        """Zeros for ``""`` (diffusers' SDXL unconditional), normal encoding for the rest."""
+        real = [p for p in prompts if p != ""]
+        if real:
+            cond = self._without_zeros().encode(real)
+            assert cond.pooled is not None
+            tokens_shape, pooled_shape = tuple(cond.tokens.shape[1:]), tuple(cond.pooled.shape[1:])
+            ref = cond.tokens
+        else:
+            tokens_shape = (self.max_length, self.dim)
+            pooled_shape = (sum(self._pooled_widths()),)
+            ref = next(self.clips[0].model.parameters())
+        tokens = ref.new_zeros(len(prompts), *tokens_shape)
+        pooled = ref.new_zeros(len(prompts), *pooled_shape)
+        j = 0
+        for i, p in enumerate(prompts):
+            if p != "":
+                tokens[i], pooled[i] = cond.tokens[j], cond.pooled[j]  # type: ignore[index]
+                j += 1
+        mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        return Conditioning(tokens=tokens, mask=mask, pooled=pooled)
+
+    def _without_zeros(self) -> PromptEncoder:
+        return PromptEncoder(
+            self.family,
+            clips=self.clips,
+            pooled_from=self.pooled_from,
+            t5=self.t5,
+            t5_tokens_only=self.t5_tokens_only,
+            pad_features_to=self.pad_features_to,
+            zero_t5_length=self.zero_t5_length,
+        )
+
+    def _pooled_widths(self) -> list[int]:
+        widths = []
+        for i in self.pooled_from:
+            c = self.clips[i]
+            widths.append(int(c.model.config.projection_dim or c.width) if c.project_pooled else c.width)
+        return widths
+
+
+# Which components each family needs, and how it reads each CLIP tower: (layer, final_norm, project_pooled).
+_CLIP_READING: dict[str, dict[str, tuple[int, bool, bool]]] = {
+    "sd1": {"clip_l": (-1, True, False)},
+    "sd2": {"clip_h": (-2, True, False)},
+    "sdxl": {"clip_l": (-2, False, False), "clip_g": (-2, False, True)},
+    "sdxl-refiner": {"clip_g": (-2, False, True)},
+    "sd3": {"clip_l": (-2, False, True), "clip_g": (-2, False, True)},
+    "flux-dev": {"clip_l": (-1, True, False)},
+    "flux-schnell": {"clip_l": (-1, True, False)},
+}
+# Which CLIP towers' pooled vectors form the pooled output, in order.
+_POOLED_FROM: dict[str, tuple[str, ...]] = {
+    "sd1": ("clip_l",),
+    "sd2": ("clip_h",),
+    "sdxl": ("clip_g",),
+    "sdxl-refiner": ("clip_g",),
+    "sd3": ("clip_l", "clip_g"),
+    "flux-dev": ("clip_l",),
+    "flux-schnell": ("clip_l",),
+}
+# The tokenizer folder of a diffusers model for each CLIP tower, per family.
+_TOKENIZER_FOLDER: dict[str, dict[str, str]] = {
+    "sd1": {"clip_l": "tokenizer"},
+    "sd2": {"clip_h": "tokenizer"},
+    "sdxl": {"clip_l": "tokenizer", "clip_g": "tokenizer_2"},
+    "sdxl-refiner": {"clip_g": "tokenizer_2"},
+    "sd3": {"clip_l": "tokenizer", "clip_g": "tokenizer_2"},
+    "flux-dev": {"clip_l": "tokenizer"},
+    "flux-schnell": {"clip_l": "tokenizer"},
+}
+
+
+def make_prompt_encoder(
+    family: str,
+    components: Mapping[str, Mapping[str, Tensor]],
+    *,
+    tokenizer_dir: Path | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    zero_empty_prompt: bool | None = None,
+) -> TextEncoder:
+    """Build ``family``'s prompt encoder from component state dicts.
+
+    Args:
+        family: ``sd1``, ``sd2``, ``sdxl``, ``sdxl-refiner``, ``sd3``, ``flux-dev``/``flux``, ``flux-schnell``
+            (aliases ``sd15``, ``sd21``, ``sd35`` accepted).
+        components: ``{"clip_l" | "clip_h" | "clip_g" | "t5xxl": state_dict}``, each un-prefixed, HF or
+            open_clip layout (detected). SD3 may omit ``t5xxl`` (zero T5 tokens, as diffusers).
+        tokenizer_dir: a diffusers model folder (its ``tokenizer``/``tokenizer_2``/``tokenizer_3``) or, for
+            single files, a folder or file holding T5's ``tokenizer.json``. CLIP falls back to the bundled
+            ``instant-clip-tokenizer``; T5 has no fallback (a clear error on first use).
+        zero_empty_prompt: ``""`` -> zeros; default True for ``sdxl`` (diffusers), False otherwise.
+    """
+    key = FAMILY_ALIASES.get(family.lower())
+    if key is None:
+        raise ValueError(f"unknown text-encoder family {family!r}; choose one of {sorted(FAMILY_ALIASES)}")
+    for name, sd in components.items():
+        kind, _ = detect_text_encoder({k: tuple(v.shape) for k, v in sd.items()})
+        if kind != name:
+            raise ValueError(
+                f"component {name!r} holds a {kind} state dict (detected from its shapes); pass it as {kind!r}"
+            )
+    needed = list(_CLIP_READING[key]) + (["t5xxl"] if key.startswith("flux") else [])
+    missing = [n for n in needed if n not in components]
+    if missing:
+        raise ValueError(
+            f"{key} needs text encoders {needed}; missing {missing} (got {sorted(components)}). "
+            "Provide the text-encoder files (e.g. clip_l.safetensors, t5xxl_fp16.safetensors) or a checkpoint that includes them."
+        )
+
+    instant: InstantClipTokenizer | None = None
+    clips: list[ClipBranch] = []
+    names = list(_CLIP_READING[key])
+    for name in names:
+        layer, final_norm, project = _CLIP_READING[key][name]
+        folder = None if tokenizer_dir is None else Path(tokenizer_dir) / _TOKENIZER_FOLDER[key][name]
+        tokenizer: ClipTokenizer
+        if folder is not None and (folder / "vocab.json").is_file():
+            tokenizer = HFClipTokenizer(folder)
+        else:
+            instant = instant or InstantClipTokenizer()
+            tokenizer = instant
+        model = build_clip(components[name], dtype=dtype, device=device, eos_token_id=tokenizer.eos_id)
+        pad_id = (
+            tokenizer.pad_id
+            if tokenizer.pad_id is not None
+            else (tokenizer.eos_id if name == "clip_l" else 0)
+        )
+        clips.append(ClipBranch(model, tokenizer, pad_id, layer, final_norm, project))
+
+    t5 = None
+    if "t5xxl" in components and key in ("sd3", "flux-dev", "flux-schnell"):
+        t5_tok = None
+        if tokenizer_dir is not None:
+            try:
+                t5_tok = T5Tokenizer(tokenizer_dir)
+            except FileNotFoundError:
+                t5_tok = None
+        length = SD3_T5_LENGTH if key == "sd3" else FLUX_T5_LENGTH[key]
+        t5 = T5Branch(build_t5(components["t5xxl"], dtype=dtype, device=device), t5_tok, length)
+
+    return PromptEncoder(
+        key,
+        clips=clips,
+        pooled_from=[names.index(n) for n in _POOLED_FROM[key]],
+        t5=t5,
+        t5_tokens_only=key.startswith("flux"),
+        # diffusers pads the CLIP features to T5's width (4096 for T5-XXL; the MM-DiT's context width without T5)
+        pad_features_to=(t5.width if t5 is not None else T5_DIM) if key == "sd3" else None,
+        zero_t5_length=SD3_T5_LENGTH if key == "sd3" and t5 is None else 0,
+        zero_empty_prompt=(key == "sdxl") if zero_empty_prompt is None else zero_empty_prompt,
+    )
