@@ -195,4 +195,5 @@ def tokenize_chunks(tokenizer: ClipTokenizer, prompts: list[str], *, pad_id: int
 def apply_weights(z: Tensor, z_empty: Tensor, weights: Tensor) -> Tensor:
     """ComfyUI's weighting: ``z_empty + w * (z - z_empty)``. z (..., 77, D), z_empty (77, D), weights (..., 77)."""
     w = weights.to(z.dtype).unsqueeze(-1)  # (..., 77, 1)
-    return z_empty + w * (z - z_empty)
+    # tokens of weight 1 are returned exactly (z_empty + 1 * (z - z_empty) is only z up to rounding)
+    return torch.where(w == 1.0, z, z_empty + w * (z - z_empty))

@@ -1,0 +1,122 @@
+"""Prompt weighting syntax, CLIP tokenization and 77-token chunking."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from latentworks.models.text.prompts import (
+    CHUNK_TOKENS,
+    CONTEXT_LENGTH,
+    InstantClipTokenizer,
+    apply_weights,
+    chunk_tokens,
+    parse_weights,
+    tokenize_chunks,
+    weighted_tokens,
+)
+
+
+@pytest.mark.parametrize(
+    "prompt,expected",
+    [
+        ("a red apple", [("a red apple", 1.0)]),
+        ("(x)", [("x", 1.1)]),
+        ("((x))", [("x", 1.1 * 1.1)]),
+        ("[x]", [("x", 1 / 1.1)]),
+        ("[[x]]", [("x", 1 / 1.1 / 1.1)]),
+        ("(x:1.5)", [("x", 1.5)]),
+        ("(x: 0.25 )", [("x", 0.25)]),
+        ("((x:2))", [("x", 2 * 1.1)]),
+        ("(a (b:2) c)", [("a ", 1.1), ("b", 2.2), (" c", 1.1)]),
+        (
+            "a (red:1.2) [apple] \\(x\\)",
+            [("a ", 1.0), ("red", 1.2), (" ", 1.0), ("apple", 1 / 1.1), (" (x)", 1.0)],
+        ),
+        ("\\[not weighted\\] \\\\", [("[not weighted] \\", 1.0)]),
+        ("(unclosed", [("unclosed", 1.1)]),
+        ("[unclosed", [("unclosed", 1 / 1.1)]),
+        ("stray ) and ]", [("stray ) and ]", 1.0)]),
+        ("time 12:30", [("time 12:30", 1.0)]),
+        ("a:1.5)", [("a:1.5)", 1.0)]),  # a weight close with no open group is text
+        ("(x)(y)", [("xy", 1.1)]),  # adjacent equal weights merge
+        ("", [("", 1.0)]),
+        ("()", [("", 1.0)]),
+    ],
+)
+def test_parse_weights(prompt: str, expected: list[tuple[str, float]]) -> None:
+    got = parse_weights(prompt)
+    assert [t for t, _ in got] == [t for t, _ in expected]
+    assert [w for _, w in got] == pytest.approx([w for _, w in expected])
+
+
+@given(st.text(alphabet=st.characters(blacklist_characters="()[]\\:"), max_size=40))
+def test_plain_text_is_one_piece_of_weight_one(text: str) -> None:
+    got = parse_weights(text)
+    assert got == [(text, 1.0)]
+
+
+@given(st.text(alphabet="ab ", min_size=1, max_size=10), st.floats(1.01, 3.0))
+def test_explicit_weight_applies_to_exactly_the_group(text: str, w: float) -> None:
+    weight = float(f"{w:.3f}")
+    got = parse_weights(f"x({text}:{weight})y")
+    assert [t for t, _ in got] == ["x", text, "y"]
+    assert [w for _, w in got] == pytest.approx([1.0, weight, 1.0])
+
+
+@pytest.fixture(scope="module")
+def tok() -> InstantClipTokenizer:
+    return InstantClipTokenizer()
+
+
+def test_instant_clip_tokenizer_specials_and_weights(tok: InstantClipTokenizer) -> None:
+    assert (tok.bos_id, tok.eos_id) == (49406, 49407)
+    plain = tok.encode("a red apple")
+    assert len(plain) == 3
+    # a weighted piece keeps the same ids and carries its weight on each of its tokens
+    weighted = weighted_tokens(tok, "a (red:1.3) apple")
+    assert [t for t, _ in weighted] == plain
+    assert [w for _, w in weighted] == pytest.approx([1.0, 1.3, 1.0])
+
+
+def test_chunking_a_200_token_prompt(tok: InstantClipTokenizer) -> None:
+    word = tok.encode("apple")
+    assert len(word) == 1
+    prompt = " ".join(["apple"] * 200)
+    chunks = tokenize_chunks(tok, [prompt, "a red apple"], pad_id=tok.eos_id)
+    assert chunks.ids.shape == (2, 3, CONTEXT_LENGTH)
+    ids = chunks.ids[0]
+    assert (ids[:, 0] == tok.bos_id).all()
+    # chunks 1 and 2 are full (75 tokens + EOS at 76); chunk 3 holds the remaining 50 then EOS and padding
+    assert (ids[:2, 1:76] == word[0]).all() and (ids[:2, 76] == tok.eos_id).all()
+    assert (ids[2, 1:51] == word[0]).all() and (ids[2, 51:] == tok.eos_id).all()
+    # the short prompt gets its own chunk plus two empty ones (BOS, EOS, padding)
+    short = chunks.ids[1]
+    assert short[0, :5].tolist() == [tok.bos_id, *tok.encode("a red apple"), tok.eos_id]
+    assert (short[1:, 0] == tok.bos_id).all() and (short[1:, 1:] == tok.eos_id).all()
+    assert chunks.num_chunks == 3
+
+
+def test_chunk_exact_boundary_and_padding_id() -> None:
+    tokens = [(5, 1.0)] * CHUNK_TOKENS
+    ids, weights = chunk_tokens(tokens, bos_id=1, eos_id=2, pad_id=0)
+    assert len(ids) == 1 and ids[0] == [1] + [5] * 75 + [2]
+    ids, _ = chunk_tokens(tokens + [(6, 2.0)], bos_id=1, eos_id=2, pad_id=0)
+    assert len(ids) == 2 and ids[1][:4] == [1, 6, 2, 0] and len(ids[1]) == CONTEXT_LENGTH
+    ids, weights = chunk_tokens([], bos_id=1, eos_id=2, pad_id=0)
+    assert ids == [[1, 2] + [0] * 75] and weights == [[1.0] * 77]
+
+
+def test_apply_weights_is_comfyui_interpolation() -> None:
+    torch.manual_seed(0)
+    z, z_empty = torch.randn(2, 77, 8), torch.randn(77, 8)
+    w = torch.ones(2, 77)
+    assert torch.equal(apply_weights(z, z_empty, w), z)
+    w[0, 3] = 1.5
+    out = apply_weights(z, z_empty, w)
+    torch.testing.assert_close(out[0, 3], z_empty[3] + 1.5 * (z[0, 3] - z_empty[3]))
+    assert torch.equal(out[1], z[1]) and torch.equal(out[0, :3], z[0, :3])
+    w[0, 4] = 0.0
+    torch.testing.assert_close(apply_weights(z, z_empty, w)[0, 4], z_empty[4])
