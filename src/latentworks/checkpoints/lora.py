@@ -308,13 +308,16 @@ def _check_shapes(
         )
 
 
-def resolve_lora(lora: LoraFile, model: nn.Module, *, target: Target = "unet") -> ResolvedLora:
+def resolve_lora(
+    lora: LoraFile, model: nn.Module, *, target: Target = "unet", strict: bool = True
+) -> ResolvedLora:
     """Patches of ``lora`` for ``model`` as ``target`` ('unet' = the denoiser, 'text'/'text2'/'text3' = the first/
     second/third text encoder, a transformers CLIP/T5 model with its HF module names).
 
     Returns the patches and the file's module names for this target that matched nothing (also logged).
-    Raises :class:`LoraError` when the file has keys for this target and none matched, or when shapes
-    do not fit. A file with no keys for this target resolves to no patches (a text-only LoRA on the U-Net).
+    Raises :class:`LoraError` when the file has keys for this target and none matched (unless
+    ``strict=False``), or when shapes do not fit. A file with no keys for this target resolves to no
+    patches (a text-only LoRA on the U-Net).
     """
     tables, missing_layouts = _family_tables(model)
     underscored = [_underscored(t) for t in tables]
@@ -345,7 +348,7 @@ def resolve_lora(lora: LoraFile, model: nn.Module, *, target: Target = "unet") -
             "%s: %d %s LoRA modules matched nothing in %s%s: %s",
             lora.name, len(unmatched), target, type(model).__name__, hint, ", ".join(unmatched[:8]),
         )  # fmt: skip
-        if not patches:
+        if not patches and strict:
             if missing_layouts and _looks_like(unmatched, missing_layouts):
                 raise NotImplementedError(
                     f"{lora.name}: its {target} keys (e.g. {unmatched[0]!r}) use the {missing_layouts[0]} layout, "
@@ -381,14 +384,7 @@ def resolve_loras(
     for target, model in targets:
         if model is None:
             continue
-        try:
-            res = resolve_lora(lora, model, target=target)
-        except LoraError:
-            if len(lora.modules) == sum(split_target(m)[0] == target for m in lora.modules):
-                raise
-            res = ResolvedLora(
-                lora.name, target, (), tuple(m for m in lora.modules if split_target(m)[0] == target)
-            )
+        res = resolve_lora(lora, model, target=target, strict=False)
         out[target] = res
         unclaimed -= {p.source for p in res.patches}
     if not any(r.patches for r in out.values()):
@@ -539,3 +535,77 @@ def _apply_hooks(
             h.remove()
 
     return LoraHandle(undo, list(by_module), "hook")
+
+
+# ------------------------------------------------------------------------------------------ text encoders
+
+TEXT_TARGETS: tuple[Target, ...] = ("text", "text2", "text3")
+
+
+def text_encoder_modules(encoder: Any) -> list[nn.Module | None]:
+    """The modules LoRA text keys address, in target order (``lora_te1_``/``text_encoder.``,
+    ``lora_te2_``/``text_encoder_2.``, ``lora_te3_``/``text_encoder_3.``); None where the encoder has none.
+
+    An encoder may say so itself with ``lora_modules()``; otherwise a prompt encoder with CLIP branches
+    (``.clips[i].model``) and a T5 branch (``.t5.model``), a plain module, or a lazily loaded encoder with
+    ``_load()`` / ``_model`` (MiniLM) is understood.
+    """
+    if hasattr(encoder, "lora_modules"):
+        return list(encoder.lora_modules())
+    clips = getattr(encoder, "clips", None)
+    if clips is not None:
+        mods: list[nn.Module | None] = [c.model for c in clips][:2]
+        mods += [None] * (2 - len(mods))
+        t5 = getattr(encoder, "t5", None)
+        return [*mods, None if t5 is None else t5.model]
+    if isinstance(encoder, nn.Module):
+        return [encoder]
+    if callable(getattr(encoder, "_load", None)):
+        encoder._load()
+        return [encoder._model]
+    return []
+
+
+class LoraTextEncoder:
+    """A text encoder that applies LoRAs to ``base``'s modules around each ``encode`` call and removes them
+    afterwards, so ``base`` (possibly shared with other users) is unchanged between calls.
+
+    ``loras`` are ``(LoraFile, strength)`` pairs. Other attributes are ``base``'s.
+    """
+
+    base: Any
+    loras: tuple[tuple[LoraFile, float], ...]
+
+    def __init__(self, base: Any, loras: Sequence[tuple[LoraFile, float]]) -> None:
+        if isinstance(base, LoraTextEncoder):  # stacking LoraLoaders: one wrapper, all LoRAs
+            loras = [*base.loras, *loras]
+            base = base.base
+        self.base = base
+        self.loras = tuple(loras)
+
+    @property
+    def dim(self) -> int:
+        return int(self.base.dim)
+
+    @property
+    def max_length(self) -> int:
+        return int(self.base.max_length)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("base", "loras"):  # not set yet (during copy/unpickling)
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+    def encode(self, prompts: list[str]) -> Any:
+        handles: list[LoraHandle] = []
+        try:
+            for target, module in zip(TEXT_TARGETS, text_encoder_modules(self.base), strict=False):
+                if module is None:
+                    continue
+                resolved = [(resolve_lora(f, module, target=target, strict=False), s) for f, s in self.loras]
+                if any(r.patches for r, _ in resolved):
+                    handles.append(apply_loras(module, resolved))
+            return self.base.encode(prompts)
+        finally:
+            for h in reversed(handles):
+                h.remove()

@@ -1,7 +1,8 @@
-"""Loader nodes: CheckpointLoaderSimple, VAELoader."""
+"""Loader nodes: CheckpointLoaderSimple, VAELoader, LoraLoader."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,31 @@ def list_checkpoints(models_dir: Path | None) -> list[str]:
             p.name for p in root.iterdir() if (p / "model.json").is_file() and p.name != "default"
         )
     return names
+
+
+LORA_SUFFIXES = (".safetensors",)
+
+
+def list_loras(models_dir: Path | None) -> list[str]:
+    """Every LoRA file under ``models_dir/loras`` (subfolders included), as a '/'-separated relative path."""
+    root = None if models_dir is None else Path(models_dir) / "loras"
+    if root is None or not root.is_dir():
+        return []
+    return sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and p.suffix.lower() in LORA_SUFFIXES
+    )
+
+
+def _lora_path(models_dir: Path | None, name: str) -> Path:
+    if models_dir is None:
+        raise FileNotFoundError(f"LoRA {name!r}: the server has no models folder; start it with --models-dir")
+    root = (Path(models_dir) / "loras").resolve()
+    path = (root / name).resolve()
+    if root not in path.parents or not path.is_file():
+        raise FileNotFoundError(f"LoRA {name!r} is not a file in {root}; put LoRA .safetensors files there")
+    return path
 
 
 def _resolve(models_dir: Path | None, name: str) -> Path | str:
@@ -50,7 +76,63 @@ def loader_nodes(models_dir: Path | None) -> list[NodeSpec]:
         folder = _load(ctx, models_dir, vae_name)
         return (VAEPayload(folder.vae, folder.latent_format),)
 
+    def lora_loader(
+        ctx: Any,
+        model: ModelPayload,
+        clip: ClipPayload,
+        lora_name: str,
+        strength_model: float,
+        strength_clip: float,
+    ) -> tuple[Any, ...]:
+        from latentworks.checkpoints.lora import (
+            LoraTextEncoder,
+            load_lora,
+            resolve_loras,
+            text_encoder_modules,
+        )
+
+        if strength_model == 0 and strength_clip == 0:
+            return (model, clip)
+        lora = load_lora(_lora_path(models_dir, lora_name))
+        base = clip.encoder.base if isinstance(clip.encoder, LoraTextEncoder) else clip.encoder
+        # Check now that the file fits this model (raises, naming the file, when nothing matches) and report
+        # keys that match nothing; the LoRA itself is applied only around sampling and text encoding.
+        resolve_loras(lora, model.folder.denoiser_net, text_encoder_modules(base))
+        folder = model.folder
+        if strength_model != 0:
+            loras = (*folder.extra.get("loras", ()), (lora, float(strength_model)))
+            # A new folder sharing the same networks: the upstream MODEL is untouched.
+            folder = dataclasses.replace(folder, extra={**folder.extra, "loras": loras})
+        encoder = clip.encoder
+        if strength_clip != 0:
+            encoder = LoraTextEncoder(clip.encoder, [(lora, float(strength_clip))])
+        return (dataclasses.replace(model, folder=folder), dataclasses.replace(clip, encoder=encoder))
+
+    strength: dict[str, Any] = {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01}
     return [
+        NodeSpec(
+            name="LoraLoader",
+            display_name="Load LoRA",
+            category="loaders",
+            description=(
+                "Add a LoRA (kohya/A1111 or diffusers/PEFT file in models/loras) to the model and text encoder. "
+                "It is applied only while sampling and encoding; the upstream model stays unchanged."
+            ),
+            execute=lora_loader,
+            inputs=(
+                InputSpec(name="model", type="MODEL"),
+                InputSpec(name="clip", type="CLIP"),
+                InputSpec(
+                    name="lora_name",
+                    type="COMBO",
+                    choices=lambda: list_loras(models_dir),
+                    tooltip="a .safetensors file in models/loras",
+                ),
+                InputSpec(name="strength_model", type="FLOAT", **strength),
+                InputSpec(name="strength_clip", type="FLOAT", **strength),
+            ),
+            outputs=(OutputSpec(type="MODEL"), OutputSpec(type="CLIP")),
+        ),
         NodeSpec(
             name="CheckpointLoaderSimple",
             display_name="Load Checkpoint",

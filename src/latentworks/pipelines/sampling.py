@@ -4,6 +4,7 @@ by the KSampler nodes, so both give identical results for identical settings."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -13,6 +14,18 @@ from latentworks.diffusion.denoisers import make_denoiser
 from latentworks.diffusion.guidance import CFGDenoiser, GuidedCond, InpaintDenoiser, noised_start
 from latentworks.diffusion.noise import SeededNoiseSampler, seeded_noise
 from latentworks.diffusion.samplers import StepInfo, get_sampler
+
+
+def model_loras(model: Any) -> AbstractContextManager[Any]:
+    """Apply the LoRAs in ``model.extra["loras"]`` (``(LoraFile, strength)`` pairs, added by LoraLoader) to
+    ``model.denoiser_net`` in place until the context exits; a no-op context when there are none."""
+    loras = tuple(getattr(model, "extra", {}).get("loras", ()))
+    if not loras:
+        return nullcontext()
+    from latentworks.checkpoints.lora import apply_loras, resolve_lora
+
+    net = model.denoiser_net
+    return apply_loras(net, [(resolve_lora(lora, net, target="unet"), strength) for lora, strength in loras])
 
 
 def denoise_latents(
@@ -36,6 +49,10 @@ def denoise_latents(
     initial and SDE noise from ``seeds[i]``. ``add_noise=False`` starts from ``x0`` as it is
     (KSamplerAdvanced continuing a run); ``mask`` (B, 1, h, w), 1 = regenerate, keeps the rest of
     ``x0``. With fewer than two sigmas there is nothing to do and ``x0`` comes back.
+
+    LoRAs listed in ``model.extra["loras"]`` as ``(LoraFile, strength)`` pairs are applied to the network
+    for this call only and removed afterwards (bit-exact), so a model shared with other callers is
+    unchanged outside it.
     """
     if len(sigmas) < 2:
         return x0
@@ -45,7 +62,7 @@ def denoise_latents(
     denoiser = make_denoiser(model.denoiser_net, model.prediction, model.model_sampling)
     x = noised_start(x0, noise, sigmas[0], denoiser.interpolation) if add_noise else x0
     inner: Any = denoiser if mask is None else InpaintDenoiser(denoiser, x0, mask, noise)
-    with torch.no_grad():
+    with torch.no_grad(), model_loras(model):
         return get_sampler(sampler)(
             CFGDenoiser(inner, guidance),
             x,
