@@ -623,3 +623,60 @@ def test_flux_folder_matches_diffusers(tmp_path: Path) -> None:
     assert rel(run(back), expected) < TOL
     scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(out, subfolder="scheduler")
     assert scheduler.config.use_dynamic_shifting and scheduler.config.max_shift == 1.15
+
+
+def _tiny_clip_tokenizer(tmp: Path) -> object:
+    """A byte-level CLIP tokenizer with no merges (every character a token): 514 tokens, no download."""
+    transformers = pytest.importorskip("transformers")
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    chars = [chr(b) for b in printable] + [chr(256 + i) for i in range(256 - len(printable))]
+    words = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    (tmp / "vocab.json").write_text(json.dumps({w: i for i, w in enumerate(words)}))
+    (tmp / "merges.txt").write_text("#version: 0.2\n")
+    return transformers.CLIPTokenizer(str(tmp / "vocab.json"), str(tmp / "merges.txt"), model_max_length=16)
+
+
+def test_whole_sd15_pipeline_round_trips_through_diffusers_from_pretrained(tmp_path: Path) -> None:
+    """diffusers' own save_pretrained folder -> ours -> our writer -> StableDiffusionPipeline.from_pretrained:
+    the same image, step for step."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    text_config = transformers.CLIPTextConfig(
+        hidden_size=24, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2, vocab_size=514,
+        max_position_embeddings=16, bos_token_id=512, eos_token_id=513, pad_token_id=513,
+    )  # fmt: skip
+    pipe = diffusers.StableDiffusionPipeline(
+        vae=_perturb(_tiny_vae(4), 2), text_encoder=transformers.CLIPTextModel(text_config).eval(),
+        tokenizer=_tiny_clip_tokenizer(tmp_path), unet=_perturb(diffusers.UNet2DConditionModel(**TINY_UNET), 1),
+        scheduler=diffusers.EulerDiscreteScheduler(  # SDXL's released settings, which the writer uses
+            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="leading",
+            steps_offset=1,
+        ),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip
+    pipe.save_pretrained(tmp_path / "src")
+    folder = read_diffusers_folder(tmp_path / "src")
+    assert set(folder.text_encoders) == {"clip_l"} and set(folder.tokenizers) == {"clip_l"}
+    out = write_diffusers_folder(
+        tmp_path / "out", family="sd1", denoiser_kind="unet", denoiser_config=folder.denoiser_config,
+        denoiser_state=folder.denoiser_state, vae_config=folder.vae_config, vae_state=folder.vae_state,
+        latent_format=folder.latent_format, prediction=folder.prediction, sampling=folder.sampling,
+        text_encoders=folder.text_encoders, tokenizers=folder.tokenizers,
+    )  # fmt: skip
+    loaded = diffusers.StableDiffusionPipeline.from_pretrained(out)
+    assert isinstance(loaded.scheduler, diffusers.EulerDiscreteScheduler)
+
+    def image(p: object) -> torch.Tensor:
+        g = torch.Generator().manual_seed(5)
+        return p(  # type: ignore[operator]
+            "a red apple", height=16, width=16, num_inference_steps=3, guidance_scale=3.0, generator=g,
+            output_type="pt",
+        ).images  # fmt: skip
+
+    expected, got = image(pipe), image(loaded)
+    assert expected.std() > 0.01
+    assert rel(got, expected) < TOL
