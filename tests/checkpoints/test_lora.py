@@ -209,6 +209,38 @@ def test_unmatched_keys_are_reported_and_a_lora_with_no_match_is_an_error(
         parse_lora({"foo.weight": torch.zeros(1)}, name="notalora")
 
 
+def test_sdxl_style_kohya_lora_in_ldm_names(unet: UNet) -> None:
+    """kohya SDXL LoRAs name the original LDM modules; written here by hand for the tiny preset
+    (levels (32, 64), one resnet per level, attention on level 1)."""
+    ldm = {
+        "input_blocks.3.1.transformer_blocks.0.attn1.to_q": (
+            "down.1.transformers.0.blocks.0.self_attn.q",
+            False,
+        ),
+        "middle_block.1.transformer_blocks.0.ff.net.2": ("mid.transformer.blocks.0.ff.out", False),
+        "output_blocks.0.1.proj_out": ("up.0.transformers.0.proj_out", False),
+        "input_blocks.1.0.in_layers.2": ("down.0.resnets.0.conv1", True),
+        "time_embed.0": ("time_embed.fc1", False),
+    }
+    mods = dict(unet.named_modules())
+    g = torch.Generator().manual_seed(11)
+    sd: dict[str, Tensor] = {}
+    updates = []
+    for theirs, (ours, conv) in ldm.items():
+        down, up = pair(g, mods[ours].weight, conv=conv)
+        sd |= kohya_keys("lora_unet_", theirs, down, up, ALPHA)
+        updates.append((ours, down, up, ALPHA / RANK, slice(None)))
+    res = resolve_lora(parse_lora(sd, name="sdxl-style"), unet)
+    assert res.unmatched == ()
+    assert {p.module for p in res.patches} == {o for o, _ in ldm.values()}
+    x, t, cond = unet_inputs()
+    with torch.no_grad():
+        with apply_loras(unet, [(res, 1.0)]):
+            got = unet(x, t, cond)
+        want = by_hand(unet, updates)(x, t, cond)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 # ------------------------------------------------------------------------------------------------- FLUX
 
 
@@ -277,23 +309,70 @@ def test_flux_peft_lora_lands_on_row_slices_of_fused_layers(flux: Flux, mode: st
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_flux_kohya_lora_in_our_fused_names(flux: Flux) -> None:
-    """kohya FLUX files name BFL modules; where BFL and our names agree (fused qkv, linear1) they resolve
-    even without the BFL key map."""
+def test_flux_kohya_lora_in_bfl_names(flux: Flux) -> None:
+    """kohya FLUX files name BFL modules: fused qkv and linear1 as a whole, ``img_mlp.0``, ``img_mod.lin``,
+    ``final_layer.adaLN_modulation.1`` (same (shift, scale) order as ours: no swap)."""
+    bfl = {
+        "double_blocks.0.img_attn.qkv": "double_blocks.0.img_attn.qkv",
+        "double_blocks.0.txt_mlp.0": "double_blocks.0.txt_mlp.fc1",
+        "double_blocks.0.img_mod.lin": "double_blocks.0.img_mod.linear",
+        "single_blocks.0.linear1": "single_blocks.0.linear1",
+        "single_blocks.0.modulation.lin": "single_blocks.0.modulation.linear",
+        "final_layer.adaLN_modulation.1": "final_layer.modulation.linear",
+    }
     mods = dict(flux.named_modules())
     g = torch.Generator().manual_seed(8)
     sd: dict[str, Tensor] = {}
     updates = []
-    for name in ("double_blocks.0.img_attn.qkv", "single_blocks.0.linear1", "double_blocks.0.txt_attn.proj"):
-        down, up = pair(g, mods[name].weight)
-        sd |= kohya_keys("lora_unet_", name, down, up, ALPHA)
-        updates.append((name, down, up, ALPHA / RANK, slice(None)))
+    for theirs, ours in bfl.items():
+        down, up = pair(g, mods[ours].weight)
+        sd |= kohya_keys("lora_unet_", theirs, down, up, ALPHA)
+        updates.append((ours, down, up, ALPHA / RANK, slice(None)))
     res = resolve_lora(parse_lora(sd), flux)
     assert res.unmatched == ()
     x, t, cond = flux_inputs()
     with torch.no_grad(), apply_loras(flux, [(res, 1.0)]):
         got = flux(x, t, cond)
     torch.testing.assert_close(got, by_hand(flux, updates)(x, t, cond), rtol=1e-5, atol=1e-5)
+
+
+def test_sd3_peft_lora_lands_on_qkv_row_slices() -> None:
+    from latentworks.models.mmdit import PRESETS as MMDIT_PRESETS
+    from latentworks.models.mmdit import MMDiT
+
+    torch.manual_seed(0)
+    model = perturbed(MMDiT(MMDIT_PRESETS["tiny"]))
+    d = model.config.width
+    mods = dict(model.named_modules())
+    g = torch.Generator().manual_seed(12)
+    targets = {
+        "transformer_blocks.0.attn.to_k": ("blocks.0.x_attn.qkv", slice(d, 2 * d)),
+        "transformer_blocks.0.attn.add_v_proj": ("blocks.0.context_attn.qkv", slice(2 * d, 3 * d)),
+        "transformer_blocks.0.ff.net.2": ("blocks.0.x_mlp.fc2", slice(None)),
+    }
+    sd: dict[str, Tensor] = {}
+    updates = []
+    for theirs, (ours, rows) in targets.items():
+        down, up = pair(g, mods[ours].weight, rows=mods[ours].weight[rows].shape[0])
+        sd |= peft_keys("transformer.", theirs, down, up)
+        updates.append((ours, down, up, 1.0, rows))
+    res = resolve_lora(parse_lora(sd), model)
+    assert res.unmatched == ()
+    cfg = model.config
+    gi = torch.Generator().manual_seed(1)
+    x = torch.randn(1, cfg.in_channels, 8, 8, generator=gi)
+    cond = Conditioning(
+        tokens=torch.randn(1, 3, cfg.context_dim, generator=gi),
+        pooled=torch.randn(1, cfg.pooled_dim, generator=gi),
+    )
+    t = torch.tensor([400.0])
+    with torch.no_grad():
+        with apply_loras(model, [(res, 1.0)]):
+            got = model(x, t, cond)
+        want = by_hand(model, updates)(x, t, cond)
+        base = model(x, t, cond)
+    assert (want - base).abs().max() > 1e-3
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------- text encoder

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,41 +212,35 @@ def _module_map_table(module_map: Mapping[str, str]) -> NameTable:
     return {theirs: (ours, None, False) for ours, theirs in module_map.items()}
 
 
-def _family_tables(model: nn.Module) -> tuple[list[NameTable], list[str]]:
-    """Name tables for ``model`` (highest priority first) and the layouts we could not load (for errors)."""
+def _family_tables(model: nn.Module) -> list[NameTable]:
+    """Name tables for ``model``, highest priority first: the diffusers layout (PEFT files, kohya SD1),
+    the original single-file layout (kohya SDXL: LDM; kohya FLUX: BFL; SD3: SAI), then our own names."""
     from latentworks.models.flux import Flux
     from latentworks.models.mmdit import MMDiT
     from latentworks.models.unet import UNet
 
     tables: list[NameTable] = []
-    missing: list[str] = []
     if isinstance(model, UNet):
         from latentworks.checkpoints.keymaps.sd_diffusers import unet_module_map
+        from latentworks.checkpoints.keymaps.sd_ldm import unet_ldm_module_map
 
         tables.append(_module_map_table(unet_module_map(model.config)))
-        try:
-            from latentworks.checkpoints.keymaps.sd_ldm import unet_ldm_module_map  # type: ignore[import-not-found]
-        except ImportError:
-            missing.append("LDM (input_blocks/middle_block/output_blocks)")
-        else:
-            tables.append(_module_map_table(unet_ldm_module_map(model.config)))
+        tables.append(_module_map_table(unet_ldm_module_map(model.config)))
     elif isinstance(model, Flux):
+        from latentworks.checkpoints.keymaps.flux_bfl import flux_bfl_module_map
         from latentworks.checkpoints.keymaps.flux_diffusers import flux_diffusers_rules
 
         tables.append(_rules_table(flux_diffusers_rules(model.config)))
-        try:
-            from latentworks.checkpoints.keymaps.flux_bfl import flux_bfl_module_map  # type: ignore[import-not-found]
-        except ImportError:
-            missing.append("BFL (double_blocks/single_blocks)")
-        else:
-            tables.append(_module_map_table(flux_bfl_module_map(model.config)))
+        tables.append(_module_map_table(flux_bfl_module_map(model.config)))
     elif isinstance(model, MMDiT):
         from latentworks.checkpoints.keymaps.sd3_diffusers import sd3_diffusers_rules
+        from latentworks.checkpoints.keymaps.sd3_sai import mmdit_sai_module_map
 
         tables.append(_rules_table(sd3_diffusers_rules(model.config)))
+        tables.append(_module_map_table(mmdit_sai_module_map(model.config)))
     # Our own names (and any other model's own names, e.g. a transformers text encoder) come last.
     tables.append({n: (n, None, False) for n, m in model.named_modules() if _weight_of(m) is not None})
-    return tables, missing
+    return tables
 
 
 def _weight_of(module: nn.Module) -> Tensor | None:
@@ -319,7 +312,7 @@ def resolve_lora(
     ``strict=False``), or when shapes do not fit. A file with no keys for this target resolves to no
     patches (a text-only LoRA on the U-Net).
     """
-    tables, missing_layouts = _family_tables(model)
+    tables = _family_tables(model)
     underscored = [_underscored(t) for t in tables]
     weights = {n: _weight_of(m) for n, m in model.named_modules()}
     patches: list[LoraPatch] = []
@@ -341,33 +334,16 @@ def resolve_lora(
         up = _swap_halves(w.up) if swap else w.up
         patches.append(LoraPatch(module, w.down, up, w.scale, rows, source))
     if unmatched:
-        hint = ""
-        if missing_layouts:
-            hint = f" (key maps not available yet for the {' and '.join(missing_layouts)} layout)"
         log.warning(
-            "%s: %d %s LoRA modules matched nothing in %s%s: %s",
-            lora.name, len(unmatched), target, type(model).__name__, hint, ", ".join(unmatched[:8]),
+            "%s: %d %s LoRA modules matched nothing in %s: %s",
+            lora.name, len(unmatched), target, type(model).__name__, ", ".join(unmatched[:8]),
         )  # fmt: skip
         if not patches and strict:
-            if missing_layouts and _looks_like(unmatched, missing_layouts):
-                raise NotImplementedError(
-                    f"{lora.name}: its {target} keys (e.g. {unmatched[0]!r}) use the {missing_layouts[0]} layout, "
-                    "whose key map latentworks does not have yet; convert the LoRA to diffusers/PEFT names"
-                )
             raise LoraError(
                 f"{lora.name}: none of its {len(unmatched)} {target} LoRA modules match {type(model).__name__} "
-                f"(e.g. {unmatched[0]!r}); is the LoRA for this model family?{hint}"
+                f"(e.g. {unmatched[0]!r}); is the LoRA for this model family?"
             )
     return ResolvedLora(lora.name, target, tuple(patches), tuple(unmatched))
-
-
-_LDM_OR_BFL = re.compile(
-    r"^(lora_unet_|diffusion_model\.)?(input_blocks|middle_block|output_blocks|double_blocks|single_blocks)"
-)
-
-
-def _looks_like(names: Sequence[str], layouts: Sequence[str]) -> bool:
-    return any(_LDM_OR_BFL.match(n) for n in names)
 
 
 def resolve_loras(
