@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -680,3 +681,36 @@ def test_whole_sd15_pipeline_round_trips_through_diffusers_from_pretrained(tmp_p
     expected, got = image(pipe), image(loaded)
     assert expected.std() > 0.01
     assert rel(got, expected) < TOL
+
+
+def test_weights_are_read_lazily_once_each_and_variants_by_name(
+    sd15_folder: tuple[Path, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from latentworks.checkpoints import diffusers_folder as module
+
+    path, ref = sd15_folder
+    weights = module.read_weights(path / "unet", dtype=torch.float16)
+    assert isinstance(weights, module.LazySafetensors) and "conv_in.weight" in weights
+    reads: list[str] = []
+    original = module.LazySafetensors.__getitem__
+
+    def counting(self: module.LazySafetensors, key: str) -> torch.Tensor:
+        reads.append(key)
+        return original(self, key)
+
+    monkeypatch.setattr(module.LazySafetensors, "__getitem__", counting)
+    folder = read_diffusers_folder(path)
+    n_unet, n_vae = len(ref["unet"].state_dict()), len(ref["vae"].state_dict())
+    assert len(reads) == len(set(reads)) == n_unet + n_vae  # every tensor read exactly once, none twice
+    assert folder.denoiser_state is not None and len(folder.denoiser_state) == n_unet
+
+    ref["unet"].save_pretrained(tmp_path / "unet", variant="fp16")
+    with pytest.raises(FileNotFoundError, match="variant='fp16'"):
+        read_diffusers_folder(tmp_path)
+    assert read_diffusers_folder(tmp_path, variant="fp16").denoiser_config == folder.denoiser_config
+
+
+def test_inpainting_unet_config_has_nine_input_channels() -> None:
+    config = unet_config_from_diffusers({**SD15_UNET, "in_channels": 9})
+    assert config == replace(UNET_PRESETS["sd15"], in_channels=9)
+    assert unet_config_to_diffusers(config)["in_channels"] == 9

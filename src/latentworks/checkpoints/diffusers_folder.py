@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -610,15 +611,37 @@ def _cast(t: Tensor, dtype: torch.dtype | None, device: str | torch.device) -> T
     return t.to(device=device, dtype=dtype if dtype is not None and t.is_floating_point() else t.dtype)
 
 
-def _read_safetensors(path: Path, dtype: torch.dtype | None, device: str | torch.device) -> dict[str, Tensor]:
-    """Tensor by tensor from a memory map, each cast on the way (peak ~ the result, not file + result)."""
-    from safetensors import safe_open
+class LazySafetensors(Mapping[str, Tensor]):
+    """The tensors of one or more safetensors files (shards), each read from the memory map and cast only
+    when looked up. The key maps look every tensor up once and keep only their output, so converting
+    costs about the converted weights in memory, not file + copy."""
 
-    read_metadata(
-        path
-    )  # validates the header: truncated / corrupt files raise CheckpointError naming the file
-    with safe_open(str(path), framework="pt") as f:
-        return {k: _cast(f.get_tensor(k), dtype, device) for k in f.keys()}
+    def __init__(
+        self, files: list[Path], *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
+    ) -> None:
+        from safetensors import safe_open
+
+        self.dtype, self.device = dtype, device
+        self._where: dict[str, Path] = {}
+        self._handles: dict[Path, Any] = {}
+        for path in files:
+            read_metadata(path)  # validates the header: truncated / corrupt files raise CheckpointError
+            handle = safe_open(str(path), framework="pt")
+            self._handles[path] = handle
+            self._where |= dict.fromkeys(handle.keys(), path)
+
+    def __getitem__(self, key: str) -> Tensor:
+        path = self._where[key]  # KeyError for unknown keys, as a dict
+        return _cast(self._handles[path].get_tensor(key), self.dtype, self.device)
+
+    def __contains__(self, key: object) -> bool:  # without reading the tensor (Mapping's default would)
+        return key in self._where
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
 
 
 def read_weights(
@@ -628,47 +651,55 @@ def read_weights(
     dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
     allow_pickle: bool = False,
-) -> dict[str, Tensor]:
-    """A component's weights: ``<stem>.safetensors``, or shards listed in ``<stem>.safetensors.index.json``;
-    ``<stem>.bin`` (and its index) only with ``allow_pickle=True``."""
-    single, index = folder / f"{stem}.safetensors", folder / f"{stem}.safetensors.index.json"
+    variant: str | None = None,
+) -> Mapping[str, Tensor]:
+    """A component's weights: ``<stem>.safetensors``, or shards listed in ``<stem>.safetensors.index.json``
+    (safetensors are read lazily, see :class:`LazySafetensors`); ``<stem>.bin`` (and its index) only with
+    ``allow_pickle=True``. ``variant="fp16"`` reads ``<stem>.fp16.safetensors`` (diffusers' naming)."""
+    v = f".{variant}" if variant else ""
+    single, index = folder / f"{stem}{v}.safetensors", folder / f"{stem}.safetensors.index{v}.json"
     if single.is_file():
-        return _read_safetensors(single, dtype, device)
+        return LazySafetensors([single], dtype=dtype, device=device)
     if index.is_file():
-        return _read_shards(index, lambda p: _read_safetensors(p, dtype, device))
-    pickled, pickled_index = folder / f"{stem}.bin", folder / f"{stem}.bin.index.json"
+        files = _shard_files(index)
+        weights = LazySafetensors(files, dtype=dtype, device=device)
+        missing = sorted(set(_read_json(index, "a shard index")["weight_map"]) - set(weights))
+        if missing:
+            raise CheckpointError(f"{index}: tensors {missing[:5]} are listed but not in their shards")
+        return weights
+    pickled, pickled_index = folder / f"{stem}{v}.bin", folder / f"{stem}.bin.index{v}.json"
     if pickled.is_file() or pickled_index.is_file():
         if not allow_pickle:
             raise CheckpointError(
-                f"{folder}: only pickled weights ({stem}.bin) were found; pickles can run code, so they are refused. "
-                f"Convert them to {stem}.safetensors, or pass allow_pickle=True (CLI: --allow-pickle) if you trust them."
+                f"{folder}: only pickled weights ({stem}{v}.bin) were found; pickles can run code, so they are "
+                f"refused. Convert them to {stem}{v}.safetensors, or pass allow_pickle=True (CLI: --allow-pickle) "
+                "if you trust them."
             )
-        if pickled.is_file():
-            sd = load_state_dict(pickled, allow_pickle=True)
-            return {k: _cast(v, dtype, device) for k, v in sd.items()}
-        return _read_shards(
-            pickled_index,
-            lambda p: {k: _cast(v, dtype, device) for k, v in load_state_dict(p, allow_pickle=True).items()},
-        )
+        files = [pickled] if pickled.is_file() else _shard_files(pickled_index)
+        out: dict[str, Tensor] = {}
+        for path in files:
+            out |= {k: _cast(t, dtype, device) for k, t in load_state_dict(path, allow_pickle=True).items()}
+        return out
+    others = sorted(p.name for p in folder.glob(f"{stem}*") if p.suffix in (".safetensors", ".bin", ".json"))
+    hint = (
+        f"; the folder has {others} (a variant? pass variant='fp16' for {stem}.fp16.safetensors)"
+        if others
+        else ""
+    )
     raise FileNotFoundError(
-        f"{folder}: no weights found; expected {single.name} (or {index.name} with its shards)"
+        f"{folder}: no weights found; expected {single.name} (or {index.name} with its shards){hint}"
     )
 
 
-def _read_shards(index: Path, read: Any) -> dict[str, Tensor]:
+def _shard_files(index: Path) -> list[Path]:
     weight_map = _read_json(index, "a shard index").get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise CheckpointError(f"{index}: has no 'weight_map' of tensor name -> shard file")
-    out: dict[str, Tensor] = {}
-    for shard in sorted(set(weight_map.values())):
-        path = index.parent / shard
+    files = [index.parent / shard for shard in sorted(set(weight_map.values()))]
+    for path in files:
         if not path.is_file():
-            raise FileNotFoundError(f"{index}: lists shard {shard}, which is missing from {index.parent}")
-        out |= read(path)
-    missing = sorted(set(weight_map) - set(out))
-    if missing:
-        raise CheckpointError(f"{index}: tensors {missing[:5]} are listed but not in their shards")
-    return out
+            raise FileNotFoundError(f"{index}: lists shard {path.name}, which is missing from {index.parent}")
+    return files
 
 
 def write_weights(
@@ -799,12 +830,14 @@ def read_diffusers_folder(
     dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
     allow_pickle: bool = False,
+    variant: str | None = None,
 ) -> DiffusersFolder:
     """Read a diffusers folder (see the module docstring) into our configs and state dicts.
 
     ``model_index.json`` says which components exist (``[null, null]`` = absent); without it, every
     component folder present is read. A component it lists whose folder or files are missing is an error
-    naming the folder and the file expected. ``dtype`` casts floating-point weights as they are read.
+    naming the folder and the file expected. ``dtype`` casts floating-point weights as they are read;
+    ``variant="fp16"`` reads diffusers' ``*.fp16.safetensors`` weight files.
     """
     root = Path(path)
     if not root.is_dir():
@@ -831,8 +864,10 @@ def read_diffusers_folder(
             )
         return folder
 
-    def weights(folder: Path, stem: str = DIFFUSERS_WEIGHTS) -> dict[str, Tensor]:
-        return read_weights(folder, stem, dtype=dtype, device=device, allow_pickle=allow_pickle)
+    def weights(folder: Path, stem: str = DIFFUSERS_WEIGHTS) -> Mapping[str, Tensor]:
+        return read_weights(
+            folder, stem, dtype=dtype, device=device, allow_pickle=allow_pickle, variant=variant
+        )
 
     kind: str | None = None
     denoiser_config: DenoiserConfig | None = None
@@ -909,7 +944,7 @@ def read_diffusers_folder(
         key = text_encoder_key(cfg, family=family, slot=slot)
         if key in text_encoders:
             raise ValueError(f"{root}: two text encoders resolve to {key!r}; the second is {folder}")
-        text_encoders[key] = (weights(folder, TRANSFORMERS_WEIGHTS), cfg)
+        text_encoders[key] = (dict(weights(folder, TRANSFORMERS_WEIGHTS)), cfg)
         tokenizer = root / f"tokenizer{suffix}"
         if _listed(index, f"tokenizer{suffix}", root):
             tokenizers[key] = component(f"tokenizer{suffix}")
