@@ -714,3 +714,46 @@ def test_inpainting_unet_config_has_nine_input_channels() -> None:
     config = unet_config_from_diffusers({**SD15_UNET, "in_channels": 9})
     assert config == replace(UNET_PRESETS["sd15"], in_channels=9)
     assert unet_config_to_diffusers(config)["in_channels"] == 9
+
+
+@pytest.mark.parametrize(
+    ("published", "num_time_ids"),
+    [
+        (SD15_UNET, 6), (SD21_UNET, 6), (SDXL_UNET, 6), (SDXL_REFINER_UNET, 5), (SD3_MEDIUM_TRANSFORMER, 0),
+        (SD35_LARGE_TRANSFORMER, 0), (SD35_MEDIUM_TRANSFORMER, 0), (FLUX_DEV_TRANSFORMER, 0),
+        ({**FLUX_DEV_TRANSFORMER, "guidance_embeds": False}, 0), (SD_VAE, 0), (SD3_VAE, 0),
+    ],
+)  # fmt: skip
+def test_full_size_configs_give_diffusers_exact_tensor_layout(published: dict, num_time_ids: int) -> None:
+    """At the released sizes, on the meta device (no memory): diffusers' model built from the published
+    config and ours built from the mapped config have the same tensors, key for key and shape for shape."""
+    from latentworks.checkpoints.keymaps.flux_diffusers import flux_to_diffusers
+    from latentworks.checkpoints.keymaps.sd3_diffusers import sd3_to_diffusers
+    from latentworks.checkpoints.keymaps.sd_diffusers import unet_to_diffusers, vae_to_diffusers
+    from latentworks.models.autoencoder import Autoencoder
+    from latentworks.models.flux import Flux
+    from latentworks.models.mmdit import MMDiT
+    from latentworks.models.unet import UNet
+
+    name = published["_class_name"]
+    kwargs = {k: v for k, v in published.items() if not k.startswith("_")}
+    if name == "UNet2DConditionModel":
+        config, cls, to_theirs = (
+            unet_config_from_diffusers(published, num_time_ids=num_time_ids),
+            UNet,
+            unet_to_diffusers,
+        )
+    elif name == "SD3Transformer2DModel":
+        config, cls, to_theirs = mmdit_config_from_diffusers(published), MMDiT, sd3_to_diffusers
+    elif name == "FluxTransformer2DModel":
+        config, cls, to_theirs = flux_config_from_diffusers(published), Flux, flux_to_diffusers
+    else:
+        config, cls, to_theirs = vae_config_from_diffusers(published)[0], Autoencoder, vae_to_diffusers
+    with torch.device("meta"):
+        theirs = getattr(diffusers, name)(**kwargs)
+        ours = cls(config)
+    expected = {k: tuple(v.shape) for k, v in theirs.state_dict().items()}
+    if name == "SD3Transformer2DModel":  # a buffer in diffusers, saved with the weights in the released files
+        expected["pos_embed.pos_embed"] = tuple(theirs.pos_embed.pos_embed.shape)
+    converted = to_theirs(ours.state_dict(), config)
+    assert {k: tuple(v.shape) for k, v in converted.items()} == expected
