@@ -51,10 +51,16 @@ def test_flux_dev_puts_guidance_in_cond_and_turns_cfg_off() -> None:
 
 @pytest.mark.parametrize(("h", "w"), [(512, 512), (1024, 768)])
 def test_flux_shift_depends_on_token_count(h: int, w: int) -> None:
-    ms = sampling_for_size(behaviour_of("flux-dev"), FlowModelSampling(), height=h, width=w)
+    ms = sampling_for_size(
+        behaviour_of("flux-dev"), FlowModelSampling(), latent_height=h // 8, latent_width=w // 8
+    )
     assert ms.mu == pytest.approx(flux_shift_mu((h // 16) * (w // 16)))
     sd3 = FlowModelSampling(shift=3.0)
-    assert sampling_for_size(behaviour_of("sd3"), sd3, height=h, width=w) is sd3
+    assert sampling_for_size(behaviour_of("sd3"), sd3, latent_height=h // 8, latent_width=w // 8) is sd3
+    schnell = FlowModelSampling()
+    assert (
+        sampling_for_size(behaviour_of("flux-schnell"), schnell, latent_height=64, latent_width=64) is schnell
+    )
 
 
 def test_unknown_family_lists_the_known_ones() -> None:

@@ -1,4 +1,4 @@
-"""``latentworks convert``: write a model folder from training runs (more formats come with checkpoint import)."""
+"""``latentworks convert``: checkpoints between formats, and training runs into model folders."""
 
 from __future__ import annotations
 
@@ -13,38 +13,106 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "convert",
         help="convert checkpoints between formats",
-        description="Write a latentworks model folder (model.json + safetensors) that 'generate', the pipeline "
-        "API and the server load. Today's input: the run folder of 'latentworks train' (its EMA weights), "
-        "which names its 'train-vae' run.",
-        epilog="example:\n  latentworks convert --from-run runs/unet --out models/checkpoints/mine "
-        "--data data/emoji-32.npz --name mine",
+        description="Convert a checkpoint (single .safetensors file in the original LDM/SAI/BFL layout, or a "
+        "diffusers folder; family detected from its tensors) into a diffusers folder or one single-file "
+        "checkpoint; or turn the run folder of 'latentworks train' into a latentworks model folder.",
+        epilog="examples:\n"
+        "  latentworks convert v1-5-pruned-emaonly.safetensors --to diffusers --out models/sd15\n"
+        "  latentworks convert models/sd15 --to single-file --out sd15.safetensors --half\n"
+        "  latentworks convert flux1-schnell.safetensors --vae ae.safetensors --text-encoder clip_l.safetensors \\\n"
+        "      --text-encoder t5xxl_fp16.safetensors --tokenizer t5/ --to diffusers --out models/flux-schnell\n"
+        "  latentworks convert --from-run runs/unet --out models/checkpoints/mine --data data/emoji-32.npz",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("input", nargs="?", type=Path, default=None, help="checkpoint file or diffusers folder")
     p.add_argument(
-        "--from-run", type=Path, required=True, metavar="RUN", help="a 'latentworks train' run folder"
+        "--to",
+        choices=["diffusers", "single-file"],
+        default=None,
+        help="output format for INPUT (diffusers folder, or one .safetensors in the original layout)",
     )
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="model folder to write")
-    p.add_argument("--name", default=None, help="model name (default: the folder name)")
+    p.add_argument("--vae", type=Path, default=None, metavar="FILE", help="a separate VAE file to include")
+    p.add_argument(
+        "--text-encoder",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a separate CLIP/T5 file to include (repeatable)",
+    )
+    p.add_argument("--tokenizer", type=Path, default=None, metavar="PATH", help="T5 tokenizer.json or folder")
+    p.add_argument("--prediction", choices=["eps", "v"], default=None, help="override the detected objective")
+    p.add_argument(
+        "--allow-pickle", action="store_true", help="accept pickled .ckpt/.pt/.bin input (trusted files)"
+    )
+    p.add_argument(
+        "--from-run", type=Path, default=None, metavar="RUN", help="a 'latentworks train' run folder"
+    )
+    p.add_argument("--out", type=Path, required=True, metavar="PATH", help="file or folder to write")
+    p.add_argument("--name", default=None, help="--from-run: model name (default: the folder name)")
     p.add_argument(
         "--data",
         type=Path,
         default=None,
-        help="dataset file used to fit the latent preview colours (optional)",
+        help="--from-run: dataset file used to fit the latent preview colours (optional)",
     )
     p.add_argument("--half", action="store_true", help="store weights in float16 (half the size)")
     p.add_argument(
         "--defaults",
         default=None,
         metavar="JSON",
-        help='generation defaults, e.g. \'{"steps": 20, "guidance": 5, "sampler": "euler"}\'',
+        help='--from-run: generation defaults, e.g. \'{"steps": 20, "guidance": 5, "sampler": "euler"}\'',
     )
     p.add_argument(
-        "--card", type=Path, default=None, metavar="JSON_FILE", help="model-card fields (JSON file)"
+        "--card",
+        type=Path,
+        default=None,
+        metavar="JSON_FILE",
+        help="--from-run: model-card fields (JSON file)",
     )
     return p
 
 
+def _convert_checkpoint(args: argparse.Namespace) -> int:
+    import torch
+
+    from latentworks.checkpoints.load import read_checkpoint, write_diffusers, write_single_file
+
+    if args.to is None:
+        raise UserError("give --to diffusers or --to single-file")
+    if not args.input.exists():
+        raise UserError(f"no such checkpoint file or folder: {args.input}")
+    if args.out.exists() and (args.out.is_file() or any(args.out.iterdir())):
+        raise UserError(
+            f"--out {args.out} exists; choose a new file or an empty folder (nothing is overwritten)"
+        )
+    dtype = torch.float16 if args.half else None
+    parts = read_checkpoint(
+        args.input,
+        vae=args.vae,
+        text_encoders=args.text_encoder,
+        tokenizer=args.tokenizer,
+        prediction=args.prediction,
+        dtype=dtype,
+        allow_pickle=args.allow_pickle,
+    )
+    if args.to == "single-file":
+        write_single_file(parts, args.out)
+    else:
+        write_diffusers(parts, args.out)
+    print(
+        f"wrote {args.out}  ({parts.family}, {parts.variant}, text encoders: {sorted(parts.text_encoders)})"
+    )
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.input is not None and args.from_run is not None:
+        raise UserError("give either INPUT (a checkpoint) or --from-run RUN, not both")
+    if args.input is not None:
+        return _convert_checkpoint(args)
+    if args.from_run is None:
+        raise UserError("give a checkpoint to convert (INPUT --to ...) or --from-run RUN")
     from latentworks.pipelines.export import export_run
 
     if not args.from_run.is_dir():

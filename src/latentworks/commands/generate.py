@@ -19,7 +19,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         '  latentworks generate "a red apple, google style" -o apple.png\n'
         '  latentworks generate "a grinning face, twitter style" --seed 7 --batch 4 -o faces.png\n'
         '  latentworks generate "a blue heart" --init apple.png --strength 0.6\n'
-        "Samplers and schedulers: see 'latentworks info'.",
+        '  latentworks generate "a lighthouse at dusk" --model models/v1-5-pruned-emaonly.safetensors\n'
+        '  latentworks generate "a fox" --model flux1-schnell.safetensors --vae ae.safetensors \\\n'
+        "      --text-encoder clip_l.safetensors --text-encoder t5xxl_fp16.safetensors --tokenizer t5/tokenizer.json\n"
+        "Samplers and schedulers: see 'latentworks info'. Running SD/SDXL/SD3/FLUX files: docs/checkpoints.md.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("prompt", help="what to draw")
@@ -27,7 +30,35 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--model",
         default="default",
         metavar="NAME|PATH",
-        help="model folder, or 'default' for the embedded model (default: %(default)s)",
+        help="'default' (the embedded model), a latentworks model folder, a checkpoint file "
+        "(.safetensors: SD 1.x/2.x/XL, SD3, FLUX) or a diffusers folder (default: %(default)s)",
+    )
+    p.add_argument("--vae", type=Path, default=None, metavar="FILE", help="a separate VAE file")
+    p.add_argument(
+        "--text-encoder",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a separate CLIP or T5 text-encoder file (repeat for several)",
+    )
+    p.add_argument(
+        "--tokenizer",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="T5's tokenizer.json (or a folder with one), needed by SD3/FLUX single files",
+    )
+    p.add_argument(
+        "--prediction",
+        choices=["eps", "v"],
+        default=None,
+        help="override the detected objective (SD 2.x 768-v files need --prediction v when detection misses)",
+    )
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="load pickled .ckpt/.pt/.bin files (with torch.load(weights_only=True)); only for files you trust",
     )
     p.add_argument("--negative", default="", metavar="TEXT", help="negative prompt (default: empty)")
     p.add_argument("--steps", type=int, default=None, metavar="N", help="sampling steps (model default: 20)")
@@ -106,7 +137,23 @@ def run(args: argparse.Namespace) -> int:
             init.load()
         except (UnidentifiedImageError, OSError) as e:
             raise UserError(f"--init: cannot read {args.init} as an image ({e})") from None
-    pipe = Pipeline.from_pretrained(args.model, device=args.device)
+    for opt, path in [("--vae", args.vae), ("--tokenizer", args.tokenizer)] + [
+        ("--text-encoder", t) for t in args.text_encoder
+    ]:
+        if path is not None and not path.exists():
+            raise UserError(f"{opt}: no such file: {path}")
+    try:
+        pipe = Pipeline.from_pretrained(
+            args.model,
+            device=args.device,
+            vae=args.vae,
+            text_encoders=args.text_encoder,
+            tokenizer=args.tokenizer,
+            prediction=args.prediction,
+            allow_pickle=args.allow_pickle,
+        )
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        raise UserError(f"--model {args.model}: {e}") from None
     bar = None
 
     def on_step(step) -> None:  # noqa: ANN001

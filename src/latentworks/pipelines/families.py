@@ -67,8 +67,7 @@ FAMILY_BEHAVIOUR: dict[str, FamilyBehaviour] = {
     "flux-schnell": FamilyBehaviour(
         resolution=(1024, 1024),
         defaults={"steps": 4, "guidance": 1.0, "sampler": "euler", "scheduler": "simple"},
-        flux_shift=True,
-    ),
+    ),  # schnell samples with shift 1 at every size (diffusers' scheduler config: no dynamic shifting)
 }
 
 
@@ -109,9 +108,15 @@ def cfg_scale(behaviour: FamilyBehaviour, guidance: float) -> float:
     return 1.0 if behaviour.distilled_guidance else guidance
 
 
-def sampling_for_size(behaviour: FamilyBehaviour, model_sampling: Any, *, height: int, width: int) -> Any:
-    """FLUX: a model sampling whose shift matches this image's token count; others: unchanged."""
+def sampling_for_size(
+    behaviour: FamilyBehaviour, model_sampling: Any, *, latent_height: int, latent_width: int, patch: int = 2
+) -> Any:
+    """FLUX: a model sampling whose shift matches this image's token count; others: unchanged.
+
+    The token count is the latent grid over ``patch`` x ``patch`` packing ((H / 16) * (W / 16) for FLUX's
+    8x VAE), as diffusers' FluxPipeline computes it from the packed latents.
+    """
     if not behaviour.flux_shift:
         return model_sampling
-    seq_len = (height // 16) * (width // 16)  # 8x VAE, 2x2 patches
+    seq_len = (latent_height // patch) * (latent_width // patch)
     return FlowModelSampling.flux(seq_len, multiplier=getattr(model_sampling, "multiplier", 1000.0))

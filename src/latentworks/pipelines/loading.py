@@ -264,3 +264,103 @@ def describe_model(name_or_path: str | Path, models_dir: str | Path | None = Non
         if key in card:
             lines.append(f"{key:<11} {card[key]}")
     return "\n".join(lines)
+
+
+# -- checkpoints from elsewhere (single files, diffusers folders) ----------------------------------------
+
+
+def is_model_folder(path: str | Path) -> bool:
+    return (Path(path) / "model.json").is_file()
+
+
+def _build_on_meta(cls: type, config: Any, state: Any, *, device: Any, dtype: torch.dtype) -> nn.Module:
+    """Build ``cls(config)`` without allocating it, then assign ``state``'s tensors cast to ``dtype``."""
+    from latentworks.checkpoints.io import load_into
+
+    with torch.device("meta"):
+        net = cls(config)
+    load_into(net, state, dtype=dtype, device=device)
+    return net.eval().requires_grad_(False)
+
+
+def model_from_parts(
+    parts: Any, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> ModelFolder:
+    """A :class:`ModelFolder` (networks, sampling, metadata) from :class:`~latentworks.checkpoints.load.CheckpointParts`."""
+    from latentworks.models.autoencoder import Autoencoder
+    from latentworks.pipelines.families import behaviour_of
+
+    if parts.vae_state is None:
+        raise ValueError(
+            f"{parts.source} has no VAE: pass one (CLI: --vae FILE; API: vae=PATH), e.g. the family's "
+            "ae.safetensors / sdxl_vae.safetensors"
+        )
+    model_cls, _ = FAMILIES[parts.denoiser_kind]()
+    config = parts.denoiser_config
+    if parts.denoiser_kind == "unet" and config.in_channels != parts.latent_format.channels:
+        raise ValueError(
+            f"{parts.source} is an inpainting model ({config.in_channels} input channels); text-to-image "
+            "needs a regular checkpoint (inpainting pipelines are not built yet)"
+        )
+    net = _build_on_meta(model_cls, config, parts.denoiser_state, device=device, dtype=dtype)
+    vae = _build_on_meta(Autoencoder, parts.vae_config, parts.vae_state, device=device, dtype=dtype)
+    behaviour = behaviour_of(parts.family)
+    meta = {
+        "format": FORMAT,
+        "version": 1,
+        "name": Path(parts.source).stem if Path(parts.source).is_file() else Path(parts.source).name,
+        "family": parts.family,
+        "variant": parts.variant,
+        "source": str(parts.source),
+        "denoiser": {
+            "family": parts.denoiser_kind,
+            "config": config_to_dict(config),
+            "prediction": parts.prediction,
+            "sampling": parts.sampling,
+        },
+        "vae": {"config": config_to_dict(parts.vae_config)},
+        "latent_format": config_to_dict(parts.latent_format),
+        "text_encoder": {"kind": parts.text_family, "components": sorted(parts.text_encoders)},
+        "resolution": list(behaviour.resolution),
+        "defaults": dict(behaviour.defaults),
+    }
+    return ModelFolder(
+        path=Path(parts.source),
+        meta=meta,
+        denoiser_net=net,
+        vae=vae,
+        latent_format=parts.latent_format,
+        model_sampling=sampling_from_meta(parts.sampling),
+    )
+
+
+def text_encoder_from_parts(
+    parts: Any, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> Any:
+    """The family's prompt encoder from the checkpoint's (or separately given) text encoders."""
+    from latentworks.models.text.families import make_prompt_encoder
+
+    return make_prompt_encoder(
+        parts.text_family,
+        {name: dict(sd) for name, sd in parts.text_encoders.items()},
+        tokenizer_dir=parts.tokenizer_dir,
+        device=device,
+        dtype=dtype,
+    )
+
+
+def resolve_checkpoint(name_or_path: str | Path, models_dir: str | Path | None = None) -> Path | None:
+    """A checkpoint file or diffusers folder for ``name_or_path`` (also looked up in ``models_dir`` and its
+    ``checkpoints/`` subfolder), or None when it names a latentworks model folder or nothing."""
+    from latentworks.checkpoints.load import CHECKPOINT_SUFFIXES
+
+    s = str(name_or_path)
+    candidates = [Path(s).expanduser()]
+    if models_dir is not None:
+        candidates += [Path(models_dir) / s, Path(models_dir) / "checkpoints" / s]
+    for c in candidates:
+        if c.is_file() and c.suffix.lower() in CHECKPOINT_SUFFIXES:
+            return c
+        if (c / "model_index.json").is_file():
+            return c
+    return None

@@ -103,7 +103,47 @@ class Pipeline:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         models_dir: str | Path | None = None,
+        vae: str | Path | None = None,
+        text_encoders: list[str | Path] | tuple[str | Path, ...] = (),
+        tokenizer: str | Path | None = None,
+        prediction: str | None = None,
+        allow_pickle: bool = False,
     ) -> Pipeline:
+        """Load a latentworks model folder (``default`` = the embedded model), a single checkpoint file
+        (SD 1.x/2.x/XL, SD3, FLUX; family detected from its tensors) or a diffusers folder.
+
+        ``vae``, ``text_encoders`` (CLIP/T5 files) and ``tokenizer`` (T5's tokenizer.json) add components a
+        checkpoint lacks (FLUX files hold only the transformer). ``prediction`` overrides the detected
+        objective (``eps`` | ``v``), for SD 2.x files detection cannot tell apart. Pickled files are refused
+        unless ``allow_pickle``.
+        """
+        from latentworks.pipelines.loading import (
+            model_from_parts,
+            resolve_checkpoint,
+            text_encoder_from_parts,
+        )
+
+        source = resolve_checkpoint(name_or_path, models_dir)
+        if source is not None:
+            from latentworks.checkpoints.load import read_checkpoint
+
+            parts = read_checkpoint(
+                source,
+                vae=vae,
+                text_encoders=text_encoders,
+                tokenizer=tokenizer,
+                prediction=prediction,
+                dtype=dtype,
+                allow_pickle=allow_pickle,
+            )
+            model = model_from_parts(parts, device=device, dtype=dtype)
+            te = text_encoder_from_parts(parts, device=device, dtype=dtype)
+            return cls(model, te, device=device, dtype=dtype)
+        if vae is not None or text_encoders or tokenizer is not None or prediction is not None:
+            raise ValueError(
+                f"{name_or_path}: vae/text_encoders/tokenizer/prediction apply to checkpoint files and "
+                "diffusers folders, not to latentworks model folders (which are complete)"
+            )
         model = load_model_folder(name_or_path, device=device, dtype=dtype, models_dir=models_dir)
         te_spec = model.meta.get("text_encoder", {"kind": "minilm"})
         if te_spec.get("kind") != "minilm":
@@ -210,7 +250,13 @@ class Pipeline:
         c = self.model.latent_format.channels
         shape = (n, c, height // f, width // f)
         denoise = strength if init_image is not None else 1.0
-        ms = sampling_for_size(self.behaviour, self.model.model_sampling, height=height, width=width)
+        ms = sampling_for_size(
+            self.behaviour,
+            self.model.model_sampling,
+            latent_height=height // f,
+            latent_width=width // f,
+            patch=int(getattr(self.model.denoiser_net.config, "patch_size", 2)),
+        )
         sigmas = get_sigmas(ms, scheduler, steps, denoise=denoise) if denoise > 0 else torch.zeros(1)
         if init_image is not None:
             imgs = init_image if isinstance(init_image, list) else [init_image]

@@ -1,0 +1,414 @@
+"""Read any supported checkpoint into one neutral form, :class:`CheckpointParts`, and write it back out.
+
+Inputs (all local files, nothing fetched):
+
+- a single ``.safetensors`` file in the original layouts: LDM/CompVis (SD 1.x/2.x/XL, with the VAE and
+  text encoders embedded), SAI (SD3/3.5), BFL (FLUX, diffusion model only) or ComfyUI's all-in-one files;
+- a diffusers folder (``model_index.json`` + component folders);
+- component files given beside the main one: a VAE (``--vae``), text encoders (``--text-encoder``, CLIP or
+  T5) and a T5 tokenizer (``--tokenizer``, a ``tokenizer.json`` or a diffusers folder).
+
+``CheckpointParts`` holds our configs and our-layout state dicts, plus the text encoders' state dicts in the
+layout they came in (the prompt encoders detect HF vs open_clip themselves). The pipeline builds models from
+it (:func:`latentworks.pipelines.loading.model_from_parts`); :func:`write_single_file` and
+:func:`write_diffusers` convert it. Pickled files are refused unless ``allow_pickle=True``.
+
+Memory: safetensors inputs are read through :class:`~latentworks.checkpoints.io.LazyStateDict` with the
+target dtype, so each tensor is read, cast and converted once; nothing holds a second full copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from latentworks.checkpoints.detect import (
+    DetectedCheckpoint,
+    detect_checkpoint,
+    detect_vae,
+    find_vae_prefix,
+)
+from latentworks.checkpoints.io import PICKLE_SUFFIXES, LazyStateDict, load_state_dict, save_file_atomic
+from latentworks.diffusion.latent_formats import LATENT_FORMATS, LatentFormat
+
+CHECKPOINT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
+
+
+@dataclass
+class CheckpointParts:
+    """A checkpoint in neutral form.
+
+    Attributes:
+        source: where it came from (file or folder), for messages.
+        family: the generation behaviour key (``sd1``, ``sd2``, ``sd2-v``, ``sdxl``, ``sdxl-refiner``, ``sd3``,
+            ``flux-dev``, ``flux-schnell``), see :mod:`latentworks.pipelines.families`.
+        variant: what detection saw (e.g. ``sd1-inpaint``, ``sd3.5-large``).
+        denoiser_kind: ``unet`` | ``mmdit`` | ``flux``.
+        denoiser_config / denoiser_state: our config and our-layout tensors.
+        vae_config / vae_state: the same for the autoencoder; None when no VAE was found.
+        latent_format: the family's latent scale/shift and preview factors.
+        prediction / sampling: objective and model-sampling spec (see ``pipelines.loading.sampling_from_meta``).
+        text_encoders: ``{"clip_l" | "clip_h" | "clip_g" | "t5xxl": state_dict}`` (HF or open_clip layout).
+        tokenizer_dir: a folder (diffusers) or file holding tokenizers, or None (CLIP then uses the bundled
+            tokenizer; T5 needs one).
+    """
+
+    source: Path
+    family: str
+    variant: str
+    denoiser_kind: str
+    denoiser_config: Any
+    denoiser_state: Mapping[str, Tensor]
+    vae_config: Any
+    vae_state: Mapping[str, Tensor] | None
+    latent_format: LatentFormat
+    prediction: str
+    sampling: dict[str, Any]
+    text_encoders: dict[str, Mapping[str, Tensor]] = field(default_factory=dict)
+    tokenizer_dir: Path | None = None
+
+    @property
+    def text_family(self) -> str:
+        """The family name the prompt encoders use (``sd2-v`` encodes like ``sd2``)."""
+        return "sd2" if self.family == "sd2-v" else self.family
+
+
+class _Prefixed(Mapping[str, Tensor]):
+    """A read-through view of the keys under ``prefix`` with the prefix removed (no tensor is read early)."""
+
+    def __init__(self, base: Mapping[str, Tensor], prefix: str) -> None:
+        self.base, self.prefix = base, prefix
+        self._keys = [k[len(prefix) :] for k in base if k.startswith(prefix)]
+
+    def __getitem__(self, key: str) -> Tensor:
+        return self.base[self.prefix + key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and (self.prefix + key) in self.base
+
+
+def open_weights(
+    path: str | Path, *, dtype: torch.dtype | None = None, allow_pickle: bool = False
+) -> Mapping[str, Tensor]:
+    """A lazy mapping over a safetensors file (or, with ``allow_pickle``, a loaded pickle's tensors)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix.lower() == ".safetensors":
+        return LazyStateDict(path, dtype=dtype)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        return load_state_dict(path, dtype=dtype, allow_pickle=allow_pickle)
+    raise ValueError(
+        f"{path}: unknown checkpoint type {path.suffix!r}; expected .safetensors (or, with --allow-pickle, "
+        f"one of {', '.join(PICKLE_SUFFIXES)})"
+    )
+
+
+def _shapes(weights: Mapping[str, Tensor]) -> dict[str, tuple[int, ...]]:
+    if isinstance(weights, LazyStateDict):
+        return dict(weights.shapes())
+    return {k: tuple(v.shape) for k, v in weights.items()}
+
+
+def behaviour_family(detected: DetectedCheckpoint) -> str:
+    """Detection's family/variant -> the generation-behaviour key of :mod:`latentworks.pipelines.families`."""
+    if detected.family == "flux":
+        return detected.variant if detected.variant in ("flux-dev", "flux-schnell") else "flux-dev"
+    if detected.family == "sd2" and detected.prediction == "v":
+        return "sd2-v"
+    return detected.family
+
+
+def _convert_denoiser(kind: str, layout: str, sd: Mapping[str, Tensor], config: Any) -> dict[str, Tensor]:
+    if kind == "unet":
+        from latentworks.checkpoints.keymaps.sd_ldm import unet_ldm_to_ours
+
+        return unet_ldm_to_ours(sd, config)
+    if kind == "mmdit":
+        from latentworks.checkpoints.keymaps.sd3_sai import mmdit_sai_to_ours
+
+        return mmdit_sai_to_ours(sd, config)
+    from latentworks.checkpoints.keymaps.flux_bfl import flux_bfl_to_ours
+
+    return flux_bfl_to_ours(sd, config)
+
+
+def read_vae(weights: Mapping[str, Tensor], *, source: str) -> tuple[Any, dict[str, Tensor]]:
+    """The autoencoder in ``weights`` (LDM or diffusers layout, any known prefix) as (config, our state dict)."""
+    shapes = _shapes(weights)
+    config, layout = detect_vae(shapes, source=source)
+    sub = _Prefixed(weights, find_vae_prefix(shapes) or "")
+    if layout == "ldm":
+        from latentworks.checkpoints.keymaps.sd_ldm import vae_ldm_to_ours
+
+        return config, vae_ldm_to_ours(sub, config)
+    from latentworks.checkpoints.keymaps.sd_diffusers import vae_from_diffusers
+
+    return config, vae_from_diffusers(sub, config)
+
+
+def _text_encoder_kind(weights: Mapping[str, Tensor], source: str) -> tuple[str, Mapping[str, Tensor]]:
+    """(component name, un-prefixed state dict) of a text-encoder-only file."""
+    from latentworks.checkpoints.detect import text_encoder_prefixes
+    from latentworks.checkpoints.keymaps.text_encoders import detect_text_encoder
+
+    shapes = _shapes(weights)
+    prefixes = text_encoder_prefixes(shapes)
+    if len(prefixes) == 1:  # a text encoder saved with its all-in-one prefix
+        ((_, prefix),) = prefixes.items()
+        weights = _Prefixed(weights, prefix)
+        shapes = _shapes(weights)
+    try:
+        kind, _ = detect_text_encoder(shapes)
+    except ValueError as e:
+        raise ValueError(f"{source}: not a CLIP or T5 text encoder ({e})") from None
+    return kind, weights
+
+
+def read_checkpoint(
+    path: str | Path,
+    *,
+    vae: str | Path | None = None,
+    text_encoders: Sequence[str | Path] = (),
+    tokenizer: str | Path | None = None,
+    prediction: str | None = None,
+    dtype: torch.dtype | None = None,
+    allow_pickle: bool = False,
+) -> CheckpointParts:
+    """Read a single file or a diffusers folder (plus optional component files) into :class:`CheckpointParts`.
+
+    Args:
+        path: a checkpoint file or a diffusers folder.
+        vae: a separate autoencoder file (overrides one embedded in ``path``).
+        text_encoders: separate CLIP / T5 files (override embedded ones of the same kind).
+        tokenizer: T5's ``tokenizer.json`` (or a folder with one); CLIP tokenizers are bundled.
+        prediction: override the detected objective (``eps`` | ``v`` | ``flow``), e.g. for SD 2.x v models.
+        dtype: cast floating-point weights to this while reading (None keeps the file's).
+        allow_pickle: accept ``.ckpt/.pt/.pth/.bin`` (loaded with ``torch.load(weights_only=True)``).
+    """
+    path = Path(path)
+    if path.is_dir():
+        parts = _read_folder(path, dtype=dtype, allow_pickle=allow_pickle, prediction=prediction)
+    else:
+        parts = _read_file(path, dtype=dtype, allow_pickle=allow_pickle, prediction=prediction)
+    if vae is not None:
+        weights = open_weights(vae, dtype=dtype, allow_pickle=allow_pickle)
+        parts.vae_config, parts.vae_state = read_vae(weights, source=str(vae))
+    for file in text_encoders:
+        weights = open_weights(file, dtype=dtype, allow_pickle=allow_pickle)
+        kind, sd = _text_encoder_kind(weights, str(file))
+        parts.text_encoders[kind] = sd
+    if tokenizer is not None:
+        if not Path(tokenizer).exists():
+            raise FileNotFoundError(f"tokenizer not found: {tokenizer}")
+        parts.tokenizer_dir = Path(tokenizer)
+    return parts
+
+
+def _read_file(
+    path: Path, *, dtype: torch.dtype | None, allow_pickle: bool, prediction: str | None
+) -> CheckpointParts:
+    weights = open_weights(path, dtype=dtype, allow_pickle=allow_pickle)
+    shapes = _shapes(weights)
+    found = detect_checkpoint(
+        shapes, get_tensor=lambda k: weights[k], source=path.name, prediction=prediction
+    )
+    layout = {"unet": "ldm", "mmdit": "sai", "flux": "bfl"}[found.denoiser_kind]
+    denoiser = _Prefixed(weights, found.denoiser_prefix or "")
+    state = _convert_denoiser(found.denoiser_kind, layout, denoiser, found.denoiser_config)
+    vae_config, vae_state = None, None
+    if found.vae_prefix is not None:
+        vae_sub = _Prefixed(weights, found.vae_prefix)
+        vae_config, vae_state = read_vae(vae_sub, source=path.name)
+    tes = {name: _Prefixed(weights, prefix) for name, prefix in found.text_encoders.items()}
+    return CheckpointParts(
+        source=path,
+        family=behaviour_family(found),
+        variant=found.variant,
+        denoiser_kind=found.denoiser_kind,
+        denoiser_config=found.denoiser_config,
+        denoiser_state=state,
+        vae_config=vae_config,
+        vae_state=vae_state,
+        latent_format=LATENT_FORMATS[found.latent_format],
+        prediction=found.prediction,
+        sampling=dict(found.sampling),
+        text_encoders=dict(tes),
+    )
+
+
+def _read_folder(
+    path: Path, *, dtype: torch.dtype | None, allow_pickle: bool, prediction: str | None
+) -> CheckpointParts:
+    from latentworks.checkpoints.diffusers_folder import read_diffusers_folder
+
+    if not (path / "model_index.json").is_file():
+        raise ValueError(
+            f"{path} is a folder without model_index.json: not a diffusers folder (a latentworks model folder "
+            "has model.json; a single checkpoint is a file)"
+        )
+    folder = read_diffusers_folder(path, dtype=dtype, allow_pickle=allow_pickle)
+    if folder.denoiser_config is None or folder.denoiser_state is None or folder.denoiser_kind is None:
+        raise ValueError(f"{path}: the diffusers folder has no unet/ or transformer/ to generate with")
+    family = folder.family or "sd1"
+    pred = prediction or folder.prediction or ("flow" if folder.denoiser_kind != "unet" else "eps")
+    if family == "flux":
+        family = "flux-dev" if folder.denoiser_config.guidance_embed else "flux-schnell"
+    elif family == "sd2" and pred == "v":
+        family = "sd2-v"
+    lf_name = {
+        "flux-dev": "flux",
+        "flux-schnell": "flux",
+        "sd2-v": "sd2",
+        "sdxl-refiner": "sdxl",
+        "sd1": "sd15",
+    }
+    latent_format = folder.latent_format or LATENT_FORMATS[lf_name.get(family, family)]
+    return CheckpointParts(
+        source=path,
+        family=family,
+        variant=family,
+        denoiser_kind=folder.denoiser_kind,
+        denoiser_config=folder.denoiser_config,
+        denoiser_state=folder.denoiser_state,
+        vae_config=folder.vae_config,
+        vae_state=folder.vae_state,
+        latent_format=latent_format,
+        prediction=pred,
+        sampling=dict(folder.sampling or {}),
+        text_encoders={name: entry[0] for name, entry in folder.text_encoders.items()},
+        tokenizer_dir=path,
+    )
+
+
+# -- writing ---------------------------------------------------------------------------------------------
+
+# Where each family's text encoders live in an original-layout single file, and in which layout.
+_SINGLE_FILE_TEXT = {
+    "sd1": {"clip_l": ("cond_stage_model.transformer.", "hf")},
+    "sd2": {"clip_h": ("cond_stage_model.model.", "open_clip")},
+    "sdxl": {
+        "clip_l": ("conditioner.embedders.0.transformer.", "hf"),
+        "clip_g": ("conditioner.embedders.1.model.", "open_clip"),
+    },
+    "sdxl-refiner": {"clip_g": ("conditioner.embedders.0.model.", "open_clip")},
+}
+_ALL_IN_ONE_TEXT = {
+    name: (f"text_encoders.{name}.transformer.", "hf") for name in ("clip_l", "clip_g", "t5xxl")
+}
+
+
+def _text_state(sd: Mapping[str, Tensor], layout: str) -> dict[str, Tensor]:
+    from latentworks.checkpoints.keymaps.text_encoders import (
+        detect_text_encoder,
+        hf_to_open_clip,
+        open_clip_to_hf,
+        to_hf_clip,
+    )
+
+    kind, have = detect_text_encoder({k: tuple(v.shape) for k, v in sd.items()})
+    if kind == "t5xxl":
+        return dict(sd)
+    hf = open_clip_to_hf(sd) if have == "open_clip" else to_hf_clip(sd)
+    return hf_to_open_clip(hf) if layout == "open_clip" else hf
+
+
+def single_file_state(parts: CheckpointParts) -> dict[str, Tensor]:
+    """``parts`` as one original-layout state dict (LDM for U-Nets, SAI for SD3, ComfyUI-style for FLUX)."""
+    out: dict[str, Tensor] = {}
+    kind, cfg = parts.denoiser_kind, parts.denoiser_config
+    if kind == "unet":
+        from latentworks.checkpoints.keymaps.sd_ldm import ours_to_unet_ldm
+
+        theirs = ours_to_unet_ldm(parts.denoiser_state, cfg)
+    elif kind == "mmdit":
+        from latentworks.checkpoints.keymaps.sd3_sai import ours_to_mmdit_sai
+
+        theirs = ours_to_mmdit_sai(parts.denoiser_state, cfg)
+    else:
+        from latentworks.checkpoints.keymaps.flux_bfl import ours_to_flux_bfl
+
+        theirs = ours_to_flux_bfl(parts.denoiser_state, cfg)
+    out |= {f"model.diffusion_model.{k}": v for k, v in theirs.items()}
+    if parts.vae_state is not None:
+        from latentworks.checkpoints.keymaps.sd_ldm import ours_to_vae_ldm
+
+        vae_prefix = "first_stage_model." if kind == "unet" else "vae."
+        out |= {f"{vae_prefix}{k}": v for k, v in ours_to_vae_ldm(parts.vae_state, parts.vae_config).items()}
+    places = _SINGLE_FILE_TEXT.get(parts.text_family, _ALL_IN_ONE_TEXT)
+    for name, sd in parts.text_encoders.items():
+        if name not in places:
+            raise ValueError(f"{parts.family} single files have no place for a {name} text encoder")
+        prefix, layout = places[name]
+        out |= {f"{prefix}{k}": v for k, v in _text_state(sd, layout).items()}
+    if parts.family == "sd2-v":
+        out["v_pred"] = torch.zeros(())  # the A1111 marker for v-prediction SD 2.x files
+    return out
+
+
+def write_single_file(parts: CheckpointParts, path: str | Path, *, dtype: torch.dtype | None = None) -> Path:
+    """Write ``parts`` as one ``.safetensors`` file in the original layout (atomically)."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"single-file output must end in .safetensors, got {path}")
+    tensors = {
+        k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
+        for k, v in single_file_state(parts).items()
+    }
+    save_file_atomic(tensors, path, metadata={"latentworks.family": parts.family})
+    return path
+
+
+def write_diffusers(parts: CheckpointParts, path: str | Path) -> Path:
+    """Write ``parts`` as a diffusers folder that diffusers' ``from_pretrained`` loads."""
+    from latentworks.checkpoints.diffusers_folder import write_diffusers_folder
+    from latentworks.checkpoints.keymaps.text_encoders import detect_text_encoder
+    from latentworks.models.text.clip import clip_config_from_shapes
+    from latentworks.models.text.t5 import t5_config_from_shapes
+
+    if parts.vae_state is None:
+        raise ValueError(f"{parts.source}: no VAE to write; pass one with --vae")
+    encoders: dict[str, tuple[dict[str, Tensor], dict[str, Any]]] = {}
+    for name, sd in parts.text_encoders.items():
+        hf = _text_state(sd, "hf")
+        shapes = {k: tuple(v.shape) for k, v in hf.items()}
+        kind, _ = detect_text_encoder(shapes)
+        if kind == "t5xxl":
+            config = t5_config_from_shapes(shapes)
+        else:
+            config = clip_config_from_shapes(shapes)
+        encoders[name] = (hf, config.to_dict())
+    family = {"sd2-v": "sd2", "flux-dev": "flux", "flux-schnell": "flux"}.get(parts.family, parts.family)
+    tokenizers: dict[str, Path] = {}
+    if parts.tokenizer_dir is not None and parts.tokenizer_dir.is_dir():
+        for folder in sorted(parts.tokenizer_dir.glob("tokenizer*")):
+            is_bpe = (folder / "merges.txt").is_file()  # CLIP's BPE; T5's is a sentencepiece/unigram file
+            name = "t5xxl" if not is_bpe else ("clip_l" if folder.name == "tokenizer" else "clip_g")
+            if name in parts.text_encoders and folder.is_dir():
+                tokenizers[name] = folder
+    write_diffusers_folder(
+        path,
+        family=family,
+        denoiser_kind=parts.denoiser_kind,
+        denoiser_config=parts.denoiser_config,
+        denoiser_state=dict(parts.denoiser_state),
+        vae_config=parts.vae_config,
+        vae_state=dict(parts.vae_state),
+        latent_format=parts.latent_format,
+        prediction=parts.prediction,
+        sampling=parts.sampling,
+        text_encoders=encoders,
+        tokenizers=tokenizers,
+    )
+    return Path(path)
