@@ -19,6 +19,7 @@ from latentworks.checkpoints.keymaps.text_encoders import (
     hf_to_open_clip,
     normalize_hf_clip,
     open_clip_to_hf,
+    split_text_encoders,
     to_hf_clip,
 )
 from latentworks.models.text.clip import build_clip, clip_config_from_shapes, clip_encode
@@ -166,3 +167,18 @@ def test_config_from_shapes() -> None:
     assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads) == (1280, 3, 20)
     assert (cfg.intermediate_size, cfg.vocab_size, cfg.max_position_embeddings) == (5120, 49408, 77)
     assert (cfg.projection_dim, cfg.hidden_act, cfg.eos_token_id) == (1280, "gelu", 49407)
+
+
+def test_split_text_encoders_from_single_file_layouts() -> None:
+    with torch.device("meta"):
+        clip_l = _file_layout(_reference(768, layers=1, projection=False))
+        big_g = hf_to_open_clip(_file_layout(_reference(1280, layers=1, projection=True)))
+    sdxl_file = {f"conditioner.embedders.0.transformer.{k}": v for k, v in clip_l.items()}
+    sdxl_file |= {f"conditioner.embedders.1.model.{k}": v for k, v in big_g.items()}
+    sdxl_file["model.diffusion_model.input_blocks.0.0.weight"] = torch.zeros(1, device="meta")
+    parts = split_text_encoders(sdxl_file)
+    assert set(parts) == {"clip_l", "clip_g"}
+    assert set(parts["clip_l"]) == set(clip_l) and set(parts["clip_g"]) == set(big_g)
+    sd1_file = {f"cond_stage_model.transformer.{k.removeprefix('text_model.')}": v for k, v in clip_l.items()}
+    assert set(to_hf_clip(split_text_encoders(sd1_file)["clip_l"])) == set(clip_l)
+    assert split_text_encoders({"model.diffusion_model.x": torch.zeros(1)}) == {}
