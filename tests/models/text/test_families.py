@@ -202,3 +202,15 @@ def test_errors_say_what_to_do(clip_l: dict[str, torch.Tensor], sd1: TextEncoder
         make_prompt_encoder("flux-dev", {"clip_l": clip_l})
     with pytest.raises(TypeError, match="list of prompts"):
         sd1.encode("a red apple")  # type: ignore[arg-type]
+
+
+def test_low_precision_follows_float32(clip_l: dict[str, torch.Tensor], sd1: TextEncoder) -> None:
+    ref = sd1.encode(["a (red:1.2) apple"])
+    half = make_prompt_encoder("sd1", {"clip_l": clip_l}, dtype=torch.bfloat16).encode(["a (red:1.2) apple"])
+    assert (
+        half.tokens.dtype == torch.bfloat16
+        and half.pooled is not None
+        and half.pooled.dtype == torch.bfloat16
+    )
+    err = ((half.tokens.float() - ref.tokens).abs().max() / ref.tokens.abs().max()).item()
+    assert err < 0.05, err  # bf16 has 8 bits of mantissa: errors of a few 1e-2 relative, not 1e-1
