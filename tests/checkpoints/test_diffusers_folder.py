@@ -395,19 +395,21 @@ def test_write_then_diffusers_from_pretrained_gives_the_same_outputs(
 
 def test_sharded_weights_read_and_write(sd15_folder: tuple[Path, dict], tmp_path: Path) -> None:
     path, ref = sd15_folder
-    ref["unet"].save_pretrained(tmp_path / "unet", max_shard_size="200KB")
+    ref["unet"].save_pretrained(tmp_path / "unet", max_shard_size="1MB")
     assert (tmp_path / "unet" / "diffusion_pytorch_model.safetensors.index.json").is_file()
     assert len(list((tmp_path / "unet").glob("*.safetensors"))) > 2
     folder = read_diffusers_folder(tmp_path)  # no model_index.json: the folders present are read
     assert folder.family == "sd1" and folder.vae_state is None
     assert rel(_unet_outputs(folder.build_denoiser(), True), _unet_outputs(ref["unet"], False)) < TOL
-    out = write_diffusers_folder(
-        tmp_path / "out", family="sd1", denoiser_kind="unet", denoiser_config=folder.denoiser_config,
+    kwargs = dict(
+        family="sd1", denoiser_kind="unet", denoiser_config=folder.denoiser_config,
         denoiser_state=folder.denoiser_state, vae_config=None, vae_state=None,
         latent_format=LATENT_FORMATS["sd15"], prediction="eps", sampling=read_diffusers_folder(path).sampling,
-        max_shard_bytes=150_000,
     )  # fmt: skip
+    write_diffusers_folder(tmp_path / "out", **kwargs)  # single file, then shards over it
+    out = write_diffusers_folder(tmp_path / "out", **kwargs, max_shard_bytes=1_000_000)
     assert len(list((out / "unet").glob("diffusion_pytorch_model-*-of-*.safetensors"))) > 2
+    assert not (out / "unet" / "diffusion_pytorch_model.safetensors").exists()
     unet = diffusers.UNet2DConditionModel.from_pretrained(out, subfolder="unet").eval()
     assert rel(_unet_outputs(unet, False), _unet_outputs(ref["unet"], False)) < TOL
 
@@ -588,6 +590,7 @@ def test_flux_folder_matches_diffusers(tmp_path: Path) -> None:
     }))  # fmt: skip
     folder = read_diffusers_folder(tmp_path)
     assert folder.family == "flux" and folder.denoiser_config == FLUX_PRESETS["tiny"]
+    assert folder.behaviour_family == "flux-dev"
     assert folder.sampling is not None and folder.sampling["dynamic_shift"]["max_shift"] == 1.15
 
     g = torch.Generator().manual_seed(1)
@@ -757,3 +760,23 @@ def test_full_size_configs_give_diffusers_exact_tensor_layout(published: dict, n
         expected["pos_embed.pos_embed"] = tuple(theirs.pos_embed.pos_embed.shape)
     converted = to_theirs(ours.state_dict(), config)
     assert {k: tuple(v.shape) for k, v in converted.items()} == expected
+
+
+@pytest.mark.parametrize(
+    ("family", "prediction", "expected"),
+    [
+        ("sd2", "v", "sd2-v"),
+        ("sd2", "eps", "sd2"),
+        ("sd1", "eps", "sd1"),
+        ("sdxl-refiner", "eps", "sdxl-refiner"),
+    ],
+)
+def test_behaviour_family_names_the_generation_behaviour(family: str, prediction: str, expected: str) -> None:
+    from latentworks.checkpoints.diffusers_folder import DiffusersFolder
+    from latentworks.pipelines.families import FAMILY_BEHAVIOUR
+
+    folder = DiffusersFolder(
+        path=Path("."), family=family, denoiser_kind="unet", denoiser_config=None, denoiser_state=None,
+        vae_config=None, vae_state=None, latent_format=None, prediction=prediction, sampling=None,
+    )  # fmt: skip
+    assert folder.behaviour_family == expected and expected in FAMILY_BEHAVIOUR

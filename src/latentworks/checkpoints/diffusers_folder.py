@@ -706,8 +706,13 @@ def write_weights(
     tensors: dict[str, Tensor], folder: Path, stem: str, *, max_shard_bytes: int | None = None
 ) -> None:
     """Write ``<stem>.safetensors``, or shards ``<stem>-0000i-of-0000n.safetensors`` + index when the tensors
-    exceed ``max_shard_bytes``."""
+    exceed ``max_shard_bytes``. Weights of an earlier write in another layout are removed first (a stale
+    single file would otherwise shadow new shards for every reader)."""
     folder.mkdir(parents=True, exist_ok=True)
+    for old in (folder / f"{stem}.safetensors", folder / f"{stem}.safetensors.index.json"):
+        old.unlink(missing_ok=True)
+    for old in folder.glob(f"{stem}-*-of-*.safetensors"):
+        old.unlink()
     meta = {"format": "pt"}
     total = sum(t.numel() * t.element_size() for t in tensors.values())
     if max_shard_bytes is None or total <= max_shard_bytes:
@@ -757,6 +762,16 @@ class DiffusersFolder:
     sampling: dict[str, Any] | None
     text_encoders: dict[str, TextEncoderEntry] = field(default_factory=dict)
     tokenizers: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def behaviour_family(self) -> str | None:
+        """The key of :data:`latentworks.pipelines.families.FAMILY_BEHAVIOUR` for this model: ``sd2-v`` for
+        v-prediction SD 2.x, ``flux-dev`` / ``flux-schnell`` by the guidance embedding, else ``family``."""
+        if self.family == "sd2" and self.prediction == "v":
+            return "sd2-v"
+        if self.family == "flux" and isinstance(self.denoiser_config, FluxConfig):
+            return "flux-dev" if self.denoiser_config.guidance_embed else "flux-schnell"
+        return self.family
 
     def build_denoiser(self) -> nn.Module:
         """Our denoising network with the folder's weights (the state dict's tensors, not copies)."""
