@@ -24,6 +24,7 @@ from latentworks.checkpoints.diffusers_folder import (
     mmdit_config_to_diffusers,
     read_diffusers_folder,
     scheduler_from_diffusers,
+    scheduler_to_diffusers,
     text_encoder_key,
     unet_config_from_diffusers,
     unet_config_to_diffusers,
@@ -250,6 +251,15 @@ def test_flow_scheduler_specs_match_sd3_and_flux_schedules() -> None:
     for seq_len in (256, 1024, 4096):
         expected = calculate_shift(seq_len, 256, 4096, 0.5, 1.15)
         assert abs(flux_shift_mu(seq_len, **spec["dynamic_shift"]) - expected) < 1e-12
+    flux_dev = {"_class_name": "FlowMatchEulerDiscreteScheduler", "base_image_seq_len": 256, "base_shift": 0.5,
+                "max_image_seq_len": 4096, "max_shift": 1.15, "num_train_timesteps": 1000, "shift": 3.0,
+                "use_dynamic_shifting": True}  # FLUX.1-dev's published scheduler_config.json  # fmt: skip
+    _, spec = scheduler_from_diffusers(flux_dev)
+    released = diffusers.FlowMatchEulerDiscreteScheduler.from_config(flux_dev)
+    released.set_timesteps(4, mu=flux_shift_mu(1024, **spec["dynamic_shift"]))
+    ours = diffusers.FlowMatchEulerDiscreteScheduler.from_config(scheduler_to_diffusers("flow", spec))
+    ours.set_timesteps(4, mu=flux_shift_mu(1024, **spec["dynamic_shift"]))
+    torch.testing.assert_close(ours.sigmas, released.sigmas)  # shift 3.0 is unused under dynamic shifting
     with pytest.raises(ValueError, match="prediction_type"):
         scheduler_from_diffusers(dict(diffusers.DDIMScheduler(prediction_type="sample").config))
 

@@ -512,6 +512,9 @@ def scheduler_from_diffusers(
             )
         spec: dict[str, Any] = {"kind": "flow", "shift": float(cfg.get("shift", 1.0)), "multiplier": 1000.0}
         if cfg.get("use_dynamic_shifting", False):
+            spec["shift"] = (
+                1.0  # diffusers ignores ``shift`` under dynamic shifting (FLUX.1 ships 3.0 unused)
+            )
             spec["dynamic_shift"] = {
                 "base_seq_len": int(cfg.get("base_image_seq_len", 256)),
                 "max_seq_len": int(cfg.get("max_image_seq_len", 4096)),
