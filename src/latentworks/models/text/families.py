@@ -54,6 +54,7 @@ from latentworks.models.text.prompts import (
     HFClipTokenizer,
     InstantClipTokenizer,
     apply_weights,
+    has_clip_tokenizer,
     parse_weights,
     tokenize_chunks,
 )
@@ -311,7 +312,7 @@ def make_prompt_encoder(
         layer, final_norm, project = _CLIP_READING[key][name]
         folder = None if tokenizer_dir is None else Path(tokenizer_dir) / _TOKENIZER_FOLDER[key][name]
         tokenizer: ClipTokenizer
-        if folder is not None and (folder / "vocab.json").is_file():
+        if folder is not None and has_clip_tokenizer(folder):
             tokenizer = HFClipTokenizer(folder)
         else:
             instant = instant or InstantClipTokenizer()

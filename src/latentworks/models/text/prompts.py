@@ -124,15 +124,16 @@ class InstantClipTokenizer:
 
 
 class HFClipTokenizer:
-    """A diffusers folder's CLIP tokenizer (``vocab.json`` + ``merges.txt``), read with transformers, offline."""
+    """A diffusers folder's CLIP tokenizer (``vocab.json`` + ``merges.txt``, or the ``tokenizer.json`` newer
+    transformers save instead), read with transformers, offline."""
 
     def __init__(self, folder: str | Path) -> None:
         from transformers import CLIPTokenizer
 
         folder = Path(folder)
-        if not (folder / "vocab.json").is_file():
+        if not has_clip_tokenizer(folder):
             raise FileNotFoundError(
-                f"no CLIP tokenizer at {folder}: expected vocab.json and merges.txt there"
+                f"no CLIP tokenizer at {folder}: expected vocab.json and merges.txt, or tokenizer.json, there"
             )
         self._tok = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
         self.bos_id = int(self._tok.bos_token_id)
@@ -141,6 +142,11 @@ class HFClipTokenizer:
 
     def encode(self, text: str) -> list[int]:
         return list(self._tok(text, add_special_tokens=False)["input_ids"])
+
+
+def has_clip_tokenizer(folder: Path) -> bool:
+    """True when ``folder`` holds a CLIP tokenizer transformers can read (slow or fast files)."""
+    return (folder / "vocab.json").is_file() or (folder / "tokenizer.json").is_file()
 
 
 def weighted_tokens(tokenizer: ClipTokenizer, prompt: str) -> list[tuple[int, float]]:

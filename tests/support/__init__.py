@@ -1,0 +1,1 @@
+"""Helpers shared by several test files (importable as ``support.*``: pytest puts ``tests/`` on sys.path)."""
