@@ -209,6 +209,23 @@ def test_unmatched_keys_are_reported_and_a_lora_with_no_match_is_an_error(
         parse_lora({"foo.weight": torch.zeros(1)}, name="notalora")
 
 
+def test_old_diffusers_attention_processor_layout_reads_like_peft(unet: UNet) -> None:
+    g = torch.Generator().manual_seed(13)
+    attn = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1"
+    mods = dict(unet.named_modules())
+    q = pair(g, mods["down.1.transformers.0.blocks.0.self_attn.q"].weight)
+    out = pair(g, mods["down.1.transformers.0.blocks.0.self_attn.out"].weight)
+    old = {
+        f"{attn}.processor.to_q_lora.down.weight": q[0], f"{attn}.processor.to_q_lora.up.weight": q[1],
+        f"{attn}.processor.to_out_lora.down.weight": out[0], f"{attn}.processor.to_out_lora.up.weight": out[1],
+    }  # fmt: skip
+    peft = peft_keys("", f"{attn}.to_q", *q) | peft_keys("", f"{attn}.to_out.0", *out)
+    a, b = resolve_lora(parse_lora(old), unet), resolve_lora(parse_lora(peft), unet)
+    assert a.unmatched == () and len(a.patches) == 2
+    assert [p.module for p in a.patches] == [p.module for p in b.patches]
+    assert all(torch.equal(x.down, y.down) and torch.equal(x.up, y.up) for x, y in zip(a.patches, b.patches))
+
+
 def test_sdxl_style_kohya_lora_in_ldm_names(unet: UNet) -> None:
     """kohya SDXL LoRAs name the original LDM modules; written here by hand for the tiny preset
     (levels (32, 64), one resnet per level, attention on level 1)."""

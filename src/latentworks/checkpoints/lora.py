@@ -10,7 +10,8 @@ A LoRA adds a low-rank update to a layer's weight, ``W' = W + strength * (alpha 
      text encoders ``lora_te_`` (SD1/2), ``lora_te1_`` / ``lora_te2_`` (SDXL; FLUX: CLIP-L / T5 ``lora_te3_``).
      LoCon conv layers (``k x k`` down, ``1 x 1`` up) are supported.
    - diffusers / PEFT: ``unet.<module>.lora_A.weight`` / ``lora_B.weight`` (or ``.lora.down/.lora.up``),
-     ``text_encoder.``, ``text_encoder_2.``, ``transformer.<module>`` (FLUX, SD3), optional ``<module>.alpha``.
+     ``text_encoder.``, ``text_encoder_2.``, ``transformer.<module>`` (FLUX, SD3), optional ``<module>.alpha``;
+     also diffusers' older ``<attn>.processor.to_q_lora.down.weight`` layout.
 
 2. :func:`resolve_lora` turns file names into :class:`LoraPatch` es on *our* modules through the key maps that
    the checkpoint converters use (the data in ``checkpoints/keymaps``). A diffusers FLUX ``attn.to_q`` is a row
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +59,8 @@ _SUFFIXES: tuple[tuple[str, str], ...] = (
     (".lora.up.weight", "up"),
     (".alpha", "alpha"),
 )
+# ``<attn>.processor.to_q_lora.down.weight`` -> module ``<attn>.to_q`` (``to_out_lora`` -> ``to_out.0``).
+_ATTN_PROCESSOR = re.compile(r"^(.*)\.processor\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$")
 # file-name prefix -> (target, name style). Longest first; the rest of the name is the module.
 _PREFIXES: tuple[tuple[str, Target, Literal["underscore", "dotted"]], ...] = (
     ("lora_unet_", "unet", "underscore"),
@@ -139,6 +143,11 @@ def parse_lora(
     unsupported: list[str] = []
     for key, tensor in state_dict.items():
         base = key[len("base_model.model.") :] if key.startswith("base_model.model.") else key
+        old = _ATTN_PROCESSOR.match(base)  # diffusers' pre-PEFT attention-processor LoRA layout
+        if old:
+            module, proj, role = old.groups()
+            parts.setdefault(f"{module}.{proj}{'.0' if proj == 'to_out' else ''}", {})[role] = tensor
+            continue
         for suffix, role in _SUFFIXES:
             if base.endswith(suffix):
                 parts.setdefault(base[: -len(suffix)], {})[role] = tensor
@@ -419,6 +428,8 @@ def apply_loras(
     """Apply ``[(resolved, strength), ...]`` to ``model`` in place; see the module docstring for the modes.
 
     Several LoRAs on one layer add up. The model is not copied; ``handle.remove()`` restores it exactly.
+    Pass all LoRAs of one model in one call; if handles do overlap, remove them in reverse order (nested
+    ``with`` blocks do), since a patch handle restores the weights as they were when it was applied.
     """
     modules = dict(model.named_modules())
     by_module: dict[str, list[tuple[LoraPatch, float]]] = {}
