@@ -120,3 +120,12 @@ def test_apply_weights_is_comfyui_interpolation() -> None:
     assert torch.equal(out[1], z[1]) and torch.equal(out[0, :3], z[0, :3])
     w[0, 4] = 0.0
     torch.testing.assert_close(apply_weights(z, z_empty, w)[0, 4], z_empty[4])
+
+
+@given(st.text(alphabet="ab ()[]\\", max_size=30))
+def test_any_bracket_soup_parses_and_keeps_the_letters(text: str) -> None:
+    got = parse_weights(text)
+    joined = "".join(t for t, _ in got)
+    # brackets are syntax (or escaped literals); letters and spaces all survive, in order
+    assert [c for c in joined if c in "ab "] == [c for c in text if c in "ab "]
+    assert all(w > 0 for _, w in got)
