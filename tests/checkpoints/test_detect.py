@@ -205,3 +205,20 @@ def test_unknown_files_are_clear_errors() -> None:
     del broken[UNET + "out.2.weight"]
     with pytest.raises(ValueError, match="out.2.weight"):
         detect_checkpoint(broken, source="cut.safetensors")
+
+
+def test_small_sdxl_refiner_style() -> None:
+    """The refiner's 5 time ids (2560 = 1280 + 5 x 256) and bigG-only context are told apart from the base."""
+    base = unet.UNetConfig(
+        channels=(64, 128), transformer_depth=(0, 2), mid_transformer_depth=2, num_heads=None, head_dim=64,
+        context_dim=2048, use_linear_projection=True, pooled_dim=1280, num_time_ids=6,
+    )  # fmt: skip
+    refiner = replace(base, context_dim=1280, num_time_ids=5)
+    assert (detect_checkpoint(unet_file(base)).family, detect_checkpoint(unet_file(refiner)).family) == (
+        "sdxl",
+        "sdxl-refiner",
+    )
+    assert detect_checkpoint(unet_file(refiner)).denoiser_config == refiner
+    bad = replace(base, time_id_dim=100)  # 1280 + 6 x 100: not SDXL's conditioning
+    with pytest.raises(ValueError, match="label_emb.0.0.weight takes 1880 inputs"):
+        detect_checkpoint(unet_file(bad))
