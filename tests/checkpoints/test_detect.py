@@ -222,3 +222,13 @@ def test_small_sdxl_refiner_style() -> None:
     bad = replace(base, time_id_dim=100)  # 1280 + 6 x 100: not SDXL's conditioning
     with pytest.raises(ValueError, match="label_emb.0.0.weight takes 1880 inputs"):
         detect_checkpoint(unet_file(bad))
+
+
+def test_edit_and_tool_variants() -> None:
+    """Extra input channels name the variant; the config keeps them (out_channels stays the latent's)."""
+    ip2p = replace(unet.PRESETS["sd15"], in_channels=8)
+    assert detect_checkpoint(unet_file(ip2p)).variant == "sd1-ip2p"
+    for in_channels, variant in ((96, "flux-dev-fill"), (32, "flux-dev-control")):
+        config = replace(flux.PRESETS["flux-dev"], in_channels=in_channels, out_channels=16)
+        found = detect_checkpoint(header(flux_bfl.ours_to_flux_bfl(meta(flux.Flux, config), config)))
+        assert (found.variant, found.denoiser_config) == (variant, config)

@@ -271,7 +271,8 @@ def _detect_unet(
 ) -> dict[str, Any]:
     s = _strip(shapes, prefix)
     config = _unet_config(s, source)
-    inpaint = "-inpaint" if config.in_channels == 9 else ""
+    # 9 inputs: noisy latent + masked-image latent + mask (inpainting); 8: latent + image latent (InstructPix2Pix)
+    inpaint = {9: "-inpaint", 8: "-ip2p"}.get(config.in_channels, "")
     if config.has_added_conditioning:
         family = "sdxl" if config.num_time_ids == 6 else "sdxl-refiner"
         return dict(
@@ -388,8 +389,10 @@ def _detect_flux(shapes: Shapes, prefix: str, source: str) -> dict[str, Any]:
         sampling["flux_shift"] = (
             True  # resolution-dependent shift (FlowModelSampling.flux) as FLUX.1-dev uses
         )
+    # FLUX.1 Fill takes 16 + 16 image + 64 mask channels (96), Canny/Depth 16 + 16 control channels (32).
+    tool = {96: "-fill", 32: "-control"}.get(in_channels, "") if out == 16 else ""
     return dict(
-        family="flux", variant="flux-dev" if guidance else "flux-schnell", config=config, prediction="flow",
+        family="flux", variant=("flux-dev" if guidance else "flux-schnell") + tool, config=config, prediction="flow",
         latent_format="flux", sampling=sampling,
     )  # fmt: skip
 
