@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from latentworks.models.text.prompts import (
@@ -129,3 +131,73 @@ def test_any_bracket_soup_parses_and_keeps_the_letters(text: str) -> None:
     # brackets are syntax (or escaped literals); letters and spaces all survive, in order
     assert [c for c in joined if c in "ab "] == [c for c in text if c in "ab "]
     assert all(w > 0 for _, w in got)
+
+
+@pytest.fixture(scope="module")
+def hf_ascii_clip_tokenizer(tmp_path_factory: pytest.TempPathFactory, tok: InstantClipTokenizer):
+    """transformers' CLIPTokenizer (what diffusers uses) on the real CLIP vocabulary, restricted to ASCII.
+
+    No CLIP vocab.json/merges.txt can be downloaded here, so they are rebuilt from instant-clip-tokenizer:
+    CLIP's vocabulary is 512 byte tokens, then one token per BPE merge in merge order, so token ``512 + r`` is
+    merge ``r``'s result, and its pair is what BPE with the earlier merges makes of its characters (exactly two
+    symbols). Tokens that are not printable ASCII are left out; ASCII text never uses them, so on ASCII prompts
+    this tokenizer must agree with the full one.
+    """
+    from transformers import CLIPTokenizer
+
+    tokens: dict[int, str] = {}
+    for i in range(tok.bos_id):
+        text = tok.decode([i])
+        end = text.endswith(" ")
+        core = text[:-1] if end else text
+        if core and all(33 <= ord(c) <= 126 for c in core):
+            tokens[i] = core + ("</w>" if end else "")
+    ranks: dict[tuple[str, str], int] = {}
+
+    def bpe(symbols: list[str]) -> list[str]:
+        while len(symbols) > 1:
+            pairs = [(ranks.get((a, b)), j) for j, (a, b) in enumerate(zip(symbols, symbols[1:]))]
+            known = [(r, j) for r, j in pairs if r is not None]
+            if not known:
+                break
+            _, j = min(known)
+            symbols = symbols[:j] + [symbols[j] + symbols[j + 1]] + symbols[j + 2 :]
+        return symbols
+
+    merges = []
+    for i, text in tokens.items():
+        if i < 512:
+            continue
+        word = text.removesuffix("</w>")
+        symbols = [*word[:-1], word[-1] + ("</w>" if text.endswith("</w>") else "")]
+        pair = bpe(symbols)
+        assert len(pair) == 2, (i, text, pair)
+        ranks[(pair[0], pair[1])] = i
+        merges.append(pair)
+    folder = tmp_path_factory.mktemp("clip_ascii")
+    vocab = {t: i for i, t in tokens.items()} | {"<|startoftext|>": tok.bos_id, "<|endoftext|>": tok.eos_id}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token="<|endoftext|>")
+
+
+ASCII_PROMPTS = [
+    "a photograph of an astronaut riding a horse",
+    "A Red   APPLE, on the table!!",
+    "masterpiece, best quality, 1girl, highly detailed",
+    "don't stop-me now... it's 3.14159 o'clock #hashtag @user",
+    "  leading and trailing  ",
+    "tabs\tand\nnewlines, e-mail me: x@y.z; ok?",
+    "a" * 60,
+]
+
+
+@pytest.mark.parametrize("prompt", ASCII_PROMPTS)
+def test_instant_clip_matches_transformers_clip_tokenizer(hf_ascii_clip_tokenizer, tok, prompt: str) -> None:
+    assert tok.encode(prompt) == hf_ascii_clip_tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=60))
+def test_instant_clip_matches_transformers_on_any_ascii(hf_ascii_clip_tokenizer, tok, prompt: str) -> None:
+    assert tok.encode(prompt) == hf_ascii_clip_tokenizer(prompt, add_special_tokens=False)["input_ids"]

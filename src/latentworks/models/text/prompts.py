@@ -8,7 +8,10 @@ equal weights merged.
 
 **Tokens**: each weighted piece is tokenized on its own (as A1111/ComfyUI do) and its weight given to each of
 its tokens. CLIP tokenization uses the PyPI ``instant-clip-tokenizer`` (the OpenAI BPE vocabulary, bundled), or
-a diffusers folder's own ``tokenizer``/``tokenizer_2`` files when given (:class:`HFClipTokenizer`).
+a diffusers folder's own ``tokenizer``/``tokenizer_2`` files when given (:class:`HFClipTokenizer`). The two give
+the same ids on ASCII text (tested against transformers' ``CLIPTokenizer`` on the real vocabulary rebuilt from
+instant-clip's); one known difference: a prompt that spells ``<|endoftext|>`` literally is plain text to
+instant-clip but the special token to transformers.
 
 **Chunks**: CLIP sees 77 positions (BOS + 75 tokens + EOS). Longer prompts are cut into chunks of 75 tokens,
 each wrapped as ``BOS + tokens + EOS + padding`` and encoded separately; the per-chunk states are then
@@ -121,6 +124,10 @@ class InstantClipTokenizer:
 
     def encode(self, text: str) -> list[int]:
         return [int(i) for i in self._tok.encode(text)]
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of ``ids`` (end-of-word marks become spaces; lossy for partial UTF-8 byte tokens)."""
+        return str(self._tok.decode(ids))
 
 
 class HFClipTokenizer:
