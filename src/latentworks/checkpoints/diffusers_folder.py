@@ -1092,7 +1092,8 @@ def write_diffusers_folder(
         if key in text_encoders:
             state, config = text_encoders[key]
             config = {**config}
-            config.setdefault("architectures", [TEXT_ENCODER_CLASS[key]])
+            if not config.get("architectures"):  # transformers' to_dict() gives None when unset
+                config["architectures"] = [TEXT_ENCODER_CLASS[key]]
             _write_json(config, root / slot / "config.json")
             write_weights(dict(state), root / slot, TRANSFORMERS_WEIGHTS, max_shard_bytes=max_shard_bytes)
             index[slot] = ["transformers", config["architectures"][0]]

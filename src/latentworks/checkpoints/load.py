@@ -243,9 +243,23 @@ def _read_file(
         vae_state=vae_state,
         latent_format=LATENT_FORMATS[found.latent_format],
         prediction=found.prediction,
-        sampling=dict(found.sampling),
+        sampling=_sampling_spec(found.sampling),
         text_encoders=dict(tes),
     )
+
+
+def _sampling_spec(detected: Mapping[str, Any]) -> dict[str, Any]:
+    """Detection's sampling spec in the form the diffusers writer reads: FLUX.1-dev's resolution-dependent
+    shift becomes ``dynamic_shift`` with FLUX's published constants (see ``diffusion.denoisers.flux_shift_mu``)."""
+    spec = {k: v for k, v in detected.items() if k != "flux_shift"}
+    if detected.get("flux_shift"):
+        spec["dynamic_shift"] = {
+            "base_seq_len": 256,
+            "max_seq_len": 4096,
+            "base_shift": 0.5,
+            "max_shift": 1.15,
+        }
+    return spec
 
 
 def _read_folder(
