@@ -276,3 +276,22 @@ def test_peak_rss_while_loading_is_at_most_1_25x_the_target_weights(tmp_path):
     assert (
         naive > 1.25 * fp32_bytes / 2
     )  # the measurement can fail: materialising fp32 first breaks the bound
+
+
+def test_lazy_file_through_a_key_map_into_a_meta_model(tmp_path):
+    """diffusers-named file -> LazyStateDict (cast to bf16 on read) -> key map -> load_into a meta model."""
+    from latentworks.checkpoints.keymaps.sd_diffusers import vae_from_diffusers, vae_to_diffusers
+    from latentworks.models.autoencoder import PRESETS, Autoencoder
+
+    cfg = PRESETS["tiny"]
+    torch.manual_seed(0)
+    ref = Autoencoder(cfg).eval()
+    p = tmp_path / "vae" / "diffusion_pytorch_model.safetensors"
+    io.save_file_atomic(vae_to_diffusers(ref.state_dict(), cfg), p)
+    lazy = io.LazyStateDict(p, dtype=torch.bfloat16)
+    assert lazy.shapes() == {k: tuple(v.shape) for k, v in vae_to_diffusers(ref.state_dict(), cfg).items()}
+    with torch.device("meta"):
+        vae = Autoencoder(cfg)
+    io.load_into(vae, vae_from_diffusers(lazy, cfg))
+    for name, t in vae.state_dict().items():
+        assert t.dtype == torch.bfloat16 and torch.equal(t, ref.state_dict()[name].to(torch.bfloat16)), name
