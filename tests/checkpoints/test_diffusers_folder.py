@@ -790,3 +790,22 @@ def test_behaviour_family_names_the_generation_behaviour(family: str, prediction
         vae_config=None, vae_state=None, latent_format=None, prediction=prediction, sampling=None,
     )  # fmt: skip
     assert folder.behaviour_family == expected and expected in FAMILY_BEHAVIOUR
+
+
+def test_text_encoder_class_defaults_when_config_has_no_architectures(
+    sd15_folder: tuple[Path, dict], tmp_path: Path
+) -> None:
+    folder = read_diffusers_folder(sd15_folder[0])
+    config = {"model_type": "clip_text_model", "hidden_size": 24, "architectures": None}  # as to_dict() gives
+    out = write_diffusers_folder(
+        tmp_path, family="sd1", denoiser_kind="unet", denoiser_config=folder.denoiser_config,
+        denoiser_state=folder.denoiser_state, vae_config=None, vae_state=None, latent_format=folder.latent_format,
+        prediction="eps", sampling=folder.sampling, text_encoders={"clip_l": ({"w": torch.ones(2)}, config)},
+    )  # fmt: skip
+    assert json.loads((out / "model_index.json").read_text())["text_encoder"] == [
+        "transformers",
+        "CLIPTextModel",
+    ]
+    assert json.loads((out / "text_encoder" / "config.json").read_text())["architectures"] == [
+        "CLIPTextModel"
+    ]
