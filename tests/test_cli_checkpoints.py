@@ -204,3 +204,14 @@ def test_broken_and_unknown_files_name_the_file(
         ["--model", str(tmp_path / "weights.bin.txt"), "-o", str(tmp_path / "w.png")], capsys
     )
     assert code == 2 and "weights.bin.txt" in err
+
+
+def test_info_describes_a_checkpoint_from_its_header(
+    tiny_sd1: tuple[Path, CheckpointParts], capsys: pytest.CaptureFixture[str]
+) -> None:
+    file, parts = tiny_sd1
+    assert main(["info", "--model", str(file)]) == 0
+    out = capsys.readouterr().out
+    n = sum(v.numel() for v in parts.denoiser_state.values())
+    assert "family      sd1" in out and f"denoiser {n:,}" in out
+    assert "vae         yes" in out and "clip_l" in out and "[512, 512]" in out

@@ -12,11 +12,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="show versions, devices, samplers, schedulers, or describe a model",
         description="Print versions, the compute device, and the registered samplers and schedulers. "
         "With --model, describe that model instead (family, parameters, training data, licence).",
-        epilog="examples:\n  latentworks info\n  latentworks info --model default",
+        epilog="examples:\n  latentworks info\n  latentworks info --model default\n"
+        "  latentworks info --model sd_xl_base_1.0.safetensors   (family and parts, from the header only)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "--model", metavar="NAME|PATH", help="describe a model folder or a named model (e.g. default)"
+        "--model",
+        metavar="NAME|PATH",
+        help="describe a model folder, a named model (e.g. default), a checkpoint file or a diffusers folder",
     )
     return p
 

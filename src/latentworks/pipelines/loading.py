@@ -241,8 +241,61 @@ def save_model_folder(
     return path
 
 
+def describe_checkpoint(path: Path) -> str:
+    """Family, variant, components and parameter counts of a checkpoint file, from its header alone."""
+    from latentworks.checkpoints.detect import detect_checkpoint
+    from latentworks.checkpoints.io import LazyStateDict
+    from latentworks.pipelines.families import behaviour_of
+
+    if path.is_dir():  # a diffusers folder: its configs say it all
+        from latentworks.checkpoints.load import read_checkpoint
+
+        parts = read_checkpoint(path)
+        family, variant, kind, pred = parts.family, parts.variant, parts.denoiser_kind, parts.prediction
+        vae = "yes" if parts.vae_state is not None else "no (pass --vae)"
+        tes = sorted(parts.text_encoders)
+        count = sum(int(v.numel()) for v in parts.denoiser_state.values())
+    else:
+        if path.suffix.lower() != ".safetensors":
+            raise ValueError(f"{path}: only .safetensors files can be described without loading them")
+        lazy = LazyStateDict(path)
+        shapes = dict(lazy.shapes())
+        found = detect_checkpoint(shapes, get_tensor=lambda k: lazy[k], source=path.name)
+        from latentworks.checkpoints.load import behaviour_family
+
+        family, variant, kind, pred = (
+            behaviour_family(found),
+            found.variant,
+            found.denoiser_kind,
+            found.prediction,
+        )
+        vae = "yes" if found.vae_prefix is not None else "no (pass --vae)"
+        tes = sorted(found.text_encoders)
+        prefix = found.denoiser_prefix or ""
+        count = sum(
+            int(torch.Size(v).numel())
+            for k, v in shapes.items()
+            if k.startswith(prefix)
+            and (prefix or not k.startswith(("first_stage_model.", "cond_stage_model.")))
+        )
+    b = behaviour_of(family)
+    return "\n".join(
+        [
+            f"checkpoint  {path}",
+            f"family      {family}  (variant {variant}, {kind}, prediction={pred})",
+            f"parameters  denoiser {count:,}",
+            f"vae         {vae}",
+            f"text        {', '.join(tes) if tes else 'none inside (pass --text-encoder FILE)'}",
+            f"resolution  {list(b.resolution)}  defaults {b.defaults}",
+        ]
+    )
+
+
 def describe_model(name_or_path: str | Path, models_dir: str | Path | None = None) -> str:
     """A human-readable description: family, parameters, objective, training data, licence."""
+    checkpoint = resolve_checkpoint(name_or_path, models_dir)
+    if checkpoint is not None:
+        return describe_checkpoint(checkpoint)
     path = resolve_model_path(name_or_path, models_dir)
     meta = _read_meta(path)
     from safetensors import safe_open
