@@ -494,6 +494,8 @@ def test_sdxl_folder_with_text_time_conditioning(tmp_path: Path, refiner: bool, 
     )  # fmt: skip
     back = diffusers.UNet2DConditionModel.from_pretrained(out, subfolder="unet").eval()
     assert rel(_unet_outputs(back, False, pooled, time_ids), ours) < TOL
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["_class_name"] == pipeline and index.get("requires_aesthetics_score", False) is refiner
     assert read_diffusers_folder(out).denoiser_config == folder.denoiser_config
 
 

@@ -1118,6 +1118,7 @@ def write_diffusers_folder(
         index |= {"force_zeros_for_empty_prompt": True}
     elif family == "sdxl-refiner":
         index |= {"requires_aesthetics_score": True, "force_zeros_for_empty_prompt": False}
+        index |= {"text_encoder": [None, None], "tokenizer": [None, None]}  # the refiner has bigG only
     _write_json(index, root / "model_index.json")
     return root
 
