@@ -258,6 +258,43 @@ def test_sdxl_style_kohya_lora_in_ldm_names(unet: UNet) -> None:
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_sdxl_kohya_lora_resolves_like_diffusers_converter_at_full_config() -> None:
+    """Oracle: diffusers' own kohya-SDXL converter (LDM block names -> diffusers names) sends every
+    transformer layer of the real SDXL U-Net to the same module of ours as our LDM resolution does
+    (722 layers; the U-Net is built on the meta device, so this costs no memory)."""
+    import types
+
+    from diffusers.loaders.lora_conversion_utils import (
+        _convert_non_diffusers_lora_to_diffusers,
+        _maybe_map_sgm_blocks_to_diffusers,
+    )
+
+    from latentworks.checkpoints.keymaps.sd_ldm import unet_ldm_module_map
+
+    cfg = UNET_PRESETS["sdxl"]
+    with torch.device("meta"):
+        net = UNet(cfg)
+    mods = dict(net.named_modules())
+    sd: dict[str, Tensor] = {}
+    for i, (ours, ldm) in enumerate(unet_ldm_module_map(cfg).items()):
+        m = mods.get(ours)
+        if isinstance(m, nn.Linear) and ".transformer" in ours:
+            k = "lora_unet_" + ldm.replace(".", "_")
+            sd[f"{k}.lora_down.weight"] = torch.zeros(1, m.weight.shape[1])
+            sd[f"{k}.lora_up.weight"] = torch.zeros(m.weight.shape[0], 1)
+            sd[f"{k}.alpha"] = torch.tensor(float(i % 7 + 1))
+    ours_res = resolve_lora(parse_lora(dict(sd)), net)
+    ns = types.SimpleNamespace(layers_per_block=cfg.layers_per_block)
+    converted, alphas = _convert_non_diffusers_lora_to_diffusers(
+        _maybe_map_sgm_blocks_to_diffusers(dict(sd), ns)
+    )
+    theirs_res = resolve_lora(parse_lora(converted | {k: torch.tensor(v) for k, v in alphas.items()}), net)
+    assert len(ours_res.patches) == len(sd) // 3 == 722 and ours_res.unmatched == theirs_res.unmatched == ()
+    ours_map = {id(p.down): (p.module, p.scale) for p in ours_res.patches}
+    theirs_map = {id(p.down): (p.module, p.scale) for p in theirs_res.patches}
+    assert ours_map == theirs_map
+
+
 # ------------------------------------------------------------------------------------------------- FLUX
 
 

@@ -60,7 +60,10 @@ _SUFFIXES: tuple[tuple[str, str], ...] = (
     (".alpha", "alpha"),
 )
 # ``<attn>.processor.to_q_lora.down.weight`` -> module ``<attn>.to_q`` (``to_out_lora`` -> ``to_out.0``).
-_ATTN_PROCESSOR = re.compile(r"^(.*)\.processor\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$")
+# diffusers' kohya converter names the alpha ``...to_q_lora.down.weight.alpha``.
+_ATTN_PROCESSOR = re.compile(
+    r"^(.*)\.processor\.(to_q|to_k|to_v|to_out)_lora\.(?:(down|up)\.weight|(?:down\.weight\.)?(alpha))$"
+)
 # file-name prefix -> (target, name style). Longest first; the rest of the name is the module.
 _PREFIXES: tuple[tuple[str, Target, Literal["underscore", "dotted"]], ...] = (
     ("lora_unet_", "unet", "underscore"),
@@ -145,7 +148,8 @@ def parse_lora(
         base = key[len("base_model.model.") :] if key.startswith("base_model.model.") else key
         old = _ATTN_PROCESSOR.match(base)  # diffusers' pre-PEFT attention-processor LoRA layout
         if old:
-            module, proj, role = old.groups()
+            module, proj, pair_role, alpha = old.groups()
+            role = pair_role or alpha
             parts.setdefault(f"{module}.{proj}{'.0' if proj == 'to_out' else ''}", {})[role] = tensor
             continue
         for suffix, role in _SUFFIXES:
