@@ -184,6 +184,7 @@ def test_flux_t5_tokens_clip_pooled_and_missing_tokenizer(
     _t5_tokenizer(tmp_path / "tokenizer_2")
     schnell = make_prompt_encoder("flux-schnell", {"clip_l": clip_l, "t5xxl": t5}, tokenizer_dir=tmp_path)
     assert (schnell.dim, schnell.max_length) == (64, 256)
+    assert set(schnell.modules()) == {"clip_l", "t5xxl"}  # type: ignore[attr-defined]
     out = schnell.encode(["a (red:1.5) apple"])
     assert out.tokens.shape == (1, 256, 64) and out.pooled is not None and out.pooled.shape == (1, 768)
     plain = schnell.encode(["a red apple"])

@@ -76,6 +76,7 @@ T5_DIM = 4096
 class ClipBranch:
     """One CLIP tower and how a family reads it."""
 
+    name: str  # component name: clip_l, clip_h or clip_g
     model: CLIPModel
     tokenizer: ClipTokenizer
     pad_id: int
@@ -154,6 +155,14 @@ class PromptEncoder:
         self.pad_features_to = pad_features_to
         self.zero_t5_length = zero_t5_length
         self.zero_empty_prompt = zero_empty_prompt
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """The networks by component name (``clip_l``, ``clip_g``, ``clip_h``, ``t5xxl``), for a device manager
+        to move or offload; ``encode`` follows each module's current device."""
+        out: dict[str, torch.nn.Module] = {c.name: c.model for c in self.clips}
+        if self.t5 is not None:
+            out["t5xxl"] = self.t5.model
+        return out
 
     @property
     def dim(self) -> int:
@@ -323,7 +332,7 @@ def make_prompt_encoder(
             if tokenizer.pad_id is not None
             else (tokenizer.eos_id if name == "clip_l" else 0)
         )
-        clips.append(ClipBranch(model, tokenizer, pad_id, layer, final_norm, project))
+        clips.append(ClipBranch(name, model, tokenizer, pad_id, layer, final_norm, project))
 
     t5 = None
     if "t5xxl" in components and key in ("sd3", "flux-dev", "flux-schnell"):
