@@ -390,6 +390,48 @@ def test_flux_kohya_lora_in_bfl_names(flux: Flux) -> None:
     torch.testing.assert_close(got, by_hand(flux, updates)(x, t, cond), rtol=1e-5, atol=1e-5)
 
 
+def test_flux_kohya_lora_equals_diffusers_converted_lora_at_full_width() -> None:
+    """Oracle: diffusers' kohya-FLUX converter splits fused qkv / linear1 LoRAs into to_q/to_k/to_v/proj_mlp
+    pairs (and bakes alpha in); resolving the converted file gives, module by module, exactly the weight
+    update of resolving the original (full FLUX width, one block of each kind, on the meta device; the
+    updates are compared through their product with a random vector)."""
+    import dataclasses
+
+    from diffusers.loaders.lora_conversion_utils import _convert_kohya_flux_lora_to_diffusers
+
+    from latentworks.checkpoints.keymaps.flux_bfl import flux_bfl_module_map
+
+    cfg = dataclasses.replace(FLUX_PRESETS["flux-dev"], double_depth=1, single_depth=1)
+    with torch.device("meta"):
+        net = Flux(cfg)
+    mods = dict(net.named_modules())
+    g = torch.Generator().manual_seed(14)
+    sd: dict[str, Tensor] = {}
+    for ours, bfl in flux_bfl_module_map(cfg).items():
+        if isinstance(mods.get(ours), nn.Linear) and "blocks" in ours:
+            w = mods[ours].weight
+            k = "lora_unet_" + bfl.replace(".", "_")
+            sd[f"{k}.lora_down.weight"] = torch.randn(2, w.shape[1], generator=g)
+            sd[f"{k}.lora_up.weight"] = torch.randn(w.shape[0], 2, generator=g)
+            sd[f"{k}.alpha"] = torch.tensor(1.0)  # scale 1/2
+    ours_res = resolve_lora(parse_lora(dict(sd)), net)
+    theirs_res = resolve_lora(parse_lora(_convert_kohya_flux_lora_to_diffusers(dict(sd))), net)
+    assert len(ours_res.patches) == 13 and len(theirs_res.patches) == 20  # qkv x2 and linear1 split up
+    assert ours_res.unmatched == theirs_res.unmatched == ()
+
+    def delta_times(res: object, module: str, v: Tensor) -> Tensor:
+        """(sum of the module's updates) @ v, without forming the (out, in) matrix."""
+        out = torch.zeros(mods[module].weight.shape[0])
+        for p in res.patches:  # type: ignore[attr-defined]
+            if p.module == module:
+                out[slice(None) if p.rows is None else slice(*p.rows)] += p.scale * (p.up @ (p.down @ v))
+        return out
+
+    for module in {p.module for p in ours_res.patches}:
+        v = torch.randn(mods[module].weight.shape[1], generator=g)
+        torch.testing.assert_close(delta_times(theirs_res, module, v), delta_times(ours_res, module, v))
+
+
 def test_sd3_peft_lora_lands_on_qkv_row_slices() -> None:
     from latentworks.models.mmdit import PRESETS as MMDIT_PRESETS
     from latentworks.models.mmdit import MMDiT
