@@ -437,6 +437,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--full", action="store_true", help="also time a 20-step 512x512 SD1.5 generation")
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--resolution", type=int, default=512, help="image side for --full")
     args = ap.parse_args()
 
     device = torch.device(args.device)
@@ -465,7 +466,15 @@ def main() -> None:
     print(
         f"# vs diffusers: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {machine}, torch {torch.__version__}, dtype {dtype}"
     )
-    rows = []
+    rows: list[tuple[str, float, float, str]] = []
+
+    def row(name: str, ours: float, theirs: float, unit: str) -> None:
+        rows.append((name, ours, theirs, unit))
+        print(
+            f"  {name}: ours {ours:.3f} {unit}, diffusers {theirs:.3f} {unit}, ratio {ours / theirs:.2f}",
+            flush=True,
+        )
+
     for family in families:
         size = args.size or (32 if not cuda else (64 if family == "sd15" else 128))
         pair = make_pair(family, device, dtype, size, args.depth)
@@ -479,13 +488,14 @@ def main() -> None:
             flush=True,
         )
         mem_ours, mem_theirs = extra_memory(pair.ours_call, device), extra_memory(pair.theirs_call, device)
-        rows.append((f"{family} forward ({pair.shape})", ours_s, theirs_s, "s"))
-        rows.append((f"{family} forward peak extra memory", mem_ours / 2**20, mem_theirs / 2**20, "MiB"))
+        row(f"{family} forward ({pair.shape})", ours_s, theirs_s, "s")
+        row(f"{family} forward peak extra memory", mem_ours / 2**20, mem_theirs / 2**20, "MiB")
         print(f"  {family}: relative difference of outputs (ours vs diffusers) {diff:.1e}")
         if args.full and family == "sd15":
-            o, t, po, pt, image_diff = full_generation(pair, device, dtype, args.steps, 512)
-            rows.append((f"sd15 {args.steps}-step 512x512 CFG generation + VAE decode", o, t, "s"))
-            rows.append(("sd15 generation peak extra memory", po / 2**20, pt / 2**20, "MiB"))
+            res = args.resolution
+            o, t, po, pt, image_diff = full_generation(pair, device, dtype, args.steps, res)
+            row(f"sd15 {args.steps}-step {res}x{res} CFG generation + VAE decode", o, t, "s")
+            row("sd15 generation peak extra memory", po / 2**20, pt / 2**20, "MiB")
             print(f"  sd15 full generation: max |image difference| {image_diff:.1e}")
         del pair
         gc.collect()
