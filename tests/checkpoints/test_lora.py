@@ -523,3 +523,49 @@ def test_text_encoder_lora_with_its_own_strength(clip_text: nn.Module, unet: UNe
         assert torch.equal(clip_text(input_ids=ids).last_hidden_state, base)
     assert (expected - base).abs().max() > 1e-2
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_lora_text_encoder_patches_each_branch_of_a_prompt_encoder_only_while_encoding(
+    clip_text: nn.Module,
+) -> None:
+    """``lora_te1_`` keys go to the first CLIP branch, ``lora_te2_`` to the second; between calls the
+    shared encoder is untouched, and stacking wrappers keeps one wrapper with both LoRAs."""
+    import types
+
+    from latentworks.checkpoints.lora import LoraTextEncoder, text_encoder_modules
+
+    second = copy.deepcopy(clip_text)
+    ids = torch.tensor([[0, 5, 17, 42, 99, 1]])
+
+    class Prompts:  # the shape of models/text/families.PromptEncoder: CLIP branches and an optional T5
+        clips = [types.SimpleNamespace(model=clip_text), types.SimpleNamespace(model=second)]
+        t5 = None
+
+        def encode(self, prompts: list[str]) -> Tensor:
+            with torch.no_grad():
+                return torch.cat([c.model(input_ids=ids).last_hidden_state for c in self.clips], -1)
+
+    enc = Prompts()
+    assert text_encoder_modules(enc) == [clip_text, second, None]
+    name = next(n for n, m in clip_text.named_modules() if n.endswith("layers.0.self_attn.v_proj"))
+    w = dict(clip_text.named_modules())[name].weight
+    g = torch.Generator().manual_seed(15)
+    l1 = parse_lora(kohya_keys("lora_te1_", name, *pair(g, w), ALPHA), name="one")
+    l2 = parse_lora(kohya_keys("lora_te2_", name, *pair(g, w), ALPHA), name="two")
+    plain = enc.encode([""])
+    wrapped = LoraTextEncoder(LoraTextEncoder(enc, [(l1, 1.0)]), [(l2, 0.5)])
+    assert wrapped.base is enc and [s for _, s in wrapped.loras] == [1.0, 0.5]
+    got = wrapped.encode([""])
+    d = plain.shape[-1] // 2
+    a = l1.modules[next(iter(l1.modules))]
+    b = l2.modules[next(iter(l2.modules))]
+    with torch.no_grad():
+        want1 = by_hand(clip_text, [(name, a.down, a.up, ALPHA / RANK, slice(None))])(
+            input_ids=ids
+        ).last_hidden_state
+        want2 = by_hand(second, [(name, b.down, b.up, 0.5 * ALPHA / RANK, slice(None))])(
+            input_ids=ids
+        ).last_hidden_state
+    torch.testing.assert_close(got[..., :d], want1, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[..., d:], want2, rtol=1e-5, atol=1e-5)
+    assert torch.equal(enc.encode([""]), plain)
