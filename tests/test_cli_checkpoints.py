@@ -11,72 +11,20 @@ import pytest
 import torch
 from PIL import Image
 
-from latentworks.checkpoints.detect import DISCRETE_SD
 from latentworks.checkpoints.io import save_file_atomic
 from latentworks.checkpoints.load import CheckpointParts, single_file_state, write_single_file
 from latentworks.cli import main
-from latentworks.diffusion.latent_formats import LATENT_FORMATS
-from latentworks.models.autoencoder import Autoencoder, AutoencoderConfig
-from latentworks.models.unet import UNet, UNetConfig
 from latentworks.pipelines import Pipeline
 from latentworks.pipelines.metadata import read_parameters
-
-transformers = pytest.importorskip("transformers")
+from support.checkpoints import tiny_sd1_parts
 
 RUN = ["--width", "16", "--height", "16", "--steps", "2", "--seed", "5", "--quiet"]
-
-
-def _parts(tmp: Path) -> CheckpointParts:
-    torch.manual_seed(0)
-    ucfg = UNetConfig(
-        channels=(32, 64),
-        layers_per_block=1,
-        transformer_depth=(1, 0),
-        mid_transformer_depth=1,
-        num_heads=8,  # SD 1.x: 8 heads per level, what detection assumes for 768-wide context
-        head_dim=None,
-        context_dim=768,
-    )
-    unet, vae = (
-        UNet(ucfg),
-        Autoencoder(AutoencoderConfig(latent_channels=4, channels=(32, 64), layers_per_block=1)),
-    )
-    clip = transformers.CLIPTextModel(
-        transformers.CLIPTextConfig(
-            vocab_size=49408,  # the real CLIP vocabulary: single files use the bundled tokenizer
-            hidden_size=768,
-            intermediate_size=128,
-            num_hidden_layers=1,
-            num_attention_heads=12,
-            max_position_embeddings=77,
-            hidden_act="quick_gelu",
-            bos_token_id=49406,
-            eos_token_id=49407,
-        )
-    )
-    with torch.no_grad():
-        for p in [*unet.parameters(), *vae.parameters()]:
-            p.add_(torch.randn_like(p) * 0.02)
-    return CheckpointParts(
-        source=tmp / "tiny-sd1.safetensors",
-        family="sd1",
-        variant="sd1",
-        denoiser_kind="unet",
-        denoiser_config=ucfg,
-        denoiser_state=unet.state_dict(),
-        vae_config=vae.config,
-        vae_state=vae.state_dict(),
-        latent_format=LATENT_FORMATS["sd15"],
-        prediction="eps",
-        sampling=dict(DISCRETE_SD),
-        text_encoders={"clip_l": clip.state_dict()},
-    )
 
 
 @pytest.fixture(scope="module")
 def tiny_sd1(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, CheckpointParts]:
     tmp = tmp_path_factory.mktemp("ckpt")
-    parts = _parts(tmp)
+    parts = tiny_sd1_parts(tmp / "tiny-sd1.safetensors")
     return write_single_file(parts, tmp / "tiny-sd1.safetensors"), parts
 
 

@@ -275,12 +275,10 @@ def _read_folder(
     folder = read_diffusers_folder(path, dtype=dtype, allow_pickle=allow_pickle)
     if folder.denoiser_config is None or folder.denoiser_state is None or folder.denoiser_kind is None:
         raise ValueError(f"{path}: the diffusers folder has no unet/ or transformer/ to generate with")
-    family = folder.family or "sd1"
+    family = folder.behaviour_family or "sd1"
     pred = prediction or folder.prediction or ("flow" if folder.denoiser_kind != "unet" else "eps")
-    if family == "flux":
-        family = "flux-dev" if folder.denoiser_config.guidance_embed else "flux-schnell"
-    elif family == "sd2" and pred == "v":
-        family = "sd2-v"
+    if family in ("sd2", "sd2-v"):  # an explicit prediction wins over the scheduler config
+        family = "sd2-v" if pred == "v" else "sd2"
     lf_name = {
         "flux-dev": "flux",
         "flux-schnell": "flux",
@@ -398,6 +396,7 @@ def write_diffusers(parts: CheckpointParts, path: str | Path) -> Path:
         hf = _text_state(sd, "hf")
         shapes = {k: tuple(v.shape) for k, v in hf.items()}
         kind, _ = detect_text_encoder(shapes)
+        config: Any
         if kind == "t5xxl":
             config = t5_config_from_shapes(shapes)
         else:

@@ -12,14 +12,28 @@ from latentworks.pipelines.loading import load_model_folder
 
 
 def list_checkpoints(models_dir: Path | None) -> list[str]:
-    """'default' plus every model folder (holding model.json) under ``models_dir/checkpoints``."""
+    """'default' plus, under ``models_dir/checkpoints``, every latentworks model folder (model.json), diffusers
+    folder (model_index.json) and ``.safetensors`` checkpoint file (subfolders included, '/'-separated)."""
     names = ["default"]
     root = None if models_dir is None else Path(models_dir) / "checkpoints"
     if root is not None and root.is_dir():
-        names += sorted(
-            p.name for p in root.iterdir() if (p / "model.json").is_file() and p.name != "default"
-        )
+        found = [
+            p.relative_to(root).as_posix()
+            for p in root.rglob("*")
+            if (p.is_dir() and ((p / "model.json").is_file() or (p / "model_index.json").is_file()))
+            or (p.is_file() and p.suffix.lower() == ".safetensors" and not _inside_folder_model(p, root))
+        ]
+        names += sorted(n for n in found if n != "default")
     return names
+
+
+def _inside_folder_model(path: Path, root: Path) -> bool:
+    """True for weight files that belong to a model folder or diffusers folder (not checkpoints of their own)."""
+    return any(
+        (parent / "model.json").is_file() or (parent / "model_index.json").is_file()
+        for parent in path.parents
+        if parent != root and root in parent.parents
+    )
 
 
 LORA_SUFFIXES = (".safetensors",)
@@ -50,12 +64,29 @@ def _lora_path(models_dir: Path | None, name: str) -> Path:
 def _resolve(models_dir: Path | None, name: str) -> Path | str:
     if name == "default" or models_dir is None:
         return name
-    return Path(models_dir) / "checkpoints" / name
+    root = (Path(models_dir) / "checkpoints").resolve()
+    path = (root / name).resolve()
+    if root not in path.parents:
+        raise FileNotFoundError(f"checkpoint {name!r} is not inside {root}")
+    return path
 
 
-def _load(ctx: Any, models_dir: Path | None, name: str):  # noqa: ANN202
+def _load(ctx: Any, models_dir: Path | None, name: str) -> tuple[Any, Any]:
+    """(ModelFolder, text encoder) for a model folder, a diffusers folder or a checkpoint file."""
+    from latentworks.pipelines.loading import model_from_parts, resolve_checkpoint, text_encoder_from_parts
+
     device = getattr(ctx, "device", None) or "cpu"
-    return load_model_folder(_resolve(models_dir, name), device=device)
+    path = _resolve(models_dir, name)
+    if resolve_checkpoint(path) is not None:
+        from latentworks.checkpoints.load import read_checkpoint
+
+        parts = read_checkpoint(path)
+        return model_from_parts(parts, device=device), text_encoder_from_parts(parts, device=device)
+    from latentworks.models.text.minilm import MiniLMTextEncoder
+
+    folder = load_model_folder(path, device=device)
+    te = folder.meta.get("text_encoder", {})
+    return folder, MiniLMTextEncoder(max_length=int(te.get("max_length", 32)), device=device)
 
 
 def loader_nodes(models_dir: Path | None) -> list[NodeSpec]:
@@ -63,17 +94,11 @@ def loader_nodes(models_dir: Path | None) -> list[NodeSpec]:
         return list_checkpoints(models_dir)
 
     def checkpoint_loader(ctx: Any, ckpt_name: str) -> tuple[Any, ...]:
-        from latentworks.models.text.minilm import MiniLMTextEncoder
-
-        folder = _load(ctx, models_dir, ckpt_name)
-        te = folder.meta.get("text_encoder", {})
-        encoder = MiniLMTextEncoder(
-            max_length=int(te.get("max_length", 32)), device=getattr(ctx, "device", None) or "cpu"
-        )
+        folder, encoder = _load(ctx, models_dir, ckpt_name)
         return (ModelPayload(folder), ClipPayload(encoder), VAEPayload(folder.vae, folder.latent_format))
 
     def vae_loader(ctx: Any, vae_name: str) -> tuple[Any, ...]:
-        folder = _load(ctx, models_dir, vae_name)
+        folder, _ = _load(ctx, models_dir, vae_name)
         return (VAEPayload(folder.vae, folder.latent_format),)
 
     def lora_loader(
@@ -137,7 +162,10 @@ def loader_nodes(models_dir: Path | None) -> list[NodeSpec]:
             name="CheckpointLoaderSimple",
             display_name="Load Checkpoint",
             category="loaders",
-            description="Load a model folder: the diffusion model, its text encoder and its VAE.",
+            description=(
+                "Load a checkpoint from models/checkpoints: a latentworks model folder, a diffusers folder or a "
+                ".safetensors file (SD 1.x/2.x/XL, SD3 with its text encoders; family detected from the weights)."
+            ),
             execute=checkpoint_loader,
             inputs=(
                 InputSpec(

@@ -1,5 +1,9 @@
-"""Conditioning, latent and sampling nodes: CLIPTextEncode, EmptyLatentImage, KSampler, KSamplerAdvanced,
-SetLatentNoiseMask, LatentUpscale."""
+"""Conditioning, latent and sampling nodes: CLIPTextEncode, FluxGuidance, EmptyLatentImage, KSampler,
+KSamplerAdvanced, SetLatentNoiseMask, LatentUpscale.
+
+Family specifics (SDXL size ids, FLUX guidance and resolution-dependent shift) are filled in at sampling
+time from the model's family, as ComfyUI's models do, so plain CLIPTextEncode conditioning works for all.
+"""
 
 from __future__ import annotations
 
@@ -14,13 +18,22 @@ from latentworks.diffusion.samplers import SAMPLERS, StepInfo
 from latentworks.diffusion.schedules import SCHEDULERS, get_sigmas
 from latentworks.graph.types import InputSpec, NodeSpec, OutputSpec, Preview
 from latentworks.nodes.payloads import ClipPayload, ConditioningPayload, Latent, ModelPayload
+from latentworks.pipelines.families import add_conditioning_extras, behaviour_of, sampling_for_size
 from latentworks.pipelines.sampling import denoise_latents
+
+FLUX_DEFAULT_GUIDANCE = 3.5  # what FLUX.1-dev gets when no FluxGuidance node sets it (as in ComfyUI)
 
 SEED_MAX = 2**64 - 1
 
 
 def _encode(ctx: Any, text: str, clip: ClipPayload) -> tuple[Any, ...]:
     return (ConditioningPayload(clip.encoder.encode([text])),)
+
+
+def _flux_guidance(ctx: Any, conditioning: ConditioningPayload, guidance: float) -> tuple[Any, ...]:
+    b = conditioning.cond.batch_size
+    g = torch.full((b,), float(guidance), dtype=torch.float32, device=conditioning.cond.tokens.device)
+    return (ConditioningPayload(conditioning.cond.with_extra(guidance=g)),)
 
 
 def _empty_latent(ctx: Any, width: int, height: int, batch_size: int) -> tuple[Any, ...]:
@@ -69,7 +82,14 @@ def run_sampler(
         )
     b = x0.shape[0]
     seeds = [(int(seed) + i) % 2**63 for i in range(b)]
-    ms = folder.model_sampling
+    behaviour = behaviour_of(folder.meta.get("family"))
+    ms = sampling_for_size(
+        behaviour,
+        folder.model_sampling,
+        latent_height=x0.shape[-2],
+        latent_width=x0.shape[-1],
+        patch=int(getattr(folder.denoiser_net.config, "patch_size", 2)),
+    )
     full = get_sigmas(ms, scheduler, steps, denoise=denoise) if denoise > 0 else torch.zeros(1)
     last = len(full) - 1 if end_at_step is None else min(end_at_step, len(full) - 1)
     sigmas = full[start_at_step : last + 1].clone()
@@ -81,8 +101,13 @@ def run_sampler(
     if latent.noise_mask is not None:
         mask = F.interpolate(latent.noise_mask.to(device).float(), size=x0.shape[-2:], mode="bilinear")
         mask = mask.expand(b, 1, *x0.shape[-2:]) if mask.shape[0] == 1 else mask
-    cond = positive.cond.repeat(b).to(device)
-    uncond = negative.cond.repeat(b).to(device)
+    h, w, g = x0.shape[-2] * factor, x0.shape[-1] * factor, FLUX_DEFAULT_GUIDANCE
+    cond = add_conditioning_extras(
+        behaviour, positive.cond.repeat(b).to(device), height=h, width=w, guidance=g
+    )
+    uncond = add_conditioning_extras(
+        behaviour, negative.cond.repeat(b).to(device), height=h, width=w, guidance=g, negative=True
+    )
     total = len(sigmas) - 1
 
     def callback(info: StepInfo) -> None:
@@ -223,6 +248,18 @@ def sampling_nodes() -> list[NodeSpec]:
             description="Encode a prompt with the checkpoint's text encoder.",
             execute=_encode,
             inputs=(I("text", "STRING", default="", multiline=True), I("clip", "CLIP")),
+            outputs=(OutputSpec(type="CONDITIONING"),),
+        ),
+        NodeSpec(
+            name="FluxGuidance",
+            display_name="FluxGuidance",
+            category="advanced/conditioning/flux",
+            description="Set FLUX.1-dev's distilled guidance scale on a conditioning (default 3.5).",
+            execute=_flux_guidance,
+            inputs=(
+                I("conditioning", "CONDITIONING"),
+                I("guidance", "FLOAT", default=3.5, min=0.0, max=100.0, step=0.1),
+            ),
             outputs=(OutputSpec(type="CONDITIONING"),),
         ),
         NodeSpec(

@@ -88,18 +88,22 @@ def add_conditioning_extras(
     guidance: float,
     negative: bool = False,
 ) -> Conditioning:
-    """Add the family's extra vectors (SDXL size ids, FLUX guidance) to ``cond`` for an image of this size."""
+    """Add the family's extra vectors (SDXL size ids, FLUX guidance) to ``cond`` for an image of this size.
+
+    Vectors ``cond`` already carries win (e.g. a FluxGuidance node's guidance); only missing ones are added.
+    """
     b = cond.batch_size
     device = cond.tokens.device
     extra: dict[str, torch.Tensor] = {}
     if behaviour.size_conditioning == "sdxl":
-        ids = [height, width, 0, 0, height, width]
+        ids: list[float] = [height, width, 0, 0, height, width]
         extra["time_ids"] = torch.tensor([ids] * b, dtype=torch.float32, device=device)
     elif behaviour.size_conditioning == "sdxl-refiner":
         ids = [height, width, 0, 0, 2.5 if negative else 6.0]
         extra["time_ids"] = torch.tensor([ids] * b, dtype=torch.float32, device=device)
     if behaviour.distilled_guidance:
         extra["guidance"] = torch.full((b,), float(guidance), dtype=torch.float32, device=device)
+    extra = {k: v for k, v in extra.items() if k not in cond.extra}
     return cond.with_extra(**extra) if extra else cond
 
 

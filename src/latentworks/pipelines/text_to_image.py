@@ -6,6 +6,8 @@ which the CLI progress bar, server previews and cancellation all use.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import random
 import time
 from collections.abc import Callable
@@ -87,11 +89,18 @@ class Pipeline:
         *,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
+        offload: str = "none",
     ) -> None:
+        from latentworks.pipelines.memory import Offloader
+
         self.model = model
         self.text_encoder = text_encoder
         self.device = torch.device(device)
         self.dtype = dtype
+        # "model": each network sits on `device` only while it runs (text encoders, denoiser, VAE in turn)
+        self.offloader = Offloader(device=self.device, mode=offload)  # type: ignore[arg-type]
+        self.offloader.offload(*self._networks())
+        self.vae_tile: int | None = None  # decode in tiles of this many latent pixels (None: one piece)
         self._uncond_cache: dict[str, Any] = {}
         self.behaviour = behaviour_of(model.meta.get("family"))
 
@@ -108,6 +117,7 @@ class Pipeline:
         tokenizer: str | Path | None = None,
         prediction: str | None = None,
         allow_pickle: bool = False,
+        offload: str = "none",
     ) -> Pipeline:
         """Load a latentworks model folder (``default`` = the embedded model), a single checkpoint file
         (SD 1.x/2.x/XL, SD3, FLUX; family detected from its tensors) or a diffusers folder.
@@ -115,7 +125,8 @@ class Pipeline:
         ``vae``, ``text_encoders`` (CLIP/T5 files) and ``tokenizer`` (T5's tokenizer.json) add components a
         checkpoint lacks (FLUX files hold only the transformer). ``prediction`` overrides the detected
         objective (``eps`` | ``v``), for SD 2.x files detection cannot tell apart. Pickled files are refused
-        unless ``allow_pickle``.
+        unless ``allow_pickle``. ``offload="model"`` keeps each network on ``device`` only while it runs
+        (for GPUs with less memory than the whole model needs).
         """
         from latentworks.pipelines.loading import (
             model_from_parts,
@@ -136,9 +147,10 @@ class Pipeline:
                 dtype=dtype,
                 allow_pickle=allow_pickle,
             )
-            model = model_from_parts(parts, device=device, dtype=dtype)
-            te = text_encoder_from_parts(parts, device=device, dtype=dtype)
-            return cls(model, te, device=device, dtype=dtype)
+            home = "cpu" if offload == "model" else device
+            model = model_from_parts(parts, device=home, dtype=dtype)
+            te = text_encoder_from_parts(parts, device=home, dtype=dtype)
+            return cls(model, te, device=device, dtype=dtype, offload=offload)
         if vae is not None or text_encoders or tokenizer is not None or prediction is not None:
             raise ValueError(
                 f"{name_or_path}: vae/text_encoders/tokenizer/prediction apply to checkpoint files and "
@@ -153,23 +165,75 @@ class Pipeline:
         from latentworks.models.text.minilm import MiniLMTextEncoder
 
         te = MiniLMTextEncoder(max_length=int(te_spec.get("max_length", 32)), device=device)
-        return cls(model, te, device=device, dtype=dtype)
+        return cls(model, te, device=device, dtype=dtype, offload=offload)
 
     # -- parts -------------------------------------------------------------------------------------
 
+    def _text_networks(self) -> list[torch.nn.Module]:
+        encoder = getattr(self.text_encoder, "base", self.text_encoder)  # through a LoRA wrapper
+        modules = getattr(encoder, "modules", None)
+        return list(modules().values()) if callable(modules) else []
+
+    def _networks(self) -> list[torch.nn.Module]:
+        return [*self._text_networks(), self.model.denoiser_net, self.model.vae]
+
     def encode_prompts(self, prompts: list[str]) -> Any:
-        return self.text_encoder.encode(prompts).to(self.device, self.dtype)
+        with contextlib.ExitStack() as stack:
+            for m in self._text_networks():
+                stack.enter_context(self.offloader.use(m))
+            return self.text_encoder.encode(prompts).to(self.device, self.dtype)
+
+    # -- LoRA --------------------------------------------------------------------------------------
+
+    def load_lora(
+        self, path: str | Path, strength: float = 1.0, *, strength_text: float | None = None
+    ) -> dict[str, list[str]]:
+        """Add a LoRA (kohya/A1111 or diffusers/PEFT ``.safetensors``) with its own strengths.
+
+        Nothing is copied: the LoRA is applied to the networks only while sampling and encoding and
+        removed afterwards, so several LoRAs stack and :meth:`unload_loras` restores the model exactly.
+        Returns the LoRA keys that matched no module, per target (``unet``, ``text``, ...); a file where
+        nothing matches is an error naming it.
+        """
+        from latentworks.checkpoints.lora import (
+            LoraTextEncoder,
+            load_lora,
+            resolve_loras,
+            text_encoder_modules,
+        )
+
+        lora = load_lora(path)
+        base = getattr(self.text_encoder, "base", self.text_encoder)
+        resolved = resolve_loras(lora, self.model.denoiser_net, text_encoder_modules(base))
+        text_strength = strength if strength_text is None else strength_text
+        if strength != 0:
+            loras = (*self.model.extra.get("loras", ()), (lora, float(strength)))
+            self.model = dataclasses.replace(self.model, extra={**self.model.extra, "loras": loras})
+        if text_strength != 0:
+            self.text_encoder = LoraTextEncoder(self.text_encoder, [(lora, float(text_strength))])
+        return {target: list(r.unmatched) for target, r in resolved.items()}
+
+    def unload_loras(self) -> None:
+        """Forget every LoRA added with :meth:`load_lora` (the weights were never changed between runs)."""
+        extra = {k: v for k, v in self.model.extra.items() if k != "loras"}
+        self.model = dataclasses.replace(self.model, extra=extra)
+        self.text_encoder = getattr(self.text_encoder, "base", self.text_encoder)
 
     def encode_images(self, images: list[Image.Image], size: tuple[int, int]) -> Tensor:
         """Images -> model-space latents (posterior mode, then the latent format's scale/shift)."""
         x = images_to_tensor(images, size).to(self.device, self.dtype)
-        with torch.no_grad():
+        with torch.no_grad(), self.offloader.use(self.model.vae):
             z = self.model.vae.encode(x).mode()
         return self.model.latent_format.process_in(z.float())
 
     def decode_latents(self, z: Tensor) -> list[Image.Image]:
-        with torch.no_grad():
-            x = self.model.vae.decode(self.model.latent_format.process_out(z).to(self.dtype))
+        """Model-space latents -> images; an fp16/bf16 VAE that overflows is re-run in fp32, and
+        ``self.vae_tile`` decodes large images in tiles."""
+        from latentworks.pipelines import memory
+
+        with torch.no_grad(), self.offloader.use(self.model.vae):
+            raw = self.model.latent_format.process_out(z)
+            x = memory.decode_latents(self.model.vae, raw, tile=self.vae_tile, auto_tile_above=None)
         return tensor_to_images(x)
 
     # -- generation --------------------------------------------------------------------------------
@@ -238,12 +302,15 @@ class Pipeline:
         t0 = time.perf_counter()
 
         cfg = cfg_scale(self.behaviour, guidance)
-        extras = {"height": height, "width": width, "guidance": guidance}
-        cond = add_conditioning_extras(self.behaviour, self.encode_prompts(all_prompts), **extras)
+        b = self.behaviour
+        cond = add_conditioning_extras(
+            b, self.encode_prompts(all_prompts), height=height, width=width, guidance=guidance
+        )
         uncond = None
         if cfg != 1.0:
+            neg = self.encode_prompts(all_negs)
             uncond = add_conditioning_extras(
-                self.behaviour, self.encode_prompts(all_negs), negative=True, **extras
+                b, neg, height=height, width=width, guidance=guidance, negative=True
             )
         timings["encode_text"] = time.perf_counter() - t0
 
@@ -285,18 +352,19 @@ class Pipeline:
                 )
 
         t1 = time.perf_counter()
-        x = denoise_latents(
-            self.model,
-            x0,
-            sigmas,
-            seeds,
-            cond,
-            uncond,
-            cfg,
-            sampler,
-            callback=cb,
-            sampler_options=sampler_options,
-        )
+        with self.offloader.use(self.model.denoiser_net):
+            x = denoise_latents(
+                self.model,
+                x0,
+                sigmas,
+                seeds,
+                cond,
+                uncond,
+                cfg,
+                sampler,
+                callback=cb,
+                sampler_options=sampler_options,
+            )
         timings["sample"] = time.perf_counter() - t1
         t2 = time.perf_counter()
         images = self.decode_latents(x)
