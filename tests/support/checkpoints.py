@@ -14,12 +14,12 @@ from latentworks.models.autoencoder import Autoencoder, AutoencoderConfig
 from latentworks.models.unet import UNet, UNetConfig
 
 
-def tiny_sd1_parts(source: Path) -> CheckpointParts:
+def tiny_sd1_parts(source: Path, channels: tuple[int, ...] = (32, 64)) -> CheckpointParts:
     """A random tiny SD1-layout model (768-wide cross-attention, 8 heads, GroupNorm 32, one-layer CLIP-L on the real
-    49408-token vocabulary) that single-file detection recognises as SD 1.x."""
+    49408-token vocabulary) that single-file detection recognises as SD 1.x. ``channels`` sizes the U-Net."""
     torch.manual_seed(0)
     ucfg = UNetConfig(
-        channels=(32, 64),
+        channels=channels,
         layers_per_block=1,
         transformer_depth=(1, 0),
         mid_transformer_depth=1,
