@@ -11,7 +11,6 @@ dicts (the OpenCLIP towers in open_clip layout) and the folder, as it would from
 from __future__ import annotations
 
 import gc
-import json
 from pathlib import Path
 
 import pytest
@@ -27,73 +26,17 @@ from transformers import (
 
 from latentworks.checkpoints.keymaps.text_encoders import hf_to_open_clip
 from latentworks.models.text.families import make_prompt_encoder
+from support.tokenizers import WORDS
+from support.tokenizers import t5_tokenizer_for_diffusers as _t5_tokenizer_for_diffusers
+from support.tokenizers import write_clip_tokenizer as _write_clip_tokenizer
+from support.tokenizers import write_t5_tokenizer as _write_t5_tokenizer
 
 diffusers = pytest.importorskip("diffusers")
 tokenizers = pytest.importorskip("tokenizers")
 
 pytestmark = pytest.mark.slow
 TOLERANCE = 1e-4
-WORDS = ["a", "red", "apple", "photo", "of", "cat", "the", "on", "table"]
 PROMPTS = ["a red apple on the table", "photo of a cat"]
-
-
-def _byte_chars() -> list[str]:
-    """The 256 byte symbols of byte-level BPE, in CLIP's vocabulary order."""
-    printable = [
-        *range(ord("!"), ord("~") + 1),
-        *range(ord("¡"), ord("¬") + 1),
-        *range(ord("®"), ord("ÿ") + 1),
-    ]
-    codes, extra = printable[:], 0
-    for b in range(256):
-        if b not in printable:
-            codes.append(256 + extra)
-            extra += 1
-    return [chr(c) for c in codes]
-
-
-def _write_clip_tokenizer(folder: Path, pad_token: str) -> int:
-    chars = _byte_chars()
-    vocab = chars + [c + "</w>" for c in chars]
-    merges: list[tuple[str, str]] = []
-    for word in WORDS:
-        parts = [*word[:-1], word[-1] + "</w>"]
-        cur = parts[0]
-        for part in parts[1:]:
-            if (cur, part) not in merges:
-                merges.append((cur, part))
-                if cur + part not in vocab:
-                    vocab.append(cur + part)
-            cur += part
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
-    folder.mkdir(parents=True)
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
-    tok = CLIPTokenizer(
-        str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token=pad_token, model_max_length=77
-    )
-    tok.save_pretrained(str(folder))
-    return len(vocab)
-
-
-def _write_t5_tokenizer(folder: Path) -> Path:
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2} | {w: i + 3 for i, w in enumerate(WORDS)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    folder.mkdir(parents=True)
-    tok.save(str(folder / "tokenizer.json"))
-    return folder / "tokenizer.json"
-
-
-def _t5_tokenizer_for_diffusers(path: Path):
-    from transformers import PreTrainedTokenizerFast
-
-    return PreTrainedTokenizerFast(
-        tokenizer_file=str(path), pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
-    )
 
 
 def _randomise(model: torch.nn.Module) -> torch.nn.Module:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from latentworks.cli import UserError
+from latentworks.commands.checkpoint_options import add_component_arguments
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -31,20 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default=None,
         help="output format for INPUT (diffusers folder, or one .safetensors in the original layout)",
     )
-    p.add_argument("--vae", type=Path, default=None, metavar="FILE", help="a separate VAE file to include")
-    p.add_argument(
-        "--text-encoder",
-        type=Path,
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="a separate CLIP/T5 file to include (repeatable)",
-    )
-    p.add_argument("--tokenizer", type=Path, default=None, metavar="PATH", help="T5 tokenizer.json or folder")
-    p.add_argument("--prediction", choices=["eps", "v"], default=None, help="override the detected objective")
-    p.add_argument(
-        "--allow-pickle", action="store_true", help="accept pickled .ckpt/.pt/.bin input (trusted files)"
-    )
+    add_component_arguments(p)
     p.add_argument(
         "--from-run", type=Path, default=None, metavar="RUN", help="a 'latentworks train' run folder"
     )

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from latentworks.cli import UserError
+from latentworks.commands.checkpoint_options import add_component_arguments
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -33,33 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="'default' (the embedded model), a latentworks model folder, a checkpoint file "
         "(.safetensors: SD 1.x/2.x/XL, SD3, FLUX) or a diffusers folder (default: %(default)s)",
     )
-    p.add_argument("--vae", type=Path, default=None, metavar="FILE", help="a separate VAE file")
-    p.add_argument(
-        "--text-encoder",
-        type=Path,
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="a separate CLIP or T5 text-encoder file (repeat for several)",
-    )
-    p.add_argument(
-        "--tokenizer",
-        type=Path,
-        default=None,
-        metavar="PATH",
-        help="T5's tokenizer.json (or a folder with one), needed by SD3/FLUX single files",
-    )
-    p.add_argument(
-        "--prediction",
-        choices=["eps", "v"],
-        default=None,
-        help="override the detected objective (SD 2.x 768-v files need --prediction v when detection misses)",
-    )
-    p.add_argument(
-        "--allow-pickle",
-        action="store_true",
-        help="load pickled .ckpt/.pt/.bin files (with torch.load(weights_only=True)); only for files you trust",
-    )
+    add_component_arguments(p)
     p.add_argument("--negative", default="", metavar="TEXT", help="negative prompt (default: empty)")
     p.add_argument("--steps", type=int, default=None, metavar="N", help="sampling steps (model default: 20)")
     p.add_argument("--cfg", type=float, default=None, metavar="X", help="classifier-free guidance scale")
