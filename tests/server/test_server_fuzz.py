@@ -112,7 +112,7 @@ def client(tmp_path_factory):
     c.close()
 
 
-FUZZ = settings(max_examples=1200, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+FUZZ = settings(max_examples=2400, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 
 
 @FUZZ
@@ -121,7 +121,7 @@ def test_fuzz_structured_bodies(client, body):
     check(client.post("/prompt", content=json.dumps(body)))
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@settings(max_examples=800, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 @given(json_values | st.binary(max_size=64).map(lambda b: b.decode("latin-1")))
 def test_fuzz_any_json_or_bytes(client, value):
     check(client.post("/api/prompt", content=json.dumps(value)))
