@@ -1,4 +1,4 @@
-"""End to end against diffusers' pipelines: a tiny random SD1.5-layout pipeline and a tiny FLUX-layout pipeline,
+"""End to end against diffusers' pipelines: tiny random SD1.5-, SDXL- and FLUX-layout pipelines,
 saved by diffusers as folders, loaded by latentworks (as the diffusers folder and, for SD1.5, converted to one
 original-layout single file), generate the same latents and images with matching sampler settings.
 
@@ -242,4 +242,66 @@ def test_flux_dev_diffusers_folder_matches_diffusers_pipeline(tmp_path: Path) ->
         lat = pipe(PROMPT, latents=packed.clone(), output_type="latent", **kw).images
         img = pipe(PROMPT, latents=packed.clone(), output_type="np", **kw).images
     lat = pipe._unpack_latents(lat, SIZE, SIZE, pipe.vae_scale_factor)
+    _compare(result, lat, img)
+
+
+def test_sdxl_diffusers_folder_matches_diffusers_pipeline(tmp_path: Path) -> None:
+    """SDXL's glue: CLIP-L + bigG penultimate states concatenated, bigG's projected pooled vector, size ids
+    (h, w, 0, 0, h, w) and zeroed unconditional embeddings for the empty negative prompt."""
+    vocab = write_clip_tokenizer(tmp_path / "tok")
+    write_clip_tokenizer(tmp_path / "tok2", pad_token="!")
+    torch.manual_seed(2)
+    big_g = transformers.CLIPTextModelWithProjection(
+        transformers.CLIPTextConfig(
+            vocab_size=vocab, hidden_size=1280, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=20, max_position_embeddings=77, hidden_act="gelu", projection_dim=1280,
+            bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=0,
+        )
+    )  # fmt: skip
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=8, block_out_channels=(32, 64), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), layers_per_block=1, attention_head_dim=(2, 4),
+        transformer_layers_per_block=(1, 2), cross_attention_dim=2048, norm_num_groups=32,
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + 1280,
+    )  # fmt: skip
+    pipe = diffusers.StableDiffusionXLPipeline(
+        vae=_perturb(_tiny_vae(4, scaling_factor=0.13025), 0.02),
+        text_encoder=_clip(vocab, 768),
+        text_encoder_2=_perturb(big_g, 0.02),
+        tokenizer=transformers.CLIPTokenizer.from_pretrained(str(tmp_path / "tok")),
+        tokenizer_2=transformers.CLIPTokenizer.from_pretrained(str(tmp_path / "tok2")),
+        unet=_perturb(unet, 0.02),
+        scheduler=diffusers.EulerDiscreteScheduler(
+            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="linspace"
+        ),
+        force_zeros_for_empty_prompt=True,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    pipe.save_pretrained(str(tmp_path / "sdxl"))
+
+    ours = Pipeline.from_pretrained(tmp_path / "sdxl")
+    assert ours.model.meta["family"] == "sdxl"
+    width, height = SIZE, SIZE + 8  # not square: the size ids' order matters
+    result = ours(
+        PROMPT,
+        "",
+        steps=STEPS,
+        guidance=5.0,
+        sampler="euler",
+        scheduler="normal",
+        seed=SEED,
+        width=width,
+        height=height,
+    )
+
+    sigmas = get_sigmas(ours.model.model_sampling, "normal", STEPS)
+    noise = seeded_noise((4, height // 2, width // 2), [SEED])
+    pipe.scheduler.set_timesteps(STEPS)
+    start = noise * sigmas[0] / pipe.scheduler.init_noise_sigma
+    # negative_prompt=None: diffusers zeroes the unconditional embeddings, as our SDXL encoder does for ""
+    kw = dict(negative_prompt=None, num_inference_steps=STEPS, guidance_scale=5.0, height=height, width=width)
+    with torch.no_grad():
+        lat = pipe(PROMPT, latents=start.clone(), output_type="latent", **kw).images
+        img = pipe(PROMPT, latents=start.clone(), output_type="np", **kw).images
     _compare(result, lat, img)
