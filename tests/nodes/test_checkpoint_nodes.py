@@ -14,7 +14,7 @@ from latentworks.checkpoints.load import read_checkpoint, write_diffusers, write
 from latentworks.diffusion.conditioning import Conditioning
 from latentworks.graph.executor import Executor
 from latentworks.nodes import default_registry
-from latentworks.nodes.models import list_checkpoints
+from latentworks.nodes.models import _resolve, list_checkpoints
 from latentworks.nodes.payloads import ConditioningPayload
 from latentworks.pipelines import Pipeline
 from support.checkpoints import tiny_sd1_parts
@@ -90,7 +90,9 @@ def test_checkpoint_names_cannot_escape_the_models_folder(models_dir: Path, tmp_
     executor = Executor(default_registry(models_dir))
     ctx = executor.new_context("job", output_dir=tmp_path, temp_dir=tmp_path, on_event=lambda e, d: None)
     res = executor.execute(_workflow("../../etc/passwd"), ctx)
-    assert res.status != "success"
+    assert res.status == "error" and res.error["exception_type"] == "ValidationError"  # not among the choices
+    with pytest.raises(FileNotFoundError, match="is not inside"):  # and the loader itself refuses it too
+        _resolve(models_dir, "../../etc/passwd")
 
 
 def test_flux_guidance_node_sets_the_guidance_on_conditioning() -> None:

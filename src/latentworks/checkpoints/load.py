@@ -130,7 +130,8 @@ def behaviour_family(detected: DetectedCheckpoint) -> str:
     return detected.family
 
 
-def _convert_denoiser(kind: str, layout: str, sd: Mapping[str, Tensor], config: Any) -> dict[str, Tensor]:
+def _convert_denoiser(kind: str, sd: Mapping[str, Tensor], config: Any) -> dict[str, Tensor]:
+    """Original-layout denoiser tensors (LDM U-Net, SAI MM-DiT, BFL FLUX) -> ours."""
     if kind == "unet":
         from latentworks.checkpoints.keymaps.sd_ldm import unet_ldm_to_ours
 
@@ -224,9 +225,8 @@ def _read_file(
     found = detect_checkpoint(
         shapes, get_tensor=lambda k: weights[k], source=path.name, prediction=prediction
     )
-    layout = {"unet": "ldm", "mmdit": "sai", "flux": "bfl"}[found.denoiser_kind]
     denoiser = _Prefixed(weights, found.denoiser_prefix or "")
-    state = _convert_denoiser(found.denoiser_kind, layout, denoiser, found.denoiser_config)
+    state = _convert_denoiser(found.denoiser_kind, denoiser, found.denoiser_config)
     vae_config, vae_state = None, None
     if found.vae_prefix is not None:
         vae_sub = _Prefixed(weights, found.vae_prefix)
@@ -279,14 +279,8 @@ def _read_folder(
     pred = prediction or folder.prediction or ("flow" if folder.denoiser_kind != "unet" else "eps")
     if family in ("sd2", "sd2-v"):  # an explicit prediction wins over the scheduler config
         family = "sd2-v" if pred == "v" else "sd2"
-    lf_name = {
-        "flux-dev": "flux",
-        "flux-schnell": "flux",
-        "sd2-v": "sd2",
-        "sdxl-refiner": "sdxl",
-        "sd1": "sd15",
-    }
-    latent_format = folder.latent_format or LATENT_FORMATS[lf_name.get(family, family)]
+    if folder.latent_format is None:  # only when the family is unknown, which a denoiser always settles
+        raise ValueError(f"{path}: cannot tell the latent format of this diffusers folder")
     return CheckpointParts(
         source=path,
         family=family,
@@ -296,7 +290,7 @@ def _read_folder(
         denoiser_state=folder.denoiser_state,
         vae_config=folder.vae_config,
         vae_state=folder.vae_state,
-        latent_format=latent_format,
+        latent_format=folder.latent_format,
         prediction=pred,
         sampling=dict(folder.sampling or {}),
         text_encoders={name: entry[0] for name, entry in folder.text_encoders.items()},

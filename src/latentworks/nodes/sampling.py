@@ -18,7 +18,7 @@ from latentworks.diffusion.samplers import SAMPLERS, StepInfo
 from latentworks.diffusion.schedules import SCHEDULERS, get_sigmas
 from latentworks.graph.types import InputSpec, NodeSpec, OutputSpec, Preview
 from latentworks.nodes.payloads import ClipPayload, ConditioningPayload, Latent, ModelPayload
-from latentworks.pipelines.families import add_conditioning_extras, behaviour_of, sampling_for_size
+from latentworks.pipelines.families import add_conditioning_extras, behaviour_of, model_sampling_for
 from latentworks.pipelines.sampling import denoise_latents
 
 FLUX_DEFAULT_GUIDANCE = 3.5  # what FLUX.1-dev gets when no FluxGuidance node sets it (as in ComfyUI)
@@ -83,13 +83,7 @@ def run_sampler(
     b = x0.shape[0]
     seeds = [(int(seed) + i) % 2**63 for i in range(b)]
     behaviour = behaviour_of(folder.meta.get("family"))
-    ms = sampling_for_size(
-        behaviour,
-        folder.model_sampling,
-        latent_height=x0.shape[-2],
-        latent_width=x0.shape[-1],
-        patch=int(getattr(folder.denoiser_net.config, "patch_size", 2)),
-    )
+    ms = model_sampling_for(folder, latent_height=x0.shape[-2], latent_width=x0.shape[-1])
     full = get_sigmas(ms, scheduler, steps, denoise=denoise) if denoise > 0 else torch.zeros(1)
     last = len(full) - 1 if end_at_step is None else min(end_at_step, len(full) - 1)
     sigmas = full[start_at_step : last + 1].clone()

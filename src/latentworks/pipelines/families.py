@@ -124,3 +124,16 @@ def sampling_for_size(
         return model_sampling
     seq_len = (latent_height // patch) * (latent_width // patch)
     return FlowModelSampling.flux(seq_len, multiplier=getattr(model_sampling, "multiplier", 1000.0))
+
+
+def model_sampling_for(model: Any, *, latent_height: int, latent_width: int) -> Any:
+    """The model sampling to schedule with for a latent of this size: ``model``'s own (a loaded model folder),
+    shifted for the image's token count when its family asks for it (FLUX)."""
+    patch = int(getattr(model.denoiser_net.config, "patch_size", 2))
+    return sampling_for_size(
+        behaviour_of(model.meta.get("family")),
+        model.model_sampling,
+        latent_height=latent_height,
+        latent_width=latent_width,
+        patch=patch,
+    )

@@ -172,6 +172,8 @@ def load_model_folder(
     net.load_state_dict(load_state_dict(path / "denoiser.safetensors"), strict=True)
     vae = Autoencoder(config_from_dict(AutoencoderConfig, meta["vae"]["config"]))
     vae.load_state_dict(load_state_dict(path / "vae.safetensors"), strict=True)
+    for m in (net, vae):
+        m.to(device=device, dtype=dtype).eval().requires_grad_(False)
     lf_meta = meta["latent_format"]
     lf = LatentFormat(
         channels=int(lf_meta["channels"]),
@@ -180,8 +182,6 @@ def load_model_folder(
         rgb_factors=tuple(tuple(r) for r in lf_meta.get("rgb_factors", ())),
         rgb_bias=tuple(lf_meta.get("rgb_bias", (0.0, 0.0, 0.0))),
     )
-    for m in (net, vae):
-        m.to(device=device, dtype=dtype).eval().requires_grad_(False)
     return ModelFolder(
         path=path,
         meta=meta,
@@ -271,13 +271,8 @@ def describe_checkpoint(path: Path) -> str:
         )
         vae = "yes" if found.vae_prefix is not None else "no (pass --vae)"
         tes = sorted(found.text_encoders)
-        prefix = found.denoiser_prefix or ""
-        count = sum(
-            int(torch.Size(v).numel())
-            for k, v in shapes.items()
-            if k.startswith(prefix)
-            and (prefix or not k.startswith(("first_stage_model.", "cond_stage_model.")))
-        )
+        prefix = found.denoiser_prefix or ""  # "" = a bare denoiser file: every tensor is the denoiser's
+        count = sum(int(torch.Size(v).numel()) for k, v in shapes.items() if k.startswith(prefix))
     b = behaviour_of(family)
     return "\n".join(
         [
@@ -322,10 +317,6 @@ def describe_model(name_or_path: str | Path, models_dir: str | Path | None = Non
 # -- checkpoints from elsewhere (single files, diffusers folders) ----------------------------------------
 
 
-def is_model_folder(path: str | Path) -> bool:
-    return (Path(path) / "model.json").is_file()
-
-
 def _build_on_meta(cls: type, config: Any, state: Any, *, device: Any, dtype: torch.dtype) -> nn.Module:
     """Build ``cls(config)`` without allocating it, then assign ``state``'s tensors cast to ``dtype``."""
     from latentworks.checkpoints.io import load_into
@@ -333,6 +324,11 @@ def _build_on_meta(cls: type, config: Any, state: Any, *, device: Any, dtype: to
     with torch.device("meta"):
         net = cls(config)
     load_into(net, state, dtype=dtype, device=device)
+    unset = [n for n, t in [*net.named_parameters(), *net.named_buffers()] if t.is_meta]
+    if unset:  # e.g. a non-persistent buffer computed in __init__: such models cannot be built on meta
+        raise ValueError(
+            f"{cls.__name__}: tensors {unset[:5]} are not in the checkpoint and stayed unallocated"
+        )
     return net.eval().requires_grad_(False)
 
 

@@ -26,7 +26,7 @@ from latentworks.pipelines.families import (
     add_conditioning_extras,
     behaviour_of,
     cfg_scale,
-    sampling_for_size,
+    model_sampling_for,
 )
 from latentworks.pipelines.loading import ModelFolder, load_model_folder
 from latentworks.pipelines.sampling import denoise_latents
@@ -101,7 +101,6 @@ class Pipeline:
         self.offloader = Offloader(device=self.device, mode=offload)  # type: ignore[arg-type]
         self.offloader.offload(*self._networks())
         self.vae_tile: int | None = None  # decode in tiles of this many latent pixels (None: one piece)
-        self._uncond_cache: dict[str, Any] = {}
         self.behaviour = behaviour_of(model.meta.get("family"))
 
     @classmethod
@@ -317,13 +316,7 @@ class Pipeline:
         c = self.model.latent_format.channels
         shape = (n, c, height // f, width // f)
         denoise = strength if init_image is not None else 1.0
-        ms = sampling_for_size(
-            self.behaviour,
-            self.model.model_sampling,
-            latent_height=height // f,
-            latent_width=width // f,
-            patch=int(getattr(self.model.denoiser_net.config, "patch_size", 2)),
-        )
+        ms = model_sampling_for(self.model, latent_height=height // f, latent_width=width // f)
         sigmas = get_sigmas(ms, scheduler, steps, denoise=denoise) if denoise > 0 else torch.zeros(1)
         if init_image is not None:
             imgs = init_image if isinstance(init_image, list) else [init_image]
