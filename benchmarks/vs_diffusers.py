@@ -384,7 +384,7 @@ def full_generation(pair: Pair, device: torch.device, dtype: torch.dtype, steps:
         den = CFGDenoiser(make_denoiser(pair.ours, "eps", model_sampling), guidance)
         cond = GuidedCond(Conditioning(tokens=ctx[:1]), Conditioning(tokens=ctx[1:]))
         z = sample_euler(den, noise * sigmas[0], sigmas, cond=cond)
-        return decode_latents(vae, z / scale, auto_tile_above=None)
+        return decode_latents(vae, z / scale)
 
     def theirs() -> torch.Tensor:
         scheduler.set_timesteps(steps, device=device)

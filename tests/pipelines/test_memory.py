@@ -157,13 +157,11 @@ def test_tiled_decode_has_no_seams():
     assert _step(e_cut, [48]) > 3 * _step(e_cut, interior)  # the seam measure can fail
 
 
-def test_large_latents_tile_by_themselves():
+def test_tile_option_decodes_in_tiles_of_the_same_shape():
     vae = _vae(PRESETS["tiny"])
     z = torch.randn(1, 4, 20, 12, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         full = vae.decode(z)
-    assert torch.equal(decode_latents(vae, z, auto_tile_above=None), full)
-    auto = decode_latents(vae, z, auto_tile_above=16, overlap=4)  # 20 > 16: tiles of 64 -> one tile
-    assert torch.equal(auto, full)
+    assert torch.equal(decode_latents(vae, z), full)
     tiled = decode_latents(vae, z, tile=12, overlap=4)
     assert not torch.equal(tiled, full) and tiled.shape == full.shape

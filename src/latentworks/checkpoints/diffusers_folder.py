@@ -192,7 +192,7 @@ def read_weights(
         files = [pickled] if pickled.is_file() else _shard_files(pickled_index)
         out: dict[str, Tensor] = {}
         for path in files:
-            out |= {k: _cast(t, dtype, device) for k, t in load_state_dict(path, allow_pickle=True).items()}
+            out |= load_state_dict(path, allow_pickle=True, dtype=dtype, device=device)
         return out
     others = sorted(p.name for p in folder.glob(f"{stem}*") if p.suffix in (".safetensors", ".bin", ".json"))
     hint = (

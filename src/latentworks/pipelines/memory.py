@@ -102,7 +102,6 @@ def decode_latents(
     *,
     tile: int | None = None,
     overlap: int = 16,
-    auto_tile_above: int | None = 128,
     upcast_on_nonfinite: bool = True,
 ) -> Tensor:
     """Decode raw latents ``z`` (B, C, h, w) with ``vae``; returns float32 images (B, 3, h*f, w*f).
@@ -110,18 +109,13 @@ def decode_latents(
     ``z`` is cast to the VAE's device and dtype (the latent format's scale/shift is the caller's job).
 
     Args:
-        tile: decode in ``tile`` x ``tile`` latent tiles (``Autoencoder.tiled_decode``); None: one piece,
-            unless the latent is larger than ``auto_tile_above`` on a side, then tiles of 64.
+        tile: decode in ``tile`` x ``tile`` latent tiles (``Autoencoder.tiled_decode``); None: one piece.
         overlap: latent pixels shared by neighbouring tiles and blended with linear ramps.
-        auto_tile_above: the latent side above which tiling switches on by itself (128 = a 1024 px
-            image for an f8 VAE); None never tiles unless ``tile`` is given.
         upcast_on_nonfinite: if a float16/bfloat16 VAE produced NaN or inf, warn (once per call site)
             and decode again with the VAE temporarily in float32; the VAE is restored afterwards.
     Raises:
         FloatingPointError: the decode is not finite even in float32 (broken weights or latents).
     """
-    if tile is None and auto_tile_above is not None and max(z.shape[-2:]) > auto_tile_above:
-        tile = 64
     dtype = _dtype_of(vae)
     device = _device_of(vae) or z.device
 

@@ -232,7 +232,7 @@ class Pipeline:
 
         with torch.no_grad(), self.offloader.use(self.model.vae):
             raw = self.model.latent_format.process_out(z)
-            x = memory.decode_latents(self.model.vae, raw, tile=self.vae_tile, auto_tile_above=None)
+            x = memory.decode_latents(self.model.vae, raw, tile=self.vae_tile)
         return tensor_to_images(x)
 
     # -- generation --------------------------------------------------------------------------------
