@@ -253,12 +253,9 @@ def _sampling_spec(detected: Mapping[str, Any]) -> dict[str, Any]:
     shift becomes ``dynamic_shift`` with FLUX's published constants (see ``diffusion.denoisers.flux_shift_mu``)."""
     spec = {k: v for k, v in detected.items() if k != "flux_shift"}
     if detected.get("flux_shift"):
-        spec["dynamic_shift"] = {
-            "base_seq_len": 256,
-            "max_seq_len": 4096,
-            "base_shift": 0.5,
-            "max_shift": 1.15,
-        }
+        from latentworks.diffusion.denoisers import FLUX_DYNAMIC_SHIFT
+
+        spec["dynamic_shift"] = dict(FLUX_DYNAMIC_SHIFT)
     return spec
 
 

@@ -329,12 +329,23 @@ def time_shift_exponential(sigma: Tensor | float, mu: float, exponent: float = 1
     return math.exp(mu) / (math.exp(mu) + (1 / sigma - 1) ** exponent)
 
 
+# FLUX.1's published resolution-dependent shift: ``mu`` runs linearly from ``base_shift`` at
+# ``base_seq_len`` latent tokens to ``max_shift`` at ``max_seq_len`` (diffusers' scheduler config names
+# them base_image_seq_len / max_image_seq_len / base_shift / max_shift). The one copy of these numbers.
+FLUX_DYNAMIC_SHIFT: dict[str, float] = {
+    "base_seq_len": 256,
+    "max_seq_len": 4096,
+    "base_shift": 0.5,
+    "max_shift": 1.15,
+}
+
+
 def flux_shift_mu(
     image_seq_len: int,
-    base_seq_len: int = 256,
-    max_seq_len: int = 4096,
-    base_shift: float = 0.5,
-    max_shift: float = 1.15,
+    base_seq_len: int = int(FLUX_DYNAMIC_SHIFT["base_seq_len"]),
+    max_seq_len: int = int(FLUX_DYNAMIC_SHIFT["max_seq_len"]),
+    base_shift: float = FLUX_DYNAMIC_SHIFT["base_shift"],
+    max_shift: float = FLUX_DYNAMIC_SHIFT["max_shift"],
 ) -> float:
     """FLUX's ``mu`` for an image of ``image_seq_len`` latent tokens: linear from (base_seq_len,
     base_shift) to (max_seq_len, max_shift), as in diffusers' ``calculate_shift``.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from latentworks.diffusion.denoisers import FLUX_DYNAMIC_SHIFT
 from latentworks.diffusion.latent_formats import LatentFormat
 from latentworks.models.autoencoder import AutoencoderConfig
 from latentworks.models.flux import FluxConfig
@@ -440,11 +441,12 @@ def scheduler_from_diffusers(
             spec["shift"] = (
                 1.0  # diffusers ignores ``shift`` under dynamic shifting (FLUX.1 ships 3.0 unused)
             )
+            d = FLUX_DYNAMIC_SHIFT
             spec["dynamic_shift"] = {
-                "base_seq_len": int(cfg.get("base_image_seq_len", 256)),
-                "max_seq_len": int(cfg.get("max_image_seq_len", 4096)),
-                "base_shift": float(cfg.get("base_shift", 0.5)),
-                "max_shift": float(cfg.get("max_shift", 1.15)),
+                "base_seq_len": int(cfg.get("base_image_seq_len", d["base_seq_len"])),
+                "max_seq_len": int(cfg.get("max_image_seq_len", d["max_seq_len"])),
+                "base_shift": float(cfg.get("base_shift", d["base_shift"])),
+                "max_shift": float(cfg.get("max_shift", d["max_shift"])),
             }
         if int(cfg.get("num_train_timesteps", 1000)) != 1000:
             spec["num_train_timesteps"] = int(cfg["num_train_timesteps"])
@@ -488,11 +490,12 @@ def scheduler_to_diffusers(prediction: str, sampling: dict[str, Any]) -> dict[st
             "use_dynamic_shifting": dyn is not None,
         }
         if dyn is not None:
+            dyn = FLUX_DYNAMIC_SHIFT | dyn
             out |= {
-                "base_image_seq_len": dyn.get("base_seq_len", 256),
-                "max_image_seq_len": dyn.get("max_seq_len", 4096),
-                "base_shift": dyn.get("base_shift", 0.5),
-                "max_shift": dyn.get("max_shift", 1.15),
+                "base_image_seq_len": dyn["base_seq_len"],
+                "max_image_seq_len": dyn["max_seq_len"],
+                "base_shift": dyn["base_shift"],
+                "max_shift": dyn["max_shift"],
             }
         return out
     if kind != "discrete":
