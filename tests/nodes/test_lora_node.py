@@ -190,3 +190,37 @@ def test_sampling_and_encoding_with_the_lora_equal_a_by_hand_patched_copy(models
     )
     assert (wrapped.encode(["a red apple"]).tokens - plain).abs().max() > 1e-2
     assert torch.equal(enc.encode(["a red apple"]).tokens, plain)
+
+
+def test_strength_zero_is_the_plain_model_and_chained_loaders_add_up(
+    models_dir: Path, tmp_path: Path
+) -> None:
+    """Both strengths 0 give exactly the image without a LoRA; two chained LoraLoaders at half strength
+    each give the image of one at full strength (LoRA deltas add), up to float rounding."""
+    reg = default_registry(models_dir)
+
+    def image(wf: dict, name: str) -> np.ndarray:
+        res = run(Executor(reg), wf, tmp_path / name)
+        assert res.status == "success", res.error
+        return images(res, "9", tmp_path / name)[0].astype(int)
+
+    plain = image(workflow(lora=None, both=False), "plain")
+    off = workflow(both=False)
+    off["10"]["inputs"] |= {"strength_model": 0.0, "strength_clip": 0.0}
+    assert np.array_equal(image(off, "off"), plain)
+
+    full = workflow(both=False)
+    full["10"]["inputs"] |= {"strength_model": 1.0, "strength_clip": 1.0}
+    chained = workflow(both=False)
+    chained["10"]["inputs"] |= {"strength_model": 0.5, "strength_clip": 0.5}
+    chained["11"] = {
+        "class_type": "LoraLoader",
+        "inputs": {"model": ["10", 0], "clip": ["10", 1], "lora_name": "style.safetensors",
+                   "strength_model": 0.5, "strength_clip": 0.5},
+    }  # fmt: skip
+    for node in ("6", "7"):
+        chained[node]["inputs"]["clip"] = ["11", 1]
+    chained["3"]["inputs"]["model"] = ["11", 0]
+    one, two = image(full, "full"), image(chained, "chained")
+    assert np.abs(one - plain).mean() > 2.0
+    assert np.abs(one - two).max() <= 1

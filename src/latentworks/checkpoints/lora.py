@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentworks.checkpoints.io import load_state_dict
+from latentworks.checkpoints.keymaps.sd3_diffusers import swap_halves
 
 log = logging.getLogger(__name__)
 
@@ -294,11 +295,6 @@ def _underscored(table: NameTable) -> NameTable:
     return {u: e for u, e in out.items() if u not in clash}
 
 
-def _swap_halves(t: Tensor) -> Tensor:
-    a, b = t.chunk(2, dim=0)
-    return torch.cat([b, a], dim=0)
-
-
 def _check_shapes(
     lora: str, source: str, module: str, weight: Tensor, w: LoraWeights, rows: tuple[int, int] | None
 ) -> None:
@@ -349,7 +345,7 @@ def resolve_lora(
             unmatched.append(source)
             continue
         _check_shapes(lora.name, source, module, weight, w, rows)
-        up = _swap_halves(w.up) if swap else w.up
+        up = swap_halves(w.up) if swap else w.up
         patches.append(LoraPatch(module, w.down, up, w.scale, rows, source))
     if unmatched:
         log.warning(
@@ -606,3 +602,29 @@ class LoraTextEncoder:
         finally:
             for h in reversed(handles):
                 h.remove()
+
+
+def add_lora(
+    folder: Any, text_encoder: Any, path: str | os.PathLike[str], strength: float, strength_text: float
+) -> tuple[Any, Any, dict[str, list[str]]]:
+    """Add the LoRA file at ``path`` to a model folder (anything with ``denoiser_net`` and an ``extra``
+    dict, a frozen dataclass) and its text encoder, without touching either.
+
+    Returns ``(new_folder, new_text_encoder, unmatched)``: the folder is a copy sharing the networks with
+    the LoRA appended to ``extra["loras"]`` (applied only while sampling), the encoder a
+    :class:`LoraTextEncoder` (applied only while encoding); a strength of 0 leaves that part as it was.
+    ``unmatched`` lists, per target, the LoRA keys that match no module. The file is checked against the
+    model now, so a LoRA for another model fails here, naming the file, and not at sampling time.
+    Used by :meth:`Pipeline.load_lora` and the ``LoraLoader`` node.
+    """
+    import dataclasses
+
+    lora = load_lora(path)
+    base = text_encoder.base if isinstance(text_encoder, LoraTextEncoder) else text_encoder
+    resolved = resolve_loras(lora, folder.denoiser_net, text_encoder_modules(base))
+    if strength != 0:
+        loras = (*folder.extra.get("loras", ()), (lora, float(strength)))
+        folder = dataclasses.replace(folder, extra={**folder.extra, "loras": loras})
+    if strength_text != 0:
+        text_encoder = LoraTextEncoder(text_encoder, [(lora, float(strength_text))])
+    return folder, text_encoder, {target: list(r.unmatched) for target, r in resolved.items()}

@@ -109,28 +109,14 @@ def loader_nodes(models_dir: Path | None) -> list[NodeSpec]:
         strength_model: float,
         strength_clip: float,
     ) -> tuple[Any, ...]:
-        from latentworks.checkpoints.lora import (
-            LoraTextEncoder,
-            load_lora,
-            resolve_loras,
-            text_encoder_modules,
-        )
+        from latentworks.checkpoints.lora import add_lora
 
         if strength_model == 0 and strength_clip == 0:
             return (model, clip)
-        lora = load_lora(_lora_path(models_dir, lora_name))
-        base = clip.encoder.base if isinstance(clip.encoder, LoraTextEncoder) else clip.encoder
-        # Check now that the file fits this model (raises, naming the file, when nothing matches) and report
-        # keys that match nothing; the LoRA itself is applied only around sampling and text encoding.
-        resolve_loras(lora, model.folder.denoiser_net, text_encoder_modules(base))
-        folder = model.folder
-        if strength_model != 0:
-            loras = (*folder.extra.get("loras", ()), (lora, float(strength_model)))
-            # A new folder sharing the same networks: the upstream MODEL is untouched.
-            folder = dataclasses.replace(folder, extra={**folder.extra, "loras": loras})
-        encoder = clip.encoder
-        if strength_clip != 0:
-            encoder = LoraTextEncoder(clip.encoder, [(lora, float(strength_clip))])
+        # A new folder and encoder sharing the same networks: the upstream MODEL and CLIP are untouched.
+        folder, encoder, _ = add_lora(
+            model.folder, clip.encoder, _lora_path(models_dir, lora_name), strength_model, strength_clip
+        )
         return (dataclasses.replace(model, folder=folder), dataclasses.replace(clip, encoder=encoder))
 
     strength: dict[str, Any] = {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01}

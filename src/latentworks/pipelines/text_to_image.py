@@ -194,23 +194,13 @@ class Pipeline:
         Returns the LoRA keys that matched no module, per target (``unet``, ``text``, ...); a file where
         nothing matches is an error naming it.
         """
-        from latentworks.checkpoints.lora import (
-            LoraTextEncoder,
-            load_lora,
-            resolve_loras,
-            text_encoder_modules,
-        )
+        from latentworks.checkpoints.lora import add_lora
 
-        lora = load_lora(path)
-        base = getattr(self.text_encoder, "base", self.text_encoder)
-        resolved = resolve_loras(lora, self.model.denoiser_net, text_encoder_modules(base))
         text_strength = strength if strength_text is None else strength_text
-        if strength != 0:
-            loras = (*self.model.extra.get("loras", ()), (lora, float(strength)))
-            self.model = dataclasses.replace(self.model, extra={**self.model.extra, "loras": loras})
-        if text_strength != 0:
-            self.text_encoder = LoraTextEncoder(self.text_encoder, [(lora, float(text_strength))])
-        return {target: list(r.unmatched) for target, r in resolved.items()}
+        self.model, self.text_encoder, unmatched = add_lora(
+            self.model, self.text_encoder, path, strength, text_strength
+        )
+        return unmatched
 
     def unload_loras(self) -> None:
         """Forget every LoRA added with :meth:`load_lora` (the weights were never changed between runs)."""

@@ -85,7 +85,7 @@ def apply_rules(
                         raise shape_error(k, tuple(part.shape), (size, *want[1:]), layout)
                 tensor = torch.cat(parts, dim=0)
             elif rule.op == "swap":
-                tensor = _swap_halves(parts[0])
+                tensor = swap_halves(parts[0])
             else:
                 tensor = parts[0]
             if tuple(tensor.shape) != want:
@@ -103,7 +103,7 @@ def apply_rules(
                 for k, part in zip(rule.theirs, torch.split(tensor, list(rule.split), dim=0), strict=True):
                     out[k] = part
             elif rule.op == "swap":
-                out[rule.theirs[0]] = _swap_halves(tensor)
+                out[rule.theirs[0]] = swap_halves(tensor)
             else:
                 out[rule.theirs[0]] = tensor
     if missing:
@@ -116,7 +116,8 @@ def apply_rules(
     return out
 
 
-def _swap_halves(t: Tensor) -> Tensor:
+def swap_halves(t: Tensor) -> Tensor:
+    """Exchange the two halves along dim 0 (AdaLN-Zero final layers: (shift, scale) <-> (scale, shift))."""
     a, b = t.chunk(2, dim=0)
     return torch.cat([b, a], dim=0)
 
