@@ -19,7 +19,6 @@ from latentworks.checkpoints.keymaps.text_encoders import (
     hf_to_open_clip,
     normalize_hf_clip,
     open_clip_to_hf,
-    split_text_encoders,
     to_hf_clip,
 )
 from latentworks.models.text.clip import build_clip, clip_config_from_shapes, clip_encode
@@ -169,16 +168,29 @@ def test_config_from_shapes() -> None:
     assert (cfg.projection_dim, cfg.hidden_act, cfg.eos_token_id) == (1280, "gelu", 49407)
 
 
-def test_split_text_encoders_from_single_file_layouts() -> None:
+def test_single_file_text_encoder_prefixes_name_what_the_shapes_say() -> None:
+    """detect.text_encoder_prefixes names each embedded encoder by its prefix; the shapes under that
+    prefix must say the same (SDXL: HF CLIP-L + open_clip bigG; SD1: CLIP-L without 'text_model.')."""
+    from latentworks.checkpoints.detect import text_encoder_prefixes
+
     with torch.device("meta"):
         clip_l = _file_layout(_reference(768, layers=1, projection=False))
         big_g = hf_to_open_clip(_file_layout(_reference(1280, layers=1, projection=True)))
+
+    def parts(file: dict) -> dict[str, dict]:
+        shapes = {k: tuple(v.shape) for k, v in file.items()}
+        found = text_encoder_prefixes(shapes)
+        out = {n: {k[len(p) :]: v for k, v in file.items() if k.startswith(p)} for n, p in found.items()}
+        for name, part in out.items():
+            assert detect_text_encoder({k: tuple(v.shape) for k, v in part.items()})[0] == name
+        return out
+
     sdxl_file = {f"conditioner.embedders.0.transformer.{k}": v for k, v in clip_l.items()}
     sdxl_file |= {f"conditioner.embedders.1.model.{k}": v for k, v in big_g.items()}
     sdxl_file["model.diffusion_model.input_blocks.0.0.weight"] = torch.zeros(1, device="meta")
-    parts = split_text_encoders(sdxl_file)
-    assert set(parts) == {"clip_l", "clip_g"}
-    assert set(parts["clip_l"]) == set(clip_l) and set(parts["clip_g"]) == set(big_g)
+    got = parts(sdxl_file)
+    assert set(got) == {"clip_l", "clip_g"}
+    assert set(got["clip_l"]) == set(clip_l) and set(got["clip_g"]) == set(big_g)
     sd1_file = {f"cond_stage_model.transformer.{k.removeprefix('text_model.')}": v for k, v in clip_l.items()}
-    assert set(to_hf_clip(split_text_encoders(sd1_file)["clip_l"])) == set(clip_l)
-    assert split_text_encoders({"model.diffusion_model.x": torch.zeros(1)}) == {}
+    assert set(to_hf_clip(parts(sd1_file)["clip_l"])) == set(clip_l)
+    assert parts({"model.diffusion_model.x": torch.zeros(1)}) == {}

@@ -245,37 +245,3 @@ def to_hf_clip(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
         _check_complete_hf(sd, source="hf")
         return sd
     raise TextEncoderKeyError("expected a CLIP text encoder, got a T5 encoder state dict")
-
-
-# Where single-file checkpoints keep their text encoders (prefix -> what the un-prefixed dict holds).
-# The component name is then decided by detect_text_encoder from the shapes, not by the prefix.
-SINGLE_FILE_TEXT_PREFIXES: tuple[str, ...] = (
-    "cond_stage_model.transformer.",  # SD1: CLIP-L, HF layout (old files without 'text_model.')
-    "cond_stage_model.model.",  # SD2: OpenCLIP-H, open_clip layout
-    "conditioner.embedders.0.transformer.",  # SDXL base: CLIP-L, HF layout
-    "conditioner.embedders.1.model.",  # SDXL base: OpenCLIP-bigG, open_clip layout
-    "conditioner.embedders.0.model.",  # SDXL refiner: OpenCLIP-bigG, open_clip layout
-    "text_encoders.clip_l.transformer.",  # SD3/3.5 single files with encoders: HF layout
-    "text_encoders.clip_g.transformer.",
-    "text_encoders.t5xxl.transformer.",
-)
-
-
-def split_text_encoders(state_dict: Mapping[str, Tensor]) -> dict[str, dict[str, Tensor]]:
-    """The text encoders embedded in a single-file checkpoint, un-prefixed and named by detection.
-
-    Returns ``{"clip_l" | "clip_h" | "clip_g" | "t5xxl": state_dict}`` (tensors are not copied), ready for
-    :func:`latentworks.models.text.families.make_prompt_encoder`; ``{}`` when the file has none.
-    """
-    out: dict[str, dict[str, Tensor]] = {}
-    for prefix in SINGLE_FILE_TEXT_PREFIXES:
-        part = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
-        if not part:
-            continue
-        kind, _ = detect_text_encoder({k: tuple(v.shape) for k, v in part.items()})
-        if kind in out:
-            raise TextEncoderKeyError(
-                f"two {kind} text encoders in one checkpoint (the second under {prefix!r})"
-            )
-        out[kind] = part
-    return out
