@@ -52,3 +52,26 @@ def test_copy_model_scores_near_zero_and_noise_scores_badly() -> None:
     assert bad.fid > good.real_fid + 50
     assert good.kid < good.real_kid < bad.kid
     assert good.n == 12 and "| all | 12 |" in good.row()
+
+
+def test_feature_cache_gives_the_same_figures_and_is_keyed_by_the_pixels(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    import latentworks.evaluation.generation as gen
+
+    ds = make_dataset()
+    plain = evaluate_generation(CopyPipe(ds, noise=True), ds, split="all", n=12, progress=False)
+    first = evaluate_generation(
+        CopyPipe(ds, noise=True), ds, split="all", n=12, progress=False, feature_cache=tmp_path
+    )
+    assert len(list(tmp_path.glob("inception-*.npy"))) == 2  # the picked real images and the others
+    calls = []
+    real_extract = gen.extract_features
+    monkeypatch.setattr(gen, "extract_features", lambda x, m: calls.append(len(x)) or real_extract(x, m))
+    again = evaluate_generation(
+        CopyPipe(ds, noise=True), ds, split="all", n=12, progress=False, feature_cache=tmp_path
+    )
+    assert calls == [12]  # only the generated images were run through Inception
+    assert plain == first == again
+    # Other pixels, other entries: a changed dataset never reads stale features.
+    ds.images[:] = 255 - ds.images
+    evaluate_generation(CopyPipe(ds), ds, split="all", n=12, progress=False, feature_cache=tmp_path)
+    assert len(list(tmp_path.glob("inception-*.npy"))) == 4

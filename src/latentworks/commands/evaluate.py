@@ -38,6 +38,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     m.add_argument("--cfg", type=float, default=None)
     m.add_argument("--sampler", default=None)
     m.add_argument("--seed", type=int, default=0)
+    m.add_argument(
+        "--feature-cache",
+        type=Path,
+        default=None,
+        help="folder that keeps the real images' Inception features between runs (they take minutes on a CPU)",
+    )
     return p
 
 
@@ -76,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
                 steps=args.steps,
                 guidance=args.cfg,
                 sampler=args.sampler,
+                feature_cache=args.feature_cache,
             )
             print(r.row(), flush=True)
         return 0
