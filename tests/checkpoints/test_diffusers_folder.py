@@ -31,7 +31,7 @@ from latentworks.checkpoints.diffusers_folder import (
     vae_config_from_diffusers,
     write_diffusers_folder,
 )
-from latentworks.checkpoints.io import CheckpointError
+from latentworks.checkpoints.io import CheckpointError, LazyStateDict, ShardedStateDict
 from latentworks.diffusion.conditioning import Conditioning
 from latentworks.diffusion.denoisers import flux_shift_mu, make_betas, rescale_zero_terminal_snr
 from latentworks.diffusion.latent_formats import LATENT_FORMATS
@@ -705,15 +705,16 @@ def test_weights_are_read_lazily_once_each_and_variants_by_name(
 
     path, ref = sd15_folder
     weights = module.read_weights(path / "unet", dtype=torch.float16)
-    assert isinstance(weights, module.LazySafetensors) and "conv_in.weight" in weights
+    assert isinstance(weights, ShardedStateDict) and "conv_in.weight" in weights
+    assert weights["conv_in.weight"].dtype == torch.float16
     reads: list[str] = []
-    original = module.LazySafetensors.__getitem__
+    original = LazyStateDict.__getitem__
 
-    def counting(self: module.LazySafetensors, key: str) -> torch.Tensor:
+    def counting(self: LazyStateDict, key: str) -> torch.Tensor:
         reads.append(key)
         return original(self, key)
 
-    monkeypatch.setattr(module.LazySafetensors, "__getitem__", counting)
+    monkeypatch.setattr(LazyStateDict, "__getitem__", counting)
     folder = read_diffusers_folder(path)
     n_unet, n_vae = len(ref["unet"].state_dict()), len(ref["vae"].state_dict())
     assert len(reads) == len(set(reads)) == n_unet + n_vae  # every tensor read exactly once, none twice

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from latentworks.checkpoints.io import CheckpointError, load_state_dict, read_metadata, save_file_atomic
+from latentworks.checkpoints.io import (
+    CheckpointError,
+    ShardedStateDict,
+    load_state_dict,
+    save_file_atomic,
+)
 from latentworks.checkpoints.keymaps.diffusers_configs import (  # noqa: F401 - also re-exported
     flux_config_from_diffusers,
     flux_config_to_diffusers,
@@ -121,43 +126,6 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
-def _cast(t: Tensor, dtype: torch.dtype | None, device: str | torch.device) -> Tensor:
-    return t.to(device=device, dtype=dtype if dtype is not None and t.is_floating_point() else t.dtype)
-
-
-class LazySafetensors(Mapping[str, Tensor]):
-    """The tensors of one or more safetensors files (shards), each read from the memory map and cast only
-    when looked up. The key maps look every tensor up once and keep only their output, so converting
-    costs about the converted weights in memory, not file + copy."""
-
-    def __init__(
-        self, files: list[Path], *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
-    ) -> None:
-        from safetensors import safe_open
-
-        self.dtype, self.device = dtype, device
-        self._where: dict[str, Path] = {}
-        self._handles: dict[Path, Any] = {}
-        for path in files:
-            read_metadata(path)  # validates the header: truncated / corrupt files raise CheckpointError
-            handle = safe_open(str(path), framework="pt")
-            self._handles[path] = handle
-            self._where |= dict.fromkeys(handle.keys(), path)
-
-    def __getitem__(self, key: str) -> Tensor:
-        path = self._where[key]  # KeyError for unknown keys, as a dict
-        return _cast(self._handles[path].get_tensor(key), self.dtype, self.device)
-
-    def __contains__(self, key: object) -> bool:  # without reading the tensor (Mapping's default would)
-        return key in self._where
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._where)
-
-    def __len__(self) -> int:
-        return len(self._where)
-
-
 def read_weights(
     folder: Path,
     stem: str = DIFFUSERS_WEIGHTS,
@@ -168,15 +136,15 @@ def read_weights(
     variant: str | None = None,
 ) -> Mapping[str, Tensor]:
     """A component's weights: ``<stem>.safetensors``, or shards listed in ``<stem>.safetensors.index.json``
-    (safetensors are read lazily, see :class:`LazySafetensors`); ``<stem>.bin`` (and its index) only with
+    (safetensors are read lazily, see :class:`~latentworks.checkpoints.io.ShardedStateDict`); ``<stem>.bin`` (and its index) only with
     ``allow_pickle=True``. ``variant="fp16"`` reads ``<stem>.fp16.safetensors`` (diffusers' naming)."""
     v = f".{variant}" if variant else ""
     single, index = folder / f"{stem}{v}.safetensors", folder / f"{stem}.safetensors.index{v}.json"
     if single.is_file():
-        return LazySafetensors([single], dtype=dtype, device=device)
+        return ShardedStateDict([single], dtype=dtype, device=device)
     if index.is_file():
         files = _shard_files(index)
-        weights = LazySafetensors(files, dtype=dtype, device=device)
+        weights = ShardedStateDict(files, dtype=dtype, device=device)
         missing = sorted(set(_read_json(index, "a shard index")["weight_map"]) - set(weights))
         if missing:
             raise CheckpointError(f"{index}: tensors {missing[:5]} are listed but not in their shards")

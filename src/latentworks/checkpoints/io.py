@@ -284,7 +284,6 @@ class LazyStateDict(Mapping[str, Tensor]):
         self.metadata: dict[str, str] = dict(header.pop("__metadata__", None) or {})
         self.dtype = dtype
         self.device = torch.device(device)
-        self._chunk: Tensor | None = None  # reused read buffer for casting reads
         wanted = _selector(keys, prefix)
         cut = len(prefix) if (prefix and strip_prefix) else 0
         self._entries: dict[str, dict] = {k[cut:]: v for k, v in header.items() if wanted(k)}
@@ -309,11 +308,10 @@ class LazyStateDict(Mapping[str, Tensor]):
                 self._read_exact(f, flat.view(torch.uint8), key)
             else:  # read the source in small chunks, cast each into place: no full-size temporary
                 per = max(1, _CHUNK_BYTES // src_dtype.itemsize)
-                if self._chunk is None:
-                    self._chunk = torch.empty(_CHUNK_BYTES + 16, dtype=torch.uint8)
-                for start in range(0, flat.numel(), per):
+                chunk = torch.empty(min(per, flat.numel()) * src_dtype.itemsize, dtype=torch.uint8)
+                for start in range(0, flat.numel(), per):  # (a buffer per call: safe across threads)
                     n = min(per, flat.numel() - start)
-                    raw = self._chunk[: n * src_dtype.itemsize]
+                    raw = chunk[: n * src_dtype.itemsize]
                     self._read_exact(f, raw, key)
                     flat[start : start + n].copy_(raw.view(src_dtype))
         return out.to(self.device)
@@ -342,6 +340,40 @@ class LazyStateDict(Mapping[str, Tensor]):
     def dtypes(self) -> dict[str, torch.dtype]:
         """Every visible tensor's dtype in the file (before any cast), from the header."""
         return {k: SAFETENSORS_DTYPES[v["dtype"]] for k, v in self._entries.items()}
+
+
+class ShardedStateDict(Mapping[str, Tensor]):
+    """One read-only ``Mapping[str, Tensor]`` over several safetensors files (the shards of one model), each a
+    :class:`LazyStateDict`: headers are validated up front, a tensor is read (and cast) when indexed."""
+
+    def __init__(
+        self,
+        files: Iterable[str | os.PathLike[str]],
+        *,
+        dtype: torch.dtype | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.shards = [LazyStateDict(f, dtype=dtype, device=device) for f in files]
+        self._where: dict[str, LazyStateDict] = {}
+        for shard in self.shards:
+            for key in shard:
+                if key in self._where:
+                    raise CheckpointError(
+                        f"tensor {key!r} is in both {self._where[key].path} and {shard.path}"
+                    )
+                self._where[key] = shard
+
+    def __getitem__(self, key: str) -> Tensor:
+        return self._where[key][key]  # KeyError for unknown keys, as a dict
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._where
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
 
     def nbytes(self, dtype: torch.dtype | None = None) -> int:
         """Bytes the visible tensors take in the file, or once cast to ``dtype`` (floating point only)."""
