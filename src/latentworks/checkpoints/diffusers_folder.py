@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from latentworks.checkpoints.io import (
     CheckpointError,
     ShardedStateDict,
+    build_on_meta,
     load_state_dict,
     save_file_atomic,
 )
@@ -260,20 +261,13 @@ class DiffusersFolder:
         if self.denoiser_config is None or self.denoiser_state is None:
             raise ValueError(f"{self.path}: this diffusers folder has no unet/ or transformer/ to build")
         cls = {"unet": UNet, "mmdit": MMDiT, "flux": Flux}[self.denoiser_kind or ""]
-        return _build(cls, self.denoiser_config, self.denoiser_state)
+        return build_on_meta(cls, self.denoiser_config, self.denoiser_state)
 
     def build_vae(self) -> Autoencoder:
         """Our autoencoder with the folder's weights."""
         if self.vae_config is None or self.vae_state is None:
             raise ValueError(f"{self.path}: this diffusers folder has no vae/ to build")
-        return _build(Autoencoder, self.vae_config, self.vae_state)
-
-
-def _build(cls: Any, config: Any, state: dict[str, Tensor]) -> Any:
-    with torch.device("meta"):
-        model = cls(config)
-    model.load_state_dict(state, strict=True, assign=True)
-    return model.eval().requires_grad_(False)
+        return build_on_meta(Autoencoder, self.vae_config, self.vae_state)
 
 
 def _listed(index: dict[str, Any], name: str, path: Path) -> bool:

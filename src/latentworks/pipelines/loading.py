@@ -317,21 +317,6 @@ def describe_model(name_or_path: str | Path, models_dir: str | Path | None = Non
 # -- checkpoints from elsewhere (single files, diffusers folders) ----------------------------------------
 
 
-def _build_on_meta(cls: type, config: Any, state: Any, *, device: Any, dtype: torch.dtype) -> nn.Module:
-    """Build ``cls(config)`` without allocating it, then assign ``state``'s tensors cast to ``dtype``."""
-    from latentworks.checkpoints.io import load_into
-
-    with torch.device("meta"):
-        net = cls(config)
-    load_into(net, state, dtype=dtype, device=device)
-    unset = [n for n, t in [*net.named_parameters(), *net.named_buffers()] if t.is_meta]
-    if unset:  # e.g. a non-persistent buffer computed in __init__: such models cannot be built on meta
-        raise ValueError(
-            f"{cls.__name__}: tensors {unset[:5]} are not in the checkpoint and stayed unallocated"
-        )
-    return net.eval().requires_grad_(False)
-
-
 def model_from_parts(
     parts: Any, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> ModelFolder:
@@ -351,8 +336,10 @@ def model_from_parts(
             f"{parts.source} is an inpainting model ({config.in_channels} input channels); text-to-image "
             "needs a regular checkpoint (inpainting pipelines are not built yet)"
         )
-    net = _build_on_meta(model_cls, config, parts.denoiser_state, device=device, dtype=dtype)
-    vae = _build_on_meta(Autoencoder, parts.vae_config, parts.vae_state, device=device, dtype=dtype)
+    from latentworks.checkpoints.io import build_on_meta
+
+    net = build_on_meta(model_cls, config, parts.denoiser_state, device=device, dtype=dtype)
+    vae = build_on_meta(Autoencoder, parts.vae_config, parts.vae_state, device=device, dtype=dtype)
     behaviour = behaviour_of(parts.family)
     meta = {
         "format": FORMAT,
