@@ -96,6 +96,10 @@ PRESETS: dict[str, AutoencoderConfig] = {
     "emoji32-f4c4": AutoencoderConfig(
         latent_channels=4, channels=(48, 96, 96), layers_per_block=1, norm_groups=16
     ),
+    # The same with 8 latent channels (8x8x8 latents): the f4c4 bottleneck cost ~57 FID at N=1000.
+    "emoji32-f4c8": AutoencoderConfig(
+        latent_channels=8, channels=(48, 96, 96), layers_per_block=1, norm_groups=16
+    ),
     # For tests: f2, a few hundred thousand params.
     "tiny": AutoencoderConfig(latent_channels=4, channels=(16, 32), layers_per_block=1, norm_groups=8),
 }

@@ -18,7 +18,7 @@ Up levels are numbered in the order they run (``up.0`` is the lowest resolution)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -215,6 +215,8 @@ PRESETS: dict[str, UNetConfig] = {
         norm_groups=8,
     ),
 }
+# The same on the 8x8x8 latents of the `emoji32-f4c8` autoencoder (the embedded default model).
+PRESETS["emoji32-xs-c8"] = replace(PRESETS["emoji32-xs"], in_channels=8, out_channels=8)
 
 
 class TimeMLP(nn.Module):
