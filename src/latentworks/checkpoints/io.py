@@ -247,18 +247,6 @@ def _cast(t: Tensor, dtype: torch.dtype | None) -> Tensor:
     return t.to(dtype)
 
 
-_buffers = threading.local()
-
-
-def _read_buffer() -> Tensor:
-    """This thread's reusable read buffer for casting reads (one per thread, so concurrent reads are safe;
-    a fresh buffer per tensor instead raised the loading peak by ~20% through allocator fragmentation)."""
-    buf = getattr(_buffers, "chunk", None)
-    if buf is None:
-        buf = _buffers.chunk = torch.empty(_CHUNK_BYTES + 16, dtype=torch.uint8)
-    return buf
-
-
 class LazyStateDict(Mapping[str, Tensor]):
     """A read-only ``Mapping[str, Tensor]`` over a safetensors file that reads a tensor when indexed.
 
@@ -298,6 +286,9 @@ class LazyStateDict(Mapping[str, Tensor]):
         self.metadata: dict[str, str] = dict(header.pop("__metadata__", None) or {})
         self.dtype = dtype
         self.device = torch.device(device)
+        # One reusable buffer per reading thread for casting reads (a fresh buffer per tensor raised the
+        # loading peak by ~20% through allocator fragmentation; one shared buffer is unsafe across threads).
+        self._local = threading.local()
         wanted = _selector(keys, prefix)
         cut = len(prefix) if (prefix and strip_prefix) else 0
         self._entries: dict[str, dict] = {k[cut:]: v for k, v in header.items() if wanted(k)}
@@ -322,7 +313,9 @@ class LazyStateDict(Mapping[str, Tensor]):
                 self._read_exact(f, flat.view(torch.uint8), key)
             else:  # read the source in small chunks, cast each into place: no full-size temporary
                 per = max(1, _CHUNK_BYTES // src_dtype.itemsize)
-                chunk = _read_buffer()
+                chunk = getattr(self._local, "chunk", None)
+                if chunk is None:
+                    chunk = self._local.chunk = torch.empty(_CHUNK_BYTES + 16, dtype=torch.uint8)
                 for start in range(0, flat.numel(), per):
                     n = min(per, flat.numel() - start)
                     raw = chunk[: n * src_dtype.itemsize]
