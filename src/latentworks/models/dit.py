@@ -135,6 +135,12 @@ PRESETS: dict[str, DiTConfig] = {
         in_channels=4, sample_size=8, patch_size=1, width=384, depth=12, num_heads=6,
         context_dim=384, pooled_dim=384,
     ),
+    # Matched in size (~10M params) to the U-Net `emoji32-xs-c8`, for the default model's architecture
+    # comparison: 8x8x8 latents of the `emoji32-f4c8` autoencoder, patch 1 (64 tokens).
+    "emoji32-dit-xs-c8": DiTConfig(
+        in_channels=8, sample_size=8, patch_size=1, width=256, depth=7, num_heads=4,
+        context_dim=384, pooled_dim=384,
+    ),
     "tiny": DiTConfig(
         in_channels=4, sample_size=8, patch_size=2, width=32, depth=2, num_heads=2, context_dim=16, pooled_dim=8,
     ),
