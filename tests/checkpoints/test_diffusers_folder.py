@@ -381,7 +381,7 @@ def test_write_then_diffusers_from_pretrained_gives_the_same_outputs(
     path, ref = sd15_folder
     folder = read_diffusers_folder(path)
     out = write_diffusers_folder(
-        tmp_path / "out", family="sd1", denoiser_kind="unet", denoiser_config=folder.denoiser_config,
+        tmp_path / "out", family="sd1", denoiser_config=folder.denoiser_config,
         denoiser_state=folder.denoiser_state, vae_config=folder.vae_config, vae_state=folder.vae_state,
         latent_format=folder.latent_format, prediction="eps", sampling=folder.sampling,
     )  # fmt: skip
@@ -412,7 +412,7 @@ def test_sharded_weights_read_and_write(sd15_folder: tuple[Path, dict], tmp_path
     assert folder.family == "sd1" and folder.vae_state is None
     assert rel(_unet_outputs(folder.build_denoiser(), True), _unet_outputs(ref["unet"], False)) < TOL
     kwargs = dict(
-        family="sd1", denoiser_kind="unet", denoiser_config=folder.denoiser_config,
+        family="sd1", denoiser_config=folder.denoiser_config,
         denoiser_state=folder.denoiser_state, vae_config=None, vae_state=None,
         latent_format=LATENT_FORMATS["sd15"], prediction="eps", sampling=read_diffusers_folder(path).sampling,
     )  # fmt: skip
@@ -463,6 +463,16 @@ def test_truncated_weights_name_the_file(sd15_folder: tuple[Path, dict], tmp_pat
         read_diffusers_folder(tmp_path)
 
 
+def test_writer_refuses_a_denoiser_of_another_family_and_writes_nothing(tmp_path: Path) -> None:
+    kwargs = dict(
+        denoiser_config=UNET_PRESETS["tiny"], denoiser_state={}, vae_config=None, vae_state=None,
+        latent_format=LATENT_FORMATS["sd3"], prediction="flow", sampling={},
+    )  # fmt: skip
+    with pytest.raises(TypeError, match="family 'sd3' needs a MMDiTConfig denoiser_config, got UNetConfig"):
+        write_diffusers_folder(tmp_path / "out", family="sd3", **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(("refiner", "family"), [(False, "sdxl"), (True, "sdxl-refiner")])
 def test_sdxl_folder_with_text_time_conditioning(tmp_path: Path, refiner: bool, family: str) -> None:
     time_ids, pooled = (5, 12) if refiner else (6, 12)
@@ -488,7 +498,7 @@ def test_sdxl_folder_with_text_time_conditioning(tmp_path: Path, refiner: bool, 
     ours = _unet_outputs(folder.build_denoiser(), True, pooled, time_ids)
     assert rel(ours, _unet_outputs(unet, False, pooled, time_ids)) < TOL
     out = write_diffusers_folder(
-        tmp_path / "out", family=family, denoiser_kind="unet", denoiser_config=folder.denoiser_config,
+        tmp_path / "out", family=family, denoiser_config=folder.denoiser_config,
         denoiser_state=folder.denoiser_state, vae_config=None, vae_state=None,
         latent_format=folder.latent_format, prediction=folder.prediction, sampling=folder.sampling,
     )  # fmt: skip
@@ -558,7 +568,7 @@ def test_sd3_folder_with_text_encoders_matches_diffusers(tmp_path: Path) -> None
         assert rel(a, b) < TOL
 
     out = write_diffusers_folder(
-        tmp_path / "out", family="sd3", denoiser_kind="mmdit", denoiser_config=folder.denoiser_config,
+        tmp_path / "out", family="sd3", denoiser_config=folder.denoiser_config,
         denoiser_state=folder.denoiser_state, vae_config=folder.vae_config, vae_state=folder.vae_state,
         latent_format=lf, prediction="flow", sampling=folder.sampling, text_encoders=folder.text_encoders,
         tokenizers=folder.tokenizers,
@@ -631,7 +641,7 @@ def test_flux_folder_matches_diffusers(tmp_path: Path) -> None:
         )
     assert rel(got, expected) < TOL
     out = write_diffusers_folder(
-        tmp_path / "out", family="flux", denoiser_kind="flux", denoiser_config=folder.denoiser_config,
+        tmp_path / "out", family="flux", denoiser_config=folder.denoiser_config,
         denoiser_state=folder.denoiser_state, vae_config=None, vae_state=None,
         latent_format=LATENT_FORMATS["flux"], prediction="flow", sampling=folder.sampling,
     )  # fmt: skip
@@ -678,7 +688,7 @@ def test_whole_sd15_pipeline_round_trips_through_diffusers_from_pretrained(tmp_p
     folder = read_diffusers_folder(tmp_path / "src")
     assert set(folder.text_encoders) == {"clip_l"} and set(folder.tokenizers) == {"clip_l"}
     out = write_diffusers_folder(
-        tmp_path / "out", family="sd1", denoiser_kind="unet", denoiser_config=folder.denoiser_config,
+        tmp_path / "out", family="sd1", denoiser_config=folder.denoiser_config,
         denoiser_state=folder.denoiser_state, vae_config=folder.vae_config, vae_state=folder.vae_state,
         latent_format=folder.latent_format, prediction=folder.prediction, sampling=folder.sampling,
         text_encoders=folder.text_encoders, tokenizers=folder.tokenizers,
@@ -801,7 +811,7 @@ def test_text_encoder_class_defaults_when_config_has_no_architectures(
     folder = read_diffusers_folder(sd15_folder[0])
     config = {"model_type": "clip_text_model", "hidden_size": 24, "architectures": None}  # as to_dict() gives
     out = write_diffusers_folder(
-        tmp_path, family="sd1", denoiser_kind="unet", denoiser_config=folder.denoiser_config,
+        tmp_path, family="sd1", denoiser_config=folder.denoiser_config,
         denoiser_state=folder.denoiser_state, vae_config=None, vae_state=None, latent_format=folder.latent_format,
         prediction="eps", sampling=folder.sampling, text_encoders={"clip_l": ({"w": torch.ones(2)}, config)},
     )  # fmt: skip

@@ -67,14 +67,20 @@ DenoiserConfig = UNetConfig | MMDiTConfig | FluxConfig
 TextEncoderEntry = tuple[dict[str, Tensor], dict[str, Any]]
 
 FAMILIES = ("sd1", "sd2", "sdxl", "sdxl-refiner", "sd3", "flux")
-PIPELINE_CLASS = {
-    "sd1": "StableDiffusionPipeline",
-    "sd2": "StableDiffusionPipeline",
-    "sdxl": "StableDiffusionXLPipeline",
-    "sdxl-refiner": "StableDiffusionXLImg2ImgPipeline",
-    "sd3": "StableDiffusion3Pipeline",
-    "flux": "FluxPipeline",
+# diffusers pipeline classes per family; the first is what the writer names in model_index.json.
+PIPELINE_CLASSES = {
+    "sd1": ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline"),
+    "sd2": ("StableDiffusionPipeline",),
+    "sdxl": (
+        "StableDiffusionXLPipeline",
+        "StableDiffusionXLImg2ImgPipeline",
+        "StableDiffusionXLInpaintPipeline",
+    ),
+    "sdxl-refiner": ("StableDiffusionXLImg2ImgPipeline",),
+    "sd3": ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline"),
+    "flux": ("FluxPipeline", "FluxImg2ImgPipeline"),
 }
+PIPELINE_CLASS = {family: classes[0] for family, classes in PIPELINE_CLASSES.items()}
 DENOISER_KIND = {
     "sd1": "unet",
     "sd2": "unet",
@@ -299,12 +305,9 @@ def text_encoder_key(config: dict[str, Any], *, family: str | None, slot: str) -
     )
 
 
-_PIPELINE_FAMILY = {
-    "StableDiffusionPipeline": "sd1", "StableDiffusionImg2ImgPipeline": "sd1", "StableDiffusionInpaintPipeline": "sd1",
-    "StableDiffusionXLPipeline": "sdxl", "StableDiffusionXLImg2ImgPipeline": "sdxl",
-    "StableDiffusionXLInpaintPipeline": "sdxl", "StableDiffusion3Pipeline": "sd3",
-    "StableDiffusion3Img2ImgPipeline": "sd3", "FluxPipeline": "flux", "FluxImg2ImgPipeline": "flux",
-}  # fmt: skip
+# class -> the first family listing it (sd2 and the SDXL refiner share classes with sd1 and sdxl; the
+# refiner is told apart below, sd2 by its weights when there are any).
+_PIPELINE_FAMILY = {cls: family for family, classes in reversed(PIPELINE_CLASSES.items()) for cls in classes}
 
 
 def _family_from_pipeline(index: dict[str, Any]) -> str | None:
@@ -473,7 +476,6 @@ def write_diffusers_folder(
     path: str | Path,
     *,
     family: str,
-    denoiser_kind: str,
     denoiser_config: DenoiserConfig,
     denoiser_state: dict[str, Tensor],
     vae_config: AutoencoderConfig | None,
@@ -493,9 +495,10 @@ def write_diffusers_folder(
     """
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
-    if DENOISER_KIND[family] != denoiser_kind:
-        raise ValueError(
-            f"family {family!r} needs denoiser_kind={DENOISER_KIND[family]!r}, got {denoiser_kind!r}"
+    expected = {"unet": UNetConfig, "mmdit": MMDiTConfig, "flux": FluxConfig}[DENOISER_KIND[family]]
+    if not isinstance(denoiser_config, expected):
+        raise TypeError(
+            f"family {family!r} needs a {expected.__name__} denoiser_config, got {type(denoiser_config).__name__}"
         )
     text_encoders, tokenizers = text_encoders or {}, tokenizers or {}
     slots = TEXT_SLOTS[family]
@@ -512,8 +515,6 @@ def write_diffusers_folder(
     }
 
     if isinstance(denoiser_config, UNetConfig):
-        if denoiser_kind != "unet":
-            raise ValueError(f"denoiser_kind={denoiser_kind!r} does not match a UNetConfig")
         sample = 128 if family.startswith("sdxl") else (96 if prediction == "v" else 64)
         cfg, theirs, name = (
             unet_config_to_diffusers(denoiser_config, sample_size=sample),
@@ -532,10 +533,8 @@ def write_diffusers_folder(
             flux_to_diffusers(denoiser_state, denoiser_config),
             "transformer",
         )
-    else:
-        raise TypeError(
-            f"denoiser_config must be a UNetConfig, MMDiTConfig or FluxConfig, got {type(denoiser_config).__name__}"
-        )
+    else:  # unreachable: checked against the family above
+        raise AssertionError(type(denoiser_config).__name__)
     _write_json(cfg, root / name / "config.json")
     write_weights(theirs, root / name, DIFFUSERS_WEIGHTS, max_shard_bytes=max_shard_bytes)
     index[name] = ["diffusers", cfg["_class_name"]]

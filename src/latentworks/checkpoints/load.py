@@ -404,7 +404,6 @@ def write_diffusers(parts: CheckpointParts, path: str | Path) -> Path:
     write_diffusers_folder(
         path,
         family=family,
-        denoiser_kind=parts.denoiser_kind,
         denoiser_config=parts.denoiser_config,
         denoiser_state=dict(parts.denoiser_state),
         vae_config=parts.vae_config,
