@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from latentworks.checkpoints.detect import DISCRETE_SD
 from latentworks.checkpoints.load import CheckpointParts
+from latentworks.diffusion.denoisers import SD_DISCRETE_SAMPLING
 from latentworks.diffusion.latent_formats import LATENT_FORMATS
 from latentworks.models.autoencoder import Autoencoder, AutoencoderConfig
 from latentworks.models.unet import UNet, UNetConfig
@@ -58,6 +58,6 @@ def tiny_sd1_parts(source: Path, channels: tuple[int, ...] = (32, 64)) -> Checkp
         vae_state=vae.state_dict(),
         latent_format=LATENT_FORMATS["sd15"],
         prediction="eps",
-        sampling=dict(DISCRETE_SD),
+        sampling=dict(SD_DISCRETE_SAMPLING),
         text_encoders={"clip_l": clip.state_dict()},
     )

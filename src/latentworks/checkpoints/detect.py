@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 from torch import Tensor
 
+from latentworks.diffusion.denoisers import SD_DISCRETE_SAMPLING
 from latentworks.models.autoencoder import AutoencoderConfig
 from latentworks.models.flux import FluxConfig
 from latentworks.models.mmdit import MMDiTConfig
@@ -60,14 +61,6 @@ VAE_DIFFUSERS_MARKER = "encoder.down_blocks.0.resnets.0.conv1.weight"
 
 SD2_V_KEY = "output_blocks.11.1.transformer_blocks.0.norm1.bias"
 SD2_V_STD_THRESHOLD = 0.09
-
-DISCRETE_SD = {
-    "kind": "discrete",
-    "betas": "scaled_linear",
-    "num_timesteps": 1000,
-    "linear_start": 0.00085,
-    "linear_end": 0.012,
-}
 
 
 @dataclass(frozen=True)
@@ -277,19 +270,19 @@ def _detect_unet(
         family = "sdxl" if config.num_time_ids == 6 else "sdxl-refiner"
         return dict(
             family=family, variant=family + inpaint, config=config, prediction="v" if "v_pred" in shapes else "eps",
-            latent_format="sdxl", sampling=dict(DISCRETE_SD),
+            latent_format="sdxl", sampling=dict(SD_DISCRETE_SAMPLING),
         )  # fmt: skip
     if config.context_dim == 768:
         return dict(
             family="sd1", variant="sd1" + inpaint, config=config, prediction="v" if "v_pred" in shapes else "eps",
-            latent_format="sd15", sampling=dict(DISCRETE_SD),
+            latent_format="sd15", sampling=dict(SD_DISCRETE_SAMPLING),
         )  # fmt: skip
     if config.context_dim == 1024:
         prediction = sd2_prediction(shapes, get_tensor, prefix) if config.in_channels == 4 else "eps"
         variant = "sd2" + inpaint + ("-v" if prediction == "v" else "")
         return dict(
             family="sd2", variant=variant, config=config, prediction=prediction,
-            latent_format="sd2", sampling=dict(DISCRETE_SD),
+            latent_format="sd2", sampling=dict(SD_DISCRETE_SAMPLING),
         )  # fmt: skip
     raise ValueError(
         f"{source}: an LDM U-Net with cross-attention width {config.context_dim}, which matches no known family "

@@ -105,6 +105,17 @@ def interpolation_of(denoiser: Any) -> Interpolation:
 # --------------------------------------------------------------------------------------------------
 
 
+# The discrete schedule of SD 1.x/2.x/XL (as a model-sampling spec; see pipelines.loading.sampling_from_meta,
+# which fills a discrete spec's missing fields from it).
+SD_DISCRETE_SAMPLING: dict[str, object] = {
+    "kind": "discrete",
+    "betas": "scaled_linear",
+    "num_timesteps": 1000,
+    "linear_start": 0.00085,
+    "linear_end": 0.012,
+}
+
+
 def make_betas(
     kind: str, num_timesteps: int = 1000, linear_start: float = 0.00085, linear_end: float = 0.012
 ) -> Tensor:

@@ -34,7 +34,12 @@ import torch
 from torch import nn
 
 from latentworks.checkpoints.io import load_state_dict, save_file_atomic
-from latentworks.diffusion.denoisers import DiscreteModelSampling, FlowModelSampling, make_betas
+from latentworks.diffusion.denoisers import (
+    SD_DISCRETE_SAMPLING,
+    DiscreteModelSampling,
+    FlowModelSampling,
+    make_betas,
+)
 from latentworks.diffusion.latent_formats import LatentFormat
 from latentworks.models.configs import config_from_dict, config_to_dict
 
@@ -125,11 +130,12 @@ def resolve_model_path(name_or_path: str | Path, models_dir: str | Path | None =
 def sampling_from_meta(spec: dict[str, Any]) -> Any:
     kind = spec.get("kind")
     if kind == "discrete":
+        spec = {**SD_DISCRETE_SAMPLING, **spec}
         betas = make_betas(
-            spec.get("betas", "scaled_linear"),
-            spec.get("num_timesteps", 1000),
-            spec.get("linear_start", 0.00085),
-            spec.get("linear_end", 0.012),
+            str(spec["betas"]),
+            int(spec["num_timesteps"]),
+            float(spec["linear_start"]),
+            float(spec["linear_end"]),
         )
         return DiscreteModelSampling(betas, zero_terminal_snr=bool(spec.get("zero_terminal_snr", False)))
     if kind == "flow":
