@@ -526,7 +526,7 @@ def test_text_encoder_lora_with_its_own_strength(clip_text: nn.Module, unet: UNe
 
 
 def test_lora_text_encoder_patches_each_branch_of_a_prompt_encoder_only_while_encoding(
-    clip_text: nn.Module,
+    clip_text: nn.Module, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``lora_te1_`` keys go to the first CLIP branch, ``lora_te2_`` to the second; between calls the
     shared encoder is untouched, and stacking wrappers keeps one wrapper with both LoRAs."""
@@ -569,3 +569,11 @@ def test_lora_text_encoder_patches_each_branch_of_a_prompt_encoder_only_while_en
     torch.testing.assert_close(got[..., :d], want1, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got[..., d:], want2, rtol=1e-5, atol=1e-5)
     assert torch.equal(enc.encode([""]), plain)
+    # the LoRAs were resolved once, on the first call; later calls reuse it and agree exactly
+    import latentworks.checkpoints.lora as lora_mod
+
+    def no_resolving(*args: object, **kwargs: object) -> None:
+        raise AssertionError("resolve_lora called again")
+
+    monkeypatch.setattr(lora_mod, "resolve_lora", no_resolving)
+    assert torch.equal(wrapped.encode([""]), got)

@@ -51,7 +51,9 @@ def _peft_lora(pipe: Pipeline, path: Path, seed: int) -> tuple[str, torch.Tensor
     return ours, up @ down  # alpha absent: alpha = rank, scale 1
 
 
-def test_lora_matches_the_hand_applied_update_and_unloads_exactly(ckpt: Path, tmp_path: Path) -> None:
+def test_lora_matches_the_hand_applied_update_and_unloads_exactly(
+    ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pipe = Pipeline.from_pretrained(ckpt)
     before = _pixels(pipe)
     name, delta = _peft_lora(pipe, tmp_path / "a.safetensors", seed=1)
@@ -60,6 +62,11 @@ def test_lora_matches_the_hand_applied_update_and_unloads_exactly(ckpt: Path, tm
     pipe.load_lora(tmp_path / "b.safetensors", -0.5)
     assert any("no_such_block" in k for k in unmatched["unet"])  # reported, not silently dropped
     with_loras = _pixels(pipe)
+    import latentworks.checkpoints.lora as lora_mod
+
+    with monkeypatch.context() as m:  # resolved once (load_lora, first encode), not again on every run
+        m.setattr(lora_mod, "resolve_lora", lambda *a, **k: pytest.fail("resolve_lora called again"))
+        assert np.array_equal(_pixels(pipe), with_loras)
     assert np.abs(with_loras - before).max() > 0
 
     by_hand = Pipeline.from_pretrained(ckpt)

@@ -36,6 +36,7 @@ A LoRA adds a low-rank update to a layer's weight, ``W' = W + strength * (alpha 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -585,19 +586,27 @@ class LoraTextEncoder:
         return int(self.base.max_length)
 
     def __getattr__(self, name: str) -> Any:
-        if name in ("base", "loras"):  # not set yet (during copy/unpickling)
+        if name in ("base", "loras", "_resolved"):  # not set yet (during copy/unpickling)
             raise AttributeError(name)
         return getattr(self.base, name)
+
+    @functools.cached_property
+    def _resolved(self) -> list[tuple[nn.Module, list[tuple[ResolvedLora, float]]]]:
+        """The LoRAs resolved onto each of ``base``'s text modules (once: the modules do not change)."""
+        out = []
+        for target, module in zip(TEXT_TARGETS, text_encoder_modules(self.base), strict=False):
+            if module is None:
+                continue
+            resolved = [(resolve_lora(f, module, target=target, strict=False), s) for f, s in self.loras]
+            if any(r.patches for r, _ in resolved):
+                out.append((module, resolved))
+        return out
 
     def encode(self, prompts: list[str]) -> Any:
         handles: list[LoraHandle] = []
         try:
-            for target, module in zip(TEXT_TARGETS, text_encoder_modules(self.base), strict=False):
-                if module is None:
-                    continue
-                resolved = [(resolve_lora(f, module, target=target, strict=False), s) for f, s in self.loras]
-                if any(r.patches for r, _ in resolved):
-                    handles.append(apply_loras(module, resolved))
+            for module, resolved in self._resolved:
+                handles.append(apply_loras(module, resolved))
             return self.base.encode(prompts)
         finally:
             for h in reversed(handles):
@@ -611,7 +620,7 @@ def add_lora(
     dict, a frozen dataclass) and its text encoder, without touching either.
 
     Returns ``(new_folder, new_text_encoder, unmatched)``: the folder is a copy sharing the networks with
-    the LoRA appended to ``extra["loras"]`` (applied only while sampling), the encoder a
+    the LoRA (resolved against the denoiser) appended to ``extra["loras"]`` (applied only while sampling), the encoder a
     :class:`LoraTextEncoder` (applied only while encoding); a strength of 0 leaves that part as it was.
     ``unmatched`` lists, per target, the LoRA keys that match no module. The file is checked against the
     model now, so a LoRA for another model fails here, naming the file, and not at sampling time.
@@ -623,7 +632,7 @@ def add_lora(
     base = text_encoder.base if isinstance(text_encoder, LoraTextEncoder) else text_encoder
     resolved = resolve_loras(lora, folder.denoiser_net, text_encoder_modules(base))
     if strength != 0:
-        loras = (*folder.extra.get("loras", ()), (lora, float(strength)))
+        loras = (*folder.extra.get("loras", ()), (resolved["unet"], float(strength)))
         folder = dataclasses.replace(folder, extra={**folder.extra, "loras": loras})
     if strength_text != 0:
         text_encoder = LoraTextEncoder(text_encoder, [(lora, float(strength_text))])

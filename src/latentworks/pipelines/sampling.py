@@ -17,15 +17,20 @@ from latentworks.diffusion.samplers import StepInfo, get_sampler
 
 
 def model_loras(model: Any) -> AbstractContextManager[Any]:
-    """Apply the LoRAs in ``model.extra["loras"]`` (``(LoraFile, strength)`` pairs, added by LoraLoader) to
+    """Apply the LoRAs in ``model.extra["loras"]`` (``(lora, strength)`` pairs, added by LoraLoader; a lora
+    is a ``ResolvedLora``, as ``add_lora`` stores it, or a ``LoraFile`` resolved here) to
     ``model.denoiser_net`` in place until the context exits; a no-op context when there are none."""
     loras = tuple(getattr(model, "extra", {}).get("loras", ()))
     if not loras:
         return nullcontext()
-    from latentworks.checkpoints.lora import apply_loras, resolve_lora
+    from latentworks.checkpoints.lora import ResolvedLora, apply_loras, resolve_lora
 
     net = model.denoiser_net
-    return apply_loras(net, [(resolve_lora(lora, net, target="unet"), strength) for lora, strength in loras])
+    resolved = [
+        (lora if isinstance(lora, ResolvedLora) else resolve_lora(lora, net, target="unet"), strength)
+        for lora, strength in loras
+    ]
+    return apply_loras(net, resolved)
 
 
 def denoise_latents(
@@ -50,7 +55,7 @@ def denoise_latents(
     (KSamplerAdvanced continuing a run); ``mask`` (B, 1, h, w), 1 = regenerate, keeps the rest of
     ``x0``. With fewer than two sigmas there is nothing to do and ``x0`` comes back.
 
-    LoRAs listed in ``model.extra["loras"]`` as ``(LoraFile, strength)`` pairs are applied to the network
+    LoRAs listed in ``model.extra["loras"]`` (see :func:`model_loras`) are applied to the network
     for this call only and removed afterwards (bit-exact), so a model shared with other callers is
     unchanged outside it.
     """
