@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from functools import lru_cache
 
-import torch
 from torch import Tensor
 
+from latentworks.checkpoints.keymaps.sd3_diffusers import expected_shapes
 from latentworks.models.autoencoder import Autoencoder, AutoencoderConfig
 from latentworks.models.unet import UNet, UNetConfig
 
@@ -48,14 +48,14 @@ TRANSFORMER_BLOCK = {
 VAE_ATTENTION = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "out": "to_out.0"}
 
 
-def _nest(ours: str, theirs: str, table: Mapping[str, str]) -> dict[str, str]:
+def nest(ours: str, theirs: str, table: Mapping[str, str]) -> dict[str, str]:
     return {f"{ours}.{a}": f"{theirs}.{b}" for a, b in table.items()}
 
 
-def _transformer(ours: str, theirs: str, depth: int) -> dict[str, str]:
+def transformer_map(ours: str, theirs: str, depth: int) -> dict[str, str]:
     out = {f"{ours}.{m}": f"{theirs}.{m}" for m in ("norm", "proj_in", "proj_out")}
     for k in range(depth):
-        out |= _nest(f"{ours}.blocks.{k}", f"{theirs}.transformer_blocks.{k}", TRANSFORMER_BLOCK)
+        out |= nest(f"{ours}.blocks.{k}", f"{theirs}.transformer_blocks.{k}", TRANSFORMER_BLOCK)
     return out
 
 
@@ -74,20 +74,20 @@ def unet_module_map(config: UNetConfig) -> dict[str, str]:
     for i in range(n):
         depth = config.transformer_depth[i]
         for j in range(config.layers_per_block):
-            m |= _nest(f"down.{i}.resnets.{j}", f"down_blocks.{i}.resnets.{j}", RESBLOCK)
+            m |= nest(f"down.{i}.resnets.{j}", f"down_blocks.{i}.resnets.{j}", RESBLOCK)
             if depth:
-                m |= _transformer(f"down.{i}.transformers.{j}", f"down_blocks.{i}.attentions.{j}", depth)
+                m |= transformer_map(f"down.{i}.transformers.{j}", f"down_blocks.{i}.attentions.{j}", depth)
         if i < n - 1:
             m[f"down.{i}.downsample.conv"] = f"down_blocks.{i}.downsamplers.0.conv"
-    m |= _nest("mid.res1", "mid_block.resnets.0", RESBLOCK)
-    m |= _transformer("mid.transformer", "mid_block.attentions.0", config.mid_transformer_depth)
-    m |= _nest("mid.res2", "mid_block.resnets.1", RESBLOCK)
+    m |= nest("mid.res1", "mid_block.resnets.0", RESBLOCK)
+    m |= transformer_map("mid.transformer", "mid_block.attentions.0", config.mid_transformer_depth)
+    m |= nest("mid.res2", "mid_block.resnets.1", RESBLOCK)
     for i in range(n):
         depth = config.transformer_depth[n - 1 - i]
         for j in range(config.layers_per_block + 1):
-            m |= _nest(f"up.{i}.resnets.{j}", f"up_blocks.{i}.resnets.{j}", RESBLOCK)
+            m |= nest(f"up.{i}.resnets.{j}", f"up_blocks.{i}.resnets.{j}", RESBLOCK)
             if depth:
-                m |= _transformer(f"up.{i}.transformers.{j}", f"up_blocks.{i}.attentions.{j}", depth)
+                m |= transformer_map(f"up.{i}.transformers.{j}", f"up_blocks.{i}.attentions.{j}", depth)
         if i < n - 1:
             m[f"up.{i}.upsample.conv"] = f"up_blocks.{i}.upsamplers.0.conv"
     return m
@@ -95,9 +95,9 @@ def unet_module_map(config: UNetConfig) -> dict[str, str]:
 
 def _vae_mid(ours: str, theirs: str) -> dict[str, str]:
     return (
-        _nest(f"{ours}.res1", f"{theirs}.resnets.0", RESBLOCK)
-        | _nest(f"{ours}.attn", f"{theirs}.attentions.0", VAE_ATTENTION)
-        | _nest(f"{ours}.res2", f"{theirs}.resnets.1", RESBLOCK)
+        nest(f"{ours}.res1", f"{theirs}.resnets.0", RESBLOCK)
+        | nest(f"{ours}.attn", f"{theirs}.attentions.0", VAE_ATTENTION)
+        | nest(f"{ours}.res2", f"{theirs}.resnets.1", RESBLOCK)
     )
 
 
@@ -107,7 +107,7 @@ def vae_module_map(config: AutoencoderConfig) -> dict[str, str]:
     m: dict[str, str] = {"encoder.conv_in": "encoder.conv_in"}
     for i in range(n):
         for j in range(config.layers_per_block):
-            m |= _nest(f"encoder.down.{i}.resnets.{j}", f"encoder.down_blocks.{i}.resnets.{j}", RESBLOCK)
+            m |= nest(f"encoder.down.{i}.resnets.{j}", f"encoder.down_blocks.{i}.resnets.{j}", RESBLOCK)
         m[f"encoder.down.{i}.downsample.conv"] = f"encoder.down_blocks.{i}.downsamplers.0.conv"
     m |= _vae_mid("encoder.mid", "encoder.mid_block")
     m |= {
@@ -120,23 +120,22 @@ def vae_module_map(config: AutoencoderConfig) -> dict[str, str]:
     m |= _vae_mid("decoder.mid", "decoder.mid_block")
     for i in range(n):
         for j in range(config.layers_per_block + 1):
-            m |= _nest(f"decoder.up.{i}.resnets.{j}", f"decoder.up_blocks.{i}.resnets.{j}", RESBLOCK)
+            m |= nest(f"decoder.up.{i}.resnets.{j}", f"decoder.up_blocks.{i}.resnets.{j}", RESBLOCK)
         m[f"decoder.up.{i}.upsample.conv"] = f"decoder.up_blocks.{i}.upsamplers.0.conv"
     m |= {"decoder.norm_out": "decoder.conv_norm_out", "decoder.conv_out": "decoder.conv_out"}
     return m
 
 
 @lru_cache(maxsize=16)
-def _shapes(config: UNetConfig | AutoencoderConfig) -> dict[str, tuple[int, ...]]:
-    with torch.device("meta"):
-        model = UNet(config) if isinstance(config, UNetConfig) else Autoencoder(config)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+def model_shapes(config: UNetConfig | AutoencoderConfig) -> dict[str, tuple[int, ...]]:
+    """Shapes of every tensor of our U-Net or autoencoder for ``config`` (built on the meta device)."""
+    return expected_shapes(UNet if isinstance(config, UNetConfig) else Autoencoder, config)
 
 
 def key_table(config: UNetConfig | AutoencoderConfig, module_map: Mapping[str, str]) -> dict[str, str]:
     """``{our_key: their_key}`` for every tensor of our model, through ``module_map``."""
     table = {}
-    for key in _shapes(config):
+    for key in model_shapes(config):
         module, _, param = key.rpartition(".")
         if module not in module_map:
             raise KeyError(
@@ -206,7 +205,7 @@ def unet_from_diffusers(
 ) -> dict[str, Tensor]:
     """diffusers ``UNet2DConditionModel`` state dict -> ours (load with ``UNet(config).load_state_dict``)."""
     table = key_table(config, unet_module_map(config))
-    shapes = _shapes(config)
+    shapes = model_shapes(config)
     inverse = {theirs: ours for ours, theirs in table.items()}
     return convert(
         sd, inverse, {t: shapes[o] for t, o in inverse.items()}, source="diffusers U-Net", strict=strict
@@ -218,7 +217,7 @@ def unet_to_diffusers(
 ) -> dict[str, Tensor]:
     """Our U-Net state dict -> diffusers ``UNet2DConditionModel`` names."""
     table = key_table(config, unet_module_map(config))
-    return convert(sd, table, _shapes(config), source="latentworks U-Net", strict=strict)
+    return convert(sd, table, model_shapes(config), source="latentworks U-Net", strict=strict)
 
 
 def vae_from_diffusers(
@@ -226,7 +225,7 @@ def vae_from_diffusers(
 ) -> dict[str, Tensor]:
     """diffusers ``AutoencoderKL`` state dict -> ours (load with ``Autoencoder(config).load_state_dict``)."""
     table = key_table(config, vae_module_map(config))
-    shapes = _shapes(config)
+    shapes = model_shapes(config)
     inverse = {theirs: ours for ours, theirs in table.items()}
     return convert(
         sd, inverse, {t: shapes[o] for t, o in inverse.items()}, source="diffusers VAE", strict=strict
@@ -238,4 +237,4 @@ def vae_to_diffusers(
 ) -> dict[str, Tensor]:
     """Our autoencoder state dict -> diffusers ``AutoencoderKL`` names."""
     table = key_table(config, vae_module_map(config))
-    return convert(sd, table, _shapes(config), source="latentworks VAE", strict=strict)
+    return convert(sd, table, model_shapes(config), source="latentworks VAE", strict=strict)

@@ -29,7 +29,13 @@ from collections.abc import Mapping
 
 from torch import Tensor
 
-from latentworks.checkpoints.keymaps.sd_diffusers import TRANSFORMER_BLOCK, _nest, _shapes, convert, key_table
+from latentworks.checkpoints.keymaps.sd_diffusers import (
+    convert,
+    key_table,
+    model_shapes,
+    nest,
+    transformer_map,
+)
 from latentworks.models.autoencoder import AutoencoderConfig
 from latentworks.models.unet import UNetConfig
 
@@ -53,13 +59,6 @@ VAE_ATTENTION = {"norm": "norm", "q": "q", "k": "k", "v": "v", "out": "proj_out"
 _CONV_ATTENTION = ("q", "k", "v", "proj_out")  # LDM modules stored as 1x1 convs: (C, C, 1, 1)
 
 
-def _transformer(ours: str, theirs: str, depth: int) -> dict[str, str]:
-    out = {f"{ours}.{m}": f"{theirs}.{m}" for m in ("norm", "proj_in", "proj_out")}
-    for k in range(depth):
-        out |= _nest(f"{ours}.blocks.{k}", f"{theirs}.transformer_blocks.{k}", TRANSFORMER_BLOCK)
-    return out
-
-
 def unet_ldm_module_map(config: UNetConfig) -> dict[str, str]:
     """``{our_module: ldm_module}`` for every module with parameters in ``UNet(config)``.
 
@@ -79,26 +78,26 @@ def unet_ldm_module_map(config: UNetConfig) -> dict[str, str]:
     for i in range(n):
         depth = config.transformer_depth[i]
         for j in range(per):
-            m |= _nest(f"down.{i}.resnets.{j}", f"input_blocks.{idx}.0", UNET_RESBLOCK)
+            m |= nest(f"down.{i}.resnets.{j}", f"input_blocks.{idx}.0", UNET_RESBLOCK)
             if depth:
-                m |= _transformer(f"down.{i}.transformers.{j}", f"input_blocks.{idx}.1", depth)
+                m |= transformer_map(f"down.{i}.transformers.{j}", f"input_blocks.{idx}.1", depth)
             idx += 1
         if i < n - 1:
             m[f"down.{i}.downsample.conv"] = f"input_blocks.{idx}.0.op"
             idx += 1
-    m |= _nest("mid.res1", "middle_block.0", UNET_RESBLOCK)
+    m |= nest("mid.res1", "middle_block.0", UNET_RESBLOCK)
     if config.mid_transformer_depth:
-        m |= _transformer("mid.transformer", "middle_block.1", config.mid_transformer_depth)
-        m |= _nest("mid.res2", "middle_block.2", UNET_RESBLOCK)
+        m |= transformer_map("mid.transformer", "middle_block.1", config.mid_transformer_depth)
+        m |= nest("mid.res2", "middle_block.2", UNET_RESBLOCK)
     else:
-        m |= _nest("mid.res2", "middle_block.1", UNET_RESBLOCK)
+        m |= nest("mid.res2", "middle_block.1", UNET_RESBLOCK)
     idx = 0
     for i in range(n):
         depth = config.transformer_depth[n - 1 - i]
         for j in range(per + 1):
-            m |= _nest(f"up.{i}.resnets.{j}", f"output_blocks.{idx}.0", UNET_RESBLOCK)
+            m |= nest(f"up.{i}.resnets.{j}", f"output_blocks.{idx}.0", UNET_RESBLOCK)
             if depth:
-                m |= _transformer(f"up.{i}.transformers.{j}", f"output_blocks.{idx}.1", depth)
+                m |= transformer_map(f"up.{i}.transformers.{j}", f"output_blocks.{idx}.1", depth)
             if j == per and i < n - 1:
                 m[f"up.{i}.upsample.conv"] = f"output_blocks.{idx}.{2 if depth else 1}.conv"
             idx += 1
@@ -107,9 +106,9 @@ def unet_ldm_module_map(config: UNetConfig) -> dict[str, str]:
 
 def _vae_mid(ours: str, theirs: str) -> dict[str, str]:
     return (
-        _nest(f"{ours}.res1", f"{theirs}.block_1", VAE_RESBLOCK)
-        | _nest(f"{ours}.attn", f"{theirs}.attn_1", VAE_ATTENTION)
-        | _nest(f"{ours}.res2", f"{theirs}.block_2", VAE_RESBLOCK)
+        nest(f"{ours}.res1", f"{theirs}.block_1", VAE_RESBLOCK)
+        | nest(f"{ours}.attn", f"{theirs}.attn_1", VAE_ATTENTION)
+        | nest(f"{ours}.res2", f"{theirs}.block_2", VAE_RESBLOCK)
     )
 
 
@@ -119,7 +118,7 @@ def vae_ldm_module_map(config: AutoencoderConfig) -> dict[str, str]:
     m: dict[str, str] = {"encoder.conv_in": "encoder.conv_in"}
     for i in range(n):
         for j in range(config.layers_per_block):
-            m |= _nest(f"encoder.down.{i}.resnets.{j}", f"encoder.down.{i}.block.{j}", VAE_RESBLOCK)
+            m |= nest(f"encoder.down.{i}.resnets.{j}", f"encoder.down.{i}.block.{j}", VAE_RESBLOCK)
         m[f"encoder.down.{i}.downsample.conv"] = f"encoder.down.{i}.downsample.conv"
     m |= _vae_mid("encoder.mid", "encoder.mid")
     m |= {
@@ -133,7 +132,7 @@ def vae_ldm_module_map(config: AutoencoderConfig) -> dict[str, str]:
     for k in range(n):
         level = n - 1 - k  # LDM numbers decoder levels by resolution (up.0 = full size, runs last)
         for j in range(config.layers_per_block + 1):
-            m |= _nest(f"decoder.up.{k}.resnets.{j}", f"decoder.up.{level}.block.{j}", VAE_RESBLOCK)
+            m |= nest(f"decoder.up.{k}.resnets.{j}", f"decoder.up.{level}.block.{j}", VAE_RESBLOCK)
         m[f"decoder.up.{k}.upsample.conv"] = f"decoder.up.{level}.upsample.conv"
     m |= {"decoder.norm_out": "decoder.norm_out", "decoder.conv_out": "decoder.conv_out"}
     return m
@@ -147,7 +146,7 @@ def unet_ldm_to_ours(
     Raises KeyError naming missing (or, when ``strict``, unexpected) keys and ValueError on a wrong shape.
     """
     table = key_table(config, unet_ldm_module_map(config))
-    shapes = _shapes(config)
+    shapes = model_shapes(config)
     inverse = {theirs: ours for ours, theirs in table.items()}
     return convert(sd, inverse, {t: shapes[o] for t, o in inverse.items()}, source="LDM U-Net", strict=strict)
 
@@ -157,7 +156,7 @@ def ours_to_unet_ldm(
 ) -> dict[str, Tensor]:
     """Our U-Net state dict -> LDM names (prepend ``model.diffusion_model.`` for a full single file)."""
     table = key_table(config, unet_ldm_module_map(config))
-    return convert(sd, table, _shapes(config), source="latentworks U-Net", strict=strict)
+    return convert(sd, table, model_shapes(config), source="latentworks U-Net", strict=strict)
 
 
 def vae_ldm_to_ours(
@@ -165,7 +164,7 @@ def vae_ldm_to_ours(
 ) -> dict[str, Tensor]:
     """LDM VAE state dict (no ``first_stage_model.`` prefix) -> ours; 1x1-conv attention becomes linear."""
     table = key_table(config, vae_ldm_module_map(config))
-    shapes = _shapes(config)
+    shapes = model_shapes(config)
     inverse = {theirs: ours for ours, theirs in table.items()}
     return convert(
         sd,
@@ -182,7 +181,7 @@ def ours_to_vae_ldm(
 ) -> dict[str, Tensor]:
     """Our autoencoder state dict -> LDM names, attention projections as (C, C, 1, 1) convs like the originals."""
     table = key_table(config, vae_ldm_module_map(config))
-    out = convert(sd, table, _shapes(config), source="latentworks VAE", strict=strict)
+    out = convert(sd, table, model_shapes(config), source="latentworks VAE", strict=strict)
     for key, tensor in out.items():
         module, _, param = key.rpartition(".")
         if param == "weight" and ".attn_1." in key and module.rpartition(".")[2] in _CONV_ATTENTION:
