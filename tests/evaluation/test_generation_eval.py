@@ -6,10 +6,11 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
+import torch
 from PIL import Image
 
 from latentworks.data.arrays import ArrayDataset
-from latentworks.evaluation.generation import evaluate_generation
+from latentworks.evaluation.generation import evaluate_autoencoder_floor, evaluate_generation
 
 
 def make_dataset(n: int = 40) -> ArrayDataset:
@@ -75,3 +76,29 @@ def test_feature_cache_gives_the_same_figures_and_is_keyed_by_the_pixels(tmp_pat
     ds.images[:] = 255 - ds.images
     evaluate_generation(CopyPipe(ds), ds, split="all", n=12, progress=False, feature_cache=tmp_path)
     assert len(list(tmp_path.glob("inception-*.npy"))) == 4
+
+
+class PixelAutoencoder:
+    """``decode(encode(x).mode())``: x itself, or x averaged over 4x4 blocks (a lossy autoencoder)."""
+
+    def __init__(self, lossy: bool) -> None:
+        self.lossy = lossy
+
+    def encode(self, x: torch.Tensor) -> SimpleNamespace:
+        z = torch.nn.functional.avg_pool2d(x, 4) if self.lossy else x
+        return SimpleNamespace(mode=lambda: z)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.interpolate(z, scale_factor=4, mode="nearest") if self.lossy else z
+
+
+def test_autoencoder_floor_reconstructs_the_baseline_images() -> None:
+    """A lossless autoencoder's floor *is* the real-vs-real baseline (it reconstructs the other images,
+    against the same picks as evaluate_generation); a lossy one sits above it, with a finite PSNR."""
+    ds = make_dataset()
+    exact, psnr_exact = evaluate_autoencoder_floor(PixelAutoencoder(False), ds, split="all", n=12)
+    lossy, psnr_lossy = evaluate_autoencoder_floor(PixelAutoencoder(True), ds, split="all", n=12)
+    model = evaluate_generation(CopyPipe(ds), ds, split="all", n=12, progress=False)
+    assert exact.fid == exact.real_fid == model.real_fid and exact.kid == exact.real_kid
+    assert psnr_exact > 90 and 10 < psnr_lossy < 40
+    assert lossy.fid > lossy.real_fid + 5 and lossy.real_fid == model.real_fid

@@ -50,7 +50,7 @@ def test_vae_resume_exact_with_gan(tmp_path, data):
     assert (tmp_path / "a" / "model.safetensors").is_file() and (tmp_path / "a" / "config.json").is_file()
 
 
-def test_vae_learns_and_cache_latents(tmp_path, data):
+def test_vae_learns_and_cache_latents(tmp_path, data, capsys):
     import json
 
     r = train_vae(_cfg(tmp_path, steps=40, disc_start=-1, checkpoint_every=40, lr=3e-3))
@@ -64,6 +64,29 @@ def test_vae_learns_and_cache_latents(tmp_path, data):
     assert back.mean.shape == (20, 4, 8, 8) and len(back.captions) == 20
     z = back.sample(torch.arange(20), torch.Generator().manual_seed(0))
     assert abs(float(z.std()) - 1) < 0.2 and abs(c.scale - back.scale) < 1e-9
+    # `latentworks eval floor` on the run: its reconstructions scored like generated images, with PSNR
+    from latentworks.cli import main
+
+    code = main(
+        [
+            "eval",
+            "floor",
+            str(tmp_path / "vae"),
+            "--data",
+            str(tmp_path / "sq.npz"),
+            "--split",
+            "all",
+            "-n",
+            "6",
+        ]
+    )
+    out = capsys.readouterr().out.splitlines()
+    assert (
+        code == 0
+        and out[0].startswith("| reconstructions of | N | FID |")
+        and out[2].startswith("| all | 6 |")
+    )
+    assert float(out[3].split()[-2]) > 12  # "PSNR of the reconstructions: 17.3 dB"
 
 
 def test_perceptual_loss_is_zero_for_identical_and_grows():

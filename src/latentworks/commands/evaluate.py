@@ -1,8 +1,10 @@
-"""``latentworks eval``: PSNR/SSIM/rFID of an autoencoder run, or FID/KID between two image sets."""
+"""``latentworks eval``: PSNR/SSIM/rFID or the FID floor of an autoencoder run, FID/KID of a model against
+real images, or FID/KID between two image sets."""
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 
@@ -15,6 +17,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     a.add_argument("--split", default="heldout")
     a.add_argument("--limit", type=int, default=None, help="use at most this many images")
     a.add_argument("--no-fid", action="store_true")
+    fl = sub.add_parser(
+        "floor",
+        help="the FID floor an autoencoder puts under a latent model: its reconstructions scored like "
+        "generated images (same picks as 'eval model')",
+        description="Reconstruct N real images of a split with a train-vae run and score them exactly as "
+        "'eval model' scores generated images, against the same N picked images. A latent model trained on "
+        "this autoencoder can hardly beat this FID; the gap to real-vs-real is the autoencoder's share.",
+    )
+    fl.add_argument("run", type=Path, help="train-vae run folder")
+    fl.add_argument(
+        "--data", type=Path, required=True, help="captioned dataset (.npz from 'latentworks data')"
+    )
+    fl.add_argument("--split", default="train", help="train, heldout or all (default: %(default)s)")
+    fl.add_argument("-n", type=int, default=1000, help="images (default: %(default)s)")
+    fl.add_argument(
+        "--seed", type=int, default=0, help="pick seed; 0 matches 'eval model' (default: %(default)s)"
+    )
+    fl.add_argument("--feature-cache", type=Path, default=None, help="as for 'eval model'")
     f = sub.add_parser("fid", help="FID and KID between two datasets (.npz or image folders)")
     f.add_argument("real", type=Path)
     f.add_argument("fake", type=Path)
@@ -63,6 +83,20 @@ def run(args: argparse.Namespace) -> int:
         if "rfid" in m:
             line += f", rFID {m['rfid']:.2f}, rKID {m['rkid'] * 1e3:.2f}e-3"
         print(f"{line} (N={n} {args.split} images)")
+        return 0
+    if args.what == "floor":
+        from latentworks.data.latents import load_autoencoder
+        from latentworks.evaluation.generation import HEADER, evaluate_autoencoder_floor
+
+        ae = load_autoencoder(args.run)
+        run_cfg = json.loads((args.run / "config.json").read_text())
+        ds = load_dataset(args.data, size=int(run_cfg.get("train", {}).get("resolution", 64)))
+        r, psnr = evaluate_autoencoder_floor(
+            ae, ds, split=args.split, n=args.n, seed=args.seed, feature_cache=args.feature_cache
+        )
+        print(HEADER.replace("| prompts |", "| reconstructions of |"))
+        print(r.row())
+        print(f"PSNR of the reconstructions: {psnr:.2f} dB")
         return 0
     if args.what == "model":
         from latentworks.evaluation.generation import HEADER, evaluate_generation

@@ -108,13 +108,7 @@ def evaluate_generation(
     """FID/KID of ``pipe``'s images for N captions of ``split`` against those N real images, beside the
     real-vs-real figure (see the module docstring). ``feature_cache``: a folder where the real images'
     Inception features are kept between runs."""
-    ds = dataset.split(split) if split != "all" else dataset
-    rng = np.random.default_rng(seed)
-    n = min(n, len(ds))
-    order = rng.permutation(len(ds))
-    pick, other = order[:n], order[n : 2 * n]
-    if len(other) < n:  # small split: the baseline reuses images, which flatters it slightly
-        other = rng.choice(len(ds), size=n, replace=True)
+    ds, pick, other = pick_real(dataset, split, n, seed)
     real = ds.images[pick]
     captions = [ds.captions[i] for i in pick]
     fake = generate_for_captions(
@@ -122,18 +116,77 @@ def evaluate_generation(
     )
     if fake.shape[1:3] != real.shape[1:3]:
         raise ValueError(f"generated {fake.shape[1:3]} but the dataset holds {real.shape[1:3]} images")
+    return _score(split, real, ds.images[other], fake, model, feature_cache)
+
+
+def pick_real(dataset: Any, split: str, n: int, seed: int) -> tuple[Any, np.ndarray, np.ndarray]:
+    """``(split dataset, pick, other)``: the N images a model is scored against and the N *other* images
+    of the real-vs-real baseline (drawn with replacement when the split has fewer than 2N images, which
+    flatters the baseline slightly). The same rule for every evaluation, so figures line up."""
+    ds = dataset.split(split) if split != "all" else dataset
+    rng = np.random.default_rng(seed)
+    n = min(n, len(ds))
+    order = rng.permutation(len(ds))
+    pick, other = order[:n], order[n : 2 * n]
+    if len(other) < n:
+        other = rng.choice(len(ds), size=n, replace=True)
+    return ds, pick, other
+
+
+def _score(
+    split: str,
+    real: np.ndarray,
+    others: np.ndarray,
+    fake: np.ndarray | torch.Tensor,
+    model: InceptionFeatures | None,
+    feature_cache: Path | None,
+) -> GenerationEval:
     model = model or InceptionFeatures(device="cpu")
     with torch.no_grad():
         fr = cached_features(real, model, feature_cache)
         ff = extract_features(fake, model)
-        fo = cached_features(ds.images[other], model, feature_cache)
+        fo = cached_features(others, model, feature_cache)
     kid, _ = kid_from_features(fr, ff)
     real_kid, _ = kid_from_features(fr, fo)
     return GenerationEval(
         split=split,
-        n=n,
+        n=len(real),
         fid=fid_from_features(fr, ff),
         kid=kid,
         real_fid=fid_from_features(fr, fo),
         real_kid=real_kid,
     )
+
+
+def evaluate_autoencoder_floor(
+    autoencoder: Any,
+    dataset: Any,
+    *,
+    split: str = "train",
+    n: int,
+    seed: int = 0,
+    model: InceptionFeatures | None = None,
+    feature_cache: Path | None = None,
+    batch: int = 100,
+) -> tuple[GenerationEval, float]:
+    """The FID floor an autoencoder puts under any latent model trained on it, and the PSNR behind it.
+
+    A perfect latent model samples latents of the data, so its images can be no better than the
+    autoencoder's reconstructions of real images the metric has not seen. This scores reconstructions of
+    the N *other* images (those of the real-vs-real baseline) exactly as :func:`evaluate_generation` scores
+    generated images: ``fid - real_fid`` is what the autoencoder alone costs. Returns ``(figures,
+    mean PSNR of those reconstructions in dB)``. ``autoencoder`` has ``encode(x).mode()`` and ``decode``
+    on images in [-1, 1].
+    """
+    ds, pick, other = pick_real(dataset, split, n, seed)
+    x = torch.from_numpy(ds.images[other]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():
+        rec = torch.cat(
+            [
+                autoencoder.decode(autoencoder.encode(x[i : i + batch]).mode()).clamp(-1, 1)
+                for i in range(0, len(x), batch)
+            ]
+        )
+    psnr = float((10 * torch.log10(4 / ((rec - x) ** 2).mean(dim=(1, 2, 3)).clamp_min(1e-10))).mean())
+    fake = ((rec + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return _score(split, ds.images[pick], ds.images[other], fake, model, feature_cache), psnr
