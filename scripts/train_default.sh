@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Rebuild the embedded default model from scratch with latentworks' own commands (two stages).
 # This is exactly what produced src/latentworks/assets/default (see docs/model_card_default.md).
-# On the 2-core CPU it takes about 85 minutes; on a GPU pass DEVICE=cuda (and raise the step counts).
+# On the 2-core CPU it takes about 2.5 hours; on a GPU pass DEVICE=cuda (and raise the step counts).
 #   bash scripts/train_default.sh [WORKDIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${1:-runs/default}
 DEVICE=${DEVICE:-cpu}
 VAE_STEPS=${VAE_STEPS:-1800}
-UNET_STEPS=${UNET_STEPS:-1989}
+UNET_STEPS=${UNET_STEPS:-4387}
 LW=.venv/bin/latentworks
 mkdir -p "$W"
 # Data: Noto + Twemoji emoji at 32x32 with emojibase captions (fixed held-out split by emoji).
@@ -24,5 +24,5 @@ $LW train --out "$W/unet" --vae "$W/vae" --data data/emoji-32.npz --family unet 
   --checkpoint-every 200 --sample-every 1000 --device "$DEVICE"
 # Model folder (fp16 weights), with preview colours fitted on the data.
 $LW convert --from-run "$W/unet" --out src/latentworks/assets/default --name default --data data/emoji-32.npz \
-  --half --defaults '{"steps": 20, "guidance": 4.0, "sampler": "euler", "scheduler": "simple"}' \
+  --half --defaults '{"steps": 20, "guidance": 3.0, "sampler": "euler", "scheduler": "simple"}' \
   --card docs/model_card_default.json
