@@ -143,7 +143,7 @@ def test_lora_that_fits_nothing_is_an_error_naming_the_file(models_dir: Path, tm
 
 
 def test_sampling_and_encoding_with_the_lora_equal_a_by_hand_patched_copy(models_dir: Path) -> None:
-    from latentworks.checkpoints.lora import LoraTextEncoder, load_lora
+    from latentworks.checkpoints.lora import LoraTextEncoder, load_lora, resolve_lora
     from latentworks.models.text.minilm import MiniLMTextEncoder
     from latentworks.pipelines.loading import load_model_folder
     from latentworks.pipelines.sampling import denoise_latents
@@ -162,7 +162,8 @@ def test_sampling_and_encoding_with_the_lora_equal_a_by_hand_patched_copy(models
 
     folder = load_model_folder(models_dir / "checkpoints" / "tiny")
     before = {k: v.clone() for k, v in folder.denoiser_net.state_dict().items()}
-    with_lora = dataclasses.replace(folder, extra={"loras": ((lora, 0.9),)})
+    resolved = resolve_lora(lora, folder.denoiser_net, target="unet")
+    with_lora = dataclasses.replace(folder, extra={"loras": ((resolved, 0.9),)})
     by_hand = dataclasses.replace(folder, denoiser_net=patched(folder.denoiser_net, "lora_unet_", UNET, 0.9))
     g = torch.Generator().manual_seed(3)
     from latentworks.diffusion.conditioning import Conditioning

@@ -4,7 +4,6 @@ real images, or FID/KID between two image sets."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 
@@ -85,12 +84,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"{line} (N={n} {args.split} images)")
         return 0
     if args.what == "floor":
-        from latentworks.data.latents import load_autoencoder
+        from latentworks.data.latents import load_autoencoder, vae_run_resolution
         from latentworks.evaluation.generation import HEADER, evaluate_autoencoder_floor
 
         ae = load_autoencoder(args.run)
-        run_cfg = json.loads((args.run / "config.json").read_text())
-        ds = load_dataset(args.data, size=int(run_cfg.get("train", {}).get("resolution", 64)))
+        ds = load_dataset(args.data, size=vae_run_resolution(args.run))
         r, psnr = evaluate_autoencoder_floor(
             ae, ds, split=args.split, n=args.n, seed=args.seed, feature_cache=args.feature_cache
         )

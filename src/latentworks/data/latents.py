@@ -126,6 +126,12 @@ def load_autoencoder(run_dir: str | Path, device: str | torch.device = "cpu") ->
     return model.to(device).eval().requires_grad_(False)
 
 
+def vae_run_resolution(vae_run: str | Path) -> int:
+    """The image size a ``train-vae`` run was trained at (its ``config.json``; 64 if it does not say)."""
+    cfg = json.loads((Path(vae_run) / "config.json").read_text())
+    return int(cfg.get("data", {}).get("resolution", 64))
+
+
 def cache_latents(
     vae_run: str | Path,
     data: str | Path,
@@ -138,9 +144,7 @@ def cache_latents(
     from latentworks.data.folder import load_dataset
 
     ae = load_autoencoder(vae_run, device)
-    cfg = json.loads((Path(vae_run) / "config.json").read_text())
-    res = int(cfg.get("data", {}).get("resolution", 64))
-    ds = load_dataset(data, size=res, split=split)
+    ds = load_dataset(data, size=vae_run_resolution(vae_run), split=split)
     mean, std = encode_dataset(ae, ds, device=device, progress=progress)
     return save_latent_cache(
         out,

@@ -22,6 +22,7 @@ from latentworks.evaluation.fid import (
     fid_from_features,
     kid_from_features,
 )
+from latentworks.evaluation.recon import psnr
 
 
 @dataclass(frozen=True)
@@ -187,6 +188,6 @@ def evaluate_autoencoder_floor(
                 for i in range(0, len(x), batch)
             ]
         )
-    psnr = float((10 * torch.log10(4 / ((rec - x) ** 2).mean(dim=(1, 2, 3)).clamp_min(1e-10))).mean())
+    mean_psnr = float(psnr(rec, x).mean())
     fake = ((rec + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    return _score(split, ds.images[pick], ds.images[other], fake, model, feature_cache), psnr
+    return _score(split, ds.images[pick], ds.images[other], fake, model, feature_cache), mean_psnr

@@ -17,20 +17,15 @@ from latentworks.diffusion.samplers import StepInfo, get_sampler
 
 
 def model_loras(model: Any) -> AbstractContextManager[Any]:
-    """Apply the LoRAs in ``model.extra["loras"]`` (``(lora, strength)`` pairs, added by LoraLoader; a lora
-    is a ``ResolvedLora``, as ``add_lora`` stores it, or a ``LoraFile`` resolved here) to
-    ``model.denoiser_net`` in place until the context exits; a no-op context when there are none."""
+    """Apply the LoRAs in ``model.extra["loras"]`` (``(ResolvedLora, strength)`` pairs, added by
+    ``checkpoints.lora.add_lora``) to ``model.denoiser_net`` in place until the context exits; a no-op
+    context when there are none."""
     loras = tuple(getattr(model, "extra", {}).get("loras", ()))
     if not loras:
         return nullcontext()
-    from latentworks.checkpoints.lora import ResolvedLora, apply_loras, resolve_lora
+    from latentworks.checkpoints.lora import apply_loras
 
-    net = model.denoiser_net
-    resolved = [
-        (lora if isinstance(lora, ResolvedLora) else resolve_lora(lora, net, target="unet"), strength)
-        for lora, strength in loras
-    ]
-    return apply_loras(net, resolved)
+    return apply_loras(model.denoiser_net, list(loras))
 
 
 def denoise_latents(
