@@ -98,3 +98,54 @@ def test_perceptual_loss_is_zero_for_identical_and_grows():
     n = torch.randn(2, 3, 32, 32, generator=g)
     d = [p(x, x + s * n).mean().item() for s in (0.0, 0.1, 0.5)]
     assert d[0] < 1e-8 and d[0] < d[1] < d[2]
+
+
+def test_finetune_decoder_keeps_the_latents_and_swaps_into_a_model(tmp_path, data, tiny_model, capsys):
+    """--finetune-decoder trains only the decoder; convert --decoder-from puts it into a model folder,
+    and refuses an autoencoder whose encoder differs (its latents would not be the denoiser's)."""
+    from latentworks.cli import main
+    from latentworks.pipelines import Pipeline
+
+    before = load_state_dict(tiny_model / "vae.safetensors")
+    r = train_vae(_cfg(tmp_path, "ft", finetune_decoder=tiny_model, steps=3, disc_start=0))
+    assert r.step == 3
+    after = load_state_dict(tmp_path / "ft" / "model.safetensors")
+    encoder = [k for k in before if k.startswith(("encoder.", "quant_conv."))]
+    decoder = [k for k in before if k.startswith(("decoder.", "post_quant_conv."))]
+    assert encoder and decoder and len(encoder) + len(decoder) == len(before)
+    assert all(torch.equal(before[k], after[k]) for k in encoder)
+    assert sum(not torch.equal(before[k], after[k]) for k in decoder) > len(decoder) // 2
+
+    new = tmp_path / "models" / "tiny-ft"
+    assert main(["convert", str(tiny_model), "--decoder-from", str(tmp_path / "ft"), "--out", str(new)]) == 0
+    swapped = load_state_dict(new / "vae.safetensors")
+    assert all(torch.equal(swapped[k], after[k]) for k in before)
+    assert (new / "denoiser.safetensors").read_bytes() == (tiny_model / "denoiser.safetensors").read_bytes()
+    assert (new / "model.json").read_text() == (tiny_model / "model.json").read_text()
+    pipe = Pipeline.from_pretrained(new)
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    ref = Pipeline.from_pretrained(tiny_model)
+    assert not torch.allclose(pipe.model.vae.decode(z), ref.model.vae.decode(z))
+
+    # an autoencoder trained from scratch has another encoder: refused, nothing written
+    train_vae(_cfg(tmp_path, "scratch", steps=1))
+    capsys.readouterr()
+    bad = tmp_path / "models" / "bad"
+    code = main(["convert", str(tiny_model), "--decoder-from", str(tmp_path / "scratch"), "--out", str(bad)])
+    assert code == 2 and "encoder differs" in capsys.readouterr().err and not bad.exists()
+    # an existing --out is never overwritten
+    code = main(["convert", str(tiny_model), "--decoder-from", str(tmp_path / "ft"), "--out", str(new)])
+    assert code == 2 and "exists" in capsys.readouterr().err
+    # a missing source is a clear error
+    code = main(
+        [
+            "train-vae",
+            "--data",
+            str(tmp_path / "sq.npz"),
+            "--out",
+            str(tmp_path / "x"),
+            "--finetune-decoder",
+            str(tmp_path / "nope"),
+        ]
+    )
+    assert code == 2 and "no such run or model folder" in capsys.readouterr().err

@@ -52,6 +52,18 @@ try {
   const linkInto = async (id, input) => (await graph()).links.find((l) => l.target === id && l.targetInput === input);
   const nodeCount = () => page.locator('[data-testid="node"]').count();
   const edgeCount = () => page.locator(".react-flow__edge").count();
+  // [nodes, edges] once they hold still for 300 ms: React Flow draws edges a frame or more after their
+  // nodes (it needs the handles' positions), so under CPU load an immediate count can miss them.
+  const settledCounts = async () => {
+    let last = [await nodeCount(), await edgeCount()];
+    for (let still = 0, i = 0; still < 3 && i < 50; i++) {
+      await page.waitForTimeout(100);
+      const now = [await nodeCount(), await edgeCount()];
+      still = now[0] === last[0] && now[1] === last[1] ? still + 1 : 0;
+      last = now;
+    }
+    return last;
+  };
   const clickPane = () => page.locator(".react-flow__pane").click({ position: { x: 5, y: 5 } });
   const center = async (locator) => {
     const b = await locator.boundingBox();
@@ -128,10 +140,10 @@ try {
     // Remove a node with Delete, then undo.
     await page.locator('[data-testid="node"][data-id="4"] .lw-title').click();
     await page.keyboard.press("Delete");
-    report.afterDelete = [await nodeCount(), await edgeCount()];
+    report.afterDelete = await settledCounts();
     await clickPane();
     await page.keyboard.press("Control+z");
-    report.afterDeleteUndo = [await nodeCount(), await edgeCount()];
+    report.afterDeleteUndo = await settledCounts();
 
     // The server refuses a prompt: its node_errors show on the offending node.
     const positive = page.locator('[data-testid="node"][data-id="2"] textarea');

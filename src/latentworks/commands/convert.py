@@ -16,13 +16,15 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="convert checkpoints between formats",
         description="Convert a checkpoint (single .safetensors file in the original LDM/SAI/BFL layout, or a "
         "diffusers folder; family detected from its tensors) into a diffusers folder or one single-file "
-        "checkpoint; or turn the run folder of 'latentworks train' into a latentworks model folder.",
+        "checkpoint; or turn the run folder of 'latentworks train' into a latentworks model folder; or copy "
+        "a latentworks model folder with a fine-tuned decoder (--decoder-from).",
         epilog="examples:\n"
         "  latentworks convert v1-5-pruned-emaonly.safetensors --to diffusers --out models/sd15\n"
         "  latentworks convert models/sd15 --to single-file --out sd15.safetensors --half\n"
         "  latentworks convert flux1-schnell.safetensors --vae ae.safetensors --text-encoder clip_l.safetensors \\\n"
         "      --text-encoder t5xxl_fp16.safetensors --tokenizer t5/ --to diffusers --out models/flux-schnell\n"
-        "  latentworks convert --from-run runs/unet --out models/checkpoints/mine --data data/emoji-32.npz",
+        "  latentworks convert --from-run runs/unet --out models/checkpoints/mine --data data/emoji-32.npz\n"
+        "  latentworks convert default --decoder-from runs/vae-ft --out models/checkpoints/default-ft",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("input", nargs="?", type=Path, default=None, help="checkpoint file or diffusers folder")
@@ -35,6 +37,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_component_arguments(p)
     p.add_argument(
         "--from-run", type=Path, default=None, metavar="RUN", help="a 'latentworks train' run folder"
+    )
+    p.add_argument(
+        "--decoder-from",
+        type=Path,
+        default=None,
+        metavar="RUN",
+        help="INPUT is a latentworks model folder (or 'default'): copy it with the decoder of RUN, a "
+        "'train-vae --finetune-decoder' run (refused if RUN's encoder differs from the model's)",
     )
     p.add_argument("--out", type=Path, required=True, metavar="PATH", help="file or folder to write")
     p.add_argument("--name", default=None, help="--from-run: model name (default: the folder name)")
@@ -94,7 +104,28 @@ def _convert_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _replace_decoder(args: argparse.Namespace) -> int:
+    from latentworks.data.latents import load_autoencoder
+    from latentworks.pipelines.loading import replace_decoder
+
+    if args.input is None:
+        raise UserError(
+            "--decoder-from needs INPUT: the model folder (or 'default') whose decoder to replace"
+        )
+    if args.to is not None or args.from_run is not None:
+        raise UserError("--decoder-from writes a latentworks model folder; drop --to/--from-run")
+    try:
+        ae = load_autoencoder(args.decoder_from)
+        path = replace_decoder(str(args.input), ae, args.out)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        raise UserError(str(e)) from None
+    print(f"wrote {path} (the decoder of {args.decoder_from}, everything else from {args.input})")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.decoder_from is not None:
+        return _replace_decoder(args)
     if args.input is not None and args.from_run is not None:
         raise UserError("give either INPUT (a checkpoint) or --from-run RUN, not both")
     if args.input is not None:

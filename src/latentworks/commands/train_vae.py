@@ -11,7 +11,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--data", type=Path, required=True, help=".npz from 'latentworks data' or an image folder")
     p.add_argument("--out", type=Path, required=True, help="run folder")
     p.add_argument("--preset", default="emoji-f4c4", help="autoencoder preset (models.autoencoder.PRESETS)")
-    p.add_argument("--resolution", type=int, default=64)
+    p.add_argument(
+        "--resolution",
+        type=int,
+        default=None,
+        help="image size (default: 64, or the resolution of --finetune-decoder's run or model)",
+    )
     p.add_argument("--steps", type=int, default=20_000)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-4)
@@ -27,6 +32,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     p.add_argument("--device", default="cpu")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.safetensors")
+    p.add_argument(
+        "--finetune-decoder",
+        type=Path,
+        default=None,
+        metavar="FROM",
+        help="fine-tune only the decoder of FROM (a train-vae run, a model folder or 'default'), encoder "
+        "frozen, so models trained on its latents keep working; --preset is then ignored. Swap the result "
+        "into a model with 'latentworks convert MODEL --decoder-from OUT --out NEW'",
+    )
     return p
 
 
@@ -34,11 +48,20 @@ def run(args: argparse.Namespace) -> int:
     from latentworks.cli import UserError
     from latentworks.training.vae import VAETrainConfig, train_vae
 
+    resolution = args.resolution
+    if resolution is None:
+        resolution = 64
+        if args.finetune_decoder is not None and (
+            args.finetune_decoder.exists() or str(args.finetune_decoder) == "default"
+        ):
+            from latentworks.data.latents import vae_run_resolution
+
+            resolution = vae_run_resolution(args.finetune_decoder)
     cfg = VAETrainConfig(
         data=args.data,
         out=args.out,
         preset=args.preset,
-        resolution=args.resolution,
+        resolution=resolution,
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -52,10 +75,11 @@ def run(args: argparse.Namespace) -> int:
         max_seconds=args.max_seconds,
         device=args.device,
         resume=args.resume,
+        finetune_decoder=args.finetune_decoder,
     )
     try:
         r = train_vae(cfg)
-    except FloatingPointError as e:
+    except (FloatingPointError, FileNotFoundError) as e:
         raise UserError(str(e)) from None
     m = r.metrics
     if m:

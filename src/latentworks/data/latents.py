@@ -109,10 +109,14 @@ def load_latent_cache(path: str | Path) -> LatentCache:
 
 
 def load_autoencoder(run_dir: str | Path, device: str | torch.device = "cpu") -> Any:
-    """The autoencoder of a ``train-vae`` run folder (config.json + model.safetensors)."""
+    """The autoencoder of a ``train-vae`` run folder (config.json + model.safetensors) or of a model folder."""
     from latentworks.models.autoencoder import Autoencoder, AutoencoderConfig
 
     run_dir = Path(run_dir)
+    if _is_model_folder(run_dir):
+        from latentworks.pipelines.loading import load_model_autoencoder
+
+        return load_model_autoencoder(run_dir).to(device).eval().requires_grad_(False)
     cfg_path = run_dir / "config.json"
     if not cfg_path.is_file():
         raise FileNotFoundError(
@@ -126,8 +130,17 @@ def load_autoencoder(run_dir: str | Path, device: str | torch.device = "cpu") ->
     return model.to(device).eval().requires_grad_(False)
 
 
+def _is_model_folder(path: str | Path) -> bool:
+    return str(path) == "default" or (Path(path) / "model.json").is_file()
+
+
 def vae_run_resolution(vae_run: str | Path) -> int:
-    """The image size a ``train-vae`` run was trained at (its ``config.json``; 64 if it does not say)."""
+    """The image size a ``train-vae`` run was trained at (its ``config.json``; 64 if it does not say), or
+    a model folder's resolution."""
+    if _is_model_folder(vae_run):
+        from latentworks.pipelines.loading import model_resolution
+
+        return model_resolution(vae_run)[0]
     cfg = json.loads((Path(vae_run) / "config.json").read_text())
     return int(cfg.get("data", {}).get("resolution", 64))
 

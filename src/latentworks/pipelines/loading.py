@@ -247,6 +247,61 @@ def save_model_folder(
     return path
 
 
+def model_resolution(name_or_path: str | Path) -> tuple[int, int]:
+    """A model folder's native (height, width), from its model.json alone."""
+    h, w = _read_meta(resolve_model_path(name_or_path)).get("resolution", [64, 64])
+    return int(h), int(w)
+
+
+def load_model_autoencoder(name_or_path: str | Path) -> nn.Module:
+    """The autoencoder of a model folder in float32, in eval mode (trainable: nothing is frozen)."""
+    from latentworks.models.autoencoder import Autoencoder, AutoencoderConfig
+
+    path = resolve_model_path(name_or_path)
+    vae = Autoencoder(config_from_dict(AutoencoderConfig, _read_meta(path)["vae"]["config"]))
+    vae.load_state_dict(load_state_dict(path / "vae.safetensors"), strict=True)
+    return vae.float().eval()
+
+
+ENCODER_PREFIXES = ("encoder.", "quant_conv.")  # what maps images to latents; the denoiser depends on it
+
+
+def replace_decoder(model: str | Path, autoencoder: nn.Module, out: str | Path) -> Path:
+    """Copy model folder ``model`` to ``out`` with the decoder of ``autoencoder`` (e.g. a decoder fine-tune).
+
+    Refused unless ``autoencoder``'s encoder equals the model's, bit for bit at the folder's precision:
+    the denoiser was trained on that encoder's latents, so only the decoder may change. The new weights
+    are stored at the folder's precision. ``out`` must not exist or be empty.
+    """
+    import shutil
+
+    src = resolve_model_path(model)
+    out = Path(out)
+    if out.exists() and (out.is_file() or any(out.iterdir())):
+        raise FileExistsError(f"{out} exists; choose a new or empty folder (nothing is overwritten)")
+    meta = _read_meta(src)
+    old = load_state_dict(src / "vae.safetensors")
+    new = {k: v.detach().cpu() for k, v in autoencoder.state_dict().items()}
+    if set(old) != set(new):
+        raise ValueError(f"the autoencoder does not have the architecture of {src}'s (different tensors)")
+    changed = [
+        k for k in old if k.startswith(ENCODER_PREFIXES) and not torch.equal(new[k].to(old[k].dtype), old[k])
+    ]
+    if changed:
+        raise ValueError(
+            f"the autoencoder's encoder differs from {src}'s ({len(changed)} tensors, e.g. {changed[0]}); "
+            "its latents would not be the ones the denoiser learned. Fine-tune only the decoder "
+            "(latentworks train-vae --finetune-decoder)"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.is_file() and f.name not in ("vae.safetensors", "model.json"):
+            shutil.copy2(f, out / f.name)
+    save_file_atomic({k: v.to(old[k].dtype).contiguous() for k, v in new.items()}, out / "vae.safetensors")
+    (out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return out
+
+
 def describe_checkpoint(path: Path) -> str:
     """Family, variant, components and parameter counts of a checkpoint file, from its header alone."""
     from latentworks.checkpoints.detect import detect_checkpoint

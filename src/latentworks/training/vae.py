@@ -1,5 +1,10 @@
 """Stage 1: train a KL autoencoder (L1 + perceptual + KL, patch-GAN hinge loss after a warm-up).
 
+With ``finetune_decoder`` it instead fine-tunes only the decoder of an existing autoencoder (a run or a
+model folder), the encoder frozen, as the ft-MSE/ft-EMA decoders of Stable Diffusion were made: the
+latents stay exactly the same, so a denoiser trained on them keeps working with the new decoder
+(``latentworks convert MODEL --decoder-from RUN`` swaps it into a model folder).
+
 Run folder (``cfg.out``)::
 
     config.json                     {"kind": "autoencoder", "model": {...AutoencoderConfig}, "train": {...}}
@@ -62,10 +67,17 @@ class VAETrainConfig:
     device: str = "cpu"
     progress: bool = True
     max_seconds: float | None = None  # stop (after checkpointing) when the wall time is up
+    finetune_decoder: Path | None = None  # a train-vae run or model folder: train its decoder only
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", Path(self.data))
         object.__setattr__(self, "out", Path(self.out))
+        if self.finetune_decoder is not None:
+            object.__setattr__(self, "finetune_decoder", Path(self.finetune_decoder))
+            if not self.finetune_decoder.exists() and str(self.finetune_decoder) != "default":
+                raise FileNotFoundError(
+                    f"--finetune-decoder: no such run or model folder {self.finetune_decoder}"
+                )
         for name in ("steps", "batch_size", "log_every", "sample_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"VAETrainConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -75,6 +87,10 @@ class VAETrainConfig:
     def model_config(self) -> Any:
         from latentworks.models.autoencoder import PRESETS
 
+        if self.finetune_decoder is not None:
+            from latentworks.data.latents import load_autoencoder
+
+            return load_autoencoder(self.finetune_decoder).config
         if self.model is not None:
             return self.model
         if self.preset not in PRESETS:
@@ -158,9 +174,18 @@ def train_vae(cfg: VAETrainConfig) -> VAEResult:
         train_ds, eval_ds = _split(cfg)
         mcfg = cfg.model_config()
         torch.manual_seed(cfg.seed)
-        model = Autoencoder(mcfg).to(device)
+        model = Autoencoder(mcfg)
+        if cfg.finetune_decoder is not None:
+            from latentworks.data.latents import load_autoencoder
+            from latentworks.pipelines.loading import ENCODER_PREFIXES
+
+            model.load_state_dict(load_autoencoder(cfg.finetune_decoder).state_dict())
+            for name, p in model.named_parameters():
+                p.requires_grad_(not name.startswith(ENCODER_PREFIXES))
+        model = model.to(device)
         disc = PatchDiscriminator(num_layers=2 if cfg.resolution <= 64 else 3).to(device)
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=0.0)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(trainable, lr=cfg.lr, betas=cfg.betas, weight_decay=0.0)
         d_opt = torch.optim.AdamW(disc.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=0.0)
         perceptual = InceptionPerceptualLoss(device=device) if cfg.perceptual_weight > 0 else None
         run = cfg.out
@@ -243,7 +268,7 @@ def train_vae(cfg: VAETrainConfig) -> VAEResult:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
             opt.step()
 
             d_loss = rec.new_zeros(())
