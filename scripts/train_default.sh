@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuild the embedded default model from scratch with latentworks' own commands (two stages).
 # This is exactly what produced src/latentworks/assets/default (see docs/model_card_default.md).
-# On the 2-core CPU it takes about 2.5 hours; on a GPU pass DEVICE=cuda (and raise the step counts).
+# On the 2-core CPU it takes about 3.5 hours; on a GPU pass DEVICE=cuda (and raise the step counts).
 #   bash scripts/train_default.sh [WORKDIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +9,7 @@ W=${1:-runs/default}
 DEVICE=${DEVICE:-cpu}
 VAE_STEPS=${VAE_STEPS:-1800}
 UNET_STEPS=${UNET_STEPS:-4387}
+VAE_FT_STEPS=${VAE_FT_STEPS:-3297}
 LW=.venv/bin/latentworks
 mkdir -p "$W"
 # Data: Noto + Twemoji emoji at 32x32 with emojibase captions (fixed held-out split by emoji).
@@ -26,3 +27,11 @@ $LW train --out "$W/unet" --vae "$W/vae" --data data/emoji-32.npz --family unet 
 $LW convert --from-run "$W/unet" --out src/latentworks/assets/default --name default --data data/emoji-32.npz \
   --half --defaults '{"steps": 20, "guidance": 3.0, "sampler": "euler", "scheduler": "simple"}' \
   --card docs/model_card_default.json
+# Stage 3: fine-tune only the decoder (encoder frozen, so the U-Net's latents are unchanged) with L1 +
+# perceptual (Inception) + patch-GAN loss, as SD's ft-MSE decoders; then swap it into the model folder.
+$LW train-vae --data data/emoji-32.npz --out "$W/vae-ft" --finetune-decoder src/latentworks/assets/default \
+  --steps "$VAE_FT_STEPS" --batch-size 32 --lr 1e-4 --perceptual-weight 1 --disc-start 0 \
+  --checkpoint-every 250 --sample-every 250 --device "$DEVICE"
+rm -rf "$W/default-ft"
+$LW convert src/latentworks/assets/default --decoder-from "$W/vae-ft" --out "$W/default-ft"
+cp "$W/default-ft/vae.safetensors" src/latentworks/assets/default/vae.safetensors
