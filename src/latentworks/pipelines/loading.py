@@ -282,7 +282,7 @@ def replace_decoder(model: str | Path, autoencoder: nn.Module, out: str | Path) 
     meta = _read_meta(src)
     old = load_state_dict(src / "vae.safetensors")
     new = {k: v.detach().cpu() for k, v in autoencoder.state_dict().items()}
-    if set(old) != set(new):
+    if set(old) != set(new) or any(new[k].shape != old[k].shape for k in old):
         raise ValueError(f"the autoencoder does not have the architecture of {src}'s (different tensors)")
     changed = [
         k for k in old if k.startswith(ENCODER_PREFIXES) and not torch.equal(new[k].to(old[k].dtype), old[k])
