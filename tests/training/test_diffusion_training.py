@@ -149,7 +149,7 @@ train_diffusion(cfg, text_encoder=HashTextEncoder())
             "-m",
             "torch.distributed.run",
             "--nproc_per_node=2",
-            "--master_port=29533",
+            "--standalone",  # a free port: parallel runs never collide
             str(script),
         ],
         capture_output=True,

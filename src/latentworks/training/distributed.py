@@ -69,5 +69,12 @@ def all_reduce_mean(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
 
 
 def cleanup(info: DistInfo) -> None:
+    """Tear the process group down on every rank together.
+
+    Without the barrier a rank that finishes first closes its gloo connections while a peer's
+    background thread still reads from them, and that peer aborts ("terminate called without an
+    active exception") even though training succeeded.
+    """
     if info.enabled and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
