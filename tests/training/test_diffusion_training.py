@@ -109,6 +109,69 @@ def test_config_that_does_not_fit(tmp_path, cache):
         train_diffusion(_cfg(tmp_path), text_encoder=HashTextEncoder(dim=8))
 
 
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_init_from_run_and_model_folder(tmp_path, cache):
+    import dataclasses
+
+    from latentworks.diffusion.latent_formats import LatentFormat
+    from latentworks.models.autoencoder import PRESETS as VAE_PRESETS
+    from latentworks.models.autoencoder import Autoencoder
+    from latentworks.models.dit import DiT
+    from latentworks.pipelines.loading import save_model_folder
+
+    enc = HashTextEncoder()
+    train_diffusion(_cfg(tmp_path, "src", steps=3), text_encoder=enc)
+    src = load_state_dict(tmp_path / "src" / "model.safetensors")
+    # The model config comes from the source (this one would not even load its weights), and at lr 0
+    # nothing moves: the fine-tune's EMA weights are the source's, bit for bit.
+    other = dataclasses.replace(DIT, depth=1)
+    train_diffusion(
+        _cfg(tmp_path, "ft", steps=1, lr=0.0, model=other, init_from=tmp_path / "src"), text_encoder=enc
+    )
+    assert _same(load_state_dict(tmp_path / "ft" / "model.safetensors"), src)
+    # With a learning rate the weights move away from the source, staying close to it (not a fresh init).
+    train_diffusion(_cfg(tmp_path, "ft2", steps=2, init_from=tmp_path / "src"), text_encoder=enc)
+    ft2 = load_state_dict(tmp_path / "ft2" / "model.safetensors")
+    flat = lambda sd: torch.cat([v.flatten() for v in sd.values()])  # noqa: E731
+    fresh = torch.cat([p.detach().flatten() for p in DiT(DIT).state_dict().values()])
+    moved, far = (flat(ft2) - flat(src)).norm(), (fresh - flat(src)).norm()
+    assert 0 < moved < 0.05 * far, (moved, far)
+
+    # A model folder (half precision, as shipped) with the cache's latent format.
+    net = DiT(DIT)
+    net.load_state_dict(src)
+    lf = LatentFormat(channels=4, scale_factor=cache.scale, shift_factor=cache.shift)
+
+    def folder(name, latent_format, prediction="flow"):
+        return save_model_folder(
+            tmp_path / name, name=name, family="dit", denoiser=net, prediction=prediction,
+            sampling={"kind": "flow", "shift": 1.0}, vae=Autoencoder(VAE_PRESETS["tiny"]),
+            latent_format=latent_format, text_encoder={"kind": "minilm", "max_length": 32},
+            resolution=(16, 16), half=True,
+        )  # fmt: skip
+
+    train_diffusion(_cfg(tmp_path, "ft3", steps=1, lr=0.0, init_from=folder("m", lf)), text_encoder=enc)
+    half = {k: v.half().float() for k, v in src.items()}
+    assert _same(load_state_dict(tmp_path / "ft3" / "model.safetensors"), half)
+
+    # Mismatches are refused before anything is written.
+    bad_scale = folder("m2", dataclasses.replace(lf, scale_factor=2 * cache.scale))
+    with pytest.raises(ValueError, match="encode the data with the source model's autoencoder"):
+        train_diffusion(_cfg(tmp_path, "x1", init_from=bad_scale), text_encoder=enc)
+    with pytest.raises(ValueError, match="pass --prediction flow"):
+        train_diffusion(_cfg(tmp_path, "x2", prediction="eps", init_from=tmp_path / "src"), text_encoder=enc)
+    with pytest.raises(ValueError, match="pass --family dit"):
+        train_diffusion(
+            _cfg(tmp_path, "x3", family="unet", model=UNET, init_from=tmp_path / "src"), text_encoder=enc
+        )
+    with pytest.raises(FileNotFoundError, match="neither a model folder"):
+        train_diffusion(_cfg(tmp_path, "x4", init_from=tmp_path / "nowhere"), text_encoder=enc)
+    assert not any((tmp_path / n).exists() for n in ("x1", "x2", "x3", "x4"))
+
+
 def test_ddp_two_processes_identical_weights(tmp_path, cache):
     script = tmp_path / "ddp.py"
     script.write_text(

@@ -13,11 +13,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--latents", type=Path, default=None, help="latent cache (default OUT/latents.safetensors)"
     )
     p.add_argument(
-        "--vae", type=Path, default=None, help="train-vae run folder (to build the cache / decode samples)"
+        "--vae",
+        type=Path,
+        default=None,
+        help="train-vae run folder, model folder or 'default' (to build the cache / decode samples)",
     )
     p.add_argument("--data", type=Path, default=None, help="dataset to encode when the cache does not exist")
     p.add_argument("--family", choices=("unet", "dit"), default="unet")
     p.add_argument("--preset", default=None, help="model preset (default emoji-s / emoji-dit-s)")
+    p.add_argument(
+        "--init-from",
+        default=None,
+        metavar="MODEL",
+        help="fine-tune: start from the denoiser of a model folder, 'default' or a train run (its EMA "
+        "weights; the model config comes from it, the optimizer starts fresh). Encode the data with the "
+        "same autoencoder: --vae MODEL",
+    )
     p.add_argument("--prediction", choices=("eps", "v", "flow"), default="flow")
     p.add_argument("--steps", type=int, default=50_000)
     p.add_argument("--batch-size", type=int, default=32)
@@ -65,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         sample_every=args.sample_every,
         max_seconds=args.max_seconds,
         vae_run=args.vae,
+        init_from=Path(args.init_from) if args.init_from else None,
         device=args.device,
         resume=args.resume,
     )

@@ -130,6 +130,15 @@ def load_autoencoder(run_dir: str | Path, device: str | torch.device = "cpu") ->
     return model.to(device).eval().requires_grad_(False)
 
 
+def _vae_source_path(vae_run: str | Path) -> Path:
+    """Where the autoencoder lives, absolute (``default`` -> the embedded model folder)."""
+    if _is_model_folder(vae_run):
+        from latentworks.pipelines.loading import resolve_model_path
+
+        return resolve_model_path(vae_run).resolve()
+    return Path(vae_run).resolve()
+
+
 def _is_model_folder(path: str | Path) -> bool:
     return str(path) == "default" or (Path(path) / "model.json").is_file()
 
@@ -165,7 +174,7 @@ def cache_latents(
         std,
         ds.captions,
         {
-            "vae_run": str(Path(vae_run).resolve()),
+            "vae_run": str(_vae_source_path(vae_run)),
             "data": str(data),
             "split": split,
             "resolution": ds.resolution,

@@ -77,6 +77,7 @@ class DiffusionTrainConfig:
     sample_steps: int = 20
     sample_guidance: float = 4.0
     vae_run: Path | None = None  # decode sample grids to pixels with this autoencoder
+    init_from: Path | None = None  # fine-tune a model folder's (or a run's) denoiser; sets the model config
     resume: bool = False
     device: str = "cpu"
     progress: bool = True
@@ -112,11 +113,81 @@ class DiffusionTrainConfig:
         return presets[self.preset]
 
 
+@dataclass(frozen=True)
+class InitSource:
+    """Denoiser weights to fine-tune from (``DiffusionTrainConfig.init_from``)."""
+
+    family: str
+    config: Any
+    prediction: str
+    latent_scale: float
+    latent_shift: float
+    state_dict: dict[str, Tensor]
+
+
+def load_init_source(path: str | Path) -> InitSource:
+    """The denoiser of a model folder (``default`` = the embedded one) or of a ``latentworks train`` run
+    (its EMA weights), in float32."""
+    import json
+
+    from latentworks.checkpoints.io import load_state_dict
+    from latentworks.models.configs import config_from_dict
+    from latentworks.pipelines.loading import FAMILIES, _read_meta, resolve_model_path
+
+    p = Path(path)
+    if str(path) == "default" or (p / "model.json").is_file():
+        folder = resolve_model_path(path)
+        meta = _read_meta(folder)
+        dn, lf = meta["denoiser"], meta["latent_format"]
+        te = meta.get("text_encoder", {})
+        if te.get("kind") != "minilm":
+            raise ValueError(
+                f"{folder}: its text encoder is {te.get('kind')!r}; latentworks train conditions on MiniLM only"
+            )
+        family, raw, prediction = dn["family"], dn["config"], dn["prediction"]
+        scale, shift = float(lf["scale_factor"]), float(lf.get("shift_factor", 0.0))
+        weights = folder / "denoiser.safetensors"
+    elif (p / "config.json").is_file():
+        rc = json.loads((p / "config.json").read_text())
+        if rc.get("kind") != "diffusion":
+            raise ValueError(f"{p}: a {rc.get('kind')!r} run, not a 'latentworks train' run")
+        family, raw, prediction = rc["family"], rc["model"], rc["prediction"]
+        scale, shift = float(rc["latent"]["scale"]), float(rc["latent"]["shift"])
+        weights = p / "model.safetensors"
+    else:
+        raise FileNotFoundError(
+            f"--init-from {path}: neither a model folder (model.json) nor a 'latentworks train' run (config.json)"
+        )
+    if family not in ("unet", "dit"):
+        raise ValueError(f"{path}: a {family!r} denoiser; latentworks train fine-tunes unet and dit models")
+    config = config_from_dict(FAMILIES[family]()[1], raw)
+    sd = {k: v.float() if v.is_floating_point() else v for k, v in load_state_dict(weights).items()}
+    return InitSource(family, config, prediction, scale, shift, sd)
+
+
 @dataclass
 class DiffusionResult:
     step: int
     losses: list[float] = field(default_factory=list)
     run_dir: Path | None = None
+
+
+def _check_init(cfg: DiffusionTrainConfig, init: InitSource, scale: float, shift: float) -> None:
+    """Refuse a fine-tune whose source does not match this run's family, objective or latents."""
+    if init.family != cfg.family:
+        raise ValueError(f"--init-from holds a {init.family} denoiser; pass --family {init.family}")
+    if init.prediction != cfg.prediction:
+        raise ValueError(
+            f"--init-from was trained with {init.prediction!r} prediction; pass --prediction {init.prediction}"
+        )
+    if abs(init.latent_scale - scale) > 1e-3 * abs(scale) or abs(init.latent_shift - shift) > 1e-3 * max(
+        1.0, abs(shift)
+    ):
+        raise ValueError(
+            f"--init-from expects latents with scale {init.latent_scale:.5g} / shift {init.latent_shift:.5g} but "
+            f"the latent cache has {scale:.5g} / {shift:.5g}: encode the data with the source model's "
+            "autoencoder (--vae MODEL)"
+        )
 
 
 def build_model(family: str, config: Any) -> nn.Module:
@@ -220,11 +291,19 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
             from latentworks.models.text.minilm import MiniLMTextEncoder
 
             text_encoder = MiniLMTextEncoder(max_length=cfg.text_max_length, device=device)
-        mcfg = cfg.model_config()
+        init = None
+        if cfg.init_from is not None:  # (on --resume the checkpoint's weights replace these)
+            init = load_init_source(cfg.init_from)
+            _check_init(cfg, init, cache.scale, cache.shift)
+        mcfg = init.config if init is not None else cfg.model_config()
         check_fit(cfg.family, mcfg, cache.channels, cache.size, text_encoder.dim)
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.family, mcfg).to(device)
+        if init is not None:
+            model.load_state_dict(init.state_dict, strict=True)
         ema = EMA(model, cfg.ema_decay)
+        if init is not None:  # the source weights already are an average: no EMA warm-up
+            ema.num_updates = 10 * int(1 / (1 - cfg.ema_decay))
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         objective = DiffusionObjective(cfg.prediction, cfg.logit_mean, cfg.logit_std)
         run, ckpt = cfg.out, cfg.out / "checkpoints" / "last.safetensors"
