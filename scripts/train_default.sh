@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Rebuild the embedded default model from scratch with latentworks' own commands (two stages).
+# Rebuild the embedded default model from scratch with latentworks' own commands (four stages).
 # This is exactly what produced src/latentworks/assets/default (see docs/model_card_default.md).
-# On the 2-core CPU it takes about 3.5 hours; on a GPU pass DEVICE=cuda (and raise the step counts).
+# On the 2-core CPU it takes about 6 hours; on a GPU pass DEVICE=cuda (and raise the step counts).
 #   bash scripts/train_default.sh [WORKDIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +10,7 @@ DEVICE=${DEVICE:-cpu}
 VAE_STEPS=${VAE_STEPS:-1800}
 UNET_STEPS=${UNET_STEPS:-4387}
 VAE_FT_STEPS=${VAE_FT_STEPS:-3297}
+UNET_FT_STEPS=${UNET_FT_STEPS:-9000}
 LW=.venv/bin/latentworks
 mkdir -p "$W"
 # Data: Noto + Twemoji emoji at 32x32 with emojibase captions (fixed held-out split by emoji).
@@ -25,7 +26,7 @@ $LW train --out "$W/unet" --vae "$W/vae" --data data/emoji-32.npz --family unet 
   --checkpoint-every 200 --sample-every 1000 --device "$DEVICE"
 # Model folder (fp16 weights), with preview colours fitted on the data.
 $LW convert --from-run "$W/unet" --out src/latentworks/assets/default --name default --data data/emoji-32.npz \
-  --half --defaults '{"steps": 20, "guidance": 3.0, "sampler": "euler", "scheduler": "simple"}' \
+  --half --defaults '{"steps": 20, "guidance": 2.0, "sampler": "euler", "scheduler": "simple"}' \
   --card docs/model_card_default.json
 # Stage 3: fine-tune only the decoder (encoder frozen, so the U-Net's latents are unchanged) with L1 +
 # perceptual (Inception) + patch-GAN loss, as SD's ft-MSE decoders; then swap it into the model folder.
@@ -35,3 +36,14 @@ $LW train-vae --data data/emoji-32.npz --out "$W/vae-ft" --finetune-decoder src/
 rm -rf "$W/default-ft"
 $LW convert src/latentworks/assets/default --decoder-from "$W/vae-ft" --out "$W/default-ft"
 cp "$W/default-ft/vae.safetensors" src/latentworks/assets/default/vae.safetensors
+# Stage 4: fine-tune the U-Net from the model folder (--init-from: its fp16 EMA weights, a fresh AdamW at
+# 2e-4, EMA 0.999 without warm-up) on the same latents (--vae: the model folder's encoder).
+M=src/latentworks/assets/default
+$LW train --out "$W/unet-ft" --vae "$M" --data data/emoji-32.npz --init-from "$M" --family unet \
+  --prediction flow --steps "$UNET_FT_STEPS" --batch-size 64 --lr 2e-4 --ema-decay 0.999 --caption-dropout 0.1 \
+  --checkpoint-every 200 --sample-every 1000 --device "$DEVICE"
+rm -rf "$W/default-ft2"
+$LW convert --from-run "$W/unet-ft" --out "$W/default-ft2" --name default --data data/emoji-32.npz \
+  --half --defaults '{"steps": 20, "guidance": 2.0, "sampler": "euler", "scheduler": "simple"}' \
+  --card docs/model_card_default.json
+cp "$W/default-ft2/denoiser.safetensors" "$M/denoiser.safetensors"
