@@ -160,7 +160,7 @@ def load_init_source(path: str | Path) -> InitSource:
         )
     if family not in ("unet", "dit"):
         raise ValueError(f"{path}: a {family!r} denoiser; latentworks train fine-tunes unet and dit models")
-    config = config_from_dict(FAMILIES[family]()[1], raw)
+    config: Any = config_from_dict(FAMILIES[family]()[1], raw)
     sd = {k: v.float() if v.is_floating_point() else v for k, v in load_state_dict(weights).items()}
     return InitSource(family, config, prediction, scale, shift, sd)
 
