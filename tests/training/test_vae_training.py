@@ -64,6 +64,29 @@ def test_vae_learns_and_cache_latents(tmp_path, data, capsys):
     assert back.mean.shape == (20, 4, 8, 8) and len(back.captions) == 20
     z = back.sample(torch.arange(20), torch.Generator().manual_seed(0))
     assert abs(float(z.std()) - 1) < 0.2 and abs(c.scale - back.scale) < 1e-9
+    # A diffusion run on that cache exports (convert --from-run) to a model folder holding its EMA weights,
+    # the run's autoencoder and the cache's latent scale/shift.
+    from helpers import HashTextEncoder
+
+    from latentworks.models.dit import DiTConfig
+    from latentworks.pipelines.export import export_run
+    from latentworks.pipelines.loading import load_model_folder
+    from latentworks.training.diffusion import DiffusionTrainConfig, train_diffusion
+
+    dit = DiTConfig(
+        in_channels=4, sample_size=8, patch_size=2, width=32, depth=1, num_heads=2, context_dim=16
+    )
+    dcfg = DiffusionTrainConfig(
+        latents=tmp_path / "lat.safetensors", out=tmp_path / "dm", family="dit", model=dit, steps=2,
+        batch_size=4, checkpoint_every=2, sample_every=1000, progress=False, sample_prompts=(),
+    )  # fmt: skip
+    train_diffusion(dcfg, text_encoder=HashTextEncoder())
+    mf = load_model_folder(export_run(tmp_path / "dm", tmp_path / "folder", name="t"))
+    ema = load_state_dict(tmp_path / "dm" / "model.safetensors")
+    assert all(torch.equal(v, ema[k]) for k, v in mf.denoiser_net.state_dict().items())
+    vae = load_state_dict(tmp_path / "vae" / "model.safetensors")
+    assert all(torch.equal(v, vae[k]) for k, v in mf.vae.state_dict().items())
+    assert (mf.latent_format.scale_factor, mf.latent_format.shift_factor) == (back.scale, back.shift)
     # `latentworks eval floor` on the run: its reconstructions scored like generated images, with PSNR
     from latentworks.cli import main
 
@@ -149,3 +172,18 @@ def test_finetune_decoder_keeps_the_latents_and_swaps_into_a_model(tmp_path, dat
         ]
     )
     assert code == 2 and "no such run or model folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change", [{"channels": (16, 48)}, {"layers_per_block": 2}])
+def test_replace_decoder_refuses_another_architecture(tmp_path, tiny_model, change):
+    """Other tensor shapes under the same names are refused like other names (load_state_dict would
+    otherwise fail later, on a folder already written)."""
+    import dataclasses
+
+    from latentworks.models.autoencoder import PRESETS, Autoencoder
+    from latentworks.pipelines.loading import replace_decoder
+
+    other = Autoencoder(dataclasses.replace(PRESETS["tiny"], **change))
+    with pytest.raises(ValueError, match="different tensors"):
+        replace_decoder(tiny_model, other, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

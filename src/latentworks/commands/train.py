@@ -23,6 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--preset", default=None, help="model preset (default emoji-s / emoji-dit-s)")
     p.add_argument(
         "--init-from",
+        type=Path,
         default=None,
         metavar="MODEL",
         help="fine-tune: start from the denoiser of a model folder, 'default' or a train run (its EMA "
@@ -76,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         sample_every=args.sample_every,
         max_seconds=args.max_seconds,
         vae_run=args.vae,
-        init_from=Path(args.init_from) if args.init_from else None,
+        init_from=args.init_from,
         device=args.device,
         resume=args.resume,
     )

@@ -111,11 +111,10 @@ def load_latent_cache(path: str | Path) -> LatentCache:
 def load_autoencoder(run_dir: str | Path, device: str | torch.device = "cpu") -> Any:
     """The autoencoder of a ``train-vae`` run folder (config.json + model.safetensors) or of a model folder."""
     from latentworks.models.autoencoder import Autoencoder, AutoencoderConfig
+    from latentworks.pipelines.loading import is_model_folder, load_model_autoencoder
 
     run_dir = Path(run_dir)
-    if _is_model_folder(run_dir):
-        from latentworks.pipelines.loading import load_model_autoencoder
-
+    if is_model_folder(run_dir):
         return load_model_autoencoder(run_dir).to(device).eval().requires_grad_(False)
     cfg_path = run_dir / "config.json"
     if not cfg_path.is_file():
@@ -132,23 +131,17 @@ def load_autoencoder(run_dir: str | Path, device: str | torch.device = "cpu") ->
 
 def _vae_source_path(vae_run: str | Path) -> Path:
     """Where the autoencoder lives, absolute (``default`` -> the embedded model folder)."""
-    if _is_model_folder(vae_run):
-        from latentworks.pipelines.loading import resolve_model_path
+    from latentworks.pipelines.loading import is_model_folder, resolve_model_path
 
-        return resolve_model_path(vae_run).resolve()
-    return Path(vae_run).resolve()
-
-
-def _is_model_folder(path: str | Path) -> bool:
-    return str(path) == "default" or (Path(path) / "model.json").is_file()
+    return resolve_model_path(vae_run).resolve() if is_model_folder(vae_run) else Path(vae_run).resolve()
 
 
 def vae_run_resolution(vae_run: str | Path) -> int:
     """The image size a ``train-vae`` run was trained at (its ``config.json``; 64 if it does not say), or
     a model folder's resolution."""
-    if _is_model_folder(vae_run):
-        from latentworks.pipelines.loading import model_resolution
+    from latentworks.pipelines.loading import is_model_folder, model_resolution
 
+    if is_model_folder(vae_run):
         return model_resolution(vae_run)[0]
     cfg = json.loads((Path(vae_run) / "config.json").read_text())
     return int(cfg.get("data", {}).get("resolution", 64))

@@ -33,6 +33,23 @@ def fit_preview_factors(
     return factors, bias  # type: ignore[return-value]
 
 
+def load_diffusion_run(run: str | Path) -> tuple[dict[str, Any], Any]:
+    """A ``latentworks train`` run's ``config.json`` and its denoiser with the EMA weights (float32)."""
+    run = Path(run)
+    cfg_path = run / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{run}: no config.json; give the folder of a 'latentworks train' run")
+    cfg = json.loads(cfg_path.read_text())
+    if cfg.get("kind") != "diffusion":
+        raise ValueError(
+            f"{cfg_path} is a {cfg.get('kind')!r} run, not a 'latentworks train' (diffusion) run"
+        )
+    model_cls, config_cls = FAMILIES[cfg["family"]]()
+    net = model_cls(config_from_dict(config_cls, cfg["model"]))
+    net.load_state_dict(load_state_dict(run / "model.safetensors"), strict=True)
+    return cfg, net
+
+
 def export_run(
     diffusion_run: str | Path,
     out: str | Path,
@@ -51,18 +68,8 @@ def export_run(
     from latentworks.data.latents import load_autoencoder
 
     run = Path(diffusion_run)
-    cfg_path = run / "config.json"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{run}: no config.json; give the folder of a 'latentworks train' run")
-    cfg = json.loads(cfg_path.read_text())
-    if cfg.get("kind") != "diffusion":
-        raise ValueError(
-            f"{cfg_path} is a {cfg.get('kind')!r} run, not a 'latentworks train' (diffusion) run"
-        )
+    cfg, net = load_diffusion_run(run)
     family = cfg["family"]
-    model_cls, config_cls = FAMILIES[family]()
-    net = model_cls(config_from_dict(config_cls, cfg["model"]))
-    net.load_state_dict(load_state_dict(run / "model.safetensors"), strict=True)
     vae_run = Path(cfg["vae_run"])
     if not vae_run.is_absolute() and not vae_run.exists():
         vae_run = run.parent / vae_run.name

@@ -106,6 +106,11 @@ class ModelFolder:
         return dict(self.meta.get("defaults", {}))
 
 
+def is_model_folder(path: str | Path) -> bool:
+    """``default`` or a folder with a ``model.json`` (as opposed to a training run folder)."""
+    return str(path) == "default" or (Path(path) / "model.json").is_file()
+
+
 def resolve_model_path(name_or_path: str | Path, models_dir: str | Path | None = None) -> Path:
     """``default`` -> the embedded model; a folder path; or a folder name inside ``models_dir``."""
     s = str(name_or_path)

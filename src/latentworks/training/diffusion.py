@@ -18,6 +18,7 @@ Run folder (``cfg.out``)::
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,51 +119,38 @@ class InitSource:
     """Denoiser weights to fine-tune from (``DiffusionTrainConfig.init_from``)."""
 
     family: str
-    config: Any
+    net: nn.Module  # float32; its ``config`` is the run's model config
     prediction: str
     latent_scale: float
     latent_shift: float
-    state_dict: dict[str, Tensor]
 
 
 def load_init_source(path: str | Path) -> InitSource:
     """The denoiser of a model folder (``default`` = the embedded one) or of a ``latentworks train`` run
-    (its EMA weights), in float32."""
-    import json
+    (its EMA weights)."""
+    from latentworks.pipelines.export import load_diffusion_run
+    from latentworks.pipelines.loading import is_model_folder, load_model_folder
 
-    from latentworks.checkpoints.io import load_state_dict
-    from latentworks.models.configs import config_from_dict
-    from latentworks.pipelines.loading import FAMILIES, _read_meta, resolve_model_path
-
-    p = Path(path)
-    if str(path) == "default" or (p / "model.json").is_file():
-        folder = resolve_model_path(path)
-        meta = _read_meta(folder)
-        dn, lf = meta["denoiser"], meta["latent_format"]
-        te = meta.get("text_encoder", {})
-        if te.get("kind") != "minilm":
+    if is_model_folder(path):
+        mf = load_model_folder(path)
+        te = mf.meta.get("text_encoder", {}).get("kind")
+        if te != "minilm":
             raise ValueError(
-                f"{folder}: its text encoder is {te.get('kind')!r}; latentworks train conditions on MiniLM only"
+                f"{mf.path}: its text encoder is {te!r}; latentworks train conditions on MiniLM only"
             )
-        family, raw, prediction = dn["family"], dn["config"], dn["prediction"]
-        scale, shift = float(lf["scale_factor"]), float(lf.get("shift_factor", 0.0))
-        weights = folder / "denoiser.safetensors"
-    elif (p / "config.json").is_file():
-        rc = json.loads((p / "config.json").read_text())
-        if rc.get("kind") != "diffusion":
-            raise ValueError(f"{p}: a {rc.get('kind')!r} run, not a 'latentworks train' run")
-        family, raw, prediction = rc["family"], rc["model"], rc["prediction"]
+        family, net, prediction = mf.meta["denoiser"]["family"], mf.denoiser_net, mf.prediction
+        scale, shift = mf.latent_format.scale_factor, mf.latent_format.shift_factor
+    elif (Path(path) / "config.json").is_file():
+        rc, net = load_diffusion_run(path)
+        family, prediction = rc["family"], rc["prediction"]
         scale, shift = float(rc["latent"]["scale"]), float(rc["latent"]["shift"])
-        weights = p / "model.safetensors"
     else:
         raise FileNotFoundError(
             f"--init-from {path}: neither a model folder (model.json) nor a 'latentworks train' run (config.json)"
         )
     if family not in ("unet", "dit"):
         raise ValueError(f"{path}: a {family!r} denoiser; latentworks train fine-tunes unet and dit models")
-    config: Any = config_from_dict(FAMILIES[family]()[1], raw)
-    sd = {k: v.float() if v.is_floating_point() else v for k, v in load_state_dict(weights).items()}
-    return InitSource(family, config, prediction, scale, shift, sd)
+    return InitSource(family, net, prediction, scale, shift)
 
 
 @dataclass
@@ -180,8 +168,9 @@ def _check_init(cfg: DiffusionTrainConfig, init: InitSource, scale: float, shift
         raise ValueError(
             f"--init-from was trained with {init.prediction!r} prediction; pass --prediction {init.prediction}"
         )
-    if abs(init.latent_scale - scale) > 1e-3 * abs(scale) or abs(init.latent_shift - shift) > 1e-3 * max(
-        1.0, abs(shift)
+    if not (
+        math.isclose(init.latent_scale, scale, rel_tol=1e-3)
+        and math.isclose(init.latent_shift, shift, rel_tol=1e-3, abs_tol=1e-3)
     ):
         raise ValueError(
             f"--init-from expects latents with scale {init.latent_scale:.5g} / shift {init.latent_shift:.5g} but "
@@ -295,15 +284,14 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
         if cfg.init_from is not None:  # (on --resume the checkpoint's weights replace these)
             init = load_init_source(cfg.init_from)
             _check_init(cfg, init, cache.scale, cache.shift)
-        mcfg = init.config if init is not None else cfg.model_config()
+        mcfg = init.net.config if init is not None else cfg.model_config()
         check_fit(cfg.family, mcfg, cache.channels, cache.size, text_encoder.dim)
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.family, mcfg).to(device)
         if init is not None:
-            model.load_state_dict(init.state_dict, strict=True)
-        ema = EMA(model, cfg.ema_decay)
-        if init is not None:  # the source weights already are an average: no EMA warm-up
-            ema.num_updates = 10 * int(1 / (1 - cfg.ema_decay))
+            model.load_state_dict(init.net.state_dict(), strict=True)
+        # Fine-tuned weights already are an average, so their EMA starts at full decay.
+        ema = EMA(model, cfg.ema_decay, warmup=cfg.init_from is None)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         objective = DiffusionObjective(cfg.prediction, cfg.logit_mean, cfg.logit_std)
         run, ckpt = cfg.out, cfg.out / "checkpoints" / "last.safetensors"
