@@ -52,17 +52,18 @@ try {
   const linkInto = async (id, input) => (await graph()).links.find((l) => l.target === id && l.targetInput === input);
   const nodeCount = () => page.locator('[data-testid="node"]').count();
   const edgeCount = () => page.locator(".react-flow__edge").count();
-  // [nodes, edges] once they hold still for 300 ms: React Flow draws edges a frame or more after their
-  // nodes (it needs the handles' positions), so under CPU load an immediate count can miss them.
+  // [nodes, edges] as drawn, once the drawing has caught up with the editor's graph: React Flow draws
+  // edges a frame or more after their nodes (it needs the handles' positions), and under CPU load that
+  // can take seconds. If it never catches up (a real bug), the counts are reported as they are.
   const settledCounts = async () => {
-    let last = [await nodeCount(), await edgeCount()];
-    for (let still = 0, i = 0; still < 3 && i < 50; i++) {
-      await page.waitForTimeout(100);
-      const now = [await nodeCount(), await edgeCount()];
-      still = now[0] === last[0] && now[1] === last[1] ? still + 1 : 0;
-      last = now;
-    }
-    return last;
+    await page
+      .waitForFunction(() => {
+        const g = window.latentworksEditor.graph();
+        return document.querySelectorAll('[data-testid="node"]').length === g.nodes.length &&
+          document.querySelectorAll(".react-flow__edge").length === g.links.length;
+      }, null, { timeout: 10000 })
+      .catch(() => {});
+    return [await nodeCount(), await edgeCount()];
   };
   const clickPane = () => page.locator(".react-flow__pane").click({ position: { x: 5, y: 5 } });
   const center = async (locator) => {
@@ -85,7 +86,7 @@ try {
   await page.waitForFunction(() => document.querySelectorAll('[data-testid="node"]').length >= 7);
   await page.waitForTimeout(300);
   report.nodeClasses = await page.$$eval('[data-testid="node"]', (els) => els.map((e) => e.dataset.class));
-  report.edgeCount = await edgeCount();
+  report.edgeCount = (await settledCounts())[1];
   report.missing = await page.$$eval(".lw-missing", (els) => els.map((e) => e.dataset.class));
   report.menuItems = await page.$$eval(".lw-menu-item", (els) => els.map((e) => e.dataset.class));
   report.defaultWidgets = Object.fromEntries((await graph()).nodes.map((n) => [n.id, n.widgets]));
@@ -129,10 +130,10 @@ try {
     // Typed sockets: VAE -> positive (CONDITIONING) is refused; CONDITIONING -> positive is accepted.
     await drag(outHandle("1", 2), inHandle("5", "positive"));
     report.positiveAfterBadDrag = await linkInto("5", "positive");
-    report.edgesAfterBadDrag = await edgeCount();
+    report.edgesAfterBadDrag = (await settledCounts())[1];
     await drag(outHandle("3", 0), inHandle("5", "positive"));
     report.positiveAfterGoodDrag = await linkInto("5", "positive");
-    report.edgesAfterGoodDrag = await edgeCount();
+    report.edgesAfterGoodDrag = (await settledCounts())[1];
     await clickPane();
     await page.keyboard.press("Control+z");
     report.positiveAfterConnectUndo = await linkInto("5", "positive");
@@ -186,7 +187,8 @@ try {
       document.querySelector(".lw-app").dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true, cancelable: true }));
     }, src);
     await page.waitForFunction(() => window.latentworksEditor.graph().nodes.find((n) => n.id === "2")?.widgets.text === "a red apple, google style");
-    report.afterPngDrop = { steps: await widget("5", "steps"), nodes: await nodeCount(), edges: await edgeCount() };
+    const [pngNodes, pngEdges] = await settledCounts();
+    report.afterPngDrop = { steps: await widget("5", "steps"), nodes: pngNodes, edges: pngEdges };
 
     // Loading the saved JSON (the Load button's file input) gives the same graph back.
     await positive.fill("changed again");
