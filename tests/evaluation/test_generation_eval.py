@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from latentworks.data.arrays import ArrayDataset
+from latentworks.evaluation.fid import InceptionFeatures
 from latentworks.evaluation.generation import evaluate_autoencoder_floor, evaluate_generation
 
 
@@ -102,3 +103,52 @@ def test_autoencoder_floor_reconstructs_the_baseline_images() -> None:
     assert exact.fid == exact.real_fid == model.real_fid and exact.kid == exact.real_kid
     assert psnr_exact > 90 and 10 < psnr_lossy < 40
     assert lossy.fid > lossy.real_fid + 5 and lossy.real_fid == model.real_fid
+
+
+class LookalikePipe(CopyPipe):
+    """Returns the image of *another* caption that shares the prompted one's label: right kind, wrong item."""
+
+    def __init__(self, ds: ArrayDataset, label: np.ndarray) -> None:
+        super().__init__(ds)
+        by_label: dict[int, list[int]] = {}
+        for i, lab in enumerate(label):
+            by_label.setdefault(int(lab), []).append(i)
+        self.swap = {}
+        for i, c in enumerate(ds.captions):
+            group = by_label[int(label[i])]
+            self.swap[c] = ds.images[group[(group.index(i) + 1) % len(group)]]
+
+    def __call__(self, prompts, **kw):  # noqa: ANN001, ANN003, ANN204
+        return SimpleNamespace(images=[Image.fromarray(self.swap[p]) for p in prompts])
+
+
+def test_prompt_following_finds_the_prompted_image_and_label() -> None:
+    """The copy model's images are nearest to their own real image (100%); one that answers each prompt
+    with another image of the same label scores 0% same image but 100% same label; chance levels are
+    1/N and the sum of squared label frequencies."""
+    ds = make_dataset()
+    label = np.arange(len(ds)) % 2  # two classes: white border (even) vs its inverse (odd)
+    ds.images[label == 1] = 255 - ds.images[label == 1]
+    ds.extra["styles"] = label.astype(str)
+    kw = {"split": "all", "n": 12, "progress": False, "model": InceptionFeatures(device="cpu")}
+    copy = evaluate_generation(CopyPipe(ds), ds, **kw).following
+    look = evaluate_generation(LookalikePipe(ds, label), ds, **kw).following
+    noise = evaluate_generation(CopyPipe(ds, noise=True), ds, **kw).following
+    assert copy is not None and look is not None and noise is not None
+    assert copy.same_image == 1.0 and copy.labels[0][:2] == ("styles", 1.0)
+    # Other squares of the same class: never the prompted one, nearly always the prompted class.
+    assert look.same_image < 0.25 and look.labels[0][1] >= 0.9
+    picked = ds.extra["styles"][np.random.default_rng(0).permutation(len(ds))[:12]]
+    chance = sum((np.sum(picked == v) / 12) ** 2 for v in ("0", "1"))
+    assert copy.same_image_chance == 1 / 12 and abs(copy.labels[0][2] - chance) < 1e-12
+    assert noise.same_image <= 0.25
+    assert "same image 100.0% (chance 8.3%); same styles 100.0%" in copy.line()
+
+
+def test_prompt_following_refuses_mismatched_counts() -> None:
+    import pytest
+
+    from latentworks.evaluation.generation import prompt_following
+
+    with pytest.raises(ValueError, match="3 generated for 4 real"):
+        prompt_following(np.ones((4, 8)), np.ones((3, 8)))

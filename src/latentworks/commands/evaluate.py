@@ -41,6 +41,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     m = sub.add_parser(
         "model",
         help="FID/KID of a text-to-image model on a dataset's captions, beside real-vs-real at the same N",
+        description="Generate one image per caption of N real images of each split and report FID/KID beside "
+        "real-vs-real at the same N, then prompt following: how often each generated image's nearest real "
+        "image (Inception features) is the one its caption came from, or shares its emoji (hexcodes) or "
+        "style, each beside its chance level.",
     )
     m.add_argument("model", help="model folder or 'default'")
     m.add_argument(
@@ -104,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
         h, _ = pipe.model.resolution
         ds = load_dataset(args.data, size=h)
         print(HEADER)
+        following: list[str] = []
         for split in args.split or ["train", "heldout"]:
             r = evaluate_generation(
                 pipe,
@@ -117,6 +122,10 @@ def run(args: argparse.Namespace) -> int:
                 feature_cache=args.feature_cache,
             )
             print(r.row(), flush=True)
+            if r.following is not None:
+                following.append(f"{split}: {r.following.line()}")
+        if following:
+            print("\n" + "\n".join(following))
         return 0
     from latentworks.evaluation.fid import fid_kid
 

@@ -26,6 +26,56 @@ from latentworks.evaluation.recon import psnr
 
 
 @dataclass(frozen=True)
+class PromptFollowing:
+    """Does each generated image look most like the real image its caption came from?
+
+    For every generated image, the nearest of the N real images (cosine similarity of Inception pool
+    features) is found. ``same_image``: the fraction whose nearest real image is the one whose caption
+    prompted it. ``labels``: for each label column of the dataset (e.g. the emoji's ``hexcodes`` or its
+    ``styles``), the fraction whose nearest real image carries the prompted label. Every figure comes with
+    its chance level: what a model that ignored the prompt would score on these N images.
+    """
+
+    n: int
+    same_image: float
+    same_image_chance: float
+    labels: tuple[tuple[str, float, float], ...] = ()  # (label column, hit rate, chance)
+
+    def line(self) -> str:
+        parts = [f"same image {self.same_image:.1%} (chance {self.same_image_chance:.1%})"]
+        parts += [f"same {name} {hit:.1%} (chance {chance:.1%})" for name, hit, chance in self.labels]
+        return f"prompt following, nearest of the {self.n} real images: " + "; ".join(parts)
+
+
+def prompt_following(
+    real_features: np.ndarray, fake_features: np.ndarray, labels: dict[str, np.ndarray] | None = None
+) -> PromptFollowing:
+    """:class:`PromptFollowing` of generated features ``fake_features[i]`` prompted by the caption of real
+    image ``i``; ``labels[name][i]`` is real image ``i``'s label in column ``name``."""
+    if real_features.shape != fake_features.shape:
+        raise ValueError(f"{len(fake_features)} generated for {len(real_features)} real images")
+    n = len(real_features)
+
+    def unit(f: np.ndarray) -> np.ndarray:
+        f = f.astype(np.float64)
+        return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+
+    nearest = (unit(fake_features) @ unit(real_features).T).argmax(axis=1)
+    rows = []
+    for name, column in (labels or {}).items():
+        column = np.asarray(column)
+        _, counts = np.unique(column, return_counts=True)
+        chance = float(((counts / n) ** 2).sum())  # P(a random real image shares the prompted label)
+        rows.append((name, float((column[nearest] == column).mean()), chance))
+    return PromptFollowing(
+        n=n,
+        same_image=float((nearest == np.arange(n)).mean()),
+        same_image_chance=1.0 / n,
+        labels=tuple(rows),
+    )
+
+
+@dataclass(frozen=True)
 class GenerationEval:
     split: str
     n: int
@@ -33,6 +83,7 @@ class GenerationEval:
     kid: float
     real_fid: float  # real vs other real images, same N
     real_kid: float
+    following: PromptFollowing | None = None  # generated images only (not the autoencoder floor)
 
     def row(self) -> str:
         return (
@@ -105,10 +156,12 @@ def evaluate_generation(
     model: InceptionFeatures | None = None,
     progress: bool = True,
     feature_cache: Path | None = None,
+    label_columns: tuple[str, ...] = ("hexcodes", "styles"),
 ) -> GenerationEval:
     """FID/KID of ``pipe``'s images for N captions of ``split`` against those N real images, beside the
-    real-vs-real figure (see the module docstring). ``feature_cache``: a folder where the real images'
-    Inception features are kept between runs."""
+    real-vs-real figure (see the module docstring), and :class:`PromptFollowing` on the same features
+    (label columns: those of ``label_columns`` the dataset's ``extra`` holds). ``feature_cache``: a
+    folder where the real images' Inception features are kept between runs."""
     ds, pick, other = pick_real(dataset, split, n, seed)
     real = ds.images[pick]
     captions = [ds.captions[i] for i in pick]
@@ -117,7 +170,8 @@ def evaluate_generation(
     )
     if fake.shape[1:3] != real.shape[1:3]:
         raise ValueError(f"generated {fake.shape[1:3]} but the dataset holds {real.shape[1:3]} images")
-    return _score(split, real, ds.images[other], fake, model, feature_cache)
+    labels = {k: ds.extra[k][pick] for k in label_columns if k in ds.extra}
+    return _score(split, real, ds.images[other], fake, model, feature_cache, labels)
 
 
 def pick_real(dataset: Any, split: str, n: int, seed: int) -> tuple[Any, np.ndarray, np.ndarray]:
@@ -141,7 +195,10 @@ def _score(
     fake: np.ndarray | torch.Tensor,
     model: InceptionFeatures | None,
     feature_cache: Path | None,
+    labels: dict[str, np.ndarray] | None = None,
 ) -> GenerationEval:
+    """FID/KID of ``fake`` against ``real`` beside ``others`` against ``real``; with ``labels`` (generated
+    images, not reconstructions) also :func:`prompt_following`."""
     model = model or InceptionFeatures(device="cpu")
     with torch.no_grad():
         fr = cached_features(real, model, feature_cache)
@@ -156,6 +213,7 @@ def _score(
         kid=kid,
         real_fid=fid_from_features(fr, fo),
         real_kid=real_kid,
+        following=None if labels is None else prompt_following(fr, ff, labels),
     )
 
 
