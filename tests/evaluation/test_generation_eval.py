@@ -3,15 +3,21 @@ one that returns noise scores far worse, and the real-vs-real baseline uses othe
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
 from latentworks.data.arrays import ArrayDataset
 from latentworks.evaluation.fid import InceptionFeatures
-from latentworks.evaluation.generation import evaluate_autoencoder_floor, evaluate_generation
+from latentworks.evaluation.generation import (
+    evaluate_autoencoder_floor,
+    evaluate_generation,
+    prompt_following,
+)
 
 
 def make_dataset(n: int = 40) -> ArrayDataset:
@@ -105,39 +111,31 @@ def test_autoencoder_floor_reconstructs_the_baseline_images() -> None:
     assert lossy.fid > lossy.real_fid + 5 and lossy.real_fid == model.real_fid
 
 
-class LookalikePipe(CopyPipe):
-    """Returns the image of *another* caption that shares the prompted one's label: right kind, wrong item."""
-
-    def __init__(self, ds: ArrayDataset, label: np.ndarray) -> None:
-        super().__init__(ds)
-        by_label: dict[int, list[int]] = {}
-        for i, lab in enumerate(label):
-            by_label.setdefault(int(lab), []).append(i)
-        self.swap = {}
-        for i, c in enumerate(ds.captions):
-            group = by_label[int(label[i])]
-            self.swap[c] = ds.images[group[(group.index(i) + 1) % len(group)]]
-
-    def __call__(self, prompts, **kw):  # noqa: ANN001, ANN003, ANN204
-        return SimpleNamespace(images=[Image.fromarray(self.swap[p]) for p in prompts])
-
-
 def test_prompt_following_finds_the_prompted_image_and_label() -> None:
     """The copy model's images are nearest to their own real image (100%); one that answers each prompt
-    with another image of the same label scores 0% same image but 100% same label; chance levels are
-    1/N and the sum of squared label frequencies."""
+    with another image of the same label rarely hits the prompted image but almost always its label; noise
+    scores near chance; chance levels are 1/N and the sum of squared label frequencies."""
     ds = make_dataset()
     label = np.arange(len(ds)) % 2  # two classes: white border (even) vs its inverse (odd)
     ds.images[label == 1] = 255 - ds.images[label == 1]
     ds.extra["styles"] = label.astype(str)
+
+    def answering(pick: Callable[[int], int]) -> CopyPipe:  # caption i -> the image of caption pick(i)
+        pipe = CopyPipe(ds)
+        pipe.lookup = {c: ds.images[pick(i) % len(ds)] for i, c in enumerate(ds.captions)}
+        return pipe
+
     kw = {"split": "all", "n": 12, "progress": False, "model": InceptionFeatures(device="cpu")}
     copy = evaluate_generation(CopyPipe(ds), ds, **kw).following
-    look = evaluate_generation(LookalikePipe(ds, label), ds, **kw).following
+    look = evaluate_generation(answering(lambda i: i + 2), ds, **kw).following  # same label, other square
+    wrong = evaluate_generation(answering(lambda i: i + 1), ds, **kw).following  # the other label
     noise = evaluate_generation(CopyPipe(ds, noise=True), ds, **kw).following
-    assert copy is not None and look is not None and noise is not None
+    assert copy is not None and look is not None and wrong is not None and noise is not None
     assert copy.same_image == 1.0 and copy.labels[0][:2] == ("styles", 1.0)
-    # Other squares of the same class: never the prompted one, nearly always the prompted class.
+    # Other squares of the same class: rarely the prompted one, nearly always the prompted class; squares
+    # of the other class: never the prompted one, rarely the prompted class.
     assert look.same_image < 0.25 and look.labels[0][1] >= 0.9
+    assert wrong.same_image == 0.0 and wrong.labels[0][1] <= 0.1
     picked = ds.extra["styles"][np.random.default_rng(0).permutation(len(ds))[:12]]
     chance = sum((np.sum(picked == v) / 12) ** 2 for v in ("0", "1"))
     assert copy.same_image_chance == 1 / 12 and abs(copy.labels[0][2] - chance) < 1e-12
@@ -146,9 +144,5 @@ def test_prompt_following_finds_the_prompted_image_and_label() -> None:
 
 
 def test_prompt_following_refuses_mismatched_counts() -> None:
-    import pytest
-
-    from latentworks.evaluation.generation import prompt_following
-
     with pytest.raises(ValueError, match="3 generated for 4 real"):
         prompt_following(np.ones((4, 8)), np.ones((3, 8)))
