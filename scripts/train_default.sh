@@ -14,7 +14,27 @@ UNET_FT_STEPS=${UNET_FT_STEPS:-9000}
 UNET_FT2_STEPS=${UNET_FT2_STEPS:-9547}
 VAE_FT_TOTAL=${VAE_FT_TOTAL:-9449}
 LW=.venv/bin/latentworks
-mkdir -p "$W"
+M=src/latentworks/assets/default
+DEFAULTS='{"steps": 20, "guidance": 2.0, "sampler": "euler", "scheduler": "simple"}'
+mkdir -p "$W" "$M"
+# export_run RUN NAME: model folder $W/NAME (fp16 weights) from a train run's EMA weights, with preview
+# colours fitted on the data. (convert never overwrites, so each export gets its own folder.)
+export_run() {
+  rm -rf "${W:?}/$2"
+  $LW convert --from-run "$1" --out "$W/$2" --name default --data data/emoji-32.npz --half \
+    --defaults "$DEFAULTS" --card docs/model_card_default.json
+}
+# finetune_decoder STEPS [--resume]: fine-tune only the decoder of $M in the run $W/vae-ft (encoder frozen,
+# so the U-Net's latents are unchanged) with L1 + perceptual (Inception) + patch-GAN loss, as SD's ft-MSE
+# decoders; then swap the new decoder into $M.
+finetune_decoder() {
+  $LW train-vae --data data/emoji-32.npz --out "$W/vae-ft" --finetune-decoder "$M" "${@:2}" \
+    --steps "$1" --batch-size 32 --lr 1e-4 --perceptual-weight 1 --disc-start 0 \
+    --checkpoint-every 250 --sample-every 250 --device "$DEVICE"
+  rm -rf "${W:?}/default-vae"
+  $LW convert "$M" --decoder-from "$W/vae-ft" --out "$W/default-vae"
+  cp "$W/default-vae/vae.safetensors" "$M/vae.safetensors"
+}
 # Data: Noto + Twemoji emoji at 32x32 with emojibase captions (fixed held-out split by emoji).
 [ -f data/emoji-32.npz ] || $LW data emoji --out data --size 32
 # Stage 1: KL autoencoder, f4, 8 latent channels, L1 + KL. (The perceptual and GAN terms are off for
@@ -22,49 +42,30 @@ mkdir -p "$W"
 $LW train-vae --data data/emoji-32.npz --out "$W/vae" --preset emoji32-f4c8 --resolution 32 \
   --steps "$VAE_STEPS" --batch-size 32 --lr 5e-4 --perceptual-weight 0 --disc-start -1 \
   --checkpoint-every 100 --sample-every 300 --device "$DEVICE"
-# Stage 2: text-conditioned U-Net on cached latents, rectified flow with logit-normal time, EMA.
+# Stage 2: text-conditioned U-Net on cached latents, rectified flow with logit-normal time, EMA; its export
+# becomes the model folder.
 $LW train --out "$W/unet" --vae "$W/vae" --data data/emoji-32.npz --family unet --preset emoji32-xs-c8 \
   --prediction flow --steps "$UNET_STEPS" --batch-size 64 --lr 5e-4 --ema-decay 0.999 --caption-dropout 0.1 \
   --checkpoint-every 200 --sample-every 1000 --device "$DEVICE"
-# Model folder (fp16 weights), with preview colours fitted on the data.
-$LW convert --from-run "$W/unet" --out src/latentworks/assets/default --name default --data data/emoji-32.npz \
-  --half --defaults '{"steps": 20, "guidance": 2.0, "sampler": "euler", "scheduler": "simple"}' \
-  --card docs/model_card_default.json
-# Stage 3: fine-tune only the decoder (encoder frozen, so the U-Net's latents are unchanged) with L1 +
-# perceptual (Inception) + patch-GAN loss, as SD's ft-MSE decoders; then swap it into the model folder.
-$LW train-vae --data data/emoji-32.npz --out "$W/vae-ft" --finetune-decoder src/latentworks/assets/default \
-  --steps "$VAE_FT_STEPS" --batch-size 32 --lr 1e-4 --perceptual-weight 1 --disc-start 0 \
-  --checkpoint-every 250 --sample-every 250 --device "$DEVICE"
-rm -rf "$W/default-ft"
-$LW convert src/latentworks/assets/default --decoder-from "$W/vae-ft" --out "$W/default-ft"
-cp "$W/default-ft/vae.safetensors" src/latentworks/assets/default/vae.safetensors
+export_run "$W/unet" default-base
+cp "$W/default-base/"* "$M/"
+# Stage 3: the decoder fine-tune.
+finetune_decoder "$VAE_FT_STEPS"
 # Stage 4: fine-tune the U-Net from the model folder (--init-from: its fp16 EMA weights, a fresh AdamW at
 # 2e-4, EMA 0.999 without warm-up) on the same latents (--vae: the model folder's encoder).
-M=src/latentworks/assets/default
 $LW train --out "$W/unet-ft" --vae "$M" --data data/emoji-32.npz --init-from "$M" --family unet \
   --prediction flow --steps "$UNET_FT_STEPS" --batch-size 64 --lr 2e-4 --ema-decay 0.999 --caption-dropout 0.1 \
   --checkpoint-every 200 --sample-every 1000 --device "$DEVICE"
-rm -rf "$W/default-ft2"
-$LW convert --from-run "$W/unet-ft" --out "$W/default-ft2" --name default --data data/emoji-32.npz \
-  --half --defaults '{"steps": 20, "guidance": 2.0, "sampler": "euler", "scheduler": "simple"}' \
-  --card docs/model_card_default.json
+export_run "$W/unet-ft" default-ft2
 cp "$W/default-ft2/denoiser.safetensors" "$M/denoiser.safetensors"
 # Stage 5: continue from stage 4's run (its fp32 EMA weights) at half the learning rate with a longer EMA
 # (0.9995) on the same latent cache. (Run with --steps 12000 --max-seconds 5700, which stopped at 9,547.)
 $LW train --out "$W/unet-ft2" --latents "$W/unet-ft/latents.safetensors" --vae "$M" --init-from "$W/unet-ft" \
   --family unet --prediction flow --steps "$UNET_FT2_STEPS" --batch-size 64 --lr 1e-4 --ema-decay 0.9995 \
   --caption-dropout 0.1 --seed 7 --checkpoint-every 500 --sample-every 3000 --device "$DEVICE"
-rm -rf "$W/default-ft3"
-$LW convert --from-run "$W/unet-ft2" --out "$W/default-ft3" --name default --data data/emoji-32.npz \
-  --half --defaults '{"steps": 20, "guidance": 2.0, "sampler": "euler", "scheduler": "simple"}' \
-  --card docs/model_card_default.json
+export_run "$W/unet-ft2" default-ft3
 cp "$W/default-ft3/denoiser.safetensors" "$W/default-ft3/model.json" "$M/"  # model.json: the cache's own latent scale/shift
 # Stage 6: continue stage 3's decoder fine-tune (--resume: its full state, same settings) to VAE_FT_TOTAL
 # steps and swap the decoder in again; the encoder is frozen, so stages 4-5 stand. (Run with --steps 10000
 # --max-seconds 5000, which stopped at 9,449.)
-$LW train-vae --data data/emoji-32.npz --out "$W/vae-ft" --finetune-decoder "$M" --resume \
-  --steps "$VAE_FT_TOTAL" --batch-size 32 --lr 1e-4 --perceptual-weight 1 --disc-start 0 \
-  --checkpoint-every 250 --sample-every 500 --device "$DEVICE"
-rm -rf "$W/default-ft4"
-$LW convert "$M" --decoder-from "$W/vae-ft" --out "$W/default-ft4"
-cp "$W/default-ft4/vae.safetensors" "$M/vae.safetensors"
+finetune_decoder "$VAE_FT_TOTAL" --resume
