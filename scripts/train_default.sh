@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Rebuild the embedded default model from scratch with latentworks' own commands (six stages).
+# Rebuild the embedded default model from scratch with latentworks' own commands (eight stages).
 # This is exactly what produced src/latentworks/assets/default (see docs/model_card_default.md).
-# On the 2-core CPU it takes about 9 hours; on a GPU pass DEVICE=cuda (and raise the step counts).
+# On the 2-core CPU it takes about 11 hours; on a GPU pass DEVICE=cuda (and raise the step counts).
 #   bash scripts/train_default.sh [WORKDIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +13,8 @@ VAE_FT_STEPS=${VAE_FT_STEPS:-3297}
 UNET_FT_STEPS=${UNET_FT_STEPS:-9000}
 UNET_FT2_STEPS=${UNET_FT2_STEPS:-9547}
 VAE_FT_TOTAL=${VAE_FT_TOTAL:-9449}
+UNET_FT3_STEPS=${UNET_FT3_STEPS:-8000}
+VAE_FT_TOTAL2=${VAE_FT_TOTAL2:-12285}
 LW=.venv/bin/latentworks
 M=src/latentworks/assets/default
 DEFAULTS='{"steps": 20, "guidance": 2.0, "sampler": "euler", "scheduler": "simple"}'
@@ -69,3 +71,13 @@ cp "$W/default-ft3/denoiser.safetensors" "$W/default-ft3/model.json" "$M/"  # mo
 # steps and swap the decoder in again; the encoder is frozen, so stages 4-5 stand. (Run with --steps 10000
 # --max-seconds 5000, which stopped at 9,449.)
 finetune_decoder "$VAE_FT_TOTAL" --resume
+# Stage 7: continue stage 5's run (its fp32 EMA weights) at half its learning rate again (5e-5), same EMA,
+# same latent cache.
+$LW train --out "$W/unet-ft3" --latents "$W/unet-ft/latents.safetensors" --vae "$M" --init-from "$W/unet-ft2" \
+  --family unet --prediction flow --steps "$UNET_FT3_STEPS" --batch-size 64 --lr 5e-5 --ema-decay 0.9995 \
+  --caption-dropout 0.1 --seed 11 --checkpoint-every 500 --sample-every 4000 --device "$DEVICE"
+export_run "$W/unet-ft3" default-ft4
+cp "$W/default-ft4/denoiser.safetensors" "$W/default-ft4/model.json" "$M/"
+# Stage 8: continue the decoder fine-tune once more (--resume) to VAE_FT_TOTAL2 steps. (Run with --steps
+# 14000 --max-seconds 2400, which stopped at 12285.)
+finetune_decoder "$VAE_FT_TOTAL2" --resume
