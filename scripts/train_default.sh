@@ -37,6 +37,16 @@ finetune_decoder() {
   $LW convert "$M" --decoder-from "$W/vae-ft" --out "$W/default-vae"
   cp "$W/default-vae/vae.safetensors" "$M/vae.safetensors"
 }
+# continue_unet RUN FROM STEPS LR SEED: continue the U-Net from run FROM's fp32 EMA weights (a fresh AdamW at
+# LR, EMA 0.9995) on stage 4's latent cache, then swap its denoiser and model.json (the cache's own latent
+# scale/shift) into $M.
+continue_unet() {
+  $LW train --out "$W/$1" --latents "$W/unet-ft/latents.safetensors" --vae "$M" --init-from "$W/$2" \
+    --family unet --prediction flow --steps "$3" --batch-size 64 --lr "$4" --ema-decay 0.9995 \
+    --caption-dropout 0.1 --seed "$5" --checkpoint-every 500 --sample-every 3000 --device "$DEVICE"
+  export_run "$W/$1" "default-$1"
+  cp "$W/default-$1/denoiser.safetensors" "$W/default-$1/model.json" "$M/"
+}
 # Data: Noto + Twemoji emoji at 32x32 with emojibase captions (fixed held-out split by emoji).
 [ -f data/emoji-32.npz ] || $LW data emoji --out data --size 32
 # Stage 1: KL autoencoder, f4, 8 latent channels, L1 + KL. (The perceptual and GAN terms are off for
@@ -60,24 +70,15 @@ $LW train --out "$W/unet-ft" --vae "$M" --data data/emoji-32.npz --init-from "$M
   --checkpoint-every 200 --sample-every 1000 --device "$DEVICE"
 export_run "$W/unet-ft" default-ft2
 cp "$W/default-ft2/denoiser.safetensors" "$M/denoiser.safetensors"
-# Stage 5: continue from stage 4's run (its fp32 EMA weights) at half the learning rate with a longer EMA
-# (0.9995) on the same latent cache. (Run with --steps 12000 --max-seconds 5700, which stopped at 9,547.)
-$LW train --out "$W/unet-ft2" --latents "$W/unet-ft/latents.safetensors" --vae "$M" --init-from "$W/unet-ft" \
-  --family unet --prediction flow --steps "$UNET_FT2_STEPS" --batch-size 64 --lr 1e-4 --ema-decay 0.9995 \
-  --caption-dropout 0.1 --seed 7 --checkpoint-every 500 --sample-every 3000 --device "$DEVICE"
-export_run "$W/unet-ft2" default-ft3
-cp "$W/default-ft3/denoiser.safetensors" "$W/default-ft3/model.json" "$M/"  # model.json: the cache's own latent scale/shift
+# Stage 5: continue from stage 4's run at half the learning rate with a longer EMA. (Run with --steps 12000
+# --max-seconds 5700, which stopped at 9,547.)
+continue_unet unet-ft2 unet-ft "$UNET_FT2_STEPS" 1e-4 7
 # Stage 6: continue stage 3's decoder fine-tune (--resume: its full state, same settings) to VAE_FT_TOTAL
 # steps and swap the decoder in again; the encoder is frozen, so stages 4-5 stand. (Run with --steps 10000
 # --max-seconds 5000, which stopped at 9,449.)
 finetune_decoder "$VAE_FT_TOTAL" --resume
-# Stage 7: continue stage 5's run (its fp32 EMA weights) at half its learning rate again (5e-5), same EMA,
-# same latent cache.
-$LW train --out "$W/unet-ft3" --latents "$W/unet-ft/latents.safetensors" --vae "$M" --init-from "$W/unet-ft2" \
-  --family unet --prediction flow --steps "$UNET_FT3_STEPS" --batch-size 64 --lr 5e-5 --ema-decay 0.9995 \
-  --caption-dropout 0.1 --seed 11 --checkpoint-every 500 --sample-every 4000 --device "$DEVICE"
-export_run "$W/unet-ft3" default-ft4
-cp "$W/default-ft4/denoiser.safetensors" "$W/default-ft4/model.json" "$M/"
+# Stage 7: continue stage 5's run at half its learning rate again.
+continue_unet unet-ft3 unet-ft2 "$UNET_FT3_STEPS" 5e-5 11
 # Stage 8: continue the decoder fine-tune once more (--resume) to VAE_FT_TOTAL2 steps. (Run with --steps
-# 14000 --max-seconds 2400, which stopped at 12285.)
+# 14000 --max-seconds 2400, which stopped at 12,285.)
 finetune_decoder "$VAE_FT_TOTAL2" --resume
