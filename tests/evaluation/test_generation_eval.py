@@ -14,6 +14,7 @@ from PIL import Image
 from latentworks.data.arrays import ArrayDataset
 from latentworks.evaluation.fid import InceptionFeatures
 from latentworks.evaluation.generation import (
+    GenerationEval,
     evaluate_autoencoder_floor,
     evaluate_generation,
     prompt_following,
@@ -146,3 +147,9 @@ def test_prompt_following_finds_the_prompted_image_and_label() -> None:
 def test_prompt_following_refuses_mismatched_counts() -> None:
     with pytest.raises(ValueError, match="3 generated for 4 real"):
         prompt_following(np.ones((4, 8)), np.ones((3, 8)))
+
+
+def test_row_shows_kid_to_five_decimals() -> None:
+    # The KID budget is 0.005: four decimals would print +0.0050 for both 0.00496 and 0.00504.
+    r = GenerationEval(split="train", n=1000, fid=31.0, kid=0.00512, real_fid=30.0, real_kid=0.00004)
+    assert r.row() == "| train | 1000 | 31.00 | 0.00512 | 30.00 | 0.00004 | +1.00 | +0.00508 |"

@@ -87,8 +87,8 @@ class GenerationEval:
 
     def row(self) -> str:
         return (
-            f"| {self.split} | {self.n} | {self.fid:.2f} | {self.kid:.4f} | {self.real_fid:.2f} | "
-            f"{self.real_kid:.4f} | {self.fid - self.real_fid:+.2f} | {self.kid - self.real_kid:+.4f} |"
+            f"| {self.split} | {self.n} | {self.fid:.2f} | {self.kid:.5f} | {self.real_fid:.2f} | "
+            f"{self.real_kid:.5f} | {self.fid - self.real_fid:+.2f} | {self.kid - self.real_kid:+.5f} |"
         )
 
 
