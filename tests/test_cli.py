@@ -31,6 +31,7 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
         (["--strength", "0.5"], "--strength only applies with --init"),
         (["--init", "missing.png"], "--init: no such image file: missing.png"),
         (["-o", "out.jpg"], "--output must end in .png"),
+        (["--cfg-interval", "0.8", "0.2"], "--cfg-interval needs 0 <= LO <= HI, got 0.8 0.2"),
     ],
 )
 def test_generate_rejects_bad_arguments_without_traceback(
@@ -40,6 +41,17 @@ def test_generate_rejects_bad_arguments_without_traceback(
     code, _, err = run_cli(["generate", "an apple", *extra], capsys)
     assert code == 2
     assert message in err and "Traceback" not in err
+
+
+def test_generate_records_the_guidance_interval(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "g.png"
+    args = ["generate", "a red apple", "--model", str(tiny_model), "--steps", "2", "--quiet", "-o", str(out)]
+    code, _, _ = run_cli([*args, "--cfg-interval", "0", "0.5"], capsys)
+    assert code == 0
+    assert read_parameters(out)["guidance_interval"] == [0.0, 0.5]
+    assert "Guidance interval: 0-0.5" in Image.open(out).text["parameters"]
 
 
 def test_unknown_model_is_a_clear_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

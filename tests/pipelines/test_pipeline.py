@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -41,6 +43,36 @@ def test_guidance_one_skips_uncond_and_differs_from_guided(tiny_pipe: Pipeline) 
     a = tiny_pipe("a red apple", seed=1, guidance=1.0).latents
     b = tiny_pipe("a red apple", seed=1, guidance=4.0).latents
     assert (a - b).abs().max() > 1e-4
+
+
+def test_guidance_interval_guides_only_inside_it(tiny_pipe: Pipeline) -> None:
+    plain = tiny_pipe("a red apple", seed=1, guidance=1.0)
+    full = tiny_pipe("a red apple", seed=1, guidance=4.0)
+    # An interval that holds every sigma of the schedule is plain CFG; one that holds none is no guidance.
+    wide = tiny_pipe("a red apple", seed=1, guidance=4.0, guidance_interval=(0.0, float("inf")))
+    empty = tiny_pipe("a red apple", seed=1, guidance=4.0, guidance_interval=(1e6, 2e6))
+    torch.testing.assert_close(wide.latents, full.latents)
+    torch.testing.assert_close(empty.latents, plain.latents)
+    assert wide.parameters["guidance_interval"] == [0.0, float("inf")]
+    assert full.parameters["guidance_interval"] is None
+    # Guiding only the low-noise half differs from both.
+    seen: list[float] = []
+    tiny_pipe("a", seed=1, steps=4, callback=lambda s: seen.append(float(s.sigma)))
+    mid = (seen[1] + seen[2]) / 2
+    half = tiny_pipe("a red apple", seed=1, steps=4, guidance=4.0, guidance_interval=(0.0, mid)).latents
+    for other in (tiny_pipe("a red apple", seed=1, steps=4, guidance=g).latents for g in (1.0, 4.0)):
+        assert (half - other).abs().max() > 1e-5
+
+
+def test_guidance_interval_comes_from_the_model_defaults(tiny_pipe: Pipeline, monkeypatch) -> None:  # noqa: ANN001
+    defaults = {**tiny_pipe.model.defaults, "guidance_interval": [1e6, 2e6]}
+    monkeypatch.setitem(tiny_pipe.model.meta, "defaults", defaults)
+    r = tiny_pipe("a red apple", seed=1, guidance=4.0)
+    assert r.parameters["guidance_interval"] == [1e6, 2e6]
+    torch.testing.assert_close(r.latents, tiny_pipe("a red apple", seed=1, guidance=1.0).latents)
+    # An explicit argument wins over the default.
+    full = tiny_pipe("a red apple", seed=1, guidance=4.0, guidance_interval=(0.0, float("inf"))).latents
+    assert (full - r.latents).abs().max() > 1e-4
 
 
 def test_img2img_strength_zero_returns_input_up_to_vae(tiny_pipe: Pipeline) -> None:
@@ -97,10 +129,12 @@ def test_flow_model_runs_through_the_same_pipeline(tiny_flow_model) -> None:  # 
         ({"steps": 0}, "steps must be at least 1"),
         ({"width": 15}, "multiples of 2"),
         ({"batch": 0}, "batch must be at least 1"),
+        ({"guidance_interval": (0.5, 0.1)}, "0 <= sigma_lo <= sigma_hi, got (0.5, 0.1)"),
+        ({"guidance_interval": (0.5,)}, "must be a pair (sigma_lo, sigma_hi)"),
     ],
 )
 def test_bad_arguments_are_clear_errors(tiny_pipe: Pipeline, kwargs: dict, message: str) -> None:
-    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         tiny_pipe("a", **kwargs)
 
 

@@ -38,6 +38,15 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--negative", default="", metavar="TEXT", help="negative prompt (default: empty)")
     p.add_argument("--steps", type=int, default=None, metavar="N", help="sampling steps (model default: 20)")
     p.add_argument("--cfg", type=float, default=None, metavar="X", help="classifier-free guidance scale")
+    p.add_argument(
+        "--cfg-interval",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("LO", "HI"),
+        help="guide only at noise levels sigma in [LO, HI] (Kynkaanniemi et al. 2024); '0 inf' guides "
+        "every step (model default, if it sets none)",
+    )
     p.add_argument("--sampler", default=None, metavar="NAME", help="sampler, e.g. euler, dpmpp_2m, uni_pc")
     p.add_argument("--scheduler", default=None, metavar="NAME", help="schedule, e.g. normal, karras, simple")
     p.add_argument(
@@ -81,6 +90,9 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--batch must be between 1 and 64, got {args.batch}")
     if args.cfg is not None and not 0 <= args.cfg <= 100:
         raise UserError(f"--cfg must be between 0 and 100, got {args.cfg}")
+    if args.cfg_interval is not None and not 0 <= args.cfg_interval[0] <= args.cfg_interval[1]:
+        lo, hi = args.cfg_interval
+        raise UserError(f"--cfg-interval needs 0 <= LO <= HI, got {lo:g} {hi:g}")
     for name in ("width", "height"):
         v = getattr(args, name)
         if v is not None and not 8 <= v <= 4096:
@@ -143,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
         args.negative,
         steps=args.steps,
         guidance=args.cfg,
+        guidance_interval=None if args.cfg_interval is None else tuple(args.cfg_interval),
         sampler=args.sampler,
         scheduler=args.scheduler,
         seed=args.seed,

@@ -19,6 +19,7 @@ def parameters_text(params: dict[str, Any]) -> str:
         ("Sampler", "sampler"),
         ("Schedule type", "scheduler"),
         ("CFG scale", "guidance"),
+        ("Guidance interval", "guidance_interval"),
         ("Seed", "seed"),
         ("Size", None),
         ("Model", "model"),
@@ -28,6 +29,9 @@ def parameters_text(params: dict[str, Any]) -> str:
     for label, key in keys:
         if key is None:
             parts.append(f"Size: {params.get('width')}x{params.get('height')}")
+        elif key == "guidance_interval" and params.get(key) is not None:
+            lo, hi = params[key]  # no comma inside a value: A1111 readers split on ", "
+            parts.append(f"{label}: {lo:g}-{hi:g}")
         elif params.get(key) is not None:
             parts.append(f"{label}: {params[key]}")
     lines.append(", ".join(parts))

@@ -42,6 +42,7 @@ def denoise_latents(
     mask: Tensor | None = None,
     callback: Callable[[StepInfo], Any] | None = None,
     sampler_options: dict[str, Any] | None = None,
+    guidance_interval: tuple[float, float] | None = None,
 ) -> Tensor:
     """Sample from model-space latents ``x0`` (B, C, h, w) along ``sigmas``.
 
@@ -49,6 +50,8 @@ def denoise_latents(
     initial and SDE noise from ``seeds[i]``. ``add_noise=False`` starts from ``x0`` as it is
     (KSamplerAdvanced continuing a run); ``mask`` (B, 1, h, w), 1 = regenerate, keeps the rest of
     ``x0``. With fewer than two sigmas there is nothing to do and ``x0`` comes back.
+    ``guidance_interval`` ``(sigma_lo, sigma_hi)``: guide only at those noise levels (see
+    :class:`~latentworks.diffusion.guidance.CFGDenoiser`); None = at every step.
 
     LoRAs listed in ``model.extra["loras"]`` (see :func:`model_loras`) are applied to the network
     for this call only and removed afterwards (bit-exact), so a model shared with other callers is
@@ -64,7 +67,7 @@ def denoise_latents(
     inner: Any = denoiser if mask is None else InpaintDenoiser(denoiser, x0, mask, noise)
     with torch.no_grad(), model_loras(model):
         return get_sampler(sampler)(
-            CFGDenoiser(inner, guidance),
+            CFGDenoiser(inner, guidance, interval=guidance_interval),
             x,
             sigmas.to(device),
             cond=GuidedCond(cond, uncond if guidance != 1.0 else None),
