@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Rebuild the embedded default model from scratch with latentworks' own commands (eight stages).
+# Rebuild the embedded default model from scratch with latentworks' own commands (nine stages).
 # This is exactly what produced src/latentworks/assets/default (see docs/model_card_default.md).
-# On the 2-core CPU it takes about 11 hours; on a GPU pass DEVICE=cuda (and raise the step counts).
+# On the 2-core CPU it takes about 12 hours; on a GPU pass DEVICE=cuda (and raise the step counts).
 #   bash scripts/train_default.sh [WORKDIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,9 +15,10 @@ UNET_FT2_STEPS=${UNET_FT2_STEPS:-9547}
 VAE_FT_TOTAL=${VAE_FT_TOTAL:-9449}
 UNET_FT3_STEPS=${UNET_FT3_STEPS:-8000}
 VAE_FT_TOTAL2=${VAE_FT_TOTAL2:-12285}
+UNET_FT4_STEPS=${UNET_FT4_STEPS:-6276}
 LW=.venv/bin/latentworks
 M=src/latentworks/assets/default
-DEFAULTS='{"steps": 20, "guidance": 2.0, "sampler": "euler", "scheduler": "simple"}'
+DEFAULTS='{"steps": 20, "guidance": 1.5, "sampler": "euler", "scheduler": "simple"}'
 mkdir -p "$W" "$M"
 # export_run RUN NAME: model folder $W/NAME (fp16 weights) from a train run's EMA weights, with preview
 # colours fitted on the data. (convert never overwrites, so each export gets its own folder.)
@@ -37,11 +38,11 @@ finetune_decoder() {
   $LW convert "$M" --decoder-from "$W/vae-ft" --out "$W/default-vae"
   cp "$W/default-vae/vae.safetensors" "$M/vae.safetensors"
 }
-# continue_unet RUN FROM STEPS LR SEED: continue the U-Net from run FROM's fp32 EMA weights (a fresh AdamW at
-# LR, EMA 0.9995) on stage 4's latent cache, then swap its denoiser and model.json (the cache's own latent
-# scale/shift) into $M.
+# continue_unet RUN FROM STEPS LR SEED: continue the U-Net from FROM (a run's fp32 EMA weights, or a model
+# folder's fp16 ones) with a fresh AdamW at LR, EMA 0.9995, on stage 4's latent cache, then swap its denoiser
+# and model.json (the cache's own latent scale/shift) into $M.
 continue_unet() {
-  $LW train --out "$W/$1" --latents "$W/unet-ft/latents.safetensors" --vae "$M" --init-from "$W/$2" \
+  $LW train --out "$W/$1" --latents "$W/unet-ft/latents.safetensors" --vae "$M" --init-from "$2" \
     --family unet --prediction flow --steps "$3" --batch-size 64 --lr "$4" --ema-decay 0.9995 \
     --caption-dropout 0.1 --seed "$5" --checkpoint-every 500 --sample-every 3000 --device "$DEVICE"
   export_run "$W/$1" "default-$1"
@@ -72,13 +73,17 @@ export_run "$W/unet-ft" default-ft2
 cp "$W/default-ft2/denoiser.safetensors" "$M/denoiser.safetensors"
 # Stage 5: continue from stage 4's run at half the learning rate with a longer EMA. (Run with --steps 12000
 # --max-seconds 5700, which stopped at 9,547.)
-continue_unet unet-ft2 unet-ft "$UNET_FT2_STEPS" 1e-4 7
+continue_unet unet-ft2 "$W/unet-ft" "$UNET_FT2_STEPS" 1e-4 7
 # Stage 6: continue stage 3's decoder fine-tune (--resume: its full state, same settings) to VAE_FT_TOTAL
 # steps and swap the decoder in again; the encoder is frozen, so stages 4-5 stand. (Run with --steps 10000
 # --max-seconds 5000, which stopped at 9,449.)
 finetune_decoder "$VAE_FT_TOTAL" --resume
 # Stage 7: continue stage 5's run at half its learning rate again.
-continue_unet unet-ft3 unet-ft2 "$UNET_FT3_STEPS" 5e-5 11
+continue_unet unet-ft3 "$W/unet-ft2" "$UNET_FT3_STEPS" 5e-5 11
 # Stage 8: continue the decoder fine-tune once more (--resume) to VAE_FT_TOTAL2 steps. (Run with --steps
 # 14000 --max-seconds 2400, which stopped at 12,285.)
 finetune_decoder "$VAE_FT_TOTAL2" --resume
+# Stage 9: continue the U-Net from the model folder itself (its fp16 weights: stage 7's fp32 run was not
+# kept) at half stage 7's learning rate. (Run with --steps 12000 --max-seconds 3900, which stopped at 6,276,
+# on a cache encoded afresh by the model folder's encoder: same latent scale/shift to every printed digit.)
+continue_unet unet-ft4 "$M" "$UNET_FT4_STEPS" 2.5e-5 13
