@@ -52,6 +52,21 @@ def test_generate_records_the_guidance_interval(
     assert code == 0
     assert read_parameters(out)["guidance_interval"] == [0.0, 0.5]
     assert "Guidance interval: 0-0.5" in Image.open(out).text["parameters"]
+    # ... and `info --image` reads them back.
+    code, stdout, _ = run_cli(["info", "--image", str(out)], capsys)
+    assert code == 0
+    lines = dict(p for p in (line.split(None, 1) for line in stdout.splitlines()) if len(p) == 2)
+    assert lines["guidance_interval"] == "[0.0, 0.5]" and lines["prompt"] == "a red apple"
+    assert lines["steps"] == "2" and lines["seed"] == str(read_parameters(out)["seed"])
+
+
+def test_info_image_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (4, 4)).save(plain)
+    code, _, err = run_cli(["info", "--image", str(plain)], capsys)
+    assert code == 2 and "holds no generation parameters (text chunks: none)" in err
+    code, _, err = run_cli(["info", "--image", str(tmp_path / "nope.png")], capsys)
+    assert code == 2 and "no such file" in err and "Traceback" not in err
 
 
 def test_unknown_model_is_a_clear_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

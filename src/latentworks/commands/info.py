@@ -11,8 +11,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "info",
         help="show versions, devices, samplers, schedulers, or describe a model",
         description="Print versions, the compute device, and the registered samplers and schedulers. "
-        "With --model, describe that model instead (family, parameters, training data, licence).",
+        "With --model, describe that model instead (family, parameters, training data, licence); with "
+        "--image, print the generation parameters a PNG carries.",
         epilog="examples:\n  latentworks info\n  latentworks info --model default\n"
+        "  latentworks info --image latentworks.png   (the prompt, seed, sampler, ... that made it)\n"
         "  latentworks info --model sd_xl_base_1.0.safetensors   (family and parts, from the header only)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -21,10 +23,49 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         metavar="NAME|PATH",
         help="describe a model folder, a named model (e.g. default), a checkpoint file or a diffusers folder",
     )
+    p.add_argument(
+        "--image",
+        metavar="PNG",
+        help="print the generation parameters in a PNG's text chunks (written by 'latentworks generate', "
+        "the server, or an A1111-style tool)",
+    )
     return p
 
 
+def _describe_image(path: str) -> str:
+    import json
+
+    from PIL import Image, UnidentifiedImageError
+
+    from latentworks.cli import UserError
+
+    try:
+        with Image.open(path) as im:
+            text = dict(getattr(im, "text", {}))
+    except FileNotFoundError:
+        raise UserError(f"--image: no such file: {path}") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise UserError(f"--image: cannot read {path} as an image ({e})") from None
+    if "latentworks" in text:
+        try:
+            params = json.loads(text["latentworks"])
+        except json.JSONDecodeError:
+            raise UserError(f"--image: {path}: its latentworks text chunk is not valid JSON") from None
+        return "\n".join(f"{k:<18}{params[k]}" for k in sorted(params))
+    if "parameters" in text:  # an A1111-style image: show its summary as written
+        return text["parameters"]
+    found = ", ".join(sorted(text)) or "none"
+    raise UserError(f"--image: {path} holds no generation parameters (text chunks: {found})")
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.model and args.image:
+        from latentworks.cli import UserError
+
+        raise UserError("give --model or --image, not both")
+    if args.image:
+        print(_describe_image(args.image))
+        return 0
     if args.model:
         from latentworks.pipelines.loading import describe_model
 
