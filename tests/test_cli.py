@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from latentworks.cli import main
 from latentworks.pipelines.metadata import read_parameters
@@ -31,7 +31,10 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
         (["--strength", "0.5"], "--strength only applies with --init"),
         (["--init", "missing.png"], "--init: no such image file: missing.png"),
         (["-o", "out.jpg"], "--output must end in .png"),
-        (["--cfg-interval", "0.8", "0.2"], "--cfg-interval needs 0 <= LO <= HI, got 0.8 0.2"),
+        (
+            ["--cfg-interval", "0.8", "0.2"],
+            "--cfg-interval LO HI: interval must be (sigma_lo, sigma_hi) with 0 <= lo <= hi, got (0.8, 0.2)",
+        ),
     ],
 )
 def test_generate_rejects_bad_arguments_without_traceback(
@@ -65,6 +68,12 @@ def test_info_image_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixtu
     Image.new("RGB", (4, 4)).save(plain)
     code, _, err = run_cli(["info", "--image", str(plain)], capsys)
     assert code == 2 and "holds no generation parameters (text chunks: none)" in err
+    a1111 = tmp_path / "a1111.png"
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7")
+    Image.new("RGB", (4, 4)).save(a1111, pnginfo=info)
+    code, out, _ = run_cli(["info", "--image", str(a1111)], capsys)
+    assert code == 0 and out == "a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7\n"
     code, _, err = run_cli(["info", "--image", str(tmp_path / "nope.png")], capsys)
     assert code == 2 and "no such file" in err and "Traceback" not in err
 

@@ -129,7 +129,7 @@ def test_flow_model_runs_through_the_same_pipeline(tiny_flow_model) -> None:  # 
         ({"steps": 0}, "steps must be at least 1"),
         ({"width": 15}, "multiples of 2"),
         ({"batch": 0}, "batch must be at least 1"),
-        ({"guidance_interval": (0.5, 0.1)}, "0 <= sigma_lo <= sigma_hi, got (0.5, 0.1)"),
+        ({"guidance_interval": (0.5, 0.1)}, "0 <= lo <= hi, got (0.5, 0.1)"),
         ({"guidance_interval": (0.5,)}, "must be a pair (sigma_lo, sigma_hi)"),
     ],
 )

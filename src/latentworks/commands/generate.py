@@ -90,9 +90,13 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--batch must be between 1 and 64, got {args.batch}")
     if args.cfg is not None and not 0 <= args.cfg <= 100:
         raise UserError(f"--cfg must be between 0 and 100, got {args.cfg}")
-    if args.cfg_interval is not None and not 0 <= args.cfg_interval[0] <= args.cfg_interval[1]:
-        lo, hi = args.cfg_interval
-        raise UserError(f"--cfg-interval needs 0 <= LO <= HI, got {lo:g} {hi:g}")
+    if args.cfg_interval is not None:
+        from latentworks.diffusion.guidance import check_interval
+
+        try:
+            check_interval(args.cfg_interval)
+        except ValueError as e:
+            raise UserError(f"--cfg-interval LO HI: {e}") from None
     for name in ("width", "height"):
         v = getattr(args, name)
         if v is not None and not 8 <= v <= 4096:

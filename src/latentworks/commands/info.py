@@ -35,27 +35,24 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def _describe_image(path: str) -> str:
     import json
 
-    from PIL import Image, UnidentifiedImageError
-
     from latentworks.cli import UserError
+    from latentworks.pipelines.metadata import read_parameters, read_text_chunks
 
     try:
-        with Image.open(path) as im:
-            text = dict(getattr(im, "text", {}))
+        params = read_parameters(path)
     except FileNotFoundError:
         raise UserError(f"--image: no such file: {path}") from None
-    except (UnidentifiedImageError, OSError) as e:
+    except OSError as e:  # PIL's UnidentifiedImageError included
         raise UserError(f"--image: cannot read {path} as an image ({e})") from None
-    if "latentworks" in text:
-        try:
-            params = json.loads(text["latentworks"])
-        except json.JSONDecodeError:
-            raise UserError(f"--image: {path}: its latentworks text chunk is not valid JSON") from None
-        return "\n".join(f"{k:<18}{params[k]}" for k in sorted(params))
-    if "parameters" in text:  # an A1111-style image: show its summary as written
-        return text["parameters"]
-    found = ", ".join(sorted(text)) or "none"
-    raise UserError(f"--image: {path} holds no generation parameters (text chunks: {found})")
+    except json.JSONDecodeError:
+        raise UserError(f"--image: {path}: its latentworks text chunk is not valid JSON") from None
+    except ValueError:  # no latentworks chunk: an A1111-style image shows its summary as written
+        chunks = read_text_chunks(path)
+        if "parameters" in chunks:
+            return chunks["parameters"]
+        found = ", ".join(sorted(chunks)) or "none"
+        raise UserError(f"--image: {path} holds no generation parameters (text chunks: {found})") from None
+    return "\n".join(f"{k:<18}{params[k]}" for k in sorted(params))
 
 
 def run(args: argparse.Namespace) -> int:

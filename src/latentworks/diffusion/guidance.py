@@ -81,6 +81,17 @@ def dynamic_threshold(x0: Tensor, percentile: float, max_value: float | None = N
     return torch.maximum(torch.minimum(x0, s), -s) / s
 
 
+def check_interval(interval: Any) -> tuple[float, float]:
+    """A guidance interval ``(sigma_lo, sigma_hi)`` from any pair of numbers (e.g. a JSON list), or a clear error."""
+    try:
+        lo, hi = (float(v) for v in interval)
+    except (TypeError, ValueError):
+        raise ValueError(f"interval must be a pair (sigma_lo, sigma_hi), got {interval!r}") from None
+    if not 0 <= lo <= hi:
+        raise ValueError(f"interval must be (sigma_lo, sigma_hi) with 0 <= lo <= hi, got ({lo:g}, {hi:g})")
+    return lo, hi
+
+
 class CFGDenoiser:
     """Classifier-free guidance as a denoiser: ``x0 = x0_u + scale * (x0_c - x0_u)``.
 
@@ -111,10 +122,7 @@ class CFGDenoiser:
     ) -> None:
         if not 0.0 <= rescale <= 1.0:
             raise ValueError(f"rescale (phi) must be in [0, 1], got {rescale}")
-        if interval is not None:
-            lo, hi = interval
-            if not 0 <= lo <= hi:
-                raise ValueError(f"interval must be (sigma_lo, sigma_hi) with 0 <= lo <= hi, got {interval}")
+        interval = None if interval is None else check_interval(interval)
         if threshold is not None and not 0 < threshold <= 1:
             raise ValueError(f"threshold is a percentile in (0, 1] such as 0.995, got {threshold}")
         self.denoiser, self.scale, self.rescale = denoiser, float(scale), float(rescale)

@@ -29,9 +29,8 @@ def parameters_text(params: dict[str, Any]) -> str:
     for label, key in keys:
         if key is None:
             parts.append(f"Size: {params.get('width')}x{params.get('height')}")
-        elif key == "guidance_interval" and params.get(key) is not None:
-            lo, hi = params[key]  # no comma inside a value: A1111 readers split on ", "
-            parts.append(f"{label}: {lo:g}-{hi:g}")
+        elif isinstance(params.get(key), list | tuple):  # no comma inside a value: readers split on ", "
+            parts.append(f"{label}: " + "-".join(f"{v:g}" for v in params[key]))
         elif params.get(key) is not None:
             parts.append(f"{label}: {params[key]}")
     lines.append(", ".join(parts))
@@ -54,10 +53,15 @@ def save_png(
     return path
 
 
-def read_parameters(path: str | Path) -> dict[str, Any]:
-    """The generation parameters that ``save_png`` wrote into ``path``."""
+def read_text_chunks(path: str | Path) -> dict[str, str]:
+    """An image's text chunks (empty for one without any, or a format without them)."""
     with Image.open(path) as im:
-        text = im.text.get("latentworks")  # type: ignore[attr-defined]
+        return dict(getattr(im, "text", {}))
+
+
+def read_parameters(path: str | Path) -> dict[str, Any]:
+    """The generation parameters that ``save_png`` wrote into ``path`` (ValueError if there are none)."""
+    text = read_text_chunks(path).get("latentworks")
     if text is None:
         raise ValueError(f"{path} has no latentworks parameters chunk")
     return json.loads(text)

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from latentworks.diffusion.guidance import check_interval
 from latentworks.diffusion.samplers import SAMPLERS, StepInfo
 from latentworks.diffusion.schedules import SCHEDULERS, get_sigmas
 from latentworks.pipelines.families import (
@@ -73,17 +74,6 @@ def tensor_to_images(x: Tensor) -> list[Image.Image]:
     """(B, 3, H, W) in [-1, 1] -> PIL images."""
     arr = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     return [Image.fromarray(a) for a in arr]
-
-
-def _check_interval(interval: Any) -> tuple[float, float]:
-    """``(sigma_lo, sigma_hi)`` from a pair of numbers (a JSON list in a model's defaults), or a clear error."""
-    try:
-        lo, hi = (float(v) for v in interval)
-    except (TypeError, ValueError):
-        raise ValueError(f"guidance_interval must be a pair (sigma_lo, sigma_hi), got {interval!r}") from None
-    if not 0 <= lo <= hi:
-        raise ValueError(f"guidance_interval must have 0 <= sigma_lo <= sigma_hi, got ({lo}, {hi})")
-    return lo, hi
 
 
 class Pipeline:
@@ -275,7 +265,7 @@ class Pipeline:
         scheduler = scheduler or d.get("scheduler", "normal")
         interval = guidance_interval if guidance_interval is not None else d.get("guidance_interval")
         if interval is not None:
-            interval = _check_interval(interval)
+            interval = check_interval(interval)  # fail before encoding prompts, not mid-sampling
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
         if scheduler not in SCHEDULERS:
