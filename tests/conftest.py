@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from latentworks.diffusion.latent_formats import LATENT_FORMATS
+from latentworks import families
 from latentworks.models.autoencoder import PRESETS as VAE_PRESETS
 from latentworks.models.autoencoder import Autoencoder
 from latentworks.models.unet import PRESETS as UNET_PRESETS
@@ -29,12 +29,12 @@ def make_tiny_model(path: Path, prediction: str = "v", sampling: dict | None = N
     return save_model_folder(
         path,
         name="tiny-test",
-        family="unet",
+        architecture="unet",
         denoiser=unet,
         prediction=prediction,
         sampling=sampling or {"kind": "discrete", "betas": "scaled_linear"},
         vae=vae,
-        latent_format=dataclasses.replace(LATENT_FORMATS["sd15"], scale_factor=1.0),
+        latent_format=dataclasses.replace(families.get("sd15").latent_format, scale_factor=1.0),
         text_encoder={"kind": "minilm", "max_length": 16},
         resolution=(16, 16),
         defaults={"steps": 4, "guidance": 3.0, "sampler": "euler", "scheduler": "normal"},

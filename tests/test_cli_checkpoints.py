@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from latentworks.checkpoints.io import save_file_atomic
-from latentworks.checkpoints.load import CheckpointParts, single_file_state, write_single_file
 from latentworks.cli import main
+from latentworks.families.load import CheckpointParts, single_file_state, write_single_file
 from latentworks.pipelines import Pipeline
 from latentworks.pipelines.metadata import read_parameters
 from support.checkpoints import tiny_sd1_parts

@@ -11,9 +11,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from latentworks.checkpoints.detect import SD2_V_KEY, detect_checkpoint, detect_vae
+from latentworks import families
+from latentworks.checkpoints.detect import SD2_V_KEY, detect_vae
 from latentworks.checkpoints.keymaps import flux_bfl, sd3_sai, sd_diffusers, sd_ldm
-from latentworks.diffusion.latent_formats import LATENT_FORMATS
+from latentworks.families.detect import detect_checkpoint
 from latentworks.models import autoencoder, flux, mmdit, unet
 from latentworks.pipelines.loading import sampling_from_meta
 
@@ -75,17 +76,17 @@ def test_unet_single_files(case: tuple) -> None:
     shapes = unet_file(config) | vae_file(vae) | TEXT[family]
     found = detect_checkpoint(shapes, source="model.safetensors")
     assert found.denoiser_config == config
-    assert (found.family, found.variant, found.denoiser_kind) == (family, variant, "unet")
+    assert (found.family.name, found.variant, found.architecture.name) == (family, variant, "unet")
     assert (
         found.denoiser_prefix == UNET and found.vae_prefix == "first_stage_model." and found.vae_config == vae
     )
     assert found.text_encoders == encoders
     assert (
-        found.prediction == "eps" and found.latent_format == latent_format and latent_format in LATENT_FORMATS
+        found.prediction == "eps" and found.family.latent_format == families.get(latent_format).latent_format
     )
-    ms = sampling_from_meta(found.sampling)  # the spec is one the pipeline loader understands
+    ms = sampling_from_meta(found.family.sampling)  # the spec is one the pipeline loader understands
     assert (
-        found.sampling["kind"] == "discrete" and abs(ms.sigma_max - 14.6146) < 1e-3
+        found.family.sampling["kind"] == "discrete" and abs(ms.sigma_max - 14.6146) < 1e-3
     )  # SD's scaled-linear betas
 
 
@@ -127,18 +128,18 @@ def test_sd3_files(name: str, full: bool) -> None:
     shapes = header(dit, UNET) | vae_file(autoencoder.PRESETS["sd3"]) | TEXT["sd3"] if full else header(dit)
     found = detect_checkpoint(shapes)
     assert found.denoiser_config == config
-    assert (found.family, found.variant, found.denoiser_kind, found.prediction) == (
+    assert (found.family.name, found.variant, found.architecture.name, found.prediction) == (
         "sd3",
         name,
         "mmdit",
         "flow",
     )
-    assert found.latent_format == "sd3" and found.sampling == {
+    assert found.family.latent_format.scale_factor == 1.5305 and found.family.sampling == {
         "kind": "flow",
         "shift": 3.0,
         "multiplier": 1000,
     }
-    assert sampling_from_meta(found.sampling).shift == 3.0
+    assert sampling_from_meta(found.family.sampling).shift == 3.0
     if full:
         assert found.vae_config == autoencoder.PRESETS["sd3"] and found.vae_prefix == "first_stage_model."
         assert set(found.text_encoders) == {"clip_l", "clip_g", "t5xxl"}
@@ -152,9 +153,12 @@ def test_flux_files(name: str) -> None:
     bfl = header(flux_bfl.ours_to_flux_bfl(meta(flux.Flux, config), config))
     found = detect_checkpoint(bfl, source="flux1.safetensors")
     assert found.denoiser_config == config
-    assert (found.family, found.variant, found.denoiser_kind) == ("flux", name, "flux")
-    assert found.latent_format == "flux" and found.prediction == "flow" and found.denoiser_prefix == ""
-    assert found.sampling.get("flux_shift", False) == (name == "flux-dev")
+    assert (found.family.name, found.variant, found.architecture.name) == (name, name, "flux")
+    assert found.family.latent_format.scale_factor == 0.3611 and found.prediction == "flow"
+    assert found.denoiser_prefix == ""
+    assert ("dynamic_shift" in found.family.sampling) == (
+        name == "flux-dev"
+    )  # dev's resolution-dependent shift
     # An all-in-one file (ComfyUI style): transformer, VAE under vae., CLIP-L and T5.
     vae = autoencoder.PRESETS["flux"]
     full = header(flux_bfl.ours_to_flux_bfl(meta(flux.Flux, config), config), UNET) | vae_file(vae, "vae.")
@@ -193,13 +197,15 @@ def test_detect_vae_both_layouts(name: str) -> None:
 def test_unknown_files_are_clear_errors() -> None:
     clip_only = {"text_model.embeddings.token_embedding.weight": (49408, 768), "logit_scale": ()}
     with pytest.raises(
-        ValueError, match=r"clip\.safetensors: no U-Net/MM-DiT/FLUX keys found.*'text_model\.embeddings\.'"
+        ValueError, match=r"clip\.safetensors: no denoiser keys found.*'text_model\.embeddings\.'"
     ):
         detect_checkpoint(clip_only, source="clip.safetensors")
     with pytest.raises(ValueError, match="vae.pt: no autoencoder keys"):
         detect_vae(clip_only, source="vae.pt")
     odd = unet_file(replace(unet.PRESETS["sd15"], context_dim=512))
-    with pytest.raises(ValueError, match="cross-attention width 512"):
+    with pytest.raises(
+        ValueError, match=r"unet network whose config matches no known family.*context_dim=512"
+    ):
         detect_checkpoint(odd)
     broken = dict(unet_file(unet.PRESETS["sd15"]))
     del broken[UNET + "out.2.weight"]
@@ -214,7 +220,10 @@ def test_small_sdxl_refiner_style() -> None:
         context_dim=2048, use_linear_projection=True, pooled_dim=1280, num_time_ids=6,
     )  # fmt: skip
     refiner = replace(base, context_dim=1280, num_time_ids=5)
-    assert (detect_checkpoint(unet_file(base)).family, detect_checkpoint(unet_file(refiner)).family) == (
+    assert (
+        detect_checkpoint(unet_file(base)).family.name,
+        detect_checkpoint(unet_file(refiner)).family.name,
+    ) == (
         "sdxl",
         "sdxl-refiner",
     )

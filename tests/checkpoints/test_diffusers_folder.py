@@ -17,24 +17,22 @@ from pathlib import Path
 import pytest
 import torch
 
-from latentworks.checkpoints.diffusers_folder import (
+from latentworks import families
+from latentworks.checkpoints.io import CheckpointError, LazyStateDict, ShardedStateDict
+from latentworks.checkpoints.keymaps.diffusers_configs import (
     flux_config_from_diffusers,
     flux_config_to_diffusers,
     mmdit_config_from_diffusers,
     mmdit_config_to_diffusers,
-    read_diffusers_folder,
     scheduler_from_diffusers,
     scheduler_to_diffusers,
-    text_encoder_key,
     unet_config_from_diffusers,
     unet_config_to_diffusers,
     vae_config_from_diffusers,
-    write_diffusers_folder,
 )
-from latentworks.checkpoints.io import CheckpointError, LazyStateDict, ShardedStateDict
 from latentworks.diffusion.conditioning import Conditioning
 from latentworks.diffusion.denoisers import flux_shift_mu, make_betas, rescale_zero_terminal_snr
-from latentworks.diffusion.latent_formats import LATENT_FORMATS
+from latentworks.families.diffusers import read_diffusers_folder, text_encoder_key, write_diffusers_folder
 from latentworks.models.autoencoder import PRESETS as VAE_PRESETS
 from latentworks.models.flux import PRESETS as FLUX_PRESETS
 from latentworks.models.mmdit import PRESETS as MMDIT_PRESETS
@@ -167,7 +165,10 @@ def test_vae_config_recovers_presets_and_latent_scale(published: dict, preset: s
     config, scale, shift = vae_config_from_diffusers(published)
     assert config == VAE_PRESETS[preset]
     name = {"sd": "sd15", "sd3": "sd3", "flux": "flux"}[preset]
-    assert (scale, shift) == (LATENT_FORMATS[name].scale_factor, LATENT_FORMATS[name].shift_factor)
+    assert (scale, shift) == (
+        families.get(name).latent_format.scale_factor,
+        families.get(name).latent_format.shift_factor,
+    )
 
 
 @pytest.mark.parametrize(
@@ -182,7 +183,9 @@ def test_unsupported_unet_fields_are_refused_by_name(field: str, value: object) 
 
 def test_text_encoder_key_from_config_then_slot() -> None:
     assert (
-        text_encoder_key({"model_type": "clip_text_model", "hidden_size": 768}, family="sdxl", slot="x")
+        text_encoder_key(
+            {"model_type": "clip_text_model", "hidden_size": 768}, family=families.get("sdxl"), slot="x"
+        )
         == "clip_l"
     )
     assert (
@@ -196,7 +199,9 @@ def test_text_encoder_key_from_config_then_slot() -> None:
     assert text_encoder_key({"model_type": "t5", "d_model": 4096}, family=None, slot="x") == "t5xxl"
     assert (
         text_encoder_key(
-            {"model_type": "clip_text_model", "hidden_size": 32}, family="sd3", slot="text_encoder_2"
+            {"model_type": "clip_text_model", "hidden_size": 32},
+            family=families.get("sd3"),
+            slot="text_encoder_2",
         )
         == "clip_g"
     )
@@ -355,11 +360,11 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_sd15_folder_matches_diffusers(sd15_folder: tuple[Path, dict]) -> None:
     path, ref = sd15_folder
     folder = read_diffusers_folder(path)
-    assert (folder.family, folder.denoiser_kind, folder.prediction) == ("sd1", "unet", "eps")
+    assert (folder.family.name, folder.architecture.name, folder.prediction) == ("sd1", "unet", "eps")
     assert folder.sampling == {"kind": "discrete", "betas": "scaled_linear", "linear_start": 0.00085,
                                "linear_end": 0.012, "num_timesteps": 1000, "zero_terminal_snr": False}  # fmt: skip
     assert folder.latent_format is not None and folder.latent_format.scale_factor == 0.5
-    assert folder.latent_format.rgb_factors == LATENT_FORMATS["sd15"].rgb_factors
+    assert folder.latent_format.rgb_factors == families.get("sd15").latent_format.rgb_factors
     assert folder.text_encoders == {} and folder.tokenizers == {}
     assert rel(_unet_outputs(folder.build_denoiser(), True), _unet_outputs(ref["unet"], False)) < TOL
     for a, b in zip(
@@ -409,12 +414,12 @@ def test_sharded_weights_read_and_write(sd15_folder: tuple[Path, dict], tmp_path
     assert (tmp_path / "unet" / "diffusion_pytorch_model.safetensors.index.json").is_file()
     assert len(list((tmp_path / "unet").glob("*.safetensors"))) > 2
     folder = read_diffusers_folder(tmp_path)  # no model_index.json: the folders present are read
-    assert folder.family == "sd1" and folder.vae_state is None
+    assert folder.family.name == "sd1" and folder.vae_state is None
     assert rel(_unet_outputs(folder.build_denoiser(), True), _unet_outputs(ref["unet"], False)) < TOL
     kwargs = dict(
         family="sd1", denoiser_config=folder.denoiser_config,
         denoiser_state=folder.denoiser_state, vae_config=None, vae_state=None,
-        latent_format=LATENT_FORMATS["sd15"], prediction="eps", sampling=read_diffusers_folder(path).sampling,
+        latent_format=families.get("sd15").latent_format, prediction="eps", sampling=read_diffusers_folder(path).sampling,
     )  # fmt: skip
     write_diffusers_folder(tmp_path / "out", **kwargs)  # single file, then shards over it
     out = write_diffusers_folder(tmp_path / "out", **kwargs, max_shard_bytes=1_000_000)
@@ -466,7 +471,7 @@ def test_truncated_weights_name_the_file(sd15_folder: tuple[Path, dict], tmp_pat
 def test_writer_refuses_a_denoiser_of_another_family_and_writes_nothing(tmp_path: Path) -> None:
     kwargs = dict(
         denoiser_config=UNET_PRESETS["tiny"], denoiser_state={}, vae_config=None, vae_state=None,
-        latent_format=LATENT_FORMATS["sd3"], prediction="flow", sampling={},
+        latent_format=families.get("sd3").latent_format, prediction="flow", sampling={},
     )  # fmt: skip
     with pytest.raises(TypeError, match="family 'sd3' needs a MMDiTConfig denoiser_config, got UNetConfig"):
         write_diffusers_folder(tmp_path / "out", family="sd3", **kwargs)
@@ -493,7 +498,7 @@ def test_sdxl_folder_with_text_time_conditioning(tmp_path: Path, refiner: bool, 
         "unet": ["diffusers", "UNet2DConditionModel"], "scheduler": ["diffusers", "EulerDiscreteScheduler"],
     }))  # fmt: skip
     folder = read_diffusers_folder(tmp_path)
-    assert folder.family == family and folder.latent_format == LATENT_FORMATS["sdxl"]
+    assert folder.family.name == family and folder.latent_format == families.get("sdxl").latent_format
     assert folder.denoiser_config.pooled_dim == pooled and folder.denoiser_config.num_time_ids == time_ids
     ours = _unet_outputs(folder.build_denoiser(), True, pooled, time_ids)
     assert rel(ours, _unet_outputs(unet, False, pooled, time_ids)) < TOL
@@ -546,7 +551,7 @@ def test_sd3_folder_with_text_encoders_matches_diffusers(tmp_path: Path) -> None
         "text_encoder_2": [None, None], "text_encoder_3": [None, None],
     }))  # fmt: skip
     folder = read_diffusers_folder(tmp_path)
-    assert (folder.family, folder.denoiser_kind, folder.prediction) == ("sd3", "mmdit", "flow")
+    assert (folder.family.name, folder.architecture.name, folder.prediction) == ("sd3", "mmdit", "flow")
     assert folder.sampling == {"kind": "flow", "shift": 3.0, "multiplier": 1000.0}
     lf = folder.latent_format
     assert lf is not None and (lf.channels, lf.scale_factor, lf.shift_factor) == (16, 1.25, 0.1)
@@ -611,8 +616,7 @@ def test_flux_folder_matches_diffusers(tmp_path: Path) -> None:
         "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"], "vae": [None, None],
     }))  # fmt: skip
     folder = read_diffusers_folder(tmp_path)
-    assert folder.family == "flux" and folder.denoiser_config == FLUX_PRESETS["tiny"]
-    assert folder.behaviour_family == "flux-dev"
+    assert folder.family.name == "flux-dev" and folder.denoiser_config == FLUX_PRESETS["tiny"]
     assert folder.sampling is not None and folder.sampling["dynamic_shift"]["max_shift"] == 1.15
 
     g = torch.Generator().manual_seed(1)
@@ -643,7 +647,7 @@ def test_flux_folder_matches_diffusers(tmp_path: Path) -> None:
     out = write_diffusers_folder(
         tmp_path / "out", family="flux", denoiser_config=folder.denoiser_config,
         denoiser_state=folder.denoiser_state, vae_config=None, vae_state=None,
-        latent_format=LATENT_FORMATS["flux"], prediction="flow", sampling=folder.sampling,
+        latent_format=families.get("flux").latent_format, prediction="flow", sampling=folder.sampling,
     )  # fmt: skip
     back = diffusers.FluxTransformer2DModel.from_pretrained(out, subfolder="transformer").eval()
     assert rel(run(back), expected) < TOL
@@ -794,15 +798,11 @@ def test_full_size_configs_give_diffusers_exact_tensor_layout(published: dict, n
         ("sdxl-refiner", "eps", "sdxl-refiner"),
     ],
 )
-def test_behaviour_family_names_the_generation_behaviour(family: str, prediction: str, expected: str) -> None:
-    from latentworks.checkpoints.diffusers_folder import DiffusersFolder
-    from latentworks.pipelines.families import FAMILY_BEHAVIOUR
-
-    folder = DiffusersFolder(
-        path=Path("."), family=family, denoiser_kind="unet", denoiser_config=None, denoiser_state=None,
-        vae_config=None, vae_state=None, latent_format=None, prediction=prediction, sampling=None,
-    )  # fmt: skip
-    assert folder.behaviour_family == expected and expected in FAMILY_BEHAVIOUR
+def test_prediction_picks_the_family_with_that_objective(family: str, prediction: str, expected: str) -> None:
+    moved = families.with_prediction(families.get(family), prediction)
+    assert moved.name == expected and moved.generation.resolution == (
+        (768, 768) if expected == "sd2-v" else families.get(family).generation.resolution
+    )
 
 
 def test_text_encoder_class_defaults_when_config_has_no_architectures(

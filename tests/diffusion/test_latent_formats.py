@@ -7,14 +7,27 @@ import dataclasses
 import pytest
 import torch
 
-from latentworks.diffusion.latent_formats import LATENT_FORMATS, LatentFormat, get_latent_format
+from latentworks import families
+from latentworks.diffusion.latent_formats import LatentFormat
+
+# every registered family's latent format, by family name
+LATENT_FORMATS = {f.name: f.latent_format for f in families.REGISTRY if f.latent_format is not None}
 
 
 def test_published_scale_and_shift() -> None:
-    assert LATENT_FORMATS["sd15"].scale_factor == 0.18215 and LATENT_FORMATS["sd15"].shift_factor == 0
-    assert LATENT_FORMATS["sdxl"].scale_factor == 0.13025
-    assert (LATENT_FORMATS["sd3"].scale_factor, LATENT_FORMATS["sd3"].shift_factor) == (1.5305, 0.0609)
-    assert (LATENT_FORMATS["flux"].scale_factor, LATENT_FORMATS["flux"].shift_factor) == (0.3611, 0.1159)
+    assert (
+        families.get("sd15").latent_format.scale_factor == 0.18215
+        and families.get("sd15").latent_format.shift_factor == 0
+    )
+    assert families.get("sdxl").latent_format.scale_factor == 0.13025
+    assert (
+        families.get("sd3").latent_format.scale_factor,
+        families.get("sd3").latent_format.shift_factor,
+    ) == (1.5305, 0.0609)
+    assert (
+        families.get("flux").latent_format.scale_factor,
+        families.get("flux").latent_format.shift_factor,
+    ) == (0.3611, 0.1159)
     for name, fmt in LATENT_FORMATS.items():
         assert len(fmt.rgb_factors) == fmt.channels, name
 
@@ -29,7 +42,7 @@ def test_process_in_out_round_trip_and_formula(name: str) -> None:
 
 
 def test_preview_is_linear_map_to_uint8() -> None:
-    fmt = LATENT_FORMATS["sdxl"]
+    fmt = families.get("sdxl").latent_format
     z = torch.randn(2, 4, 5, 7, generator=torch.Generator().manual_seed(1)) * 2
     img = fmt.preview(z)
     assert img.shape == (2, 5, 7, 3) and img.dtype == torch.uint8
@@ -41,7 +54,7 @@ def test_preview_is_linear_map_to_uint8() -> None:
 
 
 def test_preview_of_a_channel_follows_its_factor_row() -> None:
-    fmt = LATENT_FORMATS["sd15"]
+    fmt = families.get("sd15").latent_format
     z = torch.zeros(1, 4, 2, 2)
     z[:, 3] = 1.0  # the 4th SD channel is mostly "negative blue"
     px = fmt.preview(z)[0, 0, 0].int()
@@ -50,11 +63,10 @@ def test_preview_of_a_channel_follows_its_factor_row() -> None:
 
 
 def test_errors_and_frozen() -> None:
-    fmt = get_latent_format("flux")
+    fmt = families.get("flux").latent_format
+    assert fmt is not None
     with pytest.raises(ValueError, match=r"\(B, 16"):
         fmt.process_in(torch.zeros(1, 4, 8, 8))
-    with pytest.raises(ValueError, match="sd15, sd2, sdxl, sd3, flux"):
-        get_latent_format("sd4")
     with pytest.raises(ValueError, match="3 \\(R, G, B\\)"):
         LatentFormat(channels=2, scale_factor=1.0, rgb_factors=((1.0, 0.0, 0.0),))
     with pytest.raises(ValueError, match="no rgb_factors"):

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from latentworks.checkpoints.load import read_checkpoint, write_diffusers, write_single_file
 from latentworks.diffusion.conditioning import Conditioning
+from latentworks.families.load import read_checkpoint, write_diffusers, write_single_file
 from latentworks.graph.executor import Executor
 from latentworks.nodes import default_registry
 from latentworks.nodes.models import _resolve, list_checkpoints

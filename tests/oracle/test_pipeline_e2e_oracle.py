@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from latentworks.checkpoints.load import read_checkpoint, write_single_file
 from latentworks.diffusion.noise import seeded_noise
 from latentworks.diffusion.schedules import get_sigmas
+from latentworks.families.load import read_checkpoint, write_single_file
 from latentworks.pipelines import Pipeline
 from support.tokenizers import t5_tokenizer_for_diffusers, write_clip_tokenizer, write_t5_tokenizer
 

@@ -25,9 +25,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from latentworks.checkpoints.detect import detect_checkpoint, detect_vae
+from latentworks.checkpoints.detect import detect_vae
 from latentworks.checkpoints.keymaps import flux_bfl, sd3_sai, sd_ldm
 from latentworks.diffusion.conditioning import Conditioning
+from latentworks.families.detect import detect_checkpoint
 from latentworks.models.autoencoder import Autoencoder, AutoencoderConfig
 from latentworks.models.flux import Flux, FluxConfig
 from latentworks.models.mmdit import MMDiT, MMDiTConfig
@@ -295,7 +296,7 @@ def test_mmdit_single_file_matches_diffusers(name: str, tmp_path: Path) -> None:
     sai = {DENOISER + k: v for k, v in sd3_sai.ours_to_mmdit_sai(state, config).items()}
     path, folder = write(tmp_path, sai, diffusers_config, "SD3Transformer2DModel")
     found = detect_checkpoint(header(path))
-    assert (found.denoiser_config, found.family, found.prediction) == (config, "sd3", "flow")
+    assert (found.denoiser_config, found.family.name, found.prediction) == (config, "sd3", "flow")
 
     ref = diffusers.SD3Transformer2DModel.from_single_file(
         str(path), config=str(folder), local_files_only=True

@@ -24,8 +24,9 @@ from transformers import (
     T5EncoderModel,
 )
 
-from latentworks.checkpoints.keymaps.text_encoders import hf_to_open_clip
+from latentworks import families
 from latentworks.models.text.families import make_prompt_encoder
+from latentworks.models.text.layouts import hf_to_open_clip
 from support.tokenizers import WORDS
 from support.tokenizers import t5_tokenizer_for_diffusers as _t5_tokenizer_for_diffusers
 from support.tokenizers import write_clip_tokenizer as _write_clip_tokenizer
@@ -105,9 +106,9 @@ def test_sd1_and_sd2_match_stable_diffusion_pipeline(tmp_path: Path) -> None:
         unet=None, scheduler=None, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )  # fmt: skip
     ref, _ = pipe.encode_prompt(PROMPTS, "cpu", 1, False)
-    ours = make_prompt_encoder("sd15", {"clip_l": _sd(clip_l)}, tokenizer_dir=tmp_path / "sd1").encode(
-        PROMPTS
-    )
+    ours = make_prompt_encoder(
+        families.get("sd15").text, {"clip_l": _sd(clip_l)}, tokenizer_dir=tmp_path / "sd1"
+    ).encode(PROMPTS)
     _close(ours.tokens, ref)
 
     _write_clip_tokenizer(tmp_path / "sd2" / "tokenizer", "!")
@@ -118,7 +119,9 @@ def test_sd1_and_sd2_match_stable_diffusion_pipeline(tmp_path: Path) -> None:
         unet=None, scheduler=None, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )  # fmt: skip
     ref, _ = pipe.encode_prompt(PROMPTS + [""], "cpu", 1, False)
-    enc = make_prompt_encoder("sd2", {"clip_h": hf_to_open_clip(_sd(clip_h))}, tokenizer_dir=tmp_path / "sd2")
+    enc = make_prompt_encoder(
+        families.get("sd2").text, {"clip_h": hf_to_open_clip(_sd(clip_h))}, tokenizer_dir=tmp_path / "sd2"
+    )
     ours = enc.encode(PROMPTS + [""])
     _close(ours.tokens, ref)
     assert enc.dim == 1024 and enc.max_length == 77
@@ -143,7 +146,9 @@ def test_sdxl_matches_diffusers_including_zero_negative(tmp_path: Path) -> None:
         PROMPTS, device="cpu", do_classifier_free_guidance=True
     )
     enc = make_prompt_encoder(
-        "sdxl", {"clip_l": _sd(clip_l), "clip_g": hf_to_open_clip(_sd(clip_g))}, tokenizer_dir=tmp_path
+        families.get("sdxl").text,
+        {"clip_l": _sd(clip_l), "clip_g": hf_to_open_clip(_sd(clip_g))},
+        tokenizer_dir=tmp_path,
     )
     ours = enc.encode(PROMPTS + [""])
     _close(ours.tokens[:2], ref)
@@ -158,9 +163,9 @@ def test_sdxl_matches_diffusers_including_zero_negative(tmp_path: Path) -> None:
         tokenizer_2=CLIPTokenizer.from_pretrained(str(tmp_path / "tokenizer_2")), unet=None, scheduler=None,
     )  # fmt: skip
     ref, _, ref_pooled, _ = refiner.encode_prompt(PROMPTS, device="cpu", do_classifier_free_guidance=False)
-    ours = make_prompt_encoder("sdxl-refiner", {"clip_g": _sd(clip_g)}, tokenizer_dir=tmp_path).encode(
-        PROMPTS
-    )
+    ours = make_prompt_encoder(
+        families.get("sdxl-refiner").text, {"clip_g": _sd(clip_g)}, tokenizer_dir=tmp_path
+    ).encode(PROMPTS)
     _close(ours.tokens, ref)
     _close(ours.pooled, ref_pooled)
 
@@ -181,7 +186,7 @@ def test_sd3_matches_diffusers(tmp_path: Path) -> None:
         PROMPTS, None, None, device="cpu", do_classifier_free_guidance=False, max_sequence_length=256
     )
     components = {"clip_l": _sd(clip_l), "clip_g": hf_to_open_clip(_sd(clip_g)), "t5xxl": _sd(t5)}
-    enc = make_prompt_encoder("sd3", components, tokenizer_dir=tmp_path)
+    enc = make_prompt_encoder(families.get("sd3").text, components, tokenizer_dir=tmp_path)
     ours = enc.encode(PROMPTS)
     assert ref.shape == (2, 77 + 256, 2048)
     _close(ours.tokens, ref)
@@ -189,7 +194,7 @@ def test_sd3_matches_diffusers(tmp_path: Path) -> None:
     assert enc.max_length == 333 and enc.dim == 2048
 
     # without T5: the CLIP part is unchanged, the T5 part is zeros (diffusers' behaviour), padded to 4096
-    no_t5 = make_prompt_encoder("sd3", {"clip_l": components["clip_l"], "clip_g": components["clip_g"]},
+    no_t5 = make_prompt_encoder(families.get("sd3").text, {"clip_l": components["clip_l"], "clip_g": components["clip_g"]},
                                 tokenizer_dir=tmp_path).encode(PROMPTS)  # fmt: skip
     assert no_t5.tokens.shape == (2, 333, 4096)
     _close(no_t5.tokens[:, :77, :2048], ref[:, :77, :2048])
@@ -208,7 +213,9 @@ def test_flux_matches_diffusers(tmp_path: Path, family: str, length: int) -> Non
         text_encoder_2=t5, tokenizer_2=_t5_tokenizer_for_diffusers(t5_path),
     )  # fmt: skip
     ref, ref_pooled, _ = pipe.encode_prompt(PROMPTS, None, device="cpu", max_sequence_length=length)
-    enc = make_prompt_encoder(family, {"clip_l": _sd(clip_l), "t5xxl": _sd(t5)}, tokenizer_dir=tmp_path)
+    enc = make_prompt_encoder(
+        families.get(family).text, {"clip_l": _sd(clip_l), "t5xxl": _sd(t5)}, tokenizer_dir=tmp_path
+    )
     ours = enc.encode(PROMPTS)
     assert ref.shape == (2, length, 2048)
     _close(ours.tokens, ref)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from latentworks import families
 from latentworks.diffusion.conditioning import Conditioning
 from latentworks.diffusion.denoisers import FlowModelSampling, flux_shift_mu
 from latentworks.pipelines.families import (
-    FAMILY_BEHAVIOUR,
     add_conditioning_extras,
     behaviour_of,
     cfg_scale,
@@ -66,4 +66,4 @@ def test_flux_shift_depends_on_token_count(h: int, w: int) -> None:
 def test_unknown_family_lists_the_known_ones() -> None:
     with pytest.raises(ValueError, match="sdxl"):
         behaviour_of("sd9")
-    assert behaviour_of(None) is FAMILY_BEHAVIOUR["latentworks"]
+    assert behaviour_of(None) is families.get("latentworks").generation

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from latentworks.checkpoints.io import LazyStateDict
-from latentworks.checkpoints.load import write_single_file
+from latentworks.families.load import write_single_file
 from support.checkpoints import tiny_sd1_parts
 
 _SCRIPT = r"""
@@ -19,7 +19,7 @@ import resource, sys
 import torch
 # Code is imported before the baseline (a long-running process has it loaded; transformers' CLIP modules
 # alone are ~100 MB of RSS): the measurement is about weights.
-import latentworks.checkpoints.keymaps.sd_ldm, latentworks.checkpoints.load  # noqa: F401, E401
+import latentworks.checkpoints.keymaps.sd_ldm, latentworks.families.load  # noqa: F401, E401
 import latentworks.models.text.families, latentworks.pipelines.memory  # noqa: F401, E401
 import transformers.models.clip.modeling_clip  # noqa: F401
 from latentworks.models.text.prompts import InstantClipTokenizer

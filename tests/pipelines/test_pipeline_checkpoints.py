@@ -12,7 +12,7 @@ import torch
 
 from latentworks.checkpoints.io import save_file_atomic
 from latentworks.checkpoints.keymaps.sd_diffusers import unet_module_map
-from latentworks.checkpoints.load import write_single_file
+from latentworks.families.load import write_single_file
 from latentworks.pipelines import Pipeline
 from support.checkpoints import tiny_sd1_parts
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import torch
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from latentworks.checkpoints.load import CheckpointParts
+from latentworks import families
 from latentworks.diffusion.denoisers import SD_DISCRETE_SAMPLING
-from latentworks.diffusion.latent_formats import LATENT_FORMATS
+from latentworks.families.load import CheckpointParts
 from latentworks.models.autoencoder import Autoencoder, AutoencoderConfig
 from latentworks.models.unet import UNet, UNetConfig
 
@@ -49,14 +49,13 @@ def tiny_sd1_parts(source: Path, channels: tuple[int, ...] = (32, 64)) -> Checkp
             p.add_(torch.randn_like(p) * 0.02)
     return CheckpointParts(
         source=source,
-        family="sd1",
+        family=families.get("sd1"),
         variant="sd1",
-        denoiser_kind="unet",
         denoiser_config=ucfg,
         denoiser_state=unet.state_dict(),
         vae_config=vae.config,
         vae_state=vae.state_dict(),
-        latent_format=LATENT_FORMATS["sd15"],
+        latent_format=families.get("sd15").latent_format,
         prediction="eps",
         sampling=dict(SD_DISCRETE_SAMPLING),
         text_encoders={"clip_l": clip.state_dict()},

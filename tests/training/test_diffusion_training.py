@@ -154,7 +154,7 @@ def test_init_from_run_and_model_folder(tmp_path, cache):
 
     def folder(name, latent_format, prediction="flow"):
         return save_model_folder(
-            tmp_path / name, name=name, family="dit", denoiser=net, prediction=prediction,
+            tmp_path / name, name=name, architecture="dit", denoiser=net, prediction=prediction,
             sampling={"kind": "flow", "shift": 1.0}, vae=Autoencoder(VAE_PRESETS["tiny"]),
             latent_format=latent_format, text_encoder={"kind": "minilm", "max_length": 32},
             resolution=(16, 16), half=True,

@@ -1,11 +1,12 @@
-"""Family, variant and config of a checkpoint from its tensor names and shapes alone (no config download).
+"""Network configs from tensor names and shapes alone (no config download): the shape readers that family
+detection (:func:`latentworks.families.detect_checkpoint`) is built on.
 
-``detect_checkpoint(shapes)`` takes ``{key: shape}`` (what a safetensors header gives without reading any
-tensor data) and recognises:
-
-- full single files: the denoiser under ``model.diffusion_model.``, the VAE under ``first_stage_model.``
-  (or ``vae.``), text encoders under their usual prefixes (reported, not converted);
-- component files: a bare LDM U-Net, a bare SAI MM-DiT, a bare BFL FLUX transformer.
+Each reader takes ``{key: shape}`` (what a safetensors header gives without reading any tensor data) with the
+component's prefix removed: :func:`unet_config_from_ldm` (an LDM U-Net), :func:`mmdit_config_from_sai` (an SAI
+MM-DiT), :func:`flux_config_from_bfl` (a BFL FLUX transformer), :func:`detect_vae` (an autoencoder in LDM or
+diffusers layout). :func:`text_encoder_prefixes` and :func:`find_vae_prefix` find the other components of a
+full single file (the denoiser sits under ``model.diffusion_model.``, the VAE under ``first_stage_model.`` or
+``vae.``).
 
 Everything in the configs is read from shapes: widths, depths, context / pooled dims, input and output
 channels, qk-norm, dual-attention blocks, guidance embedding. What shapes cannot tell is fixed by the family
@@ -17,21 +18,17 @@ and documented at the place it is decided:
   (adm_in - 1280) / 256`` (6 for base, 5 for the refiner);
 - SD3 / SD3.5: 64-wide heads (``num_heads = width / 64``, which equals the depth in every released model);
 - FLUX RoPE axes: ``(16, 56, 56)`` for 128-wide heads (FLUX.1); other head widths keep those proportions;
-- SD 2.x eps vs v prediction: see :func:`sd2_prediction`; ``prediction=`` overrides.
-
-``detect_vae(shapes)`` does the same for an autoencoder in LDM or diffusers layout.
+- SD 2.x eps vs v prediction: see :func:`sd2_prediction`.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from torch import Tensor
 
-from latentworks.diffusion.denoisers import SD_DISCRETE_SAMPLING
 from latentworks.models.autoencoder import AutoencoderConfig
 from latentworks.models.flux import FluxConfig
 from latentworks.models.mmdit import MMDiTConfig
@@ -56,6 +53,7 @@ TEXT_ENCODER_PREFIXES = (
 UNET_MARKER = "input_blocks.0.0.weight"
 MMDIT_MARKER = "x_embedder.proj.weight"
 FLUX_MARKER = "img_in.weight"
+FLUX_MARKER_2 = "time_in.in_layer.weight"  # img_in alone is not enough: other DiTs use the name
 VAE_LDM_MARKER = "encoder.conv_in.weight"
 VAE_DIFFUSERS_MARKER = "encoder.down_blocks.0.resnets.0.conv1.weight"
 
@@ -63,40 +61,23 @@ SD2_V_KEY = "output_blocks.11.1.transformer_blocks.0.norm1.bias"
 SD2_V_STD_THRESHOLD = 0.09
 
 
-@dataclass(frozen=True)
-class DetectedCheckpoint:
-    """What a checkpoint holds and how to build its parts (see the module docstring)."""
-
-    family: str  # "sd1" | "sd2" | "sdxl" | "sdxl-refiner" | "sd3" | "flux"
-    variant: str  # "sd1", "sd1-inpaint", "sd2", "sd2-v", "sdxl", "sd3-medium", "sd3.5-large", "flux-dev", ...
-    denoiser_kind: str  # "unet" | "mmdit" | "flux"
-    denoiser_config: Any  # UNetConfig | MMDiTConfig | FluxConfig
-    denoiser_prefix: str | None  # "model.diffusion_model." in full single files, "" for a bare component
-    vae_config: AutoencoderConfig | None
-    vae_prefix: str | None  # "first_stage_model." / "vae." / None when the file has no VAE
-    text_encoders: dict[str, str]  # component ("clip_l", "clip_g", "clip_h", "t5xxl") -> key prefix
-    prediction: str  # "eps" | "v" | "flow"
-    latent_format: str  # key of diffusion.latent_formats.LATENT_FORMATS
-    sampling: dict[str, Any] = field(default_factory=dict)  # spec for pipelines.loading.sampling_from_meta
-
-
 # --------------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------------
 
 
-def _indices(shapes: Shapes, prefix: str) -> list[int]:
+def indices(shapes: Shapes, prefix: str) -> list[int]:
     """Sorted distinct N of keys ``{prefix}N.*``."""
     pat = re.compile(re.escape(prefix) + r"(\d+)\.")
     return sorted({int(m.group(1)) for k in shapes if (m := pat.match(k))})
 
 
-def _strip(shapes: Shapes, prefix: str) -> dict[str, tuple[int, ...]]:
+def strip_prefix(shapes: Shapes, prefix: str) -> dict[str, tuple[int, ...]]:
     n = len(prefix)
     return {k[n:]: tuple(v) for k, v in shapes.items() if k.startswith(prefix)}
 
 
-def _key_starts(shapes: Shapes, limit: int = 8) -> str:
+def key_starts(shapes: Shapes, limit: int = 8) -> str:
     starts: dict[str, None] = {}
     for k in shapes:
         starts.setdefault(".".join(k.split(".")[:2]) + ".", None)
@@ -147,9 +128,9 @@ def detect_vae(shapes: Shapes, *, source: str = "VAE") -> tuple[AutoencoderConfi
     if prefix is None:
         raise ValueError(
             f"{source}: no autoencoder keys found (looked for {VAE_LDM_MARKER!r} and 'decoder.conv_in.weight' "
-            f"under the prefixes {list(VAE_PREFIXES)}); keys start with {_key_starts(shapes)}"
+            f"under the prefixes {list(VAE_PREFIXES)}); keys start with {key_starts(shapes)}"
         )
-    s = _strip(shapes, prefix)
+    s = strip_prefix(shapes, prefix)
     if f"{VAE_DIFFUSERS_MARKER}" in s:
         layout, down, block, mid_attn = (
             "diffusers",
@@ -161,7 +142,7 @@ def detect_vae(shapes: Shapes, *, source: str = "VAE") -> tuple[AutoencoderConfi
     else:
         layout, down, block = "ldm", "encoder.down", "block"
         mid_attn_key = "encoder.mid.attn_1.q.weight"
-    levels = _indices(s, f"{down}.")
+    levels = indices(s, f"{down}.")
     channels = tuple(_need(s, f"{down}.{i}.{block}.0.conv1.weight", source, "a VAE")[0] for i in levels)
     conv_in = _need(s, "encoder.conv_in.weight", source, "a VAE")
     config = AutoencoderConfig(
@@ -169,7 +150,7 @@ def detect_vae(shapes: Shapes, *, source: str = "VAE") -> tuple[AutoencoderConfi
         out_channels=_need(s, "decoder.conv_out.weight", source, "a VAE")[0],
         latent_channels=_need(s, "decoder.conv_in.weight", source, "a VAE")[1],
         channels=channels,
-        layers_per_block=len(_indices(s, f"{down}.0.{block}.")),
+        layers_per_block=len(indices(s, f"{down}.0.{block}.")),
         use_quant_conv="quant_conv.weight" in s,
         use_post_quant_conv="post_quant_conv.weight" in s,
         mid_attention=mid_attn_key in s,
@@ -202,13 +183,14 @@ def sd2_prediction(shapes: Shapes, get_tensor: Callable[[str], Tensor] | None, p
 
 
 def _transformer_depth(s: Mapping[str, tuple[int, ...]], block: str) -> int:
-    return len(_indices(s, f"{block}.1.transformer_blocks."))
+    return len(indices(s, f"{block}.1.transformer_blocks."))
 
 
-def _unet_config(s: Mapping[str, tuple[int, ...]], source: str) -> UNetConfig:
+def unet_config_from_ldm(s: Mapping[str, tuple[int, ...]], source: str) -> UNetConfig:
+    """An LDM U-Net's config from its (un-prefixed) shapes."""
     what = "an LDM U-Net"
     conv_in = _need(s, "input_blocks.0.0.weight", source, what)
-    blocks = _indices(s, "input_blocks.")
+    blocks = indices(s, "input_blocks.")
     # Walk the input blocks: runs of ResBlocks separated by downsamplers (``.0.op``) form the levels.
     levels: list[list[int]] = [[]]
     for idx in blocks[1:]:
@@ -259,37 +241,6 @@ def _unet_config(s: Mapping[str, tuple[int, ...]], source: str) -> UNetConfig:
     )
 
 
-def _detect_unet(
-    shapes: Shapes, prefix: str, get_tensor: Callable[[str], Tensor] | None, source: str
-) -> dict[str, Any]:
-    s = _strip(shapes, prefix)
-    config = _unet_config(s, source)
-    # 9 inputs: noisy latent + masked-image latent + mask (inpainting); 8: latent + image latent (InstructPix2Pix)
-    inpaint = {9: "-inpaint", 8: "-ip2p"}.get(config.in_channels, "")
-    if config.has_added_conditioning:
-        family = "sdxl" if config.num_time_ids == 6 else "sdxl-refiner"
-        return dict(
-            family=family, variant=family + inpaint, config=config, prediction="v" if "v_pred" in shapes else "eps",
-            latent_format="sdxl", sampling=dict(SD_DISCRETE_SAMPLING),
-        )  # fmt: skip
-    if config.context_dim == 768:
-        return dict(
-            family="sd1", variant="sd1" + inpaint, config=config, prediction="v" if "v_pred" in shapes else "eps",
-            latent_format="sd15", sampling=dict(SD_DISCRETE_SAMPLING),
-        )  # fmt: skip
-    if config.context_dim == 1024:
-        prediction = sd2_prediction(shapes, get_tensor, prefix) if config.in_channels == 4 else "eps"
-        variant = "sd2" + inpaint + ("-v" if prediction == "v" else "")
-        return dict(
-            family="sd2", variant=variant, config=config, prediction=prediction,
-            latent_format="sd2", sampling=dict(SD_DISCRETE_SAMPLING),
-        )  # fmt: skip
-    raise ValueError(
-        f"{source}: an LDM U-Net with cross-attention width {config.context_dim}, which matches no known family "
-        "(768: SD 1.x, 1024: SD 2.x, 2048 or 1280 with label_emb: SDXL base or refiner)"
-    )
-
-
 # --------------------------------------------------------------------------------------------------
 # MM-DiT (SD3 / SD3.5) and FLUX
 # --------------------------------------------------------------------------------------------------
@@ -297,11 +248,12 @@ def _detect_unet(
 SD3_HEAD_DIM = 64
 
 
-def _detect_mmdit(shapes: Shapes, prefix: str, source: str) -> dict[str, Any]:
-    s, what = _strip(shapes, prefix), "an SAI MM-DiT"
+def mmdit_config_from_sai(s: Mapping[str, tuple[int, ...]], source: str) -> MMDiTConfig:
+    """An SAI MM-DiT's config from its (un-prefixed) shapes."""
+    what = "an SAI MM-DiT"
     patch = _need(s, "x_embedder.proj.weight", source, what)  # (D, C, p, p)
     width, in_channels, p = patch[0], patch[1], patch[2]
-    depth = len(_indices(s, "joint_blocks."))
+    depth = len(indices(s, "joint_blocks."))
     num_pos = _need(s, "pos_embed", source, what)[-2]
     side = round(num_pos**0.5)
     if side * side != num_pos:
@@ -311,7 +263,7 @@ def _detect_mmdit(shapes: Shapes, prefix: str, source: str) -> dict[str, Any]:
         "rms_norm" if "joint_blocks.0.x_block.attn.ln_q.weight" in s else None
     )
     dual = tuple(i for i in range(depth) if f"joint_blocks.{i}.x_block.attn2.qkv.weight" in s)
-    config = MMDiTConfig(
+    return MMDiTConfig(
         in_channels=in_channels,
         out_channels=None if out == in_channels else out,
         sample_size=min(128, side * p),  # not in shapes: SD3's 128 (1024 px), capped by the position grid
@@ -326,16 +278,6 @@ def _detect_mmdit(shapes: Shapes, prefix: str, source: str) -> dict[str, Any]:
         qk_norm=qk_norm,
         dual_attention_layers=dual,
     )
-    if qk_norm is None:
-        variant = "sd3-medium" if depth == 24 else f"sd3-{depth}-blocks"
-    elif dual:
-        variant = "sd3.5-medium"
-    else:
-        variant = "sd3.5-large" if depth == 38 else f"sd3.5-{depth}-blocks"
-    return dict(
-        family="sd3", variant=variant, config=config, prediction="flow", latent_format="sd3",
-        sampling={"kind": "flow", "shift": 3.0, "multiplier": 1000},
-    )  # fmt: skip
 
 
 def _rope_axes(head_dim: int) -> tuple[int, int, int]:
@@ -349,11 +291,12 @@ def _rope_axes(head_dim: int) -> tuple[int, int, int]:
     return (first, rest, rest)
 
 
-def _detect_flux(shapes: Shapes, prefix: str, source: str) -> dict[str, Any]:
-    s, what = _strip(shapes, prefix), "a BFL FLUX transformer"
+def flux_config_from_bfl(s: Mapping[str, tuple[int, ...]], source: str) -> FluxConfig:
+    """A BFL FLUX transformer's config from its (un-prefixed) shapes."""
+    what = "a BFL FLUX transformer"
     img_in = _need(s, "img_in.weight", source, what)  # (D, C * p * p)
     width, p = img_in[0], 2
-    doubles, singles = _indices(s, "double_blocks."), _indices(s, "single_blocks.")
+    doubles, singles = indices(s, "double_blocks."), indices(s, "single_blocks.")
     if doubles:
         head_dim = _need(s, "double_blocks.0.img_attn.norm.query_norm.scale", source, what)[0]
         hidden = _need(s, "double_blocks.0.img_mlp.0.weight", source, what)[0]
@@ -362,8 +305,7 @@ def _detect_flux(shapes: Shapes, prefix: str, source: str) -> dict[str, Any]:
         hidden = _need(s, "single_blocks.0.linear1.weight", source, what)[0] - 3 * width
     in_channels = img_in[1] // (p * p)
     out = _need(s, "final_layer.linear.weight", source, what)[0] // (p * p)
-    guidance = "guidance_in.in_layer.weight" in s
-    config = FluxConfig(
+    return FluxConfig(
         in_channels=in_channels,
         out_channels=None if out == in_channels else out,
         patch_size=p,
@@ -375,78 +317,5 @@ def _detect_flux(shapes: Shapes, prefix: str, source: str) -> dict[str, Any]:
         context_dim=_need(s, "txt_in.weight", source, what)[1],
         pooled_dim=_need(s, "vector_in.in_layer.weight", source, what)[1],
         axes_dim=_rope_axes(head_dim),
-        guidance_embed=guidance,
-    )
-    sampling: dict[str, Any] = {"kind": "flow", "shift": 1.0, "multiplier": 1000}
-    if guidance:
-        sampling["flux_shift"] = (
-            True  # resolution-dependent shift (FlowModelSampling.flux) as FLUX.1-dev uses
-        )
-    # FLUX.1 Fill takes 16 + 16 image + 64 mask channels (96), Canny/Depth 16 + 16 control channels (32).
-    tool = {96: "-fill", 32: "-control"}.get(in_channels, "") if out == 16 else ""
-    return dict(
-        family="flux", variant=("flux-dev" if guidance else "flux-schnell") + tool, config=config, prediction="flow",
-        latent_format="flux", sampling=sampling,
-    )  # fmt: skip
-
-
-# --------------------------------------------------------------------------------------------------
-# entry point
-# --------------------------------------------------------------------------------------------------
-
-
-def detect_checkpoint(
-    shapes: Shapes,
-    *,
-    get_tensor: Callable[[str], Tensor] | None = None,
-    source: str = "checkpoint",
-    prediction: str | None = None,
-) -> DetectedCheckpoint:
-    """Recognise the model family, variant and configs in a checkpoint from ``{key: shape}``.
-
-    Args:
-        shapes: every tensor's name and shape (e.g. from a safetensors header).
-        get_tensor: reads one tensor by name; only used for SD 2.x eps/v (see :func:`sd2_prediction`).
-        source: the file name, used in error messages.
-        prediction: override the detected parameterisation ("eps" | "v" | "flow").
-    Raises:
-        ValueError: no known denoiser in the file (the message lists what was looked for and how the
-            file's keys start), or a recognised layout with missing or inconsistent keys.
-    """
-    found: dict[str, Any] | None = None
-    for prefix in DENOISER_PREFIXES:
-        if f"{prefix}{UNET_MARKER}" in shapes:
-            found, kind = _detect_unet(shapes, prefix, get_tensor, source), "unet"
-        elif f"{prefix}{MMDIT_MARKER}" in shapes:
-            found, kind = _detect_mmdit(shapes, prefix, source), "mmdit"
-        elif f"{prefix}{FLUX_MARKER}" in shapes and f"{prefix}time_in.in_layer.weight" in shapes:
-            found, kind = _detect_flux(shapes, prefix, source), "flux"
-        if found is not None:
-            break
-    if found is None:
-        raise ValueError(
-            f"{source}: no U-Net/MM-DiT/FLUX keys found (looked for {UNET_MARKER!r}, {MMDIT_MARKER!r}, "
-            f"{FLUX_MARKER!r}, bare or under {DENOISER_PREFIXES[0]!r}); keys start with {_key_starts(shapes)}. "
-            "A VAE or text encoder alone is loaded with its own loader (see detect_vae)."
-        )
-    if prediction is not None:
-        if prediction not in ("eps", "v", "flow"):
-            raise ValueError(f"prediction must be 'eps', 'v' or 'flow', got {prediction!r}")
-        found["prediction"] = prediction
-        if found["family"] == "sd2" and found["config"].in_channels == 4:
-            found["variant"] = "sd2-v" if prediction == "v" else "sd2"
-    vae_prefix = find_vae_prefix(shapes) if prefix else None  # a bare component file holds nothing else
-    vae_config = detect_vae(shapes, source=source)[0] if vae_prefix is not None else None
-    return DetectedCheckpoint(
-        family=found["family"],
-        variant=found["variant"],
-        denoiser_kind=kind,
-        denoiser_config=found["config"],
-        denoiser_prefix=prefix,
-        vae_config=vae_config,
-        vae_prefix=vae_prefix,
-        text_encoders=text_encoder_prefixes(shapes),
-        prediction=found["prediction"],
-        latent_format=found["latent_format"],
-        sampling=found["sampling"],
+        guidance_embed="guidance_in.in_layer.weight" in s,
     )

@@ -74,7 +74,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def _convert_checkpoint(args: argparse.Namespace) -> int:
     import torch
 
-    from latentworks.checkpoints.load import read_checkpoint, write_diffusers, write_single_file
+    from latentworks.families.load import read_checkpoint, write_diffusers, write_single_file
 
     if args.to is None:
         raise UserError("give --to diffusers or --to single-file")
@@ -99,7 +99,7 @@ def _convert_checkpoint(args: argparse.Namespace) -> int:
     else:
         write_diffusers(parts, args.out)
     print(
-        f"wrote {args.out}  ({parts.family}, {parts.variant}, text encoders: {sorted(parts.text_encoders)})"
+        f"wrote {args.out}  ({parts.family.name}, {parts.variant}, text encoders: {sorted(parts.text_encoders)})"
     )
     return 0
 

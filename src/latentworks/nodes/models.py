@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from latentworks.families.load import read_checkpoint
 from latentworks.graph.types import InputSpec, NodeSpec, OutputSpec
 from latentworks.nodes.payloads import ClipPayload, ModelPayload, VAEPayload
 from latentworks.pipelines.loading import load_model_folder
@@ -78,8 +79,6 @@ def _load(ctx: Any, models_dir: Path | None, name: str) -> tuple[Any, Any]:
     device = getattr(ctx, "device", None) or "cpu"
     path = _resolve(models_dir, name)
     if resolve_checkpoint(path) is not None:
-        from latentworks.checkpoints.load import read_checkpoint
-
         parts = read_checkpoint(path)
         return model_from_parts(parts, device=device), text_encoder_from_parts(parts, device=device)
     from latentworks.models.text.minilm import MiniLMTextEncoder

@@ -10,8 +10,9 @@ import torch
 
 from latentworks.checkpoints.io import load_state_dict
 from latentworks.diffusion.latent_formats import LatentFormat
+from latentworks.families.architectures import architecture
 from latentworks.models.configs import config_from_dict
-from latentworks.pipelines.loading import FAMILIES, save_model_folder
+from latentworks.pipelines.loading import save_model_folder
 
 
 def fit_preview_factors(
@@ -44,7 +45,8 @@ def load_diffusion_run(run: str | Path) -> tuple[dict[str, Any], Any]:
         raise ValueError(
             f"{cfg_path} is a {cfg.get('kind')!r} run, not a 'latentworks train' (diffusion) run"
         )
-    model_cls, config_cls = FAMILIES[cfg["family"]]()
+    arch = architecture(cfg["family"], source=str(Path(run) / "config.json"))
+    model_cls, config_cls = arch.network, arch.config
     net = model_cls(config_from_dict(config_cls, cfg["model"]))
     net.load_state_dict(load_state_dict(run / "model.safetensors"), strict=True)
     return cfg, net
@@ -101,7 +103,7 @@ def export_run(
     return save_model_folder(
         out,
         name=name,
-        family=family,
+        architecture=family,
         denoiser=net,
         prediction=prediction,
         sampling=sampling,

@@ -10,7 +10,8 @@ A model folder holds everything a text-to-image pipeline needs except the text e
 ``model.json`` (version 1)::
 
     {"format": "latentworks-model", "version": 1, "name": ...,
-     "denoiser": {"family": "unet"|"dit"|"mmdit"|"flux", "config": {...}, "prediction": "eps"|"v"|"flow",
+     "family": "latentworks" | a registered family name (latentworks.families),
+     "denoiser": {"architecture": "unet"|"dit"|"mmdit"|"flux", "config": {...}, "prediction": "eps"|"v"|"flow",
                   "sampling": {"kind": "discrete", "betas": "cosine", ...} | {"kind": "flow", "shift": 1.0}},
      "vae": {"config": {...}},
      "latent_format": {"channels": 4, "scale_factor": ..., "shift_factor": ...},
@@ -19,13 +20,13 @@ A model folder holds everything a text-to-image pipeline needs except the text e
      "defaults": {"steps": 20, "guidance": 5.0, "sampler": "euler", "scheduler": "normal"},
      "card": {...}}
 
-The name ``default`` resolves to the model embedded in the package (``latentworks/assets/default``).
+Folders written before the family registry name the architecture ``denoiser.family`` and have no top-level
+``family``; both are read as above. The name ``default`` resolves to the model embedded in the package (``latentworks/assets/default``).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from latentworks.checkpoints.io import load_state_dict, save_file_atomic
+from latentworks import families
+from latentworks.checkpoints.io import LazyStateDict, build_on_meta, load_state_dict, save_file_atomic
 from latentworks.diffusion.denoisers import (
     SD_DISCRETE_SAMPLING,
     DiscreteModelSampling,
@@ -41,43 +43,16 @@ from latentworks.diffusion.denoisers import (
     make_betas,
 )
 from latentworks.diffusion.latent_formats import LatentFormat
+from latentworks.families.architectures import architecture
+from latentworks.families.detect import detect_checkpoint
+from latentworks.families.load import CHECKPOINT_SUFFIXES, CheckpointParts, read_checkpoint
+from latentworks.models.autoencoder import Autoencoder, AutoencoderConfig
 from latentworks.models.configs import config_from_dict, config_to_dict
+from latentworks.models.text.base import TextEncoder
+from latentworks.models.text.families import make_prompt_encoder
 
 FORMAT = "latentworks-model"
 EMBEDDED = Path(__file__).resolve().parent.parent / "assets"
-
-
-def _unet() -> tuple[type, type]:
-    from latentworks.models.unet import UNet, UNetConfig
-
-    return UNet, UNetConfig
-
-
-def _dit() -> tuple[type, type]:
-    from latentworks.models.dit import DiT, DiTConfig
-
-    return DiT, DiTConfig
-
-
-def _mmdit() -> tuple[type, type]:
-    from latentworks.models.mmdit import MMDiT, MMDiTConfig
-
-    return MMDiT, MMDiTConfig
-
-
-def _flux() -> tuple[type, type]:
-    from latentworks.models.flux import Flux, FluxConfig
-
-    return Flux, FluxConfig
-
-
-# family name -> (model class, config class); explicit, no string class names in files.
-FAMILIES: dict[str, Callable[[], tuple[type, type]]] = {
-    "unet": _unet,
-    "dit": _dit,
-    "mmdit": _mmdit,
-    "flux": _flux,
-}
 
 
 @dataclass
@@ -91,6 +66,11 @@ class ModelFolder:
     latent_format: LatentFormat
     model_sampling: Any
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def family(self) -> families.ModelFamily:
+        """The registered family (our own folders: ``latentworks``)."""
+        return families.get(self.meta.get("family"))
 
     @property
     def prediction(self) -> str:
@@ -157,7 +137,14 @@ def _read_meta(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path / 'model.json'} is not valid JSON: {e}") from None
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path / 'model.json'} is not a latentworks model (format={meta.get('format')!r})")
+    families.get(meta.get("family"))  # an unknown family is an error listing the known ones
     return meta
+
+
+def denoiser_architecture(meta: dict[str, Any]) -> str:
+    """The architecture name in ``model.json`` (``denoiser.architecture``; older folders: ``denoiser.family``)."""
+    dn = meta.get("denoiser", {})
+    return str(dn.get("architecture", dn.get("family")))
 
 
 def load_model_folder(
@@ -168,18 +155,11 @@ def load_model_folder(
     models_dir: str | Path | None = None,
 ) -> ModelFolder:
     """Load a model folder (see the module docstring) onto ``device`` in ``dtype``."""
-    from latentworks.models.autoencoder import Autoencoder, AutoencoderConfig
-
     path = resolve_model_path(name_or_path, models_dir)
     meta = _read_meta(path)
     dn = meta["denoiser"]
-    family = dn.get("family")
-    if family not in FAMILIES:
-        raise ValueError(
-            f"{path / 'model.json'}: unknown denoiser family {family!r}; known: {sorted(FAMILIES)}"
-        )
-    model_cls, config_cls = FAMILIES[family]()
-    net = model_cls(config_from_dict(config_cls, dn["config"]))
+    arch = architecture(denoiser_architecture(meta), source=str(path / "model.json"))
+    net = arch.network(config_from_dict(arch.config, dn["config"]))
     net.load_state_dict(load_state_dict(path / "denoiser.safetensors"), strict=True)
     vae = Autoencoder(config_from_dict(AutoencoderConfig, meta["vae"]["config"]))
     vae.load_state_dict(load_state_dict(path / "vae.safetensors"), strict=True)
@@ -207,7 +187,7 @@ def save_model_folder(
     path: str | Path,
     *,
     name: str,
-    family: str,
+    architecture: str,
     denoiser: nn.Module,
     prediction: str,
     sampling: dict[str, Any],
@@ -233,8 +213,9 @@ def save_model_folder(
         "format": FORMAT,
         "version": 1,
         "name": name,
+        "family": families.get(None).name,
         "denoiser": {
-            "family": family,
+            "architecture": architecture,
             "config": config_to_dict(denoiser.config),
             "prediction": prediction,
             "sampling": sampling,
@@ -260,8 +241,6 @@ def model_resolution(name_or_path: str | Path) -> tuple[int, int]:
 
 def load_model_autoencoder(name_or_path: str | Path) -> nn.Module:
     """The autoencoder of a model folder in float32, in eval mode (trainable: nothing is frozen)."""
-    from latentworks.models.autoencoder import Autoencoder, AutoencoderConfig
-
     path = resolve_model_path(name_or_path)
     vae = Autoencoder(config_from_dict(AutoencoderConfig, _read_meta(path)["vae"]["config"]))
     vae.load_state_dict(load_state_dict(path / "vae.safetensors"), strict=True)
@@ -309,15 +288,9 @@ def replace_decoder(model: str | Path, autoencoder: nn.Module, out: str | Path) 
 
 def describe_checkpoint(path: Path) -> str:
     """Family, variant, components and parameter counts of a checkpoint file, from its header alone."""
-    from latentworks.checkpoints.detect import detect_checkpoint
-    from latentworks.checkpoints.io import LazyStateDict
-    from latentworks.pipelines.families import behaviour_of
-
     if path.is_dir():  # a diffusers folder: its configs say it all
-        from latentworks.checkpoints.load import read_checkpoint
-
         parts = read_checkpoint(path)
-        family, variant, kind, pred = parts.family, parts.variant, parts.denoiser_kind, parts.prediction
+        family, variant, pred = parts.family, parts.variant, parts.prediction
         vae = "yes" if parts.vae_state is not None else "no (pass --vae)"
         tes = sorted(parts.text_encoders)
         count = sum(int(v.numel()) for v in parts.denoiser_state.values())
@@ -327,27 +300,21 @@ def describe_checkpoint(path: Path) -> str:
         lazy = LazyStateDict(path)
         shapes = dict(lazy.shapes())
         found = detect_checkpoint(shapes, get_tensor=lambda k: lazy[k], source=path.name)
-        from latentworks.checkpoints.load import behaviour_family
-
-        family, variant, kind, pred = (
-            behaviour_family(found),
-            found.variant,
-            found.denoiser_kind,
-            found.prediction,
-        )
+        family, variant, pred = found.family, found.variant, found.prediction
         vae = "yes" if found.vae_prefix is not None else "no (pass --vae)"
         tes = sorted(found.text_encoders)
-        prefix = found.denoiser_prefix or ""  # "" = a bare denoiser file: every tensor is the denoiser's
+        prefix = found.denoiser_prefix  # "" = a bare denoiser file: every tensor is the denoiser's
         count = sum(int(torch.Size(v).numel()) for k, v in shapes.items() if k.startswith(prefix))
-    b = behaviour_of(family)
+    b = family.generation
+    kind = family.architecture.name if family.architecture is not None else "?"
     return "\n".join(
         [
             f"checkpoint  {path}",
-            f"family      {family}  (variant {variant}, {kind}, prediction={pred})",
+            f"family      {family.name}  ({family.title}; variant {variant}, {kind}, prediction={pred})",
             f"parameters  denoiser {count:,}",
             f"vae         {vae}",
             f"text        {', '.join(tes) if tes else 'none inside (pass --text-encoder FILE)'}",
-            f"resolution  {list(b.resolution)}  defaults {b.defaults}",
+            f"resolution  {list(b.resolution)}  defaults {dict(b.defaults)}",
         ]
     )
 
@@ -368,7 +335,8 @@ def describe_model(name_or_path: str | Path, models_dir: str | Path | None = Non
     dn, card = meta["denoiser"], meta.get("card", {})
     lines = [
         f"model       {meta.get('name', path.name)}  ({path})",
-        f"family      {dn['family']}  prediction={dn['prediction']}  sampling={dn['sampling']}",
+        f"family      {meta.get('family', families.get(None).name)}  architecture={denoiser_architecture(meta)}  "
+        f"prediction={dn['prediction']}  sampling={dn['sampling']}",
         f"parameters  denoiser {count(path / 'denoiser.safetensors'):,}  vae {count(path / 'vae.safetensors'):,}",
         f"resolution  {meta.get('resolution')}  latent channels {meta['latent_format']['channels']}",
         f"text        {meta.get('text_encoder')}",
@@ -384,45 +352,40 @@ def describe_model(name_or_path: str | Path, models_dir: str | Path | None = Non
 
 
 def model_from_parts(
-    parts: Any, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    parts: CheckpointParts, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> ModelFolder:
-    """A :class:`ModelFolder` (networks, sampling, metadata) from :class:`~latentworks.checkpoints.load.CheckpointParts`."""
-    from latentworks.models.autoencoder import Autoencoder
-    from latentworks.pipelines.families import behaviour_of
-
+    """A :class:`ModelFolder` (networks, sampling, metadata) from :class:`~latentworks.families.load.CheckpointParts`."""
     if parts.vae_state is None:
         raise ValueError(
             f"{parts.source} has no VAE: pass one (CLI: --vae FILE; API: vae=PATH), e.g. the family's "
             "ae.safetensors / sdxl_vae.safetensors"
         )
-    model_cls, _ = FAMILIES[parts.denoiser_kind]()
-    config = parts.denoiser_config
-    if parts.denoiser_kind == "unet" and config.in_channels != parts.latent_format.channels:
+    arch, config = parts.architecture, parts.denoiser_config
+    if config.in_channels != parts.latent_format.channels:
         raise ValueError(
-            f"{parts.source} is an inpainting model ({config.in_channels} input channels); text-to-image "
-            "needs a regular checkpoint (inpainting pipelines are not built yet)"
+            f"{parts.source} is an inpainting or control model ({config.in_channels} input channels for "
+            f"{parts.latent_format.channels}-channel latents); text-to-image needs a regular checkpoint "
+            "(inpainting pipelines are not built yet)"
         )
-    from latentworks.checkpoints.io import build_on_meta
-
-    net = build_on_meta(model_cls, config, parts.denoiser_state, device=device, dtype=dtype)
+    net = build_on_meta(arch.network, config, parts.denoiser_state, device=device, dtype=dtype)
     vae = build_on_meta(Autoencoder, parts.vae_config, parts.vae_state, device=device, dtype=dtype)
-    behaviour = behaviour_of(parts.family)
+    behaviour = parts.family.generation
     meta = {
         "format": FORMAT,
         "version": 1,
         "name": Path(parts.source).stem if Path(parts.source).is_file() else Path(parts.source).name,
-        "family": parts.family,
+        "family": parts.family.name,
         "variant": parts.variant,
         "source": str(parts.source),
         "denoiser": {
-            "family": parts.denoiser_kind,
+            "architecture": arch.name,
             "config": config_to_dict(config),
             "prediction": parts.prediction,
             "sampling": parts.sampling,
         },
         "vae": {"config": config_to_dict(parts.vae_config)},
         "latent_format": config_to_dict(parts.latent_format),
-        "text_encoder": {"kind": parts.text_family, "components": sorted(parts.text_encoders)},
+        "text_encoder": {"kind": parts.family.name, "components": sorted(parts.text_encoders)},
         "resolution": list(behaviour.resolution),
         "defaults": dict(behaviour.defaults),
     }
@@ -437,13 +400,14 @@ def model_from_parts(
 
 
 def text_encoder_from_parts(
-    parts: Any, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
-) -> Any:
+    parts: CheckpointParts, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> TextEncoder:
     """The family's prompt encoder from the checkpoint's (or separately given) text encoders."""
-    from latentworks.models.text.families import make_prompt_encoder
-
+    recipe = parts.family.text
+    if recipe is None:
+        raise ValueError(f"{parts.source}: {parts.family.title} has no text-encoder recipe")
     return make_prompt_encoder(
-        parts.text_family,
+        recipe,
         {name: dict(sd) for name, sd in parts.text_encoders.items()},
         tokenizer_dir=parts.tokenizer_dir,
         device=device,
@@ -454,8 +418,6 @@ def text_encoder_from_parts(
 def resolve_checkpoint(name_or_path: str | Path, models_dir: str | Path | None = None) -> Path | None:
     """A checkpoint file or diffusers folder for ``name_or_path`` (also looked up in ``models_dir`` and its
     ``checkpoints/`` subfolder), or None when it names a latentworks model folder or nothing."""
-    from latentworks.checkpoints.load import CHECKPOINT_SUFFIXES
-
     s = str(name_or_path)
     candidates = [Path(s).expanduser()]
     if models_dir is not None:

@@ -23,6 +23,7 @@ from torch import Tensor
 from latentworks.diffusion.guidance import check_interval
 from latentworks.diffusion.samplers import SAMPLERS, StepInfo
 from latentworks.diffusion.schedules import SCHEDULERS, get_sigmas
+from latentworks.families.load import read_checkpoint
 from latentworks.pipelines.families import (
     add_conditioning_extras,
     behaviour_of,
@@ -136,8 +137,6 @@ class Pipeline:
 
         source = resolve_checkpoint(name_or_path, models_dir)
         if source is not None:
-            from latentworks.checkpoints.load import read_checkpoint
-
             parts = read_checkpoint(
                 source,
                 vae=vae,

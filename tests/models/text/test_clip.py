@@ -13,7 +13,8 @@ import pytest
 import torch
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from latentworks.checkpoints.keymaps.text_encoders import (
+from latentworks.models.text.clip import build_clip, clip_config_from_shapes, clip_encode
+from latentworks.models.text.layouts import (
     TextEncoderKeyError,
     detect_text_encoder,
     hf_to_open_clip,
@@ -21,7 +22,6 @@ from latentworks.checkpoints.keymaps.text_encoders import (
     open_clip_to_hf,
     to_hf_clip,
 )
-from latentworks.models.text.clip import build_clip, clip_config_from_shapes, clip_encode
 
 TOLERANCE = 1e-4
 REAL = {  # width: (intermediate, activation) of the real towers

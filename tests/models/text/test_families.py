@@ -13,10 +13,11 @@ import pytest
 import torch
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
-from latentworks.checkpoints.keymaps.text_encoders import hf_to_open_clip, normalize_hf_clip
+from latentworks import families
 from latentworks.models.text.base import TextEncoder
 from latentworks.models.text.clip import build_clip, clip_encode
 from latentworks.models.text.families import make_prompt_encoder
+from latentworks.models.text.layouts import hf_to_open_clip, normalize_hf_clip
 from latentworks.models.text.prompts import InstantClipTokenizer
 
 WORDS = ["apple", "red", "cat", "dog"]  # one CLIP token each; 75 % 4 != 0, so chunks differ
@@ -66,7 +67,7 @@ def clip_g() -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def sd1(clip_l: dict[str, torch.Tensor]) -> TextEncoder:
-    return make_prompt_encoder("sd15", {"clip_l": clip_l})
+    return make_prompt_encoder(families.get("sd15").text, {"clip_l": clip_l})
 
 
 def _words(n: int, offset: int = 0) -> str:
@@ -130,8 +131,8 @@ def test_sd1_reads_the_final_normed_last_layer(clip_l: dict[str, torch.Tensor], 
 def test_sdxl_empty_prompt_is_zeros_and_bigg_half_is_the_refiner(
     clip_l: dict[str, torch.Tensor], clip_g: dict[str, torch.Tensor]
 ) -> None:
-    sdxl = make_prompt_encoder("sdxl", {"clip_l": clip_l, "clip_g": clip_g})
-    refiner = make_prompt_encoder("sdxl-refiner", {"clip_g": clip_g})
+    sdxl = make_prompt_encoder(families.get("sdxl").text, {"clip_l": clip_l, "clip_g": clip_g})
+    refiner = make_prompt_encoder(families.get("sdxl-refiner").text, {"clip_g": clip_g})
     assert (sdxl.dim, refiner.dim) == (2048, 1280)
     out = sdxl.encode(["", "a red apple"])
     assert out.tokens.shape == (2, 77, 2048) and out.pooled is not None and out.pooled.shape == (2, 1280)
@@ -144,7 +145,9 @@ def test_sdxl_empty_prompt_is_zeros_and_bigg_half_is_the_refiner(
     assert ref.tokens[1].abs().sum() > 0  # the refiner encodes "" (diffusers' refiner does not zero)
     only_empty = sdxl.encode([""])
     assert only_empty.tokens.shape == (1, 77, 2048) and not only_empty.tokens.any()
-    comfy = make_prompt_encoder("sdxl", {"clip_l": clip_l, "clip_g": clip_g}, zero_empty_prompt=False)
+    comfy = make_prompt_encoder(
+        families.get("sdxl").text, {"clip_l": clip_l, "clip_g": clip_g}, zero_empty_prompt=False
+    )
     torch.testing.assert_close(comfy.encode([""]).tokens[..., 768:], ref.tokens[1:])
 
 
@@ -152,7 +155,7 @@ def test_sd3_without_t5_and_long_prompt(
     clip_l: dict[str, torch.Tensor], clip_g: dict[str, torch.Tensor]
 ) -> None:
     clip_l_proj = _clip(768, projection=True, seed=2)
-    sd3 = make_prompt_encoder("sd3", {"clip_l": clip_l_proj, "clip_g": clip_g})
+    sd3 = make_prompt_encoder(families.get("sd3").text, {"clip_l": clip_l_proj, "clip_g": clip_g})
     assert (sd3.dim, sd3.max_length) == (4096, 77 + 256)
     out = sd3.encode([_words(80)])
     assert (
@@ -178,11 +181,13 @@ def test_flux_t5_tokens_clip_pooled_and_missing_tokenizer(
     tmp_path: Path, clip_l: dict[str, torch.Tensor]
 ) -> None:
     t5 = _t5()
-    no_tok = make_prompt_encoder("flux", {"clip_l": clip_l, "t5xxl": t5})
+    no_tok = make_prompt_encoder(families.get("flux").text, {"clip_l": clip_l, "t5xxl": t5})
     with pytest.raises(FileNotFoundError, match="tokenizer.json"):
         no_tok.encode(["a red apple"])
     _t5_tokenizer(tmp_path / "tokenizer_2")
-    schnell = make_prompt_encoder("flux-schnell", {"clip_l": clip_l, "t5xxl": t5}, tokenizer_dir=tmp_path)
+    schnell = make_prompt_encoder(
+        families.get("flux-schnell").text, {"clip_l": clip_l, "t5xxl": t5}, tokenizer_dir=tmp_path
+    )
     assert (schnell.dim, schnell.max_length) == (64, 256)
     assert set(schnell.modules()) == {"clip_l", "t5xxl"}  # type: ignore[attr-defined]
     out = schnell.encode(["a (red:1.5) apple"])
@@ -190,24 +195,29 @@ def test_flux_t5_tokens_clip_pooled_and_missing_tokenizer(
     plain = schnell.encode(["a red apple"])
     torch.testing.assert_close(out.tokens, plain.tokens)  # T5 ignores weights (syntax stripped)
     torch.testing.assert_close(
-        out.pooled, make_prompt_encoder("sd1", {"clip_l": clip_l}).encode(["a red apple"]).pooled
+        out.pooled,
+        make_prompt_encoder(families.get("sd1").text, {"clip_l": clip_l}).encode(["a red apple"]).pooled,
     )
 
 
 def test_errors_say_what_to_do(clip_l: dict[str, torch.Tensor], sd1: TextEncoder) -> None:
-    with pytest.raises(ValueError, match="unknown text-encoder family 'sd4'"):
-        make_prompt_encoder("sd4", {"clip_l": clip_l})
+    with pytest.raises(ValueError, match="unknown model family 'sd4'"):
+        families.get("sd4")
+    with pytest.raises(TypeError, match="takes a TextRecipe"):
+        make_prompt_encoder("sd1", {"clip_l": clip_l})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="holds a clip_l state dict"):
-        make_prompt_encoder("sdxl-refiner", {"clip_g": clip_l})
+        make_prompt_encoder(families.get("sdxl-refiner").text, {"clip_g": clip_l})
     with pytest.raises(ValueError, match=r"missing \['t5xxl'\]"):
-        make_prompt_encoder("flux-dev", {"clip_l": clip_l})
+        make_prompt_encoder(families.get("flux-dev").text, {"clip_l": clip_l})
     with pytest.raises(TypeError, match="list of prompts"):
         sd1.encode("a red apple")  # type: ignore[arg-type]
 
 
 def test_low_precision_follows_float32(clip_l: dict[str, torch.Tensor], sd1: TextEncoder) -> None:
     ref = sd1.encode(["a (red:1.2) apple"])
-    half = make_prompt_encoder("sd1", {"clip_l": clip_l}, dtype=torch.bfloat16).encode(["a (red:1.2) apple"])
+    half = make_prompt_encoder(families.get("sd1").text, {"clip_l": clip_l}, dtype=torch.bfloat16).encode(
+        ["a (red:1.2) apple"]
+    )
     assert (
         half.tokens.dtype == torch.bfloat16
         and half.pooled is not None

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import T5Config, T5EncoderModel
 
-from latentworks.checkpoints.keymaps.text_encoders import TextEncoderKeyError
+from latentworks.models.text.layouts import TextEncoderKeyError
 from latentworks.models.text.t5 import (
     T5Tokenizer,
     build_t5,

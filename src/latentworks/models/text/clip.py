@@ -6,7 +6,7 @@ bit, maintained upstream, and they already load fp16/bf16 weights correctly; a c
 keep in sync and a source of silent drift, for no speed-up worth having (text encoding is a few ms per prompt
 next to the denoising loop). What we own is the part transformers does not do offline: the config is
 *derived from the state dict's shapes* (no config download), and the key maps live in
-:mod:`latentworks.checkpoints.keymaps.text_encoders`.
+:mod:`latentworks.models.text.layouts`.
 
 Shapes -> config: width from the token embedding, layers from the highest ``layers.{i}``, heads = width / 64
 (true of all three encoders), intermediate from ``fc1``, vocabulary and positions from the embeddings,
@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from latentworks.checkpoints.keymaps.text_encoders import TextEncoderKeyError, to_hf_clip
+from latentworks.models.text.layouts import TextEncoderKeyError, to_hf_clip
 
 CLIPModel = CLIPTextModel | CLIPTextModelWithProjection
 HEAD_DIM = 64  # every CLIP text tower SD uses has 64-wide heads

@@ -44,10 +44,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from latentworks.checkpoints.keymaps.text_encoders import detect_text_encoder
 from latentworks.diffusion.conditioning import Conditioning
 from latentworks.models.text.base import TextEncoder
 from latentworks.models.text.clip import CLIPModel, build_clip, clip_encode
+from latentworks.models.text.layouts import detect_text_encoder
 from latentworks.models.text.prompts import (
     CONTEXT_LENGTH,
     ClipTokenizer,
@@ -60,16 +60,62 @@ from latentworks.models.text.prompts import (
 )
 from latentworks.models.text.t5 import T5Tokenizer, build_t5, t5_encode
 
-FAMILY_ALIASES = {
-    "sd1": "sd1", "sd15": "sd1", "sd1.5": "sd1",
-    "sd2": "sd2", "sd21": "sd2", "sd2.1": "sd2",
-    "sdxl": "sdxl", "sdxl-refiner": "sdxl-refiner",
-    "sd3": "sd3", "sd35": "sd3", "sd3.5": "sd3",
-    "flux": "flux-dev", "flux-dev": "flux-dev", "flux-schnell": "flux-schnell",
-}  # fmt: skip
-SD3_T5_LENGTH = 256  # diffusers' StableDiffusion3Pipeline default max_sequence_length
-FLUX_T5_LENGTH = {"flux-dev": 512, "flux-schnell": 256}
-T5_DIM = 4096
+T5_DIM = 4096  # T5-XXL's width: SD3 pads its CLIP features to it when there is no T5
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClipReading:
+    """How a family reads one CLIP tower: which hidden layer (-1 last, -2 penultimate), whether the final
+    LayerNorm is applied, whether the pooled vector goes through the text projection, and the tokenizer
+    folder of a diffusers model that belongs to this tower."""
+
+    layer: int
+    final_norm: bool
+    project_pooled: bool
+    tokenizer_folder: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class TextRecipe:
+    """What a family's denoiser expects from its prompt (see the module docstring's table).
+
+    Attributes:
+        name: the family's name, for messages.
+        clips: ``{component: reading}`` in the order their features are concatenated.
+        pooled_from: the CLIP towers whose pooled vectors form the pooled output, in order.
+        t5_length: T5 tokens per prompt; None: the family has no T5.
+        t5_required: a T5 file must be given (FLUX); otherwise it is optional (SD3 runs without).
+        t5_tokens_only: the tokens are T5's alone (FLUX: CLIP gives only the pooled vector).
+        pad_clip_to_t5: CLIP features are zero-padded to T5's width and T5's tokens appended along the
+            sequence; without T5, ``t5_length`` zero tokens are appended instead (SD3, as diffusers).
+        zero_empty_prompt: ``""`` encodes to zeros (diffusers' SDXL ``force_zeros_for_empty_prompt``).
+    """
+
+    name: str
+    clips: Mapping[str, ClipReading]
+    pooled_from: tuple[str, ...]
+    t5_length: int | None = None
+    t5_required: bool = False
+    t5_tokens_only: bool = False
+    pad_clip_to_t5: bool = False
+    zero_empty_prompt: bool = False
+
+    def __post_init__(self) -> None:
+        unknown = [n for n in self.pooled_from if n not in self.clips]
+        if unknown:
+            raise ValueError(f"{self.name}: pooled_from names {unknown}, which are not among its CLIPs")
+        if (self.t5_required or self.t5_tokens_only or self.pad_clip_to_t5) and self.t5_length is None:
+            raise ValueError(f"{self.name}: a recipe that uses T5 needs t5_length")
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        """Every component the recipe can use (CLIPs, then ``t5xxl``)."""
+        return (*self.clips, *(("t5xxl",) if self.t5_length is not None else ()))
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        """The components that must be given."""
+        return (*self.clips, *(("t5xxl",) if self.t5_required else ()))
 
 
 @dataclass
@@ -244,40 +290,8 @@ class PromptEncoder:
         return widths
 
 
-# Which components each family needs, and how it reads each CLIP tower: (layer, final_norm, project_pooled).
-_CLIP_READING: dict[str, dict[str, tuple[int, bool, bool]]] = {
-    "sd1": {"clip_l": (-1, True, False)},
-    "sd2": {"clip_h": (-2, True, False)},
-    "sdxl": {"clip_l": (-2, False, False), "clip_g": (-2, False, True)},
-    "sdxl-refiner": {"clip_g": (-2, False, True)},
-    "sd3": {"clip_l": (-2, False, True), "clip_g": (-2, False, True)},
-    "flux-dev": {"clip_l": (-1, True, False)},
-    "flux-schnell": {"clip_l": (-1, True, False)},
-}
-# Which CLIP towers' pooled vectors form the pooled output, in order.
-_POOLED_FROM: dict[str, tuple[str, ...]] = {
-    "sd1": ("clip_l",),
-    "sd2": ("clip_h",),
-    "sdxl": ("clip_g",),
-    "sdxl-refiner": ("clip_g",),
-    "sd3": ("clip_l", "clip_g"),
-    "flux-dev": ("clip_l",),
-    "flux-schnell": ("clip_l",),
-}
-# The tokenizer folder of a diffusers model for each CLIP tower, per family.
-_TOKENIZER_FOLDER: dict[str, dict[str, str]] = {
-    "sd1": {"clip_l": "tokenizer"},
-    "sd2": {"clip_h": "tokenizer"},
-    "sdxl": {"clip_l": "tokenizer", "clip_g": "tokenizer_2"},
-    "sdxl-refiner": {"clip_g": "tokenizer_2"},
-    "sd3": {"clip_l": "tokenizer", "clip_g": "tokenizer_2"},
-    "flux-dev": {"clip_l": "tokenizer"},
-    "flux-schnell": {"clip_l": "tokenizer"},
-}
-
-
 def make_prompt_encoder(
-    family: str,
+    recipe: TextRecipe,
     components: Mapping[str, Mapping[str, Tensor]],
     *,
     tokenizer_dir: Path | None = None,
@@ -285,28 +299,30 @@ def make_prompt_encoder(
     dtype: torch.dtype = torch.float32,
     zero_empty_prompt: bool | None = None,
 ) -> TextEncoder:
-    """Build ``family``'s prompt encoder from component state dicts.
+    """Build the prompt encoder ``recipe`` describes from component state dicts.
 
     Args:
-        family: ``sd1``, ``sd2``, ``sdxl``, ``sdxl-refiner``, ``sd3``, ``flux-dev``/``flux``, ``flux-schnell``
-            (aliases ``sd15``, ``sd21``, ``sd35`` accepted).
+        recipe: the family's text recipe (``latentworks.families.get(name).text``).
         components: ``{"clip_l" | "clip_h" | "clip_g" | "t5xxl": state_dict}``, each un-prefixed, HF or
-            open_clip layout (detected). SD3 may omit ``t5xxl`` (zero T5 tokens, as diffusers).
+            open_clip layout (detected). Optional components (SD3's T5) may be omitted.
         tokenizer_dir: a diffusers model folder (its ``tokenizer``/``tokenizer_2``/``tokenizer_3``) or, for
             single files, a folder or file holding T5's ``tokenizer.json``. CLIP falls back to the bundled
             ``instant-clip-tokenizer``; T5 has no fallback (a clear error on first use).
-        zero_empty_prompt: ``""`` -> zeros; default True for ``sdxl`` (diffusers), False otherwise.
+        zero_empty_prompt: ``""`` -> zeros; default: the recipe's.
     """
-    key = FAMILY_ALIASES.get(family.lower())
-    if key is None:
-        raise ValueError(f"unknown text-encoder family {family!r}; choose one of {sorted(FAMILY_ALIASES)}")
+    if not isinstance(recipe, TextRecipe):
+        raise TypeError(
+            f"make_prompt_encoder takes a TextRecipe, got {type(recipe).__name__}; "
+            "use latentworks.families.get(NAME).text"
+        )
+    key = recipe.name
     for name, sd in components.items():
         kind, _ = detect_text_encoder({k: tuple(v.shape) for k, v in sd.items()})
         if kind != name:
             raise ValueError(
                 f"component {name!r} holds a {kind} state dict (detected from its shapes); pass it as {kind!r}"
             )
-    needed = list(_CLIP_READING[key]) + (["t5xxl"] if key.startswith("flux") else [])
+    needed = list(recipe.required)
     missing = [n for n in needed if n not in components]
     if missing:
         raise ValueError(
@@ -316,10 +332,10 @@ def make_prompt_encoder(
 
     instant: InstantClipTokenizer | None = None
     clips: list[ClipBranch] = []
-    names = list(_CLIP_READING[key])
+    names = list(recipe.clips)
     for name in names:
-        layer, final_norm, project = _CLIP_READING[key][name]
-        folder = None if tokenizer_dir is None else Path(tokenizer_dir) / _TOKENIZER_FOLDER[key][name]
+        reading = recipe.clips[name]
+        folder = None if tokenizer_dir is None else Path(tokenizer_dir) / reading.tokenizer_folder
         tokenizer: ClipTokenizer
         if folder is not None and has_clip_tokenizer(folder):
             tokenizer = HFClipTokenizer(folder)
@@ -332,27 +348,30 @@ def make_prompt_encoder(
             if tokenizer.pad_id is not None
             else (tokenizer.eos_id if name == "clip_l" else 0)
         )
-        clips.append(ClipBranch(name, model, tokenizer, pad_id, layer, final_norm, project))
+        clips.append(
+            ClipBranch(
+                name, model, tokenizer, pad_id, reading.layer, reading.final_norm, reading.project_pooled
+            )
+        )
 
     t5 = None
-    if "t5xxl" in components and key in ("sd3", "flux-dev", "flux-schnell"):
+    if "t5xxl" in components and recipe.t5_length is not None:
         t5_tok = None
         if tokenizer_dir is not None:
             try:
                 t5_tok = T5Tokenizer(tokenizer_dir)
             except FileNotFoundError:
                 t5_tok = None
-        length = SD3_T5_LENGTH if key == "sd3" else FLUX_T5_LENGTH[key]
-        t5 = T5Branch(build_t5(components["t5xxl"], dtype=dtype, device=device), t5_tok, length)
+        t5 = T5Branch(build_t5(components["t5xxl"], dtype=dtype, device=device), t5_tok, recipe.t5_length)
 
     return PromptEncoder(
         key,
         clips=clips,
-        pooled_from=[names.index(n) for n in _POOLED_FROM[key]],
+        pooled_from=[names.index(n) for n in recipe.pooled_from],
         t5=t5,
-        t5_tokens_only=key.startswith("flux"),
+        t5_tokens_only=recipe.t5_tokens_only,
         # diffusers pads the CLIP features to T5's width (4096 for T5-XXL; the MM-DiT's context width without T5)
-        pad_features_to=(t5.width if t5 is not None else T5_DIM) if key == "sd3" else None,
-        zero_t5_length=SD3_T5_LENGTH if key == "sd3" and t5 is None else 0,
-        zero_empty_prompt=(key == "sdxl") if zero_empty_prompt is None else zero_empty_prompt,
+        pad_features_to=(t5.width if t5 is not None else T5_DIM) if recipe.pad_clip_to_t5 else None,
+        zero_t5_length=(recipe.t5_length or 0) if recipe.pad_clip_to_t5 and t5 is None else 0,
+        zero_empty_prompt=recipe.zero_empty_prompt if zero_empty_prompt is None else zero_empty_prompt,
     )

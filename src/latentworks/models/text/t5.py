@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from transformers import T5Config, T5EncoderModel
 
-from latentworks.checkpoints.keymaps.text_encoders import TextEncoderKeyError
+from latentworks.models.text.layouts import TextEncoderKeyError
 
 T5_TOKENIZER_HELP = (
     "SD3 and FLUX need the T5 tokenizer, which cannot be downloaded here. Provide a 'tokenizer.json' for "

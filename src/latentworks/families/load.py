@@ -27,14 +27,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from latentworks.checkpoints.detect import (
-    DetectedCheckpoint,
-    detect_checkpoint,
-    detect_vae,
-    find_vae_prefix,
-)
+from latentworks.checkpoints.detect import detect_vae, find_vae_prefix, text_encoder_prefixes
 from latentworks.checkpoints.io import PICKLE_SUFFIXES, LazyStateDict, load_state_dict, save_file_atomic
-from latentworks.diffusion.latent_formats import LATENT_FORMATS, LatentFormat
+from latentworks.checkpoints.keymaps.sd_diffusers import vae_from_diffusers
+from latentworks.checkpoints.keymaps.sd_ldm import ours_to_vae_ldm, vae_ldm_to_ours
+from latentworks.diffusion.latent_formats import LatentFormat
+from latentworks.families import with_prediction
+from latentworks.families.base import Architecture, ModelFamily
+from latentworks.families.detect import detect_checkpoint
+from latentworks.families.diffusers import read_diffusers_folder, write_diffusers_folder
+from latentworks.models.text.clip import clip_config_from_shapes
+from latentworks.models.text.layouts import detect_text_encoder, hf_to_open_clip, open_clip_to_hf, to_hf_clip
+from latentworks.models.text.t5 import t5_config_from_shapes
 
 CHECKPOINT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
 
@@ -45,10 +49,8 @@ class CheckpointParts:
 
     Attributes:
         source: where it came from (file or folder), for messages.
-        family: the generation behaviour key (``sd1``, ``sd2``, ``sd2-v``, ``sdxl``, ``sdxl-refiner``, ``sd3``,
-            ``flux-dev``, ``flux-schnell``), see :mod:`latentworks.pipelines.families`.
+        family: the registered family (:mod:`latentworks.families`).
         variant: what detection saw (e.g. ``sd1-inpaint``, ``sd3.5-large``).
-        denoiser_kind: ``unet`` | ``mmdit`` | ``flux``.
         denoiser_config / denoiser_state: our config and our-layout tensors.
         vae_config / vae_state: the same for the autoencoder; None when no VAE was found.
         latent_format: the family's latent scale/shift and preview factors.
@@ -59,9 +61,8 @@ class CheckpointParts:
     """
 
     source: Path
-    family: str
+    family: ModelFamily
     variant: str
-    denoiser_kind: str
     denoiser_config: Any
     denoiser_state: Mapping[str, Tensor]
     vae_config: Any
@@ -73,9 +74,9 @@ class CheckpointParts:
     tokenizer_dir: Path | None = None
 
     @property
-    def text_family(self) -> str:
-        """The family name the prompt encoders use (``sd2-v`` encodes like ``sd2``)."""
-        return "sd2" if self.family == "sd2-v" else self.family
+    def architecture(self) -> Architecture:
+        assert self.family.architecture is not None  # checkpoint families always have one
+        return self.family.architecture
 
 
 class _Prefixed(Mapping[str, Tensor]):
@@ -121,49 +122,18 @@ def _shapes(weights: Mapping[str, Tensor]) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in weights.items()}
 
 
-def behaviour_family(detected: DetectedCheckpoint) -> str:
-    """Detection's family/variant -> the generation-behaviour key of :mod:`latentworks.pipelines.families`."""
-    if detected.family == "flux":
-        return detected.variant if detected.variant in ("flux-dev", "flux-schnell") else "flux-dev"
-    if detected.family == "sd2" and detected.prediction == "v":
-        return "sd2-v"
-    return detected.family
-
-
-def _convert_denoiser(kind: str, sd: Mapping[str, Tensor], config: Any) -> dict[str, Tensor]:
-    """Original-layout denoiser tensors (LDM U-Net, SAI MM-DiT, BFL FLUX) -> ours."""
-    if kind == "unet":
-        from latentworks.checkpoints.keymaps.sd_ldm import unet_ldm_to_ours
-
-        return unet_ldm_to_ours(sd, config)
-    if kind == "mmdit":
-        from latentworks.checkpoints.keymaps.sd3_sai import mmdit_sai_to_ours
-
-        return mmdit_sai_to_ours(sd, config)
-    from latentworks.checkpoints.keymaps.flux_bfl import flux_bfl_to_ours
-
-    return flux_bfl_to_ours(sd, config)
-
-
 def read_vae(weights: Mapping[str, Tensor], *, source: str) -> tuple[Any, dict[str, Tensor]]:
     """The autoencoder in ``weights`` (LDM or diffusers layout, any known prefix) as (config, our state dict)."""
     shapes = _shapes(weights)
     config, layout = detect_vae(shapes, source=source)
     sub = _Prefixed(weights, find_vae_prefix(shapes) or "")
     if layout == "ldm":
-        from latentworks.checkpoints.keymaps.sd_ldm import vae_ldm_to_ours
-
         return config, vae_ldm_to_ours(sub, config)
-    from latentworks.checkpoints.keymaps.sd_diffusers import vae_from_diffusers
-
     return config, vae_from_diffusers(sub, config)
 
 
 def _text_encoder_kind(weights: Mapping[str, Tensor], source: str) -> tuple[str, Mapping[str, Tensor]]:
     """(component name, un-prefixed state dict) of a text-encoder-only file."""
-    from latentworks.checkpoints.detect import text_encoder_prefixes
-    from latentworks.checkpoints.keymaps.text_encoders import detect_text_encoder
-
     shapes = _shapes(weights)
     prefixes = text_encoder_prefixes(shapes)
     if len(prefixes) == 1:  # a text encoder saved with its all-in-one prefix
@@ -225,71 +195,56 @@ def _read_file(
     found = detect_checkpoint(
         shapes, get_tensor=lambda k: weights[k], source=path.name, prediction=prediction
     )
-    denoiser = _Prefixed(weights, found.denoiser_prefix or "")
-    state = _convert_denoiser(found.denoiser_kind, denoiser, found.denoiser_config)
+    denoiser = _Prefixed(weights, found.denoiser_prefix)
+    assert found.architecture.from_original is not None  # detected architectures have an original layout
+    state = found.architecture.from_original(denoiser, found.denoiser_config)
     vae_config, vae_state = None, None
     if found.vae_prefix is not None:
         vae_sub = _Prefixed(weights, found.vae_prefix)
         vae_config, vae_state = read_vae(vae_sub, source=path.name)
     tes = {name: _Prefixed(weights, prefix) for name, prefix in found.text_encoders.items()}
+    assert found.family.latent_format is not None  # detected families have one
     return CheckpointParts(
         source=path,
-        family=behaviour_family(found),
+        family=found.family,
         variant=found.variant,
-        denoiser_kind=found.denoiser_kind,
         denoiser_config=found.denoiser_config,
         denoiser_state=state,
         vae_config=vae_config,
         vae_state=vae_state,
-        latent_format=LATENT_FORMATS[found.latent_format],
+        latent_format=found.family.latent_format,
         prediction=found.prediction,
-        sampling=_sampling_spec(found.sampling),
+        sampling=dict(found.family.sampling),
         text_encoders=dict(tes),
     )
-
-
-def _sampling_spec(detected: Mapping[str, Any]) -> dict[str, Any]:
-    """Detection's sampling spec in the form the diffusers writer reads: FLUX.1-dev's resolution-dependent
-    shift becomes ``dynamic_shift`` with FLUX's published constants (see ``diffusion.denoisers.flux_shift_mu``)."""
-    spec = {k: v for k, v in detected.items() if k != "flux_shift"}
-    if detected.get("flux_shift"):
-        from latentworks.diffusion.denoisers import FLUX_DYNAMIC_SHIFT
-
-        spec["dynamic_shift"] = dict(FLUX_DYNAMIC_SHIFT)
-    return spec
 
 
 def _read_folder(
     path: Path, *, dtype: torch.dtype | None, allow_pickle: bool, prediction: str | None
 ) -> CheckpointParts:
-    from latentworks.checkpoints.diffusers_folder import read_diffusers_folder
-
     if not (path / "model_index.json").is_file():
         raise ValueError(
             f"{path} is a folder without model_index.json: not a diffusers folder (a latentworks model folder "
             "has model.json; a single checkpoint is a file)"
         )
     folder = read_diffusers_folder(path, dtype=dtype, allow_pickle=allow_pickle)
-    if folder.denoiser_config is None or folder.denoiser_state is None or folder.denoiser_kind is None:
+    if folder.denoiser_config is None or folder.denoiser_state is None or folder.family is None:
         raise ValueError(f"{path}: the diffusers folder has no unet/ or transformer/ to generate with")
-    family = folder.behaviour_family or "sd1"
-    pred = prediction or folder.prediction or ("flow" if folder.denoiser_kind != "unet" else "eps")
-    if family in ("sd2", "sd2-v"):  # an explicit prediction wins over the scheduler config
-        family = "sd2-v" if pred == "v" else "sd2"
+    pred = prediction or folder.prediction or folder.family.prediction
+    family = with_prediction(folder.family, pred)  # an explicit prediction wins over the scheduler config
     if folder.latent_format is None:  # only when the family is unknown, which a denoiser always settles
         raise ValueError(f"{path}: cannot tell the latent format of this diffusers folder")
     return CheckpointParts(
         source=path,
         family=family,
-        variant=family,
-        denoiser_kind=folder.denoiser_kind,
+        variant=family.name,
         denoiser_config=folder.denoiser_config,
         denoiser_state=folder.denoiser_state,
         vae_config=folder.vae_config,
         vae_state=folder.vae_state,
         latent_format=folder.latent_format,
         prediction=pred,
-        sampling=dict(folder.sampling or {}),
+        sampling=dict(folder.sampling or family.sampling),
         text_encoders={name: entry[0] for name, entry in folder.text_encoders.items()},
         tokenizer_dir=path,
     )
@@ -297,29 +252,13 @@ def _read_folder(
 
 # -- writing ---------------------------------------------------------------------------------------------
 
-# Where each family's text encoders live in an original-layout single file, and in which layout.
-_SINGLE_FILE_TEXT = {
-    "sd1": {"clip_l": ("cond_stage_model.transformer.", "hf")},
-    "sd2": {"clip_h": ("cond_stage_model.model.", "open_clip")},
-    "sdxl": {
-        "clip_l": ("conditioner.embedders.0.transformer.", "hf"),
-        "clip_g": ("conditioner.embedders.1.model.", "open_clip"),
-    },
-    "sdxl-refiner": {"clip_g": ("conditioner.embedders.0.model.", "open_clip")},
-}
+# ComfyUI's all-in-one files (SD3, FLUX) keep every text encoder as text_encoders.<name>.transformer. (HF).
 _ALL_IN_ONE_TEXT = {
     name: (f"text_encoders.{name}.transformer.", "hf") for name in ("clip_l", "clip_g", "t5xxl")
 }
 
 
 def _text_state(sd: Mapping[str, Tensor], layout: str) -> dict[str, Tensor]:
-    from latentworks.checkpoints.keymaps.text_encoders import (
-        detect_text_encoder,
-        hf_to_open_clip,
-        open_clip_to_hf,
-        to_hf_clip,
-    )
-
     kind, have = detect_text_encoder({k: tuple(v.shape) for k, v in sd.items()})
     if kind == "t5xxl":
         return dict(sd)
@@ -330,33 +269,24 @@ def _text_state(sd: Mapping[str, Tensor], layout: str) -> dict[str, Tensor]:
 def single_file_state(parts: CheckpointParts) -> dict[str, Tensor]:
     """``parts`` as one original-layout state dict (LDM for U-Nets, SAI for SD3, ComfyUI-style for FLUX)."""
     out: dict[str, Tensor] = {}
-    kind, cfg = parts.denoiser_kind, parts.denoiser_config
-    if kind == "unet":
-        from latentworks.checkpoints.keymaps.sd_ldm import ours_to_unet_ldm
-
-        theirs = ours_to_unet_ldm(parts.denoiser_state, cfg)
-    elif kind == "mmdit":
-        from latentworks.checkpoints.keymaps.sd3_sai import ours_to_mmdit_sai
-
-        theirs = ours_to_mmdit_sai(parts.denoiser_state, cfg)
-    else:
-        from latentworks.checkpoints.keymaps.flux_bfl import ours_to_flux_bfl
-
-        theirs = ours_to_flux_bfl(parts.denoiser_state, cfg)
+    family, arch = parts.family, parts.architecture
+    if arch.to_original is None:
+        raise ValueError(
+            f"{family.title} has no original single-file layout; write a diffusers folder instead"
+        )
+    theirs = arch.to_original(parts.denoiser_state, parts.denoiser_config)
     out |= {f"model.diffusion_model.{k}": v for k, v in theirs.items()}
     if parts.vae_state is not None:
-        from latentworks.checkpoints.keymaps.sd_ldm import ours_to_vae_ldm
-
-        vae_prefix = "first_stage_model." if kind == "unet" else "vae."
-        out |= {f"{vae_prefix}{k}": v for k, v in ours_to_vae_ldm(parts.vae_state, parts.vae_config).items()}
-    places = _SINGLE_FILE_TEXT.get(parts.text_family, _ALL_IN_ONE_TEXT)
+        vae = ours_to_vae_ldm(parts.vae_state, parts.vae_config)
+        out |= {f"{family.single_file_vae_prefix}{k}": v for k, v in vae.items()}
+    places = family.single_file_text or _ALL_IN_ONE_TEXT
     for name, sd in parts.text_encoders.items():
         if name not in places:
-            raise ValueError(f"{parts.family} single files have no place for a {name} text encoder")
+            raise ValueError(f"{family.name} single files have no place for a {name} text encoder")
         prefix, layout = places[name]
         out |= {f"{prefix}{k}": v for k, v in _text_state(sd, layout).items()}
-    if parts.family == "sd2-v":
-        out["v_pred"] = torch.zeros(())  # the A1111 marker for v-prediction SD 2.x files
+    for key, make in family.single_file_markers.items():
+        out[key] = make()
     return out
 
 
@@ -369,16 +299,12 @@ def write_single_file(parts: CheckpointParts, path: str | Path, *, dtype: torch.
         k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
         for k, v in single_file_state(parts).items()
     }
-    save_file_atomic(tensors, path, metadata={"latentworks.family": parts.family})
+    save_file_atomic(tensors, path, metadata={"latentworks.family": parts.family.name})
     return path
 
 
 def write_diffusers(parts: CheckpointParts, path: str | Path) -> Path:
     """Write ``parts`` as a diffusers folder that diffusers' ``from_pretrained`` loads."""
-    from latentworks.checkpoints.diffusers_folder import write_diffusers_folder
-    from latentworks.checkpoints.keymaps.text_encoders import detect_text_encoder
-    from latentworks.models.text.clip import clip_config_from_shapes
-    from latentworks.models.text.t5 import t5_config_from_shapes
 
     if parts.vae_state is None:
         raise ValueError(f"{parts.source}: no VAE to write; pass one with --vae")
@@ -393,7 +319,6 @@ def write_diffusers(parts: CheckpointParts, path: str | Path) -> Path:
         else:
             config = clip_config_from_shapes(shapes)
         encoders[name] = (hf, config.to_dict())
-    family = {"sd2-v": "sd2", "flux-dev": "flux", "flux-schnell": "flux"}.get(parts.family, parts.family)
     tokenizers: dict[str, Path] = {}
     if parts.tokenizer_dir is not None and parts.tokenizer_dir.is_dir():
         for folder in sorted(parts.tokenizer_dir.glob("tokenizer*")):
@@ -403,7 +328,7 @@ def write_diffusers(parts: CheckpointParts, path: str | Path) -> Path:
                 tokenizers[name] = folder
     write_diffusers_folder(
         path,
-        family=family,
+        family=parts.family,
         denoiser_config=parts.denoiser_config,
         denoiser_state=dict(parts.denoiser_state),
         vae_config=parts.vae_config,
