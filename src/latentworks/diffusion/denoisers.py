@@ -25,8 +25,9 @@ discrete models the table of training sigmas) so schedules can be built for it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -110,10 +111,10 @@ def interpolation_of(denoiser: Any) -> Interpolation:
 SD_DISCRETE_SAMPLING: dict[str, object] = {
     "kind": "discrete",
     "betas": "scaled_linear",
-    "num_timesteps": 1000,
     "linear_start": 0.00085,
     "linear_end": 0.012,
-}
+    "num_timesteps": 1000,
+}  # key order = DiscreteSamplingSpec's field order, so the spec writes it back as the same JSON text
 
 
 def make_betas(
@@ -431,6 +432,184 @@ class FlowModelSampling:
     def __repr__(self) -> str:
         shift = f"mu={self.mu}" if self.mu is not None else f"shift={self.shift}"
         return f"FlowModelSampling({shift}, multiplier={self.multiplier})"
+
+
+# --------------------------------------------------------------------------------------------------
+# Sampling specs: a model sampling as it is written in model.json (``denoiser.sampling``)
+# --------------------------------------------------------------------------------------------------
+
+
+def _spec_number(value: object, where: str, *, integer: bool = False) -> None:
+    ok = isinstance(value, int) if integer else isinstance(value, int | float)
+    if isinstance(value, bool) or not ok:
+        raise ValueError(
+            f"sampling spec: {where} must be {'an integer' if integer else 'a number'}, got {value!r}"
+        )
+
+
+def _spec_fields(cls: type, data: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    """``data`` minus ``kind``, refusing keys that are not fields of ``cls``."""
+    names = [f.name for f in fields(cls)]
+    unknown = [k for k in data if k != "kind" and k not in names]
+    if unknown:
+        raise ValueError(
+            f"sampling spec of kind {kind!r}: unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"known: {', '.join(names)}"
+        )
+    return {k: v for k, v in data.items() if k != "kind"}
+
+
+def _spec_dict(spec: Any) -> dict[str, Any]:
+    """``{"kind": ..., field: value, ...}`` with the fields that are set (not None), in field order."""
+    out: dict[str, Any] = {"kind": spec.kind}
+    for f in fields(spec):
+        value = getattr(spec, f.name)
+        if value is not None:
+            out[f.name] = value.to_dict() if hasattr(value, "to_dict") else value
+    return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class DiscreteSamplingSpec:
+    """``{"kind": "discrete", ...}``: a discrete DDPM schedule (see :class:`DiscreteModelSampling`).
+
+    A field left None is absent from the JSON and takes SD 1.x/2.x/XL's value (``SD_DISCRETE_SAMPLING``;
+    ``zero_terminal_snr``: False). Values keep the Python type they were read with, so
+    ``from_dict(d).to_dict() == d`` and model.json files are written back unchanged.
+    """
+
+    kind: ClassVar[str] = "discrete"
+    betas: str | None = None  # make_betas kind: "linear" | "scaled_linear" | "cosine"
+    linear_start: float | None = None
+    linear_end: float | None = None
+    num_timesteps: int | None = None
+    zero_terminal_snr: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.betas is not None and self.betas not in ("linear", "scaled_linear", "cosine"):
+            raise ValueError(
+                f"sampling spec: unknown betas {self.betas!r}; choose one of: linear, scaled_linear, cosine"
+            )
+        for name in ("linear_start", "linear_end"):
+            if getattr(self, name) is not None:
+                _spec_number(getattr(self, name), name)
+        if self.num_timesteps is not None:
+            _spec_number(self.num_timesteps, "num_timesteps", integer=True)
+        if self.zero_terminal_snr is not None and not isinstance(self.zero_terminal_snr, bool):
+            raise ValueError(
+                f"sampling spec: zero_terminal_snr must be true or false, got {self.zero_terminal_snr!r}"
+            )
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DiscreteSamplingSpec:
+        return cls(**_spec_fields(cls, data, cls.kind))
+
+    def to_dict(self) -> dict[str, Any]:
+        return _spec_dict(self)
+
+    def model_sampling(self) -> DiscreteModelSampling:
+        sd = SD_DISCRETE_SAMPLING
+
+        def pick(value: object, key: str) -> Any:
+            return sd[key] if value is None else value
+
+        betas = make_betas(
+            str(pick(self.betas, "betas")),
+            int(pick(self.num_timesteps, "num_timesteps")),
+            float(pick(self.linear_start, "linear_start")),
+            float(pick(self.linear_end, "linear_end")),
+        )
+        return DiscreteModelSampling(betas, zero_terminal_snr=bool(self.zero_terminal_snr))
+
+
+@dataclass(frozen=True, kw_only=True)
+class FlowDynamicShift:
+    """FLUX's resolution-dependent shift as written in a spec: the keyword arguments of ``flux_shift_mu``."""
+
+    base_seq_len: int
+    max_seq_len: int
+    base_shift: float
+    max_shift: float
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            _spec_number(getattr(self, f.name), f"dynamic_shift.{f.name}", integer=f.name.endswith("_len"))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FlowDynamicShift:
+        names = [f.name for f in fields(cls)]
+        if not isinstance(data, Mapping) or set(data) != set(names):
+            raise ValueError(
+                f"sampling spec: dynamic_shift must have exactly the keys {', '.join(names)}, got {data!r}"
+            )
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class FlowSamplingSpec:
+    """``{"kind": "flow", ...}``: a rectified-flow model (see :class:`FlowModelSampling`).
+
+    Fields left None are absent from the JSON (``shift`` 1, ``multiplier`` 1000, ``num_train_timesteps``
+    1000). ``dynamic_shift`` (FLUX, from diffusers configs) and ``flux_shift`` (detection's marker for the
+    same) are carried for the family behaviour, which applies the shift per image size
+    (``pipelines.families.sampling_for_size``); ``model_sampling()`` does not apply them.
+    """
+
+    kind: ClassVar[str] = "flow"
+    shift: float | None = None
+    multiplier: float | None = None
+    dynamic_shift: FlowDynamicShift | None = None
+    num_train_timesteps: int | None = None
+    flux_shift: bool | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("shift", "multiplier"):
+            if getattr(self, name) is not None:
+                _spec_number(getattr(self, name), name)
+        if self.num_train_timesteps is not None:
+            _spec_number(self.num_train_timesteps, "num_train_timesteps", integer=True)
+        if self.flux_shift is not None and not isinstance(self.flux_shift, bool):
+            raise ValueError(f"sampling spec: flux_shift must be true or false, got {self.flux_shift!r}")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FlowSamplingSpec:
+        kw = _spec_fields(cls, data, cls.kind)
+        if kw.get("dynamic_shift") is not None:
+            kw["dynamic_shift"] = FlowDynamicShift.from_dict(kw["dynamic_shift"])
+        return cls(**kw)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _spec_dict(self)
+
+    def model_sampling(self) -> FlowModelSampling:
+        return FlowModelSampling(
+            shift=float(1.0 if self.shift is None else self.shift),
+            multiplier=float(1000 if self.multiplier is None else self.multiplier),
+            num_train_timesteps=1000 if self.num_train_timesteps is None else int(self.num_train_timesteps),
+        )
+
+
+SamplingSpec = DiscreteSamplingSpec | FlowSamplingSpec
+"""A model sampling in its model.json form; ``spec.model_sampling()`` builds the object."""
+
+SAMPLING_SPECS: dict[str, type[DiscreteSamplingSpec] | type[FlowSamplingSpec]] = {
+    DiscreteSamplingSpec.kind: DiscreteSamplingSpec,
+    FlowSamplingSpec.kind: FlowSamplingSpec,
+}
+
+
+def sampling_spec_from_dict(data: Mapping[str, Any]) -> SamplingSpec:
+    """The spec dataclass of a ``{"kind": ...}`` dict (model.json ``denoiser.sampling``); ValueError names
+    what is wrong."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"a sampling spec must be a JSON object with a 'kind', got {data!r}")
+    kind = data.get("kind")
+    if kind not in SAMPLING_SPECS:
+        raise ValueError(f"unknown sampling kind {kind!r}; choose {' or '.join(map(repr, SAMPLING_SPECS))}")
+    return SAMPLING_SPECS[kind].from_dict(data)
 
 
 # --------------------------------------------------------------------------------------------------
