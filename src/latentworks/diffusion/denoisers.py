@@ -25,7 +25,7 @@ discrete models the table of training sigmas) so schedules can be built for it.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -63,6 +63,45 @@ FLOW = Interpolation("flow")
 
 
 # --------------------------------------------------------------------------------------------------
+# Training: noise levels, network inputs and targets
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NoiseLevel:
+    """Per-sample training noise levels, each (B,), made by a model sampling's ``training_level``.
+
+    The network sees ``x_in = alpha * x0 + sigma_in * n`` at time ``timestep``: the VP sample for
+    discrete models (``alpha = sqrt(alpha_bar)``, ``sigma_in = sqrt(1 - alpha_bar)``), the flow sample
+    for flow models (``alpha = 1 - sigma``, ``sigma_in = sigma``). ``sigma`` is the same level as the
+    denoiser and samplers see it (VE sigma ``sigma_in / alpha`` for discrete models), so a network that
+    outputs its training target exactly makes ``D(x_in / c_in(sigma), sigma) == x0``.
+    """
+
+    sigma: Tensor
+    alpha: Tensor
+    sigma_in: Tensor
+    timestep: Tensor
+
+
+@dataclass(frozen=True)
+class TrainingExample:
+    """One noised training batch: the network's input and time, its regression target and loss weight."""
+
+    x_in: Tensor  # network input (B, C, h, w)
+    timestep: Tensor  # network time (B,)
+    target: Tensor  # what the network should output, like x_in
+    weight: Tensor | None = None  # per-sample loss weight (B,); None: uniform (the "simple" loss)
+
+    def loss(self, prediction: Tensor) -> Tensor:
+        """Mean squared error of the network's ``prediction`` against ``target`` (float32), weighted."""
+        err = (prediction.float() - self.target.float()).pow(2)
+        if self.weight is not None:
+            err = err * self.weight.float().view(-1, *([1] * (err.ndim - 1)))
+        return err.mean()
+
+
+# --------------------------------------------------------------------------------------------------
 # Model sampling: sigma ranges and sigma <-> timestep maps
 # --------------------------------------------------------------------------------------------------
 
@@ -89,14 +128,20 @@ class ModelSampling(Protocol):
 
 @runtime_checkable
 class Denoiser(Protocol):
-    """``D(x, sigma, cond) -> x0_hat``; see the module docstring."""
+    """``D(x, sigma, cond) -> x0_hat``; see the module docstring. ``sigma`` is (B,); ``cond`` is opaque to
+    samplers (a ``Conditioning``, or a ``GuidedCond`` pair for guidance wrappers)."""
 
-    interpolation: Interpolation
+    @property
+    def interpolation(self) -> Interpolation: ...
 
     def __call__(self, x: Tensor, sigma: Tensor, cond: Any = None) -> Tensor: ...
 
 
-def interpolation_of(denoiser: Any) -> Interpolation:
+Network = Callable[[Tensor, Tensor, Any], Tensor]
+"""A network as the wrappers call it: ``model(x_in (B, ...), timestep (B,), cond) -> prediction (B, ...)``."""
+
+
+def interpolation_of(denoiser: object) -> Interpolation:
     """The interpolation of ``denoiser`` (``VE`` when it does not say)."""
     return getattr(denoiser, "interpolation", VE)
 
@@ -256,6 +301,21 @@ class DiscreteModelSampling:
         """Noise level at continuous training step ``timestep`` (log-linear between table entries)."""
         timestep = torch.as_tensor(timestep)
         return _table_sigma(timestep, self.log_sigmas).to(_out_dtype(timestep))
+
+    def training_level(self, index: Tensor, dtype: torch.dtype = torch.float32) -> NoiseLevel:
+        """The training noise levels of table steps ``index`` (B,) (integers in [0, N - 1]).
+
+        ``alpha_bar`` is taken in float32 and the square roots in ``dtype``; the network time is the step.
+        """
+        if index.dtype.is_floating_point or index.dtype == torch.bool:
+            raise ValueError(f"index must hold integer training steps, got dtype {index.dtype}")
+        alpha_bar = self.alphas_cumprod.float().to(index.device)[index].to(dtype)  # (B,)
+        return NoiseLevel(
+            sigma=self.sigmas.to(index.device)[index].to(dtype),
+            alpha=alpha_bar.sqrt(),
+            sigma_in=(1 - alpha_bar).sqrt(),
+            timestep=index.to(dtype),
+        )
 
     def __repr__(self) -> str:
         return (
@@ -429,6 +489,11 @@ class FlowModelSampling:
         timestep = torch.as_tensor(timestep)
         return (timestep.to(torch.float64) / self.multiplier).to(_out_dtype(timestep))
 
+    def training_level(self, sigma: Tensor) -> NoiseLevel:
+        """The training noise levels ``sigma`` (B,) in [0, 1], used as drawn: the shift is a schedule
+        transform for sampling (see the class docstring), not applied here."""
+        return NoiseLevel(sigma=sigma, alpha=1 - sigma, sigma_in=sigma, timestep=self.timestep(sigma))
+
     def __repr__(self) -> str:
         shift = f"mu={self.mu}" if self.mu is not None else f"shift={self.shift}"
         return f"FlowModelSampling({shift}, multiplier={self.multiplier})"
@@ -459,7 +524,7 @@ def _spec_fields(cls: type, data: Mapping[str, Any], kind: str) -> dict[str, Any
     return {k: v for k, v in data.items() if k != "kind"}
 
 
-def _spec_dict(spec: Any) -> dict[str, Any]:
+def _spec_dict(spec: DiscreteSamplingSpec | FlowSamplingSpec) -> dict[str, Any]:
     """``{"kind": ..., field: value, ...}`` with the fields that are set (not None), in field order."""
     out: dict[str, Any] = {"kind": spec.kind}
     for f in fields(spec):
@@ -650,7 +715,7 @@ class _NetworkDenoiser:
     prediction = ""
     _needs: Interpolation = VE
 
-    def __init__(self, model: Any, model_sampling: Any = None) -> None:
+    def __init__(self, model: Network, model_sampling: ModelSampling | None = None) -> None:
         self.model = model
         self.model_sampling = self._default_sampling() if model_sampling is None else model_sampling
         got = self.model_sampling.interpolation
@@ -669,12 +734,35 @@ class _NetworkDenoiser:
     def interpolation(self) -> Interpolation:
         return self.model_sampling.interpolation
 
-    def _default_sampling(self) -> Any:
+    def _default_sampling(self) -> ModelSampling:
         return DiscreteModelSampling()
 
     def scalings(self, sigma: Tensor) -> tuple[Tensor | float, Tensor | float, Tensor | float]:
         """``(c_skip, c_out, c_in)`` for broadcastable ``sigma``."""
         raise NotImplementedError
+
+    @classmethod
+    def training_target(cls, x0: Tensor, noise: Tensor, alpha: Tensor, sigma_in: Tensor) -> Tensor:
+        """What the network should output for the input ``alpha * x0 + sigma_in * noise`` (``alpha`` and
+        ``sigma_in`` broadcastable): the output that makes this wrapper return ``x0``."""
+        raise ValueError(f"{cls.__name__} has no training target; latentworks trains eps, v, x0 and flow")
+
+    @classmethod
+    def loss_weight(cls, level: NoiseLevel) -> Tensor | None:
+        """Per-sample loss weight at ``level`` in the network's output space; None = uniform."""
+        return None
+
+    @classmethod
+    def training_example(cls, x0: Tensor, noise: Tensor, level: NoiseLevel) -> TrainingExample:
+        """Noise ``x0`` (B, ...) with unit Gaussian ``noise`` to ``level`` and give the network's target."""
+        shape = (-1,) + (1,) * (x0.ndim - 1)
+        alpha, sigma_in = level.alpha.view(shape), level.sigma_in.view(shape)  # (B, 1, ...)
+        return TrainingExample(
+            x_in=alpha * x0 + sigma_in * noise,
+            timestep=level.timestep,
+            target=cls.training_target(x0, noise, alpha, sigma_in),
+            weight=cls.loss_weight(level),
+        )
 
     def __call__(self, x: Tensor, sigma: Tensor | float, cond: Any = None) -> Tensor:
         dtype = _out_dtype(x)
@@ -696,6 +784,10 @@ class EpsDenoiser(_NetworkDenoiser):
 
     prediction = "eps"
 
+    @classmethod
+    def training_target(cls, x0: Tensor, noise: Tensor, alpha: Tensor, sigma_in: Tensor) -> Tensor:
+        return noise
+
     def scalings(self, sigma: Tensor) -> tuple[Tensor | float, Tensor | float, Tensor | float]:
         return 1.0, -sigma, (sigma**2 + 1).rsqrt()
 
@@ -706,6 +798,10 @@ class VDenoiser(_NetworkDenoiser):
 
     prediction = "v"
 
+    @classmethod
+    def training_target(cls, x0: Tensor, noise: Tensor, alpha: Tensor, sigma_in: Tensor) -> Tensor:
+        return alpha * noise - sigma_in * x0
+
     def scalings(self, sigma: Tensor) -> tuple[Tensor | float, Tensor | float, Tensor | float]:
         c_in = (sigma**2 + 1).rsqrt()
         return c_in**2, -sigma * c_in, c_in
@@ -715,6 +811,10 @@ class X0Denoiser(_NetworkDenoiser):
     """Direct x0 prediction from the VP sample ``x / sqrt(sigma^2 + 1)``."""
 
     prediction = "x0"
+
+    @classmethod
+    def training_target(cls, x0: Tensor, noise: Tensor, alpha: Tensor, sigma_in: Tensor) -> Tensor:
+        return x0
 
     def scalings(self, sigma: Tensor) -> tuple[Tensor | float, Tensor | float, Tensor | float]:
         return 0.0, 1.0, (sigma**2 + 1).rsqrt()
@@ -727,7 +827,11 @@ class FlowDenoiser(_NetworkDenoiser):
     prediction = "flow"
     _needs = FLOW
 
-    def _default_sampling(self) -> Any:
+    @classmethod
+    def training_target(cls, x0: Tensor, noise: Tensor, alpha: Tensor, sigma_in: Tensor) -> Tensor:
+        return noise - x0
+
+    def _default_sampling(self) -> ModelSampling:
         return FlowModelSampling()
 
     def scalings(self, sigma: Tensor) -> tuple[Tensor | float, Tensor | float, Tensor | float]:
@@ -741,7 +845,9 @@ class EDMDenoiser(_NetworkDenoiser):
 
     prediction = "edm"
 
-    def __init__(self, model: Any, model_sampling: Any = None, *, sigma_data: float | None = None) -> None:
+    def __init__(
+        self, model: Network, model_sampling: ModelSampling | None = None, *, sigma_data: float | None = None
+    ) -> None:
         super().__init__(model, model_sampling)
         if sigma_data is None:
             sigma_data = getattr(self.model_sampling, "sigma_data", None)
@@ -749,7 +855,7 @@ class EDMDenoiser(_NetworkDenoiser):
                 raise ValueError("EDMDenoiser needs sigma_data: pass sigma_data= or use EDMModelSampling")
         self.sigma_data = float(sigma_data)
 
-    def _default_sampling(self) -> Any:
+    def _default_sampling(self) -> ModelSampling:
         return EDMModelSampling()
 
     def scalings(self, sigma: Tensor) -> tuple[Tensor | float, Tensor | float, Tensor | float]:
@@ -767,7 +873,9 @@ DENOISERS: dict[str, type[_NetworkDenoiser]] = {
 }
 
 
-def make_denoiser(model: Any, prediction: str, model_sampling: Any = None) -> _NetworkDenoiser:
+def make_denoiser(
+    model: Network, prediction: str, model_sampling: ModelSampling | None = None
+) -> _NetworkDenoiser:
     """Wrap a network ``model(x_in, t, cond) -> prediction`` as a denoiser ``D(x, sigma, cond) -> x0``.
 
     ``prediction`` is one of ``eps``, ``v``, ``x0``, ``flow``, ``edm``. ``model_sampling`` defaults to SD's

@@ -19,7 +19,7 @@ from latentworks.diffusion.schedules import SCHEDULERS, get_sigmas
 from latentworks.graph.types import InputSpec, NodeSpec, OutputSpec, Preview
 from latentworks.nodes.payloads import ClipPayload, ConditioningPayload, Latent, ModelPayload
 from latentworks.pipelines.families import add_conditioning_extras, behaviour_of, model_sampling_for
-from latentworks.pipelines.sampling import denoise_latents
+from latentworks.pipelines.sampling import denoise_latents, seeds_for
 
 FLUX_DEFAULT_GUIDANCE = 3.5  # what FLUX.1-dev gets when no FluxGuidance node sets it (as in ComfyUI)
 
@@ -81,7 +81,7 @@ def run_sampler(
             "encode the image with this model's VAE"
         )
     b = x0.shape[0]
-    seeds = [(int(seed) + i) % 2**63 for i in range(b)]
+    seeds = seeds_for(seed, b)
     behaviour = behaviour_of(folder.meta.get("family"))
     ms = model_sampling_for(folder, latent_height=x0.shape[-2], latent_width=x0.shape[-1])
     full = get_sigmas(ms, scheduler, steps, denoise=denoise) if denoise > 0 else torch.zeros(1)

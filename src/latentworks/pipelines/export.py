@@ -9,7 +9,9 @@ from typing import Any
 import torch
 
 from latentworks.checkpoints.io import load_state_dict
+from latentworks.diffusion.denoisers import sampling_spec_from_dict
 from latentworks.diffusion.latent_formats import LatentFormat
+from latentworks.diffusion.objective import DiffusionObjective
 from latentworks.models.configs import config_from_dict
 from latentworks.pipelines.loading import FAMILIES, save_model_folder
 
@@ -48,6 +50,19 @@ def load_diffusion_run(run: str | Path) -> tuple[dict[str, Any], Any]:
     net = model_cls(config_from_dict(config_cls, cfg["model"]))
     net.load_state_dict(load_state_dict(run / "model.safetensors"), strict=True)
     return cfg, net
+
+
+def run_objective(cfg: dict[str, Any]) -> DiffusionObjective:
+    """The objective a ``latentworks train`` run trained with, from its ``config.json``: the ``sampling`` spec
+    it records, or (older runs) the objective's default for its prediction."""
+    spec = cfg.get("sampling")
+    train = cfg.get("train", {})
+    return DiffusionObjective(
+        cfg["prediction"],
+        float(train.get("logit_mean", 0.0)),
+        float(train.get("logit_std", 1.0)),
+        sampling=None if spec is None else sampling_spec_from_dict(spec),
+    )
 
 
 def export_run(
@@ -92,11 +107,7 @@ def export_run(
         rgb_bias=bias,
     )
     prediction = cfg["prediction"]
-    sampling = (
-        {"kind": "flow", "shift": 1.0}
-        if prediction == "flow"
-        else {"kind": "discrete", "betas": "scaled_linear"}
-    )
+    objective = run_objective(cfg)
     te = cfg.get("text_encoder", {})
     return save_model_folder(
         out,
@@ -104,7 +115,7 @@ def export_run(
         family=family,
         denoiser=net,
         prediction=prediction,
-        sampling=sampling,
+        sampling=objective.sampling.to_dict(),
         vae=vae,
         latent_format=lf,
         text_encoder={"kind": "minilm", "max_length": int(te.get("max_length", 32))},

@@ -30,7 +30,7 @@ from latentworks.pipelines.families import (
     model_sampling_for,
 )
 from latentworks.pipelines.loading import ModelFolder, load_model_folder
-from latentworks.pipelines.sampling import denoise_latents
+from latentworks.pipelines.sampling import denoise_latents, seeds_for
 
 
 @dataclass(frozen=True)
@@ -249,7 +249,8 @@ class Pipeline:
     ) -> PipelineResult:
         """Generate ``batch`` images per prompt.
 
-        Image i uses seed ``seed + i``: it equals a single run with that seed. With ``init_image``,
+        Image i uses seed ``seed + i`` (``pipelines.sampling.seeds_for``, as the KSampler node and training
+        previews do): it equals a single run with that seed. With ``init_image``,
         generation starts from the encoded image noised to the level ``strength`` selects (1 = pure
         noise, 0 = the image back up to VAE error). ``callback`` gets a ``PipelineStep`` after each
         step; returning False cancels (the result then holds the partially denoised images).
@@ -293,7 +294,7 @@ class Pipeline:
             )
         seed = random.randrange(2**31) if seed is None else int(seed)
         n = len(prompts) * batch
-        seeds = [seed + i for i in range(n)]
+        seeds = seeds_for(seed, n)
         all_prompts = [p for p in prompts for _ in range(batch)]
         all_negs = [q for q in negs for _ in range(batch)]
         timings: dict[str, float] = {}

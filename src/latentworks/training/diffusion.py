@@ -29,6 +29,9 @@ from torch import Tensor, nn
 
 from latentworks.checkpoints.io import save_file_atomic
 from latentworks.diffusion.conditioning import Conditioning
+from latentworks.diffusion.objective import DiffusionObjective
+from latentworks.diffusion.schedules import get_sigmas
+from latentworks.pipelines.sampling import NetworkModel, SamplingModel, denoise_latents, seeds_for
 from latentworks.training.checkpoint import check_finite, load_training_state, save_training_state
 from latentworks.training.common import RunLog, batch_indices, step_generator, to_jsonable, write_json
 from latentworks.training.distributed import (
@@ -39,7 +42,6 @@ from latentworks.training.distributed import (
     wrap_ddp,
 )
 from latentworks.training.ema import EMA
-from latentworks.training.losses import DiffusionObjective
 
 DEFAULT_PROMPTS = (
     "red apple, google style",
@@ -234,35 +236,31 @@ class _CaptionCache:
         return Conditioning.cat([self.memo[c] for c in captions]).to(self.device)
 
 
-@torch.no_grad()
+PREVIEW_SAMPLER = "euler"
+PREVIEW_SCHEDULER = "normal"
+
+
 def sample_latents(
-    model: nn.Module,
-    prediction: str,
+    model: SamplingModel,
     cond: Conditioning,
     uncond: Conditioning,
-    shape: tuple[int, ...],
+    shape: tuple[int, int, int, int],
+    *,
     steps: int,
     guidance: float,
-    generator: torch.Generator,
+    seed: int,
+    sampler: str = PREVIEW_SAMPLER,
+    scheduler: str = PREVIEW_SCHEDULER,
 ) -> Tensor:
-    """Euler on the probability-flow ODE with classifier-free guidance (previews during training)."""
-    from latentworks.diffusion.denoisers import make_denoiser
-    from latentworks.diffusion.schedules import karras_schedule
-
-    den = make_denoiser(model, prediction)
-    ms = den.model_sampling
-    if prediction == "flow":
-        sigmas = torch.linspace(1.0, 0.0, steps + 1)
-    else:
-        sigmas = karras_schedule(ms, steps).float()
-    x = torch.randn(shape, generator=generator) * (1.0 if prediction == "flow" else float(sigmas[0]))
-    both = Conditioning.cat([uncond, cond])
-    for i in range(steps):
-        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
-        x0_u, x0_c = den(torch.cat([x, x]), torch.full((2 * shape[0],), s), both).chunk(2)
-        x0 = x0_u + guidance * (x0_c - x0_u)
-        x = x + (x - x0) / s * (s_next - s)
-    return x
+    """Latents (B, C, h, w) = ``shape`` for the previews during training, through the one sampling path
+    (``pipelines.sampling.denoise_latents``, seeds ``seeds_for(seed, B)``): the same settings give the
+    latents ``Pipeline.__call__`` and the KSampler node give. ``cond`` / ``uncond``: B rows each."""
+    device = next(model.denoiser_net.parameters()).device
+    sigmas = get_sigmas(model.model_sampling, scheduler, steps)
+    x0 = torch.zeros(shape, device=device)
+    return denoise_latents(
+        model, x0, sigmas, seeds_for(seed, shape[0]), cond.to(device), uncond.to(device), guidance, sampler
+    )
 
 
 def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> DiffusionResult:
@@ -309,6 +307,7 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
             "family": cfg.family,
             "model": to_jsonable(mcfg),
             "prediction": cfg.prediction,
+            "sampling": objective.sampling.to_dict(),  # what an exported model samples with
             "vae_run": str(cache.metadata.get("vae_run", cfg.vae_run or "")),
             "latent": {
                 "scale": cache.scale,
@@ -361,8 +360,8 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
             cond = captions(caps)
             nb = objective.noise(x0, gen)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                pred = ddp_model(nb.x_t, nb.t, cond)
-            loss = (pred.float() - nb.target.float()).pow(2).mean()
+                pred = ddp_model(nb.x_in, nb.timestep, cond)
+            loss = nb.loss(pred)
             check_finite(loss, step)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -391,7 +390,14 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
                 bar.update(1)
             timed_out = cfg.max_seconds is not None and time.perf_counter() - t_start > cfg.max_seconds
             if info.is_main and (step % cfg.sample_every == 0 or step == cfg.steps or timed_out):
-                _preview(cfg, ema.model, text_encoder, cache, run, step, device)
+                _preview(
+                    cfg,
+                    NetworkModel(ema.model, cfg.prediction, objective.model_sampling),
+                    text_encoder,
+                    cache,
+                    run,
+                    step,
+                )
                 if log is not None:
                     log.plot(f"train ({cfg.family}, {cfg.prediction}) loss")
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or timed_out:
@@ -407,13 +413,7 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
 
 
 def _preview(
-    cfg: DiffusionTrainConfig,
-    model: nn.Module,
-    text_encoder: Any,
-    cache: Any,
-    run: Path,
-    step: int,
-    device: torch.device,
+    cfg: DiffusionTrainConfig, model: NetworkModel, text_encoder: Any, cache: Any, run: Path, step: int
 ) -> None:
     """Sample the preview prompts with the EMA model; decode with the VAE when one is known."""
     from latentworks.evaluation.grids import make_grid
@@ -422,11 +422,13 @@ def _preview(
     if not prompts:
         return
     vae_run = cfg.vae_run or cache.metadata.get("vae_run")
-    cond = text_encoder.encode(prompts).to(device)
-    uncond = text_encoder.encode([""] * len(prompts)).to(device)
-    g = torch.Generator().manual_seed(cfg.seed)
+    device = next(model.denoiser_net.parameters()).device
+    cond = text_encoder.encode(prompts)
+    uncond = text_encoder.encode([""] * len(prompts))
     shape = (len(prompts), cache.channels, cache.size, cache.size)
-    z = sample_latents(model, cfg.prediction, cond, uncond, shape, cfg.sample_steps, cfg.sample_guidance, g)
+    z = sample_latents(
+        model, cond, uncond, shape, steps=cfg.sample_steps, guidance=cfg.sample_guidance, seed=cfg.seed
+    )
     (run / "samples").mkdir(exist_ok=True)
     if vae_run and Path(vae_run, "model.safetensors").is_file():
         from latentworks.data.latents import load_autoencoder
