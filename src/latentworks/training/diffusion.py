@@ -1,14 +1,16 @@
 """Stage 2: train a latent diffusion model (U-Net or DiT) on cached latents.
 
-Objectives: ``eps`` / ``v`` (discrete DDPM, scaled-linear betas) or ``flow`` (rectified flow with
-logit-normal time, SD3). Captions are encoded on the fly by the frozen text encoder; 10% are
+Objectives (``diffusion.objective``): ``eps`` / ``v`` (discrete DDPM, scaled-linear betas) or ``flow``
+(rectified flow with logit-normal time, SD3); a fine-tune keeps its source's sampling spec. Previews
+sample through the one sampling path (``pipelines.sampling.denoise_latents``). Captions are encoded on the fly by the frozen text encoder; 10% are
 replaced by "" (the unconditional embedding) for classifier-free guidance. AdamW, EMA weights,
 gradient clipping, bf16/fp16 autocast on GPU, DDP under torchrun.
 
 Run folder (``cfg.out``)::
 
     config.json                   {"kind": "diffusion", "family": "unet"|"dit", "model": {...},
-                                   "prediction": "eps"|"v"|"flow", "vae_run": ..., "latent": {"scale", "shift",
+                                   "prediction": "eps"|"v"|"flow", "sampling": {"kind": ...},
+                                   "vae_run": ..., "latent": {"scale", "shift",
                                    "channels", "size"}, "text_encoder": {"name": "minilm", "max_length": 32},
                                    "train": {...}}
     model.safetensors             EMA weights (what pipelines load)
@@ -29,6 +31,7 @@ from torch import Tensor, nn
 
 from latentworks.checkpoints.io import save_file_atomic
 from latentworks.diffusion.conditioning import Conditioning
+from latentworks.diffusion.denoisers import SamplingSpec, sampling_spec_from_dict
 from latentworks.diffusion.objective import DiffusionObjective
 from latentworks.diffusion.schedules import get_sigmas
 from latentworks.pipelines.sampling import NetworkModel, SamplingModel, denoise_latents, seeds_for
@@ -125,6 +128,9 @@ class InitSource:
     prediction: str
     latent_scale: float
     latent_shift: float
+    sampling: SamplingSpec | None = (
+        None  # the source's schedule, which the fine-tune keeps; None: the default
+    )
 
 
 def load_init_source(path: str | Path) -> InitSource:
@@ -142,17 +148,19 @@ def load_init_source(path: str | Path) -> InitSource:
             )
         family, net, prediction = mf.meta["denoiser"]["family"], mf.denoiser_net, mf.prediction
         scale, shift = mf.latent_format.scale_factor, mf.latent_format.shift_factor
+        sampling: SamplingSpec | None = sampling_spec_from_dict(mf.meta["denoiser"]["sampling"])
     elif (Path(path) / "config.json").is_file():
         rc, net = load_diffusion_run(path)
         family, prediction = rc["family"], rc["prediction"]
         scale, shift = float(rc["latent"]["scale"]), float(rc["latent"]["shift"])
+        sampling = None if rc.get("sampling") is None else sampling_spec_from_dict(rc["sampling"])
     else:
         raise FileNotFoundError(
             f"--init-from {path}: neither a model folder (model.json) nor a 'latentworks train' run (config.json)"
         )
     if family not in ("unet", "dit"):
         raise ValueError(f"{path}: a {family!r} denoiser; latentworks train fine-tunes unet and dit models")
-    return InitSource(family, net, prediction, scale, shift)
+    return InitSource(family, net, prediction, scale, shift, sampling)
 
 
 @dataclass
@@ -291,7 +299,9 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
         # Fine-tuned weights already are an average, so their EMA starts at full decay.
         ema = EMA(model, cfg.ema_decay, warmup=cfg.init_from is None)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        objective = DiffusionObjective(cfg.prediction, cfg.logit_mean, cfg.logit_std)
+        objective = DiffusionObjective(
+            cfg.prediction, cfg.logit_mean, cfg.logit_std, sampling=None if init is None else init.sampling
+        )
         run, ckpt = cfg.out, cfg.out / "checkpoints" / "last.safetensors"
         step = 0
         if cfg.resume and ckpt.is_file():
