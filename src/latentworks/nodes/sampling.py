@@ -16,6 +16,7 @@ from PIL import Image
 
 from latentworks.diffusion.samplers import SAMPLERS, StepInfo
 from latentworks.diffusion.schedules import SCHEDULERS, get_sigmas
+from latentworks.graph.executor import ExecutionContext
 from latentworks.graph.types import InputSpec, NodeSpec, OutputSpec, Preview
 from latentworks.nodes.payloads import ClipPayload, ConditioningPayload, Latent, ModelPayload
 from latentworks.pipelines.families import add_conditioning_extras, behaviour_of, model_sampling_for
@@ -52,7 +53,7 @@ def _preview_jpeg(rgb: torch.Tensor) -> Preview:
 
 
 def run_sampler(
-    ctx: Any,
+    ctx: ExecutionContext,
     model: ModelPayload,
     seed: int,
     steps: int,
@@ -125,7 +126,7 @@ def run_sampler(
 
 
 def _ksampler(
-    ctx: Any,
+    ctx: ExecutionContext,
     model: ModelPayload,
     seed: int,
     steps: int,
@@ -155,7 +156,7 @@ def _ksampler(
 
 
 def _ksampler_advanced(
-    ctx: Any,
+    ctx: ExecutionContext,
     model: ModelPayload,
     add_noise: str,
     noise_seed: int,

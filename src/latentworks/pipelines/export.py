@@ -7,17 +7,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from latentworks.checkpoints.io import load_state_dict
 from latentworks.diffusion.denoisers import sampling_spec_from_dict
 from latentworks.diffusion.latent_formats import LatentFormat
 from latentworks.diffusion.objective import DiffusionObjective
+from latentworks.models.autoencoder import Autoencoder
 from latentworks.models.configs import config_from_dict
 from latentworks.pipelines.loading import FAMILIES, save_model_folder
 
 
 def fit_preview_factors(
-    vae: Any, images: torch.Tensor, scale: float, shift: float
+    vae: Autoencoder, images: torch.Tensor, scale: float, shift: float
 ) -> tuple[tuple[tuple[float, float, float], ...], tuple[float, float, float]]:
     """Least-squares linear map from model-space latents (C) to RGB in [-1, 1] at latent resolution.
 
@@ -25,7 +27,7 @@ def fit_preview_factors(
     """
     with torch.no_grad():
         z = (vae.encode(images).mode() - shift) * scale  # (N, C, h, w)
-    rgb = torch.nn.functional.adaptive_avg_pool2d(images, z.shape[-2:])  # (N, 3, h, w)
+    rgb = torch.nn.functional.adaptive_avg_pool2d(images, (z.shape[-2], z.shape[-1]))  # (N, 3, h, w)
     a = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]).double()
     a = torch.cat([a, torch.ones(a.shape[0], 1, dtype=a.dtype)], 1)  # (P, C + 1)
     b = rgb.permute(0, 2, 3, 1).reshape(-1, 3).double()
@@ -35,7 +37,7 @@ def fit_preview_factors(
     return factors, bias  # type: ignore[return-value]
 
 
-def load_diffusion_run(run: str | Path) -> tuple[dict[str, Any], Any]:
+def load_diffusion_run(run: str | Path) -> tuple[dict[str, Any], nn.Module]:
     """A ``latentworks train`` run's ``config.json`` and its denoiser with the EMA weights (float32)."""
     run = Path(run)
     cfg_path = run / "config.json"

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from latentworks.diffusion.conditioning import Conditioning
 from latentworks.diffusion.denoisers import Denoiser, ModelSampling, make_denoiser
 from latentworks.diffusion.guidance import CFGDenoiser, GuidedCond, InpaintDenoiser, noised_start
 from latentworks.diffusion.noise import SeededNoiseSampler, seeded_noise
@@ -60,7 +61,7 @@ class NetworkModel:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
-def model_loras(model: SamplingModel) -> AbstractContextManager[Any]:
+def model_loras(model: SamplingModel) -> AbstractContextManager[object]:
     """Apply the LoRAs in ``model.extra["loras"]`` (``(ResolvedLora, strength)`` pairs, added by
     ``checkpoints.lora.add_lora``) to ``model.denoiser_net`` in place until the context exits; a no-op
     context when there are none."""
@@ -77,14 +78,14 @@ def denoise_latents(
     x0: Tensor,
     sigmas: Tensor,
     seeds: list[int],
-    cond: Any,
-    uncond: Any,
+    cond: Conditioning,
+    uncond: Conditioning | None,
     guidance: float,
     sampler: str,
     *,
     add_noise: bool = True,
     mask: Tensor | None = None,
-    callback: Callable[[StepInfo], Any] | None = None,
+    callback: Callable[[StepInfo], object] | None = None,
     sampler_options: dict[str, Any] | None = None,
     guidance_interval: tuple[float, float] | None = None,
 ) -> Tensor:

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from latentworks.diffusion.conditioning import Conditioning
 from latentworks.diffusion.guidance import check_interval
 from latentworks.diffusion.samplers import SAMPLERS, StepInfo
 from latentworks.diffusion.schedules import SCHEDULERS, get_sigmas
@@ -177,7 +178,7 @@ class Pipeline:
     def _networks(self) -> list[torch.nn.Module]:
         return [*self._text_networks(), self.model.denoiser_net, self.model.vae]
 
-    def encode_prompts(self, prompts: list[str]) -> Any:
+    def encode_prompts(self, prompts: list[str]) -> Conditioning:
         with contextlib.ExitStack() as stack:
             for m in self._text_networks():
                 stack.enter_context(self.offloader.use(m))
@@ -331,7 +332,7 @@ class Pipeline:
         if callback is not None:
             lf = self.model.latent_format
 
-            def cb(info: StepInfo) -> Any:
+            def cb(info: StepInfo) -> object:
                 return callback(
                     PipelineStep(
                         i=info.i,
