@@ -2,9 +2,10 @@
 
 Objectives (``diffusion.objective``): ``eps`` / ``v`` (discrete DDPM, scaled-linear betas) or ``flow``
 (rectified flow with logit-normal time, SD3); a fine-tune keeps its source's sampling spec. Previews
-sample through the one sampling path (``pipelines.sampling.denoise_latents``). Captions are encoded on the fly by the frozen text encoder; 10% are
-replaced by "" (the unconditional embedding) for classifier-free guidance. AdamW, EMA weights,
-gradient clipping, bf16/fp16 autocast on GPU, DDP under torchrun.
+sample through the one sampling path (``pipelines.sampling.denoise_latents``). Captions are encoded on
+the fly by the frozen text encoder; 10% are replaced by "" (the unconditional embedding) for
+classifier-free guidance. AdamW, EMA weights, gradient clipping, bf16/fp16 autocast on GPU, DDP under
+torchrun.
 
 Run folder (``cfg.out``)::
 
@@ -128,9 +129,8 @@ class InitSource:
     prediction: str
     latent_scale: float
     latent_shift: float
-    sampling: SamplingSpec | None = (
-        None  # the source's schedule, which the fine-tune keeps; None: the default
-    )
+    # The source's noise schedule, which the fine-tune keeps (None: the objective's default).
+    sampling: SamplingSpec | None = None
 
 
 def load_init_source(path: str | Path) -> InitSource:
@@ -359,6 +359,9 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
 
             bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
         losses: list[float] = []
+        preview_model = NetworkModel(
+            ema.model, cfg.prediction, objective.model_sampling
+        )  # EMA: updated in place
         t_start, start_step = time.perf_counter(), step
         model.train()
         while step < cfg.steps:
@@ -400,14 +403,7 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
                 bar.update(1)
             timed_out = cfg.max_seconds is not None and time.perf_counter() - t_start > cfg.max_seconds
             if info.is_main and (step % cfg.sample_every == 0 or step == cfg.steps or timed_out):
-                _preview(
-                    cfg,
-                    NetworkModel(ema.model, cfg.prediction, objective.model_sampling),
-                    text_encoder,
-                    cache,
-                    run,
-                    step,
-                )
+                _preview(cfg, preview_model, text_encoder, cache, run, step)
                 if log is not None:
                     log.plot(f"train ({cfg.family}, {cfg.prediction}) loss")
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or timed_out:
