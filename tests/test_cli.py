@@ -145,7 +145,7 @@ def test_info_lists_samplers_and_describes_a_model(
     code, out, _ = run_cli(["info"], capsys)
     assert code == 0 and "dpmpp_2m_sde" in out and "kl_optimal" in out
     code, out, _ = run_cli(["info", "--model", str(tiny_model)], capsys)
-    assert code == 0 and "family      unet" in out and "tiny-test" in out
+    assert code == 0 and "family      latentworks  architecture=unet" in out and "tiny-test" in out
 
 
 def test_real_console_script_end_to_end(tiny_model: Path, tmp_path: Path) -> None:

@@ -86,7 +86,7 @@ def test_unet_single_files(case: tuple) -> None:
     )
     ms = sampling_from_meta(found.family.sampling)  # the spec is one the pipeline loader understands
     assert (
-        found.family.sampling["kind"] == "discrete" and abs(ms.sigma_max - 14.6146) < 1e-3
+        found.family.sampling.kind == "discrete" and abs(ms.sigma_max - 14.6146) < 1e-3
     )  # SD's scaled-linear betas
 
 
@@ -134,7 +134,7 @@ def test_sd3_files(name: str, full: bool) -> None:
         "mmdit",
         "flow",
     )
-    assert found.family.latent_format.scale_factor == 1.5305 and found.family.sampling == {
+    assert found.family.latent_format.scale_factor == 1.5305 and found.family.sampling.to_dict() == {
         "kind": "flow",
         "shift": 3.0,
         "multiplier": 1000,
@@ -156,7 +156,7 @@ def test_flux_files(name: str) -> None:
     assert (found.family.name, found.variant, found.architecture.name) == (name, name, "flux")
     assert found.family.latent_format.scale_factor == 0.3611 and found.prediction == "flow"
     assert found.denoiser_prefix == ""
-    assert ("dynamic_shift" in found.family.sampling) == (
+    assert (found.family.sampling.dynamic_shift is not None) == (
         name == "flux-dev"
     )  # dev's resolution-dependent shift
     # An all-in-one file (ComfyUI style): transformer, VAE under vae., CLIP-L and T5.

@@ -25,8 +25,9 @@ discrete models the table of training sigmas) so schedules can be built for it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -62,6 +63,45 @@ FLOW = Interpolation("flow")
 
 
 # --------------------------------------------------------------------------------------------------
+# Training: noise levels, network inputs and targets
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NoiseLevel:
+    """Per-sample training noise levels, each (B,), made by a model sampling's ``training_level``.
+
+    The network sees ``x_in = alpha * x0 + sigma_in * n`` at time ``timestep``: the VP sample for
+    discrete models (``alpha = sqrt(alpha_bar)``, ``sigma_in = sqrt(1 - alpha_bar)``), the flow sample
+    for flow models (``alpha = 1 - sigma``, ``sigma_in = sigma``). ``sigma`` is the same level as the
+    denoiser and samplers see it (VE sigma ``sigma_in / alpha`` for discrete models), so a network that
+    outputs its training target exactly makes ``D(x_in / c_in(sigma), sigma) == x0``.
+    """
+
+    sigma: Tensor
+    alpha: Tensor
+    sigma_in: Tensor
+    timestep: Tensor
+
+
+@dataclass(frozen=True)
+class TrainingExample:
+    """One noised training batch: the network's input and time, its regression target and loss weight."""
+
+    x_in: Tensor  # network input (B, C, h, w)
+    timestep: Tensor  # network time (B,)
+    target: Tensor  # what the network should output, like x_in
+    weight: Tensor | None = None  # per-sample loss weight (B,); None: uniform (the "simple" loss)
+
+    def loss(self, prediction: Tensor) -> Tensor:
+        """Mean squared error of the network's ``prediction`` against ``target`` (float32), weighted."""
+        err = (prediction.float() - self.target.float()).pow(2)
+        if self.weight is not None:
+            err = err * self.weight.float().view(-1, *([1] * (err.ndim - 1)))
+        return err.mean()
+
+
+# --------------------------------------------------------------------------------------------------
 # Model sampling: sigma ranges and sigma <-> timestep maps
 # --------------------------------------------------------------------------------------------------
 
@@ -88,14 +128,20 @@ class ModelSampling(Protocol):
 
 @runtime_checkable
 class Denoiser(Protocol):
-    """``D(x, sigma, cond) -> x0_hat``; see the module docstring."""
+    """``D(x, sigma, cond) -> x0_hat``; see the module docstring. ``sigma`` is (B,); ``cond`` is opaque to
+    samplers (a ``Conditioning``, or a ``GuidedCond`` pair for guidance wrappers)."""
 
-    interpolation: Interpolation
+    @property
+    def interpolation(self) -> Interpolation: ...
 
     def __call__(self, x: Tensor, sigma: Tensor, cond: Any = None) -> Tensor: ...
 
 
-def interpolation_of(denoiser: Any) -> Interpolation:
+Network = Callable[[Tensor, Tensor, Any], Tensor]
+"""A network as the wrappers call it: ``model(x_in (B, ...), timestep (B,), cond) -> prediction (B, ...)``."""
+
+
+def interpolation_of(denoiser: object) -> Interpolation:
     """The interpolation of ``denoiser`` (``VE`` when it does not say)."""
     return getattr(denoiser, "interpolation", VE)
 
@@ -110,10 +156,10 @@ def interpolation_of(denoiser: Any) -> Interpolation:
 SD_DISCRETE_SAMPLING: dict[str, object] = {
     "kind": "discrete",
     "betas": "scaled_linear",
-    "num_timesteps": 1000,
     "linear_start": 0.00085,
     "linear_end": 0.012,
-}
+    "num_timesteps": 1000,
+}  # key order = DiscreteSamplingSpec's field order, so the spec writes it back as the same JSON text
 
 
 def make_betas(
@@ -255,6 +301,21 @@ class DiscreteModelSampling:
         """Noise level at continuous training step ``timestep`` (log-linear between table entries)."""
         timestep = torch.as_tensor(timestep)
         return _table_sigma(timestep, self.log_sigmas).to(_out_dtype(timestep))
+
+    def training_level(self, index: Tensor, dtype: torch.dtype = torch.float32) -> NoiseLevel:
+        """The training noise levels of table steps ``index`` (B,) (integers in [0, N - 1]).
+
+        ``alpha_bar`` is taken in float32 and the square roots in ``dtype``; the network time is the step.
+        """
+        if index.dtype.is_floating_point or index.dtype == torch.bool:
+            raise ValueError(f"index must hold integer training steps, got dtype {index.dtype}")
+        alpha_bar = self.alphas_cumprod.float().to(index.device)[index].to(dtype)  # (B,)
+        return NoiseLevel(
+            sigma=self.sigmas.to(index.device)[index].to(dtype),
+            alpha=alpha_bar.sqrt(),
+            sigma_in=(1 - alpha_bar).sqrt(),
+            timestep=index.to(dtype),
+        )
 
     def __repr__(self) -> str:
         return (
@@ -428,9 +489,192 @@ class FlowModelSampling:
         timestep = torch.as_tensor(timestep)
         return (timestep.to(torch.float64) / self.multiplier).to(_out_dtype(timestep))
 
+    def training_level(self, sigma: Tensor) -> NoiseLevel:
+        """The training noise levels ``sigma`` (B,) in [0, 1], used as drawn: the shift is a schedule
+        transform for sampling (see the class docstring), not applied here."""
+        return NoiseLevel(sigma=sigma, alpha=1 - sigma, sigma_in=sigma, timestep=self.timestep(sigma))
+
     def __repr__(self) -> str:
         shift = f"mu={self.mu}" if self.mu is not None else f"shift={self.shift}"
         return f"FlowModelSampling({shift}, multiplier={self.multiplier})"
+
+
+# --------------------------------------------------------------------------------------------------
+# Sampling specs: a model sampling as it is written in model.json (``denoiser.sampling``)
+# --------------------------------------------------------------------------------------------------
+
+
+def _spec_number(value: object, where: str, *, integer: bool = False) -> None:
+    ok = isinstance(value, int) if integer else isinstance(value, int | float)
+    if isinstance(value, bool) or not ok:
+        raise ValueError(
+            f"sampling spec: {where} must be {'an integer' if integer else 'a number'}, got {value!r}"
+        )
+
+
+def _spec_fields(cls: type, data: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    """``data`` minus ``kind``, refusing keys that are not fields of ``cls``."""
+    names = [f.name for f in fields(cls)]
+    unknown = [k for k in data if k != "kind" and k not in names]
+    if unknown:
+        raise ValueError(
+            f"sampling spec of kind {kind!r}: unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"known: {', '.join(names)}"
+        )
+    return {k: v for k, v in data.items() if k != "kind"}
+
+
+def _spec_dict(spec: DiscreteSamplingSpec | FlowSamplingSpec) -> dict[str, Any]:
+    """``{"kind": ..., field: value, ...}`` with the fields that are set (not None), in field order."""
+    out: dict[str, Any] = {"kind": spec.kind}
+    for f in fields(spec):
+        value = getattr(spec, f.name)
+        if value is not None:
+            out[f.name] = value.to_dict() if hasattr(value, "to_dict") else value
+    return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class DiscreteSamplingSpec:
+    """``{"kind": "discrete", ...}``: a discrete DDPM schedule (see :class:`DiscreteModelSampling`).
+
+    A field left None is absent from the JSON and takes SD 1.x/2.x/XL's value (``SD_DISCRETE_SAMPLING``;
+    ``zero_terminal_snr``: False). Values keep the Python type they were read with, so
+    ``from_dict(d).to_dict() == d`` and model.json files are written back unchanged.
+    """
+
+    kind: ClassVar[str] = "discrete"
+    betas: str | None = None  # make_betas kind: "linear" | "scaled_linear" | "cosine"
+    linear_start: float | None = None
+    linear_end: float | None = None
+    num_timesteps: int | None = None
+    zero_terminal_snr: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.betas is not None and self.betas not in ("linear", "scaled_linear", "cosine"):
+            raise ValueError(
+                f"sampling spec: unknown betas {self.betas!r}; choose one of: linear, scaled_linear, cosine"
+            )
+        for name in ("linear_start", "linear_end"):
+            if getattr(self, name) is not None:
+                _spec_number(getattr(self, name), name)
+        if self.num_timesteps is not None:
+            _spec_number(self.num_timesteps, "num_timesteps", integer=True)
+        if self.zero_terminal_snr is not None and not isinstance(self.zero_terminal_snr, bool):
+            raise ValueError(
+                f"sampling spec: zero_terminal_snr must be true or false, got {self.zero_terminal_snr!r}"
+            )
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DiscreteSamplingSpec:
+        return cls(**_spec_fields(cls, data, cls.kind))
+
+    def to_dict(self) -> dict[str, Any]:
+        return _spec_dict(self)
+
+    def model_sampling(self) -> DiscreteModelSampling:
+        sd = SD_DISCRETE_SAMPLING
+
+        def pick(value: object, key: str) -> Any:
+            return sd[key] if value is None else value
+
+        betas = make_betas(
+            str(pick(self.betas, "betas")),
+            int(pick(self.num_timesteps, "num_timesteps")),
+            float(pick(self.linear_start, "linear_start")),
+            float(pick(self.linear_end, "linear_end")),
+        )
+        return DiscreteModelSampling(betas, zero_terminal_snr=bool(self.zero_terminal_snr))
+
+
+@dataclass(frozen=True, kw_only=True)
+class FlowDynamicShift:
+    """FLUX's resolution-dependent shift as written in a spec: the keyword arguments of ``flux_shift_mu``."""
+
+    base_seq_len: int
+    max_seq_len: int
+    base_shift: float
+    max_shift: float
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            _spec_number(getattr(self, f.name), f"dynamic_shift.{f.name}", integer=f.name.endswith("_len"))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FlowDynamicShift:
+        names = [f.name for f in fields(cls)]
+        if not isinstance(data, Mapping) or set(data) != set(names):
+            raise ValueError(
+                f"sampling spec: dynamic_shift must have exactly the keys {', '.join(names)}, got {data!r}"
+            )
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class FlowSamplingSpec:
+    """``{"kind": "flow", ...}``: a rectified-flow model (see :class:`FlowModelSampling`).
+
+    Fields left None are absent from the JSON (``shift`` 1, ``multiplier`` 1000, ``num_train_timesteps``
+    1000). ``dynamic_shift`` (FLUX, from diffusers configs) and ``flux_shift`` (detection's marker for the
+    same) are carried for the family behaviour, which applies the shift per image size
+    (``pipelines.families.sampling_for_size``); ``model_sampling()`` does not apply them.
+    """
+
+    kind: ClassVar[str] = "flow"
+    shift: float | None = None
+    multiplier: float | None = None
+    dynamic_shift: FlowDynamicShift | None = None
+    num_train_timesteps: int | None = None
+    flux_shift: bool | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("shift", "multiplier"):
+            if getattr(self, name) is not None:
+                _spec_number(getattr(self, name), name)
+        if self.num_train_timesteps is not None:
+            _spec_number(self.num_train_timesteps, "num_train_timesteps", integer=True)
+        if self.flux_shift is not None and not isinstance(self.flux_shift, bool):
+            raise ValueError(f"sampling spec: flux_shift must be true or false, got {self.flux_shift!r}")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FlowSamplingSpec:
+        kw = _spec_fields(cls, data, cls.kind)
+        if kw.get("dynamic_shift") is not None:
+            kw["dynamic_shift"] = FlowDynamicShift.from_dict(kw["dynamic_shift"])
+        return cls(**kw)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _spec_dict(self)
+
+    def model_sampling(self) -> FlowModelSampling:
+        return FlowModelSampling(
+            shift=float(1.0 if self.shift is None else self.shift),
+            multiplier=float(1000 if self.multiplier is None else self.multiplier),
+            num_train_timesteps=1000 if self.num_train_timesteps is None else int(self.num_train_timesteps),
+        )
+
+
+SamplingSpec = DiscreteSamplingSpec | FlowSamplingSpec
+"""A model sampling in its model.json form; ``spec.model_sampling()`` builds the object."""
+
+SAMPLING_SPECS: dict[str, type[DiscreteSamplingSpec] | type[FlowSamplingSpec]] = {
+    DiscreteSamplingSpec.kind: DiscreteSamplingSpec,
+    FlowSamplingSpec.kind: FlowSamplingSpec,
+}
+
+
+def sampling_spec_from_dict(data: Mapping[str, Any]) -> SamplingSpec:
+    """The spec dataclass of a ``{"kind": ...}`` dict (model.json ``denoiser.sampling``); ValueError names
+    what is wrong."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"a sampling spec must be a JSON object with a 'kind', got {data!r}")
+    kind = data.get("kind")
+    if kind not in SAMPLING_SPECS:
+        raise ValueError(f"unknown sampling kind {kind!r}; choose {' or '.join(map(repr, SAMPLING_SPECS))}")
+    return SAMPLING_SPECS[kind].from_dict(data)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -471,7 +715,7 @@ class _NetworkDenoiser:
     prediction = ""
     _needs: Interpolation = VE
 
-    def __init__(self, model: Any, model_sampling: Any = None) -> None:
+    def __init__(self, model: Network, model_sampling: ModelSampling | None = None) -> None:
         self.model = model
         self.model_sampling = self._default_sampling() if model_sampling is None else model_sampling
         got = self.model_sampling.interpolation
@@ -490,12 +734,35 @@ class _NetworkDenoiser:
     def interpolation(self) -> Interpolation:
         return self.model_sampling.interpolation
 
-    def _default_sampling(self) -> Any:
+    def _default_sampling(self) -> ModelSampling:
         return DiscreteModelSampling()
 
     def scalings(self, sigma: Tensor) -> tuple[Tensor | float, Tensor | float, Tensor | float]:
         """``(c_skip, c_out, c_in)`` for broadcastable ``sigma``."""
         raise NotImplementedError
+
+    @classmethod
+    def training_target(cls, x0: Tensor, noise: Tensor, alpha: Tensor, sigma_in: Tensor) -> Tensor:
+        """What the network should output for the input ``alpha * x0 + sigma_in * noise`` (``alpha`` and
+        ``sigma_in`` broadcastable): the output that makes this wrapper return ``x0``."""
+        raise ValueError(f"{cls.__name__} has no training target; latentworks trains eps, v, x0 and flow")
+
+    @classmethod
+    def loss_weight(cls, level: NoiseLevel) -> Tensor | None:
+        """Per-sample loss weight at ``level`` in the network's output space; None = uniform."""
+        return None
+
+    @classmethod
+    def training_example(cls, x0: Tensor, noise: Tensor, level: NoiseLevel) -> TrainingExample:
+        """Noise ``x0`` (B, ...) with unit Gaussian ``noise`` to ``level`` and give the network's target."""
+        shape = (-1,) + (1,) * (x0.ndim - 1)
+        alpha, sigma_in = level.alpha.view(shape), level.sigma_in.view(shape)  # (B, 1, ...)
+        return TrainingExample(
+            x_in=alpha * x0 + sigma_in * noise,
+            timestep=level.timestep,
+            target=cls.training_target(x0, noise, alpha, sigma_in),
+            weight=cls.loss_weight(level),
+        )
 
     def __call__(self, x: Tensor, sigma: Tensor | float, cond: Any = None) -> Tensor:
         dtype = _out_dtype(x)
@@ -517,6 +784,10 @@ class EpsDenoiser(_NetworkDenoiser):
 
     prediction = "eps"
 
+    @classmethod
+    def training_target(cls, x0: Tensor, noise: Tensor, alpha: Tensor, sigma_in: Tensor) -> Tensor:
+        return noise
+
     def scalings(self, sigma: Tensor) -> tuple[Tensor | float, Tensor | float, Tensor | float]:
         return 1.0, -sigma, (sigma**2 + 1).rsqrt()
 
@@ -527,6 +798,10 @@ class VDenoiser(_NetworkDenoiser):
 
     prediction = "v"
 
+    @classmethod
+    def training_target(cls, x0: Tensor, noise: Tensor, alpha: Tensor, sigma_in: Tensor) -> Tensor:
+        return alpha * noise - sigma_in * x0
+
     def scalings(self, sigma: Tensor) -> tuple[Tensor | float, Tensor | float, Tensor | float]:
         c_in = (sigma**2 + 1).rsqrt()
         return c_in**2, -sigma * c_in, c_in
@@ -536,6 +811,10 @@ class X0Denoiser(_NetworkDenoiser):
     """Direct x0 prediction from the VP sample ``x / sqrt(sigma^2 + 1)``."""
 
     prediction = "x0"
+
+    @classmethod
+    def training_target(cls, x0: Tensor, noise: Tensor, alpha: Tensor, sigma_in: Tensor) -> Tensor:
+        return x0
 
     def scalings(self, sigma: Tensor) -> tuple[Tensor | float, Tensor | float, Tensor | float]:
         return 0.0, 1.0, (sigma**2 + 1).rsqrt()
@@ -548,7 +827,11 @@ class FlowDenoiser(_NetworkDenoiser):
     prediction = "flow"
     _needs = FLOW
 
-    def _default_sampling(self) -> Any:
+    @classmethod
+    def training_target(cls, x0: Tensor, noise: Tensor, alpha: Tensor, sigma_in: Tensor) -> Tensor:
+        return noise - x0
+
+    def _default_sampling(self) -> ModelSampling:
         return FlowModelSampling()
 
     def scalings(self, sigma: Tensor) -> tuple[Tensor | float, Tensor | float, Tensor | float]:
@@ -562,7 +845,9 @@ class EDMDenoiser(_NetworkDenoiser):
 
     prediction = "edm"
 
-    def __init__(self, model: Any, model_sampling: Any = None, *, sigma_data: float | None = None) -> None:
+    def __init__(
+        self, model: Network, model_sampling: ModelSampling | None = None, *, sigma_data: float | None = None
+    ) -> None:
         super().__init__(model, model_sampling)
         if sigma_data is None:
             sigma_data = getattr(self.model_sampling, "sigma_data", None)
@@ -570,7 +855,7 @@ class EDMDenoiser(_NetworkDenoiser):
                 raise ValueError("EDMDenoiser needs sigma_data: pass sigma_data= or use EDMModelSampling")
         self.sigma_data = float(sigma_data)
 
-    def _default_sampling(self) -> Any:
+    def _default_sampling(self) -> ModelSampling:
         return EDMModelSampling()
 
     def scalings(self, sigma: Tensor) -> tuple[Tensor | float, Tensor | float, Tensor | float]:
@@ -588,7 +873,9 @@ DENOISERS: dict[str, type[_NetworkDenoiser]] = {
 }
 
 
-def make_denoiser(model: Any, prediction: str, model_sampling: Any = None) -> _NetworkDenoiser:
+def make_denoiser(
+    model: Network, prediction: str, model_sampling: ModelSampling | None = None
+) -> _NetworkDenoiser:
     """Wrap a network ``model(x_in, t, cond) -> prediction`` as a denoiser ``D(x, sigma, cond) -> x0``.
 
     ``prediction`` is one of ``eps``, ``v``, ``x0``, ``flow``, ``edm``. ``model_sampling`` defaults to SD's

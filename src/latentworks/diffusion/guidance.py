@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from latentworks.diffusion.conditioning import Conditioning
-from latentworks.diffusion.denoisers import Interpolation, interpolation_of
+from latentworks.diffusion.denoisers import Denoiser, Interpolation, ModelSampling, interpolation_of
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ class CFGDenoiser:
 
     def __init__(
         self,
-        denoiser: Any,
+        denoiser: Denoiser,
         scale: float,
         *,
         rescale: float = 0.0,
@@ -133,7 +133,7 @@ class CFGDenoiser:
         return interpolation_of(self.denoiser)
 
     @property
-    def model_sampling(self) -> Any:
+    def model_sampling(self) -> ModelSampling | None:
         return getattr(self.denoiser, "model_sampling", None)
 
     def _guided(self, sigma: Tensor) -> Tensor:
@@ -204,7 +204,7 @@ class InpaintDenoiser:
         noise: unit Gaussian noise of x's shape, the same noise the sampling started from.
     """
 
-    def __init__(self, denoiser: Any, known_x0: Tensor, mask: Tensor, noise: Tensor) -> None:
+    def __init__(self, denoiser: Denoiser, known_x0: Tensor, mask: Tensor, noise: Tensor) -> None:
         if mask.ndim != known_x0.ndim:
             raise ValueError(
                 f"mask must have as many dims as known_x0 ({known_x0.ndim}), e.g. (B, 1, H, W); got {tuple(mask.shape)}"
@@ -218,7 +218,7 @@ class InpaintDenoiser:
         return interpolation_of(self.denoiser)
 
     @property
-    def model_sampling(self) -> Any:
+    def model_sampling(self) -> ModelSampling | None:
         return getattr(self.denoiser, "model_sampling", None)
 
     def __call__(self, x: Tensor, sigma: Tensor | float, cond: Any = None) -> Tensor:

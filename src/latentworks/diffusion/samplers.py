@@ -53,7 +53,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from latentworks.diffusion.denoisers import Interpolation, interpolation_of
+from latentworks.diffusion.denoisers import Denoiser, Interpolation, interpolation_of
 
 NoiseFn = Callable[[float, float], Tensor]
 """``noise(sigma, sigma_next) -> unit Gaussian noise shaped like x`` for one step."""
@@ -126,7 +126,7 @@ class _Run:
     def __init__(
         self,
         name: str,
-        denoiser: Any,
+        denoiser: Denoiser,
         x: Tensor,
         sigmas: Tensor,
         cond: Any,
@@ -261,7 +261,7 @@ def _quadrature_weights(
     nodes: Sequence[float],
     a: float,
     b: float,
-    kernel: Callable[[Any], Any] | None = None,
+    kernel: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> list[float]:
     """Weights w_j = integral_a^b L_j(t) kernel(t) dt of the Lagrange basis through ``nodes``.
 
@@ -289,7 +289,7 @@ def _quadrature_weights(
 
 
 def sample_euler(
-    denoiser: Any,
+    denoiser: Denoiser,
     x: Tensor,
     sigmas: Tensor,
     *,
@@ -317,7 +317,7 @@ def sample_euler(
 
 
 def sample_ddim(
-    denoiser: Any,
+    denoiser: Denoiser,
     x: Tensor,
     sigmas: Tensor,
     *,
@@ -342,7 +342,7 @@ def sample_ddim(
 
 
 def sample_heun(
-    denoiser: Any,
+    denoiser: Denoiser,
     x: Tensor,
     sigmas: Tensor,
     *,
@@ -376,7 +376,7 @@ def sample_heun(
 
 
 def sample_heunpp2(
-    denoiser: Any,
+    denoiser: Denoiser,
     x: Tensor,
     sigmas: Tensor,
     *,
@@ -435,7 +435,7 @@ def _dpm2_step(run: _Run, x: Tensor, denoised: Tensor, sigma: float, sigma_to: f
 
 
 def sample_dpm_2(
-    denoiser: Any,
+    denoiser: Denoiser,
     x: Tensor,
     sigmas: Tensor,
     *,
@@ -462,7 +462,7 @@ def sample_dpm_2(
 
 
 def sample_dpm_2_ancestral(
-    denoiser: Any,
+    denoiser: Denoiser,
     x: Tensor,
     sigmas: Tensor,
     *,
@@ -492,7 +492,7 @@ def sample_dpm_2_ancestral(
 
 
 def sample_euler_ancestral(
-    denoiser: Any,
+    denoiser: Denoiser,
     x: Tensor,
     sigmas: Tensor,
     *,
@@ -523,7 +523,7 @@ def sample_euler_ancestral(
 
 
 def sample_ddpm(
-    denoiser: Any,
+    denoiser: Denoiser,
     x: Tensor,
     sigmas: Tensor,
     *,
@@ -561,7 +561,7 @@ def sample_ddpm(
 
 
 def sample_lcm(
-    denoiser: Any,
+    denoiser: Denoiser,
     x: Tensor,
     sigmas: Tensor,
     *,
@@ -592,7 +592,7 @@ def sample_lcm(
 
 
 def sample_lms(
-    denoiser: Any,
+    denoiser: Denoiser,
     x: Tensor,
     sigmas: Tensor,
     *,
@@ -632,7 +632,7 @@ _IPNDM_COEFFS = (
 
 
 def sample_ipndm(
-    denoiser: Any,
+    denoiser: Denoiser,
     x: Tensor,
     sigmas: Tensor,
     *,
@@ -666,7 +666,7 @@ def sample_ipndm(
 
 
 def sample_deis(
-    denoiser: Any,
+    denoiser: Denoiser,
     x: Tensor,
     sigmas: Tensor,
     *,
@@ -713,7 +713,7 @@ def sample_deis(
 
 
 def sample_dpmpp_2m(
-    denoiser: Any,
+    denoiser: Denoiser,
     x: Tensor,
     sigmas: Tensor,
     *,
@@ -745,7 +745,7 @@ def sample_dpmpp_2m(
 
 
 def sample_dpmpp_2s_ancestral(
-    denoiser: Any,
+    denoiser: Denoiser,
     x: Tensor,
     sigmas: Tensor,
     *,
@@ -783,7 +783,7 @@ def sample_dpmpp_2s_ancestral(
 
 
 def sample_dpmpp_sde(
-    denoiser: Any,
+    denoiser: Denoiser,
     x: Tensor,
     sigmas: Tensor,
     *,
@@ -834,7 +834,7 @@ def sample_dpmpp_sde(
 
 
 def sample_dpmpp_2m_sde(
-    denoiser: Any,
+    denoiser: Denoiser,
     x: Tensor,
     sigmas: Tensor,
     *,
@@ -888,7 +888,7 @@ def sample_dpmpp_2m_sde(
 
 
 def sample_dpmpp_3m_sde(
-    denoiser: Any,
+    denoiser: Denoiser,
     x: Tensor,
     sigmas: Tensor,
     *,
@@ -1010,7 +1010,7 @@ def _unipc_update(
 def _sample_unipc(
     name: str,
     variant: str,
-    denoiser: Any,
+    denoiser: Denoiser,
     x: Tensor,
     sigmas: Tensor,
     cond: Any,
@@ -1058,7 +1058,7 @@ def _sample_unipc(
 
 
 def sample_uni_pc(
-    denoiser: Any,
+    denoiser: Denoiser,
     x: Tensor,
     sigmas: Tensor,
     *,
@@ -1078,7 +1078,7 @@ def sample_uni_pc(
 
 
 def sample_uni_pc_bh2(
-    denoiser: Any,
+    denoiser: Denoiser,
     x: Tensor,
     sigmas: Tensor,
     *,

@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
+from latentworks.diffusion.denoisers import SamplingSpec
 from latentworks.diffusion.latent_formats import LatentFormat
 from latentworks.models.text.families import TextRecipe
 
@@ -148,7 +149,7 @@ class ModelFamily:
             (SD 2.x eps <-> SD 2.x v).
         latent_format: channels, scale/shift and preview factors.
         prediction: ``eps`` | ``v`` | ``flow`` (a checkpoint may override it, e.g. SD 2.x v models).
-        sampling: the model-sampling spec (see ``pipelines.loading.sampling_from_meta``).
+        sampling: the model-sampling spec (``DiscreteSamplingSpec`` | ``FlowSamplingSpec``).
         generation: native size, defaults and extra conditioning.
         text: the prompt-encoder recipe; None for our own models (they name their encoder in model.json).
         single_file_text: ``{component: (key prefix, layout)}`` where an original-layout single file keeps its
@@ -168,7 +169,7 @@ class ModelFamily:
     by_prediction: Mapping[str, str] = field(default_factory=dict)
     latent_format: LatentFormat | None = None
     prediction: str
-    sampling: Mapping[str, Any]
+    sampling: SamplingSpec
     generation: Generation
     text: TextRecipe | None = None
     single_file_text: Mapping[str, tuple[str, str]] = field(default_factory=dict)

@@ -232,7 +232,7 @@ def read_diffusers_folder(
             source=str(folder / "scheduler_config.json"),
         )
     elif family is not None and family.prediction == "flow":  # no scheduler: the family's released defaults
-        prediction, sampling = family.prediction, dict(family.sampling)
+        prediction, sampling = family.prediction, family.sampling.to_dict()
     if family is not None and prediction is not None:
         family = with_prediction(family, prediction)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from latentworks.diffusion.denoisers import FLUX_DYNAMIC_SHIFT
+from latentworks.diffusion.denoisers import FLUX_DYNAMIC_SHIFT, FlowDynamicShift, FlowSamplingSpec
 from latentworks.diffusion.latent_formats import LatentFormat
 from latentworks.families.architectures import FLUX
 from latentworks.families.base import ComfyNames, DiffusersNames, Generation, ModelFamily, Shapes
@@ -68,7 +68,9 @@ FLUX_DEV = ModelFamily(
     latent_format=LATENT_FORMAT,
     prediction="flow",
     # the shift follows the image's token count (FlowModelSampling.flux), as FLUX.1-dev samples
-    sampling={"kind": "flow", "shift": 1.0, "multiplier": 1000.0, "dynamic_shift": dict(FLUX_DYNAMIC_SHIFT)},
+    sampling=FlowSamplingSpec(
+        shift=1.0, multiplier=1000.0, dynamic_shift=FlowDynamicShift.from_dict(FLUX_DYNAMIC_SHIFT)
+    ),
     generation=Generation(
         resolution=(1024, 1024),
         defaults={"steps": 20, "guidance": 3.5, "sampler": "euler", "scheduler": "simple"},
@@ -95,7 +97,7 @@ FLUX_SCHNELL = replace(
     matches=lambda c: isinstance(c, FluxConfig) and not c.guidance_embed,
     inspect=_inspector("flux-schnell"),
     # schnell samples with shift 1 at every size (diffusers' scheduler config: no dynamic shifting)
-    sampling={"kind": "flow", "shift": 1.0, "multiplier": 1000.0},
+    sampling=FlowSamplingSpec(shift=1.0, multiplier=1000.0),
     generation=Generation(
         resolution=(1024, 1024),
         defaults={"steps": 4, "guidance": 1.0, "sampler": "euler", "scheduler": "simple"},

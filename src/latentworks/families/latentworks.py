@@ -6,12 +6,13 @@ A model folder names its architecture, objective, sampling, text encoder, size a
 
 from __future__ import annotations
 
+from latentworks.diffusion.denoisers import FlowSamplingSpec
 from latentworks.families.base import Generation, ModelFamily
 
 LATENTWORKS = ModelFamily(
     name="latentworks",
     title="latentworks model folder",
     prediction="flow",
-    sampling={"kind": "flow", "shift": 1.0, "multiplier": 1000.0},
+    sampling=FlowSamplingSpec(shift=1.0),
     generation=Generation(resolution=(64, 64)),
 )

@@ -214,7 +214,7 @@ def _read_file(
         vae_state=vae_state,
         latent_format=found.family.latent_format,
         prediction=found.prediction,
-        sampling=dict(found.family.sampling),
+        sampling=found.family.sampling.to_dict(),
         text_encoders=dict(tes),
     )
 
@@ -244,7 +244,7 @@ def _read_folder(
         vae_state=folder.vae_state,
         latent_format=folder.latent_format,
         prediction=pred,
-        sampling=dict(folder.sampling or family.sampling),
+        sampling=dict(folder.sampling) if folder.sampling else family.sampling.to_dict(),
         text_encoders={name: entry[0] for name, entry in folder.text_encoders.items()},
         tokenizer_dir=path,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from latentworks.diffusion.denoisers import SD_DISCRETE_SAMPLING
+from latentworks.diffusion.denoisers import SD_DISCRETE_SAMPLING, DiscreteSamplingSpec
 from latentworks.diffusion.latent_formats import LatentFormat
 from latentworks.families.architectures import UNET
 from latentworks.families.base import ComfyNames, DiffusersNames, Generation, ModelFamily, Shapes
@@ -19,6 +19,7 @@ SD_RGB = (
     (-0.2829, 0.1762, 0.2721),
     (-0.2120, -0.2616, -0.7177),
 )
+SD_SAMPLING = DiscreteSamplingSpec.from_dict(SD_DISCRETE_SAMPLING)  # scaled-linear betas, 1000 steps
 LATENT_FORMAT = LatentFormat(channels=4, scale_factor=0.18215, rgb_factors=SD_RGB)
 SD_DEFAULTS = {"steps": 20, "guidance": 7.0, "sampler": "euler", "scheduler": "normal"}
 SD_INDEX_EXTRA = {
@@ -54,7 +55,7 @@ SD1 = ModelFamily(
     inspect=_inspect,
     latent_format=LATENT_FORMAT,
     prediction="eps",
-    sampling=SD_DISCRETE_SAMPLING,
+    sampling=SD_SAMPLING,
     generation=Generation(resolution=(512, 512), defaults=SD_DEFAULTS),
     text=TextRecipe(
         name="sd1",

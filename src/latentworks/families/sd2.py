@@ -12,11 +12,10 @@ from typing import Any
 import torch
 
 from latentworks.checkpoints.detect import sd2_prediction
-from latentworks.diffusion.denoisers import SD_DISCRETE_SAMPLING
 from latentworks.diffusion.latent_formats import LatentFormat
 from latentworks.families.architectures import UNET
 from latentworks.families.base import ComfyNames, DiffusersNames, Generation, ModelFamily, Shapes
-from latentworks.families.sd1 import SD_DEFAULTS, SD_INDEX_EXTRA, SD_RGB, unet_variant_suffix
+from latentworks.families.sd1 import SD_DEFAULTS, SD_INDEX_EXTRA, SD_RGB, SD_SAMPLING, unet_variant_suffix
 from latentworks.models.text.families import ClipReading, TextRecipe
 from latentworks.models.unet import UNetConfig
 
@@ -40,7 +39,7 @@ SD2 = ModelFamily(
     by_prediction={"v": "sd2-v"},
     latent_format=LATENT_FORMAT,
     prediction="eps",
-    sampling=SD_DISCRETE_SAMPLING,
+    sampling=SD_SAMPLING,
     generation=Generation(resolution=(512, 512), defaults=SD_DEFAULTS),
     text=TextRecipe(
         name="sd2",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from latentworks.diffusion.denoisers import FlowSamplingSpec
 from latentworks.diffusion.latent_formats import LatentFormat
 from latentworks.families.architectures import MMDIT
 from latentworks.families.base import ComfyNames, DiffusersNames, Generation, ModelFamily, Shapes
@@ -60,7 +61,7 @@ SD3 = ModelFamily(
     inspect=_inspect,
     latent_format=LATENT_FORMAT,
     prediction="flow",
-    sampling={"kind": "flow", "shift": 3.0, "multiplier": 1000.0},
+    sampling=FlowSamplingSpec(shift=3.0, multiplier=1000.0),
     generation=Generation(
         resolution=(1024, 1024),
         defaults={"steps": 28, "guidance": 4.5, "sampler": "euler", "scheduler": "simple"},

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from latentworks.diffusion.denoisers import SD_DISCRETE_SAMPLING
 from latentworks.diffusion.latent_formats import LatentFormat
 from latentworks.families.architectures import UNET
 from latentworks.families.base import ComfyNames, DiffusersNames, Generation, ModelFamily, Shapes
-from latentworks.families.sd1 import SD_DEFAULTS, a1111_prediction, unet_variant_suffix
+from latentworks.families.sd1 import SD_DEFAULTS, SD_SAMPLING, a1111_prediction, unet_variant_suffix
 from latentworks.models.text.families import ClipReading, TextRecipe
 from latentworks.models.unet import UNetConfig
 
@@ -54,7 +53,7 @@ SDXL = ModelFamily(
     inspect=_inspector("sdxl"),
     latent_format=LATENT_FORMAT,
     prediction="eps",
-    sampling=SD_DISCRETE_SAMPLING,
+    sampling=SD_SAMPLING,
     generation=Generation(resolution=(1024, 1024), defaults=DEFAULTS, size_conditioning="size-ids"),
     text=TextRecipe(
         name="sdxl",
@@ -88,7 +87,7 @@ SDXL_REFINER = ModelFamily(
     inspect=_inspector("sdxl-refiner"),
     latent_format=LATENT_FORMAT,
     prediction="eps",
-    sampling=SD_DISCRETE_SAMPLING,
+    sampling=SD_SAMPLING,
     generation=Generation(resolution=(1024, 1024), defaults=DEFAULTS, size_conditioning="size-aesthetic-ids"),
     text=TextRecipe(name="sdxl-refiner", clips={"clip_g": CLIP_G}, pooled_from=("clip_g",)),
     single_file_text={"clip_g": ("conditioner.embedders.0.model.", "open_clip")},

@@ -16,10 +16,11 @@ from PIL import Image
 
 from latentworks.diffusion.samplers import SAMPLERS, StepInfo
 from latentworks.diffusion.schedules import SCHEDULERS, get_sigmas
+from latentworks.graph.executor import ExecutionContext
 from latentworks.graph.types import InputSpec, NodeSpec, OutputSpec, Preview
 from latentworks.nodes.payloads import ClipPayload, ConditioningPayload, Latent, ModelPayload
 from latentworks.pipelines.families import add_conditioning_extras, behaviour_of, model_sampling_for
-from latentworks.pipelines.sampling import denoise_latents
+from latentworks.pipelines.sampling import denoise_latents, seeds_for
 
 FLUX_DEFAULT_GUIDANCE = 3.5  # what FLUX.1-dev gets when no FluxGuidance node sets it (as in ComfyUI)
 
@@ -52,7 +53,7 @@ def _preview_jpeg(rgb: torch.Tensor) -> Preview:
 
 
 def run_sampler(
-    ctx: Any,
+    ctx: ExecutionContext,
     model: ModelPayload,
     seed: int,
     steps: int,
@@ -81,7 +82,7 @@ def run_sampler(
             "encode the image with this model's VAE"
         )
     b = x0.shape[0]
-    seeds = [(int(seed) + i) % 2**63 for i in range(b)]
+    seeds = seeds_for(seed, b)
     behaviour = behaviour_of(folder.meta.get("family"))
     ms = model_sampling_for(folder, latent_height=x0.shape[-2], latent_width=x0.shape[-1])
     full = get_sigmas(ms, scheduler, steps, denoise=denoise) if denoise > 0 else torch.zeros(1)
@@ -125,7 +126,7 @@ def run_sampler(
 
 
 def _ksampler(
-    ctx: Any,
+    ctx: ExecutionContext,
     model: ModelPayload,
     seed: int,
     steps: int,
@@ -155,7 +156,7 @@ def _ksampler(
 
 
 def _ksampler_advanced(
-    ctx: Any,
+    ctx: ExecutionContext,
     model: ModelPayload,
     add_noise: str,
     noise_seed: int,

@@ -7,16 +7,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from latentworks.checkpoints.io import load_state_dict
+from latentworks.diffusion.denoisers import sampling_spec_from_dict
 from latentworks.diffusion.latent_formats import LatentFormat
+from latentworks.diffusion.objective import DiffusionObjective
 from latentworks.families.architectures import architecture
+from latentworks.models.autoencoder import Autoencoder
 from latentworks.models.configs import config_from_dict
 from latentworks.pipelines.loading import save_model_folder
 
 
 def fit_preview_factors(
-    vae: Any, images: torch.Tensor, scale: float, shift: float
+    vae: Autoencoder, images: torch.Tensor, scale: float, shift: float
 ) -> tuple[tuple[tuple[float, float, float], ...], tuple[float, float, float]]:
     """Least-squares linear map from model-space latents (C) to RGB in [-1, 1] at latent resolution.
 
@@ -24,7 +28,7 @@ def fit_preview_factors(
     """
     with torch.no_grad():
         z = (vae.encode(images).mode() - shift) * scale  # (N, C, h, w)
-    rgb = torch.nn.functional.adaptive_avg_pool2d(images, z.shape[-2:])  # (N, 3, h, w)
+    rgb = torch.nn.functional.adaptive_avg_pool2d(images, (z.shape[-2], z.shape[-1]))  # (N, 3, h, w)
     a = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]).double()
     a = torch.cat([a, torch.ones(a.shape[0], 1, dtype=a.dtype)], 1)  # (P, C + 1)
     b = rgb.permute(0, 2, 3, 1).reshape(-1, 3).double()
@@ -34,7 +38,7 @@ def fit_preview_factors(
     return factors, bias  # type: ignore[return-value]
 
 
-def load_diffusion_run(run: str | Path) -> tuple[dict[str, Any], Any]:
+def load_diffusion_run(run: str | Path) -> tuple[dict[str, Any], nn.Module]:
     """A ``latentworks train`` run's ``config.json`` and its denoiser with the EMA weights (float32)."""
     run = Path(run)
     cfg_path = run / "config.json"
@@ -50,6 +54,19 @@ def load_diffusion_run(run: str | Path) -> tuple[dict[str, Any], Any]:
     net = model_cls(config_from_dict(config_cls, cfg["model"]))
     net.load_state_dict(load_state_dict(run / "model.safetensors"), strict=True)
     return cfg, net
+
+
+def run_objective(cfg: dict[str, Any]) -> DiffusionObjective:
+    """The objective a ``latentworks train`` run trained with, from its ``config.json``: the ``sampling`` spec
+    it records, or (older runs) the objective's default for its prediction."""
+    spec = cfg.get("sampling")
+    train = cfg.get("train", {})
+    return DiffusionObjective(
+        cfg["prediction"],
+        float(train.get("logit_mean", 0.0)),
+        float(train.get("logit_std", 1.0)),
+        sampling=None if spec is None else sampling_spec_from_dict(spec),
+    )
 
 
 def export_run(
@@ -94,11 +111,7 @@ def export_run(
         rgb_bias=bias,
     )
     prediction = cfg["prediction"]
-    sampling = (
-        {"kind": "flow", "shift": 1.0}
-        if prediction == "flow"
-        else {"kind": "discrete", "betas": "scaled_linear"}
-    )
+    objective = run_objective(cfg)
     te = cfg.get("text_encoder", {})
     return save_model_folder(
         out,
@@ -106,7 +119,7 @@ def export_run(
         architecture=family,
         denoiser=net,
         prediction=prediction,
-        sampling=sampling,
+        sampling=objective.sampling.to_dict(),
         vae=vae,
         latent_format=lf,
         text_encoder={"kind": "minilm", "max_length": int(te.get("max_length", 32))},

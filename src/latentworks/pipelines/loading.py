@@ -27,6 +27,7 @@ Folders written before the family registry name the architecture ``denoiser.fami
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,10 +38,12 @@ from torch import nn
 from latentworks import families
 from latentworks.checkpoints.io import LazyStateDict, build_on_meta, load_state_dict, save_file_atomic
 from latentworks.diffusion.denoisers import (
-    SD_DISCRETE_SAMPLING,
     DiscreteModelSampling,
+    DiscreteSamplingSpec,
     FlowModelSampling,
-    make_betas,
+    FlowSamplingSpec,
+    SamplingSpec,
+    sampling_spec_from_dict,
 )
 from latentworks.diffusion.latent_formats import LatentFormat
 from latentworks.families.architectures import architecture
@@ -112,22 +115,14 @@ def resolve_model_path(name_or_path: str | Path, models_dir: str | Path | None =
     raise FileNotFoundError(f"no latentworks model folder (with model.json) at {where}")
 
 
-def sampling_from_meta(spec: dict[str, Any]) -> Any:
-    kind = spec.get("kind")
-    if kind == "discrete":
-        spec = {**SD_DISCRETE_SAMPLING, **spec}
-        betas = make_betas(
-            str(spec["betas"]),
-            int(spec["num_timesteps"]),
-            float(spec["linear_start"]),
-            float(spec["linear_end"]),
-        )
-        return DiscreteModelSampling(betas, zero_terminal_snr=bool(spec.get("zero_terminal_snr", False)))
-    if kind == "flow":
-        return FlowModelSampling(
-            shift=float(spec.get("shift", 1.0)), multiplier=float(spec.get("multiplier", 1000))
-        )
-    raise ValueError(f"model.json: unknown sampling kind {kind!r}; choose 'discrete' or 'flow'")
+def sampling_from_meta(spec: SamplingSpec | Mapping[str, Any]) -> DiscreteModelSampling | FlowModelSampling:
+    """The model sampling of a ``denoiser.sampling`` entry: a spec dataclass or its model.json dict."""
+    if not isinstance(spec, DiscreteSamplingSpec | FlowSamplingSpec):
+        try:
+            spec = sampling_spec_from_dict(spec)
+        except ValueError as e:
+            raise ValueError(f"model.json: {e}") from None
+    return spec.model_sampling()
 
 
 def _read_meta(path: Path) -> dict[str, Any]:

