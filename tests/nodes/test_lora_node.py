@@ -163,7 +163,7 @@ def test_sampling_and_encoding_with_the_lora_equal_a_by_hand_patched_copy(models
     folder = load_model_folder(models_dir / "checkpoints" / "tiny")
     before = {k: v.clone() for k, v in folder.denoiser_net.state_dict().items()}
     resolved = resolve_lora(lora, folder.denoiser_net, target="unet")
-    with_lora = dataclasses.replace(folder, extra={"loras": ((resolved, 0.9),)})
+    with_lora = dataclasses.replace(folder, loras=((resolved, 0.9),))
     by_hand = dataclasses.replace(folder, denoiser_net=patched(folder.denoiser_net, "lora_unet_", UNET, 0.9))
     g = torch.Generator().manual_seed(3)
     from latentworks.diffusion.conditioning import Conditioning

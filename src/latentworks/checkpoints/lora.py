@@ -142,6 +142,10 @@ class ResolvedLora:
     unmatched: tuple[str, ...]
 
 
+# A LoRA resolved against a model's denoiser, with its strength: what a loaded model carries in ``loras``.
+AppliedLora = tuple[ResolvedLora, float]
+
+
 # ----------------------------------------------------------------------------------------------- parsing
 
 
@@ -616,11 +620,11 @@ class LoraTextEncoder:
 def add_lora(
     folder: Any, text_encoder: Any, path: str | os.PathLike[str], strength: float, strength_text: float
 ) -> tuple[Any, Any, dict[str, list[str]]]:
-    """Add the LoRA file at ``path`` to a model folder (anything with ``denoiser_net`` and an ``extra``
-    dict, a frozen dataclass) and its text encoder, without touching either.
+    """Add the LoRA file at ``path`` to a model folder (a frozen dataclass with ``denoiser_net`` and a
+    ``loras`` tuple of :data:`AppliedLora`) and its text encoder, without touching either.
 
     Returns ``(new_folder, new_text_encoder, unmatched)``: the folder is a copy sharing the networks with
-    the LoRA (resolved against the denoiser) appended to ``extra["loras"]`` (applied only while sampling), the encoder a
+    the LoRA (resolved against the denoiser) appended to ``loras`` (applied only while sampling), the encoder a
     :class:`LoraTextEncoder` (applied only while encoding); a strength of 0 leaves that part as it was.
     ``unmatched`` lists, per target, the LoRA keys that match no module. The file is checked against the
     model now, so a LoRA for another model fails here, naming the file, and not at sampling time.
@@ -632,8 +636,7 @@ def add_lora(
     base = text_encoder.base if isinstance(text_encoder, LoraTextEncoder) else text_encoder
     resolved = resolve_loras(lora, folder.denoiser_net, text_encoder_modules(base))
     if strength != 0:
-        loras = (*folder.extra.get("loras", ()), (resolved["unet"], float(strength)))
-        folder = dataclasses.replace(folder, extra={**folder.extra, "loras": loras})
+        folder = dataclasses.replace(folder, loras=(*folder.loras, (resolved["unet"], float(strength))))
     if strength_text != 0:
         text_encoder = LoraTextEncoder(text_encoder, [(lora, float(strength_text))])
     return folder, text_encoder, {target: list(r.unmatched) for target, r in resolved.items()}

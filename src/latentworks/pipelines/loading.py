@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from torch import nn
 
 from latentworks import families
 from latentworks.checkpoints.io import LazyStateDict, build_on_meta, load_state_dict, save_file_atomic
+from latentworks.checkpoints.lora import AppliedLora
 from latentworks.diffusion.denoisers import (
     DiscreteModelSampling,
     DiscreteSamplingSpec,
@@ -58,9 +59,14 @@ FORMAT = "latentworks-model"
 EMBEDDED = Path(__file__).resolve().parent.parent / "assets"
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelFolder:
-    """A loaded model folder: networks, sampling and metadata (see the module docstring)."""
+    """A loaded model folder: networks, sampling and metadata (see the module docstring).
+
+    Frozen: adding a LoRA (``checkpoints.lora.add_lora``) gives a new ``ModelFolder`` sharing the networks,
+    with the LoRA in ``loras``; the networks' weights are patched only while sampling. The networks themselves
+    are ordinary (mutable) modules that a device manager may move.
+    """
 
     path: Path
     meta: dict[str, Any]
@@ -68,7 +74,7 @@ class ModelFolder:
     vae: Any  # an Autoencoder
     latent_format: LatentFormat
     model_sampling: Any
-    extra: dict[str, Any] = field(default_factory=dict)
+    loras: tuple[AppliedLora, ...] = ()  # LoRAs applied to denoiser_net while sampling
 
     @property
     def family(self) -> families.ModelFamily:

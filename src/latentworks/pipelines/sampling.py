@@ -6,14 +6,15 @@ The pipeline, the KSampler nodes and training previews all call :func:`denoise_l
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
+from latentworks.checkpoints.lora import AppliedLora, apply_loras
 from latentworks.diffusion.conditioning import Conditioning
 from latentworks.diffusion.denoisers import Denoiser, ModelSampling, make_denoiser
 from latentworks.diffusion.guidance import CFGDenoiser, GuidedCond, InpaintDenoiser, noised_start
@@ -48,7 +49,7 @@ class SamplingModel(Protocol):
     def model_sampling(self) -> ModelSampling: ...
 
     @property
-    def extra(self) -> Mapping[str, Any]: ...  # "loras": ((ResolvedLora, strength), ...)
+    def loras(self) -> tuple[AppliedLora, ...]: ...  # applied to denoiser_net while sampling
 
 
 @dataclass(frozen=True)
@@ -58,19 +59,16 @@ class NetworkModel:
     denoiser_net: nn.Module
     prediction: str
     model_sampling: ModelSampling
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    loras: tuple[AppliedLora, ...] = ()
 
 
 def model_loras(model: SamplingModel) -> AbstractContextManager[object]:
-    """Apply the LoRAs in ``model.extra["loras"]`` (``(ResolvedLora, strength)`` pairs, added by
+    """Apply the LoRAs in ``model.loras`` (``(ResolvedLora, strength)`` pairs, added by
     ``checkpoints.lora.add_lora``) to ``model.denoiser_net`` in place until the context exits; a no-op
     context when there are none."""
-    loras = tuple(getattr(model, "extra", {}).get("loras", ()))
-    if not loras:
+    if not model.loras:
         return nullcontext()
-    from latentworks.checkpoints.lora import apply_loras
-
-    return apply_loras(model.denoiser_net, list(loras))
+    return apply_loras(model.denoiser_net, list(model.loras))
 
 
 def denoise_latents(
@@ -100,7 +98,7 @@ def denoise_latents(
     ``guidance_interval`` ``(sigma_lo, sigma_hi)``: guide only at those noise levels (see
     :class:`~latentworks.diffusion.guidance.CFGDenoiser`); None = at every step.
 
-    LoRAs listed in ``model.extra["loras"]`` (see :func:`model_loras`) are applied to the network
+    LoRAs listed in ``model.loras`` (see :func:`model_loras`) are applied to the network
     for this call only and removed afterwards (bit-exact), so a model shared with other callers is
     unchanged outside it.
     """

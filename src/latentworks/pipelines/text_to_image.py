@@ -205,8 +205,7 @@ class Pipeline:
 
     def unload_loras(self) -> None:
         """Forget every LoRA added with :meth:`load_lora` (the weights were never changed between runs)."""
-        extra = {k: v for k, v in self.model.extra.items() if k != "loras"}
-        self.model = dataclasses.replace(self.model, extra=extra)
+        self.model = dataclasses.replace(self.model, loras=())
         self.text_encoder = getattr(self.text_encoder, "base", self.text_encoder)
 
     def encode_images(self, images: list[Image.Image], size: tuple[int, int]) -> Tensor:

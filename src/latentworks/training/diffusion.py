@@ -137,7 +137,7 @@ def load_init_source(path: str | Path) -> InitSource:
     """The denoiser of a model folder (``default`` = the embedded one) or of a ``latentworks train`` run
     (its EMA weights)."""
     from latentworks.pipelines.export import load_diffusion_run
-    from latentworks.pipelines.loading import is_model_folder, load_model_folder
+    from latentworks.pipelines.loading import denoiser_architecture, is_model_folder, load_model_folder
 
     if is_model_folder(path):
         mf = load_model_folder(path)
@@ -146,7 +146,7 @@ def load_init_source(path: str | Path) -> InitSource:
             raise ValueError(
                 f"{mf.path}: its text encoder is {te!r}; latentworks train conditions on MiniLM only"
             )
-        family, net, prediction = mf.meta["denoiser"]["family"], mf.denoiser_net, mf.prediction
+        family, net, prediction = denoiser_architecture(mf.meta), mf.denoiser_net, mf.prediction
         scale, shift = mf.latent_format.scale_factor, mf.latent_format.shift_factor
         sampling: SamplingSpec | None = sampling_spec_from_dict(mf.meta["denoiser"]["sampling"])
     elif (Path(path) / "config.json").is_file():
