@@ -51,7 +51,7 @@ DEFAULT_PROMPTS = (
 
 @dataclass(frozen=True, kw_only=True)
 class DiffusionTrainConfig:
-    """Stage-2 training on a latent cache (``data.latents``)."""
+    """Stage-2 training on a latent cache (``pipelines.latents``)."""
 
     latents: Path
     out: Path
@@ -268,7 +268,7 @@ def sample_latents(
 def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> DiffusionResult:
     """Train (or resume) a latent diffusion model; see the module docstring. ``text_encoder`` defaults to
     the frozen MiniLM (``models.text.minilm``)."""
-    from latentworks.data.latents import load_latent_cache
+    from latentworks.pipelines.latents import load_latent_cache
 
     info = init_distributed(cfg.device)
     device = torch.device(
@@ -416,7 +416,7 @@ def _preview(
     device: torch.device,
 ) -> None:
     """Sample the preview prompts with the EMA model; decode with the VAE when one is known."""
-    from latentworks.evaluation.grids import make_grid
+    from latentworks.training.grids import make_grid
 
     prompts = list(cfg.sample_prompts)
     if not prompts:
@@ -429,7 +429,7 @@ def _preview(
     z = sample_latents(model, cfg.prediction, cond, uncond, shape, cfg.sample_steps, cfg.sample_guidance, g)
     (run / "samples").mkdir(exist_ok=True)
     if vae_run and Path(vae_run, "model.safetensors").is_file():
-        from latentworks.data.latents import load_autoencoder
+        from latentworks.pipelines.latents import load_autoencoder
 
         ae = load_autoencoder(vae_run, device)
         with torch.no_grad():
