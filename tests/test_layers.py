@@ -2,7 +2,8 @@
 
 The rank list is in docs/design.md ("Layers"). Every ``import`` and ``from ... import`` in every .py file
 under src/latentworks counts: module level, function-local, ``from __future__``, and imports guarded by
-``typing.TYPE_CHECKING`` too (a type-only import still couples the layers). Relative imports are resolved
+``typing.TYPE_CHECKING`` too (a type-only import still couples the layers), and ``importlib.import_module``
+calls with a literal (or literal-prefixed f-string) module name. Relative imports are resolved
 against the importing module. A module that no rank covers is itself a failure, so a new package has to be
 placed in the list below before its first commit.
 
@@ -12,6 +13,7 @@ The checker reads source with ``ast`` and imports nothing, so it is fast and wor
 from __future__ import annotations
 
 import ast
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,6 +99,25 @@ def module_name(path: Path, src: Path = SRC) -> str:
     return ".".join(parts)
 
 
+def _import_module_target(call: ast.Call) -> str | None:
+    """The module an ``importlib.import_module("latentworks....")`` / ``__import__`` call names, if literal.
+
+    For an f-string only the literal prefix counts (``f"latentworks.commands.{name}"`` -> the commands part).
+    """
+    func = call.func
+    name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
+    if name not in ("import_module", "__import__") or not call.args:
+        return None
+    arg = call.args[0]
+    if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+        text = arg.value
+    elif isinstance(arg, ast.JoinedStr) and arg.values and isinstance(arg.values[0], ast.Constant):
+        text = str(arg.values[0].value).rstrip(".")
+    else:
+        return None
+    return text if text.split(".")[0] == PACKAGE else None
+
+
 def imported_modules(tree: ast.AST, module: str, is_package: bool) -> list[tuple[int, str]]:
     """Every (line, absolute module) the source imports, anywhere in it, relative imports resolved.
 
@@ -105,7 +126,9 @@ def imported_modules(tree: ast.AST, module: str, is_package: bool) -> list[tuple
     found: list[tuple[int, str]] = []
     package = module if is_package else module.rpartition(".")[0]
     for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
+        if isinstance(node, ast.Call) and (dynamic := _import_module_target(node)) is not None:
+            found.append((node.lineno, dynamic))
+        elif isinstance(node, ast.Import):
             found.extend((node.lineno, alias.name) for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             if node.level:
@@ -170,6 +193,7 @@ def check_source(
     return violations
 
 
+@functools.cache
 def check_tree(src: Path = SRC) -> tuple[list[Violation], set[tuple[str, str]]]:
     violations: list[Violation] = []
     used: set[tuple[str, str]] = set()
@@ -238,6 +262,20 @@ def test_checker_reports_lateral_and_type_checking_imports() -> None:
     violations = check_source(source, "latentworks.training.losses", "training/losses.py")
     assert [v.line for v in violations] == [3]
     assert "rank 6 latentworks.training -> rank 6 latentworks.evaluation" in str(violations[0])
+
+
+def test_checker_sees_import_module_calls() -> None:
+    source = (
+        "import importlib\n"
+        "def load(name):\n"
+        "    importlib.import_module('latentworks.server.app')\n"
+        "    return importlib.import_module(f'latentworks.nodes.{name}')\n"
+    )
+    violations = check_source(source, "latentworks.pipelines.x", "x.py")
+    assert [(v.line, v.imported) for v in violations] == [
+        (3, "latentworks.server.app"),
+        (4, "latentworks.nodes"),
+    ]
 
 
 def test_checker_resolves_relative_imports() -> None:
