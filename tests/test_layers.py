@@ -235,6 +235,37 @@ def test_every_rank_key_exists() -> None:
     assert set(missing) <= optional, f"RANKS names parts that do not exist: {missing}"
 
 
+# Modules directly under models/ that every network file may use; any other sibling is another family.
+_MODELS_SHARED = frozenset({"latentworks.models", "latentworks.models.configs"})
+
+
+def family_cross_imports(source: str, module: str, path: str) -> list[Violation]:
+    """Imports of one model-family file (``models/<family>.py``) from another family file.
+
+    Blocks two families share (attention, RoPE, patchify, adaLN, final layers) belong in ``nn/``.
+    """
+    found = []
+    for line, target in imported_modules(ast.parse(source, filename=path), module, is_package=False):
+        if not target.startswith("latentworks.models.") and target != "latentworks.models":
+            continue
+        family = ".".join(target.split(".")[:3])
+        if family != module and family not in _MODELS_SHARED:
+            found.append(
+                Violation(path, line, module, target, f"imports {target}: one family file imports another")
+            )
+    return found
+
+
+def test_no_family_file_imports_another_family() -> None:
+    violations = []
+    for path in sorted((SRC / PACKAGE / "models").glob("*.py")):
+        if path.name == "__init__.py":
+            continue
+        shown = str(path.relative_to(SRC.parent))
+        violations += family_cross_imports(path.read_text(encoding="utf-8"), module_name(path), shown)
+    assert not violations, "move shared blocks to nn/:\n" + "\n".join(map(str, violations))
+
+
 # --- self-tests: the checker itself must be able to fail -------------------------------------------------
 
 
@@ -331,3 +362,18 @@ def test_allowlist_silences_only_its_entries() -> None:
 )
 def test_part_of(module: str, part: str | None) -> None:
     assert part_of(module) == part
+
+
+def test_family_cross_import_check_reports_a_family_importing_another() -> None:
+    source = (
+        "from latentworks.models.mmdit import StreamAttention\n"
+        "from latentworks.models.configs import config_to_dict\n"
+        "from latentworks.nn.attention import attention\n"
+        "def f():\n"
+        "    from .dit import DiT\n"
+    )
+    found = family_cross_imports(source, "latentworks.models.flux", "models/flux.py")
+    assert [(v.line, v.imported) for v in found] == [
+        (1, "latentworks.models.mmdit"),
+        (5, "latentworks.models.dit"),
+    ]
