@@ -1,6 +1,6 @@
 """Draw the model-card grid: 64 prompts (seen and held-out emoji names, both styles) from one model.
 
-    .venv/bin/python scripts/default_grid.py [--model default] [--data data/emoji-32.npz] [-o docs/default_grid.png]
+.venv/bin/python scripts/default_grid.py [--model default] [--data data/emoji-32.npz] [-o docs/default_grid.png]
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 
 from latentworks.data.folder import load_dataset
-from latentworks.evaluation.grids import make_grid
 from latentworks.pipelines import Pipeline
 from latentworks.pipelines.text_to_image import images_to_tensor
+from latentworks.training.grids import make_grid
 
 
 def main() -> None:

@@ -1,7 +1,10 @@
 """latentworks: latent-diffusion image generation.
 
-Layers (lower never imports higher): nn -> diffusion -> models -> checkpoints -> data -> training
--> evaluation -> pipelines -> graph (torch-free) -> nodes -> server -> cli.
+Layers (lower never imports higher; see docs/design.md and tests/test_layers.py): graph, nn -> diffusion
+-> models -> checkpoints, data -> families -> pipelines -> training, evaluation -> nodes -> server ->
+commands, cli.
 """
 
-__version__ = "0.1.0"
+from latentworks._version import __version__
+
+__all__ = ["__version__"]

@@ -12,13 +12,13 @@ import torch
 from PIL import Image
 
 from latentworks.data.arrays import ArrayDataset
-from latentworks.evaluation.fid import InceptionFeatures
 from latentworks.evaluation.generation import (
     GenerationEval,
     evaluate_autoencoder_floor,
     evaluate_generation,
     prompt_following,
 )
+from latentworks.models.inception import InceptionFeatures
 
 
 def make_dataset(n: int = 40) -> ArrayDataset:

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from latentworks.evaluation.recon import psnr, psnr_of_constant_offset, ssim
+from latentworks.nn.image_metrics import psnr, psnr_of_constant_offset, ssim
 
 
 def test_identical_images():
@@ -28,7 +28,7 @@ def test_ssim_constant_offset_analytic():
     x = (torch.full((1, 1, 11, 11), 0.2) + 0.05 * torch.randn(1, 1, 11, 11)).double()
     c = 0.3
     got = ssim(x, x + c, data_range=2.0).item()
-    from latentworks.evaluation.recon import _gaussian_window
+    from latentworks.nn.image_metrics import _gaussian_window
 
     w = _gaussian_window(11, 1.5, 1, torch.float64)
     mu = (x.double() * w).sum().item()

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from latentworks.diffusion.conditioning import Conditioning
-from latentworks.models.dit import PRESETS, DiT, DiTConfig, sincos_2d_embedding
+from latentworks.models.dit import PRESETS, DiT, DiTConfig
+from latentworks.nn.embeddings import sincos_2d_embedding
 
 
 def _cond(config: DiTConfig, b: int = 2, length: int = 5, seed: int = 0) -> Conditioning:

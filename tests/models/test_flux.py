@@ -13,14 +13,8 @@ from latentworks.checkpoints.keymaps.flux_diffusers import (
     flux_to_diffusers,
 )
 from latentworks.diffusion.conditioning import Conditioning
-from latentworks.models.flux import (
-    PRESETS,
-    Flux,
-    FluxConfig,
-    image_position_ids,
-    pack_latents,
-    unpack_latents,
-)
+from latentworks.models.flux import PRESETS, Flux, FluxConfig, image_position_ids
+from latentworks.nn.patch import pack_latents, unpack_latents
 from latentworks.nn.rope import apply_rope, rope_frequencies
 
 AXES = (4, 6, 6)

@@ -40,7 +40,7 @@ class HashTextEncoder:
 def make_latent_cache(
     path, n: int = 16, channels: int = 4, size: int = 8, seed: int = 0, identical: bool = False
 ):
-    from latentworks.data.latents import save_latent_cache
+    from latentworks.pipelines.latents import save_latent_cache
 
     g = torch.Generator().manual_seed(seed)
     mean = torch.randn(1 if identical else n, channels, size, size, generator=g).expand(n, -1, -1, -1).clone()

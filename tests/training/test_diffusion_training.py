@@ -88,7 +88,7 @@ def test_nan_stops_without_checkpoint(tmp_path, cache):
     before = ckpt.read_bytes()
     # Resume on latents that contain NaN: the first new step (3) must stop the run.
     bad = make_latent_cache(tmp_path / "nan.safetensors", n=8)
-    from latentworks.data.latents import save_latent_cache
+    from latentworks.pipelines.latents import save_latent_cache
 
     save_latent_cache(tmp_path / "nan.safetensors", bad.mean * float("nan"), bad.std, bad.captions)
     with pytest.raises(FloatingPointError, match="step 3"):

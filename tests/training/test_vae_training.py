@@ -57,7 +57,7 @@ def test_vae_learns_and_cache_latents(tmp_path, data, capsys):
     log = [json.loads(line) for line in (tmp_path / "vae" / "log.jsonl").read_text().splitlines()]
     assert sum(x["l1"] for x in log[-5:]) < 0.6 * sum(x["l1"] for x in log[:5])
     assert r.metrics["psnr"] > 12
-    from latentworks.data.latents import cache_latents, load_latent_cache
+    from latentworks.pipelines.latents import cache_latents, load_latent_cache
 
     c = cache_latents(tmp_path / "vae", tmp_path / "sq.npz", tmp_path / "lat.safetensors", progress=False)
     back = load_latent_cache(tmp_path / "lat.safetensors")

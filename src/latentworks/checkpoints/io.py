@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from io import BufferedReader
@@ -30,6 +29,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from latentworks.atomic import atomic_write_bytes
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 _CHUNK_BYTES = 1 << 20  # casting reads go through one buffer of this size
@@ -60,39 +61,6 @@ SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, truncated, corrupt, or in a refused format."""
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # e.g. Windows: directories cannot be opened
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(data: bytes, path: str | os.PathLike[str]) -> None:
-    """Write ``data`` to ``path`` atomically (tmp file + fsync + ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
 
 
 def save_file_atomic(

@@ -105,7 +105,7 @@ def _convert_checkpoint(args: argparse.Namespace) -> int:
 
 
 def _replace_decoder(args: argparse.Namespace) -> int:
-    from latentworks.data.latents import load_autoencoder
+    from latentworks.pipelines.latents import load_autoencoder
     from latentworks.pipelines.loading import replace_decoder
 
     if args.input is None:

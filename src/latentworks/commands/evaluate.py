@@ -74,22 +74,26 @@ def run(args: argparse.Namespace) -> int:
     from latentworks.data.folder import load_dataset
 
     if args.what == "autoencoder":
-        from latentworks.data.latents import load_autoencoder
-        from latentworks.training.vae import evaluate_reconstruction
+        from latentworks.pipelines.latents import load_autoencoder
+        from latentworks.training.vae import reconstruct, reconstruction_metrics
 
         ae = load_autoencoder(args.run)
         ds = load_dataset(args.data, split=args.split)
         n = len(ds) if args.limit is None else min(args.limit, len(ds))
         x = ds.batch(range(n))[0]
-        m = evaluate_reconstruction(ae, x, fid=not args.no_fid)
+        rec = reconstruct(ae, x)
+        m = reconstruction_metrics(x, rec)
         line = f"PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f}"
-        if "rfid" in m:
-            line += f", rFID {m['rfid']:.2f}, rKID {m['rkid'] * 1e3:.2f}e-3"
+        if not args.no_fid:
+            from latentworks.evaluation.fid import fid_kid
+
+            rf = fid_kid(x, rec)
+            line += f", rFID {rf.fid:.2f}, rKID {rf.kid_mean * 1e3:.2f}e-3"
         print(f"{line} (N={n} {args.split} images)")
         return 0
     if args.what == "floor":
-        from latentworks.data.latents import load_autoencoder, vae_run_resolution
         from latentworks.evaluation.generation import HEADER, evaluate_autoencoder_floor
+        from latentworks.pipelines.latents import load_autoencoder, vae_run_resolution
 
         ae = load_autoencoder(args.run)
         ds = load_dataset(args.data, size=vae_run_resolution(args.run))

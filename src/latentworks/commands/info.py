@@ -70,9 +70,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     import torch
 
-    import latentworks
+    from latentworks._version import __version__
 
-    print(f"latentworks {latentworks.__version__}")
+    print(f"latentworks {__version__}")
     print(f"python      {platform.python_version()} ({platform.machine()})")
     print(f"torch       {torch.__version__}")
     if torch.cuda.is_available():

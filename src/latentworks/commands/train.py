@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(
                 f"latent cache {latents} does not exist; pass --vae RUN and --data DATASET to build it"
             )
-        from latentworks.data.latents import cache_latents
+        from latentworks.pipelines.latents import cache_latents
 
         cache_latents(args.vae, args.data, latents, split="train", device=args.device)
     preset = args.preset or ("emoji-s" if args.family == "unet" else "emoji-dit-s")

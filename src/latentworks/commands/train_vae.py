@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         if args.finetune_decoder is not None and (
             args.finetune_decoder.exists() or str(args.finetune_decoder) == "default"
         ):
-            from latentworks.data.latents import vae_run_resolution
+            from latentworks.pipelines.latents import vae_run_resolution
 
             resolution = vae_run_resolution(args.finetune_decoder)
     cfg = VAETrainConfig(

@@ -78,7 +78,7 @@ class ArrayDataset:
     def save_npz(self, path: str | Path) -> None:
         import io
 
-        from latentworks.checkpoints.io import atomic_write_bytes
+        from latentworks.atomic import atomic_write_bytes
 
         buf = io.BytesIO()
         arrays = {f"extra_{k}": v for k, v in self.extra.items()}

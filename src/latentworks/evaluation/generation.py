@@ -22,7 +22,7 @@ from latentworks.evaluation.fid import (
     fid_from_features,
     kid_from_features,
 )
-from latentworks.evaluation.recon import psnr
+from latentworks.nn.image_metrics import psnr
 
 
 @dataclass(frozen=True)

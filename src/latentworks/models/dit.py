@@ -21,54 +21,11 @@ from torch import Tensor, nn
 
 from latentworks.diffusion.conditioning import Conditioning
 from latentworks.nn.attention import attention, split_heads
-from latentworks.nn.embeddings import timestep_embedding
+from latentworks.nn.embeddings import TIME_EMBED_DIM, sincos_2d_embedding, timestep_embedding
+from latentworks.nn.final import FinalLayer
 from latentworks.nn.mlp import FeedForward, MLPEmbedder
 from latentworks.nn.modulation import AdaLNModulation, gate, layer_norm, modulate
-
-TIME_EMBED_DIM = 256  # sinusoidal features fed to the timestep MLP (as in DiT, SD3 and FLUX)
-
-
-def sincos_2d_embedding(
-    dim: int, grid_h: int, grid_w: int, *, base_size: int | None = None, interpolation_scale: float = 1.0
-) -> Tensor:
-    """Fixed 2D sine-cosine position embedding, (grid_h * grid_w, dim), rows in raster (h, w) order.
-
-    The first half of the channels encodes the column (w) coordinate, the second half the row (h), each as
-    ``[sin(pos * w_i), cos(pos * w_i)]`` with ``w_i = 10000^(-i / (dim/4))`` (the MAE/DiT recipe). Positions are
-    ``arange(n) * base_size / n / interpolation_scale``, so ``base_size=None`` (= n) gives integer positions;
-    SD3 uses ``base_size = sample_size // patch_size`` over its ``pos_embed_max_size`` grid.
-    """
-    if dim % 4:
-        raise ValueError(f"sincos 2D position embedding needs a width divisible by 4, got {dim}")
-
-    def axis(n: int) -> Tensor:
-        base = n if base_size is None else base_size
-        return torch.arange(n, dtype=torch.float64) / (n / base) / interpolation_scale
-
-    def one_d(pos: Tensor) -> Tensor:  # (M,) -> (M, dim/2)
-        omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))
-        out = pos[:, None] * omega[None]
-        return torch.cat([out.sin(), out.cos()], dim=1)
-
-    rows, cols = torch.meshgrid(axis(grid_h), axis(grid_w), indexing="ij")  # (H, W) each
-    emb = torch.cat([one_d(cols.reshape(-1)), one_d(rows.reshape(-1))], dim=1)
-    return emb.float()
-
-
-def patchify(x: Tensor, patch_size: int) -> Tensor:
-    """(B, C, H, W) -> (B, H/p * W/p, C * p * p), channels ordered (c, ph, pw)."""
-    b, c, h, w = x.shape
-    p = patch_size
-    x = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)  # (B, h, w, C, p, p)
-    return x.reshape(b, (h // p) * (w // p), c * p * p)
-
-
-def unpatchify(x: Tensor, h: int, w: int, patch_size: int, channels: int) -> Tensor:
-    """(B, h * w, p * p * C) with channels ordered (ph, pw, c) -> (B, C, h * p, w * p)."""
-    b = x.shape[0]
-    p = patch_size
-    x = x.reshape(b, h, w, p, p, channels).permute(0, 5, 1, 3, 2, 4)  # (B, C, h, p, w, p)
-    return x.reshape(b, channels, h * p, w * p)
+from latentworks.nn.patch import unpatchify
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -204,19 +161,6 @@ class DiTBlock(nn.Module):
         if self.cross_attn is not None and self.norm_cross is not None and context is not None:
             x = x + self.cross_attn(self.norm_cross(x), context, mask)
         return x + gate(self.mlp(modulate(layer_norm(x), shift_m, scale_m)), gate_m)
-
-
-class FinalLayer(nn.Module):
-    def __init__(self, dim: int, out_dim: int) -> None:
-        super().__init__()
-        self.modulation = AdaLNModulation(dim, dim, 2, zero_init=True)
-        self.linear = nn.Linear(dim, out_dim)
-        nn.init.zeros_(self.linear.weight)
-        nn.init.zeros_(self.linear.bias)
-
-    def forward(self, x: Tensor, c: Tensor) -> Tensor:
-        shift, scale = self.modulation(c)
-        return self.linear(modulate(layer_norm(x), shift, scale))
 
 
 class DiT(nn.Module):

@@ -4,7 +4,7 @@ text weights, joint attention, as in SD3's MM-DiT) followed by single-stream blo
 
 Positions are rotary (RoPE) over three axes ``(index, row, column)``: text tokens sit at 0, image tokens at
 their packed-grid coordinates, ``axes_dim = (16, 56, 56)`` channels per axis of each 128-channel head.
-Latents are packed 2x2 into 64-channel tokens before the input projection (:func:`pack_latents`).
+Latents are packed 2x2 into 64-channel tokens before the input projection (:func:`latentworks.nn.patch.pack_latents`).
 The conditioning vector is ``time_in(t) [+ guidance_in(guidance)] + vector_in(pooled CLIP)``.
 
 Contract: ``forward(x (B, 16, H, W), t (B,), cond) -> velocity (B, 16, H, W)`` with ``t = 1000 * sigma``
@@ -23,36 +23,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentworks.diffusion.conditioning import Conditioning
-from latentworks.models.mmdit import StreamAttention
-from latentworks.nn.attention import attention, split_heads
-from latentworks.nn.embeddings import timestep_embedding
+from latentworks.nn.attention import StreamAttention, attention, split_heads
+from latentworks.nn.embeddings import TIME_EMBED_DIM, timestep_embedding
+from latentworks.nn.final import FinalLayer
 from latentworks.nn.mlp import FeedForward, MLPEmbedder
 from latentworks.nn.modulation import AdaLNModulation, gate, layer_norm, modulate
+from latentworks.nn.patch import pack_latents, unpack_latents
 from latentworks.nn.rope import apply_rope, rope_frequencies
 
-TIME_EMBED_DIM = 256
 GUIDANCE_SCALE_FACTOR = 1000.0  # guidance is embedded like a timestep: 1000 * scale
-
-
-def pack_latents(x: Tensor, patch_size: int = 2) -> Tensor:
-    """(B, C, H, W) -> (B, H/p * W/p, C * p * p): p x p patches as tokens, channels ordered (c, ph, pw)."""
-    b, c, h, w = x.shape
-    p = patch_size
-    if h % p or w % p:
-        raise ValueError(f"latent height and width must be multiples of {p} to pack, got {h}x{w}")
-    x = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)  # (B, h, w, C, p, p)
-    return x.reshape(b, (h // p) * (w // p), c * p * p)
-
-
-def unpack_latents(tokens: Tensor, height: int, width: int, patch_size: int = 2) -> Tensor:
-    """Inverse of :func:`pack_latents`: (B, N, C * p * p) -> (B, C, height, width)."""
-    b, n, cpp = tokens.shape
-    p = patch_size
-    h, w = height // p, width // p
-    if n != h * w or cpp % (p * p):
-        raise ValueError(f"cannot unpack {tuple(tokens.shape)} tokens into a {height}x{width} latent")
-    x = tokens.reshape(b, h, w, cpp // (p * p), p, p).permute(0, 3, 1, 4, 2, 5)  # (B, C, h, p, w, p)
-    return x.reshape(b, cpp // (p * p), height, width)
 
 
 def image_position_ids(h: int, w: int, device: torch.device | None = None) -> Tensor:
@@ -188,19 +167,6 @@ class SingleStreamBlock(nn.Module):
         q, k = apply_rope(self.q_norm(q), self.k_norm(k), freqs)
         out = self.linear2(torch.cat([attention(q, k, v), F.gelu(mlp_in, approximate="tanh")], dim=-1))
         return x + gate(out, g)
-
-
-class FinalLayer(nn.Module):
-    def __init__(self, dim: int, out_dim: int) -> None:
-        super().__init__()
-        self.modulation = AdaLNModulation(dim, dim, 2, zero_init=True)  # (shift, scale)
-        self.linear = nn.Linear(dim, out_dim)
-        nn.init.zeros_(self.linear.weight)
-        nn.init.zeros_(self.linear.bias)
-
-    def forward(self, x: Tensor, vec: Tensor) -> Tensor:
-        shift, scale = self.modulation(vec)
-        return self.linear(modulate(layer_norm(x), shift, scale))
 
 
 class Flux(nn.Module):

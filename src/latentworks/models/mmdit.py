@@ -22,11 +22,12 @@ import torch
 from torch import Tensor, nn
 
 from latentworks.diffusion.conditioning import Conditioning
-from latentworks.models.dit import TIME_EMBED_DIM, sincos_2d_embedding, unpatchify
-from latentworks.nn.attention import attention, split_heads
-from latentworks.nn.embeddings import timestep_embedding
+from latentworks.nn.attention import StreamAttention, attention
+from latentworks.nn.embeddings import TIME_EMBED_DIM, sincos_2d_embedding, timestep_embedding
+from latentworks.nn.final import FinalLayer
 from latentworks.nn.mlp import FeedForward, MLPEmbedder
 from latentworks.nn.modulation import AdaLNModulation, gate, layer_norm, modulate
+from latentworks.nn.patch import unpatchify
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,30 +108,6 @@ PRESETS: dict[str, MMDiTConfig] = {
 }  # fmt: skip
 
 
-class StreamAttention(nn.Module):
-    """One stream's share of a joint attention: its QKV projection, optional per-head RMS qk-norm, and
-    (unless ``with_proj=False``) its output projection."""
-
-    def __init__(self, dim: int, num_heads: int, qk_norm: str | None, *, with_proj: bool = True) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        head_dim = dim // num_heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.q_norm = nn.RMSNorm(head_dim, eps=1e-6) if qk_norm else None
-        self.k_norm = nn.RMSNorm(head_dim, eps=1e-6) if qk_norm else None
-        self.proj = nn.Linear(dim, dim) if with_proj else None
-
-    def qkv_heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        q, k, v = (split_heads(t, self.num_heads) for t in self.qkv(x).chunk(3, dim=-1))  # (B, H, N, hd)
-        if self.q_norm is not None and self.k_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        return q, k, v
-
-    def self_attention(self, x: Tensor) -> Tensor:
-        assert self.proj is not None
-        return self.proj(attention(*self.qkv_heads(x)))
-
-
 class JointBlock(nn.Module):
     def __init__(self, config: MMDiTConfig, *, context_pre_only: bool, dual_attention: bool) -> None:
         super().__init__()
@@ -179,19 +156,6 @@ class JointBlock(nn.Module):
             self.context_mlp(modulate(layer_norm(context), c_shift_m, c_scale_m)), c_gate_m
         )
         return x, context
-
-
-class FinalLayer(nn.Module):
-    def __init__(self, dim: int, out_dim: int) -> None:
-        super().__init__()
-        self.modulation = AdaLNModulation(dim, dim, 2, zero_init=True)  # (shift, scale)
-        self.linear = nn.Linear(dim, out_dim)
-        nn.init.zeros_(self.linear.weight)
-        nn.init.zeros_(self.linear.bias)
-
-    def forward(self, x: Tensor, c: Tensor) -> Tensor:
-        shift, scale = self.modulation(c)
-        return self.linear(modulate(layer_norm(x), shift, scale))
 
 
 class MMDiT(nn.Module):

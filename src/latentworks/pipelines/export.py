@@ -84,7 +84,7 @@ def export_run(
 
     With ``data`` (a dataset file), preview factors for the latent format are fitted on 256 images.
     """
-    from latentworks.data.latents import load_autoencoder
+    from latentworks.pipelines.latents import load_autoencoder
 
     run = Path(diffusion_run)
     cfg, net = load_diffusion_run(run)

@@ -23,7 +23,7 @@ from fastapi import APIRouter, FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-import latentworks
+from latentworks._version import __version__
 from latentworks.graph import Executor, NodeRegistry, error_item, node_info, validate_prompt
 from latentworks.server.auth import BodyLimit, TokenAuth, check_bind
 from latentworks.server.files import FOLDER_TYPES, resolve_file, sniff_image, upload_target
@@ -125,7 +125,7 @@ def create_app(
             await asyncio.to_thread(worker.stop)
             store.close()
 
-    app = FastAPI(title="latentworks", version=latentworks.__version__, lifespan=lifespan)
+    app = FastAPI(title="latentworks", version=__version__, lifespan=lifespan)
     app.state.latentworks = state
     router = _routes(state)
     app.include_router(router)
@@ -349,8 +349,8 @@ def _routes(s: ServerState) -> APIRouter:
                 "os": platform.system().lower() or os.name,
                 "python_version": sys.version,
                 "embedded_python": False,
-                "comfyui_version": f"latentworks-{latentworks.__version__}",
-                "latentworks_version": latentworks.__version__,
+                "comfyui_version": f"latentworks-{__version__}",
+                "latentworks_version": __version__,
                 "pytorch_version": getattr(torch, "__version__", None),
                 "ram_total": ram_total,
                 "ram_free": ram_free,

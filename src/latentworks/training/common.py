@@ -101,6 +101,6 @@ class RunLog:
         self.losses.append(values["loss"])
 
     def plot(self, title: str) -> None:
-        from latentworks.evaluation.grids import plot_loss_curve
+        from latentworks.training.grids import plot_loss_curve
 
         plot_loss_curve(self.steps, self.losses, self.png, title=title, smooth=max(1, len(self.losses) // 50))

@@ -57,7 +57,7 @@ DEFAULT_PROMPTS = (
 
 @dataclass(frozen=True, kw_only=True)
 class DiffusionTrainConfig:
-    """Stage-2 training on a latent cache (``data.latents``)."""
+    """Stage-2 training on a latent cache (``pipelines.latents``)."""
 
     latents: Path
     out: Path
@@ -274,7 +274,7 @@ def sample_latents(
 def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> DiffusionResult:
     """Train (or resume) a latent diffusion model; see the module docstring. ``text_encoder`` defaults to
     the frozen MiniLM (``models.text.minilm``)."""
-    from latentworks.data.latents import load_latent_cache
+    from latentworks.pipelines.latents import load_latent_cache
 
     info = init_distributed(cfg.device)
     device = torch.device(
@@ -422,7 +422,7 @@ def _preview(
     cfg: DiffusionTrainConfig, model: NetworkModel, text_encoder: Any, cache: Any, run: Path, step: int
 ) -> None:
     """Sample the preview prompts with the EMA model; decode with the VAE when one is known."""
-    from latentworks.evaluation.grids import make_grid
+    from latentworks.training.grids import make_grid
 
     prompts = list(cfg.sample_prompts)
     if not prompts:
@@ -437,7 +437,7 @@ def _preview(
     )
     (run / "samples").mkdir(exist_ok=True)
     if vae_run and Path(vae_run, "model.safetensors").is_file():
-        from latentworks.data.latents import load_autoencoder
+        from latentworks.pipelines.latents import load_autoencoder
 
         ae = load_autoencoder(vae_run, device)
         with torch.no_grad():

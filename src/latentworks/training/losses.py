@@ -28,7 +28,7 @@ class InceptionPerceptualLoss(nn.Module):
         device: str | torch.device = "cpu",
     ) -> None:
         super().__init__()
-        from latentworks.evaluation.fid import InceptionFeatures
+        from latentworks.models.inception import InceptionFeatures
 
         self.net = InceptionFeatures(device=device, resize=None)
         self.layers = layers

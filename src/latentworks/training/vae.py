@@ -88,7 +88,7 @@ class VAETrainConfig:
         from latentworks.models.autoencoder import PRESETS
 
         if self.finetune_decoder is not None:
-            from latentworks.data.latents import load_autoencoder
+            from latentworks.pipelines.latents import load_autoencoder
 
             return load_autoencoder(self.finetune_decoder).config
         if self.model is not None:
@@ -126,12 +126,8 @@ def _split(cfg: VAETrainConfig):
 
 
 @torch.no_grad()
-def evaluate_reconstruction(
-    model: Any, images: torch.Tensor, batch_size: int = 32, fid: bool = False
-) -> dict[str, float]:
-    """PSNR/SSIM (and optionally rFID) of ``model`` on images (N, 3, H, W) in [-1, 1] via the posterior mode."""
-    from latentworks.evaluation.recon import psnr, ssim
-
+def reconstruct(model: Any, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+    """Reconstructions (N, 3, H, W) in [-1, 1] of ``images`` through ``model``'s posterior mode."""
     model = unwrap(model)
     was_training = model.training
     model.eval()
@@ -140,25 +136,33 @@ def evaluate_reconstruction(
         x = images[i : i + batch_size]
         recs.append(model.decode(model.encode(x).mode()).clamp(-1, 1))
     model.train(was_training)
-    rec = torch.cat(recs)
+    return torch.cat(recs)
+
+
+def reconstruction_metrics(images: torch.Tensor, rec: torch.Tensor) -> dict[str, float]:
+    """Mean PSNR (over images with a finite PSNR) and SSIM of reconstructions ``rec`` of ``images``.
+
+    rFID needs the evaluation layer: ``evaluation.fid.fid_kid(images, rec)`` (as ``latentworks eval`` does).
+    """
+    from latentworks.nn.image_metrics import psnr, ssim
+
     p = psnr(images, rec)
-    out = {
+    return {
         "psnr": float(p[torch.isfinite(p)].mean()) if torch.isfinite(p).any() else math.inf,
         "ssim": float(ssim(images, rec).mean()),
         "n": len(images),
     }
-    if fid:
-        from latentworks.evaluation.fid import fid_kid
 
-        r = fid_kid(images, rec)
-        out.update(rfid=r.fid, rkid=r.kid_mean)
-    return out
+
+def evaluate_reconstruction(model: Any, images: torch.Tensor, batch_size: int = 32) -> dict[str, float]:
+    """PSNR/SSIM of ``model`` on images (N, 3, H, W) in [-1, 1] via the posterior mode."""
+    return reconstruction_metrics(images, reconstruct(model, images, batch_size))
 
 
 def train_vae(cfg: VAETrainConfig) -> VAEResult:
     """Train (or resume) an autoencoder; see the module docstring for the run folder."""
-    from latentworks.evaluation.grids import make_grid
     from latentworks.models.autoencoder import Autoencoder
+    from latentworks.training.grids import make_grid
     from latentworks.training.losses import (
         InceptionPerceptualLoss,
         PatchDiscriminator,
@@ -176,7 +180,7 @@ def train_vae(cfg: VAETrainConfig) -> VAEResult:
         torch.manual_seed(cfg.seed)
         model = Autoencoder(mcfg)
         if cfg.finetune_decoder is not None:
-            from latentworks.data.latents import load_autoencoder
+            from latentworks.pipelines.latents import load_autoencoder
             from latentworks.pipelines.loading import ENCODER_PREFIXES
 
             model.load_state_dict(load_autoencoder(cfg.finetune_decoder).state_dict())

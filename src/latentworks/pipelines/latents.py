@@ -91,7 +91,7 @@ def load_latent_cache(path: str | Path) -> LatentCache:
     if not path.is_file():
         raise FileNotFoundError(
             f"latent cache not found: {path}; create it with 'latentworks train --vae RUN --data DATA' "
-            "(it encodes the dataset once) or data.latents.cache_latents()"
+            "(it encodes the dataset once) or pipelines.latents.cache_latents()"
         )
     t = load_state_dict(path)
     meta = read_metadata(path)
