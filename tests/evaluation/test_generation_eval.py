@@ -62,8 +62,8 @@ def test_copy_model_scores_near_zero_and_noise_scores_badly(inception: Inception
     bad = evaluate_generation(
         CopyPipe(ds, noise=True), ds, split="all", n=12, progress=False, model=inception
     )
-    # Identical sets: FID is exactly 0 (the exact eigenvalue form; sqrtm's error here was ~1 and it took
-    # > 40 minutes on these rank-11 2048x2048 covariances).
+    # Identical sets: FID is 0 to round-off with the exact eigenvalue form (the sqrtm form needed a
+    # tolerance of 1 here, and scipy 1.17's sqrtm took > 40 minutes on these rank-11 2048x2048 covariances).
     assert abs(good.fid) < 1e-6
     # The baseline compares against *other* real images, so it is worse than the copy, and far better
     # than noise; KID orders the three the same way.
