@@ -42,15 +42,28 @@ def test_process_in_out_round_trip_and_formula(name: str) -> None:
 
 
 def test_preview_is_linear_map_to_uint8() -> None:
+    """SDXL's preview is ``rgb = z . factors + bias``, mapped from [-1, 1] to [0, 255], pixel by pixel. The
+    expected pixels are worked by hand from the published SDXL factors (rows per latent channel)
+    (.3651 .4232 .4341), (-.2533 -.0042 .1068), (.1076 .1111 -.0362), (-.3165 -.2492 -.2188) and bias
+    (.1084 -.0175 -.0011)."""
     fmt = families.get("sdxl").latent_format
-    z = torch.randn(2, 4, 5, 7, generator=torch.Generator().manual_seed(1)) * 2
+    z = torch.zeros(1, 4, 2, 3)
+    z[0, :, 1, 2] = torch.tensor([1.0, -1.0, 0.5, 2.0])
     img = fmt.preview(z)
-    assert img.shape == (2, 5, 7, 3) and img.dtype == torch.uint8
-    f = torch.tensor(fmt.rgb_factors)
-    rgb = torch.einsum("bchw,ck->bhwk", z, f) + torch.tensor(fmt.rgb_bias)
-    expected = ((rgb + 1) / 2 * 255).round().clamp(0, 255).to(torch.uint8)
-    assert torch.equal(img, expected)
-    assert img.min() == 0 and img.max() == 255  # large latents saturate
+    assert img.shape == (1, 2, 3, 3) and img.dtype == torch.uint8
+    # z = 0: (1 + bias) * 127.5 = (141.32, 125.27, 127.36).
+    assert img[0, 0, 0].tolist() == [141, 125, 127] and bool((img[0, 0] == img[0, 0, 0]).all())
+    # R = .3651 + .2533 + .0538 - .6330 + .1084 = .1476 -> 146.32; G = .4232 + .0042 + .05555 - .4984 - .0175
+    # = -.03295 -> 123.30; B = .4341 - .1068 - .0181 - .4376 - .0011 = -.1295 -> 110.99.
+    assert img[0, 1, 2].tolist() == [146, 123, 111]
+    # 100 x that latent: R = 100 * .0392 + .1084 > 1, G and B < -1: saturated; zero pixels unchanged.
+    big = fmt.preview(100 * z)
+    assert big[0, 1, 2].tolist() == [255, 0, 0] and torch.equal(big[0, 0], img[0, 0])
+    # Pixel by pixel: moving latent pixels moves preview pixels the same way.
+    r = torch.randn(2, 4, 5, 7, generator=torch.Generator().manual_seed(1)) * 0.5
+    perm = torch.randperm(35, generator=torch.Generator().manual_seed(2))
+    moved = r.flatten(2)[:, :, perm].reshape(2, 4, 5, 7)
+    assert torch.equal(fmt.preview(moved), fmt.preview(r).flatten(1, 2)[:, perm].reshape(2, 5, 7, 3))
 
 
 def test_preview_of_a_channel_follows_its_factor_row() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -96,15 +98,26 @@ def test_masked_text_tokens_do_not_change_the_output() -> None:
 
 
 def test_a_sample_without_real_tokens_gets_no_cross_attention() -> None:
+    """A sample whose mask is all False comes out exactly as from the same DiT with its cross-attention
+    layers removed, whatever its (masked) token values; a sample with real tokens does not."""
     config = PRESETS["tiny"]
     model = DiT(config)
     _randomise(model)
+    without = copy.deepcopy(model)
+    for block in without.blocks:
+        block.cross_attn = None  # the reference: the same weights, no cross-attention at all
     cond = _cond(config, length=4)
     mask = torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0]], dtype=torch.bool)
-    out = model(
-        torch.randn(2, 4, 8, 8), torch.tensor([5.0, 5.0]), Conditioning(cond.tokens, mask, cond.pooled)
-    )
-    assert torch.isfinite(out).all()
+    x, t = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1)), torch.tensor([5.0, 5.0])
+    with torch.no_grad():
+        out = model(x, t, Conditioning(cond.tokens, mask, cond.pooled))
+        ref = without(x, t, Conditioning(cond.tokens, mask, cond.pooled))
+        other_tokens = cond.tokens.clone()
+        other_tokens[1] = 100 * torch.randn(4, config.context_dim or 1)
+        out_other = model(x, t, Conditioning(other_tokens, mask, cond.pooled))
+    torch.testing.assert_close(out[1], ref[1], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(out_other[1], out[1], atol=1e-6, rtol=1e-6)
+    assert (out[0] - ref[0]).abs().max() > 1e-2  # the real tokens of sample 0 are attended to
 
 
 def test_text_and_pooled_and_time_all_change_the_output() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -46,20 +48,45 @@ def test_rope_scores_depend_only_on_relative_position(
     torch.testing.assert_close(score(m, n), score(m + shift, n + shift), atol=1e-5, rtol=1e-5)
 
 
-def test_rope_is_a_rotation_and_not_trivial() -> None:
-    q = torch.randn(2, 3, 5, 16)
-    ids = torch.randint(0, 30, (5, 3))
-    rq, rk = apply_rope(q, q, rope_frequencies(ids, AXES))
-    torch.testing.assert_close(rq.norm(dim=-1), q.norm(dim=-1))  # rotations keep norms
-    assert torch.equal(rq, rk)
-    assert not torch.allclose(rq, q)  # ...and do rotate
-    zero, _ = apply_rope(q, q, rope_frequencies(torch.zeros(5, 3), AXES))
-    torch.testing.assert_close(zero, q)  # position 0 is the identity
-    # score between positions 1 apart differs from 3 apart (the position is seen)
-    freqs = rope_frequencies(_ids((0, 0, 0), (0, 1, 0), (0, 3, 0)), AXES)
-    x = torch.ones(1, 1, 3, 16)
-    r, _ = apply_rope(x, x, freqs)
-    assert not torch.isclose((r[0, 0, 0] * r[0, 0, 1]).sum(), (r[0, 0, 0] * r[0, 0, 2]).sum())
+def _rotate_by_hand(x: torch.Tensor, pos: torch.Tensor, theta: float = 10000.0) -> torch.Tensor:
+    """Written from the definition: channel pair (2i, 2i+1) of axis a (owning AXES[a] consecutive channels,
+    pair j inside it) turns by the 2x2 rotation of angle pos[a] * theta^(-2j / AXES[a]). x (head_dim,),
+    pos (3,); float64."""
+    out = x.clone()
+    start = 0
+    for a, dim in enumerate(AXES):
+        for j in range(dim // 2):
+            angle = float(pos[a]) * theta ** (-2 * j / dim)
+            rot = torch.tensor(
+                [[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]], dtype=torch.float64
+            )
+            c = start + 2 * j
+            out[c : c + 2] = rot @ x[c : c + 2]
+        start += dim
+    return out
+
+
+def test_rope_is_the_explicit_pairwise_rotation() -> None:
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 3, 5, 16, generator=g, dtype=torch.float64)
+    k = torch.randn(2, 3, 5, 16, generator=g, dtype=torch.float64)
+    ids = torch.randint(0, 30, (5, 3), generator=g)
+    ids[0] = 0  # position 0 turns nothing
+    rq, rk = apply_rope(q, k, rope_frequencies(ids, AXES))
+    for x, rx in ((q, rq), (k, rk)):  # queries and keys each by their own token's position
+        for b in range(2):
+            for h in range(3):
+                for n in range(5):
+                    want = _rotate_by_hand(x[b, h, n], ids[n])
+                    torch.testing.assert_close(rx[b, h, n], want, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(rq[:, :, 0], q[:, :, 0], atol=1e-6, rtol=0)  # float32 inside
+    assert (rq[:, :, 1:] - q[:, :, 1:]).abs().amax() > 0.1  # the hand-made rotation is not trivial either
+    # A per-sample (B, N, head_dim/2, 2) table rotates each sample by its own positions.
+    ids_b = torch.stack([ids, ids.flip(0)])
+    rq_b, _ = apply_rope(q, k, rope_frequencies(ids_b, AXES))
+    torch.testing.assert_close(rq_b[0], rq[0])
+    for h in range(3):  # sample 1, token 0 sits at the last token's position
+        torch.testing.assert_close(rq_b[1, h, 0], _rotate_by_hand(q[1, h, 0], ids[4]), atol=1e-6, rtol=1e-6)
 
 
 def test_rope_matches_diffusers() -> None:

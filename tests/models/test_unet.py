@@ -82,11 +82,39 @@ def test_small_presets_forward_shapes(name: str, size: int) -> None:
 
 
 def test_inpainting_input_and_odd_latent_sizes() -> None:
+    """9 input channels (latent, mask, masked-image latent) on an odd 9x7 latent: the output equals
+    diffusers' UNet2DConditionModel on the same weights (which upsamples to each skip's size), and the
+    mask and masked-image channels change it."""
+    diffusers = pytest.importorskip("diffusers")
     cfg = replace(PRESETS["tiny"], in_channels=9)
+    torch.manual_seed(0)
+    ref = diffusers.UNet2DConditionModel(
+        sample_size=8,
+        in_channels=9,
+        block_out_channels=[32, 64],
+        down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
+        up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"],
+        layers_per_block=1,
+        attention_head_dim=[2, 4],
+        cross_attention_dim=24,
+        norm_num_groups=8,
+    ).eval()
+    with torch.no_grad():  # diffusers zero-initialises the output conv; make every path visible
+        for p in ref.parameters():
+            p.add_(0.02 * torch.randn_like(p))
     model = UNet(cfg).eval()
+    model.load_state_dict(unet_from_diffusers(ref.state_dict(), cfg), strict=True)
+    g = torch.Generator().manual_seed(1)
+    x, ctx = torch.randn(1, 9, 9, 7, generator=g), torch.randn(1, 3, 24, generator=g)
     with torch.no_grad():
-        out = model(torch.randn(1, 9, 9, 7), torch.tensor(5.0), Conditioning(tokens=torch.randn(1, 3, 24)))
+        out = model(x, torch.tensor([5.0]), Conditioning(tokens=ctx))
+        want = ref(x, torch.tensor([5.0]), encoder_hidden_states=ctx).sample
+        other_mask = x.clone()
+        other_mask[:, 4:] = torch.randn(1, 5, 9, 7, generator=g)
+        out_other = model(other_mask, torch.tensor([5.0]), Conditioning(tokens=ctx))
     assert out.shape == (1, 4, 9, 7)
+    assert ((out - want).norm() / want.norm()).item() < 1e-5
+    assert (out - out_other).abs().max() > 1e-3
 
 
 # ---------------------------------------------------------------- behaviour

@@ -145,19 +145,27 @@ def test_tiny_inpainting_sdxl_style_matches_diffusers() -> None:
     assert compare(kw, config, size=8, tokens=5) < TOL
 
 
+# The full-size checks run on 8x8 latents (three downsamplings to 1x1): the weights, not the resolution, are
+# what the oracle compares, and 16x16 only quadrupled the attention cost.
 @pytest.mark.slow
 def test_sd15_full_size_matches_diffusers() -> None:
-    assert compare(SD15, PRESETS["sd15"], size=16, tokens=77) < TOL
+    assert compare(SD15, PRESETS["sd15"], size=8, tokens=77) < TOL
 
 
 @pytest.mark.slow
 def test_sd2_full_width_matches_diffusers() -> None:
-    assert compare(SD2, PRESETS["sd2"], size=16, tokens=77) < TOL
+    """Full SD 2 widths, 64-wide heads, linear projections and upcast attention; one resnet + transformer per
+    level instead of two (the full depth is SD 1.5's, checked above)."""
+    kw = {**SD2, "layers_per_block": 1}
+    assert compare(kw, replace(PRESETS["sd2"], layers_per_block=1), size=8, tokens=77) < TOL
 
 
 @pytest.mark.slow
 def test_sdxl_full_width_reduced_depth_matches_diffusers() -> None:
-    """Full SDXL widths and added conditioning; transformer depth (0, 1, 2) / mid 2 to fit in memory."""
-    kw = {**SDXL, "transformer_layers_per_block": [1, 1, 2], "layers_per_block": 2}
-    config = replace(PRESETS["sdxl"], transformer_depth=(0, 1, 2), mid_transformer_depth=2)
-    assert compare(kw, config, size=16, tokens=77) < TOL
+    """Full SDXL widths and added conditioning; transformer depth (0, 1, 2) / mid 2 and one resnet per level
+    to keep it small."""
+    kw = {**SDXL, "transformer_layers_per_block": [1, 1, 2], "layers_per_block": 1}
+    config = replace(
+        PRESETS["sdxl"], transformer_depth=(0, 1, 2), mid_transformer_depth=2, layers_per_block=1
+    )
+    assert compare(kw, config, size=8, tokens=77) < TOL

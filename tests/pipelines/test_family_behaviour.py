@@ -7,7 +7,7 @@ import torch
 
 from latentworks import families
 from latentworks.diffusion.conditioning import Conditioning
-from latentworks.diffusion.denoisers import FlowModelSampling, flux_shift_mu
+from latentworks.diffusion.denoisers import FlowModelSampling
 from latentworks.pipelines.families import (
     add_conditioning_extras,
     behaviour_of,
@@ -49,12 +49,21 @@ def test_flux_dev_puts_guidance_in_cond_and_turns_cfg_off() -> None:
     )
 
 
-@pytest.mark.parametrize(("h", "w"), [(512, 512), (1024, 768)])
-def test_flux_shift_depends_on_token_count(h: int, w: int) -> None:
+# FLUX's published dynamic shift: mu = 0.5 + (1.15 - 0.5) * (seq_len - 256) / (4096 - 256) with
+# seq_len = (H / 16) * (W / 16) image tokens, and sigma -> e^mu / (e^mu + (1 / sigma - 1)); at sigma = 1/2
+# that is e^mu / (e^mu + 1). The numbers are worked by hand:
+#   512 x 512:  seq_len 32 * 32 = 1024, mu = 0.5 + 0.65 * 768 / 3840 = 0.63,      e^mu = 1.877611
+#   1024 x 768: seq_len 64 * 48 = 3072, mu = 0.5 + 0.65 * 2816 / 3840 = 0.976667, e^mu = 2.655590
+@pytest.mark.parametrize(
+    ("h", "w", "mu", "half"),
+    [(512, 512, 0.63, 1.877611 / 2.877611), (1024, 768, 0.5 + 1830.4 / 3840, 2.655590 / 3.655590)],
+)
+def test_flux_shift_depends_on_token_count(h: int, w: int, mu: float, half: float) -> None:
     ms = sampling_for_size(
         behaviour_of("flux-dev"), FlowModelSampling(), latent_height=h // 8, latent_width=w // 8
     )
-    assert ms.mu == pytest.approx(flux_shift_mu((h // 16) * (w // 16)))
+    assert ms.mu == pytest.approx(mu, abs=1e-12)
+    assert float(ms.time_shift(torch.tensor(0.5, dtype=torch.float64))) == pytest.approx(half, abs=1e-6)
     sd3 = FlowModelSampling(shift=3.0)
     assert sampling_for_size(behaviour_of("sd3"), sd3, latent_height=h // 8, latent_width=w // 8) is sd3
     schnell = FlowModelSampling()

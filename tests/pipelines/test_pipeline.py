@@ -39,9 +39,27 @@ def test_prompt_changes_the_image(tiny_pipe: Pipeline) -> None:
     assert (a - b).abs().max() > 1e-4
 
 
+def _count_network_samples(net: torch.nn.Module) -> tuple[list[int], torch.utils.hooks.RemovableHandle]:
+    """Batch size of every call of ``net``."""
+    sizes: list[int] = []
+    handle = net.register_forward_pre_hook(lambda _module, args: sizes.append(int(args[0].shape[0])))
+    return sizes, handle
+
+
 def test_guidance_one_skips_uncond_and_differs_from_guided(tiny_pipe: Pipeline) -> None:
-    a = tiny_pipe("a red apple", seed=1, guidance=1.0).latents
-    b = tiny_pipe("a red apple", seed=1, guidance=4.0).latents
+    net = tiny_pipe.model.denoiser_net
+    sizes, handle = _count_network_samples(net)
+    try:
+        a = tiny_pipe("a red apple", seed=1, guidance=1.0, steps=4, sampler="euler", batch=2).latents
+        unguided = list(sizes)
+        sizes.clear()
+        b = tiny_pipe("a red apple", seed=1, guidance=4.0, steps=4, sampler="euler", batch=2).latents
+        guided = list(sizes)
+    finally:
+        handle.remove()
+    # Euler takes one network evaluation per step: 4 steps x 2 images, and twice that with the
+    # unconditional half; guidance 1 runs no unconditional evaluation at all.
+    assert sum(unguided) == 4 * 2 and sum(guided) == 4 * 2 * 2
     assert (a - b).abs().max() > 1e-4
 
 
@@ -114,11 +132,34 @@ def test_callback_sees_every_step_and_can_cancel(tiny_pipe: Pipeline) -> None:
     assert calls == [0, 1]
 
 
-def test_flow_model_runs_through_the_same_pipeline(tiny_flow_model) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("sampler", ["euler", "euler_ancestral"])
+def test_flow_model_runs_through_the_same_pipeline(tiny_flow_model, monkeypatch, sampler: str) -> None:  # noqa: ANN001
+    """The flow path end to end with an analytic network: for data that is a single point ``c``, the
+    rectified-flow velocity at ``x = (1 - sigma) c + sigma n`` is ``v = n - c = (x - c) / sigma``, and every
+    sampler must land exactly on ``c``. An eps/v reading of the output, a VE start or a wrong timestep
+    scale (the network gets ``t = 1000 sigma``) all miss it."""
+    from latentworks.diffusion.noise import seeded_noise
+
     pipe = Pipeline.from_pretrained(tiny_flow_model)
-    a = pipe("a", seed=2, sampler="euler_ancestral").latents
-    b = pipe("a", seed=2, sampler="euler_ancestral").latents
+    a = pipe("a", seed=2, sampler=sampler).latents
+    b = pipe("a", seed=2, sampler=sampler).latents
     assert torch.equal(a, b) and torch.isfinite(a).all()
+
+    c = torch.linspace(-1.5, 1.5, 4 * 8 * 8).reshape(1, 4, 8, 8)
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def point_mass_velocity(x: torch.Tensor, t: torch.Tensor, cond: object) -> torch.Tensor:
+        seen.append((x.clone(), t.clone()))
+        sigma = (t / 1000.0).reshape(-1, 1, 1, 1)
+        return (x - c) / sigma
+
+    monkeypatch.setattr(pipe.model.denoiser_net, "forward", point_mass_velocity)
+    steps: list[float] = []
+    out = pipe("a", seed=2, sampler=sampler, steps=5, guidance=1.0, callback=lambda s: steps.append(s.sigma))
+    torch.testing.assert_close(out.latents, c, atol=1e-5, rtol=1e-5)
+    # The first evaluation sees sigma_max * n (flow noising of a zero start: sigma_max = 1 at shift 1).
+    assert abs(float(seen[0][1][0]) - 1000.0 * float(steps[0])) < 1e-2 and abs(float(steps[0]) - 1.0) < 1e-6
+    torch.testing.assert_close(seen[0][0], seeded_noise((4, 8, 8), [2]), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize(
