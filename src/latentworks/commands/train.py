@@ -98,8 +98,14 @@ def run(args: argparse.Namespace) -> int:
     if saved is not None:  # the saved settings, with the given options checked and applied
         given = {_FIELDS.get(d, d): v for d, v in given_options(args).items()}
         merged, _ = merge_for_resume(saved["train"], given, DIFFUSION_RESUME, run=args.out)
+        model = None  # a preset: the library takes the run's saved model config
+        if isinstance(merged.get("model"), dict):  # a run started with an explicit model config (API)
+            from latentworks.models.configs import config_from_dict
+            from latentworks.training.diffusion import model_config_class
+
+            model = config_from_dict(model_config_class(merged["family"]), merged["model"])
         cfg = config_from_saved(
-            DiffusionTrainConfig, merged, out=args.out, model=None, resume=True, progress=True
+            DiffusionTrainConfig, merged, out=args.out, model=model, resume=True, progress=True
         )
     else:
         o = option_values(args)
