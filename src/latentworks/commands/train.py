@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from latentworks.commands.resume_options import add_option, given_options, option_values
 
@@ -98,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     if saved is not None:  # the saved settings, with the given options checked and applied
         given = {_FIELDS.get(d, d): v for d, v in given_options(args).items()}
         merged, _ = merge_for_resume(saved["train"], given, DIFFUSION_RESUME, run=args.out)
-        model = None  # a preset: the library takes the run's saved model config
+        model: Any = None  # a preset: the library takes the run's saved model config
         if isinstance(merged.get("model"), dict):  # a run started with an explicit model config (API)
             from latentworks.models.configs import config_from_dict
             from latentworks.training.diffusion import model_config_class
