@@ -408,6 +408,7 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
         t_start, start_step = time.perf_counter(), step
         model.train()
         while step < cfg.steps:
+            seed_step_globals(cfg.seed, step, info.rank)  # dropout, if the model has any
             idx = batch_indices(step, len(cache), cfg.batch_size, cfg.seed, info.rank, info.world_size)
             gen = step_generator(cfg.seed, step, info.rank)
             x0 = cache.sample(idx, gen).to(device)
@@ -415,7 +416,6 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
             caps = ["" if d else cache.captions[int(i)] for i, d in zip(idx, drop)]
             cond = captions(caps)
             nb = objective.noise(x0, gen)
-            seed_step_globals(cfg.seed, step, info.rank)  # dropout, if the model has any
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 pred = ddp_model(nb.x_t, nb.t, cond)
             loss = (pred.float() - nb.target.float()).pow(2).mean()
