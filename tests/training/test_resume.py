@@ -81,7 +81,7 @@ import latentworks.training.ema as E
 from latentworks.training.diffusion import train_diffusion
 _update = E.EMA.update
 def slow_update(self, model):  # slow the steps down (values unchanged) so the kill lands mid-run
-    time.sleep(0.08)
+    time.sleep(0.1)
     _update(self, model)
 E.EMA.update = slow_update
 train_diffusion(_cfg(Path({tmp!r}), "killed", **{kw!r}), text_encoder=BatchSensitiveEncoder())
@@ -91,12 +91,14 @@ train_diffusion(_cfg(Path({tmp!r}), "killed", **{kw!r}), text_encoder=BatchSensi
 def test_kill_9_at_a_random_step_then_resume_is_bitwise_equal(tmp_path, cache):
     steps, every = 11, 3
     kw = dict(steps=steps, checkpoint_every=every, family="dit")
-    target = random.Random().randint(every + 1, steps - 3)  # a step after the first checkpoint
+    target = random.Random().randint(every + 1, steps - 4)  # a step after the first checkpoint
     script = tmp_path / "kill.py"
     script.write_text(
         KILL_SCRIPT.format(here=str(HERE), threads=torch.get_num_threads(), tmp=str(tmp_path), kw=kw)
     )
-    proc = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE, text=True)
+    err_file = tmp_path / "stderr.txt"
+    with open(err_file, "w") as err_out:
+        proc = subprocess.Popen([sys.executable, str(script)], stderr=err_out)
     log, ckpt = tmp_path / "killed/log.jsonl", tmp_path / "killed/checkpoints/last.safetensors"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
@@ -105,7 +107,8 @@ def test_kill_9_at_a_random_step_then_resume_is_bitwise_equal(tmp_path, cache):
             os.kill(proc.pid, signal.SIGKILL)
             break
         time.sleep(0.01)
-    _, err = proc.communicate(timeout=60)
+    proc.wait(timeout=60)
+    err = err_file.read_text()[-3000:]
     assert proc.returncode == -signal.SIGKILL, f"target step {target}: the run was not killed mid-way:\n{err}"
     at = int(read_metadata(ckpt)["step"])
     assert every <= at < steps, (target, at)
@@ -192,7 +195,7 @@ def test_cli_train_resume_uses_the_saved_config(tmp_path, cache, cli_encoder, ca
     assert read_metadata(tmp_path / "run/checkpoints/last.safetensors")["step"] == "5"
 
 
-def test_cli_train_vae_resume_keeps_the_saved_settings(tmp_path):
+def test_cli_train_vae_resume_keeps_the_saved_settings(tmp_path, capsys):
     from test_vae_training import _cfg as vae_cfg
 
     from latentworks.training.vae import train_vae
@@ -212,6 +215,9 @@ def test_cli_train_vae_resume_keeps_the_saved_settings(tmp_path):
         "progress",
     }
     assert main(["train-vae", "--out", run, "--resume", "--preset", "emoji-f4c4", "--resolution", "16"]) == 2
+    assert "--preset (saved 'tiny', given 'emoji-f4c4')" in capsys.readouterr().err
+    assert main(["train", "--out", run, "--resume"]) == 2  # a VAE run is not a diffusion run
+    assert "belongs to a 'autoencoder' run, not a 'diffusion' run" in capsys.readouterr().err
     assert json.loads((tmp_path / "vae/config.json").read_text()) == now
 
 
