@@ -41,6 +41,7 @@ class ResumePolicy:
     mutable: frozenset[str]
     ignored: frozenset[str] = frozenset({"out", "resume", "progress"})
     flags: Mapping[str, str] = dataclasses.field(default_factory=dict)  # field -> CLI flag if not --field
+    api_only: frozenset[str] = frozenset({"log_every", "sample_prompts", "sample_steps", "sample_guidance"})
 
     def flag(self, name: str) -> str:
         return self.flags.get(name, "--" + name.replace("_", "-"))
@@ -119,7 +120,10 @@ def merge_for_resume(
         else:
             refused.append(f"{policy.flag(name)} (saved {_show(old)}, given {_show(value)})")
     if refused:
-        allowed = ", ".join(sorted(policy.flag(n) for n in policy.mutable))
+        allowed = ", ".join(sorted(policy.flag(n) for n in policy.mutable - policy.api_only))
+        api = sorted(policy.mutable & policy.api_only)
+        if api:
+            allowed += f" (and in the Python API {', '.join(api)})"
         raise ResumeError(
             f"{run}: --resume continues the run with its saved config ({Path(run) / 'config.json'}), and "
             f"these options cannot change in the middle of a run: {'; '.join(refused)}. Drop them to "
