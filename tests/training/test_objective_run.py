@@ -37,7 +37,7 @@ def test_runs_record_and_fine_tunes_keep_the_sampling_spec(tmp_path):
 
     spec = {"kind": "discrete", "betas": "linear", "linear_start": 0.0001, "linear_end": 0.02}
     folder = save_model_folder(
-        tmp_path / "src", name="src", family="dit", denoiser=DiT(DIT), prediction="eps", sampling=spec,
+        tmp_path / "src", name="src", architecture="dit", denoiser=DiT(DIT), prediction="eps", sampling=spec,
         vae=Autoencoder(VAE_PRESETS["tiny"]),
         latent_format=LatentFormat(channels=4, scale_factor=cache.scale, shift_factor=cache.shift),
         text_encoder={"kind": "minilm", "max_length": 32}, resolution=(16, 16),

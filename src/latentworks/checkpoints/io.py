@@ -4,7 +4,12 @@
   ``os.replace``s it over the target, so a crash mid-write leaves the old file intact.
 * ``load_state_dict`` reads ``.safetensors``; pickled formats (``.ckpt``, ``.pt``, ``.pth``, ``.bin``)
   are refused unless ``allow_pickle=True``, and then go through ``torch.load(weights_only=True)``.
-* A truncated or corrupt file raises ``CheckpointError`` naming the file and what was expected.
+* A truncated, corrupt or crafted file raises ``CheckpointError`` naming the file, the offending key and
+  what was expected. The whole header is validated before any tensor is read: its size
+  (``MAX_HEADER_BYTES``) and JSON nesting depth (``MAX_JSON_DEPTH``, checked before parsing), no
+  duplicate keys, ``__metadata__`` a ``{str: str}`` object, every entry's ``dtype`` a known name,
+  ``shape`` a list of non-negative ints, ``data_offsets`` two ints with ``0 <= begin <= end <= data
+  size`` spanning exactly ``numel * itemsize`` bytes, and no two tensors sharing bytes.
 * ``LazyStateDict`` is a read-on-access ``Mapping[str, Tensor]`` over a safetensors file: ``shapes()``
   and ``dtypes()`` come from the header alone, and each tensor is read (and cast) only when indexed.
 * ``load_into`` puts a (lazy) state dict into a module tensor by tensor; a module built on the ``meta``
@@ -18,8 +23,10 @@ weights plus the largest single fp32 tensor, never the whole fp32 file.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import re
 import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -92,13 +99,168 @@ def save_file_atomic(
     atomic_write_bytes(save(clean, metadata=metadata), path)
 
 
+# Limits on what a safetensors header may be (the reference implementation caps the header at 100 MB too).
+MAX_HEADER_BYTES = 100_000_000
+# A valid header nests 3 deep (root {, tensor entry {, shape [); anything much deeper is an attack on the
+# recursive JSON parser (RecursionError), so it is refused before parsing.
+MAX_JSON_DEPTH = 16
+# torch shapes: at most 64 dimensions, every size and the element count within int64.
+_MAX_DIMS = 64
+_INT64_MAX = (1 << 63) - 1
+_ENTRY_FIELDS = {"dtype", "shape", "data_offsets"}
+# A JSON string (escapes included) -- or an unterminated one running to the end of the text, so that the
+# match never fails and is never retried from inside the string: stripping strings stays linear.
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_BRACKET_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
+def _check_json_depth(text: str, path: Path) -> None:
+    """Refuse ``text`` if its brackets nest deeper than ``MAX_JSON_DEPTH`` (brackets inside strings do not
+    count). Linear time, the scanning done by ``re`` (a 494-tensor header: about 1 ms)."""
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    if len(brackets) <= MAX_JSON_DEPTH:
+        return
+    depth = max(itertools.accumulate(map(_BRACKET_STEP.__getitem__, brackets)))
+    if depth > MAX_JSON_DEPTH:
+        raise CheckpointError(
+            f"{path}: header JSON nests {depth} levels deep, more than the {MAX_JSON_DEPTH} allowed; a "
+            "safetensors header nests 3 levels. The file is corrupt or crafted."
+        )
+
+
+class _DuplicateKey(Exception):
+    """Raised by ``_no_duplicate_keys``; turned into a CheckpointError that names the key."""
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise _DuplicateKey(k)
+            seen.add(k)
+    return out
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _validate_header(header: Any, path: Path, data_size: int) -> dict[str, Any]:
+    """Check every field of a parsed safetensors header before any tensor is read.
+
+    ``data_size`` is the number of bytes after the header. Returns the header with ``__metadata__``
+    normalised to a ``dict[str, str]`` (absent or null -> ``{}``). Raises ``CheckpointError`` naming the
+    file and the offending key.
+    """
+    if not isinstance(header, dict):
+        raise CheckpointError(
+            f"{path}: header is JSON but a {type(header).__name__}, not an object; expected a safetensors "
+            "header {name: {dtype, shape, data_offsets}, ...}"
+        )
+    meta = header.get("__metadata__")
+    if meta is None:
+        meta = {}
+    if not isinstance(meta, dict):
+        raise CheckpointError(
+            f"{path}: header key '__metadata__' is a {type(meta).__name__}; it must be an object of "
+            "string values. The file is corrupt or crafted."
+        )
+    for mk, mv in meta.items():
+        if not isinstance(mv, str):
+            raise CheckpointError(
+                f"{path}: '__metadata__' key {mk!r} holds a {type(mv).__name__}; metadata values must be "
+                "strings. The file is corrupt or crafted."
+            )
+    spans: list[tuple[int, int, str]] = []
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        where = f"{path}: tensor {key!r}"
+        if not isinstance(entry, dict):
+            raise CheckpointError(
+                f"{where}: header entry is a {type(entry).__name__}, not an object with dtype, shape and "
+                "data_offsets"
+            )
+        if set(entry) != _ENTRY_FIELDS:
+            missing, extra = sorted(_ENTRY_FIELDS - set(entry)), sorted(set(entry) - _ENTRY_FIELDS)
+            raise CheckpointError(
+                f"{where}: header entry must have exactly dtype, shape and data_offsets "
+                f"(missing {missing}, unexpected {extra})"
+            )
+        dtype_name, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if not isinstance(dtype_name, str) or dtype_name not in SAFETENSORS_DTYPES:
+            raise CheckpointError(
+                f"{where}: dtype {dtype_name!r} is not one this torch build can hold; "
+                f"supported: {sorted(SAFETENSORS_DTYPES)}"
+            )
+        if (
+            not isinstance(shape, list)
+            or len(shape) > _MAX_DIMS
+            or not all(_is_int(d) and 0 <= d <= _INT64_MAX for d in shape)
+        ):
+            raise CheckpointError(
+                f"{where}: shape {_short(shape)} is not a list of at most {_MAX_DIMS} non-negative integers"
+            )
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)):
+            raise CheckpointError(f"{where}: data_offsets {_short(offsets)} is not a list of two integers")
+        begin, end = offsets
+        if not 0 <= begin <= end <= data_size:
+            raise CheckpointError(
+                f"{where}: data_offsets [{begin}, {end}] do not lie within the {data_size} bytes of tensor "
+                "data (need 0 <= begin <= end <= data size); the file is truncated or corrupt. "
+                "Re-create or re-download it."
+            )
+        numel = 1
+        for d in shape:
+            numel *= d
+        nonzero = 1
+        for d in shape:
+            nonzero *= max(d, 1)
+        if nonzero > _INT64_MAX:  # e.g. shape [0, 2**40, 2**40]: no bytes, but torch cannot index it
+            raise CheckpointError(f"{where}: shape {_short(shape)} has more elements than torch can index")
+        nbytes = numel * SAFETENSORS_DTYPES[dtype_name].itemsize
+        if end - begin != nbytes:
+            raise CheckpointError(
+                f"{where} ({dtype_name}, shape {tuple(shape)}) needs {nbytes} bytes but its data_offsets span "
+                f"{end - begin}; the file is corrupt. Re-create or re-download it."
+            )
+        spans.append((begin, end, key))
+    spans.sort()
+    prev_end, prev_key = 0, ""
+    for begin, end, key in spans:
+        if begin == end:
+            continue  # an empty tensor owns no bytes
+        if begin < prev_end:
+            raise CheckpointError(
+                f"{path}: tensors {prev_key!r} and {key!r} overlap (bytes {begin}..{min(end, prev_end)} "
+                "belong to both); the file is corrupt or crafted. Re-create or re-download it."
+            )
+        prev_end, prev_key = end, key
+    out = dict(header)
+    out["__metadata__"] = meta
+    return out
+
+
+def _short(v: object, limit: int = 80) -> str:
+    r = repr(v)
+    return r if len(r) <= limit else r[: limit - 3] + "..."
+
+
 def _check_safetensors_header(path: Path) -> dict:
     """Parse and validate the safetensors header; raise CheckpointError with a clear message."""
     return _read_header(path)[0]
 
 
 def _read_header(path: Path) -> tuple[dict, int]:
-    """(header, offset of the data section); every entry's dtype, shape and byte range is checked."""
+    """(header, offset of the data section), the header validated completely (``_validate_header``).
+
+    Refused before parsing: a header longer than ``MAX_HEADER_BYTES`` or than the file, and JSON nested
+    deeper than ``MAX_JSON_DEPTH``. Refused while parsing: invalid UTF-8 or JSON and duplicate keys (two
+    readers could disagree on which one counts).
+    """
     size = path.stat().st_size
     expected = "a safetensors file (8-byte little-endian header length, JSON header, tensor data)"
     if size < 8:
@@ -110,46 +272,26 @@ def _read_header(path: Path) -> tuple[dict, int]:
                 f"{path}: header says {n} bytes of JSON but the file has only {size - 8} after the length; "
                 f"expected {expected}. The file is truncated or not safetensors."
             )
+        if n > MAX_HEADER_BYTES:
+            raise CheckpointError(
+                f"{path}: header says {n} bytes of JSON, more than the {MAX_HEADER_BYTES} allowed; "
+                f"expected {expected}. The file is corrupt or crafted."
+            )
         raw = f.read(n)
     try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: header is not valid JSON ({e}); expected {expected}") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: header is JSON but not an object; expected {expected}")
-    end = 0
-    for k, v in header.items():
-        if k == "__metadata__":
-            continue
-        try:
-            begin, stop = (int(o) for o in v["data_offsets"])
-            shape = [int(d) for d in v["shape"]]
-            dtype_name = v["dtype"]
-        except (KeyError, TypeError, IndexError, ValueError):
-            raise CheckpointError(
-                f"{path}: header entry {k!r} has no valid dtype/shape/data_offsets"
-            ) from None
-        if dtype_name not in SAFETENSORS_DTYPES:
-            raise CheckpointError(
-                f"{path}: tensor {k!r} has dtype {dtype_name!r}, which this torch build cannot hold; "
-                f"supported: {sorted(SAFETENSORS_DTYPES)}"
-            )
-        numel = 1
-        for d in shape:
-            numel *= d
-        nbytes = numel * SAFETENSORS_DTYPES[dtype_name].itemsize
-        if begin < 0 or stop - begin != nbytes:
-            raise CheckpointError(
-                f"{path}: tensor {k!r} ({dtype_name}, shape {tuple(shape)}) needs {nbytes} bytes but its "
-                f"data_offsets span {stop - begin}; the file is corrupt. Re-create or re-download it."
-            )
-        end = max(end, stop)
-    if 8 + n + end > size:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{path}: header is not UTF-8 ({e}); expected {expected}") from None
+    _check_json_depth(text, path)
+    try:
+        header = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except _DuplicateKey as e:
         raise CheckpointError(
-            f"{path}: tensor data needs {8 + n + end} bytes but the file has {size}; "
-            "the file is truncated (an interrupted download or write?). Re-create or re-download it."
-        )
-    return header, 8 + n
+            f"{path}: header names key {e.args[0]!r} twice; the file is corrupt or crafted"
+        ) from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, or an over-long integer literal
+        raise CheckpointError(f"{path}: header is not valid JSON ({e}); expected {expected}") from None
+    return _validate_header(header, path, size - 8 - n), 8 + n
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:

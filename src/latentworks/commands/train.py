@@ -1,86 +1,146 @@
-"""``latentworks train``: stage 2, train a latent diffusion model (U-Net or DiT) on cached latents."""
+"""``latentworks train``: stage 2, train a latent diffusion model (U-Net or DiT) on cached latents.
+
+With ``--resume`` the run continues with the settings saved in ``OUT/config.json``; options given on the
+command line override them only where a resume may change them (``training.resume.DIFFUSION_RESUME``:
+steps, wall time, intervals, device, learning rate); any other differing option is refused.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
+
+from latentworks.commands.resume_options import add_option, given_options, option_values
+
+# command-line dest -> DiffusionTrainConfig field, where they differ
+_FIELDS = {"vae": "vae_run"}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("train", help="stage 2: train a latent diffusion model")
-    p.add_argument("--out", type=Path, required=True, help="run folder")
-    p.add_argument(
-        "--latents", type=Path, default=None, help="latent cache (default OUT/latents.safetensors)"
+    p = subparsers.add_parser(
+        "train",
+        help="stage 2: train a latent diffusion model",
+        description="Train a latent diffusion model. With --resume, the run continues with the settings "
+        "saved in OUT/config.json; only --steps, --max-seconds, --checkpoint-every, --sample-every, --device "
+        "and --lr may be given to change them (see docs/training.md).",
     )
-    p.add_argument(
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    add_option(
+        p,
+        "--latents",
+        type=Path,
+        default=None,
+        show_default=False,
+        help="latent cache (default OUT/latents.safetensors)",
+    )
+    add_option(
+        p,
         "--vae",
         type=Path,
         default=None,
+        show_default=False,
         help="train-vae run folder, model folder or 'default' (to build the cache / decode samples)",
     )
     p.add_argument("--data", type=Path, default=None, help="dataset to encode when the cache does not exist")
-    p.add_argument("--family", choices=("unet", "dit"), default="unet")
-    p.add_argument("--preset", default=None, help="model preset (default emoji-s / emoji-dit-s)")
-    p.add_argument(
+    add_option(p, "--family", choices=("unet", "dit"), default="unet")
+    add_option(
+        p, "--preset", default=None, show_default=False, help="model preset (default emoji-s / emoji-dit-s)"
+    )
+    add_option(
+        p,
         "--init-from",
         type=Path,
         default=None,
+        show_default=False,
         metavar="MODEL",
         help="fine-tune: start from the denoiser of a model folder, 'default' or a train run (its EMA "
         "weights; the model config comes from it, the optimizer starts fresh). Encode the data with the "
         "same autoencoder: --vae MODEL",
     )
-    p.add_argument("--prediction", choices=("eps", "v", "flow"), default="flow")
-    p.add_argument("--steps", type=int, default=50_000)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--ema-decay", type=float, default=0.999)
-    p.add_argument("--caption-dropout", type=float, default=0.1)
-    p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint-every", type=int, default=500)
-    p.add_argument("--sample-every", type=int, default=1000)
-    p.add_argument("--max-seconds", type=float, default=None)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--resume", action="store_true")
+    add_option(p, "--prediction", choices=("eps", "v", "flow"), default="flow")
+    add_option(p, "--steps", type=int, default=50_000)
+    add_option(p, "--batch-size", type=int, default=32)
+    add_option(p, "--lr", type=float, default=1e-4)
+    add_option(p, "--ema-decay", type=float, default=0.999)
+    add_option(p, "--caption-dropout", type=float, default=0.1)
+    add_option(p, "--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
+    add_option(p, "--seed", type=int, default=0)
+    add_option(p, "--checkpoint-every", type=int, default=500)
+    add_option(p, "--sample-every", type=int, default=1000)
+    add_option(
+        p,
+        "--max-seconds",
+        type=float,
+        default=None,
+        show_default=False,
+        help="stop (after a checkpoint) after this long",
+    )
+    add_option(p, "--device", default="cpu")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUT/checkpoints/last.safetensors with the settings saved in OUT/config.json",
+    )
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     from latentworks.cli import UserError
     from latentworks.training.diffusion import DiffusionTrainConfig, train_diffusion
+    from latentworks.training.resume import (
+        DIFFUSION_RESUME,
+        config_from_saved,
+        merge_for_resume,
+        read_run_config,
+    )
 
-    latents = args.latents or args.out / "latents.safetensors"
-    if not latents.is_file():
-        if args.vae is None or args.data is None:
+    saved = read_run_config(args.out, DIFFUSION_RESUME) if args.resume else None
+    if saved is not None:  # the saved settings, with the given options checked and applied
+        given = {_FIELDS.get(d, d): v for d, v in given_options(args).items()}
+        merged, _ = merge_for_resume(saved["train"], given, DIFFUSION_RESUME, run=args.out)
+        model: Any = None  # a preset: the library takes the run's saved model config
+        if isinstance(merged.get("model"), dict):  # a run started with an explicit model config (API)
+            from latentworks.models.configs import config_from_dict
+            from latentworks.training.diffusion import model_config_class
+
+            model = config_from_dict(model_config_class(merged["family"]), merged["model"])
+        cfg = config_from_saved(
+            DiffusionTrainConfig, merged, out=args.out, model=model, resume=True, progress=True
+        )
+    else:
+        o = option_values(args)
+        preset = o["preset"] or ("emoji-s" if o["family"] == "unet" else "emoji-dit-s")
+        cfg = DiffusionTrainConfig(
+            latents=o["latents"] or args.out / "latents.safetensors",
+            out=args.out,
+            family=o["family"],
+            preset=preset,
+            prediction=o["prediction"],
+            steps=o["steps"],
+            batch_size=o["batch_size"],
+            lr=o["lr"],
+            ema_decay=o["ema_decay"],
+            caption_dropout=o["caption_dropout"],
+            mixed_precision=o["mixed_precision"],
+            seed=o["seed"],
+            checkpoint_every=o["checkpoint_every"],
+            sample_every=o["sample_every"],
+            max_seconds=o["max_seconds"],
+            vae_run=o["vae"],
+            init_from=o["init_from"],
+            device=o["device"],
+            resume=args.resume,
+        )
+    if not cfg.latents.is_file():
+        vae = cfg.vae_run
+        if vae is None or args.data is None:
             raise UserError(
-                f"latent cache {latents} does not exist; pass --vae RUN and --data DATASET to build it"
+                f"latent cache {cfg.latents} does not exist; pass --vae RUN and --data DATASET to build it"
             )
         from latentworks.pipelines.latents import cache_latents
 
-        cache_latents(args.vae, args.data, latents, split="train", device=args.device)
-    preset = args.preset or ("emoji-s" if args.family == "unet" else "emoji-dit-s")
-    cfg = DiffusionTrainConfig(
-        latents=latents,
-        out=args.out,
-        family=args.family,
-        preset=preset,
-        prediction=args.prediction,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        ema_decay=args.ema_decay,
-        caption_dropout=args.caption_dropout,
-        mixed_precision=args.mixed_precision,
-        seed=args.seed,
-        checkpoint_every=args.checkpoint_every,
-        sample_every=args.sample_every,
-        max_seconds=args.max_seconds,
-        vae_run=args.vae,
-        init_from=args.init_from,
-        device=args.device,
-        resume=args.resume,
-    )
+        cache_latents(vae, args.data, cfg.latents, split="train", device=cfg.device)
     try:
         r = train_diffusion(cfg)
     except FloatingPointError as e:

@@ -1,41 +1,74 @@
-"""``latentworks train-vae``: stage 1, train a KL autoencoder."""
+"""``latentworks train-vae``: stage 1, train a KL autoencoder.
+
+With ``--resume`` the run continues with the settings saved in ``OUT/config.json``; options given on the
+command line override them only where a resume may change them (``training.resume.VAE_RESUME``: steps,
+wall time, intervals, device, learning rate); any other differing option is refused.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from latentworks.commands.resume_options import add_option, given_options, option_values
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("train-vae", help="stage 1: train a KL autoencoder on an image dataset")
-    p.add_argument("--data", type=Path, required=True, help=".npz from 'latentworks data' or an image folder")
+    p = subparsers.add_parser(
+        "train-vae",
+        help="stage 1: train a KL autoencoder on an image dataset",
+        description="Train a KL autoencoder. With --resume, the run continues with the settings saved in "
+        "OUT/config.json; only --steps, --max-seconds, --checkpoint-every, --sample-every, --device and --lr "
+        "may be given to change them (see docs/training.md).",
+    )
+    add_option(
+        p,
+        "--data",
+        type=Path,
+        default=None,
+        show_default=False,
+        help=".npz from 'latentworks data' or an image folder (required, except with --resume)",
+    )
     p.add_argument("--out", type=Path, required=True, help="run folder")
-    p.add_argument("--preset", default="emoji-f4c4", help="autoencoder preset (models.autoencoder.PRESETS)")
-    p.add_argument(
+    add_option(p, "--preset", default="emoji-f4c4", help="autoencoder preset (models.autoencoder.PRESETS)")
+    add_option(
+        p,
         "--resolution",
         type=int,
         default=None,
+        show_default=False,
         help="image size (default: 64, or the resolution of --finetune-decoder's run or model)",
     )
-    p.add_argument("--steps", type=int, default=20_000)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--kl-weight", type=float, default=1e-6)
-    p.add_argument("--perceptual-weight", type=float, default=1.0, help="0 disables the Inception loss")
-    p.add_argument("--disc-start", type=int, default=5_000, help="step the GAN loss switches on (-1: never)")
-    p.add_argument("--disc-weight", type=float, default=0.5)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint-every", type=int, default=500)
-    p.add_argument("--sample-every", type=int, default=500)
-    p.add_argument(
-        "--max-seconds", type=float, default=None, help="stop (after a checkpoint) after this long"
+    add_option(p, "--steps", type=int, default=20_000)
+    add_option(p, "--batch-size", type=int, default=16)
+    add_option(p, "--lr", type=float, default=2e-4)
+    add_option(p, "--kl-weight", type=float, default=1e-6)
+    add_option(p, "--perceptual-weight", type=float, default=1.0, help="0 disables the Inception loss")
+    add_option(p, "--disc-start", type=int, default=5_000, help="step the GAN loss switches on (-1: never)")
+    add_option(p, "--disc-weight", type=float, default=0.5)
+    add_option(p, "--seed", type=int, default=0)
+    add_option(p, "--checkpoint-every", type=int, default=500)
+    add_option(p, "--sample-every", type=int, default=500)
+    add_option(
+        p,
+        "--max-seconds",
+        type=float,
+        default=None,
+        show_default=False,
+        help="stop (after a checkpoint) after this long",
     )
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.safetensors")
+    add_option(p, "--device", default="cpu")
     p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUT/checkpoints/last.safetensors with the settings saved in OUT/config.json",
+    )
+    add_option(
+        p,
         "--finetune-decoder",
         type=Path,
         default=None,
+        show_default=False,
         metavar="FROM",
         help="fine-tune only the decoder of FROM (a train-vae run, a model folder or 'default'), encoder "
         "frozen, so models trained on its latents keep working; --preset is then ignored. Swap the result "
@@ -46,37 +79,45 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     from latentworks.cli import UserError
+    from latentworks.training.resume import VAE_RESUME, config_from_saved, merge_for_resume, read_run_config
     from latentworks.training.vae import VAETrainConfig, train_vae
 
-    resolution = args.resolution
-    if resolution is None:
-        resolution = 64
-        if args.finetune_decoder is not None and (
-            args.finetune_decoder.exists() or str(args.finetune_decoder) == "default"
-        ):
-            from latentworks.pipelines.latents import vae_run_resolution
+    saved = read_run_config(args.out, VAE_RESUME) if args.resume else None
+    if saved is not None:  # the saved settings, with the given options checked and applied
+        merged, _ = merge_for_resume(saved["train"], given_options(args), VAE_RESUME, run=args.out)
+        cfg = config_from_saved(VAETrainConfig, merged, out=args.out, resume=True, progress=True)
+    else:
+        o = option_values(args)
+        if o["data"] is None:
+            raise UserError("--data is required (a .npz from 'latentworks data' or an image folder)")
+        resolution = o["resolution"]
+        if resolution is None:
+            resolution = 64
+            ft = o["finetune_decoder"]
+            if ft is not None and (ft.exists() or str(ft) == "default"):
+                from latentworks.pipelines.latents import vae_run_resolution
 
-            resolution = vae_run_resolution(args.finetune_decoder)
-    cfg = VAETrainConfig(
-        data=args.data,
-        out=args.out,
-        preset=args.preset,
-        resolution=resolution,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        kl_weight=args.kl_weight,
-        perceptual_weight=args.perceptual_weight,
-        disc_start=args.disc_start,
-        disc_weight=args.disc_weight,
-        seed=args.seed,
-        checkpoint_every=args.checkpoint_every,
-        sample_every=args.sample_every,
-        max_seconds=args.max_seconds,
-        device=args.device,
-        resume=args.resume,
-        finetune_decoder=args.finetune_decoder,
-    )
+                resolution = vae_run_resolution(ft)
+        cfg = VAETrainConfig(
+            data=o["data"],
+            out=args.out,
+            preset=o["preset"],
+            resolution=resolution,
+            steps=o["steps"],
+            batch_size=o["batch_size"],
+            lr=o["lr"],
+            kl_weight=o["kl_weight"],
+            perceptual_weight=o["perceptual_weight"],
+            disc_start=o["disc_start"],
+            disc_weight=o["disc_weight"],
+            seed=o["seed"],
+            checkpoint_every=o["checkpoint_every"],
+            sample_every=o["sample_every"],
+            max_seconds=o["max_seconds"],
+            device=o["device"],
+            resume=args.resume,
+            finetune_decoder=o["finetune_decoder"],
+        )
     try:
         r = train_vae(cfg)
     except (FloatingPointError, FileNotFoundError) as e:

@@ -1,9 +1,10 @@
 """Training-state checkpoints as one safetensors file, written atomically.
 
 Keys: ``model.*``, ``ema.*``, ``optim.<name>.<param index>.<state>`` (+ ``disc.*`` for the VAE
-stage). safetensors metadata holds ``step``, ``ema_updates``, the optimizer ``param_groups`` (JSON)
-and the run config (JSON). Random numbers in our loops are a pure function of (seed, step, rank),
-so the step fully determines the data order and noise after a resume.
+stage). safetensors metadata holds ``step``, ``ema_updates``, the optimizer ``param_groups`` (JSON),
+the fp16 ``GradScaler`` state (JSON, ``grad_scaler``) and the run config (JSON). Random numbers in our
+loops are a pure function of (seed, step, rank) (``common.step_generator``, ``common.seed_step_globals``),
+so the step fully determines the data order, noise and dropout after a resume.
 """
 
 from __future__ import annotations
@@ -79,7 +80,15 @@ def load_training_state(
     meta = read_metadata(path)
     for name, m in modules.items():
         sub = {k[len(name) + 1 :]: v for k, v in tensors.items() if k.startswith(name + ".")}
-        missing, unexpected = m.load_state_dict(sub, strict=False)
+        try:
+            missing, unexpected = m.load_state_dict(sub, strict=False)
+        except RuntimeError as e:  # size mismatches: torch lists every one; keep the first few lines
+            lines = [ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln]
+            raise ValueError(
+                f"{path}: the checkpoint's {name!r} weights do not fit the configured model: "
+                f"{'; '.join(lines[:3]) or str(e)[:300]}{' ...' if len(lines) > 3 else ''}. "
+                "Resume with the model config the run was started with (its config.json)."
+            ) from None
         if missing or unexpected:
             raise ValueError(
                 f"{path}: the checkpoint's {name!r} weights do not fit the configured model "
@@ -92,6 +101,19 @@ def load_training_state(
             raise ValueError(f"{path}: no optimizer state {name!r} in checkpoint")
         optimizer_from_tensors(opt, tensors, f"optim_{name}", meta[key])
     return meta
+
+
+def grad_scaler_meta(scaler: torch.amp.GradScaler) -> str:
+    """The GradScaler's state (scale, growth tracker, factors) as JSON for the checkpoint metadata; an
+    unused scaler (no fp16) gives ``{}``."""
+    return json.dumps({k: (v.item() if isinstance(v, Tensor) else v) for k, v in scaler.state_dict().items()})
+
+
+def load_grad_scaler(scaler: torch.amp.GradScaler, meta: dict[str, str]) -> None:
+    """Restore what ``grad_scaler_meta`` saved (nothing for checkpoints written before it was saved)."""
+    state = json.loads(meta.get("grad_scaler", "{}"))
+    if state and scaler.is_enabled():
+        scaler.load_state_dict(state)
 
 
 def check_finite(loss: Tensor, step: int, what: str = "loss") -> None:

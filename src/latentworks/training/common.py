@@ -2,7 +2,9 @@
 
 Randomness is a pure function of ``(seed, step, rank)``: the data order of epoch ``e`` is
 ``randperm(N, seed=hash(seed, e))`` and every step's noise comes from a generator seeded with
-``hash(seed, step, rank)``. A resumed run therefore replays exactly what a straight run would do.
+``hash(seed, step, rank)``. Whatever draws from torch's global generator inside a step (dropout) sees it
+reseeded per step by ``seed_step_globals``. A resumed run therefore replays exactly what a straight run
+would do, with no generator state to save. (The loops draw nothing from numpy's or Python's ``random``.)
 """
 
 from __future__ import annotations
@@ -31,6 +33,13 @@ def step_generator(
     g = torch.Generator(device=device)
     g.manual_seed(derive(seed, 1, step, rank))
     return g
+
+
+def seed_step_globals(seed: int, step: int, rank: int = 0) -> None:
+    """Seed torch's global generators (CPU and every CUDA device) for ``step``: dropout and any other
+    draw from the ambient generator become a function of ``(seed, step, rank)``, like the explicit noise,
+    so they replay exactly after a resume."""
+    torch.manual_seed(derive(seed, 2, step, rank))
 
 
 def batch_indices(

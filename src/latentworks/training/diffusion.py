@@ -36,8 +36,21 @@ from latentworks.diffusion.denoisers import SamplingSpec, sampling_spec_from_dic
 from latentworks.diffusion.objective import DiffusionObjective
 from latentworks.diffusion.schedules import get_sigmas
 from latentworks.pipelines.sampling import NetworkModel, SamplingModel, denoise_latents, seeds_for
-from latentworks.training.checkpoint import check_finite, load_training_state, save_training_state
-from latentworks.training.common import RunLog, batch_indices, step_generator, to_jsonable, write_json
+from latentworks.training.checkpoint import (
+    check_finite,
+    grad_scaler_meta,
+    load_grad_scaler,
+    load_training_state,
+    save_training_state,
+)
+from latentworks.training.common import (
+    RunLog,
+    batch_indices,
+    seed_step_globals,
+    step_generator,
+    to_jsonable,
+    write_json,
+)
 from latentworks.training.distributed import (
     all_reduce_mean,
     barrier,
@@ -46,6 +59,7 @@ from latentworks.training.distributed import (
     wrap_ddp,
 )
 from latentworks.training.ema import EMA
+from latentworks.training.resume import DIFFUSION_RESUME, check_resume, read_run_config
 
 DEFAULT_PROMPTS = (
     "red apple, google style",
@@ -199,6 +213,26 @@ def build_model(family: str, config: Any) -> nn.Module:
     return DiT(config)
 
 
+def model_config_class(family: str) -> type:
+    if family == "unet":
+        from latentworks.models.unet import UNetConfig
+
+        return UNetConfig
+    from latentworks.models.dit import DiTConfig
+
+    return DiTConfig
+
+
+def _resume_model_config(cfg: DiffusionTrainConfig, saved: dict[str, Any] | None) -> Any:
+    """The model config of a resumed run: ``cfg.model`` if set, else the one the run saved (so a run that
+    fine-tuned ``--init-from`` a model resumes without it), else the preset's."""
+    if cfg.model is not None or saved is None:
+        return cfg.model_config()
+    from latentworks.models.configs import config_from_dict
+
+    return config_from_dict(model_config_class(saved.get("family", cfg.family)), saved["model"])
+
+
 def check_fit(family: str, mcfg: Any, channels: int, size: int, text_dim: int) -> None:
     """Raise a clear error when the model config does not fit the latents or the text encoder."""
     if mcfg.in_channels != channels:
@@ -226,22 +260,31 @@ def check_fit(family: str, mcfg: Any, channels: int, size: int, text_dim: int) -
 
 
 class _CaptionCache:
-    """Encodes captions with the text encoder, memoising per caption (captions repeat every epoch)."""
+    """Text embeddings per caption, memoised (captions repeat every epoch); the first ``max_items``
+    distinct captions are kept (on the CPU), later ones are encoded again each time they come up.
+
+    Each caption is encoded alone (a batch of one), so its embedding is a function of the caption only.
+    Encoded in a batch, it would depend on its neighbours (batched matmuls round differently: 1.8e-6 for
+    MiniLM), and a memo filled batch by batch would hold different numbers in a resumed run (which starts
+    with an empty memo) than in a straight one, breaking bit-exact resume. The cost is one encoder call
+    per distinct caption, once.
+    """
 
     def __init__(self, encoder: Any, device: torch.device, max_items: int = 20_000) -> None:
         self.encoder, self.device, self.max_items = encoder, device, max_items
         self.memo: dict[str, Conditioning] = {}
 
+    def one(self, caption: str) -> Conditioning:
+        """The (1, ...) conditioning of one caption."""
+        cond = self.memo.get(caption)
+        if cond is None:
+            cond = self.encoder.encode([caption]).map(lambda t: t.cpu())
+            if len(self.memo) < self.max_items:
+                self.memo[caption] = cond
+        return cond
+
     def __call__(self, captions: list[str]) -> Conditioning:
-        todo = sorted({c for c in captions if c not in self.memo})
-        if todo:
-            enc = self.encoder.encode(todo)
-            for i, c in enumerate(todo):
-                if len(self.memo) < self.max_items:
-                    self.memo[c] = enc.map(lambda t, i=i: t[i : i + 1].cpu())
-            if any(c not in self.memo for c in captions):  # memo full: encode the batch directly
-                return enc.to(self.device) if len(todo) == len(captions) else self.encoder.encode(captions)
-        return Conditioning.cat([self.memo[c] for c in captions]).to(self.device)
+        return Conditioning.cat([self.one(c) for c in captions]).to(self.device)
 
 
 PREVIEW_SAMPLER = "euler"
@@ -286,11 +329,17 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
             from latentworks.models.text.minilm import MiniLMTextEncoder
 
             text_encoder = MiniLMTextEncoder(max_length=cfg.text_max_length, device=device)
+        run, ckpt = cfg.out, cfg.out / "checkpoints" / "last.safetensors"
+        saved = read_run_config(run, DIFFUSION_RESUME) if cfg.resume else None
+        resuming = cfg.resume and ckpt.is_file()
         init = None
-        if cfg.init_from is not None:  # (on --resume the checkpoint's weights replace these)
+        if cfg.init_from is not None and not resuming:  # on resume the checkpoint's weights replace these
             init = load_init_source(cfg.init_from)
             _check_init(cfg, init, cache.scale, cache.shift)
-        mcfg = init.net.config if init is not None else cfg.model_config()
+        mcfg = init.net.config if init is not None else _resume_model_config(cfg, saved)
+        changes = check_resume(saved, cfg, DIFFUSION_RESUME, run=run, model_config=mcfg)
+        if changes and info.is_main:
+            print("--resume: changed from the saved config: " + "; ".join(changes))
         check_fit(cfg.family, mcfg, cache.channels, cache.size, text_encoder.dim)
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.family, mcfg).to(device)
@@ -299,17 +348,25 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
         # Fine-tuned weights already are an average, so their EMA starts at full decay.
         ema = EMA(model, cfg.ema_decay, warmup=cfg.init_from is None)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        objective = DiffusionObjective(
-            cfg.prediction, cfg.logit_mean, cfg.logit_std, sampling=None if init is None else init.sampling
-        )
-        run, ckpt = cfg.out, cfg.out / "checkpoints" / "last.safetensors"
+        # A fine-tune samples noise levels by its source's spec; a resumed run by the one it recorded (its
+        # source is not read again), so a resume draws exactly what the uninterrupted run would have.
+        sampling = init.sampling if init is not None else None
+        if init is None and saved is not None and saved.get("sampling") is not None:
+            sampling = sampling_spec_from_dict(saved["sampling"])
+        objective = DiffusionObjective(cfg.prediction, cfg.logit_mean, cfg.logit_std, sampling=sampling)
+        use_amp = cfg.mixed_precision != "no"
+        amp_dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float16
+        scaler = torch.amp.GradScaler(device.type, enabled=cfg.mixed_precision == "fp16")
         step = 0
-        if cfg.resume and ckpt.is_file():
+        if resuming:
             meta = load_training_state(
                 ckpt, modules={"model": model, "ema": ema.model}, optimizers={"model": opt}, device=device
             )
             step = int(meta["step"])
             ema.num_updates = int(meta.get("ema_updates", step))
+            load_grad_scaler(scaler, meta)
+            for group in opt.param_groups:  # the only optimizer setting a resume may change
+                group["lr"] = cfg.lr
         elif cfg.resume and info.is_main:
             print(f"--resume: no checkpoint at {ckpt}; starting from step 0")
         run_config = {
@@ -334,9 +391,6 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
         log = RunLog(run, step) if info.is_main else None
         ddp_model = wrap_ddp(model, info)
         captions = _CaptionCache(text_encoder, device)
-        use_amp = cfg.mixed_precision != "no"
-        amp_dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float16
-        scaler = torch.amp.GradScaler(device.type, enabled=cfg.mixed_precision == "fp16")
 
         def save_all(s: int) -> None:
             if info.is_main:
@@ -345,7 +399,11 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
                     step=s,
                     modules={"model": model, "ema": ema.model},
                     optimizers={"model": opt},
-                    extra_meta={"config": run_config, "ema_updates": str(ema.num_updates)},
+                    extra_meta={
+                        "config": run_config,
+                        "ema_updates": str(ema.num_updates),
+                        "grad_scaler": grad_scaler_meta(scaler),
+                    },
                 )
                 save_file_atomic(
                     ema.state_dict(),
@@ -365,6 +423,7 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
         t_start, start_step = time.perf_counter(), step
         model.train()
         while step < cfg.steps:
+            seed_step_globals(cfg.seed, step, info.rank)  # dropout, if the model has any
             idx = batch_indices(step, len(cache), cfg.batch_size, cfg.seed, info.rank, info.world_size)
             gen = step_generator(cfg.seed, step, info.rank)
             x0 = cache.sample(idx, gen).to(device)

@@ -27,7 +27,14 @@ from torch import nn
 
 from latentworks.checkpoints.io import save_file_atomic
 from latentworks.training.checkpoint import check_finite, load_training_state, save_training_state
-from latentworks.training.common import RunLog, batch_indices, step_generator, to_jsonable, write_json
+from latentworks.training.common import (
+    RunLog,
+    batch_indices,
+    seed_step_globals,
+    step_generator,
+    to_jsonable,
+    write_json,
+)
 from latentworks.training.distributed import (
     DistInfo,
     all_reduce_mean,
@@ -37,6 +44,7 @@ from latentworks.training.distributed import (
     unwrap,
     wrap_ddp,
 )
+from latentworks.training.resume import VAE_RESUME, check_resume, read_run_config
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -175,8 +183,14 @@ def train_vae(cfg: VAETrainConfig) -> VAEResult:
         cfg.device if not cfg.device.startswith("cuda") or not info.enabled else f"cuda:{info.local_rank}"
     )
     try:
+        run = cfg.out
+        ckpt = run / "checkpoints" / "last.safetensors"
+        saved = read_run_config(run, VAE_RESUME) if cfg.resume else None
         train_ds, eval_ds = _split(cfg)
         mcfg = cfg.model_config()
+        changes = check_resume(saved, cfg, VAE_RESUME, run=run, model_config=mcfg)
+        if changes and info.is_main:
+            print("--resume: changed from the saved config: " + "; ".join(changes))
         torch.manual_seed(cfg.seed)
         model = Autoencoder(mcfg)
         if cfg.finetune_decoder is not None:
@@ -192,8 +206,6 @@ def train_vae(cfg: VAETrainConfig) -> VAEResult:
         opt = torch.optim.AdamW(trainable, lr=cfg.lr, betas=cfg.betas, weight_decay=0.0)
         d_opt = torch.optim.AdamW(disc.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=0.0)
         perceptual = InceptionPerceptualLoss(device=device) if cfg.perceptual_weight > 0 else None
-        run = cfg.out
-        ckpt = run / "checkpoints" / "last.safetensors"
         step = 0
         if cfg.resume and ckpt.is_file():
             meta = load_training_state(
@@ -203,6 +215,9 @@ def train_vae(cfg: VAETrainConfig) -> VAEResult:
                 device=device,
             )
             step = int(meta["step"])
+            for o in (opt, d_opt):  # the only optimizer setting a resume may change
+                for group in o.param_groups:
+                    group["lr"] = cfg.lr
         elif cfg.resume and info.is_main:
             print(f"--resume: no checkpoint at {ckpt}; starting from step 0")
         run_config = {
@@ -248,6 +263,7 @@ def train_vae(cfg: VAETrainConfig) -> VAEResult:
             x = train_ds.batch(idx)[0].to(device)
             gen = step_generator(cfg.seed, step, info.rank, device)
             gan_on = 0 <= cfg.disc_start <= step
+            seed_step_globals(cfg.seed, step, info.rank)  # anything drawing from torch's global generator
 
             rec, posterior = ddp_model(x, gen)  # through the DDP wrapper so gradients are synchronised
             l1 = (rec - x).abs().mean()
