@@ -21,19 +21,25 @@ from PIL import Image, UnidentifiedImageError
 from latentworks.graph.budgets import JobBudgets
 
 
+def decoder_refused(error: Exception, budgets: JobBudgets) -> str:
+    """The sentence for an image PIL refuses as a decompression bomb (its header claims a huge size)."""
+    limit = budgets.max_image_pixels
+    ours = f"; this server's limit is {limit:,} pixels per image (serve --max-image-pixels)" if limit else ""
+    return f"the image header claims more pixels than the image decoder accepts ({error}){ours}"
+
+
 def image_size(source: bytes | str | Path | IO[bytes]) -> tuple[int, int] | None:
     """(width, height) from an image's header without decoding its pixels; None if PIL cannot read it.
 
     Raises:
-        ValueError: PIL itself refuses the header as a decompression bomb (over twice its
-            ``MAX_IMAGE_PIXELS``); the message gives the size it claims.
+        PIL.Image.DecompressionBombError: PIL itself refuses the header (over twice its ``MAX_IMAGE_PIXELS``).
     """
     fp: str | Path | IO[bytes] = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
         with Image.open(fp) as im:
             return int(im.width), int(im.height)
-    except Image.DecompressionBombError as e:
-        raise ValueError(f"the image header claims more pixels than the decoder accepts ({e})") from e
+    except Image.DecompressionBombError:
+        raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         return None
 
@@ -43,8 +49,8 @@ def image_pixels_error(source: bytes | str | Path | IO[bytes], budgets: JobBudge
     or is not an image PIL can read (other checks report that)."""
     try:
         size = image_size(source)
-    except ValueError as e:
-        return str(e)
+    except Image.DecompressionBombError as e:
+        return decoder_refused(e, budgets)
     if size is None:
         return None
     return budgets.pixels_error(*size)

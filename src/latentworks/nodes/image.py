@@ -15,7 +15,7 @@ from PIL import Image, ImageOps, PngImagePlugin
 from latentworks.graph.budgets import BudgetExceeded
 from latentworks.graph.metadata import png_metadata
 from latentworks.graph.types import InputSpec, NodeResult, NodeSpec, OutputSpec
-from latentworks.nodes.budgets import file_fingerprint
+from latentworks.nodes.budgets import decoder_refused, file_fingerprint
 from latentworks.nodes.guards import interruptible
 from latentworks.nodes.payloads import Latent, VAEPayload
 
@@ -134,7 +134,8 @@ def image_nodes(input_dir: Path | None) -> list[NodeSpec]:
         try:
             opened = Image.open(path)
         except Image.DecompressionBombError as e:  # PIL's own (process-wide) limit, far above ours by default
-            raise BudgetExceeded(f"LoadImage (node {ctx.node_id}), input image {image!r}: {e}") from e
+            problem = decoder_refused(e, ctx.budgets)
+            raise BudgetExceeded(f"LoadImage (node {ctx.node_id}), input image {image!r}: {problem}") from e
         with opened:
             # The header's size, before load() decodes anything: a tiny PNG may claim 20000 x 20000 pixels.
             ctx.check_pixels(opened.width, opened.height, inputs=f"image {image!r}")
