@@ -112,7 +112,8 @@ class _InterruptibleAttention(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         if func is F.scaled_dot_product_attention and len(args) == 3 and set(kwargs) <= {"attn_mask"}:
-            return chunked_attention(self.check, *args, attn_mask=kwargs.get("attn_mask"))
+            q, k, v = args
+            return chunked_attention(self.check, q, k, v, attn_mask=kwargs.get("attn_mask"))
         return func(*args, **kwargs)
 
 
