@@ -96,7 +96,8 @@ def _make_image_registry(allocated: list) -> NodeRegistry:
                 execute=make_image,
                 output_node=True,
                 inputs=tuple(
-                    InputSpec(name=n, type="INT", default=1, min=1, max=10**6) for n in ("width", "height", "batch")
+                    InputSpec(name=n, type="INT", default=1, min=1, max=10**6)
+                    for n in ("width", "height", "batch")
                 ),
                 outputs=(OutputSpec(type="IMAGE"),),
             )

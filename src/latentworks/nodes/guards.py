@@ -78,14 +78,16 @@ def chunked_attention(
     v: Tensor,
     attn_mask: Tensor | None = None,
     *,
-    block_work: int = ATTENTION_BLOCK_WORK,
+    block_work: int | None = None,
 ) -> Tensor:
     """``F.scaled_dot_product_attention(q, k, v, attn_mask)`` computed in blocks of query rows, calling
     ``check()`` before each block. q (..., L, d), k and v (..., S, d), attn_mask broadcastable to (..., L, S).
 
     Each query row's output depends only on that row, so the blocks concatenate to the same result; the
-    block height is a multiple of 128 rows, chosen so one block does about ``block_work`` multiply-adds.
+    block height is a multiple of 128 rows, chosen so one block does about ``block_work`` multiply-adds
+    (default :data:`ATTENTION_BLOCK_WORK`).
     """
+    block_work = ATTENTION_BLOCK_WORK if block_work is None else block_work
     length, keys, head_dim = q.shape[-2], k.shape[-2], q.shape[-1]
     heads = max(1, q.numel() // max(1, length * head_dim))  # batch x heads
     rows = max(_ROWS, block_work // max(1, keys * heads * head_dim) // _ROWS * _ROWS)

@@ -140,7 +140,7 @@ def image_nodes(input_dir: Path | None) -> list[NodeSpec]:
             # The header's size, before load() decodes anything: a tiny PNG may claim 20000 x 20000 pixels.
             ctx.check_pixels(opened.width, opened.height, inputs=f"image {image!r}")
             rgba = ImageOps.exif_transpose(opened).convert("RGBA")
-        a = np.asarray(rgba)  # (H, W, 4) uint8; float32 only for what we keep
+        a = np.array(rgba)  # (H, W, 4) uint8, writable; float32 only for what we keep
         pixels = torch.from_numpy(a[..., :3]).float().div_(255.0)[None]  # (1, H, W, 3)
         mask = torch.from_numpy(a[..., 3]).float().div_(-255.0).add_(1.0)[None]  # transparent = 1, as ComfyUI
         return (pixels, mask)
