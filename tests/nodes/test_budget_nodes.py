@@ -71,19 +71,31 @@ def _blocks(net: torch.nn.Module) -> int:
     return sum(len(m) for m in net.modules() if isinstance(m, torch.nn.ModuleList))
 
 
+def _containers(net: torch.nn.Module) -> int:
+    return sum(isinstance(m, torch.nn.ModuleList | torch.nn.ModuleDict) for m in net.modules())
+
+
+def test_fine_checks_only_where_a_forward_pass_is_long() -> None:
+    net = torch.nn.Linear(1000, 1000)  # 1,001,000 parameters
+    assert not guards.needs_fine_checks(net, 16_000) and guards.needs_fine_checks(net, 17_200)
+
+
+@pytest.mark.parametrize("fine", [False, True])
 @pytest.mark.parametrize("family", ["unet", "dit", "mmdit", "flux"])
-def test_forward_is_bit_identical_with_hooks_and_stops_at_the_first_check_after_cancel(family, monkeypatch):
+def test_forward_is_bit_identical_with_hooks_and_stops_at_the_first_check_after_cancel(
+    family, fine, monkeypatch
+):
     net, args = _tiny(family)
     with torch.no_grad():
         want = net(*args)
         calls: list[int] = []
         # Tiny attention blocks, so the attention of these 16-64 token networks is split too.
         monkeypatch.setattr(guards, "ATTENTION_BLOCK_WORK", 1)
-        with interruptible(lambda: calls.append(1), net) as hooks:
+        with interruptible(lambda: calls.append(1), net, fine=fine) as hooks:
             got = net(*args)
-        assert hooks > _blocks(net) > 0
+        assert hooks == (len([*net.modules()]) - _containers(net) if fine else 1 + _blocks(net))
         assert torch.equal(got, want)
-        assert len(calls) > _blocks(net)  # checked at least once per block
+        assert len(calls) >= 1 + _blocks(net)  # checked at least once per block
         assert all(not m._forward_pre_hooks for m in net.modules())  # removed on exit
         assert torch.equal(net(*args), want)
 
@@ -95,7 +107,7 @@ def test_forward_is_bit_identical_with_hooks_and_stops_at_the_first_check_after_
             if n >= 3:
                 raise Interrupted("cancelled")
 
-        with pytest.raises(Interrupted), interruptible(cancel_at_third, net):
+        with pytest.raises(Interrupted), interruptible(cancel_at_third, net, fine=fine):
             net(*args)
         assert n == 3  # nothing ran past the check that saw the cancel
         assert all(not m._forward_pre_hooks for m in net.modules())

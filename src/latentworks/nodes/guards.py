@@ -6,20 +6,22 @@ making a network's forward pass interruptible between its blocks.
 of their parameters and buffers, each object once per cache entry (a checkpoint loader's MODEL and VAE
 share one autoencoder).
 
-:func:`interruptible` registers a forward pre-hook on every module of a network (its blocks in
-``nn.ModuleList``s, which is how the U-Net, DiT, MM-DiT, FLUX and the autoencoder hold them, and every
-layer inside those) for the duration of a ``with``. Each hook calls the job's ``ctx.check_cancelled``, so
-``/interrupt`` and the wall-time budget stop a job within one layer (one convolution, one attention call)
-instead of one whole sampler step. Hooking every layer rather than only the blocks matters: at a large
-size one U-Net transformer block alone runs for seconds. The hooks return None (they never touch the
-inputs), so results are bit-identical, and they are removed on exit. Their cost is one Python call per
-layer per forward pass (about 1 ms for an SD U-Net's ~1000 modules).
+:func:`interruptible` registers forward pre-hooks on a network for the duration of a ``with``; each
+calls the job's ``ctx.check_cancelled``, so ``/interrupt`` and the wall-time budget stop a job inside a
+forward pass instead of after a whole sampler step. The hooks return None (they never touch the inputs),
+so results are bit-identical, and they are removed on exit. Two granularities:
 
-One attention call over a large latent is itself a single op of many seconds (16384 tokens: 8 s on one
-CPU core), so inside the ``with`` a thread-local ``TorchFunctionMode`` also splits long
-``scaled_dot_product_attention`` calls into blocks of query rows (multiples of 128, each row's result
-is computed exactly as before) and checks between blocks. Calls that fit in one block pass through
-untouched.
+- *blocks* (``fine=False``): the network and every direct child of every ``nn.ModuleList``, which is how
+  the U-Net, DiT, MM-DiT, FLUX and the autoencoder hold their blocks. A few dozen hooks.
+- *layers* (``fine=True``): every module, plus a thread-local ``TorchFunctionMode`` that splits long
+  ``scaled_dot_product_attention`` calls into blocks of query rows (multiples of 128; each row's result
+  is computed exactly as before) with a check between blocks. At a large size one U-Net transformer
+  block, even one attention call, runs for seconds (16384 tokens: 8 s on one CPU core), so blocks are not
+  enough there. The cost is one Python call per layer and per torch op: 10-30 % of a forward pass of a
+  small model on a small latent, noise on a large one.
+
+:func:`needs_fine_checks` picks the granularity from the work of one forward pass (parameters x latent
+cells).
 """
 
 from __future__ import annotations
@@ -61,10 +63,29 @@ def payload_nbytes(value: Any) -> int:
     return walk_nbytes(value, _torch_leaf)
 
 
-def hooked_modules(net: nn.Module) -> list[nn.Module]:
-    """The modules :func:`interruptible` hooks: ``net`` and every module inside it that has a forward of
-    its own (containers such as ``nn.ModuleList`` are never called, so they are left out)."""
-    return [m for m in net.modules() if not isinstance(m, nn.ModuleList | nn.ModuleDict)]
+def hooked_modules(net: nn.Module, fine: bool = True) -> list[nn.Module]:
+    """The modules :func:`interruptible` hooks: ``net`` and, if ``fine``, every module inside it that has a
+    forward of its own (containers such as ``nn.ModuleList`` are never called), else every direct child of
+    every ``nn.ModuleList`` (the network's blocks)."""
+    if fine:
+        return [m for m in net.modules() if not isinstance(m, nn.ModuleList | nn.ModuleDict)]
+    blocks = [net]
+    for module in net.modules():
+        if isinstance(module, nn.ModuleList):
+            blocks.extend(module.children())
+    return blocks
+
+
+FINE_CHECK_WORK = 2**34  # parameters x latent cells of one forward pass from which blocks are too coarse
+
+
+def needs_fine_checks(net: nn.Module, latent_cells: int) -> bool:
+    """Whether one forward pass of ``net`` over ``latent_cells`` (h x w of one latent) is long enough that
+    checks between blocks could leave seconds between checks: the 1.2 M-parameter test U-Net from
+    122 x 122 latent cells, the 11 M emoji32 U-Net from 40 x 40 (its own latents are 8 x 8), SD 1.x
+    (860 M) from 5 x 5, so always in practice; SD's VAE (84 M) from 205 pixels."""
+    params = sum(p.numel() for p in net.parameters())
+    return params * latent_cells >= FINE_CHECK_WORK
 
 
 ATTENTION_BLOCK_WORK = 2**31  # multiply-adds per attention block: about 0.3 s on one CPU core
@@ -120,8 +141,9 @@ class _InterruptibleAttention(TorchFunctionMode):
 
 
 @contextmanager
-def interruptible(check: Callable[[], None], *nets: nn.Module | None) -> Iterator[int]:
-    """Call ``check()`` before every module of ``nets`` runs while inside the ``with``; yields the hook count.
+def interruptible(check: Callable[[], None], *nets: nn.Module | None, fine: bool = True) -> Iterator[int]:
+    """Call ``check()`` before every block (``fine``: every layer and attention block) of ``nets`` while
+    inside the ``with``; yields the number of hooks.
 
     ``check`` raises to stop the forward pass (``ctx.check_cancelled`` raises ``Interrupted``). Not for
     networks that another thread runs at the same time: the hooks are on the shared modules.
@@ -134,8 +156,11 @@ def interruptible(check: Callable[[], None], *nets: nn.Module | None) -> Iterato
     try:
         for net in nets:
             if net is not None:
-                handles.extend(m.register_forward_pre_hook(hook) for m in hooked_modules(net))
-        with _InterruptibleAttention(check):  # thread-local: other threads' torch calls are unaffected
+                handles.extend(m.register_forward_pre_hook(hook) for m in hooked_modules(net, fine))
+        if fine:
+            with _InterruptibleAttention(check):  # thread-local: other threads' torch calls are unaffected
+                yield len(handles)
+        else:
             yield len(handles)
     finally:
         for handle in handles:

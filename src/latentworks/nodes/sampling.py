@@ -17,7 +17,7 @@ from PIL import Image
 from latentworks.diffusion.samplers import SAMPLERS, StepInfo
 from latentworks.diffusion.schedules import SCHEDULERS, get_sigmas
 from latentworks.graph.types import InputSpec, NodeSpec, OutputSpec, Preview
-from latentworks.nodes.guards import interruptible
+from latentworks.nodes.guards import interruptible, needs_fine_checks
 from latentworks.nodes.payloads import ClipPayload, ConditioningPayload, Latent, ModelPayload
 from latentworks.pipelines.families import add_conditioning_extras, behaviour_of, model_sampling_for
 from latentworks.pipelines.sampling import denoise_latents
@@ -117,7 +117,9 @@ def run_sampler(
         ctx.progress(info.i + 1, total, preview=preview)  # raises Interrupted when cancelled
 
     # /interrupt and the wall-time budget are checked before every network block, not only between steps.
-    with interruptible(ctx.check_cancelled, folder.denoiser_net):
+    net = folder.denoiser_net
+    fine = needs_fine_checks(net, x0.shape[-2] * x0.shape[-1])
+    with interruptible(ctx.check_cancelled, net, fine=fine):
         out = denoise_latents(
             folder,
             x0,
