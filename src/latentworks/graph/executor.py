@@ -98,12 +98,20 @@ class ExecutionContext:
     def _where(self) -> str:
         return f"{self.class_type or 'job'} (node {self.node_id})" if self.node_id else "the job"
 
-    def check_pixels(self, width: int, height: int, batch: int = 1, *, inputs: str) -> None:
+    def check_pixels(
+        self,
+        width: int,
+        height: int,
+        batch: int = 1,
+        *,
+        inputs: str,
+        advice: str = "Use a smaller size or batch.",
+    ) -> None:
         """Raise :class:`BudgetExceeded` if a batch of ``batch`` images of ``width`` x ``height`` pixels is
-        over the job's budget. ``inputs`` names the node inputs that asked for it (for the message)."""
+        over the job's budget. ``inputs`` names the node inputs that asked for it, ``advice`` what to do."""
         problem = self.budgets.pixels_error(width, height, batch)
         if problem is not None:
-            raise BudgetExceeded(f"{self._where()}, input {inputs}: {problem}. Use a smaller size or batch.")
+            raise BudgetExceeded(f"{self._where()}, input {inputs}: {problem}. {advice}")
 
     def check_latent(self, shape: tuple[int, ...], *, inputs: str) -> None:
         """Raise :class:`BudgetExceeded` if a latent of ``shape`` (B, C, h, w) is over the job's budget."""

@@ -14,8 +14,9 @@ so results are bit-identical, and they are removed on exit. Two granularities:
 - *blocks* (``fine=False``): the network and every direct child of every ``nn.ModuleList``, which is how
   the U-Net, DiT, MM-DiT, FLUX and the autoencoder hold their blocks. A few dozen hooks.
 - *layers* (``fine=True``): every module, plus a thread-local ``TorchFunctionMode`` that splits long
-  ``scaled_dot_product_attention`` calls into blocks of query rows (multiples of 128; each row's result
-  is computed exactly as before) with a check between blocks. At a large size one U-Net transformer
+  ``scaled_dot_product_attention`` calls into blocks of query rows (multiples of 128; each query row is
+  computed on its own, and on CPU the result is bit for bit the same, see the tests) with a check
+  between blocks. At a large size one U-Net transformer
   block, even one attention call, runs for seconds (16384 tokens: 8 s on one CPU core), so blocks are not
   enough there. The cost is one Python call per layer and per torch op: 10-30 % of a forward pass of a
   small model on a small latent, noise on a large one.

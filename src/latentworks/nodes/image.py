@@ -140,7 +140,9 @@ def image_nodes(input_dir: Path | None) -> list[NodeSpec]:
             raise BudgetExceeded(f"LoadImage (node {ctx.node_id}), input image {image!r}: {problem}") from e
         with opened:
             # The header's size, before load() decodes anything: a tiny PNG may claim 20000 x 20000 pixels.
-            ctx.check_pixels(opened.width, opened.height, inputs=f"image {image!r}")
+            ctx.check_pixels(
+                opened.width, opened.height, inputs=f"image {image!r}", advice="Use a smaller image."
+            )
             rgba = ImageOps.exif_transpose(opened).convert("RGBA")
         a = np.array(rgba)  # (H, W, 4) uint8, writable; float32 only for what we keep
         pixels = torch.from_numpy(a[..., :3]).float().div_(255.0)[None]  # (1, H, W, 3)
