@@ -4,7 +4,50 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from pathlib import Path
+
+from latentworks.graph.budgets import (
+    DEFAULT_MAX_BATCH_PIXELS,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MAX_JOB_SECONDS,
+    DEFAULT_MAX_LATENT_ELEMENTS,
+    JobBudgets,
+)
+from latentworks.graph.cache import DEFAULT_CACHE_BYTES
+
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def byte_size(text: str) -> int:
+    """'8G', '512M', '1.5G' or a plain number of bytes -> bytes (binary units)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
+    if m is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; write e.g. 8G, 512M or 1000000")
+    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+
+
+def _limit(text: str) -> int:
+    """A positive count, or 0 for no limit."""
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a whole number (0 switches the limit off)"
+        ) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 (no limit) or positive")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 switches it off)") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 (no limit) or positive")
+    return value
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -43,11 +86,58 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="require this token on every request (default: $LATENTWORKS_TOKEN); needed off loopback",
     )
     p.add_argument("--device", default="cpu", help="torch device for models (default: %(default)s)")
+    b = p.add_argument_group(
+        "resource budgets",
+        "per-job limits, checked before allocating (0 switches a limit off); docs/server.md",
+    )
+    b.add_argument(
+        "--max-image-pixels",
+        type=_limit,
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        help="width x height of any image a job creates, loads or decodes, and of uploads (read from the "
+        "file header before decoding) (default: %(default)s = 4096 x 4096)",
+    )
+    b.add_argument(
+        "--max-batch-pixels",
+        type=_limit,
+        default=DEFAULT_MAX_BATCH_PIXELS,
+        help="width x height x batch size of a batch of images (default: %(default)s = 4 x 4096 x 4096)",
+    )
+    b.add_argument(
+        "--max-latent-elements",
+        type=_limit,
+        default=DEFAULT_MAX_LATENT_ELEMENTS,
+        help="batch x channels x height x width of a latent a sampler works on (default: %(default)s)",
+    )
+    b.add_argument(
+        "--max-job-seconds",
+        type=_seconds,
+        default=DEFAULT_MAX_JOB_SECONDS,
+        help="wall time per job; checked between nodes, sampler steps and network blocks (default: %(default)s)",
+    )
+    b.add_argument(
+        "--cache-bytes",
+        type=byte_size,
+        default=DEFAULT_CACHE_BYTES,
+        help="memory the output cache (loaded models, images, latents) may keep between jobs, e.g. 8G or "
+        "512M; least recently used outputs are dropped first (default: %(default)s = 8 GiB)",
+    )
     return p
+
+
+def budgets_from_args(args: argparse.Namespace) -> JobBudgets:
+    """The JobBudgets of the serve flags (0 = no limit)."""
+    return JobBudgets(
+        max_image_pixels=args.max_image_pixels or None,
+        max_batch_pixels=args.max_batch_pixels or None,
+        max_latent_elements=args.max_latent_elements or None,
+        max_job_seconds=args.max_job_seconds or None,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from latentworks.nodes import default_registry
+    from latentworks.nodes.guards import payload_nbytes
     from latentworks.server import serve
     from latentworks.server.auth import check_bind
 
@@ -66,5 +156,8 @@ def run(args: argparse.Namespace) -> int:
         models_dir=args.models_dir,
         token=args.token,
         device=args.device,
+        budgets=budgets_from_args(args),
+        cache_bytes=args.cache_bytes or None,
+        sizer=payload_nbytes,
     )
     return 0

@@ -1,14 +1,43 @@
-"""Output cache for the executor: LRU-bounded, keyed by a node's class, literals and its ancestors' keys."""
+"""Output cache for the executor: LRU-bounded by entries and by bytes, keyed by a node's class, literals and
+its ancestors' keys.
+
+Entries are sized by a *sizer*, ``f(value) -> bytes``. The graph engine never imports torch, so it only
+knows sizes it can read without it (:func:`default_sizer`: ``bytes``, anything with an integer ``nbytes``
+such as numpy arrays and torch tensors, objects with a ``cache_nbytes()`` method, and containers and
+dataclasses of those); the nodes layer injects a sizer that also knows tensors and networks
+(:func:`latentworks.nodes.budgets.payload_nbytes`).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
+
+log = logging.getLogger("latentworks.graph")
+
+DEFAULT_CACHE_BYTES = (
+    8 * 2**30
+)  # the server's default: room for an SD 1.x/2.x checkpoint in float32 and images
+
+Sizer = Callable[[Any], int]
+"""``f(value) -> bytes`` a cached value holds."""
+
+Leaf = Callable[[Any], "int | None"]
+"""``f(obj) -> bytes`` for objects a sizer knows as a whole (a tensor, a network), else None to look inside."""
+
+
+@runtime_checkable
+class SizedPayload(Protocol):
+    """A payload that says how many bytes it holds (the cache's duck-typed sizing protocol)."""
+
+    def cache_nbytes(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -43,37 +72,120 @@ def node_cache_key(
     return hashlib.sha256(_canonical(payload).encode()).hexdigest()
 
 
-class OutputCache:
-    """A thread-safe LRU map from cache key to :class:`CacheEntry`, at most ``max_entries`` long."""
+def walk_nbytes(value: Any, leaf: Leaf | None = None, *, max_depth: int = 32) -> int:
+    """Bytes held by ``value``, counting every object once (by identity).
 
-    def __init__(self, max_entries: int = 256) -> None:
+    ``leaf(obj)`` is asked first for every object and may return its size; otherwise
+    :class:`SizedPayload` objects, ``bytes``-likes and objects with an integer ``nbytes`` are leaves, and
+    tuples, lists, dicts, sets, dataclasses and plain objects' attributes are walked (``max_depth`` deep).
+    Anything else counts 0.
+    """
+    seen: set[int] = set()
+
+    def size(obj: Any, depth: int) -> int:
+        if obj is None or isinstance(obj, bool | int | float | str) or id(obj) in seen:
+            return 0
+        seen.add(id(obj))
+        if leaf is not None:
+            known = leaf(obj)
+            if known is not None:
+                return int(known)
+        if isinstance(obj, SizedPayload):
+            return int(obj.cache_nbytes())
+        if isinstance(obj, bytes | bytearray | memoryview):
+            return len(obj)
+        nbytes = getattr(obj, "nbytes", None)
+        if isinstance(nbytes, int) and not isinstance(obj, type):
+            return nbytes
+        if depth >= max_depth:
+            return 0
+        if isinstance(obj, Mapping):
+            return sum(size(k, depth + 1) + size(v, depth + 1) for k, v in obj.items())
+        if isinstance(obj, tuple | list | set | frozenset):
+            return sum(size(v, depth + 1) for v in obj)
+        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            return sum(size(getattr(obj, f.name, None), depth + 1) for f in dataclasses.fields(obj))
+        attrs = getattr(obj, "__dict__", None)
+        if isinstance(attrs, dict) and not isinstance(obj, type):
+            return sum(size(v, depth + 1) for v in attrs.values())
+        return 0
+
+    return size(value, 0)
+
+
+def default_sizer(value: Any) -> int:
+    """The torch-free sizer: :func:`walk_nbytes` with no extra knowledge."""
+    return walk_nbytes(value)
+
+
+class OutputCache:
+    """A thread-safe LRU map from cache key to :class:`CacheEntry`.
+
+    At most ``max_entries`` entries and (unless ``max_bytes`` is None) at most ``max_bytes`` bytes as
+    measured by ``sizer`` on each entry's outputs; least recently used entries are evicted first, and an
+    entry larger than ``max_bytes`` on its own is not kept at all. There is no separate model manager yet,
+    so loaded models are evicted by bytes like every other output.
+    """
+
+    def __init__(
+        self, max_entries: int = 256, *, max_bytes: int | None = None, sizer: Sizer | None = None
+    ) -> None:
         if max_entries < 0:
             raise ValueError(f"max_entries must be >= 0, got {max_entries}")
+        if max_bytes is not None and max_bytes < 0:
+            raise ValueError(f"max_bytes must be >= 0 or None (no limit), got {max_bytes}")
         self.max_entries = max_entries
-        self._entries: OrderedDict[str, CacheEntry] = OrderedDict()
+        self.max_bytes = max_bytes
+        self.sizer: Sizer = sizer or default_sizer
+        self._entries: OrderedDict[str, tuple[CacheEntry, int]] = OrderedDict()
+        self._bytes = 0
         self._lock = threading.Lock()
 
     def get(self, key: str) -> CacheEntry | None:
         with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None:
-                self._entries.move_to_end(key)
-            return entry
+            item = self._entries.get(key)
+            if item is None:
+                return None
+            self._entries.move_to_end(key)
+            return item[0]
 
     def __contains__(self, key: str) -> bool:
         with self._lock:
             return key in self._entries
 
     def put(self, key: str, entry: CacheEntry) -> None:
+        try:
+            nbytes = max(0, int(self.sizer(entry.outputs)))
+        except Exception:  # a sizer bug must not fail the job; the entry limit still applies
+            log.exception("could not size the outputs cached under %s", key[:12])
+            nbytes = 0
         with self._lock:
-            self._entries[key] = entry
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._bytes -= old[1]
+            if self.max_bytes is not None and nbytes > self.max_bytes:
+                log.info(
+                    "not caching %d bytes of outputs: over the cache's limit of %d", nbytes, self.max_bytes
+                )
+                return
+            self._entries[key] = (entry, nbytes)
+            self._bytes += nbytes
+            while len(self._entries) > self.max_entries or (
+                self.max_bytes is not None and self._bytes > self.max_bytes
+            ):
+                _, (_, evicted) = self._entries.popitem(last=False)
+                self._bytes -= evicted
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._bytes = 0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the cached entries, as the sizer measured them."""
+        with self._lock:
+            return self._bytes
 
     def __len__(self) -> int:
         with self._lock:

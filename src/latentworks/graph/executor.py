@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from latentworks.graph.cache import CacheEntry, OutputCache, node_cache_key
+from latentworks.graph.budgets import BudgetExceeded, JobBudgets
+from latentworks.graph.cache import CacheEntry, OutputCache, Sizer, node_cache_key
 from latentworks.graph.registry import NodeRegistry
 from latentworks.graph.types import NodeResult, NodeSpec, Preview
 from latentworks.graph.validate import validate_prompt
@@ -26,6 +27,13 @@ EventSink = Callable[[str, dict[str, Any]], None]
 
 class Interrupted(Exception):
     """Raised by ``ctx.check_cancelled()`` once the job was cancelled; ends the job as interrupted."""
+
+
+class JobTimedOut(Interrupted):
+    """Raised by ``ctx.check_cancelled()`` once the job ran past its wall-time budget; ends it as an error.
+
+    A subclass of :class:`Interrupted` so that it unwinds nodes (and network forward hooks) the same way.
+    """
 
 
 def _now_ms() -> int:
@@ -46,6 +54,10 @@ class ExecutionContext:
         device: opaque device/memory manager slot; the graph engine never looks inside it.
         on_event: progress sink ``(event, data) -> None``.
         cancel: set it (``ctx.cancel.set()``) to interrupt the job between or inside nodes.
+        budgets: the job's resource limits; nodes check them before allocating (:meth:`check_pixels`,
+            :meth:`check_latent`).
+        deadline: ``time.monotonic()`` value past which :meth:`check_cancelled` ends the job
+            (set by :meth:`Executor.execute` from ``budgets.max_job_seconds`` when left None).
         output_dir, temp_dir, input_dir: where nodes write results / scratch files and read uploads.
         extra_data: the job's extra_data (client_id, extra_pnginfo ...).
         node_id, class_type: the node currently executing (set by the executor).
@@ -56,6 +68,8 @@ class ExecutionContext:
     device: Any = None
     on_event: EventSink = _ignore
     cancel: threading.Event = field(default_factory=threading.Event)
+    budgets: JobBudgets = field(default_factory=JobBudgets)
+    deadline: float | None = None
     output_dir: Path | None = None
     temp_dir: Path | None = None
     input_dir: Path | None = None
@@ -68,9 +82,42 @@ class ExecutionContext:
         return self.cancel.is_set()
 
     def check_cancelled(self) -> None:
-        """Raise :class:`Interrupted` if the job was cancelled. Call it often inside long nodes."""
+        """Raise :class:`Interrupted` if the job was cancelled, :class:`JobTimedOut` if it ran out of time.
+
+        Call it often inside long nodes; the torch nodes also call it before every network block.
+        """
         if self.cancel.is_set():
             raise Interrupted(f"job {self.prompt_id} was interrupted")
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise JobTimedOut(
+                f"{self._where()}: the job ran longer than this server's limit of "
+                f"{self.budgets.max_job_seconds:g} s per job (serve --max-job-seconds); use fewer steps, "
+                "a smaller image or batch, or ask the operator to raise the limit"
+            )
+
+    def _where(self) -> str:
+        return f"{self.class_type or 'job'} (node {self.node_id})" if self.node_id else "the job"
+
+    def check_pixels(
+        self,
+        width: int,
+        height: int,
+        batch: int = 1,
+        *,
+        inputs: str,
+        advice: str = "Use a smaller size or batch.",
+    ) -> None:
+        """Raise :class:`BudgetExceeded` if a batch of ``batch`` images of ``width`` x ``height`` pixels is
+        over the job's budget. ``inputs`` names the node inputs that asked for it, ``advice`` what to do."""
+        problem = self.budgets.pixels_error(width, height, batch)
+        if problem is not None:
+            raise BudgetExceeded(f"{self._where()}, input {inputs}: {problem}. {advice}")
+
+    def check_latent(self, shape: tuple[int, ...], *, inputs: str) -> None:
+        """Raise :class:`BudgetExceeded` if a latent of ``shape`` (B, C, h, w) is over the job's budget."""
+        problem = self.budgets.latent_error(shape)
+        if problem is not None:
+            raise BudgetExceeded(f"{self._where()}, input {inputs}: {problem}. Use a smaller size or batch.")
 
     def progress(self, value: float, max: float, preview: Preview | tuple[str, bytes] | None = None) -> None:
         """Report progress of the current node (``value`` out of ``max``), optionally with a preview image.
@@ -118,7 +165,9 @@ class ExecutionResult:
 
 
 class _NodeFailed(Exception):
-    def __init__(self, node_id: str, class_type: str, exc: BaseException, inputs: Mapping[str, Any]):
+    def __init__(
+        self, node_id: str | None, class_type: str | None, exc: BaseException, inputs: Mapping[str, Any]
+    ):
         super().__init__(str(exc))
         self.node_id, self.class_type, self.exc, self.inputs = node_id, class_type, exc, inputs
 
@@ -132,14 +181,33 @@ def _short(value: Any) -> str:
 
 
 class Executor:
-    """Runs workflows against one registry and owns the output cache that persists across jobs."""
+    """Runs workflows against one registry and owns the output cache that persists across jobs.
 
-    def __init__(self, registry: NodeRegistry, *, cache_size: int = 256) -> None:
+    Args:
+        registry: the node types.
+        cache_size: most entries the output cache keeps.
+        cache_bytes: most bytes the output cache keeps (sized by ``sizer``); None = no byte limit.
+        sizer: ``f(value) -> bytes`` for node outputs; the nodes layer passes one that knows tensors and
+            models (see :func:`latentworks.graph.cache.default_sizer` for what is known without it).
+        budgets: the :class:`JobBudgets` every new context gets unless it is given its own.
+    """
+
+    def __init__(
+        self,
+        registry: NodeRegistry,
+        *,
+        cache_size: int = 256,
+        cache_bytes: int | None = None,
+        sizer: Sizer | None = None,
+        budgets: JobBudgets | None = None,
+    ) -> None:
         self.registry = registry
-        self.cache = OutputCache(cache_size)
+        self.cache = OutputCache(cache_size, max_bytes=cache_bytes, sizer=sizer)
+        self.budgets = budgets if budgets is not None else JobBudgets()
 
     def new_context(self, prompt_id: str, **kwargs: Any) -> ExecutionContext:
-        """An :class:`ExecutionContext` wired to this executor's cache (kwargs as in the dataclass)."""
+        """An :class:`ExecutionContext` wired to this executor's cache and budgets (kwargs as in the dataclass)."""
+        kwargs.setdefault("budgets", self.budgets)
         return ExecutionContext(prompt_id=prompt_id, cache=self.cache, **kwargs)
 
     def execute(
@@ -152,6 +220,8 @@ class Executor:
             result.messages.append([event, data])
             ctx.emit(event, data)
 
+        if ctx.deadline is None and ctx.budgets.max_job_seconds is not None:
+            ctx.deadline = time.monotonic() + ctx.budgets.max_job_seconds
         status_event("execution_start", {"prompt_id": ctx.prompt_id, "timestamp": _now_ms()})
         validation = validate_prompt(self.registry, prompt)
         if not validation.ok:
@@ -211,6 +281,8 @@ class Executor:
                     continue
                 self._run_node(graph, node_id, keys[node_id], values, ctx, result, prompt)
                 stack.pop()
+        except JobTimedOut as e:
+            return self._fail(result, ctx, _NodeFailed(ctx.node_id, ctx.class_type, e, {}), status_event)
         except Interrupted:
             result.status = "interrupted"
             result.error = {
@@ -242,7 +314,10 @@ class Executor:
             "executed": list(result.executed),
             "exception_message": str(exc),
             "exception_type": f"{type(exc).__module__}.{type(exc).__qualname__}",
-            "traceback": traceback.format_exception(exc),
+            # Budget and time limits are the user's input, not a bug: the message says it all.
+            "traceback": []
+            if isinstance(exc, BudgetExceeded | JobTimedOut)
+            else traceback.format_exception(exc),
             "current_inputs": {k: _short(v) for k, v in failed.inputs.items()},
             "current_outputs": {},
             "timestamp": _now_ms(),

@@ -12,8 +12,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, PngImagePlugin
 
+from latentworks.graph.budgets import BudgetExceeded
 from latentworks.graph.metadata import png_metadata
 from latentworks.graph.types import InputSpec, NodeResult, NodeSpec, OutputSpec
+from latentworks.nodes.budgets import decoder_refused, file_fingerprint
+from latentworks.nodes.guards import interruptible, needs_fine_checks
 from latentworks.nodes.payloads import Latent, VAEPayload
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -22,27 +25,31 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 def _decode(ctx: Any, samples: Latent, vae: VAEPayload) -> tuple[Any, ...]:
     if samples.samples is None:
         raise ValueError("VAEDecode got an empty latent; sample it first (KSampler)")
+    b, _, h, w = samples.samples.shape
+    ctx.check_pixels(w * vae.factor, h * vae.factor, b, inputs="samples")  # before decoding
     p = next(vae.vae.parameters())
     z = vae.latent_format.process_out(samples.samples.to(p.device).float()).to(p.dtype)
-    with torch.no_grad():
+    fine = needs_fine_checks(vae.vae, h * w * vae.factor**2)  # the VAE works at pixel resolution
+    with torch.no_grad(), interruptible(ctx.check_cancelled, vae.vae, fine=fine):
         x = vae.vae.decode(z).float()  # (B, 3, H, W) in [-1, 1]
     return (((x.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu(),)  # IMAGE (B, H, W, 3) in [0, 1]
 
 
-def _encode_pixels(vae: VAEPayload, pixels: torch.Tensor) -> torch.Tensor:
+def _encode_pixels(ctx: Any, vae: VAEPayload, pixels: torch.Tensor) -> torch.Tensor:
     f = vae.factor
     h, w = (pixels.shape[1] // f) * f, (pixels.shape[2] // f) * f
     if h == 0 or w == 0:
         raise ValueError(f"image {tuple(pixels.shape[1:3])} is smaller than the VAE factor {f}")
     p = next(vae.vae.parameters())
     x = pixels[:, :h, :w, :3].permute(0, 3, 1, 2).to(p.device, p.dtype) * 2 - 1
-    with torch.no_grad():
+    fine = needs_fine_checks(vae.vae, h * w)  # the VAE works at pixel resolution
+    with torch.no_grad(), interruptible(ctx.check_cancelled, vae.vae, fine=fine):
         z = vae.vae.encode(x).mode().float()
     return vae.latent_format.process_in(z)
 
 
 def _vae_encode(ctx: Any, pixels: torch.Tensor, vae: VAEPayload) -> tuple[Any, ...]:
-    return (Latent(samples=_encode_pixels(vae, pixels), factor=vae.factor),)
+    return (Latent(samples=_encode_pixels(ctx, vae, pixels), factor=vae.factor),)
 
 
 def _vae_encode_inpaint(
@@ -55,7 +62,7 @@ def _vae_encode_inpaint(
         m = F.max_pool2d(m, k, stride=1, padding=grow_mask_by)
     keep = (m.round() < 0.5).permute(0, 2, 3, 1).float()  # grey out what will be regenerated
     pixels = pixels[..., :3] * keep + 0.5 * (1 - keep)
-    return (Latent(samples=_encode_pixels(vae, pixels), noise_mask=m.round(), factor=vae.factor),)
+    return (Latent(samples=_encode_pixels(ctx, vae, pixels), noise_mask=m.round(), factor=vae.factor),)
 
 
 def _safe_prefix(prefix: str) -> tuple[str, str]:
@@ -116,18 +123,38 @@ def list_inputs(input_dir: Path | None) -> list[str]:
     return sorted(p.name for p in Path(input_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def _input_path(root: Path, image: str) -> Path:
+    path = (root / image).resolve()
+    if root.resolve() not in path.parents:
+        raise ValueError(f"image {image!r} is outside the input folder")
+    return path
+
+
 def image_nodes(input_dir: Path | None) -> list[NodeSpec]:
     def load_image(ctx: Any, image: str) -> tuple[Any, ...]:
-        root = Path(ctx.input_dir or input_dir or ".")
-        path = (root / image).resolve()
-        if root.resolve() not in path.parents:
-            raise ValueError(f"image {image!r} is outside the input folder")
-        with Image.open(path) as opened:
+        path = _input_path(Path(ctx.input_dir or input_dir or "."), image)
+        try:
+            opened = Image.open(path)
+        except Image.DecompressionBombError as e:  # PIL's own (process-wide) limit, far above ours by default
+            problem = decoder_refused(e, ctx.budgets)
+            raise BudgetExceeded(f"LoadImage (node {ctx.node_id}), input image {image!r}: {problem}") from e
+        with opened:
+            # The header's size, before load() decodes anything: a tiny PNG may claim 20000 x 20000 pixels.
+            ctx.check_pixels(
+                opened.width, opened.height, inputs=f"image {image!r}", advice="Use a smaller image."
+            )
             rgba = ImageOps.exif_transpose(opened).convert("RGBA")
-        a = np.asarray(rgba, dtype=np.float32) / 255.0
-        pixels = torch.from_numpy(a[..., :3].copy())[None]  # (1, H, W, 3)
-        mask = torch.from_numpy(1.0 - a[..., 3].copy())[None]  # transparent = 1 (regenerate), as ComfyUI
+        a = np.array(rgba)  # (H, W, 4) uint8, writable; float32 only for what we keep
+        pixels = torch.from_numpy(a[..., :3]).float().div_(255.0)[None]  # (1, H, W, 3)
+        mask = torch.from_numpy(a[..., 3]).float().div_(-255.0).add_(1.0)[None]  # transparent = 1, as ComfyUI
         return (pixels, mask)
+
+    def load_image_fingerprint(image: str) -> Any:
+        # Keyed by content (ComfyUI hashes the file too): an input overwritten under the same name reloads.
+        try:
+            return file_fingerprint(_input_path(Path(input_dir or "."), image))
+        except (ValueError, OSError):
+            return None  # load_image reports the problem
 
     def I(name: str, type_: str, **kw: Any) -> InputSpec:  # noqa: E743, N802
         return InputSpec(name=name, type=type_, **kw)
@@ -171,6 +198,7 @@ def image_nodes(input_dir: Path | None) -> list[NodeSpec]:
             display_name="Load Image",
             category="image",
             execute=load_image,
+            fingerprint=load_image_fingerprint,
             description="Load an uploaded image; its alpha channel becomes the mask.",
             inputs=(
                 I("image", "COMBO", choices=lambda: list_inputs(input_dir), extra={"image_upload": True}),

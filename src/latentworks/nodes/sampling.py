@@ -18,6 +18,7 @@ from latentworks.diffusion.samplers import SAMPLERS, StepInfo
 from latentworks.diffusion.schedules import SCHEDULERS, get_sigmas
 from latentworks.graph.executor import ExecutionContext
 from latentworks.graph.types import InputSpec, NodeSpec, OutputSpec, Preview
+from latentworks.nodes.guards import interruptible, needs_fine_checks
 from latentworks.nodes.payloads import ClipPayload, ConditioningPayload, Latent, ModelPayload
 from latentworks.pipelines.families import add_conditioning_extras, behaviour_of, model_sampling_for
 from latentworks.pipelines.sampling import denoise_latents, seeds_for
@@ -38,6 +39,7 @@ def _flux_guidance(ctx: Any, conditioning: ConditioningPayload, guidance: float)
 
 
 def _empty_latent(ctx: Any, width: int, height: int, batch_size: int) -> tuple[Any, ...]:
+    ctx.check_pixels(width, height, batch_size, inputs="width, height, batch_size")
     return (Latent(pixel_size=(int(height), int(width)), batch_size=int(batch_size)),)
 
 
@@ -75,6 +77,12 @@ def run_sampler(
     device = next(folder.denoiser_net.parameters()).device
     lf = folder.latent_format
     factor = int(folder.vae.config.downsample_factor)
+    if latent.samples is not None:
+        shape = tuple(latent.samples.shape)
+    else:
+        h, w = latent.pixel_size  # type: ignore[misc]
+        shape = (latent.batch_size, lf.channels, h // factor, w // factor)
+    ctx.check_latent(shape, inputs="latent_image")  # before materialising it (and the sampler's copies)
     x0 = latent.materialise(lf.channels, factor, device).float()
     if x0.shape[1] != lf.channels:
         raise ValueError(
@@ -109,19 +117,23 @@ def run_sampler(
         preview = _preview_jpeg(torch.as_tensor(lf.preview(info.denoised[:1]))[0]) if lf.rgb_factors else None
         ctx.progress(info.i + 1, total, preview=preview)  # raises Interrupted when cancelled
 
-    out = denoise_latents(
-        folder,
-        x0,
-        sigmas,
-        seeds,
-        cond,
-        uncond,
-        cfg,
-        sampler_name,
-        add_noise=add_noise,
-        mask=mask,
-        callback=callback,
-    )
+    # /interrupt and the wall-time budget are checked before every network block, not only between steps.
+    net = folder.denoiser_net
+    fine = needs_fine_checks(net, x0.shape[-2] * x0.shape[-1])
+    with interruptible(ctx.check_cancelled, net, fine=fine):
+        out = denoise_latents(
+            folder,
+            x0,
+            sigmas,
+            seeds,
+            cond,
+            uncond,
+            cfg,
+            sampler_name,
+            add_noise=add_noise,
+            mask=mask,
+            callback=callback,
+        )
     return Latent(samples=out.float(), noise_mask=latent.noise_mask, factor=factor)
 
 
@@ -203,6 +215,7 @@ def _latent_upscale(
     ctx: Any, samples: Latent, upscale_method: str, width: int, height: int, crop: str
 ) -> tuple[Any, ...]:
     if samples.samples is None:
+        ctx.check_pixels(width, height, samples.batch_size, inputs="width, height")
         return (Latent(pixel_size=(height, width), batch_size=samples.batch_size),)
     z = samples.samples
     h, w = z.shape[-2:]
@@ -211,6 +224,9 @@ def _latent_upscale(
     th = height // samples.factor if height else round(h * width / (w * samples.factor))
     tw = width // samples.factor if width else round(w * height / (h * samples.factor))
     th, tw = max(1, th), max(1, tw)
+    f = samples.factor
+    ctx.check_pixels(tw * f, th * f, z.shape[0], inputs="width, height")
+    ctx.check_latent((z.shape[0], z.shape[1], th, tw), inputs="width, height")
     if crop == "center":  # crop to the target aspect ratio before resizing
         if w * th > h * tw:
             nw = round(h * tw / th)

@@ -24,7 +24,17 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from latentworks._version import __version__
-from latentworks.graph import Executor, NodeRegistry, error_item, node_info, validate_prompt
+from latentworks.graph import (
+    DEFAULT_CACHE_BYTES,
+    Executor,
+    JobBudgets,
+    NodeRegistry,
+    Sizer,
+    error_item,
+    node_info,
+    validate_prompt,
+)
+from latentworks.nodes.budgets import upload_pixels_error
 from latentworks.server.auth import BodyLimit, TokenAuth, check_bind
 from latentworks.server.files import FOLDER_TYPES, resolve_file, sniff_image, upload_target
 from latentworks.server.hub import Hub
@@ -75,6 +85,9 @@ def create_app(
     token: str | None = None,
     device: Any = None,
     cache_size: int = 256,
+    cache_bytes: int | None = DEFAULT_CACHE_BYTES,
+    sizer: Sizer | None = None,
+    budgets: JobBudgets | None = None,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     static_dir: str | Path | None = None,
@@ -90,6 +103,11 @@ def create_app(
             or ``?token=``.
         device: opaque device manager handed to every job's ExecutionContext.
         cache_size: entries in the executor's output LRU cache.
+        cache_bytes: bytes the output cache may hold (None = no limit); sized by ``sizer``
+            (``latentworks.nodes.guards.payload_nbytes`` for the torch nodes; default: the graph engine's
+            duck-typed :func:`~latentworks.graph.default_sizer`).
+        budgets: per-job limits (image/batch pixels, latent size, wall time); also the decoded-size limit
+            of uploads. Default: :class:`~latentworks.graph.JobBudgets` defaults.
         max_upload_bytes / max_body_bytes: request size limits (413 beyond them).
         static_dir: the built editor (default ``latentworks/server/static``), served at ``/`` if present.
         devices_info: optional callable returning the "devices" list of /system_stats.
@@ -99,7 +117,9 @@ def create_app(
     for path in dirs.values():
         path.mkdir(parents=True, exist_ok=True)
     store = JobStore(data_dir / "queue.sqlite3")
-    executor = Executor(registry, cache_size=cache_size)
+    executor = Executor(
+        registry, cache_size=cache_size, cache_bytes=cache_bytes, sizer=sizer, budgets=budgets
+    )
     hub = Hub()
     worker = Worker(store, executor, hub, dirs, device=device)
     state = ServerState(
@@ -321,6 +341,9 @@ def _routes(s: ServerState) -> APIRouter:
                 "only PNG, JPEG and WebP images are accepted (checked by content)",
                 status=415,
             )
+        too_large = await asyncio.to_thread(upload_pixels_error, data, s.executor.budgets)
+        if too_large is not None:  # read from the header: a few KB may claim gigapixels
+            return _bad_request("request_too_large", too_large, status=413)
         folder_type = str(form.get("type") or "input")
         subfolder = str(form.get("subfolder") or "")
         overwrite = str(form.get("overwrite") or "").lower() in ("1", "true")

@@ -1,0 +1,168 @@
+"""Torch-side guards for the node adapters: sizing payloads for the byte-bounded output cache, and
+making a network's forward pass interruptible between its blocks.
+
+:func:`payload_nbytes` is the sizer the server injects into the torch-free executor
+(``Executor(..., sizer=payload_nbytes)``): tensors count ``numel * element_size`` and networks the sum
+of their parameters and buffers, each object once per cache entry (a checkpoint loader's MODEL and VAE
+share one autoencoder).
+
+:func:`interruptible` registers forward pre-hooks on a network for the duration of a ``with``; each
+calls the job's ``ctx.check_cancelled``, so ``/interrupt`` and the wall-time budget stop a job inside a
+forward pass instead of after a whole sampler step. The hooks return None (they never touch the inputs),
+so results are bit-identical, and they are removed on exit. Two granularities:
+
+- *blocks* (``fine=False``): the network and every direct child of every ``nn.ModuleList``, which is how
+  the U-Net, DiT, MM-DiT, FLUX and the autoencoder hold their blocks. A few dozen hooks.
+- *layers* (``fine=True``): every module, plus a thread-local ``TorchFunctionMode`` that splits long
+  ``scaled_dot_product_attention`` calls into blocks of query rows (multiples of 128; each query row is
+  computed on its own, and on CPU the result is bit for bit the same, see the tests) with a check
+  between blocks. At a large size one U-Net transformer
+  block, even one attention call, runs for seconds (16384 tokens: 8 s on one CPU core), so blocks are not
+  enough there. The cost is one Python call per layer and per torch op: 10-30 % of a forward pass of a
+  small model on a small latent, noise on a large one.
+
+:func:`needs_fine_checks` picks the granularity from the work of one forward pass (parameters x latent
+cells).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+from torch.utils.hooks import RemovableHandle
+
+from latentworks.graph.cache import walk_nbytes
+
+
+def module_nbytes(module: nn.Module) -> int:
+    """Bytes of a network's parameters and buffers (shared tensors once)."""
+    seen: set[int] = set()
+    total = 0
+    for t in (*module.parameters(), *module.buffers()):
+        if id(t) not in seen:
+            seen.add(id(t))
+            total += t.numel() * t.element_size()
+    return total
+
+
+def _torch_leaf(obj: Any) -> int | None:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, nn.Module):
+        return module_nbytes(obj)
+    return None
+
+
+def payload_nbytes(value: Any) -> int:
+    """Bytes held by a node's outputs: tensors, networks, and payload dataclasses holding them."""
+    return walk_nbytes(value, _torch_leaf)
+
+
+def hooked_modules(net: nn.Module, fine: bool = True) -> list[nn.Module]:
+    """The modules :func:`interruptible` hooks: ``net`` and, if ``fine``, every module inside it that has a
+    forward of its own (containers such as ``nn.ModuleList`` are never called), else every direct child of
+    every ``nn.ModuleList`` (the network's blocks)."""
+    if fine:
+        return [m for m in net.modules() if not isinstance(m, nn.ModuleList | nn.ModuleDict)]
+    blocks = [net]
+    for module in net.modules():
+        if isinstance(module, nn.ModuleList):
+            blocks.extend(module.children())
+    return blocks
+
+
+FINE_CHECK_WORK = 2**34  # parameters x latent cells of one forward pass from which blocks are too coarse
+
+
+def needs_fine_checks(net: nn.Module, latent_cells: int) -> bool:
+    """Whether one forward pass of ``net`` over ``latent_cells`` (h x w of one latent) is long enough that
+    checks between blocks could leave seconds between checks: the 1.2 M-parameter test U-Net from
+    122 x 122 latent cells, the 11 M emoji32 U-Net from 40 x 40 (its own latents are 8 x 8), SD 1.x
+    (860 M) from 5 x 5, so always in practice; SD's VAE (84 M) from 205 pixels."""
+    params = sum(p.numel() for p in net.parameters())
+    return params * latent_cells >= FINE_CHECK_WORK
+
+
+ATTENTION_BLOCK_WORK = 2**31  # multiply-adds per attention block: about 0.3 s on one CPU core
+_ROWS = 128  # query rows per block come in multiples of this (SDPA kernels tile queries in divisors of it)
+
+
+def chunked_attention(
+    check: Callable[[], None],
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    attn_mask: Tensor | None = None,
+    *,
+    block_work: int | None = None,
+) -> Tensor:
+    """``F.scaled_dot_product_attention(q, k, v, attn_mask)`` computed in blocks of query rows, calling
+    ``check()`` before each block. q (..., L, d), k and v (..., S, d), attn_mask broadcastable to (..., L, S).
+
+    Each query row's output depends only on that row, so the blocks concatenate to the same result; the
+    block height is a multiple of 128 rows, chosen so one block does about ``block_work`` multiply-adds
+    (default :data:`ATTENTION_BLOCK_WORK`).
+    """
+    block_work = ATTENTION_BLOCK_WORK if block_work is None else block_work
+    length, keys, head_dim = q.shape[-2], k.shape[-2], q.shape[-1]
+    heads = max(1, q.numel() // max(1, length * head_dim))  # batch x heads
+    rows = max(_ROWS, block_work // max(1, keys * heads * head_dim) // _ROWS * _ROWS)
+    check()
+    if length <= rows:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+    per_row_mask = attn_mask is not None and attn_mask.ndim >= 2 and attn_mask.shape[-2] == length
+    parts = []
+    for start in range(0, length, rows):
+        if start:
+            check()
+        mask = attn_mask[..., start : start + rows, :] if per_row_mask else attn_mask  # type: ignore[index]
+        parts.append(F.scaled_dot_product_attention(q[..., start : start + rows, :], k, v, attn_mask=mask))
+    return torch.cat(parts, dim=-2)
+
+
+class _InterruptibleAttention(TorchFunctionMode):
+    """Routes plain SDPA calls (no dropout, causal flag, scale or GQA) through :func:`chunked_attention`."""
+
+    def __init__(self, check: Callable[[], None]) -> None:
+        super().__init__()
+        self.check = check
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention and len(args) == 3 and set(kwargs) <= {"attn_mask"}:
+            q, k, v = args
+            return chunked_attention(self.check, q, k, v, attn_mask=kwargs.get("attn_mask"))
+        return func(*args, **kwargs)
+
+
+@contextmanager
+def interruptible(check: Callable[[], None], *nets: nn.Module | None, fine: bool = True) -> Iterator[int]:
+    """Call ``check()`` before every block (``fine``: every layer and attention block) of ``nets`` while
+    inside the ``with``; yields the number of hooks.
+
+    ``check`` raises to stop the forward pass (``ctx.check_cancelled`` raises ``Interrupted``). Not for
+    networks that another thread runs at the same time: the hooks are on the shared modules.
+    """
+
+    def hook(module: nn.Module, args: Any) -> None:
+        check()
+
+    handles: list[RemovableHandle] = []
+    try:
+        for net in nets:
+            if net is not None:
+                handles.extend(m.register_forward_pre_hook(hook) for m in hooked_modules(net, fine))
+        if fine:
+            with _InterruptibleAttention(check):  # thread-local: other threads' torch calls are unaffected
+                yield len(handles)
+        else:
+            yield len(handles)
+    finally:
+        for handle in handles:
+            handle.remove()
