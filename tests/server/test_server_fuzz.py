@@ -84,7 +84,7 @@ class AsgiClient:
         self.state = app.state.latentworks
         self.state.hub.attach(self.loop)
         self.state.worker.start()
-        self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://fuzz")
+        self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1:8188")
 
     def request(self, method, url, **kw) -> httpx.Response:
         return self.loop.run_until_complete(self.http.request(method, url, **kw))
