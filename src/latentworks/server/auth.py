@@ -198,6 +198,10 @@ def _header(scope: dict, name: bytes) -> str | None:
     return None
 
 
+def _headers(scope: dict, name: bytes) -> list[str]:
+    return [value.decode("latin-1") for key, value in scope.get("headers", []) if key == name]
+
+
 class OriginGuard:
     """Pure ASGI middleware against cross-site requests and DNS rebinding (HTTP and WebSocket).
 
@@ -248,16 +252,18 @@ class OriginGuard:
 
     def refusal(self, scope: dict) -> tuple[str, str] | None:
         """(error type, message) when the request must be refused, else None."""
-        host = _header(scope, b"host")
-        if not self.host_ok(host):
+        hosts = _headers(scope, b"host")
+        host = hosts[0] if hosts else None
+        if len(hosts) > 1 or not self.host_ok(host):
             return (
                 "forbidden_host",
                 f"Host {host!r} is not a name of this server. Browse to http://127.0.0.1:PORT/ or "
                 "http://localhost:PORT/, or start the server with --allow-host NAME for the name you use "
                 "(a reverse proxy, a LAN name). This check blocks DNS-rebinding attacks.",
             )
-        origin = _header(scope, b"origin")
-        if origin is not None and not self.origin_ok(origin, host):
+        origins = _headers(scope, b"origin")
+        origin = origins[0] if origins else None
+        if origin is not None and (len(origins) > 1 or not self.origin_ok(origin, host)):
             return (
                 "forbidden_origin",
                 f"requests from the web page at {origin!r} are refused: only pages served by this server may "
