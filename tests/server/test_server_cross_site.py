@@ -213,7 +213,7 @@ def raw_handshake(port: int, host: str, origin: str | None = None) -> str:
     """The status line the server answers a WebSocket handshake with (one Host header, as a browser sends)."""
     import socket
 
-    lines = [f"GET /ws?clientId=v HTTP/1.1", f"Host: {host}", "Upgrade: websocket", "Connection: Upgrade",
+    lines = ["GET /ws?clientId=v HTTP/1.1", f"Host: {host}", "Upgrade: websocket", "Connection: Upgrade",
              "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version: 13"]  # fmt: skip
     if origin:
         lines.append(f"Origin: {origin}")
@@ -300,6 +300,7 @@ def test_query_token_is_redacted_from_access_and_websocket_logs(tmp_path):
     import threading
 
     import uvicorn
+
     from conftest import free_port
 
     registry, _ = make_registry()
