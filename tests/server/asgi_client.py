@@ -13,11 +13,12 @@ SAME_ORIGIN = BASE_URL
 
 
 class AsgiClient:
-    def __init__(self, app, base_url: str = BASE_URL) -> None:
+    def __init__(self, app, base_url: str = BASE_URL, start_worker: bool = True) -> None:
         self.loop = asyncio.new_event_loop()
         self.state = app.state.latentworks
         self.state.hub.attach(self.loop)
-        self.state.worker.start()
+        if start_worker:
+            self.state.worker.start()
         self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base_url)
 
     def request(self, method, url, **kw) -> httpx.Response:
