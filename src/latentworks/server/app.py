@@ -27,6 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import latentworks
 from latentworks.graph import Executor, NodeRegistry, error_item, node_info, validate_prompt
@@ -236,6 +237,13 @@ def create_app(
                 "<!doctype html><title>latentworks</title><p>latentworks workflow server is running. "
                 "The browser editor is not built (no static/index.html); the API is under /api.</p>"
             )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        type_ = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _bad_request(
+            type_, f"{request.method} {request.url.path[:200]}: {exc.detail}", status=exc.status_code
+        )
 
     @app.exception_handler(RequestValidationError)
     async def invalid_params(request: Request, exc: RequestValidationError) -> JSONResponse:
