@@ -213,7 +213,7 @@ def raw_handshake(port: int, host: str, origin: str | None = None) -> str:
     """The status line the server answers a WebSocket handshake with (one Host header, as a browser sends)."""
     import socket
 
-    lines = ["GET /ws?clientId=v HTTP/1.1", f"Host: {host}", "Upgrade: websocket", "Connection: Upgrade",
+    lines = ["GET /ws?clientId=raw HTTP/1.1", f"Host: {host}", "Upgrade: websocket", "Connection: Upgrade",
              "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version: 13"]  # fmt: skip
     if origin:
         lines.append(f"Origin: {origin}")
@@ -235,9 +235,12 @@ def test_cross_site_websocket_is_refused_with_http_403(server):
     with pytest.raises(InvalidStatus):  # two Host headers: refused rather than guessing which one counts
         with connect(f"{server.ws_url}?clientId=v", additional_headers={"Host": "evil.example"}) as ws:
             ws.recv(timeout=5)
-    for headers in ({"Origin": server.origin}, {}):  # the editor's own page; a script without Origin
-        with connect(f"{server.ws_url}?clientId=v", origin=headers.get("Origin")) as ws:
-            assert json.loads(ws.recv(timeout=5))["data"]["sid"] == "v"
+    for cid, origin in (
+        ("v1", server.origin),
+        ("v2", None),
+    ):  # the editor's own page; a script without Origin
+        with connect(f"{server.ws_url}?clientId={cid}", origin=origin) as ws:
+            assert json.loads(ws.recv(timeout=5))["data"]["sid"] == cid
 
 
 def wait_done(ws, prompt_id):
