@@ -96,6 +96,8 @@ def test_surrogate_stored_by_an_older_version_does_not_break_queue_or_history(tm
     store.add("bad-pending", {"1": {"class_type": "Constant", "inputs": {"value": "\ud800"}}}, {}, ["1"])
     store.add("bad-done", {"1": {"class_type": "X", "inputs": {}}}, {"client_id": "\udfff"}, ["1"])
     store.finish("bad-done", "error", {"1": {"text": ["\ud800"]}}, [])
+    store.add("nan-done", {"1": {"class_type": "X", "inputs": {}}}, {"v": float("nan")}, ["1"])
+    store.finish("nan-done", "success", {"1": {"x": [float("inf")]}}, [])
     store.close()
     for _ in range(2):  # and again after a restart
         c = start(data, start_worker=False)  # keep the pending job pending
@@ -105,6 +107,8 @@ def test_surrogate_stored_by_an_older_version_does_not_break_queue_or_history(tm
                 assert r.status_code == 200, (path, r.text)
             assert json.loads(c.get("/history").content)["bad-done"]["outputs"]["1"]["text"] == ["\ud800"]
             assert c.get("/queue").json()["queue_pending"][0][1] == "bad-pending"
+            nan_entry = json.loads(c.get("/history/nan-done").content)["nan-done"]  # strict JSON: no NaN
+            assert nan_entry["prompt"][3] == {"v": None} and nan_entry["outputs"]["1"]["x"] == [None]
         finally:
             c.close()
 
