@@ -14,6 +14,7 @@ import mimetypes
 import os
 import platform
 import re
+import socket
 import sqlite3
 import sys
 from collections.abc import Callable, Iterable
@@ -601,8 +602,6 @@ def serve(
     The bound ``host`` (and, on a non-loopback bind, this machine's host name) joins ``allowed_hosts``.
     """
     check_bind(host, token)
-    import socket
-
     import uvicorn
 
     hosts = [*allowed_hosts, host]
