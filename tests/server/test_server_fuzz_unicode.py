@@ -59,7 +59,7 @@ def edge(rng: random.Random):
         return rng.choice(EDGE_NUMBERS)
     if roll < 0.85:
         return rng.choice([None, True, False, [], {}, [rng.choice(IDS), 0], ["1", 2**64], ["1", -1]])
-    depth = rng.randint(1, 60)
+    depth = rng.randint(1, 60) if rng.random() < 0.8 else rng.randint(90, 400)
     nested: object = rng.choice(EDGE_STRINGS)
     for _ in range(depth):
         nested = [nested] if rng.random() < 0.5 else {rng.choice(EDGE_STRINGS[:20]): nested}

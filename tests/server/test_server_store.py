@@ -113,6 +113,31 @@ def test_surrogate_stored_by_an_older_version_does_not_break_queue_or_history(tm
             c.close()
 
 
+def test_deeply_nested_body_is_refused_and_cannot_break_queue(client):
+    for depth in (101, 500, 900):
+        deep = "[" * depth + "]" * depth
+        raw = '{"prompt": ' + json.dumps(QUICK) + ', "extra_data": {"v": ' + deep + "}}"
+        r = client.post("/prompt", content=raw)
+        assert r.status_code == 400 and "nested deeper than 100 levels" in r.json()["error"]["message"]
+    ok = client.post("/prompt", json={"prompt": QUICK, "extra_data": {"v": json.loads("[" * 90 + "]" * 90)}})
+    assert ok.status_code == 200
+    assert client.get("/queue").status_code == 200 and client.get("/history").status_code == 200
+
+
+def test_deep_row_stored_by_an_older_version_is_skipped(tmp_path):
+    data = tmp_path / "data"
+    store = JobStore(data / "queue.sqlite3")
+    store.add("deep", QUICK, {"v": json.loads("[" * 700 + "]" * 700)}, ["2"])
+    store.add("fine", QUICK, {}, ["2"])
+    store.close()
+    c = start(data, start_worker=False)
+    try:
+        assert [e[1] for e in c.get("/queue").json()["queue_pending"]] == ["fine"]
+        assert c.get("/system_stats").json()["latentworks"]["store"]["damaged_row_ids"] == ["deep"]
+    finally:
+        c.close()
+
+
 @pytest.mark.parametrize("value", [str(2**63), str(10**400), "0", "1", "999999999999"])
 def test_huge_max_items_is_clamped(client, value):
     pid = client.post("/prompt", json={"prompt": QUICK}).json()["prompt_id"]

@@ -13,7 +13,6 @@ import math
 import mimetypes
 import os
 import platform
-import re
 import socket
 import sqlite3
 import sys
@@ -44,6 +43,7 @@ from latentworks.server.auth import (
 )
 from latentworks.server.files import FOLDER_TYPES, UploadError, resolve_file, save_upload, sniff_image
 from latentworks.server.hub import Hub
+from latentworks.server.inputs import MAX_JSON_DEPTH, json_problem
 from latentworks.server.queue import JobStore
 from latentworks.server.worker import Worker
 
@@ -102,29 +102,7 @@ def _bad_request(type_: str, message: str, details: str = "", status: int = 400)
     )
 
 
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
 MAX_HISTORY_ITEMS = 1_000_000
-
-
-def find_invalid_string(value: Any) -> str | None:
-    """Where in a parsed JSON value a string (or key) holds a lone UTF-16 surrogate, e.g. 'prompt.1.inputs.text';
-    None if every string is valid Unicode. Such strings (``"\\ud800"`` in JSON, or UTF-8-encoded surrogates)
-    cannot be written back as UTF-8, so they are refused at the door rather than stored."""
-    stack: list[tuple[Any, str]] = [(value, "")]
-    while stack:
-        item, path = stack.pop()
-        if isinstance(item, str):
-            if _SURROGATE.search(item):
-                return path or "(the body)"
-        elif isinstance(item, dict):
-            for key, child in item.items():
-                where = f"{path}.{key}" if path else str(key)
-                if isinstance(key, str) and _SURROGATE.search(key):
-                    return f"{path}.<key>" if path else "<key>"
-                stack.append((child, where))
-        elif isinstance(item, list):
-            stack.extend((child, f"{path}[{i}]") for i, child in enumerate(item))
-    return None
 
 
 def _no_constants(name: str) -> Any:
@@ -158,12 +136,18 @@ async def _json_body(request: Request) -> tuple[Any, JSONResponse | None]:
         body = json.loads(raw, parse_constant=_no_constants)
     except (ValueError, RecursionError) as e:
         return None, _bad_request("invalid_json", "The request body is not valid JSON", str(e)[:200])
-    where = find_invalid_string(body)
-    if where is not None:
+    problem = json_problem(body)
+    if problem is not None and problem[0] == "surrogate":
         return None, _bad_request(
             "invalid_string",
-            f"a string at {where} holds a lone UTF-16 surrogate (such as \\ud800), which is not valid Unicode",
+            f"a string at {problem[1]} holds a lone UTF-16 surrogate (such as \\ud800), which is not valid Unicode",
             "send text as valid UTF-8; escape characters outside the BMP as a surrogate pair",
+        )
+    if problem is not None:
+        return None, _bad_request(
+            "invalid_json",
+            f"the body is nested deeper than {MAX_JSON_DEPTH} levels (at {problem[1][:200]})",
+            "workflows need only a few levels; flatten the data",
         )
     return body, None
 

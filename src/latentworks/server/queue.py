@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from latentworks.server.inputs import MAX_JSON_DEPTH, json_problem
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     prompt_id TEXT PRIMARY KEY,
@@ -57,6 +59,9 @@ def _loads(text: Any, kind: type, what: str) -> Any:
         raise ValueError(f"column {what} is not valid JSON ({str(e)[:80]})") from e
     if not isinstance(value, kind):
         raise ValueError(f"column {what} holds a {type(value).__name__}, expected a {kind.__name__}")
+    problem = json_problem(value, MAX_JSON_DEPTH + 8)  # stored values carry a few levels of our own
+    if problem is not None and problem[0] == "depth":
+        raise ValueError(f"column {what} is nested too deeply to be sent back as JSON")
     return value
 
 
