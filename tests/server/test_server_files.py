@@ -62,6 +62,13 @@ def test_symlinked_subfolder_is_refused(client):
     assert listing(outside) == []
 
 
+@pytest.mark.parametrize("subfolder", ["a" * 101, "a/" * 17, "b/" * 3000])
+def test_overlong_subfolders_are_a_400_and_create_nothing(client, subfolder):
+    r = upload(client, "x.png", subfolder=subfolder)
+    assert r.status_code == 400 and "subfolder" in r.json()["error"]["message"]
+    assert listing(client.data / "input") == []
+
+
 def test_concurrent_uploads_of_one_name_all_survive(tmp_path, live_server):
     registry, _ = make_registry()
     srv = live_server(create_app(registry, data_dir=tmp_path / "data", models_dir=tmp_path))

@@ -12,6 +12,7 @@ from pathlib import Path
 FOLDER_TYPES = ("output", "input", "temp")
 
 _IMAGE_EXT = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
+MAX_SUBFOLDER_DEPTH = 16
 
 
 def sniff_image(data: bytes) -> str | None:
@@ -124,6 +125,14 @@ def save_upload(
     parts = _clean_parts(subfolder or "")
     if parts is None:
         raise UploadError(400, "invalid_upload", "the subfolder must be relative and stay inside the folder")
+    if len(parts) > MAX_SUBFOLDER_DEPTH or any(
+        len(p.encode("utf-8", "surrogateescape")) > 100 for p in parts
+    ):
+        raise UploadError(
+            400,
+            "invalid_upload",
+            f"the subfolder may have at most {MAX_SUBFOLDER_DEPTH} levels of at most 100 bytes each",
+        )
     stem = Path(filename.replace("\\", "/").split("/")[-1]).stem
     stem = re.sub(r"[^A-Za-z0-9._ -]", "_", stem).lstrip(". ") or "upload"
     stem = stem[:100]
@@ -173,5 +182,9 @@ def _storage_error(e: OSError) -> UploadError:
             "insufficient_storage",
             "the disk is full: the upload was not saved (no partial file was "
             "left). Free space in the server's data folder and upload again.",
+        )
+    if e.errno == errno.ENAMETOOLONG:
+        return UploadError(
+            400, "invalid_upload", "the subfolder or file name is too long for the file system"
         )
     return UploadError(500, "upload_failed", f"the upload could not be saved: {e.strerror or e}")
