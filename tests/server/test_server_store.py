@@ -287,3 +287,19 @@ def test_healthy_database_is_left_alone(tmp_path):
         assert not list(data.glob("*.damaged-*"))
     finally:
         c.close()
+
+
+def test_locked_or_unopenable_database_is_not_moved_aside(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    _fill(data / "queue.sqlite3")
+    before = (data / "queue.sqlite3").read_bytes()
+
+    def busy(self, *, check):
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(JobStore, "_connect", busy)
+    with pytest.raises(RuntimeError, match="Is another server using this data folder"):
+        JobStore(data / "queue.sqlite3")
+    monkeypatch.undo()
+    assert not list(data.glob("*.damaged-*")) and (data / "queue.sqlite3").read_bytes() == before
+    assert len(JobStore(data / "queue.sqlite3").history()) == 60

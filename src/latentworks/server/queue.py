@@ -65,8 +65,27 @@ def _loads(text: Any, kind: type, what: str) -> Any:
     return value
 
 
+class JobStoreUnavailable(ValueError):
+    """The database could not be opened for a reason other than damage (locked, permissions, I/O).
+    A ValueError so that ``latentworks serve`` prints the message without a traceback."""
+
+
 class DamagedDatabase(Exception):
     """The database file failed its start-up check (reason in the message)."""
+
+
+_SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
+
+
+def _is_damage(e: Exception) -> bool:
+    """True for a damaged file (our check, SQLITE_CORRUPT, SQLITE_NOTADB); False for a busy, locked,
+    read-only or unreadable one, which must not be moved aside."""
+    if isinstance(e, DamagedDatabase):
+        return True
+    code = getattr(e, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+    return not isinstance(e, sqlite3.OperationalError)
 
 
 @dataclass(frozen=True)
@@ -115,6 +134,11 @@ class JobStore:
                 self._connect(check=True)
             except (sqlite3.DatabaseError, DamagedDatabase) as e:
                 self.close()
+                if not _is_damage(e):  # locked, no permission, I/O error: the file may be fine; leave it
+                    raise JobStoreUnavailable(
+                        f"could not open the job database {self.path}: {e}. Is another server using this "
+                        "data folder, or is it not writable? The file was left untouched."
+                    ) from e
                 self._move_aside(str(e))
                 self._connect(check=False)
 
