@@ -19,7 +19,7 @@ from asgi_client import AsgiClient
 from graph_toy_nodes import make_registry
 
 from latentworks.server import create_app
-from latentworks.server.queue import JobStore
+from latentworks.server.queue import JobStore, JobStoreUnavailable
 
 QUICK = {
     "1": {"class_type": "Constant", "inputs": {"value": 3}},
@@ -298,7 +298,7 @@ def test_locked_or_unopenable_database_is_not_moved_aside(tmp_path, monkeypatch)
         raise sqlite3.OperationalError("database is locked")
 
     monkeypatch.setattr(JobStore, "_connect", busy)
-    with pytest.raises(RuntimeError, match="Is another server using this data folder"):
+    with pytest.raises(JobStoreUnavailable, match="Is another server using this data folder"):
         JobStore(data / "queue.sqlite3")
     monkeypatch.undo()
     assert not list(data.glob("*.damaged-*")) and (data / "queue.sqlite3").read_bytes() == before
