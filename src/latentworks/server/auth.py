@@ -1,4 +1,6 @@
-"""Safe defaults: loopback binding unless a token is set, and a token check on every HTTP/WebSocket route."""
+"""Safe defaults: loopback binding unless a token is set, a token check on every HTTP/WebSocket route,
+Origin/Host checks against cross-site requests and DNS rebinding, body size limits, and the token kept
+out of the server's logs. The threat model is in docs/security.md."""
 
 from __future__ import annotations
 
