@@ -68,7 +68,7 @@ PROBE = textwrap.dedent(
         return {"1": {"class_type": "LoadImage", "inputs": {"image": name}},
                 "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
 
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         # Warm up every code path (imports, the default checkpoint, PIL decoders) at a harmless size.
         Image.fromarray(np.full((64, 64, 3), 7, np.uint8)).save(data / "input" / "warm.png")
         warm = load("warm.png")

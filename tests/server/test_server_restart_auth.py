@@ -87,7 +87,7 @@ def test_non_loopback_needs_a_token(tmp_path):
 def test_token_required_on_every_route(tmp_path, live_server):
     registry, _ = make_registry()
     app = create_app(registry, data_dir=tmp_path / "data", models_dir=tmp_path, token="s3cret")
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         for method, path in [("GET", "/"), ("GET", "/object_info"), ("GET", "/api/queue"), ("POST", "/prompt"),
                              ("GET", "/view?filename=x"), ("POST", "/upload/image"), ("GET", "/history"),
                              ("POST", "/interrupt"), ("GET", "/system_stats")]:  # fmt: skip

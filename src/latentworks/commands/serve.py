@@ -61,6 +61,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "  latentworks serve                                  # http://127.0.0.1:8188\n"
         "  latentworks serve --port 8190 --data-dir ~/lw-data\n"
         "  latentworks serve --host 0.0.0.0 --token SECRET    # reachable from the network: a token is required\n"
+        "  latentworks serve --allow-host lw.example --allow-origin https://lw.example   # behind a proxy\n"
         "API and messages: docs/server.md; the editor: docs/editor.md.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -84,6 +85,22 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--token",
         default=os.environ.get("LATENTWORKS_TOKEN"),
         help="require this token on every request (default: $LATENTWORKS_TOKEN); needed off loopback",
+    )
+    p.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="also accept browser requests from this web origin, e.g. https://editor.example (repeatable; "
+        "'*' for any). By default only pages served by this server may call it (docs/security.md)",
+    )
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also accept this Host name, e.g. a reverse proxy's or a LAN name (repeatable; '*' for any). "
+        "By default: localhost, IP addresses, the --host name (and this machine's name off loopback)",
     )
     p.add_argument("--device", default="cpu", help="torch device for models (default: %(default)s)")
     b = p.add_argument_group(
@@ -159,5 +176,7 @@ def run(args: argparse.Namespace) -> int:
         budgets=budgets_from_args(args),
         cache_bytes=args.cache_bytes or None,
         sizer=payload_nbytes,
+        allowed_hosts=args.allow_host,
+        allowed_origins=args.allow_origin,
     )
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from pathlib import Path
@@ -88,19 +89,25 @@ def _save(
     info = PngImagePlugin.PngInfo()
     for key, text in png_metadata(prompt, extra_pnginfo).items():
         info.add_text(key, text)
-    existing = [
-        int(m.group(1)) for p in folder.glob(f"{name}_*_.png") if (m := re.search(r"_(\d+)_\.png$", p.name))
-    ]
+    # The prefix is literal text (no glob: "[g]" must not match "g"); names are claimed with exclusive
+    # create ("xb"), so an existing file is never overwritten.
+    numbered = re.compile(re.escape(name) + r"_(\d+)_\.png")
+    existing = [int(m.group(1)) for f in os.listdir(folder) if (m := numbered.fullmatch(f))]
     counter = max(existing, default=0) + 1
     results = []
     arr = (images.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-    for i, a in enumerate(arr):
-        fname = (
-            f"{name}_{counter + i:05d}_.png"
-            if folder_type == "output"
-            else f"{name}_{uuid.uuid4().hex[:8]}.png"
-        )
-        Image.fromarray(a).save(folder / fname, pnginfo=info)
+    for a in arr:
+        while True:
+            if folder_type == "output":
+                fname, counter = f"{name}_{counter:05d}_.png", counter + 1
+            else:
+                fname = f"{name}_{uuid.uuid4().hex[:8]}.png"
+            try:
+                with open(folder / fname, "xb") as f:
+                    Image.fromarray(a).save(f, format="PNG", pnginfo=info)
+                break
+            except FileExistsError:
+                continue
         results.append({"filename": fname, "subfolder": sub, "type": folder_type})
     return NodeResult(outputs=(), ui={"images": results})
 

@@ -8,20 +8,27 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import math
 import mimetypes
 import os
 import platform
+import socket
+import sqlite3
 import sys
-import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 from fastapi import APIRouter, FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from latentworks._version import __version__
 from latentworks.graph import (
@@ -35,11 +42,22 @@ from latentworks.graph import (
     validate_prompt,
 )
 from latentworks.nodes.budgets import upload_pixels_error
-from latentworks.server.auth import BodyLimit, TokenAuth, check_bind
-from latentworks.server.files import FOLDER_TYPES, resolve_file, sniff_image, upload_target
+from latentworks.server.auth import (
+    BodyLimit,
+    OriginGuard,
+    TokenAuth,
+    browser_request,
+    check_bind,
+    install_log_redaction,
+    is_loopback,
+)
+from latentworks.server.files import FOLDER_TYPES, UploadError, resolve_file, save_upload, sniff_image
 from latentworks.server.hub import Hub
+from latentworks.server.inputs import MAX_JSON_DEPTH, json_problem
 from latentworks.server.queue import JobStore
 from latentworks.server.worker import Worker
+
+log = logging.getLogger("latentworks.server")
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -62,19 +80,86 @@ class ServerState:
     devices_info: Callable[[], list[dict]] | None
 
 
+class SafeJSONResponse(JSONResponse):
+    """JSON that always encodes: a lone UTF-16 surrogate (which UTF-8 cannot encode) left in stored data by
+    an older version is written as a ``\\udXXX`` escape instead of failing the whole response with a 500."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except UnicodeEncodeError:
+            return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
+        except ValueError:  # NaN/Infinity stored by an older version: not JSON, sent as null
+            return json.dumps(
+                _finite(content), ensure_ascii=True, allow_nan=False, separators=(",", ":")
+            ).encode()
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities replaced by None (JSON has no such numbers)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _bad_request(type_: str, message: str, details: str = "", status: int = 400) -> JSONResponse:
-    return JSONResponse({"error": error_item(type_, message, details), "node_errors": {}}, status_code=status)
+    return SafeJSONResponse(
+        {"error": error_item(type_, message, details), "node_errors": {}}, status_code=status
+    )
+
+
+MAX_HISTORY_ITEMS = 1_000_000
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON (use null or a finite number)")
+
+
+def _json_content_type(request: Request) -> bool:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    return ctype == "application/json" or (ctype.startswith("application/") and ctype.endswith("+json"))
 
 
 async def _json_body(request: Request) -> tuple[Any, JSONResponse | None]:
-    """(parsed body, None) or (None, 400 response); never raises on malformed or deeply nested JSON."""
+    """(parsed body, None) or (None, 4xx response); never raises on malformed or deeply nested JSON.
+
+    Refused: a non-empty body a browser sent without ``Content-Type: application/json`` (415: a cross-site
+    page can send text/plain or a form without a CORS preflight, but not JSON), NaN/Infinity, invalid
+    UTF-8 and lone surrogates (400). Scripts that send no Origin/Sec-Fetch headers may use any content type
+    (ComfyUI's own urllib example sends application/x-www-form-urlencoded; so does ``curl -d``).
+    """
     raw = await request.body()
     if not raw.strip():
         return {}, None
+    if not _json_content_type(request) and browser_request(request.headers):
+        return None, _bad_request(
+            "unsupported_media_type",
+            "send the body with 'Content-Type: application/json'",
+            f"got {request.headers.get('content-type', 'no content type')!r} from a browser",
+            status=415,
+        )
     try:
-        return json.loads(raw), None
+        body = json.loads(raw, parse_constant=_no_constants)
     except (ValueError, RecursionError) as e:
         return None, _bad_request("invalid_json", "The request body is not valid JSON", str(e)[:200])
+    problem = json_problem(body)
+    if problem is not None and problem[0] == "surrogate":
+        return None, _bad_request(
+            "invalid_string",
+            f"a string at {problem[1]} holds a lone UTF-16 surrogate (such as \\ud800), which is not valid Unicode",
+            "send text as valid UTF-8; escape characters outside the BMP as a surrogate pair",
+        )
+    if problem is not None:
+        return None, _bad_request(
+            "invalid_json",
+            f"the body is nested deeper than {MAX_JSON_DEPTH} levels (at {problem[1][:200]})",
+            "workflows need only a few levels; flatten the data",
+        )
+    return body, None
 
 
 def create_app(
@@ -92,6 +177,8 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     static_dir: str | Path | None = None,
     devices_info: Callable[[], list[dict]] | None = None,
+    allowed_hosts: Iterable[str] = (),
+    allowed_origins: Iterable[str] = (),
 ) -> FastAPI:
     """Build the server app.
 
@@ -111,6 +198,10 @@ def create_app(
         max_upload_bytes / max_body_bytes: request size limits (413 beyond them).
         static_dir: the built editor (default ``latentworks/server/static``), served at ``/`` if present.
         devices_info: optional callable returning the "devices" list of /system_stats.
+        allowed_hosts: Host names accepted besides loopback names and IP literals (the bound host, a
+            reverse proxy's name; "*" for any). Other Host headers get 403 (DNS-rebinding defence).
+        allowed_origins: web origins (``https://editor.example``) allowed to call the API from a browser
+            besides the server's own pages ("*" for any); they also get CORS headers.
     """
     data_dir = Path(data_dir)
     dirs = {name: data_dir / name for name in FOLDER_TYPES}
@@ -145,7 +236,12 @@ def create_app(
             await asyncio.to_thread(worker.stop)
             store.close()
 
-    app = FastAPI(title="latentworks", version=__version__, lifespan=lifespan)
+    app = FastAPI(
+        title="latentworks",
+        version=__version__,
+        lifespan=lifespan,
+        default_response_class=SafeJSONResponse,
+    )
     app.state.latentworks = state
     router = _routes(state)
     app.include_router(router)
@@ -163,20 +259,54 @@ def create_app(
                 "The browser editor is not built (no static/index.html); the API is under /api.</p>"
             )
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        type_ = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _bad_request(
+            type_, f"{request.method} {request.url.path[:200]}: {exc.detail}", status=exc.status_code
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_params(request: Request, exc: RequestValidationError) -> JSONResponse:
+        where = ", ".join(".".join(str(p) for p in e.get("loc", ())) for e in exc.errors()[:5])
+        return _bad_request("invalid_request", f"invalid request parameter(s): {where}", str(exc)[:300])
+
+    @app.exception_handler(sqlite3.DatabaseError)
+    async def database_error(request: Request, exc: sqlite3.DatabaseError) -> JSONResponse:
+        log.error("the job database %s could not be read: %s", store.path, exc)
+        return _bad_request(
+            "database_error",
+            f"the job database could not be read ({exc}). Restart the server: a damaged database is moved "
+            "aside at start-up and a new one started (docs/server.md, 'Damaged database').",
+            status=503,
+        )
+
+    install_log_redaction()
+    allowed_origins = tuple(allowed_origins)
+    # Added innermost first: OriginGuard runs first, then CORS (answers preflights for allowed origins),
+    # then the token check, then the body limit.
     app.add_middleware(BodyLimit, max_body_bytes=max_body_bytes, max_upload_bytes=max_upload_bytes)
     if token:
         app.add_middleware(TokenAuth, token=token)
+    if allowed_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=["*"] if "*" in allowed_origins else list(allowed_origins),
+            allow_methods=["*"],
+            allow_headers=["*"],
+        )
+    app.add_middleware(OriginGuard, allowed_hosts=tuple(allowed_hosts), allowed_origins=allowed_origins)
     return app
 
 
 def _routes(s: ServerState) -> APIRouter:
-    r = APIRouter()
+    r = APIRouter(default_response_class=SafeJSONResponse)
 
     # -- node types ------------------------------------------------------------------------------
 
     @r.get("/object_info")
     def object_info() -> JSONResponse:
-        return JSONResponse(s.registry.object_info())
+        return SafeJSONResponse(s.registry.object_info())
 
     @r.get("/object_info/{node_class}")
     def object_info_one(node_class: str) -> JSONResponse:
@@ -185,7 +315,7 @@ def _routes(s: ServerState) -> APIRouter:
             return _bad_request(
                 "unknown_node_type", f"Node type {node_class!r} is not registered", status=404
             )
-        return JSONResponse({node_class: node_info(spec)})
+        return SafeJSONResponse({node_class: node_info(spec)})
 
     # -- prompt and queue ------------------------------------------------------------------------
 
@@ -223,8 +353,8 @@ def _routes(s: ServerState) -> APIRouter:
             return _bad_request("invalid_prompt", "prompt_id must be a string of 1 to 128 characters")
         result = await asyncio.to_thread(validate_prompt, s.registry, body["prompt"])
         if not result.ok:
-            return JSONResponse(result.response(), status_code=400)
-        prompt_id = prompt_id or str(uuid.uuid4())
+            return SafeJSONResponse(result.response(), status_code=400)
+        prompt_id = prompt_id or str(uuid4())
         extra_data = {**extra_data, "client_id": client_id} if client_id is not None else dict(extra_data)
         try:
             number = s.store.add(
@@ -235,7 +365,7 @@ def _routes(s: ServerState) -> APIRouter:
         s.worker.notify()
         s.hub.send("status", s.worker.status())
         number = int(number) if float(number).is_integer() else number
-        return JSONResponse({"prompt_id": prompt_id, "number": number, "node_errors": {}})
+        return SafeJSONResponse({"prompt_id": prompt_id, "number": number, "node_errors": {}})
 
     @r.get("/queue")
     def get_queue() -> dict:
@@ -269,7 +399,7 @@ def _routes(s: ServerState) -> APIRouter:
                     out["requeued"] = s.store.requeue(ids)
                     s.worker.notify()
         s.hub.send("status", s.worker.status())
-        return JSONResponse(out)
+        return SafeJSONResponse(out)
 
     @r.post("/interrupt")
     async def interrupt(request: Request) -> JSONResponse:
@@ -279,13 +409,24 @@ def _routes(s: ServerState) -> APIRouter:
         prompt_id = body.get("prompt_id") if isinstance(body, dict) else None
         if prompt_id is not None and not isinstance(prompt_id, str):
             return _bad_request("invalid_request", "prompt_id must be a string")
-        return JSONResponse({"interrupted": s.worker.interrupt(prompt_id)})
+        return SafeJSONResponse({"interrupted": s.worker.interrupt(prompt_id)})
 
     # -- history ---------------------------------------------------------------------------------
 
     @r.get("/history")
-    def get_history(max_items: int | None = None) -> dict:
-        return s.store.history(max_items=max_items)
+    def get_history(max_items: str | None = None) -> JSONResponse:
+        limit = None
+        if max_items not in (None, ""):
+            try:
+                limit = int(max_items)
+            except ValueError:
+                limit = -1
+            if limit < 0:
+                return _bad_request(
+                    "invalid_request", f"max_items must be a whole number >= 0, got {max_items[:40]!r}"
+                )
+            limit = min(limit, MAX_HISTORY_ITEMS)
+        return SafeJSONResponse(s.store.history(max_items=limit))
 
     @r.get("/history/{prompt_id}")
     def get_history_one(prompt_id: str) -> dict:
@@ -306,7 +447,7 @@ def _routes(s: ServerState) -> APIRouter:
             if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
                 return _bad_request("invalid_request", "'delete' must be a list of prompt ids")
             out["deleted"] = out.get("deleted", 0) + s.store.delete_history(ids)
-        return JSONResponse(out)
+        return SafeJSONResponse(out)
 
     # -- files -----------------------------------------------------------------------------------
 
@@ -347,15 +488,13 @@ def _routes(s: ServerState) -> APIRouter:
         folder_type = str(form.get("type") or "input")
         subfolder = str(form.get("subfolder") or "")
         overwrite = str(form.get("overwrite") or "").lower() in ("1", "true")
-        target = upload_target(s.dirs, folder_type, subfolder, image.filename or "upload", kind, overwrite)
-        if target is None:
-            return _bad_request(
-                "invalid_upload", "uploads go to type 'input' or 'temp' inside a relative subfolder"
+        try:
+            name, sub = await asyncio.to_thread(
+                save_upload, s.dirs, folder_type, subfolder, image.filename or "upload", kind, data, overwrite
             )
-        path, name, sub = target
-        path.parent.mkdir(parents=True, exist_ok=True)
-        await asyncio.to_thread(path.write_bytes, data)
-        return JSONResponse({"name": name, "subfolder": sub, "type": folder_type})
+        except UploadError as e:
+            return _bad_request(e.type, e.message, status=e.status)
+        return SafeJSONResponse({"name": name, "subfolder": sub, "type": folder_type})
 
     # -- environment -----------------------------------------------------------------------------
 
@@ -380,6 +519,8 @@ def _routes(s: ServerState) -> APIRouter:
                 "argv": [],
             },
             "devices": s.devices_info() if s.devices_info else [],
+            # Not in ComfyUI (clients ignore it): what the job store skipped or moved aside.
+            "latentworks": {"store": s.store.report()},
         }
 
     def _model_files(folder: str) -> list[str] | None:
@@ -403,7 +544,7 @@ def _routes(s: ServerState) -> APIRouter:
         files = _model_files(folder)
         if files is None:
             return _bad_request("not_found", f"no model folder {folder!r}", status=404)
-        return JSONResponse(files)
+        return SafeJSONResponse(files)
 
     @r.get("/embeddings")
     def embeddings() -> list[str]:
@@ -413,9 +554,10 @@ def _routes(s: ServerState) -> APIRouter:
 
     @r.websocket("/ws")
     async def ws(websocket: WebSocket) -> None:
-        client_id = websocket.query_params.get("clientId") or uuid.uuid4().hex
+        # A clientId whose socket is still open is not taken over: the newcomer gets a fresh id (its first
+        # status message's "sid" says which), so another page or process cannot hijack a client's messages.
+        client_id, queue = s.hub.connect(websocket.query_params.get("clientId"))
         await websocket.accept()
-        queue = s.hub.connect(client_id)
         try:
             await websocket.send_text(
                 json.dumps({"type": "status", "data": {**s.worker.status(), "sid": client_id}})
@@ -459,11 +601,20 @@ def serve(
     models_dir: str | Path,
     token: str | None = None,
     log_level: str = "info",
+    allowed_hosts: Iterable[str] = (),
     **app_kwargs: Any,
 ) -> None:
-    """Run the server with uvicorn until interrupted. Refuses a non-loopback ``host`` without ``token``."""
+    """Run the server with uvicorn until interrupted. Refuses a non-loopback ``host`` without ``token``.
+
+    The bound ``host`` (and, on a non-loopback bind, this machine's host name) joins ``allowed_hosts``.
+    """
     check_bind(host, token)
     import uvicorn
 
-    app = create_app(registry, data_dir=data_dir, models_dir=models_dir, token=token, **app_kwargs)
+    hosts = [*allowed_hosts, host]
+    if not is_loopback(host):
+        hosts.append(socket.gethostname())
+    app = create_app(
+        registry, data_dir=data_dir, models_dir=models_dir, token=token, allowed_hosts=hosts, **app_kwargs
+    )
     uvicorn.run(app, host=host, port=port, log_level=log_level)

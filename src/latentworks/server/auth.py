@@ -1,10 +1,15 @@
-"""Safe defaults: loopback binding unless a token is set, and a token check on every HTTP/WebSocket route."""
+"""Safe defaults: loopback binding unless a token is set, a token check on every HTTP/WebSocket route,
+Origin/Host checks against cross-site requests and DNS rebinding, body size limits, and the token kept
+out of the server's logs. The threat model is in docs/security.md."""
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
 import json
+import logging
+import re
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -128,17 +133,199 @@ class BodyLimit:
 
 
 async def _too_large(send: Any, limit: int) -> None:
+    await _error(
+        send,
+        413,
+        "request_too_large",
+        f"request body is larger than the limit of {limit} bytes",
+        {"limit": limit},
+    )
+
+
+async def _error(send: Any, status: int, type_: str, message: str, extra: dict | None = None) -> None:
     body = json.dumps(
-        {
-            "error": {
-                "type": "request_too_large",
-                "message": f"request body is larger than the limit of {limit} bytes",
-                "details": "",
-                "extra_info": {"limit": limit},
-            }
-        }
+        {"error": {"type": type_, "message": message, "details": "", "extra_info": extra or {}}}
     ).encode()
     await send(
-        {"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]}
+        {"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]}
     )
     await send({"type": "http.response.body", "body": body})
+
+
+# -- cross-site requests and DNS rebinding ---------------------------------------------------------
+
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+_DEFAULT_PORTS = {"http": "80", "https": "443", "ws": "80", "wss": "443"}
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def split_host(value: str) -> tuple[str, str]:
+    """("host", "port") from a Host header or netloc: 'Example.org:80' -> ('example.org', '80'),
+    '[::1]:8188' -> ('::1', '8188'), 'localhost' -> ('localhost', '')."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        return host, rest[1:] if rest.startswith(":") else ""
+    if value.count(":") == 1:
+        host, _, port = value.partition(":")
+        return host, port
+    return value, ""  # a bare IPv6 address or a name without a port
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def normalise_origin(origin: str) -> str | None:
+    """'HTTP://Example.org:80/' -> 'http://example.org'; None for 'null' or anything that is not scheme://host."""
+    origin = origin.strip().rstrip("/").lower()
+    scheme, sep, netloc = origin.partition("://")
+    if not sep or scheme not in ("http", "https") or not netloc or "/" in netloc or "@" in netloc:
+        return None
+    host, port = split_host(netloc)
+    if not host:
+        return None
+    shown = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{shown}" + (f":{port}" if port and port != _DEFAULT_PORTS[scheme] else "")
+
+
+def _header(scope: dict, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _headers(scope: dict, name: bytes) -> list[str]:
+    return [value.decode("latin-1") for key, value in scope.get("headers", []) if key == name]
+
+
+class OriginGuard:
+    """Pure ASGI middleware against cross-site requests and DNS rebinding (HTTP and WebSocket).
+
+    - ``Host`` must name this server: a loopback name (localhost, 127.0.0.1, [::1]), any IP address
+      literal (a rebinding attack needs a DNS name the attacker controls, so an IP literal cannot be one),
+      the bound host, or one of ``allowed_hosts`` ("*" allows any). Otherwise 403 ``forbidden_host``.
+    - A request that carries ``Origin`` must come from the same origin (the Origin's host and port equal
+      the ``Host`` header) or from one of ``allowed_origins`` ("*" allows any); ``Origin: null`` is
+      refused. Otherwise 403 ``forbidden_origin``. Requests without ``Origin`` (curl, Python clients)
+      pass, except a state-changing request that a browser marked ``Sec-Fetch-Site: cross-site``.
+    A refused WebSocket is closed before the handshake completes, which clients see as HTTP 403.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        allowed_hosts: Iterable[str] = (),
+        allowed_origins: Iterable[str] = (),
+    ) -> None:
+        self.app = app
+        self.any_host = "*" in allowed_hosts
+        self.hosts = set(LOOPBACK_NAMES) | {split_host(h)[0] for h in allowed_hosts if h != "*"}
+        self.any_origin = "*" in allowed_origins
+        self.origins = {o for o in (normalise_origin(x) for x in allowed_origins if x != "*") if o}
+
+    def host_ok(self, host_header: str | None) -> bool:
+        if host_header is None or self.any_host:
+            return True  # HTTP/1.0 without Host: no browser sends that
+        host, _ = split_host(host_header)
+        return host in self.hosts or _is_ip(host)
+
+    def origin_ok(self, origin: str, host_header: str | None) -> bool:
+        if self.any_origin:
+            return True
+        norm = normalise_origin(origin)
+        if norm is None:
+            return False
+        if norm in self.origins:
+            return True
+        if host_header is None:
+            return False
+        scheme, _, netloc = norm.partition("://")
+        o_host, o_port = split_host(netloc)
+        h_host, h_port = split_host(host_header)
+        default = _DEFAULT_PORTS[scheme]
+        return o_host == h_host and (o_port or default) == (h_port or default)
+
+    def refusal(self, scope: dict) -> tuple[str, str] | None:
+        """(error type, message) when the request must be refused, else None."""
+        hosts = _headers(scope, b"host")
+        host = hosts[0] if hosts else None
+        if len(hosts) > 1 or not self.host_ok(host):
+            return (
+                "forbidden_host",
+                f"Host {host!r} is not a name of this server. Browse to http://127.0.0.1:PORT/ or "
+                "http://localhost:PORT/, or start the server with --allow-host NAME for the name you use "
+                "(a reverse proxy, a LAN name). This check blocks DNS-rebinding attacks.",
+            )
+        origins = _headers(scope, b"origin")
+        origin = origins[0] if origins else None
+        if origin is not None and (len(origins) > 1 or not self.origin_ok(origin, host)):
+            return (
+                "forbidden_origin",
+                f"requests from the web page at {origin!r} are refused: only pages served by this server may "
+                "call it. To allow another front end, start the server with --allow-origin ORIGIN "
+                "(e.g. --allow-origin https://editor.example).",
+            )
+        method = scope.get("method", "GET")
+        if (
+            origin is None
+            and method not in _SAFE_METHODS
+            and _header(scope, b"sec-fetch-site") == "cross-site"
+        ):
+            return ("forbidden_origin", "cross-site requests from a browser are refused")
+        return None
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        refused = self.refusal(scope)
+        if refused is None:
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            await receive()  # websocket.connect
+            # Closing before accept makes the server answer the handshake with HTTP 403.
+            await send({"type": "websocket.close", "code": 1008, "reason": refused[0]})
+            return
+        await _error(send, 403, refused[0], refused[1])
+
+
+def browser_request(headers: Any) -> bool:
+    """True when a request carries the headers browsers add (Origin or Sec-Fetch-*); scripts send neither."""
+    return any(headers.get(h) is not None for h in ("origin", "sec-fetch-site", "sec-fetch-mode"))
+
+
+# -- token redaction in server logs ----------------------------------------------------------------
+
+_TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&\s\"']*", re.IGNORECASE)
+
+
+def redact_token(text: str) -> str:
+    """'/ws?clientId=a&token=s3cret' -> '/ws?clientId=a&token=REDACTED'."""
+    return _TOKEN_IN_QUERY.sub(r"\1REDACTED", text)
+
+
+class RedactTokenFilter(logging.Filter):
+    """Rewrites ``?token=...`` in log records (uvicorn logs request paths with their query string)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact_token(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact_token(a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
+def install_log_redaction(logger_names: Iterable[str] = ("uvicorn.access", "uvicorn.error")) -> None:
+    """Attach :class:`RedactTokenFilter` once to each named logger (idempotent)."""
+    for name in logger_names:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactTokenFilter) for f in logger.filters):
+            logger.addFilter(RedactTokenFilter())

@@ -1,13 +1,18 @@
-"""The input/output/temp folders: confined lookups for /view and checked uploads."""
+"""The input/output/temp folders: confined lookups for /view and atomic, link-safe uploads."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
 import re
+import uuid
 from pathlib import Path
 
 FOLDER_TYPES = ("output", "input", "temp")
 
 _IMAGE_EXT = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
+MAX_SUBFOLDER_DEPTH = 16
 
 
 def sniff_image(data: bytes) -> str | None:
@@ -55,26 +60,131 @@ def resolve_file(roots: dict[str, Path], folder_type: str, subfolder: str, filen
     return candidate
 
 
-def upload_target(
-    roots: dict[str, Path], folder_type: str, subfolder: str, filename: str, kind: str, overwrite: bool
-) -> tuple[Path, str, str] | None:
-    """(path to write, stored file name, normalised subfolder) for an upload, or None if not allowed."""
+class UploadError(Exception):
+    """An upload that was refused or could not be stored; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, type_: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.type, self.message = status, type_, message
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write every byte of ``data`` to ``fd`` (os.write may write less than asked)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _open_folder(root: Path, parts: list[str]) -> int:
+    """A directory fd for ``root/parts...``, creating missing folders; never follows a symbolic link below
+    ``root`` (each part is opened with O_NOFOLLOW relative to its parent's fd, so a link swapped in
+    between the check and the write cannot redirect it)."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in parts:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, 0o755, dir_fd=fd)
+            try:
+                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise UploadError(
+                        400,
+                        "invalid_upload",
+                        f"subfolder part {part!r} is a symbolic link or a file; uploads "
+                        "never follow links out of the input folder",
+                    ) from e
+                raise
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def save_upload(
+    roots: dict[str, Path],
+    folder_type: str,
+    subfolder: str,
+    filename: str,
+    kind: str,
+    data: bytes,
+    overwrite: bool = False,
+) -> tuple[str, str]:
+    """Store an uploaded image; returns (stored file name, normalised subfolder). Raises UploadError.
+
+    The bytes go to a hidden temporary file created exclusively (O_EXCL | O_NOFOLLOW) in the target folder,
+    are flushed to disk, and only then get their name: without ``overwrite`` by ``os.link`` (fails if the
+    name exists, so concurrent uploads of one name each get their own "name (i).ext"), with ``overwrite``
+    by ``os.replace`` (replaces a symbolic link itself, never the file it points to). A failed write (disk
+    full: 507) removes the temporary file, so no partial upload is left behind.
+    """
     if folder_type not in ("input", "temp"):
-        return None
+        raise UploadError(400, "invalid_upload", "uploads go to type 'input' or 'temp'")
     parts = _clean_parts(subfolder or "")
     if parts is None:
-        return None
+        raise UploadError(400, "invalid_upload", "the subfolder must be relative and stay inside the folder")
+    if len(parts) > MAX_SUBFOLDER_DEPTH or any(
+        len(p.encode("utf-8", "surrogateescape")) > 100 for p in parts
+    ):
+        raise UploadError(
+            400,
+            "invalid_upload",
+            f"the subfolder may have at most {MAX_SUBFOLDER_DEPTH} levels of at most 100 bytes each",
+        )
     stem = Path(filename.replace("\\", "/").split("/")[-1]).stem
     stem = re.sub(r"[^A-Za-z0-9._ -]", "_", stem).lstrip(". ") or "upload"
     stem = stem[:100]
     ext = _IMAGE_EXT[kind]
-    base = roots[folder_type].resolve()
-    folder = base.joinpath(*parts)
-    if not folder.resolve().is_relative_to(base):
-        return None
-    name = stem + ext
-    i = 1
-    while not overwrite and (folder / name).exists():
-        name = f"{stem} ({i}){ext}"
-        i += 1
-    return folder / name, name, "/".join(parts)
+    try:
+        folder = _open_folder(roots[folder_type], parts)
+    except OSError as e:
+        raise _storage_error(e) from e
+    tmp = f".upload-{uuid.uuid4().hex}.tmp"
+    try:
+        fd = os.open(
+            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=folder
+        )
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        name = stem + ext
+        if overwrite:
+            try:
+                os.replace(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
+            except IsADirectoryError as e:
+                raise UploadError(409, "invalid_upload", f"{name!r} is a folder; choose another name") from e
+        else:
+            for i in range(1, 100_000):
+                try:
+                    os.link(tmp, name, src_dir_fd=folder, dst_dir_fd=folder, follow_symlinks=False)
+                    break
+                except FileExistsError:
+                    name = f"{stem} ({i}){ext}"
+            else:
+                raise UploadError(409, "invalid_upload", f"too many files named {stem}{ext}")
+        return name, "/".join(parts)
+    except OSError as e:
+        raise _storage_error(e) from e
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=folder)
+        os.close(folder)
+
+
+def _storage_error(e: OSError) -> UploadError:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return UploadError(
+            507,
+            "insufficient_storage",
+            "the disk is full: the upload was not saved (no partial file was "
+            "left). Free space in the server's data folder and upload again.",
+        )
+    if e.errno == errno.ENAMETOOLONG:
+        return UploadError(
+            400, "invalid_upload", "the subfolder or file name is too long for the file system"
+        )
+    return UploadError(500, "upload_failed", f"the upload could not be saved: {e.strerror or e}")

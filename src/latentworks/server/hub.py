@@ -6,6 +6,7 @@ import asyncio
 import json
 import struct
 import threading
+import uuid
 from typing import Any
 
 # ComfyUI's binary frame types and image formats.
@@ -13,6 +14,7 @@ PREVIEW_IMAGE = 1
 IMAGE_FORMATS = {"JPEG": 1, "PNG": 2}
 
 _MAX_BACKLOG = 2048  # messages kept for a slow client before new ones are dropped
+_MAX_ID_LENGTH = 128
 
 
 def preview_frame(image_format: str, data: bytes) -> bytes:
@@ -31,11 +33,21 @@ class Hub:
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
 
-    def connect(self, client_id: str) -> asyncio.Queue:
+    def connect(self, requested_id: str | None = None) -> tuple[str, asyncio.Queue]:
+        """Register a socket; returns (its client id, its message queue).
+
+        The requested id is used when no open socket holds it (a client reconnecting after its socket closed
+        gets its id back, as in ComfyUI). While another socket still holds it, the newcomer gets a fresh id
+        instead of taking the first socket's messages over; an id that is empty or over 128 characters is
+        also replaced. The id in use is the ``sid`` of the first status message.
+        """
         queue: asyncio.Queue = asyncio.Queue(maxsize=_MAX_BACKLOG)
         with self._lock:
+            client_id = requested_id or ""
+            if not 0 < len(client_id) <= _MAX_ID_LENGTH or client_id in self._clients:
+                client_id = uuid.uuid4().hex
             self._clients[client_id] = queue
-        return queue
+        return client_id, queue
 
     def disconnect(self, client_id: str, queue: asyncio.Queue) -> None:
         with self._lock:

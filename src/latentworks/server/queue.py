@@ -9,6 +9,7 @@ restart; :meth:`JobStore.requeue` puts any finished job back at the end of the q
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -16,6 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from latentworks.server.inputs import MAX_JSON_DEPTH, json_problem
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -36,6 +39,8 @@ CREATE INDEX IF NOT EXISTS jobs_state_number ON jobs (state, number);
 CREATE INDEX IF NOT EXISTS jobs_state_finished ON jobs (state, finished);
 """
 
+log = logging.getLogger("latentworks.server")
+
 RESTART_MESSAGE = (
     "interrupted by server restart: the server stopped while this job was running; "
     'requeue it with POST /queue {"requeue": ["<prompt_id>"]}'
@@ -44,6 +49,43 @@ RESTART_MESSAGE = (
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, default=str)
+
+
+def _loads(text: Any, kind: type, what: str) -> Any:
+    """Decode one stored JSON column, checking its type; raises ValueError saying which column is bad."""
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError, RecursionError) as e:
+        raise ValueError(f"column {what} is not valid JSON ({str(e)[:80]})") from e
+    if not isinstance(value, kind):
+        raise ValueError(f"column {what} holds a {type(value).__name__}, expected a {kind.__name__}")
+    problem = json_problem(value, MAX_JSON_DEPTH + 8)  # stored values carry a few levels of our own
+    if problem is not None and problem[0] == "depth":
+        raise ValueError(f"column {what} is nested too deeply to be sent back as JSON")
+    return value
+
+
+class JobStoreUnavailable(ValueError):
+    """The database could not be opened for a reason other than damage (locked, permissions, I/O).
+    A ValueError so that ``latentworks serve`` prints the message without a traceback."""
+
+
+class DamagedDatabase(Exception):
+    """The database file failed its start-up check (reason in the message)."""
+
+
+_SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
+
+
+def _is_damage(e: Exception) -> bool:
+    """True for a damaged file (our check, SQLITE_CORRUPT, SQLITE_NOTADB); False for a busy, locked,
+    read-only or unreadable one, which must not be moved aside."""
+    if isinstance(e, DamagedDatabase):
+        return True
+    code = getattr(e, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+    return not isinstance(e, sqlite3.OperationalError)
 
 
 @dataclass(frozen=True)
@@ -74,18 +116,74 @@ class JobStore:
         self._lock = threading.RLock()
         self._db: sqlite3.Connection | None = None
         self.recovered: list[str] = []
+        self.moved_aside: list[dict[str, str]] = []  # {"path": where the damaged file went, "reason": why}
+        self.damaged_rows: dict[str, str] = {}  # prompt_id -> why the row could not be decoded
         self.open()
 
     def open(self) -> None:
-        """Connect (no-op if open) and mark jobs left 'running' by a previous process as failed."""
+        """Connect (no-op if open) and mark jobs left 'running' by a previous process as failed.
+
+        A database that fails the start-up check (zero bytes, not a database, ``PRAGMA quick_check`` not
+        'ok', or unreadable schema) is moved aside (renamed ``queue.sqlite3.damaged-<UTC time>``, with its
+        -wal/-shm files; nothing is deleted), logged, listed in :attr:`moved_aside`, and a new one started.
+        """
         with self._lock:
             if self._db is not None:
                 return
-            self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.executescript(_SCHEMA)
-            self.recovered = self._recover()
+            try:
+                self._connect(check=True)
+            except (sqlite3.DatabaseError, DamagedDatabase) as e:
+                self.close()
+                if not _is_damage(e):  # locked, no permission, I/O error: the file may be fine; leave it
+                    raise JobStoreUnavailable(
+                        f"could not open the job database {self.path}: {e}. Is another server using this "
+                        "data folder, or is it not writable? The file was left untouched."
+                    ) from e
+                self._move_aside(str(e))
+                self._connect(check=False)
+
+    def _connect(self, *, check: bool) -> None:
+        if check and self.path.exists() and self.path.stat().st_size == 0:
+            raise DamagedDatabase("the file is empty (0 bytes): its history was lost before this start")
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        if check:
+            rows = self._conn.execute("PRAGMA quick_check").fetchall()
+            if rows != [("ok",)]:
+                found = "; ".join(str(r[0]) for r in rows[:3])
+                raise DamagedDatabase(f"PRAGMA quick_check found damage: {found}")
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.executescript(_SCHEMA)
+        self.recovered = self._recover()
+
+    def _move_aside(self, reason: str) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        target = self.path.with_name(f"{self.path.name}.damaged-{stamp}")
+        n = 1
+        while target.exists():
+            target = self.path.with_name(f"{self.path.name}.damaged-{stamp}-{n}")
+            n += 1
+        for suffix in ("", "-wal", "-shm"):
+            src = self.path.with_name(self.path.name + suffix)
+            if src.exists():
+                src.rename(target.with_name(target.name + suffix))
+        self.moved_aside.append({"path": str(target), "reason": reason})
+        log.error(
+            "the job database %s is damaged (%s). It was moved aside to %s (nothing deleted) and a new, empty "
+            "queue and history started. To look at the old one: sqlite3 %s '.recover' | sqlite3 recovered.sqlite3",
+            self.path,
+            reason,
+            target,
+            target,
+        )
+
+    def report(self) -> dict[str, Any]:
+        """What the store skipped or moved aside, for /system_stats."""
+        return {
+            "damaged_rows": len(self.damaged_rows),
+            "damaged_row_ids": sorted(self.damaged_rows)[:100],
+            "moved_aside": list(self.moved_aside),
+        }
 
     @property
     def _conn(self) -> sqlite3.Connection:
@@ -125,13 +223,24 @@ class JobStore:
             return ids
 
     def _job(self, row: tuple) -> Job:
+        """Raises ValueError if a column cannot be decoded."""
+        if not isinstance(row[0], str) or isinstance(row[1], bool) or not isinstance(row[1], int | float):
+            raise ValueError("prompt_id or number has the wrong type")
+        outputs = _loads(row[4], list, "outputs_to_execute")
         return Job(
             prompt_id=row[0],
             number=row[1],
-            prompt=json.loads(row[2]),
-            extra_data=json.loads(row[3]),
-            outputs_to_execute=json.loads(row[4]),
+            prompt=_loads(row[2], dict, "prompt"),
+            extra_data=_loads(row[3], dict, "extra_data"),
+            outputs_to_execute=[str(o) for o in outputs],
         )
+
+    def _damaged(self, prompt_id: Any, reason: str) -> None:
+        """Record (and log once) a row that cannot be decoded; it is skipped, not fatal."""
+        key = str(prompt_id)
+        if key not in self.damaged_rows:
+            log.warning("job %s in %s cannot be read and is skipped: %s", key, self.path, reason)
+        self.damaged_rows[key] = reason
 
     _JOB_COLS = "prompt_id, number, prompt, extra_data, outputs_to_execute"
 
@@ -177,17 +286,28 @@ class JobStore:
         return float(int(row[0]) + 1) if row[0] is not None else 0.0
 
     def claim_next(self) -> Job | None:
-        """Mark the first pending job running and return it (None if the queue is empty)."""
+        """Mark the first pending job running and return it (None if the queue is empty). A pending row that
+        cannot be decoded is marked done with status 'error' (and recorded in :attr:`damaged_rows`)."""
         with self._lock:
-            row = self._conn.execute(
-                f"SELECT {self._JOB_COLS} FROM jobs WHERE state='pending' ORDER BY number LIMIT 1"
-            ).fetchone()
-            if row is None:
-                return None
-            self._conn.execute(
-                "UPDATE jobs SET state='running', started=? WHERE prompt_id=?", (time.time(), row[0])
-            )
-            return self._job(row)
+            while True:
+                row = self._conn.execute(
+                    f"SELECT {self._JOB_COLS} FROM jobs WHERE state='pending' ORDER BY number LIMIT 1"
+                ).fetchone()
+                if row is None:
+                    return None
+                try:
+                    job = self._job(row)
+                except ValueError as e:
+                    self._damaged(row[0], str(e))
+                    self._conn.execute(
+                        "UPDATE jobs SET state='done', status_str='error', finished=? WHERE prompt_id=?",
+                        (time.time(), row[0]),
+                    )
+                    continue
+                self._conn.execute(
+                    "UPDATE jobs SET state='running', started=? WHERE prompt_id=?", (time.time(), row[0])
+                )
+                return job
 
     def finish(self, prompt_id: str, status_str: str, outputs: dict, messages: list) -> None:
         with self._lock:
@@ -201,7 +321,13 @@ class JobStore:
             rows = self._conn.execute(
                 f"SELECT {self._JOB_COLS} FROM jobs WHERE state=? ORDER BY number", (state,)
             ).fetchall()
-        return [self._job(r) for r in rows]
+        jobs = []
+        for row in rows:
+            try:
+                jobs.append(self._job(row))
+            except ValueError as e:
+                self._damaged(row[0], str(e))
+        return jobs
 
     def pending_count(self) -> int:
         with self._lock:
@@ -256,26 +382,36 @@ class JobStore:
         sql += " ORDER BY finished DESC, number DESC"
         if max_items is not None:
             sql += " LIMIT ?"
-            args += (max(0, int(max_items)),)
+            args += (min(max(0, int(max_items)), 2**62),)  # SQLite integers are 64-bit
         with self._lock:
             rows = self._conn.execute(sql, args).fetchall()
         out: dict[str, dict] = {}
         for row in reversed(rows):
-            job = self._job(row[:5])
-            status_str = row[5]
-            messages = json.loads(row[7])
+            try:
+                job = self._job(row[:5])
+                outputs = _loads(row[6], dict, "outputs")
+                messages = _loads(row[7], list, "messages")
+            except ValueError as e:
+                self._damaged(row[0], str(e))
+                continue
+            status_str = row[5] if isinstance(row[5], str) else None
             status: dict[str, Any] = {
                 "status_str": status_str,
                 "completed": status_str == "success",
                 "messages": messages,
             }
             if any(
-                m[0] == "execution_error" and m[1].get("exception_type") == "ServerRestart" for m in messages
+                isinstance(m, list)
+                and len(m) == 2
+                and m[0] == "execution_error"
+                and isinstance(m[1], dict)
+                and m[1].get("exception_type") == "ServerRestart"
+                for m in messages
             ):
                 status["message"] = RESTART_MESSAGE
             out[job.prompt_id] = {
                 "prompt": job.queue_entry(),
-                "outputs": json.loads(row[6]),
+                "outputs": outputs,
                 "status": status,
                 "meta": {},
             }
