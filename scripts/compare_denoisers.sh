@@ -12,10 +12,10 @@ SECONDS_EACH=${2:-600}
 DEVICE=${DEVICE:-cpu}
 LW=.venv/bin/latentworks
 mkdir -p "$W/compare"
-run() {  # name family preset prediction
+run() {  # name architecture preset prediction
   local out="$W/compare/$1"
   [ -f "$out/model.safetensors" ] || $LW train --out "$out" --vae "$W/vae" --latents "$W/unet/latents.safetensors" \
-    --family "$2" --preset "$3" --prediction "$4" --steps 100000 --max-seconds "$SECONDS_EACH" \
+    --architecture "$2" --preset "$3" --prediction "$4" --steps 100000 --max-seconds "$SECONDS_EACH" \
     --batch-size 64 --lr 5e-4 --ema-decay 0.999 --caption-dropout 0.1 --checkpoint-every 200 \
     --sample-every 100000 --device "$DEVICE"
   $LW convert --from-run "$out" --out "$out/model" --name "$1" --data data/emoji-32.npz \

@@ -43,7 +43,7 @@ finetune_decoder() {
 # and model.json (the cache's own latent scale/shift) into $M.
 continue_unet() {
   $LW train --out "$W/$1" --latents "$W/unet-ft/latents.safetensors" --vae "$M" --init-from "$2" \
-    --family unet --prediction flow --steps "$3" --batch-size 64 --lr "$4" --ema-decay 0.9995 \
+    --architecture unet --prediction flow --steps "$3" --batch-size 64 --lr "$4" --ema-decay 0.9995 \
     --caption-dropout 0.1 --seed "$5" --checkpoint-every 500 --sample-every 3000 --device "$DEVICE"
   export_run "$W/$1" "default-$1"
   cp "$W/default-$1/denoiser.safetensors" "$W/default-$1/model.json" "$M/"
@@ -57,7 +57,7 @@ $LW train-vae --data data/emoji-32.npz --out "$W/vae" --preset emoji32-f4c8 --re
   --checkpoint-every 100 --sample-every 300 --device "$DEVICE"
 # Stage 2: text-conditioned U-Net on cached latents, rectified flow with logit-normal time, EMA; its export
 # becomes the model folder.
-$LW train --out "$W/unet" --vae "$W/vae" --data data/emoji-32.npz --family unet --preset emoji32-xs-c8 \
+$LW train --out "$W/unet" --vae "$W/vae" --data data/emoji-32.npz --architecture unet --preset emoji32-xs-c8 \
   --prediction flow --steps "$UNET_STEPS" --batch-size 64 --lr 5e-4 --ema-decay 0.999 --caption-dropout 0.1 \
   --checkpoint-every 200 --sample-every 1000 --device "$DEVICE"
 export_run "$W/unet" default-base
@@ -66,7 +66,7 @@ cp "$W/default-base/"* "$M/"
 finetune_decoder "$VAE_FT_STEPS"
 # Stage 4: fine-tune the U-Net from the model folder (--init-from: its fp16 EMA weights, a fresh AdamW at
 # 2e-4, EMA 0.999 without warm-up) on the same latents (--vae: the model folder's encoder).
-$LW train --out "$W/unet-ft" --vae "$M" --data data/emoji-32.npz --init-from "$M" --family unet \
+$LW train --out "$W/unet-ft" --vae "$M" --data data/emoji-32.npz --init-from "$M" --architecture unet \
   --prediction flow --steps "$UNET_FT_STEPS" --batch-size 64 --lr 2e-4 --ema-decay 0.999 --caption-dropout 0.1 \
   --checkpoint-every 200 --sample-every 1000 --device "$DEVICE"
 export_run "$W/unet-ft" default-ft2

@@ -33,7 +33,7 @@ def _cfg(tmp_path, name="run", **kw):
     base = dict(
         latents=tmp_path / "lat.safetensors",
         out=tmp_path / name,
-        family="dit",
+        architecture="dit",
         model=DIT,
         steps=6,
         batch_size=4,
@@ -69,7 +69,7 @@ def test_overfit_loss_decreases(tmp_path, cache, prediction):
 def test_resume_is_exact(tmp_path, cache, family, model):
     enc = HashTextEncoder()
     n, m = (3, 3) if family == "dit" else (2, 1)  # the U-Net is slower on CPU
-    kw = dict(family=family, model=model, checkpoint_every=n)
+    kw = dict(architecture=family, model=model, checkpoint_every=n)
     straight = train_diffusion(_cfg(tmp_path, "a", steps=n + m, **kw), text_encoder=enc)
     train_diffusion(_cfg(tmp_path, "b", steps=n, **kw), text_encoder=enc)
     resumed = train_diffusion(_cfg(tmp_path, "b", steps=n + m, resume=True, **kw), text_encoder=enc)
@@ -168,9 +168,10 @@ def test_init_from_run_and_model_folder(tmp_path, cache):
         train_diffusion(_cfg(tmp_path, "x1", init_from=bad_scale), text_encoder=enc)
     with pytest.raises(ValueError, match="pass --prediction flow"):
         train_diffusion(_cfg(tmp_path, "x2", prediction="eps", init_from=tmp_path / "src"), text_encoder=enc)
-    with pytest.raises(ValueError, match="pass --family dit"):
+    with pytest.raises(ValueError, match="pass --architecture dit"):
         train_diffusion(
-            _cfg(tmp_path, "x3", family="unet", model=UNET, init_from=tmp_path / "src"), text_encoder=enc
+            _cfg(tmp_path, "x3", architecture="unet", model=UNET, init_from=tmp_path / "src"),
+            text_encoder=enc,
         )
     with pytest.raises(FileNotFoundError, match="neither a model folder"):
         train_diffusion(_cfg(tmp_path, "x4", init_from=tmp_path / "nowhere"), text_encoder=enc)
@@ -189,7 +190,7 @@ from latentworks.training.diffusion import DiffusionTrainConfig, train_diffusion
 import torch.distributed as dist
 torch.set_num_threads(1)
 cfg = DiffusionTrainConfig(latents={str(tmp_path / "lat.safetensors")!r}, out={str(tmp_path / "ddp")!r},
-    family="dit", model=DIT, steps=3, batch_size=2, log_every=1, sample_every=1000, checkpoint_every=1000,
+    architecture="dit", model=DIT, steps=3, batch_size=2, log_every=1, sample_every=1000, checkpoint_every=1000,
     progress=False, sample_prompts=())
 import latentworks.training.diffusion as D
 orig = D.cleanup

@@ -23,7 +23,7 @@ DIT = DiTConfig(in_channels=4, sample_size=8, patch_size=2, width=32, depth=1, n
 
 def _train(tmp_path: Path, name: str, **kw) -> dict:
     cfg = DiffusionTrainConfig(
-        latents=tmp_path / "lat.safetensors", out=tmp_path / name, family="dit", model=DIT, steps=1,
+        latents=tmp_path / "lat.safetensors", out=tmp_path / name, architecture="dit", model=DIT, steps=1,
         batch_size=2, sample_every=1000, checkpoint_every=1000, progress=False, sample_prompts=(), **kw,
     )  # fmt: skip
     train_diffusion(cfg, text_encoder=HashTextEncoder())

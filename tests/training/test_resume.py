@@ -58,7 +58,7 @@ def test_resume_exact_with_batch_dependent_encoder_and_dropout(tmp_path, cache):
     """The two causes of a drifting resume: memo contents depending on history, and dropout drawing from
     the global generator (a resumed process starts it elsewhere)."""
     enc = BatchSensitiveEncoder()
-    kw = dict(family="unet", model=dataclasses.replace(UNET, dropout=0.3), checkpoint_every=1)
+    kw = dict(architecture="unet", model=dataclasses.replace(UNET, dropout=0.3), checkpoint_every=1)
     train_diffusion(_cfg(tmp_path, "a", steps=2, **kw), text_encoder=enc)
     train_diffusion(_cfg(tmp_path, "b", steps=1, **kw), text_encoder=enc)
     torch.manual_seed(12345)  # a fresh process would not share the first run's generator state
@@ -90,7 +90,7 @@ train_diffusion(_cfg(Path({tmp!r}), "killed", **{kw!r}), text_encoder=BatchSensi
 
 def test_kill_9_at_a_random_step_then_resume_is_bitwise_equal(tmp_path, cache):
     steps, every = 11, 3
-    kw = dict(steps=steps, checkpoint_every=every, family="dit")
+    kw = dict(steps=steps, checkpoint_every=every, architecture="dit")
     target = random.Random().randint(every + 1, steps - 4)  # a step after the first checkpoint
     script = tmp_path / "kill.py"
     script.write_text(
@@ -184,12 +184,12 @@ def test_cli_train_resume_uses_the_saved_config(tmp_path, cache, cli_encoder, ca
     run = str(tmp_path / "run")
     assert main(["train", "--out", run, "--resume", "--family", "unet", "--seed", "3", "--lr", "1e-3"]) == 2
     err = capsys.readouterr().err
-    assert "--family (saved 'dit', given 'unet')" in err and "--seed (saved 0, given 3)" in err
+    assert "--architecture (saved 'dit', given 'unet')" in err and "--seed (saved 0, given 3)" in err
     assert "Traceback" not in err and "--lr" not in err.split("may change")[0]
     assert main(["train", "--out", run, "--resume", "--steps", "5", "--lr", "2e-3"]) == 0
     assert "--steps: 3 -> 5; --lr: 0.001 -> 0.002" in capsys.readouterr().out
     now = json.loads((tmp_path / "run/config.json").read_text())
-    assert now["model"] == saved["model"] and now["family"] == saved["family"]
+    assert now["model"] == saved["model"] and now["architecture"] == saved["architecture"]
     changed = {k for k in saved["train"] if now["train"][k] != saved["train"][k]}
     assert changed == {"steps", "lr", "resume", "progress"}, changed
     assert read_metadata(tmp_path / "run/checkpoints/last.safetensors")["step"] == "5"

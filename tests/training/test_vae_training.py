@@ -77,7 +77,7 @@ def test_vae_learns_and_cache_latents(tmp_path, data, capsys):
         in_channels=4, sample_size=8, patch_size=2, width=32, depth=1, num_heads=2, context_dim=16
     )
     dcfg = DiffusionTrainConfig(
-        latents=tmp_path / "lat.safetensors", out=tmp_path / "dm", family="dit", model=dit, steps=2,
+        latents=tmp_path / "lat.safetensors", out=tmp_path / "dm", architecture="dit", model=dit, steps=2,
         batch_size=4, checkpoint_every=2, sample_every=1000, progress=False, sample_prompts=(),
     )  # fmt: skip
     train_diffusion(dcfg, text_encoder=HashTextEncoder())

@@ -16,18 +16,17 @@ _DEFAULTS = "_option_defaults"
 
 def add_option(
     p: argparse.ArgumentParser,
-    flag: str,
-    *,
+    *flags: str,
     default: Any,
     help: str = "",
     show_default: bool = True,
     **kw: Any,
 ) -> None:
-    """``p.add_argument(flag, ...)`` that parses to None unless given; ``default`` is shown in --help
+    """``p.add_argument(*flags, ...)`` that parses to None unless given; ``default`` is shown in --help
     (unless ``show_default`` is False: the help text already explains it) and returned by
     ``option_values`` when the flag is absent."""
     text = (f"{help} (default: {default})" if help else f"default: {default}") if show_default else help
-    action = p.add_argument(flag, default=None, help=text, **kw)
+    action = p.add_argument(*flags, default=None, help=text, **kw)
     defaults = dict(p.get_default(_DEFAULTS) or {})
     defaults[action.dest] = default
     p.set_defaults(**{_DEFAULTS: defaults})

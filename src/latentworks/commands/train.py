@@ -43,7 +43,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="train-vae run folder, model folder or 'default' (to build the cache / decode samples)",
     )
     p.add_argument("--data", type=Path, default=None, help="dataset to encode when the cache does not exist")
-    add_option(p, "--family", choices=("unet", "dit"), default="unet")
+    add_option(
+        p,
+        "--architecture",
+        "--family",  # the name before the family registry: kept so old command lines still work
+        choices=("unet", "dit"),
+        default="unet",
+        help="the denoising network (--family is an old name for this option)",
+    )
     add_option(
         p, "--preset", default=None, show_default=False, help="model preset (default emoji-s / emoji-dit-s)"
     )
@@ -104,17 +111,17 @@ def run(args: argparse.Namespace) -> int:
             from latentworks.models.configs import config_from_dict
             from latentworks.training.diffusion import model_config_class
 
-            model = config_from_dict(model_config_class(merged["family"]), merged["model"])
+            model = config_from_dict(model_config_class(merged["architecture"]), merged["model"])
         cfg = config_from_saved(
             DiffusionTrainConfig, merged, out=args.out, model=model, resume=True, progress=True
         )
     else:
         o = option_values(args)
-        preset = o["preset"] or ("emoji-s" if o["family"] == "unet" else "emoji-dit-s")
+        preset = o["preset"] or ("emoji-s" if o["architecture"] == "unet" else "emoji-dit-s")
         cfg = DiffusionTrainConfig(
             latents=o["latents"] or args.out / "latents.safetensors",
             out=args.out,
-            family=o["family"],
+            architecture=o["architecture"],
             preset=preset,
             prediction=o["prediction"],
             steps=o["steps"],

@@ -38,18 +38,27 @@ def fit_preview_factors(
     return factors, bias  # type: ignore[return-value]
 
 
+def upgrade_run_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A run ``config.json`` in today's vocabulary: runs written before the family registry call the network
+    architecture ``family`` (at the top and in ``train``); it is ``architecture`` now. Returns ``cfg``."""
+    for part in (cfg, cfg.get("train")):
+        if isinstance(part, dict) and "family" in part and "architecture" not in part:
+            part["architecture"] = part.pop("family")
+    return cfg
+
+
 def load_diffusion_run(run: str | Path) -> tuple[dict[str, Any], nn.Module]:
     """A ``latentworks train`` run's ``config.json`` and its denoiser with the EMA weights (float32)."""
     run = Path(run)
     cfg_path = run / "config.json"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{run}: no config.json; give the folder of a 'latentworks train' run")
-    cfg = json.loads(cfg_path.read_text())
+    cfg = upgrade_run_config(json.loads(cfg_path.read_text()))
     if cfg.get("kind") != "diffusion":
         raise ValueError(
             f"{cfg_path} is a {cfg.get('kind')!r} run, not a 'latentworks train' (diffusion) run"
         )
-    arch = architecture(cfg["family"], source=str(Path(run) / "config.json"))
+    arch = architecture(cfg["architecture"], source=str(Path(run) / "config.json"))
     model_cls, config_cls = arch.network, arch.config
     net = model_cls(config_from_dict(config_cls, cfg["model"]))
     net.load_state_dict(load_state_dict(run / "model.safetensors"), strict=True)
@@ -88,7 +97,7 @@ def export_run(
 
     run = Path(diffusion_run)
     cfg, net = load_diffusion_run(run)
-    family = cfg["family"]
+    arch_name = cfg["architecture"]
     vae_run = Path(cfg["vae_run"])
     if not vae_run.is_absolute() and not vae_run.exists():
         vae_run = run.parent / vae_run.name
@@ -116,7 +125,7 @@ def export_run(
     return save_model_folder(
         out,
         name=name,
-        architecture=family,
+        architecture=arch_name,
         denoiser=net,
         prediction=prediction,
         sampling=objective.sampling.to_dict(),

@@ -9,7 +9,7 @@ torchrun.
 
 Run folder (``cfg.out``)::
 
-    config.json                   {"kind": "diffusion", "family": "unet"|"dit", "model": {...},
+    config.json                   {"kind": "diffusion", "architecture": "unet"|"dit", "model": {...},
                                    "prediction": "eps"|"v"|"flow", "sampling": {"kind": ...},
                                    "vae_run": ..., "latent": {"scale", "shift",
                                    "channels", "size"}, "text_encoder": {"name": "minilm", "max_length": 32},
@@ -35,6 +35,7 @@ from latentworks.diffusion.conditioning import Conditioning
 from latentworks.diffusion.denoisers import SamplingSpec, sampling_spec_from_dict
 from latentworks.diffusion.objective import DiffusionObjective
 from latentworks.diffusion.schedules import get_sigmas
+from latentworks.families.architectures import architecture
 from latentworks.pipelines.sampling import NetworkModel, SamplingModel, denoise_latents, seeds_for
 from latentworks.training.checkpoint import (
     check_finite,
@@ -61,6 +62,8 @@ from latentworks.training.distributed import (
 from latentworks.training.ema import EMA
 from latentworks.training.resume import DIFFUSION_RESUME, check_resume, read_run_config
 
+TRAINABLE = ("unet", "dit")  # the architectures latentworks train builds and fine-tunes
+
 DEFAULT_PROMPTS = (
     "red apple, google style",
     "grinning face, twitter style",
@@ -75,7 +78,7 @@ class DiffusionTrainConfig:
 
     latents: Path
     out: Path
-    family: str = "unet"  # "unet" or "dit"
+    architecture: str = "unet"  # the network: "unet" or "dit" (families.architectures)
     preset: str = "emoji-s"
     model: Any = None  # a UNetConfig / DiTConfig; overrides ``preset``
     prediction: str = "flow"  # "eps", "v" or "flow"
@@ -107,8 +110,8 @@ class DiffusionTrainConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "latents", Path(self.latents))
         object.__setattr__(self, "out", Path(self.out))
-        if self.family not in ("unet", "dit"):
-            raise ValueError(f"family must be 'unet' or 'dit', got {self.family!r}")
+        if self.architecture not in TRAINABLE:
+            raise ValueError(f"architecture must be 'unet' or 'dit', got {self.architecture!r}")
         if self.prediction not in ("eps", "v", "flow"):
             raise ValueError(f"prediction must be eps, v or flow, got {self.prediction!r}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
@@ -123,13 +126,13 @@ class DiffusionTrainConfig:
         if self.model is not None:
             return self.model
         presets: dict[str, Any]
-        if self.family == "unet":
+        if self.architecture == "unet":
             from latentworks.models.unet import PRESETS as presets
         else:
             from latentworks.models.dit import PRESETS as presets
         if self.preset not in presets:
             raise ValueError(
-                f"unknown {self.family} preset {self.preset!r}; choose from {', '.join(presets)}"
+                f"unknown {self.architecture} preset {self.preset!r}; choose from {', '.join(presets)}"
             )
         return presets[self.preset]
 
@@ -138,7 +141,7 @@ class DiffusionTrainConfig:
 class InitSource:
     """Denoiser weights to fine-tune from (``DiffusionTrainConfig.init_from``)."""
 
-    family: str
+    architecture: str
     net: nn.Module  # float32; its ``config`` is the run's model config
     prediction: str
     latent_scale: float
@@ -160,21 +163,21 @@ def load_init_source(path: str | Path) -> InitSource:
             raise ValueError(
                 f"{mf.path}: its text encoder is {te!r}; latentworks train conditions on MiniLM only"
             )
-        family, net, prediction = denoiser_architecture(mf.meta), mf.denoiser_net, mf.prediction
+        arch, net, prediction = denoiser_architecture(mf.meta), mf.denoiser_net, mf.prediction
         scale, shift = mf.latent_format.scale_factor, mf.latent_format.shift_factor
         sampling: SamplingSpec | None = sampling_spec_from_dict(mf.meta["denoiser"]["sampling"])
     elif (Path(path) / "config.json").is_file():
         rc, net = load_diffusion_run(path)
-        family, prediction = rc["family"], rc["prediction"]
+        arch, prediction = rc["architecture"], rc["prediction"]
         scale, shift = float(rc["latent"]["scale"]), float(rc["latent"]["shift"])
         sampling = None if rc.get("sampling") is None else sampling_spec_from_dict(rc["sampling"])
     else:
         raise FileNotFoundError(
             f"--init-from {path}: neither a model folder (model.json) nor a 'latentworks train' run (config.json)"
         )
-    if family not in ("unet", "dit"):
-        raise ValueError(f"{path}: a {family!r} denoiser; latentworks train fine-tunes unet and dit models")
-    return InitSource(family, net, prediction, scale, shift, sampling)
+    if arch not in TRAINABLE:
+        raise ValueError(f"{path}: a {arch!r} denoiser; latentworks train fine-tunes unet and dit models")
+    return InitSource(arch, net, prediction, scale, shift, sampling)
 
 
 @dataclass
@@ -185,9 +188,11 @@ class DiffusionResult:
 
 
 def _check_init(cfg: DiffusionTrainConfig, init: InitSource, scale: float, shift: float) -> None:
-    """Refuse a fine-tune whose source does not match this run's family, objective or latents."""
-    if init.family != cfg.family:
-        raise ValueError(f"--init-from holds a {init.family} denoiser; pass --family {init.family}")
+    """Refuse a fine-tune whose source does not match this run's architecture, objective or latents."""
+    if init.architecture != cfg.architecture:
+        raise ValueError(
+            f"--init-from holds a {init.architecture} denoiser; pass --architecture {init.architecture}"
+        )
     if init.prediction != cfg.prediction:
         raise ValueError(
             f"--init-from was trained with {init.prediction!r} prediction; pass --prediction {init.prediction}"
@@ -203,24 +208,14 @@ def _check_init(cfg: DiffusionTrainConfig, init: InitSource, scale: float, shift
         )
 
 
-def build_model(family: str, config: Any) -> nn.Module:
-    if family == "unet":
-        from latentworks.models.unet import UNet
-
-        return UNet(config)
-    from latentworks.models.dit import DiT
-
-    return DiT(config)
+def build_model(arch: str, config: Any) -> nn.Module:
+    """A new network of architecture ``arch`` ("unet" | "dit") and ``config``."""
+    return architecture(arch).network(config)
 
 
-def model_config_class(family: str) -> type:
-    if family == "unet":
-        from latentworks.models.unet import UNetConfig
-
-        return UNetConfig
-    from latentworks.models.dit import DiTConfig
-
-    return DiTConfig
+def model_config_class(arch: str) -> type:
+    """The config dataclass of architecture ``arch``."""
+    return architecture(arch).config
 
 
 def _resume_model_config(cfg: DiffusionTrainConfig, saved: dict[str, Any] | None) -> Any:
@@ -230,32 +225,32 @@ def _resume_model_config(cfg: DiffusionTrainConfig, saved: dict[str, Any] | None
         return cfg.model_config()
     from latentworks.models.configs import config_from_dict
 
-    return config_from_dict(model_config_class(saved.get("family", cfg.family)), saved["model"])
+    return config_from_dict(model_config_class(saved.get("architecture", cfg.architecture)), saved["model"])
 
 
-def check_fit(family: str, mcfg: Any, channels: int, size: int, text_dim: int) -> None:
+def check_fit(arch: str, mcfg: Any, channels: int, size: int, text_dim: int) -> None:
     """Raise a clear error when the model config does not fit the latents or the text encoder."""
     if mcfg.in_channels != channels:
         raise ValueError(
-            f"the {family} config has in_channels={mcfg.in_channels} but the latents have {channels} channels; "
+            f"the {arch} config has in_channels={mcfg.in_channels} but the latents have {channels} channels; "
             f"use a config with in_channels={channels} (and out_channels={channels})"
         )
     out = getattr(mcfg, "output_channels", getattr(mcfg, "out_channels", channels))
     if out != channels:
-        raise ValueError(f"the {family} config predicts {out} channels; the latents have {channels}")
-    if family == "dit" and mcfg.sample_size != size:
+        raise ValueError(f"the {arch} config predicts {out} channels; the latents have {channels}")
+    if arch == "dit" and mcfg.sample_size != size:
         raise ValueError(
             f"the DiT config has sample_size={mcfg.sample_size} but the latents are {size}x{size}"
         )
     ctx = getattr(mcfg, "context_dim", None)
     if ctx is not None and ctx != text_dim:
         raise ValueError(
-            f"the {family} config has context_dim={ctx} but the text encoder gives {text_dim}-dim tokens"
+            f"the {arch} config has context_dim={ctx} but the text encoder gives {text_dim}-dim tokens"
         )
     pooled = getattr(mcfg, "pooled_dim", None)
     if pooled and pooled != text_dim:
         raise ValueError(
-            f"the {family} config has pooled_dim={pooled}; the text encoder's pooled vector is {text_dim}"
+            f"the {arch} config has pooled_dim={pooled}; the text encoder's pooled vector is {text_dim}"
         )
 
 
@@ -340,9 +335,9 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
         changes = check_resume(saved, cfg, DIFFUSION_RESUME, run=run, model_config=mcfg)
         if changes and info.is_main:
             print("--resume: changed from the saved config: " + "; ".join(changes))
-        check_fit(cfg.family, mcfg, cache.channels, cache.size, text_encoder.dim)
+        check_fit(cfg.architecture, mcfg, cache.channels, cache.size, text_encoder.dim)
         torch.manual_seed(cfg.seed)
-        model = build_model(cfg.family, mcfg).to(device)
+        model = build_model(cfg.architecture, mcfg).to(device)
         if init is not None:
             model.load_state_dict(init.net.state_dict(), strict=True)
         # Fine-tuned weights already are an average, so their EMA starts at full decay.
@@ -371,7 +366,7 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
             print(f"--resume: no checkpoint at {ckpt}; starting from step 0")
         run_config = {
             "kind": "diffusion",
-            "family": cfg.family,
+            "architecture": cfg.architecture,
             "model": to_jsonable(mcfg),
             "prediction": cfg.prediction,
             "sampling": objective.sampling.to_dict(),  # what an exported model samples with
@@ -464,7 +459,7 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
             if info.is_main and (step % cfg.sample_every == 0 or step == cfg.steps or timed_out):
                 _preview(cfg, preview_model, text_encoder, cache, run, step)
                 if log is not None:
-                    log.plot(f"train ({cfg.family}, {cfg.prediction}) loss")
+                    log.plot(f"train ({cfg.architecture}, {cfg.prediction}) loss")
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or timed_out:
                 save_all(step)
                 barrier(info)

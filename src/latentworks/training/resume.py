@@ -5,7 +5,7 @@ A run folder's ``config.json`` holds the run's training config under ``"train"``
 given explicitly (on the command line, or set on the config object) may differ from it, and only those
 in the policy's ``mutable`` set: how long and how often (steps, wall time, checkpoint/sample/log
 intervals), where (device) and the learning rate (to rescue a run that diverged). Everything that fixes
-what is being trained -- family, model shapes, objective, data, resolution, batch size, seed, loss
+what is being trained -- architecture, model shapes, objective, data, resolution, batch size, seed, loss
 weights -- is refused with one error that lists every offending option, so a resumed run is the same
 run. See docs/training.md, "Resume".
 """
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from latentworks.pipelines.export import upgrade_run_config
 from latentworks.training.common import to_jsonable
 
 T = TypeVar("T")
@@ -57,7 +58,7 @@ DIFFUSION_RESUME = ResumePolicy(
     kind="diffusion",
     command="latentworks train",
     mutable=_SCHEDULE | {"sample_prompts", "sample_steps", "sample_guidance"},  # previews only
-    flags={"vae_run": "--vae", "model": "--preset/--family (the model config)"},
+    flags={"vae_run": "--vae", "model": "--preset/--architecture (the model config)"},
 )
 VAE_RESUME = ResumePolicy(kind="autoencoder", command="latentworks train-vae", mutable=_SCHEDULE)
 
@@ -71,6 +72,8 @@ def read_run_config(run: str | Path, policy: ResumePolicy) -> dict[str, Any] | N
         saved = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ResumeError(f"{path}: cannot read the saved run config ({e}); cannot resume this run") from None
+    if isinstance(saved, dict):
+        upgrade_run_config(saved)  # older runs say "family" for the architecture
     if not isinstance(saved, dict) or not isinstance(saved.get("train"), dict):
         raise ResumeError(f"{path}: not a run config (no 'train' section); cannot resume this run")
     if saved.get("kind") != policy.kind:
@@ -160,7 +163,7 @@ def check_resume(
         raise ResumeError(
             f"{run}: --resume continues the run with its saved model config ({Path(run) / 'config.json'}), "
             f"but the model config given differs ({'; '.join(diff[:5]) or 'other fields'}). Drop "
-            "--preset/--family (or the model= argument) to resume as saved, or start a new run in another "
+            "--preset/--architecture (or the model= argument) to resume as saved, or start a new run in another "
             "--out folder."
         )
     return changes
