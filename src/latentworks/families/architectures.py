@@ -39,6 +39,9 @@ def _flux_config_from_diffusers(cfg: dict[str, Any], *, index: dict[str, Any], s
     return dc.flux_config_from_diffusers(cfg, source=source)
 
 
+# The config of any network a family can have.
+DenoiserConfig = UNetConfig | DiTConfig | MMDiTConfig | FluxConfig
+
 UNET = Architecture(
     name="unet",
     network=UNet,

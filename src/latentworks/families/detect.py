@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from torch import Tensor
 
@@ -26,7 +25,7 @@ from latentworks.checkpoints.detect import (
     text_encoder_prefixes,
 )
 from latentworks.families import REGISTRY, with_prediction
-from latentworks.families.architectures import ARCHITECTURES
+from latentworks.families.architectures import ARCHITECTURES, DenoiserConfig
 from latentworks.families.base import Architecture, ModelFamily
 from latentworks.models.autoencoder import AutoencoderConfig
 
@@ -39,7 +38,7 @@ class DetectedCheckpoint:
 
     family: ModelFamily
     variant: str  # e.g. "sd1-inpaint", "sd3.5-large", "flux-dev-fill"
-    denoiser_config: Any  # the architecture's config (UNetConfig | MMDiTConfig | FluxConfig)
+    denoiser_config: DenoiserConfig  # the architecture's config, read from shapes
     denoiser_prefix: str  # "model.diffusion_model." in full single files, "" for a bare component
     vae_config: AutoencoderConfig | None
     vae_prefix: str | None  # "first_stage_model." / "vae." / None when the file has no VAE

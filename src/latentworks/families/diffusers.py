@@ -52,7 +52,7 @@ from latentworks.checkpoints.keymaps.diffusers_configs import (
 from latentworks.checkpoints.keymaps.sd_diffusers import vae_from_diffusers, vae_to_diffusers
 from latentworks.diffusion.latent_formats import LatentFormat
 from latentworks.families import REGISTRY, by_config, by_pipeline_class, get, with_prediction
-from latentworks.families.architectures import ARCHITECTURES, architecture_of
+from latentworks.families.architectures import ARCHITECTURES, DenoiserConfig, architecture_of
 from latentworks.families.base import Architecture, ModelFamily
 from latentworks.models.autoencoder import Autoencoder, AutoencoderConfig
 
@@ -76,7 +76,7 @@ class DiffusersFolder:
 
     path: Path
     family: ModelFamily | None
-    denoiser_config: Any | None
+    denoiser_config: DenoiserConfig | None
     denoiser_state: dict[str, Tensor] | None
     vae_config: AutoencoderConfig | None
     vae_state: dict[str, Tensor] | None
@@ -277,7 +277,7 @@ def write_diffusers_folder(
     path: str | Path,
     *,
     family: str | ModelFamily,
-    denoiser_config: Any,
+    denoiser_config: DenoiserConfig,
     denoiser_state: dict[str, Tensor],
     vae_config: AutoencoderConfig | None,
     vae_state: dict[str, Tensor] | None,

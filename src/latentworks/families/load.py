@@ -33,6 +33,7 @@ from latentworks.checkpoints.keymaps.sd_diffusers import vae_from_diffusers
 from latentworks.checkpoints.keymaps.sd_ldm import ours_to_vae_ldm, vae_ldm_to_ours
 from latentworks.diffusion.latent_formats import LatentFormat
 from latentworks.families import with_prediction
+from latentworks.families.architectures import DenoiserConfig
 from latentworks.families.base import Architecture, ModelFamily
 from latentworks.families.detect import detect_checkpoint
 from latentworks.families.diffusers import read_diffusers_folder, write_diffusers_folder
@@ -63,7 +64,7 @@ class CheckpointParts:
     source: Path
     family: ModelFamily
     variant: str
-    denoiser_config: Any
+    denoiser_config: DenoiserConfig
     denoiser_state: Mapping[str, Tensor]
     vae_config: Any
     vae_state: Mapping[str, Tensor] | None
