@@ -76,3 +76,18 @@ def test_unknown_family_lists_the_known_ones() -> None:
     with pytest.raises(ValueError, match="sdxl"):
         behaviour_of("sd9")
     assert behaviour_of(None) is families.get("latentworks").generation
+
+
+def test_dynamic_shift_uses_the_model_spec_constants() -> None:
+    """A model whose scheduler config carries its own dynamic-shift constants (Qwen-Image: 256 -> 8192 tokens,
+    0.5 -> 0.9) is shifted by those, not FLUX.1's: 1024 px, 8x VAE, 2x2 patches = 4096 tokens, so
+    mu = 0.5 + 0.4 * (4096 - 256) / (8192 - 256) = 0.693548..."""
+    spec = {"base_seq_len": 256, "max_seq_len": 8192, "base_shift": 0.5, "max_shift": 0.9}
+    ms = sampling_for_size(
+        behaviour_of("flux-dev"), FlowModelSampling(), latent_height=128, latent_width=128, dynamic_shift=spec
+    )
+    assert ms.mu == pytest.approx(0.5 + 0.4 * 3840 / 7936, rel=1e-12)
+    flux = sampling_for_size(
+        behaviour_of("flux-dev"), FlowModelSampling(), latent_height=128, latent_width=128
+    )
+    assert flux.mu == pytest.approx(0.5 + 0.65 * 3840 / 3840, rel=1e-12)  # FLUX.1: 256 -> 4096, 0.5 -> 1.15

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 from latentworks.diffusion.conditioning import Conditioning
+from latentworks.graph import ExecutionContext, OutputCache
 from latentworks.nodes.payloads import ConditioningPayload, Latent, ModelPayload
 from latentworks.nodes.sampling import sampling_nodes
 from latentworks.pipelines.loading import load_model_folder
@@ -47,7 +47,7 @@ def _three_ways(folder_path: Path, seed: int, sampler: str, batch: int = 2) -> l
     ).latents
 
     ksampler = next(n for n in sampling_nodes() if n.name == "KSampler")
-    ctx = SimpleNamespace(progress=lambda *a, **k: None)
+    ctx = ExecutionContext(prompt_id="one-path", cache=OutputCache())
     (latent,) = ksampler.execute(
         ctx, ModelPayload(folder), seed, steps, guidance, sampler, scheduler,
         ConditioningPayload(enc.encode([PROMPT])), ConditioningPayload(enc.encode([""])),

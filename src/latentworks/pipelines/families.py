@@ -8,6 +8,7 @@ data on each family (``latentworks.families.get(name).generation``), applied her
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -58,27 +59,40 @@ def cfg_scale(behaviour: Generation, guidance: float) -> float:
 
 
 def sampling_for_size(
-    behaviour: Generation, model_sampling: Any, *, latent_height: int, latent_width: int, patch: int = 2
+    behaviour: Generation,
+    model_sampling: Any,
+    *,
+    latent_height: int,
+    latent_width: int,
+    patch: int = 2,
+    dynamic_shift: Mapping[str, float] | None = None,
 ) -> Any:
-    """FLUX: a model sampling whose shift matches this image's token count; others: unchanged.
+    """FLUX and its kin: a model sampling whose shift matches this image's token count; others: unchanged.
 
     The token count is the latent grid over ``patch`` x ``patch`` packing ((H / 16) * (W / 16) for FLUX's
-    8x VAE), as diffusers' FluxPipeline computes it from the packed latents.
+    8x VAE), as diffusers' FluxPipeline computes it from the packed latents. ``dynamic_shift`` holds the
+    model's own constants (``base_seq_len``, ``max_seq_len``, ``base_shift``, ``max_shift``: its sampling
+    spec's); None takes FLUX.1's.
     """
     if not behaviour.dynamic_shift:
         return model_sampling
     seq_len = (latent_height // patch) * (latent_width // patch)
-    return FlowModelSampling.flux(seq_len, multiplier=getattr(model_sampling, "multiplier", 1000.0))
+    return FlowModelSampling.flux(
+        seq_len, multiplier=getattr(model_sampling, "multiplier", 1000.0), **dict(dynamic_shift or {})
+    )
 
 
 def model_sampling_for(model: Any, *, latent_height: int, latent_width: int) -> Any:
     """The model sampling to schedule with for a latent of this size: ``model``'s own (a loaded model folder),
-    shifted for the image's token count when its family asks for it (FLUX)."""
+    shifted for the image's token count when its family asks for it (FLUX), with the constants of the
+    model's own sampling spec (a diffusers scheduler config may carry others than FLUX.1's)."""
     patch = int(getattr(model.denoiser_net.config, "patch_size", 2))
+    spec = model.meta.get("denoiser", {}).get("sampling", {})
     return sampling_for_size(
         behaviour_of(model.meta.get("family")),
         model.model_sampling,
         latent_height=latent_height,
         latent_width=latent_width,
         patch=patch,
+        dynamic_shift=spec.get("dynamic_shift") if isinstance(spec, Mapping) else None,
     )
