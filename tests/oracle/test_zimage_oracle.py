@@ -77,7 +77,12 @@ def _inputs(config: ZImageConfig, h: int, w: int, lengths: list[int], seed: int 
 @pytest.mark.slow
 def test_zimage_matches_diffusers_at_full_width() -> None:
     config = ZImageConfig(depth=1, refiner_depth=1)  # the released widths, depth reduced
-    assert (config.width, config.num_heads, config.ffn_dim, config.axes_dim) == (3840, 30, 10240, (32, 48, 48))
+    assert (config.width, config.num_heads, config.ffn_dim, config.axes_dim) == (
+        3840,
+        30,
+        10240,
+        (32, 48, 48),
+    )
     ref = _reference(config)
     assert zimage_config_from_diffusers(dict(ref.config)) == config
     ours = _ours(ref, config)
@@ -113,7 +118,9 @@ def test_padding_and_batch_neighbours_do_not_change_a_sample() -> None:
     model = ZImage(config).eval()
     with torch.no_grad():
         for p in model.parameters():
-            p.copy_(torch.randn_like(p) * 0.2 + (1.0 if p.ndim == 1 and p.shape[0] == config.head_dim else 0.0))
+            p.copy_(
+                torch.randn_like(p) * 0.2 + (1.0 if p.ndim == 1 and p.shape[0] == config.head_dim else 0.0)
+            )
     x, sigma, cond = _inputs(config, 6, 10, [5, 11])
     with torch.no_grad():
         batch = model(x, sigma, cond)

@@ -40,7 +40,9 @@ def zimage_config_from_comfy(s: Mapping[str, tuple[int, ...]], source: str) -> Z
 
     def need(key: str) -> tuple[int, ...]:
         if key not in s:
-            raise ValueError(f"{source}: looks like {what} but lacks {key!r}; the file is incomplete or not {what}")
+            raise ValueError(
+                f"{source}: looks like {what} but lacks {key!r}; the file is incomplete or not {what}"
+            )
         return tuple(s[key])
 
     width, patch_channels = need("x_embedder.weight")  # (D, p * p * C)

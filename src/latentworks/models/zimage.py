@@ -280,7 +280,9 @@ class ZImage(nn.Module):
         cap_len = cap.shape[1]
 
         # positions: caption (1 + j, 0, 0); image (P + 1, row, col) with P the sample's padded caption length
-        rows, cols = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+        rows, cols = torch.meshgrid(
+            torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij"
+        )
         grid = torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).reshape(1, n_img, 3)
         img_ids = grid + torch.stack([cap_padded + 1, *(torch.zeros_like(cap_padded),) * 2], -1)[:, None]
         img_ids = torch.cat([img_ids, img_ids.new_zeros(b, n_img_padded - n_img, 3)], dim=1)  # (B, Ni, 3)

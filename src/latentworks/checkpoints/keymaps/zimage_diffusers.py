@@ -19,7 +19,11 @@ from latentworks.models.zimage import ZImage, ZImageConfig
 LAYOUT = "diffusers Z-Image"
 TIME_HIDDEN_DIM = 1024  # fixed in diffusers' TimestepEmbedder(mid_size=1024)
 PAD_MULTIPLE = 32  # diffusers' SEQ_MULTI_OF
-AXES_LENS = (1536, 512, 512)  # RoPE table sizes diffusers precomputes (ComfyUI's for Z-Image); ours needs none
+AXES_LENS = (
+    1536,
+    512,
+    512,
+)  # RoPE table sizes diffusers precomputes (ComfyUI's for Z-Image); ours needs none
 
 
 def _linear(ours: str, theirs: str, *, bias: bool = True) -> list[KeyRule]:
@@ -98,7 +102,9 @@ def zimage_config_from_diffusers(cfg: Mapping[str, Any], *, source: str = "confi
         )
     dim, heads = int(entry("dim", 3840)), int(entry("n_heads", 30))
     if int(entry("n_kv_heads", heads)) != heads:
-        raise ValueError(f"{source}: n_kv_heads={cfg['n_kv_heads']} != n_heads={heads} (grouped-query attention)")
+        raise ValueError(
+            f"{source}: n_kv_heads={cfg['n_kv_heads']} != n_heads={heads} (grouped-query attention)"
+        )
     if not entry("qk_norm", True):
         raise ValueError(f"{source}: qk_norm=false is not supported (every released Z-Image uses qk-norm)")
     if entry("siglip_feat_dim", None) is not None:
