@@ -6,6 +6,8 @@ one); these tests register it for their duration only, as a new family would be 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -92,7 +94,7 @@ def test_family_denoiser_gives_diffusers_x0() -> None:
     """The family's model sampling (t = sigma) wrapped around our network gives the clean image diffusers'
     pipeline implies, x0 = x - sigma * v with v its negated output at t = 1 - sigma."""
     diffusers = pytest.importorskip("diffusers")
-    config = ZImageConfig(**{**PRESETS["tiny"].__dict__, "time_hidden_dim": 1024, "pad_multiple": 32})
+    config = replace(PRESETS["tiny"], time_hidden_dim=1024)  # diffusers fixes the timestep MLP's width
     kwargs = zimage_config_from_diffusers_kwargs(config)
     torch.manual_seed(0)
     ref = diffusers.ZImageTransformer2DModel(**kwargs).eval()
@@ -117,3 +119,25 @@ def zimage_config_from_diffusers_kwargs(config: ZImageConfig) -> dict[str, objec
     cfg = zimage_config_to_diffusers(config)
     assert zimage_config_from_diffusers(cfg) == config
     return {k: v for k, v in cfg.items() if not k.startswith("_")}
+
+
+def test_a_released_layout_file_reads_and_writes_back(registered: None, tmp_path) -> None:  # noqa: ANN001
+    """A bare transformer file, as ComfyUI's diffusion_models/z_image_turbo_bf16.safetensors, read through the
+    ordinary loader and written back as a single file with the same tensors."""
+    from safetensors.torch import load_file, save_file
+
+    from latentworks.families.load import read_checkpoint, write_single_file
+
+    config = PRESETS["tiny"]
+    torch.manual_seed(0)
+    ours = {k: torch.randn_like(v) for k, v in ZImage(config).state_dict().items()}
+    file = tmp_path / "z_image_tiny.safetensors"
+    save_file({**ours_to_zimage_comfy(ours, config), "norm_final.weight": torch.ones(config.width)}, file)
+    parts = read_checkpoint(file)
+    assert parts.family is Z_IMAGE and parts.denoiser_config == config and parts.prediction == "flow"
+    assert parts.denoiser_state.keys() == ours.keys()
+    assert all(torch.equal(parts.denoiser_state[k], ours[k]) for k in ours)
+    written = load_file(write_single_file(parts, tmp_path / "back.safetensors"))
+    expected = ours_to_zimage_comfy(ours, config)
+    assert written.keys() == {f"model.diffusion_model.{k}" for k in expected}
+    assert all(torch.equal(written[f"model.diffusion_model.{k}"], v) for k, v in expected.items())

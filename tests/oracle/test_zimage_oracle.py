@@ -11,6 +11,8 @@ padding path runs (80 image tokens -> 96, captions of 20 and 45 tokens -> 32 and
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -27,6 +29,8 @@ from latentworks.models.zimage import PRESETS, ZImage, ZImageConfig
 diffusers = pytest.importorskip("diffusers")
 
 TOLERANCE = 1e-3  # relative max error: max |ours - theirs| / max |theirs|
+# diffusers fixes the timestep MLP's hidden width to 1024 (the tiny preset's FFN width is already dim * 8/3)
+TINY_DIFFUSERS = replace(PRESETS["tiny"], time_hidden_dim=1024)
 
 
 def _reference(config: ZImageConfig, seed: int = 0) -> torch.nn.Module:
@@ -99,9 +103,7 @@ def test_zimage_matches_diffusers_at_full_width() -> None:
 
 @pytest.mark.parametrize(("h", "w", "lengths"), [(6, 10, [3, 9]), (8, 8, [8, 8]), (2, 14, [1, 17, 5])])
 def test_tiny_zimage_matches_diffusers_with_masks_and_odd_sizes(h: int, w: int, lengths: list[int]) -> None:
-    config = PRESETS["tiny"]
-    config = ZImageConfig(**{**config.__dict__, "ffn_dim": int(config.width / 3 * 8), "time_hidden_dim": 1024,
-                             "pad_multiple": 32})  # fmt: skip
+    config = TINY_DIFFUSERS
     ref = _reference(config, seed=3)
     ours = _ours(ref, config)
     x, sigma, cond = _inputs(config, h, w, lengths)
@@ -150,8 +152,7 @@ def test_zimage_key_maps_round_trip() -> None:
 
 def test_our_diffusers_keys_are_diffusers_own_names() -> None:
     """Our diffusers map writes exactly the tensor names and shapes diffusers' model has (small width)."""
-    config = ZImageConfig(**{**PRESETS["tiny"].__dict__, "ffn_dim": int(64 / 3 * 8), "time_hidden_dim": 1024,
-                             "pad_multiple": 32})  # fmt: skip
+    config = TINY_DIFFUSERS
     ref = _reference(config)
     ours = {k: tuple(v.shape) for k, v in zimage_to_diffusers(ZImage(config).state_dict(), config).items()}
     assert ours == {k: tuple(v.shape) for k, v in ref.state_dict().items()}

@@ -101,7 +101,7 @@ PRESETS: dict[str, ZImageConfig] = {
     "z-image-turbo": ZImageConfig(),
     "tiny": ZImageConfig(
         in_channels=4, width=64, num_heads=2, depth=2, refiner_depth=1, ffn_dim=170, context_dim=24,
-        time_hidden_dim=32, axes_dim=(8, 12, 12), pad_multiple=8,
+        time_hidden_dim=32, axes_dim=(8, 12, 12),
     ),
 }  # fmt: skip
 

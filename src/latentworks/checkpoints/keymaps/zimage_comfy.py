@@ -20,7 +20,7 @@ before mapping.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 from torch import Tensor
 
@@ -29,6 +29,24 @@ from latentworks.models.zimage import ZImage, ZImageConfig
 
 LAYOUT = "Z-Image single-file (ComfyUI)"
 UNUSED_KEYS = ("norm_final.weight",)  # present in some exports, read by no forward pass (diffusers drops it)
+
+
+class _Without(Mapping[str, Tensor]):
+    """``base`` without ``keys``, read through (a lazily loaded file stays lazy)."""
+
+    def __init__(self, base: Mapping[str, Tensor], keys: tuple[str, ...]) -> None:
+        self.base, self.keys_left_out = base, keys
+
+    def __getitem__(self, key: str) -> Tensor:
+        if key in self.keys_left_out:
+            raise KeyError(key)
+        return self.base[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k in self.base if k not in self.keys_left_out)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 def _linear(name: str, theirs: str | None = None, *, bias: bool = True) -> list[KeyRule]:
@@ -75,8 +93,9 @@ def zimage_comfy_rules(config: ZImageConfig) -> list[KeyRule]:
 def zimage_comfy_to_ours(state_dict: Mapping[str, Tensor], config: ZImageConfig) -> dict[str, Tensor]:
     """A released Z-Image single file's denoiser (prefix stripped) -> ours (load with ``strict=True``)."""
     shapes = expected_shapes(ZImage, config)
-    used = {k: v for k, v in state_dict.items() if k not in UNUSED_KEYS}
-    return apply_rules(used, zimage_comfy_rules(config), shapes, to_ours=True, layout=LAYOUT)
+    return apply_rules(
+        _Without(state_dict, UNUSED_KEYS), zimage_comfy_rules(config), shapes, to_ours=True, layout=LAYOUT
+    )
 
 
 def ours_to_zimage_comfy(state_dict: Mapping[str, Tensor], config: ZImageConfig) -> dict[str, Tensor]:
