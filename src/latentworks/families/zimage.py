@@ -9,6 +9,9 @@ Sources of the numbers: shift 3 and multiplier 1 are ComfyUI's ``supported_model
 steps 8, CFG 1, ``res_multistep``/``simple``, 1024x1024, ``ModelSamplingAuraFlow`` shift 3 and the CLIPLoader
 type ``lumina2`` are those of ComfyUI's official template ``image_z_image_turbo.json`` (PyPI package
 comfyui-workflow-templates-json 0.1.123). We have no ``res_multistep`` sampler, so the default is ``euler``.
+diffusers' ZImagePipeline samples the same way: its scheduler is FlowMatchEulerDiscreteScheduler with shift 3
+and no dynamic shifting (the Turbo release's scheduler_config.json as quoted by several public ports; the Hub
+file itself was not reachable here), 9 steps by default, CFG off (guidance_scale 0 in its example).
 """
 
 from __future__ import annotations
