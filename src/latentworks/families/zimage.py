@@ -11,7 +11,8 @@ type ``lumina2`` are those of ComfyUI's official template ``image_z_image_turbo.
 comfyui-workflow-templates-json 0.1.123). We have no ``res_multistep`` sampler, so the default is ``euler``.
 diffusers' ZImagePipeline samples the same way: its scheduler is FlowMatchEulerDiscreteScheduler with shift 3
 and no dynamic shifting (the Turbo release's scheduler_config.json as quoted by several public ports; the Hub
-file itself was not reachable here), 9 steps by default, CFG off (guidance_scale 0 in its example).
+file itself was not reachable here); the Turbo example in diffusers 0.42's pipeline_z_image.py runs 8 steps
+with guidance_scale 0 (CFG off). The pipeline's own defaults (50 steps, guidance 5) are for the base model.
 """
 
 from __future__ import annotations
