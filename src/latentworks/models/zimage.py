@@ -284,7 +284,9 @@ class ZImage(nn.Module):
             torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij"
         )
         grid = torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).reshape(1, n_img, 3)
-        img_ids = grid + torch.stack([cap_padded + 1, *(torch.zeros_like(cap_padded),) * 2], -1)[:, None]
+        offset = torch.zeros(b, 1, 3, dtype=torch.long, device=device)
+        offset[:, 0, 0] = cap_padded + 1
+        img_ids = grid + offset  # (B, N, 3)
         img_ids = torch.cat([img_ids, img_ids.new_zeros(b, n_img_padded - n_img, 3)], dim=1)  # (B, Ni, 3)
         cap_ids = torch.zeros(b, cap_len, 3, dtype=torch.long, device=device)
         cap_ids[..., 0] = torch.arange(1, cap_len + 1, device=device)
