@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from latentworks.checkpoints import detect
+from latentworks.checkpoints.detect_zimage import ZIMAGE_MARKER, ZIMAGE_MARKER_2, zimage_config_from_comfy
 from latentworks.checkpoints.keymaps import diffusers_configs as dc
 from latentworks.checkpoints.keymaps.flux_bfl import flux_bfl_to_ours, ours_to_flux_bfl
 from latentworks.checkpoints.keymaps.flux_diffusers import flux_from_diffusers, flux_to_diffusers
@@ -18,11 +19,19 @@ from latentworks.checkpoints.keymaps.sd3_diffusers import sd3_from_diffusers, sd
 from latentworks.checkpoints.keymaps.sd3_sai import mmdit_sai_to_ours, ours_to_mmdit_sai
 from latentworks.checkpoints.keymaps.sd_diffusers import unet_from_diffusers, unet_to_diffusers
 from latentworks.checkpoints.keymaps.sd_ldm import ours_to_unet_ldm, unet_ldm_to_ours
+from latentworks.checkpoints.keymaps.zimage_comfy import ours_to_zimage_comfy, zimage_comfy_to_ours
+from latentworks.checkpoints.keymaps.zimage_diffusers import (
+    zimage_config_from_diffusers,
+    zimage_config_to_diffusers,
+    zimage_from_diffusers,
+    zimage_to_diffusers,
+)
 from latentworks.families.base import Architecture
 from latentworks.models.dit import DiT, DiTConfig
 from latentworks.models.flux import Flux, FluxConfig
 from latentworks.models.mmdit import MMDiT, MMDiTConfig
 from latentworks.models.unet import UNet, UNetConfig
+from latentworks.models.zimage import ZImage, ZImageConfig
 
 
 def _unet_config_from_diffusers(cfg: dict[str, Any], *, index: dict[str, Any], source: str) -> UNetConfig:
@@ -91,8 +100,25 @@ FLUX = Architecture(
     to_diffusers=flux_to_diffusers,
 )
 DIT = Architecture(name="dit", network=DiT, config=DiTConfig)  # ours only: no released layout
+# Z-Image's S3-DiT: released single files in the layout ComfyUI loads ("comfy"), diffusers folders
+ZIMAGE = Architecture(
+    name="zimage",
+    network=ZImage,
+    config=ZImageConfig,
+    markers=(ZIMAGE_MARKER, ZIMAGE_MARKER_2),
+    config_from_original=zimage_config_from_comfy,
+    original_layout="comfy",
+    from_original=zimage_comfy_to_ours,
+    to_original=ours_to_zimage_comfy,
+    diffusers_folder="transformer",
+    diffusers_class="ZImageTransformer2DModel",
+    config_from_diffusers=lambda cfg, *, index, source: zimage_config_from_diffusers(cfg, source=source),
+    config_to_diffusers=lambda config, **_: zimage_config_to_diffusers(config),
+    from_diffusers=zimage_from_diffusers,
+    to_diffusers=zimage_to_diffusers,
+)
 
-ARCHITECTURES: tuple[Architecture, ...] = (UNET, MMDIT, FLUX, DIT)
+ARCHITECTURES: tuple[Architecture, ...] = (UNET, MMDIT, FLUX, DIT, ZIMAGE)
 
 
 def architecture(name: str, *, source: str = "model.json") -> Architecture:
