@@ -92,6 +92,38 @@ DIT = Architecture(name="dit", network=DiT, config=DiTConfig)  # ours only: no r
 ARCHITECTURES: tuple[Architecture, ...] = (UNET, MMDIT, FLUX, DIT)
 
 
+# --- Qwen-Image (self-contained block: imports, config maps and entry) -------------------------------------
+from latentworks.checkpoints import detect_qwenimage as dq  # noqa: E402
+from latentworks.checkpoints.keymaps.qwenimage_diffusers import (  # noqa: E402
+    qwenimage_from_diffusers,
+    qwenimage_to_diffusers,
+)
+from latentworks.models.qwenimage import QwenImage, QwenImageConfig  # noqa: E402
+
+# ComfyUI's single files (qwen_image_bf16 / _fp8_e4m3fn.safetensors) use diffusers' tensor names, so the
+# "original" layout's key maps are the diffusers ones (see keymaps/qwenimage_diffusers.py for the sources).
+QWENIMAGE = Architecture(
+    name="qwenimage",
+    network=QwenImage,
+    config=QwenImageConfig,
+    markers=dq.QWENIMAGE_MARKERS,
+    config_from_original=dq.qwenimage_config_from_shapes,
+    original_layout="comfy",
+    from_original=qwenimage_from_diffusers,
+    to_original=qwenimage_to_diffusers,
+    diffusers_folder="transformer",
+    diffusers_class="QwenImageTransformer2DModel",
+    config_from_diffusers=lambda cfg, *, index, source: dq.qwenimage_config_from_diffusers(
+        cfg, source=source
+    ),
+    config_to_diffusers=lambda config, **_: dq.qwenimage_config_to_diffusers(config),
+    from_diffusers=qwenimage_from_diffusers,
+    to_diffusers=qwenimage_to_diffusers,
+)
+ARCHITECTURES = (*ARCHITECTURES, QWENIMAGE)
+# --- end Qwen-Image -----------------------------------------------------------------------------------------
+
+
 def architecture(name: str, *, source: str = "model.json") -> Architecture:
     """The architecture called ``name``; the error lists the known ones."""
     for arch in ARCHITECTURES:
