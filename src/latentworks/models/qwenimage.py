@@ -190,8 +190,8 @@ class QwenImage(nn.Module):
         n_txt = txt.shape[1]
         ids = position_ids(height // p, width // p, n_txt, device=x.device)  # (L+N, 3)
         freqs = rope_frequencies(ids, cfg.axes_dim, cfg.theta)  # (L+N, hd/2, 2)
-        key_mask = None
-        if cond.mask is not None:
+        key_mask = None  # an all-real mask is dropped so SDPA may pick its fused kernels (as diffusers does)
+        if cond.mask is not None and not bool(cond.mask.bool().all()):
             image_keys = torch.ones(b, img.shape[1], dtype=torch.bool, device=x.device)
             key_mask = torch.cat([cond.mask.to(device=x.device, dtype=torch.bool), image_keys], dim=1)
 
