@@ -11,10 +11,15 @@ from __future__ import annotations
 from typing import Any
 
 from latentworks.checkpoints import detect
+from latentworks.checkpoints import detect_qwenimage as dq
 from latentworks.checkpoints.detect_zimage import ZIMAGE_MARKER, ZIMAGE_MARKER_2, zimage_config_from_comfy
 from latentworks.checkpoints.keymaps import diffusers_configs as dc
 from latentworks.checkpoints.keymaps.flux_bfl import flux_bfl_to_ours, ours_to_flux_bfl
 from latentworks.checkpoints.keymaps.flux_diffusers import flux_from_diffusers, flux_to_diffusers
+from latentworks.checkpoints.keymaps.qwenimage_diffusers import (
+    qwenimage_from_diffusers,
+    qwenimage_to_diffusers,
+)
 from latentworks.checkpoints.keymaps.sd3_diffusers import sd3_from_diffusers, sd3_to_diffusers
 from latentworks.checkpoints.keymaps.sd3_sai import mmdit_sai_to_ours, ours_to_mmdit_sai
 from latentworks.checkpoints.keymaps.sd_diffusers import unet_from_diffusers, unet_to_diffusers
@@ -30,6 +35,7 @@ from latentworks.families.base import Architecture
 from latentworks.models.dit import DiT, DiTConfig
 from latentworks.models.flux import Flux, FluxConfig
 from latentworks.models.mmdit import MMDiT, MMDiTConfig
+from latentworks.models.qwenimage import QwenImage, QwenImageConfig
 from latentworks.models.unet import UNet, UNetConfig
 from latentworks.models.zimage import ZImage, ZImageConfig
 
@@ -49,7 +55,7 @@ def _flux_config_from_diffusers(cfg: dict[str, Any], *, index: dict[str, Any], s
 
 
 # The config of any network a family can have.
-DenoiserConfig = UNetConfig | DiTConfig | MMDiTConfig | FluxConfig
+DenoiserConfig = UNetConfig | DiTConfig | MMDiTConfig | FluxConfig | ZImageConfig | QwenImageConfig
 
 UNET = Architecture(
     name="unet",
@@ -118,7 +124,28 @@ ZIMAGE = Architecture(
     to_diffusers=zimage_to_diffusers,
 )
 
-ARCHITECTURES: tuple[Architecture, ...] = (UNET, MMDIT, FLUX, DIT, ZIMAGE)
+# ComfyUI's single files (qwen_image_bf16 / _fp8_e4m3fn.safetensors) use diffusers' tensor names, so the
+# "original" layout's key maps are the diffusers ones (see keymaps/qwenimage_diffusers.py for the sources).
+QWENIMAGE = Architecture(
+    name="qwenimage",
+    network=QwenImage,
+    config=QwenImageConfig,
+    markers=dq.QWENIMAGE_MARKERS,
+    config_from_original=dq.qwenimage_config_from_shapes,
+    original_layout="comfy",
+    from_original=qwenimage_from_diffusers,
+    to_original=qwenimage_to_diffusers,
+    diffusers_folder="transformer",
+    diffusers_class="QwenImageTransformer2DModel",
+    config_from_diffusers=lambda cfg, *, index, source: dq.qwenimage_config_from_diffusers(
+        cfg, source=source
+    ),
+    config_to_diffusers=lambda config, **_: dq.qwenimage_config_to_diffusers(config),
+    from_diffusers=qwenimage_from_diffusers,
+    to_diffusers=qwenimage_to_diffusers,
+)
+
+ARCHITECTURES: tuple[Architecture, ...] = (UNET, MMDIT, FLUX, DIT, ZIMAGE, QWENIMAGE)
 
 
 def architecture(name: str, *, source: str = "model.json") -> Architecture:
