@@ -176,3 +176,47 @@ def test_real_console_script_end_to_end(tiny_model: Path, tmp_path: Path) -> Non
         [str(exe), "generate", "x", "--sampler", "nope"], capture_output=True, text=True, timeout=600
     )
     assert r.returncode == 2 and "unknown sampler 'nope'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_info_image_summarises_a_server_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from latentworks.graph.metadata import png_metadata
+
+    prompt = {
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "default"}},
+        "6": {
+            "class_type": "CLIPTextEncode",
+            "inputs": {"text": "a red apple, google style", "clip": ["4", 1]},
+        },
+        "3": {
+            "class_type": "KSampler",
+            "inputs": {"seed": 5, "steps": 20, "cfg": 5.0, "sampler_name": "euler", "model": ["4", 0]},
+        },
+    }
+    workflow = {
+        "nodes": [{"id": 3, "type": "KSampler"}, {"id": 4, "type": "CheckpointLoaderSimple"}],
+        "links": [[1]],
+    }
+    info = PngImagePlugin.PngInfo()
+    for key, text in png_metadata(prompt, {"workflow": workflow}).items():  # as the server's SaveImage does
+        info.add_text(key, text)
+    png = tmp_path / "ComfyUI_00001_.png"
+    Image.new("RGB", (4, 4)).save(png, pnginfo=info)
+    code, out, err = run_cli(["info", "--image", str(png)], capsys)
+    assert code == 0, err
+    lines = [line.strip() for line in out.splitlines()]
+    assert "workflow (ComfyUI 'prompt' chunk): 3 nodes" in lines
+    assert (
+        lines.index("3  KSampler")
+        < lines.index("4  CheckpointLoaderSimple")
+        < lines.index("6  CLIPTextEncode")
+    )
+    for item in ["seed=5", "steps=20", "cfg=5.0", 'sampler_name="euler"', "model<-4", 'ckpt_name="default"']:
+        assert item in lines
+    assert 'text="a red apple, google style"' in lines
+    assert "editor graph ('workflow' chunk): 2 nodes, 1 links" in lines
+    # A broken chunk is named, without a traceback.
+    info = PngImagePlugin.PngInfo()
+    info.add_text("prompt", "{not json")
+    Image.new("RGB", (4, 4)).save(png, pnginfo=info)
+    code, _, err = run_cli(["info", "--image", str(png)], capsys)
+    assert code == 2 and "'prompt' text chunk is not valid JSON" in err and "Traceback" not in err
