@@ -220,3 +220,21 @@ def test_info_image_summarises_a_server_png(tmp_path: Path, capsys: pytest.Captu
     Image.new("RGB", (4, 4)).save(png, pnginfo=info)
     code, _, err = run_cli(["info", "--image", str(png)], capsys)
     assert code == 2 and "'prompt' text chunk is not valid JSON" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("kind", "advice"), [("diffusion", "convert --from-run"), ("autoencoder", "train --vae")]
+)
+def test_a_training_run_given_as_model_says_what_to_do(
+    kind: str, advice: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "runs" / "ldm"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"kind": kind, "model": {}}))
+    out = tmp_path / "x.png"
+    code, _, err = run_cli(["generate", "an apple", "--model", str(run), "--quiet", "-o", str(out)], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert "is a training run" in err or "is an autoencoder training run" in err
+    assert f"{advice} {run}" in err
+    if kind == "diffusion":
+        assert f"latentworks convert --from-run {run} --out models/checkpoints/ldm" in err
