@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image, PngImagePlugin
 
 from latentworks.cli import main
@@ -238,3 +239,69 @@ def test_a_training_run_given_as_model_says_what_to_do(
     assert f"{advice} {run}" in err
     if kind == "diffusion":
         assert f"latentworks convert --from-run {run} --out models/checkpoints/ldm" in err
+
+
+@pytest.mark.parametrize(
+    ("spec", "file", "strength"),
+    [
+        ("style.safetensors", "style.safetensors", 1.0),
+        ("style.safetensors:0.8", "style.safetensors", 0.8),
+        ("loras/detail.safetensors:-0.3", "loras/detail.safetensors", -0.3),
+        ("a:b/c.safetensors", "a:b/c.safetensors", 1.0),  # ':' inside the path, no strength
+        ("a:b/c.safetensors:2", "a:b/c.safetensors", 2.0),  # only the last ':' splits
+        ("C:\\loras\\x.safetensors", "C:\\loras\\x.safetensors", 1.0),
+        (":0.5", ":0.5", 1.0),  # nothing before the ':' is no file: the whole text is the name
+    ],
+)
+def test_lora_option_parses_file_and_strength(spec: str, file: str, strength: float) -> None:
+    from latentworks.commands.generate import parse_lora
+
+    assert parse_lora(spec) == (Path(file), strength)
+
+
+def _tiny_unet_lora(tiny_model: Path, path: Path) -> Path:
+    """A kohya LoRA on one cross-attention projection of the tiny test U-Net."""
+    from latentworks.checkpoints.io import save_file_atomic
+    from latentworks.pipelines.loading import load_model_folder
+
+    weight = dict(load_model_folder(tiny_model).denoiser_net.named_modules())[
+        "down.1.transformers.0.blocks.0.cross_attn.k"
+    ].weight
+    g = torch.Generator().manual_seed(0)
+    m = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k"
+    save_file_atomic(
+        {
+            f"{m}.lora_down.weight": torch.randn(2, weight.shape[1], generator=g),
+            f"{m}.lora_up.weight": torch.randn(weight.shape[0], 2, generator=g),
+        },
+        path,
+    )
+    return path
+
+
+def test_generate_with_lora_equals_the_api_and_records_it(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import numpy as np
+
+    from latentworks.pipelines import Pipeline
+
+    lora = _tiny_unet_lora(tiny_model, tmp_path / "style.safetensors")
+    base = ["generate", "a red apple", "--model", str(tiny_model), "--steps", "2", "--seed", "3", "--quiet"]
+    code, _, err = run_cli([*base, "--lora", f"{lora}:0.7", "-o", str(tmp_path / "l.png")], capsys)
+    assert code == 0, err
+    code, _, _ = run_cli([*base, "-o", str(tmp_path / "p.png")], capsys)
+    assert code == 0
+    pipe = Pipeline.from_pretrained(tiny_model)
+    pipe.load_lora(lora, 0.7)
+    api = np.asarray(pipe("a red apple", steps=2, seed=3).images[0], dtype=np.int16)
+    cli = np.asarray(Image.open(tmp_path / "l.png").convert("RGB"), dtype=np.int16)
+    plain = np.asarray(Image.open(tmp_path / "p.png").convert("RGB"), dtype=np.int16)
+    assert np.array_equal(cli, api) and np.abs(cli - plain).max() > 0
+    assert read_parameters(tmp_path / "l.png")["loras"] == [{"file": str(lora), "strength": 0.7}]
+    assert "Lora: style.safetensors:0.7" in Image.open(tmp_path / "l.png").text["parameters"]
+    assert "loras" not in read_parameters(tmp_path / "p.png")
+    code, _, err = run_cli(
+        [*base, "--lora", str(tmp_path / "missing.safetensors"), "-o", str(tmp_path / "m.png")], capsys
+    )
+    assert code == 2 and "--lora: no such file" in err and "Traceback" not in err

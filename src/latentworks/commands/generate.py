@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -20,6 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         '  latentworks generate "a red apple, google style" -o apple.png\n'
         '  latentworks generate "a grinning face, twitter style" --seed 7 --batch 4 -o faces.png\n'
         '  latentworks generate "a blue heart" --init apple.png --strength 0.6\n'
+        '  latentworks generate "a cat" --model sd15.safetensors --lora models/loras/style.safetensors:0.8\n'
         '  latentworks generate "a lighthouse at dusk" --model models/v1-5-pruned-emaonly.safetensors\n'
         '  latentworks generate "a fox" --model flux1-schnell.safetensors --vae ae.safetensors \\\n'
         "      --text-encoder clip_l.safetensors --text-encoder t5xxl_fp16.safetensors --tokenizer t5/tokenizer.json\n"
@@ -35,6 +37,15 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "(.safetensors: SD 1.x/2.x/XL, SD3, FLUX) or a diffusers folder (default: %(default)s)",
     )
     add_component_arguments(p)
+    p.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        type=parse_lora,
+        metavar="FILE[:STRENGTH]",
+        help="add a LoRA (.safetensors, kohya/A1111 or diffusers/PEFT) at STRENGTH for the denoiser and "
+        "text encoder; repeat for several (default: none; STRENGTH default: 1.0)",
+    )
     p.add_argument("--negative", default="", metavar="TEXT", help="negative prompt (default: empty)")
     p.add_argument("--steps", type=int, default=None, metavar="N", help="sampling steps (model default: 20)")
     p.add_argument("--cfg", type=float, default=None, metavar="X", help="classifier-free guidance scale")
@@ -74,6 +85,24 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
+
+
+def parse_lora(spec: str) -> tuple[Path, float]:
+    """``FILE[:STRENGTH]`` -> (file, strength). Paths may hold ':' (``C:\\x``, ``a:b/c.safetensors``): the
+    text after the last ':' is a strength only when it parses as a number; otherwise it belongs to FILE."""
+    head, sep, tail = spec.rpartition(":")
+    if sep and head:
+        try:
+            strength = float(tail)
+        except ValueError:
+            pass
+        else:
+            if not math.isfinite(strength):
+                raise argparse.ArgumentTypeError(
+                    f"strength must be a finite number, got {tail!r} in {spec!r}"
+                )
+            return Path(head), strength
+    return Path(spec), 1.0
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -128,9 +157,11 @@ def run(args: argparse.Namespace) -> int:
             init.load()
         except (UnidentifiedImageError, OSError) as e:
             raise UserError(f"--init: cannot read {args.init} as an image ({e})") from None
-    for opt, path in [("--vae", args.vae), ("--tokenizer", args.tokenizer)] + [
-        ("--text-encoder", t) for t in args.text_encoder
-    ]:
+    for opt, path in (
+        [("--vae", args.vae), ("--tokenizer", args.tokenizer)]
+        + [("--text-encoder", t) for t in args.text_encoder]
+        + [("--lora", f) for f, _ in args.lora]
+    ):
         if path is not None and not path.exists():
             raise UserError(f"{opt}: no such file: {path}")
     try:
@@ -145,6 +176,15 @@ def run(args: argparse.Namespace) -> int:
         )
     except (FileNotFoundError, ValueError, KeyError) as e:
         raise UserError(f"--model {args.model}: {e}") from None
+    for file, strength in args.lora:
+        try:
+            unmatched = pipe.load_lora(file, strength)
+        except (OSError, ValueError, KeyError) as e:
+            raise UserError(f"--lora {file}: {e}") from None
+        skipped = sum(len(v) for v in unmatched.values())
+        if skipped:
+            print(f"warning: --lora {file}: {skipped} keys match no module of this model", file=sys.stderr)
+    loras = [{"file": str(f), "strength": s} for f, s in args.lora]
     bar = None
 
     def on_step(step) -> None:  # noqa: ANN001
@@ -179,6 +219,7 @@ def run(args: argparse.Namespace) -> int:
         else [out.with_name(f"{out.stem}-{i + 1}{out.suffix}") for i in range(len(result.images))]
     )
     for img, path, seed in zip(result.images, paths, result.seeds, strict=True):
-        save_png(img, path, {**result.parameters, "seed": seed, "batch": 1})
+        params = {**result.parameters, "seed": seed, "batch": 1} | ({"loras": loras} if loras else {})
+        save_png(img, path, params)
         print(f"{path}  seed={seed}")
     return 0

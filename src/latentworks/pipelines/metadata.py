@@ -33,6 +33,10 @@ def parameters_text(params: dict[str, Any]) -> str:
             parts.append(f"{label}: " + "-".join(f"{v:g}" for v in params[key]))
         elif params.get(key) is not None:
             parts.append(f"{label}: {params[key]}")
+    if params.get("loras"):  # "Lora: style.safetensors:0.8 detail.safetensors:-0.3" (no ", " inside)
+        parts.append(
+            "Lora: " + " ".join(f"{Path(lo['file']).name}:{lo['strength']:g}" for lo in params["loras"])
+        )
     lines.append(", ".join(parts))
     return "\n".join(lines)
 
