@@ -305,3 +305,34 @@ def test_generate_with_lora_equals_the_api_and_records_it(
         [*base, "--lora", str(tmp_path / "missing.safetensors"), "-o", str(tmp_path / "m.png")], capsys
     )
     assert code == 2 and "--lora: no such file" in err and "Traceback" not in err
+
+
+def test_a_size_far_from_the_native_one_warns_once_in_cli_words(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["generate", "a red apple", "--model", str(tiny_model), "--steps", "1", "--quiet"]
+    code, _, err = run_cli([*base, "--width", "32", "--height", "32", "-o", str(tmp_path / "a.png")], capsys)
+    assert code == 0
+    line = (
+        "warning: the tiny-test model draws 16x16 images; 32x32 gives tiled results. "
+        "Use --width 16 --height 16 (its native size)"
+    )
+    assert err.count("warning:") == 1 and line in err, err
+    code, _, err = run_cli([*base, "-o", str(tmp_path / "b.png")], capsys)  # native size: nothing
+    assert code == 0 and "warning" not in err
+    code, _, err = run_cli([*base, "--width", "8", "--height", "8", "-o", str(tmp_path / "c.png")], capsys)
+    assert "draws 16x16 images; 8x8 gives degraded results" in err
+
+
+def test_the_api_warns_about_a_size_far_from_the_native_one(tiny_model: Path) -> None:
+    from latentworks.pipelines import Pipeline
+    from latentworks.pipelines.text_to_image import ResolutionWarning
+
+    pipe = Pipeline.from_pretrained(tiny_model)
+    with pytest.warns(ResolutionWarning, match=r"draws 16x16 images; 32x16 gives tiled results"):
+        pipe("a red apple", steps=1, width=32, height=16)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResolutionWarning)
+        pipe("a red apple", steps=1, width=16, height=16)  # native

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import warnings
 from pathlib import Path
 
 from latentworks.cli import UserError
@@ -149,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
 
     from latentworks.pipelines import Pipeline
     from latentworks.pipelines.metadata import save_png
+    from latentworks.pipelines.text_to_image import ResolutionWarning
 
     init = None
     if args.init is not None:
@@ -194,22 +196,38 @@ def run(args: argparse.Namespace) -> int:
         bar.update(1)
         bar.set_postfix(sigma=f"{step.sigma_next:.3f}")
 
-    result = pipe(
-        args.prompt,
-        args.negative,
-        steps=args.steps,
-        guidance=args.cfg,
-        guidance_interval=None if args.cfg_interval is None else tuple(args.cfg_interval),
-        sampler=args.sampler,
-        scheduler=args.scheduler,
-        seed=args.seed,
-        batch=args.batch,
-        width=args.width,
-        height=args.height,
-        init_image=init,
-        strength=args.strength if init else 1.0,
-        callback=on_step,
-    )
+    show_default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+        if isinstance(message, ResolutionWarning):  # one line, in the CLI's own option names
+            (h0, w0), (h, w) = message.native, message.requested
+            print(
+                f"warning: the {message.model} model draws {w0}x{h0} images; {w}x{h} gives {message.look} "
+                f"results. Use --width {w0} --height {h0} (its native size)",
+                file=sys.stderr,
+            )
+        else:
+            show_default(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():  # restores the filters and showwarning afterwards
+        warnings.simplefilter("always", ResolutionWarning)  # the CLI samples once
+        warnings.showwarning = show
+        result = pipe(
+            args.prompt,
+            args.negative,
+            steps=args.steps,
+            guidance=args.cfg,
+            guidance_interval=None if args.cfg_interval is None else tuple(args.cfg_interval),
+            sampler=args.sampler,
+            scheduler=args.scheduler,
+            seed=args.seed,
+            batch=args.batch,
+            width=args.width,
+            height=args.height,
+            init_image=init,
+            strength=args.strength if init else 1.0,
+            callback=on_step,
+        )
     if bar is not None:
         bar.close()
     out: Path = args.output
