@@ -336,3 +336,27 @@ def test_the_api_warns_about_a_size_far_from_the_native_one(tiny_model: Path) ->
     with warnings.catch_warnings():
         warnings.simplefilter("error", ResolutionWarning)
         pipe("a red apple", steps=1, width=16, height=16)  # native
+
+
+def test_quiet_silences_the_libraries_progress_bars_only_while_it_runs(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_progress_bar()
+    args = [
+        "generate",
+        "a red apple",
+        "--model",
+        str(tiny_model),
+        "--steps",
+        "1",
+        "-o",
+        str(tmp_path / "q.png"),
+    ]
+    code, _, err = run_cli([*args, "--quiet"], capsys)
+    assert code == 0
+    assert "Loading weights" not in err and "sampling" not in err, err
+    assert hf_logging.is_progress_bar_enabled()  # scoped: restored afterwards
+    code, _, err = run_cli(args, capsys)  # without --quiet, our bar shows
+    assert code == 0 and "sampling" in err

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from latentworks.cli import UserError
 from latentworks.commands.checkpoint_options import add_component_arguments
+from latentworks.commands.quiet import quiet_libraries
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -84,7 +85,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="output PNG; with --batch N, files PATH-1.png ... PATH-N.png (default: %(default)s)",
     )
     p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--quiet", action="store_true", help="no progress bars (ours and the libraries' weight loading)"
+    )
     return p
 
 
@@ -145,6 +148,11 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
+    with quiet_libraries(args.quiet):  # text encoders load on first use, so the whole command is inside
+        return _generate(args)
+
+
+def _generate(args: argparse.Namespace) -> int:
     from PIL import Image, UnidentifiedImageError
     from tqdm import tqdm
 
