@@ -360,3 +360,27 @@ def test_quiet_silences_the_libraries_progress_bars_only_while_it_runs(
     assert hf_logging.is_progress_bar_enabled()  # scoped: restored afterwards
     code, _, err = run_cli(args, capsys)  # without --quiet, our bar shows
     assert code == 0 and "sampling" in err
+
+
+def test_what_the_commands_create_by_default_is_git_ignored() -> None:
+    from latentworks.cli import build_parser
+
+    root = Path(__file__).resolve().parents[1]
+    probe = subprocess.run(
+        ["git", "-C", str(root), "rev-parse", "--is-inside-work-tree"], capture_output=True
+    )
+    if probe.returncode != 0:
+        pytest.skip("not a git checkout")
+    serve = build_parser("serve").parse_args(["serve"])
+    generate = build_parser("generate").parse_args(["generate", "x"])
+    created = [
+        serve.data_dir / "history.sqlite3",
+        serve.models_dir / "checkpoints" / "mine" / "model.json",
+        generate.output,
+        Path("apple.png"),  # the README's quick start
+        Path("runs/ldm/config.json"),  # docs/training.md
+        Path("data/emoji-64.npz"),
+    ]
+    for path in created:
+        ignored = subprocess.run(["git", "-C", str(root), "check-ignore", "-q", "--no-index", str(path)])
+        assert ignored.returncode == 0, f"{path} is not in .gitignore"
