@@ -8,6 +8,7 @@ from pathlib import Path
 
 from latentworks.cli import UserError
 from latentworks.commands.checkpoint_options import add_component_arguments
+from latentworks.commands.outputs import refuse_non_empty
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -47,6 +48,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "'train-vae --finetune-decoder' run (refused if RUN's encoder differs from the model's)",
     )
     p.add_argument("--out", type=Path, required=True, metavar="PATH", help="file or folder to write")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into an existing --out (a file is replaced; in a folder, files of the same name are "
+        "replaced and others kept). Without it a non-empty --out is refused. Not for --decoder-from",
+    )
     p.add_argument("--name", default=None, help="--from-run: model name (default: the folder name)")
     p.add_argument(
         "--data",
@@ -80,10 +87,7 @@ def _convert_checkpoint(args: argparse.Namespace) -> int:
         raise UserError("give --to diffusers or --to single-file")
     if not args.input.exists():
         raise UserError(f"no such checkpoint file or folder: {args.input}")
-    if args.out.exists() and (args.out.is_file() or any(args.out.iterdir())):
-        raise UserError(
-            f"--out {args.out} exists; choose a new file or an empty folder (nothing is overwritten)"
-        )
+    refuse_non_empty(args.out, args.overwrite)
     dtype = torch.float16 if args.half else None
     parts = read_checkpoint(
         args.input,
@@ -114,6 +118,10 @@ def _replace_decoder(args: argparse.Namespace) -> int:
         )
     if args.to is not None or args.from_run is not None:
         raise UserError("--decoder-from writes a latentworks model folder; drop --to/--from-run")
+    if args.overwrite:
+        raise UserError(
+            "--decoder-from writes a new model folder only; drop --overwrite and choose a new --out"
+        )
     try:
         ae = load_autoencoder(args.decoder_from)
         path = replace_decoder(str(args.input), ae, args.out)
@@ -136,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.from_run.is_dir():
         raise UserError(f"--from-run: no such folder {args.from_run}")
+    refuse_non_empty(args.out, args.overwrite)
     try:
         defaults = json.loads(args.defaults) if args.defaults else None
         card = json.loads(args.card.read_text()) if args.card else None
