@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pytest
 import torch
 from PIL import Image, PngImagePlugin
 
-from latentworks.cli import main
+from latentworks.cli import COMMANDS, build_parser, main
 from latentworks.pipelines.metadata import read_parameters
 
 
@@ -384,3 +385,42 @@ def test_what_the_commands_create_by_default_is_git_ignored() -> None:
     for path in created:
         ignored = subprocess.run(["git", "-C", str(root), "check-ignore", "-q", "--no-index", str(path)])
         assert ignored.returncode == 0, f"{path} is not in .gitignore"
+
+
+def _option_blocks(help_text: str) -> dict[str, str]:
+    """'--flag' -> its whole help entry (the flag line and its indented continuation), from rendered --help."""
+    blocks: dict[str, str] = {}
+    flags: list[str] = []
+    for line in help_text.splitlines():
+        if line.startswith("  -"):
+            flags = [f.rstrip(",") for f in line.split() if f.startswith("-")]
+            for f in flags:
+                blocks[f] = line
+        elif line.startswith("   ") and flags:
+            for f in flags:
+                blocks[f] += " " + line.strip()
+        else:
+            flags = []
+    return blocks
+
+
+def _parsers(p: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """``p`` and every nested subcommand parser (``eval autoencoder``, ``data emoji``)."""
+    nested = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+    return [p] + [q for a in nested for child in a.choices.values() for q in _parsers(child)]
+
+
+@pytest.mark.parametrize("command", [c[0] for c in COMMANDS])
+def test_help_shows_every_default(command: str) -> None:
+    top = build_parser(only=command)
+    sub = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
+    checked, missing = 0, []
+    for p in _parsers(sub.choices[command]):
+        blocks = _option_blocks(p.format_help())
+        for a in p._actions:
+            if not a.option_strings or a.required or a.nargs == 0:  # flags (store_true, --help) have none
+                continue
+            checked += 1
+            if "default" not in blocks.get(a.option_strings[-1], "").lower():
+                missing.append(f"{p.prog} {a.option_strings[-1]}")
+    assert checked and not missing, f"--help shows no default for: {missing}"

@@ -33,11 +33,16 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--to",
         choices=["diffusers", "single-file"],
         default=None,
-        help="output format for INPUT (diffusers folder, or one .safetensors in the original layout)",
+        help="output format for INPUT (diffusers folder, or one .safetensors in the original layout; no "
+        "default: required with INPUT)",
     )
     add_component_arguments(p)
     p.add_argument(
-        "--from-run", type=Path, default=None, metavar="RUN", help="a 'latentworks train' run folder"
+        "--from-run",
+        type=Path,
+        default=None,
+        metavar="RUN",
+        help="a 'latentworks train' run folder (default: none)",
     )
     p.add_argument(
         "--decoder-from",
@@ -59,7 +64,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--data",
         type=Path,
         default=None,
-        help="--from-run: dataset file used to fit the latent preview colours (optional)",
+        help="--from-run: dataset file used to fit the latent preview colours (default: none: no fitted preview colours)",
     )
     p.add_argument("--half", action="store_true", help="store weights in float16 (half the size)")
     p.add_argument(
@@ -73,7 +78,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         type=Path,
         default=None,
         metavar="JSON_FILE",
-        help="--from-run: model-card fields (JSON file)",
+        help="--from-run: model-card fields (JSON file; default: none)",
     )
     return p
 

@@ -50,7 +50,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--negative", default="", metavar="TEXT", help="negative prompt (default: empty)")
     p.add_argument("--steps", type=int, default=None, metavar="N", help="sampling steps (model default: 20)")
-    p.add_argument("--cfg", type=float, default=None, metavar="X", help="classifier-free guidance scale")
+    p.add_argument(
+        "--cfg",
+        type=float,
+        default=None,
+        metavar="X",
+        help="classifier-free guidance scale (default: the model's own)",
+    )
     p.add_argument(
         "--cfg-interval",
         type=float,
@@ -60,15 +66,47 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="guide only at noise levels sigma in [LO, HI] (Kynkaanniemi et al. 2024); '0 inf' guides "
         "every step (model default, if it sets none)",
     )
-    p.add_argument("--sampler", default=None, metavar="NAME", help="sampler, e.g. euler, dpmpp_2m, uni_pc")
-    p.add_argument("--scheduler", default=None, metavar="NAME", help="schedule, e.g. normal, karras, simple")
     p.add_argument(
-        "--seed", type=int, default=None, metavar="N", help="seed of image 1 (image i uses seed+i-1)"
+        "--sampler",
+        default=None,
+        metavar="NAME",
+        help="sampler, e.g. euler, dpmpp_2m, uni_pc (default: the model's own)",
+    )
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="NAME",
+        help="schedule, e.g. normal, karras, simple (default: the model's own)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        metavar="N",
+        help="seed of image 1 (image i uses seed+i-1; default: random, printed with each file)",
     )
     p.add_argument("--batch", type=int, default=1, metavar="N", help="images to generate (default: 1)")
-    p.add_argument("--width", type=int, default=None, metavar="W", help="width in pixels (model default)")
-    p.add_argument("--height", type=int, default=None, metavar="H", help="height in pixels (model default)")
-    p.add_argument("--init", type=Path, default=None, metavar="IMAGE", help="start from this image (img2img)")
+    p.add_argument(
+        "--width",
+        type=int,
+        default=None,
+        metavar="W",
+        help="width in pixels (default: the model's native width, 32 for the default model)",
+    )
+    p.add_argument(
+        "--height",
+        type=int,
+        default=None,
+        metavar="H",
+        help="height in pixels (default: the model's native height, 32 for the default model)",
+    )
+    p.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        metavar="IMAGE",
+        help="start from this image (img2img; default: none, from noise)",
+    )
     p.add_argument(
         "--strength",
         type=float,

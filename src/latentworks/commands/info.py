@@ -21,14 +21,15 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--model",
         metavar="NAME|PATH",
-        help="describe a model folder, a named model (e.g. default), a checkpoint file or a diffusers folder",
+        help="describe a model folder, a named model (e.g. default), a checkpoint file or a diffusers folder "
+        "(default: none: print versions and devices)",
     )
     p.add_argument(
         "--image",
         metavar="PNG",
         help="print the generation parameters in a PNG's text chunks (written by 'latentworks generate', "
         "the server or ComfyUI (its 'prompt' and 'workflow' chunks, summarised node by node), or an "
-        "A1111-style tool)",
+        "A1111-style tool; default: none)",
     )
     return p
 

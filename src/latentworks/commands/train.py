@@ -45,7 +45,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         show_default=False,
         help="train-vae run folder, model folder or 'default' (to build the cache / decode samples)",
     )
-    p.add_argument("--data", type=Path, default=None, help="dataset to encode when the cache does not exist")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="dataset to encode when the cache does not exist (default: none)",
+    )
     add_option(p, "--family", choices=("unet", "dit"), default="unet")
     add_option(
         p, "--preset", default=None, show_default=False, help="model preset (default emoji-s / emoji-dit-s)"
@@ -77,7 +82,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         type=float,
         default=None,
         show_default=False,
-        help="stop (after a checkpoint) after this long",
+        help="stop (after a checkpoint) after this many seconds (default: no limit)",
     )
     add_option(p, "--device", default="cpu")
     p.add_argument(

@@ -31,7 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         type=Path,
         default=None,
         show_default=False,
-        help=".npz from 'latentworks data' or an image folder (required, except with --resume)",
+        help=".npz from 'latentworks data' or an image folder (no default: required, except with --resume)",
     )
     p.add_argument("--out", type=Path, required=True, help="run folder")
     add_option(p, "--preset", default="emoji-f4c4", help="autoencoder preset (models.autoencoder.PRESETS)")
@@ -59,7 +59,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         type=float,
         default=None,
         show_default=False,
-        help="stop (after a checkpoint) after this long",
+        help="stop (after a checkpoint) after this many seconds (default: no limit)",
     )
     add_option(p, "--device", default="cpu")
     p.add_argument(
