@@ -108,7 +108,8 @@ def describe_workflow_chunks(chunks: dict[str, str]) -> str | None:
         lines.append(f"workflow (ComfyUI 'prompt' chunk): {len(prompt)} nodes")
         for node_id in sorted(prompt, key=_node_order):
             node = prompt[node_id] if isinstance(prompt[node_id], dict) else {}
-            inputs = node.get("inputs") if isinstance(node.get("inputs"), dict) else {}
+            raw = node.get("inputs")
+            inputs: dict[str, Any] = raw if isinstance(raw, dict) else {}
             widgets = [f"{k}={json.dumps(v)}" for k, v in inputs.items() if not _is_link(v)]
             linked = [f"{k}<-{v[0]}" for k, v in inputs.items() if _is_link(v)]
             lines.append(f"  {node_id:>4}  {node.get('class_type', '?')}")
