@@ -51,7 +51,10 @@ def tidy_run_folder(out: Path, checkpoint: Path) -> Iterator[None]:
             else:
                 created = [p for p in out.iterdir() if p.name not in before]
                 for p in created:
-                    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+                    if p.is_dir():
+                        shutil.rmtree(p, ignore_errors=True)
+                    else:
+                        p.unlink(missing_ok=True)
                 if created:
                     names = ", ".join(sorted(p.name for p in created))
                     print(
