@@ -24,6 +24,32 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help that shows every option's default: "(default: X)" is added where the help text names none.
+    Options whose default is None, False or a list say what that means in their own words instead."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        d = action.default
+        if action.required or d is None or d is False or d == argparse.SUPPRESS or d == []:
+            return text  # (0 == False, so no "in (None, False, ...)": a default of 0 is shown)
+        if "default" in text.lower():
+            return text
+        if not action.option_strings and action.nargs not in ("?", "*"):
+            return text  # a required positional has no default
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
+def _show_defaults(p: argparse.ArgumentParser) -> None:
+    """Give ``p`` and its nested subcommand parsers the DefaultsHelpFormatter (unless they chose another)."""
+    if p.formatter_class in (argparse.HelpFormatter, argparse.RawDescriptionHelpFormatter):
+        p.formatter_class = DefaultsHelpFormatter
+    for a in p._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for child in a.choices.values():
+                _show_defaults(child)
+
+
 class UserError(Exception):
     """An error caused by bad input; printed without a traceback (unless --debug)."""
 
@@ -47,6 +73,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                 continue  # command not built yet
             raise
         p = mod.add_parser(sub)
+        _show_defaults(p)
         p.set_defaults(_run=mod.run)
     return parser
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from latentworks.cli import UserError
 from latentworks.commands.checkpoint_options import add_component_arguments
+from latentworks.commands.outputs import refuse_non_empty
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -32,11 +33,16 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--to",
         choices=["diffusers", "single-file"],
         default=None,
-        help="output format for INPUT (diffusers folder, or one .safetensors in the original layout)",
+        help="output format for INPUT (diffusers folder, or one .safetensors in the original layout; no "
+        "default: required with INPUT)",
     )
     add_component_arguments(p)
     p.add_argument(
-        "--from-run", type=Path, default=None, metavar="RUN", help="a 'latentworks train' run folder"
+        "--from-run",
+        type=Path,
+        default=None,
+        metavar="RUN",
+        help="a 'latentworks train' run folder (default: none)",
     )
     p.add_argument(
         "--decoder-from",
@@ -47,12 +53,18 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "'train-vae --finetune-decoder' run (refused if RUN's encoder differs from the model's)",
     )
     p.add_argument("--out", type=Path, required=True, metavar="PATH", help="file or folder to write")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into an existing --out (a file is replaced; in a folder, files of the same name are "
+        "replaced and others kept). Without it a non-empty --out is refused. Not for --decoder-from",
+    )
     p.add_argument("--name", default=None, help="--from-run: model name (default: the folder name)")
     p.add_argument(
         "--data",
         type=Path,
         default=None,
-        help="--from-run: dataset file used to fit the latent preview colours (optional)",
+        help="--from-run: dataset file used to fit the latent preview colours (default: none: no fitted preview colours)",
     )
     p.add_argument("--half", action="store_true", help="store weights in float16 (half the size)")
     p.add_argument(
@@ -66,7 +78,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         type=Path,
         default=None,
         metavar="JSON_FILE",
-        help="--from-run: model-card fields (JSON file)",
+        help="--from-run: model-card fields (JSON file; default: none)",
     )
     return p
 
@@ -80,10 +92,7 @@ def _convert_checkpoint(args: argparse.Namespace) -> int:
         raise UserError("give --to diffusers or --to single-file")
     if not args.input.exists():
         raise UserError(f"no such checkpoint file or folder: {args.input}")
-    if args.out.exists() and (args.out.is_file() or any(args.out.iterdir())):
-        raise UserError(
-            f"--out {args.out} exists; choose a new file or an empty folder (nothing is overwritten)"
-        )
+    refuse_non_empty(args.out, args.overwrite)
     dtype = torch.float16 if args.half else None
     parts = read_checkpoint(
         args.input,
@@ -114,6 +123,10 @@ def _replace_decoder(args: argparse.Namespace) -> int:
         )
     if args.to is not None or args.from_run is not None:
         raise UserError("--decoder-from writes a latentworks model folder; drop --to/--from-run")
+    if args.overwrite:
+        raise UserError(
+            "--decoder-from writes a new model folder only; drop --overwrite and choose a new --out"
+        )
     try:
         ae = load_autoencoder(args.decoder_from)
         path = replace_decoder(str(args.input), ae, args.out)
@@ -136,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.from_run.is_dir():
         raise UserError(f"--from-run: no such folder {args.from_run}")
+    refuse_non_empty(args.out, args.overwrite)
     try:
         defaults = json.loads(args.defaults) if args.defaults else None
         card = json.loads(args.card.read_text()) if args.card else None

@@ -13,8 +13,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     a = sub.add_parser("autoencoder", help="PSNR, SSIM and rFID on the held-out split")
     a.add_argument("run", type=Path, help="train-vae run folder")
     a.add_argument("--data", type=Path, required=True)
-    a.add_argument("--split", default="heldout")
-    a.add_argument("--limit", type=int, default=None, help="use at most this many images")
+    a.add_argument("--split", default="heldout", help="train, heldout or all")
+    a.add_argument("--limit", type=int, default=None, help="use at most this many images (default: all)")
     a.add_argument("--no-fid", action="store_true")
     fl = sub.add_parser(
         "floor",
@@ -33,11 +33,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     fl.add_argument(
         "--seed", type=int, default=0, help="pick seed; 0 matches 'eval model' (default: %(default)s)"
     )
-    fl.add_argument("--feature-cache", type=Path, default=None, help="as for 'eval model'")
+    fl.add_argument("--feature-cache", type=Path, default=None, help="as for 'eval model' (default: none)")
     f = sub.add_parser("fid", help="FID and KID between two datasets (.npz or image folders)")
     f.add_argument("real", type=Path)
     f.add_argument("fake", type=Path)
-    f.add_argument("--size", type=int, default=64)
+    f.add_argument("--size", type=int, default=64, help="resize images to SIZE x SIZE before scoring")
     m = sub.add_parser(
         "model",
         help="FID/KID of a text-to-image model on a dataset's captions, beside real-vs-real at the same N",
@@ -57,15 +57,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="train (seen prompts), heldout (held-out names) or all; repeatable (default: both)",
     )
     m.add_argument("-n", type=int, default=1000, help="images per split (default: %(default)s)")
-    m.add_argument("--steps", type=int, default=20)
-    m.add_argument("--cfg", type=float, default=None)
-    m.add_argument("--sampler", default=None)
-    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--steps", type=int, default=20, help="sampling steps")
+    m.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's own)")
+    m.add_argument("--sampler", default=None, help="sampler (default: the model's own)")
+    m.add_argument("--seed", type=int, default=0, help="seed of the first image")
     m.add_argument(
         "--feature-cache",
         type=Path,
         default=None,
-        help="folder that keeps the real images' Inception features between runs (they take minutes on a CPU)",
+        help="folder that keeps the real images' Inception features between runs (they take minutes on a "
+        "CPU; default: none)",
     )
     return p
 

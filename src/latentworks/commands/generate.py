@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+import warnings
 from pathlib import Path
 
 from latentworks.cli import UserError
 from latentworks.commands.checkpoint_options import add_component_arguments
+from latentworks.commands.quiet import quiet_libraries
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -20,6 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         '  latentworks generate "a red apple, google style" -o apple.png\n'
         '  latentworks generate "a grinning face, twitter style" --seed 7 --batch 4 -o faces.png\n'
         '  latentworks generate "a blue heart" --init apple.png --strength 0.6\n'
+        '  latentworks generate "a cat" --model sd15.safetensors --lora models/loras/style.safetensors:0.8\n'
         '  latentworks generate "a lighthouse at dusk" --model models/v1-5-pruned-emaonly.safetensors\n'
         '  latentworks generate "a fox" --model flux1-schnell.safetensors --vae ae.safetensors \\\n'
         "      --text-encoder clip_l.safetensors --text-encoder t5xxl_fp16.safetensors --tokenizer t5/tokenizer.json\n"
@@ -35,9 +39,24 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "(.safetensors: SD 1.x/2.x/XL, SD3, FLUX) or a diffusers folder (default: %(default)s)",
     )
     add_component_arguments(p)
+    p.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        type=parse_lora,
+        metavar="FILE[:STRENGTH]",
+        help="add a LoRA (.safetensors, kohya/A1111 or diffusers/PEFT) at STRENGTH for the denoiser and "
+        "text encoder; repeat for several (default: none; STRENGTH default: 1.0)",
+    )
     p.add_argument("--negative", default="", metavar="TEXT", help="negative prompt (default: empty)")
     p.add_argument("--steps", type=int, default=None, metavar="N", help="sampling steps (model default: 20)")
-    p.add_argument("--cfg", type=float, default=None, metavar="X", help="classifier-free guidance scale")
+    p.add_argument(
+        "--cfg",
+        type=float,
+        default=None,
+        metavar="X",
+        help="classifier-free guidance scale (default: the model's own)",
+    )
     p.add_argument(
         "--cfg-interval",
         type=float,
@@ -47,15 +66,47 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="guide only at noise levels sigma in [LO, HI] (Kynkaanniemi et al. 2024); '0 inf' guides "
         "every step (model default, if it sets none)",
     )
-    p.add_argument("--sampler", default=None, metavar="NAME", help="sampler, e.g. euler, dpmpp_2m, uni_pc")
-    p.add_argument("--scheduler", default=None, metavar="NAME", help="schedule, e.g. normal, karras, simple")
     p.add_argument(
-        "--seed", type=int, default=None, metavar="N", help="seed of image 1 (image i uses seed+i-1)"
+        "--sampler",
+        default=None,
+        metavar="NAME",
+        help="sampler, e.g. euler, dpmpp_2m, uni_pc (default: the model's own)",
+    )
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="NAME",
+        help="schedule, e.g. normal, karras, simple (default: the model's own)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        metavar="N",
+        help="seed of image 1 (image i uses seed+i-1; default: random, printed with each file)",
     )
     p.add_argument("--batch", type=int, default=1, metavar="N", help="images to generate (default: 1)")
-    p.add_argument("--width", type=int, default=None, metavar="W", help="width in pixels (model default)")
-    p.add_argument("--height", type=int, default=None, metavar="H", help="height in pixels (model default)")
-    p.add_argument("--init", type=Path, default=None, metavar="IMAGE", help="start from this image (img2img)")
+    p.add_argument(
+        "--width",
+        type=int,
+        default=None,
+        metavar="W",
+        help="width in pixels (default: the model's native width, 32 for the default model)",
+    )
+    p.add_argument(
+        "--height",
+        type=int,
+        default=None,
+        metavar="H",
+        help="height in pixels (default: the model's native height, 32 for the default model)",
+    )
+    p.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        metavar="IMAGE",
+        help="start from this image (img2img; default: none, from noise)",
+    )
     p.add_argument(
         "--strength",
         type=float,
@@ -72,8 +123,28 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="output PNG; with --batch N, files PATH-1.png ... PATH-N.png (default: %(default)s)",
     )
     p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--quiet", action="store_true", help="no progress bars (ours and the libraries' weight loading)"
+    )
     return p
+
+
+def parse_lora(spec: str) -> tuple[Path, float]:
+    """``FILE[:STRENGTH]`` -> (file, strength). Paths may hold ':' (``C:\\x``, ``a:b/c.safetensors``): the
+    text after the last ':' is a strength only when it parses as a number; otherwise it belongs to FILE."""
+    head, sep, tail = spec.rpartition(":")
+    if sep and head:
+        try:
+            strength = float(tail)
+        except ValueError:
+            pass
+        else:
+            if not math.isfinite(strength):
+                raise argparse.ArgumentTypeError(
+                    f"strength must be a finite number, got {tail!r} in {spec!r}"
+                )
+            return Path(head), strength
+    return Path(spec), 1.0
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -115,11 +186,17 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
+    with quiet_libraries(args.quiet):  # text encoders load on first use, so the whole command is inside
+        return _generate(args)
+
+
+def _generate(args: argparse.Namespace) -> int:
     from PIL import Image, UnidentifiedImageError
     from tqdm import tqdm
 
     from latentworks.pipelines import Pipeline
     from latentworks.pipelines.metadata import save_png
+    from latentworks.pipelines.text_to_image import ResolutionWarning
 
     init = None
     if args.init is not None:
@@ -128,9 +205,11 @@ def run(args: argparse.Namespace) -> int:
             init.load()
         except (UnidentifiedImageError, OSError) as e:
             raise UserError(f"--init: cannot read {args.init} as an image ({e})") from None
-    for opt, path in [("--vae", args.vae), ("--tokenizer", args.tokenizer)] + [
-        ("--text-encoder", t) for t in args.text_encoder
-    ]:
+    for opt, path in (
+        [("--vae", args.vae), ("--tokenizer", args.tokenizer)]
+        + [("--text-encoder", t) for t in args.text_encoder]
+        + [("--lora", f) for f, _ in args.lora]
+    ):
         if path is not None and not path.exists():
             raise UserError(f"{opt}: no such file: {path}")
     try:
@@ -145,6 +224,15 @@ def run(args: argparse.Namespace) -> int:
         )
     except (FileNotFoundError, ValueError, KeyError) as e:
         raise UserError(f"--model {args.model}: {e}") from None
+    for file, strength in args.lora:
+        try:
+            unmatched = pipe.load_lora(file, strength)
+        except (OSError, ValueError, KeyError) as e:
+            raise UserError(f"--lora {file}: {e}") from None
+        skipped = sum(len(v) for v in unmatched.values())
+        if skipped:
+            print(f"warning: --lora {file}: {skipped} keys match no module of this model", file=sys.stderr)
+    loras = [{"file": str(f), "strength": s} for f, s in args.lora]
     bar = None
 
     def on_step(step) -> None:  # noqa: ANN001
@@ -154,22 +242,38 @@ def run(args: argparse.Namespace) -> int:
         bar.update(1)
         bar.set_postfix(sigma=f"{step.sigma_next:.3f}")
 
-    result = pipe(
-        args.prompt,
-        args.negative,
-        steps=args.steps,
-        guidance=args.cfg,
-        guidance_interval=None if args.cfg_interval is None else tuple(args.cfg_interval),
-        sampler=args.sampler,
-        scheduler=args.scheduler,
-        seed=args.seed,
-        batch=args.batch,
-        width=args.width,
-        height=args.height,
-        init_image=init,
-        strength=args.strength if init else 1.0,
-        callback=on_step,
-    )
+    show_default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+        if isinstance(message, ResolutionWarning):  # one line, in the CLI's own option names
+            (h0, w0), (h, w) = message.native, message.requested
+            print(
+                f"warning: the {message.model} model draws {w0}x{h0} images; {w}x{h} gives {message.look} "
+                f"results. Use --width {w0} --height {h0} (its native size)",
+                file=sys.stderr,
+            )
+        else:
+            show_default(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():  # restores the filters and showwarning afterwards
+        warnings.simplefilter("always", ResolutionWarning)  # the CLI samples once
+        warnings.showwarning = show
+        result = pipe(
+            args.prompt,
+            args.negative,
+            steps=args.steps,
+            guidance=args.cfg,
+            guidance_interval=None if args.cfg_interval is None else tuple(args.cfg_interval),
+            sampler=args.sampler,
+            scheduler=args.scheduler,
+            seed=args.seed,
+            batch=args.batch,
+            width=args.width,
+            height=args.height,
+            init_image=init,
+            strength=args.strength if init else 1.0,
+            callback=on_step,
+        )
     if bar is not None:
         bar.close()
     out: Path = args.output
@@ -179,6 +283,7 @@ def run(args: argparse.Namespace) -> int:
         else [out.with_name(f"{out.stem}-{i + 1}{out.suffix}") for i in range(len(result.images))]
     )
     for img, path, seed in zip(result.images, paths, result.seeds, strict=True):
-        save_png(img, path, {**result.parameters, "seed": seed, "batch": 1})
+        params = {**result.parameters, "seed": seed, "batch": 1} | ({"loras": loras} if loras else {})
+        save_png(img, path, params)
         print(f"{path}  seed={seed}")
     return 0

@@ -21,13 +21,15 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--model",
         metavar="NAME|PATH",
-        help="describe a model folder, a named model (e.g. default), a checkpoint file or a diffusers folder",
+        help="describe a model folder, a named model (e.g. default), a checkpoint file or a diffusers folder "
+        "(default: none: print versions and devices)",
     )
     p.add_argument(
         "--image",
         metavar="PNG",
         help="print the generation parameters in a PNG's text chunks (written by 'latentworks generate', "
-        "the server, or an A1111-style tool)",
+        "the server or ComfyUI (its 'prompt' and 'workflow' chunks, summarised node by node), or an "
+        "A1111-style tool; default: none)",
     )
     return p
 
@@ -36,7 +38,7 @@ def _describe_image(path: str) -> str:
     import json
 
     from latentworks.cli import UserError
-    from latentworks.pipelines.metadata import read_parameters, read_text_chunks
+    from latentworks.pipelines.metadata import describe_workflow_chunks, read_parameters, read_text_chunks
 
     try:
         params = read_parameters(path)
@@ -50,6 +52,12 @@ def _describe_image(path: str) -> str:
         chunks = read_text_chunks(path)
         if "parameters" in chunks:
             return chunks["parameters"]
+        try:
+            workflow = describe_workflow_chunks(chunks)  # saved by the workflow server (ComfyUI style)
+        except ValueError as e:
+            raise UserError(f"--image: {path}: {e}") from None
+        if workflow is not None:
+            return workflow
         found = ", ".join(sorted(chunks)) or "none"
         raise UserError(f"--image: {path} holds no generation parameters (text chunks: {found})") from None
     return "\n".join(f"{k:<18}{params[k]}" for k in sorted(params))

@@ -8,9 +8,12 @@ steps, wall time, intervals, device, learning rate); any other differing option 
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
+from latentworks.commands.outputs import print_continue_hints, refuse_non_empty, tidy_run_folder
 from latentworks.commands.resume_options import add_option, given_options, option_values
 
 # command-line dest -> DiffusionTrainConfig field, where they differ
@@ -42,7 +45,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         show_default=False,
         help="train-vae run folder, model folder or 'default' (to build the cache / decode samples)",
     )
-    p.add_argument("--data", type=Path, default=None, help="dataset to encode when the cache does not exist")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="dataset to encode when the cache does not exist (default: none)",
+    )
     add_option(
         p,
         "--architecture",
@@ -81,13 +89,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         type=float,
         default=None,
         show_default=False,
-        help="stop (after a checkpoint) after this long",
+        help="stop (after a checkpoint) after this many seconds (default: no limit)",
     )
     add_option(p, "--device", default="cpu")
     p.add_argument(
         "--resume",
         action="store_true",
         help="continue from OUT/checkpoints/last.safetensors with the settings saved in OUT/config.json",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run in an --out folder that is not empty (files of the same name are replaced)",
     )
     return p
 
@@ -139,18 +152,42 @@ def run(args: argparse.Namespace) -> int:
             device=o["device"],
             resume=args.resume,
         )
-    if not cfg.latents.is_file():
-        vae = cfg.vae_run
-        if vae is None or args.data is None:
-            raise UserError(
-                f"latent cache {cfg.latents} does not exist; pass --vae RUN and --data DATASET to build it"
-            )
-        from latentworks.pipelines.latents import cache_latents
-
-        cache_latents(vae, args.data, cfg.latents, split="train", device=cfg.device)
+    if not args.resume:
+        refuse_non_empty(
+            args.out, args.overwrite, keep=[cfg.latents], advice="; to continue its run, add --resume"
+        )
+        if cfg.init_from is None:
+            cfg.model_config()  # an unknown preset fails here, before a latent cache is built for it
+    ckpt = args.out / "checkpoints" / "last.safetensors"
     try:
-        r = train_diffusion(cfg)
+        with tidy_run_folder(args.out, ckpt):
+            if not cfg.latents.is_file():
+                vae = cfg.vae_run
+                if vae is None or args.data is None:
+                    raise UserError(
+                        f"latent cache {cfg.latents} does not exist; pass --vae RUN and --data DATASET to build it"
+                    )
+                from latentworks.pipelines.latents import cache_latents
+
+                cache_latents(vae, args.data, cfg.latents, split="train", device=cfg.device)
+            r = train_diffusion(cfg)
     except FloatingPointError as e:
         raise UserError(str(e)) from None
+    except KeyboardInterrupt:
+        if ckpt.is_file():
+            print("interrupted; the run keeps its last checkpoint", file=sys.stderr)
+            print_continue_hints("train", args.out, _next_steps(args.out), file=sys.stderr)
+        raise
     print(f"step {r.step}; run in {r.run_dir}")
+    if r.step < cfg.steps:
+        print(f"stopped early (--max-seconds) at step {r.step} of {cfg.steps}")
+        print_continue_hints("train", args.out, _next_steps(args.out))
     return 0
+
+
+def _next_steps(out: Path) -> list[str]:
+    q = shlex.quote
+    return [
+        "to use it as it is:                   "
+        f"latentworks convert --from-run {q(str(out))} --out {q(f'models/checkpoints/{out.resolve().name}')}"
+    ]

@@ -8,8 +8,12 @@ wall time, intervals, device, learning rate); any other differing option is refu
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 from pathlib import Path
+from typing import Any
 
+from latentworks.commands.outputs import print_continue_hints, refuse_non_empty, tidy_run_folder
 from latentworks.commands.resume_options import add_option, given_options, option_values
 
 
@@ -27,7 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         type=Path,
         default=None,
         show_default=False,
-        help=".npz from 'latentworks data' or an image folder (required, except with --resume)",
+        help=".npz from 'latentworks data' or an image folder (no default: required, except with --resume)",
     )
     p.add_argument("--out", type=Path, required=True, help="run folder")
     add_option(p, "--preset", default="emoji-f4c4", help="autoencoder preset (models.autoencoder.PRESETS)")
@@ -55,7 +59,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         type=float,
         default=None,
         show_default=False,
-        help="stop (after a checkpoint) after this long",
+        help="stop (after a checkpoint) after this many seconds (default: no limit)",
     )
     add_option(p, "--device", default="cpu")
     p.add_argument(
@@ -73,6 +77,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="fine-tune only the decoder of FROM (a train-vae run, a model folder or 'default'), encoder "
         "frozen, so models trained on its latents keep working; --preset is then ignored. Swap the result "
         "into a model with 'latentworks convert MODEL --decoder-from OUT --out NEW'",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run in an --out folder that is not empty (files of the same name are replaced)",
     )
     return p
 
@@ -118,13 +127,43 @@ def run(args: argparse.Namespace) -> int:
             resume=args.resume,
             finetune_decoder=o["finetune_decoder"],
         )
+    if not args.resume:
+        refuse_non_empty(args.out, args.overwrite, advice="; to continue its run, add --resume")
+    ckpt = args.out / "checkpoints" / "last.safetensors"
     try:
-        r = train_vae(cfg)
+        with tidy_run_folder(args.out, ckpt):
+            r = train_vae(cfg)
     except (FloatingPointError, FileNotFoundError) as e:
         raise UserError(str(e)) from None
+    except KeyboardInterrupt:
+        if ckpt.is_file():
+            print("interrupted; the run keeps its last checkpoint", file=sys.stderr)
+            print_continue_hints("train-vae", args.out, _next_steps(args.out, cfg), file=sys.stderr)
+        raise
     m = r.metrics
     if m:
         print(
             f"step {r.step}: held-out PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f} (N={m['n']}); run in {r.run_dir}"
         )
+    if r.step < cfg.steps:
+        print(f"stopped early (--max-seconds) at step {r.step} of {cfg.steps}")
+        print_continue_hints("train-vae", args.out, _next_steps(args.out, cfg))
     return 0
+
+
+def _next_steps(out: Path, cfg: Any) -> list[str]:
+    """What to do with the autoencoder as it is: swap a fine-tuned decoder in, or train on its latents."""
+
+    def q(p: object) -> str:
+        return shlex.quote(str(p))
+
+    if cfg.finetune_decoder is not None:
+        new = f"models/checkpoints/{Path(str(cfg.finetune_decoder)).name}-decoder"
+        return [
+            "to use its decoder as it is:          "
+            f"latentworks convert {q(cfg.finetune_decoder)} --decoder-from {q(out)} --out {q(new)}"
+        ]
+    return [
+        "to use it as it is:                   "
+        f"latentworks train --out runs/ldm --vae {q(out)} --data {q(cfg.data)}  (then convert --from-run)"
+    ]

@@ -117,8 +117,31 @@ def resolve_model_path(name_or_path: str | Path, models_dir: str | Path | None =
             f"the embedded default model is missing from {EMBEDDED / 'default'}; reinstall latentworks "
             "or train one with docs/training.md"
         )
+    for c in candidates:
+        if (hint := _training_run_hint(c)) is not None:
+            raise FileNotFoundError(hint)
     where = ", ".join(str(c) for c in candidates)
     raise FileNotFoundError(f"no latentworks model folder (with model.json) at {where}")
+
+
+def _training_run_hint(path: Path) -> str | None:
+    """What to do with a training run folder (config.json "kind": diffusion/autoencoder) given as a model."""
+    try:
+        kind = json.loads((path / "config.json").read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if kind == "diffusion":
+        return (
+            f"{path} is a training run folder, not a model folder (it has config.json and checkpoints/, "
+            f"no model.json); convert it first with: latentworks convert --from-run {path} "
+            f"--out models/checkpoints/{path.resolve().name}"
+        )
+    if kind in ("autoencoder", "vae"):
+        return (
+            f"{path} is an autoencoder training run (train-vae), which cannot draw from a prompt by itself; "
+            f"train a diffusion model on it with: latentworks train --vae {path} --out runs/ldm ..."
+        )
+    return None
 
 
 def sampling_from_meta(spec: SamplingSpec | Mapping[str, Any]) -> DiscreteModelSampling | FlowModelSampling:

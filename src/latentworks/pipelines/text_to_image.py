@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import random
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,20 @@ class PipelineStep:
     latent: Tensor  # (B, C, h, w) current sample, model space
     denoised: Tensor  # (B, C, h, w) current x0 prediction, model space
     preview: Callable[[], Tensor]  # cheap RGB preview of ``denoised``: uint8 (B, h, w, 3)
+
+
+class ResolutionWarning(UserWarning):
+    """A size far from the model's native one (pixel count off by more than 25%): larger sizes repeat the
+    subject in tiles, smaller ones lose it. ``native`` and ``requested`` are (height, width)."""
+
+    def __init__(self, model: str, native: tuple[int, int], requested: tuple[int, int]) -> None:
+        (h0, w0), (h, w) = native, requested
+        look = "tiled" if h * w > h0 * w0 else "degraded"
+        super().__init__(
+            f"the {model} model draws {w0}x{h0} images; {w}x{h} gives {look} results. "
+            f"Use width={w0}, height={h0} (its native size)"
+        )
+        self.model, self.native, self.requested, self.look = model, native, requested, look
 
 
 @dataclass
@@ -291,6 +306,9 @@ class Pipeline:
             raise ValueError(
                 f"width and height must be positive multiples of {f} (the VAE's factor), got {width}x{height}"
             )
+        if abs(height * width / (h0 * w0) - 1) > 0.25:  # other aspect ratios at the native area are fine
+            name = str(self.model.meta.get("name", self.model.path))
+            warnings.warn(ResolutionWarning(name, (h0, w0), (height, width)), stacklevel=2)
         seed = random.randrange(2**31) if seed is None else int(seed)
         n = len(prompts) * batch
         seeds = seeds_for(seed, n)
