@@ -26,7 +26,7 @@ LAT_METHODS = ["nearest-exact", "bilinear", "area", "bicubic", "bislerp"]
 # (category, [(section, name, object_info entry)], [(output type, output name)]) from ComfyUI's source:
 # nodes.py, comfy_extras/nodes_primitive.py, nodes_string.py, nodes_logic.py, nodes_preview_any.py,
 # nodes_images.py, nodes_post_processing.py, nodes_sd3.py. Tooltips are not compared.
-R, O = "required", "optional"
+R, OPT = "required", "optional"
 COMFY: dict[str, tuple[str, list[tuple[str, str, list]], list[tuple[str, str]]]] = {
     "PrimitiveInt": (
         "utils/primitive",
@@ -58,8 +58,8 @@ COMFY: dict[str, tuple[str, list[tuple[str, str, list]], list[tuple[str, str]]]]
         "logic",
         [
             (R, "switch", ["BOOLEAN"]),
-            (O, "on_false", ["*", {"lazy": True}]),
-            (O, "on_true", ["*", {"lazy": True}]),
+            (OPT, "on_false", ["*", {"lazy": True}]),
+            (OPT, "on_true", ["*", {"lazy": True}]),
         ],
         [("*", "output")],
     ),
@@ -221,7 +221,7 @@ def test_schema_matches_comfyui(name: str, tmp_path: Path) -> None:
     info = default_registry(None, tmp_path).object_info()[name]
     category, inputs, outputs = COMFY[name]
     assert info["category"] == category
-    for section in (R, O):
+    for section in (R, OPT):
         want = [(n, e) for s, n, e in inputs if s == section]
         got = info["input"].get(section, {})
         assert list(got) == [n for n, _ in want], f"{name} {section} input names/order"
