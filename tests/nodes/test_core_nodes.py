@@ -147,6 +147,17 @@ COMFY: dict[str, tuple[str, list[tuple[str, str, list]], list[tuple[str, str]]]]
         ],
         [("LATENT", "LATENT")],
     ),
+    "LatentUpscale": (
+        "latent",
+        [
+            (R, "samples", ["LATENT"]),
+            (R, "upscale_method", [LAT_METHODS, {}]),
+            (R, "width", ["INT", {"default": 512, "min": 0, "max": MAXRES, "step": 8}]),
+            (R, "height", ["INT", {"default": 512, "min": 0, "max": MAXRES, "step": 8}]),
+            (R, "crop", [["disabled", "center"], {}]),
+        ],
+        [("LATENT", "LATENT")],
+    ),
     "LatentFromBatch": (
         "latent/batch",
         [
