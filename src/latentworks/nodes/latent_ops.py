@@ -29,7 +29,10 @@ def _empty_sd3(ctx: Any, width: int, height: int, batch_size: int = 1) -> tuple[
     ctx.check_pixels(width, height, batch_size, inputs="width, height, batch_size")
     shape = (batch_size, SD3_CHANNELS, height // SD3_FACTOR, width // SD3_FACTOR)
     ctx.check_latent(shape, inputs="width, height, batch_size")
-    return (Latent(samples=torch.zeros(shape), factor=SD3_FACTOR),)
+    # An empty latent, as EmptyLatentImage: the sampler materialises zeros of the model's shape, which is
+    # (B, 16, H // 8, W // 8) for SD3 and FLUX. ComfyUI makes the 16-channel zeros at once but its sampler
+    # swaps an all-zero latent of the wrong channel count for the model's, so both give any model zeros.
+    return (Latent(pixel_size=(int(height), int(width)), batch_size=int(batch_size), factor=SD3_FACTOR),)
 
 
 def _upscale_by(ctx: Any, samples: Latent, upscale_method: str, scale_by: float) -> tuple[Any, ...]:
@@ -155,7 +158,7 @@ def latent_ops_nodes() -> list[NodeSpec]:
             name="EmptySD3LatentImage",
             category="latent/sd3",
             execute=_empty_sd3,
-            description="Zeros of shape (batch_size, 16, height // 8, width // 8), for SD3 and FLUX.",
+            description="An empty latent: zeros of (batch_size, 16, height // 8, width // 8) for SD3 and FLUX.",
             inputs=(
                 I("width", "INT", default=1024, min=16, max=MAX_RESOLUTION, step=16),
                 I("height", "INT", default=1024, min=16, max=MAX_RESOLUTION, step=16),
