@@ -4,6 +4,7 @@ behaviour against analytic answers, and a small workflow through the real execut
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -522,3 +523,50 @@ def test_workflow_chains_core_nodes_and_the_switch_is_lazy(tmp_path: Path) -> No
     assert res.outputs["9"] == {"text": ["76"]}  # (30 + 8) * 2
     assert res.outputs["11"] == {"text": ["h=x"]}
     assert "7" not in res.executed  # the branch the switch did not take never ran
+
+
+def test_core_nodes_feed_a_real_sampler(tiny_model: Path, tmp_path: Path) -> None:
+    """EmptySD3LatentImage works with a 4-channel model (zeros of its shape), ConditioningZeroOut makes a
+    negative, and the batch, resize, image and preview nodes chain around KSampler and VAEDecode."""
+    models = tmp_path / "models"
+    shutil.copytree(tiny_model, models / "checkpoints" / "tiny")
+    wf = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny"}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red apple", "clip": ["1", 1]}},
+        "3": {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["2", 0]}},
+        "4": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 16, "height": 16, "batch_size": 1}},
+        "5": {"class_type": "RepeatLatentBatch", "inputs": {"samples": ["4", 0], "amount": 2}},
+        "6": {
+            "class_type": "KSampler",
+            "inputs": {
+                "model": ["1", 0],
+                "seed": 3,
+                "steps": 2,
+                "cfg": 3.0,
+                "sampler_name": "euler",
+                "scheduler": "normal",
+                "positive": ["2", 0],
+                "negative": ["3", 0],
+                "latent_image": ["5", 0],
+                "denoise": 1.0,
+            },
+        },
+        "7": {
+            "class_type": "LatentFromBatch",
+            "inputs": {"samples": ["6", 0], "batch_index": 1, "length": 1},
+        },
+        "8": {
+            "class_type": "LatentUpscaleBy",
+            "inputs": {"samples": ["7", 0], "upscale_method": "bislerp", "scale_by": 2.0},
+        },
+        "9": {"class_type": "VAEDecode", "inputs": {"samples": ["8", 0], "vae": ["1", 2]}},
+        "10": {"class_type": "ImageInvert", "inputs": {"image": ["9", 0]}},
+        "11": {"class_type": "GetImageSize", "inputs": {"image": ["10", 0]}},
+        "12": {"class_type": "PreviewAny", "inputs": {"source": ["11", 0]}},
+        "13": {"class_type": "PreviewAny", "inputs": {"source": ["11", 2]}},
+    }
+    ex = Executor(default_registry(models))
+    res = ex.execute(wf, ex.new_context("job", output_dir=tmp_path, temp_dir=tmp_path))
+    assert res.status == "success", res.error
+    # 16 px -> 8 x 8 latent cells (the tiny VAE is f2) -> 16 x 16 cells -> 32 px; one image left
+    assert res.outputs["12"] == {"text": ["32"]} and res.outputs["13"] == {"text": ["1"]}
