@@ -4,6 +4,7 @@ behaviour against analytic answers, and a small workflow through the real execut
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -409,6 +410,18 @@ def test_bislerp_keeps_a_constant_latent() -> None:
     z = torch.randn(1, 4, 1, 1).expand(1, 4, 3, 3).contiguous()
     (y,) = run("LatentUpscaleBy", samples=Latent(samples=z), upscale_method="bislerp", scale_by=2.0)
     assert torch.allclose(y.samples, z[:, :, :1, :1].expand(1, 4, 6, 6), atol=1e-5)
+
+
+def test_bislerp_follows_the_great_circle_between_neighbours() -> None:
+    z = torch.zeros(1, 2, 1, 2)
+    z[0, 0, 0, 0], z[0, 1, 0, 1] = 1.0, 1.0  # e1 then e2 (orthogonal unit vectors)
+    (y,) = run("LatentUpscaleBy", samples=Latent(samples=z), upscale_method="bislerp", scale_by=2.0)
+    # output centres fall at source positions 0 (clamped), 0.25, 0.75 and 1 (clamped)
+    c, s = math.cos(math.pi / 8), math.sin(math.pi / 8)
+    want = torch.tensor([[1.0, c, s, 0.0], [0.0, s, c, 1.0]])
+    assert torch.allclose(y.samples[0, :, 0], want, atol=1e-6) and torch.allclose(
+        y.samples[0, :, 1], want, atol=1e-6
+    )
 
 
 def test_latent_from_batch_and_repeat() -> None:

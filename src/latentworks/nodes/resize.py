@@ -3,7 +3,7 @@
 Tensors are channels-first, (B, C, H, W). The methods are those ComfyUI's ``common_upscale`` offers:
 "nearest-exact", "bilinear", "area", "bicubic" (``torch.nn.functional.interpolate``, align_corners=False),
 "lanczos" (PIL on 8-bit images, as ComfyUI does) and "bislerp" (spherical interpolation of channel
-vectors, for latents).
+vectors, for latents; width first, then height, as ComfyUI).
 """
 
 from __future__ import annotations
@@ -48,25 +48,29 @@ def _lanczos(x: Tensor, width: int, height: int) -> Tensor:
 
 
 def _slerp_axis(x: Tensor, size: int, dim: int) -> Tensor:
-    """Resize one spatial axis of (B, C, H, W) by spherical interpolation of the C-vectors of the two
-    nearest source cells (half-pixel centres, as align_corners=False); norms are interpolated linearly."""
+    """Resize one spatial axis of (B, C, H, W) by spherical interpolation between the C-vectors of the two
+    nearest source cells (half-pixel centres, as align_corners=False), with the norm interpolated linearly.
+
+    ComfyUI's bislerp rule: nearly parallel neighbours (cosine > 1 - 1e-5) give the first one unchanged,
+    nearly opposite ones (cosine < -1 + 1e-5) a linear blend; a zero vector counts as direction 0.
+    """
     n = x.shape[dim]
     src = ((torch.arange(size, dtype=torch.float64) + 0.5) * n / size - 0.5).clamp(0, n - 1)
     lo = src.floor().long()
     hi = (lo + 1).clamp(max=n - 1)
-    t = (src - lo).to(x.dtype)
-    a, b = x.index_select(dim, lo.to(x.device)), x.index_select(dim, hi.to(x.device))
     shape = [1, 1, 1, 1]
     shape[dim] = size
-    t = t.to(x.device).view(shape)
+    t = (src - lo).to(x.dtype).to(x.device).view(shape)
+    a, b = x.index_select(dim, lo.to(x.device)), x.index_select(dim, hi.to(x.device))
     na, nb = a.norm(dim=1, keepdim=True), b.norm(dim=1, keepdim=True)
-    ua, ub = a / na.clamp_min(1e-12), b / nb.clamp_min(1e-12)
-    omega = (ua * ub).sum(1, keepdim=True).clamp(-1, 1).acos()
-    so = omega.sin()
-    safe = so.abs() > 1e-6
-    wa = torch.where(safe, ((1 - t) * omega).sin() / so.where(safe, torch.ones_like(so)), 1 - t)
-    wb = torch.where(safe, (t * omega).sin() / so.where(safe, torch.ones_like(so)), t)
-    return (wa * ua + wb * ub) * (na * (1 - t) + nb * t)
+    ua = torch.where(na > 0, a / na.where(na > 0, torch.ones_like(na)), torch.zeros_like(a))
+    ub = torch.where(nb > 0, b / nb.where(nb > 0, torch.ones_like(nb)), torch.zeros_like(b))
+    dot = (ua * ub).sum(1, keepdim=True)
+    omega = dot.clamp(-1, 1).acos()
+    so = omega.sin().where(omega.sin() != 0, torch.ones_like(omega))
+    out = (((1 - t) * omega).sin() / so * ua + (t * omega).sin() / so * ub) * (na * (1 - t) + nb * t)
+    out = torch.where(dot > 1 - 1e-5, a, out)
+    return torch.where(dot < 1e-5 - 1, a * (1 - t) + b * t, out)
 
 
 def resize(x: Tensor, width: int, height: int, method: str, crop: str = "disabled") -> Tensor:
