@@ -14,13 +14,27 @@ from latentworks.graph.registry import NodeRegistry
 def default_registry(
     models_dir: str | Path | None = None, input_dir: str | Path | None = None
 ) -> NodeRegistry:
+    from latentworks.nodes.conditioning_ops import conditioning_ops_nodes
     from latentworks.nodes.image import image_nodes
+    from latentworks.nodes.image_ops import image_ops_nodes
+    from latentworks.nodes.latent_ops import latent_ops_nodes
     from latentworks.nodes.models import loader_nodes
+    from latentworks.nodes.primitives import primitive_nodes
     from latentworks.nodes.sampling import sampling_nodes
 
     md = None if models_dir is None else Path(models_dir)
     idir = None if input_dir is None else Path(input_dir)
-    return NodeRegistry([*loader_nodes(md), *sampling_nodes(), *image_nodes(idir)])
+    return NodeRegistry(
+        [
+            *loader_nodes(md),
+            *sampling_nodes(),
+            *image_nodes(idir),
+            *primitive_nodes(),
+            *image_ops_nodes(idir),
+            *latent_ops_nodes(),
+            *conditioning_ops_nodes(),
+        ]
+    )
 
 
 __all__ = ["default_registry"]

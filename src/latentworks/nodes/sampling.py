@@ -20,6 +20,7 @@ from latentworks.graph.executor import ExecutionContext
 from latentworks.graph.types import InputSpec, NodeSpec, OutputSpec, Preview
 from latentworks.nodes.guards import interruptible, needs_fine_checks
 from latentworks.nodes.payloads import ClipPayload, ConditioningPayload, Latent, ModelPayload
+from latentworks.nodes.resize import LATENT_METHODS, resize
 from latentworks.pipelines.families import add_conditioning_extras, behaviour_of, model_sampling_for
 from latentworks.pipelines.sampling import denoise_latents, seeds_for
 
@@ -208,7 +209,7 @@ def _set_mask(ctx: Any, samples: Latent, mask: torch.Tensor) -> tuple[Any, ...]:
     return (samples.with_mask(m[:, None].float()),)
 
 
-UPSCALE_METHODS = ("nearest-exact", "bilinear", "area", "bicubic")
+UPSCALE_METHODS = LATENT_METHODS  # ComfyUI: nearest-exact, bilinear, area, bicubic, bislerp
 
 
 def _latent_upscale(
@@ -227,15 +228,7 @@ def _latent_upscale(
     f = samples.factor
     ctx.check_pixels(tw * f, th * f, z.shape[0], inputs="width, height")
     ctx.check_latent((z.shape[0], z.shape[1], th, tw), inputs="width, height")
-    if crop == "center":  # crop to the target aspect ratio before resizing
-        if w * th > h * tw:
-            nw = round(h * tw / th)
-            z = z[..., (w - nw) // 2 : (w - nw) // 2 + nw]
-        elif w * th < h * tw:
-            nh = round(w * th / tw)
-            z = z[..., (h - nh) // 2 : (h - nh) // 2 + nh, :]
-    kw: dict[str, Any] = {} if upscale_method in ("nearest-exact", "area") else {"align_corners": False}
-    out = F.interpolate(z, size=(th, tw), mode=upscale_method, **kw)
+    out = resize(z, tw, th, upscale_method, crop)  # ComfyUI's methods (bislerp too) and centre-crop rule
     return (Latent(samples=out, noise_mask=samples.noise_mask, factor=samples.factor),)
 
 
