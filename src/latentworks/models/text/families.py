@@ -51,12 +51,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from transformers import Qwen3Model
 
 from latentworks.diffusion.conditioning import Conditioning
 from latentworks.models.text.base import TextEncoder
 from latentworks.models.text.clip import CLIPModel, build_clip, clip_encode
 from latentworks.models.text.layouts import detect_text_encoder
-from latentworks.models.text.qwen import QwenTokenizer, build_qwen3, qwen_hidden_states
 from latentworks.models.text.prompts import (
     CONTEXT_LENGTH,
     ClipTokenizer,
@@ -67,6 +67,7 @@ from latentworks.models.text.prompts import (
     parse_weights,
     tokenize_chunks,
 )
+from latentworks.models.text.qwen import QwenTokenizer, build_qwen3, qwen_hidden_states
 from latentworks.models.text.t5 import T5Tokenizer, build_t5, t5_encode
 
 T5_DIM = 4096  # T5-XXL's width: SD3 pads its CLIP features to it when there is no T5
@@ -336,7 +337,7 @@ class PromptEncoder:
 class QwenPromptEncoder:
     """A chat-templated Qwen decoder's hidden states as conditioning (built by :func:`make_prompt_encoder`)."""
 
-    def __init__(self, recipe: QwenRecipe, model: torch.nn.Module, tokenizer: QwenTokenizer) -> None:
+    def __init__(self, recipe: QwenRecipe, model: Qwen3Model, tokenizer: QwenTokenizer) -> None:
         self.recipe = recipe
         self.family = recipe.name
         self.model = model
@@ -365,7 +366,7 @@ class QwenPromptEncoder:
         ids, mask = self.tokenizer(texts, self.recipe.max_length)  # (B, L), (B, L)
         device = next(self.model.parameters()).device
         ids, mask = ids.to(device), mask.to(device)
-        hidden = qwen_hidden_states(self.model, ids, mask, layer=self.recipe.layer)  # type: ignore[arg-type]
+        hidden = qwen_hidden_states(self.model, ids, mask, layer=self.recipe.layer)
         tokens = hidden * mask[..., None].to(hidden.dtype)  # (B, L, D); padding positions zeroed
         return Conditioning(tokens=tokens, mask=mask)
 
@@ -401,7 +402,7 @@ def _qwen_tokenizer_path(tokenizer_dir: Path | None) -> Path | None:
     if tokenizer_dir is None:
         return None
     p = Path(tokenizer_dir)
-    for c in ([p] if p.is_file() else [p / "tokenizer.json", p / "tokenizer" / "tokenizer.json"]):
+    for c in [p] if p.is_file() else [p / "tokenizer.json", p / "tokenizer" / "tokenizer.json"]:
         if c.is_file() and c.name == "tokenizer.json":
             return c
     return None
@@ -431,9 +432,7 @@ def make_prompt_encoder(
         zero_empty_prompt: ``""`` -> zeros; default: the recipe's.
     """
     if isinstance(recipe, QwenRecipe):
-        return _make_qwen_encoder(
-            recipe, components, tokenizer_dir=tokenizer_dir, device=device, dtype=dtype
-        )
+        return _make_qwen_encoder(recipe, components, tokenizer_dir=tokenizer_dir, device=device, dtype=dtype)
     if not isinstance(recipe, TextRecipe):
         raise TypeError(
             f"make_prompt_encoder takes a TextRecipe or QwenRecipe, got {type(recipe).__name__}; "

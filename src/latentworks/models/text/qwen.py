@@ -153,7 +153,9 @@ def _packaged_encoding() -> tuple[Any, Path]:
         raise ValueError(
             f"{path} holds {len(ranks)} tokens, not Qwen's {BPE_VOCAB_SIZE}; install {QWEN_PACKAGE}"
         )
-    return tiktoken.Encoding("qwen", pat_str=PRETOKENIZE_PATTERN, mergeable_ranks=ranks, special_tokens={}), path
+    return tiktoken.Encoding(
+        "qwen", pat_str=PRETOKENIZE_PATTERN, mergeable_ranks=ranks, special_tokens={}
+    ), path
 
 
 def _find_tokenizer_json(p: Path) -> Path:
