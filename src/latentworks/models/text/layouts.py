@@ -234,7 +234,7 @@ def detect_text_encoder(shapes: Mapping[str, tuple[int, ...]]) -> tuple[TextEnco
         if emb is None:
             sample = sorted(keys)[:3]
             raise TextEncoderKeyError(
-                f"not a CLIP, T5 or Qwen3 text encoder state dict (first keys: {sample}); expected "
+                f"not a CLIP or T5 (or Qwen3) text encoder state dict (first keys: {sample}); expected "
                 "'text_model.embeddings.token_embedding.weight' (HF CLIP), 'token_embedding.weight' + "
                 "'transformer.resblocks.*' (open_clip), 'encoder.block.*' (T5) or 'model.embed_tokens.weight' + "
                 "'model.layers.*' (Qwen3). Strip the checkpoint prefix first."
