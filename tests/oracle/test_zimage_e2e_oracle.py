@@ -127,3 +127,13 @@ def test_single_files_generate_and_match_diffusers_zimage_pipeline(tmp_path: Pat
     mine = np.stack([np.asarray(im, dtype=np.float32) / 255.0 for im in result.images])
     assert mine.shape == img.shape
     assert np.abs(mine - img).max() <= 1.0 / 255 + 1e-6  # diffusers rounds (x * 255), we round from [-1, 1]
+
+    # the same pipeline saved by diffusers as a folder (its tokenizer/tokenizer.json is used) gives the same
+    pipe.save_pretrained(str(tmp_path / "zimage"))
+    from_folder = Pipeline.from_pretrained(tmp_path / "zimage")
+    assert from_folder.model.meta["family"] == "z-image"
+    again = from_folder(PROMPT, steps=STEPS, guidance=1.0, sampler="euler", scheduler="simple", seed=SEED,
+                        width=SIZE, height=SIZE)  # fmt: skip
+    err = (again.latents.float() - lat.float()).abs().max().item()
+    print(f"diffusers folder: max abs diff {err:.3g}")
+    assert err <= 1e-4 * max(scale, 1.0)

@@ -104,6 +104,9 @@ class QwenTokenizer:
 
             self.source = _find_tokenizer_json(Path(path))
             self._hf = Tokenizer.from_file(str(self.source))
+            # a tokenizer.json saved after a padded call keeps its padding/truncation; we pad ourselves
+            self._hf.no_padding()
+            self._hf.no_truncation()
         else:
             self._tiktoken, self.source = _packaged_encoding()
         self.pad_id = self.added[PAD_TOKEN]
