@@ -1,8 +1,4 @@
-"""The Z-Image family: detection of its released single-file layout once registered, and its sampling contract.
-
-Z-Image is not in the registry yet (its Qwen3-4B prompt recipe is missing, and registered families must have
-one); these tests register it for their duration only, as a new family would be registered.
-"""
+"""The Z-Image family: detection of its released single-file layout, and its sampling contract."""
 
 from __future__ import annotations
 
@@ -35,13 +31,13 @@ def single_file(config: ZImageConfig, prefix: str = "model.diffusion_model.") ->
 
 
 @pytest.fixture
-def registered(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(detect_module, "REGISTRY", (*families.REGISTRY, Z_IMAGE))
+def registered() -> None:
+    assert Z_IMAGE in families.REGISTRY and Z_IMAGE in detect_module.REGISTRY
 
 
-def test_unregistered_zimage_is_recognised_as_a_network_but_matches_no_family() -> None:
-    with pytest.raises(ValueError, match="zimage network whose config matches no known family"):
-        detect_checkpoint(single_file(PRESETS["z-image-turbo"]), source="z_image_turbo_bf16.safetensors")
+def test_zimage_is_registered_with_its_qwen_recipe() -> None:
+    assert families.get("z-image-turbo") is Z_IMAGE
+    assert Z_IMAGE.text is not None and Z_IMAGE.text.required == ("qwen3_4b",)
 
 
 @pytest.mark.parametrize("prefix", ["model.diffusion_model.", ""])

@@ -27,6 +27,7 @@ from latentworks.families.sd1 import SD1
 from latentworks.families.sd2 import SD2, SD2_V
 from latentworks.families.sd3 import SD3
 from latentworks.families.sdxl import SDXL, SDXL_REFINER
+from latentworks.families.zimage import Z_IMAGE
 
 __all__ = [
     "REGISTRY",
@@ -52,6 +53,7 @@ REGISTRY: tuple[ModelFamily, ...] = (
     SD3,
     FLUX_DEV,
     FLUX_SCHNELL,
+    Z_IMAGE,
     LATENTWORKS,
 )
 

