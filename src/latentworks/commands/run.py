@@ -241,7 +241,9 @@ def _run(args: argparse.Namespace) -> int:
         elif event == "progress":
             if bar is None:
                 bar = tqdm(
-                    total=int(data["max"]), desc=f"  {names.get(data.get('node'), 'progress')}", unit="step"
+                    total=int(data["max"]),
+                    desc=f"  {names.get(str(data.get('node')), 'progress')}",
+                    unit="step",
                 )
             bar.n = int(data["value"])
             bar.refresh()

@@ -190,7 +190,8 @@ class _Flattener:
             ntype = raw.get("type")
             if not isinstance(ntype, str) or not ntype:
                 raise WorkflowConversionError(f"{where}: node {node_id} has no 'type'")
-            title = raw.get("title") if isinstance(raw.get("title"), str) else ntype
+            raw_title = raw.get("title")
+            title = raw_title if isinstance(raw_title, str) and raw_title else ntype
             mode = raw.get("mode", MODE_ALWAYS)
             node = _Node(node_id, ntype, title, mode if isinstance(mode, int) else MODE_ALWAYS)
             for inp in raw.get("inputs") or []:
