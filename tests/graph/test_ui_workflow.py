@@ -245,3 +245,12 @@ def test_a_widget_value_of_the_wrong_kind_is_left_to_the_validator(registry) -> 
     result = validate_prompt(registry, ui_to_api(g.to_json(), registry))
     assert not result.ok
     assert result.node_errors["3"]["errors"][0]["extra_info"]["input_name"] == "sampler_name"
+
+
+def test_converter_is_torch_free() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, latentworks.graph.ui_workflow; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
