@@ -254,3 +254,28 @@ def test_converter_is_torch_free() -> None:
     code = "import sys, latentworks.graph.ui_workflow; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_nested_subgraphs_cannot_blow_up_or_contain_themselves(registry) -> None:
+    ids = [f"00000000-0000-4000-8000-{i:012d}" for i in range(6)]
+    subgraphs = [
+        {"id": ids[level], "name": f"level {level}", "links": [],
+         "nodes": [{"id": k, "type": ids[level + 1], "mode": 0} for k in range(10)] if level < 5
+         else [{"id": 1, "type": "EmptyLatentImage", "mode": 0, "widgets_values": [32, 32, 1]}]}
+        for level in range(6)
+    ]  # fmt: skip  # 10**5 nodes once expanded
+    workflow = {
+        "nodes": [{"id": 1, "type": ids[0], "mode": 0}],
+        "links": [],
+        "definitions": {"subgraphs": subgraphs},
+    }
+    with pytest.raises(WorkflowConversionError, match="more than 5000 nodes"):
+        ui_to_api(workflow, registry)
+    loop = {"id": ids[0], "name": "loop", "links": [], "nodes": [{"id": 1, "type": ids[0], "mode": 0}]}
+    workflow = {
+        "nodes": [{"id": 7, "type": ids[0], "mode": 0}],
+        "links": [],
+        "definitions": {"subgraphs": [loop]},
+    }
+    with pytest.raises(WorkflowConversionError, match="node 7:1 .* contain themselves"):
+        ui_to_api(workflow, registry)

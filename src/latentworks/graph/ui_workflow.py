@@ -52,6 +52,7 @@ PRIMITIVE_NODE_TYPES = frozenset(
 SUBGRAPH_INPUT_ID, SUBGRAPH_OUTPUT_ID = -10, -20
 MAX_SUBGRAPH_DEPTH = 16
 MAX_LINK_HOPS = 10_000
+MAX_NODES = 5000  # after expanding subgraphs (the validator's limit too): nested subgraphs multiply
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
 
 
@@ -212,6 +213,10 @@ class _Flattener:
             node.widgets = widgets if isinstance(widgets, list | Mapping) else []
             if node_id in self.nodes:
                 raise _err(node, "another node has the same id; ids must be unique")
+            if len(self.nodes) >= MAX_NODES:
+                raise _err(
+                    node, f"the workflow has more than {MAX_NODES} nodes once its subgraphs are expanded"
+                )
             self.nodes[node_id] = node
             self._classify(node, stack)
         # The boundary nodes of a subgraph: "in" outputs the instance's inputs, "out" takes inner links.
@@ -416,25 +421,27 @@ def ui_to_api(workflow: Any, registry: NodeRegistry) -> dict[str, dict[str, Any]
 def _drop_dependents(
     prompt: dict[str, dict[str, Any]], needs: Mapping[str, list[str]], registry: NodeRegistry
 ) -> None:
-    """Remove the nodes whose required input came from a muted node, then (repeatedly) the nodes whose
+    """Remove the nodes whose required input came from a muted node, then (transitively) the nodes whose
     required input links to a removed node; an optional input that does is left out instead."""
-    for node_id in needs:
-        prompt.pop(node_id, None)
-    changed = True
-    while changed:
-        changed = False
-        for node_id in list(prompt):
-            inputs = prompt[node_id]["inputs"]
-            spec = registry[prompt[node_id]["class_type"]]
-            for name, value in list(inputs.items()):
-                if is_link(value) and str(value[0]) not in prompt:
-                    spec_input = spec.input(name)
-                    if spec_input is not None and spec_input.optional:
-                        del inputs[name]
-                        continue
-                    del prompt[node_id]
-                    changed = True
-                    break
+    consumers: dict[str, list[tuple[str, str]]] = {}  # source id -> [(consumer id, input name)]
+    for node_id, node in prompt.items():
+        for name, value in node["inputs"].items():
+            if is_link(value):
+                consumers.setdefault(str(value[0]), []).append((node_id, name))
+    queue = [node_id for node_id in needs if node_id in prompt]
+    while queue:
+        node_id = queue.pop()
+        if prompt.pop(node_id, None) is None:
+            continue
+        for consumer, name in consumers.get(node_id, []):
+            node = prompt.get(consumer)
+            if node is None:
+                continue
+            spec_input = registry[node["class_type"]].input(name)
+            if spec_input is not None and spec_input.optional:
+                node["inputs"].pop(name, None)
+            else:
+                queue.append(consumer)
 
 
 __all__ = [
