@@ -434,12 +434,12 @@ def _drop_dependents(
         if prompt.pop(node_id, None) is None:
             continue
         for consumer, name in consumers.get(node_id, []):
-            node = prompt.get(consumer)
-            if node is None:
+            consumer_node = prompt.get(consumer)
+            if consumer_node is None:
                 continue
-            spec_input = registry[node["class_type"]].input(name)
+            spec_input = registry[consumer_node["class_type"]].input(name)
             if spec_input is not None and spec_input.optional:
-                node["inputs"].pop(name, None)
+                consumer_node["inputs"].pop(name, None)
             else:
                 queue.append(consumer)
 
