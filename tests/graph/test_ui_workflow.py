@@ -279,3 +279,24 @@ def test_nested_subgraphs_cannot_blow_up_or_contain_themselves(registry) -> None
     }
     with pytest.raises(WorkflowConversionError, match="node 7:1 .* contain themselves"):
         ui_to_api(workflow, registry)
+
+
+def test_subgraph_promoted_widget_and_bypassed_instance(registry) -> None:
+    g = _subgraph_workflow()
+    sub = g.subgraphs[0]
+    sub["inputs"].append({"id": "i1", "name": "text", "type": "STRING", "linkIds": [3]})
+    inner = sub["nodes"][0]
+    inner["inputs"].append({"name": "text", "type": "STRING", "link": 3, "widget": {"name": "text"}})
+    sub["links"].append({"id": 3, "origin_id": -10, "origin_slot": 1, "target_id": 5, "target_slot": 1,
+                         "type": "STRING"})  # fmt: skip
+    instance = g.node(12)
+    instance["inputs"].append({"name": "text", "type": "STRING", "link": None, "widget": {"name": "text"}})
+    instance["widgets_values"] = ["set on the subgraph node"]
+    api = convert(registry, g)
+    assert api["12:5"]["inputs"]["text"] == "set on the subgraph node"
+
+    # Bypassed, the instance passes its CONDITIONING input through; it has none here, so KSampler's positive
+    # is left out and the validator says so.
+    instance["mode"] = 4
+    api = ui_to_api(g.to_json(), registry)
+    assert "12:5" not in api and "positive" not in api["3"]["inputs"]

@@ -259,7 +259,8 @@ class _Flattener:
 
 # -- resolving link sources -----------------------------------------------------------------------------
 
-# A resolved source: ("link", node_id, slot), ("value", literal), or None (nothing: muted, dropped, unlinked).
+# A resolved source: ("link", node_id, slot), ("value", literal, None), ("muted", node_id, None), or None
+# (nothing: a dangling link, or a bypassed node with no input of the output's type).
 _Source = tuple[str, Any, Any] | None
 
 
@@ -280,8 +281,10 @@ class _Converter:
             node = self.nodes.get(node_id)
             if node is None:
                 return None  # a dangling link: like the editor, the input is left out
-            if node.kind == "note" or node.mode == MODE_MUTED:
+            if node.kind == "note":
                 return None
+            if node.mode == MODE_MUTED:
+                return ("muted", node_id, None)
             if node.kind == "reroute":
                 source = node.inputs[0].source if node.inputs else None
             elif node.kind == "primitive":
@@ -404,10 +407,12 @@ def ui_to_api(workflow: Any, registry: NodeRegistry) -> dict[str, dict[str, Any]
             if ui_input is not None and ui_input.source is not None:
                 resolved = conv.resolve(ui_input.source, spec_input)
                 if resolved is None:
-                    if not spec_input.optional:
-                        needs.setdefault(node.id, []).append(ui_input.source[0])
-                    continue
+                    continue  # left out, as the editor does; the validator names a missing required input
                 kind, a, b = resolved
+                if kind == "muted":
+                    if not spec_input.optional:
+                        needs.setdefault(node.id, []).append(a)  # cannot run without the muted node
+                    continue
                 inputs[spec_input.name] = [a, b] if kind == "link" else a
             elif spec_input.name in widget_values:
                 inputs[spec_input.name] = widget_values[spec_input.name]
