@@ -54,7 +54,15 @@ def test_run_editor_workflow_writes_a_png_then_reruns_it(
     )
     assert code == 0, err
     with Image.open(out_dir / "ComfyUI_00002_.png") as im:
-        assert json.loads(im.text["prompt"])["3"]["inputs"]["seed"] == 78
+        rerun = json.loads(im.text["prompt"])
+    assert rerun["3"]["inputs"]["seed"] == 78
+
+    # An API-format file runs too (here a saved POST /prompt body); --quiet prints only the files.
+    api_file = tmp_path / "api.json"
+    api_file.write_text(json.dumps({"prompt": rerun}))
+    code, out, err = run_cli(["run", str(api_file), "--output-dir", str(out_dir), "--quiet"], capsys)
+    assert code == 0, err
+    assert out.split() == [str(out_dir / "ComfyUI_00003_.png")] and "KSampler" not in err
 
 
 @pytest.mark.parametrize(
