@@ -49,7 +49,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default=[],
         dest="overrides",
         metavar="NODE.INPUT=VALUE",
-        help="change one input before running (repeatable); see the examples",
+        help="change one input before running (repeatable; default: none, the workflow's own values); see the examples",
     )
     p.add_argument(
         "--models-dir",
