@@ -117,3 +117,40 @@ def test_object_info_of_unknown_type_and_empty_model_kind(client) -> None:
     assert (client.get("/models/loras").status_code, client.get("/models/loras").json()) == (200, [])
     assert client.get("/api/models/vae").json() == []
     assert client.get("/models/not_a_kind").status_code == 404
+
+
+def test_odd_editor_workflows_get_4xx_never_500(client) -> None:
+    import copy
+    import random
+
+    rng = random.Random(23)
+    odd_values = [None, 0, -1, 2**70, 1.5, "", "x", [], {}, [1], {"a": 1}, True, "4", [[1]]]
+    base = ui_workflow()
+    base["definitions"] = {"subgraphs": [{"id": "s", "nodes": [], "links": []}]}
+    paths = [("nodes",), ("links",), ("definitions",), ("definitions", "subgraphs")]
+    for i in range(len(base["nodes"])):
+        paths += [
+            ("nodes", i, k) for k in ("id", "type", "mode", "inputs", "outputs", "widgets_values", "title")
+        ]
+    for i in range(len(base["links"])):
+        paths += [("links", i)] + [("links", i, k) for k in range(6)]
+    paths += [("nodes", 1, "inputs", 0, k) for k in ("name", "type", "link", "widget")]
+    statuses = set()
+    for _ in range(300):
+        body = copy.deepcopy(base)
+        for _ in range(rng.randint(1, 3)):
+            *parent, key = rng.choice(paths)
+            target = body
+            try:
+                for step in parent:
+                    target = target[step]
+                target[key] = rng.choice(odd_values)
+            except (KeyError, IndexError, TypeError):
+                continue
+        extra = {"extra_pnginfo": rng.choice(odd_values)}
+        r = client.post("/prompt", json={"prompt": body, "extra_data": extra})
+        statuses.add(r.status_code)
+        assert r.status_code in (200, 400), (r.status_code, r.text[:300], body)
+        r = client.post("/workflow/convert", json=body)
+        assert r.status_code in (200, 400), (r.status_code, r.text[:300], body)
+    assert statuses == {200, 400}

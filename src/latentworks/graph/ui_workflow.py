@@ -52,6 +52,7 @@ PRIMITIVE_NODE_TYPES = frozenset(
 SUBGRAPH_INPUT_ID, SUBGRAPH_OUTPUT_ID = -10, -20
 MAX_SUBGRAPH_DEPTH = 16
 MAX_LINK_HOPS = 10_000
+MAX_SLOT = 1024  # input/output slots per node a link may name
 MAX_NODES = 5000  # after expanding subgraphs (the validator's limit too): nested subgraphs multiply
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
 
@@ -154,6 +155,10 @@ def _links_table(links: Any, where: str) -> dict[int, tuple[int, int, int, int, 
         if not all(isinstance(f, int) and not isinstance(f, bool) for f in fields):
             raise WorkflowConversionError(f"{where}: link {item!r:.80} has a non-integer id, node or slot")
         link_id, a, b, c, d = (int(f) for f in fields)  # type: ignore[arg-type]
+        if not (0 <= b < MAX_SLOT and 0 <= d < MAX_SLOT):
+            raise WorkflowConversionError(
+                f"{where}: link {item!r:.80} names a slot outside 0..{MAX_SLOT - 1}"
+            )
         table[link_id] = (a, b, c, d, str(ltype))
     return table
 
@@ -195,6 +200,9 @@ class _Flattener:
             title = raw_title if isinstance(raw_title, str) and raw_title else ntype
             mode = raw.get("mode", MODE_ALWAYS)
             node = _Node(node_id, ntype, title, mode if isinstance(mode, int) else MODE_ALWAYS)
+            for key in ("inputs", "outputs"):
+                if not isinstance(raw.get(key) or [], list):
+                    raise _err(node, f"'{key}' must be a list, got {type(raw.get(key)).__name__}")
             for inp in raw.get("inputs") or []:
                 if not isinstance(inp, Mapping):
                     raise _err(node, f"an input must be an object, got {inp!r:.80}")
@@ -360,7 +368,8 @@ def widget_values_by_name(spec: NodeSpec, widgets: Any) -> dict[str, Any]:
             break
         values[inp.name] = widgets[pos]
         pos += 1
-        if inp.extra.get("control_after_generate") and pos < len(widgets) and widgets[pos] in CONTROL_VALUES:
+        control = widgets[pos] if pos < len(widgets) else None
+        if inp.extra.get("control_after_generate") and isinstance(control, str) and control in CONTROL_VALUES:
             pos += 1  # the "control after generate" combo the editor adds after a seed
     return values
 
@@ -372,6 +381,19 @@ def ui_to_api(workflow: Any, registry: NodeRegistry) -> dict[str, dict[str, Any]
         MissingNodeTypes: active nodes use types the registry lacks (all of them are listed).
         WorkflowConversionError: anything else malformed; the message names the node id and type.
     """
+    try:
+        return _ui_to_api(workflow, registry)
+    except WorkflowConversionError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, RecursionError) as e:
+        # Malformed JSON this module does not check field by field yet: still an error for people.
+        raise WorkflowConversionError(
+            f"the workflow could not be converted ({type(e).__name__}: {str(e)[:200]}); check that it is a "
+            "workflow the editor saved"
+        ) from None
+
+
+def _ui_to_api(workflow: Any, registry: NodeRegistry) -> dict[str, dict[str, Any]]:
     if not is_ui_workflow(workflow):
         raise WorkflowConversionError(
             "not an editor workflow: expected an object with a 'nodes' list and a 'links' list"
@@ -379,6 +401,8 @@ def ui_to_api(workflow: Any, registry: NodeRegistry) -> dict[str, dict[str, Any]
     definitions = workflow.get("definitions")
     subs_raw = definitions.get("subgraphs") if isinstance(definitions, Mapping) else None
     subgraphs: dict[str, Mapping[str, Any]] = {}
+    if not isinstance(subs_raw or [], list):
+        raise WorkflowConversionError("definitions.subgraphs must be a list of subgraph definitions")
     for sub in subs_raw or []:
         if isinstance(sub, Mapping) and isinstance(sub.get("id"), str):
             subgraphs[sub["id"]] = sub

@@ -402,7 +402,10 @@ def _routes(s: ServerState) -> APIRouter:
                 return err
             pnginfo = extra_data.get("extra_pnginfo")
             if not isinstance(pnginfo, dict) or "workflow" not in pnginfo:
-                extra_data = {**extra_data, "extra_pnginfo": {**(pnginfo or {}), "workflow": workflow}}
+                extra_data = {
+                    **extra_data,
+                    "extra_pnginfo": {**(pnginfo if isinstance(pnginfo, dict) else {}), "workflow": workflow},
+                }
         missing = _missing_node_type(s.registry, prompt)
         if missing is not None:
             return missing
