@@ -21,6 +21,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("data", "data", "fetch and build datasets (emoji)"),
     ("convert", "convert", "convert checkpoints between formats"),
     ("serve", "serve", "run the workflow server and browser editor"),
+    ("run", "run", "run a ComfyUI-style workflow (editor or API JSON, or a PNG) headless"),
 )
 
 

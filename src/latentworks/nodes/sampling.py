@@ -303,7 +303,14 @@ def sampling_nodes() -> list[NodeSpec]:
             inputs=(
                 I("model", "MODEL"),
                 I("add_noise", "COMBO", choices=("enable", "disable"), default="enable"),
-                I("noise_seed", "INT", default=0, min=0, max=SEED_MAX),
+                I(
+                    "noise_seed",
+                    "INT",
+                    default=0,
+                    min=0,
+                    max=SEED_MAX,
+                    extra={"control_after_generate": True},
+                ),
                 I("steps", "INT", default=20, min=1, max=10000),
                 I("cfg", "FLOAT", default=5.0, min=0.0, max=100.0, step=0.1),
                 *common,

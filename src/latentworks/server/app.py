@@ -41,6 +41,13 @@ from latentworks.graph import (
     node_info,
     validate_prompt,
 )
+from latentworks.graph.ui_workflow import (
+    MissingNodeTypes,
+    WorkflowConversionError,
+    is_ui_workflow,
+    missing_node_type_error,
+    ui_to_api,
+)
 from latentworks.nodes.budgets import upload_pixels_error
 from latentworks.server.auth import (
     BodyLimit,
@@ -60,6 +67,14 @@ from latentworks.server.worker import Worker
 log = logging.getLogger("latentworks.server")
 
 STATIC_DIR = Path(__file__).parent / "static"
+
+# Model kinds ComfyUI's GET /models/{folder} knows: a known kind with no folder yet lists [] (not 404).
+MODEL_KINDS = frozenset(
+    {"checkpoints", "loras", "vae", "text_encoders", "clip", "diffusion_models", "unet", "clip_vision",
+     "style_models", "embeddings", "diffusers", "vae_approx", "controlnet", "t2i_adapter", "gligen",
+     "upscale_models", "latent_upscale_models", "hypernetworks", "photomaker", "classifiers",
+     "model_patches", "audio_encoders", "configs"}
+)  # fmt: skip
 
 DEFAULT_MAX_UPLOAD_BYTES = 32 * 2**20
 DEFAULT_MAX_BODY_BYTES = 16 * 2**20
@@ -113,6 +128,36 @@ def _bad_request(type_: str, message: str, details: str = "", status: int = 400)
 
 
 MAX_HISTORY_ITEMS = 1_000_000
+
+
+def _convert_ui(registry: NodeRegistry, workflow: Any) -> tuple[dict | None, JSONResponse | None]:
+    """(API prompt, None) or (None, ComfyUI-shaped 400) for an editor-format workflow."""
+    try:
+        return ui_to_api(workflow, registry), None
+    except MissingNodeTypes as e:
+        error = e.error()
+        error["details"] += f"; all missing: {str(e)[:1000]}" if len(e.missing) > 1 else ""
+        return None, SafeJSONResponse({"error": error, "node_errors": {}}, status_code=400)
+    except WorkflowConversionError as e:
+        return None, _bad_request(
+            "invalid_workflow", str(e)[:2000], "the editor-format workflow could not be converted"
+        )
+
+
+def _missing_node_type(registry: NodeRegistry, prompt: Any) -> JSONResponse | None:
+    """ComfyUI's top-level missing_node_type 400 for the first node of an unknown type, else None."""
+    if not isinstance(prompt, dict):
+        return None
+    for node_id, node in prompt.items():
+        class_type = node.get("class_type") if isinstance(node, dict) else None
+        if isinstance(class_type, str) and class_type not in registry:
+            meta = node.get("_meta")
+            title = meta.get("title") if isinstance(meta, dict) else None
+            error = missing_node_type_error(
+                str(node_id), class_type, title if isinstance(title, str) else None
+            )
+            return SafeJSONResponse({"error": error, "node_errors": {}}, status_code=400)
+    return None
 
 
 def _no_constants(name: str) -> Any:
@@ -312,9 +357,7 @@ def _routes(s: ServerState) -> APIRouter:
     def object_info_one(node_class: str) -> JSONResponse:
         spec = s.registry.get(node_class)
         if spec is None:
-            return _bad_request(
-                "unknown_node_type", f"Node type {node_class!r} is not registered", status=404
-            )
+            return SafeJSONResponse({})  # as ComfyUI: an unknown type has no entry, not an error
         return SafeJSONResponse({node_class: node_info(spec)})
 
     # -- prompt and queue ------------------------------------------------------------------------
@@ -351,21 +394,52 @@ def _routes(s: ServerState) -> APIRouter:
             return _bad_request("invalid_prompt", "number must be a finite number below 2**53")
         if prompt_id is not None and (not isinstance(prompt_id, str) or not 0 < len(prompt_id) <= 128):
             return _bad_request("invalid_prompt", "prompt_id must be a string of 1 to 128 characters")
-        result = await asyncio.to_thread(validate_prompt, s.registry, body["prompt"])
+        prompt = body["prompt"]
+        if is_ui_workflow(prompt):  # an editor-format workflow: convert it first, keep it for the PNGs
+            workflow = prompt
+            prompt, err = await asyncio.to_thread(_convert_ui, s.registry, workflow)
+            if err is not None:
+                return err
+            pnginfo = extra_data.get("extra_pnginfo")
+            if not isinstance(pnginfo, dict) or "workflow" not in pnginfo:
+                extra_data = {
+                    **extra_data,
+                    "extra_pnginfo": {**(pnginfo if isinstance(pnginfo, dict) else {}), "workflow": workflow},
+                }
+        missing = _missing_node_type(s.registry, prompt)
+        if missing is not None:
+            return missing
+        result = await asyncio.to_thread(validate_prompt, s.registry, prompt)
         if not result.ok:
             return SafeJSONResponse(result.response(), status_code=400)
         prompt_id = prompt_id or str(uuid4())
         extra_data = {**extra_data, "client_id": client_id} if client_id is not None else dict(extra_data)
         try:
-            number = s.store.add(
-                prompt_id, body["prompt"], extra_data, result.outputs, front=front, number=number
-            )
+            number = s.store.add(prompt_id, prompt, extra_data, result.outputs, front=front, number=number)
         except KeyError as e:
             return _bad_request("duplicate_prompt_id", str(e.args[0]))
         s.worker.notify()
         s.hub.send("status", s.worker.status())
         number = int(number) if float(number).is_integer() else number
         return SafeJSONResponse({"prompt_id": prompt_id, "number": number, "node_errors": {}})
+
+    @r.post("/workflow/convert")
+    async def convert_workflow(request: Request) -> JSONResponse:
+        """An editor-format workflow (the body, or its 'workflow' field) -> the API-format prompt."""
+        body, err = await _json_body(request)
+        if err is not None:
+            return err
+        workflow = body.get("workflow", body) if isinstance(body, dict) else body
+        if not is_ui_workflow(workflow):
+            return _bad_request(
+                "invalid_workflow",
+                "expected an editor-format workflow: an object with 'nodes' and 'links' lists",
+                'send the workflow JSON the editor saves, or {"workflow": <that JSON>}',
+            )
+        prompt, err = await asyncio.to_thread(_convert_ui, s.registry, workflow)
+        if err is not None:
+            return err
+        return SafeJSONResponse(prompt)
 
     @r.get("/queue")
     def get_queue() -> dict:
@@ -542,6 +616,8 @@ def _routes(s: ServerState) -> APIRouter:
     @r.get("/models/{folder}")
     def models_in(folder: str) -> JSONResponse:
         files = _model_files(folder)
+        if files is None and folder in MODEL_KINDS:
+            files = []  # a known kind without a folder yet, as ComfyUI lists it
         if files is None:
             return _bad_request("not_found", f"no model folder {folder!r}", status=404)
         return SafeJSONResponse(files)
