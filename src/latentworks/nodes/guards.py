@@ -127,6 +127,9 @@ def chunked_attention(
 
 
 CONV_BAND_WORK = 2**32  # multiply-adds per convolution band: about 0.2 s on one CPU core
+# Input values per band at least: below 20,480 values PyTorch's CPU convolution switches kernel for a batch
+# of one (oneDNN -> im2col + GEMM, ``use_mkldnn`` in ATen's ConvUtils.h), which rounds differently.
+CONV_BAND_MIN_VALUES = 2**15
 
 
 def _pair(value: int | tuple[int, ...] | list[int]) -> tuple[int, int]:
@@ -157,7 +160,8 @@ def banded_conv2d(
     the input rows it needs (its halo included), with the zero padding rows added explicitly at the top
     and bottom of the image and the column padding left to the convolution. Every output element is the
     same dot product as in the unsplit call (bit for bit on CPU, see the tests). A band does about
-    ``band_work`` multiply-adds (default :data:`CONV_BAND_WORK`).
+    ``band_work`` multiply-adds (default :data:`CONV_BAND_WORK`) and reads at least
+    :data:`CONV_BAND_MIN_VALUES` input values.
     """
     band_work = CONV_BAND_WORK if band_work is None else band_work
     (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
@@ -171,7 +175,8 @@ def banded_conv2d(
     check()
     if out_h < 2 or row_work * out_h <= band_work:
         return F.conv2d(x, weight, bias, (sh, sw), (ph, pw), (dh, dw), groups)
-    rows = max(1, band_work // max(1, row_work))
+    min_rows = -(-CONV_BAND_MIN_VALUES // max(1, n * xb.shape[1] * width * sh))
+    rows = max(1, min_rows, band_work // max(1, row_work))
     out: Tensor | None = None
     for o0 in range(0, out_h, rows):
         o1 = min(o0 + rows, out_h)
