@@ -102,7 +102,9 @@ def main() -> None:
 
         # 1. Latency of a real cancel inside a full U-Net call.
         for at in args.at:
-            print(f"latency: cancel {at:4.1f} s into a U-Net call -> raised {latency(net, x, t, cond, at):.3f} s later")
+            print(
+                f"latency: cancel {at:4.1f} s into a U-Net call -> raised {latency(net, x, t, cond, at):.3f} s later"
+            )
 
         # 2 + 3. The full-resolution stages: plain, long-pass mode, long-pass mode without conv bands.
         temb = net._time_embedding(t, cond, 2, x.dtype)
@@ -137,7 +139,9 @@ def main() -> None:
                 with interruptible(checks, net, fine=True):
                     start = time.monotonic()
                     stage()
-                    print(f"  without conv bands: worst gap {checks.worst_gap(start, time.monotonic()):.3f} s")
+                    print(
+                        f"  without conv bands: worst gap {checks.worst_gap(start, time.monotonic()):.3f} s"
+                    )
             finally:
                 guards.CONV_BAND_WORK = band_work
         del h_up, skips_in, x

@@ -127,9 +127,11 @@ def chunked_attention(
 
 
 CONV_BAND_WORK = 2**32  # multiply-adds per convolution band: about 0.2 s on one CPU core
-# Input values per band at least: below 20,480 values PyTorch's CPU convolution switches kernel for a batch
-# of one (oneDNN -> im2col + GEMM, ``use_mkldnn`` in ATen's ConvUtils.h), which rounds differently.
-CONV_BAND_MIN_VALUES = 2**15
+# Input values per band at least. PyTorch's CPU convolution picks its kernel by shape: below 20,480 values a
+# batch of one goes to im2col + GEMM instead of oneDNN (``use_mkldnn`` in ATen's ConvUtils.h), and oneDNN
+# itself treats small images apart (the default VAE's 48 -> 3 conv_out in 14-row bands of a 64-px image
+# differed by 1e-6). Bands of 2**17 values or more matched the whole call in every shape we tried.
+CONV_BAND_MIN_VALUES = 2**17
 
 
 def _pair(value: int | tuple[int, ...] | list[int]) -> tuple[int, int]:
