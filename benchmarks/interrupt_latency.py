@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 from latentworks.diffusion.conditioning import Conditioning
 from latentworks.graph import Interrupted
@@ -81,11 +82,76 @@ def latency(net: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, cond: Condit
     raise RuntimeError(f"the U-Net call finished before the cancel at {at} s; pass a smaller --at")
 
 
+class SlowestOps(TorchFunctionMode):
+    """Times every torch call made under it (under ``interruptible``: every op between two checks) and
+    keeps the slowest: the longest stretch a cancel can wait for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.slowest: list[tuple[float, str]] = []
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        t0 = time.perf_counter()
+        out = func(*args, **(kwargs or {}))
+        shape = tuple(args[0].shape) if args and isinstance(args[0], torch.Tensor) else ()
+        self.slowest.append((time.perf_counter() - t0, f"{getattr(func, '__name__', func)}{list(shape)}"))
+        self.slowest = sorted(self.slowest, reverse=True)[:3]
+        return out
+
+
+def stages(net: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, cond: Conditioning, repeats: int) -> None:
+    """Parts 2 and 3: the U-Net's full-resolution stages, plain and in the long-pass mode."""
+    temb = net._time_embedding(t, cond, x.shape[0], x.dtype)
+    ctx, side = cond.tokens, x.shape[-1]
+    ch0 = net.config.channels[0]
+    h_up = torch.randn(2, net.config.channels[1], side, side)  # what level 1's upsampler hands down
+    skips_in = [torch.randn(2, ch0, side, side) for _ in range(net.config.layers_per_block + 1)]
+
+    def head() -> torch.Tensor:
+        skips = [net.conv_in(x)]
+        return net.down[0](skips[0], temb, ctx, None, skips)
+
+    def tail() -> torch.Tensor:
+        h = net.up[-1](h_up, temb, ctx, None, list(skips_in))
+        return net.conv_out(F.silu(net.norm_out(h)))
+
+    for name, stage in (("head (conv_in + down[0])", head), ("tail (up[-1] + out)", tail)):
+        plain_s, fine_s, gap, same, slow = float("inf"), float("inf"), 0.0, True, SlowestOps()
+        for _ in range(repeats):  # interleaved, best of each
+            s, want = timed(stage)
+            plain_s = min(plain_s, s)
+            checks = Checks()
+            with slow, interruptible(checks, net, fine=True):
+                start = time.monotonic()
+                s, got = timed(stage)
+                gap = max(gap, checks.worst_gap(start, time.monotonic()))
+            fine_s, same = min(fine_s, s), same and torch.equal(got, want)
+            del want, got
+        print(
+            f"{name}: plain {plain_s:.2f} s, long-pass {fine_s:.2f} s, ratio {fine_s / plain_s:.3f}, "
+            f"bit-identical {same}, {len(checks.times)} checks, worst gap {gap:.3f} s"
+        )
+        print("  slowest single ops: " + ", ".join(f"{n} {d:.2f} s" for d, n in slow.slowest))
+        if stage is head:
+            band_work, guards.CONV_BAND_WORK = guards.CONV_BAND_WORK, 2**62  # bands off: one call per conv
+            try:
+                checks = Checks()
+                with interruptible(checks, net, fine=True):
+                    start = time.monotonic()
+                    stage()
+                    print(
+                        f"  without conv bands: worst gap {checks.worst_gap(start, time.monotonic()):.3f} s"
+                    )
+            finally:
+                guards.CONV_BAND_WORK = band_work
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", type=int, default=4096, help="image side in pixels (default 4096)")
     ap.add_argument("--at", type=float, nargs="*", default=[1.0, 4.0, 9.0], help="cancel times (s)")
     ap.add_argument("--small", type=int, default=512, help="image side for the equality check")
+    ap.add_argument("--repeats", type=int, default=2, help="plain / long-pass runs per stage (best of)")
     args = ap.parse_args()
 
     folder = load_model_folder("default")
@@ -99,54 +165,13 @@ def main() -> None:
         x = torch.randn(2, c, side, side)
         t = torch.tensor([500.0, 500.0])
         cond = Conditioning(tokens=torch.randn(2, 8, net.config.context_dim))
-
-        # 1. Latency of a real cancel inside a full U-Net call.
-        for at in args.at:
+        for at in args.at:  # 1. latency of a real cancel inside a full U-Net call
             print(
                 f"latency: cancel {at:4.1f} s into a U-Net call -> raised {latency(net, x, t, cond, at):.3f} s later"
             )
+        stages(net, x, t, cond, args.repeats)  # 2 + 3
 
-        # 2 + 3. The full-resolution stages: plain, long-pass mode, long-pass mode without conv bands.
-        temb = net._time_embedding(t, cond, 2, x.dtype)
-        ctx = cond.tokens
-        ch0 = net.config.channels[0]
-        h_up = torch.randn(2, net.config.channels[1], side, side)  # what level 1's upsampler hands down
-        skips_in = [torch.randn(2, ch0, side, side) for _ in range(net.config.layers_per_block + 1)]
-
-        def head() -> torch.Tensor:
-            skips = [net.conv_in(x)]
-            return net.down[0](skips[0], temb, ctx, None, skips)
-
-        def tail() -> torch.Tensor:
-            h = net.up[-1](h_up, temb, ctx, None, list(skips_in))
-            return net.conv_out(F.silu(net.norm_out(h)))
-
-        for name, stage in (("head (conv_in + down[0])", head), ("tail (up[-1] + out)", tail)):
-            plain_s, want = timed(stage)
-            checks = Checks()
-            with interruptible(checks, net, fine=True):
-                start = time.monotonic()
-                fine_s, got = timed(stage)
-                gap = checks.worst_gap(start, time.monotonic())
-            print(
-                f"{name}: plain {plain_s:.2f} s, long-pass {fine_s:.2f} s, ratio {fine_s / plain_s:.3f}, "
-                f"bit-identical {torch.equal(got, want)}, {len(checks.times)} checks, worst gap {gap:.3f} s"
-            )
-            del want, got
-            band_work, guards.CONV_BAND_WORK = guards.CONV_BAND_WORK, 2**62  # bands off: one call per conv
-            try:
-                checks = Checks()
-                with interruptible(checks, net, fine=True):
-                    start = time.monotonic()
-                    stage()
-                    print(
-                        f"  without conv bands: worst gap {checks.worst_gap(start, time.monotonic()):.3f} s"
-                    )
-            finally:
-                guards.CONV_BAND_WORK = band_work
-        del h_up, skips_in, x
-
-        # 4. Equality and cost at a moderate size, every convolution split into small bands.
+        # 4. Equality and cost at a moderate size, every 3x3 convolution split into bands.
         side = args.small // f
         x = torch.randn(2, c, side, side)
         z = torch.randn(1, vae.config.latent_channels, side, side)
