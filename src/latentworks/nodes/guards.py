@@ -13,13 +13,16 @@ so results are bit-identical, and they are removed on exit. Two granularities:
 
 - *blocks* (``fine=False``): the network and every direct child of every ``nn.ModuleList``, which is how
   the U-Net, DiT, MM-DiT, FLUX and the autoencoder hold their blocks. A few dozen hooks.
-- *layers* (``fine=True``): every module, plus a thread-local ``TorchFunctionMode`` that splits long
-  ``scaled_dot_product_attention`` calls into blocks of query rows (multiples of 128; each query row is
-  computed on its own, and on CPU the result is bit for bit the same, see the tests) with a check
-  between blocks. At a large size one U-Net transformer
-  block, even one attention call, runs for seconds (16384 tokens: 8 s on one CPU core), so blocks are not
-  enough there. The cost is one Python call per layer and per torch op: 10-30 % of a forward pass of a
-  small model on a small latent, noise on a large one.
+- *layers* (``fine=True``): every module, plus a thread-local ``TorchFunctionMode`` that checks before
+  every torch op and splits the two kinds of op that alone run for seconds at a large size, with a check
+  between the pieces: ``scaled_dot_product_attention`` into blocks of query rows (multiples of 128;
+  16384 tokens: 8 s on one CPU core unsplit) and ``conv2d`` into horizontal bands of output rows, each
+  with the input rows it reads (one 3x3 conv over the default U-Net's 2 x 64 x 1024 x 1024 activations
+  at 4096 px: 3-4 s unsplit). Each query row and each output pixel is the same dot product as in the
+  whole call, and on CPU the results are bit for bit the same (see the tests). Element-wise ops and
+  GroupNorm are not split: at 4096 px on the default U-Net the longest takes about 1 s on one core.
+  The cost is one Python call per layer and per torch op: 10-30 % of a forward pass of a small model on
+  a small latent, noise on a large one.
 
 :func:`needs_fine_checks` picks the granularity from the work of one forward pass (parameters x latent
 cells).
@@ -229,8 +232,8 @@ def _arg(args: tuple[Any, ...], i: int) -> Any:
 
 @contextmanager
 def interruptible(check: Callable[[], None], *nets: nn.Module | None, fine: bool = True) -> Iterator[int]:
-    """Call ``check()`` before every block (``fine``: every layer and attention block) of ``nets`` while
-    inside the ``with``; yields the number of hooks.
+    """Call ``check()`` before every block (``fine``: every layer, every torch op in this thread, every
+    attention block and convolution band) of ``nets`` while inside the ``with``; yields the number of hooks.
 
     ``check`` raises to stop the forward pass (``ctx.check_cancelled`` raises ``Interrupted``). Not for
     networks that another thread runs at the same time: the hooks are on the shared modules.
