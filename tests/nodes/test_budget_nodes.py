@@ -145,8 +145,7 @@ def test_banded_conv_equals_conv2d_bit_for_bit(
     calls: list[int] = []
     got = banded_conv2d(lambda: calls.append(1), x, w, b, stride, padding, dilation, groups, band_work=1)
     assert torch.equal(got, want)
-    one_per_row = kernel > 1 or torch.get_num_threads() == 1  # threaded 1x1 convs are left whole
-    assert len(calls) == (want.shape[-2] if one_per_row else 1)
+    assert len(calls) == want.shape[-2]
 
 
 def test_banded_conv_of_a_single_image_uses_bands_large_enough_for_the_same_kernel() -> None:
@@ -207,11 +206,12 @@ def test_a_cancel_after_the_first_band_stops_the_convolution(monkeypatch) -> Non
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_default_model_is_unchanged_with_every_convolution_in_bands(threads, monkeypatch) -> None:
-    # Bit for bit on one and on two threads (CI); see CONV_BAND_MIN_VALUES for why bands are not tiny.
+    # Bit for bit on one thread; on two (CI) within 5e-6 of the output's largest value, see banded_conv2d.
+    # CONV_BAND_MIN_VALUES says why bands are never tiny.
     folder = load_model_folder("default")
     net, vae = folder.denoiser_net.eval(), folder.vae.eval()
     torch.manual_seed(0)
-    x, t = torch.randn(2, net.config.in_channels, 64, 64), torch.tensor([100.0, 700.0])
+    x, t = torch.randn(2, net.config.in_channels, 48, 48), torch.tensor([100.0, 700.0])
     cond = Conditioning(tokens=torch.randn(2, 7, net.config.context_dim))
     z = torch.randn(1, vae.config.latent_channels, 32, 32)
     before = torch.get_num_threads()
@@ -226,7 +226,12 @@ def test_default_model_is_unchanged_with_every_convolution_in_bands(threads, mon
         torch.set_num_threads(before)
     convs = sum(isinstance(m, torch.nn.Conv2d) for m in (*net.modules(), *vae.decoder.modules())) + 1
     assert counted.convs > 2 * convs  # split indeed
-    assert torch.equal(got_x, want_x) and torch.equal(got_z, want_z)
+    for got, want in ((got_x, want_x), (got_z, want_z)):
+        if threads == 1:
+            assert torch.equal(got, want)
+        else:  # oneDNN's threaded 1x1 kernels (the U-Net's skip convs) round by band height
+            err = ((got - want).abs().max() / want.abs().max()).item()
+            assert err <= 5e-6, err  # measured 1.4e-6 on the U-Net (float32 eps: 1.2e-7)
 
 
 def test_payload_sizes_count_tensors_and_shared_networks_once() -> None:

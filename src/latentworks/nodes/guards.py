@@ -166,8 +166,11 @@ def banded_conv2d(
     and bottom of the image and the column padding left to the convolution. Every output element is the
     same dot product as in the unsplit call (bit for bit on CPU, see the tests). A band does about
     ``band_work`` multiply-adds (default :data:`CONV_BAND_WORK`) and reads at least
-    :data:`CONV_BAND_MIN_VALUES` input values. A 1x1 convolution is split only when torch runs on one
-    thread: on several, oneDNN's result depends on the band height (and it is several times faster).
+    :data:`CONV_BAND_MIN_VALUES` input values. One exception to bit-identity: oneDNN's multi-threaded 1x1
+    kernels can round the last bits differently for some band heights (up to 6e-5 on outputs of size ~50
+    from unit random weights with 2 threads, about 1e-6 relative); on one thread, and for every larger
+    kernel we tried, the bits are the same. 1x1 convolutions are split anyway: left whole, the U-Net's
+    skip convolution at 4096 px held a 2-thread worker for 2-3 s.
     """
     band_work = CONV_BAND_WORK if band_work is None else band_work
     (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
@@ -178,11 +181,8 @@ def banded_conv2d(
     out_h = (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     out_w = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     row_work = n * max(out_w, 0) * c_out * c_in_per_group * kh * kw
-    # oneDNN's multi-threaded 1x1 kernels round differently for different band heights (4e-5 on
-    # outputs of size ~60 with 2 threads); one thread, or any larger kernel, gives the same bits.
-    pointwise_threaded = kh == kw == 1 and torch.get_num_threads() > 1
     check()
-    if out_h < 2 or row_work * out_h <= band_work or pointwise_threaded:
+    if out_h < 2 or row_work * out_h <= band_work:
         return F.conv2d(x, weight, bias, (sh, sw), (ph, pw), (dh, dw), groups)
     min_rows = -(-CONV_BAND_MIN_VALUES // max(1, n * xb.shape[1] * width * sh))
     rows = max(1, min_rows, band_work // max(1, row_work))
