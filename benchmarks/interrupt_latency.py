@@ -2,8 +2,9 @@
 default model (small U-Net + KL VAE, f4 latents) at 4096 x 4096 pixels: a 2 x 8 x 1024 x 1024 latent
 (cond and uncond in one batch, as KSampler runs it).
 
-A whole 4096 px U-Net call is out of reach on a CPU (its attention at 512 x 512 tokens alone runs for
-about an hour and a half on one core), so the script times the parts that matter:
+A whole 4096 px U-Net call is out of reach on a CPU (its self-attention over 512 x 512 = 262,144 tokens in
+five transformers: about 1.5 hours on one core by a multiply-add count), so the script times the parts
+that matter:
 
 1. *latency*: a full U-Net call runs under ``interruptible(fine=True)``; a timer thread sets the cancel
    flag after ``--at`` seconds; latency = time from the set to the call raising ``Interrupted``.
