@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch.overrides import TorchFunctionMode
 
 from latentworks.diffusion.conditioning import Conditioning
 from latentworks.graph import (
@@ -27,7 +28,7 @@ from latentworks.graph import (
 )
 from latentworks.models import dit, flux, mmdit, unet
 from latentworks.nodes import default_registry, guards
-from latentworks.nodes.guards import chunked_attention, interruptible, payload_nbytes
+from latentworks.nodes.guards import banded_conv2d, chunked_attention, interruptible, payload_nbytes
 from latentworks.nodes.image import _decode
 from latentworks.nodes.payloads import ConditioningPayload, Latent, ModelPayload, VAEPayload
 from latentworks.nodes.sampling import _latent_upscale, run_sampler
@@ -126,6 +127,111 @@ def test_chunked_attention_matches_sdpa_and_checks_between_blocks() -> None:
         assert len(calls) == 8  # ceil(1000 / 128) blocks of 128 query rows
     with pytest.raises(Interrupted):
         chunked_attention(lambda: (_ for _ in ()).throw(Interrupted("x")), q, k, v)
+
+
+@pytest.mark.parametrize(
+    ("kernel", "stride", "padding", "dilation", "groups"),
+    [(3, 1, 1, 1, 1), (3, 2, 1, 1, 1), (3, 2, 0, 1, 1), (1, 1, 0, 1, 1), (5, 1, 2, 2, 2), (3, 1, 4, 1, 1)],
+)
+def test_banded_conv_equals_conv2d_bit_for_bit(
+    kernel, stride, padding, dilation, groups, monkeypatch
+) -> None:
+    # The U-Net and VAE shapes (3x3 stride 1 pad 1, stride-2 downsamplers, 1x1), a dilated grouped conv,
+    # and padding wider than a band, so that some bands read only padding rows.
+    monkeypatch.setattr(guards, "CONV_BAND_MIN_VALUES", 1)  # bands of one output row
+    torch.manual_seed(0)
+    x, w, b = torch.randn(2, 8, 37, 23), torch.randn(6, 8 // groups, kernel, kernel), torch.randn(6)
+    want = F.conv2d(x, w, b, stride, padding, dilation, groups)
+    calls: list[int] = []
+    got = banded_conv2d(lambda: calls.append(1), x, w, b, stride, padding, dilation, groups, band_work=1)
+    assert torch.equal(got, want)
+    assert len(calls) == want.shape[-2]
+
+
+def test_banded_conv_of_a_single_image_uses_bands_large_enough_for_the_same_kernel() -> None:
+    # A batch of one in bands of a few rows would run PyTorch's im2col kernel instead of oneDNN's and
+    # differ in the last bits (3e-6 on the default VAE); CONV_BAND_MIN_VALUES keeps bands large enough.
+    torch.manual_seed(0)
+    x, w, b = torch.randn(1, 48, 128, 128), torch.randn(48, 48, 3, 3), torch.randn(48)
+    calls: list[int] = []
+    got = banded_conv2d(lambda: calls.append(1), x, w, b, 1, 1, band_work=1)
+    assert torch.equal(got, F.conv2d(x, w, b, 1, 1))
+    rows = -(-guards.CONV_BAND_MIN_VALUES // (48 * 128))
+    assert len(calls) == -(-128 // rows) > 1
+    assert torch.equal(banded_conv2d(lambda: None, x[0], w, b, 1, 1, band_work=1), got[0])  # (C, H, W)
+
+
+class _CountConvs(TorchFunctionMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.convs = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.convs += func is F.conv2d
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_cancel_after_the_first_band_stops_the_convolution(monkeypatch) -> None:
+    conv = torch.nn.Conv2d(8, 8, 3, padding=1)
+    x = torch.randn(2, 8, 64, 64)  # 2 * 64 * 64 * 8 * 8 * 9 = 4.7 M multiply-adds
+    monkeypatch.setattr(guards, "CONV_BAND_WORK", 2**18)  # 2 * 64 * 8 * 8 * 9 = 73,728 per row: 3 rows a band
+    monkeypatch.setattr(guards, "CONV_BAND_MIN_VALUES", 1)
+    cancel = False
+    checks = 0
+
+    def check() -> None:
+        nonlocal checks
+        checks += 1
+        if cancel:
+            raise Interrupted("cancelled")
+
+    with torch.no_grad():
+        with _CountConvs() as counted, interruptible(check, conv):
+            want = conv(x)
+        assert counted.convs == 22 and checks == 1 + 22  # the module's pre-hook, then one per band
+        assert torch.equal(want, F.conv2d(x, conv.weight, conv.bias, 1, 1))
+
+        checks = 0
+
+        def cancel_after_first_band() -> None:
+            nonlocal cancel
+            check()
+            cancel = checks >= 2  # the first band is running once the second check has passed
+
+        with pytest.raises(Interrupted), _CountConvs() as counted:
+            with interruptible(cancel_after_first_band, conv):
+                conv(x)
+        assert counted.convs == 1  # the band after the cancel never ran
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_default_model_is_unchanged_with_every_convolution_in_bands(threads, monkeypatch) -> None:
+    # Bit for bit on one thread; on two (CI) within 5e-6 of the output's largest value, see banded_conv2d.
+    # CONV_BAND_MIN_VALUES says why bands are never tiny.
+    folder = load_model_folder("default")
+    net, vae = folder.denoiser_net.eval(), folder.vae.eval()
+    torch.manual_seed(0)
+    x, t = torch.randn(2, net.config.in_channels, 48, 48), torch.tensor([100.0, 700.0])
+    cond = Conditioning(tokens=torch.randn(2, 7, net.config.context_dim))
+    z = torch.randn(1, vae.config.latent_channels, 32, 32)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            want_x, want_z = net(x, t, cond), vae.decode(z)
+            monkeypatch.setattr(guards, "CONV_BAND_WORK", 2**20)  # every 3x3 conv in several bands
+            with _CountConvs() as counted, interruptible(lambda: None, net, vae):
+                got_x, got_z = net(x, t, cond), vae.decode(z)
+    finally:
+        torch.set_num_threads(before)
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in (*net.modules(), *vae.decoder.modules())) + 1
+    assert counted.convs > 2 * convs  # split indeed
+    for got, want in ((got_x, want_x), (got_z, want_z)):
+        if threads == 1:
+            assert torch.equal(got, want)
+        else:  # oneDNN's threaded 1x1 kernels (the U-Net's skip convs) round by band height
+            err = ((got - want).abs().max() / want.abs().max()).item()
+            assert err <= 5e-6, err  # measured 1.4e-6 on the U-Net (float32 eps: 1.2e-7)
 
 
 def test_payload_sizes_count_tensors_and_shared_networks_once() -> None:

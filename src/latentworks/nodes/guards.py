@@ -13,13 +13,16 @@ so results are bit-identical, and they are removed on exit. Two granularities:
 
 - *blocks* (``fine=False``): the network and every direct child of every ``nn.ModuleList``, which is how
   the U-Net, DiT, MM-DiT, FLUX and the autoencoder hold their blocks. A few dozen hooks.
-- *layers* (``fine=True``): every module, plus a thread-local ``TorchFunctionMode`` that splits long
-  ``scaled_dot_product_attention`` calls into blocks of query rows (multiples of 128; each query row is
-  computed on its own, and on CPU the result is bit for bit the same, see the tests) with a check
-  between blocks. At a large size one U-Net transformer
-  block, even one attention call, runs for seconds (16384 tokens: 8 s on one CPU core), so blocks are not
-  enough there. The cost is one Python call per layer and per torch op: 10-30 % of a forward pass of a
-  small model on a small latent, noise on a large one.
+- *layers* (``fine=True``): every module, plus a thread-local ``TorchFunctionMode`` that checks before
+  every torch op and splits the two kinds of op that alone run for seconds at a large size, with a check
+  between the pieces: ``scaled_dot_product_attention`` into blocks of query rows (multiples of 128;
+  16384 tokens: 8 s on one CPU core unsplit) and ``conv2d`` into horizontal bands of output rows, each
+  with the input rows it reads (one 3x3 conv over the default U-Net's 2 x 64 x 1024 x 1024 activations
+  at 4096 px: 3-4 s unsplit). Each query row and each output pixel is the same dot product as in the
+  whole call, and on CPU the results are bit for bit the same (see the tests). Element-wise ops and
+  GroupNorm are not split: at 4096 px on the default U-Net the longest takes about 1 s on one core.
+  The cost is one Python call per layer and per torch op: 10-30 % of a forward pass of a small model on
+  a small latent, noise on a large one.
 
 :func:`needs_fine_checks` picks the granularity from the work of one forward pass (parameters x latent
 cells).
@@ -126,8 +129,87 @@ def chunked_attention(
     return torch.cat(parts, dim=-2)
 
 
-class _InterruptibleAttention(TorchFunctionMode):
-    """Routes plain SDPA calls (no dropout, causal flag, scale or GQA) through :func:`chunked_attention`."""
+CONV_BAND_WORK = 2**32  # multiply-adds per convolution band: about 0.2 s on one CPU core
+# Input values per band at least. PyTorch's CPU convolution picks its kernel by shape: below 20,480 values a
+# batch of one goes to im2col + GEMM instead of oneDNN (``use_mkldnn`` in ATen's ConvUtils.h), and oneDNN
+# itself treats small images apart (the default VAE's 48 -> 3 conv_out in 14-row bands of a 64-px image
+# differed by 1e-6). Bands of 2**17 values or more matched the whole call in every shape we tried.
+CONV_BAND_MIN_VALUES = 2**17
+
+
+def _pair(value: int | tuple[int, ...] | list[int]) -> tuple[int, int]:
+    if isinstance(value, int):
+        return value, value
+    if len(value) == 1:
+        return value[0], value[0]
+    return value[0], value[1]
+
+
+def banded_conv2d(
+    check: Callable[[], None],
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: int | tuple[int, ...] = 1,
+    padding: int | tuple[int, ...] = 0,
+    dilation: int | tuple[int, ...] = 1,
+    groups: int = 1,
+    *,
+    band_work: int | None = None,
+) -> Tensor:
+    """``F.conv2d(x, weight, bias, stride, padding, dilation, groups)`` computed in horizontal bands of
+    output rows, calling ``check()`` before each band. x (N, C_in, H, W) or (C_in, H, W); weight
+    (C_out, C_in / groups, kh, kw); numeric (not ``"same"``) zero padding.
+
+    Output row ``i`` reads input rows ``i * stride - pad + dilation * [0, kh)``, so each band convolves
+    the input rows it needs (its halo included), with the zero padding rows added explicitly at the top
+    and bottom of the image and the column padding left to the convolution. Every output element is the
+    same dot product as in the unsplit call (bit for bit on CPU, see the tests). A band does about
+    ``band_work`` multiply-adds (default :data:`CONV_BAND_WORK`) and reads at least
+    :data:`CONV_BAND_MIN_VALUES` input values. One exception to bit-identity: oneDNN's multi-threaded 1x1
+    kernels can round the last bits differently for some band heights (up to 6e-5 on outputs of size ~50
+    from unit random weights with 2 threads, about 1e-6 relative); on one thread, and for every larger
+    kernel we tried, the bits are the same. 1x1 convolutions are split anyway: left whole, the U-Net's
+    skip convolution at 4096 px held a 2-thread worker for 2-3 s.
+    """
+    band_work = CONV_BAND_WORK if band_work is None else band_work
+    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+    batched = x.ndim == 4
+    xb = x if batched else x.unsqueeze(0)
+    n, _, height, width = xb.shape
+    c_out, c_in_per_group, kh, kw = weight.shape
+    out_h = (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    out_w = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    row_work = n * max(out_w, 0) * c_out * c_in_per_group * kh * kw
+    check()
+    if out_h < 2 or row_work * out_h <= band_work:
+        return F.conv2d(x, weight, bias, (sh, sw), (ph, pw), (dh, dw), groups)
+    min_rows = -(-CONV_BAND_MIN_VALUES // max(1, n * xb.shape[1] * width * sh))
+    rows = max(1, min_rows, band_work // max(1, row_work))
+    out: Tensor | None = None
+    for o0 in range(0, out_h, rows):
+        o1 = min(o0 + rows, out_h)
+        if o0:
+            check()
+        start = o0 * sh - ph  # first input row of the band (negative: inside the top padding)
+        stop = (o1 - 1) * sh - ph + dh * (kh - 1) + 1  # one past its last input row
+        top = min(max(-start, 0), stop - start)  # rows of zero padding above the image
+        bottom = min(max(stop - height, 0), stop - start - top)  # and below it
+        band = xb[:, :, max(start + top, 0) : max(stop - bottom, 0), :]
+        if top or bottom:
+            band = F.pad(band, (0, 0, top, bottom))
+        part = F.conv2d(band, weight, bias, (sh, sw), (0, pw), (dh, dw), groups)  # (N, C_out, o1 - o0, W')
+        if out is None:
+            out = part.new_empty((n, c_out, out_h, out_w))
+        out[:, :, o0:o1] = part
+    assert out is not None
+    return out if batched else out.squeeze(0)
+
+
+class _InterruptibleOps(TorchFunctionMode):
+    """Calls ``check()`` before every torch function, and splits the two kinds of call that alone can run
+    for seconds on a large latent: plain SDPA calls (no dropout, causal flag, scale or GQA) go through
+    :func:`chunked_attention`, 2-d convolutions with numeric padding through :func:`banded_conv2d`."""
 
     def __init__(self, check: Callable[[], None]) -> None:
         super().__init__()
@@ -138,13 +220,20 @@ class _InterruptibleAttention(TorchFunctionMode):
         if func is F.scaled_dot_product_attention and len(args) == 3 and set(kwargs) <= {"attn_mask"}:
             q, k, v = args
             return chunked_attention(self.check, q, k, v, attn_mask=kwargs.get("attn_mask"))
+        if func is F.conv2d and not kwargs and 2 <= len(args) <= 7 and not isinstance(_arg(args, 4), str):
+            return banded_conv2d(self.check, *args)
+        self.check()
         return func(*args, **kwargs)
+
+
+def _arg(args: tuple[Any, ...], i: int) -> Any:
+    return args[i] if len(args) > i else None
 
 
 @contextmanager
 def interruptible(check: Callable[[], None], *nets: nn.Module | None, fine: bool = True) -> Iterator[int]:
-    """Call ``check()`` before every block (``fine``: every layer and attention block) of ``nets`` while
-    inside the ``with``; yields the number of hooks.
+    """Call ``check()`` before every block (``fine``: every layer, every torch op in this thread, every
+    attention block and convolution band) of ``nets`` while inside the ``with``; yields the number of hooks.
 
     ``check`` raises to stop the forward pass (``ctx.check_cancelled`` raises ``Interrupted``). Not for
     networks that another thread runs at the same time: the hooks are on the shared modules.
@@ -159,7 +248,7 @@ def interruptible(check: Callable[[], None], *nets: nn.Module | None, fine: bool
             if net is not None:
                 handles.extend(m.register_forward_pre_hook(hook) for m in hooked_modules(net, fine))
         if fine:
-            with _InterruptibleAttention(check):  # thread-local: other threads' torch calls are unaffected
+            with _InterruptibleOps(check):  # thread-local: other threads' torch calls are unaffected
                 yield len(handles)
         else:
             yield len(handles)
