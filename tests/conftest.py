@@ -61,3 +61,13 @@ def tiny_pipe(tiny_model: Path):
     from latentworks.pipelines import Pipeline
 
     return Pipeline.from_pretrained(tiny_model)
+
+
+@pytest.fixture(autouse=True)
+def _grad_mode_is_restored():
+    """A test (or the code it calls) must not leave autograd switched off for the tests after it."""
+    assert torch.is_grad_enabled(), "autograd was already off when this test started"
+    yield
+    leaked = not torch.is_grad_enabled()
+    torch.set_grad_enabled(True)
+    assert not leaked, "this test left autograd switched off (torch.set_grad_enabled(False) leaked)"

@@ -239,8 +239,22 @@ def interruptible(check: Callable[[], None], *nets: nn.Module | None, fine: bool
     networks that another thread runs at the same time: the hooks are on the shared modules.
     """
 
+    tripped = False
+
+    def once() -> None:
+        # After the first stop, checks pass: the exception is on its way out, and the code it unwinds
+        # through (no_grad's exit, LoRA restores) must run its torch calls without being stopped again.
+        nonlocal tripped
+        if tripped:
+            return
+        try:
+            check()
+        except BaseException:
+            tripped = True
+            raise
+
     def hook(module: nn.Module, args: Any) -> None:
-        check()
+        once()
 
     handles: list[RemovableHandle] = []
     try:
@@ -248,7 +262,7 @@ def interruptible(check: Callable[[], None], *nets: nn.Module | None, fine: bool
             if net is not None:
                 handles.extend(m.register_forward_pre_hook(hook) for m in hooked_modules(net, fine))
         if fine:
-            with _InterruptibleOps(check):  # thread-local: other threads' torch calls are unaffected
+            with _InterruptibleOps(once):  # thread-local: other threads' torch calls are unaffected
                 yield len(handles)
         else:
             yield len(handles)
