@@ -1,4 +1,5 @@
-"""``latentworks info``: versions, devices, registered samplers and schedulers, or one model's card."""
+"""``latentworks info``: versions, devices, registered samplers, schedulers and model families, or one model's
+card."""
 
 from __future__ import annotations
 
@@ -93,6 +94,9 @@ def run(args: argparse.Namespace) -> int:
     from latentworks.diffusion.samplers import SAMPLERS
     from latentworks.diffusion.schedules import SCHEDULERS
 
+    from latentworks import families
+
     print(f"samplers    {', '.join(SAMPLERS)}")
     print(f"schedulers  {', '.join(SCHEDULERS)}")
+    print(f"families    {', '.join(families.names())}  (checkpoints are recognised from their weights)")
     return 0
