@@ -133,6 +133,8 @@ def test_sigma_nodes_by_hand() -> None:
     assert high.sigmas.tolist() == [4.0, 3.0, 2.0, 1.0] and low.sigmas.tolist() == [1.0, 0.0]
     high, low = run("SplitSigmasDenoise", s, 0.5)
     assert high.sigmas.tolist() == [4.0, 3.0, 2.0] and low.sigmas.tolist() == [2.0, 1.0, 0.0]
+    high, low = run("SplitSigmasDenoise", s, 0.0)
+    assert high.sigmas.tolist() == [4.0, 3.0, 2.0, 1.0, 0.0] and low.sigmas.tolist() == [0.0]
     (flipped,) = run("FlipSigmas", s)
     assert flipped.sigmas.tolist() == pytest.approx([0.0001, 1.0, 2.0, 3.0, 4.0])
     assert s.sigmas.tolist() == [4.0, 3.0, 2.0, 1.0, 0.0]  # the input is not changed
@@ -228,3 +230,12 @@ def test_custom_workflow_runs_and_equals_the_ksampler_workflow(tiny_model: Path,
     bad = dict(wf)
     bad["8"] = {"class_type": "VAEDecode", "inputs": {"samples": ["14", 0], "vae": ["4", 2]}}
     assert not validate_prompt(reg, bad).ok
+    # An unsupported ModelSamplingDiscrete sampling is refused at validation, with a message that says why.
+    lcm = dict(wf)
+    lcm["15"] = {
+        "class_type": "ModelSamplingDiscrete",
+        "inputs": {"model": ["4", 0], "sampling": "lcm", "zsnr": False},
+    }
+    lcm["11"] = {**wf["11"], "inputs": {**wf["11"]["inputs"], "model": ["15", 0]}}
+    verdict = validate_prompt(reg, lcm)
+    assert not verdict.ok and "'lcm' is not supported" in str(verdict)

@@ -112,7 +112,10 @@ def _split(ctx: Any, sigmas: SigmasPayload, step: int) -> tuple[Any, ...]:
 
 
 def _split_denoise(ctx: Any, sigmas: SigmasPayload, denoise: float) -> tuple[Any, ...]:
-    """The last ``round(steps * denoise)`` steps become low_sigmas, the steps before them high_sigmas."""
+    """The last ``round(steps * denoise)`` steps become low_sigmas, the steps before them high_sigmas.
+
+    At denoise 0 high_sigmas is the whole schedule and low_sigmas ``[0]`` (ComfyUI's slice ``[:-0]`` gives
+    an empty high_sigmas there)."""
     s = sigmas.sigmas
     low_steps = round(max(s.shape[-1] - 1, 0) * float(denoise))
     return (SigmasPayload(s[: s.shape[-1] - low_steps]), SigmasPayload(s[-(low_steps + 1) :]))
