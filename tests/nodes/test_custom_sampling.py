@@ -45,18 +45,31 @@ def run(name: str, *args: object) -> tuple:
     return NODES[name].execute(ctx(), *args)
 
 
-@pytest.fixture(scope="module")
-def parts(tiny_model: Path) -> tuple[ModelPayload, ConditioningPayload, ConditioningPayload, Latent]:
+def make_parts(path: Path) -> tuple[ModelPayload, ConditioningPayload, ConditioningPayload, Latent]:
     enc = WordHashEncoder()
-    model = ModelPayload(load_model_folder(tiny_model))
+    model = ModelPayload(load_model_folder(path))
     h, w = model.folder.resolution
     pos, neg = ConditioningPayload(enc.encode(["red apple"])), ConditioningPayload(enc.encode([""]))
     return model, pos, neg, Latent(pixel_size=(h, w), batch_size=2)
 
 
-@pytest.mark.parametrize("sampler,scheduler", [("euler_ancestral", "normal"), ("dpmpp_2m", "karras")])
-def test_sampler_custom_advanced_equals_ksampler_bit_for_bit(parts, sampler: str, scheduler: str) -> None:
-    model, pos, neg, latent = parts
+@pytest.fixture(scope="module")
+def parts(tiny_model: Path) -> tuple[ModelPayload, ConditioningPayload, ConditioningPayload, Latent]:
+    return make_parts(tiny_model)
+
+
+@pytest.mark.parametrize(
+    "which,sampler,scheduler",
+    [
+        ("tiny_model", "euler_ancestral", "normal"),
+        ("tiny_model", "dpmpp_2m", "karras"),
+        ("tiny_flow_model", "dpmpp_2m_sde", "simple"),
+    ],
+)
+def test_sampler_custom_advanced_equals_ksampler_bit_for_bit(
+    request, which: str, sampler: str, scheduler: str
+) -> None:
+    model, pos, neg, latent = make_parts(request.getfixturevalue(which))
     seed, steps, cfg = 7, 3, 2.5
     (want,) = run("KSampler", model, seed, steps, cfg, sampler, scheduler, pos, neg, latent, 1.0)
 
