@@ -76,7 +76,7 @@ def run_sampler(
 ) -> Latent:
     """The shared body of KSampler and KSamplerAdvanced."""
     folder = model.folder
-    x0, factor = materialise_latent(ctx, folder, latent)
+    x0, _ = materialise_latent(ctx, folder, latent)
     ms = model_sampling_for(folder, latent_height=x0.shape[-2], latent_width=x0.shape[-1])
     full = get_sigmas(ms, scheduler, steps, denoise=denoise) if denoise > 0 else torch.zeros(1)
     last = len(full) - 1 if end_at_step is None else min(end_at_step, len(full) - 1)
