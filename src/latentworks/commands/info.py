@@ -91,10 +91,9 @@ def run(args: argparse.Namespace) -> int:
         print("device      mps")
     else:
         print(f"device      cpu ({torch.get_num_threads()} threads)")
+    from latentworks import families
     from latentworks.diffusion.samplers import SAMPLERS
     from latentworks.diffusion.schedules import SCHEDULERS
-
-    from latentworks import families
 
     print(f"samplers    {', '.join(SAMPLERS)}")
     print(f"schedulers  {', '.join(SCHEDULERS)}")
