@@ -18,6 +18,7 @@ def default_registry(
     from latentworks.nodes.image import image_nodes
     from latentworks.nodes.image_ops import image_ops_nodes
     from latentworks.nodes.latent_ops import latent_ops_nodes
+    from latentworks.nodes.loaders import split_loader_nodes
     from latentworks.nodes.models import loader_nodes
     from latentworks.nodes.primitives import primitive_nodes
     from latentworks.nodes.sampling import sampling_nodes
@@ -33,6 +34,7 @@ def default_registry(
             *image_ops_nodes(idir),
             *latent_ops_nodes(),
             *conditioning_ops_nodes(),
+            *split_loader_nodes(md),  # UNETLoader, CLIPLoader, ..., VAELoader (nodes/loaders.py)
         ]
     )
 

@@ -77,7 +77,7 @@ def run_sampler(
     folder = model.folder
     device = next(folder.denoiser_net.parameters()).device
     lf = folder.latent_format
-    factor = int(folder.vae.config.downsample_factor)
+    factor = model.factor  # the folder's VAE's, or the families' 8 for a denoiser loaded alone (UNETLoader)
     if latent.samples is not None:
         shape = tuple(latent.samples.shape)
     else:
@@ -100,7 +100,7 @@ def run_sampler(
     if len(sigmas) >= 2 and last < len(full) - 1 and not leftover_noise:
         sigmas[-1] = 0.0  # stop early but still finish the denoising (ComfyUI's force_full_denoise)
     if len(sigmas) < 2:
-        return Latent(samples=x0, noise_mask=latent.noise_mask, factor=factor)
+        return Latent(samples=x0, noise_mask=latent.noise_mask, factor=factor, latent_format=lf)
     mask = None
     if latent.noise_mask is not None:
         mask = F.interpolate(latent.noise_mask.to(device).float(), size=x0.shape[-2:], mode="bilinear")
@@ -135,7 +135,7 @@ def run_sampler(
             mask=mask,
             callback=callback,
         )
-    return Latent(samples=out.float(), noise_mask=latent.noise_mask, factor=factor)
+    return Latent(samples=out.float(), noise_mask=latent.noise_mask, factor=factor, latent_format=lf)
 
 
 def _ksampler(
