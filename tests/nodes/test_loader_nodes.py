@@ -282,3 +282,31 @@ def test_every_registered_clip_type_is_a_choice() -> None:
 
     used = {f.comfy.clip_type for f in families.REGISTRY if f.comfy is not None}
     assert used <= set(CLIP_TYPES) | set(DUAL_TYPES)
+
+
+@pytest.mark.parametrize(
+    ("clip_type", "components", "family"),
+    [
+        ("stable_diffusion", ["clip_l"], "sd1"),
+        ("stable_diffusion", ["clip_h"], "sd2"),  # the first family of that type whose recipe fits
+        ("sdxl", ["clip_l", "clip_g"], "sdxl"),
+        ("sdxl", ["clip_g"], "sdxl-refiner"),
+        ("sd3", ["clip_l", "clip_g", "t5xxl"], "sd3"),
+        ("sd3", ["clip_l", "clip_g"], "sd3"),  # SD3's T5 is optional
+        ("flux", ["clip_l", "t5xxl"], "flux-dev"),  # dev and schnell share their text encoders
+        ("lumina2", ["qwen3_4b"], "z-image"),
+    ],
+)
+def test_clip_types_pick_families_through_the_registry(
+    clip_type: str, components: list[str], family: str
+) -> None:
+    from latentworks.nodes.loaders import family_for_clip_type
+
+    assert family_for_clip_type(clip_type, components).name == family
+
+
+def test_a_clip_type_without_the_files_it_needs_is_refused() -> None:
+    from latentworks.nodes.loaders import family_for_clip_type
+
+    with pytest.raises(ValueError, match=r"'sd3' with text encoders \['clip_l', 't5xxl'\] fits no family"):
+        family_for_clip_type("sd3", ["clip_l", "t5xxl"])
