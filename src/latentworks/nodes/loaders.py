@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from latentworks import families
+from latentworks.families.comfy import CLIP_TYPES, DUAL_CLIP_TYPES, TRIPLE_CLIP_TYPE
 from latentworks.graph.types import InputSpec, NodeSpec, OutputSpec
 from latentworks.nodes.payloads import ClipPayload, ModelPayload, VAEPayload
 
@@ -40,17 +41,6 @@ VAE_FOLDERS = ("vae",)
 
 WEIGHT_DTYPES = ("default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2")
 
-# ComfyUI's CLIPLoader / DualCLIPLoader ``type`` choices (nodes.py), in its order.
-CLIP_TYPES = (
-    "stable_diffusion", "stable_cascade", "sd3", "stable_audio", "mochi", "ltxv", "pixart", "cosmos",
-    "lumina2", "wan", "hidream", "chroma", "ace", "omnigen2", "qwen_image", "hunyuan_image", "flux2", "ovis",
-    "longcat_image", "cogvideox", "lens", "pixeldit", "ideogram4", "boogu", "krea2", "joyimage", "mage",
-    "minimax", "yue2",
-)  # fmt: skip
-DUAL_CLIP_TYPES = (
-    "sdxl", "sd3", "flux", "hunyuan_video", "hidream", "hunyuan_image", "hunyuan_video_15", "kandinsky5",
-    "kandinsky5_image", "ltxv", "newbie", "ace",
-)  # fmt: skip
 DEVICES = ("default", "cpu")
 
 
@@ -214,7 +204,7 @@ def split_loader_nodes(models_dir: Path | None) -> list[NodeSpec]:
         return (load_text_encoders(ctx, [te(clip_name1), te(clip_name2)], type, device),)
 
     def triple_clip_loader(ctx: Any, clip_name1: str, clip_name2: str, clip_name3: str) -> tuple[Any, ...]:
-        return (load_text_encoders(ctx, [te(clip_name1), te(clip_name2), te(clip_name3)], "sd3"),)
+        return (load_text_encoders(ctx, [te(clip_name1), te(clip_name2), te(clip_name3)], TRIPLE_CLIP_TYPE),)
 
     def vae_loader(ctx: Any, vae_name: str) -> tuple[Any, ...]:
         return (load_vae(ctx, resolve_weights(models_dir, VAE_FOLDERS, vae_name, what="VAE")),)
@@ -293,7 +283,7 @@ def split_loader_nodes(models_dir: Path | None) -> list[NodeSpec]:
             inputs=(
                 I("clip_name1", "COMBO", choices=text_encoders),
                 I("clip_name2", "COMBO", choices=text_encoders),
-                I("type", "COMBO", choices=DUAL_CLIP_TYPES, default="sdxl"),
+                I("type", "COMBO", choices=DUAL_CLIP_TYPES, default=DUAL_CLIP_TYPES[0]),
                 device,
             ),
             outputs=(OutputSpec(type="CLIP"),),
