@@ -152,8 +152,12 @@ def set_last_layer(clip: ClipPayload, stop_at_clip_layer: int) -> ClipPayload:
     """``clip`` reading the hidden states of layer ``stop_at_clip_layer`` (-1 last, -2 penultimate...) of each
     CLIP tower, as ComfyUI's CLIPSetLastLayer; a tower with fewer layers keeps its last (as ComfyUI does).
     Each tower keeps its family's final-LayerNorm choice. The networks are shared, not copied."""
+    from latentworks.checkpoints.lora import LoraTextEncoder
     from latentworks.models.text.families import PromptEncoder
 
+    if isinstance(clip.encoder, LoraTextEncoder):  # a LoraLoader upstream: re-wrap the new encoder
+        inner = set_last_layer(dataclasses.replace(clip, encoder=clip.encoder.base), stop_at_clip_layer)
+        return dataclasses.replace(clip, encoder=LoraTextEncoder(inner.encoder, clip.encoder.loras))
     encoder = clip.encoder
     if not isinstance(encoder, PromptEncoder) or not encoder.clips:
         raise ValueError(
