@@ -146,6 +146,7 @@ def test_info_lists_samplers_and_describes_a_model(
 ) -> None:
     code, out, _ = run_cli(["info"], capsys)
     assert code == 0 and "dpmpp_2m_sde" in out and "kl_optimal" in out
+    assert "families    sd1, sd2, sd2-v, sdxl" in out and "z-image" in out  # from the registry
     code, out, _ = run_cli(["info", "--model", str(tiny_model)], capsys)
     assert code == 0 and "family      latentworks  architecture=unet" in out and "tiny-test" in out
 

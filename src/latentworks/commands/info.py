@@ -1,4 +1,5 @@
-"""``latentworks info``: versions, devices, registered samplers and schedulers, or one model's card."""
+"""``latentworks info``: versions, devices, registered samplers, schedulers and model families, or one model's
+card."""
 
 from __future__ import annotations
 
@@ -90,9 +91,11 @@ def run(args: argparse.Namespace) -> int:
         print("device      mps")
     else:
         print(f"device      cpu ({torch.get_num_threads()} threads)")
+    from latentworks import families
     from latentworks.diffusion.samplers import SAMPLERS
     from latentworks.diffusion.schedules import SCHEDULERS
 
     print(f"samplers    {', '.join(SAMPLERS)}")
     print(f"schedulers  {', '.join(SCHEDULERS)}")
+    print(f"families    {', '.join(families.names())}  (checkpoints are recognised from their weights)")
     return 0

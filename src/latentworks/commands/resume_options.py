@@ -40,3 +40,30 @@ def given_options(args: argparse.Namespace) -> dict[str, Any]:
 def option_values(args: argparse.Namespace) -> dict[str, Any]:
     """Every ``add_option`` option: the given value, else its default."""
     return {d: default for d, default in getattr(args, _DEFAULTS, {}).items()} | given_options(args)
+
+
+def add_run_options(p: argparse.ArgumentParser, *, sample_every: int) -> None:
+    """The options every training command shares: seed, checkpoint/sample intervals, wall-time limit,
+    device, ``--resume`` and ``--overwrite``."""
+    add_option(p, "--seed", type=int, default=0)
+    add_option(p, "--checkpoint-every", type=int, default=500)
+    add_option(p, "--sample-every", type=int, default=sample_every)
+    add_option(
+        p,
+        "--max-seconds",
+        type=float,
+        default=None,
+        show_default=False,
+        help="stop (after a checkpoint) after this many seconds (default: no limit)",
+    )
+    add_option(p, "--device", default="cpu")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUT/checkpoints/last.safetensors with the settings saved in OUT/config.json",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run in an --out folder that is not empty (files of the same name are replaced)",
+    )

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from latentworks.commands.outputs import print_continue_hints, refuse_non_empty, tidy_run_folder
-from latentworks.commands.resume_options import add_option, given_options, option_values
+from latentworks.commands.resume_options import add_option, add_run_options, given_options, option_values
 
 # command-line dest -> DiffusionTrainConfig field, where they differ
 _FIELDS = {"vae": "vae_run"}
@@ -80,28 +80,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     add_option(p, "--ema-decay", type=float, default=0.999)
     add_option(p, "--caption-dropout", type=float, default=0.1)
     add_option(p, "--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
-    add_option(p, "--seed", type=int, default=0)
-    add_option(p, "--checkpoint-every", type=int, default=500)
-    add_option(p, "--sample-every", type=int, default=1000)
-    add_option(
-        p,
-        "--max-seconds",
-        type=float,
-        default=None,
-        show_default=False,
-        help="stop (after a checkpoint) after this many seconds (default: no limit)",
-    )
-    add_option(p, "--device", default="cpu")
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue from OUT/checkpoints/last.safetensors with the settings saved in OUT/config.json",
-    )
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="start a new run in an --out folder that is not empty (files of the same name are replaced)",
-    )
+    add_run_options(p, sample_every=1000)
     return p
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from latentworks.commands.outputs import print_continue_hints, refuse_non_empty, tidy_run_folder
-from latentworks.commands.resume_options import add_option, given_options, option_values
+from latentworks.commands.resume_options import add_option, add_run_options, given_options, option_values
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -50,23 +50,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     add_option(p, "--perceptual-weight", type=float, default=1.0, help="0 disables the Inception loss")
     add_option(p, "--disc-start", type=int, default=5_000, help="step the GAN loss switches on (-1: never)")
     add_option(p, "--disc-weight", type=float, default=0.5)
-    add_option(p, "--seed", type=int, default=0)
-    add_option(p, "--checkpoint-every", type=int, default=500)
-    add_option(p, "--sample-every", type=int, default=500)
-    add_option(
-        p,
-        "--max-seconds",
-        type=float,
-        default=None,
-        show_default=False,
-        help="stop (after a checkpoint) after this many seconds (default: no limit)",
-    )
-    add_option(p, "--device", default="cpu")
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue from OUT/checkpoints/last.safetensors with the settings saved in OUT/config.json",
-    )
+    add_run_options(p, sample_every=500)
     add_option(
         p,
         "--finetune-decoder",
@@ -77,11 +61,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="fine-tune only the decoder of FROM (a train-vae run, a model folder or 'default'), encoder "
         "frozen, so models trained on its latents keep working; --preset is then ignored. Swap the result "
         "into a model with 'latentworks convert MODEL --decoder-from OUT --out NEW'",
-    )
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="start a new run in an --out folder that is not empty (files of the same name are replaced)",
     )
     return p
 

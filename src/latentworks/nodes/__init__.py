@@ -15,10 +15,14 @@ def default_registry(
     models_dir: str | Path | None = None, input_dir: str | Path | None = None
 ) -> NodeRegistry:
     from latentworks.nodes.conditioning_ops import conditioning_ops_nodes
+
+    # custom sampling and model-sampling patches (issue 23)
+    from latentworks.nodes.custom_sampling import custom_sampling_nodes
     from latentworks.nodes.image import image_nodes
     from latentworks.nodes.image_ops import image_ops_nodes
     from latentworks.nodes.latent_ops import latent_ops_nodes
     from latentworks.nodes.loaders import split_loader_nodes
+    from latentworks.nodes.model_patches import model_patch_nodes
     from latentworks.nodes.models import loader_nodes
     from latentworks.nodes.primitives import primitive_nodes
     from latentworks.nodes.sampling import sampling_nodes
@@ -34,6 +38,9 @@ def default_registry(
             *image_ops_nodes(idir),
             *latent_ops_nodes(),
             *conditioning_ops_nodes(),
+            # custom sampling and model-sampling patches (issue 23)
+            *custom_sampling_nodes(),
+            *model_patch_nodes(),
             *split_loader_nodes(md),  # UNETLoader, CLIPLoader, ..., VAELoader (nodes/loaders.py)
         ]
     )

@@ -30,9 +30,15 @@ class ModelPayload:
 
     @property
     def factor(self) -> int:
-        """Pixels per latent cell: the folder's VAE's downsampling, or ``FAMILY_VAE_FACTOR`` without one."""
-        vae = self.folder.vae
-        return int(vae.config.downsample_factor) if vae is not None else FAMILY_VAE_FACTOR
+        """Pixels per latent cell (:func:`latent_factor`)."""
+        return latent_factor(self.folder)
+
+
+def latent_factor(folder: ModelFolder) -> int:
+    """Pixels per latent cell of a MODEL's folder: its VAE's downsampling, or ``FAMILY_VAE_FACTOR`` for a
+    denoiser loaded alone (UNETLoader)."""
+    vae = folder.vae
+    return int(vae.config.downsample_factor) if vae is not None else FAMILY_VAE_FACTOR
 
 
 @dataclass(frozen=True)
@@ -116,3 +122,40 @@ class Latent:
 
     def with_mask(self, mask: Tensor | None) -> Latent:
         return replace(self, noise_mask=mask)
+
+
+@dataclass(frozen=True)
+class SamplerPayload:
+    """SAMPLER: a sampler registered in ``diffusion.samplers.SAMPLERS`` and its keyword options."""
+
+    name: str
+    options: tuple[tuple[str, Any], ...] = ()  # (option, value) pairs, passed as keyword arguments
+
+
+@dataclass(frozen=True)
+class SigmasPayload:
+    """SIGMAS: a schedule of noise levels (N,) float32, normally descending and ending in 0."""
+
+    sigmas: Tensor
+
+
+@dataclass(frozen=True)
+class NoisePayload:
+    """NOISE: where the sampler's noise comes from. Image i of a batch uses ``seeds_for(seed, B)[i]``;
+    ``add_noise=False`` (DisableNoise) starts from the latent as it is (the SDE noise still uses ``seed``)."""
+
+    seed: int
+    add_noise: bool = True
+
+
+@dataclass(frozen=True)
+class GuiderPayload:
+    """GUIDER: a model with its conditionings and classifier-free guidance scale.
+
+    ``negative`` is None for BasicGuider (cfg 1: one network call per step).
+    """
+
+    model: ModelPayload
+    positive: ConditioningPayload
+    negative: ConditioningPayload | None
+    cfg: float

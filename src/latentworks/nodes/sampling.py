@@ -8,6 +8,7 @@ time from the model's family, as ComfyUI's models do, so plain CLIPTextEncode co
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -19,9 +20,10 @@ from latentworks.diffusion.schedules import SCHEDULERS, get_sigmas
 from latentworks.graph.executor import ExecutionContext
 from latentworks.graph.types import InputSpec, NodeSpec, OutputSpec, Preview
 from latentworks.nodes.guards import interruptible, needs_fine_checks
-from latentworks.nodes.payloads import ClipPayload, ConditioningPayload, Latent, ModelPayload
+from latentworks.nodes.payloads import ClipPayload, ConditioningPayload, Latent, ModelPayload, latent_factor
 from latentworks.nodes.resize import LATENT_METHODS, resize
 from latentworks.pipelines.families import add_conditioning_extras, behaviour_of, model_sampling_for
+from latentworks.pipelines.loading import ModelFolder
 from latentworks.pipelines.sampling import denoise_latents, seeds_for
 
 FLUX_DEFAULT_GUIDANCE = 3.5  # what FLUX.1-dev gets when no FluxGuidance node sets it (as in ComfyUI)
@@ -75,9 +77,27 @@ def run_sampler(
 ) -> Latent:
     """The shared body of KSampler and KSamplerAdvanced."""
     folder = model.folder
+    x0, _ = materialise_latent(ctx, folder, latent)
+    ms = model_sampling_for(folder, latent_height=x0.shape[-2], latent_width=x0.shape[-1])
+    full = get_sigmas(ms, scheduler, steps, denoise=denoise) if denoise > 0 else torch.zeros(1)
+    last = len(full) - 1 if end_at_step is None else min(end_at_step, len(full) - 1)
+    sigmas = full[start_at_step : last + 1].clone()
+    if len(sigmas) >= 2 and last < len(full) - 1 and not leftover_noise:
+        sigmas[-1] = 0.0  # stop early but still finish the denoising (ComfyUI's force_full_denoise)
+    samples, _ = sample_along(
+        ctx, folder, latent, x0, sigmas, seed, cfg, sampler_name, positive, negative, add_noise=add_noise
+    )
+    return samples
+
+
+def materialise_latent(
+    ctx: ExecutionContext, folder: ModelFolder, latent: Latent
+) -> tuple[torch.Tensor, int]:
+    """The model-space latents (B, C, h, w) float32 on the model's device, and the VAE's downsampling
+    factor; budget-checked before anything is allocated, and a clear error for a latent of another model."""
     device = next(folder.denoiser_net.parameters()).device
     lf = folder.latent_format
-    factor = model.factor  # the folder's VAE's, or the families' 8 for a denoiser loaded alone (UNETLoader)
+    factor = latent_factor(folder)
     if latent.samples is not None:
         shape = tuple(latent.samples.shape)
     else:
@@ -90,17 +110,39 @@ def run_sampler(
             f"latent has {x0.shape[1]} channels but the model expects {lf.channels}; "
             "encode the image with this model's VAE"
         )
+    return x0, factor
+
+
+def sample_along(
+    ctx: ExecutionContext,
+    folder: ModelFolder,
+    latent: Latent,
+    x0: torch.Tensor,
+    sigmas: torch.Tensor,
+    seed: int,
+    cfg: float,
+    sampler_name: str,
+    positive: ConditioningPayload,
+    negative: ConditioningPayload | None,
+    *,
+    add_noise: bool = True,
+    sampler_options: dict[str, Any] | None = None,
+) -> tuple[Latent, Latent]:
+    """Sample ``x0`` (from :func:`materialise_latent`) along ``sigmas`` with ``denoise_latents``, seeding
+    image i with ``seeds_for(seed, B)[i]``: the sampling body every sampler node shares.
+
+    Returns the sampled latent and the model's last x0 prediction (SamplerCustom's ``denoised_output``;
+    the input itself when there is no step to take). ``negative`` may be None only when ``cfg == 1``.
+    """
+    factor = latent_factor(folder)
+    lf = folder.latent_format
+    if len(sigmas) < 2:
+        same = Latent(samples=x0, noise_mask=latent.noise_mask, factor=factor, latent_format=lf)
+        return same, same
+    device = x0.device
     b = x0.shape[0]
     seeds = seeds_for(seed, b)
     behaviour = behaviour_of(folder.meta.get("family"))
-    ms = model_sampling_for(folder, latent_height=x0.shape[-2], latent_width=x0.shape[-1])
-    full = get_sigmas(ms, scheduler, steps, denoise=denoise) if denoise > 0 else torch.zeros(1)
-    last = len(full) - 1 if end_at_step is None else min(end_at_step, len(full) - 1)
-    sigmas = full[start_at_step : last + 1].clone()
-    if len(sigmas) >= 2 and last < len(full) - 1 and not leftover_noise:
-        sigmas[-1] = 0.0  # stop early but still finish the denoising (ComfyUI's force_full_denoise)
-    if len(sigmas) < 2:
-        return Latent(samples=x0, noise_mask=latent.noise_mask, factor=factor, latent_format=lf)
     mask = None
     if latent.noise_mask is not None:
         mask = F.interpolate(latent.noise_mask.to(device).float(), size=x0.shape[-2:], mode="bilinear")
@@ -109,12 +151,18 @@ def run_sampler(
     cond = add_conditioning_extras(
         behaviour, positive.cond.repeat(b).to(device), height=h, width=w, guidance=g
     )
-    uncond = add_conditioning_extras(
-        behaviour, negative.cond.repeat(b).to(device), height=h, width=w, guidance=g, negative=True
-    )
+    uncond = None
+    if negative is not None:
+        uncond = add_conditioning_extras(
+            behaviour, negative.cond.repeat(b).to(device), height=h, width=w, guidance=g, negative=True
+        )
+    elif cfg != 1.0:
+        raise ValueError(f"a negative conditioning is needed for cfg {cfg}; connect one or set cfg to 1")
     total = len(sigmas) - 1
+    last: list[torch.Tensor] = []
 
     def callback(info: StepInfo) -> None:
+        last[:] = [info.denoised]
         preview = _preview_jpeg(torch.as_tensor(lf.preview(info.denoised[:1]))[0]) if lf.rgb_factors else None
         ctx.progress(info.i + 1, total, preview=preview)  # raises Interrupted when cancelled
 
@@ -134,8 +182,11 @@ def run_sampler(
             add_noise=add_noise,
             mask=mask,
             callback=callback,
+            sampler_options=sampler_options,
         )
-    return Latent(samples=out.float(), noise_mask=latent.noise_mask, factor=factor, latent_format=lf)
+    samples = Latent(samples=out.float(), noise_mask=latent.noise_mask, factor=factor, latent_format=lf)
+    denoised = replace(samples, samples=last[0].float()) if last else samples
+    return samples, denoised
 
 
 def _ksampler(

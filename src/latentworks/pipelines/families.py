@@ -85,7 +85,12 @@ def sampling_for_size(
 def model_sampling_for(model: Any, *, latent_height: int, latent_width: int) -> Any:
     """The model sampling to schedule with for a latent of this size: ``model``'s own (a loaded model folder),
     shifted for the image's token count when its family asks for it (FLUX), with the constants of the
-    model's own sampling spec (a diffusers scheduler config may carry others than FLUX.1's)."""
+    model's own sampling spec (a diffusers scheduler config may carry others than FLUX.1's).
+
+    A model whose sampling a ModelSampling* node set (``meta["model_sampling_patch"]``) keeps it as it is.
+    """
+    if model.meta.get("model_sampling_patch"):
+        return model.model_sampling
     patch = int(getattr(model.denoiser_net.config, "patch_size", 2))
     spec = model.meta.get("denoiser", {}).get("sampling", {})
     return sampling_for_size(
