@@ -21,6 +21,7 @@ def default_registry(
     from latentworks.nodes.image import image_nodes
     from latentworks.nodes.image_ops import image_ops_nodes
     from latentworks.nodes.latent_ops import latent_ops_nodes
+    from latentworks.nodes.loaders import split_loader_nodes
     from latentworks.nodes.model_patches import model_patch_nodes
     from latentworks.nodes.models import loader_nodes
     from latentworks.nodes.primitives import primitive_nodes
@@ -40,6 +41,7 @@ def default_registry(
             # custom sampling and model-sampling patches (issue 23)
             *custom_sampling_nodes(),
             *model_patch_nodes(),
+            *split_loader_nodes(md),  # UNETLoader, CLIPLoader, ..., VAELoader (nodes/loaders.py)
         ]
     )
 

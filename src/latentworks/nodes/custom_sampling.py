@@ -49,7 +49,7 @@ def scheduling_sampling(model: ModelPayload) -> Any:
     for its family's native resolution when the shift follows the image size (ComfyUI's default for FLUX)."""
     folder = model.folder
     h, w = behaviour_of(folder.meta.get("family")).resolution
-    f = int(folder.vae.config.downsample_factor)
+    f = model.factor  # the VAE's, or 8 for a denoiser loaded alone (UNETLoader)
     return model_sampling_for(folder, latent_height=h // f, latent_width=w // f)
 
 

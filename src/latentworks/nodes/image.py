@@ -29,7 +29,7 @@ def _decode(ctx: Any, samples: Latent, vae: VAEPayload) -> tuple[Any, ...]:
     b, _, h, w = samples.samples.shape
     ctx.check_pixels(w * vae.factor, h * vae.factor, b, inputs="samples")  # before decoding
     p = next(vae.vae.parameters())
-    z = vae.latent_format.process_out(samples.samples.to(p.device).float()).to(p.dtype)
+    z = vae.format_for(samples).process_out(samples.samples.to(p.device).float()).to(p.dtype)
     fine = needs_fine_checks(vae.vae, h * w * vae.factor**2)  # the VAE works at pixel resolution
     with torch.no_grad(), interruptible(ctx.check_cancelled, vae.vae, fine=fine):
         x = vae.vae.decode(z).float()  # (B, 3, H, W) in [-1, 1]
@@ -37,6 +37,7 @@ def _decode(ctx: Any, samples: Latent, vae: VAEPayload) -> tuple[Any, ...]:
 
 
 def _encode_pixels(ctx: Any, vae: VAEPayload, pixels: torch.Tensor) -> torch.Tensor:
+    lf = vae.format_for(None, action="encode images")  # before the work: a VAELoader VAE has no format
     f = vae.factor
     h, w = (pixels.shape[1] // f) * f, (pixels.shape[2] // f) * f
     if h == 0 or w == 0:
@@ -46,7 +47,7 @@ def _encode_pixels(ctx: Any, vae: VAEPayload, pixels: torch.Tensor) -> torch.Ten
     fine = needs_fine_checks(vae.vae, h * w)  # the VAE works at pixel resolution
     with torch.no_grad(), interruptible(ctx.check_cancelled, vae.vae, fine=fine):
         z = vae.vae.encode(x).mode().float()
-    return vae.latent_format.process_in(z)
+    return lf.process_in(z)
 
 
 def _vae_encode(ctx: Any, pixels: torch.Tensor, vae: VAEPayload) -> tuple[Any, ...]:

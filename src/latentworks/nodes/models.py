@@ -1,4 +1,5 @@
-"""Loader nodes: CheckpointLoaderSimple, VAELoader, LoraLoader."""
+"""Loader nodes: CheckpointLoaderSimple, LoraLoader (the split-file loaders, VAELoader included, are in
+:mod:`latentworks.nodes.loaders`)."""
 
 from __future__ import annotations
 
@@ -96,10 +97,6 @@ def loader_nodes(models_dir: Path | None) -> list[NodeSpec]:
         folder, encoder = _load(ctx, models_dir, ckpt_name)
         return (ModelPayload(folder), ClipPayload(encoder), VAEPayload(folder.vae, folder.latent_format))
 
-    def vae_loader(ctx: Any, vae_name: str) -> tuple[Any, ...]:
-        folder, _ = _load(ctx, models_dir, vae_name)
-        return (VAEPayload(folder.vae, folder.latent_format),)
-
     def lora_loader(
         ctx: Any,
         model: ModelPayload,
@@ -162,14 +159,5 @@ def loader_nodes(models_dir: Path | None) -> list[NodeSpec]:
                 ),
             ),
             outputs=(OutputSpec(type="MODEL"), OutputSpec(type="CLIP"), OutputSpec(type="VAE")),
-        ),
-        NodeSpec(
-            name="VAELoader",
-            display_name="Load VAE",
-            category="loaders",
-            description="Load the VAE of a model folder.",
-            execute=vae_loader,
-            inputs=(InputSpec(name="vae_name", type="COMBO", choices=choices, default="default"),),
-            outputs=(OutputSpec(type="VAE"),),
         ),
     ]

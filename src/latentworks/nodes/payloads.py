@@ -16,12 +16,29 @@ from latentworks.diffusion.conditioning import Conditioning
 from latentworks.diffusion.latent_formats import LatentFormat
 from latentworks.pipelines.loading import ModelFolder
 
+# Pixels per latent cell of every registered family's VAE (SD 1.x/2.x/XL, SD3, FLUX, Z-Image): what a MODEL
+# loaded without its VAE (UNETLoader) sizes empty latents by.
+FAMILY_VAE_FACTOR = 8
+
 
 @dataclass(frozen=True)
 class ModelPayload:
-    """MODEL: a denoising network with its objective and model sampling."""
+    """MODEL: a denoising network with its objective and model sampling (``folder.vae`` is None when the
+    denoiser was loaded alone by UNETLoader; the VAE then travels as its own VAE payload)."""
 
     folder: ModelFolder
+
+    @property
+    def factor(self) -> int:
+        """Pixels per latent cell (:func:`latent_factor`)."""
+        return latent_factor(self.folder)
+
+
+def latent_factor(folder: ModelFolder) -> int:
+    """Pixels per latent cell of a MODEL's folder: its VAE's downsampling, or ``FAMILY_VAE_FACTOR`` for a
+    denoiser loaded alone (UNETLoader)."""
+    vae = folder.vae
+    return int(vae.config.downsample_factor) if vae is not None else FAMILY_VAE_FACTOR
 
 
 @dataclass(frozen=True)
@@ -33,15 +50,38 @@ class ClipPayload:
 
 @dataclass(frozen=True)
 class VAEPayload:
-    """VAE: an autoencoder with its latent format (scale/shift between VAE and model latents)."""
+    """VAE: an autoencoder with its latent format (scale/shift between VAE and model latents).
+
+    ``latent_format`` is None for a VAE file loaded alone (VAELoader): its shapes cannot tell which family's
+    scale and shift go with it (SD3 and FLUX share one 16-channel architecture, SD 1.x and SDXL a 4-channel
+    one), so decoding takes the format of the model that sampled the latent (``Latent.latent_format``).
+    """
 
     vae: Any
-    latent_format: LatentFormat
+    latent_format: LatentFormat | None
     dtype: torch.dtype = torch.float32
 
     @property
     def factor(self) -> int:
         return int(self.vae.config.downsample_factor)
+
+    def format_for(self, latent: Latent | None, *, action: str = "decode") -> LatentFormat:
+        """The latent format to ``action`` with: this VAE's own, else the one the latent's sampler recorded."""
+        if self.latent_format is not None:
+            return self.latent_format
+        if latent is not None and latent.latent_format is not None:
+            return latent.latent_format
+        if action == "decode":
+            raise ValueError(
+                "this VAE was loaded on its own (VAELoader) and the latent does not say which model made it, "
+                "so its scale and shift are unknown; decode latents that come from a sampler (KSampler), or "
+                "use the checkpoint's own VAE (CheckpointLoaderSimple)"
+            )
+        raise ValueError(
+            f"cannot {action} with a VAE loaded on its own (VAELoader) yet: its latent scale and shift belong "
+            "to the model family and a VAE file does not say which; use the checkpoint's own VAE "
+            "(CheckpointLoaderSimple) for image-to-image and inpainting"
+        )
 
 
 @dataclass(frozen=True)
@@ -64,6 +104,7 @@ class Latent:
     batch_size: int = 1
     noise_mask: Tensor | None = None  # (B, 1, H, W) in [0, 1], 1 = regenerate
     factor: int = 8  # pixels per latent cell (the VAE's downsampling factor), for resizing by pixel size
+    latent_format: LatentFormat | None = None  # the sampling model's format (VAEDecode with a VAELoader VAE)
 
     def __post_init__(self) -> None:
         if (self.samples is None) == (self.pixel_size is None):

@@ -8,6 +8,7 @@ time from the model's family, as ComfyUI's models do, so plain CLIPTextEncode co
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -19,7 +20,7 @@ from latentworks.diffusion.schedules import SCHEDULERS, get_sigmas
 from latentworks.graph.executor import ExecutionContext
 from latentworks.graph.types import InputSpec, NodeSpec, OutputSpec, Preview
 from latentworks.nodes.guards import interruptible, needs_fine_checks
-from latentworks.nodes.payloads import ClipPayload, ConditioningPayload, Latent, ModelPayload
+from latentworks.nodes.payloads import ClipPayload, ConditioningPayload, Latent, ModelPayload, latent_factor
 from latentworks.nodes.resize import LATENT_METHODS, resize
 from latentworks.pipelines.families import add_conditioning_extras, behaviour_of, model_sampling_for
 from latentworks.pipelines.loading import ModelFolder
@@ -96,7 +97,7 @@ def materialise_latent(
     factor; budget-checked before anything is allocated, and a clear error for a latent of another model."""
     device = next(folder.denoiser_net.parameters()).device
     lf = folder.latent_format
-    factor = int(folder.vae.config.downsample_factor)
+    factor = latent_factor(folder)
     if latent.samples is not None:
         shape = tuple(latent.samples.shape)
     else:
@@ -133,12 +134,12 @@ def sample_along(
     Returns the sampled latent and the model's last x0 prediction (SamplerCustom's ``denoised_output``;
     the input itself when there is no step to take). ``negative`` may be None only when ``cfg == 1``.
     """
-    factor = int(folder.vae.config.downsample_factor)
+    factor = latent_factor(folder)
+    lf = folder.latent_format
     if len(sigmas) < 2:
-        same = Latent(samples=x0, noise_mask=latent.noise_mask, factor=factor)
+        same = Latent(samples=x0, noise_mask=latent.noise_mask, factor=factor, latent_format=lf)
         return same, same
     device = x0.device
-    lf = folder.latent_format
     b = x0.shape[0]
     seeds = seeds_for(seed, b)
     behaviour = behaviour_of(folder.meta.get("family"))
@@ -183,10 +184,8 @@ def sample_along(
             callback=callback,
             sampler_options=sampler_options,
         )
-    samples = Latent(samples=out.float(), noise_mask=latent.noise_mask, factor=factor)
-    denoised = (
-        Latent(samples=last[0].float(), noise_mask=latent.noise_mask, factor=factor) if last else samples
-    )
+    samples = Latent(samples=out.float(), noise_mask=latent.noise_mask, factor=factor, latent_format=lf)
+    denoised = replace(samples, samples=last[0].float()) if last else samples
     return samples, denoised
 
 

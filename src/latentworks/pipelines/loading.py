@@ -71,7 +71,7 @@ class ModelFolder:
     path: Path
     meta: dict[str, Any]
     denoiser_net: Any  # an nn.Module of the family's class
-    vae: Any  # an Autoencoder
+    vae: Any  # an Autoencoder; None for a denoiser loaded alone (model_from_parts(..., without_vae=True))
     latent_format: LatentFormat
     model_sampling: Any
     loras: tuple[AppliedLora, ...] = ()  # LoRAs applied to denoiser_net while sampling
@@ -376,10 +376,18 @@ def describe_model(name_or_path: str | Path, models_dir: str | Path | None = Non
 
 
 def model_from_parts(
-    parts: CheckpointParts, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    parts: CheckpointParts,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    without_vae: bool = False,
 ) -> ModelFolder:
-    """A :class:`ModelFolder` (networks, sampling, metadata) from :class:`~latentworks.families.load.CheckpointParts`."""
-    if parts.vae_state is None:
+    """A :class:`ModelFolder` (networks, sampling, metadata) from :class:`~latentworks.families.load.CheckpointParts`.
+
+    ``without_vae``: build only the denoiser (``vae`` is None; the UNETLoader node's MODEL, whose VAE comes
+    from its own loader), whether or not ``parts`` holds a VAE.
+    """
+    if parts.vae_state is None and not without_vae:
         raise ValueError(
             f"{parts.source} has no VAE: pass one (CLI: --vae FILE; API: vae=PATH), e.g. the family's "
             "ae.safetensors / sdxl_vae.safetensors"
@@ -392,7 +400,11 @@ def model_from_parts(
             "(inpainting pipelines are not built yet)"
         )
     net = build_on_meta(arch.network, config, parts.denoiser_state, device=device, dtype=dtype)
-    vae = build_on_meta(Autoencoder, parts.vae_config, parts.vae_state, device=device, dtype=dtype)
+    vae = (
+        None
+        if without_vae or parts.vae_state is None
+        else build_on_meta(Autoencoder, parts.vae_config, parts.vae_state, device=device, dtype=dtype)
+    )
     behaviour = parts.family.generation
     meta = {
         "format": FORMAT,
@@ -407,7 +419,7 @@ def model_from_parts(
             "prediction": parts.prediction,
             "sampling": parts.sampling,
         },
-        "vae": {"config": config_to_dict(parts.vae_config)},
+        "vae": None if vae is None else {"config": config_to_dict(parts.vae_config)},
         "latent_format": config_to_dict(parts.latent_format),
         "text_encoder": {"kind": parts.family.name, "components": sorted(parts.text_encoders)},
         "resolution": list(behaviour.resolution),
