@@ -1,6 +1,8 @@
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -212,7 +214,7 @@ train_diffusion(cfg, text_encoder=HashTextEncoder())
 """
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(
+    proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -221,17 +223,31 @@ train_diffusion(cfg, text_encoder=HashTextEncoder())
             "--standalone",  # a free port: parallel runs never collide
             str(script),
         ],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=300,
         env=env,
+        start_new_session=True,  # its own process group, so a stuck rank can be killed with torchrun
     )
-    # Known, rare (about 1 in 25 full-suite runs on the 2-core CI machine): a rank aborts in gloo's
-    # teardown ("terminate called without an active exception") after training finished and the weights
-    # were gathered. That teardown crash is tolerated here (and listed in docs/training.md); any other
-    # failure, or a missing weights file, fails the test.
-    teardown_abort = "terminate called without an active exception" in res.stderr
-    assert res.returncode == 0 or (teardown_abort and (tmp_path / "w.pt").is_file()), res.stderr[-3000:]
+    # Known, rare (about 1 in 25 full-suite runs on the 2-core CI machine): after training finished and the
+    # weights were gathered, a rank aborts ("terminate called without an active exception") or hangs in
+    # gloo's teardown. Both are tolerated here once w.pt exists (and listed in docs/training.md): a hang is
+    # given 60 s after the weights appear, then the process group is killed. Any other failure, or a
+    # missing weights file, fails the test.
+    weights, deadline, gathered_at = tmp_path / "w.pt", time.monotonic() + 300, None
+    teardown_hang = False
+    while proc.poll() is None:
+        now = time.monotonic()
+        if gathered_at is None and weights.is_file():
+            gathered_at = now
+        if gathered_at is not None and now - gathered_at > 60 or now > deadline:
+            teardown_hang = gathered_at is not None
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.5)
+    _, stderr = proc.communicate()
+    teardown_abort = "terminate called without an active exception" in stderr
+    assert proc.returncode == 0 or ((teardown_abort or teardown_hang) and weights.is_file()), stderr[-3000:]
     w = torch.load(tmp_path / "w.pt", weights_only=True)
     assert w.shape[0] == 2 and torch.equal(w[0], w[1])
     init = torch.cat(

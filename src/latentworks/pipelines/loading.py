@@ -43,6 +43,7 @@ from latentworks.diffusion.denoisers import (
     DiscreteSamplingSpec,
     FlowModelSampling,
     FlowSamplingSpec,
+    ModelSampling,
     SamplingSpec,
     sampling_spec_from_dict,
 )
@@ -70,10 +71,10 @@ class ModelFolder:
 
     path: Path
     meta: dict[str, Any]
-    denoiser_net: Any  # an nn.Module of the family's class
-    vae: Any  # an Autoencoder; None for a denoiser loaded alone (model_from_parts(..., without_vae=True))
+    denoiser_net: nn.Module  # the architecture's network (families.architectures)
+    vae: Autoencoder | None  # None for a denoiser loaded alone (model_from_parts(..., without_vae=True))
     latent_format: LatentFormat
-    model_sampling: Any
+    model_sampling: ModelSampling
     loras: tuple[AppliedLora, ...] = ()  # LoRAs applied to denoiser_net while sampling
 
     @property

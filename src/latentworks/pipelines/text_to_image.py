@@ -26,6 +26,7 @@ from latentworks.diffusion.guidance import check_interval
 from latentworks.diffusion.samplers import SAMPLERS, StepInfo
 from latentworks.diffusion.schedules import SCHEDULERS, get_sigmas
 from latentworks.families.load import read_checkpoint
+from latentworks.models.autoencoder import Autoencoder
 from latentworks.pipelines.families import (
     add_conditioning_extras,
     behaviour_of,
@@ -121,6 +122,15 @@ class Pipeline:
         self.vae_tile: int | None = None  # decode in tiles of this many latent pixels (None: one piece)
         self.behaviour = behaviour_of(model.meta.get("family"))
 
+    @property
+    def vae(self) -> Autoencoder:
+        """The model's autoencoder; a clear error for a denoiser loaded without one."""
+        if self.model.vae is None:
+            raise ValueError(
+                f"{self.model.path} was loaded without a VAE: pass one (API: vae=PATH; CLI: --vae FILE)"
+            )
+        return self.model.vae
+
     @classmethod
     def from_pretrained(
         cls,
@@ -190,7 +200,8 @@ class Pipeline:
         return list(modules().values()) if callable(modules) else []
 
     def _networks(self) -> list[torch.nn.Module]:
-        return [*self._text_networks(), self.model.denoiser_net, self.model.vae]
+        vae = [self.model.vae] if self.model.vae is not None else []
+        return [*self._text_networks(), self.model.denoiser_net, *vae]
 
     def encode_prompts(self, prompts: list[str]) -> Conditioning:
         with contextlib.ExitStack() as stack:
@@ -226,8 +237,8 @@ class Pipeline:
     def encode_images(self, images: list[Image.Image], size: tuple[int, int]) -> Tensor:
         """Images -> model-space latents (posterior mode, then the latent format's scale/shift)."""
         x = images_to_tensor(images, size).to(self.device, self.dtype)
-        with torch.no_grad(), self.offloader.use(self.model.vae):
-            z = self.model.vae.encode(x).mode()
+        with torch.no_grad(), self.offloader.use(self.vae):
+            z = self.vae.encode(x).mode()
         return self.model.latent_format.process_in(z.float())
 
     def decode_latents(self, z: Tensor) -> list[Image.Image]:
@@ -235,9 +246,9 @@ class Pipeline:
         ``self.vae_tile`` decodes large images in tiles."""
         from latentworks.pipelines import memory
 
-        with torch.no_grad(), self.offloader.use(self.model.vae):
+        with torch.no_grad(), self.offloader.use(self.vae):
             raw = self.model.latent_format.process_out(z)
-            x = memory.decode_latents(self.model.vae, raw, tile=self.vae_tile)
+            x = memory.decode_latents(self.vae, raw, tile=self.vae_tile)
         return tensor_to_images(x)
 
     # -- generation --------------------------------------------------------------------------------
@@ -301,7 +312,7 @@ class Pipeline:
             raise ValueError(f"{len(prompts)} prompts but {len(negs)} negative prompts")
         h0, w0 = self.model.resolution
         height, width = int(height or h0), int(width or w0)
-        f = self.model.vae.config.downsample_factor
+        f = self.vae.config.downsample_factor
         if height % f or width % f or height <= 0 or width <= 0:
             raise ValueError(
                 f"width and height must be positive multiples of {f} (the VAE's factor), got {width}x{height}"
