@@ -26,7 +26,6 @@ SPECS = [
     {"kind": "discrete", "betas": "scaled_linear"},  # what export writes for eps/v runs
     dict(SD_DISCRETE_SAMPLING),
     {"kind": "flow", "shift": 3.0, "multiplier": 1000},  # detection writes an int multiplier
-    {"kind": "flow", "shift": 1.0, "multiplier": 1000, "flux_shift": True},
     scheduler_from_diffusers({"_class_name": "EulerDiscreteScheduler", "beta_schedule": "squaredcos_cap_v2",
                               "rescale_betas_zero_snr": True, "prediction_type": "v_prediction"})[1],
     scheduler_from_diffusers({"_class_name": "FlowMatchEulerDiscreteScheduler", "use_dynamic_shifting": True,

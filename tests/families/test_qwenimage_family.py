@@ -93,7 +93,7 @@ def test_architecture_entry_is_found_by_name_and_config() -> None:
 
 def test_family_sampling_is_the_releases_dynamic_shift() -> None:
     spec = QWEN_IMAGE.sampling
-    assert QWEN_IMAGE.prediction == "flow" and QWEN_IMAGE.generation.dynamic_shift
+    assert QWEN_IMAGE.prediction == "flow"
     assert spec.dynamic_shift is not None  # type: ignore[attr-defined]
     shift = spec.dynamic_shift.to_dict()  # type: ignore[attr-defined]
     assert (shift["base_seq_len"], shift["max_seq_len"]) == (256, 8192)

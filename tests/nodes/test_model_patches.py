@@ -133,11 +133,18 @@ def test_model_sampling_discrete(vp_model: ModelPayload) -> None:
 def test_a_patch_wins_over_the_family_resolution_shift(flow_model: ModelPayload) -> None:
     from dataclasses import replace
 
+    from latentworks import families
     from latentworks.pipelines.families import model_sampling_for
 
-    flux_like = ModelPayload(replace(flow_model.folder, meta={**flow_model.folder.meta, "family": "flux"}))
+    meta = flow_model.folder.meta
+    dev_spec = families.get("flux-dev").sampling.to_dict()  # carries FLUX.1's dynamic shift
+    flux_like = ModelPayload(
+        replace(flow_model.folder, meta={**meta, "denoiser": {**meta["denoiser"], "sampling": dev_spec}})
+    )
     unpatched = model_sampling_for(flux_like.folder, latent_height=64, latent_width=64)
     assert unpatched.mu is not None  # FLUX's own sampling shifts with the image size
     (patched,) = run("ModelSamplingSD3", flux_like, 3.0)
     ms = model_sampling_for(patched.folder, latent_height=64, latent_width=64)
     assert ms is patched.folder.model_sampling and ms.mu is None and ms.shift == 3.0
+    assert "dynamic_shift" not in patched.folder.meta["denoiser"]["sampling"]  # the patch dropped it
+    assert "dynamic_shift" in flux_like.folder.meta["denoiser"]["sampling"]  # the input model is unchanged

@@ -59,17 +59,16 @@ def test_flux_dev_puts_guidance_in_cond_and_turns_cfg_off() -> None:
     [(512, 512, 0.63, 1.877611 / 2.877611), (1024, 768, 0.5 + 1830.4 / 3840, 2.655590 / 3.655590)],
 )
 def test_flux_shift_depends_on_token_count(h: int, w: int, mu: float, half: float) -> None:
-    ms = sampling_for_size(
-        behaviour_of("flux-dev"), FlowModelSampling(), latent_height=h // 8, latent_width=w // 8
-    )
+    dev = families.get("flux-dev").sampling.to_dict()  # the family's spec carries FLUX.1's dynamic shift
+    ms = sampling_for_size(FlowModelSampling(), dev, latent_height=h // 8, latent_width=w // 8)
     assert ms.mu == pytest.approx(mu, abs=1e-12)
     assert float(ms.time_shift(torch.tensor(0.5, dtype=torch.float64))) == pytest.approx(half, abs=1e-6)
     sd3 = FlowModelSampling(shift=3.0)
-    assert sampling_for_size(behaviour_of("sd3"), sd3, latent_height=h // 8, latent_width=w // 8) is sd3
+    sd3_spec = families.get("sd3").sampling.to_dict()
+    assert sampling_for_size(sd3, sd3_spec, latent_height=h // 8, latent_width=w // 8) is sd3
     schnell = FlowModelSampling()
-    assert (
-        sampling_for_size(behaviour_of("flux-schnell"), schnell, latent_height=64, latent_width=64) is schnell
-    )
+    schnell_spec = families.get("flux-schnell").sampling.to_dict()
+    assert sampling_for_size(schnell, schnell_spec, latent_height=64, latent_width=64) is schnell
 
 
 def test_unknown_family_lists_the_known_ones() -> None:
@@ -84,10 +83,9 @@ def test_dynamic_shift_uses_the_model_spec_constants() -> None:
     mu = 0.5 + 0.4 * (4096 - 256) / (8192 - 256) = 0.693548..."""
     spec = {"base_seq_len": 256, "max_seq_len": 8192, "base_shift": 0.5, "max_shift": 0.9}
     ms = sampling_for_size(
-        behaviour_of("flux-dev"), FlowModelSampling(), latent_height=128, latent_width=128, dynamic_shift=spec
+        FlowModelSampling(), {"kind": "flow", "dynamic_shift": spec}, latent_height=128, latent_width=128
     )
     assert ms.mu == pytest.approx(0.5 + 0.4 * 3840 / 7936, rel=1e-12)
-    flux = sampling_for_size(
-        behaviour_of("flux-dev"), FlowModelSampling(), latent_height=128, latent_width=128
-    )
+    dev = families.get("flux-dev").sampling.to_dict()
+    flux = sampling_for_size(FlowModelSampling(), dev, latent_height=128, latent_width=128)
     assert flux.mu == pytest.approx(0.5 + 0.65 * 3840 / 3840, rel=1e-12)  # FLUX.1: 256 -> 4096, 0.5 -> 1.15

@@ -618,9 +618,8 @@ class FlowSamplingSpec:
     """``{"kind": "flow", ...}``: a rectified-flow model (see :class:`FlowModelSampling`).
 
     Fields left None are absent from the JSON (``shift`` 1, ``multiplier`` 1000, ``num_train_timesteps``
-    1000). ``dynamic_shift`` (FLUX, from diffusers configs) and ``flux_shift`` (detection's marker for the
-    same) are carried for the family behaviour, which applies the shift per image size
-    (``pipelines.families.sampling_for_size``); ``model_sampling()`` does not apply them.
+    1000). ``dynamic_shift`` (FLUX.1-dev, Qwen-Image) makes the shift depend on the image's token count; it is
+    applied per image size (``pipelines.families.sampling_for_size``), not by ``model_sampling()``.
     """
 
     kind: ClassVar[str] = "flow"
@@ -628,7 +627,6 @@ class FlowSamplingSpec:
     multiplier: float | None = None
     dynamic_shift: FlowDynamicShift | None = None
     num_train_timesteps: int | None = None
-    flux_shift: bool | None = None
 
     def __post_init__(self) -> None:
         for name in ("shift", "multiplier"):
@@ -636,8 +634,6 @@ class FlowSamplingSpec:
                 _spec_number(getattr(self, name), name)
         if self.num_train_timesteps is not None:
             _spec_number(self.num_train_timesteps, "num_train_timesteps", integer=True)
-        if self.flux_shift is not None and not isinstance(self.flux_shift, bool):
-            raise ValueError(f"sampling spec: flux_shift must be true or false, got {self.flux_shift!r}")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FlowSamplingSpec:

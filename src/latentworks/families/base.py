@@ -84,14 +84,12 @@ class Generation:
             aesthetic score is 6.0 for the prompt and 2.5 for the negative prompt (its training convention).
         distilled_guidance: the guidance scale goes into ``cond.extra["guidance"]`` and the sampler runs
             without classifier-free guidance (one network call per step), as FLUX.1-dev.
-        dynamic_shift: the flow shift depends on the image's token count (FLUX.1-dev's dynamic shifting).
     """
 
     resolution: tuple[int, int]
     defaults: Mapping[str, Any] = field(default_factory=dict)
     size_conditioning: SizeConditioning | None = None
     distilled_guidance: bool = False
-    dynamic_shift: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -75,7 +75,6 @@ FLUX_DEV = ModelFamily(
         resolution=(1024, 1024),
         defaults={"steps": 20, "guidance": 3.5, "sampler": "euler", "scheduler": "simple"},
         distilled_guidance=True,
-        dynamic_shift=True,
     ),
     text=TextRecipe(
         name="flux-dev",

@@ -64,7 +64,6 @@ QWEN_IMAGE = ModelFamily(
     generation=Generation(
         resolution=(1328, 1328),
         defaults={"steps": 50, "guidance": 4.0, "sampler": "euler", "scheduler": "simple"},
-        dynamic_shift=True,
     ),
     text=None,  # Qwen2.5-VL-7B recipe: not written yet
     single_file_vae_prefix="vae.",

@@ -3,8 +3,9 @@ ModelSamplingAuraFlow, ModelSamplingFlux.
 
 Each returns a new MODEL: ``dataclasses.replace`` of the loaded ``ModelFolder`` with another
 ``model_sampling`` (and prediction), sharing the networks. The input model is never changed, so other
-branches of a workflow that use it sample as before. ``meta["model_sampling_patch"]`` records the patch;
-the sampler nodes then schedule with the patched sampling as it is (no FLUX resolution shift on top).
+branches of a workflow that use it sample as before. The patch drops the ``dynamic_shift`` of the model's
+sampling spec (and records itself in ``meta["model_sampling_patch"]``, for people reading the metadata), so the
+sampler nodes schedule with the patched sampling as it is (no FLUX resolution shift on top).
 
 The flow patches change only the shift: the timestep ``multiplier`` is our network's input convention
 (Z-Image's network takes ``t = sigma``, SD3/FLUX/Qwen-Image's ``t = 1000 sigma``), so a flow model keeps its
@@ -44,7 +45,9 @@ def patched(
     """A new MODEL sharing ``model``'s networks with another model sampling and prediction type."""
     folder = model.folder
     meta = dict(folder.meta)
-    meta["denoiser"] = {**dict(meta.get("denoiser", {})), "prediction": prediction}
+    denoiser = dict(meta.get("denoiser", {}))
+    spec = {k: v for k, v in dict(denoiser.get("sampling") or {}).items() if k != "dynamic_shift"}
+    meta["denoiser"] = {**denoiser, "prediction": prediction, "sampling": spec}
     meta["model_sampling_patch"] = dict(patch)
     return ModelPayload(replace(folder, meta=meta, model_sampling=model_sampling))
 

@@ -59,45 +59,37 @@ def cfg_scale(behaviour: Generation, guidance: float) -> float:
 
 
 def sampling_for_size(
-    behaviour: Generation,
     model_sampling: Any,
+    spec: Mapping[str, Any] | None,
     *,
     latent_height: int,
     latent_width: int,
     patch: int = 2,
-    dynamic_shift: Mapping[str, float] | None = None,
 ) -> Any:
-    """FLUX and its kin: a model sampling whose shift matches this image's token count; others: unchanged.
+    """The model sampling for an image of this size: when the model's sampling ``spec`` (its ``model.json``
+    form) carries a ``dynamic_shift`` (FLUX.1-dev, Qwen-Image), one whose shift matches the image's token
+    count with those constants; otherwise ``model_sampling`` unchanged.
 
     The token count is the latent grid over ``patch`` x ``patch`` packing ((H / 16) * (W / 16) for FLUX's
-    8x VAE), as diffusers' FluxPipeline computes it from the packed latents. ``dynamic_shift`` holds the
-    model's own constants (``base_seq_len``, ``max_seq_len``, ``base_shift``, ``max_shift``: its sampling
-    spec's); None takes FLUX.1's.
+    8x VAE), as diffusers' FluxPipeline computes it from the packed latents.
     """
-    if not behaviour.dynamic_shift:
+    dynamic = spec.get("dynamic_shift") if isinstance(spec, Mapping) else None
+    if not dynamic:
         return model_sampling
     seq_len = (latent_height // patch) * (latent_width // patch)
     return FlowModelSampling.flux(
-        seq_len, multiplier=getattr(model_sampling, "multiplier", 1000.0), **dict(dynamic_shift or {})
+        seq_len, multiplier=getattr(model_sampling, "multiplier", 1000.0), **dynamic
     )
 
 
 def model_sampling_for(model: Any, *, latent_height: int, latent_width: int) -> Any:
     """The model sampling to schedule with for a latent of this size: ``model``'s own (a loaded model folder),
-    shifted for the image's token count when its family asks for it (FLUX), with the constants of the
-    model's own sampling spec (a diffusers scheduler config may carry others than FLUX.1's).
-
-    A model whose sampling a ModelSampling* node set (``meta["model_sampling_patch"]``) keeps it as it is.
-    """
-    if model.meta.get("model_sampling_patch"):
-        return model.model_sampling
-    patch = int(getattr(model.denoiser_net.config, "patch_size", 2))
-    spec = model.meta.get("denoiser", {}).get("sampling", {})
+    shifted for the image's token count when its sampling spec says so (see :func:`sampling_for_size`). A
+    ModelSampling* node's patch removes the spec's ``dynamic_shift``, so a patched model keeps its sampling."""
     return sampling_for_size(
-        behaviour_of(model.meta.get("family")),
         model.model_sampling,
+        model.meta.get("denoiser", {}).get("sampling"),
         latent_height=latent_height,
         latent_width=latent_width,
-        patch=patch,
-        dynamic_shift=spec.get("dynamic_shift") if isinstance(spec, Mapping) else None,
+        patch=int(getattr(model.denoiser_net.config, "patch_size", 2)),
     )
