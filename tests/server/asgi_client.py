@@ -4,6 +4,7 @@ send thousands of requests. The app's worker thread runs accepted jobs meanwhile
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 
@@ -36,3 +37,14 @@ class AsgiClient:
         self.loop.run_until_complete(self.http.aclose())
         self.loop.close()
         self.state.store.close()
+
+
+def wait_history(c: AsgiClient, pid: str, timeout: float = 20) -> dict:
+    """The ``/history`` entry of job ``pid`` once it has finished (polls; fails after ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        entry = c.get(f"/history/{pid}").json()
+        if entry:
+            return entry[pid]
+        time.sleep(0.02)
+    raise AssertionError(f"job {pid} did not finish")

@@ -13,7 +13,7 @@ import time
 
 import httpx
 import pytest
-from asgi_client import SAME_ORIGIN, AsgiClient
+from asgi_client import SAME_ORIGIN, AsgiClient, wait_history
 from graph_toy_nodes import PNG_1X1, make_registry
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
@@ -38,16 +38,6 @@ def client(tmp_path):
     c.data = tmp_path / "data"
     yield c
     c.close()
-
-
-def wait_history(c, pid, timeout=20):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        entry = c.get(f"/history/{pid}").json()
-        if entry:
-            return entry[pid]
-        time.sleep(0.02)
-    raise AssertionError(f"job {pid} did not finish")
 
 
 def queued(c) -> int:

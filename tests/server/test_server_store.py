@@ -11,11 +11,10 @@ import json
 import logging
 import random
 import sqlite3
-import time
 from pathlib import Path
 
 import pytest
-from asgi_client import AsgiClient
+from asgi_client import AsgiClient, wait_history
 from graph_toy_nodes import make_registry
 
 from latentworks.server import create_app
@@ -30,16 +29,6 @@ QUICK = {
 def start(data: Path, start_worker: bool = True) -> AsgiClient:
     registry, _ = make_registry()
     return AsgiClient(create_app(registry, data_dir=data, models_dir=data.parent), start_worker=start_worker)
-
-
-def wait_history(c, pid, timeout=20):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        entry = c.get(f"/history/{pid}").json()
-        if entry:
-            return entry[pid]
-        time.sleep(0.02)
-    raise AssertionError(f"job {pid} did not finish")
 
 
 @pytest.fixture

@@ -3,10 +3,8 @@ for unknown node types, object_info of an unknown type and an empty model kind."
 
 from __future__ import annotations
 
-import time
-
 import pytest
-from asgi_client import AsgiClient
+from asgi_client import AsgiClient, wait_history
 from graph_toy_nodes import make_registry
 
 from latentworks.server import create_app
@@ -40,16 +38,6 @@ def client(tmp_path):
     c.data = tmp_path / "data"
     yield c
     c.close()
-
-
-def wait_history(c, pid, timeout=20):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        entry = c.get(f"/history/{pid}").json()
-        if entry:
-            return entry[pid]
-        time.sleep(0.02)
-    raise AssertionError(f"job {pid} did not finish")
 
 
 def test_convert_endpoint_returns_the_api_prompt(client) -> None:
