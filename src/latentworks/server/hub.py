@@ -54,6 +54,11 @@ class Hub:
             if self._clients.get(client_id) is queue:
                 del self._clients[client_id]
 
+    def client_ids(self) -> list[str]:
+        """The ids of the sockets connected now."""
+        with self._lock:
+            return list(self._clients)
+
     def send(self, event: str, data: dict[str, Any], client_id: str | None = None) -> None:
         """Send a JSON message ``{"type": event, "data": data}`` to one client, or to all when None."""
         self._post(json.dumps({"type": event, "data": data}, default=str), client_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import logging
 import sys
 import threading
@@ -17,6 +18,64 @@ from latentworks.server.hub import Hub, preview_frame
 from latentworks.server.queue import Job, JobStore
 
 log = logging.getLogger("latentworks.server")
+
+# ComfyUI's --preview-method choices. latentworks makes latent2rgb previews (the latent format's RGB
+# factors); "auto" is latent2rgb, as in ComfyUI without a TAESD decoder, and "taesd" falls back to it.
+PREVIEW_METHODS = ("none", "auto", "latent2rgb", "taesd")
+
+
+def check_preview_method(method: str) -> str:
+    """``method`` if it is one of :data:`PREVIEW_METHODS`, else ValueError saying which are."""
+    if method not in PREVIEW_METHODS:
+        raise ValueError(f"preview method must be one of {', '.join(PREVIEW_METHODS)}, got {method!r}")
+    return method
+
+
+def preview_method_problem(extra_data: dict[str, Any]) -> str | None:
+    """Why ``extra_data["preview_method"]`` of a POST /prompt body is not usable, or None.
+
+    ComfyUI's frontend sends its "Live preview method" setting there (``none``, ``auto``, ``latent2rgb``,
+    ``taesd``; it leaves the key out for ``default``, the server's setting).
+    """
+    method = extra_data.get("preview_method")
+    if method is None or method == "default" or method in PREVIEW_METHODS:
+        return None
+    return (
+        f"extra_data.preview_method must be one of default, {', '.join(PREVIEW_METHODS)}; "
+        f"got {str(method)[:40]!r}"
+    )
+
+
+def job_previews(server_method: str, extra_data: Any) -> bool:
+    """Whether a job sends preview frames: its own ``extra_data.preview_method`` when it names a method,
+    else the server's (``serve --preview-method``, ComfyUI's default ``none``)."""
+    asked = extra_data.get("preview_method") if isinstance(extra_data, dict) else None
+    method = asked if asked in PREVIEW_METHODS else server_method
+    return method != "none"
+
+
+def holds_network(value: Any, depth: int = 0) -> bool:
+    """Whether a cached output holds a torch network (a loaded model, text encoder or VAE).
+
+    Looks through tuples, lists, dicts, dataclasses and plain objects' attributes (8 levels deep) for an
+    ``nn.Module``; without torch imported nothing can hold one.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None or depth > 8 or value is None or isinstance(value, str | bytes | int | float):
+        return False
+    if isinstance(value, torch.nn.Module):
+        return True
+    if isinstance(value, torch.Tensor):
+        return False
+    if isinstance(value, dict):
+        return any(holds_network(v, depth + 1) for v in value.values())
+    if isinstance(value, tuple | list):
+        return any(holds_network(v, depth + 1) for v in value)
+    attrs = getattr(value, "__dict__", None)
+    if isinstance(attrs, dict) and not isinstance(value, type):
+        return any(holds_network(v, depth + 1) for v in attrs.values())
+    slots = getattr(type(value), "__slots__", ())
+    return any(holds_network(getattr(value, name, None), depth + 1) for name in slots)
 
 
 def _load_malloc_trim() -> Any:
@@ -49,13 +108,22 @@ class Worker:
     """Runs queued jobs one at a time on a background thread."""
 
     def __init__(
-        self, store: JobStore, executor: Executor, hub: Hub, dirs: dict[str, Path], device: Any = None
+        self,
+        store: JobStore,
+        executor: Executor,
+        hub: Hub,
+        dirs: dict[str, Path],
+        device: Any = None,
+        preview_method: str = "none",
     ):
         self.store = store
         self.executor = executor
         self.hub = hub
         self.dirs = dirs
         self.device = device
+        self.preview_method = check_preview_method(preview_method)
+        self._free_flags: dict[str, bool] = {}
+        self.frees_done = 0
         self._wake = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -99,6 +167,35 @@ class Worker:
         current = self._current
         return current[0] if current else None
 
+    def request_free(self, *, unload_models: bool = False, free_memory: bool = False) -> None:
+        """Ask the worker to drop cached models (``unload_models``) or every cached output (``free_memory``)
+        once it is idle: at once when no job runs, else after the running job (as ComfyUI's POST /free)."""
+        with self._wake:
+            if unload_models:
+                self._free_flags["unload_models"] = True
+            if free_memory:
+                self._free_flags["free_memory"] = True
+            self._wake.notify_all()
+
+    def _free(self) -> None:
+        with self._wake:
+            flags, self._free_flags = self._free_flags, {}
+        if not flags:
+            return
+        cache = self.executor.cache
+        if flags.get("free_memory"):
+            dropped = len(cache)
+            cache.clear()
+        else:
+            dropped = cache.discard(lambda entry: holds_network(entry.outputs))
+        gc.collect()
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        release_free_memory()
+        self.frees_done += 1
+        log.info("freed %d cached outputs (%s)", dropped, ", ".join(sorted(flags)))
+
     def status(self) -> dict[str, Any]:
         return {"status": {"exec_info": {"queue_remaining": self.queue_remaining()}}}
 
@@ -112,6 +209,7 @@ class Worker:
             with self._wake:
                 if self._stopping:
                     return
+            self._free()
             try:
                 job = self.store.claim_next()
             except Exception:
@@ -132,10 +230,12 @@ class Worker:
                 cancel.set()
         client = job.client_id
         self.hub.send("status", self.status())
+        previews = job_previews(self.preview_method, job.extra_data)
 
         def on_event(event: str, data: dict[str, Any]) -> None:
             if event == "preview":
-                self.hub.send_bytes(preview_frame(data["image_format"], data["data"]), client)
+                if previews:
+                    self.hub.send_bytes(preview_frame(data["image_format"], data["data"]), client)
             else:
                 self.hub.send(event, data, client)
 
@@ -150,6 +250,7 @@ class Worker:
                 temp_dir=self.dirs["temp"],
                 input_dir=self.dirs["input"],
                 extra_data=job.extra_data,
+                previews=previews,
             )
             result = self.executor.execute(job.prompt, ctx, output_ids=job.outputs_to_execute or None)
             status, outputs, messages = result.status, result.outputs, result.messages
@@ -184,6 +285,7 @@ class Worker:
         log.debug(
             "job %s finished (%s) in %.1f ms", job.prompt_id, status, 1000 * (time.perf_counter() - started)
         )
-        # ComfyUI clients wait for "executing" with node None, then read /history.
-        self.hub.send("executing", {"node": None, "prompt_id": job.prompt_id}, client)
+        # ComfyUI's order: the queue's new length, then "executing" with node None, which clients wait for
+        # before they read /history (already written above).
         self.hub.send("status", self.status())
+        self.hub.send("executing", {"node": None, "prompt_id": job.prompt_id}, client)
