@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import LiveServer
 
+from conftest import LiveServer
 from latentworks.graph import NodeResult, NodeSpec
 from latentworks.nodes import default_registry
 from latentworks.nodes.guards import payload_nbytes
@@ -42,9 +42,16 @@ def txt2img(prefix: str, seed: int = 1, steps: int = STEPS) -> dict:
         "3": {
             "class_type": "KSampler",
             "inputs": {
-                "model": ["4", 0], "seed": seed, "steps": steps, "cfg": 2.0, "sampler_name": "euler",
-                "scheduler": "normal", "positive": ["6", 0], "negative": ["7", 0],
-                "latent_image": ["5", 0], "denoise": 1.0,
+                "model": ["4", 0],
+                "seed": seed,
+                "steps": steps,
+                "cfg": 2.0,
+                "sampler_name": "euler",
+                "scheduler": "normal",
+                "positive": ["6", 0],
+                "negative": ["7", 0],
+                "latent_image": ["5", 0],
+                "denoise": 1.0,
             },
         },  # fmt: skip
         "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
@@ -76,8 +83,9 @@ class ClientServer:
         return self.http.get(f"/history/{prompt_id}").json()[prompt_id]
 
     @contextmanager
-    def hold_queue(self, timeout: float = 30) -> Iterator[None]:
-        """Block the worker with a gate job until a WebSocket connects that was not there on entry."""
+    def hold_queue(self, until: Callable[[], bool] = lambda: True, timeout: float = 60) -> Iterator[None]:
+        """Block the worker with a gate job until a WebSocket connects that was not there on entry (and
+        ``until()`` is true)."""
         self.gate.clear()
         before = set(self.state.hub.client_ids())
         gate = {"1": {"class_type": "TestGate", "inputs": {}}}
@@ -86,7 +94,7 @@ class ClientServer:
 
         def release() -> None:
             deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and not set(self.state.hub.client_ids()) - before:
+            while time.monotonic() < deadline and not (set(self.state.hub.client_ids()) - before and until()):
                 time.sleep(0.01)
             self.gate.set()
 
@@ -110,7 +118,9 @@ def client_server(tmp_path: Path, live_server) -> Iterator[ClientServer]:
             ctx.check_cancelled()
         return NodeResult(ui={})
 
-    registry.register(NodeSpec(name="TestGate", execute=wait_for_gate, output_node=True, inputs=(), outputs=()))
+    registry.register(
+        NodeSpec(name="TestGate", execute=wait_for_gate, output_node=True, inputs=(), outputs=())
+    )
     app = create_app(registry, data_dir=data, models_dir=tmp_path / "models", sizer=payload_nbytes)
     server = ClientServer(live_server(app), data)
     server.gate = gate

@@ -12,7 +12,8 @@ import pytest
 from comfy_clients import client_server, txt2img  # noqa: F401 - the fixture
 
 comfy_api_wrapper = pytest.importorskip(
-    "comfy_api_simplified.comfy_api_wrapper", reason="comfy-api-simplified is a test dependency (latentworks[test])"
+    "comfy_api_simplified.comfy_api_wrapper",
+    reason="comfy-api-simplified is a test dependency (latentworks[test])",
 )
 from comfy_api_simplified import ComfyApiWrapper, ComfyWorkflowWrapper  # noqa: E402
 
@@ -30,7 +31,7 @@ def test_queue_and_wait_images_returns_the_saved_png(client_server, caplog):  # 
     assert not any("websocket recv image" in r.getMessage() for r in caplog.records)
 
     assert len(images) == 1
-    (name, data), = images.items()
+    ((name, data),) = images.items()
     saved = sorted((client_server.data / "output").glob("simplified_*.png"))
     assert [p.name for p in saved] == [name]
     assert data == saved[0].read_bytes() and data.startswith(b"\x89PNG")
