@@ -45,11 +45,18 @@ def start(tmp_path, live_server):
     return start
 
 
-def run(srv, extra_data=None, seed=1):
-    """Queue txt2img on a fresh socket; every message until ``executing`` null (binary frames as bytes)."""
+def run(srv, extra_data=None, seed=1, features=None):
+    """Queue txt2img on a fresh socket; every message until ``executing`` null (binary frames as bytes).
+    ``features``: a feature_flags message the client sends first, as ComfyUI's frontend does."""
     client_id = uuid.uuid4().hex
     with connect(f"{srv.ws_url}?clientId={client_id}") as ws:
         hello = json.loads(ws.recv(timeout=10))
+        if features is not None:
+            ws.send(json.dumps({"type": "feature_flags", "data": features}))
+            deadline = time.monotonic() + 10  # the server reads it on its own task
+            while not srv.app.state.latentworks.hub.supports(client_id, next(iter(features))):
+                assert time.monotonic() < deadline, "the feature_flags message was not recorded"
+                time.sleep(0.01)
         body = {"prompt": txt2img("pv", seed=seed), "client_id": client_id}
         if extra_data is not None:
             body["extra_data"] = extra_data
@@ -73,7 +80,8 @@ def test_no_previews_by_default_and_comfyui_message_order(start):
     srv = start()
     pid, msgs = run(srv)
     assert frames(msgs) == []
-    kinds = [m["type"] for m in msgs]
+    states = [m["data"] for m in msgs if m["type"] == "progress_state"]
+    kinds = [m["type"] for m in msgs if m["type"] != "progress_state"]
     # ComfyUI: status (with sid) on connect; status when queued and when the worker takes the job; the
     # job's events; the queue's new length; then executing null.
     assert msgs[0]["data"]["sid"] and kinds[:2] == ["status", "status"]
@@ -89,6 +97,21 @@ def test_no_previews_by_default_and_comfyui_message_order(start):
         (i, STEPS, "3", pid) for i in range(1, STEPS + 1)
     ]
     assert kinds.index("progress") > kinds.index("executing")
+
+    # progress_state (ComfyUI's per-node progress, read by its frontend): one before each progress
+    # message with the sampler's value, and at the end every node that ran is finished.
+    for i, m in enumerate(msgs):
+        if m["type"] == "progress":
+            before = msgs[i - 1]
+            assert before["type"] == "progress_state", before
+            node = before["data"]["nodes"]["3"]
+            assert (node["state"], node["value"], node["max"]) == ("running", m["data"]["value"], STEPS)
+    assert all(s["prompt_id"] == pid for s in states)
+    last = states[-1]["nodes"]
+    assert sorted(last) == ["3", "4", "5", "6", "7", "8", "9"]
+    assert {n["state"] for n in last.values()} == {"finished"}
+    assert all(n["value"] == n["max"] and n["node_id"] == k for k, n in last.items())
+    assert last["3"]["max"] == STEPS
     # The history is written before executing null (clients read it then).
     assert srv.http.get(f"/history/{pid}").json()[pid]["status"]["completed"] is True
 
@@ -120,6 +143,22 @@ def test_server_preview_method_and_a_job_turning_it_off(start):
     assert frames(msgs) == []
     _, msgs = run(srv, {"preview_method": "default"}, seed=3)  # the frontend's "default": the server's
     assert len(frames(msgs)) == STEPS
+
+
+def test_clients_declaring_preview_metadata_get_type_4_frames(start):
+    srv = start(preview_method="auto")
+    pid, msgs = run(srv, features={"supports_preview_metadata": True})
+    got = frames(msgs)
+    assert len(got) == STEPS
+    for frame in got:
+        kind, length = struct.unpack(">II", frame[:8])
+        meta = json.loads(frame[8 : 8 + length])
+        assert kind == 4 and meta == {
+            "node_id": "3", "display_node_id": "3", "parent_node_id": None, "real_node_id": "3",
+            "prompt_id": pid, "image_type": "image/jpeg",
+        }  # fmt: skip
+        with Image.open(io.BytesIO(frame[8 + length :])) as im:
+            assert im.format == "JPEG"
 
 
 def test_unknown_preview_method_is_refused(start):

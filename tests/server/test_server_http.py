@@ -68,7 +68,7 @@ def test_queue_run_messages_in_order_and_view(server, prefix):
         pid = body["prompt_id"]
         msgs = wait_done(ws, pid)
     events = [m["type"] if isinstance(m, dict) else "binary" for m in msgs]
-    core = [e for e in events if e not in ("status", "progress", "binary")]
+    core = [e for e in events if e not in ("status", "progress", "progress_state", "binary")]
     assert core == [
         "execution_start", "execution_cached",
         "executing", "executing", "executing", "executing",

@@ -691,7 +691,7 @@ def _routes(s: ServerState) -> APIRouter:
 
             async def drain() -> None:
                 while True:
-                    await websocket.receive_text()
+                    s.hub.receive(client_id, await websocket.receive_text())  # records feature_flags
 
             tasks = [asyncio.create_task(pump()), asyncio.create_task(drain())]
             try:

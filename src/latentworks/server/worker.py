@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from latentworks.graph import Executor
-from latentworks.server.hub import Hub, preview_frame
+from latentworks.server.hub import Hub, preview_frame, preview_frame_with_metadata
 from latentworks.server.queue import Job, JobStore
 
 log = logging.getLogger("latentworks.server")
@@ -102,6 +102,47 @@ def release_free_memory() -> None:
     """
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
+
+
+class NodeProgress:
+    """The state of every node of one job that has started, for ComfyUI's ``progress_state`` message.
+
+    ``{"prompt_id", "nodes": {node_id: {value, max, state, node_id, prompt_id, display_node_id,
+    parent_node_id, real_node_id}}}`` with ``state`` "running", "finished" or "error"; nodes that have not
+    started are left out. ComfyUI's frontend draws per-node progress from it.
+    """
+
+    def __init__(self, prompt_id: str) -> None:
+        self.prompt_id = prompt_id
+        self.nodes: dict[str, dict[str, Any]] = {}
+        self.running: str | None = None
+
+    def message(self) -> dict[str, Any]:
+        return {"prompt_id": self.prompt_id, "nodes": {k: dict(v) for k, v in self.nodes.items()}}
+
+    def start(self, node_id: str) -> None:
+        self.nodes[node_id] = {
+            "value": 0, "max": 1, "state": "running", "node_id": node_id, "prompt_id": self.prompt_id,
+            "display_node_id": node_id, "parent_node_id": None, "real_node_id": node_id,
+        }  # fmt: skip
+        self.running = node_id
+
+    def update(self, node_id: str | None, value: float, max_value: float) -> None:
+        if node_id is not None:
+            if node_id not in self.nodes:
+                self.start(node_id)
+            self.nodes[node_id].update(value=value, max=max_value)
+
+    def end(self, state: str = "finished") -> bool:
+        """Mark the running node ``state`` (finished: its value becomes its max); False if none ran."""
+        node = self.nodes.get(self.running) if self.running is not None else None
+        self.running = None
+        if node is None:
+            return False
+        node["state"] = state
+        if state == "finished":
+            node["value"] = node["max"]
+        return True
 
 
 class Worker:
@@ -232,12 +273,42 @@ class Worker:
         self.hub.send("status", self.status())
         previews = job_previews(self.preview_method, job.extra_data)
 
+        nodes = NodeProgress(job.prompt_id)
+        metadata_previews = self.hub.supports(client, "supports_preview_metadata")
+
+        def send_state() -> None:
+            self.hub.send("progress_state", nodes.message(), client)
+
         def on_event(event: str, data: dict[str, Any]) -> None:
+            # As ComfyUI: progress_state when a node ends or starts and before each progress message; the
+            # preview frame after its progress message, with the node in its metadata (type 4) for clients
+            # that declared supports_preview_metadata, else type 1.
             if event == "preview":
-                if previews:
-                    self.hub.send_bytes(preview_frame(data["image_format"], data["data"]), client)
-            else:
+                if not previews:
+                    return
+                if metadata_previews:
+                    node = data.get("node")
+                    meta = {"node_id": node, "display_node_id": node, "parent_node_id": None,
+                            "real_node_id": node, "prompt_id": job.prompt_id}  # fmt: skip
+                    frame = preview_frame_with_metadata(data["image_format"], data["data"], meta)
+                else:
+                    frame = preview_frame(data["image_format"], data["data"])
+                self.hub.send_bytes(frame, client)
+                return
+            if event == "executing":
+                if nodes.end():
+                    send_state()
                 self.hub.send(event, data, client)
+                nodes.start(str(data["node"]))
+                send_state()
+                return
+            if event == "progress":
+                nodes.update(data.get("node"), data["value"], data["max"])
+                send_state()
+            elif event in ("execution_success", "execution_error", "execution_interrupted"):
+                if nodes.end("finished" if event == "execution_success" else "error"):
+                    send_state()
+            self.hub.send(event, data, client)
 
         started = time.perf_counter()
         try:
