@@ -65,13 +65,13 @@ def txt2img(prefix: str, seed: int = 1, steps: int = STEPS) -> dict:
 class ClientServer:
     """The running server, its data folder, an HTTP client and the gate."""
 
-    def __init__(self, live: LiveServer, data: Path) -> None:
+    def __init__(self, live: LiveServer, data: Path, gate: threading.Event) -> None:
         self.live = live
         self.data = data
         self.url = live.url
         self.address = f"127.0.0.1:{live.port}"
         self.state = live.app.state.latentworks
-        self.gate = threading.Event()
+        self.gate = gate  # TestGate jobs wait for it
         self.http = httpx.Client(base_url=live.url, timeout=30)
 
     def saved_png(self, image: dict) -> bytes:
@@ -94,7 +94,9 @@ class ClientServer:
 
         def release() -> None:
             deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and not (set(self.state.hub.client_ids()) - before and until()):
+            while time.monotonic() < deadline and not self.gate.is_set():
+                if set(self.state.hub.client_ids()) - before and until():
+                    break
                 time.sleep(0.01)
             self.gate.set()
 
@@ -122,8 +124,7 @@ def client_server(tmp_path: Path, live_server) -> Iterator[ClientServer]:
         NodeSpec(name="TestGate", execute=wait_for_gate, output_node=True, inputs=(), outputs=())
     )
     app = create_app(registry, data_dir=data, models_dir=tmp_path / "models", sizer=payload_nbytes)
-    server = ClientServer(live_server(app), data)
-    server.gate = gate
+    server = ClientServer(live_server(app), data, gate)
     try:
         yield server
     finally:

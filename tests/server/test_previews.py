@@ -241,6 +241,10 @@ def test_view_refusals(viewer):
     assert r.status_code == 415 and "not an image" in r.json()["error"]["message"]
     assert view(viewer, "notes.txt").text == "not an image"  # served as it is without preview=/channel=
     assert view(viewer, "../rgb.png", preview="webp").status_code == 404
+    # Odd preview strings fall back as ComfyUI's do (webp, quality 90) instead of failing.
+    for odd in ("", ";", "jpeg;²", "jpeg;-5", "jpeg;" + "9" * 40, "webp;\u0663", "\x00;1"):
+        r = view(viewer, "rgb.png", preview=odd)
+        assert r.status_code == 200 and r.headers["content-type"] in ("image/webp", "image/jpeg"), odd
 
 
 def test_view_refuses_an_image_over_the_pixel_budget(start, tmp_path):

@@ -232,6 +232,8 @@ def view_variant(
         return None
     try:
         img = Image.open(path)
+    except Image.DecompressionBombError as e:  # over PIL's own limit (when --max-image-pixels is off)
+        raise ViewError(413, "request_too_large", f"{path.name}: {e}") from e
     except (UnidentifiedImageError, OSError) as e:
         raise ViewError(
             415, "unsupported_media_type", f"{path.name} is not an image, so it has no preview or channels"
@@ -252,7 +254,8 @@ def view_variant(
         if preview is not None:
             fields = preview.split(";")
             fmt = fields[0] if fields[0] in _PREVIEW_FORMATS and "a" not in (channel or "") else "webp"
-            quality = min(100, max(1, int(fields[-1]))) if fields[-1].isdigit() else 90
+            digits = fields[-1].isascii() and fields[-1].isdigit()  # "²".isdigit() is true too
+            quality = min(100, max(1, int(fields[-1]))) if digits else 90
             out = (
                 img.convert("RGB")
                 if fmt == "jpeg" or channel == "rgb"
