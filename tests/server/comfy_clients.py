@@ -121,7 +121,12 @@ def client_server(tmp_path: Path, live_server) -> Iterator[ClientServer]:
         return NodeResult(ui={})
 
     registry.register(
-        NodeSpec(name="TestGate", execute=wait_for_gate, output_node=True, inputs=(), outputs=())
+        NodeSpec(
+            name="TestGate",
+            execute=wait_for_gate,
+            output_node=True,
+            fingerprint=time.monotonic_ns,  # never from the cache: every gate job waits
+        )
     )
     app = create_app(registry, data_dir=data, models_dir=tmp_path / "models", sizer=payload_nbytes)
     server = ClientServer(live_server(app), data, gate)
