@@ -294,3 +294,50 @@ def test_free_drops_models_then_everything(start):
 
     assert srv.http.post("/free", content=b"[1]").status_code == 400
     assert srv.http.post("/free", content=b"{oops").status_code == 400
+
+
+def test_view_fuzz_preview_and_channel_never_500(tmp_path):
+    """Any preview= and channel= text gets an image, or a 4xx that says what was wrong."""
+    from asgi_client import AsgiClient
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    data = tmp_path / "data"
+    app = create_app(default_registry(None, data / "input"), data_dir=data, models_dir=tmp_path / "models")
+    client = AsgiClient(app, start_worker=False)
+    try:
+        Image.new("RGBA", (8, 8), (1, 2, 3, 4)).save(data / "input" / "a.png")
+        (data / "input" / "b.txt").write_text("text")
+        text = st.text(max_size=12) | st.sampled_from(["webp;90", "jpeg;1", "rgb", "a", "rgba", "jpeg;²"])
+
+        @settings(max_examples=40, deadline=None, database=None)
+        @given(name=st.sampled_from(["a.png", "b.txt"]), preview=st.none() | text, channel=st.none() | text)
+        def check(name, preview, channel):
+            params = {"filename": name, "type": "input"}
+            params |= {"preview": preview} if preview is not None else {}
+            params |= {"channel": channel} if channel is not None else {}
+            r = client.get("/view", params=params)
+            assert r.status_code in (200, 400, 415), (params, r.status_code, r.text[:200])
+            if r.status_code != 200:
+                assert r.json()["error"]["message"]
+
+        check()
+    finally:
+        client.close()
+
+
+def test_serve_preview_method_flag(monkeypatch, capsys, tmp_path):
+    import latentworks.server
+    from latentworks.cli import build_parser
+    from latentworks.commands import serve as serve_command
+
+    assert build_parser().parse_args(["serve"]).preview_method == "none"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--preview-method", "fancy"])
+    assert "choose from 'none', 'auto', 'latent2rgb', 'taesd'" in capsys.readouterr().err
+    seen = {}
+    monkeypatch.setattr(latentworks.server, "serve", lambda *a, **kw: seen.update(kw))
+    args = build_parser().parse_args(
+        ["serve", "--preview-method", "auto", "--data-dir", str(tmp_path), "--models-dir", str(tmp_path)]
+    )
+    assert serve_command.run(args) == 0 and seen["preview_method"] == "auto"
