@@ -330,11 +330,14 @@ def test_serve_preview_method_flag(monkeypatch, capsys, tmp_path):
     import latentworks.server
     from latentworks.cli import build_parser
     from latentworks.commands import serve as serve_command
+    from latentworks.server.worker import PREVIEW_METHODS
 
     assert build_parser().parse_args(["serve"]).preview_method == "none"
+    for method in PREVIEW_METHODS:  # the flag's choices are the server's methods
+        assert build_parser().parse_args(["serve", "--preview-method", method]).preview_method == method
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--preview-method", "fancy"])
-    assert "choose from 'none', 'auto', 'latent2rgb', 'taesd'" in capsys.readouterr().err
+    assert "choose from " + ", ".join(f"'{m}'" for m in PREVIEW_METHODS) in capsys.readouterr().err
     seen = {}
     monkeypatch.setattr(latentworks.server, "serve", lambda *a, **kw: seen.update(kw))
     args = build_parser().parse_args(

@@ -163,6 +163,10 @@ class Worker:
         self.dirs = dirs
         self.device = device
         self.preview_method = check_preview_method(preview_method)
+        if preview_method == "taesd":
+            log.warning(
+                "TAESD previews are not available in latentworks; jobs get latent2rgb previews instead"
+            )
         self._free_flags: dict[str, bool] = {}
         self.frees_done = 0
         self._wake = threading.Condition()
@@ -250,7 +254,10 @@ class Worker:
             with self._wake:
                 if self._stopping:
                     return
-            self._free()
+            try:
+                self._free()
+            except Exception:  # a failed clean-up must not stop the worker
+                log.exception("could not free cached outputs (POST /free)")
             try:
                 job = self.store.claim_next()
             except Exception:
