@@ -344,3 +344,22 @@ def test_serve_preview_method_flag(monkeypatch, capsys, tmp_path):
         ["serve", "--preview-method", "auto", "--data-dir", str(tmp_path), "--models-dir", str(tmp_path)]
     )
     assert serve_command.run(args) == 0 and seen["preview_method"] == "auto"
+
+
+@pytest.mark.parametrize("previews", [True, False])
+def test_sampler_makes_previews_only_when_wanted(tmp_path, monkeypatch, previews):
+    """With previews off the sampler does not even encode them (ExecutionContext.previews)."""
+    import latentworks.nodes.sampling as sampling
+    from latentworks.graph import Executor
+
+    made = []
+    encode = sampling._preview_jpeg
+    monkeypatch.setattr(sampling, "_preview_jpeg", lambda rgb: made.append(1) or encode(rgb))
+    executor = Executor(default_registry(None, tmp_path), sizer=payload_nbytes)
+    events = []
+    ctx = executor.new_context(
+        "p", on_event=lambda e, d: events.append(e), output_dir=tmp_path, temp_dir=tmp_path, previews=previews
+    )
+    assert executor.execute(txt2img("s"), ctx).status == "success"
+    assert events.count("progress") == STEPS
+    assert events.count("preview") == len(made) == (STEPS if previews else 0)
