@@ -130,11 +130,14 @@ def node_types(workflow: Mapping[str, Any]) -> list[str]:
     return sorted(types)
 
 
-def shrink_overrides(prompt: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """``--set`` overrides that make a converted prompt cheap: SIZE-pixel latents, batch 1, STEPS steps."""
+def shrink_overrides(prompt: Mapping[str, Mapping[str, Any]], registry: Any) -> list[str]:
+    """``--set`` overrides that make a converted prompt cheap: SIZE-pixel latents, batch 1, STEPS steps, the
+    least megapixels the node allows."""
     sets = []
     for node_id, node in prompt.items():
         cls = node.get("class_type")
+        spec = registry.get(cls)
+        least = spec.input("megapixels").min if spec is not None and spec.input("megapixels") else None
         for name, value in (node.get("inputs") or {}).items():
             if isinstance(value, list):
                 continue  # a link: its source node is shrunk instead
@@ -146,8 +149,8 @@ def shrink_overrides(prompt: Mapping[str, Mapping[str, Any]]) -> list[str]:
                 sets.append(f"{node_id}.{name}=1")
             elif name in STEP_INPUTS and isinstance(value, int) and value > STEPS:
                 sets.append(f"{node_id}.{name}={STEPS}")
-            elif name == "megapixels" and isinstance(value, int | float) and value > 0.01:
-                sets.append(f"{node_id}.{name}=0.01")
+            elif name == "megapixels" and isinstance(value, int | float) and value > max(0.01, least or 0):
+                sets.append(f"{node_id}.{name}={max(0.01, least or 0)}")
     return sets
 
 
@@ -189,7 +192,7 @@ def run_template(template: Template, registry: Any, cache_dir: Path, work_dir: P
         return row
     path = here / "workflow.json"
     path.write_text(json.dumps(wf), encoding="utf-8")
-    rc, err = run_cli(path, models, inputs, outputs, shrink_overrides(prompt))
+    rc, err = run_cli(path, models, inputs, outputs, shrink_overrides(prompt, registry))
     row.seconds = time.perf_counter() - t0
     row.ran = rc == 0
     row.error = "" if row.ran else (err.strip().splitlines() or [f"exit status {rc}"])[-1][:400]

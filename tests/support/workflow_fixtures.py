@@ -92,12 +92,18 @@ _CHECKPOINT_RULES = [
     (r"sd_xl_refiner|sdxl.*refiner", "unsupported"),  # refiner: 1280-wide bigG only (not built yet)
     (r"sd_xl|sdxl|juggernaut|dreamshaperxl", "sdxl"),
     (r"sd3", "sd3"),
+    (r"v2-1_768|sd21-768|768-v-ema", "sd2-v"),
+    (r"v2-1|sd21|512-base-ema", "sd2"),
     (r"flux1?[-_.].*schnell", "flux-schnell"),
     (r"flux1?[-_.]", "flux-dev"),
     (r"v1-5|sd15|sd_1\.5|v1_5|dreamshaper_8|realisticvision|anything|counterfeit|512-inpainting|v1-5-pruned",
      "sd1"),
 ]  # fmt: skip
+# FLUX.1 tools and Kontext take image conditioning (extra input channels, reference latents) that
+# latentworks does not build yet; their files are recognised so the reason is named.
+_FLUX_TOOLS = r"^flux1?[-_.].*(fill|canny|depth|kontext|redux)|^flux\.1-fill"
 _DIFFUSION_RULES = [
+    (_FLUX_TOOLS, "unsupported"),
     (r"^flux1[-_.].*schnell", "flux-schnell"),
     (r"^flux1[-_.]|^flux\.1", "flux-dev"),
     (r"^z[-_]image", "zimage"),
@@ -131,6 +137,8 @@ def role_of(node_type: str, input_name: str, file_name: str, clip_type: str | No
         return f"checkpoint:{kind}"
     if node_type == "UNETLoader":
         kind = _match(_DIFFUSION_RULES, file_name)
+        if kind == "unsupported":
+            raise UnsupportedModel(f"{where}: FLUX.1 Fill/Canny/Depth/Kontext models are not supported yet")
         if kind is None:
             raise UnsupportedModel(f"{where}: not a diffusion model of a supported family")
         return f"diffusion:{kind}"
@@ -145,6 +153,8 @@ def role_of(node_type: str, input_name: str, file_name: str, clip_type: str | No
             raise UnsupportedModel(f"{where}: not a VAE of a supported family")
         return f"vae:{kind}"
     if node_type in ("LoraLoader", "LoraLoaderModelOnly"):
+        if re.search(r"(canny|depth)[-_.]?(dev[-_.])?lora", Path(file_name).name.lower()):
+            raise UnsupportedModel(f"{where}: control LoRAs (extra input channels) are not supported yet")
         return "lora"  # decided by the model it patches, in plan_models
     raise UnsupportedModel(f"{where}: no tiny builder for {node_type}")
 
@@ -177,14 +187,23 @@ def loader_inputs(workflow: Mapping[str, Any], registry: Any) -> list[tuple[str,
     return out
 
 
+# Partner (cloud) API nodes: a template using them needs a paid service, not local models.
+_API_NODE = re.compile(
+    r"^(Gemini|Kling|OpenAI|Tripo|Luma|Runway|Pika|Pixverse|Vidu|Veo|Recraft|Ideogram|Stability|ByteDance|"
+    r"Minimax|Moonvalley|Rodin|Grok|Sora|Topaz|Bria|Wan.*Api|Flux.*(Pro|Ultra|Max)|BFL|Nano|Hunyuan3D.*Api)"
+)
+
+
 def plan_models(workflow: Mapping[str, Any], registry: Any) -> list[ModelFile]:
     """The model files ``workflow`` loads, each with its role. Raises :class:`UnsupportedModel` for a loader of
-    a kind latentworks lacks or a file of an unsupported family."""
+    a kind latentworks lacks, a file of an unsupported family, or a partner (cloud) API node."""
     files: list[ModelFile] = []
     families: list[str] = []
     loras: list[tuple[str, str]] = []
     for ntype, values in loader_inputs(workflow, registry):
-        if ntype in UNSUPPORTED_LOADERS:
+        if _API_NODE.match(ntype) and ntype not in registry:
+            raise UnsupportedModel(f"{ntype}: a partner API node (a cloud service, not a local model)")
+        if ntype in UNSUPPORTED_LOADERS or (ntype.endswith("Loader") and ntype not in MODEL_INPUTS):
             raise UnsupportedModel(f"{ntype}: latentworks has no models of this kind")
         if ntype not in MODEL_INPUTS:
             continue
@@ -310,12 +329,13 @@ def _vae_ldm(latent_channels: int, seed: int) -> dict[str, torch.Tensor]:
 def _unet(family: str) -> tuple[Any, dict[str, torch.Tensor]]:
     from latentworks.models.unet import UNet, UNetConfig
 
-    xl = family == "sdxl"
+    xl, sd2 = family == "sdxl", family.startswith("sd2")
+    # SD 2.x and SDXL files store no head count: detection assumes 64-wide heads, so the widths are multiples
     cfg = UNetConfig(
-        channels=(64, 128) if xl else (32, 64), layers_per_block=1, transformer_depth=(0, 1),
-        mid_transformer_depth=1, num_heads=None if xl else 8, head_dim=64 if xl else None,
-        context_dim=2048 if xl else 768,
-        use_linear_projection=xl, pooled_dim=1280 if xl else 0,
+        channels=(64, 128) if xl or sd2 else (32, 64), layers_per_block=1, transformer_depth=(0, 1),
+        mid_transformer_depth=1, num_heads=None if xl or sd2 else 8, head_dim=64 if xl or sd2 else None,
+        context_dim=2048 if xl else 1024 if sd2 else 768,
+        use_linear_projection=xl or sd2, pooled_dim=1280 if xl else 0,
     )  # fmt: skip
     return cfg, _random_state(_meta(UNet, cfg), 1)
 
@@ -352,7 +372,11 @@ def _checkpoint(family: str, path: Path) -> None:
 
     fam = families.get(family)
     texts: dict[str, Any]
-    if family in ("sd1", "sdxl"):
+    if family in ("sd2", "sd2-v"):
+        dcfg, dstate = _unet(family)
+        vae_channels = 4
+        texts = {"clip_h": tiny_clip(1024, 12, projection=False)}  # OpenCLIP-H, written in open_clip layout
+    elif family in ("sd1", "sdxl"):
         dcfg, dstate = _unet(family)
         vae_channels = 4
         texts = {"clip_l": tiny_clip(768, 10, projection=False)}

@@ -455,10 +455,10 @@ def _ui_to_api(workflow: Any, registry: NodeRegistry) -> dict[str, dict[str, Any
                 inputs[spec_input.name] = [a, b] if kind == "link" else a
             elif spec_input.name in widget_values:
                 inputs[spec_input.name] = widget_values[spec_input.name]
-            elif not isinstance(node.widgets, Mapping) and not node.widgets and spec_input.default is not None:
-                # a node saved without widgets_values (older editors): its widgets show their defaults
-                if spec_input.type in PRIMITIVE_TYPES:
-                    inputs[spec_input.name] = spec_input.default
+            elif spec_input.type in PRIMITIVE_TYPES and spec_input.default is not None:
+                # a widget the saved node has no value for (saved without widgets_values, or before the
+                # input was added to the node type): the editor shows, and queues, its default
+                inputs[spec_input.name] = spec_input.default
         prompt[node.id] = {"class_type": spec.name, "inputs": inputs, "_meta": {"title": node.title}}
     if missing:
         raise MissingNodeTypes(missing)
