@@ -83,7 +83,9 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Any:
     tmp = tmp_path_factory.mktemp("server")
     models = tmp / "models"
     (models / "checkpoints").mkdir(parents=True)
-    c = AsgiClient(create_app(default_registry(models, tmp / "input"), data_dir=tmp / "data", models_dir=models))
+    c = AsgiClient(
+        create_app(default_registry(models, tmp / "input"), data_dir=tmp / "data", models_dir=models)
+    )
     yield c
     c.close()
 
@@ -113,7 +115,9 @@ def test_run_prints_one_line_naming_the_node(
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(_bad(mutate)))
     (tmp_path / "models" / "checkpoints").mkdir(parents=True)
-    code = main(["run", str(path), "--models-dir", str(tmp_path / "models"), "--output-dir", str(tmp_path / "o")])
+    code = main(
+        ["run", str(path), "--models-dir", str(tmp_path / "models"), "--output-dir", str(tmp_path / "o")]
+    )
     out, err = capsys.readouterr()
     assert code == 2, (code, err)
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err

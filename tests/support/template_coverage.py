@@ -154,8 +154,11 @@ def shrink_overrides(prompt: Mapping[str, Mapping[str, Any]], registry: Any) -> 
     return sets
 
 
-def run_template(template: Template, registry: Any, cache_dir: Path, work_dir: Path) -> Row:
-    """Survey one template and, when it converts and its models are supported, run it through the CLI."""
+def run_template(
+    template: Template, registry: Any, cache_dir: Path, work_dir: Path, *, run: bool = True
+) -> Row:
+    """Survey one template and, when it converts and its models are supported, run it through the CLI
+    (``run=False``: survey only; the row's error then says it was not run)."""
     from latentworks.graph.ui_workflow import MissingNodeTypes, WorkflowConversionError, ui_to_api
 
     wf = template.workflow
@@ -163,7 +166,9 @@ def run_template(template: Template, registry: Any, cache_dir: Path, work_dir: P
     row = Row(template.source, template.template_id, types, [t for t in types if t not in registry])
     try:
         files = plan_models(wf, registry)
-        row.families = sorted({f.role.split(":", 1)[1] for f in files if f.role.startswith(("checkpoint", "diffusion"))})
+        row.families = sorted(
+            {f.role.split(":", 1)[1] for f in files if f.role.startswith(("checkpoint", "diffusion"))}
+        )
         row.supported = bool(files)
         if not files:
             row.error = "loads no local model (API nodes or utilities only)"
@@ -179,6 +184,9 @@ def run_template(template: Template, registry: Any, cache_dir: Path, work_dir: P
         row.error = f"conversion: {e}"
         return row
     if not row.supported:
+        return row
+    if not run:
+        row.error = "not run (survey only)"
         return row
     t0 = time.perf_counter()
     here = work_dir / f"{template.source}-{template.template_id}"
@@ -218,16 +226,31 @@ def run_cli(workflow: Path, models: Path, inputs: Path, outputs: Path, sets: lis
 
 
 def survey(
-    items: list[Template], registry: Any, *, cache_dir: Path | None = None, work_dir: Path | None = None
+    items: list[Template],
+    registry: Any,
+    *,
+    cache_dir: Path | None = None,
+    work_dir: Path | None = None,
+    run_only: set[str] | None = None,
 ) -> list[Row]:
-    """:func:`run_template` over ``items``; tiny model files are built once into ``cache_dir``."""
+    """:func:`run_template` over ``items``; tiny model files are built once into ``cache_dir``. With
+    ``run_only``, only templates named in it (``"source/template_id"``) run; the others are surveyed."""
     with contextlib.ExitStack() as stack:
         if cache_dir is None:
             cache_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lw-tiny-")))
         if work_dir is None:
             work_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lw-templates-")))
         os.environ.setdefault("OMP_NUM_THREADS", "1")
-        return [run_template(t, registry, cache_dir, work_dir) for t in items]
+        return [
+            run_template(
+                t,
+                registry,
+                cache_dir,
+                work_dir,
+                run=run_only is None or f"{t.source}/{t.template_id}" in run_only,
+            )
+            for t in items
+        ]
 
 
 # -- the table ------------------------------------------------------------------------------------------------
@@ -235,7 +258,7 @@ def survey(
 
 def totals(rows: list[Row]) -> dict[str, Any]:
     """Counts over ``rows``: templates, converted, supported, supported-and-ran (with its share), node types."""
-    supported = [r for r in rows if r.supported]
+    supported = [r for r in rows if r.supported and r.error != "not run (survey only)"]
     ran = [r for r in supported if r.ran]
     present: Counter[str] = Counter(t for r in rows for t in r.node_types)
     missing: Counter[str] = Counter(t for r in rows for t in r.missing)
@@ -255,7 +278,10 @@ def totals(rows: list[Row]) -> dict[str, Any]:
 
 def markdown(rows: list[Row], *, top_missing: int = 40) -> str:
     """The coverage table (one row per template) and totals per source, as Markdown."""
-    lines = ["| source | template | node types | missing | converted | families | ran | error |", "|---" * 8 + "|"]
+    lines = [
+        "| source | template | node types | missing | converted | families | ran | error |",
+        "|---" * 8 + "|",
+    ]
     for r in sorted(rows, key=lambda r: (r.source, not r.supported, not r.ran, r.template_id)):
         lines.append(
             f"| {r.source} | {r.template_id} | {len(r.node_types)} | {len(r.missing)} | "

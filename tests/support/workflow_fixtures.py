@@ -133,7 +133,9 @@ def role_of(node_type: str, input_name: str, file_name: str, clip_type: str | No
     if node_type == "CheckpointLoaderSimple":
         kind = _match(_CHECKPOINT_RULES, file_name)
         if kind is None or kind == "unsupported":
-            raise UnsupportedModel(f"{where}: no tiny builder for this checkpoint (family unknown or unsupported)")
+            raise UnsupportedModel(
+                f"{where}: no tiny builder for this checkpoint (family unknown or unsupported)"
+            )
         return f"checkpoint:{kind}"
     if node_type == "UNETLoader":
         kind = _match(_DIFFUSION_RULES, file_name)
@@ -507,7 +509,9 @@ def write_input_images(names: list[str], input_dir: Path, size: int = 64) -> lis
     for name in names:
         path = input_dir / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rgba.astype("uint8"), "RGBA").save(path.with_suffix(".png") if not path.suffix else path)
+        Image.fromarray(rgba.astype("uint8"), "RGBA").save(
+            path.with_suffix(".png") if not path.suffix else path
+        )
         out.append(path)
     return out
 

@@ -381,7 +381,9 @@ def widget_values_by_name(spec: NodeSpec, widgets: Any) -> dict[str, Any]:
         if inp.extra.get("control_after_generate") and (
             (isinstance(control, str) and control in CONTROL_VALUES) or isinstance(control, bool)
         ):
-            pos += 1  # the "control after generate" combo the editor adds after a seed (a bool in older files)
+            pos += (
+                1  # the "control after generate" combo the editor adds after a seed (a bool in older files)
+            )
     return values
 
 

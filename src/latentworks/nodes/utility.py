@@ -41,7 +41,9 @@ def resolution_for(aspect_ratio: str, megapixels: float, multiple: int = 8) -> t
         raise ValueError(f"aspect_ratio {aspect_ratio!r} is not one of {', '.join(ASPECT_RATIOS)}")
     w, h = ASPECT_RATIOS[aspect_ratio]
     scale = math.sqrt(megapixels * 1024 * 1024 / (w * h))
-    return max(multiple, round(w * scale / multiple) * multiple), max(multiple, round(h * scale / multiple) * multiple)
+    return max(multiple, round(w * scale / multiple) * multiple), max(
+        multiple, round(h * scale / multiple) * multiple
+    )
 
 
 def _resolution(ctx: Any, aspect_ratio: str, megapixels: float, multiple: int = 8) -> tuple[int, int]:
@@ -61,11 +63,13 @@ def _save_advanced(ctx: Any, images: torch.Tensor, filename_prefix: str, **optio
     return NodeResult(outputs=(images,), ui=saved.ui)
 
 
-def _compare(ctx: Any, image_a: torch.Tensor | None = None, image_b: torch.Tensor | None = None) -> NodeResult:
+def _compare(
+    ctx: Any, image_a: torch.Tensor | None = None, image_b: torch.Tensor | None = None
+) -> NodeResult:
     ui: dict[str, list[Any]] = {"a_images": [], "b_images": []}
     for key, images, prefix in (("a_images", image_a, "compare.a"), ("b_images", image_b, "compare.b")):
         if images is not None and len(images) > 0:
-            ui[key] = _save(ctx, images, prefix, "temp").ui["images"]
+            ui[key] = list((_save(ctx, images, prefix, "temp").ui or {}).get("images", []))
     return NodeResult(outputs=(), ui=ui)
 
 
