@@ -92,3 +92,57 @@ def test_t5_tokenizer_is_found_beside_the_weights(tmp_path: Path) -> None:
     assert t5_tokenizer_beside(weights) == tmp_path / "t5_tokenizer.json"
     (tmp_path / "t5xxl_fp16.tokenizer.json").write_text("{}")  # a file's own tokenizer wins
     assert t5_tokenizer_beside(weights) == tmp_path / "t5xxl_fp16.tokenizer.json"
+
+
+def test_batch_images_resizes_to_the_first_and_keeps_order() -> None:
+    ctx = Executor(REG).new_context("j")
+    a, b, c = torch.rand(1, 4, 6, 3), torch.full((2, 4, 6, 3), 0.5), torch.zeros(1, 8, 12, 3)
+    (out,) = REG["BatchImagesNode"].execute(
+        ctx, **{"images.image0": a, "images.image1": b, "images.image3": c}
+    )
+    assert out.shape == (4, 4, 6, 3)
+    assert (
+        torch.equal(out[0], a[0]) and torch.equal(out[1:3], b) and torch.equal(out[3], torch.zeros(4, 6, 3))
+    )
+
+
+def test_manual_sigmas_parse_and_refuse() -> None:
+    (s,) = REG["ManualSigmas"].execute(None, sigmas="1, 0.5 0.25,0")
+    assert s.sigmas.tolist() == [1.0, 0.5, 0.25, 0.0] and s.sigmas.dtype == torch.float32
+    for bad in ("1, x", "", "1, -0.5", "nan"):
+        with pytest.raises(ValueError, match="ManualSigmas"):
+            REG["ManualSigmas"].execute(None, sigmas=bad)
+
+
+@pytest.mark.parametrize(
+    ("expression", "values", "expected"),
+    [
+        ("a + b", {"a": 2, "b": 3.5}, (5.5, 5, True)),
+        ("floor(a/32)*32", {"a": 1000}, (992.0, 992, True)),  # a template's rounding to a multiple of 32
+        ("a if b > 2 else -a", {"a": 3, "b": 1}, (-3.0, -3, True)),
+        ("max(values) - min(a, c)", {"a": 1, "b": 7, "c": 4}, (6.0, 6, True)),
+        ("a == 0", {"a": 0}, (1.0, 1, True)),
+        ("a % 2", {"a": 4}, (0.0, 0, False)),
+    ],
+)
+def test_math_expression_by_hand(expression: str, values: dict, expected: tuple) -> None:
+    inputs = {f"values.{k}": v for k, v in values.items()}
+    assert REG["ComfyMathExpression"].execute(None, expression=expression, **inputs) == expected
+
+
+@pytest.mark.parametrize(
+    ("expression", "message"),
+    [
+        ("__import__('os').system('true')", "is not allowed"),
+        ("a.__class__", "is not allowed"),
+        ("(9**4096)**4096", "too large"),
+        ("2**100000", "larger than 4096"),
+        ("a / 0", "failed"),
+        ("q + 1", "unknown name 'q'"),
+        ("a +", "not valid"),
+        ("", "empty"),
+    ],
+)
+def test_math_expression_refuses_what_is_not_arithmetic(expression: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        REG["ComfyMathExpression"].execute(None, expression=expression, **{"values.a": 1})
