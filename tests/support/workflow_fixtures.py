@@ -11,6 +11,7 @@ role                       layout written
 =========================  =============================================================================
 ``checkpoint:sd1``         LDM single file: U-Net 768-wide cross-attention, CLIP-L (HF), 4-channel VAE
 ``checkpoint:sdxl``        LDM single file: U-Net 2048-wide context + 6 size ids, CLIP-L + OpenCLIP-bigG
+``checkpoint:sdxl-refiner``  the same with 1280-wide context, 5 ids and OpenCLIP-bigG alone
 ``checkpoint:sd3``         SAI single file: MM-DiT, ``text_encoders.{clip_l,clip_g,t5xxl}``, 16-ch VAE
 ``checkpoint:flux-*``      ComfyUI all-in-one FLUX.1 file: BFL transformer, CLIP-L + T5, 16-ch VAE
 ``diffusion:flux-*``       BFL FLUX.1 transformer alone (``diffusion_models/``)
@@ -89,7 +90,7 @@ class ModelFile:
 # -- which family a file name is -------------------------------------------------------------------------
 
 _CHECKPOINT_RULES = [
-    (r"sd_xl_refiner|sdxl.*refiner", "unsupported"),  # refiner: 1280-wide bigG only (not built yet)
+    (r"sd_xl_refiner|sdxl.*refiner", "sdxl-refiner"),
     (r"sd_xl|sdxl|juggernaut|dreamshaperxl", "sdxl"),
     (r"sd3", "sd3"),
     (r"v2-1_768|sd21-768|768-v-ema", "sd2-v"),
@@ -331,13 +332,14 @@ def _vae_ldm(latent_channels: int, seed: int) -> dict[str, torch.Tensor]:
 def _unet(family: str) -> tuple[Any, dict[str, torch.Tensor]]:
     from latentworks.models.unet import UNet, UNetConfig
 
-    xl, sd2 = family == "sdxl", family.startswith("sd2")
+    xl, sd2 = family.startswith("sdxl"), family.startswith("sd2")
+    refiner = family == "sdxl-refiner"  # bigG tokens only (1280 wide), 5 size/aesthetic ids
     # SD 2.x and SDXL files store no head count: detection assumes 64-wide heads, so the widths are multiples
     cfg = UNetConfig(
         channels=(64, 128) if xl or sd2 else (32, 64), layers_per_block=1, transformer_depth=(0, 1),
         mid_transformer_depth=1, num_heads=None if xl or sd2 else 8, head_dim=64 if xl or sd2 else None,
-        context_dim=2048 if xl else 1024 if sd2 else 768,
-        use_linear_projection=xl or sd2, pooled_dim=1280 if xl else 0,
+        context_dim=1280 if refiner else 2048 if xl else 1024 if sd2 else 768,
+        use_linear_projection=xl or sd2, pooled_dim=1280 if xl else 0, num_time_ids=5 if refiner else 6,
     )  # fmt: skip
     return cfg, _random_state(_meta(UNet, cfg), 1)
 
@@ -378,6 +380,10 @@ def _checkpoint(family: str, path: Path) -> None:
         dcfg, dstate = _unet(family)
         vae_channels = 4
         texts = {"clip_h": tiny_clip(1024, 12, projection=False)}  # OpenCLIP-H, written in open_clip layout
+    elif family == "sdxl-refiner":
+        dcfg, dstate = _unet(family)
+        vae_channels = 4
+        texts = {"clip_g": tiny_clip(1280, 11, projection=True)}
     elif family in ("sd1", "sdxl"):
         dcfg, dstate = _unet(family)
         vae_channels = 4
