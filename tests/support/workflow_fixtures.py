@@ -6,21 +6,23 @@ reads those names from an editor (UI) or API workflow, decides from each name (a
 family and role the file plays, and :func:`write_models` writes a tiny random model of that family in the
 family's *released* layout under exactly that name in ComfyUI's folders:
 
-=========================  =============================================================================
-role                       layout written
-=========================  =============================================================================
-``checkpoint:sd1``         LDM single file: U-Net 768-wide cross-attention, CLIP-L (HF), 4-channel VAE
-``checkpoint:sdxl``        LDM single file: U-Net 2048-wide context + 6 size ids, CLIP-L + OpenCLIP-bigG
+===========================  ===========================================================================
+role                         layout written
+===========================  ===========================================================================
+``checkpoint:sd1``           LDM single file: U-Net 768-wide cross-attention, CLIP-L (HF), 4-channel VAE
+``checkpoint:sd2[-v]``       LDM single file: U-Net 1024-wide context, OpenCLIP-H (open_clip), A1111 v marker
+``checkpoint:sdxl``          LDM single file: U-Net 2048-wide context + 6 size ids, CLIP-L + OpenCLIP-bigG
 ``checkpoint:sdxl-refiner``  the same with 1280-wide context, 5 ids and OpenCLIP-bigG alone
-``checkpoint:sd3``         SAI single file: MM-DiT, ``text_encoders.{clip_l,clip_g,t5xxl}``, 16-ch VAE
-``checkpoint:flux-*``      ComfyUI all-in-one FLUX.1 file: BFL transformer, CLIP-L + T5, 16-ch VAE
-``diffusion:flux-*``       BFL FLUX.1 transformer alone (``diffusion_models/``)
-``diffusion:zimage``       the released Z-Image file (``diffusion_models/``)
-``text:clip_l|clip_g``     HF CLIP text towers at the real widths (768 / 1280) and vocabulary (49408)
-``text:t5xxl``             a T5 encoder, 4096 wide as T5-XXL, one thin layer, with ``<name>.tokenizer.json``
-``text:qwen3_4b``          a 64-wide Qwen3 (see :data:`QWEN_WIDTH`: the caller maps that width to Qwen3-4B)
-``vae:flux``/``vae:sd``    16-channel (FLUX ``ae.safetensors``, also Z-Image's) / 4-channel LDM VAEs
-=========================  =============================================================================
+``checkpoint:sd3``           SAI single file: MM-DiT, ``text_encoders.{clip_l,clip_g,t5xxl}``, 16-ch VAE
+``checkpoint:flux-*``        ComfyUI all-in-one FLUX.1 file: BFL transformer, CLIP-L + T5, 16-ch VAE
+``diffusion:flux-*``         BFL FLUX.1 transformer alone (``diffusion_models/``)
+``diffusion:zimage``         the released Z-Image file (``diffusion_models/``)
+``text:clip_l|clip_g``       HF CLIP text towers at the real widths (768 / 1280) and vocabulary (49408)
+``text:t5xxl``               a T5 encoder, 4096 wide as T5-XXL, one thin layer, with ``<name>.tokenizer.json``
+``text:qwen3_4b``            a 64-wide Qwen3 (see :data:`QWEN_WIDTH`: the caller maps that width to Qwen3-4B)
+``vae:flux``/``vae:sd``      16-channel (FLUX ``ae.safetensors``, also Z-Image's) / 4-channel LDM VAEs
+``lora:<family>``            a rank-2 LoRA on one attention projection of that family's tiny model
+===========================  ===========================================================================
 
 Widths that family detection reads (CLIP 768/1280, U-Net context dims, T5 4096) are real; depths and
 everything else are tiny. Each distinct role is built once into a cache folder and hard-linked (or copied)
@@ -515,9 +517,13 @@ def write_input_images(names: list[str], input_dir: Path, size: int = 64) -> lis
     for name in names:
         path = input_dir / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rgba.astype("uint8"), "RGBA").save(
-            path.with_suffix(".png") if not path.suffix else path
-        )
+        picture = Image.fromarray(rgba.astype("uint8"), "RGBA")
+        if path.suffix.lower() in (".jpg", ".jpeg"):
+            picture.convert("RGB").save(path, format="JPEG")
+        elif path.suffix.lower() == ".webp":
+            picture.save(path, format="WEBP")
+        else:
+            picture.save(path, format="PNG")  # whatever the name says, LoadImage reads the content
         out.append(path)
     return out
 
@@ -562,5 +568,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for `support.qwen`
+    # run as a script, sys.path[0] is tests/support, whose tokenizers.py would shadow the `tokenizers`
+    # package; tests/ instead (for `support.qwen`)
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
     sys.exit(main())
