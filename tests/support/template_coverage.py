@@ -54,6 +54,7 @@ class Template:
     source: str  # "current" | "classic"
     template_id: str
     workflow: Mapping[str, Any]
+    bundle: str = ""  # the current set's media bundle (media-image, media-video, media-api...)
 
 
 @dataclass
@@ -68,6 +69,7 @@ class Row:
     error: str = ""
     seconds: float = 0.0
     families: list[str] = field(default_factory=list)
+    bundle: str = ""
 
 
 # -- the template packages --------------------------------------------------------------------------------
@@ -84,7 +86,7 @@ def _current() -> Iterator[Template]:
         except (FileNotFoundError, KeyError):
             continue
         with open(path, encoding="utf-8") as f:
-            yield Template("current", entry.template_id, json.load(f))
+            yield Template("current", entry.template_id, json.load(f), str(entry.bundle or ""))
 
 
 def _classic() -> Iterator[Template]:
@@ -164,6 +166,7 @@ def run_template(
     wf = template.workflow
     types = node_types(wf)
     row = Row(template.source, template.template_id, types, [t for t in types if t not in registry])
+    row.bundle = template.bundle
     try:
         files = plan_models(wf, registry)
         row.families = sorted(
@@ -290,8 +293,11 @@ def markdown(rows: list[Row], *, top_missing: int = 40) -> str:
             f"{r.error.replace('|', '/')[:160]} |"
         )
     out = ["\n".join(lines), ""]
-    for source in sorted({r.source for r in rows}) + ["all"]:
-        part = [r for r in rows if source in ("all", r.source)]
+    groups = (
+        sorted({r.source for r in rows}) + sorted({f"current/{r.bundle}" for r in rows if r.bundle}) + ["all"]
+    )
+    for source in groups:
+        part = [r for r in rows if source in ("all", r.source, f"{r.source}/{r.bundle}")]
         t = totals(part)
         out.append(
             f"**{source}**: {t['templates']} templates; {t['only known node types']} use only node types "
