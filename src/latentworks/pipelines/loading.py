@@ -376,6 +376,10 @@ def describe_model(name_or_path: str | Path, models_dir: str | Path | None = Non
 # -- checkpoints from elsewhere (single files, diffusers folders) ----------------------------------------
 
 
+INPAINT_EXTRA_CHANNELS = 5
+"""Extra input channels of SD 1.x/2.x/XL inpainting U-Nets: the mask (1) and the masked image's latent (4)."""
+
+
 def model_from_parts(
     parts: CheckpointParts,
     *,
@@ -394,11 +398,12 @@ def model_from_parts(
             "ae.safetensors / sdxl_vae.safetensors"
         )
     arch, config = parts.architecture, parts.denoiser_config
-    if config.in_channels != parts.latent_format.channels:
+    c = parts.latent_format.channels
+    if config.in_channels not in (c, c + INPAINT_EXTRA_CHANNELS):
         raise ValueError(
-            f"{parts.source} is an inpainting or control model ({config.in_channels} input channels for "
-            f"{parts.latent_format.channels}-channel latents); text-to-image needs a regular checkpoint "
-            "(inpainting pipelines are not built yet)"
+            f"{parts.source} is a control or other special model ({config.in_channels} input channels for "
+            f"{c}-channel latents); latentworks runs regular models and inpainting models "
+            f"({c + INPAINT_EXTRA_CHANNELS} input channels)"
         )
     net = build_on_meta(arch.network, config, parts.denoiser_state, device=device, dtype=dtype)
     vae = (

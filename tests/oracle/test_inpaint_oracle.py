@@ -1,0 +1,162 @@
+"""Inpainting end to end against diffusers' StableDiffusionInpaintPipeline: a tiny random 9-channel SD1.5-layout
+inpainting model saved by diffusers as a folder, loaded by latentworks, gives the same latents and images.
+
+Matching settings: Euler on the "normal" (linspace) schedule, CFG 7, empty negative prompt, strength 1 (the
+masked area starts from pure noise). Both start from the same noise (ours from the seed; diffusers through
+``latents=``, divided by its ``init_noise_sigma``). diffusers samples the masked image's VAE posterior
+(``latent_dist.sample``) where latentworks takes its mode, so the VAE's log-variance is pinned to -30 (standard
+deviation 3e-7): both then encode the same latent.
+"""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from latentworks.diffusion.noise import seeded_noise
+from latentworks.diffusion.schedules import get_sigmas
+from latentworks.pipelines import Pipeline
+from support.tokenizers import write_clip_tokenizer
+
+diffusers = pytest.importorskip("diffusers")
+transformers = pytest.importorskip("transformers")
+
+PROMPT = "a red apple on the table"
+SEED = 5
+STEPS = 4
+SIZE = 16  # pixels; the tiny VAE downsamples 2x -> 8x8 latents
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def _perturb(model: torch.nn.Module, scale: float) -> torch.nn.Module:
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * scale)
+    return model.eval()
+
+
+def _inpaint_pipe(tmp: Path):  # noqa: ANN202
+    vocab = write_clip_tokenizer(tmp / "tokenizer_src")
+    torch.manual_seed(0)
+    unet = _perturb(
+        diffusers.UNet2DConditionModel(
+            sample_size=8,
+            in_channels=9,  # latent 4 + mask 1 + masked-image latent 4
+            out_channels=4,
+            layers_per_block=1,
+            block_out_channels=(32, 64),
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=768,
+            attention_head_dim=8,
+            norm_num_groups=32,
+        ),
+        0.02,
+    )
+    vae = _perturb(
+        diffusers.AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2,
+            block_out_channels=(32, 64),
+            latent_channels=4,
+            layers_per_block=1,
+            norm_num_groups=32,
+            sample_size=SIZE,
+        ),
+        0.02,
+    )
+    with torch.no_grad():  # log-variance -30 everywhere: posterior sample == mode up to 3e-7
+        vae.quant_conv.weight[4:] = 0
+        vae.quant_conv.bias[4:] = -30
+    clip = _perturb(
+        transformers.CLIPTextModel(
+            transformers.CLIPTextConfig(
+                vocab_size=vocab,
+                hidden_size=768,
+                intermediate_size=128,
+                num_hidden_layers=2,
+                num_attention_heads=12,
+                max_position_embeddings=77,
+                hidden_act="quick_gelu",
+                bos_token_id=vocab - 2,
+                eos_token_id=vocab - 1,
+                pad_token_id=vocab - 1,
+            )
+        ),
+        0.05,
+    )
+    pipe = diffusers.StableDiffusionInpaintPipeline(
+        vae=vae,
+        text_encoder=clip,
+        tokenizer=transformers.CLIPTokenizer.from_pretrained(str(tmp / "tokenizer_src")),
+        unet=unet,
+        scheduler=diffusers.EulerDiscreteScheduler(
+            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="linspace"
+        ),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    pipe.save_pretrained(str(tmp / "sd15-inpaint"))
+    return tmp / "sd15-inpaint", pipe
+
+
+def _image_and_mask() -> tuple[Image.Image, Image.Image]:
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8))
+    m = np.zeros((SIZE, SIZE), dtype=np.uint8)
+    m[4:12, 6:14] = 255  # regenerate a square; keep the rest
+    return image, Image.fromarray(m, mode="L")
+
+
+def test_sd15_inpainting_model_matches_diffusers_inpaint_pipeline(tmp_path: Path) -> None:
+    folder, theirs = _inpaint_pipe(tmp_path)
+    ours = Pipeline.from_pretrained(folder)
+    assert ours.model.meta["family"] == "sd1"
+    assert ours.inpaint_channels == 5
+    image, mask = _image_and_mask()
+    run = dict(negative_prompt="", steps=STEPS, guidance=7.0, sampler="euler", scheduler="normal")
+    result = ours(PROMPT, image=image, mask=mask, seed=SEED, **run)
+    assert result.parameters["inpaint"]["inpainting_model"] is True
+    assert result.parameters["inpaint"]["noise_mask"] is False  # diffusers does not blend for 9-channel models
+
+    sigmas = get_sigmas(ours.model.model_sampling, "normal", STEPS)
+    noise = seeded_noise((4, SIZE // 2, SIZE // 2), [SEED])
+    theirs.scheduler.set_timesteps(STEPS)
+    start = noise * sigmas[0] / theirs.scheduler.init_noise_sigma
+    kw = dict(
+        image=image,
+        mask_image=mask,
+        negative_prompt="",
+        num_inference_steps=STEPS,
+        guidance_scale=7.0,
+        height=SIZE,
+        width=SIZE,
+        strength=1.0,
+    )
+    with torch.no_grad():
+        lat = theirs(PROMPT, latents=start.clone(), output_type="latent", **kw).images
+        img = theirs(PROMPT, latents=start.clone(), output_type="np", **kw).images
+    err = (result.latents.float() - lat.float()).abs().max().item()
+    scale = lat.abs().max().item()
+    assert err <= 1e-3 * max(scale, 1.0), f"latents differ by {err} (scale {scale})"
+    mine = np.asarray(result.images[0], dtype=np.float32)[None] / 255.0
+    assert np.abs(mine - img).max() <= 1.0 / 255 + 1e-6
+
+    # The oracle can fail: without the masked-image channels (a blank mask) the latents differ.
+    other = ours(PROMPT, image=image, mask=Image.new("L", (SIZE, SIZE), 0), seed=SEED, **run)
+    assert (other.latents.float() - lat.float()).abs().max().item() > 1e-2
+    del ours
+    gc.collect()
