@@ -130,7 +130,9 @@ def test_sd15_inpainting_model_matches_diffusers_inpaint_pipeline(tmp_path: Path
     run = dict(negative_prompt="", steps=STEPS, guidance=7.0, sampler="euler", scheduler="normal")
     result = ours(PROMPT, image=image, mask=mask, seed=SEED, **run)
     assert result.parameters["inpaint"]["inpainting_model"] is True
-    assert result.parameters["inpaint"]["noise_mask"] is False  # diffusers does not blend for 9-channel models
+    assert (
+        result.parameters["inpaint"]["noise_mask"] is False
+    )  # diffusers does not blend for 9-channel models
 
     sigmas = get_sigmas(ours.model.model_sampling, "normal", STEPS)
     noise = seeded_noise((4, SIZE // 2, SIZE // 2), [SEED])

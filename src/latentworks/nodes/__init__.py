@@ -20,6 +20,7 @@ def default_registry(
     from latentworks.nodes.custom_sampling import custom_sampling_nodes
     from latentworks.nodes.image import image_nodes
     from latentworks.nodes.image_ops import image_ops_nodes
+    from latentworks.nodes.inpaint import inpaint_nodes
     from latentworks.nodes.latent_ops import latent_ops_nodes
     from latentworks.nodes.loaders import split_loader_nodes
     from latentworks.nodes.model_patches import model_patch_nodes
@@ -41,6 +42,7 @@ def default_registry(
             # custom sampling and model-sampling patches (issue 23)
             *custom_sampling_nodes(),
             *model_patch_nodes(),
+            *inpaint_nodes(),  # InpaintModelConditioning, DifferentialDiffusion, GrowMask, ThresholdMask
             *split_loader_nodes(md),  # UNETLoader, CLIPLoader, ..., VAELoader (nodes/loaders.py)
         ]
     )

@@ -10,12 +10,20 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
+
+
+def inpaint_channels(model: Any) -> int:
+    """Extra input channels of a loaded model's denoiser (``model``: a ``ModelFolder``): 5 for SD 1.x/2.x/XL
+    inpainting U-Nets (mask + masked image latent), 0 for regular models."""
+    c = model.latent_format.channels
+    return int(getattr(model.denoiser_net.config, "in_channels", c)) - c
 
 
 class MaskSizeWarning(UserWarning):

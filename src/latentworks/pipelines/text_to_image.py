@@ -37,6 +37,7 @@ from latentworks.pipelines.families import (
 from latentworks.pipelines.inpaint import (
     blur_mask,
     grow_mask,
+    inpaint_channels,
     inpaint_concat,
     latent_mask,
     mask_to_tensor,
@@ -270,8 +271,7 @@ class Pipeline:
     @property
     def inpaint_channels(self) -> int:
         """Extra input channels of the denoiser: 5 for SD/SDXL inpainting U-Nets (mask + masked latent), else 0."""
-        c = self.model.latent_format.channels
-        return int(getattr(self.model.denoiser_net.config, "in_channels", c)) - c
+        return inpaint_channels(self.model)
 
     # -- generation --------------------------------------------------------------------------------
 
