@@ -27,6 +27,7 @@ def default_registry(
     from latentworks.nodes.models import loader_nodes
     from latentworks.nodes.primitives import primitive_nodes
     from latentworks.nodes.sampling import sampling_nodes
+    from latentworks.nodes.upscale import upscale_nodes
 
     md = None if models_dir is None else Path(models_dir)
     idir = None if input_dir is None else Path(input_dir)
@@ -43,6 +44,7 @@ def default_registry(
             *custom_sampling_nodes(),
             *model_patch_nodes(),
             *inpaint_nodes(),  # InpaintModelConditioning, DifferentialDiffusion, GrowMask, ThresholdMask
+            *upscale_nodes(md),  # UpscaleModelLoader, ImageUpscaleWithModel (spandrel)
             *split_loader_nodes(md),  # UNETLoader, CLIPLoader, ..., VAELoader (nodes/loaders.py)
         ]
     )

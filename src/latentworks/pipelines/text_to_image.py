@@ -46,6 +46,7 @@ from latentworks.pipelines.inpaint import (
 from latentworks.pipelines.inpaint import composite as inpaint_composite
 from latentworks.pipelines.loading import ModelFolder, load_model_folder
 from latentworks.pipelines.sampling import denoise_latents, seeds_for
+from latentworks.pipelines.upscale import UpscaleModel, load_upscale_model, upscale_images
 
 
 @dataclass(frozen=True)
@@ -299,7 +300,7 @@ class Pipeline:
         differential: bool = False,
         hires_scale: float = 1.0,
         hires_denoise: float = 0.5,
-        hires_upscale: str | Path = "latent",
+        hires_upscale: str | Path | UpscaleModel = "latent",
         hires_steps: int | None = None,
         callback: Callable[[PipelineStep], Any] | None = None,
         sampler_options: dict[str, Any] | None = None,
@@ -331,7 +332,8 @@ class Pipeline:
 
         Hires fix (two passes): ``hires_scale > 1`` samples at the requested size, upscales the result by
         that factor (``hires_upscale``: ``"latent"`` = bilinear in latent space, ``"pixel"`` = decode, bicubic,
-        encode, or the path of an upscale model file for spandrel) and samples again from it at
+        encode, the path of an upscale model file for spandrel, or a loaded
+        :class:`~latentworks.pipelines.upscale.UpscaleModel`) and samples again from it at
         ``hires_denoise`` with ``hires_steps`` (default: ``steps``).
         """
         d = self.model.defaults
@@ -546,27 +548,25 @@ class Pipeline:
             params["hires"] = {
                 "scale": hires_scale,
                 "denoise": hires_denoise,
-                "upscale": str(hires_upscale),
+                "upscale": str(getattr(hires_upscale, "path", hires_upscale)),
                 "steps": int(hires_steps or steps),
             }
         return PipelineResult(images=images, parameters=params, seeds=seeds, latents=x, timings=timings)
 
-    def _hires_upscale(self, x: Tensor, size: tuple[int, int], how: str | Path) -> Tensor:
+    def _hires_upscale(self, x: Tensor, size: tuple[int, int], how: str | Path | UpscaleModel) -> Tensor:
         """The first pass's latents ``x`` upscaled to pixel ``size`` (H, W), back in model space."""
         f = self.vae.config.downsample_factor
         if how == "latent":
             return F.interpolate(x, size=(size[0] // f, size[1] // f), mode="bilinear", align_corners=False)
         px = self.decode_pixels(x).clamp(-1, 1)  # (B, 3, h, w)
         if how != "pixel":
-            from latentworks.pipelines.upscale import load_upscale_model, upscale_images
-
-            model = load_upscale_model(how)
+            model = how if isinstance(how, UpscaleModel) else load_upscale_model(how)
             px = upscale_images(model, (px + 1) / 2) * 2 - 1  # the model works in [0, 1]
         px = F.interpolate(px, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(-1, 1)
         return self.encode_pixels(px)
 
 
-def _check_hires(scale: float, denoise: float, upscale: str | Path, steps: int | None) -> bool:
+def _check_hires(scale: float, denoise: float, upscale: str | Path | UpscaleModel, steps: int | None) -> bool:
     """Validate the hires-fix options; True when a second pass is asked for."""
     if not 0 < scale <= 8:
         raise ValueError(f"hires_scale must be in (0, 8], got {scale}")
@@ -576,7 +576,11 @@ def _check_hires(scale: float, denoise: float, upscale: str | Path, steps: int |
         raise ValueError(f"hires_denoise must be in (0, 1], got {denoise}")
     if steps is not None and steps < 1:
         raise ValueError(f"hires_steps must be at least 1, got {steps}")
-    if upscale not in ("latent", "pixel") and not Path(upscale).is_file():
+    if (
+        not isinstance(upscale, UpscaleModel)
+        and upscale not in ("latent", "pixel")
+        and not Path(upscale).is_file()
+    ):
         raise ValueError(
             f"hires_upscale must be 'latent', 'pixel' or the path of an upscale model file; no such file: {upscale}"
         )
