@@ -20,6 +20,7 @@ from PIL import Image
 
 from latentworks.diffusion.noise import seeded_noise
 from latentworks.diffusion.schedules import get_sigmas
+from latentworks.families.load import read_checkpoint, write_single_file
 from latentworks.pipelines import Pipeline
 from support.tokenizers import write_clip_tokenizer
 
@@ -160,5 +161,12 @@ def test_sd15_inpainting_model_matches_diffusers_inpaint_pipeline(tmp_path: Path
     # The oracle can fail: without the masked-image channels (a blank mask) the latents differ.
     other = ours(PROMPT, image=image, mask=Image.new("L", (SIZE, SIZE), 0), seed=SEED, **run)
     assert (other.latents.float() - lat.float()).abs().max().item() > 1e-2
-    del ours
+
+    # the same model as one original-layout single file (as sd-v1-5-inpainting.safetensors): detected and run alike
+    single = write_single_file(read_checkpoint(folder), tmp_path / "tiny-sd15-inpainting.safetensors")
+    from_file = Pipeline.from_pretrained(single, tokenizer=folder)
+    assert from_file.model.meta["family"] == "sd1" and from_file.inpaint_channels == 5
+    again = from_file(PROMPT, image=image, mask=mask, seed=SEED, **run)
+    assert (again.latents.float() - lat.float()).abs().max().item() <= 1e-3 * max(scale, 1.0)
+    del ours, from_file
     gc.collect()
