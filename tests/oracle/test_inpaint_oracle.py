@@ -170,3 +170,62 @@ def test_sd15_inpainting_model_matches_diffusers_inpaint_pipeline(tmp_path: Path
     assert (again.latents.float() - lat.float()).abs().max().item() <= 1e-3 * max(scale, 1.0)
     del ours, from_file
     gc.collect()
+
+
+def test_sdxl_inpainting_unet_matches_diffusers_sdxl_inpaint_pipeline(tmp_path: Path) -> None:
+    """The SDXL inpainting U-Net (9 input channels, SDXL's text encoders and size ids) against diffusers'
+    StableDiffusionXLInpaintPipeline at strength 1."""
+    vocab = write_clip_tokenizer(tmp_path / "tok")
+    write_clip_tokenizer(tmp_path / "tok2", pad_token="!")
+    _, sd15 = _inpaint_pipe(tmp_path / "sd15")  # reuse its pinned-variance VAE and CLIP-L
+    torch.manual_seed(2)
+    big_g = transformers.CLIPTextModelWithProjection(
+        transformers.CLIPTextConfig(
+            vocab_size=vocab, hidden_size=1280, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=20, max_position_embeddings=77, hidden_act="gelu", projection_dim=1280,
+            bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=0,
+        )
+    )  # fmt: skip
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=8, in_channels=9, out_channels=4, block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        layers_per_block=1, attention_head_dim=(2, 4), transformer_layers_per_block=(1, 2), cross_attention_dim=2048,
+        norm_num_groups=32, use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + 1280,
+    )  # fmt: skip
+    sd15.vae.register_to_config(scaling_factor=0.13025)
+    theirs = diffusers.StableDiffusionXLInpaintPipeline(
+        vae=sd15.vae,
+        text_encoder=sd15.text_encoder,
+        text_encoder_2=_perturb(big_g, 0.02),
+        tokenizer=transformers.CLIPTokenizer.from_pretrained(str(tmp_path / "tok")),
+        tokenizer_2=transformers.CLIPTokenizer.from_pretrained(str(tmp_path / "tok2")),
+        unet=_perturb(unet, 0.02),
+        scheduler=diffusers.EulerDiscreteScheduler(
+            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="linspace"
+        ),
+        force_zeros_for_empty_prompt=True,
+        requires_aesthetics_score=False,
+    )
+    theirs.set_progress_bar_config(disable=True)
+    theirs.save_pretrained(str(tmp_path / "sdxl-inpaint"))
+
+    ours = Pipeline.from_pretrained(tmp_path / "sdxl-inpaint")
+    assert ours.model.meta["family"] == "sdxl" and ours.inpaint_channels == 5
+    image, mask = _image_and_mask()
+    result = ours(PROMPT, "", image=image, mask=mask, steps=STEPS, guidance=5.0, sampler="euler",
+                  scheduler="normal", seed=SEED)  # fmt: skip
+
+    sigmas = get_sigmas(ours.model.model_sampling, "normal", STEPS)
+    noise = seeded_noise((4, SIZE // 2, SIZE // 2), [SEED])
+    theirs.scheduler.set_timesteps(STEPS)
+    start = noise * sigmas[0] / theirs.scheduler.init_noise_sigma
+    kw = dict(image=image, mask_image=mask, negative_prompt=None, num_inference_steps=STEPS, guidance_scale=5.0,
+              height=SIZE, width=SIZE, strength=1.0)  # fmt: skip
+    with torch.no_grad():
+        lat = theirs(PROMPT, latents=start.clone(), output_type="latent", **kw).images
+    err = (result.latents.float() - lat.float()).abs().max().item()
+    scale = lat.abs().max().item()
+    assert err <= 1e-3 * max(scale, 1.0), f"latents differ by {err} (scale {scale})"
+    del ours
+    gc.collect()
