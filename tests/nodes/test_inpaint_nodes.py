@@ -218,7 +218,7 @@ def test_inpaint_model_conditioning_feeds_a_9_channel_model(inpaint_model: Path)
     x = pixels.permute(0, 3, 1, 2) * 2 - 1
     m = mask[:, None]
     expected = inpaint_concat(m[..., ::2, ::2], pipe.encode_pixels(masked_pixels(x, m)))
-    got = model_concat(pos2, neg2, latent, latent.samples)
+    got = model_concat(model.folder, pos2, neg2, latent, latent.samples)
     assert torch.allclose(got, expected, atol=1e-5)
 
     out = _sample(models, "tiny-inpaint", pos2, neg2, latent, model)

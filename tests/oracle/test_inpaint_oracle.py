@@ -229,3 +229,86 @@ def test_sdxl_inpainting_unet_matches_diffusers_sdxl_inpaint_pipeline(tmp_path: 
     assert err <= 1e-3 * max(scale, 1.0), f"latents differ by {err} (scale {scale})"
     del ours
     gc.collect()
+
+
+def test_flux_fill_matches_diffusers_flux_fill_pipeline(tmp_path: Path) -> None:
+    """FLUX.1 Fill: the masked image's latent and the mask folded per latent cell go in with the latent (packed
+    2x2 together), against diffusers' FluxFillPipeline. The tiny VAE downsamples 2x, so the mask folds into 4
+    channels (8x8 = 64 for the real model) and the transformer takes (16 + 16 + 4) * 4 = 144 packed channels."""
+    from support.tokenizers import t5_tokenizer_for_diffusers, write_t5_tokenizer
+
+    vocab = write_clip_tokenizer(tmp_path / "clip_tok")
+    t5_file = write_t5_tokenizer(tmp_path / "t5_tok")
+    torch.manual_seed(1)
+    transformer = _perturb(
+        diffusers.FluxTransformer2DModel(
+            patch_size=1, in_channels=144, out_channels=64, num_layers=1, num_single_layers=1,
+            attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=768,
+            guidance_embeds=True, axes_dims_rope=(4, 6, 6),
+        ),
+        0.02,
+    )  # fmt: skip
+    t5 = _perturb(
+        transformers.T5EncoderModel(
+            transformers.T5Config(
+                vocab_size=32, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=1,
+                feed_forward_proj="gated-gelu", relative_attention_num_buckets=8,
+            )
+        ),
+        0.02,
+    )  # fmt: skip
+    vae = _perturb(
+        diffusers.AutoencoderKL(
+            in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(32, 64), latent_channels=16,
+            layers_per_block=1, norm_num_groups=32, sample_size=SIZE, use_quant_conv=False,
+            use_post_quant_conv=False, scaling_factor=0.3611, shift_factor=0.1159,
+        ),
+        0.02,
+    )  # fmt: skip
+    with torch.no_grad():  # pin the log-variance: posterior sample == mode
+        vae.encoder.conv_out.weight[16:] = 0
+        vae.encoder.conv_out.bias[16:] = -30
+    clip = _perturb(
+        transformers.CLIPTextModel(
+            transformers.CLIPTextConfig(
+                vocab_size=vocab, hidden_size=768, intermediate_size=128, num_hidden_layers=2,
+                num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
+                bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=vocab - 1,
+            )
+        ),
+        0.05,
+    )  # fmt: skip
+    theirs = diffusers.FluxFillPipeline(
+        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(
+            shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+            max_image_seq_len=4096,
+        ),
+        vae=vae,
+        text_encoder=clip,
+        tokenizer=transformers.CLIPTokenizer.from_pretrained(str(tmp_path / "clip_tok")),
+        text_encoder_2=t5,
+        tokenizer_2=t5_tokenizer_for_diffusers(t5_file),
+        transformer=transformer,
+    )  # fmt: skip
+    theirs.set_progress_bar_config(disable=True)
+    theirs.save_pretrained(str(tmp_path / "flux-fill"))
+
+    ours = Pipeline.from_pretrained(tmp_path / "flux-fill")
+    assert ours.model.meta["family"] == "flux-dev" and ours.inpaint_channels == 20
+    image, mask = _image_and_mask()
+    result = ours(PROMPT, image=image, mask=mask, steps=STEPS, guidance=3.5, sampler="euler", scheduler="simple",
+                  seed=SEED)  # fmt: skip
+
+    h = SIZE // 2
+    packed = theirs._pack_latents(seeded_noise((16, h, h), [SEED]), 1, 16, h, h)
+    kw = dict(image=image, mask_image=mask, num_inference_steps=STEPS, guidance_scale=3.5, height=SIZE, width=SIZE,
+              max_sequence_length=512)  # fmt: skip
+    with torch.no_grad():
+        lat = theirs(PROMPT, latents=packed.clone(), output_type="latent", **kw).images
+    lat = theirs._unpack_latents(lat, SIZE, SIZE, theirs.vae_scale_factor)
+    err = (result.latents.float() - lat.float()).abs().max().item()
+    scale = lat.abs().max().item()
+    assert err <= 1e-3 * max(scale, 1.0), f"latents differ by {err} (scale {scale})"
+    del ours
+    gc.collect()

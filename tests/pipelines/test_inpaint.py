@@ -162,3 +162,16 @@ def test_bad_inpaint_arguments(tiny_pipe) -> None:  # noqa: ANN001
         tiny_pipe("a cat", image=_image(), composite=True, **RUN)
     with pytest.raises(ValueError, match="once"):
         tiny_pipe("a cat", image=_image(), init_image=_image(), **RUN)
+
+
+def test_fill_concat_folds_each_latent_cells_pixels_in_row_major_order() -> None:
+    from latentworks.pipelines.inpaint import fill_concat
+
+    mask = torch.zeros(1, 1, 4, 6)
+    mask[0, 0, 1, 0] = 1  # row 1, column 0 of latent cell (0, 0) with f = 2 -> channel 1 * 2 + 0 = 2
+    mask[0, 0, 3, 5] = 1  # row 1, column 1 of cell (1, 2) -> channel 3
+    latent = torch.full((1, 16, 2, 3), 7.0)
+    out = fill_concat(mask, latent)
+    assert out.shape == (1, 20, 2, 3) and bool((out[:, :16] == 7).all())
+    folded = out[0, 16:]
+    assert folded.sum() == 2 and folded[2, 0, 0] == 1 and folded[3, 1, 2] == 1

@@ -24,7 +24,7 @@ from latentworks.nodes.guards import interruptible, needs_fine_checks
 from latentworks.nodes.payloads import ClipPayload, ConditioningPayload, Latent, ModelPayload, latent_factor
 from latentworks.nodes.resize import LATENT_METHODS, resize
 from latentworks.pipelines.families import add_conditioning_extras, behaviour_of, model_sampling_for
-from latentworks.pipelines.inpaint import inpaint_channels, inpaint_concat
+from latentworks.pipelines.inpaint import inpaint_channels, model_inpaint_inputs
 from latentworks.pipelines.loading import ModelFolder
 from latentworks.pipelines.sampling import denoise_latents, seeds_for
 
@@ -119,7 +119,11 @@ def materialise_latent(
 
 
 def model_concat(
-    positive: ConditioningPayload, negative: ConditioningPayload | None, latent: Latent, x0: torch.Tensor
+    folder: ModelFolder,
+    positive: ConditioningPayload,
+    negative: ConditioningPayload | None,
+    latent: Latent,
+    x0: torch.Tensor,
 ) -> torch.Tensor:
     """The extra input channels of an inpainting model for latents ``x0`` (B, C, h, w), as ComfyUI builds them:
     InpaintModelConditioning's mask and masked-image latent (from the positive conditioning, else the
@@ -137,14 +141,15 @@ def model_concat(
             "InpaintModelConditioning's conditioning and latent, or a latent from VAEEncodeForInpaint"
         )
     assert masked is not None and pixel_mask is not None
-    m = F.interpolate(pixel_mask.to(x0.device).float(), size=size, mode="bilinear")
     masked = masked.to(x0.device).float()
     if masked.shape[-2:] != size:
         raise ValueError(
             f"the inpainting image's latent is {tuple(masked.shape[-2:])} but the latent being sampled is "
             f"{tuple(size)}; encode the same image that InpaintModelConditioning got"
         )
-    return inpaint_concat(_to_batch(m, b), _to_batch(masked, b))
+    f = latent_factor(folder)
+    m = F.interpolate(pixel_mask.to(x0.device).float(), size=(size[0] * f, size[1] * f), mode="bilinear")
+    return model_inpaint_inputs(folder, _to_batch(m, b), _to_batch(masked, b), resize="bilinear")
 
 
 def _to_batch(t: torch.Tensor, b: int) -> torch.Tensor:
@@ -201,7 +206,7 @@ def sample_along(
     elif cfg != 1.0:
         raise ValueError(f"a negative conditioning is needed for cfg {cfg}; connect one or set cfg to 1")
     if inpaint_channels(folder):
-        extra = model_concat(positive, negative, latent, x0)
+        extra = model_concat(folder, positive, negative, latent, x0)
         cond = cond.with_extra(**{CONCAT_KEY: extra})
         uncond = None if uncond is None else uncond.with_extra(**{CONCAT_KEY: extra})
     total = len(sigmas) - 1

@@ -174,6 +174,45 @@ def inpaint_concat(mask: Tensor, masked_latent: Tensor) -> Tensor:
     return torch.cat([mask.to(masked_latent), masked_latent], dim=1)
 
 
+def fill_concat(pixel_mask: Tensor, masked_latent: Tensor) -> Tensor:
+    """The extra input channels of FLUX.1 Fill, (B, C + f*f, h, w): the masked image's latent (B, C, h, w), then
+    the pixel mask (B, 1, f*h, f*w) folded into f*f channels per latent cell (channel ``i * f + j`` holds pixel
+    (i, j) of each f x f block, diffusers' FluxFillPipeline order); packed 2x2 by the network with the latent."""
+    h, w = masked_latent.shape[-2:]
+    if (
+        pixel_mask.shape[-2] % h
+        or pixel_mask.shape[-1] % w
+        or pixel_mask.shape[-2] // h != pixel_mask.shape[-1] // w
+    ):
+        raise ValueError(
+            f"pixel mask {tuple(pixel_mask.shape[-2:])} is not a whole multiple of the latent {(h, w)}"
+        )
+    folded = F.pixel_unshuffle(pixel_mask.to(masked_latent), pixel_mask.shape[-2] // h)  # (B, f*f, h, w)
+    if folded.shape[0] != masked_latent.shape[0]:
+        folded = folded.expand(masked_latent.shape[0], -1, -1, -1)
+    return torch.cat([masked_latent, folded], dim=1)
+
+
+def model_inpaint_inputs(
+    model: Any, pixel_mask: Tensor, masked_latent: Tensor, *, resize: str = "nearest"
+) -> Tensor:
+    """The extra input channels an inpainting ``model`` (a ``ModelFolder``) takes, from the pixel mask
+    (B, 1, H, W), 1 = generate, and the masked image's model-space latent (B, C, h, w): :func:`inpaint_concat`
+    for SD/SDXL inpainting U-Nets (the mask resized to the latent with ``resize``: ``nearest`` as diffusers,
+    ``bilinear`` as ComfyUI), :func:`fill_concat` for FLUX Fill."""
+    c, extra = masked_latent.shape[1], inpaint_channels(model)
+    h, w = masked_latent.shape[-2:]
+    if extra == c + 1:
+        return inpaint_concat(F.interpolate(pixel_mask.float(), size=(h, w), mode=resize), masked_latent)
+    f = pixel_mask.shape[-2] // h
+    if extra == c + f * f:
+        return fill_concat(pixel_mask.float(), masked_latent)
+    raise ValueError(
+        f"this model takes {extra} extra input channels; latentworks knows inpainting models with {c + 1} "
+        f"(SD/SDXL inpainting) or {c + f * f} (FLUX Fill)"
+    )
+
+
 def composite(generated: Tensor, original: Tensor, mask: Tensor) -> Tensor:
     """``mask * generated + (1 - mask) * original``: the unmasked pixels of ``original`` pasted back over the
     result (all (B, C, H, W); the mask broadcasts over channels). Where the mask is 0 the output is the

@@ -38,10 +38,10 @@ from latentworks.pipelines.inpaint import (
     blur_mask,
     grow_mask,
     inpaint_channels,
-    inpaint_concat,
     latent_mask,
     mask_to_tensor,
     masked_pixels,
+    model_inpaint_inputs,
 )
 from latentworks.pipelines.inpaint import composite as inpaint_composite
 from latentworks.pipelines.loading import ModelFolder, load_model_folder
@@ -435,14 +435,14 @@ class Pipeline:
                 pixel_mask = F.interpolate(pixel_mask, size=(height, width), mode="bilinear").clamp(0, 1)
             pixel_mask = blur_mask(grow_mask(pixel_mask, int(mask_grow)), float(mask_blur))
         if self.inpaint_channels:
-            # The inpainting U-Net's own inputs: the binarised mask at latent size (nearest, as diffusers) and the
-            # masked image's latent; with no mask everything is generated (a blank masked image).
+            # The inpainting model's own inputs: the binarised mask (at latent size, nearest, as diffusers; folded
+            # 8x8 for FLUX Fill) and the masked image's latent; with no mask everything is generated.
             binary = (
                 (pixel_mask >= 0.5).float() if pixel_mask is not None else torch.ones(1, 1, height, width)
             )
             source = pixels if pixels is not None else torch.zeros(1, 3, height, width)
             masked_latent = self.encode_pixels(masked_pixels(source, binary))
-            extra = inpaint_concat(F.interpolate(binary, size=(lh, lw), mode="nearest"), masked_latent)
+            extra = model_inpaint_inputs(self.model, binary, masked_latent)
             extra = extra.expand(n, -1, -1, -1).to(self.device)
             cond = cond.with_extra(**{CONCAT_KEY: extra})
             uncond = None if uncond is None else uncond.with_extra(**{CONCAT_KEY: extra})
