@@ -63,3 +63,18 @@ def test_not_an_upscaler_is_a_clear_error(tmp_path: Path) -> None:
         load_upscale_model(bad)
     with pytest.raises(FileNotFoundError, match="no such upscale model file"):
         load_upscale_model(tmp_path / "missing.safetensors")
+
+
+@pytest.mark.parametrize(("arch", "name"), [("Compact", "RealESRGAN Compact"), ("SwinIR", "SwinIR")])
+def test_other_architectures_equal_spandrel(tmp_path: Path, arch: str, name: str) -> None:
+    from support.upscale import tiny_upscaler
+
+    path, net = tiny_upscaler(arch, tmp_path / f"{arch}.safetensors", scale=2)
+    model = load_upscale_model(path)
+    assert model.architecture == name and model.scale == 2
+    image = torch.rand(1, 3, 24, 20, generator=torch.Generator().manual_seed(3))
+    reference = spandrel.ModelLoader().load_from_file(str(path)).eval()(image.clone())
+    whole = upscale_images(model, image, tile=None)
+    assert whole.shape == (1, 3, 48, 40) and torch.allclose(whole, reference, atol=1e-6)
+    if arch == "Compact":  # convolutions only: tiles with enough context equal the whole pass
+        assert torch.allclose(upscale_images(model, image, tile=8, overlap=8), reference, atol=1e-5)

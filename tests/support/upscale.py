@@ -60,3 +60,26 @@ def tiny_esrgan(path: Path, scale: int = 2, seed: int = 0) -> tuple[Path, torch.
     net = ESRGAN(num_filters=8, num_blocks=1, scale=scale).eval()
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
     return path, net
+
+
+def tiny_upscaler(arch: str, path: Path, scale: int = 2, seed: int = 0) -> tuple[Path, torch.nn.Module]:
+    """A random tiny ``ESRGAN``, ``Compact`` (Real-ESRGAN's SRVGGNetCompact) or ``SwinIR`` saved as .safetensors."""
+    torch.manual_seed(seed)
+    if arch == "ESRGAN":
+        return tiny_esrgan(path, scale, seed)
+    if arch == "Compact":
+        from spandrel.architectures.Compact import Compact
+
+        net = Compact(num_feat=8, num_conv=2, upscale=scale)
+    elif arch == "SwinIR":
+        from spandrel.architectures.SwinIR import SwinIR
+
+        net = SwinIR(
+            img_size=16, embed_dim=12, depths=[1], num_heads=[2], window_size=4, mlp_ratio=2,
+            upscale=scale, upsampler="pixelshuffledirect",
+        )  # fmt: skip
+    else:
+        raise ValueError(f"unknown test architecture {arch!r}")
+    net.eval()
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    return path, net
