@@ -42,7 +42,13 @@ COMFY: dict[str, tuple[list[tuple[str, str, dict[str, Any]]], list[tuple[str, st
         ],
         [("CONDITIONING", "positive"), ("CONDITIONING", "negative"), ("LATENT", "latent")],
     ),
-    "DifferentialDiffusion": ([("model", "MODEL", {})], [("MODEL", None)]),
+    "DifferentialDiffusion": (
+        [
+            ("model", "MODEL", {}),
+            ("strength", "FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "optional": True}),
+        ],
+        [("MODEL", None)],
+    ),
     "GrowMask": (
         [
             ("mask", "MASK", {}),

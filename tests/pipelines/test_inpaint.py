@@ -175,3 +175,20 @@ def test_fill_concat_folds_each_latent_cells_pixels_in_row_major_order() -> None
     assert out.shape == (1, 20, 2, 3) and bool((out[:, :16] == 7).all())
     folded = out[0, 16:]
     assert folded.sum() == 2 and folded[2, 0, 0] == 1 and folded[3, 1, 2] == 1
+
+
+def test_differential_strength_blends_the_step_mask_with_the_soft_one() -> None:
+    ms = DiscreteModelSampling()
+
+    def denoiser(x: torch.Tensor, sigma: torch.Tensor, cond: object = None) -> torch.Tensor:
+        return x
+
+    denoiser.model_sampling = ms  # type: ignore[attr-defined]
+    mask = torch.tensor([0.0, 0.25, 0.5, 1.0]).view(1, 1, 1, 4)
+    x0 = torch.zeros(1, 1, 1, 4)
+    full = InpaintDenoiser(denoiser, x0, mask, x0, differential=(10.0, 0.1))
+    half = InpaintDenoiser(denoiser, x0, mask, x0, differential=(10.0, 0.1), differential_strength=0.25)
+    binary = full.step_mask(2.0)
+    assert torch.allclose(half.step_mask(2.0), 0.25 * binary + 0.75 * mask)
+    with pytest.raises(ValueError, match="differential_strength"):
+        InpaintDenoiser(denoiser, x0, mask, x0, differential=(10.0, 0.1), differential_strength=2.0)

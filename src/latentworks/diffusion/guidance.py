@@ -211,6 +211,9 @@ class InpaintDenoiser:
         mask: 1 = generate, 0 = keep; broadcastable to x, e.g. (B, 1, H, W).
         noise: unit Gaussian noise of x's shape, the same noise the sampling started from.
         differential: ``(sigma_from, sigma_to)`` for differential diffusion; None = the soft mask as is.
+        differential_strength: blends the per-step binary mask with the soft one,
+            ``s * binary + (1 - s) * mask`` for 0 < s < 1 (ComfyUI's DifferentialDiffusion ``strength``; as there,
+            0 and 1 both give the binary mask).
     """
 
     def __init__(
@@ -221,6 +224,7 @@ class InpaintDenoiser:
         noise: Tensor,
         *,
         differential: tuple[float, float] | None = None,
+        differential_strength: float = 1.0,
     ) -> None:
         if mask.ndim != known_x0.ndim:
             raise ValueError(
@@ -231,7 +235,9 @@ class InpaintDenoiser:
         if differential is not None and self._sampling(denoiser) is None:
             raise ValueError("differential diffusion needs a denoiser with a model_sampling (timestep map)")
         self.denoiser, self.known_x0, self.mask, self.noise = denoiser, known_x0, mask, noise
-        self.differential = differential
+        if not 0.0 <= differential_strength <= 1.0:
+            raise ValueError(f"differential_strength must be in [0, 1], got {differential_strength}")
+        self.differential, self.differential_strength = differential, float(differential_strength)
 
     @staticmethod
     def _sampling(denoiser: Denoiser) -> ModelSampling | None:
@@ -256,7 +262,9 @@ class InpaintDenoiser:
         t = ms.timestep(torch.tensor([sigma_from, sigma_to, sigma], dtype=torch.float64))
         t_from, t_to, t_now = (float(v) for v in t)
         threshold = (t_now - t_to) / (t_from - t_to) if t_from != t_to else 0.0
-        return (self.mask >= threshold).to(self.mask.dtype)
+        binary = (self.mask >= threshold).to(self.mask.dtype)
+        st = self.differential_strength
+        return st * binary + (1 - st) * self.mask if 0.0 < st < 1.0 else binary
 
     def __call__(self, x: Tensor, sigma: Tensor | float, cond: Any = None) -> Tensor:
         sigma_t = torch.as_tensor(sigma, device=x.device)

@@ -50,9 +50,9 @@ def _inpaint_model_conditioning(
     return (pos, neg, latent)
 
 
-def _differential_diffusion(ctx: Any, model: ModelPayload) -> tuple[Any, ...]:
+def _differential_diffusion(ctx: Any, model: ModelPayload, strength: float = 1.0) -> tuple[Any, ...]:
     folder = model.folder
-    return (ModelPayload(replace(folder, meta={**folder.meta, DIFFERENTIAL_KEY: True})),)
+    return (ModelPayload(replace(folder, meta={**folder.meta, DIFFERENTIAL_KEY: float(strength)})),)
 
 
 def grow(mask: Tensor, expand: int, tapered_corners: bool) -> Tensor:
@@ -111,7 +111,10 @@ def inpaint_nodes() -> list[NodeSpec]:
             category="_for_testing",
             execute=_differential_diffusion,
             description="Soft noise masks become per-step thresholds: grey areas change a little, white fully.",
-            inputs=(I("model", "MODEL"),),
+            inputs=(
+                I("model", "MODEL"),
+                I("strength", "FLOAT", default=1.0, min=0.0, max=1.0, step=0.01, optional=True),
+            ),
             outputs=(OutputSpec(type="MODEL"),),
         ),
         NodeSpec(

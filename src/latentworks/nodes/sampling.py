@@ -33,7 +33,8 @@ FLUX_DEFAULT_GUIDANCE = 3.5  # what FLUX.1-dev gets when no FluxGuidance node se
 SEED_MAX = 2**64 - 1
 
 DIFFERENTIAL_KEY = "differential_diffusion"
-"""``ModelFolder.meta`` key set by the DifferentialDiffusion node: sample with differential diffusion."""
+"""``ModelFolder.meta`` key set by the DifferentialDiffusion node: sample with differential diffusion at this
+strength (a float in [0, 1], see ``InpaintDenoiser``)."""
 
 
 def _encode(ctx: Any, text: str, clip: ClipPayload) -> tuple[Any, ...]:
@@ -232,7 +233,7 @@ def sample_along(
             sampler_name,
             add_noise=add_noise,
             mask=mask,
-            differential=bool(folder.meta.get(DIFFERENTIAL_KEY)),
+            differential=folder.meta.get(DIFFERENTIAL_KEY, False),
             callback=callback,
             sampler_options=sampler_options,
         )

@@ -83,7 +83,7 @@ def denoise_latents(
     *,
     add_noise: bool = True,
     mask: Tensor | None = None,
-    differential: bool = False,
+    differential: bool | float = False,
     masked_from_noise: bool = False,
     callback: Callable[[StepInfo], object] | None = None,
     sampler_options: dict[str, Any] | None = None,
@@ -97,7 +97,7 @@ def denoise_latents(
     ``uncond`` is unused when ``guidance == 1``. ``add_noise=False`` starts from ``x0`` as it is
     (KSamplerAdvanced continuing a run); ``mask`` (B, 1, h, w), 1 = regenerate, keeps the rest of
     ``x0`` (:class:`~latentworks.diffusion.guidance.InpaintDenoiser`); ``differential`` turns the soft mask into
-    differential diffusion's per-step threshold; ``masked_from_noise`` starts the masked region from noise
+    differential diffusion's per-step threshold (a float in (0, 1) blends that with the soft mask: its strength); ``masked_from_noise`` starts the masked region from noise
     alone (``x0 * (1 - mask)`` is noised), so a full-strength inpaint with mask 1 equals plain generation.
     With fewer than two sigmas there is nothing to do and ``x0`` comes back.
     ``guidance_interval`` ``(sigma_lo, sigma_hi)``: guide only at those noise levels (see
@@ -120,7 +120,8 @@ def denoise_latents(
     inner: Denoiser = denoiser
     if mask is not None:
         span = (float(sigmas[0]), float(sigmas[-1])) if differential else None
-        inner = InpaintDenoiser(denoiser, x0, mask, noise, differential=span)
+        strength = 1.0 if isinstance(differential, bool) else float(differential)
+        inner = InpaintDenoiser(denoiser, x0, mask, noise, differential=span, differential_strength=strength)
     with torch.no_grad(), model_loras(model):
         return get_sampler(sampler)(
             CFGDenoiser(inner, guidance, interval=guidance_interval),
