@@ -39,7 +39,14 @@ def import_spandrel() -> Any:
         raise ImportError(
             f"upscale models need the spandrel library, which could not be imported ({missing} is missing). "
             "Install it with: pip install 'latentworks[upscale]' (spandrel also needs the torchvision build "
-            "that matches your torch)"
+            "that matches your torch; for a CPU-only torch: pip install torchvision --index-url "
+            "https://download.pytorch.org/whl/cpu)"
+        ) from e
+    except Exception as e:  # noqa: BLE001 - e.g. a CUDA torchvision next to a CPU torch fails inside its import
+        raise ImportError(
+            f"upscale models need spandrel, whose import failed ({type(e).__name__}: {e}); usually torchvision "
+            "does not match torch: install the torchvision build for your torch (CPU-only torch: pip install "
+            "torchvision --index-url https://download.pytorch.org/whl/cpu)"
         ) from e
     return spandrel
 
