@@ -69,3 +69,17 @@ def test_upscale_workflow_runs_through_the_executor(tmp_path: Path) -> None:
     res = ex.execute(wf, ex.new_context("job", input_dir=tmp_path, output_dir=tmp_path, temp_dir=tmp_path))
     assert res.status == "success", res.error
     assert res.outputs["5"] == {"text": ["20"]}  # 5 px wide x 4
+
+
+def test_without_spandrel_the_error_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import sys
+
+    from latentworks.pipelines.upscale import load_upscale_model
+
+    monkeypatch.setitem(sys.modules, "spandrel", None)  # "import spandrel" now raises ImportError
+    f = tmp_path / "x.safetensors"
+    f.write_bytes(b"")
+    with pytest.raises(ImportError, match=r"pip install 'latentworks\[upscale\]'"):
+        load_upscale_model(f)
