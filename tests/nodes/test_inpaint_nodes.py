@@ -20,7 +20,7 @@ from latentworks.models.autoencoder import Autoencoder
 from latentworks.models.unet import PRESETS as UNET_PRESETS
 from latentworks.models.unet import UNet
 from latentworks.nodes import default_registry
-from latentworks.nodes.payloads import ConditioningPayload
+from latentworks.nodes.payloads import ConditioningPayload, Latent
 from latentworks.nodes.sampling import model_concat
 from latentworks.pipelines import Pipeline
 from latentworks.pipelines.inpaint import inpaint_concat, masked_pixels
@@ -273,3 +273,24 @@ def test_set_latent_noise_mask_and_differential_diffusion_keep_the_unmasked_late
     assert not torch.allclose(soft_plain.samples, soft_diff.samples)
     assert ConditioningPayload(pos.cond).concat_latent is None
     assert CONCAT_KEY == "concat"
+
+
+def test_model_concat_folds_the_soft_mask_for_flux_fill() -> None:
+    """For a FLUX Fill model (16-channel latents, 16 + 16 + f*f input channels) the node path gives the masked
+    latent then the pixel mask folded per latent cell, unrounded as ComfyUI's Flux concat does."""
+    from types import SimpleNamespace
+
+    from latentworks.pipelines.inpaint import fill_concat
+
+    folder = SimpleNamespace(
+        latent_format=SimpleNamespace(channels=16),
+        denoiser_net=SimpleNamespace(config=SimpleNamespace(in_channels=36)),  # f = 2: 16 + 16 + 4
+        vae=SimpleNamespace(config=SimpleNamespace(downsample_factor=2)),
+    )
+    masked = torch.randn(1, 16, 4, 4)
+    mask = torch.rand(1, 1, 8, 8)  # soft
+    pos = ConditioningPayload(cond=None, concat_latent=masked, concat_mask=mask)  # type: ignore[arg-type]
+    latent = Latent(samples=torch.zeros(2, 16, 4, 4))
+    got = model_concat(folder, pos, None, latent, latent.samples)  # type: ignore[arg-type]
+    assert got.shape == (2, 20, 4, 4)
+    assert torch.allclose(got, fill_concat(mask, masked).expand(2, -1, -1, -1))
