@@ -430,20 +430,11 @@ class Pipeline:
         pixel_mask = None  # (1, 1, H, W) in [0, 1] after grow and blur
         if mask is not None:
             assert imgs is not None
-            pixel_mask = mask_to_tensor(mask, (imgs[0].height, imgs[0].width))
-            if tuple(pixel_mask.shape[-2:]) != (height, width):  # follows the image to the output size
-                pixel_mask = F.interpolate(pixel_mask, size=(height, width), mode="bilinear").clamp(0, 1)
-            pixel_mask = blur_mask(grow_mask(pixel_mask, int(mask_grow)), float(mask_blur))
-        if self.inpaint_channels:
-            # The inpainting model's own inputs: the binarised mask (at latent size, nearest, as diffusers; folded
-            # 8x8 for FLUX Fill) and the masked image's latent; with no mask everything is generated.
-            binary = (
-                (pixel_mask >= 0.5).float() if pixel_mask is not None else torch.ones(1, 1, height, width)
+            pixel_mask = self._pixel_mask(
+                mask, (imgs[0].height, imgs[0].width), (height, width), mask_grow, mask_blur
             )
-            source = pixels if pixels is not None else torch.zeros(1, 3, height, width)
-            masked_latent = self.encode_pixels(masked_pixels(source, binary))
-            extra = model_inpaint_inputs(self.model, binary, masked_latent)
-            extra = extra.expand(n, -1, -1, -1).to(self.device)
+        if self.inpaint_channels:
+            extra = self._inpaint_inputs(pixel_mask, pixels, (height, width)).expand(n, -1, -1, -1)
             cond = cond.with_extra(**{CONCAT_KEY: extra})
             uncond = None if uncond is None else uncond.with_extra(**{CONCAT_KEY: extra})
         use_noise_mask = pixel_mask is not None and (
@@ -552,6 +543,34 @@ class Pipeline:
                 "steps": int(hires_steps or steps),
             }
         return PipelineResult(images=images, parameters=params, seeds=seeds, latents=x, timings=timings)
+
+    @staticmethod
+    def _pixel_mask(
+        mask: Image.Image | Tensor | np.ndarray,
+        image_size: tuple[int, int],
+        size: tuple[int, int],
+        grow: int,
+        blur: float,
+    ) -> Tensor:
+        """The user's mask as (1, 1, H, W) in [0, 1] at the output ``size``: checked against the image's size
+        (resized with a warning), resized with the image, then grown and blurred."""
+        m = mask_to_tensor(mask, image_size)
+        if tuple(m.shape[-2:]) != tuple(size):  # follows the image to the output size
+            m = F.interpolate(m, size=size, mode="bilinear").clamp(0, 1)
+        return blur_mask(grow_mask(m, int(grow)), float(blur))
+
+    def _inpaint_inputs(
+        self, pixel_mask: Tensor | None, pixels: Tensor | None, size: tuple[int, int]
+    ) -> Tensor:
+        """An inpainting model's own extra inputs, (1 or B, C', h, w) on the device: the binarised mask (nearest
+        to latent size as diffusers; folded per latent cell for FLUX Fill) and the masked image's latent. With no
+        mask everything is generated (a blank masked image)."""
+        binary = (pixel_mask >= 0.5).float() if pixel_mask is not None else torch.ones(1, 1, *size)
+        source = pixels if pixels is not None else torch.zeros(1, 3, *size)
+        masked_latent = self.encode_pixels(masked_pixels(source, binary))
+        return model_inpaint_inputs(self.model, binary.to(masked_latent.device), masked_latent).to(
+            self.device
+        )
 
     def _hires_upscale(self, x: Tensor, size: tuple[int, int], how: str | Path | UpscaleModel) -> Tensor:
         """The first pass's latents ``x`` upscaled to pixel ``size`` (H, W), back in model space."""
