@@ -27,8 +27,8 @@ def default_registry(
     from latentworks.nodes.models import loader_nodes
     from latentworks.nodes.primitives import primitive_nodes
     from latentworks.nodes.sampling import sampling_nodes
-    from latentworks.nodes.utility import utility_nodes
     from latentworks.nodes.upscale import upscale_nodes
+    from latentworks.nodes.utility import utility_nodes
 
     md = None if models_dir is None else Path(models_dir)
     idir = None if input_dir is None else Path(input_dir)
