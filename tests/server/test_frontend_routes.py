@@ -102,25 +102,54 @@ def test_core_nodes_are_reported_as_comfyui_core(client):
     assert {v["python_module"].split(".")[0] for v in info.values()} == {"nodes"}
 
 
+TEMPLATE_MODULES = (
+    "comfyui_workflow_templates",
+    "comfyui_workflow_templates_json",
+    "comfyui_workflow_templates_core",
+)
+
+
 def test_templates_index_is_empty_without_the_package(client, monkeypatch):
-    monkeypatch.setitem(sys.modules, "comfyui_workflow_templates", None)  # import raises ImportError
+    for name in TEMPLATE_MODULES:
+        monkeypatch.setitem(sys.modules, name, None)  # import raises ImportError
     for path in ("/templates/index.json", "/templates/index.fr.json"):
         r = client.get(path)
         assert r.status_code == 200 and r.headers["content-type"] == "application/json" and r.json() == []
-    assert client.get("/templates/some_template.json").status_code == 404
+    r = client.get("/templates/some_template.json")
+    assert r.status_code == 404 and "pip install comfyui-workflow-templates" in r.text
 
 
 def test_templates_served_from_the_package(client, monkeypatch, tmp_path):
-    index = tmp_path / "index.json"
-    index.write_text('[{"moduleName": "default", "templates": []}]')
-    thumb = tmp_path / "t1-1.webp"
-    thumb.write_bytes(b"RIFF0000WEBP")
-    fake = types.ModuleType("comfyui_workflow_templates")
-    fake.iter_assets = lambda: iter([("index.json", str(index)), ("t1-1.webp", str(thumb))])  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "comfyui_workflow_templates", fake)
+    folder = tmp_path / "pkg" / "templates"
+    folder.mkdir(parents=True)
+    (folder / "index.json").write_text('[{"moduleName": "default", "templates": []}]')
+    (tmp_path / "secret.json").write_text('{"key": "TOPVALUE"}')
+    media = tmp_path / "t1-1.webp"
+    media.write_bytes(b"RIFF0000WEBP")
+    meta = types.ModuleType("comfyui_workflow_templates")
+    meta.__file__ = str(tmp_path / "pkg" / "__init__.py")
+    core = types.ModuleType("comfyui_workflow_templates_core")
+    entry = types.SimpleNamespace(
+        template_id="t1",
+        assets=[types.SimpleNamespace(filename="t1-1.webp"), types.SimpleNamespace(filename="t1-2.webp")],
+    )
+    core.iter_templates = lambda: [entry]  # type: ignore[attr-defined]
+
+    def get_asset_path(template_id, filename):
+        if filename == "t1-2.webp":
+            raise FileNotFoundError("bundle not installed")
+        return str(media)
+
+    core.get_asset_path = get_asset_path  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "comfyui_workflow_templates", meta)
+    monkeypatch.setitem(sys.modules, "comfyui_workflow_templates_json", None)
+    monkeypatch.setitem(sys.modules, "comfyui_workflow_templates_core", core)
     assert client.get("/templates/index.json").json() == [{"moduleName": "default", "templates": []}]
     assert client.get("/templates/t1-1.webp").content == b"RIFF0000WEBP"
-    assert client.get("/templates/../../etc/passwd").status_code == 404
+    assert client.get("/templates/t1-2.webp").status_code == 404  # its bundle is missing: no 500
+    for escape in ("..%2Fsecret.json", "%2E%2E/secret.json", "..%5Csecret.json"):
+        r = client.get(f"/templates/{escape}")
+        assert r.status_code == 404 and "TOPVALUE" not in r.text, escape
 
 
 def test_feature_flags_reply_on_the_websocket(tmp_path, live_server):

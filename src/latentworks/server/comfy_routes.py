@@ -14,10 +14,10 @@ import asyncio
 import importlib
 import io
 import json
+import logging
 import os
 import re
 import struct
-import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +36,8 @@ from latentworks.server.userdata import UserData, UserDataError
 
 if TYPE_CHECKING:
     from latentworks.server.app import ServerState
+
+log = logging.getLogger("latentworks.server")
 
 # Extra-data keys ComfyUI keeps out of anything it sends back (the frontend puts API keys there).
 SENSITIVE_EXTRA_DATA_KEYS = ("auth_token_comfy_org", "api_key_comfy_org")
@@ -249,28 +251,56 @@ def job_detail(s: ServerState, prompt_id: str) -> dict[str, Any] | None:
 # -- templates -----------------------------------------------------------------------------------
 
 
-def template_files() -> dict[str, Path] | None:
-    """name -> file of the ``comfyui-workflow-templates`` package's assets (index.json and the templates),
-    or None when the package is not installed."""
-    try:
-        import comfyui_workflow_templates as templates  # type: ignore[import-not-found]
-    except ImportError:
+TEMPLATE_PACKAGES = ("comfyui_workflow_templates", "comfyui_workflow_templates_json")
+
+
+def templates_installed() -> bool:
+    """Whether ``comfyui-workflow-templates`` (any of its layouts) is importable."""
+    return any(_try_import(name) is not None for name in TEMPLATE_PACKAGES)
+
+
+def template_file(name: str) -> Path | None:
+    """The file of ``comfyui-workflow-templates`` that ``/templates/{name}`` serves, or None.
+
+    Looked for in the ``templates`` folder of the single-folder package (older versions) and of
+    ``comfyui_workflow_templates_json`` (newer versions: index.json and the workflows), then through the
+    core package's manifest (media in separate bundles; a bundle that is not installed gives None)."""
+    parts = name.split("/")
+    if not name or "\x00" in name or "\\" in name or any(p in ("", ".", "..") for p in parts):
         return None
-    files: dict[str, Path] = {}
-    iter_assets = getattr(templates, "iter_assets", None)
-    if iter_assets is None:  # the meta package re-exports only part of its core's helpers
-        core = sys.modules.get("comfyui_workflow_templates_core") or _try_import(
-            "comfyui_workflow_templates_core"
-        )
-        iter_assets = getattr(core, "iter_assets", None)
-    if iter_assets is not None:
-        for name, path in iter_assets():
-            files[str(name)] = Path(path)
-    else:  # the older single-folder layout
-        folder = Path(templates.__file__).parent / "templates"
-        if folder.is_dir():
-            files = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file()}
-    return files
+    for package in TEMPLATE_PACKAGES:
+        module = _try_import(package)
+        folder = Path(module.__file__).parent / "templates" if module and module.__file__ else None
+        if folder is not None and folder.is_dir():
+            candidate = folder.joinpath(*parts)
+            if candidate.is_file() and candidate.resolve().is_relative_to(folder.resolve()):
+                return candidate
+    core = _try_import("comfyui_workflow_templates_core")
+    owner = _template_owners(core).get(name) if core is not None else None
+    if owner is None:
+        return None
+    try:
+        return Path(core.get_asset_path(owner, name))
+    except (ImportError, OSError, KeyError, ValueError):  # the bundle holding it is not installed
+        return None
+
+
+_OWNERS: dict[int, dict[str, str]] = {}
+
+
+def _template_owners(core: Any) -> dict[str, str]:
+    """asset file name -> template id, from the core package's manifest (cached per imported module)."""
+    owners = _OWNERS.get(id(core))
+    if owners is None:
+        owners = {}
+        try:
+            for entry in core.iter_templates():
+                for asset in entry.assets:
+                    owners.setdefault(str(asset.filename), str(entry.template_id))
+        except (AttributeError, ImportError, OSError, KeyError, ValueError) as e:
+            log.warning("could not read the comfyui-workflow-templates manifest: %s", e)
+        _OWNERS[id(core)] = owners
+    return owners
 
 
 def _try_import(name: str) -> Any:
@@ -342,6 +372,15 @@ def comfy_routes(s: ServerState, userdata: UserData, model_kinds: Iterable[str] 
             400, "single_user", "latentworks has one user ('default'); there are no accounts to create"
         )
 
+    @r.get("/user.css")
+    def user_css() -> Response:
+        """The frontend's page links /user.css: the user's own style sheet if saved, else an empty one."""
+        try:
+            css = userdata.existing_file("user.css").read_bytes()
+        except (UserDataError, OSError):
+            css = b""
+        return Response(css, media_type="text/css", headers={"Cache-Control": "no-cache"})
+
     @r.get("/workflow_templates")
     def workflow_templates() -> dict:
         return {}  # example workflows of custom-node packs: none
@@ -355,23 +394,16 @@ def comfy_routes(s: ServerState, userdata: UserData, model_kinds: Iterable[str] 
         return _error(404, "not_found", f"no global subgraph {subgraph_id[:200]!r}")
 
     @r.get("/templates/{name:path}")
-    def template_file(name: str):
-        files = template_files()
-        if files is None:
-            if re.fullmatch(r"index(\.[A-Za-z_-]+)?\.json", name):
-                return JSONResponse([])  # no template package: an empty index, as the frontend expects
-            return _error(
-                404,
-                "not_found",
-                f"no template {name[:200]!r}: install the templates with "
-                "`pip install comfyui-workflow-templates`",
-            )
-        path = files.get(name)
-        if path is None or not path.is_file():
-            if re.fullmatch(r"index(\.[A-Za-z_-]+)?\.json", name):
-                return JSONResponse([])
-            return _error(404, "not_found", f"no template file {name[:200]!r}")
-        return FileResponse(path)
+    def template(name: str):
+        path = template_file(name)
+        if path is not None:
+            return FileResponse(path)
+        if re.fullmatch(r"index(\.[A-Za-z_-]+)?\.json", name):
+            return JSONResponse([])  # no templates installed: an empty index, as the frontend expects
+        if name == "index_logo.json":
+            return JSONResponse({})
+        hint = "" if templates_installed() else ": install them with `pip install comfyui-workflow-templates`"
+        return _error(404, "not_found", f"no workflow template file {name[:200]!r}{hint}")
 
     # -- settings --------------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ MAX_FILES = 20_000  # files the folder may hold (and a listing may return)
 MAX_PATH_CHARS = 1024
 MAX_DEPTH = 32
 _TMP_PREFIX = ".lw-tmp-"
+DEFAULT_FOLDERS = ("workflows", "subgraphs")
 
 
 class UserDataError(Exception):
@@ -94,7 +95,9 @@ class UserData:
     # -- paths -----------------------------------------------------------------------------------
 
     def _base(self) -> Path:
-        self.root.mkdir(parents=True, exist_ok=True)
+        if not self.root.is_dir():
+            for folder in DEFAULT_FOLDERS:  # the frontend lists these at start-up (404 when missing)
+                (self.root / folder).mkdir(parents=True, exist_ok=True)
         return self.root.resolve()
 
     def resolve(self, path: str, *, allow_root: bool = False) -> Path:
