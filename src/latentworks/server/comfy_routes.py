@@ -649,6 +649,14 @@ def comfy_routes(s: ServerState, userdata: UserData, model_kinds: Iterable[str] 
             names |= {p.name for p in s.models_dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
         return [{"name": n, "folders": [str(s.models_dir / n)]} for n in sorted(names)]
 
+    @r.get("/internal/folder_paths")
+    def folder_paths() -> dict:
+        """Model kind -> its folders (ComfyUI lists several per kind; latentworks has one)."""
+        names = set(known_kinds)
+        if s.models_dir.is_dir():
+            names |= {p.name for p in s.models_dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
+        return {n: [str(s.models_dir / n)] for n in sorted(names)}
+
     @r.get("/experiment/models/{folder}")
     def model_files(folder: str) -> JSONResponse:
         root = _model_folder(s, folder)
