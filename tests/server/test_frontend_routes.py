@@ -285,6 +285,10 @@ def test_userdata_size_limits(tmp_path):
     try:
         assert c.post(f"/userdata/{_q('w/big.json')}", content=b"x" * 1001).status_code == 413
         assert c.post(f"/userdata/{_q('w/ok.json')}", content=b"x" * 1000).status_code == 200
+        huge = json.dumps({"a": "y" * 2000}).encode()
+        assert c.post("/settings", content=huge).status_code == 413
+        assert c.post("/settings/a", content=huge).status_code == 413
+        assert c.get("/settings").json() == {}
     finally:
         c.close()
     assert not (_user(tmp_path) / "w" / "big.json").exists()
