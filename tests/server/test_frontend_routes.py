@@ -430,6 +430,25 @@ def test_jobs_api_lists_finished_and_failed_jobs(client):
     assert client.get("/jobs?limit=-1").status_code == 400
 
 
+def test_interrupted_and_restart_failed_jobs(tmp_path):
+    app = create_app(_registry(), data_dir=tmp_path / "data", models_dir=tmp_path / "m")
+    c = AsgiClient(app, start_worker=False)
+    store = c.state.store
+    try:
+        for pid in ("stopped", "crashed"):
+            store.add(pid, {"1": {"class_type": "Constant", "inputs": {"value": 1}}}, {}, ["1"])
+            store.claim_next()
+        store.finish("stopped", "interrupted", {}, [["execution_interrupted", {"prompt_id": "stopped"}]])
+        store.close()
+        store.open()  # a restart marks the job left running as failed
+        jobs = {j["id"]: j for j in c.get("/jobs").json()["jobs"]}
+        assert jobs["stopped"]["status"] == "cancelled"
+        assert jobs["crashed"]["status"] == "failed"
+        assert "restart" in jobs["crashed"]["execution_error"]["exception_message"]
+    finally:
+        c.close()
+
+
 def test_cancel_a_pending_job(tmp_path):
     app = create_app(_registry(), data_dir=tmp_path / "data", models_dir=tmp_path / "m")
     c = AsgiClient(app, start_worker=False)  # nothing runs: the job stays pending

@@ -198,6 +198,7 @@ def _history_job(prompt_id: str, entry: dict, times: dict, detail: bool) -> dict
             elif message[0] == "execution_interrupted":
                 interrupted = True
     status_str = status_info.get("status_str")
+    interrupted = interrupted or status_str == "interrupted"  # ComfyUI records these as "error"
     if status_str == "error" or error is not None or interrupted:
         status = "cancelled" if interrupted else "failed"
     else:
@@ -227,13 +228,18 @@ def _history_job(prompt_id: str, entry: dict, times: dict, detail: bool) -> dict
     return out
 
 
-def all_jobs(s: ServerState) -> list[dict[str, Any]]:
-    """Every job (queued, running, finished) in the Jobs API's list shape, in no particular order."""
+def all_jobs(s: ServerState, statuses: set[str]) -> list[dict[str, Any]]:
+    """The jobs whose status is in ``statuses``, in the Jobs API's list shape, in no particular order. The
+    history is read only when a finished status is asked for (the frontend polls the queue often)."""
     times = s.store.times()
-    jobs = [_queue_job(j, "in_progress", times, False) for j in s.store.jobs("running")]
-    jobs += [_queue_job(j, "pending", times, False) for j in s.store.jobs("pending")]
-    jobs += [_history_job(pid, e, times, False) for pid, e in s.store.history().items()]
-    return jobs
+    jobs = []
+    if "in_progress" in statuses:
+        jobs += [_queue_job(j, "in_progress", times, False) for j in s.store.jobs("running")]
+    if "pending" in statuses:
+        jobs += [_queue_job(j, "pending", times, False) for j in s.store.jobs("pending")]
+    if statuses & {"completed", "failed", "cancelled"}:
+        jobs += [_history_job(pid, e, times, False) for pid, e in s.store.history().items()]
+    return [j for j in jobs if j["status"] in statuses]
 
 
 def job_detail(s: ServerState, prompt_id: str) -> dict[str, Any] | None:
@@ -577,7 +583,7 @@ def comfy_routes(s: ServerState, userdata: UserData, model_kinds: Iterable[str] 
             )
         if offset < 0 or (limit is not None and limit < 0):
             return _error(400, "invalid_request", "limit and offset must be >= 0")
-        jobs = [j for j in all_jobs(s) if j["status"] in wanted]
+        jobs = all_jobs(s, wanted)
         if workflow_id is not None:
             jobs = [j for j in jobs if j.get("workflow_id") == workflow_id]
 
