@@ -349,6 +349,15 @@ def test_userdata_confinement_fuzz(client, tmp_path):
                     written = user / r.json()
                     assert written.resolve().is_relative_to(user.resolve()), (url, r.json())
         assert _tree(outside) == before_outside, path
+    for path in (
+        "../escape.json",
+        "workflows/../../escape.json",
+        "/tmp/escape.json",
+        "outside/escape.json",
+        "link.json",
+    ):
+        r = client.post(f"/api/userdata/{_q(path)}", content=b"{}")
+        assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_path", (path, r.text)
     # The move attempts may have moved ok.json inside the folder, never out of it.
     assert _tree(outside) == before_outside
     assert {k: v for k, v in _tree(tmp_path / "data").items() if not k.startswith("user")} == before_data
