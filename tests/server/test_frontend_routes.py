@@ -364,6 +364,11 @@ def test_userdata_confinement_fuzz(client, tmp_path):
     assert not (tmp_path / "escape.json").exists() and not Path("/tmp/escape.json").exists()
     listing = client.get("/userdata?dir=&recurse=true").json()
     assert "link.json" not in listing and not any(p.startswith("outside") for p in listing)
+    # A symbolic link that stays inside the folder is followed.
+    (user / "alias").symlink_to(user / "workflows")
+    assert client.get("/userdata?dir=alias&recurse=true").status_code == 200
+    (user / "workflows" / "loop").symlink_to(user)  # a link back up is not walked into (no endless walk)
+    assert client.get("/userdata?dir=&recurse=true").status_code == 200
 
 
 def test_userdata_bodies_fuzz(client, tmp_path):

@@ -145,7 +145,7 @@ class UserData:
                 if entry.is_symlink() and not p.resolve().is_relative_to(base):
                     continue
                 if entry.is_dir():
-                    if recurse:
+                    if recurse and not entry.is_symlink():  # never into linked folders: no loops
                         stack.append(p)
                 elif entry.is_file():
                     found.append(p)
@@ -160,7 +160,7 @@ class UserData:
             raise UserDataError(404, "not_found", f"no folder {directory[:200]!r} in the user data")
         out: list[Any] = []
         for p in self._walk(folder, recurse):
-            rel = p.relative_to(folder.resolve() if folder.is_symlink() else folder).as_posix()
+            rel = p.relative_to(folder).as_posix()
             if full_info:
                 with contextlib.suppress(OSError):
                     out.append({**self.file_info(p), "path": rel})
