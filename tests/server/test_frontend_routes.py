@@ -314,6 +314,8 @@ ESCAPES = [
     "",
     "a/" * 40 + "deep.json",
     "x" * 2000,
+    "workflows/ok.json/below-a-file.json",  # a file where a folder is needed
+    "n" * 300 + ".json",  # longer than a file name may be
 ]
 
 
@@ -378,7 +380,10 @@ def test_userdata_bodies_fuzz(client, tmp_path):
     rng = random.Random(0)
     for _ in range(60):
         body = bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 2000)))
-        name = "".join(rng.choice("ab/._-%~é\u202e") for _ in range(rng.randint(1, 30)))
+        name = "".join(
+            rng.choice("ab/._-%~é\u202e")
+            for _ in range(rng.choice([rng.randint(1, 30), rng.randint(250, 400)]))
+        )
         for method in ("POST", "GET", "DELETE"):
             r = client.request(
                 method, f"/api/userdata/{_q(name)}?overwrite={rng.choice(['1', 'x', ''])}", content=body

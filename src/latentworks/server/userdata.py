@@ -12,6 +12,7 @@ atomic (a temporary file in the same folder, then ``os.replace``), so a crash ne
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -64,11 +65,22 @@ def clean_parts(path: str) -> list[str]:
     parts = [p for p in path.split("/") if p not in ("", ".")]
     if any(p == ".." for p in parts):
         raise _bad_path(path, "climbs out of its folder ('..')")
+    if any(len(p.encode("utf-8", "surrogateescape")) > 255 for p in parts):
+        raise _bad_path(path, "has a file or folder name longer than 255 bytes")
     if len(parts) > MAX_DEPTH:
         raise _bad_path(path, f"is nested deeper than {MAX_DEPTH} folders")
     if any(p.startswith(_TMP_PREFIX) for p in parts):
         raise _bad_path(path, f"names a temporary file ({_TMP_PREFIX}*)")
     return parts
+
+
+def _os_error(path: str, e: OSError) -> UserDataError:
+    """A refusal for a file-system error: 507 when the disk is full, else 409 (the path conflicts with what
+    is there: a file where a folder is needed, a name too long for the file system, ...)."""
+    shown = path[:200].encode("unicode_escape").decode("ascii")
+    if e.errno == errno.ENOSPC:
+        return UserDataError(507, "insufficient_storage", f"the disk is full; {shown!r} was not written")
+    return UserDataError(409, "conflict", f"{shown!r} could not be written: {e.strerror or e}")
 
 
 class UserData:
@@ -220,6 +232,12 @@ class UserData:
 
     def write(self, path: str, data: bytes, *, overwrite: bool) -> Path:
         """Store ``data`` at ``path`` atomically (409 if it exists and not ``overwrite``; 413 over a limit)."""
+        try:
+            return self._write(path, data, overwrite=overwrite)
+        except OSError as e:
+            raise _os_error(path, e) from e
+
+    def _write(self, path: str, data: bytes, *, overwrite: bool) -> Path:
         if len(data) > self.max_file_bytes:
             raise UserDataError(
                 413, "request_too_large", f"the file is larger than the limit of {self.max_file_bytes} bytes"
@@ -255,6 +273,12 @@ class UserData:
                 tmp.unlink()
 
     def delete(self, path: str) -> None:
+        try:
+            self._delete(path)
+        except OSError as e:
+            raise _os_error(path, e) from e
+
+    def _delete(self, path: str) -> None:
         with self._lock:
             target = self.resolve(path)
             if target.is_symlink():
@@ -265,6 +289,12 @@ class UserData:
             target.unlink()
 
     def move(self, source: str, dest: str, *, overwrite: bool) -> Path:
+        try:
+            return self._move(source, dest, overwrite=overwrite)
+        except OSError as e:
+            raise _os_error(dest, e) from e
+
+    def _move(self, source: str, dest: str, *, overwrite: bool) -> Path:
         with self._lock:
             src = self.existing_file(source)
             dst = self.resolve(dest)
