@@ -330,4 +330,7 @@ class UserData:
                 raise UserDataError(
                     413, "request_too_large", f"the settings would exceed {self.max_file_bytes} bytes"
                 )
-            self._atomic_write(self._base() / SETTINGS_FILE, data)
+            try:
+                self._atomic_write(self._base() / SETTINGS_FILE, data)
+            except OSError as e:
+                raise _os_error(SETTINGS_FILE, e) from e
