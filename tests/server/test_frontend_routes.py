@@ -89,7 +89,7 @@ def test_startup_probes_have_comfyui_shapes(client, prefix):
     assert client.get(f"{prefix}/workflow_templates").json() == {}
     assert client.get(f"{prefix}/global_subgraphs").json() == {}
     features = client.get(f"{prefix}/features").json()
-    assert features["supports_preview_metadata"] is False
+    assert features["supports_preview_metadata"] is True  # server/worker.py sends type-4 preview frames
     assert features["max_upload_size"] == 32 * 2**20  # create_app's default max_upload_bytes
     models = client.get(f"{prefix}/experiment/models").json()
     assert {"name": "checkpoints", "folders": [str(client.state.models_dir / "checkpoints")]} in models
@@ -164,7 +164,7 @@ def test_feature_flags_reply_on_the_websocket(tmp_path, live_server):
         ws.send(json.dumps({"type": "feature_flags", "data": {"supports_preview_metadata": True}}))
         reply = json.loads(ws.recv(timeout=5))
     assert reply["type"] == "feature_flags"
-    assert reply["data"]["max_upload_size"] == 1234 and reply["data"]["supports_preview_metadata"] is False
+    assert reply["data"]["max_upload_size"] == 1234 and reply["data"]["supports_preview_metadata"] is True
 
 
 # -- settings ---------------------------------------------------------------------------------------

@@ -48,10 +48,11 @@ _USERDATA_PATH = re.compile(r"^(?:/api)?/userdata/(.*)$")
 
 
 def server_feature_flags(max_upload_bytes: int) -> dict[str, Any]:
-    """What GET /features and the WebSocket ``feature_flags`` reply announce. No preview metadata frames
-    (latentworks sends ComfyUI's plain binary preview frames) and no ComfyUI-Manager."""
+    """What GET /features and the WebSocket ``feature_flags`` reply announce: preview frames carry their
+    node and job (type 4) for clients that declare ``supports_preview_metadata`` (server/worker.py), as in
+    ComfyUI; the upload limit; no ComfyUI-Manager."""
     return {
-        "supports_preview_metadata": False,
+        "supports_preview_metadata": True,
         "max_upload_size": max_upload_bytes,
         "extension": {"manager": {"supports_v4": False}},
     }
