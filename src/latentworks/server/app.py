@@ -58,6 +58,7 @@ from latentworks.server.auth import (
     install_log_redaction,
     is_loopback,
 )
+from latentworks.server.comfy_routes import comfy_routes, feature_flags_reply
 from latentworks.server.files import (
     FOLDER_TYPES,
     UploadError,
@@ -70,6 +71,7 @@ from latentworks.server.files import (
 from latentworks.server.hub import Hub
 from latentworks.server.inputs import MAX_JSON_DEPTH, json_problem
 from latentworks.server.queue import JobStore
+from latentworks.server.userdata import UserData
 from latentworks.server.worker import Worker, preview_method_problem
 
 log = logging.getLogger("latentworks.server")
@@ -303,6 +305,11 @@ def create_app(
     router = _routes(state)
     app.include_router(router)
     app.include_router(router, prefix="/api")
+    # The routes of ComfyUI's official frontend (settings, user data, jobs, ...): server/comfy_routes.py.
+    userdata = UserData(data_dir / "user" / "default", max_file_bytes=max_body_bytes)
+    frontend_router = comfy_routes(state, userdata, MODEL_KINDS)
+    app.include_router(frontend_router)
+    app.include_router(frontend_router, prefix="/api")
 
     static = Path(static_dir) if static_dir is not None else STATIC_DIR
     if (static / "index.html").is_file():
@@ -691,7 +698,12 @@ def _routes(s: ServerState) -> APIRouter:
 
             async def drain() -> None:
                 while True:
-                    s.hub.receive(client_id, await websocket.receive_text())  # records feature_flags
+                    text = await websocket.receive_text()
+                    s.hub.receive(client_id, text)  # records feature_flags
+                    reply = feature_flags_reply(text, s.max_upload_bytes)
+                    if reply is not None:  # ComfyUI's frontend waits for the server's flags
+                        with suppress(asyncio.QueueFull):
+                            queue.put_nowait(reply)
 
             tasks = [asyncio.create_task(pump()), asyncio.create_task(drain())]
             try:
