@@ -124,9 +124,30 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     p.add_argument(
+        "--memory-budget",
+        type=memory_budget,
+        default=None,
+        metavar="SIZE",
+        help="most bytes of weights on --device at once, e.g. 12GB or 512MiB; a network that does not fit "
+        "runs block by block (same images, slower). Default: no limit",
+    )
+    p.add_argument(
         "--quiet", action="store_true", help="no progress bars (ours and the libraries' weight loading)"
     )
     return p
+
+
+def memory_budget(text: str) -> int:
+    """``--memory-budget`` value: a size such as 12GB, 512MiB or a number of bytes."""
+    from latentworks.graph.budgets import parse_bytes
+
+    try:
+        value = parse_bytes(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: the memory budget must be more than 0 bytes")
+    return value
 
 
 def parse_lora(spec: str) -> tuple[Path, float]:
@@ -195,6 +216,7 @@ def _generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from latentworks.pipelines import Pipeline
+    from latentworks.pipelines.memory import MemoryBudgetError
     from latentworks.pipelines.metadata import save_png
     from latentworks.pipelines.text_to_image import ResolutionWarning
 
@@ -221,6 +243,7 @@ def _generate(args: argparse.Namespace) -> int:
             tokenizer=args.tokenizer,
             prediction=args.prediction,
             allow_pickle=args.allow_pickle,
+            memory_budget=args.memory_budget,
         )
     except (FileNotFoundError, ValueError, KeyError) as e:
         raise UserError(f"--model {args.model}: {e}") from None
@@ -258,22 +281,25 @@ def _generate(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():  # restores the filters and showwarning afterwards
         warnings.simplefilter("always", ResolutionWarning)  # the CLI samples once
         warnings.showwarning = show
-        result = pipe(
-            args.prompt,
-            args.negative,
-            steps=args.steps,
-            guidance=args.cfg,
-            guidance_interval=None if args.cfg_interval is None else tuple(args.cfg_interval),
-            sampler=args.sampler,
-            scheduler=args.scheduler,
-            seed=args.seed,
-            batch=args.batch,
-            width=args.width,
-            height=args.height,
-            init_image=init,
-            strength=args.strength if init else 1.0,
-            callback=on_step,
-        )
+        try:
+            result = pipe(
+                args.prompt,
+                args.negative,
+                steps=args.steps,
+                guidance=args.cfg,
+                guidance_interval=None if args.cfg_interval is None else tuple(args.cfg_interval),
+                sampler=args.sampler,
+                scheduler=args.scheduler,
+                seed=args.seed,
+                batch=args.batch,
+                width=args.width,
+                height=args.height,
+                init_image=init,
+                strength=args.strength if init else 1.0,
+                callback=on_step,
+            )
+        except MemoryBudgetError as e:
+            raise UserError(f"--memory-budget: {e}") from None
     if bar is not None:
         bar.close()
     out: Path = args.output

@@ -30,6 +30,7 @@ from typing import Any
 from latentworks import families
 from latentworks.families.comfy import CLIP_TYPES, DUAL_CLIP_TYPES, TRIPLE_CLIP_TYPE
 from latentworks.graph.types import InputSpec, NodeSpec, OutputSpec
+from latentworks.nodes.devices import load_device
 from latentworks.nodes.payloads import ClipPayload, ModelPayload, VAEPayload
 
 WEIGHT_SUFFIXES = (".safetensors",)
@@ -78,7 +79,7 @@ def resolve_weights(models_dir: Path | None, folders: Sequence[str], name: str, 
 
 
 def _device(ctx: Any, device: str = "default") -> Any:
-    return "cpu" if device == "cpu" else (getattr(ctx, "device", None) or "cpu")
+    return load_device(ctx, device)  # host RAM under a memory manager with a budget
 
 
 def load_diffusion_model(ctx: Any, path: Path) -> ModelPayload:

@@ -34,7 +34,6 @@ and a VAE decode that survives low precision and large images.
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
@@ -46,24 +45,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from latentworks.graph.budgets import parse_bytes
 from latentworks.models.autoencoder import Autoencoder
 
 OffloadMode = Literal["none", "model"]
 OFFLOAD_MODES: tuple[str, ...] = ("none", "model")
 LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
-
-
-def parse_bytes(text: str | int) -> int:
-    """'4GB', '512MiB', '1.5G', '800M' or a plain number of bytes -> bytes. Units are binary (G = 2**30)
-    whether written G, GB or GiB, as ComfyUI and nvidia-smi count GPU memory."""
-    if isinstance(text, int):
-        return text
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", str(text), re.IGNORECASE)
-    if m is None:
-        raise ValueError(f"{text!r} is not a size; write e.g. 4GB, 512MiB or 1000000 (bytes)")
-    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
 
 
 class MemoryBudgetError(ValueError):
