@@ -10,7 +10,8 @@ model from an inline config, ours through our key maps, as ``vs_diffusers.py`` d
   weights (host copy in RAM, pinned and not): step time against the resident model, peak CUDA memory against the
   budget, the output against the resident one (``torch.equal`` expected), and the host-to-device rate it reached.
 * **fp8 step**: linear weights stored as float8_e4m3fn and upcast to bf16 per layer at compute time. Ours: a
-  benchmark-local ``Fp8Linear`` swap (what an fp8 checkpoint loads into); diffusers: its
+  benchmark-local ``Fp8Linear`` swap in every transformer block (what an fp8 checkpoint loads into; embedders
+  and final layer stay bf16); diffusers: its
   ``enable_layerwise_casting(storage_dtype=float8_e4m3fn, compute_dtype=bfloat16)``. Step time and the
   relative difference from each side's own bf16 output.
 
@@ -37,29 +38,34 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from latentworks.pipelines.memory import MemoryManager, stream_blocks
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import vs_diffusers as vs  # noqa: E402  (the pair builders and timers this script shares)
 
-from latentworks.pipelines.memory import MemoryManager  # noqa: E402
-
 
 class Fp8Linear(nn.Module):
-    """A linear layer whose weight is stored in ``storage`` dtype and upcast to the input's dtype per call."""
+    """A linear layer whose weight is stored in ``storage`` dtype and upcast to its compute dtype (the dtype the
+    weight had) per call. Inputs arrive in the compute dtype, or in the storage dtype where a model casts its
+    input to ``weight.dtype``; either way the product is computed in the compute dtype."""
 
     def __init__(self, linear: nn.Linear, storage: torch.dtype) -> None:
         super().__init__()
+        self.compute = linear.weight.dtype
         self.weight = nn.Parameter(linear.weight.detach().to(storage), requires_grad=False)
         self.bias = linear.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight.to(x.dtype), self.bias)
+        return F.linear(x.to(self.compute), self.weight.to(self.compute), self.bias)
 
 
 def fp8_linears(model: nn.Module, storage: torch.dtype = torch.float8_e4m3fn) -> int:
-    """Swap every ``nn.Linear`` of ``model`` for :class:`Fp8Linear` in place; returns how many."""
+    """Swap every ``nn.Linear`` inside ``model``'s transformer blocks for :class:`Fp8Linear` in place (the
+    embedders and final layer, under 1% of the weights, stay in bf16); returns how many."""
     swaps = [
         (parent, name, child)
-        for parent in model.modules()
+        for block in stream_blocks(model)
+        for parent in block.modules()
         for name, child in parent.named_children()
         if type(child) is nn.Linear
     ]
@@ -112,7 +118,9 @@ def streaming(pair: vs.Pair, device: torch.device, runs: int, fraction: float, p
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    budget = int(total * fraction)
+    blocks = [weight_bytes(b) for b in stream_blocks(ours)]
+    rest = total - sum(blocks)
+    budget = max(int(total * fraction), rest + 2 * max(blocks))  # never below what streaming needs
     manager = MemoryManager(device=device, mode="none", budget=budget, pin_memory=pin)
     with manager.use(ours):
         with torch.no_grad():
@@ -158,7 +166,7 @@ def main() -> None:
     device = torch.device("cpu" if args.cpu else "cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device here: run on the GPU machine, or pass --cpu (with --tiny) to test")
-    width, depth, size, runs = (256, 1, 8, 2) if args.tiny else (None, args.depth, args.size, args.runs)
+    width, depth, size, runs = (256, 3, 8, 2) if args.tiny else (None, args.depth, args.size, args.runs)
     dtype = torch.bfloat16
     skip = set(filter(None, args.skip.split(",")))
     args.out.mkdir(parents=True, exist_ok=True)
