@@ -135,7 +135,7 @@ def load_text_encoders(
     encoder = make_prompt_encoder(
         family.text, {k: dict(v) for k, v in components.items()}, device=_device(ctx, device)
     )
-    return ClipPayload(encoder)
+    return ClipPayload(encoder, on_host=device == "cpu")
 
 
 def load_vae(ctx: Any, path: Path) -> VAEPayload:

@@ -33,7 +33,7 @@ SEED_MAX = 2**64 - 1
 
 
 def _encode(ctx: Any, text: str, clip: ClipPayload) -> tuple[Any, ...]:
-    with on_device(ctx, *text_networks(clip.encoder)):
+    with on_device(ctx, *([] if clip.on_host else text_networks(clip.encoder))):
         return (ConditioningPayload(clip.encoder.encode([text])),)
 
 

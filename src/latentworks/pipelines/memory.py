@@ -377,7 +377,8 @@ class MemoryManager:
     # -- whole-module moves (no budget) ------------------------------------------------------------
 
     def _move(self, module: nn.Module, device: torch.device) -> None:
-        if _device_of(module) == device:
+        where = _device_of(module)
+        if where is None or _same_device(where, device):
             return
         module.to(device)
         self.moves.append((type(module).__name__, str(device)))
@@ -406,6 +407,11 @@ def tensors_on(modules: Iterable[nn.Module], device: torch.device | str) -> int:
                 seen.add(id(t))
                 total += _nbytes(t)
     return total
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """``cuda`` (the current device) and ``cuda:0`` count as one when either leaves the index open."""
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
 
 
 def _device_of(module: nn.Module) -> torch.device | None:
