@@ -212,3 +212,13 @@ def test_pipeline_with_a_budget_smaller_than_the_model_gives_the_same_latents(ti
     )
     assert pipe.offloader.block_loads > 0 and len(seen) > len(blocks)
     assert max(seen) <= budget + largest and pipe.offloader.peak_bytes <= budget + largest
+
+
+def test_release_during_use_waits_for_the_block_to_end() -> None:
+    net = _randomise(nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8)))
+    manager = MemoryManager(device="cpu", mode="none", budget=10_000)
+    with manager.use(net):
+        manager.release(net)  # e.g. the output cache dropping it while a node still runs it
+        assert manager.managed() == [net]
+        net(torch.ones(1, 8))
+    assert manager.managed() == [] and net[0].weight.device.type == "cpu"

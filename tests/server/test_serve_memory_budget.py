@@ -23,7 +23,15 @@ def test_serve_makes_one_manager_with_the_budget_and_releases_evicted_networks(
     seen: dict[str, Any] = {}
     monkeypatch.setattr(latentworks.server, "serve", lambda registry, host, port, **kw: seen.update(kw))
     args = build_parser().parse_args(
-        ["serve", "--memory-budget", "1.5GB", "--data-dir", str(tmp_path / "d"), "--models-dir", str(tmp_path)]
+        [
+            "serve",
+            "--memory-budget",
+            "1.5GB",
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--models-dir",
+            str(tmp_path),
+        ]
     )
     assert run(args) == 0
     manager = seen["device"]

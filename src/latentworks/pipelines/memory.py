@@ -97,6 +97,7 @@ class _Record:
     units: list[_Unit]
     hooks: list[RemovableHandle]
     in_use: int = 0
+    release_when_idle: bool = False  # release() came while a ``use`` block ran
 
     @property
     def nbytes(self) -> int:
@@ -172,7 +173,9 @@ class MemoryManager:
             for unit in record.units:
                 if unit.transient:  # a block whose forward raised keeps no device copy
                     self._unload(unit)
-            if record.in_use == 0 and self.mode == "model" and not self._is_resident(module):
+            if record.in_use == 0 and record.release_when_idle:
+                self.release(module)
+            elif record.in_use == 0 and self.mode == "model" and not self._is_resident(module):
                 self._unload_all(record)
 
     def offload(self, *modules: nn.Module) -> None:
@@ -188,11 +191,16 @@ class MemoryManager:
 
     def release(self, *modules: nn.Module) -> None:
         """Forget ``modules``: their hooks go and their tensors become the host copies again (a normal
-        module on the offload device). For the server when its output cache drops a network."""
+        module on the offload device). For the server when its output cache drops a network; a module
+        inside a ``use`` block is released when the block ends."""
         for m in modules:
-            record = self._records.pop(id(m), None)
+            record = self._records.get(id(m))
             if record is None or record.module is not m:
                 continue
+            if record.in_use:  # running now: released when its ``use`` block ends
+                record.release_when_idle = True
+                continue
+            del self._records[id(m)]
             for h in record.hooks:
                 h.remove()
             for unit in record.units:
