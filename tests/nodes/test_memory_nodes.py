@@ -87,3 +87,28 @@ def test_the_output_cache_holds_models_by_bytes_and_releases_them_from_the_manag
     assert {id(m) for m in manager.managed()} == {id(nets[0]), id(nets[2])}
     assert nets[1][0].weight.device.type == "cpu"  # released: a plain host module again
     assert len(cache) == 302 and cache.nbytes <= limit
+
+
+def test_vae_loader_reads_only_the_vae_tensors_of_a_whole_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from latentworks.checkpoints.io import LazyStateDict
+    from latentworks.families.load import write_single_file
+    from latentworks.nodes.loaders import split_loader_nodes
+    from support.checkpoints import tiny_sd1_parts
+
+    (tmp_path / "vae").mkdir()
+    path = tmp_path / "vae" / "whole.safetensors"
+    write_single_file(tiny_sd1_parts(path), path)  # U-Net, VAE and CLIP in one file
+    read: list[str] = []
+    real = LazyStateDict.__getitem__
+
+    def spy(self: LazyStateDict, key: str) -> torch.Tensor:
+        read.append(key)
+        return real(self, key)
+
+    monkeypatch.setattr(LazyStateDict, "__getitem__", spy)
+    loader = next(n for n in split_loader_nodes(tmp_path) if n.name == "VAELoader")
+    (vae,) = loader.execute(None, vae_name="whole.safetensors")
+    assert read and all(k.startswith("first_stage_model.") for k in read), sorted(set(read))[:5]
+    assert len(read) == len(vae.vae.state_dict())
