@@ -4,6 +4,7 @@ within the budget, counted by the manager and, independently, from the modules' 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -212,6 +213,10 @@ def test_pipeline_with_a_budget_smaller_than_the_model_gives_the_same_latents(ti
     )
     assert pipe.offloader.block_loads > 0 and len(seen) > len(blocks)
     assert max(seen) <= budget + largest and pipe.offloader.peak_bytes <= budget + largest
+    # a LoRA would patch weights that are not there (meta): refused with a clear message, not skipped
+    pipe.model = dataclasses.replace(pipe.model, loras=(object(),))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="LoRAs cannot be applied to a network streamed block by block"):
+        pipe("a red apple", **run)
 
 
 def test_release_during_use_waits_for_the_block_to_end() -> None:

@@ -212,8 +212,14 @@ class Pipeline:
 
     def encode_prompts(self, prompts: list[str]) -> Conditioning:
         with contextlib.ExitStack() as stack:
-            for m in self._text_networks():
+            nets = self._text_networks()
+            for m in nets:
                 stack.enter_context(self.offloader.use(m))
+            if getattr(self.text_encoder, "loras", None) and any(self.offloader.streaming(m) for m in nets):
+                raise ValueError(
+                    "LoRAs cannot be applied to a text encoder streamed block by block: raise the memory budget "
+                    "(--memory-budget / memory_budget=) to fit it whole, or load the LoRA with strength_text=0"
+                )
             return self.text_encoder.encode(prompts).to(self.device, self.dtype)
 
     # -- LoRA --------------------------------------------------------------------------------------
