@@ -30,6 +30,7 @@ from typing import Any
 from latentworks import families
 from latentworks.families.comfy import CLIP_TYPES, DUAL_CLIP_TYPES, TRIPLE_CLIP_TYPE
 from latentworks.graph.types import InputSpec, NodeSpec, OutputSpec
+from latentworks.nodes.devices import load_device
 from latentworks.nodes.payloads import ClipPayload, ModelPayload, VAEPayload
 
 WEIGHT_SUFFIXES = (".safetensors",)
@@ -88,7 +89,7 @@ def t5_tokenizer_beside(path: Path) -> Path | None:
 
 
 def _device(ctx: Any, device: str = "default") -> Any:
-    return "cpu" if device == "cpu" else (getattr(ctx, "device", None) or "cpu")
+    return load_device(ctx, device)  # host RAM under a memory manager with a budget
 
 
 def load_diffusion_model(ctx: Any, path: Path) -> ModelPayload:
@@ -150,7 +151,7 @@ def load_text_encoders(
         tokenizer_dir=tokenizer,
         device=_device(ctx, device),
     )
-    return ClipPayload(encoder)
+    return ClipPayload(encoder, on_host=device == "cpu")
 
 
 def load_vae(ctx: Any, path: Path) -> VAEPayload:
