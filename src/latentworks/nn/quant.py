@@ -1,0 +1,310 @@
+"""Weights kept in their storage format (fp8, GGUF blocks) and dequantized per operation at compute time.
+
+A :class:`QuantizedTensor` stands in for a weight tensor: it reports the weight's *logical* shape and its
+compute dtype (``bfloat16``, ``float16``, ``float32``), but holds only the stored bytes:
+
+- ``F8_E4M3`` / ``F8_E5M2``: a ``float8_e4m3fn`` / ``float8_e5m2`` tensor of the logical shape, optionally with
+  a float32 ``scale`` (ComfyUI's scaled fp8: ``weight = fp8 * scale_weight``);
+- GGUF block formats (``Q8_0``, ``Q4_0``, ``Q4_1``, ``Q5_0``, ``Q5_1``, ``Q4_K``, ``Q5_K``, ``Q6_K``): a
+  ``uint8`` tensor of shape ``(rows..., bytes per row)``, the blocks laid out as ggml writes them (each row of the
+  logical tensor is quantized on its own, along the last dimension).
+
+Any operation that reads it (``F.linear``, ``F.conv2d``, ``x + w``...) first dequantizes that one tensor to the
+compute dtype, so a model made of them holds its weights at storage size and pays one layer's dense weight at
+a time. Moving it (``.to(device)``) moves the stored bytes; ``.to(dtype)`` changes only the compute dtype, so a
+device manager's ``module.to(...)`` never inflates the weights. Writing into it (``copy_``, ``add_``) raises: a
+stored-format weight cannot be patched in place (LoRAs on such layers use forward hooks).
+
+The block layouts are ggml's (``ggml-quants.c``, ``block_q8_0`` ... ``block_q6_K``); the GGUF dequantization is
+checked against the ``gguf`` package's own ``gguf.quants.dequantize`` in the tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils._pytree import tree_map
+
+FP8_DTYPES: dict[str, torch.dtype] = {"F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+
+# GGUF block formats with a torch kernel here: name -> (values per block, bytes per block).
+GGUF_BLOCKS: dict[str, tuple[int, int]] = {
+    "Q4_0": (32, 2 + 16),
+    "Q4_1": (32, 2 + 2 + 16),
+    "Q5_0": (32, 2 + 4 + 16),
+    "Q5_1": (32, 2 + 2 + 4 + 16),
+    "Q8_0": (32, 2 + 32),
+    "Q4_K": (256, 2 + 2 + 12 + 128),
+    "Q5_K": (256, 2 + 2 + 12 + 32 + 128),
+    "Q6_K": (256, 128 + 64 + 16 + 2),
+}
+
+QTYPES: tuple[str, ...] = (*FP8_DTYPES, *GGUF_BLOCKS)
+
+
+def _half(b: Tensor) -> Tensor:
+    """(n, 2) uint8 -> (n, 1) float32, read as little-endian float16."""
+    return b.contiguous().view(torch.float16).float()
+
+
+def _nibbles(q: Tensor) -> tuple[Tensor, Tensor]:
+    return q & 0xF, q >> 4
+
+
+def _q8_0(b: Tensor) -> Tensor:
+    return _half(b[:, :2]) * b[:, 2:].contiguous().view(torch.int8).float()
+
+
+def _q4_0(b: Tensor) -> Tensor:
+    lo, hi = _nibbles(b[:, 2:])
+    return _half(b[:, :2]) * (torch.cat([lo, hi], 1).float() - 8)
+
+
+def _q4_1(b: Tensor) -> Tensor:
+    lo, hi = _nibbles(b[:, 4:])
+    return _half(b[:, :2]) * torch.cat([lo, hi], 1).float() + _half(b[:, 2:4])
+
+
+def _fifth_bits(qh: Tensor) -> Tensor:
+    """(n, 4) uint8, a little-endian uint32 of high bits -> (n, 32) bits, bit j for value j."""
+    shifts = torch.arange(8, device=qh.device, dtype=torch.uint8)
+    return ((qh[:, :, None] >> shifts) & 1).reshape(qh.shape[0], 32)
+
+
+def _q5(qs: Tensor, qh: Tensor) -> Tensor:
+    lo, hi = _nibbles(qs)
+    return (torch.cat([lo, hi], 1) | (_fifth_bits(qh) << 4)).float()
+
+
+def _q5_0(b: Tensor) -> Tensor:
+    return _half(b[:, :2]) * (_q5(b[:, 6:], b[:, 2:6]) - 16)
+
+
+def _q5_1(b: Tensor) -> Tensor:
+    return _half(b[:, :2]) * _q5(b[:, 8:], b[:, 4:8]) + _half(b[:, 2:4])
+
+
+def _k_scales(s: Tensor) -> tuple[Tensor, Tensor]:
+    """The 12 packed bytes of Q4_K/Q5_K -> (scales, mins), each (n, 8) float: eight 6-bit pairs, the first four
+    in the low 6 bits of bytes 0-3 / 4-7, the last four split over bytes 8-11 (low/high nibble) and the top two
+    bits of bytes 0-3 / 4-7."""
+    sc = torch.cat([s[:, 0:4] & 63, (s[:, 8:12] & 0xF) | ((s[:, 0:4] >> 6) << 4)], 1)
+    mn = torch.cat([s[:, 4:8] & 63, (s[:, 8:12] >> 4) | ((s[:, 4:8] >> 6) << 4)], 1)
+    return sc.float(), mn.float()
+
+
+def _k4_values(qs: Tensor) -> Tensor:
+    """(n, 128) packed nibbles -> (n, 8, 32): four 32-byte chunks, low nibbles first, then high."""
+    q = qs.reshape(qs.shape[0], 4, 32)
+    return torch.stack(_nibbles(q), 2).reshape(qs.shape[0], 8, 32)
+
+
+def _q4_k(b: Tensor) -> Tensor:
+    d, dmin = _half(b[:, 0:2]), _half(b[:, 2:4])
+    sc, mn = _k_scales(b[:, 4:16])
+    q = _k4_values(b[:, 16:144]).float()
+    return (d[:, :, None] * sc[:, :, None] * q - dmin[:, :, None] * mn[:, :, None]).reshape(-1, 256)
+
+
+def _q5_k(b: Tensor) -> Tensor:
+    d, dmin = _half(b[:, 0:2]), _half(b[:, 2:4])
+    sc, mn = _k_scales(b[:, 4:16])
+    qh = b[:, 16:48]  # bit k of qh[l] is the fifth bit of value l of sub-block k
+    shifts = torch.arange(8, device=b.device, dtype=torch.uint8)[None, :, None]
+    high = (qh[:, None, :] >> shifts) & 1  # (n, 8, 32)
+    q = (_k4_values(b[:, 48:176]) | (high << 4)).float()
+    return (d[:, :, None] * sc[:, :, None] * q - dmin[:, :, None] * mn[:, :, None]).reshape(-1, 256)
+
+
+def _q6_k(b: Tensor) -> Tensor:
+    n = b.shape[0]
+    ql = b[:, 0:128].reshape(n, 2, 64)  # two halves of 128 values
+    qh = b[:, 128:192].reshape(n, 2, 32)
+    sc = b[:, 192:208].contiguous().view(torch.int8).float()  # (n, 16), one per 16 values
+    d = _half(b[:, 208:210])
+    low = torch.cat(_nibbles(ql), 2)  # (n, 2, 128): values l, l+32 from low nibbles, l+64, l+96 from high
+    shifts = torch.tensor([0, 2, 4, 6], device=b.device, dtype=torch.uint8)[None, None, :, None]
+    high = ((qh[:, :, None, :] >> shifts) & 3).reshape(n, 2, 128)
+    q = ((low | (high << 4)).float() - 32).reshape(n, 16, 16)
+    return (d[:, :, None] * sc[:, :, None] * q).reshape(n, 256)
+
+
+_KERNELS: dict[str, Callable[[Tensor], Tensor]] = {
+    "Q4_0": _q4_0,
+    "Q4_1": _q4_1,
+    "Q5_0": _q5_0,
+    "Q5_1": _q5_1,
+    "Q8_0": _q8_0,
+    "Q4_K": _q4_k,
+    "Q5_K": _q5_k,
+    "Q6_K": _q6_k,
+}
+
+
+def gguf_byte_shape(qtype: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The ``uint8`` shape that holds a ``qtype`` tensor of logical ``shape`` (last dim in blocks)."""
+    per, nbytes = GGUF_BLOCKS[qtype]
+    if not shape or shape[-1] % per:
+        raise ValueError(f"a {qtype} tensor's last dimension must be a multiple of {per}, got shape {shape}")
+    return (*shape[:-1], shape[-1] // per * nbytes)
+
+
+def dequantize_gguf(data: Tensor, qtype: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    """The dense ``dtype`` tensor of logical ``shape`` held by the ``uint8`` GGUF blocks ``data``."""
+    if qtype not in _KERNELS:
+        raise ValueError(f"no dequantization kernel for GGUF type {qtype}; known: {', '.join(_KERNELS)}")
+    nbytes = GGUF_BLOCKS[qtype][1]
+    blocks = data.reshape(-1, nbytes)
+    return _KERNELS[qtype](blocks).reshape(shape).to(dtype)
+
+
+class QuantizedTensor(Tensor):
+    """A weight in its storage format that behaves as a dense tensor of ``shape`` and ``dtype`` (see the module
+    docstring). ``qdata``: the stored tensor (fp8 of the logical shape, or GGUF ``uint8`` blocks); ``qtype``: one
+    of :data:`QTYPES`; ``scale``: a float32 scalar multiplying fp8 values, or None."""
+
+    qdata: Tensor
+    qtype: str
+    scale: Tensor | None
+
+    @staticmethod
+    def __new__(
+        cls,
+        qdata: Tensor,
+        qtype: str,
+        shape: tuple[int, ...] | torch.Size,
+        dtype: torch.dtype,
+        scale: Tensor | None = None,
+    ) -> QuantizedTensor:
+        if qtype not in QTYPES:
+            raise ValueError(f"unknown storage format {qtype!r}; known: {', '.join(QTYPES)}")
+        if qtype in FP8_DTYPES and (qdata.dtype != FP8_DTYPES[qtype] or tuple(qdata.shape) != tuple(shape)):
+            raise ValueError(f"{qtype} data must be {FP8_DTYPES[qtype]} of shape {tuple(shape)}")
+        if qtype in GGUF_BLOCKS and (
+            qdata.dtype != torch.uint8 or qdata.numel() != _numel(gguf_byte_shape(qtype, tuple(shape)))
+        ):
+            raise ValueError(
+                f"{qtype} data for shape {tuple(shape)} must be {_numel(gguf_byte_shape(qtype, tuple(shape)))} "
+                f"uint8 bytes, got {qdata.numel()} {qdata.dtype}"
+            )
+        out = Tensor._make_wrapper_subclass(cls, tuple(shape), dtype=dtype, device=qdata.device)
+        out.qdata, out.qtype, out.scale = qdata, qtype, scale
+        return out
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__()
+
+    def __repr__(self) -> str:  # type: ignore[override]
+        scaled = ", scaled" if self.scale is not None else ""
+        return f"QuantizedTensor({self.qtype}{scaled}, shape={tuple(self.shape)}, dtype={self.dtype}, device={self.device})"
+
+    @property
+    def stored_bytes(self) -> int:
+        """Bytes the stored form takes (data plus scale)."""
+        extra = 0 if self.scale is None else self.scale.numel() * self.scale.element_size()
+        return self.qdata.numel() * self.qdata.element_size() + extra
+
+    def dequantize(self, dtype: torch.dtype | None = None) -> Tensor:  # type: ignore[override]
+        """The dense tensor, in ``dtype`` (default: the compute dtype)."""
+        dtype = dtype or self.dtype
+        if self.qtype in FP8_DTYPES:
+            if self.scale is None:
+                return self.qdata.to(dtype)
+            return (self.qdata.to(torch.float32) * self.scale.to(torch.float32)).to(dtype)
+        return dequantize_gguf(self.qdata, self.qtype, tuple(self.shape), dtype)
+
+    def _like(
+        self, qdata: Tensor, scale: Tensor | None, dtype: torch.dtype | None = None
+    ) -> QuantizedTensor:
+        return QuantizedTensor(qdata, self.qtype, tuple(self.shape), dtype or self.dtype, scale)
+
+    __torch_function__ = torch._C._disabled_torch_function_impl  # type: ignore[assignment]
+
+    @classmethod
+    def __torch_dispatch__(
+        cls, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        aten = torch.ops.aten
+        first = args[0] if args else None
+        if isinstance(first, QuantizedTensor):
+            if func in (aten.detach.default, aten.alias.default):
+                return first._like(first.qdata, first.scale)
+            if func is aten.clone.default:
+                scale = None if first.scale is None else first.scale.clone()
+                return first._like(first.qdata.clone(), scale)
+            if func is aten._to_copy.default:
+                device = kwargs.get("device")
+                dtype = kwargs.get("dtype")
+                moved = first.qdata if device is None else first.qdata.to(device)
+                scale = first.scale if (device is None or first.scale is None) else first.scale.to(device)
+                keep = dtype if dtype is not None and dtype.is_floating_point else None
+                if dtype is not None and not dtype.is_floating_point:  # e.g. .to(torch.int8): dense cast
+                    return first.dequantize().to(dtype=dtype, device=device)
+                return first._like(moved, scale, keep)
+        schema = func._schema
+        for i, arg in enumerate(schema.arguments):
+            info = arg.alias_info
+            if info is not None and info.is_write:
+                value = args[i] if i < len(args) else kwargs.get(arg.name)
+                if isinstance(value, QuantizedTensor):
+                    raise RuntimeError(
+                        f"cannot write into a weight stored as {value.qtype} ({func}): stored-format weights are "
+                        "read-only; load the model in bf16/fp16 to change its weights in place"
+                    )
+
+        def unwrap(x: Any) -> Any:
+            return x.dequantize() if isinstance(x, QuantizedTensor) else x
+
+        return func(*tree_map(unwrap, args), **tree_map(unwrap, kwargs))
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def is_quantized(t: object) -> bool:
+    """Whether ``t`` is a weight kept in a storage format (a :class:`QuantizedTensor`)."""
+    return isinstance(t, QuantizedTensor)
+
+
+def fp8_quantize(
+    t: Tensor, qtype: str = "F8_E4M3", *, scaled: bool = False, dtype: torch.dtype | None = None
+) -> QuantizedTensor:
+    """``t`` stored as fp8 (``F8_E4M3`` or ``F8_E5M2``), computing in ``dtype`` (default ``t.dtype``).
+
+    ``scaled``: store ``t / scale`` with ``scale = max|t| / fp8 max`` (one float32 per tensor, ComfyUI's
+    scaled fp8), which uses fp8's whole range; unscaled values are cast as they are (saturating at the max).
+    """
+    fp8 = FP8_DTYPES[qtype]
+    limit = torch.finfo(fp8).max
+    dense = t.detach()
+    if scaled:
+        amax = dense.abs().amax().float()
+        scale = (amax / limit).clamp(min=torch.finfo(torch.float32).tiny).reshape(())
+        data = (dense.float() / scale).clamp(-limit, limit).to(fp8)
+        return QuantizedTensor(data, qtype, tuple(t.shape), dtype or t.dtype, scale)
+    data = dense.float().clamp(-limit, limit).to(fp8)
+    return QuantizedTensor(data, qtype, tuple(t.shape), dtype or t.dtype, None)
+
+
+def storage_format(t: Tensor) -> str:
+    """A short name for how ``t`` is stored: ``Q4_K``, ``F8_E4M3 scaled``, or the dtype (``bfloat16``)."""
+    if isinstance(t, QuantizedTensor):
+        return t.qtype + (" scaled" if t.scale is not None else "")
+    return str(t.dtype).removeprefix("torch.")
+
+
+def fp8_compute_available(device: torch.device | str) -> bool:
+    """Whether ``device`` multiplies fp8 matrices natively (CUDA compute capability 8.9 or newer). Weights
+    stored in fp8 are upcast per layer either way; this only decides whether that is a fallback."""
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    return torch.cuda.get_device_capability(device) >= (8, 9)
