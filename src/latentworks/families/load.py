@@ -28,7 +28,8 @@ import torch
 from torch import Tensor
 
 from latentworks.checkpoints.detect import detect_vae, find_vae_prefix, text_encoder_prefixes
-from latentworks.checkpoints.io import PICKLE_SUFFIXES, LazyStateDict, load_state_dict, save_file_atomic
+from latentworks.checkpoints.formats import cast_to_fp8, open_storage
+from latentworks.checkpoints.io import PICKLE_SUFFIXES, load_state_dict, save_file_atomic
 from latentworks.checkpoints.keymaps.sd_diffusers import vae_from_diffusers
 from latentworks.checkpoints.keymaps.sd_ldm import ours_to_vae_ldm, vae_ldm_to_ours
 from latentworks.diffusion.latent_formats import LatentFormat
@@ -41,7 +42,7 @@ from latentworks.models.text.clip import clip_config_from_shapes
 from latentworks.models.text.layouts import detect_text_encoder, hf_to_open_clip, open_clip_to_hf, to_hf_clip
 from latentworks.models.text.t5 import t5_config_from_shapes
 
-CHECKPOINT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
+CHECKPOINT_SUFFIXES = (".safetensors", ".gguf", *PICKLE_SUFFIXES)
 
 
 @dataclass
@@ -103,23 +104,30 @@ class _Prefixed(Mapping[str, Tensor]):
 def open_weights(
     path: str | Path, *, dtype: torch.dtype | None = None, allow_pickle: bool = False
 ) -> Mapping[str, Tensor]:
-    """A lazy mapping over a safetensors file (or, with ``allow_pickle``, a loaded pickle's tensors)."""
+    """A lazy mapping over a safetensors or GGUF file (or, with ``allow_pickle``, a loaded pickle's tensors).
+
+    fp8 tensors (plain or ComfyUI-scaled) and GGUF blocks stay in their storage format as
+    :class:`~latentworks.nn.quant.QuantizedTensor` weights computing in ``dtype``
+    (:func:`~latentworks.checkpoints.formats.open_storage`); other floating-point tensors are cast to ``dtype``.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.suffix.lower() == ".safetensors":
-        return LazyStateDict(path, dtype=dtype)
+    if path.suffix.lower() in (".safetensors", ".gguf"):
+        return open_storage(path, dtype=dtype)
     if path.suffix.lower() in PICKLE_SUFFIXES:
         return load_state_dict(path, dtype=dtype, allow_pickle=allow_pickle)
     raise ValueError(
-        f"{path}: unknown checkpoint type {path.suffix!r}; expected .safetensors (or, with --allow-pickle, "
+        f"{path}: unknown checkpoint type {path.suffix!r}; expected .safetensors or .gguf (or, with --allow-pickle, "
         f"one of {', '.join(PICKLE_SUFFIXES)})"
     )
 
 
 def _shapes(weights: Mapping[str, Tensor]) -> dict[str, tuple[int, ...]]:
-    if isinstance(weights, LazyStateDict):
-        return dict(weights.shapes())
+    """Every tensor's (logical) shape: from the header for lazy files (GGUF and fp8 ones included)."""
+    shapes = getattr(weights, "shapes", None)
+    if callable(shapes):
+        return dict(shapes())
     return {k: tuple(v.shape) for k, v in weights.items()}
 
 
@@ -157,6 +165,7 @@ def read_checkpoint(
     prediction: str | None = None,
     dtype: torch.dtype | None = None,
     allow_pickle: bool = False,
+    weight_dtype: str = "default",
 ) -> CheckpointParts:
     """Read a single file or a diffusers folder (plus optional component files) into :class:`CheckpointParts`.
 
@@ -168,12 +177,19 @@ def read_checkpoint(
         prediction: override the detected objective (``eps`` | ``v`` | ``flow``), e.g. for SD 2.x v models.
         dtype: cast floating-point weights to this while reading (None keeps the file's).
         allow_pickle: accept ``.ckpt/.pt/.pth/.bin`` (loaded with ``torch.load(weights_only=True)``).
+        weight_dtype: UNETLoader's choice: ``default`` keeps the file's storage (fp8 and GGUF weights stay
+            quantized); ``fp8_e4m3fn`` / ``fp8_e4m3fn_fast`` / ``fp8_e5m2`` store the denoiser's weight matrices
+            in that fp8 format as they are read (:func:`~latentworks.checkpoints.formats.cast_to_fp8`).
     """
     path = Path(path)
     if path.is_dir():
         parts = _read_folder(path, dtype=dtype, allow_pickle=allow_pickle, prediction=prediction)
+        if weight_dtype != "default":
+            parts.denoiser_state = cast_to_fp8(parts.denoiser_state, weight_dtype)
     else:
-        parts = _read_file(path, dtype=dtype, allow_pickle=allow_pickle, prediction=prediction)
+        parts = _read_file(
+            path, dtype=dtype, allow_pickle=allow_pickle, prediction=prediction, weight_dtype=weight_dtype
+        )
     if vae is not None:
         weights = open_weights(vae, dtype=dtype, allow_pickle=allow_pickle)
         parts.vae_config, parts.vae_state = read_vae(weights, source=str(vae))
@@ -189,14 +205,19 @@ def read_checkpoint(
 
 
 def _read_file(
-    path: Path, *, dtype: torch.dtype | None, allow_pickle: bool, prediction: str | None
+    path: Path,
+    *,
+    dtype: torch.dtype | None,
+    allow_pickle: bool,
+    prediction: str | None,
+    weight_dtype: str = "default",
 ) -> CheckpointParts:
     weights = open_weights(path, dtype=dtype, allow_pickle=allow_pickle)
     shapes = _shapes(weights)
     found = detect_checkpoint(
         shapes, get_tensor=lambda k: weights[k], source=path.name, prediction=prediction
     )
-    denoiser = _Prefixed(weights, found.denoiser_prefix)
+    denoiser: Mapping[str, Tensor] = cast_to_fp8(_Prefixed(weights, found.denoiser_prefix), weight_dtype)
     assert found.architecture.from_original is not None  # detected architectures have an original layout
     state = found.architecture.from_original(denoiser, found.denoiser_config)
     vae_config, vae_state = None, None

@@ -216,15 +216,13 @@ class QuantizedTensor(Tensor):
             return (self.qdata.to(torch.float32) * self.scale.to(torch.float32)).to(dtype)
         return dequantize_gguf(self.qdata, self.qtype, tuple(self.shape), dtype)
 
-    def _like(
-        self, qdata: Tensor, scale: Tensor | None, dtype: torch.dtype | None = None
-    ) -> QuantizedTensor:
+    def _like(self, qdata: Tensor, scale: Tensor | None, dtype: torch.dtype | None = None) -> QuantizedTensor:
         return QuantizedTensor(qdata, self.qtype, tuple(self.shape), dtype or self.dtype, scale)
 
     __torch_function__ = torch._C._disabled_torch_function_impl  # type: ignore[assignment]
 
     @classmethod
-    def __torch_dispatch__(
+    def __torch_dispatch__(  # type: ignore[override]
         cls, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
     ) -> Any:
         kwargs = kwargs or {}
