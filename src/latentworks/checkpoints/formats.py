@@ -137,16 +137,16 @@ class Fp8StateDict(Mapping[str, Tensor]):
         all_shapes = self.lazy.shapes()
         return {k: all_shapes[k] for k in self._keys}
 
-    def formats(self) -> Counter[str]:
-        """How many tensors the file stores in each format (``F8_E4M3 scaled``, ``bfloat16``...)."""
-        out: Counter[str] = Counter()
+    def formats(self) -> dict[str, str]:
+        """Each tensor's storage format (``F8_E4M3 scaled``, ``bfloat16``...)."""
+        out: dict[str, str] = {}
         for k in self._keys:
             dt = self._dtypes[k]
             name = next((q for q, d in FP8_DTYPES.items() if d == dt), None)
             if name is None:
-                out[str(dt).removeprefix("torch.")] += 1
+                out[k] = str(dt).removeprefix("torch.")
             else:
-                out[name + (" scaled" if k in self._scale_of else "")] += 1
+                out[k] = name + (" scaled" if k in self._scale_of else "")
         return out
 
 
@@ -297,9 +297,9 @@ class GGUFStateDict(Mapping[str, Tensor]):
         """Every tensor's logical shape, from the header."""
         return {k: v[1] for k, v in self._entries.items()}
 
-    def formats(self) -> Counter[str]:
-        """How many tensors the file stores in each GGUF type."""
-        return Counter(self.qtypes.values())
+    def formats(self) -> dict[str, str]:
+        """Each tensor's GGUF type."""
+        return dict(self.qtypes)
 
     def nbytes(self) -> int:
         return sum(v[3] for v in self._entries.values())
@@ -368,19 +368,25 @@ _SHORT = {
 
 
 def describe_storage(path: str | os.PathLike[str]) -> str:
-    """The storage formats of a weight file, most tensors first: ``"bf16 (312 tensors)"``,
-    ``"fp8 e4m3fn scaled (240), bf16 (72)"``, ``"GGUF Q4_K (200), F32 (100)"``."""
+    """The storage formats of a weight file, the one holding most values first, with tensor counts:
+    ``"bf16 (312 tensors)"``, ``"fp8 e4m3fn scaled (240 tensors), bf16 (72)"``, ``"GGUF Q4_K (200 tensors), F32 (100)"``.
+    """
     weights = open_storage(path)
+    shapes = weights.shapes()  # type: ignore[attr-defined]
     if isinstance(weights, GGUFStateDict | Fp8StateDict):
-        counts = weights.formats()
+        formats = weights.formats()
     else:
         assert isinstance(weights, LazyStateDict)
-        counts = Counter(str(d).removeprefix("torch.") for d in weights.dtypes().values())
+        formats = {k: str(d).removeprefix("torch.") for k, d in weights.dtypes().items()}
+    tensors: Counter[str] = Counter(formats.values())
+    values: Counter[str] = Counter()
+    for k, name in formats.items():
+        values[name] += _numel(shapes[k])
     parts = []
-    for i, (name, n) in enumerate(counts.most_common()):
+    for i, (name, _) in enumerate(values.most_common()):
         base, _, scaled = name.partition(" ")
         label = _SHORT.get(base, base) + (f" {scaled}" if scaled else "")
-        parts.append(f"{label} ({n}{' tensors' if i == 0 else ''})")
+        parts.append(f"{label} ({tensors[name]}{' tensors' if i == 0 else ''})")
     prefix = "GGUF " if isinstance(weights, GGUFStateDict) else ""
     extra = ""
     if isinstance(weights, Fp8StateDict) and weights.scaled:

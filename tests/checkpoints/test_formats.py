@@ -1,0 +1,233 @@
+"""Weight formats: fp8 (e4m3fn, e5m2, ComfyUI scaled) and GGUF (Q8_0, Q4_0, Q5_0, Q6_K) files load with their
+weights kept in the storage format, and give the outputs of a dense model built from the oracle's dense weights
+(torch fp8 casts; ``gguf.quants.dequantize``) exactly, and those of the bf16 source up to the quantization error.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from support.formats import write_gguf, write_safetensors
+
+from latentworks.checkpoints.formats import GGUFStateDict, describe_storage
+from latentworks.checkpoints.io import CheckpointError, build_on_meta
+from latentworks.checkpoints.keymaps.flux_bfl import flux_bfl_to_ours, ours_to_flux_bfl
+from latentworks.diffusion.conditioning import Conditioning
+from latentworks.families.load import read_checkpoint
+from latentworks.models.flux import Flux, FluxConfig
+from latentworks.nn.quant import GGUF_BLOCKS, QuantizedTensor, dequantize_gguf, fp8_quantize, storage_format
+from latentworks.pipelines.loading import model_from_parts
+
+gguf = pytest.importorskip("gguf")
+from gguf import quants  # noqa: E402
+
+# FLUX.1's head layout (head_dim 128, RoPE axes 16/56/56) at width 256, so detection reads the config back exactly;
+# widths that are multiples of 256 let the K-quants quantize every matrix but img_in (64 inputs: stays F32).
+CONFIG = FluxConfig(
+    in_channels=16, width=256, num_heads=2, double_depth=1, single_depth=2, context_dim=256, pooled_dim=256,
+    axes_dim=(16, 56, 56), guidance_embed=True,
+)  # fmt: skip
+
+# Relative output error against the bf16 source, as measured (docs/results.md); bounds at about 2x.
+ERROR_BOUNDS = {
+    "bf16": 0.0,
+    "fp16": 0.01,
+    "fp8_e4m3fn": 0.12,
+    "fp8_e5m2": 0.25,
+    "fp8_scaled": 0.12,
+    "Q8_0": 0.03,
+    "Q6_K": 0.08,
+    "Q5_0": 0.2,
+    "Q4_0": 0.4,
+}
+
+
+@pytest.fixture(scope="module")
+def source() -> dict[str, torch.Tensor]:
+    """The tiny FLUX in BFL single-file layout, bf16 values (what every other format is made from)."""
+    torch.manual_seed(0)
+    net = Flux(CONFIG)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn_like(p) * 0.05)
+    return {k: v.to(torch.bfloat16) for k, v in ours_to_flux_bfl(net.state_dict(), CONFIG).items()}
+
+
+def _inputs() -> tuple[torch.Tensor, torch.Tensor, Conditioning]:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 16, 16, 16, generator=g)
+    cond = Conditioning(
+        tokens=torch.randn(1, 8, 256, generator=g),
+        pooled=torch.randn(1, 256, generator=g),
+        extra={"guidance": torch.tensor([3.5])},
+    )
+    return x, torch.tensor([0.6]), cond
+
+
+def _dense_output(state: dict[str, torch.Tensor]) -> torch.Tensor:
+    net = build_on_meta(Flux, CONFIG, flux_bfl_to_ours({k: v.float() for k, v in state.items()}, CONFIG))
+    with torch.no_grad():
+        return net(*_inputs())
+
+
+def _write(source: dict[str, torch.Tensor], folder: Path, fmt: str) -> tuple[Path, dict[str, torch.Tensor]]:
+    if fmt.startswith("Q"):
+        path = folder / f"flux_{fmt}.gguf"
+        return path, write_gguf(source, path, fmt)
+    path = folder / f"flux_{fmt}.safetensors"
+    return path, write_safetensors(source, path, fmt)
+
+
+@pytest.mark.parametrize("fmt", list(ERROR_BOUNDS))
+def test_format_gives_the_oracle_output_and_the_source_output_up_to_quantization(
+    source: dict[str, torch.Tensor], tmp_path: Path, fmt: str
+) -> None:
+    path, oracle = _write(source, tmp_path, fmt)
+    parts = read_checkpoint(path, dtype=torch.float32)
+    assert parts.family.name == "flux-dev" and parts.denoiser_config == CONFIG  # detected from logical shapes
+    net = model_from_parts(parts, without_vae=True).denoiser_net
+    quantized = [p for p in net.parameters() if isinstance(p, QuantizedTensor)]
+    if fmt in ("bf16", "fp16"):
+        assert not quantized
+    else:
+        assert len(quantized) >= 25  # every matrix but (for K-quants) img_in stays in its storage format
+        want = "F8_E4M3" if fmt in ("fp8_e4m3fn", "fp8_scaled") else "F8_E5M2" if fmt == "fp8_e5m2" else fmt
+        assert {p.qtype for p in quantized} == {want}
+        assert all((p.scale is not None) == (fmt == "fp8_scaled") for p in quantized)
+    with torch.no_grad():
+        out = net(*_inputs())
+    torch.testing.assert_close(out, _dense_output(oracle), rtol=1e-5, atol=1e-5)
+    reference = _dense_output(source)
+    error = float((out - reference).norm() / reference.norm())
+    assert error <= ERROR_BOUNDS[fmt] + 1e-6, f"{fmt}: relative output error {error:.4f}"
+
+
+def _random_blocks(qtype: str, rows: int, cols: int, seed: int) -> np.ndarray:
+    """Random GGUF blocks (every byte pattern is a valid block) with finite, moderate float16 scales."""
+    per, nbytes = GGUF_BLOCKS[qtype]
+    rng = np.random.default_rng(seed)
+    raw = rng.integers(0, 256, size=(rows, cols // per * nbytes), dtype=np.uint8)
+    blocks = raw.reshape(-1, nbytes)
+    halves = {"Q6_K": (208,), "Q4_1": (0, 2), "Q5_1": (0, 2), "Q4_K": (0, 2), "Q5_K": (0, 2)}.get(qtype, (0,))
+    for at in halves:
+        values = rng.uniform(-0.1, 0.1, size=blocks.shape[0]).astype(np.float16)
+        blocks[:, at : at + 2] = values.view(np.uint8).reshape(-1, 2)
+    return raw
+
+
+@pytest.mark.parametrize("qtype", list(GGUF_BLOCKS))
+def test_gguf_dequantization_equals_the_gguf_package(qtype: str) -> None:
+    raw = _random_blocks(qtype, 3, 512, seed=len(qtype))
+    want = quants.dequantize(raw, gguf.GGMLQuantizationType[qtype])
+    got = dequantize_gguf(torch.from_numpy(raw.copy()), qtype, (3, 512), torch.float32)
+    np.testing.assert_array_equal(got.numpy(), want)
+
+
+@pytest.mark.parametrize("qtype, fp8", [("F8_E4M3", torch.float8_e4m3fn), ("F8_E5M2", torch.float8_e5m2)])
+def test_fp8_storage_round_trips_like_torch_casts(qtype: str, fp8: torch.dtype) -> None:
+    w = torch.randn(64, 96) * 3
+    plain = fp8_quantize(w, qtype)
+    assert plain.qdata.dtype == fp8 and plain.stored_bytes == w.numel()
+    torch.testing.assert_close(plain.dequantize(), w.to(fp8).float(), rtol=0, atol=0)
+    scaled = fp8_quantize(w, qtype, scaled=True)
+    scale = w.abs().amax() / torch.finfo(fp8).max
+    torch.testing.assert_close(scaled.dequantize(), (w / scale).to(fp8).float() * scale, rtol=1e-6, atol=0)
+    assert storage_format(scaled) == f"{qtype} scaled"
+
+
+def test_quantized_weight_moves_without_inflating_and_refuses_writes() -> None:
+    layer = torch.nn.Linear(96, 64)
+    q = fp8_quantize(layer.weight.detach(), "F8_E4M3", dtype=torch.float32)
+    layer.weight = torch.nn.Parameter(q, requires_grad=False)
+    x = torch.randn(5, 96)
+    torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, q.dequantize(), layer.bias))
+    layer.to(torch.bfloat16)  # what a device manager's module.to(dtype) does: the compute dtype changes
+    assert isinstance(layer.weight, QuantizedTensor) and layer.weight.dtype == torch.bfloat16
+    assert layer.weight.qdata.dtype == torch.float8_e4m3fn
+    layer.to("meta")
+    assert layer.weight.qdata.device.type == "meta" and isinstance(layer.weight, QuantizedTensor)
+    with pytest.raises(RuntimeError, match="cannot write into a weight stored as F8_E4M3"), torch.no_grad():
+        q.add_(1.0)
+
+
+def test_weight_dtype_stores_the_denoiser_in_fp8(source: dict[str, torch.Tensor], tmp_path: Path) -> None:
+    path, _ = _write(source, tmp_path, "bf16")
+    for weight_dtype, fp8 in (("fp8_e4m3fn", torch.float8_e4m3fn), ("fp8_e5m2", torch.float8_e5m2)):
+        parts = read_checkpoint(path, dtype=torch.float32, weight_dtype=weight_dtype)
+        net = model_from_parts(parts, without_vae=True).denoiser_net
+        matrices = [p for p in net.parameters() if p.ndim >= 2]
+        assert matrices and all(isinstance(p, QuantizedTensor) and p.qdata.dtype == fp8 for p in matrices)
+        assert all(not isinstance(p, QuantizedTensor) for p in net.parameters() if p.ndim < 2)
+        oracle = {k: (v.float().to(fp8).float() if v.ndim >= 2 else v.float()) for k, v in source.items()}
+        with torch.no_grad():
+            torch.testing.assert_close(net(*_inputs()), _dense_output(oracle), rtol=1e-5, atol=1e-5)
+
+
+def test_describe_storage_names_the_formats(source: dict[str, torch.Tensor], tmp_path: Path) -> None:
+    n = len(source)
+    matrices = sum(v.ndim >= 2 for v in source.values())
+    k_quantized = sum(v.ndim >= 2 and v.shape[-1] % 256 == 0 for v in source.values())
+    assert describe_storage(_write(source, tmp_path, "bf16")[0]) == f"bf16 ({n} tensors)"
+    assert describe_storage(_write(source, tmp_path, "fp8_scaled")[0]) == (
+        f"fp8 e4m3fn scaled ({matrices} tensors), bf16 ({n - matrices}); ComfyUI scaled fp8 (asks for fp8 matmul)"
+    )
+    assert describe_storage(_write(source, tmp_path, "Q6_K")[0]) == (
+        f"GGUF Q6_K ({k_quantized} tensors), F32 ({n - k_quantized})"
+    )
+
+
+# -- bad input ---------------------------------------------------------------------------------------------
+
+
+def test_truncated_and_garbage_gguf_files_are_clear_errors(
+    source: dict[str, torch.Tensor], tmp_path: Path
+) -> None:
+    path, _ = _write(source, tmp_path, "Q8_0")
+    data = path.read_bytes()
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(
+        CheckpointError, match=r"cut\.gguf: .*(runs past the end|header cannot be read).* truncated"
+    ):
+        read_checkpoint(cut)
+    header_cut = tmp_path / "header_cut.gguf"
+    header_cut.write_bytes(data[:200])
+    with pytest.raises(
+        CheckpointError, match=r"header_cut\.gguf: the GGUF header cannot be read .* truncated"
+    ):
+        read_checkpoint(header_cut)
+    garbage = tmp_path / "garbage.gguf"
+    garbage.write_bytes(b"\x89PNG" + bytes(100))
+    with pytest.raises(CheckpointError, match=r"garbage\.gguf: not a GGUF file \(it starts with b'\\x89PNG'"):
+        read_checkpoint(garbage)
+    bad_counts = tmp_path / "bad_counts.gguf"
+    bad_counts.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 2**40, 2**40))
+    with pytest.raises(CheckpointError, match=r"bad_counts\.gguf: the GGUF header cannot be read"):
+        read_checkpoint(bad_counts)
+
+
+@pytest.mark.parametrize(
+    "arch, message",
+    [
+        ("wan", r"GGUF architecture 'wan' is a ComfyUI-GGUF model type that latentworks does not run; supported: "
+                r"flux \(FLUX\.1\)"),
+        ("llama", r"a GGUF text encoder \(architecture 'llama'.*use the safetensors"),
+        ("gpt2000", r"GGUF architecture 'gpt2000' is not a diffusion-model architecture"),
+    ],
+)  # fmt: skip
+def test_gguf_of_an_unknown_architecture_is_a_clear_error(tmp_path: Path, arch: str, message: str) -> None:
+    path = tmp_path / f"{arch}.gguf"
+    write_gguf({"blocks.0.weight": torch.randn(32, 64)}, path, "Q8_0", arch=arch)
+    with pytest.raises(CheckpointError, match=message):
+        GGUFStateDict(path)
+
+
+def test_gguf_of_a_known_architecture_but_no_model_names_what_was_looked_for(tmp_path: Path) -> None:
+    path = tmp_path / "odd.gguf"
+    write_gguf({"blocks.0.weight": torch.randn(32, 64)}, path, "Q8_0", arch="flux")
+    with pytest.raises(ValueError, match=r"odd\.gguf: no denoiser keys found"):
+        read_checkpoint(path)
