@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from support.formats import write_gguf, write_safetensors
 
 from latentworks.checkpoints.formats import GGUFStateDict, describe_storage
 from latentworks.checkpoints.io import CheckpointError, build_on_meta
@@ -21,6 +20,7 @@ from latentworks.families.load import read_checkpoint
 from latentworks.models.flux import Flux, FluxConfig
 from latentworks.nn.quant import GGUF_BLOCKS, QuantizedTensor, dequantize_gguf, fp8_quantize, storage_format
 from latentworks.pipelines.loading import model_from_parts
+from support.formats import write_gguf, write_safetensors
 
 gguf = pytest.importorskip("gguf")
 from gguf import quants  # noqa: E402
