@@ -392,3 +392,38 @@ def describe_storage(path: str | os.PathLike[str]) -> str:
     if isinstance(weights, Fp8StateDict) and weights.scaled:
         extra = "; ComfyUI scaled fp8" + (" (asks for fp8 matmul)" if weights.fp8_matmul else "")
     return prefix + ", ".join(parts) + extra
+
+
+# `latentworks convert --weight-dtype` choices -> (fp8 format, with ComfyUI's per-tensor scales)
+FP8_FILE_FORMATS: dict[str, tuple[str, bool]] = {
+    "fp8_e4m3fn": ("F8_E4M3", False),
+    "fp8_e4m3fn_scaled": ("F8_E4M3", True),
+    "fp8_e5m2": ("F8_E5M2", False),
+}
+
+
+def fp8_file_tensors(tensors: Mapping[str, Tensor], prefix: str, weight_dtype: str) -> dict[str, Tensor]:
+    """``tensors`` with the weight matrices under ``prefix`` (e.g. ``model.diffusion_model.``) stored in fp8, as
+    ComfyUI's fp8 files store them (``weight_dtype`` in :data:`FP8_FILE_FORMATS`); other tensors unchanged.
+
+    ``fp8_e4m3fn_scaled`` writes ComfyUI's scaled fp8: per quantized weight a float32 ``<layer>.scale_weight``
+    (``max|w| / 448``) and the marker ``<prefix>scaled_fp8`` (an empty ``float8_e4m3fn`` tensor).
+    """
+    if weight_dtype not in FP8_FILE_FORMATS:
+        raise ValueError(f"weight_dtype must be one of {', '.join(FP8_FILE_FORMATS)}, got {weight_dtype!r}")
+    qtype, scaled = FP8_FILE_FORMATS[weight_dtype]
+    out: dict[str, Tensor] = {}
+    for k, v in tensors.items():
+        dense = v.dequantize() if isinstance(v, QuantizedTensor) else v
+        if not (
+            k.startswith(prefix) and dense.is_floating_point() and dense.ndim >= 2 and k.endswith(".weight")
+        ):
+            out[k] = dense
+            continue
+        q = fp8_quantize(dense, qtype, scaled=scaled)
+        out[k] = q.qdata
+        if q.scale is not None:
+            out[k.removesuffix(".weight") + ".scale_weight"] = q.scale
+    if scaled:
+        out[prefix + SCALED_FP8_MARKER] = torch.empty(0, dtype=FP8_DTYPES[qtype])
+    return out

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from latentworks.atomic import atomic_write_bytes
+from latentworks.nn.quant import QuantizedTensor
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 _CHUNK_BYTES = 1 << 20  # casting reads go through one buffer of this size
@@ -76,7 +77,7 @@ def save_file_atomic(
     """Save ``tensors`` as safetensors at ``path`` atomically.
 
     Tensors are made contiguous and moved to CPU; tensors that share memory are cloned (safetensors
-    refuses shared storage). ``metadata`` values must be strings.
+    refuses shared storage); weights kept in a storage format (``QuantizedTensor``) are written dense. ``metadata`` values must be strings.
     """
     from safetensors.torch import save
 
@@ -89,6 +90,8 @@ def save_file_atomic(
     for k, t in tensors.items():
         if not isinstance(t, Tensor):
             raise TypeError(f"tensor {k!r} is a {type(t).__name__}, not a torch.Tensor")
+        if isinstance(t, QuantizedTensor):  # a weight kept in fp8/GGUF storage: written dense
+            t = t.dequantize()
         t = t.detach().to("cpu").contiguous()
         ptr = t.untyped_storage().data_ptr() if t.numel() else -1
         if ptr in seen:

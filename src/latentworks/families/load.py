@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from latentworks.checkpoints.detect import detect_vae, find_vae_prefix, text_encoder_prefixes
-from latentworks.checkpoints.formats import cast_to_fp8, open_storage
+from latentworks.checkpoints.formats import cast_to_fp8, fp8_file_tensors, open_storage
 from latentworks.checkpoints.io import PICKLE_SUFFIXES, load_state_dict, save_file_atomic
 from latentworks.checkpoints.keymaps.sd_diffusers import vae_from_diffusers
 from latentworks.checkpoints.keymaps.sd_ldm import ours_to_vae_ldm, vae_ldm_to_ours
@@ -41,6 +41,7 @@ from latentworks.families.diffusers import read_diffusers_folder, write_diffuser
 from latentworks.models.text.clip import clip_config_from_shapes
 from latentworks.models.text.layouts import detect_text_encoder, hf_to_open_clip, open_clip_to_hf, to_hf_clip
 from latentworks.models.text.t5 import t5_config_from_shapes
+from latentworks.nn.quant import QuantizedTensor
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".gguf", *PICKLE_SUFFIXES)
 
@@ -312,15 +313,33 @@ def single_file_state(parts: CheckpointParts) -> dict[str, Tensor]:
     return out
 
 
-def write_single_file(parts: CheckpointParts, path: str | Path, *, dtype: torch.dtype | None = None) -> Path:
-    """Write ``parts`` as one ``.safetensors`` file in the original layout (atomically)."""
+def write_single_file(
+    parts: CheckpointParts,
+    path: str | Path,
+    *,
+    dtype: torch.dtype | None = None,
+    weight_dtype: str | None = None,
+) -> Path:
+    """Write ``parts`` as one ``.safetensors`` file in the original layout (atomically).
+
+    ``dtype`` casts floating-point tensors; ``weight_dtype`` (``fp8_e4m3fn``, ``fp8_e4m3fn_scaled``,
+    ``fp8_e5m2``) then stores the denoiser's weight matrices in fp8 the way ComfyUI's fp8 files do
+    (:func:`~latentworks.checkpoints.formats.fp8_file_tensors`). Weights read quantized (fp8, GGUF) are
+    dequantized first.
+    """
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"single-file output must end in .safetensors, got {path}")
     tensors = {
-        k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
+        k: (v.dequantize() if isinstance(v, QuantizedTensor) else v)
         for k, v in single_file_state(parts).items()
     }
+    tensors = {
+        k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
+        for k, v in tensors.items()
+    }
+    if weight_dtype is not None:
+        tensors = fp8_file_tensors(tensors, "model.diffusion_model.", weight_dtype)
     save_file_atomic(tensors, path, metadata={"latentworks.family": parts.family.name})
     return path
 

@@ -21,6 +21,7 @@ checked against the ``gguf`` package's own ``gguf.quants.dequantize`` in the tes
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -306,3 +307,20 @@ def fp8_compute_available(device: torch.device | str) -> bool:
     if device.type != "cuda" or not torch.cuda.is_available():
         return False
     return torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def warn_if_fp8_upcast(module: torch.nn.Module, device: torch.device | str) -> bool:
+    """Warn (and return True) when ``module`` holds fp8 weights for a ``device`` without fp8 compute: there each
+    layer's fp8 weights are upcast to the compute dtype when used (memory stays fp8; only speed differs)."""
+    formats = sorted(
+        {p.qtype for p in module.parameters() if isinstance(p, QuantizedTensor) and p.qtype in FP8_DTYPES}
+    )
+    if not formats or fp8_compute_available(device):
+        return False
+    dtype = next(p.dtype for p in module.parameters() if isinstance(p, QuantizedTensor))
+    warnings.warn(
+        f"{type(module).__name__} has weights stored in fp8 ({', '.join(formats)}) but {torch.device(device)} has "
+        f"no fp8 compute: each layer's weights are upcast to {dtype} when used (they stay fp8 in memory)",
+        stacklevel=2,
+    )
+    return True
