@@ -32,7 +32,7 @@ from latentworks.families.comfy import CLIP_TYPES, DUAL_CLIP_TYPES, TRIPLE_CLIP_
 from latentworks.graph.types import InputSpec, NodeSpec, OutputSpec
 from latentworks.nodes.payloads import ClipPayload, ModelPayload, VAEPayload
 
-WEIGHT_SUFFIXES = (".safetensors",)
+WEIGHT_SUFFIXES = (".safetensors", ".gguf")  # .gguf: ComfyUI-GGUF's quantized diffusion models
 
 # ComfyUI's folders per kind, in the order names are looked up (the first is where new files go).
 DIFFUSION_FOLDERS = ("diffusion_models", "unet")
@@ -74,19 +74,28 @@ def resolve_weights(models_dir: Path | None, folders: Sequence[str], name: str, 
         if path.is_file():
             return path
     where = " or ".join(str(r) for r in roots)
-    raise FileNotFoundError(f"{what} {name!r} is not a file in {where}; put the .safetensors file there")
+    raise FileNotFoundError(
+        f"{what} {name!r} is not a file in {where}; put the .safetensors (or .gguf) file there"
+    )
 
 
 def _device(ctx: Any, device: str = "default") -> Any:
     return "cpu" if device == "cpu" else (getattr(ctx, "device", None) or "cpu")
 
 
-def load_diffusion_model(ctx: Any, path: Path) -> ModelPayload:
-    """A MODEL from a diffusion-model file alone (family detected from its shapes; no VAE)."""
+def load_diffusion_model(ctx: Any, path: Path, weight_dtype: str = "default") -> ModelPayload:
+    """A MODEL from a diffusion-model file alone (family detected from its shapes; no VAE).
+
+    ``weight_dtype`` (ComfyUI's choices, :data:`WEIGHT_DTYPES`): ``default`` keeps the file's storage (fp8 and GGUF
+    weights stay quantized, dequantized per layer when used); the fp8 choices store the weight matrices in that
+    fp8 format as they are read (``_fast`` asks for fp8 matmul, which latentworks does not do: it upcasts).
+    """
     from latentworks.families.load import read_checkpoint
     from latentworks.pipelines.loading import model_from_parts
 
-    parts = read_checkpoint(path)
+    if weight_dtype not in WEIGHT_DTYPES:
+        raise ValueError(f"weight_dtype {weight_dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}")
+    parts = read_checkpoint(path, weight_dtype=weight_dtype)
     return ModelPayload(model_from_parts(parts, device=_device(ctx), without_vae=True))
 
 
@@ -184,13 +193,8 @@ def set_last_layer(clip: ClipPayload, stop_at_clip_layer: int) -> ClipPayload:
 
 def split_loader_nodes(models_dir: Path | None) -> list[NodeSpec]:
     def unet_loader(ctx: Any, unet_name: str, weight_dtype: str = "default") -> tuple[Any, ...]:
-        if weight_dtype != "default":
-            raise ValueError(
-                f"weight_dtype {weight_dtype!r} is not supported yet (fp8 weights); use 'default', which keeps "
-                "the file's precision"
-            )
         path = resolve_weights(models_dir, DIFFUSION_FOLDERS, unet_name, what="diffusion model")
-        return (load_diffusion_model(ctx, path),)
+        return (load_diffusion_model(ctx, path, weight_dtype),)
 
     def te(name: str) -> Path:
         return resolve_weights(models_dir, TEXT_ENCODER_FOLDERS, name, what="text encoder")
