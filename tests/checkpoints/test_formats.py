@@ -89,7 +89,11 @@ def test_format_gives_the_oracle_output_and_the_source_output_up_to_quantization
     path, oracle = _write(source, tmp_path, fmt)
     parts = read_checkpoint(path, dtype=torch.float32)
     assert parts.family.name == "flux-dev" and parts.denoiser_config == CONFIG  # detected from logical shapes
-    net = model_from_parts(parts, without_vae=True).denoiser_net
+    if fmt.startswith("fp8"):  # this CPU has no fp8 compute: the fallback is said
+        with pytest.warns(UserWarning, match=r"Flux has weights stored in fp8 .* cpu has no fp8 compute"):
+            net = model_from_parts(parts, without_vae=True).denoiser_net
+    else:
+        net = model_from_parts(parts, without_vae=True).denoiser_net
     quantized = [p for p in net.parameters() if isinstance(p, QuantizedTensor)]
     if fmt in ("bf16", "fp16"):
         assert not quantized
@@ -158,7 +162,8 @@ def test_weight_dtype_stores_the_denoiser_in_fp8(source: dict[str, torch.Tensor]
     path, _ = _write(source, tmp_path, "bf16")
     for weight_dtype, fp8 in (("fp8_e4m3fn", torch.float8_e4m3fn), ("fp8_e5m2", torch.float8_e5m2)):
         parts = read_checkpoint(path, dtype=torch.float32, weight_dtype=weight_dtype)
-        net = model_from_parts(parts, without_vae=True).denoiser_net
+        with pytest.warns(UserWarning, match="no fp8 compute"):
+            net = model_from_parts(parts, without_vae=True).denoiser_net
         matrices = [p for p in net.parameters() if p.ndim >= 2]
         assert matrices and all(isinstance(p, QuantizedTensor) and p.qdata.dtype == fp8 for p in matrices)
         assert all(not isinstance(p, QuantizedTensor) for p in net.parameters() if p.ndim < 2)
@@ -231,3 +236,89 @@ def test_gguf_of_a_known_architecture_but_no_model_names_what_was_looked_for(tmp
     write_gguf({"blocks.0.weight": torch.randn(32, 64)}, path, "Q8_0", arch="flux")
     with pytest.raises(ValueError, match=r"odd\.gguf: no denoiser keys found"):
         read_checkpoint(path)
+
+
+# -- command line ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "weight_dtype, fp8, scaled",
+    [("fp8_e4m3fn", torch.float8_e4m3fn, False), ("fp8_e4m3fn_scaled", torch.float8_e4m3fn, True),
+     ("fp8_e5m2", torch.float8_e5m2, False)],
+)  # fmt: skip
+def test_convert_writes_fp8_single_files_that_load_back(
+    source: dict[str, torch.Tensor],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    weight_dtype: str,
+    fp8: torch.dtype,
+    scaled: bool,
+) -> None:
+    from safetensors import safe_open
+
+    from latentworks.cli import main
+
+    path, _ = _write(source, tmp_path, "bf16")
+    out = tmp_path / f"out_{weight_dtype}.safetensors"
+    args = ["convert", str(path), "--to", "single-file", "--weight-dtype", weight_dtype, "--out", str(out)]
+    assert main(args) == 0
+    prefix = "model.diffusion_model."
+    with safe_open(str(out), framework="pt") as f:
+        keys = set(f.keys())
+        for k, v in source.items():
+            stored = f.get_tensor(prefix + k)
+            if v.ndim < 2:
+                assert stored.dtype == torch.bfloat16 and torch.equal(stored, v), k
+                continue
+            assert stored.dtype == fp8, k
+            if scaled:  # ComfyUI's scaled fp8: weight = fp8 * scale_weight, scale = max|w| / 448
+                scale = f.get_tensor(prefix + k.removesuffix(".weight") + ".scale_weight")
+                assert scale.dtype == torch.float32 and scale.shape == ()
+                torch.testing.assert_close(scale, v.float().abs().amax() / 448.0)
+                torch.testing.assert_close(stored.float(), (v.float() / scale).to(fp8).float())
+            else:
+                torch.testing.assert_close(stored.float(), v.float().to(fp8).float(), rtol=0, atol=0)
+    assert (prefix + "scaled_fp8" in keys) == scaled
+    assert main(["info", "--model", str(out)]) == 0
+    text = capsys.readouterr().out
+    label = {"fp8_e4m3fn": "fp8 e4m3fn", "fp8_e4m3fn_scaled": "fp8 e4m3fn scaled", "fp8_e5m2": "fp8 e5m2"}
+    assert f"storage     {label[weight_dtype]} (" in text and "flux-dev" in text
+    parts = read_checkpoint(out, dtype=torch.float32)
+    assert parts.family.name == "flux-dev" and parts.denoiser_config == CONFIG
+
+
+def test_info_describes_a_gguf_file(
+    source: dict[str, torch.Tensor], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from latentworks.cli import main
+
+    path, _ = _write(source, tmp_path, "Q8_0")
+    assert main(["info", "--model", str(path)]) == 0
+    text = capsys.readouterr().out
+    params = sum(v.numel() for v in source.values())
+    assert (
+        "flux-dev" in text and f"parameters  denoiser {params:,}" in text
+    )  # logical shapes, not byte shapes
+    assert "storage     GGUF Q8_0 (" in text
+
+
+def test_convert_refuses_fp8_for_diffusers_folders(
+    source: dict[str, torch.Tensor], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from latentworks.cli import main
+
+    path, _ = _write(source, tmp_path, "bf16")
+    code = main(
+        [
+            "convert",
+            str(path),
+            "--to",
+            "diffusers",
+            "--weight-dtype",
+            "fp8_e4m3fn",
+            "--out",
+            str(tmp_path / "d"),
+        ]
+    )
+    assert code != 0 and "writes fp8 single files only" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
