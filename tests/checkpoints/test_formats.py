@@ -368,3 +368,25 @@ def test_zimage_gguf_and_scaled_fp8_text_encoder_load_through_the_same_path(tmp_
         got = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
         want = build_qwen3(oracle)(input_ids=ids, attention_mask=mask).last_hidden_state
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_lora_on_fp8_weights_is_added_by_hooks_and_removed_exactly() -> None:
+    from latentworks.checkpoints.lora import LoraPatch, ResolvedLora, apply_loras
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 48), torch.nn.GELU(), torch.nn.Linear(48, 16))
+    for layer in (model[0], model[2]):
+        layer.weight = torch.nn.Parameter(fp8_quantize(layer.weight.detach(), "F8_E4M3"), requires_grad=False)
+    down, up = torch.randn(4, 32), torch.randn(48, 4)
+    patch = LoraPatch(module="0", down=down, up=up, scale=0.5, rows=None, source="lora_0")
+    lora = ResolvedLora(name="l.safetensors", target="unet", patches=(patch,), unmatched=())
+    x = torch.randn(3, 32)
+    with torch.no_grad():
+        before = model(x)
+        w0 = model[0].weight.dequantize() + 0.8 * 0.5 * up @ down  # strength 0.8 * alpha / rank 0.5
+        want = model[2](torch.nn.functional.gelu(torch.nn.functional.linear(x, w0, model[0].bias)))
+        with apply_loras(model, [(lora, 0.8)], mode="patch") as handle:  # patching fp8 in place is impossible
+            assert handle.mode == "hook"
+            torch.testing.assert_close(model(x), want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(model(x), before, rtol=0, atol=0)
+    assert isinstance(model[0].weight, QuantizedTensor)
