@@ -390,3 +390,17 @@ def test_a_lora_on_fp8_weights_is_added_by_hooks_and_removed_exactly() -> None:
             torch.testing.assert_close(model(x), want, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(model(x), before, rtol=0, atol=0)
     assert isinstance(model[0].weight, QuantizedTensor)
+
+
+@pytest.mark.parametrize("fp8", [torch.float8_e4m3fn, torch.float8_e5m2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_fp8_table_conversion_equals_torch_casts_for_all_256_values(
+    fp8: torch.dtype, dtype: torch.dtype
+) -> None:
+    from latentworks.nn.quant import fp8_to
+
+    every = torch.arange(256, dtype=torch.uint8).view(fp8).reshape(16, 16)
+    torch.testing.assert_close(fp8_to(every, dtype), every.to(dtype), rtol=0, atol=0, equal_nan=True)
+    scale = torch.tensor(0.0123)
+    want = (every.to(torch.float32) * scale).to(dtype)
+    torch.testing.assert_close(fp8_to(every, dtype, scale), want, rtol=0, atol=0, equal_nan=True)

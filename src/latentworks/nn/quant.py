@@ -162,6 +162,27 @@ def dequantize_gguf(data: Tensor, qtype: str, shape: tuple[int, ...], dtype: tor
     return _KERNELS[qtype](blocks).reshape(shape).to(dtype)
 
 
+_FP8_TABLES: dict[tuple[torch.dtype, torch.dtype], Tensor] = {}
+
+
+def fp8_to(data: Tensor, dtype: torch.dtype, scale: Tensor | None = None) -> Tensor:
+    """``data.to(dtype)`` for an fp8 tensor, or with a float32 ``scale`` ``(data.float() * scale).to(dtype)``, bit
+    for bit. On the CPU through a table of all 256 fp8 values (scaled first when the scale is one number):
+    ``index_select`` is 5-8x faster there than torch's elementwise fp8 conversion. Elsewhere plain casts."""
+    if data.device.type != "cpu" or (scale is not None and scale.numel() != 1):
+        if scale is None:
+            return data.to(dtype)
+        return (data.to(torch.float32) * scale.to(torch.float32)).to(dtype)
+    key = (data.dtype, torch.float32 if scale is not None else dtype)
+    table = _FP8_TABLES.get(key)
+    if table is None:
+        table = _FP8_TABLES[key] = torch.arange(256, dtype=torch.uint8).view(data.dtype).to(key[1])
+    if scale is not None:
+        table = (table * scale.to(torch.float32).reshape(())).to(dtype)
+    index = data.view(torch.uint8).reshape(-1).to(torch.int32)
+    return torch.index_select(table, 0, index).reshape(data.shape)
+
+
 class QuantizedTensor(Tensor):
     """A weight in its storage format that behaves as a dense tensor of ``shape`` and ``dtype`` (see the module
     docstring). ``qdata``: the stored tensor (fp8 of the logical shape, or GGUF ``uint8`` blocks); ``qtype``: one
@@ -212,9 +233,7 @@ class QuantizedTensor(Tensor):
         """The dense tensor, in ``dtype`` (default: the compute dtype)."""
         dtype = dtype or self.dtype
         if self.qtype in FP8_DTYPES:
-            if self.scale is None:
-                return self.qdata.to(dtype)
-            return (self.qdata.to(torch.float32) * self.scale.to(torch.float32)).to(dtype)
+            return fp8_to(self.qdata, dtype, self.scale)
         return dequantize_gguf(self.qdata, self.qtype, tuple(self.shape), dtype)
 
     def _like(self, qdata: Tensor, scale: Tensor | None, dtype: torch.dtype | None = None) -> QuantizedTensor:
