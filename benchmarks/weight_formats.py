@@ -37,7 +37,7 @@ def main() -> None:
     from latentworks.diffusion.conditioning import Conditioning
     from latentworks.families.load import read_checkpoint
     from latentworks.models.flux import Flux, FluxConfig
-    from latentworks.nn.quant import QuantizedTensor
+    from latentworks.nn.quant import stored_nbytes
     from latentworks.pipelines.loading import model_from_parts
 
     warnings.simplefilter("ignore")  # the fp8-upcast notice on devices without fp8 compute
@@ -106,7 +106,7 @@ def main() -> None:
                 best[name] = min(best[name], time.perf_counter() - start)
 
     def held(m: torch.nn.Module) -> int:
-        return sum(p.stored_bytes if isinstance(p, QuantizedTensor) else p.nbytes for p in m.parameters())
+        return sum(stored_nbytes(p) for p in m.parameters())
 
     base_time, base_bytes = best["bf16"], held(models["bf16"])
     print(f"FLUX width {args.width}, {args.depth}+{args.depth} blocks, {args.dtype} compute on {device}")

@@ -152,6 +152,12 @@ def test_quantized_weight_moves_without_inflating_and_refuses_writes() -> None:
     layer.to(torch.bfloat16)  # what a device manager's module.to(dtype) does: the compute dtype changes
     assert isinstance(layer.weight, QuantizedTensor) and layer.weight.dtype == torch.bfloat16
     assert layer.weight.qdata.dtype == torch.float8_e4m3fn
+    from latentworks.nn.quant import stored_nbytes
+
+    assert stored_nbytes(layer.weight) == 64 * 96 and stored_nbytes(layer.bias) == 64 * 2
+    if torch.cuda.is_available():  # pinning keeps the stored form (needs a CUDA build with a device)
+        layer.weight = torch.nn.Parameter(layer.weight.pin_memory(), requires_grad=False)
+        assert isinstance(layer.weight, QuantizedTensor) and layer.weight.is_pinned()
     layer.to("meta")
     assert layer.weight.qdata.device.type == "meta" and isinstance(layer.weight, QuantizedTensor)
     with pytest.raises(RuntimeError, match="cannot write into a weight stored as F8_E4M3"), torch.no_grad():

@@ -35,7 +35,7 @@ import gc, json, sys
 import torch
 from latentworks.families.load import read_checkpoint
 from latentworks.pipelines.loading import model_from_parts
-from latentworks.nn.quant import QuantizedTensor
+from latentworks.nn.quant import QuantizedTensor, stored_nbytes
 
 def status(key):
     with open("/proc/self/status") as f:
@@ -48,7 +48,7 @@ before = status("VmRSS")
 parts = read_checkpoint(sys.argv[1], dtype=torch.bfloat16)
 net = model_from_parts(parts, dtype=torch.bfloat16, without_vae=True).denoiser_net
 peak = status("VmHWM")
-held = sum(p.stored_bytes if isinstance(p, QuantizedTensor) else p.nbytes for p in net.parameters())
+held = sum(stored_nbytes(p) for p in net.parameters())
 quantized = sum(isinstance(p, QuantizedTensor) for p in net.parameters())
 print(json.dumps({"before": before, "peak": peak, "held": held, "quantized": quantized}))
 """

@@ -254,6 +254,11 @@ class QuantizedTensor(Tensor):
             if func is aten.clone.default:
                 scale = None if first.scale is None else first.scale.clone()
                 return first._like(first.qdata.clone(), scale)
+            if func is aten._pin_memory.default:  # a device manager pinning weights for fast copies
+                scale = None if first.scale is None else first.scale.pin_memory()
+                return first._like(first.qdata.pin_memory(), scale)
+            if func is aten.is_pinned.default:
+                return first.qdata.is_pinned()
             if func is aten._to_copy.default:
                 device = kwargs.get("device")
                 dtype = kwargs.get("dtype")
@@ -285,6 +290,14 @@ def _numel(shape: tuple[int, ...]) -> int:
     for d in shape:
         n *= d
     return n
+
+
+def stored_nbytes(t: Tensor) -> int:
+    """Bytes ``t`` occupies: its stored form for a :class:`QuantizedTensor`, ``numel * element_size`` otherwise
+    (what a memory budget should count; a quantized weight's logical size in its compute dtype is larger)."""
+    if isinstance(t, QuantizedTensor):
+        return t.stored_bytes
+    return t.numel() * t.element_size()
 
 
 def is_quantized(t: object) -> bool:
