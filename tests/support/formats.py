@@ -38,7 +38,7 @@ def write_safetensors(state: dict[str, Tensor], path: Path, fmt: str) -> dict[st
         elif fmt in FP8 and is_matrix(v):
             out[k] = v.float().to(FP8[fmt])
             oracle[k] = out[k].float()
-        elif fmt == "fp8_scaled" and is_matrix(v):
+        elif fmt == "fp8_scaled" and is_matrix(v) and k.endswith(".weight"):  # ComfyUI scales layer weights
             # ComfyUI's scaled fp8: weight = fp8 * scale_weight, scale = max|w| / 448 (e4m3fn's largest value)
             scale = (v.float().abs().amax() / 448.0).reshape(())
             out[k] = (v.float() / scale).to(torch.float8_e4m3fn)
