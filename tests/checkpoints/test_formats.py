@@ -158,6 +158,12 @@ def test_quantized_weight_moves_without_inflating_and_refuses_writes() -> None:
     if torch.cuda.is_available():  # pinning keeps the stored form (needs a CUDA build with a device)
         layer.weight = torch.nn.Parameter(layer.weight.pin_memory(), requires_grad=False)
         assert isinstance(layer.weight, QuantizedTensor) and layer.weight.is_pinned()
+    import copy
+
+    twin = copy.deepcopy(layer)
+    assert isinstance(twin.weight, QuantizedTensor) and isinstance(twin.weight, torch.nn.Parameter)
+    assert twin.weight.qdata.data_ptr() != layer.weight.qdata.data_ptr()
+    torch.testing.assert_close(twin(x.bfloat16()), layer(x.bfloat16()), rtol=0, atol=0)
     layer.to("meta")
     assert layer.weight.qdata.device.type == "meta" and isinstance(layer.weight, QuantizedTensor)
     with pytest.raises(RuntimeError, match="cannot write into a weight stored as F8_E4M3"), torch.no_grad():
