@@ -416,3 +416,40 @@ def test_fp8_table_conversion_equals_torch_casts_for_all_256_values(
     scale = torch.tensor(0.0123)
     want = (every.to(torch.float32) * scale).to(dtype)
     torch.testing.assert_close(fp8_to(every, dtype, scale), want, rtol=0, atol=0, equal_nan=True)
+
+
+def test_gguf_tensors_stored_reshaped_come_back_in_their_original_shape(tmp_path: Path) -> None:
+    """ComfyUI-GGUF stores a conv kernel whose last dimension fits no block as rows of whole blocks and records
+    the true shape in ``comfy.gguf.orig_shape.<name>`` (an INT32 array)."""
+    kernel = torch.randn(32, 32, 3, 3)
+    rows = kernel.reshape(32, 288).numpy()
+    blocks = quants.quantize(rows, gguf.GGMLQuantizationType.Q8_0)
+    path = tmp_path / "conv.gguf"
+    writer = gguf.GGUFWriter(str(path), arch="sd1")
+    writer.add_tensor("input_blocks.1.0.in_layers.2.weight", blocks, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    writer.add_array("comfy.gguf.orig_shape.input_blocks.1.0.in_layers.2.weight", [32, 32, 3, 3])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    weights = GGUFStateDict(path)
+    assert weights.shapes() == {"input_blocks.1.0.in_layers.2.weight": (32, 32, 3, 3)}
+    got = weights["input_blocks.1.0.in_layers.2.weight"]
+    assert isinstance(got, QuantizedTensor) and got.shape == (32, 32, 3, 3)
+    want = quants.dequantize(blocks, gguf.GGMLQuantizationType.Q8_0).reshape(32, 32, 3, 3)
+    np.testing.assert_array_equal(got.dequantize().numpy(), want)
+    x = torch.randn(1, 32, 8, 8)
+    conv = torch.nn.functional.conv2d(x, got, padding=1)  # used as a kernel directly
+    torch.testing.assert_close(conv, torch.nn.functional.conv2d(x, torch.from_numpy(want), padding=1))
+
+    writer = gguf.GGUFWriter(str(tmp_path / "lies.gguf"), arch="sd1")
+    writer.add_tensor("w", blocks, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    writer.add_array("comfy.gguf.orig_shape.w", [32, 32, 3, 4])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(
+        CheckpointError, match=r"lies\.gguf: tensor 'w' \(Q8_0\) has 9792 bytes, but its shape"
+    ):
+        GGUFStateDict(tmp_path / "lies.gguf")

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from latentworks.checkpoints.io import CheckpointError, LazyStateDict
-from latentworks.nn.quant import FP8_DTYPES, GGUF_BLOCKS, QuantizedTensor, fp8_quantize, gguf_byte_shape
+from latentworks.nn.quant import FP8_DTYPES, GGUF_BLOCKS, QuantizedTensor, fp8_quantize
 
 # ComfyUI-GGUF's image architectures (its loader's IMG_ARCH_LIST) -> what latentworks calls them; None: a model
 # type ComfyUI-GGUF knows that no registered family runs.
@@ -162,6 +162,19 @@ def _field(reader: Any, name: str) -> Any:
     return None if field is None else field.contents()
 
 
+_DENSE_GGUF = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I8": 1, "I16": 2, "I32": 4, "I64": 8}
+
+
+def _expected_nbytes(qtype: str, shape: tuple[int, ...]) -> int | None:
+    """Bytes a GGUF tensor of ``qtype`` and logical ``shape`` takes (None: a type checked by its reader)."""
+    if qtype in _DENSE_GGUF:
+        return _numel(shape) * _DENSE_GGUF[qtype]
+    if qtype in GGUF_BLOCKS:
+        per, nbytes = GGUF_BLOCKS[qtype]
+        return -1 if _numel(shape) % per else _numel(shape) // per * nbytes
+    return None
+
+
 class GGUFStateDict(Mapping[str, Tensor]):
     """A GGUF file of a diffusion model as a lazy ``Mapping[str, Tensor]`` (see the module docstring).
 
@@ -220,6 +233,12 @@ class GGUFStateDict(Mapping[str, Tensor]):
                         f"{self.path}: tensor {t.name!r} ({qtype}, {nbytes} bytes at offset {begin}) runs past the "
                         f"end of the {size}-byte file; the file is truncated. Re-download it."
                     )
+                expected = _expected_nbytes(qtype, shape)
+                if expected is not None and expected != nbytes:
+                    raise CheckpointError(
+                        f"{self.path}: tensor {t.name!r} ({qtype}) has {nbytes} bytes, but its shape {shape} needs "
+                        f"{expected}; the file (or its comfy.gguf.orig_shape entry) is corrupt. Re-download it."
+                    )
                 self._entries[t.name] = (qtype, shape, begin, nbytes)
                 self.qtypes[t.name] = qtype
         finally:
@@ -262,7 +281,7 @@ class GGUFStateDict(Mapping[str, Tensor]):
             return t.to(self.dtype) if self.dtype is not None else t
         if qtype in GGUF_BLOCKS:
             return QuantizedTensor(
-                raw.reshape(gguf_byte_shape(qtype, shape)), qtype, shape, self.dtype or torch.float32
+                raw.reshape(-1, GGUF_BLOCKS[qtype][1]), qtype, shape, self.dtype or torch.float32
             )
         return self._dequantize_other(raw, qtype, shape, key)
 

@@ -6,8 +6,9 @@ compute dtype (``bfloat16``, ``float16``, ``float32``), but holds only the store
 - ``F8_E4M3`` / ``F8_E5M2``: a ``float8_e4m3fn`` / ``float8_e5m2`` tensor of the logical shape, optionally with
   a float32 ``scale`` (ComfyUI's scaled fp8: ``weight = fp8 * scale_weight``);
 - GGUF block formats (``Q8_0``, ``Q4_0``, ``Q4_1``, ``Q5_0``, ``Q5_1``, ``Q4_K``, ``Q5_K``, ``Q6_K``): a
-  ``uint8`` tensor of shape ``(rows..., bytes per row)``, the blocks laid out as ggml writes them (each row of the
-  logical tensor is quantized on its own, along the last dimension).
+  ``uint8`` tensor of ``(blocks, bytes per block)``, the blocks laid out as ggml writes them (each stored row is
+  quantized on its own, along its last dimension; rows are whole blocks, so the blocks follow the values in
+  row-major order).
 
 Any operation that reads it (``F.linear``, ``F.conv2d``, ``x + w``...) first dequantizes that one tensor to the
 compute dtype, so a model made of them holds its weights at storage size and pays one layer's dense weight at
@@ -145,12 +146,17 @@ _KERNELS: dict[str, Callable[[Tensor], Tensor]] = {
 }
 
 
-def gguf_byte_shape(qtype: str, shape: tuple[int, ...]) -> tuple[int, ...]:
-    """The ``uint8`` shape that holds a ``qtype`` tensor of logical ``shape`` (last dim in blocks)."""
+def gguf_nbytes(qtype: str, shape: tuple[int, ...]) -> int:
+    """Bytes of ``qtype`` blocks holding a tensor of logical ``shape``.
+
+    Blocks run along the rows of the shape the file stores, which may differ from the logical one
+    (ComfyUI-GGUF stores some tensors reshaped, with ``comfy.gguf.orig_shape``); in row-major order the blocks
+    follow the values either way, so only the element count matters."""
     per, nbytes = GGUF_BLOCKS[qtype]
-    if not shape or shape[-1] % per:
-        raise ValueError(f"a {qtype} tensor's last dimension must be a multiple of {per}, got shape {shape}")
-    return (*shape[:-1], shape[-1] // per * nbytes)
+    n = _numel(shape)
+    if n % per:
+        raise ValueError(f"a {qtype} tensor holds a multiple of {per} values, not {n} (shape {shape})")
+    return n // per * nbytes
 
 
 def dequantize_gguf(data: Tensor, qtype: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
@@ -206,11 +212,11 @@ class QuantizedTensor(Tensor):
         if qtype in FP8_DTYPES and (qdata.dtype != FP8_DTYPES[qtype] or tuple(qdata.shape) != tuple(shape)):
             raise ValueError(f"{qtype} data must be {FP8_DTYPES[qtype]} of shape {tuple(shape)}")
         if qtype in GGUF_BLOCKS and (
-            qdata.dtype != torch.uint8 or qdata.numel() != _numel(gguf_byte_shape(qtype, tuple(shape)))
+            qdata.dtype != torch.uint8 or qdata.numel() != gguf_nbytes(qtype, tuple(shape))
         ):
             raise ValueError(
-                f"{qtype} data for shape {tuple(shape)} must be {_numel(gguf_byte_shape(qtype, tuple(shape)))} "
-                f"uint8 bytes, got {qdata.numel()} {qdata.dtype}"
+                f"{qtype} data for shape {tuple(shape)} must be {gguf_nbytes(qtype, tuple(shape))} uint8 bytes, "
+                f"got {qdata.numel()} {qdata.dtype}"
             )
         out = Tensor._make_wrapper_subclass(cls, tuple(shape), dtype=dtype, device=qdata.device)
         out.qdata, out.qtype, out.scale = qdata, qtype, scale
