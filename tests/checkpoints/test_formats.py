@@ -453,3 +453,19 @@ def test_gguf_tensors_stored_reshaped_come_back_in_their_original_shape(tmp_path
         CheckpointError, match=r"lies\.gguf: tensor 'w' \(Q8_0\) has 9792 bytes, but its shape"
     ):
         GGUFStateDict(tmp_path / "lies.gguf")
+
+
+def test_convert_from_gguf_writes_the_dequantized_weights(
+    source: dict[str, torch.Tensor], tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file
+
+    from latentworks.cli import main
+
+    path, oracle = _write(source, tmp_path, "Q6_K")
+    out = tmp_path / "from_gguf.safetensors"
+    assert main(["convert", str(path), "--to", "single-file", "--out", str(out)]) == 0
+    written = load_file(str(out))
+    assert len(written) == len(oracle)
+    for k, v in oracle.items():
+        torch.testing.assert_close(written[f"model.diffusion_model.{k}"], v, rtol=0, atol=0)
