@@ -16,7 +16,7 @@ from latentworks.checkpoints.formats import GGUFStateDict, describe_storage
 from latentworks.checkpoints.io import CheckpointError, build_on_meta
 from latentworks.checkpoints.keymaps.flux_bfl import flux_bfl_to_ours, ours_to_flux_bfl
 from latentworks.diffusion.conditioning import Conditioning
-from latentworks.families.load import read_checkpoint
+from latentworks.families.load import open_weights, read_checkpoint
 from latentworks.models.flux import Flux, FluxConfig
 from latentworks.nn.quant import GGUF_BLOCKS, QuantizedTensor, dequantize_gguf, fp8_quantize, storage_format
 from latentworks.pipelines.loading import model_from_parts
@@ -231,7 +231,7 @@ def test_truncated_and_garbage_gguf_files_are_clear_errors(
     "arch, message",
     [
         ("wan", r"GGUF architecture 'wan' is a ComfyUI-GGUF model type that latentworks does not run; supported: "
-                r"flux \(FLUX\.1\)"),
+                r".*flux \(FLUX\.1 \[dev\] / FLUX\.1 \[schnell\]\).*lumina2 \(Z-Image"),
         ("llama", r"a GGUF text encoder \(architecture 'llama'.*use the safetensors"),
         ("gpt2000", r"GGUF architecture 'gpt2000' is not a diffusion-model architecture"),
     ],
@@ -240,7 +240,7 @@ def test_gguf_of_an_unknown_architecture_is_a_clear_error(tmp_path: Path, arch: 
     path = tmp_path / f"{arch}.gguf"
     write_gguf({"blocks.0.weight": torch.randn(32, 64)}, path, "Q8_0", arch=arch)
     with pytest.raises(CheckpointError, match=message):
-        GGUFStateDict(path)
+        open_weights(path)  # the families' GGUF architectures
 
 
 def test_gguf_of_a_known_architecture_but_no_model_names_what_was_looked_for(tmp_path: Path) -> None:

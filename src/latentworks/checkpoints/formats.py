@@ -12,7 +12,7 @@
   weight scale travels inside the weight.
 - **GGUF** (the files ComfyUI-GGUF users share, e.g. ``flux1-dev-Q4_K_S.gguf``): :class:`GGUFStateDict` reads
   the header with the ``gguf`` package and each tensor with plain file reads. ``general.architecture`` must be
-  one of ComfyUI-GGUF's image architectures that a registered family runs (:data:`GGUF_ARCHITECTURES`); tensor
+  one of ComfyUI-GGUF's image architectures that a registered family runs (the caller passes them); tensor
   names are the original single-file ones (``model.diffusion_model.`` prefix optional). Shapes are the logical
   ones: GGUF stores dimensions reversed (ggml order) and ComfyUI-GGUF records reshaped tensors' true shapes in
   ``comfy.gguf.orig_shape.<name>``. Block formats with a torch kernel (:data:`~latentworks.nn.quant.GGUF_BLOCKS`)
@@ -40,22 +40,9 @@ from torch import Tensor
 from latentworks.checkpoints.io import CheckpointError, LazyStateDict
 from latentworks.nn.quant import FP8_DTYPES, GGUF_BLOCKS, QuantizedTensor, fp8_quantize
 
-# ComfyUI-GGUF's image architectures (its loader's IMG_ARCH_LIST) -> what latentworks calls them; None: a model
-# type ComfyUI-GGUF knows that no registered family runs.
-GGUF_ARCHITECTURES: dict[str, str | None] = {
-    "flux": "FLUX.1",
-    "sd1": "SD 1.x",
-    "sdxl": "SDXL",
-    "sd3": "SD3",
-    "lumina2": "Z-Image",
-    "qwen_image": "Qwen-Image",
-    "aura": None,
-    "hidream": None,
-    "cosmos": None,
-    "ltxv": None,
-    "hyvid": None,
-    "wan": None,
-}
+# ComfyUI-GGUF's image architectures (its loader's IMG_ARCH_LIST) that no registered family runs; those that one
+# does are named by the families (``ComfyNames.gguf_architecture``) and passed in as ``architectures``.
+GGUF_OTHER_ARCHITECTURES = ("aura", "hidream", "cosmos", "ltxv", "hyvid", "wan")
 # ComfyUI-GGUF's text-encoder architectures: llama.cpp tensor names, which our text loaders do not read.
 GGUF_TEXT_ARCHITECTURES = ("t5", "t5encoder", "llama", "qwen2vl")
 
@@ -187,9 +174,18 @@ class GGUFStateDict(Mapping[str, Tensor]):
         qtypes: each tensor's GGUF type name (``Q4_K``, ``F32``...).
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        dtype: torch.dtype | None = None,
+        architectures: Mapping[str, str] | None = None,
+    ) -> None:
+        """``architectures``: ``{general.architecture: what runs it}`` (e.g. ``{"flux": "FLUX.1 [dev]"}``); a file of
+        another architecture is refused. None accepts any image architecture (text encoders are always refused)."""
         self.path = Path(path)
         self.dtype = dtype
+        self._architectures = architectures
         if not self.path.is_file():
             raise FileNotFoundError(f"checkpoint not found: {self.path}")
         try:
@@ -251,15 +247,16 @@ class GGUFStateDict(Mapping[str, Tensor]):
 
     def _check_architecture(self) -> None:
         arch = self.architecture
-        if arch is None or GGUF_ARCHITECTURES.get(arch):
-            return  # no architecture (stable-diffusion.cpp files): detection from the tensor names decides
-        supported = ", ".join(f"{k} ({v})" for k, v in GGUF_ARCHITECTURES.items() if v)
         if arch in GGUF_TEXT_ARCHITECTURES:
             raise CheckpointError(
                 f"{self.path}: a GGUF text encoder (architecture {arch!r}, llama.cpp tensor names); latentworks "
                 "reads text encoders from .safetensors files: use the safetensors (or fp8 safetensors) release"
             )
-        what = "a ComfyUI-GGUF model type that latentworks does not run" if arch in GGUF_ARCHITECTURES else (
+        known = self._architectures
+        if arch is None or known is None or arch in known:
+            return  # no architecture (stable-diffusion.cpp files): detection from the tensor names decides
+        supported = ", ".join(f"{k} ({v})" for k, v in known.items())
+        what = "a ComfyUI-GGUF model type that latentworks does not run" if arch in GGUF_OTHER_ARCHITECTURES else (
             "not a diffusion-model architecture ComfyUI-GGUF writes"
         )  # fmt: skip
         raise CheckpointError(f"{self.path}: GGUF architecture {arch!r} is {what}; supported: {supported}")
@@ -365,12 +362,18 @@ def cast_to_fp8(weights: Mapping[str, Tensor], weight_dtype: str) -> Mapping[str
     return weights if qtype is None else _CastToFp8(weights, qtype)
 
 
-def open_storage(path: str | os.PathLike[str], *, dtype: torch.dtype | None = None) -> Mapping[str, Tensor]:
+def open_storage(
+    path: str | os.PathLike[str],
+    *,
+    dtype: torch.dtype | None = None,
+    gguf_architectures: Mapping[str, str] | None = None,
+) -> Mapping[str, Tensor]:
     """A lazy mapping over a ``.safetensors`` or ``.gguf`` file that keeps fp8 and GGUF weights in their format
-    (as ``QuantizedTensor`` computing in ``dtype``) and casts other floating-point tensors to ``dtype``."""
+    (as ``QuantizedTensor`` computing in ``dtype``) and casts other floating-point tensors to ``dtype``.
+    ``gguf_architectures``: the GGUF architectures accepted (see :class:`GGUFStateDict`)."""
     path = Path(path)
     if path.suffix.lower() == ".gguf":
-        return GGUFStateDict(path, dtype=dtype)
+        return GGUFStateDict(path, dtype=dtype, architectures=gguf_architectures)
     lazy = LazyStateDict(path)
     if has_fp8(lazy):
         return Fp8StateDict(lazy, dtype=dtype)

@@ -33,7 +33,7 @@ from latentworks.checkpoints.io import PICKLE_SUFFIXES, load_state_dict, save_fi
 from latentworks.checkpoints.keymaps.sd_diffusers import vae_from_diffusers
 from latentworks.checkpoints.keymaps.sd_ldm import ours_to_vae_ldm, vae_ldm_to_ours
 from latentworks.diffusion.latent_formats import LatentFormat
-from latentworks.families import with_prediction
+from latentworks.families import REGISTRY, with_prediction
 from latentworks.families.architectures import DenoiserConfig
 from latentworks.families.base import Architecture, ModelFamily
 from latentworks.families.detect import detect_checkpoint
@@ -102,6 +102,16 @@ class _Prefixed(Mapping[str, Tensor]):
         return isinstance(key, str) and (self.prefix + key) in self.base
 
 
+def gguf_architectures() -> dict[str, str]:
+    """``{general.architecture: family titles}`` of the GGUF files the registered families run (ComfyUI-GGUF's
+    names, ``ComfyNames.gguf_architecture``)."""
+    out: dict[str, list[str]] = {}
+    for family in REGISTRY:
+        if family.comfy is not None and family.comfy.gguf_architecture is not None:
+            out.setdefault(family.comfy.gguf_architecture, []).append(family.title)
+    return {arch: " / ".join(titles) for arch, titles in out.items()}
+
+
 def open_weights(
     path: str | Path, *, dtype: torch.dtype | None = None, allow_pickle: bool = False
 ) -> Mapping[str, Tensor]:
@@ -115,7 +125,7 @@ def open_weights(
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.suffix.lower() in (".safetensors", ".gguf"):
-        return open_storage(path, dtype=dtype)
+        return open_storage(path, dtype=dtype, gguf_architectures=gguf_architectures())
     if path.suffix.lower() in PICKLE_SUFFIXES:
         return load_state_dict(path, dtype=dtype, allow_pickle=allow_pickle)
     raise ValueError(

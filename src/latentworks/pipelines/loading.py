@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from latentworks import families
-from latentworks.checkpoints.formats import describe_storage, open_storage
+from latentworks.checkpoints.formats import describe_storage
 from latentworks.checkpoints.io import build_on_meta, load_state_dict, save_file_atomic
 from latentworks.checkpoints.lora import AppliedLora
 from latentworks.diffusion.denoisers import (
@@ -51,7 +51,7 @@ from latentworks.diffusion.denoisers import (
 from latentworks.diffusion.latent_formats import LatentFormat
 from latentworks.families.architectures import architecture
 from latentworks.families.detect import detect_checkpoint
-from latentworks.families.load import CHECKPOINT_SUFFIXES, CheckpointParts, read_checkpoint
+from latentworks.families.load import CHECKPOINT_SUFFIXES, CheckpointParts, open_weights, read_checkpoint
 from latentworks.models.autoencoder import Autoencoder, AutoencoderConfig
 from latentworks.models.configs import config_from_dict, config_to_dict
 from latentworks.models.text.base import TextEncoder
@@ -326,7 +326,7 @@ def describe_checkpoint(path: Path) -> str:
             raise ValueError(
                 f"{path}: only .safetensors and .gguf files can be described without loading them"
             )
-        lazy = open_storage(path)
+        lazy = open_weights(path)
         shapes = dict(lazy.shapes())  # type: ignore[attr-defined]  # logical shapes (GGUF, fp8 included)
         found = detect_checkpoint(shapes, get_tensor=lambda k: lazy[k], source=path.name)
         family, variant, pred = found.family, found.variant, found.prediction
