@@ -168,6 +168,10 @@ def test_quantized_weight_moves_without_inflating_and_refuses_writes() -> None:
     assert layer.weight.qdata.device.type == "meta" and isinstance(layer.weight, QuantizedTensor)
     with pytest.raises(RuntimeError, match="cannot write into a weight stored as F8_E4M3"), torch.no_grad():
         q.add_(1.0)
+    with pytest.raises(
+        RuntimeError, match=r"cannot assign \.data of a weight stored as F8_E4M3: move the module"
+    ):
+        twin.weight.data = torch.zeros(64, 96)
 
 
 def test_weight_dtype_stores_the_denoiser_in_fp8(source: dict[str, torch.Tensor], tmp_path: Path) -> None:

@@ -242,10 +242,45 @@ class QuantizedTensor(Tensor):
             return fp8_to(self.qdata, dtype, self.scale)
         return dequantize_gguf(self.qdata, self.qtype, tuple(self.shape), dtype)
 
+    # A traceable wrapper subclass: nn.Module._apply (module.to, .half(), ...) then swaps the Parameter's contents
+    # with the moved tensor (torch.utils.swap_tensors) instead of assigning ``.data``.
+    def __tensor_flatten__(self) -> tuple[list[str], tuple[str, tuple[int, ...], torch.dtype]]:
+        names = ["qdata"] if self.scale is None else ["qdata", "scale"]
+        return names, (self.qtype, tuple(self.shape), self.dtype)
+
+    @staticmethod
+    def __tensor_unflatten__(
+        inner: dict[str, Tensor],
+        meta: tuple[str, tuple[int, ...], torch.dtype],
+        outer_size: Any,
+        outer_stride: Any,
+    ) -> QuantizedTensor:
+        qtype, shape, dtype = meta
+        return QuantizedTensor(inner["qdata"], qtype, shape, dtype, inner.get("scale"))
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Tensor:
+        scale = None if self.scale is None else self.scale.clone()
+        out: Tensor = self._like(self.qdata.clone(), scale)
+        if getattr(self, "_is_param", False):  # a module's Parameter stays one (copy.deepcopy(model))
+            out = torch.nn.Parameter(out, requires_grad=self.requires_grad)
+        memo[id(self)] = out
+        return out
+
     def _like(self, qdata: Tensor, scale: Tensor | None, dtype: torch.dtype | None = None) -> QuantizedTensor:
         return QuantizedTensor(qdata, self.qtype, tuple(self.shape), dtype or self.dtype, scale)
 
-    __torch_function__ = torch._C._disabled_torch_function_impl  # type: ignore[assignment]
+    @classmethod
+    def __torch_function__(  # type: ignore[override]
+        cls, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        # ``param.data = other`` cannot re-point a wrapper (its device and dtype are fixed), and silently keeping
+        # the old bytes would be worse: refuse it. Everything else goes straight on to __torch_dispatch__.
+        if getattr(func, "__self__", None) is torch._C.TensorBase.data and func.__name__ == "__set__":
+            raise RuntimeError(
+                f"cannot assign .data of a weight stored as {args[0].qtype}: move the module with module.to(...) "
+                "(which keeps the stored form), or replace the Parameter"
+            )
+        return torch._C._disabled_torch_function_impl(func, types, args, kwargs or {})
 
     @classmethod
     def __torch_dispatch__(  # type: ignore[override]
