@@ -103,6 +103,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "By default: localhost, IP addresses, the --host name (and this machine's name off loopback)",
     )
     p.add_argument("--device", default="cpu", help="torch device for models (default: %(default)s)")
+    p.add_argument(
+        "--preview-method",
+        choices=("none", "auto", "latent2rgb", "taesd"),
+        default="none",
+        help="live previews while sampling, sent as binary WebSocket frames (ComfyUI's flag). 'none' "
+        "(default): none unless a client asks in extra_data.preview_method; 'auto', 'latent2rgb': cheap "
+        "RGB previews from the latents; 'taesd': not available, latent2rgb is used",
+    )
     b = p.add_argument_group(
         "resource budgets",
         "per-job limits, checked before allocating (0 switches a limit off); docs/server.md",
@@ -178,5 +186,6 @@ def run(args: argparse.Namespace) -> int:
         sizer=payload_nbytes,
         allowed_hosts=args.allow_host,
         allowed_origins=args.allow_origin,
+        preview_method=args.preview_method,
     )
     return 0

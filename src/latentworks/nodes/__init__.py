@@ -26,6 +26,7 @@ def default_registry(
     from latentworks.nodes.models import loader_nodes
     from latentworks.nodes.primitives import primitive_nodes
     from latentworks.nodes.sampling import sampling_nodes
+    from latentworks.nodes.utility import utility_nodes
 
     md = None if models_dir is None else Path(models_dir)
     idir = None if input_dir is None else Path(input_dir)
@@ -42,6 +43,7 @@ def default_registry(
             *custom_sampling_nodes(),
             *model_patch_nodes(),
             *split_loader_nodes(md),  # UNETLoader, CLIPLoader, ..., VAELoader (nodes/loaders.py)
+            *utility_nodes(),  # SaveImageAdvanced, ImageCompare, ResolutionSelector (template coverage)
         ]
     )
 

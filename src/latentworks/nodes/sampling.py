@@ -163,7 +163,8 @@ def sample_along(
 
     def callback(info: StepInfo) -> None:
         last[:] = [info.denoised]
-        preview = _preview_jpeg(torch.as_tensor(lf.preview(info.denoised[:1]))[0]) if lf.rgb_factors else None
+        wanted = lf.rgb_factors and getattr(ctx, "previews", True)  # off unless a preview method is set
+        preview = _preview_jpeg(torch.as_tensor(lf.preview(info.denoised[:1]))[0]) if wanted else None
         ctx.progress(info.i + 1, total, preview=preview)  # raises Interrupted when cancelled
 
     # /interrupt and the wall-time budget are checked before every network block, not only between steps.

@@ -372,7 +372,7 @@ def describe_model(name_or_path: str | Path, models_dir: str | Path | None = Non
         f"text        {meta.get('text_encoder')}",
         f"defaults    {meta.get('defaults')}",
     ]
-    for key in ("training_data", "training", "licence", "credits"):
+    for key in ("prompting", "training_data", "training", "licence", "credits"):
         if key in card:
             lines.append(f"{key:<11} {card[key]}")
     return "\n".join(lines)
