@@ -23,6 +23,7 @@ validate; types no registered family uses fail when the node runs, with the supp
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from typing import Any
 from latentworks import families
 from latentworks.families.comfy import CLIP_TYPES, DUAL_CLIP_TYPES, TRIPLE_CLIP_TYPE
 from latentworks.graph.types import InputSpec, NodeSpec, OutputSpec
+from latentworks.nn.quant import fp8_compute_available
 from latentworks.nodes.payloads import ClipPayload, ModelPayload, VAEPayload
 
 WEIGHT_SUFFIXES = (".safetensors", ".gguf")  # .gguf: ComfyUI-GGUF's quantized diffusion models
@@ -105,6 +107,14 @@ def load_diffusion_model(ctx: Any, path: Path, weight_dtype: str = "default") ->
 
     if weight_dtype not in WEIGHT_DTYPES:
         raise ValueError(f"weight_dtype {weight_dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}")
+    if weight_dtype.endswith("_fast") and fp8_compute_available(
+        _device(ctx)
+    ):  # elsewhere loading warns anyway
+        warnings.warn(
+            f"weight_dtype {weight_dtype!r}: latentworks has no fp8 matmul yet; the weights are stored in fp8 and "
+            "upcast per layer, as with 'fp8_e4m3fn'",
+            stacklevel=2,
+        )
     parts = read_checkpoint(path, weight_dtype=weight_dtype)
     return ModelPayload(model_from_parts(parts, device=_device(ctx), without_vae=True))
 
