@@ -39,7 +39,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default="default",
         metavar="NAME|PATH",
         help="'default' (the embedded model), a latentworks model folder, a checkpoint file "
-        "(.safetensors: SD 1.x/2.x/XL, SD3, FLUX) or a diffusers folder (default: %(default)s)",
+        "(.safetensors, fp8 included, or a ComfyUI-GGUF .gguf: SD 1.x/2.x/XL, SD3, FLUX, Z-Image) or a diffusers "
+        "folder (default: %(default)s)",
     )
     add_component_arguments(p)
     p.add_argument(

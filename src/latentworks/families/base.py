@@ -120,10 +120,13 @@ class ComfyNames:
     Attributes:
         clip_type: the ``type`` of CLIPLoader / DualCLIPLoader / TripleCLIPLoader for its text encoders.
         model_sampling_node: the node that sets its model sampling (ModelSamplingDiscrete, ...SD3, ...Flux).
+        gguf_architecture: the ``general.architecture`` ComfyUI-GGUF writes into this family's ``.gguf`` files
+            (``flux``, ``lumina2``...); None where it writes none.
     """
 
     clip_type: str
     model_sampling_node: str
+    gguf_architecture: str | None = None
 
 
 # (config, all shapes, the denoiser prefix, read-one-tensor) -> (variant, prediction)

@@ -71,5 +71,7 @@ QWEN_IMAGE = ModelFamily(
         pipeline_classes=("QwenImagePipeline",),
         text_slots={"text_encoder": "qwen25vl_7b"},
     ),
-    comfy=ComfyNames(clip_type="qwen_image", model_sampling_node="ModelSamplingAuraFlow"),
+    comfy=ComfyNames(
+        clip_type="qwen_image", model_sampling_node="ModelSamplingAuraFlow", gguf_architecture="qwen_image"
+    ),
 )

@@ -47,6 +47,7 @@ from torch.utils.hooks import RemovableHandle
 
 from latentworks.graph.budgets import parse_bytes
 from latentworks.models.autoencoder import Autoencoder
+from latentworks.nn.quant import stored_nbytes
 
 OffloadMode = Literal["none", "model"]
 OFFLOAD_MODES: tuple[str, ...] = ("none", "model")
@@ -58,7 +59,7 @@ class MemoryBudgetError(ValueError):
 
 
 def _nbytes(t: Tensor) -> int:
-    return t.numel() * t.element_size()
+    return stored_nbytes(t)  # a quantized (fp8/GGUF) weight counts its stored bytes
 
 
 def stream_blocks(net: nn.Module) -> list[nn.Module]:
