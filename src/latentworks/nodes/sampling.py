@@ -8,6 +8,7 @@ time from the model's family, as ComfyUI's models do, so plain CLIPTextEncode co
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -15,6 +16,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from latentworks.diffusion.conditioning import Conditioning
+from latentworks.diffusion.regions import (
+    CondEntry,
+    area_from_fractions,
+    mask_bounds,
+    resize_mask,
+    sigma_range_of,
+)
 from latentworks.diffusion.samplers import SAMPLERS, StepInfo
 from latentworks.diffusion.schedules import SCHEDULERS, get_sigmas
 from latentworks.graph.executor import ExecutionContext
@@ -24,7 +33,7 @@ from latentworks.nodes.payloads import ClipPayload, ConditioningPayload, Latent,
 from latentworks.nodes.resize import LATENT_METHODS, resize
 from latentworks.pipelines.families import add_conditioning_extras, behaviour_of, model_sampling_for
 from latentworks.pipelines.loading import ModelFolder
-from latentworks.pipelines.sampling import denoise_latents, seeds_for
+from latentworks.pipelines.sampling import DualGuidance, denoise_latents, seeds_for
 
 FLUX_DEFAULT_GUIDANCE = 3.5  # what FLUX.1-dev gets when no FluxGuidance node sets it (as in ComfyUI)
 
@@ -36,9 +45,11 @@ def _encode(ctx: Any, text: str, clip: ClipPayload) -> tuple[Any, ...]:
 
 
 def _flux_guidance(ctx: Any, conditioning: ConditioningPayload, guidance: float) -> tuple[Any, ...]:
-    b = conditioning.cond.batch_size
-    g = torch.full((b,), float(guidance), dtype=torch.float32, device=conditioning.cond.tokens.device)
-    return (ConditioningPayload(conditioning.cond.with_extra(guidance=g)),)
+    def set_guidance(c: Conditioning) -> Conditioning:
+        g = torch.full((c.batch_size,), float(guidance), dtype=torch.float32, device=c.tokens.device)
+        return c.with_extra(guidance=g)
+
+    return (conditioning.map_conds(set_guidance),)
 
 
 def _empty_latent(ctx: Any, width: int, height: int, batch_size: int) -> tuple[Any, ...]:
@@ -113,6 +124,44 @@ def materialise_latent(
     return x0, factor
 
 
+def condition_list(
+    payload: ConditioningPayload,
+    prepare: Callable[[Conditioning], Conditioning],
+    latent_hw: tuple[int, ...] | torch.Size,
+    factor: int,
+    model_sampling: Any,
+) -> tuple[CondEntry, ...]:
+    """A CONDITIONING's entries resolved for a latent of ``latent_hw`` cells (ComfyUI's rules):
+    pixel areas are divided by the VAE ``factor`` (floor), fraction areas rounded (sizes at least 1),
+    masks resized (bilinear) and multiplied by their strength, "mask bounds" turned into the mask's
+    bounding box, and start/end percentages into noise levels of ``model_sampling``.
+    ``prepare`` turns an entry's conditioning into the batch the sampler needs."""
+    hw = (int(latent_hw[0]), int(latent_hw[1]))
+    out = []
+    for e in payload.entries:
+        area = None
+        if e.area is not None:
+            area = tuple(int(v) // factor for v in e.area)
+        elif e.area_fraction is not None:
+            area = area_from_fractions(e.area_fraction, hw)
+        mask = None
+        if e.mask is not None:
+            mask = resize_mask(e.mask, hw)
+            if e.set_area_to_bounds:
+                area = mask_bounds(mask)
+            mask = mask * float(e.mask_strength)
+        out.append(
+            CondEntry(
+                cond=prepare(e.cond),
+                area=area,  # type: ignore[arg-type]
+                mask=mask,
+                strength=float(e.strength),
+                sigma_range=sigma_range_of(model_sampling, e.start_percent, e.end_percent),
+            )
+        )
+    return tuple(out)
+
+
 def sample_along(
     ctx: ExecutionContext,
     folder: ModelFolder,
@@ -127,12 +176,15 @@ def sample_along(
     *,
     add_noise: bool = True,
     sampler_options: dict[str, Any] | None = None,
+    dual: tuple[ConditioningPayload, float, bool] | None = None,
 ) -> tuple[Latent, Latent]:
     """Sample ``x0`` (from :func:`materialise_latent`) along ``sigmas`` with ``denoise_latents``, seeding
     image i with ``seeds_for(seed, B)[i]``: the sampling body every sampler node shares.
 
     Returns the sampled latent and the model's last x0 prediction (SamplerCustom's ``denoised_output``;
     the input itself when there is no step to take). ``negative`` may be None only when ``cfg == 1``.
+    Conditioning lists (ConditioningCombine, areas, masks, timestep ranges) are resolved for this latent
+    (:func:`condition_list`); ``dual`` = (cond2, its scale, nested) selects DualCFGGuider's guidance.
     """
     factor = latent_factor(folder)
     lf = folder.latent_format
@@ -148,16 +200,30 @@ def sample_along(
         mask = F.interpolate(latent.noise_mask.to(device).float(), size=x0.shape[-2:], mode="bilinear")
         mask = mask.expand(b, 1, *x0.shape[-2:]) if mask.shape[0] == 1 else mask
     h, w, g = x0.shape[-2] * factor, x0.shape[-1] * factor, FLUX_DEFAULT_GUIDANCE
-    cond = add_conditioning_extras(
-        behaviour, positive.cond.repeat(b).to(device), height=h, width=w, guidance=g
-    )
-    uncond = None
-    if negative is not None:
-        uncond = add_conditioning_extras(
-            behaviour, negative.cond.repeat(b).to(device), height=h, width=w, guidance=g, negative=True
-        )
-    elif cfg != 1.0:
+    if negative is None and cfg != 1.0:
         raise ValueError(f"a negative conditioning is needed for cfg {cfg}; connect one or set cfg to 1")
+    plain = positive.is_plain and (negative is None or negative.is_plain) and dual is None
+
+    def prepare(c: Conditioning, neg: bool) -> Conditioning:
+        c = c.repeat(b).to(device)
+        return add_conditioning_extras(behaviour, c, height=h, width=w, guidance=g, negative=neg)
+
+    cond: Any
+    uncond: Any = None
+    dual_guidance = None
+    if plain:  # one prompt each: the sampler's one-call path, exactly as before conditioning lists
+        cond = prepare(positive.cond, False)
+        uncond = None if negative is None else prepare(negative.cond, True)
+    else:
+        ms = model_sampling_for(folder, latent_height=x0.shape[-2], latent_width=x0.shape[-1])
+
+        def entries(payload: ConditioningPayload, neg: bool) -> tuple[CondEntry, ...]:
+            return condition_list(payload, lambda c: prepare(c, neg), x0.shape[-2:], factor, ms)
+
+        cond = entries(positive, False)
+        uncond = None if negative is None else entries(negative, True)
+        if dual is not None:
+            dual_guidance = DualGuidance(entries(dual[0], True), dual[1], nested=dual[2])
     total = len(sigmas) - 1
     last: list[torch.Tensor] = []
 
@@ -183,6 +249,8 @@ def sample_along(
             mask=mask,
             callback=callback,
             sampler_options=sampler_options,
+            rescale_cfg=float(folder.meta.get("rescale_cfg", 0.0)),
+            dual=dual_guidance,
         )
     samples = Latent(samples=out.float(), noise_mask=latent.noise_mask, factor=factor, latent_format=lf)
     denoised = replace(samples, samples=last[0].float()) if last else samples

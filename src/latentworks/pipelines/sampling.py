@@ -17,8 +17,16 @@ from torch import Tensor, nn
 from latentworks.checkpoints.lora import AppliedLora, apply_loras
 from latentworks.diffusion.conditioning import Conditioning
 from latentworks.diffusion.denoisers import Denoiser, ModelSampling, make_denoiser
-from latentworks.diffusion.guidance import CFGDenoiser, GuidedCond, InpaintDenoiser, noised_start
+from latentworks.diffusion.guidance import (
+    CFGDenoiser,
+    DualCFGDenoiser,
+    DualGuidedCond,
+    GuidedCond,
+    InpaintDenoiser,
+    noised_start,
+)
 from latentworks.diffusion.noise import SeededNoiseSampler, seeded_noise
+from latentworks.diffusion.regions import ConditionList, is_entry_list
 from latentworks.diffusion.samplers import StepInfo, get_sampler
 
 SEED_MODULUS = 2**63
@@ -34,6 +42,17 @@ def seeds_for(seed: int, batch: int) -> list[int]:
     if batch < 1:
         raise ValueError(f"batch must be at least 1, got {batch}")
     return [(int(seed) + i) % SEED_MODULUS for i in range(batch)]
+
+
+@dataclass(frozen=True)
+class DualGuidance:
+    """A second prompt for DualCFGGuider's guidance (:class:`~latentworks.diffusion.guidance.DualCFGDenoiser`):
+    ``cond2`` sits between the prompt and the negative; ``scale2`` guides cond2 away from the negative, the
+    sampler's ``guidance`` the prompt away from cond2."""
+
+    cond2: Conditioning | ConditionList
+    scale2: float
+    nested: bool = False
 
 
 class SamplingModel(Protocol):
@@ -76,8 +95,8 @@ def denoise_latents(
     x0: Tensor,
     sigmas: Tensor,
     seeds: list[int],
-    cond: Conditioning,
-    uncond: Conditioning | None,
+    cond: Conditioning | ConditionList,
+    uncond: Conditioning | ConditionList | None,
     guidance: float,
     sampler: str,
     *,
@@ -86,6 +105,8 @@ def denoise_latents(
     callback: Callable[[StepInfo], object] | None = None,
     sampler_options: dict[str, Any] | None = None,
     guidance_interval: tuple[float, float] | None = None,
+    rescale_cfg: float = 0.0,
+    dual: DualGuidance | None = None,
 ) -> Tensor:
     """Sample from model-space latents ``x0`` (B, C, h, w) along ``sigmas``.
 
@@ -97,6 +118,9 @@ def denoise_latents(
     ``x0``. With fewer than two sigmas there is nothing to do and ``x0`` comes back.
     ``guidance_interval`` ``(sigma_lo, sigma_hi)``: guide only at those noise levels (see
     :class:`~latentworks.diffusion.guidance.CFGDenoiser`); None = at every step.
+    ``cond``/``uncond`` may also be conditioning lists (tuples of ``CondEntry``: prompts over areas, masks and
+    noise-level ranges, see :mod:`latentworks.diffusion.regions`); ``rescale_cfg`` is RescaleCFG's multiplier
+    and ``dual`` switches to DualCFGGuider's two-prompt guidance (``cond`` = cond1, ``guidance`` = its scale).
 
     LoRAs listed in ``model.loras`` (see :func:`model_loras`) are applied to the network
     for this call only and removed afterwards (bit-exact), so a model shared with other callers is
@@ -111,13 +135,27 @@ def denoise_latents(
     noise = seeded_noise(shape, seeds, device=device)
     denoiser = make_denoiser(model.denoiser_net, model.prediction, model.model_sampling)
     x = noised_start(x0, noise, sigmas[0], denoiser.interpolation) if add_noise else x0
-    inner: Denoiser = denoiser if mask is None else InpaintDenoiser(denoiser, x0, mask, noise)
+    lists = dual is not None or is_entry_list(cond) or is_entry_list(uncond)
+    guided: Denoiser
+    guided_cond: GuidedCond | DualGuidedCond
+    if not lists:  # one prompt each: the inpaint blend inside CFG, as always (bit-identical results)
+        inner: Denoiser = denoiser if mask is None else InpaintDenoiser(denoiser, x0, mask, noise)
+        guided = CFGDenoiser(inner, guidance, interval=guidance_interval, rescale_cfg=rescale_cfg)
+        guided_cond = GuidedCond(cond, uncond if guidance != 1.0 else None)
+    else:  # conditioning lists evaluate crops of x, so the inpaint blend goes outside the guidance
+        if dual is not None:
+            guided = DualCFGDenoiser(denoiser, guidance, dual.scale2, nested=dual.nested)
+            guided_cond = DualGuidedCond(cond, dual.cond2, uncond)
+        else:
+            guided = CFGDenoiser(denoiser, guidance, interval=guidance_interval, rescale_cfg=rescale_cfg)
+            guided_cond = GuidedCond(cond, uncond if guidance != 1.0 else None)
+        guided = guided if mask is None else InpaintDenoiser(guided, x0, mask, noise)
     with torch.no_grad(), model_loras(model):
         return get_sampler(sampler)(
-            CFGDenoiser(inner, guidance, interval=guidance_interval),
+            guided,
             x,
             sigmas.to(device),
-            cond=GuidedCond(cond, uncond if guidance != 1.0 else None),
+            cond=guided_cond,
             noise=SeededNoiseSampler(seeds, shape, device=device),
             callback=callback,
             **(sampler_options or {}),
