@@ -10,7 +10,13 @@ import pytest
 import torch
 
 from latentworks.diffusion.denoisers import DiscreteModelSampling, FlowModelSampling
-from latentworks.diffusion.guidance import CFGDenoiser, DualCFGDenoiser, DualGuidedCond, GuidedCond, rescale_cfg_v
+from latentworks.diffusion.guidance import (
+    CFGDenoiser,
+    DualCFGDenoiser,
+    DualGuidedCond,
+    GuidedCond,
+    rescale_cfg_v,
+)
 from latentworks.diffusion.regions import (
     CondEntry,
     area_from_fractions,
@@ -130,7 +136,9 @@ def test_area_is_clipped_to_the_latent() -> None:
 def test_percent_to_sigma_follows_the_model_sampling() -> None:
     ms = DiscreteModelSampling()
     assert percent_to_sigma(ms, 0.0) == math.inf and percent_to_sigma(ms, 1.0) == 0.0
-    assert percent_to_sigma(ms, 0.5) == pytest.approx(float(ms.sigma(torch.tensor(499.5, dtype=torch.float64))))
+    assert percent_to_sigma(ms, 0.5) == pytest.approx(
+        float(ms.sigma(torch.tensor(499.5, dtype=torch.float64)))
+    )
     flow = FlowModelSampling(shift=3.0)
     # SD3's shift: sigma = s t / (1 + (s - 1) t) at t = 1 - percent
     assert percent_to_sigma(flow, 0.25) == pytest.approx(3 * 0.75 / (1 + 2 * 0.75))
@@ -154,7 +162,9 @@ def test_timestep_range_switches_entries_at_the_right_step() -> None:
         return d(x, s, cond)  # type: ignore[arg-type]
 
     guided = CFGDenoiser(record, 1.0)  # type: ignore[arg-type]
-    sample_euler(guided, torch.zeros(1, 1, 2, 2, dtype=torch.float64), sigmas, cond=GuidedCond((first, second)))
+    sample_euler(
+        guided, torch.zeros(1, 1, 2, 2, dtype=torch.float64), sigmas, cond=GuidedCond((first, second))
+    )
     used = [vals[0] for _, vals in d.calls]
     assert used == [1.0 if s >= mid else 2.0 for s in seen]
     assert 1.0 in used and 2.0 in used
@@ -182,7 +192,9 @@ def test_cfg_with_area_gets_an_opposite_uncond_area() -> None:
     x = torch.zeros(1, 1, 8, 8, dtype=torch.float64)
     out = CFGDenoiser(ConstDenoiser(), 3.0)(x, sig(), GuidedCond((CondEntry(c(1.0)), area), c(-1.0)))  # type: ignore[arg-type]
     # area cells 0..3 x 0..3: inner edges fade over 1 cell (4 // 4) with weight 1: cond (1 + 5) / 2 = 3
-    assert torch.allclose(out[0, 0, :4, :4], torch.full((4, 4), -1.0 + 3.0 * (3.0 + 1.0), dtype=torch.float64))
+    assert torch.allclose(
+        out[0, 0, :4, :4], torch.full((4, 4), -1.0 + 3.0 * (3.0 + 1.0), dtype=torch.float64)
+    )
     assert torch.allclose(out[0, 0, 4:, :], torch.full((4, 8), -1.0 + 3.0 * 2.0, dtype=torch.float64))
 
 

@@ -22,10 +22,13 @@ def default_registry(
     from latentworks.nodes.image_ops import image_ops_nodes
     from latentworks.nodes.latent_ops import latent_ops_nodes
     from latentworks.nodes.loaders import split_loader_nodes
+    from latentworks.nodes.model_advanced import model_advanced_nodes
     from latentworks.nodes.model_patches import model_patch_nodes
     from latentworks.nodes.models import loader_nodes
     from latentworks.nodes.primitives import primitive_nodes
     from latentworks.nodes.sampling import sampling_nodes
+    from latentworks.nodes.text_encode import text_encode_nodes
+    from latentworks.nodes.vae_tiled import vae_tiled_nodes
 
     md = None if models_dir is None else Path(models_dir)
     idir = None if input_dir is None else Path(input_dir)
@@ -42,6 +45,9 @@ def default_registry(
             *custom_sampling_nodes(),
             *model_patch_nodes(),
             *split_loader_nodes(md),  # UNETLoader, CLIPLoader, ..., VAELoader (nodes/loaders.py)
+            *text_encode_nodes(),  # CLIPTextEncodeSDXL, ...Refiner, ...Flux, ...SD3
+            *model_advanced_nodes(),  # RescaleCFG, ModelMergeSimple
+            *vae_tiled_nodes(),  # VAEDecodeTiled, VAEEncodeTiled
         ]
     )
 
