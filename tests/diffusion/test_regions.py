@@ -222,3 +222,25 @@ def test_rescale_cfg_in_v_space() -> None:
     a, b = 1 / (sb**2 + 1), (sb**2 + 1).sqrt() / sb
     v_out, v_c = (a * x - out) * b, (a * x - x0_c) * b
     assert torch.allclose(v_out.std(dim=(1, 2, 3)), v_c.std(dim=(1, 2, 3)))
+
+
+def test_rescale_cfg_on_flow_models_rescales_x0() -> None:
+    """Flow models: RescaleCFG's guided x0 gets the conditional x0's per-sample std (multiplier 1)."""
+    from latentworks.diffusion.denoisers import FLOW
+
+    class FlowNoise:
+        interpolation = FLOW
+
+        def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+            return x * cond.reshape(-1, 1, 1, 1)
+
+    torch.manual_seed(2)
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    cond = GuidedCond(
+        torch.tensor([2.0, 3.0], dtype=torch.float64), torch.tensor([1.0, 0.5], dtype=torch.float64)
+    )
+    out = CFGDenoiser(FlowNoise(), 4.0, rescale_cfg=1.0)(x, sig(2, 0.5), cond)  # type: ignore[arg-type]
+    x0_c = x * torch.tensor([2.0, 3.0], dtype=torch.float64).reshape(-1, 1, 1, 1)
+    assert torch.allclose(out.std(dim=(1, 2, 3)), x0_c.std(dim=(1, 2, 3)))
+    plain = CFGDenoiser(FlowNoise(), 4.0)(x, sig(2, 0.5), cond)  # type: ignore[arg-type]
+    assert not torch.allclose(out, plain)

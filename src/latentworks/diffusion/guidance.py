@@ -78,7 +78,8 @@ def rescale_cfg_v(
 
     With ``a = 1 / (sigma^2 + 1)`` and ``b = sqrt(sigma^2 + 1) / sigma``, ``v = (a x - x0) b``; the guided
     ``v_cfg = v_u + scale (v_c - v_u)`` is scaled to the per-sample std of ``v_c`` and mixed by
-    ``multiplier``; the result is ``a x - v / b``. Applied as written to flow models too (as ComfyUI does).
+    ``multiplier``; the result is ``a x - v / b``. For VE inputs (eps/v models); :class:`CFGDenoiser`
+    rescales flow models' x0 directly (:func:`rescale_guidance`), as ComfyUI does.
     """
     s = _bcast(sigma.to(x.dtype), x)
     a = 1.0 / (s * s + 1.0)
@@ -132,8 +133,8 @@ class CFGDenoiser:
         threshold: dynamic-thresholding percentile p in (0, 1] (Imagen uses 0.995); None = off. Applied
             to the guided x0 (data space), after rescale.
         threshold_max: upper bound for the threshold s (None = unbounded).
-        rescale_cfg: ComfyUI's RescaleCFG multiplier in [0, 1] (:func:`rescale_cfg_v`: guidance and
-            rescale on the implied v-prediction); 0 = off.
+        rescale_cfg: ComfyUI's RescaleCFG multiplier in [0, 1]: guidance and rescale on the implied
+            v-prediction (:func:`rescale_cfg_v`), or on x0 for flow models; 0 = off.
 
     Conditioning lists (tuples of ``CondEntry``) in cond or uncond are evaluated entry by entry and blended
     (:func:`~latentworks.diffusion.regions.compose`), after each area entry got an opposite entry of the
@@ -205,8 +206,12 @@ class CFGDenoiser:
 
     def _combine(self, x: Tensor, sigma_t: Tensor, on: Tensor, x0_c: Tensor, x0_u: Tensor) -> Tensor:
         """Guided x0 from the cond and uncond predictions (conditional alone where ``on`` is False)."""
-        if self.rescale_cfg > 0:
+        if self.rescale_cfg > 0 and not self.interpolation.is_flow:
             x0 = rescale_cfg_v(x, sigma_t, x0_c, x0_u, self.scale, self.rescale_cfg)
+        elif (
+            self.rescale_cfg > 0
+        ):  # flow models: x0 is what gets rescaled (ComfyUI's RescaleCFG does the same)
+            x0 = rescale_guidance(x0_u + self.scale * (x0_c - x0_u), x0_c, self.rescale_cfg)
         else:
             x0 = x0_u + self.scale * (x0_c - x0_u)
         x0 = rescale_guidance(x0, x0_c, self.rescale)

@@ -29,6 +29,7 @@ from latentworks.diffusion.schedules import SCHEDULERS, get_sigmas
 from latentworks.graph.executor import ExecutionContext
 from latentworks.graph.types import InputSpec, NodeSpec, OutputSpec, Preview
 from latentworks.nodes.guards import interruptible, needs_fine_checks
+from latentworks.nodes.image_ops import MAX_RESOLUTION
 from latentworks.nodes.payloads import ClipPayload, ConditioningPayload, Latent, ModelPayload, latent_factor
 from latentworks.nodes.resize import LATENT_METHODS, resize
 from latentworks.pipelines.families import add_conditioning_extras, behaviour_of, model_sampling_for
@@ -362,7 +363,9 @@ def sampling_nodes() -> list[NodeSpec]:
         I("negative", "CONDITIONING"),
         I("latent_image", "LATENT"),
     )
-    size = {"default": 64, "min": 16, "max": 4096, "step": 8}
+    # ComfyUI's range; the default is our bundled model's 64 px (ComfyUI: 1024), and the job's pixel budget
+    # (ctx.check_pixels) refuses sizes this machine cannot afford.
+    size = {"default": 64, "min": 16, "max": MAX_RESOLUTION, "step": 8}
     return [
         NodeSpec(
             name="CLIPTextEncode",
@@ -394,7 +397,7 @@ def sampling_nodes() -> list[NodeSpec]:
             inputs=(
                 I("width", "INT", **size),
                 I("height", "INT", **size),
-                I("batch_size", "INT", default=1, min=1, max=64),
+                I("batch_size", "INT", default=1, min=1, max=4096),
             ),
             outputs=(OutputSpec(type="LATENT"),),
         ),
@@ -407,7 +410,7 @@ def sampling_nodes() -> list[NodeSpec]:
                 I("model", "MODEL"),
                 I("seed", "INT", default=0, min=0, max=SEED_MAX, extra={"control_after_generate": True}),
                 I("steps", "INT", default=20, min=1, max=10000),
-                I("cfg", "FLOAT", default=5.0, min=0.0, max=100.0, step=0.1),
+                I("cfg", "FLOAT", default=8.0, min=0.0, max=100.0, step=0.1, extra={"round": 0.01}),
                 *common,
                 I("denoise", "FLOAT", default=1.0, min=0.0, max=1.0, step=0.01),
             ),
@@ -431,7 +434,7 @@ def sampling_nodes() -> list[NodeSpec]:
                     extra={"control_after_generate": True},
                 ),
                 I("steps", "INT", default=20, min=1, max=10000),
-                I("cfg", "FLOAT", default=5.0, min=0.0, max=100.0, step=0.1),
+                I("cfg", "FLOAT", default=8.0, min=0.0, max=100.0, step=0.1, extra={"round": 0.01}),
                 *common,
                 I("start_at_step", "INT", default=0, min=0, max=10000),
                 I("end_at_step", "INT", default=10000, min=0, max=10000),
