@@ -244,3 +244,24 @@ def test_rescale_cfg_on_flow_models_rescales_x0() -> None:
     assert torch.allclose(out.std(dim=(1, 2, 3)), x0_c.std(dim=(1, 2, 3)))
     plain = CFGDenoiser(FlowNoise(), 4.0)(x, sig(2, 0.5), cond)  # type: ignore[arg-type]
     assert not torch.allclose(out, plain)
+
+
+def test_crops_grow_to_the_networks_size_multiple() -> None:
+    """A network that takes only even sizes (a DiT with patch 2) sees a 3x5 area at (6, 2) of a 9x7 latent in
+    the 4x6 window at (5, 1) (grown, then shifted back from the border), and the result over the area is its
+    part of that prediction."""
+    seen: list[tuple[int, ...]] = []
+
+    def even_only(x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        assert x.shape[-2] % 2 == 0 and x.shape[-1] % 2 == 0, x.shape
+        seen.append(tuple(x.shape))
+        return x * cond[:, 0].reshape(-1, 1, 1, 1)
+
+    x = torch.randn(1, 2, 9, 7, dtype=torch.float64)
+    entries = (CondEntry(c(1.0), area=(3, 5, 6, 2), mask=torch.ones(1, 9, 7, dtype=torch.float64)),)
+    (out,) = compose(even_only, x, sig(), [entries], multiple=2)  # type: ignore[arg-type]
+    assert seen == [(1, 2, 4, 6)]
+    assert torch.allclose(out[..., 6:9, 2:7], x[..., 6:9, 2:7])  # x * 1 where the area is
+    assert not out[..., :6, :].any() and not out[..., :, :2].any()
+    (full,) = compose(even_only, x, sig(), [(CondEntry(c(2.0)),)], multiple=2)  # odd latent: replicate-padded
+    assert (1, 2, 10, 8) in seen and torch.allclose(full, 2 * x)

@@ -151,7 +151,9 @@ class CFGDenoiser:
         threshold: float | None = None,
         threshold_max: float | None = None,
         rescale_cfg: float = 0.0,
+        crop_multiple: int = 1,
     ) -> None:
+        self.crop_multiple = int(crop_multiple)
         if not 0.0 <= rescale <= 1.0:
             raise ValueError(f"rescale (phi) must be in [0, 1], got {rescale}")
         if not 0.0 <= rescale_cfg <= 1.0:
@@ -225,7 +227,7 @@ class CFGDenoiser:
         if guided and cond.uncond is None:
             raise ValueError("guidance scale != 1 needs an uncond (e.g. the empty prompt's conditioning)")
         lists = match_areas([as_entries(cond.cond), as_entries(cond.uncond) if guided else None])
-        x0_c, x0_u = compose(self.denoiser, x, sigma_t, lists)
+        x0_c, x0_u = compose(self.denoiser, x, sigma_t, lists, multiple=self.crop_multiple)
         x0 = self._combine(x, sigma_t, on, x0_c, x0_u) if guided else x0_c
         if self.threshold is not None:
             x0 = dynamic_threshold(x0, self.threshold, self.threshold_max)
@@ -252,8 +254,17 @@ class DualCFGDenoiser:
     (their terms then reduce to the cond alone). All three go through :func:`~latentworks.diffusion.regions.compose`.
     """
 
-    def __init__(self, denoiser: Denoiser, scale1: float, scale2: float, *, nested: bool = False) -> None:
+    def __init__(
+        self,
+        denoiser: Denoiser,
+        scale1: float,
+        scale2: float,
+        *,
+        nested: bool = False,
+        crop_multiple: int = 1,
+    ) -> None:
         self.denoiser, self.scale1, self.scale2, self.nested = denoiser, float(scale1), float(scale2), nested
+        self.crop_multiple = int(crop_multiple)
 
     @property
     def interpolation(self) -> Interpolation:
@@ -272,13 +283,15 @@ class DualCFGDenoiser:
         sigma_t = sigma_t.expand(x.shape[0]) if sigma_t.ndim == 0 else sigma_t  # (B,)
         c1, c2, u = as_entries(cond.cond1), as_entries(cond.cond2), as_entries(cond.uncond)
         if self.nested:
-            x0_u, x0_2, x0_1 = compose(self.denoiser, x, sigma_t, match_areas([u, c2, c1]))
+            x0_u, x0_2, x0_1 = compose(
+                self.denoiser, x, sigma_t, match_areas([u, c2, c1]), multiple=self.crop_multiple
+            )
             text = x0_2 + self.scale1 * (x0_1 - x0_2)
             return x0_u + self.scale2 * (text - x0_u)
         skip_u = math.isclose(self.scale2, 1.0)
         skip_2 = skip_u and math.isclose(self.scale1, 1.0)
         lists = [None if skip_u else u, None if skip_2 else c2, c1]
-        x0_u, x0_2, x0_1 = compose(self.denoiser, x, sigma_t, match_areas(lists))
+        x0_u, x0_2, x0_1 = compose(self.denoiser, x, sigma_t, match_areas(lists), multiple=self.crop_multiple)
         if skip_2:
             return x0_1
         middle = x0_2 if skip_u else x0_u + self.scale2 * (x0_2 - x0_u)

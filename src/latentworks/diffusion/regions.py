@@ -246,39 +246,64 @@ def _cat(items: list[Any]) -> Any:
     return torch.cat(items, 0)
 
 
+def _window(start: int, size: int, full: int, multiple: int) -> tuple[int, int, int, int]:
+    """The stretch of one axis the network sees for a crop ``[start, start + size)`` of a ``full``-long axis
+    when it needs sizes divisible by ``multiple``: ``(window start, window size, crop offset in the window,
+    replicate padding after the window)``. The window grows (and shifts back from the border) over real
+    latent cells; only a latent shorter than the rounded size gets padding."""
+    need = -(-size // multiple) * multiple
+    if need <= full:
+        w0 = min(start, full - need)
+        return w0, need, start - w0, 0
+    return 0, full, start, need - full
+
+
 def compose(
-    denoiser: Denoiser, x: Tensor, sigma: Tensor, lists: Sequence[ConditionList | None]
+    denoiser: Denoiser, x: Tensor, sigma: Tensor, lists: Sequence[ConditionList | None], *, multiple: int = 1
 ) -> list[Tensor]:
     """Each list's blended x0 prediction for ``x`` (B, C, H, W) at ``sigma`` (B,): ComfyUI's calc_cond_batch.
 
     Entries of all lists whose crops have the same shape and whose conditionings batch without padding share
-    one network call. A list with no active entry (or None) gives zeros.
+    one network call. A list with no active entry (or None) gives zeros. ``multiple``: the network takes only
+    sizes divisible by it (a DiT's patch size); a crop is then evaluated in a slightly larger window of the
+    latent (:func:`_window`) and its part of the prediction used.
     """
     level = float(sigma[0])
-    jobs: list[tuple[int, tuple[slice, slice], Tensor, Any]] = []  # (list index, crop, weight, cond)
+    big_h, big_w = x.shape[-2:]
+    # (list index, crop, weight, cond, window rows, window cols, offset in window, padding)
+    jobs: list[
+        tuple[int, tuple[slice, slice], Tensor, Any, tuple[int, int, int, int], tuple[int, int, int, int]]
+    ] = []
     for i, entries in enumerate(lists):
         for e in entries or ():
             if not e.active(level):
                 continue
             where = entry_weight(e, x)
-            if where is not None:
-                jobs.append((i, where[0], where[1], e.cond))
+            if where is None:
+                continue
+            (rows, cols), weight = where
+            wy = _window(rows.start, rows.stop - rows.start, big_h, multiple)
+            wx = _window(cols.start, cols.stop - cols.start, big_w, multiple)
+            jobs.append((i, (rows, cols), weight, e.cond, wy, wx))
     out = [torch.zeros_like(x) for _ in lists]
     total = [torch.zeros_like(x) for _ in lists]
     while jobs:
         first = jobs[0]
-        shape = (first[1][0].stop - first[1][0].start, first[1][1].stop - first[1][1].start)
-        group = [
-            j
-            for j in jobs
-            if (j[1][0].stop - j[1][0].start, j[1][1].stop - j[1][1].start) == shape
-            and _batchable(j[3], first[3])
-        ]
+
+        def shape(j: Any) -> tuple[int, int]:
+            return j[4][1] + j[4][3], j[5][1] + j[5][3]
+
+        group = [j for j in jobs if shape(j) == shape(first) and _batchable(j[3], first[3])]
         jobs = [j for j in jobs if not any(j is g for g in group)]
-        x_in = torch.cat([x[:, :, rows, cols] for _, (rows, cols), _, _ in group])
-        x0 = denoiser(x_in, sigma.repeat(len(group)), _cat([j[3] for j in group]))
-        for k, (i, (rows, cols), weight, _) in enumerate(group):
-            part = x0[k * x.shape[0] : (k + 1) * x.shape[0]]
+        crops = []
+        for _, _, _, _, (y0, h, _, pad_y), (x0, w, _, pad_x) in group:
+            crop = x[:, :, y0 : y0 + h, x0 : x0 + w]
+            crops.append(F.pad(crop, (0, pad_x, 0, pad_y), mode="replicate") if pad_x or pad_y else crop)
+        x0_pred = denoiser(torch.cat(crops), sigma.repeat(len(group)), _cat([j[3] for j in group]))
+        for k, (i, (rows, cols), weight, _, wy, wx) in enumerate(group):
+            oy, ox = wy[2], wx[2]
+            h, w = rows.stop - rows.start, cols.stop - cols.start
+            part = x0_pred[k * x.shape[0] : (k + 1) * x.shape[0], :, oy : oy + h, ox : ox + w]
             out[i][:, :, rows, cols] += part * weight
             total[i][:, :, rows, cols] += weight.expand_as(part)
     # Cells no active entry covers stay 0 (ComfyUI divides by a 1e-37 floor).

@@ -143,11 +143,20 @@ def denoise_latents(
         guided = CFGDenoiser(inner, guidance, interval=guidance_interval, rescale_cfg=rescale_cfg)
         guided_cond = GuidedCond(cond, uncond if guidance != 1.0 else None)
     else:  # conditioning lists evaluate crops of x, so the inpaint blend goes outside the guidance
+        multiple = int(getattr(getattr(model.denoiser_net, "config", None), "patch_size", 1) or 1)
         if dual is not None:
-            guided = DualCFGDenoiser(denoiser, guidance, dual.scale2, nested=dual.nested)
+            guided = DualCFGDenoiser(
+                denoiser, guidance, dual.scale2, nested=dual.nested, crop_multiple=multiple
+            )
             guided_cond = DualGuidedCond(cond, dual.cond2, uncond)
         else:
-            guided = CFGDenoiser(denoiser, guidance, interval=guidance_interval, rescale_cfg=rescale_cfg)
+            guided = CFGDenoiser(
+                denoiser,
+                guidance,
+                interval=guidance_interval,
+                rescale_cfg=rescale_cfg,
+                crop_multiple=multiple,
+            )
             guided_cond = GuidedCond(cond, uncond if guidance != 1.0 else None)
         guided = guided if mask is None else InpaintDenoiser(guided, x0, mask, noise)
     with torch.no_grad(), model_loras(model):
