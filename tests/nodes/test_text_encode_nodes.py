@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from latentworks import families
+from latentworks.checkpoints.lora import LoraTextEncoder
 from latentworks.graph import ExecutionContext, OutputCache
 from latentworks.models.text.families import make_prompt_encoder
 from latentworks.nodes.payloads import ClipPayload
@@ -53,6 +54,9 @@ def test_sdxl_texts_go_to_their_towers_with_size_ids(towers) -> None:
         "CLIPTextEncodeSDXL", ClipPayload(sdxl), 1024, 1024, 0, 0, 1024, 1024, "red apple", "red apple"
     )
     torch.testing.assert_close(both.cond.tokens, same.tokens)
+    wrapped = ClipPayload(LoraTextEncoder(sdxl, []))  # what LoraLoader hands on: encodes with its LoRAs on
+    (via_lora,) = run("CLIPTextEncodeSDXL", wrapped, 832, 1216, 16, 32, 1024, 960, "red apple", "cat dog")
+    torch.testing.assert_close(via_lora.cond.tokens, c.tokens)
     (ref,) = run("CLIPTextEncodeSDXLRefiner", 2.5, 640, 512, "red apple", ClipPayload(sdxl))
     assert ref.cond.extra["time_ids"].tolist() == [[512.0, 640.0, 0.0, 0.0, 2.5]]
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from latentworks.checkpoints.lora import LoraTextEncoder
 from latentworks.diffusion.conditioning import Conditioning
 from latentworks.graph.types import InputSpec, NodeSpec, OutputSpec
 from latentworks.nodes.image_ops import MAX_RESOLUTION
@@ -26,7 +27,8 @@ def encode_parts(
 ) -> Conditioning:
     """Encode one text per component, or a clear error for an encoder that takes a single prompt."""
     enc = clip.encoder
-    if hasattr(enc, "encode_components"):
+    base = enc.base if isinstance(enc, LoraTextEncoder) else enc  # a LoraLoader's wrapper applies its LoRAs
+    if hasattr(base, "encode_components"):
         return enc.encode_components(dict(texts), drop_empty=drop_empty)
     distinct = {t for t in texts.values()}
     if len(distinct) == 1:  # one text for all: the encoder's ordinary prompt
