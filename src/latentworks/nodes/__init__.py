@@ -26,6 +26,7 @@ def default_registry(
     from latentworks.nodes.model_patches import model_patch_nodes
     from latentworks.nodes.models import loader_nodes
     from latentworks.nodes.primitives import primitive_nodes
+    from latentworks.nodes.sampler_options import sampler_option_nodes
     from latentworks.nodes.sampling import sampling_nodes
     from latentworks.nodes.text_encode import text_encode_nodes
     from latentworks.nodes.vae_tiled import vae_tiled_nodes
@@ -48,6 +49,7 @@ def default_registry(
             *text_encode_nodes(),  # CLIPTextEncodeSDXL, ...Refiner, ...Flux, ...SD3
             *model_advanced_nodes(),  # RescaleCFG, ModelMergeSimple
             *vae_tiled_nodes(),  # VAEDecodeTiled, VAEEncodeTiled
+            *sampler_option_nodes(),  # SamplerEulerAncestral, SamplerDPMPP_*, SamplerLMS
         ]
     )
 
