@@ -164,7 +164,7 @@ COMFY: dict[str, tuple[str, list[tuple[str, str, list]], list[tuple[str, str]]]]
         "latent/batch",
         [
             (R, "samples", ["LATENT"]),
-            (R, "batch_index", ["INT", {"default": 0, "min": 0, "max": 63}]),
+            (R, "batch_index", ["INT", {"default": 0, "min": -16384, "max": 16384}]),
             (R, "length", ["INT", {"default": 1, "min": 1, "max": 64}]),
         ],
         [("LATENT", "LATENT")],
@@ -428,6 +428,8 @@ def test_latent_from_batch_and_repeat() -> None:
     z = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 2, 2, 2)
     (s,) = run("LatentFromBatch", samples=Latent(samples=z), batch_index=2, length=5)
     assert torch.equal(s.samples[:, 0, 0, 0], torch.tensor([2.0, 3.0]))
+    (last,) = run("LatentFromBatch", samples=Latent(samples=z), batch_index=-1, length=1)  # from the end
+    assert torch.equal(last.samples[:, 0, 0, 0], z[-1:, 0, 0, 0])
     (r,) = run("RepeatLatentBatch", samples=Latent(samples=z[:2]), amount=3)
     assert torch.equal(r.samples[:, 0, 0, 0], torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0, 1.0]))
     (e,) = run("RepeatLatentBatch", samples=Latent(pixel_size=(64, 64), batch_size=2), amount=3)

@@ -611,11 +611,18 @@ class LoraTextEncoder:
         return out
 
     def encode(self, prompts: list[str]) -> Any:
+        return self._with_loras(lambda: self.base.encode(prompts))
+
+    def encode_components(self, texts: Any, **options: Any) -> Any:
+        """``base.encode_components`` (one text per component, CLIPTextEncodeSDXL/SD3/Flux) with the LoRAs on."""
+        return self._with_loras(lambda: self.base.encode_components(texts, **options))
+
+    def _with_loras(self, run: Callable[[], Any]) -> Any:
         handles: list[LoraHandle] = []
         try:
             for module, resolved in self._resolved:
                 handles.append(apply_loras(module, resolved))
-            return self.base.encode(prompts)
+            return run()
         finally:
             for h in reversed(handles):
                 h.remove()

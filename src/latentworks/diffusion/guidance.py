@@ -12,6 +12,7 @@ Every wrapper here is itself a denoiser ``D(x, sigma, cond) -> x0`` with ``.inte
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,13 +21,16 @@ from torch import Tensor
 
 from latentworks.diffusion.conditioning import Conditioning
 from latentworks.diffusion.denoisers import Denoiser, Interpolation, ModelSampling, interpolation_of
+from latentworks.diffusion.regions import as_entries, compose, is_entry_list, match_areas
 
 
 @dataclass(frozen=True)
 class GuidedCond:
     """The conditioning of a guided denoiser: the prompt's ``cond`` and the negative/empty ``uncond``.
 
-    Both are what the inner denoiser takes (usually ``Conditioning`` with the same batch size as x).
+    Each is what the inner denoiser takes (usually ``Conditioning`` with the same batch size as x), or a
+    conditioning list (a tuple of :class:`~latentworks.diffusion.regions.CondEntry`: prompts over areas, masks
+    and noise-level ranges, blended by :func:`~latentworks.diffusion.regions.compose`).
     """
 
     cond: Any
@@ -64,6 +68,27 @@ def rescale_guidance(x0_cfg: Tensor, x0_cond: Tensor, phi: float) -> Tensor:
     std_cfg = x0_cfg.std(dim=dims, keepdim=True)
     rescaled = x0_cfg * (std_cond / std_cfg.clamp(min=1e-12))  # eq. 15
     return phi * rescaled + (1 - phi) * x0_cfg  # eq. 16
+
+
+def rescale_cfg_v(
+    x: Tensor, sigma: Tensor, x0_cond: Tensor, x0_uncond: Tensor, scale: float, multiplier: float
+) -> Tensor:
+    """ComfyUI's RescaleCFG: guidance and guidance rescale (Lin et al. 2023, eq. 15-16) done on the
+    v-prediction that a VE input ``x`` at ``sigma`` (B,) and the x0 predictions imply, back to x0.
+
+    With ``a = 1 / (sigma^2 + 1)`` and ``b = sqrt(sigma^2 + 1) / sigma``, ``v = (a x - x0) b``; the guided
+    ``v_cfg = v_u + scale (v_c - v_u)`` is scaled to the per-sample std of ``v_c`` and mixed by
+    ``multiplier``; the result is ``a x - v / b``. For VE inputs (eps/v models); :class:`CFGDenoiser`
+    rescales flow models' x0 directly (:func:`rescale_guidance`), as ComfyUI does.
+    """
+    s = _bcast(sigma.to(x.dtype), x)
+    a = 1.0 / (s * s + 1.0)
+    b = (s * s + 1.0).sqrt() / s
+    v_c = (a * x - x0_cond) * b
+    v_u = (a * x - x0_uncond) * b
+    v_cfg = v_u + scale * (v_c - v_u)
+    v = rescale_guidance(v_cfg, v_c, multiplier)
+    return a * x - v / b
 
 
 def dynamic_threshold(x0: Tensor, percentile: float, max_value: float | None = None) -> Tensor:
@@ -108,6 +133,12 @@ class CFGDenoiser:
         threshold: dynamic-thresholding percentile p in (0, 1] (Imagen uses 0.995); None = off. Applied
             to the guided x0 (data space), after rescale.
         threshold_max: upper bound for the threshold s (None = unbounded).
+        rescale_cfg: ComfyUI's RescaleCFG multiplier in [0, 1]: guidance and rescale on the implied
+            v-prediction (:func:`rescale_cfg_v`), or on x0 for flow models; 0 = off.
+
+    Conditioning lists (tuples of ``CondEntry``) in cond or uncond are evaluated entry by entry and blended
+    (:func:`~latentworks.diffusion.regions.compose`), after each area entry got an opposite entry of the
+    same area in the other list (:func:`~latentworks.diffusion.regions.match_areas`).
     """
 
     def __init__(
@@ -119,9 +150,15 @@ class CFGDenoiser:
         interval: tuple[float, float] | None = None,
         threshold: float | None = None,
         threshold_max: float | None = None,
+        rescale_cfg: float = 0.0,
+        crop_multiple: int = 1,
     ) -> None:
+        self.crop_multiple = int(crop_multiple)
         if not 0.0 <= rescale <= 1.0:
             raise ValueError(f"rescale (phi) must be in [0, 1], got {rescale}")
+        if not 0.0 <= rescale_cfg <= 1.0:
+            raise ValueError(f"rescale_cfg (RescaleCFG multiplier) must be in [0, 1], got {rescale_cfg}")
+        self.rescale_cfg = float(rescale_cfg)
         interval = None if interval is None else check_interval(interval)
         if threshold is not None and not 0 < threshold <= 1:
             raise ValueError(f"threshold is a percentile in (0, 1] such as 0.995, got {threshold}")
@@ -154,6 +191,8 @@ class CFGDenoiser:
         sigma_t = torch.as_tensor(sigma, device=x.device)
         sigma_t = sigma_t.expand(b) if sigma_t.ndim == 0 else sigma_t  # (B,)
         on = self._guided(sigma_t)
+        if is_entry_list(cond.cond) or is_entry_list(cond.uncond):
+            return self._lists(x, sigma_t, cond, on)
         if not bool(on.any()):
             x0 = self.denoiser(x, sigma_t, cond.cond)
         else:
@@ -162,14 +201,101 @@ class CFGDenoiser:
             both = self.denoiser(
                 torch.cat([x, x]), torch.cat([sigma_t, sigma_t]), _cat_cond([cond.cond, cond.uncond])
             )  # (2B, ...)
-            x0_c, x0_u = both[:b], both[b:]
-            x0 = x0_u + self.scale * (x0_c - x0_u)
-            x0 = rescale_guidance(x0, x0_c, self.rescale)
-            if not bool(on.all()):
-                x0 = torch.where(_bcast(on, x), x0, x0_c)
+            x0 = self._combine(x, sigma_t, on, both[:b], both[b:])
         if self.threshold is not None:
             x0 = dynamic_threshold(x0, self.threshold, self.threshold_max)
         return x0
+
+    def _combine(self, x: Tensor, sigma_t: Tensor, on: Tensor, x0_c: Tensor, x0_u: Tensor) -> Tensor:
+        """Guided x0 from the cond and uncond predictions (conditional alone where ``on`` is False)."""
+        if self.rescale_cfg > 0 and not self.interpolation.is_flow:
+            x0 = rescale_cfg_v(x, sigma_t, x0_c, x0_u, self.scale, self.rescale_cfg)
+        elif (
+            self.rescale_cfg > 0
+        ):  # flow models: x0 is what gets rescaled (ComfyUI's RescaleCFG does the same)
+            x0 = rescale_guidance(x0_u + self.scale * (x0_c - x0_u), x0_c, self.rescale_cfg)
+        else:
+            x0 = x0_u + self.scale * (x0_c - x0_u)
+        x0 = rescale_guidance(x0, x0_c, self.rescale)
+        if not bool(on.all()):
+            x0 = torch.where(_bcast(on, x), x0, x0_c)
+        return x0
+
+    def _lists(self, x: Tensor, sigma_t: Tensor, cond: GuidedCond, on: Tensor) -> Tensor:
+        """The conditioning-list path: blend each list's entries, then guide as usual."""
+        guided = bool(on.any())
+        if guided and cond.uncond is None:
+            raise ValueError("guidance scale != 1 needs an uncond (e.g. the empty prompt's conditioning)")
+        lists = match_areas([as_entries(cond.cond), as_entries(cond.uncond) if guided else None])
+        x0_c, x0_u = compose(self.denoiser, x, sigma_t, lists, multiple=self.crop_multiple)
+        x0 = self._combine(x, sigma_t, on, x0_c, x0_u) if guided else x0_c
+        if self.threshold is not None:
+            x0 = dynamic_threshold(x0, self.threshold, self.threshold_max)
+        return x0
+
+
+@dataclass(frozen=True)
+class DualGuidedCond:
+    """The conditioning of :class:`DualCFGDenoiser`: ``cond1``, the middle ``cond2`` and ``uncond``
+    (each a conditioning or a conditioning list)."""
+
+    cond1: Any
+    cond2: Any
+    uncond: Any
+
+
+class DualCFGDenoiser:
+    """Guidance with two prompts (ComfyUI's DualCFGGuider), from the three x0 predictions c1, c2, u:
+
+    * ``regular``: ``u + scale2 (c2 - u) + scale1 (c1 - c2)``
+    * ``nested``: ``u + scale2 (t - u)`` with ``t = c2 + scale1 (c1 - c2)``
+
+    In ``regular`` style the uncond is skipped when ``scale2 == 1`` and cond2 too when ``scale1 == 1`` as well
+    (their terms then reduce to the cond alone). All three go through :func:`~latentworks.diffusion.regions.compose`.
+    """
+
+    def __init__(
+        self,
+        denoiser: Denoiser,
+        scale1: float,
+        scale2: float,
+        *,
+        nested: bool = False,
+        crop_multiple: int = 1,
+    ) -> None:
+        self.denoiser, self.scale1, self.scale2, self.nested = denoiser, float(scale1), float(scale2), nested
+        self.crop_multiple = int(crop_multiple)
+
+    @property
+    def interpolation(self) -> Interpolation:
+        return interpolation_of(self.denoiser)
+
+    @property
+    def model_sampling(self) -> ModelSampling | None:
+        return getattr(self.denoiser, "model_sampling", None)
+
+    def __call__(self, x: Tensor, sigma: Tensor | float, cond: Any = None) -> Tensor:
+        if not isinstance(cond, DualGuidedCond):
+            raise TypeError(
+                f"DualCFGDenoiser expects cond=DualGuidedCond(cond1, cond2, uncond), got {type(cond).__name__}"
+            )
+        sigma_t = torch.as_tensor(sigma, device=x.device)
+        sigma_t = sigma_t.expand(x.shape[0]) if sigma_t.ndim == 0 else sigma_t  # (B,)
+        c1, c2, u = as_entries(cond.cond1), as_entries(cond.cond2), as_entries(cond.uncond)
+        if self.nested:
+            x0_u, x0_2, x0_1 = compose(
+                self.denoiser, x, sigma_t, match_areas([u, c2, c1]), multiple=self.crop_multiple
+            )
+            text = x0_2 + self.scale1 * (x0_1 - x0_2)
+            return x0_u + self.scale2 * (text - x0_u)
+        skip_u = math.isclose(self.scale2, 1.0)
+        skip_2 = skip_u and math.isclose(self.scale1, 1.0)
+        lists = [None if skip_u else u, None if skip_2 else c2, c1]
+        x0_u, x0_2, x0_1 = compose(self.denoiser, x, sigma_t, match_areas(lists), multiple=self.crop_multiple)
+        if skip_2:
+            return x0_1
+        middle = x0_2 if skip_u else x0_u + self.scale2 * (x0_2 - x0_u)
+        return middle + self.scale1 * (x0_1 - x0_2)
 
 
 def noised_start(x0: Tensor, noise: Tensor, sigma: Tensor | float, interpolation: Interpolation) -> Tensor:

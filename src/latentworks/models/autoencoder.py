@@ -331,6 +331,43 @@ class Autoencoder(nn.Module):
                 weight[region] += mask
         return out / weight
 
+    def tiled_encode(self, x: Tensor, tile: int = 512, overlap: int = 64) -> Tensor:
+        """Encode images ``x`` (B, C_in, H, W) in overlapping ``tile`` x ``tile`` pixel tiles to the
+        posterior mode (B, latent_channels, H/f, W/f), blended with linear ramps over ``overlap / f`` cells.
+
+        ``tile`` and ``overlap`` are rounded down to multiples of the downsampling factor f. Like
+        :meth:`tiled_decode` the result is close to, not equal to, ``encode(x).mode()``; an image no larger
+        than one tile is encoded in one piece, exactly as ``encode``.
+        """
+        f = self.config.downsample_factor
+        t, o = tile // f, overlap // f
+        if t < 1 or not 0 <= o < t:
+            raise ValueError(
+                f"tiled_encode needs tile >= {f} and 0 <= overlap < tile, got {tile=} {overlap=}"
+            )
+        b, _, height, width = x.shape
+        if height % f or width % f:
+            raise ValueError(f"image size {(height, width)} is not a multiple of the downsampling factor {f}")
+        h, w = height // f, width // f
+        if h <= t and w <= t:
+            return self.encode(x).mode()
+        ys, xs = _tile_starts(h, t, o), _tile_starts(w, t, o)
+        out = x.new_zeros(b, self.config.latent_channels, h, w)
+        weight = x.new_zeros(1, 1, h, w)
+        for y0 in ys:
+            for x0 in xs:
+                th, tw = min(t, h - y0), min(t, w - x0)
+                z = self.encode(
+                    x[:, :, y0 * f : (y0 + th) * f, x0 * f : (x0 + tw) * f]
+                ).mode()  # (B, C, th, tw)
+                mask = (
+                    _ramp(th, o, y0 > 0, y0 + th < h, x)[:, None]
+                    * _ramp(tw, o, x0 > 0, x0 + tw < w, x)[None, :]
+                )
+                out[:, :, y0 : y0 + th, x0 : x0 + tw] += z * mask
+                weight[:, :, y0 : y0 + th, x0 : x0 + tw] += mask
+        return out / weight
+
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, DiagonalGaussian]:
         """Reconstruct ``x`` through a posterior sample; returns (reconstruction, posterior)."""
         posterior = self.encode(x)

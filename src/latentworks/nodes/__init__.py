@@ -23,12 +23,16 @@ def default_registry(
     from latentworks.nodes.inpaint import inpaint_nodes
     from latentworks.nodes.latent_ops import latent_ops_nodes
     from latentworks.nodes.loaders import split_loader_nodes
+    from latentworks.nodes.model_advanced import model_advanced_nodes
     from latentworks.nodes.model_patches import model_patch_nodes
     from latentworks.nodes.models import loader_nodes
     from latentworks.nodes.primitives import primitive_nodes
+    from latentworks.nodes.sampler_options import sampler_option_nodes
     from latentworks.nodes.sampling import sampling_nodes
+    from latentworks.nodes.text_encode import text_encode_nodes
     from latentworks.nodes.upscale import upscale_nodes
     from latentworks.nodes.utility import utility_nodes
+    from latentworks.nodes.vae_tiled import vae_tiled_nodes
 
     md = None if models_dir is None else Path(models_dir)
     idir = None if input_dir is None else Path(input_dir)
@@ -48,6 +52,10 @@ def default_registry(
             *upscale_nodes(md),  # UpscaleModelLoader, ImageUpscaleWithModel (spandrel)
             *split_loader_nodes(md),  # UNETLoader, CLIPLoader, ..., VAELoader (nodes/loaders.py)
             *utility_nodes(),  # SaveImageAdvanced, ImageCompare, ResolutionSelector (template coverage)
+            *text_encode_nodes(),  # CLIPTextEncodeSDXL, ...Refiner, ...Flux, ...SD3
+            *model_advanced_nodes(),  # RescaleCFG, ModelMergeSimple
+            *vae_tiled_nodes(),  # VAEDecodeTiled, VAEEncodeTiled
+            *sampler_option_nodes(),  # SamplerEulerAncestral, SamplerDPMPP_*, SamplerLMS
         ]
     )
 

@@ -15,6 +15,7 @@ Not provided: DualCFGGuider (it needs a three-way guidance wrapper that the one 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -147,6 +148,28 @@ def _cfg_guider(
     return (GuiderPayload(model, positive, negative, float(cfg)),)
 
 
+def _dual_cfg_guider(
+    ctx: Any,
+    model: ModelPayload,
+    cond1: ConditioningPayload,
+    cond2: ConditioningPayload,
+    negative: ConditioningPayload,
+    cfg_conds: float,
+    cfg_cond2_negative: float,
+    style: str,
+) -> tuple[Any, ...]:
+    guider = GuiderPayload(
+        model,
+        cond1,
+        negative,
+        float(cfg_conds),
+        cond2=cond2,
+        cfg2=float(cfg_cond2_negative),
+        nested=style == "nested",
+    )
+    return (guider,)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Samplers
 # ----------------------------------------------------------------------------------------------------------
@@ -179,6 +202,7 @@ def sample_custom(
         guider.negative,
         add_noise=noise.add_noise,
         sampler_options=dict(sampler.options),
+        dual=None if guider.cond2 is None else (guider.cond2, guider.cfg2, guider.nested),
     )
 
 
@@ -355,6 +379,22 @@ def custom_sampling_nodes() -> list[NodeSpec]:
                 I("positive", "CONDITIONING"),
                 I("negative", "CONDITIONING"),
                 cfg,
+            ),
+            outputs=(OutputSpec(type="GUIDER"),),
+        ),
+        NodeSpec(
+            name="DualCFGGuider",
+            category="sampling/custom_sampling/guiders",
+            description="Guidance with two prompts: cond2 against the negative, cond1 against cond2.",
+            execute=_dual_cfg_guider,
+            inputs=(
+                I("model", "MODEL"),
+                I("cond1", "CONDITIONING"),
+                I("cond2", "CONDITIONING"),
+                I("negative", "CONDITIONING"),
+                replace(cfg, name="cfg_conds"),
+                replace(cfg, name="cfg_cond2_negative"),
+                I("style", "COMBO", choices=("regular", "nested"), default="regular"),
             ),
             outputs=(OutputSpec(type="GUIDER"),),
         ),

@@ -58,7 +58,9 @@ def _mask_to_batch(mask: Tensor, batch: int) -> Tensor:
 
 def _from_batch(ctx: Any, samples: Latent, batch_index: int, length: int) -> tuple[Any, ...]:
     b = samples.batch
-    start = min(b - 1, batch_index)
+    if batch_index < 0:  # counted from the end, as in ComfyUI
+        batch_index += b
+    start = max(0, min(b - 1, batch_index))
     count = min(b - start, length)
     mask = samples.noise_mask
     if mask is not None and mask.shape[0] > 1:
@@ -185,7 +187,7 @@ def latent_ops_nodes() -> list[NodeSpec]:
             execute=_from_batch,
             inputs=(
                 I("samples", "LATENT"),
-                I("batch_index", "INT", default=0, min=0, max=63),
+                I("batch_index", "INT", default=0, min=-MAX_RESOLUTION, max=MAX_RESOLUTION),
                 I("length", "INT", default=1, min=1, max=64),
             ),
             outputs=(OutputSpec(type="LATENT"),),

@@ -238,8 +238,11 @@ def split_loader_nodes(models_dir: Path | None) -> list[NodeSpec]:
     ) -> tuple[Any, ...]:
         return (load_text_encoders(ctx, [te(clip_name1), te(clip_name2)], type, device),)
 
-    def triple_clip_loader(ctx: Any, clip_name1: str, clip_name2: str, clip_name3: str) -> tuple[Any, ...]:
-        return (load_text_encoders(ctx, [te(clip_name1), te(clip_name2), te(clip_name3)], TRIPLE_CLIP_TYPE),)
+    def triple_clip_loader(
+        ctx: Any, clip_name1: str, clip_name2: str, clip_name3: str, device: str = "default"
+    ) -> tuple[Any, ...]:
+        paths = [te(clip_name1), te(clip_name2), te(clip_name3)]
+        return (load_text_encoders(ctx, paths, TRIPLE_CLIP_TYPE, device),)
 
     def vae_loader(ctx: Any, vae_name: str) -> tuple[Any, ...]:
         return (load_vae(ctx, resolve_weights(models_dir, VAE_FOLDERS, vae_name, what="VAE")),)
@@ -332,6 +335,7 @@ def split_loader_nodes(models_dir: Path | None) -> list[NodeSpec]:
                 I("clip_name1", "COMBO", choices=text_encoders),
                 I("clip_name2", "COMBO", choices=text_encoders),
                 I("clip_name3", "COMBO", choices=text_encoders),
+                device,
             ),
             outputs=(OutputSpec(type="CLIP"),),
         ),

@@ -13,9 +13,8 @@ own. ComfyUI's multipliers (1000 for SD3, 1.0 for AuraFlow) describe ComfyUI's n
 when a non-flow model is switched to flow.
 
 Not supported: ComfyUI's ``lcm``, ``img_to_img`` and ``img_to_img_flow`` samplings of ModelSamplingDiscrete
-(their denoisers have no exact counterpart here; the node says so), and RescaleCFG (ComfyUI rescales in the
-network's eps/v output space; our ``CFGDenoiser(rescale=)`` rescales x0 and the one sampling path does not
-take it yet).
+(their denoisers have no exact counterpart here; the node says so). RescaleCFG lives in
+``nodes/model_advanced.py``.
 """
 
 from __future__ import annotations

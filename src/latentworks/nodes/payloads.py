@@ -6,6 +6,7 @@ float in [0, 1]; MASK is (B, H, W) float in [0, 1] where 1 means "generate here"
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -90,16 +91,73 @@ class VAEPayload:
 
 @dataclass(frozen=True)
 class ConditioningPayload:
-    """CONDITIONING: one prompt's conditioning (batch 1; repeated to the latent batch when sampling).
+    """CONDITIONING: a list of prompt entries, as ComfyUI's CONDITIONING is (batch 1 each; repeated to the
+    latent batch when sampling).
 
-    ``concat_latent`` and ``concat_mask`` (set by InpaintModelConditioning, as ComfyUI's ``concat_latent_image``
-    and ``concat_mask``) are what an inpainting model (9-channel U-Net) sees besides the prompt: the masked image's
-    model-space latent (B, C, h, w) and the pixel mask (B, 1, H, W), 1 = generate. Other models ignore them.
+    This object is the first entry (``cond`` and its options); ``rest`` holds the entries ConditioningCombine
+    appended. Area, mask and timestep options are kept as the nodes set them and resolved for the latent size
+    when sampling (:mod:`latentworks.diffusion.regions`).
+
+    Attributes:
+        cond: the prompt's conditioning.
+        area: ``(height, width, y, x)`` in pixels (ConditioningSetArea); divided by the VAE factor when sampling.
+        area_fraction: ``(height, width, y, x)`` as fractions of the image (ConditioningSetAreaPercentage).
+        strength: the entry's weight in the blend (ConditioningSetArea*).
+        mask: (H, W) or (B, H, W) weights of any size (ConditioningSetMask), resized to the latent.
+        mask_strength: multiplies the mask.
+        set_area_to_bounds: evaluate only the mask's bounding box (ConditioningSetMask "mask bounds").
+        start_percent, end_percent: the part of sampling the entry is used in (ConditioningSetTimestepRange).
+        concat_latent, concat_mask: what an inpainting model (9-channel U-Net) sees besides the prompt, set by
+            InpaintModelConditioning (ComfyUI's ``concat_latent_image`` and ``concat_mask``): the masked image's
+            model-space latent (B, C, h, w) and the pixel mask (B, 1, H, W), 1 = generate. Other models ignore them.
+        rest: further entries (ConditioningCombine), each without a ``rest`` of its own.
     """
 
     cond: Conditioning
+    area: tuple[int, int, int, int] | None = None
+    area_fraction: tuple[float, float, float, float] | None = None
+    strength: float = 1.0
+    mask: Tensor | None = None
+    mask_strength: float = 1.0
+    set_area_to_bounds: bool = False
+    start_percent: float = 0.0
+    end_percent: float = 1.0
     concat_latent: Tensor | None = None
     concat_mask: Tensor | None = None
+    rest: tuple[ConditioningPayload, ...] = ()
+
+    @property
+    def entries(self) -> tuple[ConditioningPayload, ...]:
+        """Every entry, each without ``rest``."""
+        return (replace(self, rest=()), *self.rest) if self.rest else (self,)
+
+    @staticmethod
+    def from_entries(entries: Sequence[ConditioningPayload]) -> ConditioningPayload:
+        """One payload holding ``entries`` in order (ConditioningCombine)."""
+        flat = [e for item in entries for e in item.entries]
+        if not flat:
+            raise ValueError("a CONDITIONING needs at least one entry")
+        return replace(flat[0], rest=tuple(flat[1:]))
+
+    def map_entries(self, fn: Callable[[ConditioningPayload], ConditioningPayload]) -> ConditioningPayload:
+        """Apply ``fn`` to every entry (what ComfyUI's conditioning nodes do to each list element)."""
+        return ConditioningPayload.from_entries([fn(e) for e in self.entries])
+
+    def map_conds(self, fn: Callable[[Conditioning], Conditioning]) -> ConditioningPayload:
+        """Apply ``fn`` to every entry's ``cond``, keeping the entries' options."""
+        return self.map_entries(lambda e: replace(e, cond=fn(e.cond)))
+
+    @property
+    def is_plain(self) -> bool:
+        """One entry over the whole image for the whole of sampling: the sampler's one-prompt path."""
+        return (
+            not self.rest
+            and self.area is None
+            and self.area_fraction is None
+            and self.mask is None
+            and self.start_percent <= 0.0
+            and self.end_percent >= 1.0
+        )
 
 
 @dataclass(frozen=True)
@@ -163,10 +221,15 @@ class NoisePayload:
 class GuiderPayload:
     """GUIDER: a model with its conditionings and classifier-free guidance scale.
 
-    ``negative`` is None for BasicGuider (cfg 1: one network call per step).
+    ``negative`` is None for BasicGuider (cfg 1: one network call per step). DualCFGGuider sets ``cond2``
+    (the middle prompt), ``cfg2`` (its scale against the negative; ``cfg`` is the positive's against cond2)
+    and ``nested`` (its "nested" style).
     """
 
     model: ModelPayload
     positive: ConditioningPayload
     negative: ConditioningPayload | None
     cfg: float
+    cond2: ConditioningPayload | None = None
+    cfg2: float = 1.0
+    nested: bool = False

@@ -8,6 +8,7 @@ time from the model's family, as ComfyUI's models do, so plain CLIPTextEncode co
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -15,19 +16,27 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from latentworks.diffusion.conditioning import CONCAT_KEY
+from latentworks.diffusion.conditioning import CONCAT_KEY, Conditioning
+from latentworks.diffusion.regions import (
+    CondEntry,
+    area_from_fractions,
+    mask_bounds,
+    resize_mask,
+    sigma_range_of,
+)
 from latentworks.diffusion.samplers import SAMPLERS, StepInfo
 from latentworks.diffusion.schedules import SCHEDULERS, get_sigmas
 from latentworks.graph.executor import ExecutionContext
 from latentworks.graph.types import InputSpec, NodeSpec, OutputSpec, Preview
 from latentworks.nodes.devices import compute_device, on_device, text_networks
 from latentworks.nodes.guards import interruptible, needs_fine_checks
+from latentworks.nodes.image_ops import MAX_RESOLUTION
 from latentworks.nodes.payloads import ClipPayload, ConditioningPayload, Latent, ModelPayload, latent_factor
 from latentworks.nodes.resize import LATENT_METHODS, resize
 from latentworks.pipelines.families import add_conditioning_extras, behaviour_of, model_sampling_for
 from latentworks.pipelines.inpaint import inpaint_channels, model_inpaint_inputs
 from latentworks.pipelines.loading import ModelFolder
-from latentworks.pipelines.sampling import denoise_latents, seeds_for
+from latentworks.pipelines.sampling import DualGuidance, denoise_latents, seeds_for
 
 FLUX_DEFAULT_GUIDANCE = 3.5  # what FLUX.1-dev gets when no FluxGuidance node sets it (as in ComfyUI)
 
@@ -44,9 +53,11 @@ def _encode(ctx: Any, text: str, clip: ClipPayload) -> tuple[Any, ...]:
 
 
 def _flux_guidance(ctx: Any, conditioning: ConditioningPayload, guidance: float) -> tuple[Any, ...]:
-    b = conditioning.cond.batch_size
-    g = torch.full((b,), float(guidance), dtype=torch.float32, device=conditioning.cond.tokens.device)
-    return (ConditioningPayload(conditioning.cond.with_extra(guidance=g)),)
+    def set_guidance(c: Conditioning) -> Conditioning:
+        g = torch.full((c.batch_size,), float(guidance), dtype=torch.float32, device=c.tokens.device)
+        return c.with_extra(guidance=g)
+
+    return (conditioning.map_conds(set_guidance),)
 
 
 def _empty_latent(ctx: Any, width: int, height: int, batch_size: int) -> tuple[Any, ...]:
@@ -163,6 +174,44 @@ def _to_batch(t: torch.Tensor, b: int) -> torch.Tensor:
     return t.repeat(reps, *([1] * (t.ndim - 1)))[:b]
 
 
+def condition_list(
+    payload: ConditioningPayload,
+    prepare: Callable[[Conditioning], Conditioning],
+    latent_hw: tuple[int, ...] | torch.Size,
+    factor: int,
+    model_sampling: Any,
+) -> tuple[CondEntry, ...]:
+    """A CONDITIONING's entries resolved for a latent of ``latent_hw`` cells (ComfyUI's rules):
+    pixel areas are divided by the VAE ``factor`` (floor), fraction areas rounded (sizes at least 1),
+    masks resized (bilinear) and multiplied by their strength, "mask bounds" turned into the mask's
+    bounding box, and start/end percentages into noise levels of ``model_sampling``.
+    ``prepare`` turns an entry's conditioning into the batch the sampler needs."""
+    hw = (int(latent_hw[0]), int(latent_hw[1]))
+    out = []
+    for e in payload.entries:
+        area = None
+        if e.area is not None:
+            area = tuple(int(v) // factor for v in e.area)
+        elif e.area_fraction is not None:
+            area = area_from_fractions(e.area_fraction, hw)
+        mask = None
+        if e.mask is not None:
+            mask = resize_mask(e.mask, hw)
+            if e.set_area_to_bounds:
+                area = mask_bounds(mask)
+            mask = mask * float(e.mask_strength)
+        out.append(
+            CondEntry(
+                cond=prepare(e.cond),
+                area=area,  # type: ignore[arg-type]
+                mask=mask,
+                strength=float(e.strength),
+                sigma_range=sigma_range_of(model_sampling, e.start_percent, e.end_percent),
+            )
+        )
+    return tuple(out)
+
+
 def sample_along(
     ctx: ExecutionContext,
     folder: ModelFolder,
@@ -177,12 +226,15 @@ def sample_along(
     *,
     add_noise: bool = True,
     sampler_options: dict[str, Any] | None = None,
+    dual: tuple[ConditioningPayload, float, bool] | None = None,
 ) -> tuple[Latent, Latent]:
     """Sample ``x0`` (from :func:`materialise_latent`) along ``sigmas`` with ``denoise_latents``, seeding
     image i with ``seeds_for(seed, B)[i]``: the sampling body every sampler node shares.
 
     Returns the sampled latent and the model's last x0 prediction (SamplerCustom's ``denoised_output``;
     the input itself when there is no step to take). ``negative`` may be None only when ``cfg == 1``.
+    Conditioning lists (ConditioningCombine, areas, masks, timestep ranges) are resolved for this latent
+    (:func:`condition_list`); ``dual`` = (cond2, its scale, nested) selects DualCFGGuider's guidance.
     """
     factor = latent_factor(folder)
     lf = folder.latent_format
@@ -198,20 +250,33 @@ def sample_along(
         mask = F.interpolate(latent.noise_mask.to(device).float(), size=x0.shape[-2:], mode="bilinear")
         mask = mask.expand(b, 1, *x0.shape[-2:]) if mask.shape[0] == 1 else mask
     h, w, g = x0.shape[-2] * factor, x0.shape[-1] * factor, FLUX_DEFAULT_GUIDANCE
-    cond = add_conditioning_extras(
-        behaviour, positive.cond.repeat(b).to(device), height=h, width=w, guidance=g
-    )
-    uncond = None
-    if negative is not None:
-        uncond = add_conditioning_extras(
-            behaviour, negative.cond.repeat(b).to(device), height=h, width=w, guidance=g, negative=True
-        )
-    elif cfg != 1.0:
+    if negative is None and cfg != 1.0:
         raise ValueError(f"a negative conditioning is needed for cfg {cfg}; connect one or set cfg to 1")
-    if inpaint_channels(folder):
-        extra = model_concat(folder, positive, negative, latent, x0)
-        cond = cond.with_extra(**{CONCAT_KEY: extra})
-        uncond = None if uncond is None else uncond.with_extra(**{CONCAT_KEY: extra})
+    plain = positive.is_plain and (negative is None or negative.is_plain) and dual is None
+
+    concat = model_concat(folder, positive, negative, latent, x0) if inpaint_channels(folder) else None
+
+    def prepare(c: Conditioning, neg: bool) -> Conditioning:
+        c = c.repeat(b).to(device)
+        c = add_conditioning_extras(behaviour, c, height=h, width=w, guidance=g, negative=neg)
+        return c if concat is None else c.with_extra(**{CONCAT_KEY: concat})
+
+    cond: Any
+    uncond: Any = None
+    dual_guidance = None
+    if plain:  # one prompt each: the sampler's one-call path, exactly as before conditioning lists
+        cond = prepare(positive.cond, False)
+        uncond = None if negative is None else prepare(negative.cond, True)
+    else:
+        ms = model_sampling_for(folder, latent_height=x0.shape[-2], latent_width=x0.shape[-1])
+
+        def entries(payload: ConditioningPayload, neg: bool) -> tuple[CondEntry, ...]:
+            return condition_list(payload, lambda c: prepare(c, neg), x0.shape[-2:], factor, ms)
+
+        cond = entries(positive, False)
+        uncond = None if negative is None else entries(negative, True)
+        if dual is not None:
+            dual_guidance = DualGuidance(entries(dual[0], True), dual[1], nested=dual[2])
     total = len(sigmas) - 1
     last: list[torch.Tensor] = []
 
@@ -239,6 +304,8 @@ def sample_along(
             differential=folder.meta.get(DIFFERENTIAL_KEY, False),
             callback=callback,
             sampler_options=sampler_options,
+            rescale_cfg=float(folder.meta.get("rescale_cfg", 0.0)),
+            dual=dual_guidance,
         )
     samples = Latent(samples=out.float(), noise_mask=latent.noise_mask, factor=factor, latent_format=lf)
     denoised = replace(samples, samples=last[0].float()) if last else samples
@@ -350,7 +417,9 @@ def sampling_nodes() -> list[NodeSpec]:
         I("negative", "CONDITIONING"),
         I("latent_image", "LATENT"),
     )
-    size = {"default": 64, "min": 16, "max": 4096, "step": 8}
+    # ComfyUI's range; the default is our bundled model's 64 px (ComfyUI: 1024), and the job's pixel budget
+    # (ctx.check_pixels) refuses sizes this machine cannot afford.
+    size = {"default": 64, "min": 16, "max": MAX_RESOLUTION, "step": 8}
     return [
         NodeSpec(
             name="CLIPTextEncode",
@@ -382,7 +451,7 @@ def sampling_nodes() -> list[NodeSpec]:
             inputs=(
                 I("width", "INT", **size),
                 I("height", "INT", **size),
-                I("batch_size", "INT", default=1, min=1, max=64),
+                I("batch_size", "INT", default=1, min=1, max=4096),
             ),
             outputs=(OutputSpec(type="LATENT"),),
         ),
@@ -395,7 +464,7 @@ def sampling_nodes() -> list[NodeSpec]:
                 I("model", "MODEL"),
                 I("seed", "INT", default=0, min=0, max=SEED_MAX, extra={"control_after_generate": True}),
                 I("steps", "INT", default=20, min=1, max=10000),
-                I("cfg", "FLOAT", default=5.0, min=0.0, max=100.0, step=0.1),
+                I("cfg", "FLOAT", default=8.0, min=0.0, max=100.0, step=0.1, extra={"round": 0.01}),
                 *common,
                 I("denoise", "FLOAT", default=1.0, min=0.0, max=1.0, step=0.01),
             ),
@@ -419,7 +488,7 @@ def sampling_nodes() -> list[NodeSpec]:
                     extra={"control_after_generate": True},
                 ),
                 I("steps", "INT", default=20, min=1, max=10000),
-                I("cfg", "FLOAT", default=5.0, min=0.0, max=100.0, step=0.1),
+                I("cfg", "FLOAT", default=8.0, min=0.0, max=100.0, step=0.1, extra={"round": 0.01}),
                 *common,
                 I("start_at_step", "INT", default=0, min=0, max=10000),
                 I("end_at_step", "INT", default=10000, min=0, max=10000),

@@ -17,8 +17,16 @@ from torch import Tensor, nn
 from latentworks.checkpoints.lora import AppliedLora, apply_loras
 from latentworks.diffusion.conditioning import Conditioning
 from latentworks.diffusion.denoisers import Denoiser, ModelSampling, make_denoiser
-from latentworks.diffusion.guidance import CFGDenoiser, GuidedCond, InpaintDenoiser, noised_start
+from latentworks.diffusion.guidance import (
+    CFGDenoiser,
+    DualCFGDenoiser,
+    DualGuidedCond,
+    GuidedCond,
+    InpaintDenoiser,
+    noised_start,
+)
 from latentworks.diffusion.noise import SeededNoiseSampler, seeded_noise
+from latentworks.diffusion.regions import ConditionList, is_entry_list
 from latentworks.diffusion.samplers import StepInfo, get_sampler
 
 SEED_MODULUS = 2**63
@@ -34,6 +42,17 @@ def seeds_for(seed: int, batch: int) -> list[int]:
     if batch < 1:
         raise ValueError(f"batch must be at least 1, got {batch}")
     return [(int(seed) + i) % SEED_MODULUS for i in range(batch)]
+
+
+@dataclass(frozen=True)
+class DualGuidance:
+    """A second prompt for DualCFGGuider's guidance (:class:`~latentworks.diffusion.guidance.DualCFGDenoiser`):
+    ``cond2`` sits between the prompt and the negative; ``scale2`` guides cond2 away from the negative, the
+    sampler's ``guidance`` the prompt away from cond2."""
+
+    cond2: Conditioning | ConditionList
+    scale2: float
+    nested: bool = False
 
 
 class SamplingModel(Protocol):
@@ -76,8 +95,8 @@ def denoise_latents(
     x0: Tensor,
     sigmas: Tensor,
     seeds: list[int],
-    cond: Conditioning,
-    uncond: Conditioning | None,
+    cond: Conditioning | ConditionList,
+    uncond: Conditioning | ConditionList | None,
     guidance: float,
     sampler: str,
     *,
@@ -88,6 +107,8 @@ def denoise_latents(
     callback: Callable[[StepInfo], object] | None = None,
     sampler_options: dict[str, Any] | None = None,
     guidance_interval: tuple[float, float] | None = None,
+    rescale_cfg: float = 0.0,
+    dual: DualGuidance | None = None,
 ) -> Tensor:
     """Sample from model-space latents ``x0`` (B, C, h, w) along ``sigmas``.
 
@@ -102,6 +123,9 @@ def denoise_latents(
     With fewer than two sigmas there is nothing to do and ``x0`` comes back.
     ``guidance_interval`` ``(sigma_lo, sigma_hi)``: guide only at those noise levels (see
     :class:`~latentworks.diffusion.guidance.CFGDenoiser`); None = at every step.
+    ``cond``/``uncond`` may also be conditioning lists (tuples of ``CondEntry``: prompts over areas, masks and
+    noise-level ranges, see :mod:`latentworks.diffusion.regions`); ``rescale_cfg`` is RescaleCFG's multiplier
+    and ``dual`` switches to DualCFGGuider's two-prompt guidance (``cond`` = cond1, ``guidance`` = its scale).
 
     LoRAs listed in ``model.loras`` (see :func:`model_loras`) are applied to the network
     for this call only and removed afterwards (bit-exact), so a model shared with other callers is
@@ -117,17 +141,43 @@ def denoise_latents(
     denoiser = make_denoiser(model.denoiser_net, model.prediction, model.model_sampling)
     start = x0 * (1 - mask) if mask is not None and masked_from_noise else x0
     x = noised_start(start, noise, sigmas[0], denoiser.interpolation) if add_noise else start
-    inner: Denoiser = denoiser
-    if mask is not None:
+    lists = dual is not None or is_entry_list(cond) or is_entry_list(uncond)
+
+    def inpaint(inner: Denoiser) -> Denoiser:
+        if mask is None:
+            return inner
         span = (float(sigmas[0]), float(sigmas[-1])) if differential else None
         strength = 1.0 if isinstance(differential, bool) else float(differential)
-        inner = InpaintDenoiser(denoiser, x0, mask, noise, differential=span, differential_strength=strength)
+        return InpaintDenoiser(inner, x0, mask, noise, differential=span, differential_strength=strength)
+
+    guided: Denoiser
+    guided_cond: GuidedCond | DualGuidedCond
+    if not lists:  # one prompt each: the inpaint blend inside CFG, as always (bit-identical results)
+        guided = CFGDenoiser(inpaint(denoiser), guidance, interval=guidance_interval, rescale_cfg=rescale_cfg)
+        guided_cond = GuidedCond(cond, uncond if guidance != 1.0 else None)
+    else:  # conditioning lists evaluate crops of x, so the inpaint blend goes outside the guidance
+        multiple = int(getattr(getattr(model.denoiser_net, "config", None), "patch_size", 1) or 1)
+        if dual is not None:
+            guided = DualCFGDenoiser(
+                denoiser, guidance, dual.scale2, nested=dual.nested, crop_multiple=multiple
+            )
+            guided_cond = DualGuidedCond(cond, dual.cond2, uncond)
+        else:
+            guided = CFGDenoiser(
+                denoiser,
+                guidance,
+                interval=guidance_interval,
+                rescale_cfg=rescale_cfg,
+                crop_multiple=multiple,
+            )
+            guided_cond = GuidedCond(cond, uncond if guidance != 1.0 else None)
+        guided = inpaint(guided)
     with torch.no_grad(), model_loras(model):
         return get_sampler(sampler)(
-            CFGDenoiser(inner, guidance, interval=guidance_interval),
+            guided,
             x,
             sigmas.to(device),
-            cond=GuidedCond(cond, uncond if guidance != 1.0 else None),
+            cond=guided_cond,
             noise=SeededNoiseSampler(seeds, shape, device=device),
             callback=callback,
             **(sampler_options or {}),

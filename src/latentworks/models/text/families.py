@@ -293,6 +293,61 @@ class PromptEncoder:
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
         return Conditioning(tokens=tokens, mask=mask, pooled=pooled)
 
+    @torch.no_grad()
+    def encode_components(self, texts: Mapping[str, str], *, drop_empty: bool = False) -> Conditioning:
+        """One prompt with its own text per component (``clip_l``, ``clip_g``, ``t5xxl``), as ComfyUI's
+        CLIPTextEncodeSDXL / SD3 / Flux nodes give; a component left out reads ``""``. Batch 1.
+
+        CLIP towers whose texts tokenize to different chunk counts are padded with the empty prompt's chunks.
+        ``drop_empty`` (CLIPTextEncodeSD3's ``empty_padding="none"``): when every CLIP text is empty the CLIP
+        features are left out (pooled zeros), and an empty T5 text leaves out the T5 tokens; if nothing is
+        left the tokens are 77 zero tokens.
+        """
+        known = {c.name for c in self.clips} | (
+            {"t5xxl"} if self.t5 is not None or self.zero_t5_length else set()
+        )
+        unknown = sorted(set(texts) - known)
+        if unknown:
+            raise ValueError(
+                f"this {self.family} text encoder has no component(s) {unknown}; it has {sorted(known)}"
+            )
+        text_of = {c.name: texts.get(c.name, "") for c in self.clips}
+        drop_clips = drop_empty and all(t == "" for t in text_of.values())
+        t5_text = texts.get("t5xxl", "")
+        use_t5 = self.t5 is not None and not (drop_empty and t5_text == "")
+        ref = next(self.clips[0].model.parameters())
+        pooled_width = sum(self._pooled_widths())
+        encoded: list[tuple[Tensor, Tensor]] = []
+        if not drop_clips:
+            encoded = [c.encode([text_of[c.name]]) for c in self.clips]
+            longest = max(z.shape[1] for z, _ in encoded)
+            for i, (z, p) in enumerate(encoded):
+                while z.shape[1] < longest:
+                    z = torch.cat([z, self.clips[i].encode([""])[0].to(z.dtype)], dim=1)
+                encoded[i] = (z, p)
+        pooled = (
+            ref.new_zeros(1, pooled_width)
+            if drop_clips
+            else torch.cat([encoded[i][1] for i in self.pooled_from], dim=-1)
+        )
+        t5_tokens = self.t5.encode([t5_text]) if use_t5 and self.t5 is not None else None
+        if self.t5_tokens_only:
+            tokens = t5_tokens if t5_tokens is not None else ref.new_zeros(1, CONTEXT_LENGTH, self.dim)
+        else:
+            parts = []
+            if encoded:
+                clip_tokens = torch.cat([z for z, _ in encoded], dim=-1)
+                if self.pad_features_to is not None:
+                    clip_tokens = F.pad(clip_tokens, (0, self.pad_features_to - clip_tokens.shape[-1]))
+                parts.append(clip_tokens)
+            if t5_tokens is not None:
+                parts.append(t5_tokens.to(parts[0].dtype) if parts else t5_tokens)
+            elif self.t5 is None and self.zero_t5_length and parts and not drop_empty:
+                parts.append(parts[0].new_zeros(1, self.zero_t5_length, parts[0].shape[-1]))
+            tokens = torch.cat(parts, dim=1) if parts else ref.new_zeros(1, CONTEXT_LENGTH, self.dim)
+        mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        return Conditioning(tokens=tokens, mask=mask, pooled=pooled.to(tokens.device))
+
     def _encode_with_zeros(self, prompts: list[str]) -> Conditioning:
         """Zeros for ``""`` (diffusers' SDXL unconditional), normal encoding for the rest."""
         real = [p for p in prompts if p != ""]
