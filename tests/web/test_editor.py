@@ -303,18 +303,16 @@ def test_editor_against_real_server(tmp_path):
         pytest.skip("latentworks.server.create_app does not exist yet")
     uvicorn = pytest.importorskip("uvicorn")
     registry = _toy_registry()
-    # ComfyUI's official text-to-image template (UI format), and a copy the server must refuse: a node type
-    # it lacks, next to a Note (which the converter drops).
+    # ComfyUI's official text-to-image template (UI format), loaded as it is; a copy with a Note and a
+    # PrimitiveNode driving KSampler's seed; and a copy the server must refuse (a node type it lacks).
     template = _official_template("default.json")
     workflow = json.loads(template.read_text())
+    variant, primitive_seed = _with_note_and_primitive_seed(workflow)
+    (tmp_path / "variant.json").write_text(json.dumps(variant))
     bad_workflow = json.loads(template.read_text())
     bad_workflow["nodes"][0]["type"] = "NoSuchEncoder"
-    bad_workflow["nodes"].append(
-        {"id": 99, "type": "Note", "pos": [0, 0], "mode": 0, "inputs": [], "outputs": [],
-         "widgets_values": ["only for people"]}
-    )  # fmt: skip
-    bad = tmp_path / "bad_workflow.json"
-    bad.write_text(json.dumps(bad_workflow))
+    (tmp_path / "bad.json").write_text(json.dumps(bad_workflow))
+    loads = [str(template), str(tmp_path / "variant.json"), str(tmp_path / "bad.json")]
     app = create_app(registry, data_dir=tmp_path / "data", models_dir=tmp_path / "models", static_dir=STATIC)
     port = _free_port()
     server = uvicorn.Server(
@@ -327,7 +325,7 @@ def test_editor_against_real_server(tmp_path):
         time.sleep(0.05)
     assert server.started, "the real server did not start within 30 s"
     try:
-        report = _run_browser(f"http://127.0.0.1:{port}/", tmp_path, "real", str(template), str(bad))
+        report = _run_browser(f"http://127.0.0.1:{port}/", tmp_path, "real", *loads)
     finally:
         server.should_exit = True
         thread.join(timeout=10)
@@ -346,13 +344,14 @@ def test_editor_against_real_server(tmp_path):
 
     # The official template, as the server converted it: widget values after the seed's control value
     # (sampler_name is "euler", not the next number), every link, and the template's node positions.
-    ui = report["uiGraph"]
-    assert report["uiBanner"] is None, report["uiBanner"]
-    nodes = {n["id"]: n for n in ui["nodes"]}
+    official, with_primitive, refused = report["loads"]
+    assert official["banner"] is None, official["banner"]
+    nodes = {n["id"]: n for n in official["nodes"]}
     ui_nodes = {str(n["id"]): n for n in workflow["nodes"]}
-    assert set(nodes) == set(ui_nodes) and (ui["drawnNodes"], ui["drawnEdges"]) == (7, 9)
+    assert set(nodes) == set(ui_nodes) and (official["drawnNodes"], official["drawnEdges"]) == (7, 9)
     ks = nodes["3"]["widgets"]
-    seed, control, steps, cfg, sampler, scheduler, denoise = ui_nodes["3"]["widgets_values"]
+    seed, _control, steps, cfg, sampler, scheduler, denoise = ui_nodes["3"]["widgets_values"]
+    assert sampler == "euler" and isinstance(seed, int) and seed > 2**32  # what the template holds
     assert (ks["seed"], ks["steps"], ks["cfg"], ks["sampler_name"], ks["scheduler"], ks["denoise"]) == (
         seed,
         steps,
@@ -360,7 +359,7 @@ def test_editor_against_real_server(tmp_path):
         sampler,
         scheduler,
         denoise,
-    ) and sampler == "euler"
+    )
     assert nodes["5"]["widgets"] == dict(
         zip(["width", "height", "batch_size"], ui_nodes["5"]["widgets_values"])
     )
@@ -371,9 +370,37 @@ def test_editor_against_real_server(tmp_path):
     expected = set()
     for _, src, src_slot, dst, dst_slot, _type in workflow["links"]:
         expected.add((str(src), src_slot, str(dst), ui_nodes[str(dst)]["inputs"][dst_slot]["name"]))
-    got = {(x["source"], x["sourceSlot"], x["target"], x["targetInput"]) for x in ui["links"]}
+    got = {(x["source"], x["sourceSlot"], x["target"], x["targetInput"]) for x in official["links"]}
     assert got == expected and len(got) == 9
 
-    # The refused copy: the server's missing_node_type error is shown; the template graph is kept.
-    assert "NoSuchEncoder" in report["badUiBanner"] and "not found" in report["badUiBanner"]
-    assert sorted(report["afterBadUi"]) == sorted([k, n["classType"]] for k, n in nodes.items())
+    # The Note is dropped and the PrimitiveNode's value becomes the seed (both are editor-only nodes).
+    assert with_primitive["banner"] is None, with_primitive["banner"]
+    assert sorted(n["id"] for n in with_primitive["nodes"]) == sorted(ui_nodes)
+    ks2 = next(n for n in with_primitive["nodes"] if n["id"] == "3")["widgets"]
+    assert ks2["seed"] == primitive_seed != seed and ks2["sampler_name"] == "euler" and ks2["steps"] == steps
+    assert len(with_primitive["links"]) == 9
+
+    # The refused copy: the server's missing_node_type error is shown; the graph on screen is kept.
+    assert "NoSuchEncoder" in refused["banner"] and "not found" in refused["banner"], refused["banner"]
+    assert refused["nodes"] == with_primitive["nodes"] and refused["links"] == with_primitive["links"]
+
+
+def _with_note_and_primitive_seed(workflow: dict) -> tuple[dict, int]:
+    """A copy of a UI workflow whose KSampler (id 3) seed comes from a PrimitiveNode, plus a Note, as ComfyUI's
+    editor saves them (the seed converted to an input linked to the primitive's output)."""
+    w = json.loads(json.dumps(workflow))
+    value = 4242
+    link_id = max(link[0] for link in w["links"]) + 1
+    ks = next(n for n in w["nodes"] if n["id"] == 3)
+    ks["inputs"].append({"name": "seed", "type": "INT", "link": link_id, "widget": {"name": "seed"}})
+    w["nodes"].append(
+        {"id": 50, "type": "PrimitiveNode", "pos": [500, 800], "mode": 0, "inputs": [],
+         "outputs": [{"name": "INT", "type": "INT", "links": [link_id], "widget": {"name": "seed"}}],
+         "widgets_values": [value, "fixed"]}
+    )  # fmt: skip
+    w["nodes"].append(
+        {"id": 51, "type": "Note", "pos": [0, 0], "mode": 0, "inputs": [], "outputs": [],
+         "widgets_values": ["only for people"]}
+    )  # fmt: skip
+    w["links"].append([link_id, 50, 0, 3, len(ks["inputs"]) - 1, "INT"])
+    return w, value
