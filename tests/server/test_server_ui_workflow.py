@@ -142,3 +142,26 @@ def test_odd_editor_workflows_get_4xx_never_500(client) -> None:
         r = client.post("/workflow/convert", json=body)
         assert r.status_code in (200, 400), (r.status_code, r.text[:300], body)
     assert statuses == {200, 400}
+
+
+def test_latentworks_defaults_gives_the_default_models_native_size(client, tmp_path) -> None:
+    import json
+    from pathlib import Path
+
+    import latentworks
+    from latentworks.server.app import _default_model_info
+
+    # The oracle: the embedded default model's model.json ("resolution" is [height, width]).
+    model_json = Path(latentworks.__file__).parent / "assets" / "default" / "model.json"
+    height, width = json.loads(model_json.read_text())["resolution"]
+    for path in ("/latentworks/defaults", "/api/latentworks/defaults"):
+        r = client.get(path)
+        assert r.status_code == 200 and r.json() == {"width": width, "height": height}, r.text
+    # A missing or odd model.json gives {} (the editor then keeps the node's own defaults).
+    assert _default_model_info(tmp_path / "nope.json") == {}
+    odd = tmp_path / "model.json"
+    for resolution in ([32], [32, "32"], [0, 32], [True, 32], None):
+        odd.write_text(json.dumps({"resolution": resolution}))
+        assert _default_model_info(odd) == {}, resolution
+    odd.write_text(json.dumps({"resolution": [24, 40]}))
+    assert _default_model_info(odd) == {"width": 40, "height": 24}

@@ -1,5 +1,5 @@
 // Drives the editor in Debian's Chromium through playwright-core (installed in web/ by scripts/bootstrap_web.sh).
-// Usage: node editor_e2e.mjs <editor url> <out dir> <fake|real>
+// Usage: node editor_e2e.mjs <editor url> <out dir> <fake|real> [ComfyUI UI-format workflow files to load...]
 // Prints one JSON report on its last stdout line; exits non-zero with a message when a step fails.
 import { readFileSync, mkdtempSync, rmSync } from "node:fs";
 import { createRequire } from "node:module";
@@ -11,7 +11,7 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 const require = createRequire(path.join(here, "../../web/package.json"));
 const { chromium } = require("playwright-core");
 
-const [baseUrl, outDir, mode = "fake"] = process.argv.slice(2);
+const [baseUrl, outDir, mode = "fake", ...uiWorkflows] = process.argv.slice(2);
 const report = { mode, consoleErrors: [], foreignRequests: [] };
 const userDataDir = mkdtempSync(path.join(tmpdir(), "lw-chromium-"));
 
@@ -104,6 +104,24 @@ try {
     report.banner = await page.evaluate(() => document.querySelector('[data-testid="banner"]')?.textContent ?? null);
     report.resultImages = await page.$$eval(".lw-result img", (els) => els.map((e) => [e.getAttribute("src"), e.naturalWidth]));
     await page.screenshot({ path: path.join(outDir, "editor-real.png") });
+
+    // ComfyUI UI-format workflows, converted by the server (POST /workflow/convert) and drawn, or refused
+    // (then the banner says why and the graph on screen stays as it was).
+    report.loads = [];
+    for (const file of uiWorkflows) {
+      const name = path.basename(file);
+      await page.locator("#lw-load-input").setInputFiles(file);
+      await page.waitForFunction(
+        (n) =>
+          document.querySelector('[data-testid="status"]')?.textContent.includes(`loaded ${n}`) ||
+          document.querySelector('[data-testid="banner"]')?.textContent.includes(`could not load ${n}`),
+        name,
+      );
+      const [drawnNodes, drawnEdges] = await settledCounts();
+      const g = await graph();
+      const banner = await page.evaluate(() => document.querySelector('[data-testid="banner"]')?.textContent ?? null);
+      report.loads.push({ name, nodes: g.nodes, links: g.links, drawnNodes, drawnEdges, banner });
+    }
   } else {
     check(report.missing.length === 0, `no node should be marked missing, got ${report.missing}`);
 

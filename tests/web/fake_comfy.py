@@ -230,6 +230,10 @@ class _Handler(BaseHTTPRequestHandler):
             )
         if path == "/queue":
             return self._json(200, {"queue_running": [], "queue_pending": []})
+        if (
+            path == "/latentworks/defaults"
+        ):  # the default model's native size (the real server reads model.json)
+            return self._json(200, {"width": 40, "height": 48})
         if path == "/view":
             name = parse_qs(url.query).get("filename", [""])[0]
             if name in self.server.files:

@@ -38,7 +38,7 @@ DEFAULT_CLASSES = [
 POSITIVE = "a red apple, google style"
 
 
-def _run_browser(url: str, out_dir: Path, mode: str, timeout: float = 240) -> dict:
+def _run_browser(url: str, out_dir: Path, mode: str, *extra: str, timeout: float = 240) -> dict:
     node = shutil.which("node")
     if node is None:
         pytest.skip("node is not installed: install Node.js 20+ and run `bash scripts/bootstrap_web.sh`")
@@ -51,7 +51,7 @@ def _run_browser(url: str, out_dir: Path, mode: str, timeout: float = 240) -> di
             f"the editor is not built ({STATIC}/index.html missing): run `bash scripts/bootstrap_web.sh`"
         )
     proc = subprocess.run(
-        [node, str(SCRIPT), url, str(out_dir), mode], capture_output=True, text=True, timeout=timeout
+        [node, str(SCRIPT), url, str(out_dir), mode, *extra], capture_output=True, text=True, timeout=timeout
     )
     assert proc.returncode == 0, f"browser script failed:\n{proc.stderr[-4000:]}\n{proc.stdout[-2000:]}"
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -118,7 +118,8 @@ def test_editor_against_fake_server(tmp_path):
     w = report["defaultWidgets"]
     assert w["1"] == {"ckpt_name": "default"}
     assert (w["2"]["text"], w["3"]["text"]) == (POSITIVE, "")
-    assert w["4"] == {"width": 64, "height": 64, "batch_size": 1}  # the node's defaults
+    # The latent size is the server's default model's (GET /latentworks/defaults), not the node's default 64.
+    assert w["4"] == {"width": 40, "height": 48, "batch_size": 1}
     assert {k: w["5"][k] for k in ("steps", "cfg", "sampler_name", "scheduler", "denoise")} == {
         "steps": 20,
         "cfg": 5,
@@ -192,6 +193,16 @@ def test_editor_against_fake_server(tmp_path):
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def _official_template(name: str) -> Path:
+    """A template file of the pinned comfyui-workflow-templates package (the `test` extra)."""
+    from importlib.resources import files
+
+    pkg = pytest.importorskip("comfyui_workflow_templates", reason="pip install -e '.[test]'")
+    path = Path(str(files(pkg.__name__) / "templates" / name))
+    assert path.is_file(), f"{path} is missing from comfyui_workflow_templates"
+    return path
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -251,7 +262,9 @@ def _toy_registry():
                 lambda ctx, latent_image, **_: (latent_image,),
                 [
                     inp("model", "MODEL"),
-                    inp("seed", "INT", default=0, min=0, max=2**64 - 1),
+                    inp(
+                        "seed", "INT", default=0, min=0, max=2**64 - 1, extra={"control_after_generate": True}
+                    ),
                     inp("steps", "INT", default=20, min=1, max=10000),
                     inp("cfg", "FLOAT", default=8.0, min=0.0, max=100.0, step=0.1),
                     inp("sampler_name", "COMBO", choices=["euler"]),
@@ -290,6 +303,16 @@ def test_editor_against_real_server(tmp_path):
         pytest.skip("latentworks.server.create_app does not exist yet")
     uvicorn = pytest.importorskip("uvicorn")
     registry = _toy_registry()
+    # ComfyUI's official text-to-image template (UI format), loaded as it is; a copy with a Note and a
+    # PrimitiveNode driving KSampler's seed; and a copy the server must refuse (a node type it lacks).
+    template = _official_template("default.json")
+    workflow = json.loads(template.read_text())
+    variant, primitive_seed = _with_note_and_primitive_seed(workflow)
+    (tmp_path / "variant.json").write_text(json.dumps(variant))
+    bad_workflow = json.loads(template.read_text())
+    bad_workflow["nodes"][0]["type"] = "NoSuchEncoder"
+    (tmp_path / "bad.json").write_text(json.dumps(bad_workflow))
+    loads = [str(template), str(tmp_path / "variant.json"), str(tmp_path / "bad.json")]
     app = create_app(registry, data_dir=tmp_path / "data", models_dir=tmp_path / "models", static_dir=STATIC)
     port = _free_port()
     server = uvicorn.Server(
@@ -302,7 +325,7 @@ def test_editor_against_real_server(tmp_path):
         time.sleep(0.05)
     assert server.started, "the real server did not start within 30 s"
     try:
-        report = _run_browser(f"http://127.0.0.1:{port}/", tmp_path, "real")
+        report = _run_browser(f"http://127.0.0.1:{port}/", tmp_path, "real", *loads)
     finally:
         server.should_exit = True
         thread.join(timeout=10)
@@ -314,6 +337,70 @@ def test_editor_against_real_server(tmp_path):
     assert report["banner"] is None, report["banner"]
     saved = sorted(p.name for p in (tmp_path / "data" / "output").glob("*.png"))
     shown = [(re.search(r"filename=([^&]+)", src).group(1), width) for src, width in report["resultImages"]]
-    assert shown == [(saved[0], 64)] and len(saved) == 1, (shown, saved)
+    # The default graph asked for the embedded default model's native size (32), which the toy SaveImage draws.
+    assert shown == [(saved[0], 32)] and len(saved) == 1, (shown, saved)
     assert {"executing", "executed"} <= set(report["events"]), report["events"]
     assert report["foreignRequests"] == []
+
+    # The official template, as the server converted it: widget values after the seed's control value
+    # (sampler_name is "euler", not the next number), every link, and the template's node positions.
+    official, with_primitive, refused = report["loads"]
+    assert official["banner"] is None, official["banner"]
+    nodes = {n["id"]: n for n in official["nodes"]}
+    ui_nodes = {str(n["id"]): n for n in workflow["nodes"]}
+    assert set(nodes) == set(ui_nodes) and (official["drawnNodes"], official["drawnEdges"]) == (7, 9)
+    ks = nodes["3"]["widgets"]
+    seed, _control, steps, cfg, sampler, scheduler, denoise = ui_nodes["3"]["widgets_values"]
+    assert sampler == "euler" and isinstance(seed, int) and seed > 2**32  # what the template holds
+    assert (ks["seed"], ks["steps"], ks["cfg"], ks["sampler_name"], ks["scheduler"], ks["denoise"]) == (
+        seed,
+        steps,
+        cfg,
+        sampler,
+        scheduler,
+        denoise,
+    )
+    assert nodes["5"]["widgets"] == dict(
+        zip(["width", "height", "batch_size"], ui_nodes["5"]["widgets_values"])
+    )
+    assert nodes["6"]["widgets"]["text"] == ui_nodes["6"]["widgets_values"][0]
+    for node_id, node in nodes.items():
+        assert [node["position"]["x"], node["position"]["y"]] == ui_nodes[node_id]["pos"][:2], node_id
+    # Links: [link_id, from, from_slot, to, to_slot, type]; to_slot indexes the target node's inputs.
+    expected = set()
+    for _, src, src_slot, dst, dst_slot, _type in workflow["links"]:
+        expected.add((str(src), src_slot, str(dst), ui_nodes[str(dst)]["inputs"][dst_slot]["name"]))
+    got = {(x["source"], x["sourceSlot"], x["target"], x["targetInput"]) for x in official["links"]}
+    assert got == expected and len(got) == 9
+
+    # The Note is dropped and the PrimitiveNode's value becomes the seed (both are editor-only nodes).
+    assert with_primitive["banner"] is None, with_primitive["banner"]
+    assert sorted(n["id"] for n in with_primitive["nodes"]) == sorted(ui_nodes)
+    ks2 = next(n for n in with_primitive["nodes"] if n["id"] == "3")["widgets"]
+    assert ks2["seed"] == primitive_seed != seed and ks2["sampler_name"] == "euler" and ks2["steps"] == steps
+    assert len(with_primitive["links"]) == 9
+
+    # The refused copy: the server's missing_node_type error is shown; the graph on screen is kept.
+    assert "NoSuchEncoder" in refused["banner"] and "not found" in refused["banner"], refused["banner"]
+    assert refused["nodes"] == with_primitive["nodes"] and refused["links"] == with_primitive["links"]
+
+
+def _with_note_and_primitive_seed(workflow: dict) -> tuple[dict, int]:
+    """A copy of a UI workflow whose KSampler (id 3) seed comes from a PrimitiveNode, plus a Note, as ComfyUI's
+    editor saves them (the seed converted to an input linked to the primitive's output)."""
+    w = json.loads(json.dumps(workflow))
+    value = 4242
+    link_id = max(link[0] for link in w["links"]) + 1
+    ks = next(n for n in w["nodes"] if n["id"] == 3)
+    ks["inputs"].append({"name": "seed", "type": "INT", "link": link_id, "widget": {"name": "seed"}})
+    w["nodes"].append(
+        {"id": 50, "type": "PrimitiveNode", "pos": [500, 800], "mode": 0, "inputs": [],
+         "outputs": [{"name": "INT", "type": "INT", "links": [link_id], "widget": {"name": "seed"}}],
+         "widgets_values": [value, "fixed"]}
+    )  # fmt: skip
+    w["nodes"].append(
+        {"id": 51, "type": "Note", "pos": [0, 0], "mode": 0, "inputs": [], "outputs": [],
+         "widgets_values": ["only for people"]}
+    )  # fmt: skip
+    w["links"].append([link_id, 50, 0, 3, len(ks["inputs"]) - 1, "INT"])
+    return w, value

@@ -9,7 +9,7 @@ import {
   useReactFlow,
 } from "@xyflow/react";
 import { useCallback, useEffect, useMemo, useRef, useState } from "react";
-import { connectSocket, fetchHistory, fetchObjectInfo, interrupt, newClientId, queuePrompt, uploadImage, viewUrl } from "./api.js";
+import { connectSocket, fetchDefaults, fetchHistory, fetchObjectInfo, interrupt, newClientId, queuePrompt, uploadImage, viewUrl } from "./api.js";
 import {
   defFor as defForGraph,
   defaultGraph,
@@ -115,6 +115,7 @@ function NodeMenu({ defs, onAdd }) {
 function Editor() {
   const rf = useReactFlow();
   const [defs, setDefs] = useState(null);
+  const modelSize = useRef({}); // {width, height} of the server's default model, for the default graph
   const [nodes, setNodes] = useState([]);
   const [edges, setEdges] = useState([]);
   const [banner, setBanner] = useState(null); // {kind: "error"|"info", text}
@@ -177,16 +178,18 @@ function Editor() {
   // ---- loading ---------------------------------------------------------------------------------------
   useEffect(() => {
     let cancelled = false;
-    fetchObjectInfo()
+    const defsPromise = fetchObjectInfo()
       .then((info) => nodeDefsFromObjectInfo(info))
       .catch((err) => {
         setBanner({ kind: "error", text: `${err.message}; showing the default graph without a server` });
         return {};
-      })
-      .then((d) => {
+      });
+    Promise.all([defsPromise, fetchDefaults()])
+      .then(([d, size]) => {
         if (cancelled) return;
+        modelSize.current = size;
         setDefs(d);
-        setGraph(defaultGraph(d), d);
+        setGraph(defaultGraph(d, size), d);
         setTimeout(() => rf.fitView({ padding: 0.1 }), 50);
       });
     return () => {
@@ -201,7 +204,7 @@ function Editor() {
         const buffer = await file.arrayBuffer();
         const head = new Uint8Array(buffer.slice(0, 4));
         const isPng = head[0] === 0x89 && head[1] === 0x50 && head[2] === 0x4e && head[3] === 0x47;
-        const graph = isPng ? await graphFromPng(buffer, d) : graphFromJson(JSON.parse(new TextDecoder().decode(buffer)), d);
+        const graph = isPng ? await graphFromPng(buffer, d) : await graphFromJson(JSON.parse(new TextDecoder().decode(buffer)), d);
         snapshot();
         setBanner(null);
         setGraph(graph, d);
@@ -466,7 +469,7 @@ function Editor() {
   const resetDefault = useCallback(() => {
     snapshot();
     setBanner(null);
-    setGraph(defaultGraph(state.current.defs || {}), state.current.defs || {});
+    setGraph(defaultGraph(state.current.defs || {}, modelSize.current), state.current.defs || {});
     setTimeout(() => rf.fitView({ padding: 0.1 }), 50);
   }, [rf, setGraph, snapshot]);
 

@@ -26,6 +26,36 @@ export async function fetchObjectInfo() {
   return r.json();
 }
 
+/**
+ * POST /workflow/convert: a ComfyUI UI-format workflow (litegraph nodes + links) -> the API-format prompt,
+ * converted by the server (which reads the node schemas). Throws an Error with the server's message
+ * (missing_node_type, invalid_workflow, ...) when it refuses.
+ */
+export async function convertWorkflow(workflow) {
+  const r = await fetch(withToken("workflow/convert"), {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ workflow }),
+  });
+  const { ok, status, body } = await jsonOrThrow(r, "converting the workflow (POST /workflow/convert)");
+  if (ok) return body;
+  const err = body?.error || {};
+  let text = typeof err === "string" ? err : `${err.message || `HTTP ${status}`}${err.details ? ` (${err.details})` : ""}`;
+  const cls = err?.extra_info?.class_type;
+  if (cls && !text.includes(cls)) text += ` [node type ${cls}]`;
+  throw new Error(`the server could not convert this ComfyUI workflow: ${text}`);
+}
+
+/** GET latentworks/defaults: {width, height} of the server's default model, or {} when unknown. */
+export async function fetchDefaults() {
+  try {
+    const r = await fetch(withToken("latentworks/defaults"));
+    return r.ok ? await r.json() : {};
+  } catch {
+    return {};
+  }
+}
+
 /** POST /prompt. Returns {ok, status, body}; body is {prompt_id, number, node_errors} or {error, node_errors}. */
 export async function queuePrompt(prompt, clientId, workflow) {
   const r = await fetch(withToken("prompt"), {

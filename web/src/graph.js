@@ -4,6 +4,7 @@
 //         links: [{source, sourceSlot, target, targetInput}]}
 // Node ids are strings of integers ("1", "2", ...), as ComfyUI's API format uses them.
 
+import { convertWorkflow } from "./api.js";
 import { coerceNumber, missingNodeDef } from "./schema.js";
 
 export const WORKFLOW_FORMAT = "latentworks-workflow";
@@ -31,13 +32,19 @@ export function nextNodeId(graph) {
   return String(max + 1);
 }
 
-/** The text-to-image graph the editor opens on. */
-export function defaultGraph(defs) {
+/** {width, height} when both are positive integers, else {} (the node's own defaults). */
+function latentSize(size) {
+  const ok = (v) => Number.isInteger(v) && v > 0;
+  return ok(size?.width) && ok(size?.height) ? { width: size.width, height: size.height } : {};
+}
+
+/** The text-to-image graph the editor opens on; size ({width, height}) is the default model's native size. */
+export function defaultGraph(defs, size = {}) {
   const spec = [
     ["1", "CheckpointLoaderSimple", [40, 250], { ckpt_name: "default" }],
     ["2", "CLIPTextEncode", [400, 40], { text: "a red apple, google style" }],
     ["3", "CLIPTextEncode", [400, 300], { text: "" }],
-    ["4", "EmptyLatentImage", [400, 560], {}],
+    ["4", "EmptyLatentImage", [400, 560], latentSize(size)],
     ["5", "KSampler", [760, 150], { steps: 20, cfg: 5, sampler_name: "euler", scheduler: "normal", denoise: 1 }],
     ["6", "VAEDecode", [1120, 150], {}],
     ["7", "SaveImage", [1450, 150], { filename_prefix: "latentworks" }],
@@ -123,42 +130,15 @@ function fromOurWorkflow(json, defs) {
   return { nodes, links };
 }
 
-// Values ComfyUI's frontend stores after a seed widget ("control after generate"); not an input of the node.
-const SEED_CONTROLS = new Set(["fixed", "increment", "decrement", "randomize"]);
-
-function fromComfyUiWorkflow(json, defs) {
-  const linkById = new Map();
-  for (const l of json.links || []) {
-    // [link_id, origin_id, origin_slot, target_id, target_slot, type]
-    if (Array.isArray(l)) linkById.set(l[0], { source: String(l[1]), sourceSlot: l[2], target: String(l[3]), slot: l[4] });
-    else linkById.set(l.id, { source: String(l.origin_id), sourceSlot: l.origin_slot, target: String(l.target_id), slot: l.target_slot });
-  }
-  const nodes = [];
-  const links = [];
-  for (const n of json.nodes || []) {
-    const id = String(n.id);
-    const given = {};
-    const def = defs[n.type];
-    const values = Array.isArray(n.widgets_values) ? [...n.widgets_values] : [];
-    if (def) {
-      for (const w of def.widgets) {
-        if (!values.length) break;
-        given[w.name] = values.shift();
-        if (w.kind === "INT" && values.length && SEED_CONTROLS.has(values[0])) values.shift();
-      }
-    }
-    for (const input of n.inputs || []) {
-      const link = input.link != null ? linkById.get(input.link) : null;
-      if (link) links.push({ source: link.source, sourceSlot: link.sourceSlot, target: id, targetInput: input.name });
-    }
-    const [x, y] = Array.isArray(n.pos) ? n.pos : [n.pos?.[0] ?? 0, n.pos?.[1] ?? 0];
-    const saved = { widgets: given, inputs: (n.inputs || []).map((i) => i.name), outputs: (n.outputs || []).length };
-    nodes.push({ id, classType: n.type, position: { x, y }, widgets: widgetValues(defFor(defs, n.type, saved), given) });
-  }
-  return { nodes, links };
+/** [x, y] of a litegraph node's `pos` (an array or {0: x, 1: y}), or null. */
+function uiPosition(pos) {
+  const x = Number(pos?.[0]);
+  const y = Number(pos?.[1]);
+  return Number.isFinite(x) && Number.isFinite(y) ? { x, y } : null;
 }
 
-function fromApiPrompt(prompt, defs) {
+/** positions: {nodeId: {x, y}} to keep (from a UI workflow); other nodes are laid out by depth. */
+function fromApiPrompt(prompt, defs, positions = {}) {
   const ids = Object.keys(prompt);
   const links = [];
   for (const id of ids) {
@@ -179,9 +159,16 @@ function fromApiPrompt(prompt, defs) {
     return d;
   };
   const rows = {};
+  // Laid-out nodes go below the kept ones, so they do not overlap.
+  const kept = Object.values(positions);
+  const top = kept.length ? Math.max(...kept.map((p) => p.y)) + 400 : 40;
   const nodes = ids.map((id) => {
-    const col = depthOf(id);
-    const row = (rows[col] = (rows[col] ?? -1) + 1);
+    let position = positions[id];
+    if (!position) {
+      const col = depthOf(id);
+      const row = (rows[col] = (rows[col] ?? -1) + 1);
+      position = { x: 40 + col * 360, y: top + row * 300 };
+    }
     const given = {};
     for (const [name, v] of Object.entries(prompt[id].inputs || {})) if (!Array.isArray(v)) given[name] = v;
     const saved = {
@@ -193,7 +180,7 @@ function fromApiPrompt(prompt, defs) {
     return {
       id: String(id),
       classType,
-      position: { x: 40 + col * 360, y: 40 + row * 300 },
+      position,
       widgets: widgetValues(defFor(defs, classType, saved), given),
     };
   });
@@ -205,8 +192,26 @@ function isApiPrompt(json) {
   return values.length > 0 && values.every((v) => v && typeof v === "object" && typeof v.class_type === "string");
 }
 
-/** Reads a saved workflow (ours or ComfyUI's) or an API-format prompt; throws an Error saying what it got. */
-export function graphFromJson(json, defs) {
+/**
+ * A ComfyUI UI-format workflow, converted by the server (POST /workflow/convert: widget values, seeds'
+ * control_after_generate, PrimitiveNode, Reroute, notes, bypassed/muted nodes and subgraphs), then drawn
+ * with the node positions the workflow holds.
+ */
+async function fromComfyUiWorkflow(json, defs) {
+  const prompt = await convertWorkflow(json);
+  const positions = {};
+  for (const n of json.nodes) {
+    const p = uiPosition(n?.pos);
+    if (p && String(n.id) in prompt) positions[String(n.id)] = p;
+  }
+  return fromApiPrompt(prompt, defs, positions);
+}
+
+/**
+ * Reads a saved workflow (ours or ComfyUI's UI format, which the server converts) or an API-format prompt;
+ * throws an Error saying what it got or why the server refused it.
+ */
+export async function graphFromJson(json, defs) {
   if (json && json.format === WORKFLOW_FORMAT) return fromOurWorkflow(json, defs);
   if (json && Array.isArray(json.nodes) && Array.isArray(json.links)) return fromComfyUiWorkflow(json, defs);
   if (json && json.prompt && isApiPrompt(json.prompt)) return fromApiPrompt(json.prompt, defs);
@@ -263,14 +268,16 @@ export async function pngTextChunks(buffer) {
 /** A graph from a PNG's "workflow" chunk, else its "prompt" chunk; throws if neither holds one. */
 export async function graphFromPng(buffer, defs) {
   const chunks = await pngTextChunks(buffer);
+  let firstError = null;
   for (const key of ["workflow", "prompt"]) {
     if (!(key in chunks)) continue;
     try {
-      return graphFromJson(JSON.parse(chunks[key]), defs);
-    } catch {
-      // try the next chunk
+      return await graphFromJson(JSON.parse(chunks[key]), defs);
+    } catch (err) {
+      firstError ??= err; // try the next chunk; report the first failure if none works
     }
   }
+  if (firstError) throw firstError;
   const keys = Object.keys(chunks);
   throw new Error(
     `this PNG holds no workflow: expected a "workflow" or "prompt" text chunk with a graph, found ${

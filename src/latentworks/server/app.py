@@ -77,6 +77,7 @@ from latentworks.server.worker import Worker, preview_method_problem
 log = logging.getLogger("latentworks.server")
 
 STATIC_DIR = Path(__file__).parent / "static"
+DEFAULT_MODEL_JSON = Path(__file__).resolve().parent.parent / "assets" / "default" / "model.json"
 
 # Model kinds ComfyUI's GET /models/{folder} knows: a known kind with no folder yet lists [] (not 404).
 MODEL_KINDS = frozenset(
@@ -138,6 +139,22 @@ def _bad_request(type_: str, message: str, details: str = "", status: int = 400)
 
 
 MAX_HISTORY_ITEMS = 1_000_000
+
+
+def _default_model_info(path: Path = DEFAULT_MODEL_JSON) -> dict[str, Any]:
+    """``{"width": w, "height": h}``: the native size of the embedded default model, read from its model.json
+    (``resolution`` is ``[height, width]``) without torch; ``{}`` when the file is missing or has none."""
+    try:
+        resolution = json.loads(path.read_text()).get("resolution")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    if (
+        isinstance(resolution, list)
+        and len(resolution) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in resolution)
+    ):
+        return {"width": resolution[1], "height": resolution[0]}
+    return {}
 
 
 def _convert_ui(registry: NodeRegistry, workflow: Any) -> tuple[dict | None, JSONResponse | None]:
@@ -376,6 +393,7 @@ def create_app(
 
 def _routes(s: ServerState) -> APIRouter:
     r = APIRouter(default_response_class=SafeJSONResponse)
+    default_model_info = _default_model_info()  # read once: the file ships with the package
 
     # -- node types ------------------------------------------------------------------------------
 
@@ -681,6 +699,11 @@ def _routes(s: ServerState) -> APIRouter:
         if files is None:
             return _bad_request("not_found", f"no model folder {folder!r}", status=404)
         return SafeJSONResponse(files)
+
+    @r.get("/latentworks/defaults")
+    def latentworks_defaults() -> dict:
+        """What the editor's default graph needs from the embedded default model (not in ComfyUI)."""
+        return default_model_info
 
     @r.get("/embeddings")
     def embeddings() -> list[str]:
