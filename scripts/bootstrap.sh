@@ -31,6 +31,9 @@ if [ ! -f "$stamp" ]; then
   if [ "$with_test" = 1 ]; then
     # A ComfyUI client library the server tests run; it pins Pillow==10.2.0, hence --no-deps (pyproject.toml).
     .venv/bin/python -m pip install -q -c constraints.txt --no-deps "comfyui-api-client==0.1.0"
+    # spandrel (upscale models) for its tests, without torchvision: PyPI's torchvision wheels are CUDA builds that
+    # break a CPU torch; the tests import spandrel against a placeholder (tests/support/upscale.py).
+    .venv/bin/python -m pip install -q -c constraints.txt --no-deps "spandrel==0.4.2" "einops==0.8.2"
   fi
   touch "$stamp"
 fi

@@ -48,7 +48,7 @@ def spandrel_or_skip() -> Any:
         except ImportError:
             _import_with_placeholder()
     if "spandrel" not in sys.modules:
-        pytest.skip("spandrel is not installed (pip install 'latentworks[upscale]')")
+        pytest.skip("spandrel is not installed (pip install 'latentworks[upscale]')", allow_module_level=True)
     return sys.modules["spandrel"]
 
 
