@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentworks.diffusion.conditioning import Conditioning
+from latentworks.diffusion.control import ControlResiduals
 from latentworks.nn.attention import attention, split_heads
 from latentworks.nn.embeddings import timestep_embedding
 from latentworks.nn.norms import GroupNorm
@@ -408,6 +409,41 @@ class MidBlock(nn.Module):
         return self.res2(h, temb)
 
 
+def embed_time(
+    time_embed: TimeMLP,
+    add_embed: TimeMLP | None,
+    cfg: UNetConfig,
+    t: Tensor,
+    cond: Conditioning,
+    batch: int,
+    dtype: torch.dtype,
+) -> Tensor:
+    """The (B, time_embed_dim) embedding of timesteps ``t`` plus, for SDXL-style configs, the pooled text
+    vector and size ids of ``cond`` (shared by the U-Net and its ControlNets)."""
+    if t.ndim == 0:
+        t = t.expand(batch)
+    if t.shape != (batch,):
+        raise ValueError(f"UNet: t must be (B,) = ({batch},) timesteps, got shape {tuple(t.shape)}")
+    temb = time_embed(timestep_embedding(t, cfg.channels[0]).to(dtype))  # (B, time_embed_dim)
+    if add_embed is None:
+        return temb
+    time_ids = cond.extra.get("time_ids")
+    if cond.pooled is None or time_ids is None:
+        raise ValueError(
+            "this U-Net (pooled_dim > 0, SDXL-style) needs cond.pooled (B, "
+            f"{cfg.pooled_dim}) and cond.extra['time_ids'] (B, {cfg.num_time_ids}); "
+            "build them with the SDXL text encoder and size ids"
+        )
+    if cond.pooled.shape != (batch, cfg.pooled_dim) or time_ids.shape != (batch, cfg.num_time_ids):
+        raise ValueError(
+            f"UNet: expected cond.pooled ({batch}, {cfg.pooled_dim}) and time_ids ({batch}, {cfg.num_time_ids}), "
+            f"got {tuple(cond.pooled.shape)} and {tuple(time_ids.shape)}"
+        )
+    ids = timestep_embedding(time_ids.flatten(), cfg.time_id_dim).reshape(batch, -1)  # (B, n_ids * dim)
+    added = torch.cat([cond.pooled.to(dtype), ids.to(dtype)], dim=-1)  # (B, added_conditioning_dim)
+    return temb + add_embed(added)
+
+
 class UNet(nn.Module):
     """``forward(x (B, C_in, H, W), t (B,), cond) -> (B, C_out, H, W)``: the raw prediction (eps or v).
 
@@ -453,33 +489,13 @@ class UNet(nn.Module):
         self.conv_out = nn.Conv2d(ch[0], config.out_channels, 3, padding=1)
 
     def _time_embedding(self, t: Tensor, cond: Conditioning, batch: int, dtype: torch.dtype) -> Tensor:
-        if t.ndim == 0:
-            t = t.expand(batch)
-        if t.shape != (batch,):
-            raise ValueError(f"UNet: t must be (B,) = ({batch},) timesteps, got shape {tuple(t.shape)}")
-        temb = self.time_embed(
-            timestep_embedding(t, self.config.channels[0]).to(dtype)
-        )  # (B, time_embed_dim)
-        if self.add_embed is None:
-            return temb
-        cfg = self.config
-        time_ids = cond.extra.get("time_ids")
-        if cond.pooled is None or time_ids is None:
-            raise ValueError(
-                "this U-Net (pooled_dim > 0, SDXL-style) needs cond.pooled (B, "
-                f"{cfg.pooled_dim}) and cond.extra['time_ids'] (B, {cfg.num_time_ids}); "
-                "build them with the SDXL text encoder and size ids"
-            )
-        if cond.pooled.shape != (batch, cfg.pooled_dim) or time_ids.shape != (batch, cfg.num_time_ids):
-            raise ValueError(
-                f"UNet: expected cond.pooled ({batch}, {cfg.pooled_dim}) and time_ids ({batch}, {cfg.num_time_ids}), "
-                f"got {tuple(cond.pooled.shape)} and {tuple(time_ids.shape)}"
-            )
-        ids = timestep_embedding(time_ids.flatten(), cfg.time_id_dim).reshape(batch, -1)  # (B, n_ids * dim)
-        added = torch.cat([cond.pooled.to(dtype), ids.to(dtype)], dim=-1)  # (B, added_conditioning_dim)
-        return temb + self.add_embed(added)
+        return embed_time(self.time_embed, self.add_embed, self.config, t, cond, batch, dtype)
 
-    def forward(self, x: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
+    def forward(
+        self, x: Tensor, t: Tensor, cond: Conditioning, control: ControlResiduals | None = None
+    ) -> Tensor:
+        """``control``: ControlNet residuals added to every skip connection (``control.down``, in the order
+        the down path stores them) and to the middle block's output (``control.mid``)."""
         cfg = self.config
         if x.ndim != 4 or x.shape[1] != cfg.in_channels:
             raise ValueError(f"UNet expects x of shape (B, {cfg.in_channels}, H, W), got {tuple(x.shape)}")
@@ -497,6 +513,15 @@ class UNet(nn.Module):
         for down in self.down:
             h = down(h, temb, context, mask, skips)
         h = self.mid(h, temb, context, mask)
+        if control is not None:
+            if len(control.down) != len(skips):
+                raise ValueError(
+                    f"ControlNet residuals: got {len(control.down)} skip residuals for a U-Net with {len(skips)} "
+                    "skip connections; the ControlNet was made for another model"
+                )
+            skips = [s + r.to(s.dtype) for s, r in zip(skips, control.down, strict=True)]
+            if control.mid is not None:
+                h = h + control.mid.to(h.dtype)
         for up in self.up:
             h = up(h, temb, context, mask, skips)
         return self.conv_out(F.silu(self.norm_out(h)))
