@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from latentworks.diffusion.denoisers import (
     DiscreteModelSampling,
@@ -252,6 +252,10 @@ class ControlDenoiser:
         total: ControlResiduals | None = None
         for control, weight in active:
             control.network.check_model(self.denoiser.model)
+            if isinstance(
+                control.network, nn.Module
+            ):  # follow the model's device (the memory manager moves it)
+                control.network.to(x_in.device)
             factor = control.network.hint_factor
             hint = resize_hint(control.hint, x.shape[-2] * factor, x.shape[-1] * factor)
             hint = tile_batch(hint, x.shape[0]).to(device=x.device, dtype=x_in.dtype)

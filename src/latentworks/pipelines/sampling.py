@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from latentworks.checkpoints.lora import AppliedLora, apply_loras
 from latentworks.diffusion.conditioning import Conditioning
+from latentworks.diffusion.control import ControlDenoiser
 from latentworks.diffusion.denoisers import Denoiser, ModelSampling, make_denoiser
 from latentworks.diffusion.guidance import CFGDenoiser, GuidedCond, InpaintDenoiser, noised_start
 from latentworks.diffusion.noise import SeededNoiseSampler, seeded_noise
@@ -111,7 +112,11 @@ def denoise_latents(
     noise = seeded_noise(shape, seeds, device=device)
     denoiser = make_denoiser(model.denoiser_net, model.prediction, model.model_sampling)
     x = noised_start(x0, noise, sigmas[0], denoiser.interpolation) if add_noise else x0
-    inner: Denoiser = denoiser if mask is None else InpaintDenoiser(denoiser, x0, mask, noise)
+    # ControlNets ride on the conditionings; the wrapper runs them at each step (it sits inside CFG).
+    controlled: Denoiser = denoiser
+    if cond.control or (uncond is not None and uncond.control):
+        controlled = ControlDenoiser(denoiser)
+    inner: Denoiser = controlled if mask is None else InpaintDenoiser(controlled, x0, mask, noise)
     with torch.no_grad(), model_loras(model):
         return get_sampler(sampler)(
             CFGDenoiser(inner, guidance, interval=guidance_interval),
