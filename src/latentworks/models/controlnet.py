@@ -75,6 +75,14 @@ PRESETS: dict[str, ControlNetConfig] = {
 }
 
 
+def _zero(conv: nn.Conv2d) -> nn.Conv2d:
+    """``conv`` with zero weight and bias: the ControlNet starts as an exact no-op (Zhang et al. 2023, Sec. 3.1)."""
+    nn.init.zeros_(conv.weight)
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+    return conv
+
+
 class HintEncoder(nn.Module):
     """The hint image (B, 3, H, W) -> features (B, channels[0], H / f, W / f), f = 2 ** (len(widths) - 1).
 
@@ -89,9 +97,7 @@ class HintEncoder(nn.Module):
         for a, b in zip(widths[:-1], widths[1:], strict=True):
             blocks += [nn.Conv2d(a, a, 3, padding=1), nn.Conv2d(a, b, 3, padding=1, stride=2)]
         self.blocks = nn.ModuleList(blocks)
-        self.conv_out = nn.Conv2d(widths[-1], out_channels, 3, padding=1)
-        nn.init.zeros_(self.conv_out.weight)
-        nn.init.zeros_(self.conv_out.bias)
+        self.conv_out = _zero(nn.Conv2d(widths[-1], out_channels, 3, padding=1))
 
     def forward(self, hint: Tensor) -> Tensor:
         h = F.silu(self.conv_in(hint))
@@ -101,10 +107,7 @@ class HintEncoder(nn.Module):
 
 
 def _zero_conv(channels: int) -> nn.Conv2d:
-    conv = nn.Conv2d(channels, channels, 1)
-    nn.init.zeros_(conv.weight)
-    nn.init.zeros_(conv.bias)
-    return conv
+    return _zero(nn.Conv2d(channels, channels, 1))
 
 
 class ControlNet(nn.Module):
@@ -199,4 +202,5 @@ def randomize_zero_convs(model: ControlNet, generator: torch.Generator, std: flo
     residuals are exactly zero, which would hide any error downstream)."""
     for conv in [*model.zero_convs, model.mid_out, model.hint.conv_out]:
         conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * std)
-        conv.bias.copy_(torch.randn(conv.bias.shape, generator=generator) * std)
+        if conv.bias is not None:
+            conv.bias.copy_(torch.randn(conv.bias.shape, generator=generator) * std)

@@ -15,6 +15,7 @@ def default_registry(
     models_dir: str | Path | None = None, input_dir: str | Path | None = None
 ) -> NodeRegistry:
     from latentworks.nodes.conditioning_ops import conditioning_ops_nodes
+    from latentworks.nodes.controlnet import controlnet_nodes
 
     # custom sampling and model-sampling patches (issue 23)
     from latentworks.nodes.custom_sampling import custom_sampling_nodes
@@ -42,6 +43,7 @@ def default_registry(
             *custom_sampling_nodes(),
             *model_patch_nodes(),
             *split_loader_nodes(md),  # UNETLoader, CLIPLoader, ..., VAELoader (nodes/loaders.py)
+            *controlnet_nodes(md),  # ControlNetLoader, ControlNetApplyAdvanced, ControlNetApply, Canny
         ]
     )
 

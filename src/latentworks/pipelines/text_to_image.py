@@ -27,6 +27,7 @@ from latentworks.diffusion.samplers import SAMPLERS, StepInfo
 from latentworks.diffusion.schedules import SCHEDULERS, get_sigmas
 from latentworks.families.load import read_checkpoint
 from latentworks.models.autoencoder import Autoencoder
+from latentworks.pipelines.control import Control, attach_controls
 from latentworks.pipelines.families import (
     add_conditioning_extras,
     behaviour_of,
@@ -271,6 +272,7 @@ class Pipeline:
         callback: Callable[[PipelineStep], Any] | None = None,
         sampler_options: dict[str, Any] | None = None,
         guidance_interval: tuple[float, float] | None = None,
+        control: list[Control | tuple[Any, ...]] | None = None,
     ) -> PipelineResult:
         """Generate ``batch`` images per prompt.
 
@@ -283,6 +285,9 @@ class Pipeline:
         (Kynkaanniemi et al. 2024: guidance at high noise costs variety, at low noise it does little);
         default: the model's ``defaults["guidance_interval"]``, else every step. Steps outside it skip
         the unconditional half of the batch.
+        ``control``: ControlNets, each a ``Control(image, controlnet, strength, start, end)`` or a tuple
+        ``(image, controlnet[, strength[, start[, end]]])`` (see :mod:`latentworks.pipelines.control`), applied
+        to the prompt and the negative prompt.
         """
         d = self.model.defaults
         steps = int(steps if steps is not None else d.get("steps", 20))
@@ -340,6 +345,9 @@ class Pipeline:
                 b, neg, height=height, width=width, guidance=guidance, negative=True
             )
         timings["encode_text"] = time.perf_counter() - t0
+        cond, uncond, controls = attach_controls(
+            cond, uncond, control or (), dtype=self.dtype, device=self.device
+        )
 
         c = self.model.latent_format.channels
         shape = (n, c, height // f, width // f)
@@ -406,4 +414,6 @@ class Pipeline:
             "strength": strength if init_image is not None else None,
             "model": self.model.meta.get("name", str(self.model.path)),
         }
+        if controls:
+            params["control"] = controls
         return PipelineResult(images=images, parameters=params, seeds=seeds, latents=x, timings=timings)
