@@ -112,4 +112,5 @@ def load_controlnet(
     state = found.layout.to_ours(_Prefixed(weights, found.prefix), found.config)
     net = build_on_meta(ControlNet, found.config, state, dtype=dtype, device=device)
     assert isinstance(net, ControlNet)
+    net.source_name = Path(path).name
     return net

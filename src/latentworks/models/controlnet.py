@@ -121,6 +121,7 @@ class ControlNet(nn.Module):
     def __init__(self, config: ControlNetConfig) -> None:
         super().__init__()
         self.config = config
+        self.source_name: str | None = None  # the file it was loaded from, for generation parameters
         u = config.unet
         ch = u.channels
         n = len(ch)

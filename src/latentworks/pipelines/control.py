@@ -81,11 +81,11 @@ def attach_controls(
     for item in controls:
         c = as_control(item)
         net = c.controlnet
-        name = getattr(net, "name", None) if not isinstance(net, str | Path) else Path(net).name
         if isinstance(net, str | Path):
             net = load_controlnet(net, dtype=dtype, device=device)
         if not isinstance(net, ControlNet):
             raise TypeError(f"controlnet must be a ControlNet or a file path, got {type(net).__name__}")
+        name = net.source_name
         control = ControlInput(
             net, image_to_hint(c.image), strength=float(c.strength), start_percent=float(c.start),
             end_percent=float(c.end),
