@@ -39,14 +39,18 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ControlResiduals:
-    """What a control network returns: one residual per U-Net skip connection and one for the middle block.
+    """What a control network returns, in the U-Net's terms.
 
-    ``down[i]`` has the shape of the i-th skip tensor the U-Net's down path stores ((B, C_i, H_i, W_i), in
-    the order they are pushed: conv_in output first); ``mid`` has the middle block's output shape.
+    ``down[i]`` (ControlNet) has the shape of the i-th skip tensor the U-Net's down path stores ((B, C_i, H_i,
+    W_i), in the order they are pushed: conv_in output first); ``mid`` has the middle block's output shape.
+    ``adapter[k]`` (T2I-Adapter) is added to the k-th down level's output (and to its last skip) and, when one
+    is left over with the middle block's shape, after the middle block, as diffusers'
+    ``down_intrablock_additional_residuals``. Empty tuples / None: nothing there.
     """
 
-    down: tuple[Tensor, ...]
+    down: tuple[Tensor, ...] = ()
     mid: Tensor | None = None
+    adapter: tuple[Tensor, ...] = ()
 
     def scaled(self, weight: Tensor | float) -> ControlResiduals:
         """Every residual times ``weight`` (a float or a (B,) per-sample tensor)."""
@@ -56,16 +60,29 @@ class ControlResiduals:
                 return r * weight.to(r.dtype).reshape(-1, *([1] * (r.ndim - 1)))
             return r * weight
 
-        return ControlResiduals(tuple(mul(r) for r in self.down), None if self.mid is None else mul(self.mid))
+        return ControlResiduals(
+            tuple(mul(r) for r in self.down),
+            None if self.mid is None else mul(self.mid),
+            tuple(mul(r) for r in self.adapter),
+        )
 
     def __add__(self, other: ControlResiduals) -> ControlResiduals:
-        if len(self.down) != len(other.down):
-            raise ValueError(
-                f"cannot add control residuals with {len(self.down)} and {len(other.down)} skip tensors; "
-                "are both ControlNets for the same model?"
-            )
+        def add(a: tuple[Tensor, ...], b: tuple[Tensor, ...], what: str) -> tuple[Tensor, ...]:
+            if not a or not b:
+                return a or b
+            if len(a) != len(b):
+                raise ValueError(
+                    f"cannot add {what} with {len(a)} and {len(b)} tensors; are both control networks for the "
+                    "same model?"
+                )
+            return tuple(x + y for x, y in zip(a, b, strict=True))
+
         mid = self.mid if other.mid is None else other.mid if self.mid is None else self.mid + other.mid
-        return ControlResiduals(tuple(a + b for a, b in zip(self.down, other.down, strict=True)), mid)
+        return ControlResiduals(
+            add(self.down, other.down, "ControlNet residuals"),
+            mid,
+            add(self.adapter, other.adapter, "adapter features"),
+        )
 
 
 class ControlNetwork(Protocol):

@@ -358,15 +358,31 @@ class DownLevel(Level):
         self.downsample = Downsample(out_ch) if downsample else None
 
     def forward(
-        self, h: Tensor, temb: Tensor, context: Tensor, mask: Tensor | None, skips: list[Tensor]
+        self,
+        h: Tensor,
+        temb: Tensor,
+        context: Tensor,
+        mask: Tensor | None,
+        skips: list[Tensor],
+        adapter: Tensor | None = None,
     ) -> Tensor:
-        """Run the level, pushing every ResBlock/transformer output and the downsampled map onto ``skips``."""
+        """Run the level, pushing every ResBlock/transformer output and the downsampled map onto ``skips``.
+
+        ``adapter``: a T2I-Adapter feature, added as diffusers does: after the last ResBlock/transformer pair
+        (before downsampling) on a level with attention, after the whole level (downsampling included) on one
+        without; the skip pushed last carries it too."""
+        last = len(self.resnets) - 1
         for j in range(len(self.resnets)):
             h = self.block(j, h, temb, context, mask)
+            if adapter is not None and self.transformers is not None and j == last:
+                h = h + adapter.to(h.dtype)
             skips.append(h)
         if self.downsample is not None:
             h = self.downsample(h)
             skips.append(h)
+        if adapter is not None and self.transformers is None:
+            h = h + adapter.to(h.dtype)
+            skips[-1] = h
         return h
 
 
@@ -495,7 +511,8 @@ class UNet(nn.Module):
         self, x: Tensor, t: Tensor, cond: Conditioning, control: ControlResiduals | None = None
     ) -> Tensor:
         """``control``: ControlNet residuals added to every skip connection (``control.down``, in the order
-        the down path stores them) and to the middle block's output (``control.mid``)."""
+        the down path stores them) and to the middle block's output (``control.mid``), and T2I-Adapter
+        features added to the down levels' outputs (``control.adapter``, see ``DownLevel.forward``)."""
         cfg = self.config
         if x.ndim != 4 or x.shape[1] != cfg.in_channels:
             raise ValueError(f"UNet expects x of shape (B, {cfg.in_channels}, H, W), got {tuple(x.shape)}")
@@ -510,18 +527,21 @@ class UNet(nn.Module):
 
         h = self.conv_in(x.to(dtype))
         skips = [h]
+        features = list(control.adapter) if control is not None else []
         for down in self.down:
-            h = down(h, temb, context, mask, skips)
+            h = down(h, temb, context, mask, skips, features.pop(0) if features else None)
         h = self.mid(h, temb, context, mask)
-        if control is not None:
+        if features and features[0].shape == h.shape:  # T2I-Adapter-XL's last feature
+            h = h + features.pop(0).to(h.dtype)
+        if control is not None and control.down:
             if len(control.down) != len(skips):
                 raise ValueError(
                     f"ControlNet residuals: got {len(control.down)} skip residuals for a U-Net with {len(skips)} "
                     "skip connections; the ControlNet was made for another model"
                 )
             skips = [s + r.to(s.dtype) for s, r in zip(skips, control.down, strict=True)]
-            if control.mid is not None:
-                h = h + control.mid.to(h.dtype)
+        if control is not None and control.mid is not None:
+            h = h + control.mid.to(h.dtype)
         for up in self.up:
             h = up(h, temb, context, mask, skips)
         return self.conv_out(F.silu(self.norm_out(h)))

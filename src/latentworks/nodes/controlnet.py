@@ -25,6 +25,7 @@ from latentworks.diffusion.control import ControlInput
 from latentworks.families.controlnet import load_controlnet
 from latentworks.graph.types import InputSpec, NodeSpec, OutputSpec
 from latentworks.models.controlnet import ControlNet
+from latentworks.models.t2i_adapter import T2IAdapter
 from latentworks.nodes.loaders import list_weights, resolve_weights
 from latentworks.nodes.payloads import ConditioningPayload
 
@@ -35,7 +36,7 @@ CONTROLNET_FOLDERS = ("controlnet", "t2i_adapter")
 class ControlNetPayload:
     """CONTROL_NET: a loaded control network and the file it came from."""
 
-    network: ControlNet
+    network: ControlNet | T2IAdapter
     name: str
 
 
@@ -137,8 +138,8 @@ def controlnet_nodes(models_dir: Path | None) -> list[NodeSpec]:
             display_name="Load ControlNet Model",
             category="loaders",
             description=(
-                "Load a ControlNet (models/controlnet): SD1.x, SD2.x or SDXL, original (control_model.*) or "
-                "diffusers layout, detected from the weights."
+                "Load a ControlNet (models/controlnet or models/t2i_adapter): SD1.x, SD2.x or SDXL, original "
+                "(control_model.*) or diffusers layout, or a diffusers T2I-Adapter, detected from the weights."
             ),
             execute=loader,
             inputs=(

@@ -23,6 +23,7 @@ from latentworks.diffusion.conditioning import Conditioning
 from latentworks.diffusion.control import ControlInput
 from latentworks.families.controlnet import load_controlnet
 from latentworks.models.controlnet import ControlNet
+from latentworks.models.t2i_adapter import T2IAdapter
 
 
 @dataclass(frozen=True)
@@ -32,13 +33,13 @@ class Control:
     Attributes:
         image: the control image (edges, depth, pose...): a PIL image, or a (3, H, W) / (N, 3, H, W) tensor in
             [0, 1]. It is resized to the output size (centre crop to the aspect ratio, nearest-exact).
-        controlnet: a loaded ControlNet or the path of a ControlNet file.
+        controlnet: a loaded ControlNet or T2I-Adapter, or the path of its file.
         strength: residual scale (0 = off, 1 = as trained).
         start / end: the fraction of the steps where it acts (0 = first step, 1 = last).
     """
 
     image: Image.Image | Tensor
-    controlnet: ControlNet | str | Path
+    controlnet: ControlNet | T2IAdapter | str | Path
     strength: float = 1.0
     start: float = 0.0
     end: float = 1.0
@@ -83,8 +84,10 @@ def attach_controls(
         net = c.controlnet
         if isinstance(net, str | Path):
             net = load_controlnet(net, dtype=dtype, device=device)
-        if not isinstance(net, ControlNet):
-            raise TypeError(f"controlnet must be a ControlNet or a file path, got {type(net).__name__}")
+        if not isinstance(net, ControlNet | T2IAdapter):
+            raise TypeError(
+                f"controlnet must be a ControlNet, a T2I-Adapter or a file path, got {type(net).__name__}"
+            )
         name = net.source_name
         control = ControlInput(
             net, image_to_hint(c.image), strength=float(c.strength), start_percent=float(c.start),

@@ -1,4 +1,5 @@
-"""Key maps and config-from-shapes for U-Net ControlNets (:mod:`latentworks.models.controlnet`).
+"""Key maps and config-from-shapes for U-Net ControlNets (:mod:`latentworks.models.controlnet`) and
+T2I-Adapters (:mod:`latentworks.models.t2i_adapter`, diffusers layout, at the end of this file).
 
 Two layouts people have:
 
@@ -28,6 +29,7 @@ from latentworks.checkpoints.keymaps.sd3_diffusers import expected_shapes
 from latentworks.checkpoints.keymaps.sd_diffusers import convert, unet_module_map
 from latentworks.checkpoints.keymaps.sd_ldm import unet_ldm_module_map
 from latentworks.models.controlnet import ControlNet, ControlNetConfig
+from latentworks.models.t2i_adapter import AdapterKind, T2IAdapter, T2IAdapterConfig
 from latentworks.models.unet import UNetConfig
 
 _SHARED = ("conv_in", "time_embed.", "add_embed.", "down.", "mid.")
@@ -208,3 +210,47 @@ def controlnet_config_from_diffusers(
         hint_channels=_hint_channels(s, "controlnet_cond_embedding.conv_in.weight", strided, source),
         hint_in_channels=first[1],
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# T2I-Adapter (diffusers ``T2IAdapter``: our names under ``adapter.``)
+# --------------------------------------------------------------------------------------------------
+
+ADAPTER_PREFIX = "adapter."
+
+
+def t2i_adapter_config_from_diffusers(s: Mapping[str, tuple[int, ...]], source: str) -> T2IAdapterConfig:
+    """A diffusers ``T2IAdapter``'s config from its shapes (``full_adapter`` or ``full_adapter_xl``)."""
+    if any(k.startswith(ADAPTER_PREFIX) and ".out_conv." in k for k in s):
+        raise ValueError(f"{source}: a 'light_adapter' T2I-Adapter, which latentworks does not read yet")
+    conv_in = _need(s, f"{ADAPTER_PREFIX}conv_in.weight", source)
+    blocks = indices(s, f"{ADAPTER_PREFIX}body.")
+    channels = tuple(_need(s, f"{ADAPTER_PREFIX}body.{i}.resnets.0.block1.weight", source)[0] for i in blocks)
+    num_res = len(indices(s, f"{ADAPTER_PREFIX}body.0.resnets."))
+    for in_ch in (3, 1):  # conv_in reads in_channels * factor**2 unshuffled channels
+        factor = round((conv_in[1] / in_ch) ** 0.5)
+        if factor * factor * in_ch == conv_in[1]:
+            break
+    else:
+        raise ValueError(
+            f"{source}: adapter.conv_in reads {conv_in[1]} channels, not 1 or 3 x a square factor"
+        )
+    kind: AdapterKind = "full_xl" if factor == 16 else "full"
+    return T2IAdapterConfig(
+        kind=kind, channels=channels, num_res_blocks=num_res, downscale_factor=factor, in_channels=in_ch
+    )
+
+
+def t2i_adapter_from_diffusers(sd: Mapping[str, Tensor], config: T2IAdapterConfig) -> dict[str, Tensor]:
+    """diffusers ``T2IAdapter`` state dict -> ours (a prefix strip with shape checks)."""
+    shapes = expected_shapes(T2IAdapter, config)
+    table = {f"{ADAPTER_PREFIX}{k}": k for k in shapes}
+    return convert(
+        sd, table, {f"{ADAPTER_PREFIX}{k}": v for k, v in shapes.items()}, source="diffusers T2I-Adapter"
+    )
+
+
+def t2i_adapter_to_diffusers(sd: Mapping[str, Tensor], config: T2IAdapterConfig) -> dict[str, Tensor]:
+    """Ours -> diffusers ``T2IAdapter`` names."""
+    shapes = expected_shapes(T2IAdapter, config)
+    return convert(sd, {k: f"{ADAPTER_PREFIX}{k}" for k in shapes}, shapes, source="latentworks T2I-Adapter")
