@@ -21,7 +21,7 @@ from latentworks.nodes.controlnet import canny
 from latentworks.pipelines import Pipeline
 from latentworks.pipelines.control import Control
 from support.checkpoints import tiny_sd1_parts
-from support.controlnet import tiny_controlnet, write_controlnet
+from support.controlnet import tiny_controlnet, tiny_t2i_adapter, write_controlnet, write_t2i_adapter
 
 SIZE = 16
 
@@ -47,6 +47,10 @@ def dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     )
     other = tiny_controlnet(sd2_like, hint_channels=(16, 32))
     write_controlnet(root / "controlnet" / "cn-other.safetensors", other, layout="diffusers")
+    (root / "t2i_adapter").mkdir()
+    write_t2i_adapter(
+        root / "t2i_adapter" / "adapter.safetensors", tiny_t2i_adapter(parts.denoiser_config.channels)
+    )
     inputs = tmp_path_factory.mktemp("input")
     Image.fromarray(_square()).save(inputs / "square.png")
     return root, inputs
@@ -122,10 +126,17 @@ def test_both_layouts_load_to_the_same_network(dirs: tuple[Path, Path]) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("node_file", "api_file"),
+    [
+        ("cn-original.safetensors", "controlnet/cn-diffusers.safetensors"),
+        ("adapter.safetensors", "t2i_adapter/adapter.safetensors"),
+    ],
+)
 def test_workflow_equals_pipeline_and_strength_zero_equals_no_control(
-    dirs: tuple[Path, Path], tmp_path: Path
+    dirs: tuple[Path, Path], tmp_path: Path, node_file: str, api_file: str
 ) -> None:
-    status, err, got = _run(dirs, tmp_path / "a", _workflow(0.8))
+    status, err, got = _run(dirs, tmp_path / "a", _workflow(0.8, node_file))
     assert status == "success", err
     status, err, off = _run(dirs, tmp_path / "b", _workflow(0.0))
     assert status == "success", err
@@ -133,7 +144,7 @@ def test_workflow_equals_pipeline_and_strength_zero_equals_no_control(
     pipe = Pipeline.from_pretrained(dirs[0] / "checkpoints" / "tiny-sd1.safetensors")
     edges = canny(torch.from_numpy(_square()).float().unsqueeze(0) / 255.0, 0.4, 0.8)[0].permute(2, 0, 1)
     kw = dict(steps=3, guidance=7.0, sampler="euler", scheduler="normal", seed=5, width=SIZE, height=SIZE)
-    cn = dirs[0] / "controlnet" / "cn-diffusers.safetensors"
+    cn = dirs[0] / api_file
     want = pipe("a red apple", "", control=[Control(edges, cn, 0.8)], **kw)  # type: ignore[arg-type]
     plain = pipe("a red apple", "", **kw)  # type: ignore[arg-type]
     assert want.parameters["control"][0]["strength"] == 0.8

@@ -50,7 +50,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
 
 
-def run(unet_kw: dict, adapter_kw: dict, *, latent: int) -> tuple[float, float]:
+def run(unet_kw: dict, adapter_kw: dict, *, latent: int, factor: int = 8) -> tuple[float, float]:
     torch.manual_seed(0)
     ref_ad = diffusers.T2IAdapter(**adapter_kw).eval()
     ref_unet = diffusers.UNet2DConditionModel(**unet_kw).eval()
@@ -69,7 +69,7 @@ def run(unet_kw: dict, adapter_kw: dict, *, latent: int) -> tuple[float, float]:
     x = torch.randn(b, 4, latent, latent, generator=g)
     t = torch.tensor([999.0, 321.5])
     ctx = torch.randn(b, 7, ucfg.context_dim, generator=g)
-    hint = torch.rand(b, adapter_kw.get("in_channels", 3), 8 * latent, 8 * latent, generator=g)
+    hint = torch.rand(b, adapter_kw.get("in_channels", 3), factor * latent, factor * latent, generator=g)
     added, extra, pooled = None, {}, None
     if ucfg.has_added_conditioning:
         pooled = torch.randn(b, 1280, generator=g)
@@ -93,6 +93,16 @@ def run(unet_kw: dict, adapter_kw: dict, *, latent: int) -> tuple[float, float]:
     del ref_ad, ref_unet, ours, unet
     gc.collect()
     return err_feat, err_unet
+
+
+def test_tiny_full_adapter_matches_diffusers() -> None:
+    unet = dict(
+        block_out_channels=[32, 64], down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+        up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"], layers_per_block=1, attention_head_dim=[2, 4],
+        cross_attention_dim=24, norm_num_groups=8,
+    )  # fmt: skip
+    adapter = dict(channels=[32, 64], num_res_blocks=2, downscale_factor=2, adapter_type="full_adapter")
+    assert max(run(unet, adapter, latent=8, factor=2)) < TOL
 
 
 @pytest.mark.slow
