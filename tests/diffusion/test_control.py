@@ -155,3 +155,30 @@ def test_controlnet_of_another_family_is_refused(unet: UNet) -> None:
 def test_bad_percent_range_is_refused(nets: tuple[ControlNet, ControlNet]) -> None:
     with pytest.raises(ValueError, match="start_percent"):
         ControlInput(nets[0], _hint(5), start_percent=0.8, end_percent=0.2)
+
+
+def test_t2i_adapter_features_are_computed_once_per_run() -> None:
+    from latentworks.models.t2i_adapter import T2IAdapter, T2IAdapterConfig
+
+    torch.manual_seed(0)
+    unet = UNet(
+        replace(PRESETS["tiny"], transformer_depth=(1, 1))
+    ).eval()  # full adapters need attention at level 0
+    adapter = T2IAdapter(T2IAdapterConfig(channels=(32, 64), num_res_blocks=1, downscale_factor=2)).eval()
+    calls = []
+
+    class Counting:
+        reads_latent = False
+        hint_factor = adapter.hint_factor
+        check_model = adapter.check_model
+
+        def __call__(self, x: Tensor, t: Tensor, cond: Conditioning, hint: Tensor) -> ControlResiduals:
+            calls.append(float(t[0]))
+            return adapter(x, t, cond, hint)
+
+    control = ControlInput(Counting(), _hint(5), strength=0.7)  # type: ignore[arg-type]
+    sigmas = _sigmas([999.0, 700.0, 400.0, 100.0])
+    got = _sample(unet, _cond(1).with_control(control), _cond(2).with_control(control), sigmas)
+    assert len(calls) == 1
+    plain = _sample(unet, _cond(1), _cond(2), sigmas)
+    assert not torch.allclose(got, plain, atol=1e-3)

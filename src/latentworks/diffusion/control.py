@@ -229,6 +229,21 @@ class ControlDenoiser:
 
     def __init__(self, denoiser: NetworkDenoiserLike) -> None:
         self.denoiser = denoiser
+        # Residuals of networks that read only the hint (T2I-Adapters: ``reads_latent = False``), computed once
+        # per hint for the whole sampling run: (network, hint, unscaled residuals).
+        self._hint_only: list[tuple[object, Tensor, ControlResiduals]] = []
+
+    def _residuals(
+        self, net: ControlNetwork, x_in: Tensor, t: Tensor, cond: Any, hint: Tensor
+    ) -> ControlResiduals:
+        if getattr(net, "reads_latent", True):
+            return net(x_in, t, cond, hint)
+        for cached_net, cached_hint, residuals in self._hint_only:
+            if cached_net is net and cached_hint.shape == hint.shape and torch.equal(cached_hint, hint):
+                return residuals
+        residuals = net(x_in, t, cond, hint)
+        self._hint_only.append((net, hint, residuals))
+        return residuals
 
     @property
     def interpolation(self) -> Interpolation:
@@ -276,7 +291,7 @@ class ControlDenoiser:
             factor = control.network.hint_factor
             hint = resize_hint(control.hint, x.shape[-2] * factor, x.shape[-1] * factor)
             hint = tile_batch(hint, x.shape[0]).to(device=x.device, dtype=x_in.dtype)
-            residuals = control.network(x_in, t, plain, hint).scaled(weight.to(x.device))
+            residuals = self._residuals(control.network, x_in, t, plain, hint).scaled(weight.to(x.device))
             total = residuals if total is None else total + residuals
         out = self.denoiser.model(x_in, t, plain, control=total)
         return self.denoiser.network_output(x, sigma_t, out)

@@ -106,6 +106,8 @@ class T2IAdapter(nn.Module):
     ``x``, ``t`` and ``cond`` are accepted for the control-network signature and not read.
     """
 
+    reads_latent = False  # features depend on the hint alone: ControlDenoiser computes them once per run
+
     def __init__(self, config: T2IAdapterConfig) -> None:
         super().__init__()
         self.config = config
