@@ -182,3 +182,12 @@ def test_t2i_adapter_features_are_computed_once_per_run() -> None:
     assert len(calls) == 1
     plain = _sample(unet, _cond(1), _cond(2), sigmas)
     assert not torch.allclose(got, plain, atol=1e-3)
+
+
+def test_a_half_precision_controlnet_follows_the_model_dtype(unet: UNet) -> None:
+    net = tiny_controlnet(PRESETS["tiny"], seed=3).half()  # as an fp16 file loads
+    cond = _cond(1).with_control(ControlInput(net, _hint(5)))
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        out = ControlDenoiser(make_denoiser(unet, "eps", SAMPLING))(x, torch.tensor([3.0]), cond)
+    assert net.conv_in.weight.dtype == torch.float32 and bool(torch.isfinite(out).all())

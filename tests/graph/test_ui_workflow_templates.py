@@ -27,7 +27,7 @@ from latentworks.graph.ui_workflow import (
     ui_to_api,
 )
 
-MODEL_FILE_INPUTS = {"ckpt_name", "vae_name", "lora_name", "image"}
+MODEL_FILE_INPUTS = {"ckpt_name", "vae_name", "lora_name", "image", "control_net_name"}
 
 
 def _templates() -> list[tuple[str, Any]]:

@@ -284,10 +284,9 @@ class ControlDenoiser:
         total: ControlResiduals | None = None
         for control, weight in active:
             control.network.check_model(self.denoiser.model)
-            if isinstance(
-                control.network, nn.Module
-            ):  # follow the model's device (the memory manager moves it)
-                control.network.to(x_in.device)
+            # The control network follows the model's device and dtype (an fp16 file next to an fp32 model).
+            if isinstance(control.network, nn.Module):
+                control.network.to(device=x_in.device, dtype=x_in.dtype)
             factor = control.network.hint_factor
             hint = resize_hint(control.hint, x.shape[-2] * factor, x.shape[-1] * factor)
             hint = tile_batch(hint, x.shape[0]).to(device=x.device, dtype=x_in.dtype)
