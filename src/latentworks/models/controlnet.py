@@ -68,11 +68,11 @@ class ControlNetConfig:
         return 1 + n * self.unet.layers_per_block + (n - 1)
 
 
+# One ControlNet per U-Net preset (same names), with SD's 8x hint encoder; the tiny one's hint is 2x.
 PRESETS: dict[str, ControlNetConfig] = {
-    "sd15": ControlNetConfig(unet=UNET_PRESETS["sd15"]),
-    "sdxl": ControlNetConfig(unet=UNET_PRESETS["sdxl"]),
-    "tiny": ControlNetConfig(unet=UNET_PRESETS["tiny"], hint_channels=(8, 16)),
+    name: ControlNetConfig(unet=unet) for name, unet in UNET_PRESETS.items()
 }
+PRESETS["tiny"] = ControlNetConfig(unet=UNET_PRESETS["tiny"], hint_channels=(8, 16))
 
 
 def _zero(conv: nn.Conv2d) -> nn.Conv2d:
