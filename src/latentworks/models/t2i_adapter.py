@@ -27,7 +27,6 @@ from torch import Tensor, nn
 
 from latentworks.diffusion.conditioning import Conditioning
 from latentworks.diffusion.control import ControlResiduals
-from latentworks.models.unet import UNet
 
 AdapterKind = Literal["full", "full_xl"]
 
@@ -130,16 +129,17 @@ class T2IAdapter(nn.Module):
     def check_model(self, network: object) -> None:
         """Raise a ValueError when the features cannot be added to ``network``'s down path."""
         ch = self.config.channels
-        if not isinstance(network, UNet):
+        model_config = getattr(network, "config", None)
+        if not (hasattr(model_config, "transformer_depth") and hasattr(model_config, "layers_per_block")):
             raise ValueError(
                 f"this T2I-Adapter is for SD-style U-Nets but the model is a {type(network).__name__}; "
                 "use an adapter made for the model's family"
             )
         want = ch[:3] if self.config.kind == "full_xl" else ch
-        if network.config.channels != want:
+        if model_config.channels != want:  # type: ignore[union-attr]
             raise ValueError(
                 f"this T2I-Adapter ({self.config.kind}, widths {ch}) was made for another model family: the "
-                f"model's U-Net has widths {network.config.channels}; use an SD1.5 adapter with SD1.5 models, "
+                f"model's U-Net has widths {model_config.channels}; use an SD1.5 adapter with SD1.5 models, "  # type: ignore[union-attr]
                 "SDXL with SDXL"
             )
 
