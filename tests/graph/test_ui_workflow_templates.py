@@ -27,7 +27,7 @@ from latentworks.graph.ui_workflow import (
 
 MODEL_FILE_INPUTS = {
     "ckpt_name", "vae_name", "lora_name", "image", "unet_name", "clip_name", "clip_name1", "clip_name2",
-    "clip_name3",
+    "clip_name3", "control_net_name",
 }  # fmt: skip
 
 

@@ -7,6 +7,7 @@ import math
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 from latentworks.cli import UserError
 from latentworks.commands.checkpoint_options import add_component_arguments
@@ -185,6 +186,31 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="steps of the second pass (default: --steps)",
     )
     p.add_argument(
+        "--controlnet",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a ControlNet file (SD1.x/SD2.x/SDXL, original or diffusers layout); repeat for several, each "
+        "with its own --control-image (default: none)",
+    )
+    p.add_argument(
+        "--control-image",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="IMAGE",
+        help="the control image (edges, depth, pose...) of each --controlnet, in the same order (default: none)",
+    )
+    p.add_argument(
+        "--control-strength",
+        type=float,
+        action="append",
+        default=[],
+        metavar="S",
+        help="strength of each --controlnet (one value for all, or one per ControlNet; default: 1.0)",
+    )
+    p.add_argument(
         "-o",
         "--output",
         type=Path,
@@ -312,10 +338,54 @@ def _check_args(args: argparse.Namespace) -> None:
         )
     if args.hires_scale != 1.0 and masking:
         raise UserError("--hires-scale cannot be combined with --mask or --outpaint")
+    n_cn = len(args.controlnet)
+    if len(args.control_image) != n_cn:
+        raise UserError(
+            f"give one --control-image per --controlnet: got {n_cn} ControlNet(s) and {len(args.control_image)} image(s)"
+        )
+    if args.control_strength and (not n_cn or len(args.control_strength) not in (1, n_cn)):
+        raise UserError(
+            f"--control-strength needs --controlnet, and one value or one per ControlNet ({n_cn}); "
+            f"got {len(args.control_strength)}"
+        )
+    if any(not 0 <= s <= 10 for s in args.control_strength):
+        raise UserError(f"--control-strength must be between 0 and 10, got {args.control_strength}")
+    for opt, files in (("--controlnet", args.controlnet), ("--control-image", args.control_image)):
+        for f in files:
+            if not f.is_file():
+                raise UserError(f"{opt}: no such file: {f}")
     if args.output.suffix.lower() != ".png":
         raise UserError(f"--output must end in .png, got {args.output}")
     if not args.output.parent.exists():
         raise UserError(f"--output: folder {args.output.parent} does not exist")
+
+
+def _load_controls(args: argparse.Namespace, pipe: Any) -> list[Any]:
+    """``Control`` objects for ``--controlnet`` / ``--control-image`` / ``--control-strength``."""
+    from PIL import Image, UnidentifiedImageError
+
+    from latentworks.families.controlnet import load_controlnet
+    from latentworks.pipelines.control import Control
+
+    strengths = args.control_strength or [1.0]
+    controls = []
+    for i, (file, image_path) in enumerate(zip(args.controlnet, args.control_image, strict=True)):
+        try:
+            net = load_controlnet(file, dtype=pipe.dtype, device=pipe.device, allow_pickle=args.allow_pickle)
+        except (OSError, ValueError, KeyError) as e:
+            raise UserError(f"--controlnet {file}: {e}") from None
+        try:
+            net.check_model(pipe.model.denoiser_net)
+        except ValueError as e:
+            raise UserError(f"--controlnet {file}: {e}") from None
+        try:
+            image = Image.open(image_path)
+            image.load()
+        except (UnidentifiedImageError, OSError) as e:
+            raise UserError(f"--control-image: cannot read {image_path} as an image ({e})") from None
+        strength = strengths[i] if len(strengths) > 1 else strengths[0]
+        controls.append(Control(image, net, strength))
+    return controls
 
 
 def run(args: argparse.Namespace) -> int:
@@ -381,6 +451,7 @@ def _generate(args: argparse.Namespace) -> int:
         if skipped:
             print(f"warning: --lora {file}: {skipped} keys match no module of this model", file=sys.stderr)
     loras = [{"file": str(f), "strength": s} for f, s in args.lora]
+    controls = _load_controls(args, pipe)
     bar = None
 
     def on_step(step) -> None:  # noqa: ANN001
@@ -423,7 +494,7 @@ def _generate(args: argparse.Namespace) -> int:
             except (ImportError, ValueError) as e:
                 raise UserError(f"--hires-upscale {args.hires_upscale}: {e}") from None
         try:
-            result = _run(pipe, args, init, mask, strength, on_step)
+            result = _run(pipe, args, init, mask, strength, on_step, controls)
         except MemoryBudgetError as e:
             raise UserError(f"--memory-budget: {e}") from None
         except ValueError as e:
@@ -443,7 +514,7 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(pipe, args: argparse.Namespace, init, mask, strength: float, on_step):  # noqa: ANN001, ANN202
+def _run(pipe, args: argparse.Namespace, init, mask, strength: float, on_step, controls=None):  # noqa: ANN001, ANN202
     """The pipeline call with the command line's options."""
     masking = mask is not None
     return pipe(
@@ -470,4 +541,5 @@ def _run(pipe, args: argparse.Namespace, init, mask, strength: float, on_step): 
         hires_upscale=args.hires_upscale,
         hires_steps=args.hires_steps,
         callback=on_step,
+        control=controls or None,
     )

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
+from latentworks.diffusion.control import ControlInput, cat_controls
+
 CONCAT_KEY = "concat"
 """``Conditioning.extra`` key of channels an inpainting network concatenates to its (scaled) input, (B, C', h, w):
 the mask and the masked image's latent for SD/SDXL inpainting U-Nets (``pipelines.inpaint.inpaint_concat``)."""
@@ -21,12 +23,15 @@ class Conditioning:
         mask: attention mask over ``tokens``, (B, L), True (or 1) where a token is real; None = all real.
         pooled: a pooled vector per sample, (B, P), or None.
         extra: named extra vectors, e.g. SDXL size ids ``{"time_ids": (B, 6)}`` or FLUX ``guidance``.
+        control: ControlNets applied to this conditioning (see :mod:`latentworks.diffusion.control`);
+            they are run by ``ControlDenoiser`` at sampling, not by the network.
     """
 
     tokens: Tensor
     mask: Tensor | None = None
     pooled: Tensor | None = None
     extra: dict[str, Tensor] = field(default_factory=dict)
+    control: tuple[ControlInput, ...] = ()
 
     def __post_init__(self) -> None:
         if self.tokens.ndim != 3:
@@ -53,6 +58,7 @@ class Conditioning:
             mask=None if self.mask is None else fn(self.mask),
             pooled=None if self.pooled is None else fn(self.pooled),
             extra={k: fn(v) for k, v in self.extra.items()},
+            control=self.control,
         )
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Conditioning:
@@ -69,6 +75,10 @@ class Conditioning:
 
     def with_extra(self, **extra: Tensor) -> Conditioning:
         return replace(self, extra={**self.extra, **extra})
+
+    def with_control(self, control: ControlInput) -> Conditioning:
+        """This conditioning with ``control`` added after the ControlNets it already carries."""
+        return replace(self, control=(*self.control, control))
 
     @staticmethod
     def cat(items: list[Conditioning]) -> Conditioning:
@@ -99,4 +109,7 @@ class Conditioning:
             mask=torch.cat(masks, 0) if any_mask else None,
             pooled=pooled,
             extra={k: torch.cat([c.extra[k] for c in items], 0) for k in sorted(keys)},
+            control=cat_controls([(c.control, c.batch_size) for c in items])
+            if any(c.control for c in items)
+            else (),
         )

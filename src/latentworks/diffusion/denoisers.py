@@ -760,15 +760,24 @@ class _NetworkDenoiser:
             weight=cls.loss_weight(level),
         )
 
-    def __call__(self, x: Tensor, sigma: Tensor | float, cond: Any = None) -> Tensor:
+    def network_input(self, x: Tensor, sigma: Tensor | float) -> tuple[Tensor, Tensor]:
+        """``(c_in * x, timestep(sigma))``: what the network receives, in the network's dtype and (B,)."""
         dtype = _out_dtype(x)
         s = _per_sample_sigma(sigma, x, dtype)  # (B,)
-        s_b = s.reshape(-1, *([1] * (x.ndim - 1)))  # (B, 1, ...)
-        xc = x.to(dtype)
-        c_skip, c_out, c_in = self.scalings(s_b)
+        _, _, c_in = self.scalings(s.reshape(-1, *([1] * (x.ndim - 1))))
         t = self.model_sampling.timestep(s).to(dtype)  # (B,)
-        out = self.model((xc * c_in).to(_model_dtype(self.model, dtype)), t, cond)
-        return (c_skip * xc + c_out * out.to(dtype)).to(x.dtype)
+        return (x.to(dtype) * c_in).to(_model_dtype(self.model, dtype)), t
+
+    def network_output(self, x: Tensor, sigma: Tensor | float, out: Tensor) -> Tensor:
+        """``c_skip * x + c_out * out``: the x0 estimate from the network's output ``out``, in x's dtype."""
+        dtype = _out_dtype(x)
+        s = _per_sample_sigma(sigma, x, dtype)  # (B,)
+        c_skip, c_out, _ = self.scalings(s.reshape(-1, *([1] * (x.ndim - 1))))
+        return (c_skip * x.to(dtype) + c_out * out.to(dtype)).to(x.dtype)
+
+    def __call__(self, x: Tensor, sigma: Tensor | float, cond: Any = None) -> Tensor:
+        x_in, t = self.network_input(x, sigma)
+        return self.network_output(x, sigma, self.model(x_in, t, cond))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({type(self.model).__name__}, {self.model_sampling!r})"

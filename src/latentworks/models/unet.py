@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentworks.diffusion.conditioning import CONCAT_KEY, Conditioning
+from latentworks.diffusion.control import ControlResiduals
 from latentworks.nn.attention import attention, split_heads
 from latentworks.nn.embeddings import timestep_embedding
 from latentworks.nn.norms import GroupNorm
@@ -357,15 +358,31 @@ class DownLevel(Level):
         self.downsample = Downsample(out_ch) if downsample else None
 
     def forward(
-        self, h: Tensor, temb: Tensor, context: Tensor, mask: Tensor | None, skips: list[Tensor]
+        self,
+        h: Tensor,
+        temb: Tensor,
+        context: Tensor,
+        mask: Tensor | None,
+        skips: list[Tensor],
+        adapter: Tensor | None = None,
     ) -> Tensor:
-        """Run the level, pushing every ResBlock/transformer output and the downsampled map onto ``skips``."""
+        """Run the level, pushing every ResBlock/transformer output and the downsampled map onto ``skips``.
+
+        ``adapter``: a T2I-Adapter feature, added as diffusers does: after the last ResBlock/transformer pair
+        (before downsampling) on a level with attention, after the whole level (downsampling included) on one
+        without; the skip pushed last carries it too."""
+        last = len(self.resnets) - 1
         for j in range(len(self.resnets)):
             h = self.block(j, h, temb, context, mask)
+            if adapter is not None and self.transformers is not None and j == last:
+                h = h + adapter.to(h.dtype)
             skips.append(h)
         if self.downsample is not None:
             h = self.downsample(h)
             skips.append(h)
+        if adapter is not None and self.transformers is None:
+            h = h + adapter.to(h.dtype)
+            skips[-1] = h
         return h
 
 
@@ -406,6 +423,41 @@ class MidBlock(nn.Module):
         if self.transformer is not None:
             h = self.transformer(h, context, mask)
         return self.res2(h, temb)
+
+
+def embed_time(
+    time_embed: TimeMLP,
+    add_embed: TimeMLP | None,
+    cfg: UNetConfig,
+    t: Tensor,
+    cond: Conditioning,
+    batch: int,
+    dtype: torch.dtype,
+) -> Tensor:
+    """The (B, time_embed_dim) embedding of timesteps ``t`` plus, for SDXL-style configs, the pooled text
+    vector and size ids of ``cond`` (shared by the U-Net and its ControlNets)."""
+    if t.ndim == 0:
+        t = t.expand(batch)
+    if t.shape != (batch,):
+        raise ValueError(f"UNet: t must be (B,) = ({batch},) timesteps, got shape {tuple(t.shape)}")
+    temb = time_embed(timestep_embedding(t, cfg.channels[0]).to(dtype))  # (B, time_embed_dim)
+    if add_embed is None:
+        return temb
+    time_ids = cond.extra.get("time_ids")
+    if cond.pooled is None or time_ids is None:
+        raise ValueError(
+            "this U-Net (pooled_dim > 0, SDXL-style) needs cond.pooled (B, "
+            f"{cfg.pooled_dim}) and cond.extra['time_ids'] (B, {cfg.num_time_ids}); "
+            "build them with the SDXL text encoder and size ids"
+        )
+    if cond.pooled.shape != (batch, cfg.pooled_dim) or time_ids.shape != (batch, cfg.num_time_ids):
+        raise ValueError(
+            f"UNet: expected cond.pooled ({batch}, {cfg.pooled_dim}) and time_ids ({batch}, {cfg.num_time_ids}), "
+            f"got {tuple(cond.pooled.shape)} and {tuple(time_ids.shape)}"
+        )
+    ids = timestep_embedding(time_ids.flatten(), cfg.time_id_dim).reshape(batch, -1)  # (B, n_ids * dim)
+    added = torch.cat([cond.pooled.to(dtype), ids.to(dtype)], dim=-1)  # (B, added_conditioning_dim)
+    return temb + add_embed(added)
 
 
 class UNet(nn.Module):
@@ -453,33 +505,14 @@ class UNet(nn.Module):
         self.conv_out = nn.Conv2d(ch[0], config.out_channels, 3, padding=1)
 
     def _time_embedding(self, t: Tensor, cond: Conditioning, batch: int, dtype: torch.dtype) -> Tensor:
-        if t.ndim == 0:
-            t = t.expand(batch)
-        if t.shape != (batch,):
-            raise ValueError(f"UNet: t must be (B,) = ({batch},) timesteps, got shape {tuple(t.shape)}")
-        temb = self.time_embed(
-            timestep_embedding(t, self.config.channels[0]).to(dtype)
-        )  # (B, time_embed_dim)
-        if self.add_embed is None:
-            return temb
-        cfg = self.config
-        time_ids = cond.extra.get("time_ids")
-        if cond.pooled is None or time_ids is None:
-            raise ValueError(
-                "this U-Net (pooled_dim > 0, SDXL-style) needs cond.pooled (B, "
-                f"{cfg.pooled_dim}) and cond.extra['time_ids'] (B, {cfg.num_time_ids}); "
-                "build them with the SDXL text encoder and size ids"
-            )
-        if cond.pooled.shape != (batch, cfg.pooled_dim) or time_ids.shape != (batch, cfg.num_time_ids):
-            raise ValueError(
-                f"UNet: expected cond.pooled ({batch}, {cfg.pooled_dim}) and time_ids ({batch}, {cfg.num_time_ids}), "
-                f"got {tuple(cond.pooled.shape)} and {tuple(time_ids.shape)}"
-            )
-        ids = timestep_embedding(time_ids.flatten(), cfg.time_id_dim).reshape(batch, -1)  # (B, n_ids * dim)
-        added = torch.cat([cond.pooled.to(dtype), ids.to(dtype)], dim=-1)  # (B, added_conditioning_dim)
-        return temb + self.add_embed(added)
+        return embed_time(self.time_embed, self.add_embed, self.config, t, cond, batch, dtype)
 
-    def forward(self, x: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
+    def forward(
+        self, x: Tensor, t: Tensor, cond: Conditioning, control: ControlResiduals | None = None
+    ) -> Tensor:
+        """``control``: ControlNet residuals added to every skip connection (``control.down``, in the order
+        the down path stores them) and to the middle block's output (``control.mid``), and T2I-Adapter
+        features added to the down levels' outputs (``control.adapter``, see ``DownLevel.forward``)."""
         cfg = self.config
         concat = cond.extra.get(CONCAT_KEY)
         if concat is not None and x.ndim == 4 and x.shape[1] + concat.shape[1] == cfg.in_channels:
@@ -507,9 +540,21 @@ class UNet(nn.Module):
 
         h = self.conv_in(x.to(dtype))
         skips = [h]
+        features = list(control.adapter) if control is not None else []
         for down in self.down:
-            h = down(h, temb, context, mask, skips)
+            h = down(h, temb, context, mask, skips, features.pop(0) if features else None)
         h = self.mid(h, temb, context, mask)
+        if features and features[0].shape == h.shape:  # T2I-Adapter-XL's last feature
+            h = h + features.pop(0).to(h.dtype)
+        if control is not None and control.down:
+            if len(control.down) != len(skips):
+                raise ValueError(
+                    f"ControlNet residuals: got {len(control.down)} skip residuals for a U-Net with {len(skips)} "
+                    "skip connections; the ControlNet was made for another model"
+                )
+            skips = [s + r.to(s.dtype) for s, r in zip(skips, control.down, strict=True)]
+        if control is not None and control.mid is not None:
+            h = h + control.mid.to(h.dtype)
         for up in self.up:
             h = up(h, temb, context, mask, skips)
         return self.conv_out(F.silu(self.norm_out(h)))

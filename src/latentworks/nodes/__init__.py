@@ -15,6 +15,7 @@ def default_registry(
     models_dir: str | Path | None = None, input_dir: str | Path | None = None
 ) -> NodeRegistry:
     from latentworks.nodes.conditioning_ops import conditioning_ops_nodes
+    from latentworks.nodes.controlnet import controlnet_nodes
 
     # custom sampling and model-sampling patches (issue 23)
     from latentworks.nodes.custom_sampling import custom_sampling_nodes
@@ -56,6 +57,7 @@ def default_registry(
             *model_advanced_nodes(),  # RescaleCFG, ModelMergeSimple
             *vae_tiled_nodes(),  # VAEDecodeTiled, VAEEncodeTiled
             *sampler_option_nodes(),  # SamplerEulerAncestral, SamplerDPMPP_*, SamplerLMS
+            *controlnet_nodes(md),  # ControlNetLoader, ControlNetApplyAdvanced, ControlNetApply, Canny
         ]
     )
 

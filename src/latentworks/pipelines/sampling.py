@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from latentworks.checkpoints.lora import AppliedLora, apply_loras
 from latentworks.diffusion.conditioning import Conditioning
+from latentworks.diffusion.control import ControlDenoiser
 from latentworks.diffusion.denoisers import Denoiser, ModelSampling, make_denoiser
 from latentworks.diffusion.guidance import (
     CFGDenoiser,
@@ -30,6 +31,24 @@ from latentworks.diffusion.regions import ConditionList, is_entry_list
 from latentworks.diffusion.samplers import StepInfo, get_sampler
 
 SEED_MODULUS = 2**63
+
+
+def _has_control(*conds: object) -> bool:
+    """Whether any conditioning (or entry of a conditioning list) carries a ControlNet."""
+    for c in conds:
+        if c is None:
+            continue
+        if isinstance(c, Conditioning):
+            if c.control:
+                return True
+        elif isinstance(c, tuple | list):
+            if _has_control(*[getattr(e, "cond", e) for e in c]):
+                return True
+        elif _has_control(*[getattr(c, n, None) for n in ("cond2",)]):
+            return True
+    return False
+
+
 """Per-sample seeds wrap around here, so the seed of every sample is a valid non-negative int64."""
 
 
@@ -142,6 +161,15 @@ def denoise_latents(
     start = x0 * (1 - mask) if mask is not None and masked_from_noise else x0
     x = noised_start(start, noise, sigmas[0], denoiser.interpolation) if add_noise else start
     lists = dual is not None or is_entry_list(cond) or is_entry_list(uncond)
+    # ControlNets ride on the conditionings; the wrapper runs them at each step (it sits inside CFG).
+    if lists and _has_control(cond, uncond, dual):
+        raise ValueError(
+            "ControlNet together with area, mask or timestep-range conditioning (or DualCFGGuider) is not "
+            "supported yet: apply the ControlNet to a plain prompt"
+        )
+    controlled: Denoiser = denoiser
+    if not lists and _has_control(cond, uncond):
+        controlled = ControlDenoiser(denoiser)
 
     def inpaint(inner: Denoiser) -> Denoiser:
         if mask is None:
@@ -153,7 +181,9 @@ def denoise_latents(
     guided: Denoiser
     guided_cond: GuidedCond | DualGuidedCond
     if not lists:  # one prompt each: the inpaint blend inside CFG, as always (bit-identical results)
-        guided = CFGDenoiser(inpaint(denoiser), guidance, interval=guidance_interval, rescale_cfg=rescale_cfg)
+        guided = CFGDenoiser(
+            inpaint(controlled), guidance, interval=guidance_interval, rescale_cfg=rescale_cfg
+        )
         guided_cond = GuidedCond(cond, uncond if guidance != 1.0 else None)
     else:  # conditioning lists evaluate crops of x, so the inpaint blend goes outside the guidance
         multiple = int(getattr(getattr(model.denoiser_net, "config", None), "patch_size", 1) or 1)

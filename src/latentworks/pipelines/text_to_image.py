@@ -28,6 +28,7 @@ from latentworks.diffusion.samplers import SAMPLERS, StepInfo
 from latentworks.diffusion.schedules import SCHEDULERS, get_sigmas
 from latentworks.families.load import read_checkpoint
 from latentworks.models.autoencoder import Autoencoder
+from latentworks.pipelines.control import Control, attach_controls
 from latentworks.pipelines.families import (
     add_conditioning_extras,
     behaviour_of,
@@ -318,6 +319,7 @@ class Pipeline:
         callback: Callable[[PipelineStep], Any] | None = None,
         sampler_options: dict[str, Any] | None = None,
         guidance_interval: tuple[float, float] | None = None,
+        control: list[Control | tuple[Any, ...]] | None = None,
     ) -> PipelineResult:
         """Generate ``batch`` images per prompt.
 
@@ -348,6 +350,9 @@ class Pipeline:
         encode, the path of an upscale model file for spandrel, or a loaded
         :class:`~latentworks.pipelines.upscale.UpscaleModel`) and samples again from it at
         ``hires_denoise`` with ``hires_steps`` (default: ``steps``).
+        ``control``: ControlNets, each a ``Control(image, controlnet, strength, start, end)`` or a tuple
+        ``(image, controlnet[, strength[, start[, end]]])`` (see :mod:`latentworks.pipelines.control`), applied
+        to the prompt and the negative prompt.
         """
         d = self.model.defaults
         steps = int(steps if steps is not None else d.get("steps", 20))
@@ -423,6 +428,9 @@ class Pipeline:
 
         cond, uncond = conditionings(height, width)
         timings["encode_text"] = time.perf_counter() - t0
+        cond, uncond, controls = attach_controls(
+            cond, uncond, control or (), dtype=self.dtype, device=self.device
+        )
 
         c = self.model.latent_format.channels
         lh, lw = height // f, width // f
@@ -561,6 +569,8 @@ class Pipeline:
                 "upscale": str(getattr(hires_upscale, "path", hires_upscale)),
                 "steps": int(hires_steps or steps),
             }
+        if controls:
+            params["control"] = controls
         return PipelineResult(images=images, parameters=params, seeds=seeds, latents=x, timings=timings)
 
     @staticmethod

@@ -1,0 +1,138 @@
+"""ControlNet files: which layout a file is, its config from shapes, and loading it.
+
+The same registry pattern as the model families: one :class:`ControlNetLayout` per weight layout, listed
+once in :data:`LAYOUTS`; :func:`detect_controlnet` walks them in order (marker key present -> config from
+shapes) and names the base model family the ControlNet belongs to (``families.by_config`` on its U-Net
+config). :func:`load_controlnet` builds the network on the meta device and loads the converted weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from latentworks.checkpoints.detect import key_starts, strip_prefix
+from latentworks.checkpoints.io import build_on_meta
+from latentworks.checkpoints.keymaps.controlnet import (
+    controlnet_config_from_diffusers,
+    controlnet_config_from_original,
+    controlnet_from_diffusers,
+    controlnet_from_original,
+    controlnet_to_diffusers,
+    controlnet_to_original,
+    t2i_adapter_config_from_diffusers,
+    t2i_adapter_from_diffusers,
+    t2i_adapter_to_diffusers,
+)
+from latentworks.families import ModelFamily, by_config
+from latentworks.families.load import _Prefixed, _shapes, open_weights
+from latentworks.models.controlnet import ControlNet, ControlNetConfig
+from latentworks.models.t2i_adapter import T2IAdapter, T2IAdapterConfig
+
+Shapes = Mapping[str, tuple[int, ...]]
+ControlConfig = ControlNetConfig | T2IAdapterConfig
+ControlModel = ControlNet | T2IAdapter
+
+
+@dataclass(frozen=True)
+class ControlNetLayout:
+    """One way ControlNet weights are laid out in files.
+
+    Attributes:
+        name: ``original`` or ``diffusers`` (ControlNets), ``t2i-diffusers`` (T2I-Adapters).
+        network: the network class the layout holds.
+        marker: a key (after the prefix) only this layout has.
+        prefixes: prefixes the layout's keys may carry (tried in order; ``""`` = none).
+        config_from_shapes: ``(shapes, source) -> ControlNetConfig``.
+        to_ours / from_ours: key maps ``(state_dict, config) -> state_dict``.
+    """
+
+    name: str
+    network: type[ControlModel]
+    marker: str
+    prefixes: tuple[str, ...]
+    config_from_shapes: Callable[[Shapes, str], Any]
+    to_ours: Callable[[Mapping[str, Tensor], Any], dict[str, Tensor]]
+    from_ours: Callable[[Mapping[str, Tensor], Any], dict[str, Tensor]]
+
+
+ORIGINAL = ControlNetLayout(
+    name="original",
+    network=ControlNet,
+    marker="input_hint_block.0.weight",
+    prefixes=("control_model.", ""),
+    config_from_shapes=controlnet_config_from_original,
+    to_ours=controlnet_from_original,
+    from_ours=controlnet_to_original,
+)
+DIFFUSERS = ControlNetLayout(
+    name="diffusers",
+    network=ControlNet,
+    marker="controlnet_cond_embedding.conv_in.weight",
+    prefixes=("",),
+    config_from_shapes=controlnet_config_from_diffusers,
+    to_ours=controlnet_from_diffusers,
+    from_ours=controlnet_to_diffusers,
+)
+T2I_DIFFUSERS = ControlNetLayout(
+    name="t2i-diffusers",
+    network=T2IAdapter,
+    marker="adapter.conv_in.weight",
+    prefixes=("",),
+    config_from_shapes=t2i_adapter_config_from_diffusers,
+    to_ours=t2i_adapter_from_diffusers,
+    from_ours=t2i_adapter_to_diffusers,
+)
+LAYOUTS: tuple[ControlNetLayout, ...] = (ORIGINAL, DIFFUSERS, T2I_DIFFUSERS)
+
+
+@dataclass(frozen=True)
+class DetectedControlNet:
+    layout: ControlNetLayout
+    prefix: str
+    config: ControlConfig
+    family: ModelFamily | None  # the base model family (SD1, SD2, SDXL...); None if unknown (T2I-Adapters)
+
+
+def detect_controlnet(shapes: Shapes, *, source: str = "ControlNet") -> DetectedControlNet:
+    """The layout, key prefix, config and base family of a ControlNet from ``{key: shape}`` alone.
+
+    Raises:
+        ValueError: not a ControlNet this version reads (names the keys it starts with).
+    """
+    for layout in LAYOUTS:
+        for prefix in layout.prefixes:
+            if prefix + layout.marker in shapes:
+                config = layout.config_from_shapes(strip_prefix(shapes, prefix), source)
+                family = by_config(config.unet) if isinstance(config, ControlNetConfig) else None
+                return DetectedControlNet(layout, prefix, config, family)
+    raise ValueError(
+        f"{source}: not a ControlNet latentworks can read (no 'input_hint_block', 'controlnet_cond_embedding' or "
+        f"'adapter.conv_in' keys; the file starts with {key_starts(shapes)}). Supported: SD1.x/SD2.x/SDXL "
+        "ControlNets in the original (control_model.*) or diffusers (ControlNetModel) layout, and diffusers "
+        "T2I-Adapters (full and full_xl)."
+    )
+
+
+def load_controlnet(
+    path: str | Path,
+    *,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    allow_pickle: bool = False,
+) -> ControlModel:
+    """Read a ControlNet or T2I-Adapter file (``.safetensors``; pickles only with ``allow_pickle``), detect it from shapes and
+    return the network in eval mode, frozen."""
+    weights = open_weights(path, dtype=dtype, allow_pickle=allow_pickle)
+    source = str(path)
+    found = detect_controlnet(_shapes(weights), source=source)
+    state = found.layout.to_ours(_Prefixed(weights, found.prefix), found.config)
+    net = build_on_meta(found.layout.network, found.config, state, dtype=dtype, device=device)
+    assert isinstance(net, ControlNet | T2IAdapter)
+    net.source_name = Path(path).name
+    return net
