@@ -51,12 +51,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from transformers import Qwen3Model
+from transformers import Qwen2Model, Qwen3Model
 
 from latentworks.diffusion.conditioning import Conditioning
 from latentworks.models.text.base import TextEncoder
 from latentworks.models.text.clip import CLIPModel, build_clip, clip_encode
-from latentworks.models.text.layouts import detect_text_encoder
+from latentworks.models.text.layouts import QWEN_KIND_TITLES, detect_text_encoder
 from latentworks.models.text.prompts import (
     CONTEXT_LENGTH,
     ClipTokenizer,
@@ -67,7 +67,14 @@ from latentworks.models.text.prompts import (
     parse_weights,
     tokenize_chunks,
 )
-from latentworks.models.text.qwen import QwenTokenizer, build_qwen3, qwen_hidden_states
+from latentworks.models.text.qwen import (
+    ADDED_TOKENS,
+    QWEN25_ADDED_TOKENS,
+    QwenTokenizer,
+    build_qwen3,
+    build_qwen25,
+    qwen_hidden_states,
+)
 from latentworks.models.text.t5 import T5Tokenizer, build_t5, t5_encode
 
 T5_DIM = 4096  # T5-XXL's width: SD3 pads its CLIP features to it when there is no T5
@@ -137,7 +144,10 @@ class QwenRecipe:
         component: the text encoder's component name (``qwen3_4b``).
         template: the text the model reads, with ``{prompt}`` where the prompt goes.
         layer: which hidden states (Python-style index into embeddings + each layer's output).
-        max_length: tokens kept per prompt (the templated text is truncated at the end).
+        max_length: tokens kept per prompt (the templated text is truncated at the end), ``drop_tokens``
+            included.
+        drop_tokens: leading tokens (the template's fixed prefix, e.g. Qwen-Image's system prompt) whose states
+            are dropped after the model has read them.
     """
 
     name: str
@@ -145,6 +155,7 @@ class QwenRecipe:
     template: str
     layer: int = -2
     max_length: int = 512
+    drop_tokens: int = 0
 
     def __post_init__(self) -> None:
         if "{prompt}" not in self.template:
@@ -337,14 +348,15 @@ class PromptEncoder:
 class QwenPromptEncoder:
     """A chat-templated Qwen decoder's hidden states as conditioning (built by :func:`make_prompt_encoder`)."""
 
-    def __init__(self, recipe: QwenRecipe, model: Qwen3Model, tokenizer: QwenTokenizer) -> None:
+    def __init__(self, recipe: QwenRecipe, model: Qwen3Model | Qwen2Model, tokenizer: QwenTokenizer) -> None:
         self.recipe = recipe
         self.family = recipe.name
         self.model = model
         self.tokenizer = tokenizer
 
     def modules(self) -> dict[str, torch.nn.Module]:
-        """The network by component name (``qwen3_4b``), for a device manager to move or offload."""
+        """The network by component name (``qwen3_4b``, ``qwen25vl_7b``), for a device manager to move or
+        offload."""
         return {self.recipe.component: self.model}
 
     @property
@@ -353,7 +365,7 @@ class QwenPromptEncoder:
 
     @property
     def max_length(self) -> int:
-        return self.recipe.max_length
+        return self.recipe.max_length - self.recipe.drop_tokens
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> Conditioning:
@@ -368,7 +380,8 @@ class QwenPromptEncoder:
         ids, mask = ids.to(device), mask.to(device)
         hidden = qwen_hidden_states(self.model, ids, mask, layer=self.recipe.layer)
         tokens = hidden * mask[..., None].to(hidden.dtype)  # (B, L, D); padding positions zeroed
-        return Conditioning(tokens=tokens, mask=mask)
+        drop = self.recipe.drop_tokens  # the template's prefix: the same count in every row
+        return Conditioning(tokens=tokens[:, drop:], mask=mask[:, drop:])
 
 
 def _make_qwen_encoder(
@@ -387,12 +400,16 @@ def _make_qwen_encoder(
                 f"component {given!r} holds a {kind} state dict (detected from its shapes); pass it as {kind!r}"
             )
     if name not in components:
+        given = "; ".join(f"{c} is {QWEN_KIND_TITLES.get(c, c)}" for c in sorted(components)) or "none"
         raise ValueError(
-            f"{recipe.name} needs the text encoder {name!r} (got {sorted(components)}). Provide its file, "
-            "e.g. --text-encoder qwen_3_4b.safetensors (ComfyUI's Qwen3-4B)."
+            f"{recipe.name} needs the text encoder {name!r} ({QWEN_KIND_TITLES.get(name, name)}); got: {given}. "
+            "Pass that file (CLI: --text-encoder FILE; API: text_encoders=[FILE])."
         )
-    tokenizer = QwenTokenizer(_qwen_tokenizer_path(tokenizer_dir))
-    model = build_qwen3(components[name], dtype=dtype, device=device)
+    qwen25 = name == "qwen25vl_7b"
+    added = QWEN25_ADDED_TOKENS if qwen25 else ADDED_TOKENS
+    tokenizer = QwenTokenizer(_qwen_tokenizer_path(tokenizer_dir), added_tokens=added)
+    build = build_qwen25 if qwen25 else build_qwen3
+    model = build(components[name], dtype=dtype, device=device)
     return QwenPromptEncoder(recipe, model, tokenizer)
 
 
