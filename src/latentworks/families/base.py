@@ -29,6 +29,7 @@ from typing import Any, Literal
 from torch import Tensor, nn
 
 from latentworks.diffusion.denoisers import SamplingSpec
+from latentworks.diffusion.guidance import GuidanceNorm
 from latentworks.diffusion.latent_formats import LatentFormat
 from latentworks.models.text.families import AnyTextRecipe
 
@@ -84,12 +85,16 @@ class Generation:
             aesthetic score is 6.0 for the prompt and 2.5 for the negative prompt (its training convention).
         distilled_guidance: the guidance scale goes into ``cond.extra["guidance"]`` and the sampler runs
             without classifier-free guidance (one network call per step), as FLUX.1-dev.
+        guidance_norm: the release's renormalisation of the guided prediction (Qwen-Image's true CFG), applied
+            by the pipeline (as diffusers does); workflows get it only through a CFGNorm-style node, as in
+            ComfyUI. None: plain CFG.
     """
 
     resolution: tuple[int, int]
     defaults: Mapping[str, Any] = field(default_factory=dict)
     size_conditioning: SizeConditioning | None = None
     distilled_guidance: bool = False
+    guidance_norm: GuidanceNorm | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

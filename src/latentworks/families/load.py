@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from latentworks.checkpoints.detect import detect_vae, find_vae_prefix, text_encoder_prefixes
 from latentworks.checkpoints.io import PICKLE_SUFFIXES, LazyStateDict, load_state_dict, save_file_atomic
+from latentworks.checkpoints.keymaps.qwenimage_vae import is_qwenimage_vae, read_qwenimage_vae
 from latentworks.checkpoints.keymaps.sd_diffusers import vae_from_diffusers
 from latentworks.checkpoints.keymaps.sd_ldm import ours_to_vae_ldm, vae_ldm_to_ours
 from latentworks.diffusion.latent_formats import LatentFormat
@@ -37,6 +38,8 @@ from latentworks.families.architectures import DenoiserConfig
 from latentworks.families.base import Architecture, ModelFamily
 from latentworks.families.detect import detect_checkpoint
 from latentworks.families.diffusers import read_diffusers_folder, write_diffusers_folder
+from latentworks.models.autoencoder import Autoencoder
+from latentworks.models.qwenimage_vae import QwenImageVAE, QwenImageVAEConfig
 from latentworks.models.text.clip import clip_config_from_shapes
 from latentworks.models.text.layouts import detect_text_encoder, hf_to_open_clip, open_clip_to_hf, to_hf_clip
 from latentworks.models.text.t5 import t5_config_from_shapes
@@ -124,13 +127,23 @@ def _shapes(weights: Mapping[str, Tensor]) -> dict[str, tuple[int, ...]]:
 
 
 def read_vae(weights: Mapping[str, Tensor], *, source: str) -> tuple[Any, dict[str, Tensor]]:
-    """The autoencoder in ``weights`` (LDM or diffusers layout, any known prefix) as (config, our state dict)."""
+    """The autoencoder in ``weights`` (LDM or diffusers layout, any known prefix; or the Qwen-Image VAE in
+    diffusers' or ComfyUI's Wan layout) as (config, our state dict)."""
     shapes = _shapes(weights)
+    for prefix in ("vae.", "first_stage_model.", ""):
+        sub_shapes = {k[len(prefix) :]: v for k, v in shapes.items() if k.startswith(prefix)}
+        if is_qwenimage_vae(sub_shapes):
+            return read_qwenimage_vae(_Prefixed(weights, prefix), sub_shapes, source=source)
     config, layout = detect_vae(shapes, source=source)
     sub = _Prefixed(weights, find_vae_prefix(shapes) or "")
     if layout == "ldm":
         return config, vae_ldm_to_ours(sub, config)
     return config, vae_from_diffusers(sub, config)
+
+
+def vae_network(config: Any) -> type[nn.Module]:
+    """The autoencoder class for a VAE config read by :func:`read_vae` (KL autoencoder or Qwen-Image VAE)."""
+    return QwenImageVAE if isinstance(config, QwenImageVAEConfig) else Autoencoder
 
 
 def _text_encoder_kind(weights: Mapping[str, Tensor], source: str) -> tuple[str, Mapping[str, Tensor]]:

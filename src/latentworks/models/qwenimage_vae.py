@@ -279,3 +279,7 @@ class QwenImageVAE(nn.Module):
     def tiled_decode(self, z: Tensor, tile: int = 64, overlap: int = 16) -> Tensor:
         """Decode in overlapping tiles (the blending of :meth:`Autoencoder.tiled_decode`)."""
         return Autoencoder.tiled_decode(self, z, tile, overlap)  # type: ignore[arg-type]
+
+
+AnyAutoencoder = Autoencoder | QwenImageVAE
+"""Either image autoencoder: same ``encode``/``decode``/``tiled_decode`` interface and ``config.downsample_factor``."""

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from latentworks.models.autoencoder import Autoencoder
+from latentworks.models.qwenimage_vae import QwenImageVAE
 
 OffloadMode = Literal["none", "model"]
 OFFLOAD_MODES: tuple[str, ...] = ("none", "model")
@@ -97,7 +98,7 @@ def _dtype_of(module: nn.Module) -> torch.dtype:
 
 
 def decode_latents(
-    vae: Autoencoder,
+    vae: Autoencoder | QwenImageVAE,
     z: Tensor,
     *,
     tile: int | None = None,

@@ -17,7 +17,13 @@ from torch import Tensor, nn
 from latentworks.checkpoints.lora import AppliedLora, apply_loras
 from latentworks.diffusion.conditioning import Conditioning
 from latentworks.diffusion.denoisers import Denoiser, ModelSampling, make_denoiser
-from latentworks.diffusion.guidance import CFGDenoiser, GuidedCond, InpaintDenoiser, noised_start
+from latentworks.diffusion.guidance import (
+    CFGDenoiser,
+    GuidanceNorm,
+    GuidedCond,
+    InpaintDenoiser,
+    noised_start,
+)
 from latentworks.diffusion.noise import SeededNoiseSampler, seeded_noise
 from latentworks.diffusion.samplers import StepInfo, get_sampler
 
@@ -51,6 +57,9 @@ class SamplingModel(Protocol):
     @property
     def loras(self) -> tuple[AppliedLora, ...]: ...  # applied to denoiser_net while sampling
 
+    @property
+    def guidance_norm(self) -> GuidanceNorm | None: ...  # CFG renormalisation (CFGNorm node, Qwen-Image)
+
 
 @dataclass(frozen=True)
 class NetworkModel:
@@ -60,6 +69,7 @@ class NetworkModel:
     prediction: str
     model_sampling: ModelSampling
     loras: tuple[AppliedLora, ...] = ()
+    guidance_norm: GuidanceNorm | None = None
 
 
 def model_loras(model: SamplingModel) -> AbstractContextManager[object]:
@@ -114,7 +124,7 @@ def denoise_latents(
     inner: Denoiser = denoiser if mask is None else InpaintDenoiser(denoiser, x0, mask, noise)
     with torch.no_grad(), model_loras(model):
         return get_sampler(sampler)(
-            CFGDenoiser(inner, guidance, interval=guidance_interval),
+            CFGDenoiser(inner, guidance, interval=guidance_interval, norm=model.guidance_norm),
             x,
             sigmas.to(device),
             cond=GuidedCond(cond, uncond if guidance != 1.0 else None),

@@ -26,7 +26,7 @@ from latentworks.diffusion.guidance import check_interval
 from latentworks.diffusion.samplers import SAMPLERS, StepInfo
 from latentworks.diffusion.schedules import SCHEDULERS, get_sigmas
 from latentworks.families.load import read_checkpoint
-from latentworks.models.autoencoder import Autoencoder
+from latentworks.models.qwenimage_vae import AnyAutoencoder
 from latentworks.pipelines.families import (
     add_conditioning_extras,
     behaviour_of,
@@ -123,7 +123,7 @@ class Pipeline:
         self.behaviour = behaviour_of(model.meta.get("family"))
 
     @property
-    def vae(self) -> Autoencoder:
+    def vae(self) -> AnyAutoencoder:
         """The model's autoencoder; a clear error for a denoiser loaded without one."""
         if self.model.vae is None:
             raise ValueError(
@@ -373,9 +373,12 @@ class Pipeline:
                 )
 
         t1 = time.perf_counter()
+        model = self.model
+        if model.guidance_norm is None and b.guidance_norm is not None:  # the release's CFG (Qwen-Image)
+            model = dataclasses.replace(model, guidance_norm=b.guidance_norm)
         with self.offloader.use(self.model.denoiser_net):
             x = denoise_latents(
-                self.model,
+                model,
                 x0,
                 sigmas,
                 seeds,

@@ -114,10 +114,10 @@ def _wan_to_ours_key(key: str, config: QwenImageVAEConfig) -> str:
                 return prefix + "mid_block.attentions.0." + tail
             return prefix + f"mid_block.resnets.{i // 2}." + _res_tail(tail, key)
         if m := re.match(r"downsamples\.(\d+)\.(.+)$", rest):
-            i, tail = m.group(1), m.group(2)
+            block, tail = m.group(1), m.group(2)
             if tail.startswith(("resample.", "time_conv.")):
-                return prefix + f"down_blocks.{i}.{tail}"
-            return prefix + f"down_blocks.{i}." + _res_tail(tail, key)
+                return prefix + f"down_blocks.{block}.{tail}"
+            return prefix + f"down_blocks.{block}." + _res_tail(tail, key)
         if m := re.match(r"upsamples\.(\d+)\.(.+)$", rest):
             i, tail = int(m.group(1)), m.group(2)
             stage, j = divmod(i, n + 2)

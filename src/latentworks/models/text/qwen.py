@@ -325,8 +325,7 @@ def qwen25_config_from_shapes(shapes: Mapping[str, tuple[int, ...]]) -> Qwen2Con
         intermediate_size=shapes["layers.0.mlp.gate_proj.weight"][0],
         num_hidden_layers=max(layers) + 1,
         num_attention_heads=q_rows // head_dim,
-        num_key_value_heads=kv_rows // head_dim,
-        head_dim=head_dim,
+        num_key_value_heads=kv_rows // head_dim,  # head_dim = width / heads, as in Qwen2 (no head_dim field)
         max_position_embeddings=QWEN25_MAX_POSITIONS,
         rms_norm_eps=QWEN25_RMS_NORM_EPS,
         rope_parameters={"rope_type": "default", "rope_theta": QWEN25_ROPE_THETA},
