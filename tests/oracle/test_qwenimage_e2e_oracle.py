@@ -5,8 +5,9 @@ diffusers' ``QwenImagePipeline``'s latents and image on the same weights.
 Matching settings: Euler on the release's dynamic exponential shift (ours "simple"; diffusers' default sigmas
 ``linspace(1, 1/N, N)`` shifted with ``mu`` from the image token count by FlowMatchEulerDiscreteScheduler), true
 CFG 4 with the negative prompt ``" "`` and diffusers' norm rescale on both sides. The scheduler is the release's
-``scheduler_config.json`` without its ``shift_terminal`` (not implemented here yet). Both start from the same
-noise: ours drawn from the seed, diffusers' given packed through ``latents=``.
+``scheduler_config.json`` (with its ``shift_terminal`` 0.02). Both start from the same noise: ours drawn from the
+seed, diffusers' given packed through ``latents=``. Pass: latents within 1e-4 of their scale (tighter than the
+issue's 1e-3, so that a missing norm rescale, about 6e-4 of scale here, fails), images within one uint8 step.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def _diffusers_pipe(files, tok_dir: Path):  # type: ignore[no-untyped-def]
         base_shift=0.5,
         max_shift=0.9,
         time_shift_type="exponential",
+        shift_terminal=0.02,
     )
     pipe = diffusers.QwenImagePipeline(
         scheduler=scheduler,
@@ -96,7 +98,7 @@ def test_comfy_split_files_match_diffusers_qwen_image_pipeline(
     err = (got - lat.float()).abs().max().item()
     scale = lat.abs().max().item()
     print(f"latents: max abs diff {err:.3g} (scale {scale:.3g})")
-    assert err <= 1e-3 * max(scale, 1.0), f"latents differ by {err} (scale {scale})"
+    assert err <= 1e-4 * max(scale, 1.0), f"latents differ by {err} (scale {scale})"
     mine = np.stack([np.asarray(im, dtype=np.float32) / 255.0 for im in result.images])
     assert mine.shape == img.shape
     img_err = np.abs(mine - img).max()

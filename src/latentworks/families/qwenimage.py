@@ -9,8 +9,8 @@ Numbers and their sources:
 
 - sampling: diffusers' ``scheduler/scheduler_config.json`` of Qwen/Qwen-Image: exponential time shift with
   ``mu`` linear in the image token count from (256 tokens, 0.5) to (8192 tokens, 0.9), ``shift`` 1,
-  1000 train timesteps. Its ``shift_terminal: 0.02`` (stretch the schedule so the last non-zero sigma is 0.02)
-  has no field in :class:`FlowSamplingSpec` yet and is not applied.
+  1000 train timesteps, and ``shift_terminal: 0.02``: each schedule is stretched so that its last non-zero
+  sigma is 0.02 (applied by the pipeline, as diffusers does; ComfyUI does not).
 - generation defaults: the release's example (Qwen-Image model card / diffusers docs): 1328 x 1328 for 1:1,
   50 steps, true classifier-free guidance 4.0 with a negative prompt (``" "`` when none).
 - CFG: diffusers' ``QwenImagePipeline`` renormalises the guided velocity to the conditional one's norm per
@@ -71,7 +71,7 @@ DROP_TOKENS = 34  # prompt_template_encode_start_idx
 MAX_PROMPT_TOKENS = 1024  # tokenizer_max_length
 # scheduler_config.json of Qwen/Qwen-Image (use_dynamic_shifting, time_shift_type "exponential")
 DYNAMIC_SHIFT = FlowDynamicShift(base_seq_len=256, max_seq_len=8192, base_shift=0.5, max_shift=0.9)
-SHIFT_TERMINAL = 0.02  # not applied yet (see the module docstring)
+SHIFT_TERMINAL = 0.02
 
 
 def _is_qwenimage(config: object) -> bool:
@@ -95,7 +95,9 @@ QWEN_IMAGE = ModelFamily(
     matches=_is_qwenimage,
     latent_format=LATENT_FORMAT,
     prediction="flow",
-    sampling=FlowSamplingSpec(shift=1.0, multiplier=1000.0, dynamic_shift=DYNAMIC_SHIFT),
+    sampling=FlowSamplingSpec(
+        shift=1.0, multiplier=1000.0, dynamic_shift=DYNAMIC_SHIFT, shift_terminal=SHIFT_TERMINAL
+    ),
     generation=Generation(
         resolution=(1328, 1328),
         defaults={"steps": 50, "guidance": 4.0, "sampler": "euler", "scheduler": "simple"},

@@ -46,7 +46,11 @@ def patched(
     folder = model.folder
     meta = dict(folder.meta)
     denoiser = dict(meta.get("denoiser", {}))
-    spec = {k: v for k, v in dict(denoiser.get("sampling") or {}).items() if k != "dynamic_shift"}
+    spec = {
+        k: v
+        for k, v in dict(denoiser.get("sampling") or {}).items()
+        if k not in ("dynamic_shift", "shift_terminal")
+    }
     meta["denoiser"] = {**denoiser, "prediction": prediction, "sampling": spec}
     meta["model_sampling_patch"] = dict(patch)
     return ModelPayload(replace(folder, meta=meta, model_sampling=model_sampling))

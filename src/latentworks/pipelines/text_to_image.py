@@ -28,6 +28,7 @@ from latentworks.diffusion.schedules import SCHEDULERS, get_sigmas
 from latentworks.families.load import read_checkpoint
 from latentworks.models.qwenimage_vae import AnyAutoencoder
 from latentworks.pipelines.families import (
+    release_schedule,
     add_conditioning_extras,
     behaviour_of,
     cfg_scale,
@@ -346,6 +347,7 @@ class Pipeline:
         denoise = strength if init_image is not None else 1.0
         ms = model_sampling_for(self.model, latent_height=height // f, latent_width=width // f)
         sigmas = get_sigmas(ms, scheduler, steps, denoise=denoise) if denoise > 0 else torch.zeros(1)
+        sigmas = release_schedule(self.model, sigmas)
         if init_image is not None:
             imgs = init_image if isinstance(init_image, list) else [init_image]
             if len(imgs) not in (1, n):
