@@ -46,7 +46,9 @@ def test_x0_norm_is_comfyui_cfgnorm() -> None:
     x, x0_c, x0_g = (_randn(1, 4, 3, 3, seed=i) for i in range(3))
     norm = GuidanceNorm(space="x0", clamp=True, strength=0.8)
     got = norm(x, torch.tensor([0.5], dtype=torch.float64), x0_g, x0_c)
-    factor = (torch.norm(x0_c, dim=1, keepdim=True) / (torch.norm(x0_g, dim=1, keepdim=True) + 1e-8)).clamp(0, 1)
+    factor = (torch.norm(x0_c, dim=1, keepdim=True) / (torch.norm(x0_g, dim=1, keepdim=True) + 1e-8)).clamp(
+        0, 1
+    )
     torch.testing.assert_close(got, x0_g * factor * 0.8, rtol=0, atol=1e-12)
 
 
@@ -70,7 +72,9 @@ def test_stretch_to_terminal_equals_diffusers_scheduler() -> None:
     import numpy as np
 
     sched.set_timesteps(sigmas=np.linspace(1.0, 1 / 5, 5), mu=0.7)
-    unstretched = diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, time_shift_type="exponential")
+    unstretched = diffusers.FlowMatchEulerDiscreteScheduler(
+        use_dynamic_shifting=True, time_shift_type="exponential"
+    )
     unstretched.set_timesteps(sigmas=np.linspace(1.0, 1 / 5, 5), mu=0.7)
     got = stretch_to_terminal(unstretched.sigmas.double(), 0.02)
     torch.testing.assert_close(got, sched.sigmas.double(), rtol=0, atol=1e-6)
@@ -90,12 +94,24 @@ def test_per_channel_latent_format_round_trips_and_normalises() -> None:
 
 def test_qwen_image_scheduler_config_carries_shift_terminal() -> None:
     cfg = {
-        "_class_name": "FlowMatchEulerDiscreteScheduler", "base_image_seq_len": 256, "base_shift": 0.5,
-        "max_image_seq_len": 8192, "max_shift": 0.9, "num_train_timesteps": 1000, "shift": 1.0,
-        "shift_terminal": 0.02, "time_shift_type": "exponential", "use_dynamic_shifting": True,
+        "_class_name": "FlowMatchEulerDiscreteScheduler",
+        "base_image_seq_len": 256,
+        "base_shift": 0.5,
+        "max_image_seq_len": 8192,
+        "max_shift": 0.9,
+        "num_train_timesteps": 1000,
+        "shift": 1.0,
+        "shift_terminal": 0.02,
+        "time_shift_type": "exponential",
+        "use_dynamic_shifting": True,
     }  # fmt: skip  (Qwen/Qwen-Image scheduler/scheduler_config.json)
     prediction, spec = scheduler_from_diffusers(cfg)
     assert prediction == "flow" and spec["shift_terminal"] == 0.02
-    assert spec["dynamic_shift"] == {"base_seq_len": 256, "max_seq_len": 8192, "base_shift": 0.5, "max_shift": 0.9}
+    assert spec["dynamic_shift"] == {
+        "base_seq_len": 256,
+        "max_seq_len": 8192,
+        "base_shift": 0.5,
+        "max_shift": 0.9,
+    }
     back = scheduler_to_diffusers("flow", spec)
     assert back["shift_terminal"] == 0.02 and back["use_dynamic_shifting"] is True

@@ -37,7 +37,8 @@ def test_tokenizer_ids_equal_transformers_qwen2_tokenizer_with_qwen25_added_toke
     ours = QwenTokenizer(added_tokens=QWEN25_ADDED_TOKENS)
     rng = random.Random(0)
     prompts = [*PIECES, ""] + [
-        rng.choice([" ", "", "\n"]).join(rng.choice(PIECES) for _ in range(rng.randint(1, 4))) for _ in range(150)
+        rng.choice([" ", "", "\n"]).join(rng.choice(PIECES) for _ in range(rng.randint(1, 4)))
+        for _ in range(150)
     ]
     for p in prompts:
         assert ours.encode(p) == ref(p, add_special_tokens=False)["input_ids"], p
@@ -63,9 +64,13 @@ def test_language_model_matches_qwen2_5_vl_hidden_states(monkeypatch: pytest.Mon
     ids = torch.tensor([[151644, 8948, 198, 100, 2000, 30000, 151645, 198], [151644, 872, 198, 104, 151643, 151643, 151643, 151643]])  # fmt: skip
     mask = torch.tensor([[True] * 8, [True] * 4 + [False] * 4])
     with torch.no_grad():
-        ref = reference(input_ids=ids, attention_mask=mask.long(), output_hidden_states=True).hidden_states[-1]
+        ref = reference(input_ids=ids, attention_mask=mask.long(), output_hidden_states=True).hidden_states[
+            -1
+        ]
     for name, sd in _layouts(reference.state_dict()).items():
-        assert detect_text_encoder({k: tuple(v.shape) for k, v in sd.items()}) == ("qwen25vl_7b", "qwen"), name
+        assert detect_text_encoder({k: tuple(v.shape) for k, v in sd.items()}) == ("qwen25vl_7b", "qwen"), (
+            name
+        )
         ours = build_qwen25(sd)
         with torch.no_grad():
             got = ours(input_ids=ids, attention_mask=mask.long()).last_hidden_state

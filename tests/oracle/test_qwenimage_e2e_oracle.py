@@ -106,16 +106,23 @@ def test_comfy_split_files_match_diffusers_qwen_image_pipeline(
     assert img_err <= 1.0 / 255 + 1e-6
 
 
-def test_wrong_text_encoder_and_missing_vae_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from latentworks.models.text import layouts
+def test_wrong_text_encoder_and_missing_vae_are_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from safetensors.torch import save_file
+
+    from latentworks.models.text import layouts
 
     use_tiny_widths(monkeypatch)
     monkeypatch.setitem(layouts.QWEN3_KIND_BY_WIDTH, 64, "qwen3_4b")
     files = write_comfy_files(tmp_path / "models")
     qwen3 = tmp_path / "qwen_3_4b.safetensors"
-    save_file({f"model.{k}": v.contiguous() for k, v in tiny_qwen3(width=64).state_dict().items()}, str(qwen3))
-    with pytest.raises(ValueError, match=r"needs the text encoder 'qwen25vl_7b'.*qwen_2.5_vl_7b.*qwen3_4b is Qwen3-4B"):
+    save_file(
+        {f"model.{k}": v.contiguous() for k, v in tiny_qwen3(width=64).state_dict().items()}, str(qwen3)
+    )
+    with pytest.raises(
+        ValueError, match=r"needs the text encoder 'qwen25vl_7b'.*qwen_2.5_vl_7b.*qwen3_4b is Qwen3-4B"
+    ):
         Pipeline.from_pretrained(files.model, vae=files.vae, text_encoders=[qwen3])
     with pytest.raises(ValueError, match="no VAE: pass one"):
         Pipeline.from_pretrained(files.model, text_encoders=[files.text_encoder])

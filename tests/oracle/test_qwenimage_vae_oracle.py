@@ -63,6 +63,8 @@ def test_wan_layout_round_trip_is_exact_with_two_res_blocks() -> None:
     wan = qwenimage_vae_to_wan(ours, config)
     # the release's decoder: 4 stages of 3 residual blocks, upsamplers at 3, 7, 11 (15 entries in all)
     assert "decoder.upsamples.11.resample.1.weight" in wan and "decoder.upsamples.14.residual.6.weight" in wan
-    assert "decoder.upsamples.3.time_conv.weight" in wan and "decoder.upsamples.11.time_conv.weight" not in wan
+    assert (
+        "decoder.upsamples.3.time_conv.weight" in wan and "decoder.upsamples.11.time_conv.weight" not in wan
+    )
     _, back = read_qwenimage_vae(wan, {k: tuple(v.shape) for k, v in wan.items()}, source="t")
     assert set(back) == set(sd) and all(torch.equal(back[k], sd[k]) for k in sd)

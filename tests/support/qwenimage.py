@@ -69,7 +69,9 @@ def _perturbed(module: torch.nn.Module, scale: float, seed: int) -> torch.nn.Mod
     return module.eval()
 
 
-def tiny_states(seed: int = 0, transformer: QwenImageConfig = TRANSFORMER) -> tuple[dict[str, Tensor], dict[str, Tensor], torch.nn.Module]:
+def tiny_states(
+    seed: int = 0, transformer: QwenImageConfig = TRANSFORMER
+) -> tuple[dict[str, Tensor], dict[str, Tensor], torch.nn.Module]:
     """(transformer state in diffusers names, VAE state in diffusers names, transformers Qwen2.5-VL model)."""
     torch.manual_seed(seed)
     net = _perturbed(QwenImage(transformer), 0.05, seed + 1)

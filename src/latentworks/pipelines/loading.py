@@ -409,7 +409,9 @@ def model_from_parts(
     vae = (
         None
         if without_vae or parts.vae_state is None
-        else build_on_meta(vae_network(parts.vae_config), parts.vae_config, parts.vae_state, device=device, dtype=dtype)
+        else build_on_meta(
+            vae_network(parts.vae_config), parts.vae_config, parts.vae_state, device=device, dtype=dtype
+        )
     )
     behaviour = parts.family.generation
     meta = {

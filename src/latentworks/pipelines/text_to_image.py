@@ -28,11 +28,11 @@ from latentworks.diffusion.schedules import SCHEDULERS, get_sigmas
 from latentworks.families.load import read_checkpoint
 from latentworks.models.qwenimage_vae import AnyAutoencoder
 from latentworks.pipelines.families import (
-    release_schedule,
     add_conditioning_extras,
     behaviour_of,
     cfg_scale,
     model_sampling_for,
+    release_schedule,
 )
 from latentworks.pipelines.loading import ModelFolder, load_model_folder
 from latentworks.pipelines.sampling import denoise_latents, seeds_for

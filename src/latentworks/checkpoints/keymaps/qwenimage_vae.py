@@ -48,7 +48,9 @@ def _expected(config: QwenImageVAEConfig) -> dict[str, tuple[int, ...]]:
         return {k: tuple(v.shape) for k, v in QwenImageVAE(config).state_dict().items()}
 
 
-def qwenimage_vae_config_from_shapes(shapes: Mapping[str, tuple[int, ...]], source: str) -> QwenImageVAEConfig:
+def qwenimage_vae_config_from_shapes(
+    shapes: Mapping[str, tuple[int, ...]], source: str
+) -> QwenImageVAEConfig:
     """The config of a VAE in our (= diffusers') names, from its shapes alone."""
     try:
         base_dim, in_channels = shapes["encoder.conv_in.weight"][:2]
@@ -181,11 +183,15 @@ def _wan_keys(config: QwenImageVAEConfig) -> list[str]:
         keys += [f"{coder}.middle.1.proj.{w}" for w in ("weight", "bias")]
         for i in range(count):
             keys += [f"{coder}.{name}.{i}.{t}" for t in res_tails]
-            keys += [f"{coder}.{name}.{i}.{t}.{w}" for t in ("resample.1", "time_conv") for w in ("weight", "bias")]
+            keys += [
+                f"{coder}.{name}.{i}.{t}.{w}" for t in ("resample.1", "time_conv") for w in ("weight", "bias")
+            ]
     return keys
 
 
-def qwenimage_vae_from_diffusers(state: Mapping[str, Tensor], config: QwenImageVAEConfig) -> dict[str, Tensor]:
+def qwenimage_vae_from_diffusers(
+    state: Mapping[str, Tensor], config: QwenImageVAEConfig
+) -> dict[str, Tensor]:
     """diffusers ``AutoencoderKLQwenImage`` -> ours: the same names; checked strictly."""
     out = dict(state)
     _check(out, config, "diffusers Qwen-Image VAE")

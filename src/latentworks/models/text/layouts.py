@@ -225,8 +225,10 @@ def detect_text_encoder(shapes: Mapping[str, tuple[int, ...]]) -> tuple[TextEnco
         if k.startswith(_QWEN_NOT_LM):
             continue
         bare[next((k[len(p) :] for p in _QWEN_LM_PREFIXES if k.startswith(p)), k)] = v
-    if "embed_tokens.weight" in bare and "layers.0.self_attn.q_proj.bias" in bare and not any(
-        ".q_norm." in k for k in bare
+    if (
+        "embed_tokens.weight" in bare
+        and "layers.0.self_attn.q_proj.bias" in bare
+        and not any(".q_norm." in k for k in bare)
     ):
         width25 = bare["embed_tokens.weight"][1]
         if width25 not in QWEN25_KIND_BY_WIDTH:

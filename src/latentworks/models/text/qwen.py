@@ -110,7 +110,9 @@ class QwenTokenizer:
             :data:`QWEN25_ADDED_TOKENS` for Qwen2.5-VL). Unused when ``path`` is given (the file has its own).
     """
 
-    def __init__(self, path: str | Path | None = None, *, added_tokens: tuple[str, ...] = ADDED_TOKENS) -> None:
+    def __init__(
+        self, path: str | Path | None = None, *, added_tokens: tuple[str, ...] = ADDED_TOKENS
+    ) -> None:
         self.added = {t: BPE_VOCAB_SIZE + i for i, t in enumerate(added_tokens)}
         self._split = re.compile("(" + "|".join(re.escape(t) for t in added_tokens) + ")")
         self._hf: Any = None
@@ -308,10 +310,16 @@ def qwen25_config_from_shapes(shapes: Mapping[str, tuple[int, ...]]) -> Qwen2Con
     has no QK-norm, so head_dim is not in the shapes: it is 128, as in every Qwen2.5 release."""
     vocab, width = shapes["embed_tokens.weight"]
     layers = [int(m.group(1)) for k in shapes if (m := _LAYER.match(k))]
-    need = ["layers.0.self_attn.q_proj.weight", "layers.0.self_attn.k_proj.weight", "layers.0.mlp.gate_proj.weight"]
+    need = [
+        "layers.0.self_attn.q_proj.weight",
+        "layers.0.self_attn.k_proj.weight",
+        "layers.0.mlp.gate_proj.weight",
+    ]
     missing = [k for k in need if k not in shapes]
     if not layers or missing:
-        raise TextEncoderKeyError(f"Qwen2.5 state dict lacks {missing or ['layers.*']}; is the file truncated?")
+        raise TextEncoderKeyError(
+            f"Qwen2.5 state dict lacks {missing or ['layers.*']}; is the file truncated?"
+        )
     head_dim = QWEN25_HEAD_DIM
     q_rows = shapes["layers.0.self_attn.q_proj.weight"][0]
     kv_rows = shapes["layers.0.self_attn.k_proj.weight"][0]
@@ -361,7 +369,9 @@ def build_qwen25(
 
 
 @torch.no_grad()
-def qwen_hidden_states(model: Qwen3Model | Qwen2Model, ids: Tensor, mask: Tensor, *, layer: int = -2) -> Tensor:
+def qwen_hidden_states(
+    model: Qwen3Model | Qwen2Model, ids: Tensor, mask: Tensor, *, layer: int = -2
+) -> Tensor:
     """Hidden states (B, L, D) of ``layer`` (Python-style index into the embeddings + every layer's output;
     ``-2`` is the input of the last layer, as Z-Image) for right-padded ``ids`` with ``mask`` (B, L) bool."""
     out = model(input_ids=ids, attention_mask=mask.long(), output_hidden_states=True)
