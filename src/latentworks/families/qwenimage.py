@@ -33,18 +33,13 @@ from latentworks.diffusion.latent_formats import LatentFormat
 from latentworks.families.architectures import QWENIMAGE
 from latentworks.families.base import ComfyNames, DiffusersNames, Generation, ModelFamily
 from latentworks.models.qwenimage import QwenImageConfig
+from latentworks.models.qwenimage_vae import RELEASE_LATENTS_MEAN, RELEASE_LATENTS_STD
 from latentworks.models.text import layouts
 from latentworks.models.text.families import QwenRecipe
 
 # diffusers' AutoencoderKLQwenImage defaults (the released VAE): model latent = (z - mean) / std per channel.
-LATENTS_MEAN = (
-    -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
-    0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,
-)  # fmt: skip
-LATENTS_STD = (
-    2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
-    3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160,
-)  # fmt: skip
+LATENTS_MEAN = RELEASE_LATENTS_MEAN
+LATENTS_STD = RELEASE_LATENTS_STD
 # ComfyUI's Wan21 latent format: RGB preview of normalised latents
 RGB_FACTORS = (
     (-0.1299, -0.1692, 0.2932), (0.0671, 0.0406, 0.0442), (0.3568, 0.2548, 0.1747), (0.0372, 0.2344, 0.1420),

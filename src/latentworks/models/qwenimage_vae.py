@@ -31,6 +31,19 @@ from torch import Tensor, nn
 from latentworks.models.autoencoder import Autoencoder, DiagonalGaussian
 
 
+# The released VAE's per-channel latent statistics (diffusers ``AutoencoderKLQwenImage`` defaults): the diffusion
+# model sees (z - mean) / std. They belong to the latent format (``families.qwenimage``); kept here as the
+# defaults a diffusers config.json without them means.
+RELEASE_LATENTS_MEAN = (
+    -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
+    0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,
+)  # fmt: skip
+RELEASE_LATENTS_STD = (
+    2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
+    3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160,
+)  # fmt: skip
+
+
 @dataclass(frozen=True, kw_only=True)
 class QwenImageVAEConfig:
     """Shape of a Qwen-Image VAE (diffusers ``AutoencoderKLQwenImage`` names in comments; defaults = release).

@@ -215,3 +215,36 @@ def read_qwenimage_vae(
 
 # Encoder keys map without knowing the config (only decoder upsamples need num_res_blocks).
 _PROBE = QwenImageVAEConfig()
+
+
+DIFFUSERS_CLASS = "AutoencoderKLQwenImage"
+
+
+def qwenimage_vae_config_to_diffusers(
+    config: QwenImageVAEConfig, latents_mean: tuple[float, ...], latents_std: tuple[float, ...]
+) -> dict[str, object]:
+    """diffusers' ``vae/config.json`` for ``config`` with the per-channel latent statistics."""
+    return {
+        "_class_name": DIFFUSERS_CLASS,
+        "base_dim": config.base_dim,
+        "z_dim": config.z_dim,
+        "dim_mult": list(config.dim_mult),
+        "num_res_blocks": config.num_res_blocks,
+        "attn_scales": [],
+        "temperal_downsample": list(config.temporal_downsample),
+        "dropout": 0.0,
+        "input_channels": config.in_channels,
+        "latents_mean": list(latents_mean),
+        "latents_std": list(latents_std),
+    }
+
+
+def qwenimage_vae_stats_from_diffusers(cfg: Mapping[str, object], source: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(latents_mean, latents_std) of a diffusers ``AutoencoderKLQwenImage`` config (the release's when absent)."""
+    from latentworks.models.qwenimage_vae import RELEASE_LATENTS_MEAN, RELEASE_LATENTS_STD
+
+    mean = tuple(float(v) for v in cfg.get("latents_mean", RELEASE_LATENTS_MEAN))  # type: ignore[attr-defined]
+    std = tuple(float(v) for v in cfg.get("latents_std", RELEASE_LATENTS_STD))  # type: ignore[attr-defined]
+    if len(mean) != len(std) or len(mean) != int(cfg.get("z_dim", 16)):  # type: ignore[call-overload]
+        raise ValueError(f"{source}: latents_mean / latents_std must have z_dim entries each")
+    return mean, std
