@@ -29,6 +29,8 @@ from typing import Any, Literal
 
 from torch import Tensor
 
+from latentworks.checkpoints.keymaps.qwenimage_vae import DIFFUSERS_MARKER as QWEN_VAE_DIFFUSERS_MARKER
+from latentworks.checkpoints.keymaps.qwenimage_vae import WAN_MARKER as QWEN_VAE_WAN_MARKER
 from latentworks.models.autoencoder import AutoencoderConfig
 from latentworks.models.flux import FluxConfig
 from latentworks.models.mmdit import MMDiTConfig
@@ -109,8 +111,11 @@ def text_encoder_prefixes(shapes: Shapes) -> dict[str, str]:
 
 
 def find_vae_prefix(shapes: Shapes) -> str | None:
-    """The prefix of an autoencoder in ``shapes`` (LDM or diffusers layout), or None when there is none."""
+    """The prefix of an autoencoder in ``shapes`` (LDM or diffusers layout; the Qwen-Image VAE under a
+    prefix), or None when there is none."""
     for prefix in VAE_PREFIXES:
+        if prefix and any(f"{prefix}{m}" in shapes for m in (QWEN_VAE_DIFFUSERS_MARKER, QWEN_VAE_WAN_MARKER)):
+            return prefix  # the Qwen-Image VAE (diffusers or Wan names) inside a single file
         if f"{prefix}{VAE_LDM_MARKER}" in shapes and (
             f"{prefix}decoder.conv_in.weight" in shapes or f"{prefix}{VAE_DIFFUSERS_MARKER}" in shapes
         ):

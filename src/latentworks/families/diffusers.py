@@ -220,7 +220,9 @@ def read_diffusers_folder(
     vae_config: AutoencoderConfig | QwenImageVAEConfig | None = None
     vae_state: dict[str, Tensor] | None = None
     latent_format = family.latent_format if family is not None else None
-    vae_cfg = read_json(component("vae") / "config.json", "the VAE config") if _listed(index, "vae", root) else {}
+    vae_cfg = (
+        read_json(component("vae") / "config.json", "the VAE config") if _listed(index, "vae", root) else {}
+    )
     if vae_cfg.get("_class_name") == QWEN_VAE_CLASS:  # Qwen-Image: per-channel statistics, no scale/shift
         folder = component("vae")
         vae_weights = weights(folder)
@@ -359,7 +361,9 @@ def write_diffusers_folder(
         if not latent_format.channel_mean:
             raise ValueError("a Qwen-Image VAE needs a latent format with per-channel statistics")
         write_json(
-            qwenimage_vae_config_to_diffusers(vae_config, latent_format.channel_mean, latent_format.channel_std),
+            qwenimage_vae_config_to_diffusers(
+                vae_config, latent_format.channel_mean, latent_format.channel_std
+            ),
             root / "vae" / "config.json",
         )
         write_weights(dict(vae_state), root / "vae", DIFFUSERS_WEIGHTS, max_shard_bytes=max_shard_bytes)

@@ -29,7 +29,11 @@ from torch import Tensor, nn
 
 from latentworks.checkpoints.detect import detect_vae, find_vae_prefix, text_encoder_prefixes
 from latentworks.checkpoints.io import PICKLE_SUFFIXES, LazyStateDict, load_state_dict, save_file_atomic
-from latentworks.checkpoints.keymaps.qwenimage_vae import is_qwenimage_vae, read_qwenimage_vae
+from latentworks.checkpoints.keymaps.qwenimage_vae import (
+    is_qwenimage_vae,
+    qwenimage_vae_to_wan,
+    read_qwenimage_vae,
+)
 from latentworks.checkpoints.keymaps.sd_diffusers import vae_from_diffusers
 from latentworks.checkpoints.keymaps.sd_ldm import ours_to_vae_ldm, vae_ldm_to_ours
 from latentworks.diffusion.latent_formats import LatentFormat
@@ -42,6 +46,7 @@ from latentworks.models.autoencoder import Autoencoder
 from latentworks.models.qwenimage_vae import QwenImageVAE, QwenImageVAEConfig
 from latentworks.models.text.clip import clip_config_from_shapes
 from latentworks.models.text.layouts import detect_text_encoder, hf_to_open_clip, open_clip_to_hf, to_hf_clip
+from latentworks.models.text.qwen import qwen_for_diffusers
 from latentworks.models.text.t5 import t5_config_from_shapes
 
 CHECKPOINT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
@@ -274,7 +279,7 @@ _ALL_IN_ONE_TEXT = {
 
 def _text_state(sd: Mapping[str, Tensor], layout: str) -> dict[str, Tensor]:
     kind, have = detect_text_encoder({k: tuple(v.shape) for k, v in sd.items()})
-    if kind == "t5xxl":
+    if kind in ("t5xxl", "qwen3_4b", "qwen25vl_7b"):
         return dict(sd)
     hf = open_clip_to_hf(sd) if have == "open_clip" else to_hf_clip(sd)
     return hf_to_open_clip(hf) if layout == "open_clip" else hf
@@ -290,7 +295,10 @@ def single_file_state(parts: CheckpointParts) -> dict[str, Tensor]:
         )
     theirs = arch.to_original(parts.denoiser_state, parts.denoiser_config)
     out |= {f"model.diffusion_model.{k}": v for k, v in theirs.items()}
-    if parts.vae_state is not None:
+    if parts.vae_state is not None and isinstance(parts.vae_config, QwenImageVAEConfig):
+        vae = qwenimage_vae_to_wan(parts.vae_state, parts.vae_config)  # ComfyUI's qwen_image_vae names
+        out |= {f"{family.single_file_vae_prefix}{k}": v for k, v in vae.items()}
+    elif parts.vae_state is not None:
         vae = ours_to_vae_ldm(parts.vae_state, parts.vae_config)
         out |= {f"{family.single_file_vae_prefix}{k}": v for k, v in vae.items()}
     places = family.single_file_text or _ALL_IN_ONE_TEXT
@@ -328,6 +336,9 @@ def write_diffusers(parts: CheckpointParts, path: str | Path) -> Path:
         shapes = {k: tuple(v.shape) for k, v in hf.items()}
         kind, _ = detect_text_encoder(shapes)
         config: Any
+        if kind in ("qwen3_4b", "qwen25vl_7b"):
+            encoders[name] = qwen_for_diffusers(hf, kind)
+            continue
         if kind == "t5xxl":
             config = t5_config_from_shapes(shapes)
         else:

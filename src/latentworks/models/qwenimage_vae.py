@@ -30,7 +30,6 @@ from torch import Tensor, nn
 
 from latentworks.models.autoencoder import Autoencoder, DiagonalGaussian
 
-
 # The released VAE's per-channel latent statistics (diffusers ``AutoencoderKLQwenImage`` defaults): the diffusion
 # model sees (z - mean) / std. They belong to the latent format (``families.qwenimage``); kept here as the
 # defaults a diffusers config.json without them means.

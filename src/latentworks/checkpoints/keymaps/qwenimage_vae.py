@@ -202,14 +202,20 @@ def read_qwenimage_vae(
     weights: Mapping[str, Tensor], shapes: Mapping[str, tuple[int, ...]], *, source: str
 ) -> tuple[QwenImageVAEConfig, dict[str, Tensor]]:
     """(config, our state dict) of a Qwen-Image VAE in either layout (un-prefixed)."""
+    config = qwenimage_vae_config(shapes, source)
+    if is_qwenimage_vae(shapes) == "diffusers":
+        return config, qwenimage_vae_from_diffusers({k: weights[k] for k in shapes}, config)
+    return config, qwenimage_vae_from_wan({k: weights[k] for k in shapes}, config)
+
+
+def qwenimage_vae_config(shapes: Mapping[str, tuple[int, ...]], source: str) -> QwenImageVAEConfig:
+    """The config of a Qwen-Image VAE in either layout (un-prefixed shapes)."""
     layout = is_qwenimage_vae(shapes)
     if layout == "diffusers":
-        config = qwenimage_vae_config_from_shapes(shapes, source)
-        return config, qwenimage_vae_from_diffusers({k: weights[k] for k in shapes}, config)
+        return qwenimage_vae_config_from_shapes(shapes, source)
     if layout == "wan":
         names = {_wan_to_ours_key(k, _PROBE): k for k in shapes if ".upsamples." not in k}
-        config = qwenimage_vae_config_from_shapes({o: shapes[t] for o, t in names.items()}, source)
-        return config, qwenimage_vae_from_wan({k: weights[k] for k in shapes}, config)
+        return qwenimage_vae_config_from_shapes({o: shapes[t] for o, t in names.items()}, source)
     raise ValueError(f"{source}: not a Qwen-Image VAE (no {DIFFUSERS_MARKER!r} or {WAN_MARKER!r})")
 
 
@@ -239,7 +245,9 @@ def qwenimage_vae_config_to_diffusers(
     }
 
 
-def qwenimage_vae_stats_from_diffusers(cfg: Mapping[str, object], source: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def qwenimage_vae_stats_from_diffusers(
+    cfg: Mapping[str, object], source: str
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(latents_mean, latents_std) of a diffusers ``AutoencoderKLQwenImage`` config (the release's when absent)."""
     from latentworks.models.qwenimage_vae import RELEASE_LATENTS_MEAN, RELEASE_LATENTS_STD
 

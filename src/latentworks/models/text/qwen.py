@@ -376,3 +376,53 @@ def qwen_hidden_states(
     ``-2`` is the input of the last layer, as Z-Image) for right-padded ``ids`` with ``mask`` (B, L) bool."""
     out = model(input_ids=ids, attention_mask=mask.long(), output_hidden_states=True)
     return out.hidden_states[layer]
+
+
+def qwen_for_diffusers(
+    state_dict: Mapping[str, Tensor], kind: str
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """A Qwen text encoder as a diffusers folder's ``text_encoder/`` holds it: (state dict, config.json dict).
+
+    ``qwen3_4b`` (Z-Image): a ``Qwen3Model`` (bare names). ``qwen25vl_7b`` (Qwen-Image): a
+    ``Qwen2_5_VLForConditionalGeneration`` in transformers >= 4.52's names (``model.language_model.*``,
+    ``model.visual.*``, ``lm_head.weight``); the vision tower is written when the input has one (ComfyUI's
+    files do), with the release's vision config and the widths its shapes give.
+    """
+    from transformers import Qwen2_5_VLConfig
+
+    lm = normalize_qwen(state_dict)
+    shapes = {k: tuple(v.shape) for k, v in lm.items()}
+    if kind == "qwen3_4b":
+        cfg = qwen3_config_from_shapes(shapes).to_dict()
+        return lm, {**cfg, "architectures": ["Qwen3Model"]}
+    if kind != "qwen25vl_7b":
+        raise ValueError(f"not a Qwen text encoder kind: {kind!r}")
+    text = qwen25_config_from_shapes(shapes)
+    out = {f"model.language_model.{k}": v for k, v in lm.items()}
+    visual = {}
+    for k, v in state_dict.items():
+        for prefix in ("model.visual.", "visual."):
+            if k.startswith(prefix):
+                visual[k[len(prefix) :]] = v
+                break
+    out |= {f"model.visual.{k}": v for k, v in visual.items()}
+    if "lm_head.weight" in state_dict:
+        out["lm_head.weight"] = state_dict["lm_head.weight"]
+    vision: dict[str, Any] = {"out_hidden_size": text.hidden_size}
+    if "patch_embed.proj.weight" in visual:
+        blocks = {int(m.group(1)) for k in visual if (m := re.match(r"blocks\.(\d+)\.", k))}
+        vision |= {
+            "depth": max(blocks) + 1,
+            "hidden_size": int(visual["patch_embed.proj.weight"].shape[0]),
+            "intermediate_size": int(visual["blocks.0.mlp.gate_proj.weight"].shape[0]),
+        }
+    text_cfg = {k: v for k, v in text.to_dict().items() if k not in ("model_type", "architectures")}
+    text_cfg["rope_scaling"] = {
+        "type": "mrope",
+        "mrope_section": [16, 24, 24],
+        "rope_theta": QWEN25_ROPE_THETA,
+    }
+    config = Qwen2_5_VLConfig(
+        text_config=text_cfg, vision_config=vision, tie_word_embeddings="lm_head.weight" not in out
+    )
+    return out, {**config.to_dict(), "architectures": ["Qwen2_5_VLForConditionalGeneration"]}
