@@ -79,7 +79,7 @@ def tiny_qwen3(seed: int = 0, *, width: int = 64, layers: int = 2) -> Qwen3Model
 def tiny_qwen25vl(seed: int = 0, *, width: int = 128, layers: int = 2) -> Qwen2_5_VLForConditionalGeneration:
     """A random Qwen2.5-VL (what diffusers' QwenImagePipeline takes as text_encoder): Qwen2.5-VL-7B's head_dim
     (128: its heads are width / 128 wide, so ``width`` is a multiple of 128), vocabulary (152064), eps, RoPE
-    theta and mrope sections; a one-block vision tower; tied LM head (smaller files)."""
+    theta and mrope sections; a two-block vision tower; tied LM head (smaller files)."""
     config = Qwen2_5_VLConfig(
         text_config={
             "vocab_size": 152064,
@@ -93,7 +93,8 @@ def tiny_qwen25vl(seed: int = 0, *, width: int = 128, layers: int = 2) -> Qwen2_
             "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24], "rope_theta": 1_000_000.0},
             "rope_theta": 1_000_000.0,
         },
-        vision_config={"depth": 1, "hidden_size": 32, "out_hidden_size": width, "num_heads": 2,
+        # the release's 80-wide vision heads (1280 / 16), two blocks with window attention
+        vision_config={"depth": 2, "hidden_size": 160, "out_hidden_size": width, "num_heads": 2,
                        "intermediate_size": 64},
         tie_word_embeddings=True,
     )  # fmt: skip

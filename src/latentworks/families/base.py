@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from latentworks.diffusion.denoisers import SamplingSpec
 from latentworks.diffusion.guidance import GuidanceNorm
 from latentworks.diffusion.latent_formats import LatentFormat
-from latentworks.models.text.families import AnyTextRecipe
+from latentworks.models.text.families import AnyTextRecipe, QwenRecipe
 
 Shapes = Mapping[str, Sequence[int]]
 StateDict = Mapping[str, Tensor]
@@ -88,6 +88,10 @@ class Generation:
         guidance_norm: the release's renormalisation of the guided prediction (Qwen-Image's true CFG), applied
             by the pipeline (as diffusers does); workflows get it only through a CFGNorm-style node, as in
             ComfyUI. None: plain CFG.
+        edit_text: the prompt recipe when an input image is given (Qwen-Image-Edit: the image is read by the
+            text encoder's vision tower and its latents join the denoiser's sequence); None: no image input.
+        edit_area: the pixel area the input image is resized to (keeping its aspect ratio, sides multiples
+            of 32), which is also the output size unless one is given.
     """
 
     resolution: tuple[int, int]
@@ -95,6 +99,8 @@ class Generation:
     size_conditioning: SizeConditioning | None = None
     distilled_guidance: bool = False
     guidance_norm: GuidanceNorm | None = None
+    edit_text: QwenRecipe | None = None
+    edit_area: int = 1024 * 1024
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -63,6 +63,16 @@ PROMPT_TEMPLATE = (
     "<|im_start|>assistant\n"
 )
 DROP_TOKENS = 34  # prompt_template_encode_start_idx
+# diffusers' QwenImageEditPipeline.prompt_template_encode (the input image's vision tokens replace
+# <|image_pad|>); its first 64 tokens (system turn, "<|im_start|>user\n<|vision_start|>" ...) are dropped
+EDIT_TEMPLATE = (
+    "<|im_start|>system\nDescribe the key features of the input image (color, shape, size, texture, objects, "
+    "background), then explain how the user's text instruction should alter or modify the image. Generate a new "
+    "image that meets the user's requirements while maintaining consistency with the original input where "
+    "appropriate.<|im_end|>\n<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{prompt}<|im_end|>\n"
+    "<|im_start|>assistant\n"
+)
+EDIT_DROP_TOKENS = 64
 MAX_PROMPT_TOKENS = 1024  # tokenizer_max_length
 # scheduler_config.json of Qwen/Qwen-Image (use_dynamic_shifting, time_shift_type "exponential")
 DYNAMIC_SHIFT = FlowDynamicShift(base_seq_len=256, max_seq_len=8192, base_shift=0.5, max_shift=0.9)
@@ -97,6 +107,14 @@ QWEN_IMAGE = ModelFamily(
         resolution=(1328, 1328),
         defaults={"steps": 50, "guidance": 4.0, "sampler": "euler", "scheduler": "simple"},
         guidance_norm=QWEN_IMAGE_TRUE_CFG,
+        edit_text=QwenRecipe(
+            name="qwen-image-edit",
+            component="qwen25vl_7b",
+            template=EDIT_TEMPLATE,
+            layer=-1,
+            max_length=MAX_PROMPT_TOKENS + EDIT_DROP_TOKENS,
+            drop_tokens=EDIT_DROP_TOKENS,
+        ),
     ),
     text=QwenRecipe(
         name="qwen-image",

@@ -147,7 +147,18 @@ def load_vae(ctx: Any, path: Path) -> VAEPayload:
 
     config, state = read_vae(open_weights(path), source=path.name)
     vae = build_on_meta(vae_network(config), config, state, device=_device(ctx))
-    own = families.get("qwen-image").latent_format if isinstance(config, QwenImageVAEConfig) else None
+    own = None
+    if isinstance(config, QwenImageVAEConfig):  # the family whose latents carry per-channel statistics
+        own = next(
+            (
+                f.latent_format
+                for f in families.REGISTRY
+                if f.latent_format is not None
+                and f.latent_format.channel_mean
+                and f.latent_format.channels == config.z_dim
+            ),
+            None,
+        )
     return VAEPayload(vae, own)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import random
 import time
 import warnings
@@ -26,6 +27,7 @@ from latentworks.diffusion.guidance import check_interval
 from latentworks.diffusion.samplers import SAMPLERS, StepInfo
 from latentworks.diffusion.schedules import SCHEDULERS, get_sigmas
 from latentworks.families.load import read_checkpoint
+from latentworks.models.qwenimage import REFERENCE_LATENTS
 from latentworks.models.qwenimage_vae import AnyAutoencoder
 from latentworks.pipelines.families import (
     add_conditioning_extras,
@@ -204,11 +206,43 @@ class Pipeline:
         vae = [self.model.vae] if self.model.vae is not None else []
         return [*self._text_networks(), self.model.denoiser_net, *vae]
 
-    def encode_prompts(self, prompts: list[str]) -> Conditioning:
+    def encode_prompts(
+        self, prompts: list[str], edit: tuple[Image.Image, Tensor] | None = None
+    ) -> Conditioning:
+        """The prompts' conditioning; with ``edit`` (the resized input image and its model-space latents, from
+        an editing model's ``image=``) the text encoder reads the image too and the latents ride along as
+        ``extra["reference_latents"]``."""
         with contextlib.ExitStack() as stack:
             for m in self._text_networks():
                 stack.enter_context(self.offloader.use(m))
-            return self.text_encoder.encode(prompts).to(self.device, self.dtype)
+            if edit is None:
+                return self.text_encoder.encode(prompts).to(self.device, self.dtype)
+            picture, latents = edit
+            recipe = self.behaviour.edit_text
+            assert recipe is not None  # checked by _edit_input
+            cond = self.text_encoder.encode_with_image(prompts, [picture] * len(prompts), recipe)
+        refs = latents.expand(len(prompts), *latents.shape[1:])
+        return cond.to(self.device, self.dtype).with_extra(**{REFERENCE_LATENTS: refs.to(self.device)})
+
+    def _edit_input(
+        self, image: Image.Image, init_image: Image.Image | list[Image.Image] | None
+    ) -> tuple[Image.Image, Tensor]:
+        """(the input image resized as the release does, its model-space latents (1, C, h, w))."""
+        name = str(self.model.meta.get("name", self.model.path))
+        recipe = self.behaviour.edit_text
+        if recipe is None or not hasattr(self.text_encoder, "encode_with_image"):
+            raise ValueError(
+                f"{name} does not take an input image (image= / --image): only editing models such as "
+                "Qwen-Image-Edit do; for image-to-image use init_image= (CLI: --init-image)"
+            )
+        if init_image is not None:
+            raise ValueError("give either image= (editing) or init_image= (image-to-image), not both")
+        # diffusers' calculate_dimensions: the release's area at the image's aspect ratio, sides multiples of 32
+        ratio = image.width / image.height
+        w = math.sqrt(self.behaviour.edit_area * ratio)
+        width, height = round(w / 32) * 32, round(w / ratio / 32) * 32
+        picture = image.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
+        return picture, self.encode_images([picture], (height, width))
 
     # -- LoRA --------------------------------------------------------------------------------------
 
@@ -268,6 +302,7 @@ class Pipeline:
         width: int | None = None,
         height: int | None = None,
         init_image: Image.Image | list[Image.Image] | None = None,
+        image: Image.Image | None = None,
         strength: float = 1.0,
         callback: Callable[[PipelineStep], Any] | None = None,
         sampler_options: dict[str, Any] | None = None,
@@ -312,6 +347,10 @@ class Pipeline:
         if len(negs) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(negs)} negative prompts")
         h0, w0 = self.model.resolution
+        edit = None
+        if image is not None:  # an editing model: the input image sets the default size
+            edit = self._edit_input(image, init_image)
+            h0, w0 = edit[0].height, edit[0].width
         height, width = int(height or h0), int(width or w0)
         f = self.vae.config.downsample_factor
         if height % f or width % f or height <= 0 or width <= 0:
@@ -332,11 +371,11 @@ class Pipeline:
         cfg = cfg_scale(self.behaviour, guidance)
         b = self.behaviour
         cond = add_conditioning_extras(
-            b, self.encode_prompts(all_prompts), height=height, width=width, guidance=guidance
+            b, self.encode_prompts(all_prompts, edit), height=height, width=width, guidance=guidance
         )
         uncond = None
         if cfg != 1.0:
-            neg = self.encode_prompts(all_negs)
+            neg = self.encode_prompts(all_negs, edit)
             uncond = add_conditioning_extras(
                 b, neg, height=height, width=width, guidance=guidance, negative=True
             )

@@ -69,11 +69,15 @@ from latentworks.models.text.prompts import (
 )
 from latentworks.models.text.qwen import (
     ADDED_TOKENS,
+    IMAGE_PAD,
     QWEN25_ADDED_TOKENS,
     QwenTokenizer,
     build_qwen3,
     build_qwen25,
+    build_qwen25vl,
     qwen_hidden_states,
+    vision_inputs,
+    vision_tower_state,
 )
 from latentworks.models.text.t5 import T5Tokenizer, build_t5, t5_encode
 
@@ -348,8 +352,18 @@ class PromptEncoder:
 class QwenPromptEncoder:
     """A chat-templated Qwen decoder's hidden states as conditioning (built by :func:`make_prompt_encoder`)."""
 
-    def __init__(self, recipe: QwenRecipe, model: Qwen3Model | Qwen2Model, tokenizer: QwenTokenizer) -> None:
+    def __init__(
+        self,
+        recipe: QwenRecipe,
+        model: Qwen3Model | Qwen2Model,
+        tokenizer: QwenTokenizer,
+        vision: Mapping[str, Tensor] | None = None,
+    ) -> None:
         self.recipe = recipe
+        self._vision = dict(
+            vision or {}
+        )  # Qwen2.5-VL's vision tower tensors, built on the first image prompt
+        self._vl: Any = None
         self.family = recipe.name
         self.model = model
         self.tokenizer = tokenizer
@@ -383,6 +397,47 @@ class QwenPromptEncoder:
         drop = self.recipe.drop_tokens  # the template's prefix: the same count in every row
         return Conditioning(tokens=tokens[:, drop:], mask=mask[:, drop:])
 
+    @torch.no_grad()
+    def encode_with_image(self, prompts: list[str], images: list[Any], recipe: QwenRecipe) -> Conditioning:
+        """Prompts that each see an input image (Qwen-Image-Edit): ``recipe.template`` holds
+        ``<|image_pad|>``, which becomes the image's vision tokens; the vision tower (Qwen2.5-VL with
+        ``visual.*`` weights) reads the image. ``images``: one PIL image per prompt."""
+        if len(images) != len(prompts):
+            raise ValueError(f"give one image per prompt: {len(prompts)} prompts, {len(images)} images")
+        if IMAGE_PAD not in recipe.template:
+            raise ValueError(f"{recipe.name}: an image prompt template must contain {IMAGE_PAD}")
+        if self._vl is None:
+            if not self._vision:
+                raise ValueError(
+                    "this text encoder has no vision tower ('visual.*'), which editing needs: pass the full "
+                    "Qwen2.5-VL-7B file (e.g. ComfyUI's qwen_2.5_vl_7b.safetensors)"
+                )
+            p = next(self.model.parameters())
+            self._vl = build_qwen25vl(
+                {f"visual.{k}": v for k, v in self._vision.items()},
+                dtype=p.dtype,
+                device=p.device,
+                language_model=self.model.state_dict(),  # shares the language model's tensors
+            )
+        vl = self._vl
+        merge = int(vl.config.vision_config.spatial_merge_size)
+        pixels, grid, counts = vision_inputs(images, merge_size=merge)
+        texts = [
+            recipe.template.replace("{prompt}", p).replace(IMAGE_PAD, IMAGE_PAD * n)
+            for p, n in zip(prompts, counts, strict=True)
+        ]
+        ids, mask = self.tokenizer(texts, recipe.max_length + sum(counts))  # (B, L)
+        device = next(vl.parameters()).device
+        out = vl(
+            input_ids=ids.to(device),
+            attention_mask=mask.long().to(device),
+            pixel_values=pixels.to(device=device, dtype=next(vl.parameters()).dtype),
+            image_grid_thw=grid.to(device),
+        )
+        hidden = out.last_hidden_state * mask.to(device)[..., None]  # (B, L, D)
+        drop = recipe.drop_tokens
+        return Conditioning(tokens=hidden[:, drop:], mask=mask.to(device)[:, drop:])
+
 
 def _make_qwen_encoder(
     recipe: QwenRecipe,
@@ -410,7 +465,8 @@ def _make_qwen_encoder(
     tokenizer = QwenTokenizer(_qwen_tokenizer_path(tokenizer_dir), added_tokens=added)
     build = build_qwen25 if qwen25 else build_qwen3
     model = build(components[name], dtype=dtype, device=device)
-    return QwenPromptEncoder(recipe, model, tokenizer)
+    vision = vision_tower_state(components[name]) if qwen25 else None
+    return QwenPromptEncoder(recipe, model, tokenizer, vision=vision)
 
 
 def _qwen_tokenizer_path(tokenizer_dir: Path | None) -> Path | None:

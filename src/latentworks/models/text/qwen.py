@@ -426,3 +426,109 @@ def qwen_for_diffusers(
         text_config=text_cfg, vision_config=vision, tie_word_embeddings="lm_head.weight" not in out
     )
     return out, {**config.to_dict(), "architectures": ["Qwen2_5_VLForConditionalGeneration"]}
+
+
+# --------------------------------------------------------------------------------------------------
+# Qwen2.5-VL with its vision tower (Qwen-Image-Edit reads the input image through it)
+# --------------------------------------------------------------------------------------------------
+
+# Qwen2.5-VL-7B-Instruct's preprocessor_config.json: images are resized to multiples of 28 within these pixel
+# counts, cut into 14 x 14 patches (2 frames per temporal patch), and 2 x 2 patches merge into one token.
+VISION_MIN_PIXELS = 3136
+VISION_MAX_PIXELS = 12845056
+VISION_HEAD_DIM = 80  # 1280 / 16 heads in the release; not visible in the shapes
+IMAGE_PAD = "<|image_pad|>"
+
+
+def vision_tower_state(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The vision tower's tensors of a Qwen2.5-VL state dict, un-prefixed (empty when it has none)."""
+    return _visual_state(state_dict)
+
+
+def _visual_state(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    out = {}
+    for k, v in state_dict.items():
+        for prefix in ("model.visual.", "visual."):
+            if k.startswith(prefix):
+                out[k[len(prefix) :]] = v
+                break
+    return out
+
+
+def has_vision_tower(state_dict: Mapping[str, Tensor]) -> bool:
+    """Whether a Qwen2.5-VL state dict holds the vision tower (``visual.*``; ComfyUI's files do)."""
+    return any(k.startswith(("visual.", "model.visual.")) for k in state_dict)
+
+
+def build_qwen25vl(
+    state_dict: Mapping[str, Tensor],
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    language_model: Mapping[str, Tensor] | None = None,
+) -> Any:
+    """Qwen2.5-VL (vision tower + language model) as transformers' ``Qwen2_5_VLModel``, config from shapes:
+    vision depth, width, MLP width, patch sizes, merge size and output width are read from the tensors; the
+    head count is width / 80 as in the release; window size, full-attention blocks and the text model's
+    constants are the release's (transformers' defaults). ``language_model``: the language model's tensors in
+    ``Qwen2Model`` names (e.g. an already built :func:`build_qwen25`'s ``state_dict()``, shared, not copied);
+    None: taken from ``state_dict``."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLModel
+
+    visual = _visual_state(state_dict)
+    if "patch_embed.proj.weight" not in visual:
+        raise TextEncoderKeyError(
+            "this Qwen2.5-VL file has no vision tower ('visual.*'); editing with an input image needs the full "
+            "Qwen2.5-VL-7B file (ComfyUI's qwen_2.5_vl_7b*.safetensors holds it)"
+        )
+    lm = dict(language_model) if language_model is not None else normalize_qwen(state_dict)
+    text = qwen25_config_from_shapes({k: tuple(v.shape) for k, v in lm.items()})
+    width, _, temporal, patch, _ = visual["patch_embed.proj.weight"].shape
+    merge = int(round((visual["merger.mlp.0.weight"].shape[1] / width) ** 0.5))
+    blocks = {int(m.group(1)) for k in visual if (m := re.match(r"blocks\.(\d+)\.", k))}
+    vision = {
+        "depth": max(blocks) + 1,
+        "hidden_size": int(width),
+        "num_heads": max(1, int(width) // VISION_HEAD_DIM),
+        "intermediate_size": int(visual["blocks.0.mlp.gate_proj.weight"].shape[0]),
+        "out_hidden_size": int(visual["merger.mlp.2.weight"].shape[0]),
+        "patch_size": int(patch),
+        "temporal_patch_size": int(temporal),
+        "spatial_merge_size": merge,
+    }
+    text_cfg = {k: v for k, v in text.to_dict().items() if k not in ("model_type", "architectures")}
+    text_cfg["rope_scaling"] = {
+        "type": "mrope",
+        "mrope_section": [16, 24, 24],
+        "rope_theta": QWEN25_ROPE_THETA,
+    }
+    config = Qwen2_5_VLConfig(text_config=text_cfg, vision_config=vision)
+    with torch.device("meta"):
+        model = Qwen2_5_VLModel(config)
+    sd = {f"language_model.{k}": v for k, v in lm.items()} | {f"visual.{k}": v for k, v in visual.items()}
+    sd = {k: v.to(device=device, dtype=dtype) for k, v in sd.items()}
+    result = model.load_state_dict(sd, strict=False, assign=True)
+    if result.missing_keys or result.unexpected_keys:
+        raise TextEncoderKeyError(
+            f"Qwen2.5-VL state dict does not fit the derived config: missing {result.missing_keys[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}"
+        )
+    with torch.device(device):  # non-persistent RoPE buffers were created on meta
+        model.language_model.rotary_emb = type(model.language_model.rotary_emb)(config=config.text_config)
+        model.visual.rotary_pos_emb = type(model.visual.rotary_pos_emb)(config.vision_config)
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise TextEncoderKeyError(f"Qwen2.5-VL tensors {left[:4]} are not in the file")
+    return model.eval().requires_grad_(False)
+
+
+def vision_inputs(images: list[Any], *, merge_size: int = 2) -> tuple[Tensor, Tensor, list[int]]:
+    """(pixel_values (P, C*T*14*14), image_grid_thw (N, 3), image tokens per image) for PIL images, by
+    transformers' Qwen2-VL image processor (PIL backend) with the release's pixel bounds."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    processor = Qwen2VLImageProcessorPil(min_pixels=VISION_MIN_PIXELS, max_pixels=VISION_MAX_PIXELS)
+    out = processor(images=list(images), return_tensors="pt")
+    grid = out["image_grid_thw"]
+    counts = [int(g.prod()) // (merge_size * merge_size) for g in grid]
+    return out["pixel_values"], grid, counts
