@@ -100,3 +100,27 @@ def test_wrong_parts_are_named(files, tmp_path: Path, capsys: pytest.CaptureFixt
     )
     assert code != 0 and "qwen25vl_7b" in err and "qwen_2.5_vl_7b" in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_generate_with_image_edits(files, tmp_path: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import dataclasses
+
+    from latentworks.pipelines import text_to_image
+
+    real = text_to_image.behaviour_of
+    small = lambda family: dataclasses.replace(real(family), edit_area=64 * 64)  # noqa: E731  (fast)
+    monkeypatch.setattr(text_to_image, "behaviour_of", small)
+    source = tmp_path / "apple.png"
+    Image.new("RGB", (90, 45), (200, 30, 30)).save(source)
+    out = tmp_path / "edited.png"
+    code, _, err = run_cli(
+        ["generate", "make it green", "--image", str(source), "--model", str(files.model), "--text-encoder",
+         str(files.text_encoder), "--vae", str(files.vae), "--steps", "2", "--seed", "1", "-o", str(out)], capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    assert Image.open(out).size == (
+        96,
+        32,
+    )  # 2:1 at the edit area: 90.5 x 45.3, sides rounded to multiples of 32
+    code, _, err = run_cli(["generate", "x", "--image", str(tmp_path / "none.png"), "-o", str(out)], capsys)
+    assert code == 2 and "--image: no such image file" in err

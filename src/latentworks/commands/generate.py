@@ -23,6 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         '  latentworks generate "a red apple, google style" -o apple.png\n'
         '  latentworks generate "a grinning face, twitter style" --seed 7 --batch 4 -o faces.png\n'
         '  latentworks generate "a blue heart" --init apple.png --strength 0.6\n'
+        '  latentworks generate "make the apple green" --image apple.png --model qwen_image_edit_bf16.safetensors \\\n'
+        "      --text-encoder qwen_2.5_vl_7b.safetensors --vae qwen_image_vae.safetensors\n"
         '  latentworks generate "a cat" --model sd15.safetensors --lora models/loras/style.safetensors:0.8\n'
         '  latentworks generate "a lighthouse at dusk" --model models/v1-5-pruned-emaonly.safetensors\n'
         '  latentworks generate "a fox" --model flux1-schnell.safetensors --vae ae.safetensors \\\n'
@@ -108,6 +110,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="start from this image (img2img; default: none, from noise)",
     )
     p.add_argument(
+        "--image",
+        type=Path,
+        default=None,
+        metavar="IMAGE",
+        help="edit this image as the prompt says (editing models: Qwen-Image-Edit; the output takes its "
+        "aspect ratio unless --width/--height are given; default: none)",
+    )
+    p.add_argument(
         "--strength",
         type=float,
         default=0.75,
@@ -178,6 +188,10 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--strength must be between 0 and 1, got {args.strength}")
     if args.init is not None and not args.init.is_file():
         raise UserError(f"--init: no such image file: {args.init}")
+    if args.image is not None and not args.image.is_file():
+        raise UserError(f"--image: no such image file: {args.image}")
+    if args.image is not None and args.init is not None:
+        raise UserError("give either --image (editing) or --init (image-to-image), not both")
     if args.output.suffix.lower() != ".png":
         raise UserError(f"--output must end in .png, got {args.output}")
     if not args.output.parent.exists():
@@ -205,6 +219,13 @@ def _generate(args: argparse.Namespace) -> int:
             init.load()
         except (UnidentifiedImageError, OSError) as e:
             raise UserError(f"--init: cannot read {args.init} as an image ({e})") from None
+    edit = None
+    if args.image is not None:
+        try:
+            edit = Image.open(args.image)
+            edit.load()
+        except (UnidentifiedImageError, OSError) as e:
+            raise UserError(f"--image: cannot read {args.image} as an image ({e})") from None
     for opt, path in (
         [("--vae", args.vae), ("--tokenizer", args.tokenizer)]
         + [("--text-encoder", t) for t in args.text_encoder]
@@ -271,6 +292,7 @@ def _generate(args: argparse.Namespace) -> int:
             width=args.width,
             height=args.height,
             init_image=init,
+            image=edit,
             strength=args.strength if init else 1.0,
             callback=on_step,
         )
