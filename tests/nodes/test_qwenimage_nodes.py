@@ -100,3 +100,60 @@ def test_cfgnorm_is_comfyuis_formula(models_dir: Path) -> None:
     (patched,) = spec.execute(ctx, model=model, strength=0.7)
     norm = patched.folder.guidance_norm
     assert model.folder.guidance_norm is None and norm.space == "x0" and norm.clamp and norm.strength == 0.7
+
+
+def test_edit_nodes_give_the_pipelines_conditioning(
+    models_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TextEncodeQwenImageEdit (with VAE and image) = the pipeline's edit conditioning; ReferenceLatent attaches
+    a VAEEncode latent the same way; a second reference is refused."""
+    import dataclasses
+
+    from latentworks.models.qwenimage import REFERENCE_LATENTS
+    from latentworks.pipelines import text_to_image
+    from latentworks.pipelines.text_to_image import resize_for_edit
+
+    real = text_to_image.behaviour_of
+    monkeypatch.setattr(
+        text_to_image, "behaviour_of", lambda f: dataclasses.replace(real(f), edit_area=64 * 64)
+    )
+    from types import SimpleNamespace
+
+    from latentworks import families
+    from latentworks.nodes import qwen_edit
+
+    fam = families.get("qwen_image")
+    small = dataclasses.replace(fam, generation=dataclasses.replace(fam.generation, edit_area=64 * 64))
+    monkeypatch.setattr(qwen_edit, "families", SimpleNamespace(get=lambda name: small))  # a small edit area
+    registry = default_registry(models_dir)
+    ctx = Executor(registry).new_context("job", on_event=lambda e, d: None)
+    (clip,) = registry.get("CLIPLoader").execute(ctx, clip_name=TEXT_ENCODER_NAME, type="qwen_image")
+    (vae,) = registry.get("VAELoader").execute(ctx, vae_name=VAE_NAME)
+    rng = np.random.default_rng(1)
+    source = Image.fromarray((rng.random((40, 70, 3)) * 255).astype(np.uint8))
+    image = torch.from_numpy(np.asarray(source, dtype=np.float32) / 255)[None]
+    (cond,) = registry.get("TextEncodeQwenImageEdit").execute(ctx, clip=clip, prompt="make it blue", vae=vae,
+                                                               image=image)  # fmt: skip
+    pipe = Pipeline.from_pretrained(
+        models_dir / "diffusion_models" / MODEL_NAME,
+        vae=models_dir / "vae" / VAE_NAME,
+        text_encoders=[models_dir / "text_encoders" / TEXT_ENCODER_NAME],
+    )
+    want = pipe.encode_prompts(["make it blue"], pipe._edit_input(source, None))
+    torch.testing.assert_close(cond.cond.tokens, want.tokens)
+    torch.testing.assert_close(
+        cond.cond.extra[REFERENCE_LATENTS], want.extra[REFERENCE_LATENTS], atol=1e-5, rtol=0
+    )
+    # ReferenceLatent with VAEEncode of the resized image gives the same reference
+    (plain,) = registry.get("TextEncodeQwenImageEdit").execute(
+        ctx, clip=clip, prompt="make it blue", image=image
+    )
+    assert REFERENCE_LATENTS not in plain.cond.extra
+    resized = torch.from_numpy(np.asarray(resize_for_edit(source, 64 * 64), dtype=np.float32) / 255)[None]
+    (latent,) = registry.get("VAEEncode").execute(ctx, pixels=resized, vae=vae)
+    (ref,) = registry.get("ReferenceLatent").execute(ctx, conditioning=plain, latent=latent)
+    torch.testing.assert_close(
+        ref.cond.extra[REFERENCE_LATENTS], want.extra[REFERENCE_LATENTS], atol=1e-5, rtol=0
+    )
+    with pytest.raises(ValueError, match="one reference image"):
+        registry.get("ReferenceLatent").execute(ctx, conditioning=ref, latent=latent)

@@ -25,6 +25,7 @@ def default_registry(
     from latentworks.nodes.model_patches import model_patch_nodes
     from latentworks.nodes.models import loader_nodes
     from latentworks.nodes.primitives import primitive_nodes
+    from latentworks.nodes.qwen_edit import qwen_edit_nodes
     from latentworks.nodes.sampling import sampling_nodes
 
     md = None if models_dir is None else Path(models_dir)
@@ -42,6 +43,7 @@ def default_registry(
             *custom_sampling_nodes(),
             *model_patch_nodes(),
             *split_loader_nodes(md),  # UNETLoader, CLIPLoader, ..., VAELoader (nodes/loaders.py)
+            *qwen_edit_nodes(),  # TextEncodeQwenImageEdit, ReferenceLatent (issue 22)
         ]
     )
 

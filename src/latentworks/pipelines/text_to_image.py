@@ -91,6 +91,15 @@ def images_to_tensor(images: list[Image.Image], size: tuple[int, int]) -> Tensor
     return torch.stack(out)
 
 
+def resize_for_edit(image: Image.Image, area: int) -> Image.Image:
+    """An editing model's input image resized to ``area`` pixels at its aspect ratio, sides rounded to
+    multiples of 32, Lanczos (diffusers' ``calculate_dimensions`` + ``VaeImageProcessor.resize``), as RGB."""
+    ratio = image.width / image.height
+    w = math.sqrt(area * ratio)
+    width, height = max(32, round(w / 32) * 32), max(32, round(w / ratio / 32) * 32)
+    return image.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
+
+
 def tensor_to_images(x: Tensor) -> list[Image.Image]:
     """(B, 3, H, W) in [-1, 1] -> PIL images."""
     arr = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
@@ -237,12 +246,8 @@ class Pipeline:
             )
         if init_image is not None:
             raise ValueError("give either image= (editing) or init_image= (image-to-image), not both")
-        # diffusers' calculate_dimensions: the release's area at the image's aspect ratio, sides multiples of 32
-        ratio = image.width / image.height
-        w = math.sqrt(self.behaviour.edit_area * ratio)
-        width, height = round(w / 32) * 32, round(w / ratio / 32) * 32
-        picture = image.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
-        return picture, self.encode_images([picture], (height, width))
+        picture = resize_for_edit(image, self.behaviour.edit_area)
+        return picture, self.encode_images([picture], (picture.height, picture.width))
 
     # -- LoRA --------------------------------------------------------------------------------------
 
