@@ -38,7 +38,7 @@ def test_tokenizer_ids_equal_transformers_qwen2_tokenizer_with_qwen25_added_toke
     rng = random.Random(0)
     prompts = [*PIECES, ""] + [
         rng.choice([" ", "", "\n"]).join(rng.choice(PIECES) for _ in range(rng.randint(1, 4)))
-        for _ in range(150)
+        for _ in range(300)
     ]
     for p in prompts:
         assert ours.encode(p) == ref(p, add_special_tokens=False)["input_ids"], p
@@ -84,3 +84,22 @@ def test_qwen3_is_not_taken_for_qwen25() -> None:
     sd = {f"model.{k}": v for k, v in tiny_qwen3(width=64).state_dict().items()}
     with pytest.raises(ValueError, match="Qwen3"):
         build_qwen25(sd)
+
+
+def test_each_family_names_the_text_encoder_it_needs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Qwen3 given to Qwen-Image, and Qwen2.5-VL given to Z-Image: an error naming the file to pass."""
+    from latentworks import families
+    from latentworks.models.text.families import make_prompt_encoder
+    from support.qwen import tiny_qwen3
+
+    reference = tiny_qwen25vl()
+    monkeypatch.setitem(layouts.QWEN25_KIND_BY_WIDTH, reference.config.text_config.hidden_size, "qwen25vl_7b")
+    monkeypatch.setitem(layouts.QWEN3_KIND_BY_WIDTH, 64, "qwen3_4b")
+    qwen3 = {f"model.{k}": v for k, v in tiny_qwen3(width=64).state_dict().items()}
+    qwen25 = reference.state_dict()
+    with pytest.raises(ValueError, match=r"qwen-image needs the text encoder 'qwen25vl_7b'.*qwen_2\.5_vl_7b"):
+        make_prompt_encoder(families.get("qwen-image").text, {"qwen3_4b": qwen3})  # type: ignore[arg-type]
+    with pytest.raises(
+        ValueError, match=r"z-image needs the text encoder 'qwen3_4b'.*qwen_3_4b.*qwen25vl_7b is"
+    ):
+        make_prompt_encoder(families.get("z-image").text, {"qwen25vl_7b": qwen25})  # type: ignore[arg-type]
