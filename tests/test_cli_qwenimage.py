@@ -78,6 +78,20 @@ def test_info_generate_and_convert(files, tmp_path: Path, capsys: pytest.Capture
     c = Pipeline.from_pretrained(single, text_encoders=[files.text_encoder])("an apple", **kw).latents  # type: ignore[arg-type]
     torch.testing.assert_close(a, c, rtol=0, atol=1e-5)
 
+    # ComfyUI's all-in-one layout: text encoder under text_encoders.qwen25_7b.transformer., VAE under vae.
+    full = tmp_path / "qwen_image_all_in_one.safetensors"
+    code, _, err = run_cli(
+        ["convert", str(files.model), "--vae", str(files.vae), "--text-encoder", str(files.text_encoder),
+         "--to", "single-file", "--out", str(full)], capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    from safetensors import safe_open
+
+    with safe_open(str(full), "pt") as f:
+        assert "text_encoders.qwen25_7b.transformer.model.embed_tokens.weight" in set(f.keys())
+    d = Pipeline.from_pretrained(full)("an apple", **kw).latents  # type: ignore[arg-type]
+    torch.testing.assert_close(a, d, rtol=0, atol=1e-5)
+
 
 def test_wrong_parts_are_named(files, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "x.png"

@@ -50,6 +50,7 @@ TEXT_ENCODER_PREFIXES = (
     ("text_encoders.clip_l.transformer.", "clip_l"),  # SD3 / FLUX all-in-one files
     ("text_encoders.clip_g.transformer.", "clip_g"),
     ("text_encoders.t5xxl.transformer.", "t5xxl"),
+    ("text_encoders.qwen25_7b.transformer.", "qwen25vl_7b"),  # ComfyUI's all-in-one Qwen-Image files
 )
 # Markers of each denoiser layout (relative to its prefix).
 UNET_MARKER = "input_blocks.0.0.weight"

@@ -124,6 +124,9 @@ QWEN_IMAGE = ModelFamily(
         max_length=MAX_PROMPT_TOKENS + DROP_TOKENS,
         drop_tokens=DROP_TOKENS,
     ),
+    # ComfyUI's all-in-one Qwen-Image checkpoints (supported_models.QwenImage: vae. and text_encoders. prefixes,
+    # the text model under qwen25_7b.transformer.)
+    single_file_text={"qwen25vl_7b": ("text_encoders.qwen25_7b.transformer.", "hf")},
     single_file_vae_prefix="vae.",
     diffusers=DiffusersNames(
         pipeline_classes=("QwenImagePipeline",),
