@@ -369,9 +369,12 @@ class QwenPromptEncoder:
         self.tokenizer = tokenizer
 
     def modules(self) -> dict[str, torch.nn.Module]:
-        """The network by component name (``qwen3_4b``, ``qwen25vl_7b``), for a device manager to move or
-        offload."""
-        return {self.recipe.component: self.model}
+        """The networks by component name (``qwen3_4b``, ``qwen25vl_7b``; ``qwen25vl_7b.visual``, the vision
+        tower, once an image prompt has built it), for a device manager to move or offload."""
+        out: dict[str, torch.nn.Module] = {self.recipe.component: self.model}
+        if self._vl is not None:
+            out[f"{self.recipe.component}.visual"] = self._vl.visual
+        return out
 
     @property
     def dim(self) -> int:
