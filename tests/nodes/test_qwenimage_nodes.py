@@ -53,17 +53,17 @@ def _graph(cfg_norm: float | None) -> dict:
     return graph
 
 
-def _run(registry, graph: dict, out: Path) -> np.ndarray:  # type: ignore[no-untyped-def]
-    ctx = Executor(registry).new_context("job", output_dir=out, temp_dir=out, on_event=lambda e, d: None)
-    res = Executor(registry).execute(graph, ctx)
+def _run(executor: Executor, graph: dict, out: Path) -> np.ndarray:
+    ctx = executor.new_context("job", output_dir=out, temp_dir=out, on_event=lambda e, d: None)
+    res = executor.execute(graph, ctx)
     assert res.status == "success", res.error
     return np.asarray(Image.open(out / res.outputs["10"]["images"][0]["filename"]).convert("RGB"))
 
 
 def test_comfy_qwen_image_graph_runs_and_cfgnorm_acts(models_dir: Path, tmp_path: Path) -> None:
-    registry = default_registry(models_dir)
-    plain = _run(registry, _graph(None), tmp_path / "a")
-    normed = _run(registry, _graph(0.5), tmp_path / "b")
+    executor = Executor(default_registry(models_dir))  # one executor: the loaders run once
+    plain = _run(executor, _graph(None), tmp_path / "a")
+    normed = _run(executor, _graph(0.5), tmp_path / "b")
     assert plain.shape == normed.shape == (SIZE, SIZE, 3) and plain.std() > 1.0
     assert np.abs(plain.astype(int) - normed.astype(int)).max() > 5  # strength 0.5 shrinks every x0
 
