@@ -131,10 +131,12 @@ class ComfyNames:
     Attributes:
         clip_type: the ``type`` of CLIPLoader / DualCLIPLoader / TripleCLIPLoader for its text encoders.
         model_sampling_node: the node that sets its model sampling (ModelSamplingDiscrete, ...SD3, ...Flux).
+        vae_file: the name of the VAE file ComfyUI's pages give for it, for messages (None: not named).
     """
 
     clip_type: str
     model_sampling_node: str
+    vae_file: str | None = None
 
 
 # (config, all shapes, the denoiser prefix, read-one-tensor) -> (variant, prediction)

@@ -132,5 +132,9 @@ QWEN_IMAGE = ModelFamily(
         pipeline_classes=("QwenImagePipeline",),
         text_slots={"text_encoder": "qwen25vl_7b"},
     ),
-    comfy=ComfyNames(clip_type="qwen_image", model_sampling_node="ModelSamplingAuraFlow"),
+    comfy=ComfyNames(
+        clip_type="qwen_image",
+        model_sampling_node="ModelSamplingAuraFlow",
+        vae_file="qwen_image_vae.safetensors",
+    ),
 )

@@ -394,9 +394,14 @@ def model_from_parts(
     from its own loader), whether or not ``parts`` holds a VAE.
     """
     if parts.vae_state is None and not without_vae:
+        named = parts.family.comfy.vae_file if parts.family.comfy is not None else None
+        example = (
+            f"{parts.family.title}'s {named}"
+            if named
+            else "the family's ae.safetensors / sdxl_vae.safetensors"
+        )
         raise ValueError(
-            f"{parts.source} has no VAE: pass one (CLI: --vae FILE; API: vae=PATH), e.g. the family's "
-            "ae.safetensors / sdxl_vae.safetensors"
+            f"{parts.source} has no VAE: pass one (CLI: --vae FILE; API: vae=PATH), e.g. {example}"
         )
     arch, config = parts.architecture, parts.denoiser_config
     if config.in_channels != parts.latent_format.channels:
