@@ -28,6 +28,10 @@ if [ ! -f "$stamp" ]; then
   # torch first and alone, so the pinned local CPU wheel is used rather than a CUDA build.
   .venv/bin/python -m pip install -q -c constraints.txt "torch==2.13.0"
   .venv/bin/python -m pip install -q -c constraints.txt -e ".[$extras]"
+  if [ "$with_test" = 1 ]; then
+    # A ComfyUI client library the server tests run; it pins Pillow==10.2.0, hence --no-deps (pyproject.toml).
+    .venv/bin/python -m pip install -q -c constraints.txt --no-deps "comfyui-api-client==0.1.0"
+  fi
   touch "$stamp"
 fi
 if [ "$with_test" = 1 ] && [ -f scripts/bootstrap_web.sh ]; then

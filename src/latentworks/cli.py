@@ -22,6 +22,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("convert", "convert", "convert checkpoints between formats"),
     ("serve", "serve", "run the workflow server and browser editor"),
     ("run", "run", "run a ComfyUI-style workflow (editor or API JSON, or a PNG) headless"),
+    ("upscale", "upscale", "enlarge an image with an upscale model (ESRGAN, Real-ESRGAN, SwinIR, ...)"),
 )
 
 

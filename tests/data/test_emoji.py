@@ -74,6 +74,12 @@ def test_build_from_fake_npm_tree(fake_cache, tmp_path, monkeypatch):
     back = load_npz(out)
     assert np.array_equal(back.images, ds.images) and back.captions == ds.captions
     assert back.metadata == ds.metadata
+    # the caption's parts, for caption augmentation and user-form evaluation
+    from latentworks.data.captions import CaptionParts, caption_parts
+
+    parts = dict(zip(zip(back.extra["hexcodes"], back.extra["styles"]), caption_parts(back.extra, len(back))))
+    assert parts[("1F34E", "twitter")] == CaptionParts("red apple", ("fruit",), "twitter")
+    assert parts[("2764", "google")].caption() == caps[("2764", "google")]
 
 
 def test_heldout_groups_all_variants(fake_cache):

@@ -20,7 +20,7 @@ from latentworks.diffusion.samplers import (
 COMFY_NAMES = [
     "euler", "euler_ancestral", "heun", "heunpp2", "dpm_2", "dpm_2_ancestral", "lms", "dpmpp_2s_ancestral",
     "dpmpp_sde", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "ddpm", "ddim", "uni_pc", "uni_pc_bh2", "lcm",
-    "ipndm", "deis",
+    "ipndm", "deis", "res_multistep",
 ]  # fmt: skip
 
 

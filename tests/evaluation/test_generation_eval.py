@@ -185,3 +185,33 @@ def test_row_shows_kid_to_five_decimals() -> None:
     # The issue's KID budget is 0.005: four decimals would print +0.0050 for both 0.00496 and 0.00504.
     r = GenerationEval(split="train", n=1000, fid=31.0, kid=0.00512, real_fid=30.0, real_kid=0.00004)
     assert r.row() == "| train | 1000 | 31.00 | 0.00512 | 30.00 | 0.00004 | +1.00 | +0.00508 |"
+
+
+def test_user_form_prompts_are_built_from_caption_parts(inception: InceptionFeatures) -> None:
+    """'user' prompts cycle through label / label + style / label + tags built from the dataset's columns, a
+    pipe that answers each user-form prompt with the right image scores like the copy model, and a dataset
+    without the columns is refused with the way out."""
+    from latentworks.evaluation.generation import prompt_texts
+
+    base = make_dataset(12)
+    labels = np.asarray([f"shape {i}" for i in range(12)])
+    ds = ArrayDataset(
+        base.images,
+        [f"shape {i}, big, blue, flat style" for i in range(12)],
+        {"labels": labels, "tags": np.asarray(["big|blue"] * 12), "styles": np.asarray(["flat"] * 12)},
+    )
+    pick = np.arange(6)
+    assert prompt_texts(ds, pick, "user")[:3] == ["shape 0", "shape 1, flat style", "shape 2, big"]
+    assert prompt_texts(ds, pick, "user")[5] == "shape 5, blue, big"  # one or two tags, rotating
+    assert prompt_texts(ds, pick, "training") == ds.captions[:6]
+    with pytest.raises(ValueError, match="rebuild the dataset"):
+        prompt_texts(base, pick, "user")
+
+    by_label = {str(lab): im for lab, im in zip(labels, ds.images, strict=True)}
+
+    def answer(prompts, **kw):  # noqa: ANN001, ANN003, ANN202
+        return SimpleNamespace(images=[Image.fromarray(by_label[p.split(",")[0]]) for p in prompts])
+
+    r = evaluate_generation(answer, ds, split="all", n=12, progress=False, model=inception, prompts="user")
+    assert r.split == "all, user prompts"
+    assert r.fid < 1.0

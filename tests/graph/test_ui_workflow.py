@@ -300,3 +300,30 @@ def test_subgraph_promoted_widget_and_bypassed_instance(registry) -> None:
     instance["mode"] = 4
     api = ui_to_api(g.to_json(), registry)
     assert "12:5" not in api and "positive" not in api["3"]["inputs"]
+
+
+def test_subgraph_input_the_instance_does_not_list_keeps_the_inner_widget(registry) -> None:
+    """As image_z_image_turbo.json: the subgraph declares a 'text' input (promoted widget) but the instance
+    lists only 'clip'; the inner node keeps its own widget value."""
+    g = _subgraph_workflow()
+    sub = g.subgraphs[0]
+    sub["inputs"].insert(0, {"id": "i1", "name": "text", "type": "STRING", "linkIds": [3]})  # slot 0 now
+    for link in sub["links"]:
+        if link["origin_id"] == -10:
+            link["origin_slot"] = 1  # clip moved to slot 1 of the subgraph's inputs
+    inner = sub["nodes"][0]
+    inner["inputs"].append({"name": "text", "type": "STRING", "link": 3, "widget": {"name": "text"}})
+    sub["links"].append({"id": 3, "origin_id": -10, "origin_slot": 0, "target_id": 5, "target_slot": 1,
+                         "type": "STRING"})  # fmt: skip
+    api = convert(registry, g)  # the instance's only input, 'clip', is matched by name, not position
+    assert api["12:5"]["inputs"] == {"clip": ["4", 1], "text": "inside the subgraph"}
+
+
+def test_old_boolean_seed_control_and_missing_widget_values_take_defaults(registry) -> None:
+    g = txt2img()
+    g.node(3)["widgets_values"] = [5, True, 3, 6.0, "euler", "normal", 1.0]  # 0.1.x editors: a bool control
+    g.node(9)["widgets_values"] = []  # saved before the node had widgets: the editor shows the default
+    api = convert(registry, g)
+    assert api["3"]["inputs"]["seed"] == 5 and api["3"]["inputs"]["steps"] == 3
+    assert api["3"]["inputs"]["sampler_name"] == "euler" and api["3"]["inputs"]["denoise"] == 1.0
+    assert api["9"]["inputs"]["filename_prefix"] == registry["SaveImage"].input("filename_prefix").default

@@ -117,12 +117,14 @@ COMFY: dict[str, tuple[str, list[tuple], list[tuple]]] = {
     ),
 }  # fmt: skip
 
-# ComfyUI's KSAMPLER_NAMES + ["ddim", "uni_pc", "uni_pc_bh2"] and SCHEDULER_NAMES (comfy/samplers.py).
+# ComfyUI's KSAMPLER_NAMES + ["ddim", "uni_pc", "uni_pc_bh2"] and SCHEDULER_NAMES (comfy/samplers.py; the
+# sampler list is the part we have of it: res_multistep follows deis there too).
 COMFY_SAMPLERS = {
     "euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "heun", "heunpp2", "dpm_2",
     "dpm_2_ancestral", "lms", "dpm_fast", "dpm_adaptive", "dpmpp_2s_ancestral", "dpmpp_2s_ancestral_cfg_pp",
     "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_cfg_pp", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu",
-    "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "lcm", "ipndm", "ipndm_v", "deis", "ddim", "uni_pc", "uni_pc_bh2",
+    "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "lcm", "ipndm", "ipndm_v", "deis", "res_multistep", "ddim",
+    "uni_pc", "uni_pc_bh2",
 }  # fmt: skip
 COMFY_SCHEDULERS = [
     "simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta", "normal", "linear_quadratic",

@@ -1,5 +1,5 @@
 """Qwen-Image-Edit end to end: ComfyUI's three split files (tiny random weights; the text encoder with its vision
-tower) edit an input image through ``Pipeline(...)(prompt, image=...)`` and give diffusers'
+tower) edit an input image through ``Pipeline(...)(prompt, edit_image=...)`` and give diffusers'
 ``QwenImageEditPipeline``'s latents and image on the same weights.
 
 Both resize the input to the release's area at its aspect ratio (sides multiples of 32) for the VAE, read it
@@ -83,7 +83,7 @@ def test_edit_matches_diffusers_qwen_image_edit_pipeline(
 
     ours = Pipeline.from_pretrained(files.model, vae=files.vae, text_encoders=[files.text_encoder])
     ours.behaviour = dataclasses.replace(ours.behaviour, edit_area=AREA)
-    result = ours(PROMPT, NEGATIVE, image=source, steps=STEPS, guidance=4.0, sampler="euler",
+    result = ours(PROMPT, NEGATIVE, edit_image=source, steps=STEPS, guidance=4.0, sampler="euler",
                   scheduler="simple", seed=SEED, width=WIDTH, height=HEIGHT)  # fmt: skip
 
     pipe = _pipe(files, tmp_path / "tok", monkeypatch)
@@ -105,6 +105,6 @@ def test_edit_matches_diffusers_qwen_image_edit_pipeline(
     assert np.abs(mine - img).max() <= 1.0 / 255 + 1e-6
 
     # the image matters: another input image gives other latents
-    other = ours(PROMPT, NEGATIVE, image=source.transpose(Image.Transpose.FLIP_LEFT_RIGHT), steps=STEPS,
+    other = ours(PROMPT, NEGATIVE, edit_image=source.transpose(Image.Transpose.FLIP_LEFT_RIGHT), steps=STEPS,
                  guidance=4.0, seed=SEED, width=WIDTH, height=HEIGHT)  # fmt: skip
     assert (other.latents - result.latents).abs().max() > 1e-3

@@ -60,14 +60,15 @@ def test_queue_run_messages_in_order_and_view(server, prefix):
         hello = json.loads(ws.recv(timeout=5))
         assert hello["type"] == "status" and hello["data"]["sid"] == client_id
         assert hello["data"]["status"]["exec_info"]["queue_remaining"] == 0
-        r = server.http.post(f"{prefix}/prompt", json={"prompt": workflow(), "client_id": client_id})
+        body = {"prompt": workflow(), "client_id": client_id, "extra_data": {"preview_method": "auto"}}
+        r = server.http.post(f"{prefix}/prompt", json=body)  # previews are off unless asked for
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["node_errors"] == {} and isinstance(body["number"], int)
         pid = body["prompt_id"]
         msgs = wait_done(ws, pid)
     events = [m["type"] if isinstance(m, dict) else "binary" for m in msgs]
-    core = [e for e in events if e not in ("status", "progress", "binary")]
+    core = [e for e in events if e not in ("status", "progress", "progress_state", "binary")]
     assert core == [
         "execution_start", "execution_cached",
         "executing", "executing", "executing", "executing",

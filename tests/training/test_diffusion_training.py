@@ -254,3 +254,56 @@ train_diffusion(cfg, text_encoder=HashTextEncoder())
         [p.flatten() for p in __import__("latentworks.models.dit", fromlist=["DiT"]).DiT(DIT).parameters()]
     )
     assert not torch.equal(w[0], init)  # training moved the weights
+
+
+class _RecordingEncoder(HashTextEncoder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def encode(self, prompts):  # noqa: ANN001, ANN201
+        self.seen += prompts
+        return super().encode(prompts)
+
+
+def test_caption_augmentation_trains_on_user_forms(tmp_path):
+    """With caption parts in the cache ('auto'), the encoder sees the label alone, tag subsets and captions
+    without the style, not just the fixed captions; without parts 'auto' keeps the captions and 'on' is
+    refused with the way out."""
+    from latentworks.data.captions import CaptionParts
+    from latentworks.pipelines.latents import save_latent_cache
+
+    plain = make_latent_cache(tmp_path / "plain.safetensors", n=8)
+    parts = [CaptionParts(c.split()[1], (c.split()[0], "thing"), "google") for c in plain.captions]
+    save_latent_cache(
+        tmp_path / "lat.safetensors",
+        plain.mean,
+        plain.std,
+        [p.caption() for p in parts],
+        {"vae_run": ""},
+        parts,
+    )
+    enc = _RecordingEncoder()
+    train_diffusion(_cfg(tmp_path, steps=12, caption_dropout=0.0), text_encoder=enc)
+    seen = {s for s in enc.seen if s}
+    labels = {p.label for p in parts}
+    assert seen & labels, "no label-only captions"
+    assert any(s.lower().endswith("google style") for s in seen)
+    assert any("style" not in s and "," in s for s in seen), "no caption with tags but without the style"
+    assert seen - {p.caption() for p in parts}, "only the fixed captions"
+
+    off = _RecordingEncoder()
+    train_diffusion(_cfg(tmp_path, name="off", steps=3, caption_augment="off"), text_encoder=off)
+    previews = {"red apple"}  # _cfg's sample prompt, encoded for the preview grids
+    assert {s for s in off.seen if s} <= {p.caption() for p in parts} | previews
+
+    with pytest.raises(ValueError, match="rebuild the dataset"):
+        train_diffusion(
+            _cfg(tmp_path, name="on", latents=tmp_path / "plain.safetensors", caption_augment="on"),
+            text_encoder=HashTextEncoder(),
+        )
+    auto_plain = _RecordingEncoder()
+    train_diffusion(
+        _cfg(tmp_path, name="auto", latents=tmp_path / "plain.safetensors", steps=3), text_encoder=auto_plain
+    )
+    assert {s for s in auto_plain.seen if s} <= set(plain.captions) | previews

@@ -31,7 +31,12 @@ export async function queuePrompt(prompt, clientId, workflow) {
   const r = await fetch(withToken("prompt"), {
     method: "POST",
     headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ client_id: clientId, prompt, extra_data: { extra_pnginfo: { workflow } } }),
+    // Live previews are off on the server unless asked for (as in ComfyUI): this editor shows them.
+    body: JSON.stringify({
+      client_id: clientId,
+      prompt,
+      extra_data: { extra_pnginfo: { workflow }, preview_method: "auto" },
+    }),
   });
   return jsonOrThrow(r, "queueing the workflow (POST /prompt)");
 }

@@ -4,6 +4,7 @@ real images, or FID/KID between two image sets."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 
@@ -40,11 +41,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     f.add_argument("--size", type=int, default=64, help="resize images to SIZE x SIZE before scoring")
     m = sub.add_parser(
         "model",
-        help="FID/KID of a text-to-image model on a dataset's captions, beside real-vs-real at the same N",
-        description="Generate one image per caption of N real images of each split and report FID/KID beside "
-        "real-vs-real at the same N, then prompt following: how often each generated image's nearest real "
-        "image (Inception features) is the one its caption came from, or shares its emoji (hexcodes) or "
-        "style, each beside its chance level.",
+        help="FID/KID of a text-to-image model on prompts as people type them and on the training "
+        "captions, beside real-vs-real at the same N",
+        description="Generate one image per prompt for N real images of each split and report FID/KID beside "
+        "real-vs-real at the same N and the model's resolution (the best any model of that resolution can "
+        "score), then prompt following: how often each generated image's nearest real image (Inception "
+        "features) is the one its prompt came from, or shares its emoji (hexcodes) or style, each beside "
+        "its chance level. By default the prompts are in user form (the label alone, label + style, label + "
+        "a tag or two, in turn), reported apart from the training captions: with one image per caption, "
+        "training captions measure recall of the training images, not generation.",
     )
     m.add_argument("model", help="model folder or 'default'")
     m.add_argument(
@@ -60,7 +65,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     m.add_argument("--steps", type=int, default=20, help="sampling steps")
     m.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's own)")
     m.add_argument("--sampler", default=None, help="sampler (default: the model's own)")
-    m.add_argument("--seed", type=int, default=0, help="seed of the first image")
+    m.add_argument(
+        "--prompts",
+        action="append",
+        default=None,
+        choices=("user", "training", "label", "label+style", "label+tags"),
+        help="prompt set; repeatable (default: user and training)",
+    )
+    m.add_argument(
+        "--seed",
+        type=int,
+        action="append",
+        default=None,
+        help="generation seed; repeatable, each seed scores the same picked images (default: 0 and 1)",
+    )
     m.add_argument(
         "--feature-cache",
         type=Path,
@@ -114,21 +132,27 @@ def run(args: argparse.Namespace) -> int:
         ds = load_dataset(args.data, size=h)
         print(HEADER)
         following: list[str] = []
+        seeds = args.seed or [0, 1]
         for split in args.split or ["train", "heldout"]:
-            r = evaluate_generation(
-                pipe,
-                ds,
-                split=split,
-                n=args.n,
-                seed=args.seed,
-                steps=args.steps,
-                guidance=args.cfg,
-                sampler=args.sampler,
-                feature_cache=args.feature_cache,
-            )
-            print(r.row(), flush=True)
-            if r.following is not None:
-                following.append(f"{split}: {r.following.line()}")
+            for prompts in args.prompts or ["user", "training"]:
+                for seed in seeds:
+                    r = evaluate_generation(
+                        pipe,
+                        ds,
+                        split=split,
+                        n=args.n,
+                        seed=seed,
+                        pick_seed=seeds[0],
+                        steps=args.steps,
+                        guidance=args.cfg,
+                        sampler=args.sampler,
+                        feature_cache=args.feature_cache,
+                        prompts=prompts,
+                    )
+                    r = dataclasses.replace(r, split=f"{r.split}, seed {seed}")
+                    print(r.row(), flush=True)
+                    if r.following is not None:
+                        following.append(f"{r.split}: {r.following.line()}")
         if following:
             print("\n" + "\n".join(following))
         return 0

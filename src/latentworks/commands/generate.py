@@ -25,6 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         '  latentworks generate "a blue heart" --init apple.png --strength 0.6\n'
         '  latentworks generate "make the apple green" --image apple.png --model qwen_image_edit_bf16.safetensors \\\n'
         "      --text-encoder qwen_2.5_vl_7b.safetensors --vae qwen_image_vae.safetensors\n"
+        '  latentworks generate "a red apple" --init photo.png --mask mask.png --mask-blur 4 --composite\n'
+        '  latentworks generate "a red apple" --init photo.png --outpaint 0,0,64,0 --composite\n'
+        '  latentworks generate "a lighthouse" --model sd15.safetensors --hires-scale 2 --hires-denoise 0.5\n'
         '  latentworks generate "a cat" --model sd15.safetensors --lora models/loras/style.safetensors:0.8\n'
         '  latentworks generate "a lighthouse at dusk" --model models/v1-5-pruned-emaonly.safetensors\n'
         '  latentworks generate "a fox" --model flux1-schnell.safetensors --vae ae.safetensors \\\n'
@@ -120,9 +123,75 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--strength",
         type=float,
-        default=0.75,
+        default=None,
         metavar="S",
-        help="with --init: how much to change it, 0 (keep) .. 1 (ignore) (default: %(default)s)",
+        help="with --init: how much to change it, 0 (keep) .. 1 (ignore) (default: 0.75; 1.0 with --mask)",
+    )
+    inpaint = p.add_argument_group("inpainting and outpainting (docs/editing.md)")
+    inpaint.add_argument(
+        "--mask",
+        type=Path,
+        default=None,
+        metavar="IMAGE",
+        help="with --init: regenerate where this mask is white (greyscale; grey = partly); the output keeps "
+        "the input image's size unless --width/--height are given (default: none)",
+    )
+    inpaint.add_argument(
+        "--outpaint",
+        type=_parse_padding,
+        default=None,
+        metavar="L,T,R,B",
+        help="with --init: extend it by these many pixels left, top, right, bottom and draw the new border "
+        "(default: none)",
+    )
+    inpaint.add_argument(
+        "--mask-grow", type=int, default=0, metavar="PX", help="grow the mask by PX pixels (negative: shrink)"
+    )
+    inpaint.add_argument(
+        "--mask-blur",
+        type=float,
+        default=0.0,
+        metavar="PX",
+        help="soften the mask edge (Gaussian sigma, pixels)",
+    )
+    inpaint.add_argument(
+        "--composite",
+        action="store_true",
+        help="paste the unmasked pixels of the input image back over the result, so they stay exactly as they were",
+    )
+    inpaint.add_argument(
+        "--differential",
+        action="store_true",
+        help="differential diffusion: a grey mask changes an area a little instead of blending",
+    )
+    hires = p.add_argument_group("hires fix: a second pass at a larger size")
+    hires.add_argument(
+        "--hires-scale",
+        type=float,
+        default=1.0,
+        metavar="X",
+        help="upscale the first pass by X, then sample again (1: no second pass)",
+    )
+    hires.add_argument(
+        "--hires-denoise",
+        type=float,
+        default=0.5,
+        metavar="D",
+        help="how much the second pass changes the upscaled image, 0..1",
+    )
+    hires.add_argument(
+        "--hires-upscale",
+        default="latent",
+        metavar="latent|pixel|FILE",
+        help="how to upscale: 'latent' (bilinear in latent space), 'pixel' (decode, bicubic, encode) or an "
+        "upscale model file (.safetensors, ESRGAN and others through spandrel)",
+    )
+    hires.add_argument(
+        "--hires-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="steps of the second pass (default: --steps)",
     )
     p.add_argument(
         "-o",
@@ -137,6 +206,19 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--quiet", action="store_true", help="no progress bars (ours and the libraries' weight loading)"
     )
     return p
+
+
+def _parse_padding(spec: str) -> tuple[int, int, int, int]:
+    """``L,T,R,B`` (pixels, each >= 0) -> a 4-tuple."""
+    try:
+        values = tuple(int(v) for v in spec.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4 or min(values) < 0:
+        raise argparse.ArgumentTypeError(
+            f"expected four pixel counts >= 0 as LEFT,TOP,RIGHT,BOTTOM, got {spec!r}"
+        )
+    return values  # type: ignore[return-value]
 
 
 def parse_lora(spec: str) -> tuple[Path, float]:
@@ -182,9 +264,9 @@ def _check_args(args: argparse.Namespace) -> None:
         v = getattr(args, name)
         if v is not None and not 8 <= v <= 4096:
             raise UserError(f"--{name} must be between 8 and 4096 pixels, got {v}")
-    if args.init is None and args.strength != 0.75:
+    if args.init is None and args.strength is not None:
         raise UserError("--strength only applies with --init IMAGE")
-    if not 0 <= args.strength <= 1:
+    if args.strength is not None and not 0 <= args.strength <= 1:
         raise UserError(f"--strength must be between 0 and 1, got {args.strength}")
     if args.init is not None and not args.init.is_file():
         raise UserError(f"--init: no such image file: {args.init}")
@@ -192,6 +274,36 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--image: no such image file: {args.image}")
     if args.image is not None and args.init is not None:
         raise UserError("give either --image (editing) or --init (image-to-image), not both")
+    masking = args.mask is not None or args.outpaint is not None
+    if masking and args.init is None:
+        raise UserError("--mask and --outpaint need the image they apply to: give --init IMAGE")
+    if args.mask is not None and args.outpaint is not None:
+        raise UserError("give --mask or --outpaint, not both (--outpaint makes its own mask)")
+    if args.mask is not None and not args.mask.is_file():
+        raise UserError(f"--mask: no such image file: {args.mask}")
+    if not masking:
+        for flag, on in (
+            ("--composite", args.composite),
+            ("--differential", args.differential),
+            ("--mask-grow", args.mask_grow != 0),
+            ("--mask-blur", args.mask_blur != 0),
+        ):
+            if on:
+                raise UserError(f"{flag} only applies with --mask or --outpaint")
+    if args.mask_blur < 0:
+        raise UserError(f"--mask-blur must be >= 0, got {args.mask_blur}")
+    if not 0 < args.hires_scale <= 8:
+        raise UserError(f"--hires-scale must be in (0, 8], got {args.hires_scale}")
+    if not 0 < args.hires_denoise <= 1:
+        raise UserError(f"--hires-denoise must be in (0, 1], got {args.hires_denoise}")
+    if args.hires_steps is not None and not 1 <= args.hires_steps <= 1000:
+        raise UserError(f"--hires-steps must be between 1 and 1000, got {args.hires_steps}")
+    if args.hires_upscale not in ("latent", "pixel") and not Path(args.hires_upscale).is_file():
+        raise UserError(
+            f"--hires-upscale: not 'latent', 'pixel' or an upscale model file: {args.hires_upscale}"
+        )
+    if args.hires_scale != 1.0 and masking:
+        raise UserError("--hires-scale cannot be combined with --mask or --outpaint")
     if args.output.suffix.lower() != ".png":
         raise UserError(f"--output must end in .png, got {args.output}")
     if not args.output.parent.exists():
@@ -209,10 +321,12 @@ def _generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from latentworks.pipelines import Pipeline
+    from latentworks.pipelines.inpaint import MaskSizeWarning
     from latentworks.pipelines.metadata import save_png
     from latentworks.pipelines.text_to_image import ResolutionWarning
 
-    init = None
+    init: Image.Image | None = None
+    mask: Image.Image | None = None
     if args.init is not None:
         try:
             init = Image.open(args.init)
@@ -226,6 +340,16 @@ def _generate(args: argparse.Namespace) -> int:
             edit.load()
         except (UnidentifiedImageError, OSError) as e:
             raise UserError(f"--image: cannot read {args.image} as an image ({e})") from None
+    if args.mask is not None:
+        try:
+            mask = Image.open(args.mask)
+            mask.load()
+        except (UnidentifiedImageError, OSError) as e:
+            raise UserError(f"--mask: cannot read {args.mask} as an image ({e})") from None
+    if args.outpaint is not None and init is not None:
+        from latentworks.pipelines.inpaint import pad_image_for_outpaint
+
+        init, mask = pad_image_for_outpaint(init, *args.outpaint)
     for opt, path in (
         [("--vae", args.vae), ("--tokenizer", args.tokenizer)]
         + [("--text-encoder", t) for t in args.text_encoder]
@@ -258,8 +382,11 @@ def _generate(args: argparse.Namespace) -> int:
 
     def on_step(step) -> None:  # noqa: ANN001
         nonlocal bar
-        if bar is None:
-            bar = tqdm(total=step.total, desc="sampling", unit="step", disable=args.quiet, file=sys.stderr)
+        if bar is None or (step.i == 0 and bar.n > 0):  # the hires fix's second pass gets its own bar
+            desc = "sampling" if bar is None else "hires pass"
+            if bar is not None:
+                bar.close()
+            bar = tqdm(total=step.total, desc=desc, unit="step", disable=args.quiet, file=sys.stderr)
         bar.update(1)
         bar.set_postfix(sigma=f"{step.sigma_next:.3f}")
 
@@ -273,29 +400,29 @@ def _generate(args: argparse.Namespace) -> int:
                 f"results. Use --width {w0} --height {h0} (its native size)",
                 file=sys.stderr,
             )
+        elif isinstance(message, MaskSizeWarning):
+            print(f"warning: --mask: {message}", file=sys.stderr)
         else:
             show_default(message, category, filename, lineno, file, line)
 
     with warnings.catch_warnings():  # restores the filters and showwarning afterwards
         warnings.simplefilter("always", ResolutionWarning)  # the CLI samples once
         warnings.showwarning = show
-        result = pipe(
-            args.prompt,
-            args.negative,
-            steps=args.steps,
-            guidance=args.cfg,
-            guidance_interval=None if args.cfg_interval is None else tuple(args.cfg_interval),
-            sampler=args.sampler,
-            scheduler=args.scheduler,
-            seed=args.seed,
-            batch=args.batch,
-            width=args.width,
-            height=args.height,
-            init_image=init,
-            image=edit,
-            strength=args.strength if init else 1.0,
-            callback=on_step,
-        )
+        warnings.simplefilter("always", MaskSizeWarning)
+        strength = args.strength if args.strength is not None else (1.0 if mask is not None else 0.75)
+        if args.hires_scale != 1.0 and args.hires_upscale not in ("latent", "pixel"):
+            from latentworks.pipelines.upscale import load_upscale_model
+
+            try:
+                args.hires_upscale = load_upscale_model(
+                    args.hires_upscale, allow_pickle=args.allow_pickle, device=args.device
+                )
+            except (ImportError, ValueError) as e:
+                raise UserError(f"--hires-upscale {args.hires_upscale}: {e}") from None
+        try:
+            result = _run(pipe, args, init, mask, strength, on_step, edit)
+        except ValueError as e:
+            raise UserError(str(e)) from None
     if bar is not None:
         bar.close()
     out: Path = args.output
@@ -309,3 +436,34 @@ def _generate(args: argparse.Namespace) -> int:
         save_png(img, path, params)
         print(f"{path}  seed={seed}")
     return 0
+
+
+def _run(pipe, args: argparse.Namespace, init, mask, strength: float, on_step, edit=None):  # noqa: ANN001, ANN202
+    """The pipeline call with the command line's options."""
+    masking = mask is not None
+    return pipe(
+        args.prompt,
+        args.negative,
+        steps=args.steps,
+        guidance=args.cfg,
+        guidance_interval=None if args.cfg_interval is None else tuple(args.cfg_interval),
+        sampler=args.sampler,
+        scheduler=args.scheduler,
+        seed=args.seed,
+        batch=args.batch,
+        width=args.width,
+        height=args.height,
+        image=init,
+        edit_image=edit,
+        strength=strength if init else 1.0,
+        mask=mask,
+        mask_blur=args.mask_blur if masking else 0.0,
+        mask_grow=args.mask_grow if masking else 0,
+        composite=args.composite,
+        differential=args.differential,
+        hires_scale=args.hires_scale,
+        hires_denoise=args.hires_denoise,
+        hires_upscale=args.hires_upscale,
+        hires_steps=args.hires_steps,
+        callback=on_step,
+    )

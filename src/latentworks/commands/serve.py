@@ -62,6 +62,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "  latentworks serve --port 8190 --data-dir ~/lw-data\n"
         "  latentworks serve --host 0.0.0.0 --token SECRET    # reachable from the network: a token is required\n"
         "  latentworks serve --allow-host lw.example --allow-origin https://lw.example   # behind a proxy\n"
+        "  latentworks serve --frontend comfyui               # ComfyUI's official frontend (optional extra)\n"
         "API and messages: docs/server.md; the editor: docs/editor.md.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -103,6 +104,22 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "By default: localhost, IP addresses, the --host name (and this machine's name off loopback)",
     )
     p.add_argument("--device", default="cpu", help="torch device for models (default: %(default)s)")
+    p.add_argument(
+        "--preview-method",
+        choices=("none", "auto", "latent2rgb", "taesd"),
+        default="none",
+        help="live previews while sampling, sent as binary WebSocket frames (ComfyUI's flag). 'none' "
+        "(default): none unless a client asks in extra_data.preview_method; 'auto', 'latent2rgb': cheap "
+        "RGB previews from the latents; 'taesd': not available, latent2rgb is used",
+    )
+    p.add_argument(
+        "--frontend",
+        default="builtin",
+        metavar="builtin|comfyui|PATH",
+        help="the browser front end served at /: 'builtin' (latentworks' editor, the default), 'comfyui' "
+        "(ComfyUI's official frontend: pip install 'latentworks[comfyui-frontend]'), or a folder holding "
+        "a built front end's index.html (docs/server.md)",
+    )
     b = p.add_argument_group(
         "resource budgets",
         "per-job limits, checked before allocating (0 switches a limit off); docs/server.md",
@@ -156,9 +173,12 @@ def run(args: argparse.Namespace) -> int:
     from latentworks.nodes import default_registry
     from latentworks.nodes.guards import payload_nbytes
     from latentworks.server import serve
+    from latentworks.server.app import STATIC_DIR
     from latentworks.server.auth import check_bind
+    from latentworks.server.frontends import frontend_dir
 
     check_bind(args.host, args.token)  # before any heavy import or file creation
+    static_dir = frontend_dir(args.frontend, STATIC_DIR)  # ValueError naming the pip command if absent
     if not 1 <= args.port <= 65535:
         raise ValueError(f"--port must be between 1 and 65535, got {args.port}")
     registry = default_registry(args.models_dir, args.data_dir / "input")
@@ -178,5 +198,7 @@ def run(args: argparse.Namespace) -> int:
         sizer=payload_nbytes,
         allowed_hosts=args.allow_host,
         allowed_origins=args.allow_origin,
+        preview_method=args.preview_method,
+        static_dir=static_dir,
     )
     return 0

@@ -79,6 +79,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     add_option(p, "--lr", type=float, default=1e-4)
     add_option(p, "--ema-decay", type=float, default=0.999)
     add_option(p, "--caption-dropout", type=float, default=0.1)
+    add_option(
+        p,
+        "--caption-augment",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="train on the forms people type (label alone, shuffled tags, with or without the style, any "
+        "case) besides the fixed caption; auto: on when the data stores the captions' parts, as "
+        "'latentworks data emoji' does",
+    )
     add_option(p, "--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
     add_run_options(p, sample_every=1000)
     return p
@@ -121,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
             lr=o["lr"],
             ema_decay=o["ema_decay"],
             caption_dropout=o["caption_dropout"],
+            caption_augment=o["caption_augment"],
             mixed_precision=o["mixed_precision"],
             seed=o["seed"],
             checkpoint_every=o["checkpoint_every"],

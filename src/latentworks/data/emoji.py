@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image
 
 from latentworks.data.arrays import ArrayDataset
+from latentworks.data.captions import TAG_SEPARATOR
 from latentworks.data.folder import DatasetError, to_rgb_square
 
 PACKAGES = {
@@ -164,7 +165,7 @@ def build_emoji_dataset(
                 jobs.append((style, p, e))
     if not jobs:
         raise DatasetError(f"no emoji images matched emojibase labels in {cache}")
-    images, captions, hexcodes, style_col, held = [], [], [], [], []
+    images, captions, hexcodes, style_col, held, labels, tags = [], [], [], [], [], [], []
     it = progress(jobs) if progress is not None else jobs
     for style, p, e in it:
         try:
@@ -174,6 +175,8 @@ def build_emoji_dataset(
         except OSError as err:
             raise DatasetError(f"{p}: cannot read image ({err})") from None
         captions.append(make_caption(e, style, num_tags))
+        labels.append(e.label)
+        tags.append(TAG_SEPARATOR.join(t for t in e.tags if t.lower() not in e.label.lower()))
         hexcodes.append(e.hexcode)
         style_col.append(style)
         held.append(heldout_key(e.base, heldout_permille))
@@ -187,6 +190,7 @@ def build_emoji_dataset(
         "count": len(images),
         "heldout_count": int(sum(held)),
         "caption_format": "<label>, <up to N tags>, <style> style",
+        "caption_parts": "extra columns labels, tags (joined by '|'), styles: see latentworks.data.captions",
     }
     return ArrayDataset(
         np.stack(images),
@@ -195,6 +199,9 @@ def build_emoji_dataset(
             "hexcodes": np.asarray(hexcodes, dtype=np.str_),
             "styles": np.asarray(style_col, dtype=np.str_),
             "heldout": np.asarray(held, dtype=bool),
+            # the caption's parts, for training-time caption augmentation (data/captions.py)
+            "labels": np.asarray(labels, dtype=np.str_),
+            "tags": np.asarray(tags, dtype=np.str_),
         },
         metadata,
     )

@@ -7,6 +7,10 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
+CONCAT_KEY = "concat"
+"""``Conditioning.extra`` key of channels an inpainting network concatenates to its (scaled) input, (B, C', h, w):
+the mask and the masked image's latent for SD/SDXL inpainting U-Nets (``pipelines.inpaint.inpaint_concat``)."""
+
 
 @dataclass(frozen=True)
 class Conditioning:

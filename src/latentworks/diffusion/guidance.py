@@ -269,23 +269,53 @@ class InpaintDenoiser:
 
     Before each call the known region of ``x`` is replaced by ``known_x0`` noised to the current sigma
     with the fixed ``noise`` (so it matches the trajectory), and the known region of the returned x0 is
-    ``known_x0`` itself; at sigma = 0 the known pixels are therefore exactly ``known_x0``.
+    ``known_x0`` itself; at sigma = 0 the known pixels are therefore exactly ``known_x0``. This is
+    ComfyUI's KSampler with a latent noise mask: ``x = mask * x + (1 - mask) * noised(known_x0)``.
+
+    Differential diffusion (Levin & Fried 2023, "Differential Diffusion: Giving Each Pixel Its Strength"):
+    with ``differential=(sigma_from, sigma_to)`` the soft mask becomes a per-step binary one, ``mask >=
+    threshold``, where the threshold falls linearly in the model's timestep from 1 at ``sigma_from`` (the
+    first sigma) to 0 at ``sigma_to`` (the last sigma, at least the model's ``sigma_min``), as ComfyUI's
+    DifferentialDiffusion node does: a pixel with mask value m is regenerated during the last m of the
+    schedule (in timestep), so grey mask values change an area a little and white ones fully.
 
     Args:
         denoiser: the inner (possibly guided) denoiser.
         known_x0: clean latent to keep, (B, C, H, W) or broadcastable.
         mask: 1 = generate, 0 = keep; broadcastable to x, e.g. (B, 1, H, W).
         noise: unit Gaussian noise of x's shape, the same noise the sampling started from.
+        differential: ``(sigma_from, sigma_to)`` for differential diffusion; None = the soft mask as is.
+        differential_strength: blends the per-step binary mask with the soft one,
+            ``s * binary + (1 - s) * mask`` for 0 < s < 1 (ComfyUI's DifferentialDiffusion ``strength``; as there,
+            0 and 1 both give the binary mask).
     """
 
-    def __init__(self, denoiser: Denoiser, known_x0: Tensor, mask: Tensor, noise: Tensor) -> None:
+    def __init__(
+        self,
+        denoiser: Denoiser,
+        known_x0: Tensor,
+        mask: Tensor,
+        noise: Tensor,
+        *,
+        differential: tuple[float, float] | None = None,
+        differential_strength: float = 1.0,
+    ) -> None:
         if mask.ndim != known_x0.ndim:
             raise ValueError(
                 f"mask must have as many dims as known_x0 ({known_x0.ndim}), e.g. (B, 1, H, W); got {tuple(mask.shape)}"
             )
         if bool((mask < 0).any()) or bool((mask > 1).any()):
             raise ValueError("mask values must lie in [0, 1] (1 = generate, 0 = keep)")
+        if differential is not None and self._sampling(denoiser) is None:
+            raise ValueError("differential diffusion needs a denoiser with a model_sampling (timestep map)")
         self.denoiser, self.known_x0, self.mask, self.noise = denoiser, known_x0, mask, noise
+        if not 0.0 <= differential_strength <= 1.0:
+            raise ValueError(f"differential_strength must be in [0, 1], got {differential_strength}")
+        self.differential, self.differential_strength = differential, float(differential_strength)
+
+    @staticmethod
+    def _sampling(denoiser: Denoiser) -> ModelSampling | None:
+        return getattr(denoiser, "model_sampling", None)
 
     @property
     def interpolation(self) -> Interpolation:
@@ -293,13 +323,28 @@ class InpaintDenoiser:
 
     @property
     def model_sampling(self) -> ModelSampling | None:
-        return getattr(self.denoiser, "model_sampling", None)
+        return self._sampling(self.denoiser)
+
+    def step_mask(self, sigma: float) -> Tensor:
+        """The mask used at noise level ``sigma``: the soft mask, or its differential-diffusion threshold."""
+        if self.differential is None:
+            return self.mask
+        ms = self.model_sampling
+        assert ms is not None  # checked in __init__
+        sigma_from, sigma_to = self.differential
+        sigma_to = max(sigma_to, float(ms.sigma_min))
+        t = ms.timestep(torch.tensor([sigma_from, sigma_to, sigma], dtype=torch.float64))
+        t_from, t_to, t_now = (float(v) for v in t)
+        threshold = (t_now - t_to) / (t_from - t_to) if t_from != t_to else 0.0
+        binary = (self.mask >= threshold).to(self.mask.dtype)
+        st = self.differential_strength
+        return st * binary + (1 - st) * self.mask if 0.0 < st < 1.0 else binary
 
     def __call__(self, x: Tensor, sigma: Tensor | float, cond: Any = None) -> Tensor:
-        mask = self.mask.to(device=x.device, dtype=x.dtype)
-        known = self.known_x0.to(device=x.device, dtype=x.dtype)
         sigma_t = torch.as_tensor(sigma, device=x.device)
         sigma_t = sigma_t.expand(x.shape[0]) if sigma_t.ndim == 0 else sigma_t  # (B,)
+        mask = self.step_mask(float(sigma_t.reshape(-1)[0])).to(device=x.device, dtype=x.dtype)
+        known = self.known_x0.to(device=x.device, dtype=x.dtype)
         known_noisy = noised_start(known.expand_as(x), self.noise, sigma_t, self.interpolation)
         x_in = mask * x + (1 - mask) * known_noisy
         x0 = self.denoiser(x_in, sigma_t, cond)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from latentworks.data.captions import USER_FORMS, PromptForm, caption_parts, user_prompt
 from latentworks.evaluation.fid import (
     InceptionFeatures,
     extract_features,
@@ -157,21 +158,50 @@ def evaluate_generation(
     progress: bool = True,
     feature_cache: Path | None = None,
     label_columns: tuple[str, ...] = ("hexcodes", "styles"),
+    prompts: str = "training",
+    pick_seed: int | None = None,
 ) -> GenerationEval:
-    """FID/KID of ``pipe``'s images for N captions of ``split`` against those N real images, beside the
-    real-vs-real figure (see the module docstring), and :class:`PromptFollowing` on the same features
-    (label columns: those of ``label_columns`` the dataset's ``extra`` holds). ``feature_cache``: a
-    folder where the real images' Inception features are kept between runs."""
-    ds, pick, other = pick_real(dataset, split, n, seed)
+    """FID/KID of ``pipe``'s images for N prompts of ``split`` against the N real images they describe,
+    beside the real-vs-real figure (see the module docstring), and :class:`PromptFollowing` on the same
+    features (label columns: those of ``label_columns`` the dataset's ``extra`` holds). ``feature_cache``:
+    a folder where the real images' Inception features are kept between runs.
+
+    ``prompts``: ``"training"`` (each image's own training caption), ``"user"`` (the forms people type,
+    cycling through label only, label + style and label + a tag or two: :func:`prompt_texts`), or one of
+    those forms. ``seed`` seeds the generation; ``pick_seed`` (default: ``seed``) which real images are
+    picked: give it to score two generation seeds on the same images."""
+    ds, pick, other = pick_real(dataset, split, n, seed if pick_seed is None else pick_seed)
     real = ds.images[pick]
-    captions = [ds.captions[i] for i in pick]
+    captions = prompt_texts(ds, pick, prompts)
     fake = generate_for_captions(
         pipe, captions, seed=seed, steps=steps, guidance=guidance, sampler=sampler, progress=progress
     )
     if fake.shape[1:3] != real.shape[1:3]:
         raise ValueError(f"generated {fake.shape[1:3]} but the dataset holds {real.shape[1:3]} images")
     labels = {k: ds.extra[k][pick] for k in label_columns if k in ds.extra}
-    return _score(split, real, ds.images[other], fake, model, feature_cache, labels)
+    name = split if prompts == "training" else f"{split}, {prompts} prompts"
+    return _score(name, real, ds.images[other], fake, model, feature_cache, labels)
+
+
+PROMPT_SETS = ("training", "user", *USER_FORMS)
+
+
+def prompt_texts(ds: Any, pick: np.ndarray, prompts: str) -> list[str]:
+    """The prompt for each picked image: its training caption (``"training"``), or a user form built from
+    the caption's parts (the dataset's ``labels``/``tags``/``styles`` columns); ``"user"`` cycles through
+    :data:`~latentworks.data.captions.USER_FORMS` by position."""
+    if prompts == "training":
+        return [ds.captions[int(i)] for i in pick]
+    if prompts not in PROMPT_SETS:
+        raise ValueError(f"unknown prompt set {prompts!r}; choose from {', '.join(PROMPT_SETS)}")
+    parts = caption_parts(ds.extra, len(ds))
+    if parts is None:
+        raise ValueError(
+            "user-form prompts need the captions' parts (label, tags, style) that 'latentworks data emoji' "
+            "stores; rebuild the dataset, or score --prompts training"
+        )
+    forms: list[PromptForm] = list(USER_FORMS) if prompts == "user" else [prompts]  # type: ignore[list-item]
+    return [user_prompt(parts[int(i)], forms[k % len(forms)], k) for k, i in enumerate(pick)]
 
 
 def pick_real(dataset: Any, split: str, n: int, seed: int) -> tuple[Any, np.ndarray, np.ndarray]:

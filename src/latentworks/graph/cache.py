@@ -181,6 +181,19 @@ class OutputCache:
             self._entries.clear()
             self._bytes = 0
 
+    def discard(self, where: Callable[[CacheEntry], bool]) -> int:
+        """Drop every entry for which ``where(entry)`` is true (e.g. those holding a loaded model, for the
+        server's POST /free); returns how many were dropped."""
+        with self._lock:
+            items = list(self._entries.items())
+        doomed = [key for key, (entry, _) in items if where(entry)]
+        with self._lock:
+            for key in doomed:
+                item = self._entries.pop(key, None)
+                if item is not None:
+                    self._bytes -= item[1]
+        return len(doomed)
+
     @property
     def nbytes(self) -> int:
         """Bytes held by the cached entries, as the sizer measured them."""

@@ -60,6 +60,8 @@ class ExecutionContext:
             (set by :meth:`Executor.execute` from ``budgets.max_job_seconds`` when left None).
         output_dir, temp_dir, input_dir: where nodes write results / scratch files and read uploads.
         extra_data: the job's extra_data (client_id, extra_pnginfo ...).
+        previews: whether anyone wants preview images; when False, :meth:`progress` drops them and nodes
+            may skip making them (the server switches them off unless a preview method is asked for).
         node_id, class_type: the node currently executing (set by the executor).
     """
 
@@ -74,6 +76,7 @@ class ExecutionContext:
     temp_dir: Path | None = None
     input_dir: Path | None = None
     extra_data: Mapping[str, Any] = field(default_factory=dict)
+    previews: bool = True
     node_id: str | None = None
     class_type: str | None = None
 
@@ -125,7 +128,7 @@ class ExecutionContext:
         Also checks for cancellation, so a sampler callback that reports progress is cancellable.
         """
         self.emit("progress", {"value": value, "max": max, "prompt_id": self.prompt_id, "node": self.node_id})
-        if preview is not None:
+        if preview is not None and self.previews:
             if not isinstance(preview, Preview):
                 preview = Preview(*preview)
             self.emit(

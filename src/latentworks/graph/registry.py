@@ -110,7 +110,9 @@ def node_info(spec: NodeSpec) -> dict[str, Any]:
         "name": spec.name,
         "display_name": spec.display_name or spec.name,
         "description": spec.description,
-        "python_module": "latentworks.nodes",
+        # "nodes" is how ComfyUI names its core node module; its frontend files such nodes as core ("Comfy
+        # Core"), not as a third-party extension.
+        "python_module": "nodes",
         "category": spec.category,
         "output_node": spec.output_node,
     }

@@ -83,9 +83,11 @@ class InputSpec:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not self.name.isidentifier():
+        # dotted names are ComfyUI's sub-inputs of dynamic inputs ("format.bit_depth"); such nodes take **kwargs
+        if not all(part.isidentifier() for part in self.name.split(".")):
             raise ValueError(
-                f"input name {self.name!r} must be a Python identifier (it is passed as a keyword)"
+                f"input name {self.name!r} must be a Python identifier, or identifiers joined by dots "
+                "(it is passed as a keyword)"
             )
         if not self.type:
             raise ValueError(f"input {self.name!r} needs a type string such as 'INT' or 'MODEL'")

@@ -230,9 +230,14 @@ class _Flattener:
         # The boundary nodes of a subgraph: "in" outputs the instance's inputs, "out" takes inner links.
         if prefix:
             owner = prefix[:-1]
-            self.nodes[prefix + "in"] = _Node(
-                prefix + "in", "subgraph input", "", 0, kind="subgraph_in", owner=owner
-            )
+            boundary = _Node(prefix + "in", "subgraph input", "", 0, kind="subgraph_in", owner=owner)
+            # the subgraph's input names, by slot: an instance lists only some of them (the linked or
+            # promoted ones), so its inputs are matched by name, not by position
+            declared = graph.get("inputs")
+            boundary.output_types = [
+                str(i.get("name", "")) if isinstance(i, Mapping) else "" for i in declared or []
+            ] if isinstance(declared, list) else []  # fmt: skip
+            self.nodes[prefix + "in"] = boundary
             out = _Node(prefix + "out", "subgraph output", "", 0, kind="subgraph_out", owner=owner)
             for a, b, c, d, t in links.values():
                 if c == SUBGRAPH_OUTPUT_ID:
@@ -322,8 +327,12 @@ class _Converter:
     def instance_input(self, boundary: _Node, slot: int) -> tuple[tuple[str, int] | None, _Source]:
         """The source feeding input ``slot`` of a subgraph instance, or its promoted widget's value."""
         owner = self.nodes[boundary.owner or ""]
-        if slot >= len(owner.inputs):
-            return None, None
+        name = boundary.output_types[slot] if slot < len(boundary.output_types) else ""
+        named = [i for i in owner.inputs if name and i.name == name]
+        if named:
+            slot = owner.inputs.index(named[0])
+        elif name or slot >= len(owner.inputs):
+            return None, None  # not on the instance: the inner node keeps its own widget value
         inp = owner.inputs[slot]
         if inp.source is not None or not inp.widget:
             return inp.source, None
@@ -369,8 +378,12 @@ def widget_values_by_name(spec: NodeSpec, widgets: Any) -> dict[str, Any]:
         values[inp.name] = widgets[pos]
         pos += 1
         control = widgets[pos] if pos < len(widgets) else None
-        if inp.extra.get("control_after_generate") and isinstance(control, str) and control in CONTROL_VALUES:
-            pos += 1  # the "control after generate" combo the editor adds after a seed
+        if inp.extra.get("control_after_generate") and (
+            (isinstance(control, str) and control in CONTROL_VALUES) or isinstance(control, bool)
+        ):
+            pos += (
+                1  # the "control after generate" combo the editor adds after a seed (a bool in older files)
+            )
     return values
 
 
@@ -431,7 +444,11 @@ def _ui_to_api(workflow: Any, registry: NodeRegistry) -> dict[str, dict[str, Any
             if ui_input is not None and ui_input.source is not None:
                 resolved = conv.resolve(ui_input.source, spec_input)
                 if resolved is None:
-                    continue  # left out, as the editor does; the validator names a missing required input
+                    # nothing behind the link (a subgraph input the instance leaves unset, a dangling
+                    # link): a widget keeps its own value; else left out (the validator names it)
+                    if spec_input.name in widget_values:
+                        inputs[spec_input.name] = widget_values[spec_input.name]
+                    continue
                 kind, a, b = resolved
                 if kind == "muted":
                     if not spec_input.optional:
@@ -440,6 +457,10 @@ def _ui_to_api(workflow: Any, registry: NodeRegistry) -> dict[str, dict[str, Any
                 inputs[spec_input.name] = [a, b] if kind == "link" else a
             elif spec_input.name in widget_values:
                 inputs[spec_input.name] = widget_values[spec_input.name]
+            elif spec_input.type in PRIMITIVE_TYPES and spec_input.default is not None:
+                # a widget the saved node has no value for (saved without widgets_values, or before the
+                # input was added to the node type): the editor shows, and queues, its default
+                inputs[spec_input.name] = spec_input.default
         prompt[node.id] = {"class_type": spec.name, "inputs": inputs, "_meta": {"title": node.title}}
     if missing:
         raise MissingNodeTypes(missing)

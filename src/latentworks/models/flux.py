@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from latentworks.diffusion.conditioning import Conditioning
+from latentworks.diffusion.conditioning import CONCAT_KEY, Conditioning
 from latentworks.nn.attention import StreamAttention, attention, split_heads
 from latentworks.nn.embeddings import TIME_EMBED_DIM, timestep_embedding
 from latentworks.nn.final import FinalLayer
@@ -205,9 +205,20 @@ class Flux(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
         cfg = self.config
+        concat = cond.extra.get(CONCAT_KEY)
+        if concat is not None and x.shape[1] + concat.shape[1] == cfg.in_channels:
+            x = torch.cat(
+                [x, concat.to(x)], dim=1
+            )  # FLUX Fill: + masked latent + folded mask, packed together
         b, c, height, width = x.shape
         if c != cfg.in_channels:
-            raise ValueError(f"FLUX expects latents (B, {cfg.in_channels}, H, W), got {tuple(x.shape)}")
+            hint = (
+                f"; this is a FLUX Fill model: give it an image and mask (pipe(image=, mask=), or the "
+                f"InpaintModelConditioning node), which go in cond.extra[{CONCAT_KEY!r}]"
+                if c < cfg.in_channels and concat is None
+                else ""
+            )
+            raise ValueError(f"FLUX expects latents (B, {cfg.in_channels}, H, W), got {tuple(x.shape)}{hint}")
         if cond.tokens.shape[-1] != cfg.context_dim:
             raise ValueError(
                 f"FLUX expects cond.tokens (B, L, {cfg.context_dim}), got {tuple(cond.tokens.shape)}"

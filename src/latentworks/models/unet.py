@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from latentworks.diffusion.conditioning import Conditioning
+from latentworks.diffusion.conditioning import CONCAT_KEY, Conditioning
 from latentworks.nn.attention import attention, split_heads
 from latentworks.nn.embeddings import timestep_embedding
 from latentworks.nn.norms import GroupNorm
@@ -481,8 +481,21 @@ class UNet(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
         cfg = self.config
+        concat = cond.extra.get(CONCAT_KEY)
+        if concat is not None and x.ndim == 4 and x.shape[1] + concat.shape[1] == cfg.in_channels:
+            x = torch.cat([x, concat.to(x)], dim=1)  # inpainting models: (B, C + 5, H, W)
         if x.ndim != 4 or x.shape[1] != cfg.in_channels:
-            raise ValueError(f"UNet expects x of shape (B, {cfg.in_channels}, H, W), got {tuple(x.shape)}")
+            more = cfg.in_channels - x.shape[1] if x.ndim == 4 else 0
+            hint = (
+                f"; this network takes {more} extra input channels (an inpainting model: the mask and the "
+                f"masked image's latent in cond.extra[{CONCAT_KEY!r}], made by pipe(image=, mask=) or the "
+                "InpaintModelConditioning node)"
+                if more > 0 and concat is None
+                else ""
+            )
+            raise ValueError(
+                f"UNet expects x of shape (B, {cfg.in_channels}, H, W), got {tuple(x.shape)}{hint}"
+            )
         if cond.tokens.shape[0] != x.shape[0] or cond.tokens.shape[-1] != cfg.context_dim:
             raise ValueError(
                 f"UNet: cond.tokens must be (B={x.shape[0]}, S, {cfg.context_dim}), got {tuple(cond.tokens.shape)}"

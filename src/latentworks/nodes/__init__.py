@@ -20,6 +20,7 @@ def default_registry(
     from latentworks.nodes.custom_sampling import custom_sampling_nodes
     from latentworks.nodes.image import image_nodes
     from latentworks.nodes.image_ops import image_ops_nodes
+    from latentworks.nodes.inpaint import inpaint_nodes
     from latentworks.nodes.latent_ops import latent_ops_nodes
     from latentworks.nodes.loaders import split_loader_nodes
     from latentworks.nodes.model_patches import model_patch_nodes
@@ -27,6 +28,8 @@ def default_registry(
     from latentworks.nodes.primitives import primitive_nodes
     from latentworks.nodes.qwen_edit import qwen_edit_nodes
     from latentworks.nodes.sampling import sampling_nodes
+    from latentworks.nodes.upscale import upscale_nodes
+    from latentworks.nodes.utility import utility_nodes
 
     md = None if models_dir is None else Path(models_dir)
     idir = None if input_dir is None else Path(input_dir)
@@ -42,7 +45,10 @@ def default_registry(
             # custom sampling and model-sampling patches (issue 23)
             *custom_sampling_nodes(),
             *model_patch_nodes(),
+            *inpaint_nodes(),  # InpaintModelConditioning, DifferentialDiffusion, GrowMask, ThresholdMask
+            *upscale_nodes(md),  # UpscaleModelLoader, ImageUpscaleWithModel (spandrel)
             *split_loader_nodes(md),  # UNETLoader, CLIPLoader, ..., VAELoader (nodes/loaders.py)
+            *utility_nodes(),  # SaveImageAdvanced, ImageCompare, ResolutionSelector (template coverage)
             *qwen_edit_nodes(),  # TextEncodeQwenImageEdit, ReferenceLatent (issue 22)
         ]
     )

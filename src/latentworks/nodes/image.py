@@ -57,14 +57,18 @@ def _vae_encode(ctx: Any, pixels: torch.Tensor, vae: VAEPayload) -> tuple[Any, .
 def _vae_encode_inpaint(
     ctx: Any, pixels: torch.Tensor, vae: VAEPayload, mask: torch.Tensor, grow_mask_by: int
 ) -> tuple[Any, ...]:
+    """ComfyUI's VAEEncodeForInpaint: grey out (0.5) the rounded mask's area, encode, and attach the mask grown
+    by a ``grow_mask_by`` x ``grow_mask_by`` box (rounded) as the noise mask."""
     m = (mask if mask.ndim == 3 else mask[None]).float()[:, None]  # (B, 1, H, W)
-    m = F.interpolate(m, size=pixels.shape[1:3], mode="bilinear")
+    m = F.interpolate(m, size=pixels.shape[1:3], mode="bilinear").round()
+    grown = m
     if grow_mask_by > 0:
-        k = 2 * grow_mask_by + 1
-        m = F.max_pool2d(m, k, stride=1, padding=grow_mask_by)
-    keep = (m.round() < 0.5).permute(0, 2, 3, 1).float()  # grey out what will be regenerated
-    pixels = pixels[..., :3] * keep + 0.5 * (1 - keep)
-    return (Latent(samples=_encode_pixels(ctx, vae, pixels), noise_mask=m.round(), factor=vae.factor),)
+        kernel = torch.ones(1, 1, grow_mask_by, grow_mask_by)
+        pad = grow_mask_by // 2  # = ceil((k - 1) / 2); an even box grows one pixel more down/right
+        grown = F.conv2d(m, kernel, padding=pad).clamp(0, 1)[..., : m.shape[-2], : m.shape[-1]].round()
+    keep = (1 - m).permute(0, 2, 3, 1)  # (B, H, W, 1)
+    pixels = (pixels[..., :3] - 0.5) * keep + 0.5
+    return (Latent(samples=_encode_pixels(ctx, vae, pixels), noise_mask=grown, factor=vae.factor),)
 
 
 def _safe_prefix(prefix: str) -> tuple[str, str]:

@@ -22,6 +22,7 @@ from latentworks.graph.types import InputSpec, NodeSpec, OutputSpec
 from latentworks.nodes.budgets import decoder_refused, file_fingerprint
 from latentworks.nodes.image import _input_path, list_inputs
 from latentworks.nodes.resize import CROP_METHODS, IMAGE_METHODS, resize
+from latentworks.pipelines.inpaint import pad_for_outpaint
 
 MAX_RESOLUTION = 16384  # ComfyUI's nodes.MAX_RESOLUTION
 MASK_CHANNELS = ("alpha", "red", "green", "blue")
@@ -97,41 +98,12 @@ def _image_crop(ctx: Any, image: Tensor, width: int, height: int, x: int, y: int
     return (image[:, y : y + height, x : x + width, :],)
 
 
-def outpaint_feather(
-    height: int, width: int, top: int, bottom: int, left: int, right: int, feathering: int
-) -> Tensor:
-    """The mask over the original image's area in ImagePadForOutpaint: 0 inside, rising as
-    ((feathering - d) / feathering)**2 within ``feathering`` pixels of a padded edge, where d is the
-    distance (in pixels, ComfyUI's convention: row i is i from the top and height - i from the bottom)."""
-    t = torch.zeros(height, width, dtype=torch.float32)
-    if not (feathering > 0 and feathering * 2 < height and feathering * 2 < width):
-        return t
-    i = torch.arange(height, dtype=torch.float32)[:, None].expand(height, width)
-    j = torch.arange(width, dtype=torch.float32)[None, :].expand(height, width)
-    big_h, big_w = torch.full_like(i, height), torch.full_like(j, width)
-    d = torch.stack(
-        [
-            i if top else big_h,
-            (height - i) if bottom else big_h,
-            j if left else big_w,
-            (width - j) if right else big_w,
-        ]
-    ).amin(0)
-    v = (feathering - d) / feathering
-    return torch.where(d < feathering, v * v, t)
-
-
 def _pad_for_outpaint(
     ctx: Any, image: Tensor, left: int, top: int, right: int, bottom: int, feathering: int
 ) -> tuple[Any, ...]:
-    b, h, w, c = image.shape
-    new_h, new_w = h + top + bottom, w + left + right
-    ctx.check_pixels(new_w, new_h, b, inputs="left, top, right, bottom")
-    out = torch.full((b, new_h, new_w, c), 0.5, dtype=torch.float32)
-    out[:, top : top + h, left : left + w, :] = image
-    mask = torch.ones(new_h, new_w, dtype=torch.float32)  # 1 = to generate
-    mask[top : top + h, left : left + w] = outpaint_feather(h, w, top, bottom, left, right, feathering)
-    return (out, mask)
+    b, h, w, _ = image.shape
+    ctx.check_pixels(w + left + right, h + top + bottom, b, inputs="left, top, right, bottom")
+    return pad_for_outpaint(image, left, top, right, bottom, feathering)
 
 
 def image_ops_nodes(input_dir: Path | None) -> list[NodeSpec]:

@@ -77,6 +77,16 @@ def resolve_weights(models_dir: Path | None, folders: Sequence[str], name: str, 
     raise FileNotFoundError(f"{what} {name!r} is not a file in {where}; put the .safetensors file there")
 
 
+def t5_tokenizer_beside(path: Path) -> Path | None:
+    """A T5 ``tokenizer.json`` kept next to a weights file: ``<name>.tokenizer.json`` for that file, else
+    ``t5_tokenizer.json`` for the whole folder; None when there is neither. (T5's tokenizer cannot be
+    bundled; SD3 and FLUX files read through the loader nodes find it here.)"""
+    for candidate in (path.with_name(path.stem + ".tokenizer.json"), path.parent / "t5_tokenizer.json"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def _device(ctx: Any, device: str = "default") -> Any:
     return "cpu" if device == "cpu" else (getattr(ctx, "device", None) or "cpu")
 
@@ -125,15 +135,21 @@ def load_text_encoders(
     from latentworks.models.text.families import make_prompt_encoder
 
     components: dict[str, Mapping[str, Any]] = {}
+    tokenizer: Path | None = None
     for path in paths:
         kind, sd = _text_encoder_kind(open_weights(path), path.name)
         if kind in components:
             raise ValueError(f"two {kind} text encoders given ({path.name} is the second); give one of each")
         components[kind] = sd
+        if kind == "t5xxl":
+            tokenizer = t5_tokenizer_beside(path)
     family = family_for_clip_type(clip_type, list(components))
     assert family.text is not None
     encoder = make_prompt_encoder(
-        family.text, {k: dict(v) for k, v in components.items()}, device=_device(ctx, device)
+        family.text,
+        {k: dict(v) for k, v in components.items()},
+        tokenizer_dir=tokenizer,
+        device=_device(ctx, device),
     )
     return ClipPayload(encoder)
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from latentworks.families.load import read_checkpoint
 from latentworks.graph.types import InputSpec, NodeSpec, OutputSpec
+from latentworks.nodes.loaders import t5_tokenizer_beside
 from latentworks.nodes.payloads import ClipPayload, ModelPayload, VAEPayload
 from latentworks.pipelines.loading import load_model_folder
 
@@ -80,7 +81,8 @@ def _load(ctx: Any, models_dir: Path | None, name: str) -> tuple[Any, Any]:
     device = getattr(ctx, "device", None) or "cpu"
     path = _resolve(models_dir, name)
     if resolve_checkpoint(path) is not None:
-        parts = read_checkpoint(path)
+        tokenizer = t5_tokenizer_beside(path) if isinstance(path, Path) and path.is_file() else None
+        parts = read_checkpoint(path, tokenizer=tokenizer)
         return model_from_parts(parts, device=device), text_encoder_from_parts(parts, device=device)
     from latentworks.models.text.minilm import MiniLMTextEncoder
 

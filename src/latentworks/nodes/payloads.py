@@ -86,9 +86,16 @@ class VAEPayload:
 
 @dataclass(frozen=True)
 class ConditioningPayload:
-    """CONDITIONING: one prompt's conditioning (batch 1; repeated to the latent batch when sampling)."""
+    """CONDITIONING: one prompt's conditioning (batch 1; repeated to the latent batch when sampling).
+
+    ``concat_latent`` and ``concat_mask`` (set by InpaintModelConditioning, as ComfyUI's ``concat_latent_image``
+    and ``concat_mask``) are what an inpainting model (9-channel U-Net) sees besides the prompt: the masked image's
+    model-space latent (B, C, h, w) and the pixel mask (B, 1, H, W), 1 = generate. Other models ignore them.
+    """
 
     cond: Conditioning
+    concat_latent: Tensor | None = None
+    concat_mask: Tensor | None = None
 
 
 @dataclass(frozen=True)

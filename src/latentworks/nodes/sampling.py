@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from latentworks.diffusion.conditioning import CONCAT_KEY
 from latentworks.diffusion.samplers import SAMPLERS, StepInfo
 from latentworks.diffusion.schedules import SCHEDULERS, get_sigmas
 from latentworks.graph.executor import ExecutionContext
@@ -23,12 +24,17 @@ from latentworks.nodes.guards import interruptible, needs_fine_checks
 from latentworks.nodes.payloads import ClipPayload, ConditioningPayload, Latent, ModelPayload, latent_factor
 from latentworks.nodes.resize import LATENT_METHODS, resize
 from latentworks.pipelines.families import add_conditioning_extras, behaviour_of, model_sampling_for
+from latentworks.pipelines.inpaint import inpaint_channels, model_inpaint_inputs
 from latentworks.pipelines.loading import ModelFolder
 from latentworks.pipelines.sampling import denoise_latents, seeds_for
 
 FLUX_DEFAULT_GUIDANCE = 3.5  # what FLUX.1-dev gets when no FluxGuidance node sets it (as in ComfyUI)
 
 SEED_MAX = 2**64 - 1
+
+DIFFERENTIAL_KEY = "differential_diffusion"
+"""``ModelFolder.meta`` key set by the DifferentialDiffusion node: sample with differential diffusion at this
+strength (a float in [0, 1], see ``InpaintDenoiser``)."""
 
 
 def _encode(ctx: Any, text: str, clip: ClipPayload) -> tuple[Any, ...]:
@@ -113,6 +119,48 @@ def materialise_latent(
     return x0, factor
 
 
+def model_concat(
+    folder: ModelFolder,
+    positive: ConditioningPayload,
+    negative: ConditioningPayload | None,
+    latent: Latent,
+    x0: torch.Tensor,
+) -> torch.Tensor:
+    """The extra input channels of an inpainting model for latents ``x0`` (B, C, h, w), as ComfyUI builds them:
+    InpaintModelConditioning's mask and masked-image latent (from the positive conditioning, else the
+    negative); without them the latent's noise mask and the latent itself (VAEEncodeForInpaint greys out the
+    masked area before encoding)."""
+    b, size = x0.shape[0], x0.shape[-2:]
+    source = next((c for c in (positive, negative) if c is not None and c.concat_latent is not None), None)
+    if source is not None:
+        masked, pixel_mask = source.concat_latent, source.concat_mask
+    elif latent.noise_mask is not None:
+        masked, pixel_mask = x0, latent.noise_mask
+    else:
+        raise ValueError(
+            "this is an inpainting model (it takes a mask and a masked image besides the latent): give it "
+            "InpaintModelConditioning's conditioning and latent, or a latent from VAEEncodeForInpaint"
+        )
+    assert masked is not None and pixel_mask is not None
+    masked = masked.to(x0.device).float()
+    if masked.shape[-2:] != size:
+        raise ValueError(
+            f"the inpainting image's latent is {tuple(masked.shape[-2:])} but the latent being sampled is "
+            f"{tuple(size)}; encode the same image that InpaintModelConditioning got"
+        )
+    f = latent_factor(folder)
+    m = F.interpolate(pixel_mask.to(x0.device).float(), size=(size[0] * f, size[1] * f), mode="bilinear")
+    return model_inpaint_inputs(folder, _to_batch(m, b), _to_batch(masked, b), resize="bilinear")
+
+
+def _to_batch(t: torch.Tensor, b: int) -> torch.Tensor:
+    """Repeat or cut ``t`` (B', ...) to ``b`` rows (ComfyUI's resize_to_batch_size for the common cases)."""
+    if t.shape[0] == b:
+        return t
+    reps = -(-b // t.shape[0])
+    return t.repeat(reps, *([1] * (t.ndim - 1)))[:b]
+
+
 def sample_along(
     ctx: ExecutionContext,
     folder: ModelFolder,
@@ -158,12 +206,17 @@ def sample_along(
         )
     elif cfg != 1.0:
         raise ValueError(f"a negative conditioning is needed for cfg {cfg}; connect one or set cfg to 1")
+    if inpaint_channels(folder):
+        extra = model_concat(folder, positive, negative, latent, x0)
+        cond = cond.with_extra(**{CONCAT_KEY: extra})
+        uncond = None if uncond is None else uncond.with_extra(**{CONCAT_KEY: extra})
     total = len(sigmas) - 1
     last: list[torch.Tensor] = []
 
     def callback(info: StepInfo) -> None:
         last[:] = [info.denoised]
-        preview = _preview_jpeg(torch.as_tensor(lf.preview(info.denoised[:1]))[0]) if lf.rgb_factors else None
+        wanted = lf.rgb_factors and getattr(ctx, "previews", True)  # off unless a preview method is set
+        preview = _preview_jpeg(torch.as_tensor(lf.preview(info.denoised[:1]))[0]) if wanted else None
         ctx.progress(info.i + 1, total, preview=preview)  # raises Interrupted when cancelled
 
     # /interrupt and the wall-time budget are checked before every network block, not only between steps.
@@ -181,6 +234,7 @@ def sample_along(
             sampler_name,
             add_noise=add_noise,
             mask=mask,
+            differential=folder.meta.get(DIFFERENTIAL_KEY, False),
             callback=callback,
             sampler_options=sampler_options,
         )

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from latentworks.checkpoints.io import load_state_dict, read_metadata, save_file_atomic
 from latentworks.data.arrays import ArrayDataset
+from latentworks.data.captions import CaptionParts, caption_parts
 
 
 @dataclass
@@ -28,6 +29,9 @@ class LatentCache:
     scale: float
     shift: float
     metadata: dict
+    parts: list[CaptionParts] | None = (
+        None  # the captions' parts, for caption augmentation (data/captions.py)
+    )
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -72,18 +76,25 @@ def encode_dataset(
 
 
 def save_latent_cache(
-    path: str | Path, mean: Tensor, std: Tensor, captions: list[str], metadata: dict | None = None
+    path: str | Path,
+    mean: Tensor,
+    std: Tensor,
+    captions: list[str],
+    metadata: dict | None = None,
+    parts: list[CaptionParts] | None = None,
 ) -> LatentCache:
+    """Write the cache; ``parts`` (one per caption, optional) are kept as metadata ``caption_parts``."""
     shift = float(mean.mean())
     scale = float(1.0 / mean.std().clamp(min=1e-6))
     meta = dict(metadata or {})
     meta.update(scale=scale, shift=shift, count=len(captions))
-    save_file_atomic(
-        {"mean": mean.half(), "std": std.half()},
-        path,
-        {"captions": json.dumps(captions), "metadata": json.dumps(meta)},
-    )
-    return LatentCache(mean.half().float(), std.half().float(), list(captions), scale, shift, meta)
+    text = {"captions": json.dumps(captions), "metadata": json.dumps(meta)}
+    if parts is not None:
+        if len(parts) != len(captions):
+            raise ValueError(f"{len(parts)} caption parts for {len(captions)} captions")
+        text["caption_parts"] = json.dumps([[p.label, list(p.tags), p.style] for p in parts])
+    save_file_atomic({"mean": mean.half(), "std": std.half()}, path, text)
+    return LatentCache(mean.half().float(), std.half().float(), list(captions), scale, shift, meta, parts)
 
 
 def load_latent_cache(path: str | Path) -> LatentCache:
@@ -98,6 +109,11 @@ def load_latent_cache(path: str | Path) -> LatentCache:
     if "mean" not in t or "std" not in t or "captions" not in meta:
         raise ValueError(f"{path}: not a latent cache (expected tensors 'mean', 'std' and captions metadata)")
     md = json.loads(meta.get("metadata", "{}"))
+    parts = None
+    if "caption_parts" in meta:
+        parts = [
+            CaptionParts(str(a), tuple(map(str, b)), str(c)) for a, b, c in json.loads(meta["caption_parts"])
+        ]
     return LatentCache(
         t["mean"].float(),
         t["std"].float(),
@@ -105,6 +121,7 @@ def load_latent_cache(path: str | Path) -> LatentCache:
         float(md["scale"]),
         float(md["shift"]),
         md,
+        parts,
     )
 
 
@@ -172,4 +189,5 @@ def cache_latents(
             "split": split,
             "resolution": ds.resolution,
         },
+        parts=caption_parts(ds.extra, len(ds)),
     )

@@ -372,13 +372,21 @@ def describe_model(name_or_path: str | Path, models_dir: str | Path | None = Non
         f"text        {meta.get('text_encoder')}",
         f"defaults    {meta.get('defaults')}",
     ]
-    for key in ("training_data", "training", "licence", "credits"):
+    for key in ("prompting", "training_data", "training", "licence", "credits"):
         if key in card:
             lines.append(f"{key:<11} {card[key]}")
     return "\n".join(lines)
 
 
 # -- checkpoints from elsewhere (single files, diffusers folders) ----------------------------------------
+
+
+def inpaint_input_channels(latent_channels: int, factor: int) -> tuple[int, ...]:
+    """Input channels of the inpainting models latentworks runs, for ``latent_channels``-channel latents and a VAE
+    of ``factor``: SD 1.x/2.x/XL inpainting U-Nets (latent + mask + masked-image latent, 9 for SD) and FLUX.1 Fill
+    (latent + masked-image latent + the mask folded factor x factor, 96 for FLUX)."""
+    c = latent_channels
+    return (2 * c + 1, 2 * c + factor * factor)
 
 
 def model_from_parts(
@@ -404,11 +412,16 @@ def model_from_parts(
             f"{parts.source} has no VAE: pass one (CLI: --vae FILE; API: vae=PATH), e.g. {example}"
         )
     arch, config = parts.architecture, parts.denoiser_config
-    if config.in_channels != parts.latent_format.channels:
+    c = parts.latent_format.channels
+    factor = (
+        int(getattr(parts.vae_config, "downsample_factor", 8) or 8) if parts.vae_config is not None else 8
+    )
+    inpainting = inpaint_input_channels(c, factor)
+    if config.in_channels not in (c, *inpainting):
         raise ValueError(
-            f"{parts.source} is an inpainting or control model ({config.in_channels} input channels for "
-            f"{parts.latent_format.channels}-channel latents); text-to-image needs a regular checkpoint "
-            "(inpainting pipelines are not built yet)"
+            f"{parts.source} is a control or other special model ({config.in_channels} input channels for "
+            f"{c}-channel latents); latentworks runs regular models and inpainting models "
+            f"({' or '.join(str(n) for n in inpainting)} input channels)"
         )
     net = build_on_meta(arch.network, config, parts.denoiser_state, device=device, dtype=dtype)
     vae = (

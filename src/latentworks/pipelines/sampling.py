@@ -93,6 +93,8 @@ def denoise_latents(
     *,
     add_noise: bool = True,
     mask: Tensor | None = None,
+    differential: bool | float = False,
+    masked_from_noise: bool = False,
     callback: Callable[[StepInfo], object] | None = None,
     sampler_options: dict[str, Any] | None = None,
     guidance_interval: tuple[float, float] | None = None,
@@ -104,7 +106,10 @@ def denoise_latents(
     ``cond`` / ``uncond`` are the prompt's and the negative prompt's ``Conditioning`` (B rows);
     ``uncond`` is unused when ``guidance == 1``. ``add_noise=False`` starts from ``x0`` as it is
     (KSamplerAdvanced continuing a run); ``mask`` (B, 1, h, w), 1 = regenerate, keeps the rest of
-    ``x0``. With fewer than two sigmas there is nothing to do and ``x0`` comes back.
+    ``x0`` (:class:`~latentworks.diffusion.guidance.InpaintDenoiser`); ``differential`` turns the soft mask into
+    differential diffusion's per-step threshold (a float in (0, 1) blends that with the soft mask: its strength); ``masked_from_noise`` starts the masked region from noise
+    alone (``x0 * (1 - mask)`` is noised), so a full-strength inpaint with mask 1 equals plain generation.
+    With fewer than two sigmas there is nothing to do and ``x0`` comes back.
     ``guidance_interval`` ``(sigma_lo, sigma_hi)``: guide only at those noise levels (see
     :class:`~latentworks.diffusion.guidance.CFGDenoiser`); None = at every step.
 
@@ -120,8 +125,13 @@ def denoise_latents(
     device = x0.device
     noise = seeded_noise(shape, seeds, device=device)
     denoiser = make_denoiser(model.denoiser_net, model.prediction, model.model_sampling)
-    x = noised_start(x0, noise, sigmas[0], denoiser.interpolation) if add_noise else x0
-    inner: Denoiser = denoiser if mask is None else InpaintDenoiser(denoiser, x0, mask, noise)
+    start = x0 * (1 - mask) if mask is not None and masked_from_noise else x0
+    x = noised_start(start, noise, sigmas[0], denoiser.interpolation) if add_noise else start
+    inner: Denoiser = denoiser
+    if mask is not None:
+        span = (float(sigmas[0]), float(sigmas[-1])) if differential else None
+        strength = 1.0 if isinstance(differential, bool) else float(differential)
+        inner = InpaintDenoiser(denoiser, x0, mask, noise, differential=span, differential_strength=strength)
     with torch.no_grad(), model_loras(model):
         return get_sampler(sampler)(
             CFGDenoiser(inner, guidance, interval=guidance_interval, norm=model.guidance_norm),

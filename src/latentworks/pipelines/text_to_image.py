@@ -19,10 +19,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from latentworks.diffusion.conditioning import Conditioning
+from latentworks.diffusion.conditioning import CONCAT_KEY, Conditioning
 from latentworks.diffusion.guidance import check_interval
 from latentworks.diffusion.samplers import SAMPLERS, StepInfo
 from latentworks.diffusion.schedules import SCHEDULERS, get_sigmas
@@ -36,8 +37,19 @@ from latentworks.pipelines.families import (
     model_sampling_for,
     release_schedule,
 )
+from latentworks.pipelines.inpaint import (
+    blur_mask,
+    grow_mask,
+    inpaint_channels,
+    latent_mask,
+    mask_to_tensor,
+    masked_pixels,
+    model_inpaint_inputs,
+)
+from latentworks.pipelines.inpaint import composite as inpaint_composite
 from latentworks.pipelines.loading import ModelFolder, load_model_folder
 from latentworks.pipelines.sampling import denoise_latents, seeds_for
+from latentworks.pipelines.upscale import UpscaleModel, load_upscale_model, upscale_images
 
 
 @dataclass(frozen=True)
@@ -219,7 +231,7 @@ class Pipeline:
         self, prompts: list[str], edit: tuple[Image.Image, Tensor] | None = None
     ) -> Conditioning:
         """The prompts' conditioning; with ``edit`` (the resized input image and its model-space latents, from
-        an editing model's ``image=``) the text encoder reads the image too and the latents ride along as
+        an editing model's ``edit_image=``) the text encoder reads the image too and the latents ride along as
         ``extra["reference_latents"]``."""
         with contextlib.ExitStack() as stack:
             for m in self._text_networks():
@@ -241,11 +253,13 @@ class Pipeline:
         recipe = self.behaviour.edit_text
         if recipe is None or not hasattr(self.text_encoder, "encode_with_image"):
             raise ValueError(
-                f"{name} does not take an input image (image= / --image): only editing models such as "
-                "Qwen-Image-Edit do; for image-to-image use init_image= (CLI: --init-image)"
+                f"{name} does not take an image to edit (edit_image= / --image): only editing models such as "
+                "Qwen-Image-Edit do; for image-to-image use image= (CLI: --init IMAGE)"
             )
         if init_image is not None:
-            raise ValueError("give either image= (editing) or init_image= (image-to-image), not both")
+            raise ValueError(
+                "give either edit_image= (editing) or image= / init_image= (image-to-image), not both"
+            )
         picture = resize_for_edit(image, self.behaviour.edit_area)
         return picture, self.encode_images([picture], (picture.height, picture.width))
 
@@ -276,20 +290,31 @@ class Pipeline:
 
     def encode_images(self, images: list[Image.Image], size: tuple[int, int]) -> Tensor:
         """Images -> model-space latents (posterior mode, then the latent format's scale/shift)."""
-        x = images_to_tensor(images, size).to(self.device, self.dtype)
+        return self.encode_pixels(images_to_tensor(images, size))
+
+    def encode_pixels(self, x: Tensor) -> Tensor:
+        """Pixels (B, 3, H, W) in [-1, 1] -> model-space latents (B, C, H/f, W/f) (posterior mode)."""
         with torch.no_grad(), self.offloader.use(self.vae):
-            z = self.vae.encode(x).mode()
+            z = self.vae.encode(x.to(self.device, self.dtype)).mode()
         return self.model.latent_format.process_in(z.float())
 
-    def decode_latents(self, z: Tensor) -> list[Image.Image]:
-        """Model-space latents -> images; an fp16/bf16 VAE that overflows is re-run in fp32, and
-        ``self.vae_tile`` decodes large images in tiles."""
+    def decode_pixels(self, z: Tensor) -> Tensor:
+        """Model-space latents -> float32 pixels (B, 3, H, W) in [-1, 1] (unclamped); an fp16/bf16 VAE that
+        overflows is re-run in fp32, and ``self.vae_tile`` decodes large images in tiles."""
         from latentworks.pipelines import memory
 
         with torch.no_grad(), self.offloader.use(self.vae):
             raw = self.model.latent_format.process_out(z)
-            x = memory.decode_latents(self.vae, raw, tile=self.vae_tile)
-        return tensor_to_images(x)
+            return memory.decode_latents(self.vae, raw, tile=self.vae_tile)
+
+    def decode_latents(self, z: Tensor) -> list[Image.Image]:
+        """Model-space latents -> images (see :meth:`decode_pixels`)."""
+        return tensor_to_images(self.decode_pixels(z))
+
+    @property
+    def inpaint_channels(self) -> int:
+        """Extra input channels of the denoiser: 5 for SD/SDXL inpainting U-Nets (mask + masked latent), else 0."""
+        return inpaint_channels(self.model)
 
     # -- generation --------------------------------------------------------------------------------
 
@@ -307,8 +332,19 @@ class Pipeline:
         width: int | None = None,
         height: int | None = None,
         init_image: Image.Image | list[Image.Image] | None = None,
-        image: Image.Image | None = None,
+        image: Image.Image | list[Image.Image] | None = None,
+        edit_image: Image.Image | None = None,
         strength: float = 1.0,
+        mask: Image.Image | Tensor | np.ndarray | None = None,
+        mask_blur: float = 0.0,
+        mask_grow: int = 0,
+        composite: bool = False,
+        noise_mask: bool | None = None,
+        differential: bool = False,
+        hires_scale: float = 1.0,
+        hires_denoise: float = 0.5,
+        hires_upscale: str | Path | UpscaleModel = "latent",
+        hires_steps: int | None = None,
         callback: Callable[[PipelineStep], Any] | None = None,
         sampler_options: dict[str, Any] | None = None,
         guidance_interval: tuple[float, float] | None = None,
@@ -316,14 +352,35 @@ class Pipeline:
         """Generate ``batch`` images per prompt.
 
         Image i uses seed ``seed + i`` (``pipelines.sampling.seeds_for``, as the KSampler node and training
-        previews do): it equals a single run with that seed. With ``init_image``,
-        generation starts from the encoded image noised to the level ``strength`` selects (1 = pure
-        noise, 0 = the image back up to VAE error). ``callback`` gets a ``PipelineStep`` after each
+        previews do): it equals a single run with that seed. With ``image`` (or its older name
+        ``init_image``), generation starts from the encoded image noised to the level ``strength`` selects
+        (1 = pure noise, 0 = the image back up to VAE error). ``callback`` gets a ``PipelineStep`` after each
         step; returning False cancels (the result then holds the partially denoised images).
         ``guidance_interval`` ``(sigma_lo, sigma_hi)`` applies guidance only at those noise levels
         (Kynkaanniemi et al. 2024: guidance at high noise costs variety, at low noise it does little);
         default: the model's ``defaults["guidance_interval"]``, else every step. Steps outside it skip
         the unconditional half of the batch.
+
+        ``edit_image`` (editing models, Qwen-Image-Edit): the image the prompt describes a change to; it is read
+        by the text encoder's vision tower and its latents join the denoiser's sequence; the output takes its
+        aspect ratio at the family's edit area unless ``width``/``height`` are given.
+        Inpainting (docs/editing.md): ``mask`` (PIL image, white = regenerate, or an (H, W) array in [0, 1]) over
+        ``image`` regenerates the white area. Without ``width``/``height`` the image's own size is used (rounded
+        down to the VAE factor); a mask of another size than the image is resized with a
+        :class:`~latentworks.pipelines.inpaint.MaskSizeWarning`. ``mask_grow`` pixels dilate it (negative:
+        erode), then ``mask_blur`` (Gaussian sigma, pixels) softens it. Any model inpaints through the latent
+        noise mask (soft masks blend the kept latent back at every step, as ComfyUI's KSampler does);
+        ``differential=True`` uses differential diffusion instead of blending (grey = change a little).
+        Inpainting models (9-channel SD/SDXL U-Nets) also see the mask and the masked image's latent, as
+        diffusers' StableDiffusionInpaintPipeline gives them; for them the noise mask is off by default
+        (``noise_mask=True`` turns it on). ``composite=True`` pastes the unmasked pixels of the image back
+        over the decoded result, so they are unchanged exactly.
+
+        Hires fix (two passes): ``hires_scale > 1`` samples at the requested size, upscales the result by
+        that factor (``hires_upscale``: ``"latent"`` = bilinear in latent space, ``"pixel"`` = decode, bicubic,
+        encode, the path of an upscale model file for spandrel, or a loaded
+        :class:`~latentworks.pipelines.upscale.UpscaleModel`) and samples again from it at
+        ``hires_denoise`` with ``hires_steps`` (default: ``steps``).
         """
         d = self.model.defaults
         steps = int(steps if steps is not None else d.get("steps", 20))
@@ -343,6 +400,16 @@ class Pipeline:
             raise ValueError(f"batch must be at least 1, got {batch}")
         if not 0.0 <= strength <= 1.0:
             raise ValueError(f"strength must be in [0, 1], got {strength}")
+        if image is not None and init_image is not None:
+            raise ValueError("give the starting image once: image= (init_image= is its older name)")
+        init_image = image if image is not None else init_image
+        if mask is not None and init_image is None:
+            raise ValueError("a mask needs the image it applies to: pass image= as well")
+        if mask is None and (composite or differential or mask_blur or mask_grow or noise_mask):
+            raise ValueError("composite, differential, mask_blur, mask_grow and noise_mask need a mask=")
+        hires = _check_hires(hires_scale, hires_denoise, hires_upscale, hires_steps)
+        if hires and mask is not None:
+            raise ValueError("hires fix (hires_scale) and inpainting (mask) cannot be combined in one call")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise ValueError("give at least one prompt")
@@ -351,20 +418,24 @@ class Pipeline:
         )
         if len(negs) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(negs)} negative prompts")
+        imgs = None if init_image is None else (init_image if isinstance(init_image, list) else [init_image])
+        f = self.vae.config.downsample_factor
         h0, w0 = self.model.resolution
         edit = None
-        if image is not None:  # an editing model: the input image sets the default size
-            edit = self._edit_input(image, init_image)
+        if edit_image is not None:  # an editing model: the input image sets the default size
+            edit = self._edit_input(edit_image, init_image)
             h0, w0 = edit[0].height, edit[0].width
+        if mask is not None and imgs and height is None and width is None:
+            h0, w0 = max(f, imgs[0].height // f * f), max(f, imgs[0].width // f * f)  # the image's own size
         height, width = int(height or h0), int(width or w0)
-        f = self.vae.config.downsample_factor
         if height % f or width % f or height <= 0 or width <= 0:
             raise ValueError(
                 f"width and height must be positive multiples of {f} (the VAE's factor), got {width}x{height}"
             )
-        if abs(height * width / (h0 * w0) - 1) > 0.25:  # other aspect ratios at the native area are fine
+        h_n, w_n = self.model.resolution
+        if abs(height * width / (h_n * w_n) - 1) > 0.25:  # other aspect ratios at the native area are fine
             name = str(self.model.meta.get("name", self.model.path))
-            warnings.warn(ResolutionWarning(name, (h0, w0), (height, width)), stacklevel=2)
+            warnings.warn(ResolutionWarning(name, (h_n, w_n), (height, width)), stacklevel=2)
         seed = random.randrange(2**31) if seed is None else int(seed)
         n = len(prompts) * batch
         seeds = seeds_for(seed, n)
@@ -375,31 +446,57 @@ class Pipeline:
 
         cfg = cfg_scale(self.behaviour, guidance)
         b = self.behaviour
-        cond = add_conditioning_extras(
-            b, self.encode_prompts(all_prompts, edit), height=height, width=width, guidance=guidance
-        )
-        uncond = None
-        if cfg != 1.0:
-            neg = self.encode_prompts(all_negs, edit)
-            uncond = add_conditioning_extras(
-                b, neg, height=height, width=width, guidance=guidance, negative=True
-            )
+        raw_cond = self.encode_prompts(all_prompts, edit)
+        raw_uncond = self.encode_prompts(all_negs, edit) if cfg != 1.0 else None
+
+        def conditionings(h: int, w: int) -> tuple[Conditioning, Conditioning | None]:
+            c = add_conditioning_extras(b, raw_cond, height=h, width=w, guidance=guidance)
+            u = None
+            if raw_uncond is not None:
+                u = add_conditioning_extras(
+                    b, raw_uncond, height=h, width=w, guidance=guidance, negative=True
+                )
+            return c, u
+
+        cond, uncond = conditionings(height, width)
         timings["encode_text"] = time.perf_counter() - t0
 
         c = self.model.latent_format.channels
-        shape = (n, c, height // f, width // f)
+        lh, lw = height // f, width // f
+        shape = (n, c, lh, lw)
         denoise = strength if init_image is not None else 1.0
-        ms = model_sampling_for(self.model, latent_height=height // f, latent_width=width // f)
+        ms = model_sampling_for(self.model, latent_height=lh, latent_width=lw)
         sigmas = get_sigmas(ms, scheduler, steps, denoise=denoise) if denoise > 0 else torch.zeros(1)
         sigmas = release_schedule(self.model, sigmas)
-        if init_image is not None:
-            imgs = init_image if isinstance(init_image, list) else [init_image]
+        pixels = None  # (B, 3, H, W) in [-1, 1], the image at the output size
+        if imgs is not None:
             if len(imgs) not in (1, n):
                 raise ValueError(f"give 1 or {n} init images, got {len(imgs)}")
-            x0 = self.encode_images(imgs, (height, width))
+            pixels = images_to_tensor(imgs, (height, width))
+            x0 = self.encode_pixels(pixels)
             x0 = x0.expand(shape) if x0.shape[0] == 1 else x0
         else:
             x0 = torch.zeros(shape, device=self.device)
+
+        pixel_mask = None  # (1, 1, H, W) in [0, 1] after grow and blur
+        if mask is not None:
+            assert imgs is not None
+            pixel_mask = self._pixel_mask(
+                mask, (imgs[0].height, imgs[0].width), (height, width), mask_grow, mask_blur
+            )
+        if self.inpaint_channels:
+            extra = self._inpaint_inputs(pixel_mask, pixels, (height, width)).expand(n, -1, -1, -1)
+            cond = cond.with_extra(**{CONCAT_KEY: extra})
+            uncond = None if uncond is None else uncond.with_extra(**{CONCAT_KEY: extra})
+        use_noise_mask = pixel_mask is not None and (
+            noise_mask if noise_mask is not None else not self.inpaint_channels
+        )
+        latent_noise_mask = None
+        if use_noise_mask:
+            assert pixel_mask is not None
+            latent_noise_mask = latent_mask(pixel_mask, (lh, lw)).expand(n, 1, lh, lw).to(self.device)
+        elif self.inpaint_channels and denoise == 1.0:
+            x0 = torch.zeros(shape, device=self.device)  # full strength: pure noise, as diffusers starts
 
         cb = None
         if callback is not None:
@@ -432,13 +529,42 @@ class Pipeline:
                 uncond,
                 cfg,
                 sampler,
+                mask=latent_noise_mask,
+                differential=differential,
+                masked_from_noise=denoise == 1.0,
                 callback=cb,
                 sampler_options=sampler_options,
                 guidance_interval=interval,
             )
         timings["sample"] = time.perf_counter() - t1
+        if hires:
+            t_h = time.perf_counter()
+            height, width = (round(v * hires_scale / f) * f for v in (height, width))
+            x_up = self._hires_upscale(x, (height, width), hires_upscale)
+            cond2, uncond2 = conditionings(height, width)
+            ms2 = model_sampling_for(self.model, latent_height=height // f, latent_width=width // f)
+            sigmas2 = get_sigmas(ms2, scheduler, int(hires_steps or steps), denoise=hires_denoise)
+            sigmas2 = release_schedule(self.model, sigmas2)
+            with self.offloader.use(self.model.denoiser_net):
+                x = denoise_latents(
+                    model,
+                    x_up,
+                    sigmas2,
+                    seeds,
+                    cond2,
+                    uncond2,
+                    cfg,
+                    sampler,
+                    callback=cb,
+                    sampler_options=sampler_options,
+                    guidance_interval=interval,
+                )
+            timings["hires"] = time.perf_counter() - t_h
         t2 = time.perf_counter()
-        images = self.decode_latents(x)
+        out = self.decode_pixels(x)
+        if composite and pixel_mask is not None and pixels is not None:
+            out = inpaint_composite(out.clamp(-1, 1), pixels.to(out.device), pixel_mask.to(out.device))
+        images = tensor_to_images(out)
         timings["decode"] = time.perf_counter() - t2
         params = {
             "prompt": prompts[0] if len(prompts) == 1 else prompts,
@@ -455,4 +581,81 @@ class Pipeline:
             "strength": strength if init_image is not None else None,
             "model": self.model.meta.get("name", str(self.model.path)),
         }
+        if mask is not None:
+            params["inpaint"] = {
+                "mask_blur": mask_blur,
+                "mask_grow": mask_grow,
+                "composite": composite,
+                "noise_mask": bool(use_noise_mask),
+                "differential": differential,
+                "inpainting_model": bool(self.inpaint_channels),
+            }
+        if hires:
+            params["hires"] = {
+                "scale": hires_scale,
+                "denoise": hires_denoise,
+                "upscale": str(getattr(hires_upscale, "path", hires_upscale)),
+                "steps": int(hires_steps or steps),
+            }
         return PipelineResult(images=images, parameters=params, seeds=seeds, latents=x, timings=timings)
+
+    @staticmethod
+    def _pixel_mask(
+        mask: Image.Image | Tensor | np.ndarray,
+        image_size: tuple[int, int],
+        size: tuple[int, int],
+        grow: int,
+        blur: float,
+    ) -> Tensor:
+        """The user's mask as (1, 1, H, W) in [0, 1] at the output ``size``: checked against the image's size
+        (resized with a warning), resized with the image, then grown and blurred."""
+        m = mask_to_tensor(mask, image_size)
+        if tuple(m.shape[-2:]) != tuple(size):  # follows the image to the output size
+            m = F.interpolate(m, size=size, mode="bilinear").clamp(0, 1)
+        return blur_mask(grow_mask(m, int(grow)), float(blur))
+
+    def _inpaint_inputs(
+        self, pixel_mask: Tensor | None, pixels: Tensor | None, size: tuple[int, int]
+    ) -> Tensor:
+        """An inpainting model's own extra inputs, (1 or B, C', h, w) on the device: the binarised mask (nearest
+        to latent size as diffusers; folded per latent cell for FLUX Fill) and the masked image's latent. With no
+        mask everything is generated (a blank masked image)."""
+        binary = (pixel_mask >= 0.5).float() if pixel_mask is not None else torch.ones(1, 1, *size)
+        source = pixels if pixels is not None else torch.zeros(1, 3, *size)
+        masked_latent = self.encode_pixels(masked_pixels(source, binary))
+        return model_inpaint_inputs(self.model, binary.to(masked_latent.device), masked_latent).to(
+            self.device
+        )
+
+    def _hires_upscale(self, x: Tensor, size: tuple[int, int], how: str | Path | UpscaleModel) -> Tensor:
+        """The first pass's latents ``x`` upscaled to pixel ``size`` (H, W), back in model space."""
+        f = self.vae.config.downsample_factor
+        if how == "latent":
+            return F.interpolate(x, size=(size[0] // f, size[1] // f), mode="bilinear", align_corners=False)
+        px = self.decode_pixels(x).clamp(-1, 1)  # (B, 3, h, w)
+        if how != "pixel":
+            model = how if isinstance(how, UpscaleModel) else load_upscale_model(how)
+            px = upscale_images(model, (px + 1) / 2) * 2 - 1  # the model works in [0, 1]
+        px = F.interpolate(px, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(-1, 1)
+        return self.encode_pixels(px)
+
+
+def _check_hires(scale: float, denoise: float, upscale: str | Path | UpscaleModel, steps: int | None) -> bool:
+    """Validate the hires-fix options; True when a second pass is asked for."""
+    if not 0 < scale <= 8:
+        raise ValueError(f"hires_scale must be in (0, 8], got {scale}")
+    if scale == 1.0:
+        return False
+    if not 0 < denoise <= 1:
+        raise ValueError(f"hires_denoise must be in (0, 1], got {denoise}")
+    if steps is not None and steps < 1:
+        raise ValueError(f"hires_steps must be at least 1, got {steps}")
+    if (
+        not isinstance(upscale, UpscaleModel)
+        and upscale not in ("latent", "pixel")
+        and not Path(upscale).is_file()
+    ):
+        raise ValueError(
+            f"hires_upscale must be 'latent', 'pixel' or the path of an upscale model file; no such file: {upscale}"
+        )
+    return True

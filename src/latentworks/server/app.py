@@ -26,7 +26,7 @@ from uuid import uuid4
 from fastapi import APIRouter, FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -58,11 +58,21 @@ from latentworks.server.auth import (
     install_log_redaction,
     is_loopback,
 )
-from latentworks.server.files import FOLDER_TYPES, UploadError, resolve_file, save_upload, sniff_image
+from latentworks.server.comfy_routes import comfy_routes, feature_flags_reply
+from latentworks.server.files import (
+    FOLDER_TYPES,
+    UploadError,
+    ViewError,
+    resolve_file,
+    save_upload,
+    sniff_image,
+    view_variant,
+)
 from latentworks.server.hub import Hub
 from latentworks.server.inputs import MAX_JSON_DEPTH, json_problem
 from latentworks.server.queue import JobStore
-from latentworks.server.worker import Worker
+from latentworks.server.userdata import UserData
+from latentworks.server.worker import Worker, preview_method_problem
 
 log = logging.getLogger("latentworks.server")
 
@@ -224,6 +234,7 @@ def create_app(
     devices_info: Callable[[], list[dict]] | None = None,
     allowed_hosts: Iterable[str] = (),
     allowed_origins: Iterable[str] = (),
+    preview_method: str = "none",
 ) -> FastAPI:
     """Build the server app.
 
@@ -247,6 +258,9 @@ def create_app(
             reverse proxy's name; "*" for any). Other Host headers get 403 (DNS-rebinding defence).
         allowed_origins: web origins (``https://editor.example``) allowed to call the API from a browser
             besides the server's own pages ("*" for any); they also get CORS headers.
+        preview_method: ComfyUI's ``--preview-method``: ``none`` (default: no binary preview frames unless a
+            job's ``extra_data.preview_method`` asks for them), ``auto``, ``latent2rgb`` or ``taesd`` (all
+            three send latent2rgb previews).
     """
     data_dir = Path(data_dir)
     dirs = {name: data_dir / name for name in FOLDER_TYPES}
@@ -257,7 +271,7 @@ def create_app(
         registry, cache_size=cache_size, cache_bytes=cache_bytes, sizer=sizer, budgets=budgets
     )
     hub = Hub()
-    worker = Worker(store, executor, hub, dirs, device=device)
+    worker = Worker(store, executor, hub, dirs, device=device, preview_method=preview_method)
     state = ServerState(
         registry=registry,
         executor=executor,
@@ -291,6 +305,11 @@ def create_app(
     router = _routes(state)
     app.include_router(router)
     app.include_router(router, prefix="/api")
+    # The routes of ComfyUI's official frontend (settings, user data, jobs, ...): server/comfy_routes.py.
+    userdata = UserData(data_dir / "user" / "default", max_file_bytes=max_body_bytes)
+    frontend_router = comfy_routes(state, userdata, MODEL_KINDS)
+    app.include_router(frontend_router)
+    app.include_router(frontend_router, prefix="/api")
 
     static = Path(static_dir) if static_dir is not None else STATIC_DIR
     if (static / "index.html").is_file():
@@ -386,6 +405,8 @@ def _routes(s: ServerState) -> APIRouter:
             return _bad_request("invalid_prompt", "client_id must be a string")
         if not isinstance(extra_data, dict):
             return _bad_request("invalid_prompt", "extra_data must be an object")
+        if (problem := preview_method_problem(extra_data)) is not None:
+            return _bad_request("invalid_prompt", problem)
         if not isinstance(front, bool):
             return _bad_request("invalid_prompt", "front must be true or false")
         if number is not None and (
@@ -485,6 +506,22 @@ def _routes(s: ServerState) -> APIRouter:
             return _bad_request("invalid_request", "prompt_id must be a string")
         return SafeJSONResponse({"interrupted": s.worker.interrupt(prompt_id)})
 
+    @r.post("/free")
+    async def free(request: Request) -> JSONResponse:
+        """ComfyUI's POST /free: ``{"unload_models": true}`` drops cached models, ``{"free_memory": true}``
+        every cached output; applied when the worker is idle (after a running job). Answers 200 ``{}``."""
+        body, err = await _json_body(request)
+        if err is not None:
+            return err
+        if not isinstance(body, dict):
+            return _bad_request(
+                "invalid_request", 'expected {"unload_models": true} and/or {"free_memory": true}'
+            )
+        s.worker.request_free(
+            unload_models=body.get("unload_models") is True, free_memory=body.get("free_memory") is True
+        )
+        return SafeJSONResponse({})
+
     # -- history ---------------------------------------------------------------------------------
 
     @r.get("/history")
@@ -526,10 +563,22 @@ def _routes(s: ServerState) -> APIRouter:
     # -- files -----------------------------------------------------------------------------------
 
     @r.get("/view")
-    def view(filename: str = "", subfolder: str = "", type: str = "output"):  # noqa: A002 - ComfyUI's name
+    def view(
+        filename: str = "",
+        subfolder: str = "",
+        type: str = "output",  # noqa: A002 - ComfyUI's name
+        preview: str | None = None,
+        channel: str | None = None,
+    ):
         path = resolve_file(s.dirs, type, subfolder, filename)
         if path is None:
             return _bad_request("not_found", "no such file in the output, input or temp folders", status=404)
+        try:  # ComfyUI's preview=FORMAT;QUALITY and channel=rgba|rgb|a (files.view_variant)
+            variant = view_variant(path, preview, channel, s.executor.budgets.max_image_pixels)
+        except ViewError as e:
+            return _bad_request(e.type, e.message, status=e.status)
+        if variant is not None:
+            return Response(variant[0], media_type=variant[1], headers={"Cache-Control": "no-cache"})
         media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         return FileResponse(path, media_type=media, headers={"Cache-Control": "no-cache"})
 
@@ -649,7 +698,12 @@ def _routes(s: ServerState) -> APIRouter:
 
             async def drain() -> None:
                 while True:
-                    await websocket.receive_text()
+                    text = await websocket.receive_text()
+                    s.hub.receive(client_id, text)  # records feature_flags
+                    reply = feature_flags_reply(text, s.max_upload_bytes)
+                    if reply is not None:  # ComfyUI's frontend waits for the server's flags
+                        with suppress(asyncio.QueueFull):
+                            queue.put_nowait(reply)
 
             tasks = [asyncio.create_task(pump()), asyncio.create_task(drain())]
             try:

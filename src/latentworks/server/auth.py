@@ -100,7 +100,8 @@ class BodyLimit:
             return
         path = scope.get("path", "")
         # Multipart framing adds a little to the file itself.
-        limit = self.max_upload_bytes + 65536 if path.endswith("/upload/image") else self.max_body_bytes
+        uploads = ("/upload/image", "/upload/mask")
+        limit = self.max_upload_bytes + 65536 if path.endswith(uploads) else self.max_body_bytes
         for name, value in scope.get("headers", []):
             if name == b"content-length" and value.isdigit() and int(value) > limit:
                 await _too_large(send, limit)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import re
 import uuid
 from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
 
 FOLDER_TYPES = ("output", "input", "temp")
 
@@ -188,3 +191,85 @@ def _storage_error(e: OSError) -> UploadError:
             400, "invalid_upload", "the subfolder or file name is too long for the file system"
         )
     return UploadError(500, "upload_failed", f"the upload could not be saved: {e.strerror or e}")
+
+
+# -- /view?preview=&channel= -----------------------------------------------------------------------
+
+VIEW_CHANNELS = ("rgba", "rgb", "a")
+_PREVIEW_FORMATS = ("webp", "jpeg")
+
+
+class ViewError(Exception):
+    """A /view request that cannot be answered: ``status`` (400, 413, 415), ``type`` and a message."""
+
+    def __init__(self, status: int, type_: str, message: str):
+        super().__init__(message)
+        self.status, self.type, self.message = status, type_, message
+
+
+def view_variant(
+    path: Path, preview: str | None, channel: str | None, max_pixels: int | None
+) -> tuple[bytes, str] | None:
+    """The bytes and media type /view answers for ``path`` with ComfyUI's ``preview`` and ``channel``.
+
+    None means "serve the file unchanged" (no ``preview``, and ``channel`` absent or ``rgba``). Otherwise,
+    as ComfyUI's /view does:
+
+    - ``preview="FORMAT;QUALITY"`` (``webp;90``, ``jpeg;80``): the image re-encoded as FORMAT (``webp`` or
+      ``jpeg``; any other format, or a channel with ``a`` in it, gives ``webp``) at QUALITY (last field when
+      it is a number, else 90; clamped to 1..100). ``jpeg`` and ``channel=rgb`` drop the alpha channel.
+    - ``channel=rgb``: a PNG of the colour channels only; ``channel=a``: a PNG whose colour is black and
+      whose alpha is the image's alpha (opaque when it has none), the form ComfyUI's mask editor reads.
+
+    Raises :class:`ViewError` for an unknown channel (400), a file that is not an image (415) or an image
+    over ``max_pixels`` (413, checked from the header before decoding).
+    """
+    if channel is not None and channel not in VIEW_CHANNELS:
+        raise ViewError(
+            400, "invalid_request", f"channel must be one of {', '.join(VIEW_CHANNELS)}, got {channel[:40]!r}"
+        )
+    if preview is None and channel in (None, "rgba"):
+        return None
+    try:
+        img = Image.open(path)
+    except Image.DecompressionBombError as e:  # over PIL's own limit (when --max-image-pixels is off)
+        raise ViewError(413, "request_too_large", f"{path.name}: {e}") from e
+    except (UnidentifiedImageError, OSError) as e:
+        raise ViewError(
+            415, "unsupported_media_type", f"{path.name} is not an image, so it has no preview or channels"
+        ) from e
+    with img:
+        if max_pixels is not None and img.width * img.height > max_pixels:
+            raise ViewError(
+                413,
+                "request_too_large",
+                f"{path.name} is {img.width} x {img.height} pixels, over this server's limit of {max_pixels} "
+                "pixels per image (serve --max-image-pixels); fetch it without preview= or channel=",
+            )
+        try:
+            img.load()
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            raise ViewError(415, "unsupported_media_type", f"{path.name} could not be decoded: {e}") from e
+        has_alpha = "A" in img.getbands() or (img.mode == "P" and "transparency" in img.info)
+        if preview is not None:
+            fields = preview.split(";")
+            fmt = fields[0] if fields[0] in _PREVIEW_FORMATS and "a" not in (channel or "") else "webp"
+            digits = fields[-1].isascii() and fields[-1].isdigit()  # "²".isdigit() is true too
+            quality = min(100, max(1, int(fields[-1]))) if digits else 90
+            out = (
+                img.convert("RGB")
+                if fmt == "jpeg" or channel == "rgb"
+                else img.convert("RGBA" if has_alpha else "RGB")
+            )
+            buf = io.BytesIO()
+            out.save(buf, format=fmt.upper(), quality=quality)
+            return buf.getvalue(), f"image/{fmt}"
+        if channel == "rgb":
+            out = img.convert("RGB")
+        else:  # "a": alpha only, on black
+            alpha = img.convert("RGBA").getchannel("A") if has_alpha else Image.new("L", img.size, 255)
+            out = Image.new("RGBA", img.size, (0, 0, 0, 0))
+            out.putalpha(alpha)
+        buf = io.BytesIO()
+        out.save(buf, format="PNG")
+        return buf.getvalue(), "image/png"

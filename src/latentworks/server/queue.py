@@ -329,6 +329,20 @@ class JobStore:
                 self._damaged(row[0], str(e))
         return jobs
 
+    def times(self) -> dict[str, tuple[float, float | None, float | None]]:
+        """prompt_id -> (created, started, finished), seconds since the epoch, for every job (the Jobs API)."""
+        with self._lock:
+            rows = self._conn.execute("SELECT prompt_id, created, started, finished FROM jobs").fetchall()
+        return {
+            str(r[0]): (
+                float(r[1]),
+                None if r[2] is None else float(r[2]),
+                None if r[3] is None else float(r[3]),
+            )
+            for r in rows
+            if isinstance(r[1], int | float)
+        }
+
     def pending_count(self) -> int:
         with self._lock:
             return self._conn.execute("SELECT COUNT(*) FROM jobs WHERE state='pending'").fetchone()[0]

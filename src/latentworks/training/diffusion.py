@@ -88,6 +88,9 @@ class DiffusionTrainConfig:
     weight_decay: float = 0.01
     ema_decay: float = 0.999
     caption_dropout: float = 0.1
+    # "auto": vary each caption into the forms people type (data/captions.py) when the latent cache holds
+    # the captions' parts (label, tags, style), as caches of the emoji data do; "on" requires them; "off".
+    caption_augment: str = "auto"
     grad_clip: float = 1.0
     mixed_precision: str = "no"  # "no", "bf16", "fp16" (autocast; fp16 adds a GradScaler)
     logit_mean: float = 0.0
@@ -116,6 +119,8 @@ class DiffusionTrainConfig:
             raise ValueError(f"prediction must be eps, v or flow, got {self.prediction!r}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        if self.caption_augment not in ("auto", "on", "off"):
+            raise ValueError(f"caption_augment must be auto, on or off, got {self.caption_augment!r}")
         if not 0 <= self.caption_dropout < 1:
             raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
         for name in ("steps", "batch_size", "log_every", "sample_every", "checkpoint_every"):
@@ -282,6 +287,32 @@ class _CaptionCache:
         return Conditioning.cat([self.one(c) for c in captions]).to(self.device)
 
 
+CAPTION_STREAM = 1 << 20  # offsets the rank in the caption generator's seed: its own stream, so the noise
+# and the batch draws of a run are the same with and without caption augmentation
+
+
+def _caption_augment(cfg: DiffusionTrainConfig, cache: Any) -> Any:
+    """A function ``(captions, idx, dropped, generator) -> captions`` that rewrites each kept caption
+    into a user form (``data.captions.CaptionAugment``), or None when augmentation is off."""
+    from latentworks.data.captions import CaptionAugment
+
+    parts = cache.parts
+    if cfg.caption_augment == "off" or (cfg.caption_augment == "auto" and parts is None):
+        return None
+    if parts is None:
+        raise ValueError(
+            f"{cfg.latents}: --caption-augment on needs the captions' parts (label, tags, style), which this "
+            "latent cache does not hold; rebuild the dataset with 'latentworks data emoji' (it stores them) "
+            "and the cache, or pass --caption-augment off"
+        )
+    aug = CaptionAugment()
+
+    def apply(caps: list[str], idx: Any, dropped: Tensor, gen: torch.Generator) -> list[str]:
+        return [c if bool(d) else aug(parts[int(i)], gen) for c, i, d in zip(caps, idx, dropped)]
+
+    return apply
+
+
 PREVIEW_SAMPLER = "euler"
 PREVIEW_SCHEDULER = "normal"
 
@@ -386,6 +417,7 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
         log = RunLog(run, step) if info.is_main else None
         ddp_model = wrap_ddp(model, info)
         captions = _CaptionCache(text_encoder, device)
+        augment = _caption_augment(cfg, cache)
 
         def save_all(s: int) -> None:
             if info.is_main:
@@ -424,6 +456,8 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
             x0 = cache.sample(idx, gen).to(device)
             drop = torch.rand(len(idx), generator=gen) < cfg.caption_dropout
             caps = ["" if d else cache.captions[int(i)] for i, d in zip(idx, drop)]
+            if augment is not None:
+                caps = augment(caps, idx, drop, step_generator(cfg.seed, step, info.rank + CAPTION_STREAM))
             cond = captions(caps)
             nb = objective.noise(x0, gen)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
