@@ -8,6 +8,12 @@ key maps (``load_into``; renamed tensors share storage with diffusers', fused on
   (ours, theirs, then theirs, ours) so a machine shared with other jobs slows both alike.
 * **peak**: the extra memory one forward takes (CPU: sampled resident set over the RSS before the call;
   CUDA: ``torch.cuda.max_memory_allocated`` over the allocation before it).
+* **peak RSS** (``--rss``, CPU): for each family and side, a fresh subprocess builds that one model the way
+  its library loads a file (ours: on ``meta``, then the weights assigned; diffusers: ``from_pretrained`` of a
+  saved folder) and runs one forward; its ``VmHWM`` is the peak resident set of the whole process, reported
+  whole and over the process's size after its imports.
+* ``--cpu-time`` times with the process's CPU time instead of the wall clock: on a CPU shared with other
+  jobs the wall clock mostly measures the neighbours.
 * **full** (``--full``, SD1.5 only): 20 Euler steps with CFG (batch 2) at 512x512 plus the VAE decode.
   Ours: ``EpsDenoiser`` -> ``CFGDenoiser`` -> ``sample_euler`` -> ``decode_latents``; diffusers': the loop
   its pipelines run with ``EulerDiscreteScheduler`` and ``AutoencoderKL.decode``. Text encoding is left
@@ -19,6 +25,10 @@ The ratio column is ours / diffusers (below 1: we are faster or smaller).
     .venv/bin/python benchmarks/vs_diffusers.py --full                # + 20-step 512x512 generation
     .venv/bin/python benchmarks/vs_diffusers.py --device cuda --dtype bf16   # SD1.5, SDXL, SD3, FLUX
     .venv/bin/python benchmarks/vs_diffusers.py --families sd3,flux --depth 1  # reduced depth (CPU smoke)
+    .venv/bin/python benchmarks/vs_diffusers.py --families zimage,qwenimage --rss  # mid-size, + peak RSS
+
+Z-Image and Qwen-Image run on CPU at a mid-size config (width 1024 = 8 heads x 128, 4 blocks; real
+context widths 2560 / 3584; ``--width``/``--depth`` change it) and on CUDA at the real width with ``--depth``.
 """
 
 from __future__ import annotations
@@ -40,7 +50,11 @@ from latentworks.checkpoints.io import load_into
 from latentworks.diffusion.conditioning import Conditioning
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-FAMILIES = ("sd15", "sdxl", "sd3", "flux")
+FAMILIES = ("sd15", "sdxl", "sd3", "flux", "zimage", "qwenimage")
+CPU_DEFAULT = ("sd15", "zimage", "qwenimage")  # what a CPU run covers without --families
+# Mid-size CPU configs (--depth/--width unset on CPU): real head size (128), real context widths, fewer and
+# narrower blocks, so a 2-core machine times a forward in about a second.
+MID_WIDTH, MID_DEPTH = 1024, 4
 
 SD15_UNET = dict(
     sample_size=64,
@@ -123,13 +137,17 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+CLOCK: list[Callable[[], float]] = [time.perf_counter]  # --cpu-time puts time.process_time here
+
+
 def time_once(fn: Callable[[], Any], device: torch.device) -> float:
+    clock = CLOCK[0]
     _sync(device)
-    t = time.perf_counter()
+    t = clock()
     with torch.no_grad():
         fn()
     _sync(device)
-    return time.perf_counter() - t
+    return clock() - t
 
 
 def extra_memory(fn: Callable[[], Any], device: torch.device) -> int:
@@ -343,7 +361,155 @@ def flux_pair(device: torch.device, dtype: torch.dtype, size: int, depth: int | 
     )
 
 
-def make_pair(family: str, device: torch.device, dtype: torch.dtype, size: int, depth: int | None) -> Pair:
+def zimage_config(width: int | None, depth: int | None) -> Any:
+    """The released Z-Image shape with ``width`` (heads of 128) and ``depth`` (main blocks; 1 refiner each)."""
+    from latentworks.models.zimage import PRESETS
+
+    config = PRESETS["z-image-turbo"]
+    if width is not None:
+        config = replace(config, width=width, num_heads=width // 128, ffn_dim=int(width / 3 * 8))
+    if depth is not None:
+        config = replace(config, depth=depth, refiner_depth=min(config.refiner_depth, 1))
+    return config
+
+
+def qwenimage_config(width: int | None, depth: int | None) -> Any:
+    from latentworks.models.qwenimage import PRESETS
+
+    config = PRESETS["qwen-image"]
+    if width is not None:
+        config = replace(config, width=width, num_heads=width // 128)
+    if depth is not None:
+        config = replace(config, depth=depth)
+    return config
+
+
+def zimage_diffusers_kwargs(config: Any) -> dict[str, Any]:
+    from latentworks.checkpoints.keymaps.zimage_diffusers import zimage_config_to_diffusers
+
+    return {k: v for k, v in zimage_config_to_diffusers(config).items() if not k.startswith("_")}
+
+
+def qwenimage_diffusers_kwargs(config: Any) -> dict[str, Any]:
+    return dict(
+        patch_size=config.patch_size,
+        in_channels=config.in_channels * config.patch_size**2,
+        out_channels=config.output_channels,
+        num_layers=config.depth,
+        attention_head_dim=config.head_dim,
+        num_attention_heads=config.num_heads,
+        joint_attention_dim=config.context_dim,
+        axes_dims_rope=config.axes_dim,
+    )
+
+
+def zimage_inputs(config: Any, device: torch.device, dtype: torch.dtype, size: int) -> tuple[Any, ...]:
+    """(x, sigma, Conditioning, their latents list, their t, their caption list): a CFG batch of 2, captions
+    of 64 and 40 real tokens (Qwen3 states, padded to 64)."""
+    g = torch.Generator(device="cpu").manual_seed(1)
+    b, n = 2, 64
+    x = torch.randn(b, config.in_channels, size, size, generator=g).to(device, dtype)
+    tokens = torch.randn(b, n, config.context_dim, generator=g).to(device, dtype)
+    mask = (torch.arange(n)[None] < torch.tensor([64, 40])[:, None]).to(device)
+    sigma = torch.tensor([0.75, 0.75], device=device)
+    cond = Conditioning(tokens=tokens, mask=mask)
+    latents = list(x.unsqueeze(2).unbind(0))
+    caps = [tokens[i][mask[i]] for i in range(b)]
+    return x, sigma, cond, latents, (1000 - 1000 * sigma) / 1000, caps
+
+
+def zimage_pair(
+    device: torch.device, dtype: torch.dtype, size: int, depth: int | None, width: int | None
+) -> Pair:
+    import diffusers
+
+    from latentworks.checkpoints.keymaps.zimage_diffusers import zimage_from_diffusers
+    from latentworks.models.zimage import ZImage
+
+    config = zimage_config(width, depth)
+    ours, theirs = _build(
+        diffusers.ZImageTransformer2DModel,
+        zimage_diffusers_kwargs(config),
+        ZImage,
+        config,
+        zimage_from_diffusers,
+        device,
+        dtype,
+    )
+    x, sigma, cond, latents, t_theirs, caps = zimage_inputs(config, device, dtype, size)
+    return Pair(
+        "zimage",
+        ours,
+        theirs,
+        lambda: ours(x, sigma, cond),
+        lambda: -torch.stack(theirs(latents, t_theirs, caps, return_dict=False)[0]).squeeze(2),
+        f"x {tuple(x.shape)}, 64 tokens, width {config.width}, depth {config.depth}+{config.refiner_depth}x2",
+    )
+
+
+def qwenimage_inputs(config: Any, device: torch.device, dtype: torch.dtype, size: int) -> tuple[Any, ...]:
+    """(x, t, Conditioning, their kwargs): a CFG batch of 2 with prompts of 64 and 40 tokens (Qwen2.5-VL states)."""
+    from diffusers.pipelines.qwenimage.pipeline_qwenimage import QwenImagePipeline
+
+    g = torch.Generator(device="cpu").manual_seed(1)
+    b, n, c = 2, 64, config.in_channels
+    x = torch.randn(b, c, size, size, generator=g).to(device, dtype)
+    tokens = torch.randn(b, n, config.context_dim, generator=g).to(device, dtype)
+    mask = (torch.arange(n)[None] < torch.tensor([64, 40])[:, None]).to(device)
+    t = torch.tensor([750.0, 750.0], device=device)
+    kwargs = dict(
+        hidden_states=QwenImagePipeline._pack_latents(x, b, c, size, size),
+        encoder_hidden_states=tokens,
+        encoder_hidden_states_mask=mask,
+        timestep=t / 1000,
+        img_shapes=[[(1, size // 2, size // 2)]] * b,
+        return_dict=False,
+    )
+    return x, t, Conditioning(tokens=tokens, mask=mask), kwargs
+
+
+def qwenimage_pair(
+    device: torch.device, dtype: torch.dtype, size: int, depth: int | None, width: int | None
+) -> Pair:
+    import diffusers
+    from diffusers.pipelines.qwenimage.pipeline_qwenimage import QwenImagePipeline
+
+    from latentworks.checkpoints.keymaps.qwenimage_diffusers import qwenimage_from_diffusers
+    from latentworks.models.qwenimage import QwenImage
+
+    config = qwenimage_config(width, depth)
+    ours, theirs = _build(
+        diffusers.QwenImageTransformer2DModel,
+        qwenimage_diffusers_kwargs(config),
+        QwenImage,
+        config,
+        qwenimage_from_diffusers,
+        device,
+        dtype,
+    )
+    x, t, cond, kwargs = qwenimage_inputs(config, device, dtype, size)
+    return Pair(
+        "qwenimage",
+        ours,
+        theirs,
+        lambda: ours(x, t, cond),
+        lambda: QwenImagePipeline._unpack_latents(theirs(**kwargs)[0], 8 * size, 8 * size, 8)[:, :, 0],
+        f"x {tuple(x.shape)}, 64 tokens, width {config.width}, depth {config.depth}",
+    )
+
+
+def make_pair(
+    family: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    size: int,
+    depth: int | None,
+    width: int | None = None,
+) -> Pair:
+    if family == "zimage":
+        return zimage_pair(device, dtype, size, depth, width)
+    if family == "qwenimage":
+        return qwenimage_pair(device, dtype, size, depth, width)
     if family in ("sd15", "sdxl"):
         return sd_unet_pair(family, device, dtype, size, depth)
     if family == "sd3":
@@ -420,6 +586,92 @@ def full_generation(pair: Pair, device: torch.device, dtype: torch.dtype, steps:
     return results["ours"][0], results["theirs"][0], results["ours"][1], results["theirs"][1], diff
 
 
+# ---------------------------------------------------------------- peak RSS, one model per subprocess
+
+RSS_FAMILIES = ("zimage", "qwenimage")
+
+
+def _maxrss() -> int:
+    """This process's peak resident set (VmHWM). Not ``ru_maxrss``: Linux carries that over from the parent
+    across fork and exec, so a child of a large parent would report the parent's peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+
+
+def rss_child(family: str, side: str, folder: str, width: int | None, depth: int | None, size: int) -> None:
+    """Load one model from ``folder`` (a diffusers save) the way its library does, run one forward, print JSON:
+    resident set after imports, after loading, and the peak (bytes)."""
+    import json
+    from pathlib import Path
+
+    torch.set_grad_enabled(False)
+    device, dtype = torch.device("cpu"), torch.float32
+    config = zimage_config(width, depth) if family == "zimage" else qwenimage_config(width, depth)
+    if side == "theirs":
+        import diffusers
+
+        cls = (
+            diffusers.ZImageTransformer2DModel
+            if family == "zimage"
+            else diffusers.QwenImageTransformer2DModel
+        )
+        base = _rss()
+        theirs = cls.from_pretrained(folder, torch_dtype=dtype).eval()
+        loaded = _rss()
+        if family == "zimage":
+            _, _, _, latents, t, caps = zimage_inputs(config, device, dtype, size)
+            theirs(latents, t, caps, return_dict=False)
+        else:
+            theirs(**qwenimage_inputs(config, device, dtype, size)[3])
+    else:
+        from latentworks.families.load import open_weights
+
+        if family == "zimage":
+            from latentworks.checkpoints.keymaps.zimage_diffusers import zimage_from_diffusers as convert
+            from latentworks.models.zimage import ZImage as ours_cls
+        else:
+            from latentworks.checkpoints.keymaps.qwenimage_diffusers import (
+                qwenimage_from_diffusers as convert,
+            )
+            from latentworks.models.qwenimage import QwenImage as ours_cls  # type: ignore[assignment]
+        base = _rss()
+        with torch.device("meta"):
+            ours = ours_cls(config)
+        weights = open_weights(Path(folder) / "diffusion_pytorch_model.safetensors")
+        load_into(ours, convert(weights, config), dtype=dtype, device=device)
+        del weights
+        loaded = _rss()
+        g = torch.Generator().manual_seed(1)
+        x = torch.randn(2, config.in_channels, size, size, generator=g)
+        tokens = torch.randn(2, 64, config.context_dim, generator=g)
+        mask = torch.arange(64)[None] < torch.tensor([64, 40])[:, None]
+        t = torch.tensor([0.75, 0.75]) if family == "zimage" else torch.tensor([750.0, 750.0])
+        ours.eval()(x, t, Conditioning(tokens=tokens, mask=mask))
+    print(json.dumps({"base": base, "loaded": loaded, "peak": _maxrss()}))
+
+
+def peak_rss(family: str, theirs: torch.nn.Module, width: int | None, depth: int | None, size: int):
+    """{side: {base, loaded, peak}} from one subprocess per side over ``theirs`` saved with save_pretrained."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    out: dict[str, dict[str, int]] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        theirs.save_pretrained(folder)  # type: ignore[operator]
+        for side in ("ours", "theirs"):
+            cmd = [sys.executable, __file__, "--rss-child", family, side, folder, "--size", str(size)]
+            cmd += [] if width is None else ["--width", str(width)]
+            cmd += [] if depth is None else ["--depth", str(depth)]
+            done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            out[side] = json.loads(done.stdout.strip().splitlines()[-1])
+    return out
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -432,28 +684,42 @@ def main() -> None:
     ap.add_argument(
         "--families", default=None, help=f"comma list of {FAMILIES}; default: sd15 on CPU, all on CUDA"
     )
-    ap.add_argument("--depth", type=int, default=None, help="reduce SDXL/SD3/FLUX depth (CPU smoke runs)")
+    ap.add_argument(
+        "--depth", type=int, default=None, help="reduce depth (CPU smoke runs); Z-Image/Qwen-Image on CPU: 4"
+    )
+    ap.add_argument(
+        "--width", type=int, default=None, help="Z-Image/Qwen-Image width (heads of 128); CPU default 1024"
+    )
+    ap.add_argument("--rss", action="store_true", help="also peak RSS per model, in subprocesses (CPU)")
+    ap.add_argument("--cpu-time", action="store_true", help="time with process CPU time (shared CPUs)")
+    ap.add_argument("--rss-child", nargs=3, metavar=("FAMILY", "SIDE", "FOLDER"), help=argparse.SUPPRESS)
     ap.add_argument("--size", type=int, default=None, help="latent side; default 32 on CPU, 64/128 on CUDA")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--full", action="store_true", help="also time a 20-step 512x512 SD1.5 generation")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--resolution", type=int, default=512, help="image side for --full")
     args = ap.parse_args()
+    if args.cpu_time:
+        CLOCK[0] = time.process_time
+    if args.rss_child:
+        rss_child(*args.rss_child, args.width, args.depth, args.size or 32)
+        return
 
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     if cuda and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device here; run on a GPU machine or use --device cpu")
     dtype = DTYPES[args.dtype or ("bf16" if cuda else "fp32")]
-    families = args.families.split(",") if args.families else (list(FAMILIES) if cuda else ["sd15"])
+    families = args.families.split(",") if args.families else (list(FAMILIES) if cuda else list(CPU_DEFAULT))
     unknown = [f for f in families if f not in FAMILIES]
     if unknown:
         raise SystemExit(f"unknown families {unknown}; choose from {FAMILIES}")
-    if not cuda and args.depth is None and (skipped := [f for f in families if f != "sd15"]):
+    mid = ("sd15", *RSS_FAMILIES)  # what runs on CPU at full (SD1.5) or mid size without --depth
+    if not cuda and args.depth is None and (skipped := [f for f in families if f not in mid]):
         print(
             f"skipped on CPU (full size needs a GPU; use --device cuda, or --depth N for a smoke run): {skipped}"
         )
-        families = [f for f in families if f == "sd15"]
+        families = [f for f in families if f in mid]
     if not cuda:
         print("GPU path (--device cuda --dtype bf16 for sd15, sdxl, sd3, flux): skipped on this CPU run")
 
@@ -465,6 +731,7 @@ def main() -> None:
     )
     print(
         f"# vs diffusers: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {machine}, torch {torch.__version__}, dtype {dtype}"
+        + (", CPU time" if args.cpu_time else ", wall clock")
     )
     rows: list[tuple[str, float, float, str]] = []
 
@@ -477,7 +744,10 @@ def main() -> None:
 
     for family in families:
         size = args.size or (32 if not cuda else (64 if family == "sd15" else 128))
-        pair = make_pair(family, device, dtype, size, args.depth)
+        width, depth = args.width, args.depth
+        if family in RSS_FAMILIES and not cuda:
+            width, depth = width or MID_WIDTH, depth or MID_DEPTH
+        pair = make_pair(family, device, dtype, size, depth, width)
         with torch.no_grad():
             ref = pair.theirs_call().float()
             diff = ((pair.ours_call().float() - ref).norm() / ref.norm()).item()
@@ -491,6 +761,16 @@ def main() -> None:
         row(f"{family} forward ({pair.shape})", ours_s, theirs_s, "s")
         row(f"{family} forward peak extra memory", mem_ours / 2**20, mem_theirs / 2**20, "MiB")
         print(f"  {family}: relative difference of outputs (ours vs diffusers) {diff:.1e}")
+        if args.rss and not cuda and family in RSS_FAMILIES:
+            rss = peak_rss(family, pair.theirs, width, depth, size)
+            o, t = rss["ours"], rss["theirs"]
+            row(f"{family} load + forward peak RSS (process)", o["peak"] / 2**20, t["peak"] / 2**20, "MiB")
+            row(
+                f"{family} load + forward peak RSS over imports",
+                (o["peak"] - o["base"]) / 2**20,
+                (t["peak"] - t["base"]) / 2**20,
+                "MiB",
+            )
         if args.full and family == "sd15":
             res = args.resolution
             o, t, po, pt, image_diff = full_generation(pair, device, dtype, args.steps, res)

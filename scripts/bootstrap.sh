@@ -7,7 +7,7 @@
 # so a fresh machine gets what CI saw. A changed pyproject.toml or constraints.txt re-installs once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras="server,eval"
+extras="server,eval,gguf"
 with_test=0
 for arg in "$@"; do
   case "$arg" in

@@ -176,13 +176,34 @@ def test_clip_set_last_layer_reads_the_layer_transformers_gives(models_dir: Path
         set_layer(ctx, clip=qwen, stop_at_clip_layer=-2)
 
 
+@pytest.mark.parametrize(
+    "weight_dtype, fp8", [("fp8_e4m3fn", torch.float8_e4m3fn), ("fp8_e5m2", torch.float8_e5m2)]
+)
+def test_unet_loader_weight_dtype_stores_the_weights_in_fp8(
+    models_dir: Path, weight_dtype: str, fp8: torch.dtype
+) -> None:
+    from latentworks.nn.quant import QuantizedTensor
+
+    registry = default_registry(models_dir)
+    ctx = Executor(registry).new_context("job", on_event=lambda e, d: None)
+    load = registry.get("UNETLoader").execute
+    (dense,) = load(ctx, unet_name="z_image_turbo_tiny.safetensors", weight_dtype="default")
+    with pytest.warns(UserWarning, match=r"stored in fp8 .* no fp8 compute: each layer's weights are upcast"):
+        (small,) = load(ctx, unet_name="z_image_turbo_tiny.safetensors", weight_dtype=weight_dtype)
+    want = dict(dense.folder.denoiser_net.named_parameters())
+    for name, p in small.folder.denoiser_net.named_parameters():
+        if want[name].ndim >= 2:  # matrices and kernels: fp8 storage, the torch cast of the file's weights
+            assert isinstance(p, QuantizedTensor) and p.qdata.dtype == fp8, name
+            torch.testing.assert_close(
+                p.dequantize(), want[name].to(fp8).to(want[name].dtype), rtol=0, atol=0
+            )
+        else:  # norms and biases keep the file's dtype
+            assert not isinstance(p, QuantizedTensor) and torch.equal(p, want[name]), name
+
+
 def test_loader_errors_say_what_to_do(models_dir: Path, tmp_path: Path) -> None:
     registry = default_registry(models_dir)
     ctx = Executor(registry).new_context("job", on_event=lambda e, d: None)
-    with pytest.raises(ValueError, match="not supported yet"):
-        registry.get("UNETLoader").execute(
-            ctx, unet_name="z_image_turbo_tiny.safetensors", weight_dtype="fp8_e4m3fn"
-        )
     with pytest.raises(ValueError, match="'mochi' is not supported yet.*lumina2"):
         registry.get("CLIPLoader").execute(ctx, clip_name="qwen_3_tiny.safetensors", type="mochi")
     with pytest.raises(ValueError, match="fits no family"):  # a Qwen3 file is no SD text encoder

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from latentworks.atomic import atomic_write_bytes
+from latentworks.nn.quant import QuantizedTensor
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 _CHUNK_BYTES = 1 << 20  # casting reads go through one buffer of this size
@@ -76,7 +77,7 @@ def save_file_atomic(
     """Save ``tensors`` as safetensors at ``path`` atomically.
 
     Tensors are made contiguous and moved to CPU; tensors that share memory are cloned (safetensors
-    refuses shared storage). ``metadata`` values must be strings.
+    refuses shared storage); weights kept in a storage format (``QuantizedTensor``) are written dense. ``metadata`` values must be strings.
     """
     from safetensors.torch import save
 
@@ -89,6 +90,8 @@ def save_file_atomic(
     for k, t in tensors.items():
         if not isinstance(t, Tensor):
             raise TypeError(f"tensor {k!r} is a {type(t).__name__}, not a torch.Tensor")
+        if isinstance(t, QuantizedTensor):  # a weight kept in fp8/GGUF storage: written dense
+            t = t.dequantize()
         t = t.detach().to("cpu").contiguous()
         ptr = t.untyped_storage().data_ptr() if t.numel() else -1
         if ptr in seen:
@@ -432,6 +435,28 @@ class LazyStateDict(Mapping[str, Tensor]):
                     self._read_exact(f, raw, key)
                     flat[start : start + n].copy_(raw.view(src_dtype))
         return out.to(self.device)
+
+    def read_chunks(self, key: str) -> Iterator[Tensor]:
+        """Tensor ``key`` as consecutive flat pieces in the file's dtype, each at most ``_CHUNK_BYTES``, read into
+        one reusable buffer (valid until the next piece): a caller that converts piece by piece (e.g. to fp8)
+        never holds the whole tensor in the file's dtype."""
+        try:
+            entry = self._entries[key]
+        except KeyError:
+            raise KeyError(f"{self.path} has no tensor {key!r}") from None
+        begin, stop = entry["data_offsets"]
+        src_dtype = SAFETENSORS_DTYPES[entry["dtype"]]
+        total = (stop - begin) // src_dtype.itemsize
+        per = max(1, _CHUNK_BYTES // src_dtype.itemsize)
+        buffer = getattr(self._local, "chunk", None)  # the casting reads' buffer: no allocation per tensor
+        if buffer is None:
+            buffer = self._local.chunk = torch.empty(_CHUNK_BYTES + 16, dtype=torch.uint8)
+        with open(self.path, "rb") as f:
+            f.seek(self._data_start + begin)
+            for start in range(0, total, per):
+                raw = buffer[: min(per, total - start) * src_dtype.itemsize]
+                self._read_exact(f, raw, key)
+                yield raw.view(src_dtype)
 
     def _read_exact(self, f: BufferedReader, into: Tensor, key: str) -> None:
         """Fill the uint8 tensor ``into`` from ``f``; a short read means the file changed under us."""

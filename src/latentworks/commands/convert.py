@@ -22,6 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         epilog="examples:\n"
         "  latentworks convert v1-5-pruned-emaonly.safetensors --to diffusers --out models/sd15\n"
         "  latentworks convert models/sd15 --to single-file --out sd15.safetensors --half\n"
+        "  latentworks convert flux1-dev.safetensors --to single-file --weight-dtype fp8_e4m3fn_scaled \\\n"
+        "      --out flux1-dev-fp8-scaled.safetensors\n"
         "  latentworks convert flux1-schnell.safetensors --vae ae.safetensors --text-encoder clip_l.safetensors \\\n"
         "      --text-encoder t5xxl_fp16.safetensors --tokenizer t5/ --to diffusers --out models/flux-schnell\n"
         "  latentworks convert --from-run runs/unet --out models/checkpoints/mine --data data/emoji-32.npz\n"
@@ -68,6 +70,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--half", action="store_true", help="store weights in float16 (half the size)")
     p.add_argument(
+        "--weight-dtype",
+        choices=["fp8_e4m3fn", "fp8_e4m3fn_scaled", "fp8_e5m2"],
+        default=None,
+        help="--to single-file: store the denoiser's weight matrices in fp8 as ComfyUI's fp8 files do "
+        "(fp8_e4m3fn_scaled adds ComfyUI's per-tensor scale_weight keys and scaled_fp8 marker); norms, "
+        "biases, VAE and text encoders keep their dtype (default: none: the file's precision, or --half)",
+    )
+    p.add_argument(
         "--defaults",
         default=None,
         metavar="JSON",
@@ -90,6 +100,11 @@ def _convert_checkpoint(args: argparse.Namespace) -> int:
 
     if args.to is None:
         raise UserError("give --to diffusers or --to single-file")
+    if args.weight_dtype is not None and args.to != "single-file":
+        raise UserError(
+            f"--weight-dtype {args.weight_dtype} writes fp8 single files only; use --to single-file "
+            "(diffusers folders are written in the file's precision, or float16 with --half)"
+        )
     if not args.input.exists():
         raise UserError(f"no such checkpoint file or folder: {args.input}")
     refuse_non_empty(args.out, args.overwrite)
@@ -104,7 +119,7 @@ def _convert_checkpoint(args: argparse.Namespace) -> int:
         allow_pickle=args.allow_pickle,
     )
     if args.to == "single-file":
-        write_single_file(parts, args.out)
+        write_single_file(parts, args.out, weight_dtype=args.weight_dtype)
     else:
         write_diffusers(parts, args.out)
     print(

@@ -41,7 +41,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default="default",
         metavar="NAME|PATH",
         help="'default' (the embedded model), a latentworks model folder, a checkpoint file "
-        "(.safetensors: SD 1.x/2.x/XL, SD3, FLUX) or a diffusers folder (default: %(default)s)",
+        "(.safetensors, fp8 included, or a ComfyUI-GGUF .gguf: SD 1.x/2.x/XL, SD3, FLUX, Z-Image) or a diffusers "
+        "folder (default: %(default)s)",
     )
     add_component_arguments(p)
     p.add_argument(
@@ -203,6 +204,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     p.add_argument(
+        "--memory-budget",
+        type=memory_budget,
+        default=None,
+        metavar="SIZE",
+        help="most bytes of weights on --device at once, e.g. 12GB or 512MiB; a network that does not fit "
+        "runs block by block (same images, slower). Default: no limit",
+    )
+    p.add_argument(
         "--quiet", action="store_true", help="no progress bars (ours and the libraries' weight loading)"
     )
     return p
@@ -219,6 +228,19 @@ def _parse_padding(spec: str) -> tuple[int, int, int, int]:
             f"expected four pixel counts >= 0 as LEFT,TOP,RIGHT,BOTTOM, got {spec!r}"
         )
     return values  # type: ignore[return-value]
+
+
+def memory_budget(text: str) -> int:
+    """``--memory-budget`` value: a size such as 12GB, 512MiB or a number of bytes."""
+    from latentworks.graph.budgets import parse_bytes
+
+    try:
+        value = parse_bytes(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: the memory budget must be more than 0 bytes")
+    return value
 
 
 def parse_lora(spec: str) -> tuple[Path, float]:
@@ -322,6 +344,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     from latentworks.pipelines import Pipeline
     from latentworks.pipelines.inpaint import MaskSizeWarning
+    from latentworks.pipelines.memory import MemoryBudgetError
     from latentworks.pipelines.metadata import save_png
     from latentworks.pipelines.text_to_image import ResolutionWarning
 
@@ -366,6 +389,7 @@ def _generate(args: argparse.Namespace) -> int:
             tokenizer=args.tokenizer,
             prediction=args.prediction,
             allow_pickle=args.allow_pickle,
+            memory_budget=args.memory_budget,
         )
     except (FileNotFoundError, ValueError, KeyError) as e:
         raise UserError(f"--model {args.model}: {e}") from None
@@ -421,6 +445,8 @@ def _generate(args: argparse.Namespace) -> int:
                 raise UserError(f"--hires-upscale {args.hires_upscale}: {e}") from None
         try:
             result = _run(pipe, args, init, mask, strength, on_step, edit)
+        except MemoryBudgetError as e:
+            raise UserError(f"--memory-budget: {e}") from None
         except ValueError as e:
             raise UserError(str(e)) from None
     if bar is not None:

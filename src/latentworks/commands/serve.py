@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 from pathlib import Path
 
 from latentworks.graph.budgets import (
@@ -13,18 +12,17 @@ from latentworks.graph.budgets import (
     DEFAULT_MAX_JOB_SECONDS,
     DEFAULT_MAX_LATENT_ELEMENTS,
     JobBudgets,
+    parse_bytes,
 )
 from latentworks.graph.cache import DEFAULT_CACHE_BYTES
 
-_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
-
 
 def byte_size(text: str) -> int:
-    """'8G', '512M', '1.5G' or a plain number of bytes -> bytes (binary units)."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
-    if m is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size; write e.g. 8G, 512M or 1000000")
-    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    """'8G', '512MiB', '1.5GB' or a plain number of bytes -> bytes (binary units; ``graph.parse_bytes``)."""
+    try:
+        return parse_bytes(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _limit(text: str) -> int:
@@ -120,6 +118,15 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "(ComfyUI's official frontend: pip install 'latentworks[comfyui-frontend]'), or a folder holding "
         "a built front end's index.html (docs/server.md)",
     )
+    p.add_argument(
+        "--memory-budget",
+        type=byte_size,
+        default=None,
+        metavar="SIZE",
+        help="most bytes of model weights on --device at once, e.g. 20GB or 512MiB: idle models leave the "
+        "device least recently used first, and a model that does not fit runs block by block. "
+        "Default: no limit (models stay on the device while the output cache holds them)",
+    )
     b = p.add_argument_group(
         "resource budgets",
         "per-job limits, checked before allocating (0 switches a limit off); docs/server.md",
@@ -170,8 +177,12 @@ def budgets_from_args(args: argparse.Namespace) -> JobBudgets:
 
 
 def run(args: argparse.Namespace) -> int:
+    from functools import partial
+
     from latentworks.nodes import default_registry
+    from latentworks.nodes.devices import release_networks
     from latentworks.nodes.guards import payload_nbytes
+    from latentworks.pipelines.memory import MemoryManager
     from latentworks.server import serve
     from latentworks.server.app import STATIC_DIR
     from latentworks.server.auth import check_bind
@@ -182,6 +193,10 @@ def run(args: argparse.Namespace) -> int:
     if not 1 <= args.port <= 65535:
         raise ValueError(f"--port must be between 1 and 65535, got {args.port}")
     registry = default_registry(args.models_dir, args.data_dir / "input")
+    if args.memory_budget is not None and args.memory_budget <= 0:
+        raise ValueError(f"--memory-budget must be more than 0 bytes, got {args.memory_budget}")
+    # One manager for the server's life: models stay on the device between jobs within the budget.
+    manager = MemoryManager(device=args.device, mode="none", budget=args.memory_budget)
     print(
         f"latentworks server on http://{args.host}:{args.port}/  (data: {args.data_dir}, models: {args.models_dir})"
     )
@@ -192,7 +207,8 @@ def run(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         models_dir=args.models_dir,
         token=args.token,
-        device=args.device,
+        device=manager,
+        on_evict=partial(release_networks, manager),
         budgets=budgets_from_args(args),
         cache_bytes=args.cache_bytes or None,
         sizer=payload_nbytes,

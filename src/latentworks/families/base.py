@@ -132,11 +132,14 @@ class ComfyNames:
         clip_type: the ``type`` of CLIPLoader / DualCLIPLoader / TripleCLIPLoader for its text encoders.
         model_sampling_node: the node that sets its model sampling (ModelSamplingDiscrete, ...SD3, ...Flux).
         vae_file: the name of the VAE file ComfyUI's pages give for it, for messages (None: not named).
+        gguf_architecture: the ``general.architecture`` ComfyUI-GGUF writes into this family's ``.gguf`` files
+            (``flux``, ``lumina2``...); None where it writes none.
     """
 
     clip_type: str
     model_sampling_node: str
     vae_file: str | None = None
+    gguf_architecture: str | None = None
 
 
 # (config, all shapes, the denoiser prefix, read-one-tensor) -> (variant, prediction)

@@ -45,7 +45,7 @@ DIFFUSERS = DiffusersNames(
     pipeline_classes=("FluxPipeline", "FluxImg2ImgPipeline"),
     text_slots={"text_encoder": "clip_l", "text_encoder_2": "t5xxl"},
 )
-COMFY = ComfyNames(clip_type="flux", model_sampling_node="ModelSamplingFlux")
+COMFY = ComfyNames(clip_type="flux", model_sampling_node="ModelSamplingFlux", gguf_architecture="flux")
 
 
 def _inspector(name: str) -> Any:

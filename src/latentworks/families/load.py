@@ -28,7 +28,8 @@ import torch
 from torch import Tensor, nn
 
 from latentworks.checkpoints.detect import detect_vae, find_vae_prefix, text_encoder_prefixes
-from latentworks.checkpoints.io import PICKLE_SUFFIXES, LazyStateDict, load_state_dict, save_file_atomic
+from latentworks.checkpoints.formats import cast_to_fp8, fp8_file_tensors, open_storage
+from latentworks.checkpoints.io import PICKLE_SUFFIXES, load_state_dict, save_file_atomic
 from latentworks.checkpoints.keymaps.qwenimage_vae import (
     is_qwenimage_vae,
     qwenimage_vae_to_wan,
@@ -37,7 +38,7 @@ from latentworks.checkpoints.keymaps.qwenimage_vae import (
 from latentworks.checkpoints.keymaps.sd_diffusers import vae_from_diffusers
 from latentworks.checkpoints.keymaps.sd_ldm import ours_to_vae_ldm, vae_ldm_to_ours
 from latentworks.diffusion.latent_formats import LatentFormat
-from latentworks.families import with_prediction
+from latentworks.families import REGISTRY, with_prediction
 from latentworks.families.architectures import DenoiserConfig
 from latentworks.families.base import Architecture, ModelFamily
 from latentworks.families.detect import detect_checkpoint
@@ -48,8 +49,9 @@ from latentworks.models.text.clip import clip_config_from_shapes
 from latentworks.models.text.layouts import detect_text_encoder, hf_to_open_clip, open_clip_to_hf, to_hf_clip
 from latentworks.models.text.qwen import qwen_for_diffusers
 from latentworks.models.text.t5 import t5_config_from_shapes
+from latentworks.nn.quant import QuantizedTensor
 
-CHECKPOINT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
+CHECKPOINT_SUFFIXES = (".safetensors", ".gguf", *PICKLE_SUFFIXES)
 
 
 @dataclass
@@ -108,26 +110,43 @@ class _Prefixed(Mapping[str, Tensor]):
         return isinstance(key, str) and (self.prefix + key) in self.base
 
 
+def gguf_architectures() -> dict[str, str]:
+    """``{general.architecture: family titles}`` of the GGUF files the registered families run (ComfyUI-GGUF's
+    names, ``ComfyNames.gguf_architecture``)."""
+    out: dict[str, list[str]] = {}
+    for family in REGISTRY:
+        if family.comfy is not None and family.comfy.gguf_architecture is not None:
+            out.setdefault(family.comfy.gguf_architecture, []).append(family.title)
+    return {arch: " / ".join(titles) for arch, titles in out.items()}
+
+
 def open_weights(
     path: str | Path, *, dtype: torch.dtype | None = None, allow_pickle: bool = False
 ) -> Mapping[str, Tensor]:
-    """A lazy mapping over a safetensors file (or, with ``allow_pickle``, a loaded pickle's tensors)."""
+    """A lazy mapping over a safetensors or GGUF file (or, with ``allow_pickle``, a loaded pickle's tensors).
+
+    fp8 tensors (plain or ComfyUI-scaled) and GGUF blocks stay in their storage format as
+    :class:`~latentworks.nn.quant.QuantizedTensor` weights computing in ``dtype``
+    (:func:`~latentworks.checkpoints.formats.open_storage`); other floating-point tensors are cast to ``dtype``.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.suffix.lower() == ".safetensors":
-        return LazyStateDict(path, dtype=dtype)
+    if path.suffix.lower() in (".safetensors", ".gguf"):
+        return open_storage(path, dtype=dtype, gguf_architectures=gguf_architectures())
     if path.suffix.lower() in PICKLE_SUFFIXES:
         return load_state_dict(path, dtype=dtype, allow_pickle=allow_pickle)
     raise ValueError(
-        f"{path}: unknown checkpoint type {path.suffix!r}; expected .safetensors (or, with --allow-pickle, "
+        f"{path}: unknown checkpoint type {path.suffix!r}; expected .safetensors or .gguf (or, with --allow-pickle, "
         f"one of {', '.join(PICKLE_SUFFIXES)})"
     )
 
 
 def _shapes(weights: Mapping[str, Tensor]) -> dict[str, tuple[int, ...]]:
-    if isinstance(weights, LazyStateDict):
-        return dict(weights.shapes())
+    """Every tensor's (logical) shape: from the header for lazy files (GGUF and fp8 ones included)."""
+    shapes = getattr(weights, "shapes", None)
+    if callable(shapes):
+        return dict(shapes())
     return {k: tuple(v.shape) for k, v in weights.items()}
 
 
@@ -175,6 +194,7 @@ def read_checkpoint(
     prediction: str | None = None,
     dtype: torch.dtype | None = None,
     allow_pickle: bool = False,
+    weight_dtype: str = "default",
 ) -> CheckpointParts:
     """Read a single file or a diffusers folder (plus optional component files) into :class:`CheckpointParts`.
 
@@ -186,12 +206,19 @@ def read_checkpoint(
         prediction: override the detected objective (``eps`` | ``v`` | ``flow``), e.g. for SD 2.x v models.
         dtype: cast floating-point weights to this while reading (None keeps the file's).
         allow_pickle: accept ``.ckpt/.pt/.pth/.bin`` (loaded with ``torch.load(weights_only=True)``).
+        weight_dtype: UNETLoader's choice: ``default`` keeps the file's storage (fp8 and GGUF weights stay
+            quantized); ``fp8_e4m3fn`` / ``fp8_e4m3fn_fast`` / ``fp8_e5m2`` store the denoiser's weight matrices
+            in that fp8 format as they are read (:func:`~latentworks.checkpoints.formats.cast_to_fp8`).
     """
     path = Path(path)
     if path.is_dir():
         parts = _read_folder(path, dtype=dtype, allow_pickle=allow_pickle, prediction=prediction)
+        if weight_dtype != "default":
+            parts.denoiser_state = cast_to_fp8(parts.denoiser_state, weight_dtype)
     else:
-        parts = _read_file(path, dtype=dtype, allow_pickle=allow_pickle, prediction=prediction)
+        parts = _read_file(
+            path, dtype=dtype, allow_pickle=allow_pickle, prediction=prediction, weight_dtype=weight_dtype
+        )
     if vae is not None:
         weights = open_weights(vae, dtype=dtype, allow_pickle=allow_pickle)
         parts.vae_config, parts.vae_state = read_vae(weights, source=str(vae))
@@ -207,14 +234,20 @@ def read_checkpoint(
 
 
 def _read_file(
-    path: Path, *, dtype: torch.dtype | None, allow_pickle: bool, prediction: str | None
+    path: Path,
+    *,
+    dtype: torch.dtype | None,
+    allow_pickle: bool,
+    prediction: str | None,
+    weight_dtype: str = "default",
 ) -> CheckpointParts:
     weights = open_weights(path, dtype=dtype, allow_pickle=allow_pickle)
     shapes = _shapes(weights)
     found = detect_checkpoint(
         shapes, get_tensor=lambda k: weights[k], source=path.name, prediction=prediction
     )
-    denoiser = _Prefixed(weights, found.denoiser_prefix)
+    # cast over the file itself (read chunk by chunk into fp8), seen through the denoiser's prefix
+    denoiser: Mapping[str, Tensor] = _Prefixed(cast_to_fp8(weights, weight_dtype), found.denoiser_prefix)
     assert found.architecture.from_original is not None  # detected architectures have an original layout
     state = found.architecture.from_original(denoiser, found.denoiser_config)
     vae_config, vae_state = None, None
@@ -312,15 +345,33 @@ def single_file_state(parts: CheckpointParts) -> dict[str, Tensor]:
     return out
 
 
-def write_single_file(parts: CheckpointParts, path: str | Path, *, dtype: torch.dtype | None = None) -> Path:
-    """Write ``parts`` as one ``.safetensors`` file in the original layout (atomically)."""
+def write_single_file(
+    parts: CheckpointParts,
+    path: str | Path,
+    *,
+    dtype: torch.dtype | None = None,
+    weight_dtype: str | None = None,
+) -> Path:
+    """Write ``parts`` as one ``.safetensors`` file in the original layout (atomically).
+
+    ``dtype`` casts floating-point tensors; ``weight_dtype`` (``fp8_e4m3fn``, ``fp8_e4m3fn_scaled``,
+    ``fp8_e5m2``) then stores the denoiser's weight matrices in fp8 the way ComfyUI's fp8 files do
+    (:func:`~latentworks.checkpoints.formats.fp8_file_tensors`). Weights read quantized (fp8, GGUF) are
+    dequantized first.
+    """
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"single-file output must end in .safetensors, got {path}")
     tensors = {
-        k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
+        k: (v.dequantize() if isinstance(v, QuantizedTensor) else v)
         for k, v in single_file_state(parts).items()
     }
+    tensors = {
+        k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
+        for k, v in tensors.items()
+    }
+    if weight_dtype is not None:
+        tensors = fp8_file_tensors(tensors, "model.diffusion_model.", weight_dtype)
     save_file_atomic(tensors, path, metadata={"latentworks.family": parts.family.name})
     return path
 

@@ -136,5 +136,6 @@ QWEN_IMAGE = ModelFamily(
         clip_type="qwen_image",
         model_sampling_node="ModelSamplingAuraFlow",
         vae_file="qwen_image_vae.safetensors",
+        gguf_architecture="qwen_image",
     ),
 )

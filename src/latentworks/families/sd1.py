@@ -77,5 +77,7 @@ SD1 = ModelFamily(
         index_extra=SD_INDEX_EXTRA,
         sample_size=64,
     ),
-    comfy=ComfyNames(clip_type="stable_diffusion", model_sampling_node="ModelSamplingDiscrete"),
+    comfy=ComfyNames(
+        clip_type="stable_diffusion", model_sampling_node="ModelSamplingDiscrete", gguf_architecture="sd1"
+    ),
 )

@@ -85,5 +85,5 @@ SD3 = ModelFamily(
         pipeline_classes=("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline"),
         text_slots={"text_encoder": "clip_l", "text_encoder_2": "clip_g", "text_encoder_3": "t5xxl"},
     ),
-    comfy=ComfyNames(clip_type="sd3", model_sampling_node="ModelSamplingSD3"),
+    comfy=ComfyNames(clip_type="sd3", model_sampling_node="ModelSamplingSD3", gguf_architecture="sd3"),
 )

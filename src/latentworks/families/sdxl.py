@@ -29,7 +29,7 @@ PIPELINE_CLASSES = (
     "StableDiffusionXLInpaintPipeline",
 )
 CLIP_G = ClipReading(layer=-2, final_norm=False, project_pooled=True, tokenizer_folder="tokenizer_2")
-COMFY = ComfyNames(clip_type="sdxl", model_sampling_node="ModelSamplingDiscrete")
+COMFY = ComfyNames(clip_type="sdxl", model_sampling_node="ModelSamplingDiscrete", gguf_architecture="sdxl")
 
 
 def _inspector(name: str) -> Any:

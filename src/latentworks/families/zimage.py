@@ -46,5 +46,7 @@ Z_IMAGE = ModelFamily(
     text=QwenRecipe(name="z-image", component="qwen3_4b", template=CHAT_TEMPLATE, layer=-2, max_length=512),
     single_file_vae_prefix="vae.",
     diffusers=DiffusersNames(pipeline_classes=("ZImagePipeline",), text_slots={"text_encoder": "qwen3_4b"}),
-    comfy=ComfyNames(clip_type="lumina2", model_sampling_node="ModelSamplingAuraFlow"),
+    comfy=ComfyNames(
+        clip_type="lumina2", model_sampling_node="ModelSamplingAuraFlow", gguf_architecture="lumina2"
+    ),
 )

@@ -8,6 +8,7 @@ and the limit, instead of exhausting the server's memory. Plain integers only: n
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096  # 16.8 MP: the editor's largest EmptyLatentImage
@@ -16,6 +17,20 @@ DEFAULT_MAX_LATENT_ELEMENTS = (
     2**24
 )  # 16.8 M latent values (64 MiB in float32), batch included: 4 x 4096^2 at f8 x 16
 DEFAULT_MAX_JOB_SECONDS = 1800.0  # 30 minutes of wall time per job
+
+
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_bytes(text: str | int) -> int:
+    """'4GB', '512MiB', '1.5G', '800M' or a plain number of bytes -> bytes. Units are binary (G = 2**30)
+    whether written G, GB or GiB, as ComfyUI and nvidia-smi count GPU memory."""
+    if isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", str(text), re.IGNORECASE)
+    if m is None:
+        raise ValueError(f"{text!r} is not a size; write e.g. 8G, 512M, 4GB, 512MiB or 1000000 (bytes)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
 
 
 class BudgetExceeded(ValueError):

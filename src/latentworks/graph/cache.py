@@ -1,5 +1,10 @@
-"""Output cache for the executor: LRU-bounded by entries and by bytes, keyed by a node's class, literals and
-its ancestors' keys.
+"""Output cache for the executor: LRU-bounded by bytes (and optionally by entries), keyed by a node's class,
+literals and its ancestors' keys.
+
+Loaded models are cached like every other output and accounted by their bytes, not by count. What sits on
+the accelerator is the device manager's business (``latentworks.pipelines.memory.MemoryManager``, injected
+by the server): when an entry leaves the cache, ``on_evict(outputs)`` tells it, so the networks' device and
+host memory go with the entry.
 
 Entries are sized by a *sizer*, ``f(value) -> bytes``. The graph engine never imports torch, so it only
 knows sizes it can read without it (:func:`default_sizer`: ``bytes``, anything with an integer ``nbytes``
@@ -121,22 +126,28 @@ def default_sizer(value: Any) -> int:
 class OutputCache:
     """A thread-safe LRU map from cache key to :class:`CacheEntry`.
 
-    At most ``max_entries`` entries and (unless ``max_bytes`` is None) at most ``max_bytes`` bytes as
-    measured by ``sizer`` on each entry's outputs; least recently used entries are evicted first, and an
-    entry larger than ``max_bytes`` on its own is not kept at all. There is no separate model manager yet,
-    so loaded models are evicted by bytes like every other output.
+    At most ``max_bytes`` bytes as measured by ``sizer`` on each entry's outputs (None: no byte limit) and, if
+    ``max_entries`` is not None, at most that many entries; least recently used entries are evicted first, and
+    an entry larger than ``max_bytes`` on its own is not kept at all. ``on_evict(outputs)`` is called (outside
+    the lock) for every entry that leaves, whether evicted, replaced or cleared.
     """
 
     def __init__(
-        self, max_entries: int = 256, *, max_bytes: int | None = None, sizer: Sizer | None = None
+        self,
+        max_entries: int | None = 256,
+        *,
+        max_bytes: int | None = None,
+        sizer: Sizer | None = None,
+        on_evict: Callable[[tuple[Any, ...]], None] | None = None,
     ) -> None:
-        if max_entries < 0:
+        if max_entries is not None and max_entries < 0:
             raise ValueError(f"max_entries must be >= 0, got {max_entries}")
         if max_bytes is not None and max_bytes < 0:
             raise ValueError(f"max_bytes must be >= 0 or None (no limit), got {max_bytes}")
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.sizer: Sizer = sizer or default_sizer
+        self.on_evict = on_evict
         self._entries: OrderedDict[str, tuple[CacheEntry, int]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
@@ -159,27 +170,43 @@ class OutputCache:
         except Exception:  # a sizer bug must not fail the job; the entry limit still applies
             log.exception("could not size the outputs cached under %s", key[:12])
             nbytes = 0
+        gone: list[CacheEntry] = []
         with self._lock:
             old = self._entries.pop(key, None)
             if old is not None:
                 self._bytes -= old[1]
+                if old[0] is not entry:
+                    gone.append(old[0])
             if self.max_bytes is not None and nbytes > self.max_bytes:
                 log.info(
                     "not caching %d bytes of outputs: over the cache's limit of %d", nbytes, self.max_bytes
                 )
-                return
-            self._entries[key] = (entry, nbytes)
-            self._bytes += nbytes
-            while len(self._entries) > self.max_entries or (
-                self.max_bytes is not None and self._bytes > self.max_bytes
-            ):
-                _, (_, evicted) = self._entries.popitem(last=False)
-                self._bytes -= evicted
+            else:
+                self._entries[key] = (entry, nbytes)
+                self._bytes += nbytes
+                while (self.max_entries is not None and len(self._entries) > self.max_entries) or (
+                    self.max_bytes is not None and self._bytes > self.max_bytes
+                ):
+                    _, (evicted, size) = self._entries.popitem(last=False)
+                    self._bytes -= size
+                    gone.append(evicted)
+        self._evicted(gone)
+
+    def _evicted(self, entries: list[CacheEntry]) -> None:
+        if self.on_evict is None:
+            return
+        for e in entries:
+            try:
+                self.on_evict(e.outputs)
+            except Exception:  # a release bug must not fail the job
+                log.exception("on_evict failed for an evicted cache entry")
 
     def clear(self) -> None:
         with self._lock:
+            gone = [e for e, _ in self._entries.values()]
             self._entries.clear()
             self._bytes = 0
+        self._evicted(gone)
 
     def discard(self, where: Callable[[CacheEntry], bool]) -> int:
         """Drop every entry for which ``where(entry)`` is true (e.g. those holding a loaded model, for the

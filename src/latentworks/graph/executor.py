@@ -188,24 +188,27 @@ class Executor:
 
     Args:
         registry: the node types.
-        cache_size: most entries the output cache keeps.
+        cache_size: most entries the output cache keeps (None: no count limit, bytes only).
         cache_bytes: most bytes the output cache keeps (sized by ``sizer``); None = no byte limit.
         sizer: ``f(value) -> bytes`` for node outputs; the nodes layer passes one that knows tensors and
             models (see :func:`latentworks.graph.cache.default_sizer` for what is known without it).
         budgets: the :class:`JobBudgets` every new context gets unless it is given its own.
+        on_evict: called with the outputs of every entry that leaves the cache (the server lets its device
+            manager forget the networks in them).
     """
 
     def __init__(
         self,
         registry: NodeRegistry,
         *,
-        cache_size: int = 256,
+        cache_size: int | None = 256,
         cache_bytes: int | None = None,
         sizer: Sizer | None = None,
         budgets: JobBudgets | None = None,
+        on_evict: Callable[[tuple[Any, ...]], None] | None = None,
     ) -> None:
         self.registry = registry
-        self.cache = OutputCache(cache_size, max_bytes=cache_bytes, sizer=sizer)
+        self.cache = OutputCache(cache_size, max_bytes=cache_bytes, sizer=sizer, on_evict=on_evict)
         self.budgets = budgets if budgets is not None else JobBudgets()
 
     def new_context(self, prompt_id: str, **kwargs: Any) -> ExecutionContext:

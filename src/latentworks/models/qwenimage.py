@@ -153,10 +153,12 @@ class QwenImageBlock(nn.Module):
         # img: (B, N, D), txt: (B, L, D), vec: (B, D), freqs: (L+N, hd/2, 2), key_mask: (B, L+N) or None
         i_shift, i_scale, i_gate, i_shift_m, i_scale_m, i_gate_m = self.img_mod(vec)
         t_shift, t_scale, t_gate, t_shift_m, t_scale_m, t_gate_m = self.txt_mod(vec)
-        qi, ki, vi = self.img_attn.qkv_heads(modulate(layer_norm(img), i_shift, i_scale))  # (B, H, N, hd)
-        qt, kt, vt = self.txt_attn.qkv_heads(modulate(layer_norm(txt), t_shift, t_scale))  # (B, H, L, hd)
-        q, k = apply_rope(torch.cat([qt, qi], 2), torch.cat([kt, ki], 2), freqs)
-        joint = attention(q, k, torch.cat([vt, vi], 2), key_mask)  # (B, L+N, D)
+        qi, ki, vi = self.img_attn.qkv_tokens(modulate(layer_norm(img), i_shift, i_scale))  # (B, N, H, hd)
+        qt, kt, vt = self.txt_attn.qkv_tokens(modulate(layer_norm(txt), t_shift, t_scale))  # (B, L, H, hd)
+        # joined token-major (row copies), then viewed head-major (B, H, L+N, hd) for RoPE and attention
+        q, k, v = (torch.cat(s, dim=1).transpose(1, 2) for s in ((qt, qi), (kt, ki), (vt, vi)))
+        q, k = apply_rope(q, k, freqs)
+        joint = attention(q, k, v, key_mask)  # (B, L+N, D)
         n_txt = txt.shape[1]
         txt_out, img_out = joint[:, :n_txt], joint[:, n_txt:]
         assert self.img_attn.proj is not None and self.txt_attn.proj is not None

@@ -56,6 +56,14 @@ class StreamAttention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         return q, k, v
 
+    def qkv_tokens(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(B, N, D) -> q, k, v each (B, N, H, head_dim), token-major: streams concatenate along N as plain
+        row copies (a head-major cat copies strided memory, several times slower on CPU)."""
+        q, k, v = self.qkv(x).unflatten(-1, (3, self.num_heads, -1)).unbind(2)  # (B, N, H, hd) each
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return q, k, v
+
     def self_attention(self, x: Tensor) -> Tensor:
         """This stream attending to itself alone: (B, N, D) -> (B, N, D)."""
         assert self.proj is not None

@@ -17,6 +17,7 @@ from latentworks.graph.budgets import BudgetExceeded
 from latentworks.graph.metadata import png_metadata
 from latentworks.graph.types import InputSpec, NodeResult, NodeSpec, OutputSpec
 from latentworks.nodes.budgets import decoder_refused, file_fingerprint
+from latentworks.nodes.devices import compute_device, on_device
 from latentworks.nodes.guards import interruptible, needs_fine_checks
 from latentworks.nodes.payloads import Latent, VAEPayload
 
@@ -29,9 +30,10 @@ def _decode(ctx: Any, samples: Latent, vae: VAEPayload) -> tuple[Any, ...]:
     b, _, h, w = samples.samples.shape
     ctx.check_pixels(w * vae.factor, h * vae.factor, b, inputs="samples")  # before decoding
     p = next(vae.vae.parameters())
-    z = vae.format_for(samples).process_out(samples.samples.to(p.device).float()).to(p.dtype)
+    device = compute_device(ctx, vae.vae)
+    z = vae.format_for(samples).process_out(samples.samples.to(device).float()).to(p.dtype)
     fine = needs_fine_checks(vae.vae, h * w * vae.factor**2)  # the VAE works at pixel resolution
-    with torch.no_grad(), interruptible(ctx.check_cancelled, vae.vae, fine=fine):
+    with torch.no_grad(), on_device(ctx, vae.vae), interruptible(ctx.check_cancelled, vae.vae, fine=fine):
         x = vae.vae.decode(z).float()  # (B, 3, H, W) in [-1, 1]
     return (((x.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu(),)  # IMAGE (B, H, W, 3) in [0, 1]
 
@@ -43,9 +45,9 @@ def _encode_pixels(ctx: Any, vae: VAEPayload, pixels: torch.Tensor) -> torch.Ten
     if h == 0 or w == 0:
         raise ValueError(f"image {tuple(pixels.shape[1:3])} is smaller than the VAE factor {f}")
     p = next(vae.vae.parameters())
-    x = pixels[:, :h, :w, :3].permute(0, 3, 1, 2).to(p.device, p.dtype) * 2 - 1
+    x = pixels[:, :h, :w, :3].permute(0, 3, 1, 2).to(compute_device(ctx, vae.vae), p.dtype) * 2 - 1
     fine = needs_fine_checks(vae.vae, h * w)  # the VAE works at pixel resolution
-    with torch.no_grad(), interruptible(ctx.check_cancelled, vae.vae, fine=fine):
+    with torch.no_grad(), on_device(ctx, vae.vae), interruptible(ctx.check_cancelled, vae.vae, fine=fine):
         z = vae.vae.encode(x).mode().float()
     return lf.process_in(z)
 

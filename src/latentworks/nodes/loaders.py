@@ -23,6 +23,7 @@ validate; types no registered family uses fail when the node runs, with the supp
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,9 +31,11 @@ from typing import Any
 from latentworks import families
 from latentworks.families.comfy import CLIP_TYPES, DUAL_CLIP_TYPES, TRIPLE_CLIP_TYPE
 from latentworks.graph.types import InputSpec, NodeSpec, OutputSpec
+from latentworks.nn.quant import fp8_compute_available
+from latentworks.nodes.devices import load_device
 from latentworks.nodes.payloads import ClipPayload, ModelPayload, VAEPayload
 
-WEIGHT_SUFFIXES = (".safetensors",)
+WEIGHT_SUFFIXES = (".safetensors", ".gguf")  # .gguf: ComfyUI-GGUF's quantized diffusion models
 
 # ComfyUI's folders per kind, in the order names are looked up (the first is where new files go).
 DIFFUSION_FOLDERS = ("diffusion_models", "unet")
@@ -74,7 +77,9 @@ def resolve_weights(models_dir: Path | None, folders: Sequence[str], name: str, 
         if path.is_file():
             return path
     where = " or ".join(str(r) for r in roots)
-    raise FileNotFoundError(f"{what} {name!r} is not a file in {where}; put the .safetensors file there")
+    raise FileNotFoundError(
+        f"{what} {name!r} is not a file in {where}; put the .safetensors (or .gguf) file there"
+    )
 
 
 def t5_tokenizer_beside(path: Path) -> Path | None:
@@ -88,15 +93,30 @@ def t5_tokenizer_beside(path: Path) -> Path | None:
 
 
 def _device(ctx: Any, device: str = "default") -> Any:
-    return "cpu" if device == "cpu" else (getattr(ctx, "device", None) or "cpu")
+    return load_device(ctx, device)  # host RAM under a memory manager with a budget
 
 
-def load_diffusion_model(ctx: Any, path: Path) -> ModelPayload:
-    """A MODEL from a diffusion-model file alone (family detected from its shapes; no VAE)."""
+def load_diffusion_model(ctx: Any, path: Path, weight_dtype: str = "default") -> ModelPayload:
+    """A MODEL from a diffusion-model file alone (family detected from its shapes; no VAE).
+
+    ``weight_dtype`` (ComfyUI's choices, :data:`WEIGHT_DTYPES`): ``default`` keeps the file's storage (fp8 and GGUF
+    weights stay quantized, dequantized per layer when used); the fp8 choices store the weight matrices in that
+    fp8 format as they are read (``_fast`` asks for fp8 matmul, which latentworks does not do: it upcasts).
+    """
     from latentworks.families.load import read_checkpoint
     from latentworks.pipelines.loading import model_from_parts
 
-    parts = read_checkpoint(path)
+    if weight_dtype not in WEIGHT_DTYPES:
+        raise ValueError(f"weight_dtype {weight_dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}")
+    if weight_dtype.endswith("_fast") and fp8_compute_available(
+        _device(ctx)
+    ):  # elsewhere loading warns anyway
+        warnings.warn(
+            f"weight_dtype {weight_dtype!r}: latentworks has no fp8 matmul yet; the weights are stored in fp8 and "
+            "upcast per layer, as with 'fp8_e4m3fn'",
+            stacklevel=2,
+        )
+    parts = read_checkpoint(path, weight_dtype=weight_dtype)
     return ModelPayload(model_from_parts(parts, device=_device(ctx), without_vae=True))
 
 
@@ -151,7 +171,7 @@ def load_text_encoders(
         tokenizer_dir=tokenizer,
         device=_device(ctx, device),
     )
-    return ClipPayload(encoder)
+    return ClipPayload(encoder, on_host=device == "cpu")
 
 
 def load_vae(ctx: Any, path: Path) -> VAEPayload:
@@ -214,13 +234,8 @@ def set_last_layer(clip: ClipPayload, stop_at_clip_layer: int) -> ClipPayload:
 
 def split_loader_nodes(models_dir: Path | None) -> list[NodeSpec]:
     def unet_loader(ctx: Any, unet_name: str, weight_dtype: str = "default") -> tuple[Any, ...]:
-        if weight_dtype != "default":
-            raise ValueError(
-                f"weight_dtype {weight_dtype!r} is not supported yet (fp8 weights); use 'default', which keeps "
-                "the file's precision"
-            )
         path = resolve_weights(models_dir, DIFFUSION_FOLDERS, unet_name, what="diffusion model")
-        return (load_diffusion_model(ctx, path),)
+        return (load_diffusion_model(ctx, path, weight_dtype),)
 
     def te(name: str) -> Path:
         return resolve_weights(models_dir, TEXT_ENCODER_FOLDERS, name, what="text encoder")

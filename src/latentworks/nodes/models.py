@@ -9,6 +9,7 @@ from typing import Any
 
 from latentworks.families.load import read_checkpoint
 from latentworks.graph.types import InputSpec, NodeSpec, OutputSpec
+from latentworks.nodes.devices import load_device, manager_of
 from latentworks.nodes.loaders import t5_tokenizer_beside
 from latentworks.nodes.payloads import ClipPayload, ModelPayload, VAEPayload
 from latentworks.pipelines.loading import load_model_folder
@@ -78,7 +79,7 @@ def _load(ctx: Any, models_dir: Path | None, name: str) -> tuple[Any, Any]:
     """(ModelFolder, text encoder) for a model folder, a diffusers folder or a checkpoint file."""
     from latentworks.pipelines.loading import model_from_parts, resolve_checkpoint, text_encoder_from_parts
 
-    device = getattr(ctx, "device", None) or "cpu"
+    device = load_device(ctx)  # host RAM under a memory manager with a budget
     path = _resolve(models_dir, name)
     if resolve_checkpoint(path) is not None:
         tokenizer = t5_tokenizer_beside(path) if isinstance(path, Path) and path.is_file() else None
@@ -88,7 +89,9 @@ def _load(ctx: Any, models_dir: Path | None, name: str) -> tuple[Any, Any]:
 
     folder = load_model_folder(path, device=device)
     te = folder.meta.get("text_encoder", {})
-    return folder, MiniLMTextEncoder(max_length=int(te.get("max_length", 32)), device=device)
+    manager = manager_of(ctx)  # MiniLM puts its token ids on the device it was made for: the compute device
+    te_device = manager.device if manager is not None else device
+    return folder, MiniLMTextEncoder(max_length=int(te.get("max_length", 32)), device=te_device)
 
 
 def loader_nodes(models_dir: Path | None) -> list[NodeSpec]:

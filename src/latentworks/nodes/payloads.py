@@ -43,9 +43,13 @@ def latent_factor(folder: ModelFolder) -> int:
 
 @dataclass(frozen=True)
 class ClipPayload:
-    """CLIP: a text encoder (``encode(prompts) -> Conditioning``). ComfyUI calls every text encoder CLIP."""
+    """CLIP: a text encoder (``encode(prompts) -> Conditioning``). ComfyUI calls every text encoder CLIP.
+
+    ``on_host``: the loader was asked for ``device="cpu"``; the encoder runs there, outside the job's memory
+    manager."""
 
     encoder: Any
+    on_host: bool = False
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from latentworks.diffusion.samplers import SAMPLERS, StepInfo
 from latentworks.diffusion.schedules import SCHEDULERS, get_sigmas
 from latentworks.graph.executor import ExecutionContext
 from latentworks.graph.types import InputSpec, NodeSpec, OutputSpec, Preview
+from latentworks.nodes.devices import compute_device, on_device, text_networks
 from latentworks.nodes.guards import interruptible, needs_fine_checks
 from latentworks.nodes.payloads import ClipPayload, ConditioningPayload, Latent, ModelPayload, latent_factor
 from latentworks.nodes.resize import LATENT_METHODS, resize
@@ -38,7 +39,8 @@ strength (a float in [0, 1], see ``InpaintDenoiser``)."""
 
 
 def _encode(ctx: Any, text: str, clip: ClipPayload) -> tuple[Any, ...]:
-    return (ConditioningPayload(clip.encoder.encode([text])),)
+    with on_device(ctx, *([] if clip.on_host else text_networks(clip.encoder))):
+        return (ConditioningPayload(clip.encoder.encode([text])),)
 
 
 def _flux_guidance(ctx: Any, conditioning: ConditioningPayload, guidance: float) -> tuple[Any, ...]:
@@ -101,7 +103,7 @@ def materialise_latent(
 ) -> tuple[torch.Tensor, int]:
     """The model-space latents (B, C, h, w) float32 on the model's device, and the VAE's downsampling
     factor; budget-checked before anything is allocated, and a clear error for a latent of another model."""
-    device = next(folder.denoiser_net.parameters()).device
+    device = compute_device(ctx, folder.denoiser_net)
     lf = folder.latent_format
     factor = latent_factor(folder)
     if latent.samples is not None:
@@ -222,7 +224,7 @@ def sample_along(
     # /interrupt and the wall-time budget are checked before every network block, not only between steps.
     net = folder.denoiser_net
     fine = needs_fine_checks(net, x0.shape[-2] * x0.shape[-1])
-    with interruptible(ctx.check_cancelled, net, fine=fine):
+    with on_device(ctx, net), interruptible(ctx.check_cancelled, net, fine=fine):
         out = denoise_latents(
             folder,
             x0,

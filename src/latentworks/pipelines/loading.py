@@ -36,7 +36,8 @@ import torch
 from torch import nn
 
 from latentworks import families
-from latentworks.checkpoints.io import LazyStateDict, build_on_meta, load_state_dict, save_file_atomic
+from latentworks.checkpoints.formats import describe_storage
+from latentworks.checkpoints.io import build_on_meta, load_state_dict, save_file_atomic
 from latentworks.checkpoints.lora import AppliedLora
 from latentworks.diffusion.denoisers import (
     DiscreteModelSampling,
@@ -51,12 +52,19 @@ from latentworks.diffusion.guidance import GuidanceNorm
 from latentworks.diffusion.latent_formats import LatentFormat
 from latentworks.families.architectures import architecture
 from latentworks.families.detect import detect_checkpoint
-from latentworks.families.load import CHECKPOINT_SUFFIXES, CheckpointParts, read_checkpoint, vae_network
+from latentworks.families.load import (
+    CHECKPOINT_SUFFIXES,
+    CheckpointParts,
+    open_weights,
+    read_checkpoint,
+    vae_network,
+)
 from latentworks.models.autoencoder import Autoencoder, AutoencoderConfig
 from latentworks.models.configs import config_from_dict, config_to_dict
 from latentworks.models.qwenimage_vae import AnyAutoencoder
 from latentworks.models.text.base import TextEncoder
 from latentworks.models.text.families import make_prompt_encoder
+from latentworks.nn.quant import warn_if_fp8_upcast
 
 FORMAT = "latentworks-model"
 EMBEDDED = Path(__file__).resolve().parent.parent / "assets"
@@ -325,10 +333,12 @@ def describe_checkpoint(path: Path) -> str:
         tes = sorted(parts.text_encoders)
         count = sum(int(v.numel()) for v in parts.denoiser_state.values())
     else:
-        if path.suffix.lower() != ".safetensors":
-            raise ValueError(f"{path}: only .safetensors files can be described without loading them")
-        lazy = LazyStateDict(path)
-        shapes = dict(lazy.shapes())
+        if path.suffix.lower() not in (".safetensors", ".gguf"):
+            raise ValueError(
+                f"{path}: only .safetensors and .gguf files can be described without loading them"
+            )
+        lazy = open_weights(path)
+        shapes = dict(lazy.shapes())  # type: ignore[attr-defined]  # logical shapes (GGUF, fp8 included)
         found = detect_checkpoint(shapes, get_tensor=lambda k: lazy[k], source=path.name)
         family, variant, pred = found.family, found.variant, found.prediction
         vae = "yes" if found.vae_prefix is not None else "no (pass --vae)"
@@ -342,6 +352,7 @@ def describe_checkpoint(path: Path) -> str:
             f"checkpoint  {path}",
             f"family      {family.name}  ({family.title}; variant {variant}, {kind}, prediction={pred})",
             f"parameters  denoiser {count:,}",
+            f"storage     {describe_storage(path) if path.is_file() else 'diffusers folder (per component)'}",
             f"vae         {vae}",
             f"text        {', '.join(tes) if tes else 'none inside (pass --text-encoder FILE)'}",
             f"resolution  {list(b.resolution)}  defaults {dict(b.defaults)}",
@@ -424,6 +435,7 @@ def model_from_parts(
             f"({' or '.join(str(n) for n in inpainting)} input channels)"
         )
     net = build_on_meta(arch.network, config, parts.denoiser_state, device=device, dtype=dtype)
+    warn_if_fp8_upcast(net, device)
     vae = (
         None
         if without_vae or parts.vae_state is None

@@ -133,15 +133,18 @@ class Pipeline:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         offload: str = "none",
+        memory_budget: int | str | None = None,
     ) -> None:
-        from latentworks.pipelines.memory import Offloader
+        from latentworks.pipelines.memory import MemoryManager, parse_bytes
 
         self.model = model
         self.text_encoder = text_encoder
         self.device = torch.device(device)
         self.dtype = dtype
-        # "model": each network sits on `device` only while it runs (text encoders, denoiser, VAE in turn)
-        self.offloader = Offloader(device=self.device, mode=offload)  # type: ignore[arg-type]
+        # "model": each network sits on `device` only while it runs (text encoders, denoiser, VAE in turn);
+        # a budget keeps at most that many bytes of weights there, streaming the blocks of a larger network
+        budget = None if memory_budget is None else parse_bytes(memory_budget)
+        self.offloader = MemoryManager(device=self.device, mode=offload, budget=budget)  # type: ignore[arg-type]
         self.offloader.offload(*self._networks())
         self.vae_tile: int | None = None  # decode in tiles of this many latent pixels (None: one piece)
         self.behaviour = behaviour_of(model.meta.get("family"))
@@ -169,6 +172,7 @@ class Pipeline:
         prediction: str | None = None,
         allow_pickle: bool = False,
         offload: str = "none",
+        memory_budget: int | str | None = None,
     ) -> Pipeline:
         """Load a latentworks model folder (``default`` = the embedded model), a single checkpoint file
         (SD 1.x/2.x/XL, SD3, FLUX; family detected from its tensors) or a diffusers folder.
@@ -177,7 +181,9 @@ class Pipeline:
         checkpoint lacks (FLUX files hold only the transformer). ``prediction`` overrides the detected
         objective (``eps`` | ``v``), for SD 2.x files detection cannot tell apart. Pickled files are refused
         unless ``allow_pickle``. ``offload="model"`` keeps each network on ``device`` only while it runs
-        (for GPUs with less memory than the whole model needs).
+        (for GPUs with less memory than the whole model needs). ``memory_budget`` (bytes, or a size such as
+        ``"4GB"`` / ``"512MiB"``) caps the weights on ``device``: networks that do not fit run block by block
+        (``pipelines.memory.MemoryManager``), with the same results as without a budget.
         """
         from latentworks.pipelines.loading import (
             model_from_parts,
@@ -196,16 +202,17 @@ class Pipeline:
                 dtype=dtype,
                 allow_pickle=allow_pickle,
             )
-            home = "cpu" if offload == "model" else device
+            home = "cpu" if offload == "model" or memory_budget is not None else device
             model = model_from_parts(parts, device=home, dtype=dtype)
             te = text_encoder_from_parts(parts, device=home, dtype=dtype)
-            return cls(model, te, device=device, dtype=dtype, offload=offload)
+            return cls(model, te, device=device, dtype=dtype, offload=offload, memory_budget=memory_budget)
         if vae is not None or text_encoders or tokenizer is not None or prediction is not None:
             raise ValueError(
                 f"{name_or_path}: vae/text_encoders/tokenizer/prediction apply to checkpoint files and "
                 "diffusers folders, not to latentworks model folders (which are complete)"
             )
-        model = load_model_folder(name_or_path, device=device, dtype=dtype, models_dir=models_dir)
+        home = "cpu" if memory_budget is not None else device
+        model = load_model_folder(name_or_path, device=home, dtype=dtype, models_dir=models_dir)
         te_spec = model.meta.get("text_encoder", {"kind": "minilm"})
         if te_spec.get("kind") != "minilm":
             raise ValueError(
@@ -214,7 +221,7 @@ class Pipeline:
         from latentworks.models.text.minilm import MiniLMTextEncoder
 
         te = MiniLMTextEncoder(max_length=int(te_spec.get("max_length", 32)), device=device)
-        return cls(model, te, device=device, dtype=dtype, offload=offload)
+        return cls(model, te, device=device, dtype=dtype, offload=offload, memory_budget=memory_budget)
 
     # -- parts -------------------------------------------------------------------------------------
 
@@ -234,8 +241,14 @@ class Pipeline:
         an editing model's ``edit_image=``) the text encoder reads the image too and the latents ride along as
         ``extra["reference_latents"]``."""
         with contextlib.ExitStack() as stack:
-            for m in self._text_networks():
+            nets = self._text_networks()
+            for m in nets:
                 stack.enter_context(self.offloader.use(m))
+            if getattr(self.text_encoder, "loras", None) and any(self.offloader.streaming(m) for m in nets):
+                raise ValueError(
+                    "LoRAs cannot be applied to a text encoder streamed block by block: raise the memory budget "
+                    "(--memory-budget / memory_budget=) to fit it whole, or load the LoRA with strength_text=0"
+                )
             if edit is None:
                 return self.text_encoder.encode(prompts).to(self.device, self.dtype)
             picture, latents = edit
@@ -519,7 +532,13 @@ class Pipeline:
         model = self.model
         if model.guidance_norm is None and b.guidance_norm is not None:  # the release's CFG (Qwen-Image)
             model = dataclasses.replace(model, guidance_norm=b.guidance_norm)
-        with self.offloader.use(self.model.denoiser_net):
+        with self.offloader.use(self.model.denoiser_net) as net:
+            if self.model.loras and self.offloader.streaming(net):
+                raise ValueError(
+                    f"LoRAs cannot be applied to a network streamed block by block: a memory budget of "
+                    f"{self.offloader.budget} bytes holds only part of it; raise --memory-budget "
+                    "(memory_budget=) to fit the whole denoiser, or unload the LoRAs"
+                )
             x = denoise_latents(
                 model,
                 x0,

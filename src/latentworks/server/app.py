@@ -224,7 +224,8 @@ def create_app(
     models_dir: str | Path,
     token: str | None = None,
     device: Any = None,
-    cache_size: int = 256,
+    cache_size: int | None = None,
+    on_evict: Callable[[tuple[Any, ...]], None] | None = None,
     cache_bytes: int | None = DEFAULT_CACHE_BYTES,
     sizer: Sizer | None = None,
     budgets: JobBudgets | None = None,
@@ -244,8 +245,13 @@ def create_app(
         models_dir: listed by /models and /embeddings (one subfolder per model kind).
         token: if set, every request (HTTP and WebSocket) must carry it as ``Authorization: Bearer``
             or ``?token=``.
-        device: opaque device manager handed to every job's ExecutionContext.
-        cache_size: entries in the executor's output LRU cache.
+        device: the device manager handed to every job's ExecutionContext: a
+            :class:`~latentworks.pipelines.memory.MemoryManager` (networks on the accelerator within its
+            budget) or a plain device name.
+        cache_size: most entries in the executor's output LRU cache (default None: bounded by bytes only,
+            so a few large models and many small images are held alike).
+        on_evict: called with the outputs of each entry leaving the output cache; ``serve`` passes
+            ``nodes.devices.release_networks`` bound to its memory manager.
         cache_bytes: bytes the output cache may hold (None = no limit); sized by ``sizer``
             (``latentworks.nodes.guards.payload_nbytes`` for the torch nodes; default: the graph engine's
             duck-typed :func:`~latentworks.graph.default_sizer`).
@@ -268,7 +274,12 @@ def create_app(
         path.mkdir(parents=True, exist_ok=True)
     store = JobStore(data_dir / "queue.sqlite3")
     executor = Executor(
-        registry, cache_size=cache_size, cache_bytes=cache_bytes, sizer=sizer, budgets=budgets
+        registry,
+        cache_size=cache_size,
+        cache_bytes=cache_bytes,
+        sizer=sizer,
+        budgets=budgets,
+        on_evict=on_evict,
     )
     hub = Hub()
     worker = Worker(store, executor, hub, dirs, device=device, preview_method=preview_method)
