@@ -18,11 +18,14 @@ from support.template_coverage import markdown, survey, templates, totals
 
 # One template per family and loader layout: SD 1.5 (checkpoint; + LoRA; img2img), SD 2.1 768-v, SDXL Turbo,
 # SD 3.5, FLUX.1 schnell (all-in-one checkpoint), FLUX.1 dev (split files: UNETLoader + DualCLIPLoader +
-# VAELoader), Z-Image Turbo (split files inside a subgraph, res_multistep).
+# VAELoader), Z-Image Turbo (split files inside a subgraph, res_multistep), Qwen-Image and Qwen-Image-Edit
+# (split files, CLIPLoader qwen_image, TextEncodeQwenImageEdit; the classic package's versions, whose
+# lightning LoRA is not wired in: Qwen-Image LoRAs are not supported yet).
 CI_SUBSET = {
     "classic/default", "classic/lora", "classic/image2image", "classic/embedding_example",
     "current/sdxlturbo_example", "current/sd3.5_simple_example", "current/flux_schnell",
-    "current/flux_dev_full_text_to_image", "current/image_z_image_turbo",
+    "current/flux_dev_full_text_to_image", "current/image_z_image_turbo", "classic/image_qwen_image",
+    "classic/image_qwen_image_edit",
 }  # fmt: skip
 FULL = os.environ.get("LATENTWORKS_TEMPLATES_FULL") == "1"
 
@@ -65,7 +68,7 @@ def test_one_template_per_supported_family_runs_end_to_end(rows: list) -> None:
     failed = [f"{r.source}/{r.template_id}: {r.error}" for r in chosen if not r.ran]
     assert not failed, failed
     families = {f for r in chosen for f in r.families}
-    assert {"sd1", "sdxl", "sd3", "flux-dev", "flux-schnell", "zimage"} <= families, families
+    assert {"sd1", "sdxl", "sd3", "flux-dev", "flux-schnell", "zimage", "qwenimage"} <= families, families
 
 
 @pytest.mark.skipif(not FULL, reason="set LATENTWORKS_TEMPLATES_FULL=1 to run every supported template")

@@ -37,7 +37,12 @@ def test_process_in_out_round_trip_and_formula(name: str) -> None:
     fmt = LATENT_FORMATS[name]
     z = torch.randn(2, fmt.channels, 5, 7, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     zin = fmt.process_in(z)
-    torch.testing.assert_close(zin, (z - fmt.shift_factor) * fmt.scale_factor)
+    if fmt.channel_mean:  # per-channel statistics (Qwen-Image): (z - mean_c) / std_c * scale
+        mean = torch.tensor(fmt.channel_mean, dtype=z.dtype)[:, None, None]
+        std = torch.tensor(fmt.channel_std, dtype=z.dtype)[:, None, None]
+        torch.testing.assert_close(zin, (z - mean) / std * fmt.scale_factor)
+    else:
+        torch.testing.assert_close(zin, (z - fmt.shift_factor) * fmt.scale_factor)
     torch.testing.assert_close(fmt.process_out(zin), z, rtol=1e-12, atol=1e-12)
 
 

@@ -1,7 +1,6 @@
 """Qwen-Image as a family: registering its one ModelFamily makes a ComfyUI single file (diffusers' tensor names,
 bare or under ``model.diffusion_model.``) detect as Qwen-Image with the released config; diffusers' own
-config.json maps to the same config. The family is not in REGISTRY yet (no text recipe), so the tests register
-it the way a registry line would."""
+config.json maps to the same config."""
 
 from __future__ import annotations
 
@@ -18,7 +17,6 @@ from latentworks.checkpoints.detect_qwenimage import (
     qwenimage_config_to_diffusers,
 )
 from latentworks.checkpoints.keymaps.qwenimage_diffusers import qwenimage_to_diffusers
-from latentworks.families import detect as detect_module
 from latentworks.families.architectures import architecture, architecture_of
 from latentworks.families.detect import detect_checkpoint
 from latentworks.families.qwenimage import QWEN_IMAGE
@@ -34,18 +32,12 @@ def single_file_header(config: QwenImageConfig, prefix: str) -> dict[str, tuple[
     return {f"{prefix}{k}": tuple(v.shape) for k, v in qwenimage_to_diffusers(sd, config).items()}
 
 
-@pytest.fixture
-def registered(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(detect_module, "REGISTRY", (*families.REGISTRY, QWEN_IMAGE))
-
-
-def test_unregistered_qwenimage_is_recognised_but_claimed_by_no_family() -> None:
-    with pytest.raises(ValueError, match="qwenimage network whose config matches no known family"):
-        detect_checkpoint(single_file_header(replace(PRESETS["qwen-image"], depth=2), ""))
+def test_qwen_image_is_registered() -> None:
+    assert families.get("qwen_image") is QWEN_IMAGE and QWEN_IMAGE in families.REGISTRY
 
 
 @pytest.mark.parametrize("prefix", ["", "model.diffusion_model."])
-def test_released_single_file_is_detected_as_qwen_image(registered: None, prefix: str) -> None:
+def test_released_single_file_is_detected_as_qwen_image(prefix: str) -> None:
     header = single_file_header(PRESETS["qwen-image"], prefix)
     assert len(header) == 1933  # the released transformer's tensor count: 13 + 60 blocks x 32
     assert header[f"{prefix}transformer_blocks.59.attn.add_q_proj.weight"] == (3072, 3072)
@@ -56,7 +48,7 @@ def test_released_single_file_is_detected_as_qwen_image(registered: None, prefix
     assert found.family.comfy is not None and found.family.comfy.clip_type == "qwen_image"
 
 
-def test_a_reduced_depth_file_keeps_its_shapes(registered: None) -> None:
+def test_a_reduced_depth_file_keeps_its_shapes() -> None:
     config = replace(PRESETS["qwen-image"], depth=3)
     found = detect_checkpoint(single_file_header(config, "model.diffusion_model."))
     assert found.denoiser_config == config

@@ -17,10 +17,13 @@ role                         layout written
 ``checkpoint:flux-*``        ComfyUI all-in-one FLUX.1 file: BFL transformer, CLIP-L + T5, 16-ch VAE
 ``diffusion:flux-*``         BFL FLUX.1 transformer alone (``diffusion_models/``)
 ``diffusion:zimage``         the released Z-Image file (``diffusion_models/``)
+``diffusion:qwenimage``      a Qwen-Image (or -Edit) transformer in ComfyUI's names (:mod:`support.qwenimage`)
 ``text:clip_l|clip_g``       HF CLIP text towers at the real widths (768 / 1280) and vocabulary (49408)
 ``text:t5xxl``               a T5 encoder, 4096 wide as T5-XXL, one thin layer, with ``<name>.tokenizer.json``
 ``text:qwen3_4b``            a 64-wide Qwen3 (see :data:`QWEN_WIDTH`: the caller maps that width to Qwen3-4B)
+``text:qwen25vl_7b``         a 128-wide Qwen2.5-VL with its vision tower, ComfyUI's names (read as Qwen2.5-VL-7B)
 ``vae:flux``/``vae:sd``      16-channel (FLUX ``ae.safetensors``, also Z-Image's) / 4-channel LDM VAEs
+``vae:qwenimage``            the Qwen-Image VAE in ComfyUI's Wan names (``qwen_image_vae.safetensors``)
 ``lora:<family>``            a rank-2 LoRA on one attention projection of that family's tiny model
 ===========================  ===========================================================================
 
@@ -110,19 +113,22 @@ _DIFFUSION_RULES = [
     (r"^flux1[-_.].*schnell", "flux-schnell"),
     (r"^flux1[-_.]|^flux\.1", "flux-dev"),
     (r"^z[-_]image", "zimage"),
+    (r"^qwen[-_]image", "qwenimage"),
 ]
 _TEXT_RULES = [
     (r"^clip_l|clip-vit-large", "clip_l"),
     (r"^clip_g", "clip_g"),
     (r"^t5xxl|^t5-v1_1-xxl|^google_t5", "t5xxl"),
     (r"^qwen_3_4b", "qwen3_4b"),
+    (r"^qwen_2\.5_vl_7b", "qwen25vl_7b"),
 ]
 _VAE_RULES = [
     (r"^ae\.|^flux_vae|^z_image_vae", "flux"),
     (r"sdxl_vae|sdxl-vae", "sdxl"),
     (r"vae-ft-mse|vae-ft-ema|kl-f8|sd-vae", "sd"),
+    (r"^qwen_image_vae", "qwenimage"),
 ]
-_CLIP_TYPES = {"stable_diffusion", "sdxl", "sd3", "flux", "lumina2"}
+_CLIP_TYPES = {"stable_diffusion", "sdxl", "sd3", "flux", "lumina2", "qwen_image"}
 
 
 def _match(rules: list[tuple[str, str]], name: str) -> str | None:
@@ -461,15 +467,29 @@ def build(role: str, path: Path) -> None:
         _checkpoint(family, path)
         return
     if kind == "diffusion":
-        tensors = _zimage_comfy() if family == "zimage" else _flux_bfl(family)
+        if family == "qwenimage":
+            from support.qwenimage import tiny_states
+
+            tensors = tiny_states()[0]
+        else:
+            tensors = _zimage_comfy() if family == "zimage" else _flux_bfl(family)
     elif kind == "text":
         if family == "t5xxl":
             tensors = tiny_t5()
             write_t5_tokenizer(path.with_name(path.stem + ".tokenizer.json"))
         elif family == "qwen3_4b":
             tensors = tiny_qwen3_state()
+        elif family == "qwen25vl_7b":
+            from support.qwenimage import comfy_text_encoder_state, tiny_states
+
+            tensors = comfy_text_encoder_state(tiny_states()[2])
         else:
             tensors = tiny_clip(768 if family == "clip_l" else 1280, 10, projection=family == "clip_g")
+    elif kind == "vae" and family == "qwenimage":
+        from latentworks.checkpoints.keymaps.qwenimage_vae import qwenimage_vae_to_wan
+        from support.qwenimage import VAE, tiny_states
+
+        tensors = qwenimage_vae_to_wan(tiny_states()[1], VAE)
     elif kind == "vae":
         tensors = _vae_ldm(16 if family == "flux" else 4, 6)
     elif kind == "lora":
@@ -530,16 +550,22 @@ def write_input_images(names: list[str], input_dir: Path, size: int = 64) -> lis
 
 @contextmanager
 def tiny_qwen_is_qwen3_4b() -> Iterator[None]:
-    """While active, a :data:`QWEN_WIDTH`-wide Qwen3 file is read as Qwen3-4B (Z-Image's text encoder)."""
+    """While active, a :data:`QWEN_WIDTH`-wide Qwen3 file is read as Qwen3-4B (Z-Image's text encoder), and the
+    tiny Qwen2.5-VL of :mod:`support.qwenimage` as Qwen2.5-VL-7B (Qwen-Image's)."""
     from latentworks.models.text import layouts
+    from support.qwenimage import TEXT_WIDTH as QWEN25_WIDTH
 
     had = QWEN_WIDTH in layouts.QWEN3_KIND_BY_WIDTH
+    had25 = QWEN25_WIDTH in layouts.QWEN25_KIND_BY_WIDTH
     layouts.QWEN3_KIND_BY_WIDTH[QWEN_WIDTH] = "qwen3_4b"
+    layouts.QWEN25_KIND_BY_WIDTH[QWEN25_WIDTH] = "qwen25vl_7b"  # and the tiny Qwen2.5-VL as Qwen-Image's
     try:
         yield
     finally:
         if not had:
             layouts.QWEN3_KIND_BY_WIDTH.pop(QWEN_WIDTH, None)
+        if not had25:
+            layouts.QWEN25_KIND_BY_WIDTH.pop(QWEN25_WIDTH, None)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,6 +29,8 @@ from typing import Any, Literal
 
 from torch import Tensor
 
+from latentworks.checkpoints.keymaps.qwenimage_vae import DIFFUSERS_MARKER as QWEN_VAE_DIFFUSERS_MARKER
+from latentworks.checkpoints.keymaps.qwenimage_vae import WAN_MARKER as QWEN_VAE_WAN_MARKER
 from latentworks.models.autoencoder import AutoencoderConfig
 from latentworks.models.flux import FluxConfig
 from latentworks.models.mmdit import MMDiTConfig
@@ -48,6 +50,7 @@ TEXT_ENCODER_PREFIXES = (
     ("text_encoders.clip_l.transformer.", "clip_l"),  # SD3 / FLUX all-in-one files
     ("text_encoders.clip_g.transformer.", "clip_g"),
     ("text_encoders.t5xxl.transformer.", "t5xxl"),
+    ("text_encoders.qwen25_7b.transformer.", "qwen25vl_7b"),  # ComfyUI's all-in-one Qwen-Image files
 )
 # Markers of each denoiser layout (relative to its prefix).
 UNET_MARKER = "input_blocks.0.0.weight"
@@ -109,8 +112,11 @@ def text_encoder_prefixes(shapes: Shapes) -> dict[str, str]:
 
 
 def find_vae_prefix(shapes: Shapes) -> str | None:
-    """The prefix of an autoencoder in ``shapes`` (LDM or diffusers layout), or None when there is none."""
+    """The prefix of an autoencoder in ``shapes`` (LDM or diffusers layout; the Qwen-Image VAE under a
+    prefix), or None when there is none."""
     for prefix in VAE_PREFIXES:
+        if prefix and any(f"{prefix}{m}" in shapes for m in (QWEN_VAE_DIFFUSERS_MARKER, QWEN_VAE_WAN_MARKER)):
+            return prefix  # the Qwen-Image VAE (diffusers or Wan names) inside a single file
         if f"{prefix}{VAE_LDM_MARKER}" in shapes and (
             f"{prefix}decoder.conv_in.weight" in shapes or f"{prefix}{VAE_DIFFUSERS_MARKER}" in shapes
         ):

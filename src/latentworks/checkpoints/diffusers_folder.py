@@ -26,9 +26,11 @@ from latentworks.checkpoints.io import (
 
 CLIP_BY_WIDTH = {768: "clip_l", 1024: "clip_h", 1280: "clip_g"}
 TEXT_ENCODER_CLASS = {"clip_l": "CLIPTextModel", "clip_h": "CLIPTextModel", "clip_g": "CLIPTextModelWithProjection",
-                      "t5xxl": "T5EncoderModel"}  # fmt: skip
+                      "t5xxl": "T5EncoderModel", "qwen3_4b": "Qwen3Model",
+                      "qwen25vl_7b": "Qwen2_5_VLForConditionalGeneration"}  # fmt: skip
 TOKENIZER_CLASS = {"clip_l": "CLIPTokenizer", "clip_h": "CLIPTokenizer", "clip_g": "CLIPTokenizer",
-                   "t5xxl": "T5TokenizerFast"}  # fmt: skip
+                   "t5xxl": "T5TokenizerFast", "qwen3_4b": "Qwen2Tokenizer",
+                   "qwen25vl_7b": "Qwen2Tokenizer"}  # fmt: skip
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model"
 TRANSFORMERS_WEIGHTS = "model"
 

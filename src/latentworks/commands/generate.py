@@ -24,6 +24,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         '  latentworks generate "a red apple, google style" -o apple.png\n'
         '  latentworks generate "a grinning face, twitter style" --seed 7 --batch 4 -o faces.png\n'
         '  latentworks generate "a blue heart" --init apple.png --strength 0.6\n'
+        '  latentworks generate "make the apple green" --image apple.png --model qwen_image_edit_bf16.safetensors \\\n'
+        "      --text-encoder qwen_2.5_vl_7b.safetensors --vae qwen_image_vae.safetensors\n"
         '  latentworks generate "a red apple" --init photo.png --mask mask.png --mask-blur 4 --composite\n'
         '  latentworks generate "a red apple" --init photo.png --outpaint 0,0,64,0 --composite\n'
         '  latentworks generate "a lighthouse" --model sd15.safetensors --hires-scale 2 --hires-denoise 0.5\n'
@@ -111,6 +113,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default=None,
         metavar="IMAGE",
         help="start from this image (img2img; default: none, from noise)",
+    )
+    p.add_argument(
+        "--image",
+        type=Path,
+        default=None,
+        metavar="IMAGE",
+        help="edit this image as the prompt says (editing models: Qwen-Image-Edit; the output takes its "
+        "aspect ratio unless --width/--height are given; default: none)",
     )
     p.add_argument(
         "--strength",
@@ -308,6 +318,10 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--strength must be between 0 and 1, got {args.strength}")
     if args.init is not None and not args.init.is_file():
         raise UserError(f"--init: no such image file: {args.init}")
+    if args.image is not None and not args.image.is_file():
+        raise UserError(f"--image: no such image file: {args.image}")
+    if args.image is not None and args.init is not None:
+        raise UserError("give either --image (editing) or --init (image-to-image), not both")
     masking = args.mask is not None or args.outpaint is not None
     if masking and args.init is None:
         raise UserError("--mask and --outpaint need the image they apply to: give --init IMAGE")
@@ -412,6 +426,13 @@ def _generate(args: argparse.Namespace) -> int:
             init.load()
         except (UnidentifiedImageError, OSError) as e:
             raise UserError(f"--init: cannot read {args.init} as an image ({e})") from None
+    edit = None
+    if args.image is not None:
+        try:
+            edit = Image.open(args.image)
+            edit.load()
+        except (UnidentifiedImageError, OSError) as e:
+            raise UserError(f"--image: cannot read {args.image} as an image ({e})") from None
     if args.mask is not None:
         try:
             mask = Image.open(args.mask)
@@ -494,7 +515,7 @@ def _generate(args: argparse.Namespace) -> int:
             except (ImportError, ValueError) as e:
                 raise UserError(f"--hires-upscale {args.hires_upscale}: {e}") from None
         try:
-            result = _run(pipe, args, init, mask, strength, on_step, controls)
+            result = _run(pipe, args, init, mask, strength, on_step, controls, edit)
         except MemoryBudgetError as e:
             raise UserError(f"--memory-budget: {e}") from None
         except ValueError as e:
@@ -514,7 +535,7 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(pipe, args: argparse.Namespace, init, mask, strength: float, on_step, controls=None):  # noqa: ANN001, ANN202
+def _run(pipe, args: argparse.Namespace, init, mask, strength: float, on_step, controls=None, edit=None):  # noqa: ANN001, ANN202
     """The pipeline call with the command line's options."""
     masking = mask is not None
     return pipe(
@@ -530,6 +551,7 @@ def _run(pipe, args: argparse.Namespace, init, mask, strength: float, on_step, c
         width=args.width,
         height=args.height,
         image=init,
+        edit_image=edit,
         strength=strength if init else 1.0,
         mask=mask,
         mask_blur=args.mask_blur if masking else 0.0,

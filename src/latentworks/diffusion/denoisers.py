@@ -620,6 +620,8 @@ class FlowSamplingSpec:
     Fields left None are absent from the JSON (``shift`` 1, ``multiplier`` 1000, ``num_train_timesteps``
     1000). ``dynamic_shift`` (FLUX.1-dev, Qwen-Image) makes the shift depend on the image's token count; it is
     applied per image size (``pipelines.families.sampling_for_size``), not by ``model_sampling()``.
+    ``shift_terminal`` (Qwen-Image's diffusers scheduler) stretches each generated schedule so that its last
+    non-zero sigma is this value (``diffusion.schedules.stretch_to_terminal``, applied by the pipeline).
     """
 
     kind: ClassVar[str] = "flow"
@@ -627,8 +629,11 @@ class FlowSamplingSpec:
     multiplier: float | None = None
     dynamic_shift: FlowDynamicShift | None = None
     num_train_timesteps: int | None = None
+    shift_terminal: float | None = None
 
     def __post_init__(self) -> None:
+        if self.shift_terminal is not None and not 0 < self.shift_terminal < 1:
+            raise ValueError(f"sampling spec: shift_terminal must be in (0, 1), got {self.shift_terminal!r}")
         for name in ("shift", "multiplier"):
             if getattr(self, name) is not None:
                 _spec_number(getattr(self, name), name)

@@ -6,6 +6,8 @@ Every wrapper here is itself a denoiser ``D(x, sigma, cond) -> x0`` with ``.inte
 * ``CFGDenoiser``: classifier-free guidance (Ho & Salimans 2022) with cond and uncond in ONE batched
   network call, optional guidance rescale (Lin et al. 2023), dynamic thresholding (Saharia et al. 2022,
   Imagen) and a guidance interval (Kynkaanniemi et al. 2024). Its ``cond`` is a ``GuidedCond``.
+* ``GuidanceNorm``: rescale the guided prediction to the conditional one's norm, per position: Qwen-Image's
+  true CFG (diffusers' ``QwenImagePipeline``, on the velocity) and ComfyUI's CFGNorm node (on x0).
 * ``InpaintDenoiser``: keeps known regions of a latent while the rest is generated.
 * ``noised_start``: the starting sample of img2img / txt2img.
 """
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -91,6 +93,70 @@ def rescale_cfg_v(
     return a * x - v / b
 
 
+@dataclass(frozen=True, kw_only=True)
+class GuidanceNorm:
+    """Rescale the guided prediction so that its norm per position matches the conditional prediction's.
+
+    Two published forms:
+
+    - ``space="velocity"`` (diffusers' ``QwenImagePipeline`` true CFG, the Qwen-Image release): on the flow
+      velocity ``v = (x - x0) / sigma``, ``v_cfg * ||v_cond|| / ||v_cfg||`` with norms over each packed token,
+      i.e. the channels of each ``patch`` x ``patch`` latent square (16 x 2 x 2 = 64 values for Qwen-Image);
+      no clamp, ``strength`` 1.
+    - ``space="x0"`` (ComfyUI's CFGNorm node): on x0, ``x0_cfg * min(1, ||x0_cond|| / (||x0_cfg|| + 1e-8))
+      * strength`` with norms over the channels of each latent pixel (``patch`` 1, ``clamp=True``).
+
+    Attributes:
+        space: which prediction is rescaled.
+        patch: side of the square of latent pixels one norm covers.
+        clamp: cap the factor at 1 (ComfyUI) or not (diffusers).
+        strength: final multiplier (ComfyUI's CFGNorm ``strength``).
+    """
+
+    space: Literal["velocity", "x0"]
+    patch: int = 1
+    clamp: bool = False
+    strength: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.space not in ("velocity", "x0"):
+            raise ValueError(f"GuidanceNorm.space must be 'velocity' or 'x0', got {self.space!r}")
+        if self.patch < 1:
+            raise ValueError(f"GuidanceNorm.patch must be at least 1, got {self.patch}")
+
+    def _norm(self, t: Tensor) -> Tensor:
+        """Per-position norm of (B, C, H, W) over C and each patch x patch square, broadcast back."""
+        p = self.patch
+        if p == 1:
+            return torch.linalg.vector_norm(t, dim=1, keepdim=True)
+        b, c, h, w = t.shape
+        if h % p or w % p:
+            raise ValueError(f"GuidanceNorm: latent {h}x{w} is not a multiple of the patch {p}")
+        sq = t.reshape(b, c, h // p, p, w // p, p)
+        n = torch.linalg.vector_norm(sq, dim=(1, 3, 5), keepdim=True)  # (B, 1, h/p, 1, w/p, 1)
+        return n.expand(b, 1, h // p, p, w // p, p).reshape(b, 1, h, w)
+
+    def __call__(self, x: Tensor, sigma: Tensor, x0_guided: Tensor, x0_cond: Tensor) -> Tensor:
+        """The rescaled x0 for samples ``x`` (B, C, H, W) at per-sample ``sigma`` (B,)."""
+        if self.space == "x0":
+            factor = self._norm(x0_cond) / (self._norm(x0_guided) + 1e-8)
+            if self.clamp:
+                factor = factor.clamp(0.0, 1.0)
+            return x0_guided * factor * self.strength
+        s = _bcast(sigma.to(x.dtype), x)
+        safe = torch.where(s > 0, s, torch.ones_like(s))
+        v_guided, v_cond = (x - x0_guided) / safe, (x - x0_cond) / safe
+        factor = self._norm(v_cond) / self._norm(v_guided)
+        if self.clamp:
+            factor = factor.clamp(0.0, 1.0)
+        out = x - s * (v_guided * factor * self.strength)
+        return torch.where(s > 0, out, x0_guided)  # at sigma 0 there is no velocity to rescale
+
+
+QWEN_IMAGE_TRUE_CFG = GuidanceNorm(space="velocity", patch=2)
+"""diffusers' ``QwenImagePipeline``: ``noise_pred = comb_pred * (||cond|| / ||comb||)`` per packed 2x2 token."""
+
+
 def dynamic_threshold(x0: Tensor, percentile: float, max_value: float | None = None) -> Tensor:
     """Dynamic thresholding (Saharia et al. 2022, Imagen, Sec. 2.3): per sample, let ``s`` be the
     ``percentile`` quantile of |x0| (at least 1, at most ``max_value``); clamp x0 to [-s, s] and divide
@@ -139,6 +205,8 @@ class CFGDenoiser:
     Conditioning lists (tuples of ``CondEntry``) in cond or uncond are evaluated entry by entry and blended
     (:func:`~latentworks.diffusion.regions.compose`), after each area entry got an opposite entry of the
     same area in the other list (:func:`~latentworks.diffusion.regions.match_areas`).
+        norm: a :class:`GuidanceNorm` applied to the guided x0 (before rescale); with ``scale == 1`` it
+            sees the conditional prediction as the guided one (as ComfyUI's post-CFG hook does).
     """
 
     def __init__(
@@ -152,6 +220,7 @@ class CFGDenoiser:
         threshold_max: float | None = None,
         rescale_cfg: float = 0.0,
         crop_multiple: int = 1,
+        norm: GuidanceNorm | None = None,
     ) -> None:
         self.crop_multiple = int(crop_multiple)
         if not 0.0 <= rescale <= 1.0:
@@ -164,6 +233,7 @@ class CFGDenoiser:
             raise ValueError(f"threshold is a percentile in (0, 1] such as 0.995, got {threshold}")
         self.denoiser, self.scale, self.rescale = denoiser, float(scale), float(rescale)
         self.interval, self.threshold, self.threshold_max = interval, threshold, threshold_max
+        self.norm = norm
 
     @property
     def interpolation(self) -> Interpolation:
@@ -195,6 +265,8 @@ class CFGDenoiser:
             return self._lists(x, sigma_t, cond, on)
         if not bool(on.any()):
             x0 = self.denoiser(x, sigma_t, cond.cond)
+            if self.norm is not None:
+                x0 = self.norm(x, sigma_t, x0, x0)
         else:
             if cond.uncond is None and cond.cond is not None:
                 raise ValueError("guidance scale != 1 needs an uncond (e.g. the empty prompt's conditioning)")
@@ -216,6 +288,8 @@ class CFGDenoiser:
             x0 = rescale_guidance(x0_u + self.scale * (x0_c - x0_u), x0_c, self.rescale_cfg)
         else:
             x0 = x0_u + self.scale * (x0_c - x0_u)
+        if self.norm is not None:
+            x0 = self.norm(x, sigma_t, x0, x0_c)
         x0 = rescale_guidance(x0, x0_c, self.rescale)
         if not bool(on.all()):
             x0 = torch.where(_bcast(on, x), x0, x0_c)
@@ -228,7 +302,10 @@ class CFGDenoiser:
             raise ValueError("guidance scale != 1 needs an uncond (e.g. the empty prompt's conditioning)")
         lists = match_areas([as_entries(cond.cond), as_entries(cond.uncond) if guided else None])
         x0_c, x0_u = compose(self.denoiser, x, sigma_t, lists, multiple=self.crop_multiple)
-        x0 = self._combine(x, sigma_t, on, x0_c, x0_u) if guided else x0_c
+        if guided:
+            x0 = self._combine(x, sigma_t, on, x0_c, x0_u)
+        else:
+            x0 = x0_c if self.norm is None else self.norm(x, sigma_t, x0_c, x0_c)
         if self.threshold is not None:
             x0 = dynamic_threshold(x0, self.threshold, self.threshold_max)
         return x0

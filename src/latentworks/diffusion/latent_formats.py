@@ -1,7 +1,8 @@
 """Latent formats: how a VAE's latents are scaled for the diffusion model, and a cheap RGB preview.
 
-``process_in`` maps VAE latents to the space the diffusion model was trained in, ``(z - shift) * scale``;
-``process_out`` is its inverse (apply before ``vae.decode``). ``preview`` turns a model-space latent
+``process_in`` maps VAE latents to the space the diffusion model was trained in, ``(z - shift) * scale``, or,
+for VAEs with per-channel statistics (Qwen-Image, Wan), ``(z - mean_c) / std_c * scale``; ``process_out`` is its
+inverse (apply before ``vae.decode``). ``preview`` turns a model-space latent
 (what sampler callbacks see) into a small uint8 RGB image with one C x 3 matrix, no VAE needed.
 """
 
@@ -23,6 +24,8 @@ class LatentFormat:
         shift_factor: subtracted from VAE latents first (0 for SD 1.x/XL).
         rgb_factors: C rows of (R, G, B) weights for previews of model-space latents.
         rgb_bias: (R, G, B) added to previews; previews map [-1, 1] to [0, 255].
+        channel_mean / channel_std: C per-channel statistics subtracted / divided out before the scale
+            (empty: none; then ``shift_factor`` applies).
     """
 
     channels: int
@@ -30,6 +33,8 @@ class LatentFormat:
     shift_factor: float = 0.0
     rgb_factors: tuple[tuple[float, float, float], ...] = ()
     rgb_bias: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    channel_mean: tuple[float, ...] = ()
+    channel_std: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.channels < 1:
@@ -42,19 +47,39 @@ class LatentFormat:
             raise ValueError(f"rgb_factors must be {self.channels} rows of 3 (R, G, B) weights")
         if len(self.rgb_bias) != 3:
             raise ValueError(f"rgb_bias must have 3 entries, got {len(self.rgb_bias)}")
+        if (self.channel_mean or self.channel_std) and not (
+            len(self.channel_mean) == len(self.channel_std) == self.channels
+        ):
+            raise ValueError(f"channel_mean and channel_std need {self.channels} entries each")
+        if self.channel_mean and self.shift_factor != 0:
+            raise ValueError("give either shift_factor or per-channel statistics, not both")
+
+    def _stats(self, z: Tensor) -> tuple[Tensor, Tensor] | None:
+        if not self.channel_mean:
+            return None
+        shape = (1, self.channels) + (1,) * (z.ndim - 2)
+        mean = torch.tensor(self.channel_mean, dtype=z.dtype, device=z.device).reshape(shape)
+        std = torch.tensor(self.channel_std, dtype=z.dtype, device=z.device).reshape(shape)
+        return mean, std
 
     def _check(self, z: Tensor) -> None:
         if z.ndim < 2 or z.shape[1] != self.channels:
             raise ValueError(f"expected latents (B, {self.channels}, ...), got shape {tuple(z.shape)}")
 
     def process_in(self, z: Tensor) -> Tensor:
-        """VAE latent -> diffusion-model latent: ``(z - shift) * scale``."""
+        """VAE latent -> diffusion-model latent: ``(z - shift) * scale`` or ``(z - mean) / std * scale``."""
         self._check(z)
+        stats = self._stats(z)
+        if stats is not None:
+            return (z - stats[0]) / stats[1] * self.scale_factor
         return (z - self.shift_factor) * self.scale_factor
 
     def process_out(self, z: Tensor) -> Tensor:
-        """Diffusion-model latent -> VAE latent: ``z / scale + shift``."""
+        """Diffusion-model latent -> VAE latent: ``z / scale + shift`` or ``z / scale * std + mean``."""
         self._check(z)
+        stats = self._stats(z)
+        if stats is not None:
+            return z / self.scale_factor * stats[1] + stats[0]
         return z / self.scale_factor + self.shift_factor
 
     def preview(self, z: Tensor) -> Tensor:

@@ -298,6 +298,20 @@ def validate_sigmas(sigmas: Tensor) -> Tensor:
     return sigmas
 
 
+def stretch_to_terminal(sigmas: Tensor, terminal: float) -> Tensor:
+    """Stretch a flow schedule (descending, ending in 0) so that its last non-zero sigma is ``terminal``:
+    ``1 - sigma`` is scaled by ``(1 - terminal) / (1 - sigma_last)``, so sigma 1 stays 1 (diffusers'
+    ``FlowMatchEulerDiscreteScheduler.stretch_shift_to_terminal``, used by Qwen-Image's scheduler config)."""
+    if not 0 < terminal < 1:
+        raise ValueError(f"terminal sigma must be in (0, 1), got {terminal}")
+    body, tail = sigmas[:-1], sigmas[-1:]
+    if body.numel() == 0 or float(tail.abs().max()) != 0.0:
+        raise ValueError("stretch_to_terminal expects a schedule with at least one step, ending in 0")
+    one_minus = 1.0 - body.to(torch.float64)
+    stretched = 1.0 - one_minus * ((1.0 - terminal) / one_minus[-1])
+    return torch.cat([stretched.to(sigmas.dtype), tail])
+
+
 def get_sigmas(model_sampling: ModelSampling, scheduler: str, steps: int, denoise: float = 1.0) -> Tensor:
     """The ``scheduler`` schedule of ``steps`` steps for ``model_sampling``.
 

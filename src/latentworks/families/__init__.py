@@ -23,6 +23,7 @@ from latentworks.families.base import (
 )
 from latentworks.families.flux import FLUX_DEV, FLUX_SCHNELL
 from latentworks.families.latentworks import LATENTWORKS
+from latentworks.families.qwenimage import QWEN_IMAGE
 from latentworks.families.sd1 import SD1
 from latentworks.families.sd2 import SD2, SD2_V
 from latentworks.families.sd3 import SD3
@@ -54,6 +55,7 @@ REGISTRY: tuple[ModelFamily, ...] = (
     FLUX_DEV,
     FLUX_SCHNELL,
     Z_IMAGE,
+    QWEN_IMAGE,
     LATENTWORKS,
 )
 

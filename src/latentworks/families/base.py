@@ -29,8 +29,9 @@ from typing import Any, Literal
 from torch import Tensor, nn
 
 from latentworks.diffusion.denoisers import SamplingSpec
+from latentworks.diffusion.guidance import GuidanceNorm
 from latentworks.diffusion.latent_formats import LatentFormat
-from latentworks.models.text.families import AnyTextRecipe
+from latentworks.models.text.families import AnyTextRecipe, QwenRecipe
 
 Shapes = Mapping[str, Sequence[int]]
 StateDict = Mapping[str, Tensor]
@@ -84,12 +85,22 @@ class Generation:
             aesthetic score is 6.0 for the prompt and 2.5 for the negative prompt (its training convention).
         distilled_guidance: the guidance scale goes into ``cond.extra["guidance"]`` and the sampler runs
             without classifier-free guidance (one network call per step), as FLUX.1-dev.
+        guidance_norm: the release's renormalisation of the guided prediction (Qwen-Image's true CFG), applied
+            by the pipeline (as diffusers does); workflows get it only through a CFGNorm-style node, as in
+            ComfyUI. None: plain CFG.
+        edit_text: the prompt recipe when an input image is given (Qwen-Image-Edit: the image is read by the
+            text encoder's vision tower and its latents join the denoiser's sequence); None: no image input.
+        edit_area: the pixel area the input image is resized to (keeping its aspect ratio, sides multiples
+            of 32), which is also the output size unless one is given.
     """
 
     resolution: tuple[int, int]
     defaults: Mapping[str, Any] = field(default_factory=dict)
     size_conditioning: SizeConditioning | None = None
     distilled_guidance: bool = False
+    guidance_norm: GuidanceNorm | None = None
+    edit_text: QwenRecipe | None = None
+    edit_area: int = 1024 * 1024
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -120,12 +131,14 @@ class ComfyNames:
     Attributes:
         clip_type: the ``type`` of CLIPLoader / DualCLIPLoader / TripleCLIPLoader for its text encoders.
         model_sampling_node: the node that sets its model sampling (ModelSamplingDiscrete, ...SD3, ...Flux).
+        vae_file: the name of the VAE file ComfyUI's pages give for it, for messages (None: not named).
         gguf_architecture: the ``general.architecture`` ComfyUI-GGUF writes into this family's ``.gguf`` files
             (``flux``, ``lumina2``...); None where it writes none.
     """
 
     clip_type: str
     model_sampling_node: str
+    vae_file: str | None = None
     gguf_architecture: str | None = None
 
 

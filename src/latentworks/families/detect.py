@@ -24,10 +24,12 @@ from latentworks.checkpoints.detect import (
     strip_prefix,
     text_encoder_prefixes,
 )
+from latentworks.checkpoints.keymaps.qwenimage_vae import is_qwenimage_vae, qwenimage_vae_config
 from latentworks.families import REGISTRY, with_prediction
 from latentworks.families.architectures import ARCHITECTURES, DenoiserConfig
 from latentworks.families.base import Architecture, ModelFamily
 from latentworks.models.autoencoder import AutoencoderConfig
+from latentworks.models.qwenimage_vae import QwenImageVAEConfig
 
 PREDICTIONS = ("eps", "v", "flow")
 
@@ -40,7 +42,7 @@ class DetectedCheckpoint:
     variant: str  # e.g. "sd1-inpaint", "sd3.5-large", "flux-dev-fill"
     denoiser_config: DenoiserConfig  # the architecture's config, read from shapes
     denoiser_prefix: str  # "model.diffusion_model." in full single files, "" for a bare component
-    vae_config: AutoencoderConfig | None
+    vae_config: AutoencoderConfig | QwenImageVAEConfig | None
     vae_prefix: str | None  # "first_stage_model." / "vae." / None when the file has no VAE
     text_encoders: dict[str, str]  # component ("clip_l", "clip_h", "clip_g", "t5xxl") -> key prefix
     prediction: str  # "eps" | "v" | "flow"
@@ -103,7 +105,7 @@ def detect_checkpoint(
                 variant=variant,
                 denoiser_config=config,
                 denoiser_prefix=prefix,
-                vae_config=detect_vae(shapes, source=source)[0] if vae_prefix is not None else None,
+                vae_config=_vae_config(shapes, vae_prefix, source) if vae_prefix is not None else None,
                 vae_prefix=vae_prefix,
                 text_encoders=text_encoder_prefixes(shapes),
                 prediction=prediction or found_prediction,
@@ -114,3 +116,11 @@ def detect_checkpoint(
         f"{DENOISER_PREFIXES[0]!r}); keys start with {key_starts(shapes)}. "
         "A VAE or text encoder alone is loaded with its own loader (see detect_vae)."
     )
+
+
+def _vae_config(shapes: Shapes, prefix: str, source: str) -> AutoencoderConfig | QwenImageVAEConfig:
+    """The config of the VAE under ``prefix``: a KL autoencoder's, or the Qwen-Image VAE's."""
+    sub = {k[len(prefix) :]: tuple(v) for k, v in shapes.items() if k.startswith(prefix)}
+    if is_qwenimage_vae(sub):
+        return qwenimage_vae_config(sub, source)
+    return detect_vae(shapes, source=source)[0]

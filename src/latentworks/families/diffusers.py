@@ -49,6 +49,12 @@ from latentworks.checkpoints.keymaps.diffusers_configs import (
     vae_config_from_diffusers,
     vae_config_to_diffusers,
 )
+from latentworks.checkpoints.keymaps.qwenimage_vae import DIFFUSERS_CLASS as QWEN_VAE_CLASS
+from latentworks.checkpoints.keymaps.qwenimage_vae import (
+    qwenimage_vae_config_to_diffusers,
+    qwenimage_vae_stats_from_diffusers,
+    read_qwenimage_vae,
+)
 from latentworks.checkpoints.keymaps.sd_diffusers import vae_from_diffusers, vae_to_diffusers
 from latentworks.diffusion.denoisers import FlowSamplingSpec
 from latentworks.diffusion.latent_formats import LatentFormat
@@ -56,6 +62,7 @@ from latentworks.families import REGISTRY, by_config, by_pipeline_class, get, wi
 from latentworks.families.architectures import ARCHITECTURES, DenoiserConfig, architecture_of
 from latentworks.families.base import Architecture, ModelFamily
 from latentworks.models.autoencoder import Autoencoder, AutoencoderConfig
+from latentworks.models.qwenimage_vae import QwenImageVAE, QwenImageVAEConfig
 
 TextEncoderEntry = tuple[dict[str, Tensor], dict[str, Any]]
 
@@ -79,7 +86,7 @@ class DiffusersFolder:
     family: ModelFamily | None
     denoiser_config: DenoiserConfig | None
     denoiser_state: dict[str, Tensor] | None
-    vae_config: AutoencoderConfig | None
+    vae_config: AutoencoderConfig | QwenImageVAEConfig | None
     vae_state: dict[str, Tensor] | None
     latent_format: LatentFormat | None
     prediction: str | None
@@ -98,11 +105,12 @@ class DiffusersFolder:
             raise ValueError(f"{self.path}: this diffusers folder has no unet/ or transformer/ to build")
         return build_on_meta(arch.network, self.denoiser_config, self.denoiser_state)
 
-    def build_vae(self) -> Autoencoder:
+    def build_vae(self) -> Autoencoder | QwenImageVAE:
         """Our autoencoder with the folder's weights."""
         if self.vae_config is None or self.vae_state is None:
             raise ValueError(f"{self.path}: this diffusers folder has no vae/ to build")
-        return build_on_meta(Autoencoder, self.vae_config, self.vae_state)
+        cls = QwenImageVAE if isinstance(self.vae_config, QwenImageVAEConfig) else Autoencoder
+        return build_on_meta(cls, self.vae_config, self.vae_state)
 
 
 def _listed(index: dict[str, Any], name: str, path: Path) -> bool:
@@ -209,19 +217,30 @@ def read_diffusers_folder(
             family = next((f for f in REGISTRY if f.architecture is arch), None)
         break
 
-    vae_config = vae_state = None
+    vae_config: AutoencoderConfig | QwenImageVAEConfig | None = None
+    vae_state: dict[str, Tensor] | None = None
     latent_format = family.latent_format if family is not None else None
-    if _listed(index, "vae", root):
+    vae_cfg = (
+        read_json(component("vae") / "config.json", "the VAE config") if _listed(index, "vae", root) else {}
+    )
+    if vae_cfg.get("_class_name") == QWEN_VAE_CLASS:  # Qwen-Image: per-channel statistics, no scale/shift
         folder = component("vae")
-        vae_config, scale, shift = vae_config_from_diffusers(
-            read_json(folder / "config.json", "the VAE config"), source=str(folder / "config.json")
-        )
-        vae_state = vae_from_diffusers(weights(folder), vae_config)
-        if latent_format is not None and latent_format.channels == vae_config.latent_channels:
+        vae_weights = weights(folder)
+        shapes = {k: tuple(v.shape) for k, v in vae_weights.items()}
+        qwen_config, vae_state = read_qwenimage_vae(vae_weights, shapes, source=str(folder))
+        vae_config = qwen_config
+        mean, std = qwenimage_vae_stats_from_diffusers(vae_cfg, str(folder / "config.json"))
+        base = latent_format or LatentFormat(channels=qwen_config.z_dim, scale_factor=1.0)
+        latent_format = replace(base, scale_factor=1.0, shift_factor=0.0, channel_mean=mean, channel_std=std)
+    elif vae_cfg:
+        folder = component("vae")
+        kl_config, scale, shift = vae_config_from_diffusers(vae_cfg, source=str(folder / "config.json"))
+        vae_config, vae_state = kl_config, vae_from_diffusers(weights(folder), kl_config)
+        if latent_format is not None and latent_format.channels == kl_config.latent_channels:
             latent_format = replace(latent_format, scale_factor=scale, shift_factor=shift)
         else:
             latent_format = LatentFormat(
-                channels=vae_config.latent_channels, scale_factor=scale, shift_factor=shift
+                channels=kl_config.latent_channels, scale_factor=scale, shift_factor=shift
             )
 
     prediction: str | None = None
@@ -287,7 +306,7 @@ def write_diffusers_folder(
     family: str | ModelFamily,
     denoiser_config: DenoiserConfig,
     denoiser_state: dict[str, Tensor],
-    vae_config: AutoencoderConfig | None,
+    vae_config: AutoencoderConfig | QwenImageVAEConfig | None,
     vae_state: dict[str, Tensor] | None,
     latent_format: LatentFormat,
     prediction: str,
@@ -338,7 +357,18 @@ def write_diffusers_folder(
     )  # fmt: skip
     index[name] = ["diffusers", cfg["_class_name"]]
 
-    if vae_config is not None and vae_state is not None:
+    if isinstance(vae_config, QwenImageVAEConfig) and vae_state is not None:
+        if not latent_format.channel_mean:
+            raise ValueError("a Qwen-Image VAE needs a latent format with per-channel statistics")
+        write_json(
+            qwenimage_vae_config_to_diffusers(
+                vae_config, latent_format.channel_mean, latent_format.channel_std
+            ),
+            root / "vae" / "config.json",
+        )
+        write_weights(dict(vae_state), root / "vae", DIFFUSERS_WEIGHTS, max_shard_bytes=max_shard_bytes)
+        index["vae"] = ["diffusers", QWEN_VAE_CLASS]
+    elif isinstance(vae_config, AutoencoderConfig) and vae_state is not None:
         if vae_config.latent_channels != latent_format.channels:
             raise ValueError(
                 f"the VAE has {vae_config.latent_channels} latent channels but the latent format {latent_format.channels}"

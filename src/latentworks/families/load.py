@@ -25,11 +25,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from latentworks.checkpoints.detect import detect_vae, find_vae_prefix, text_encoder_prefixes
 from latentworks.checkpoints.formats import cast_to_fp8, fp8_file_tensors, open_storage
 from latentworks.checkpoints.io import PICKLE_SUFFIXES, load_state_dict, save_file_atomic
+from latentworks.checkpoints.keymaps.qwenimage_vae import (
+    is_qwenimage_vae,
+    qwenimage_vae_to_wan,
+    read_qwenimage_vae,
+)
 from latentworks.checkpoints.keymaps.sd_diffusers import vae_from_diffusers
 from latentworks.checkpoints.keymaps.sd_ldm import ours_to_vae_ldm, vae_ldm_to_ours
 from latentworks.diffusion.latent_formats import LatentFormat
@@ -38,8 +43,11 @@ from latentworks.families.architectures import DenoiserConfig
 from latentworks.families.base import Architecture, ModelFamily
 from latentworks.families.detect import detect_checkpoint
 from latentworks.families.diffusers import read_diffusers_folder, write_diffusers_folder
+from latentworks.models.autoencoder import Autoencoder
+from latentworks.models.qwenimage_vae import QwenImageVAE, QwenImageVAEConfig
 from latentworks.models.text.clip import clip_config_from_shapes
 from latentworks.models.text.layouts import detect_text_encoder, hf_to_open_clip, open_clip_to_hf, to_hf_clip
+from latentworks.models.text.qwen import qwen_for_diffusers
 from latentworks.models.text.t5 import t5_config_from_shapes
 from latentworks.nn.quant import QuantizedTensor
 
@@ -143,13 +151,23 @@ def _shapes(weights: Mapping[str, Tensor]) -> dict[str, tuple[int, ...]]:
 
 
 def read_vae(weights: Mapping[str, Tensor], *, source: str) -> tuple[Any, dict[str, Tensor]]:
-    """The autoencoder in ``weights`` (LDM or diffusers layout, any known prefix) as (config, our state dict)."""
+    """The autoencoder in ``weights`` (LDM or diffusers layout, any known prefix; or the Qwen-Image VAE in
+    diffusers' or ComfyUI's Wan layout) as (config, our state dict)."""
     shapes = _shapes(weights)
+    for prefix in ("vae.", "first_stage_model.", ""):
+        sub_shapes = {k[len(prefix) :]: v for k, v in shapes.items() if k.startswith(prefix)}
+        if is_qwenimage_vae(sub_shapes):
+            return read_qwenimage_vae(_Prefixed(weights, prefix), sub_shapes, source=source)
     config, layout = detect_vae(shapes, source=source)
     sub = _Prefixed(weights, find_vae_prefix(shapes) or "")
     if layout == "ldm":
         return config, vae_ldm_to_ours(sub, config)
     return config, vae_from_diffusers(sub, config)
+
+
+def vae_network(config: Any) -> type[nn.Module]:
+    """The autoencoder class for a VAE config read by :func:`read_vae` (KL autoencoder or Qwen-Image VAE)."""
+    return QwenImageVAE if isinstance(config, QwenImageVAEConfig) else Autoencoder
 
 
 def _text_encoder_kind(weights: Mapping[str, Tensor], source: str) -> tuple[str, Mapping[str, Tensor]]:
@@ -294,7 +312,7 @@ _ALL_IN_ONE_TEXT = {
 
 def _text_state(sd: Mapping[str, Tensor], layout: str) -> dict[str, Tensor]:
     kind, have = detect_text_encoder({k: tuple(v.shape) for k, v in sd.items()})
-    if kind == "t5xxl":
+    if kind in ("t5xxl", "qwen3_4b", "qwen25vl_7b"):
         return dict(sd)
     hf = open_clip_to_hf(sd) if have == "open_clip" else to_hf_clip(sd)
     return hf_to_open_clip(hf) if layout == "open_clip" else hf
@@ -310,7 +328,10 @@ def single_file_state(parts: CheckpointParts) -> dict[str, Tensor]:
         )
     theirs = arch.to_original(parts.denoiser_state, parts.denoiser_config)
     out |= {f"model.diffusion_model.{k}": v for k, v in theirs.items()}
-    if parts.vae_state is not None:
+    if parts.vae_state is not None and isinstance(parts.vae_config, QwenImageVAEConfig):
+        vae = qwenimage_vae_to_wan(parts.vae_state, parts.vae_config)  # ComfyUI's qwen_image_vae names
+        out |= {f"{family.single_file_vae_prefix}{k}": v for k, v in vae.items()}
+    elif parts.vae_state is not None:
         vae = ours_to_vae_ldm(parts.vae_state, parts.vae_config)
         out |= {f"{family.single_file_vae_prefix}{k}": v for k, v in vae.items()}
     places = family.single_file_text or _ALL_IN_ONE_TEXT
@@ -366,6 +387,9 @@ def write_diffusers(parts: CheckpointParts, path: str | Path) -> Path:
         shapes = {k: tuple(v.shape) for k, v in hf.items()}
         kind, _ = detect_text_encoder(shapes)
         config: Any
+        if kind in ("qwen3_4b", "qwen25vl_7b"):
+            encoders[name] = qwen_for_diffusers(hf, kind)
+            continue
         if kind == "t5xxl":
             config = t5_config_from_shapes(shapes)
         else:

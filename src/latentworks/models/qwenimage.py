@@ -17,6 +17,10 @@ Contract: ``forward(x (B, 16, H, W), t (B,), cond) -> velocity (B, 16, H, W)`` w
 (diffusers passes ``sigma`` and scales by 1000 inside its timestep projection), ``cond.tokens`` (B, L, 3584)
 Qwen2.5-VL states and ``cond.mask`` (B, L) True where a text token is real (padding keys are masked out of the
 joint attention; image keys are always attended). ``cond.pooled`` is not used. H and W must be even.
+
+Qwen-Image-Edit: ``cond.extra["reference_latents"]`` (B, 16, h, w), the input image's normalised latents, are
+packed and appended to the image stream at RoPE frame 1 (diffusers' ``img_shapes`` second entry); the
+prediction covers the noisy latent only.
 """
 
 from __future__ import annotations
@@ -36,17 +40,31 @@ from latentworks.nn.norms import RMSNorm
 from latentworks.nn.patch import pack_latents, unpack_latents
 from latentworks.nn.rope import apply_rope, rope_frequencies
 
+REFERENCE_LATENTS = "reference_latents"  # cond.extra key of Qwen-Image-Edit's input-image latents
 
-def position_ids(h: int, w: int, text_len: int, device: torch.device | None = None) -> Tensor:
-    """(text_len + h * w, 3) RoPE positions ``(frame, row, col)``: text tokens first, then the h x w packed
-    image grid in raster order (see the module docstring for the centred image grid and the diagonal text)."""
-    rows = torch.arange(h, device=device) - (h - h // 2)  # -(h - h//2) .. h//2 - 1
-    cols = torch.arange(w, device=device) - (w - w // 2)
-    grid_r, grid_c = torch.meshgrid(rows, cols, indexing="ij")
-    image = torch.stack([torch.zeros_like(grid_r), grid_r, grid_c], dim=-1).reshape(h * w, 3)
-    start = max(h // 2, w // 2)
+
+def position_ids(
+    h: int,
+    w: int,
+    text_len: int,
+    device: torch.device | None = None,
+    references: tuple[tuple[int, int], ...] = (),
+) -> Tensor:
+    """(text_len + h * w + sum of reference grids, 3) RoPE positions ``(frame, row, col)``: text tokens first,
+    then the h x w packed image grid in raster order, then each reference image's grid (Qwen-Image-Edit) at
+    frame 1, 2, ... (see the module docstring for the centred grids and the diagonal text, which starts past the
+    largest grid)."""
+    grids = []
+    for frame, (gh, gw) in enumerate(((h, w), *references)):
+        rows = torch.arange(gh, device=device) - (gh - gh // 2)  # -(h - h//2) .. h//2 - 1
+        cols = torch.arange(gw, device=device) - (gw - gw // 2)
+        grid_r, grid_c = torch.meshgrid(rows, cols, indexing="ij")
+        grids.append(
+            torch.stack([torch.full_like(grid_r, frame), grid_r, grid_c], dim=-1).reshape(gh * gw, 3)
+        )
+    start = max(max(gh // 2, gw // 2) for gh, gw in ((h, w), *references))
     text = (start + torch.arange(text_len, device=device))[:, None].expand(text_len, 3)
-    return torch.cat([text, image])
+    return torch.cat([text, *grids])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -189,8 +207,19 @@ class QwenImage(nn.Module):
         txt = self.txt_in(self.txt_norm(cond.tokens.to(dtype)))  # (B, L, D)
         vec = self.time_in(timestep_embedding(t, TIME_EMBED_DIM).to(dtype))  # (B, D)
 
+        n_img = img.shape[1]
+        refs = cond.extra.get(REFERENCE_LATENTS)
+        grids: tuple[tuple[int, int], ...] = ()
+        if refs is not None:  # Qwen-Image-Edit: the input image's latents join the image stream
+            if refs.ndim != 4 or refs.shape[1] != cfg.in_channels or refs.shape[-2] % p or refs.shape[-1] % p:
+                raise ValueError(
+                    f"cond.extra[{REFERENCE_LATENTS!r}] must be (B, {cfg.in_channels}, h, w) latents with h, w "
+                    f"multiples of {p}, got {tuple(refs.shape)}"
+                )
+            img = torch.cat([img, self.img_in(pack_latents(refs.to(device=x.device, dtype=dtype), p))], dim=1)
+            grids = ((refs.shape[-2] // p, refs.shape[-1] // p),)
         n_txt = txt.shape[1]
-        ids = position_ids(height // p, width // p, n_txt, device=x.device)  # (L+N, 3)
+        ids = position_ids(height // p, width // p, n_txt, device=x.device, references=grids)  # (L+N, 3)
         freqs = rope_frequencies(ids, cfg.axes_dim, cfg.theta)  # (L+N, hd/2, 2)
         key_mask = None  # an all-real mask is dropped so SDPA may pick its fused kernels (as diffusers does)
         if cond.mask is not None and not bool(cond.mask.bool().all()):
@@ -199,5 +228,5 @@ class QwenImage(nn.Module):
 
         for block in self.blocks:
             img, txt = block(img, txt, vec, freqs, key_mask)
-        out = self.final_layer(img, vec)  # (B, N, p*p*C_out)
+        out = self.final_layer(img[:, :n_img], vec)  # (B, N, p*p*C_out): the noisy latent's tokens only
         return unpack_latents(out, height, width, p)

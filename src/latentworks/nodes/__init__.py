@@ -28,6 +28,7 @@ def default_registry(
     from latentworks.nodes.model_patches import model_patch_nodes
     from latentworks.nodes.models import loader_nodes
     from latentworks.nodes.primitives import primitive_nodes
+    from latentworks.nodes.qwen_edit import qwen_edit_nodes
     from latentworks.nodes.sampler_options import sampler_option_nodes
     from latentworks.nodes.sampling import sampling_nodes
     from latentworks.nodes.text_encode import text_encode_nodes
@@ -58,6 +59,7 @@ def default_registry(
             *vae_tiled_nodes(),  # VAEDecodeTiled, VAEEncodeTiled
             *sampler_option_nodes(),  # SamplerEulerAncestral, SamplerDPMPP_*, SamplerLMS
             *controlnet_nodes(md),  # ControlNetLoader, ControlNetApplyAdvanced, ControlNetApply, Canny
+            *qwen_edit_nodes(),  # TextEncodeQwenImageEdit, ReferenceLatent (issue 22)
         ]
     )
 

@@ -149,7 +149,8 @@ def family_for_clip_type(clip_type: str, components: Sequence[str]) -> families.
 def load_text_encoders(
     ctx: Any, paths: Sequence[Path], clip_type: str, device: str = "default"
 ) -> ClipPayload:
-    """A CLIP payload: the prompt encoder of ``clip_type``'s family from text-encoder files (CLIP, T5, Qwen3)."""
+    """A CLIP payload: the prompt encoder of ``clip_type``'s family from text-encoder files (CLIP, T5, Qwen3,
+    Qwen2.5-VL)."""
     from latentworks.families.load import _text_encoder_kind, open_weights
     from latentworks.models.text.families import make_prompt_encoder
 
@@ -174,14 +175,27 @@ def load_text_encoders(
 
 
 def load_vae(ctx: Any, path: Path) -> VAEPayload:
-    """A VAE payload from a VAE file alone (LDM or diffusers layout); its latent format comes from the model."""
+    """A VAE payload from a VAE file alone (LDM or diffusers layout; its latent format comes from the model), or
+    the Qwen-Image VAE (``qwen_image_vae.safetensors``; only Qwen-Image uses it, so its format is known)."""
     from latentworks.checkpoints.io import build_on_meta
-    from latentworks.families.load import open_weights, read_vae
-    from latentworks.models.autoencoder import Autoencoder
+    from latentworks.families.load import open_weights, read_vae, vae_network
+    from latentworks.models.qwenimage_vae import QwenImageVAEConfig
 
     config, state = read_vae(open_weights(path), source=path.name)
-    vae = build_on_meta(Autoencoder, config, state, device=_device(ctx))
-    return VAEPayload(vae, None)
+    vae = build_on_meta(vae_network(config), config, state, device=_device(ctx))
+    own = None
+    if isinstance(config, QwenImageVAEConfig):  # the family whose latents carry per-channel statistics
+        own = next(
+            (
+                f.latent_format
+                for f in families.REGISTRY
+                if f.latent_format is not None
+                and f.latent_format.channel_mean
+                and f.latent_format.channels == config.z_dim
+            ),
+            None,
+        )
+    return VAEPayload(vae, own)
 
 
 def set_last_layer(clip: ClipPayload, stop_at_clip_layer: int) -> ClipPayload:
@@ -300,7 +314,7 @@ def split_loader_nodes(models_dir: Path | None) -> list[NodeSpec]:
             description=(
                 "Load a text encoder file (models/text_encoders or models/clip) for the model family of "
                 "`type`. Recipes: stable_diffusion: clip-l (SD 1.x) or clip-h (SD 2.x); lumina2: qwen3 4B "
-                "(Z-Image)."
+                "(Z-Image); qwen_image: qwen2.5-vl 7B (Qwen-Image)."
             ),
             execute=clip_loader,
             inputs=(

@@ -1,5 +1,6 @@
 """Model-sampling patch nodes with ComfyUI's names and inputs: ModelSamplingDiscrete, ModelSamplingSD3,
-ModelSamplingAuraFlow, ModelSamplingFlux.
+ModelSamplingAuraFlow, ModelSamplingFlux; and CFGNorm (ComfyUI's guidance renormalisation, used by its
+Qwen-Image templates).
 
 Each returns a new MODEL: ``dataclasses.replace`` of the loaded ``ModelFolder`` with another
 ``model_sampling`` (and prediction), sharing the networks. The input model is never changed, so other
@@ -24,6 +25,7 @@ from dataclasses import replace
 from typing import Any
 
 from latentworks.diffusion.denoisers import DiscreteSamplingSpec, FlowModelSampling, flux_shift_mu
+from latentworks.diffusion.guidance import GuidanceNorm
 from latentworks.graph.types import InputSpec, NodeSpec, OutputSpec
 from latentworks.nodes.image_ops import MAX_RESOLUTION
 from latentworks.nodes.payloads import ModelPayload
@@ -45,7 +47,11 @@ def patched(
     folder = model.folder
     meta = dict(folder.meta)
     denoiser = dict(meta.get("denoiser", {}))
-    spec = {k: v for k, v in dict(denoiser.get("sampling") or {}).items() if k != "dynamic_shift"}
+    spec = {
+        k: v
+        for k, v in dict(denoiser.get("sampling") or {}).items()
+        if k not in ("dynamic_shift", "shift_terminal")
+    }
     meta["denoiser"] = {**denoiser, "prediction": prediction, "sampling": spec}
     meta["model_sampling_patch"] = dict(patch)
     return ModelPayload(replace(folder, meta=meta, model_sampling=model_sampling))
@@ -118,6 +124,15 @@ def _flux(
     return (_flow(model, "ModelSamplingFlux", 1000.0, mu=float(mu)),)
 
 
+def _cfg_norm(ctx: Any, model: ModelPayload, strength: float) -> tuple[Any, ...]:
+    """ComfyUI's CFGNorm: after CFG, x0 *= min(1, ||x0_cond|| / ||x0_cfg||) * strength, norms over the channels of
+    each latent pixel (:class:`~latentworks.diffusion.guidance.GuidanceNorm`, ``space="x0"``)."""
+    if not 0.0 <= float(strength) <= 100.0:
+        raise ValueError(f"CFGNorm: strength must be in [0, 100], got {strength}")
+    norm = GuidanceNorm(space="x0", clamp=True, strength=float(strength))
+    return (ModelPayload(replace(model.folder, guidance_norm=norm)),)
+
+
 def model_patch_nodes() -> list[NodeSpec]:
     def I(name: str, type_: str, **kw: Any) -> InputSpec:  # noqa: E743, N802
         return InputSpec(name=name, type=type_, **kw)
@@ -185,5 +200,15 @@ def model_patch_nodes() -> list[NodeSpec]:
                 I("height", "INT", default=1024, min=16, max=MAX_RESOLUTION, step=8),
             ),
             outputs=model_out,
+        ),
+        NodeSpec(
+            name="CFGNorm",
+            category="advanced/guidance",
+            description="After classifier-free guidance, scale each latent pixel's guided prediction down to "
+            "the conditional prediction's norm (never up), times strength. (The Qwen-Image pipeline's own "
+            "norm rescale differs: it acts on the velocity per 2x2 token, unclamped.)",
+            execute=_cfg_norm,
+            inputs=(I("model", "MODEL"), I("strength", "FLOAT", default=1.0, min=0.0, max=100.0, step=0.01)),
+            outputs=(OutputSpec(type="MODEL", name="patched_model"),),
         ),
     ]

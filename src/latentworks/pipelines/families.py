@@ -16,6 +16,7 @@ import torch
 from latentworks import families
 from latentworks.diffusion.conditioning import Conditioning
 from latentworks.diffusion.denoisers import FlowModelSampling
+from latentworks.diffusion.schedules import stretch_to_terminal
 from latentworks.families.base import Generation
 
 
@@ -93,3 +94,14 @@ def model_sampling_for(model: Any, *, latent_height: int, latent_width: int) -> 
         latent_width=latent_width,
         patch=int(getattr(model.denoiser_net.config, "patch_size", 2)),
     )
+
+
+def release_schedule(model: Any, sigmas: torch.Tensor) -> torch.Tensor:
+    """``sigmas`` with what the model's sampling spec adds to every schedule: ``shift_terminal``
+    (Qwen-Image's diffusers scheduler stretches the schedule to end at it). The pipeline applies it, as
+    diffusers does; workflows sample as ComfyUI does, without it."""
+    spec = model.meta.get("denoiser", {}).get("sampling")
+    terminal = spec.get("shift_terminal") if isinstance(spec, Mapping) else None
+    if not terminal or len(sigmas) < 2:
+        return sigmas
+    return stretch_to_terminal(sigmas, float(terminal))

@@ -48,12 +48,20 @@ from latentworks.diffusion.denoisers import (
     SamplingSpec,
     sampling_spec_from_dict,
 )
+from latentworks.diffusion.guidance import GuidanceNorm
 from latentworks.diffusion.latent_formats import LatentFormat
 from latentworks.families.architectures import architecture
 from latentworks.families.detect import detect_checkpoint
-from latentworks.families.load import CHECKPOINT_SUFFIXES, CheckpointParts, open_weights, read_checkpoint
+from latentworks.families.load import (
+    CHECKPOINT_SUFFIXES,
+    CheckpointParts,
+    open_weights,
+    read_checkpoint,
+    vae_network,
+)
 from latentworks.models.autoencoder import Autoencoder, AutoencoderConfig
 from latentworks.models.configs import config_from_dict, config_to_dict
+from latentworks.models.qwenimage_vae import AnyAutoencoder
 from latentworks.models.text.base import TextEncoder
 from latentworks.models.text.families import make_prompt_encoder
 from latentworks.nn.quant import warn_if_fp8_upcast
@@ -74,10 +82,11 @@ class ModelFolder:
     path: Path
     meta: dict[str, Any]
     denoiser_net: nn.Module  # the architecture's network (families.architectures)
-    vae: Autoencoder | None  # None for a denoiser loaded alone (model_from_parts(..., without_vae=True))
+    vae: AnyAutoencoder | None  # None for a denoiser loaded alone (model_from_parts(..., without_vae=True))
     latent_format: LatentFormat
     model_sampling: ModelSampling
     loras: tuple[AppliedLora, ...] = ()  # LoRAs applied to denoiser_net while sampling
+    guidance_norm: GuidanceNorm | None = None  # set by the CFGNorm node; the pipeline adds the family's
 
     @property
     def family(self) -> families.ModelFamily:
@@ -199,6 +208,8 @@ def load_model_folder(
         shift_factor=float(lf_meta.get("shift_factor", 0.0)),
         rgb_factors=tuple(tuple(r) for r in lf_meta.get("rgb_factors", ())),
         rgb_bias=tuple(lf_meta.get("rgb_bias", (0.0, 0.0, 0.0))),
+        channel_mean=tuple(lf_meta.get("channel_mean", ())),
+        channel_std=tuple(lf_meta.get("channel_std", ())),
     )
     return ModelFolder(
         path=path,
@@ -402,9 +413,14 @@ def model_from_parts(
     from its own loader), whether or not ``parts`` holds a VAE.
     """
     if parts.vae_state is None and not without_vae:
+        named = parts.family.comfy.vae_file if parts.family.comfy is not None else None
+        example = (
+            f"{parts.family.title}'s {named}"
+            if named
+            else "the family's ae.safetensors / sdxl_vae.safetensors"
+        )
         raise ValueError(
-            f"{parts.source} has no VAE: pass one (CLI: --vae FILE; API: vae=PATH), e.g. the family's "
-            "ae.safetensors / sdxl_vae.safetensors"
+            f"{parts.source} has no VAE: pass one (CLI: --vae FILE; API: vae=PATH), e.g. {example}"
         )
     arch, config = parts.architecture, parts.denoiser_config
     c = parts.latent_format.channels
@@ -423,7 +439,9 @@ def model_from_parts(
     vae = (
         None
         if without_vae or parts.vae_state is None
-        else build_on_meta(Autoencoder, parts.vae_config, parts.vae_state, device=device, dtype=dtype)
+        else build_on_meta(
+            vae_network(parts.vae_config), parts.vae_config, parts.vae_state, device=device, dtype=dtype
+        )
     )
     behaviour = parts.family.generation
     meta = {

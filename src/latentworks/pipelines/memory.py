@@ -47,6 +47,7 @@ from torch.utils.hooks import RemovableHandle
 
 from latentworks.graph.budgets import parse_bytes
 from latentworks.models.autoencoder import Autoencoder
+from latentworks.models.qwenimage_vae import QwenImageVAE
 from latentworks.nn.quant import stored_nbytes
 
 OffloadMode = Literal["none", "model"]
@@ -439,7 +440,7 @@ def _dtype_of(module: nn.Module) -> torch.dtype:
 
 
 def decode_latents(
-    vae: Autoencoder,
+    vae: Autoencoder | QwenImageVAE,
     z: Tensor,
     *,
     tile: int | None = None,

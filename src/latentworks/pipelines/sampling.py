@@ -22,6 +22,7 @@ from latentworks.diffusion.guidance import (
     CFGDenoiser,
     DualCFGDenoiser,
     DualGuidedCond,
+    GuidanceNorm,
     GuidedCond,
     InpaintDenoiser,
     noised_start,
@@ -89,6 +90,9 @@ class SamplingModel(Protocol):
     @property
     def loras(self) -> tuple[AppliedLora, ...]: ...  # applied to denoiser_net while sampling
 
+    @property
+    def guidance_norm(self) -> GuidanceNorm | None: ...  # CFG renormalisation (CFGNorm node, Qwen-Image)
+
 
 @dataclass(frozen=True)
 class NetworkModel:
@@ -98,6 +102,7 @@ class NetworkModel:
     prediction: str
     model_sampling: ModelSampling
     loras: tuple[AppliedLora, ...] = ()
+    guidance_norm: GuidanceNorm | None = None
 
 
 def model_loras(model: SamplingModel) -> AbstractContextManager[object]:
@@ -161,6 +166,7 @@ def denoise_latents(
     start = x0 * (1 - mask) if mask is not None and masked_from_noise else x0
     x = noised_start(start, noise, sigmas[0], denoiser.interpolation) if add_noise else start
     lists = dual is not None or is_entry_list(cond) or is_entry_list(uncond)
+    norm = getattr(model, "guidance_norm", None)  # CFG renormalisation (Qwen-Image, the CFGNorm node)
     # ControlNets ride on the conditionings; the wrapper runs them at each step (it sits inside CFG).
     if lists and _has_control(cond, uncond, dual):
         raise ValueError(
@@ -182,7 +188,7 @@ def denoise_latents(
     guided_cond: GuidedCond | DualGuidedCond
     if not lists:  # one prompt each: the inpaint blend inside CFG, as always (bit-identical results)
         guided = CFGDenoiser(
-            inpaint(controlled), guidance, interval=guidance_interval, rescale_cfg=rescale_cfg
+            inpaint(controlled), guidance, interval=guidance_interval, rescale_cfg=rescale_cfg, norm=norm
         )
         guided_cond = GuidedCond(cond, uncond if guidance != 1.0 else None)
     else:  # conditioning lists evaluate crops of x, so the inpaint blend goes outside the guidance
@@ -199,6 +205,7 @@ def denoise_latents(
                 interval=guidance_interval,
                 rescale_cfg=rescale_cfg,
                 crop_multiple=multiple,
+                norm=norm,
             )
             guided_cond = GuidedCond(cond, uncond if guidance != 1.0 else None)
         guided = inpaint(guided)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import random
 import time
 import warnings
@@ -27,13 +28,15 @@ from latentworks.diffusion.guidance import check_interval
 from latentworks.diffusion.samplers import SAMPLERS, StepInfo
 from latentworks.diffusion.schedules import SCHEDULERS, get_sigmas
 from latentworks.families.load import read_checkpoint
-from latentworks.models.autoencoder import Autoencoder
+from latentworks.models.qwenimage import REFERENCE_LATENTS
+from latentworks.models.qwenimage_vae import AnyAutoencoder
 from latentworks.pipelines.control import Control, attach_controls
 from latentworks.pipelines.families import (
     add_conditioning_extras,
     behaviour_of,
     cfg_scale,
     model_sampling_for,
+    release_schedule,
 )
 from latentworks.pipelines.inpaint import (
     blur_mask,
@@ -101,6 +104,15 @@ def images_to_tensor(images: list[Image.Image], size: tuple[int, int]) -> Tensor
     return torch.stack(out)
 
 
+def resize_for_edit(image: Image.Image, area: int) -> Image.Image:
+    """An editing model's input image resized to ``area`` pixels at its aspect ratio, sides rounded to
+    multiples of 32, Lanczos (diffusers' ``calculate_dimensions`` + ``VaeImageProcessor.resize``), as RGB."""
+    ratio = image.width / image.height
+    w = math.sqrt(area * ratio)
+    width, height = max(32, round(w / 32) * 32), max(32, round(w / ratio / 32) * 32)
+    return image.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
+
+
 def tensor_to_images(x: Tensor) -> list[Image.Image]:
     """(B, 3, H, W) in [-1, 1] -> PIL images."""
     arr = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
@@ -139,7 +151,7 @@ class Pipeline:
         self.behaviour = behaviour_of(model.meta.get("family"))
 
     @property
-    def vae(self) -> Autoencoder:
+    def vae(self) -> AnyAutoencoder:
         """The model's autoencoder; a clear error for a denoiser loaded without one."""
         if self.model.vae is None:
             raise ValueError(
@@ -223,7 +235,12 @@ class Pipeline:
         vae = [self.model.vae] if self.model.vae is not None else []
         return [*self._text_networks(), self.model.denoiser_net, *vae]
 
-    def encode_prompts(self, prompts: list[str]) -> Conditioning:
+    def encode_prompts(
+        self, prompts: list[str], edit: tuple[Image.Image, Tensor] | None = None
+    ) -> Conditioning:
+        """The prompts' conditioning; with ``edit`` (the resized input image and its model-space latents, from
+        an editing model's ``edit_image=``) the text encoder reads the image too and the latents ride along as
+        ``extra["reference_latents"]``."""
         with contextlib.ExitStack() as stack:
             nets = self._text_networks()
             for m in nets:
@@ -233,7 +250,32 @@ class Pipeline:
                     "LoRAs cannot be applied to a text encoder streamed block by block: raise the memory budget "
                     "(--memory-budget / memory_budget=) to fit it whole, or load the LoRA with strength_text=0"
                 )
-            return self.text_encoder.encode(prompts).to(self.device, self.dtype)
+            if edit is None:
+                return self.text_encoder.encode(prompts).to(self.device, self.dtype)
+            picture, latents = edit
+            recipe = self.behaviour.edit_text
+            assert recipe is not None  # checked by _edit_input
+            cond = self.text_encoder.encode_with_image(prompts, [picture] * len(prompts), recipe)
+        refs = latents.expand(len(prompts), *latents.shape[1:])
+        return cond.to(self.device, self.dtype).with_extra(**{REFERENCE_LATENTS: refs.to(self.device)})
+
+    def _edit_input(
+        self, image: Image.Image, init_image: Image.Image | list[Image.Image] | None
+    ) -> tuple[Image.Image, Tensor]:
+        """(the input image resized as the release does, its model-space latents (1, C, h, w))."""
+        name = str(self.model.meta.get("name", self.model.path))
+        recipe = self.behaviour.edit_text
+        if recipe is None or not hasattr(self.text_encoder, "encode_with_image"):
+            raise ValueError(
+                f"{name} does not take an image to edit (edit_image= / --image): only editing models such as "
+                "Qwen-Image-Edit do; for image-to-image use image= (CLI: --init IMAGE)"
+            )
+        if init_image is not None:
+            raise ValueError(
+                "give either edit_image= (editing) or image= / init_image= (image-to-image), not both"
+            )
+        picture = resize_for_edit(image, self.behaviour.edit_area)
+        return picture, self.encode_images([picture], (picture.height, picture.width))
 
     # -- LoRA --------------------------------------------------------------------------------------
 
@@ -305,6 +347,7 @@ class Pipeline:
         height: int | None = None,
         init_image: Image.Image | list[Image.Image] | None = None,
         image: Image.Image | list[Image.Image] | None = None,
+        edit_image: Image.Image | None = None,
         strength: float = 1.0,
         mask: Image.Image | Tensor | np.ndarray | None = None,
         mask_blur: float = 0.0,
@@ -333,6 +376,9 @@ class Pipeline:
         default: the model's ``defaults["guidance_interval"]``, else every step. Steps outside it skip
         the unconditional half of the batch.
 
+        ``edit_image`` (editing models, Qwen-Image-Edit): the image the prompt describes a change to; it is read
+        by the text encoder's vision tower and its latents join the denoiser's sequence; the output takes its
+        aspect ratio at the family's edit area unless ``width``/``height`` are given.
         Inpainting (docs/editing.md): ``mask`` (PIL image, white = regenerate, or an (H, W) array in [0, 1]) over
         ``image`` regenerates the white area. Without ``width``/``height`` the image's own size is used (rounded
         down to the VAE factor); a mask of another size than the image is resized with a
@@ -393,6 +439,10 @@ class Pipeline:
         imgs = None if init_image is None else (init_image if isinstance(init_image, list) else [init_image])
         f = self.vae.config.downsample_factor
         h0, w0 = self.model.resolution
+        edit = None
+        if edit_image is not None:  # an editing model: the input image sets the default size
+            edit = self._edit_input(edit_image, init_image)
+            h0, w0 = edit[0].height, edit[0].width
         if mask is not None and imgs and height is None and width is None:
             h0, w0 = max(f, imgs[0].height // f * f), max(f, imgs[0].width // f * f)  # the image's own size
         height, width = int(height or h0), int(width or w0)
@@ -414,8 +464,8 @@ class Pipeline:
 
         cfg = cfg_scale(self.behaviour, guidance)
         b = self.behaviour
-        raw_cond = self.encode_prompts(all_prompts)
-        raw_uncond = self.encode_prompts(all_negs) if cfg != 1.0 else None
+        raw_cond = self.encode_prompts(all_prompts, edit)
+        raw_uncond = self.encode_prompts(all_negs, edit) if cfg != 1.0 else None
 
         def conditionings(h: int, w: int) -> tuple[Conditioning, Conditioning | None]:
             c = add_conditioning_extras(b, raw_cond, height=h, width=w, guidance=guidance)
@@ -438,6 +488,7 @@ class Pipeline:
         denoise = strength if init_image is not None else 1.0
         ms = model_sampling_for(self.model, latent_height=lh, latent_width=lw)
         sigmas = get_sigmas(ms, scheduler, steps, denoise=denoise) if denoise > 0 else torch.zeros(1)
+        sigmas = release_schedule(self.model, sigmas)
         pixels = None  # (B, 3, H, W) in [-1, 1], the image at the output size
         if imgs is not None:
             if len(imgs) not in (1, n):
@@ -486,6 +537,9 @@ class Pipeline:
                 )
 
         t1 = time.perf_counter()
+        model = self.model
+        if model.guidance_norm is None and b.guidance_norm is not None:  # the release's CFG (Qwen-Image)
+            model = dataclasses.replace(model, guidance_norm=b.guidance_norm)
         with self.offloader.use(self.model.denoiser_net) as net:
             if self.model.loras and self.offloader.streaming(net):
                 raise ValueError(
@@ -494,7 +548,7 @@ class Pipeline:
                     "(memory_budget=) to fit the whole denoiser, or unload the LoRAs"
                 )
             x = denoise_latents(
-                self.model,
+                model,
                 x0,
                 sigmas,
                 seeds,
@@ -517,9 +571,10 @@ class Pipeline:
             cond2, uncond2 = conditionings(height, width)
             ms2 = model_sampling_for(self.model, latent_height=height // f, latent_width=width // f)
             sigmas2 = get_sigmas(ms2, scheduler, int(hires_steps or steps), denoise=hires_denoise)
+            sigmas2 = release_schedule(self.model, sigmas2)
             with self.offloader.use(self.model.denoiser_net):
                 x = denoise_latents(
-                    self.model,
+                    model,
                     x_up,
                     sigmas2,
                     seeds,

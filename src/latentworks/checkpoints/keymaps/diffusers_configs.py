@@ -431,10 +431,9 @@ def scheduler_from_diffusers(
     """
     name = cfg.get("_class_name", "")
     if name.startswith("FlowMatch") or (not name and "beta_schedule" not in cfg and "shift" in cfg):
-        if cfg.get("time_shift_type", "exponential") != "exponential" or cfg.get("shift_terminal"):
+        if cfg.get("time_shift_type", "exponential") != "exponential":
             raise ValueError(
-                f"{source}: time_shift_type={cfg.get('time_shift_type')!r} / shift_terminal="
-                f"{cfg.get('shift_terminal')!r} are not supported (exponential shift, no terminal stretch)"
+                f"{source}: time_shift_type={cfg.get('time_shift_type')!r} is not supported (exponential only)"
             )
         spec: dict[str, Any] = {"kind": "flow", "shift": float(cfg.get("shift", 1.0)), "multiplier": 1000.0}
         if cfg.get("use_dynamic_shifting", False):
@@ -450,6 +449,8 @@ def scheduler_from_diffusers(
             }
         if int(cfg.get("num_train_timesteps", 1000)) != 1000:
             spec["num_train_timesteps"] = int(cfg["num_train_timesteps"])
+        if cfg.get("shift_terminal"):  # Qwen-Image: the schedule is stretched to end at this sigma
+            spec["shift_terminal"] = float(cfg["shift_terminal"])
         return "flow", spec
     if cfg.get("trained_betas") is not None:
         raise ValueError(f"{source}: explicit trained_betas are not supported; use a named beta_schedule")
@@ -497,6 +498,8 @@ def scheduler_to_diffusers(prediction: str, sampling: dict[str, Any]) -> dict[st
                 "base_shift": dyn["base_shift"],
                 "max_shift": dyn["max_shift"],
             }
+        if sampling.get("shift_terminal"):
+            out |= {"shift_terminal": float(sampling["shift_terminal"]), "time_shift_type": "exponential"}
         return out
     if kind != "discrete":
         raise ValueError(f"unknown sampling kind {kind!r}; choose 'discrete' or 'flow'")

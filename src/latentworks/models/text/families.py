@@ -51,12 +51,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from transformers import Qwen3Model
+from transformers import Qwen2Model, Qwen3Model
 
 from latentworks.diffusion.conditioning import Conditioning
 from latentworks.models.text.base import TextEncoder
 from latentworks.models.text.clip import CLIPModel, build_clip, clip_encode
-from latentworks.models.text.layouts import detect_text_encoder
+from latentworks.models.text.layouts import QWEN_KIND_TITLES, detect_text_encoder
 from latentworks.models.text.prompts import (
     CONTEXT_LENGTH,
     ClipTokenizer,
@@ -67,7 +67,18 @@ from latentworks.models.text.prompts import (
     parse_weights,
     tokenize_chunks,
 )
-from latentworks.models.text.qwen import QwenTokenizer, build_qwen3, qwen_hidden_states
+from latentworks.models.text.qwen import (
+    ADDED_TOKENS,
+    IMAGE_PAD,
+    QWEN25_ADDED_TOKENS,
+    QwenTokenizer,
+    build_qwen3,
+    build_qwen25,
+    build_qwen25vl,
+    qwen_hidden_states,
+    vision_inputs,
+    vision_tower_state,
+)
 from latentworks.models.text.t5 import T5Tokenizer, build_t5, t5_encode
 
 T5_DIM = 4096  # T5-XXL's width: SD3 pads its CLIP features to it when there is no T5
@@ -137,7 +148,10 @@ class QwenRecipe:
         component: the text encoder's component name (``qwen3_4b``).
         template: the text the model reads, with ``{prompt}`` where the prompt goes.
         layer: which hidden states (Python-style index into embeddings + each layer's output).
-        max_length: tokens kept per prompt (the templated text is truncated at the end).
+        max_length: tokens kept per prompt (the templated text is truncated at the end), ``drop_tokens``
+            included.
+        drop_tokens: leading tokens (the template's fixed prefix, e.g. Qwen-Image's system prompt) whose states
+            are dropped after the model has read them.
     """
 
     name: str
@@ -145,6 +159,7 @@ class QwenRecipe:
     template: str
     layer: int = -2
     max_length: int = 512
+    drop_tokens: int = 0
 
     def __post_init__(self) -> None:
         if "{prompt}" not in self.template:
@@ -392,15 +407,29 @@ class PromptEncoder:
 class QwenPromptEncoder:
     """A chat-templated Qwen decoder's hidden states as conditioning (built by :func:`make_prompt_encoder`)."""
 
-    def __init__(self, recipe: QwenRecipe, model: Qwen3Model, tokenizer: QwenTokenizer) -> None:
+    def __init__(
+        self,
+        recipe: QwenRecipe,
+        model: Qwen3Model | Qwen2Model,
+        tokenizer: QwenTokenizer,
+        vision: Mapping[str, Tensor] | None = None,
+    ) -> None:
         self.recipe = recipe
+        self._vision = dict(
+            vision or {}
+        )  # Qwen2.5-VL's vision tower tensors, built on the first image prompt
+        self._vl: Any = None
         self.family = recipe.name
         self.model = model
         self.tokenizer = tokenizer
 
     def modules(self) -> dict[str, torch.nn.Module]:
-        """The network by component name (``qwen3_4b``), for a device manager to move or offload."""
-        return {self.recipe.component: self.model}
+        """The networks by component name (``qwen3_4b``, ``qwen25vl_7b``; ``qwen25vl_7b.visual``, the vision
+        tower, once an image prompt has built it), for a device manager to move or offload."""
+        out: dict[str, torch.nn.Module] = {self.recipe.component: self.model}
+        if self._vl is not None:
+            out[f"{self.recipe.component}.visual"] = self._vl.visual
+        return out
 
     @property
     def dim(self) -> int:
@@ -408,7 +437,7 @@ class QwenPromptEncoder:
 
     @property
     def max_length(self) -> int:
-        return self.recipe.max_length
+        return self.recipe.max_length - self.recipe.drop_tokens
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> Conditioning:
@@ -423,7 +452,49 @@ class QwenPromptEncoder:
         ids, mask = ids.to(device), mask.to(device)
         hidden = qwen_hidden_states(self.model, ids, mask, layer=self.recipe.layer)
         tokens = hidden * mask[..., None].to(hidden.dtype)  # (B, L, D); padding positions zeroed
-        return Conditioning(tokens=tokens, mask=mask)
+        drop = self.recipe.drop_tokens  # the template's prefix: the same count in every row
+        return Conditioning(tokens=tokens[:, drop:], mask=mask[:, drop:])
+
+    @torch.no_grad()
+    def encode_with_image(self, prompts: list[str], images: list[Any], recipe: QwenRecipe) -> Conditioning:
+        """Prompts that each see an input image (Qwen-Image-Edit): ``recipe.template`` holds
+        ``<|image_pad|>``, which becomes the image's vision tokens; the vision tower (Qwen2.5-VL with
+        ``visual.*`` weights) reads the image. ``images``: one PIL image per prompt."""
+        if len(images) != len(prompts):
+            raise ValueError(f"give one image per prompt: {len(prompts)} prompts, {len(images)} images")
+        if IMAGE_PAD not in recipe.template:
+            raise ValueError(f"{recipe.name}: an image prompt template must contain {IMAGE_PAD}")
+        if self._vl is None:
+            if not self._vision:
+                raise ValueError(
+                    "this text encoder has no vision tower ('visual.*'), which editing needs: pass the full "
+                    "Qwen2.5-VL-7B file (e.g. ComfyUI's qwen_2.5_vl_7b.safetensors)"
+                )
+            p = next(self.model.parameters())
+            self._vl = build_qwen25vl(
+                {f"visual.{k}": v for k, v in self._vision.items()},
+                dtype=p.dtype,
+                device=p.device,
+                language_model=self.model.state_dict(),  # shares the language model's tensors
+            )
+        vl = self._vl
+        merge = int(vl.config.vision_config.spatial_merge_size)
+        pixels, grid, counts = vision_inputs(images, merge_size=merge)
+        texts = [
+            recipe.template.replace("{prompt}", p).replace(IMAGE_PAD, IMAGE_PAD * n)
+            for p, n in zip(prompts, counts, strict=True)
+        ]
+        ids, mask = self.tokenizer(texts, recipe.max_length + sum(counts))  # (B, L)
+        device = next(vl.parameters()).device
+        out = vl(
+            input_ids=ids.to(device),
+            attention_mask=mask.long().to(device),
+            pixel_values=pixels.to(device=device, dtype=next(vl.parameters()).dtype),
+            image_grid_thw=grid.to(device),
+        )
+        hidden = out.last_hidden_state * mask.to(device)[..., None]  # (B, L, D)
+        drop = recipe.drop_tokens
+        return Conditioning(tokens=hidden[:, drop:], mask=mask.to(device)[:, drop:])
 
 
 def _make_qwen_encoder(
@@ -442,13 +513,18 @@ def _make_qwen_encoder(
                 f"component {given!r} holds a {kind} state dict (detected from its shapes); pass it as {kind!r}"
             )
     if name not in components:
+        given = "; ".join(f"{c} is {QWEN_KIND_TITLES.get(c, c)}" for c in sorted(components)) or "none"
         raise ValueError(
-            f"{recipe.name} needs the text encoder {name!r} (got {sorted(components)}). Provide its file, "
-            "e.g. --text-encoder qwen_3_4b.safetensors (ComfyUI's Qwen3-4B)."
+            f"{recipe.name} needs the text encoder {name!r} ({QWEN_KIND_TITLES.get(name, name)}); got: {given}. "
+            "Pass that file (CLI: --text-encoder FILE; API: text_encoders=[FILE])."
         )
-    tokenizer = QwenTokenizer(_qwen_tokenizer_path(tokenizer_dir))
-    model = build_qwen3(components[name], dtype=dtype, device=device)
-    return QwenPromptEncoder(recipe, model, tokenizer)
+    qwen25 = name == "qwen25vl_7b"
+    added = QWEN25_ADDED_TOKENS if qwen25 else ADDED_TOKENS
+    tokenizer = QwenTokenizer(_qwen_tokenizer_path(tokenizer_dir), added_tokens=added)
+    build = build_qwen25 if qwen25 else build_qwen3
+    model = build(components[name], dtype=dtype, device=device)
+    vision = vision_tower_state(components[name]) if qwen25 else None
+    return QwenPromptEncoder(recipe, model, tokenizer, vision=vision)
 
 
 def _qwen_tokenizer_path(tokenizer_dir: Path | None) -> Path | None:

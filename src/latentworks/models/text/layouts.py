@@ -28,7 +28,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-TextEncoderKind = Literal["clip_l", "clip_h", "clip_g", "t5xxl", "qwen3_4b"]
+TextEncoderKind = Literal["clip_l", "clip_h", "clip_g", "t5xxl", "qwen3_4b", "qwen25vl_7b"]
 TextEncoderLayout = Literal["hf", "open_clip", "t5", "qwen"]
 
 # Width of the CLIP text tower -> which encoder it is (OpenAI ViT-L/14, OpenCLIP ViT-H/14, ViT-bigG/14).
@@ -36,6 +36,15 @@ CLIP_KIND_BY_WIDTH: dict[int, TextEncoderKind] = {768: "clip_l", 1024: "clip_h",
 
 # Width of a Qwen3 decoder (HF names, QK-norm attention) -> which model it is (Qwen3-4B: Z-Image's encoder).
 QWEN3_KIND_BY_WIDTH: dict[int, TextEncoderKind] = {2560: "qwen3_4b"}
+# Width of a Qwen2.5 decoder (q/k/v biases, no QK-norm) -> which model (Qwen2.5-VL-7B: Qwen-Image's encoder).
+QWEN25_KIND_BY_WIDTH: dict[int, TextEncoderKind] = {3584: "qwen25vl_7b"}
+# What each Qwen kind is, for messages that say which file belongs to which model.
+QWEN_KIND_TITLES: dict[str, str] = {
+    "qwen3_4b": "Qwen3-4B, Z-Image's text encoder (e.g. qwen_3_4b.safetensors)",
+    "qwen25vl_7b": "Qwen2.5-VL-7B, Qwen-Image's text encoder (e.g. qwen_2.5_vl_7b.safetensors)",
+}
+_QWEN_LM_PREFIXES = ("model.language_model.", "language_model.", "model.")  # as models.text.qwen
+_QWEN_NOT_LM = ("visual.", "model.visual.", "lm_head.")
 
 # open_clip tensors that are not part of the text tower and are dropped when converting to HF.
 OPEN_CLIP_IGNORED = ("logit_scale",)
@@ -205,12 +214,29 @@ def detect_text_encoder(shapes: Mapping[str, tuple[int, ...]]) -> tuple[TextEnco
     ``shapes`` maps un-prefixed keys to tensor shapes (``{k: tuple(v.shape)}``). CLIP towers are told apart by
     width (768 -> ``clip_l``, 1024 -> ``clip_h``, 1280 -> ``clip_g``); any T5 encoder (``encoder.block.*``)
     is ``t5xxl``; a Qwen3 decoder (``[model.]embed_tokens`` + ``layers.0.self_attn.q_norm``, HF names) is told
-    apart by width (2560 -> ``qwen3_4b``).
+    apart by width (2560 -> ``qwen3_4b``); a Qwen2.5 decoder (q_proj bias, no QK-norm; ``model.``,
+    ``model.language_model.`` or bare, with or without the VL vision tower) too (3584 -> ``qwen25vl_7b``).
     """
     keys = set(shapes)
     if any(k.startswith("encoder.block.") for k in keys):
         return "t5xxl", "t5"
-    bare = {k.removeprefix("model."): v for k, v in shapes.items()}
+    bare: dict[str, tuple[int, ...]] = {}
+    for k, v in shapes.items():
+        if k.startswith(_QWEN_NOT_LM):
+            continue
+        bare[next((k[len(p) :] for p in _QWEN_LM_PREFIXES if k.startswith(p)), k)] = v
+    if (
+        "embed_tokens.weight" in bare
+        and "layers.0.self_attn.q_proj.bias" in bare
+        and not any(".q_norm." in k for k in bare)
+    ):
+        width25 = bare["embed_tokens.weight"][1]
+        if width25 not in QWEN25_KIND_BY_WIDTH:
+            raise TextEncoderKeyError(
+                f"Qwen2.5 text model of width {width25} is not one of the known encoders {QWEN25_KIND_BY_WIDTH} "
+                "(3584 Qwen2.5-VL-7B, Qwen-Image's text encoder)"
+            )
+        return QWEN25_KIND_BY_WIDTH[width25], "qwen"
     if "embed_tokens.weight" in bare and "layers.0.self_attn.q_norm.weight" in bare:
         qwen_width = bare["embed_tokens.weight"][1]
         if qwen_width not in QWEN3_KIND_BY_WIDTH:
