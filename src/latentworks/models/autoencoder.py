@@ -23,10 +23,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentworks.nn.attention import attention, split_heads
+from latentworks.nn.autoencoding import (
+    LOGVAR_MAX,
+    LOGVAR_MIN,
+    DiagonalGaussian,
+    blend_ramp,
+    tile_starts,
+    tiled_decode,
+)
 from latentworks.nn.norms import GroupNorm
 from latentworks.nn.resnet import Downsample, ResBlock, Upsample
-
-LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0  # the clamp of LDM's DiagonalGaussianDistribution
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,39 +109,6 @@ PRESETS: dict[str, AutoencoderConfig] = {
     # For tests: f2, a few hundred thousand params.
     "tiny": AutoencoderConfig(latent_channels=4, channels=(16, 32), layers_per_block=1, norm_groups=8),
 }
-
-
-class DiagonalGaussian:
-    """A diagonal Gaussian over latents, from the encoder's (B, 2C, h, w) moments (mean first)."""
-
-    def __init__(self, moments: Tensor) -> None:
-        if moments.ndim < 2 or moments.shape[1] % 2:
-            raise ValueError(f"DiagonalGaussian needs (B, 2C, ...) moments, got shape {tuple(moments.shape)}")
-        self.mean, logvar = moments.chunk(2, dim=1)  # (B, C, h, w) each
-        self.logvar = logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
-
-    @property
-    def std(self) -> Tensor:
-        return torch.exp(0.5 * self.logvar)
-
-    @property
-    def var(self) -> Tensor:
-        return torch.exp(self.logvar)
-
-    def sample(self, generator: torch.Generator | None = None) -> Tensor:
-        """``mean + std * eps`` with eps drawn from ``generator`` (reparameterised: gradients flow)."""
-        eps = torch.randn(
-            self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype
-        )
-        return self.mean + self.std * eps
-
-    def mode(self) -> Tensor:
-        return self.mean
-
-    def kl(self) -> Tensor:
-        """KL(q || N(0, I)) per sample, summed over all latent elements -> (B,)."""
-        dims = tuple(range(1, self.mean.ndim))
-        return 0.5 * torch.sum(self.mean.pow(2) + self.var - 1.0 - self.logvar, dim=dims)
 
 
 class SpatialSelfAttention(nn.Module):
@@ -305,31 +278,8 @@ class Autoencoder(nn.Module):
         ``decode(z)``; the ramps over ``overlap`` latent pixels hide the seams. A latent no larger than
         one tile is decoded in one piece, exactly as ``decode``.
         """
-        if tile < 1 or not 0 <= overlap < tile:
-            raise ValueError(f"tiled_decode needs tile >= 1 and 0 <= overlap < tile, got {tile=} {overlap=}")
-        b, _, h, w = z.shape
-        if h <= tile and w <= tile:
-            return self.decode(z)
-        f = self.config.downsample_factor
-        ys, xs = _tile_starts(h, tile, overlap), _tile_starts(w, tile, overlap)
-        out = z.new_zeros(b, self.config.out_channels, h * f, w * f)
-        weight = z.new_zeros(1, 1, h * f, w * f)
-        for y0 in ys:
-            for x0 in xs:
-                th, tw = min(tile, h - y0), min(tile, w - x0)
-                image = self.decode(z[:, :, y0 : y0 + th, x0 : x0 + tw])  # (B, C, th*f, tw*f)
-                ramp_y = _ramp(th * f, overlap * f, y0 > 0, y0 + th < h, z)
-                ramp_x = _ramp(tw * f, overlap * f, x0 > 0, x0 + tw < w, z)
-                mask = ramp_y[:, None] * ramp_x[None, :]  # (th*f, tw*f)
-                region = (
-                    slice(None),
-                    slice(None),
-                    slice(y0 * f, (y0 + th) * f),
-                    slice(x0 * f, (x0 + tw) * f),
-                )
-                out[region] += image * mask
-                weight[region] += mask
-        return out / weight
+        cfg = self.config
+        return tiled_decode(self.decode, z, tile, overlap, cfg.downsample_factor, cfg.out_channels)
 
     def tiled_encode(self, x: Tensor, tile: int = 512, overlap: int = 64) -> Tensor:
         """Encode images ``x`` (B, C_in, H, W) in overlapping ``tile`` x ``tile`` pixel tiles to the
@@ -351,7 +301,7 @@ class Autoencoder(nn.Module):
         h, w = height // f, width // f
         if h <= t and w <= t:
             return self.encode(x).mode()
-        ys, xs = _tile_starts(h, t, o), _tile_starts(w, t, o)
+        ys, xs = tile_starts(h, t, o), tile_starts(w, t, o)
         out = x.new_zeros(b, self.config.latent_channels, h, w)
         weight = x.new_zeros(1, 1, h, w)
         for y0 in ys:
@@ -361,8 +311,8 @@ class Autoencoder(nn.Module):
                     x[:, :, y0 * f : (y0 + th) * f, x0 * f : (x0 + tw) * f]
                 ).mode()  # (B, C, th, tw)
                 mask = (
-                    _ramp(th, o, y0 > 0, y0 + th < h, x)[:, None]
-                    * _ramp(tw, o, x0 > 0, x0 + tw < w, x)[None, :]
+                    blend_ramp(th, o, y0 > 0, y0 + th < h, x)[:, None]
+                    * blend_ramp(tw, o, x0 > 0, x0 + tw < w, x)[None, :]
                 )
                 out[:, :, y0 : y0 + th, x0 : x0 + tw] += z * mask
                 weight[:, :, y0 : y0 + th, x0 : x0 + tw] += mask
@@ -374,22 +324,4 @@ class Autoencoder(nn.Module):
         return self.decode(posterior.sample(generator)), posterior
 
 
-def _tile_starts(size: int, tile: int, overlap: int) -> list[int]:
-    """Tile offsets along one axis: stride ``tile - overlap``, the last tile flush with the end."""
-    if size <= tile:
-        return [0]
-    starts = list(range(0, size - tile, tile - overlap))
-    return starts + [size - tile]
-
-
-def _ramp(length: int, overlap: int, rise: bool, fall: bool, like: Tensor) -> Tensor:
-    """Blend weights along one tile axis: linear ramps over ``overlap`` pixels on the sides with a neighbour."""
-    weights = torch.ones(length, dtype=like.dtype, device=like.device)
-    n = min(overlap, length)
-    if n > 0:
-        ramp = (torch.arange(n, dtype=like.dtype, device=like.device) + 0.5) / n  # (n,), in (0, 1)
-        if rise:
-            weights[:n] = torch.minimum(weights[:n], ramp)
-        if fall:
-            weights[-n:] = torch.minimum(weights[-n:], ramp.flip(0))
-    return weights
+__all__ = ["LOGVAR_MAX", "LOGVAR_MIN", "Autoencoder", "AutoencoderConfig", "DiagonalGaussian"]

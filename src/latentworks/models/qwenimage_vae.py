@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from latentworks.models.autoencoder import Autoencoder, DiagonalGaussian
+from latentworks.nn.autoencoding import DiagonalGaussian, tiled_decode
 
 # The released VAE's per-channel latent statistics (diffusers ``AutoencoderKLQwenImage`` defaults): the diffusion
 # model sees (z - mean) / std. They belong to the latent format (``families.qwenimage``); kept here as the
@@ -289,9 +289,7 @@ class QwenImageVAE(nn.Module):
         return self.decoder(self.post_quant_conv(z)).clamp(-1.0, 1.0)
 
     def tiled_decode(self, z: Tensor, tile: int = 64, overlap: int = 16) -> Tensor:
-        """Decode in overlapping tiles (the blending of :meth:`Autoencoder.tiled_decode`)."""
-        return Autoencoder.tiled_decode(self, z, tile, overlap)  # type: ignore[arg-type]
-
-
-AnyAutoencoder = Autoencoder | QwenImageVAE
-"""Either image autoencoder: same ``encode``/``decode``/``tiled_decode`` interface and ``config.downsample_factor``."""
+        """Decode in overlapping tiles (the blending of the KL autoencoder's ``tiled_decode``)."""
+        return tiled_decode(
+            self.decode, z, tile, overlap, self.config.downsample_factor, self.config.in_channels
+        )

@@ -61,10 +61,13 @@ from latentworks.families.load import (
 )
 from latentworks.models.autoencoder import Autoencoder, AutoencoderConfig
 from latentworks.models.configs import config_from_dict, config_to_dict
-from latentworks.models.qwenimage_vae import AnyAutoencoder
+from latentworks.models.qwenimage_vae import QwenImageVAE
 from latentworks.models.text.base import TextEncoder
 from latentworks.models.text.families import make_prompt_encoder
 from latentworks.nn.quant import warn_if_fp8_upcast
+
+AnyAutoencoder = Autoencoder | QwenImageVAE
+"""Either image autoencoder: same ``encode``/``decode``/``tiled_decode`` interface and ``config.downsample_factor``."""
 
 FORMAT = "latentworks-model"
 EMBEDDED = Path(__file__).resolve().parent.parent / "assets"

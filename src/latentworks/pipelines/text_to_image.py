@@ -29,7 +29,6 @@ from latentworks.diffusion.samplers import SAMPLERS, StepInfo
 from latentworks.diffusion.schedules import SCHEDULERS, get_sigmas
 from latentworks.families.load import read_checkpoint
 from latentworks.models.qwenimage import REFERENCE_LATENTS
-from latentworks.models.qwenimage_vae import AnyAutoencoder
 from latentworks.pipelines.control import Control, attach_controls
 from latentworks.pipelines.families import (
     add_conditioning_extras,
@@ -48,7 +47,7 @@ from latentworks.pipelines.inpaint import (
     model_inpaint_inputs,
 )
 from latentworks.pipelines.inpaint import composite as inpaint_composite
-from latentworks.pipelines.loading import ModelFolder, load_model_folder
+from latentworks.pipelines.loading import AnyAutoencoder, ModelFolder, load_model_folder
 from latentworks.pipelines.sampling import denoise_latents, seeds_for
 from latentworks.pipelines.upscale import UpscaleModel, load_upscale_model, upscale_images
 
