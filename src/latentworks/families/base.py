@@ -84,12 +84,15 @@ class Generation:
             aesthetic score is 6.0 for the prompt and 2.5 for the negative prompt (its training convention).
         distilled_guidance: the guidance scale goes into ``cond.extra["guidance"]`` and the sampler runs
             without classifier-free guidance (one network call per step), as FLUX.1-dev.
+        class_input_dim: width of the denoiser's class input (SD 2.1 unCLIP's augmented image embedding,
+            ``cond.extra["class_input"]``); a conditioning without one gets zeros. 0: none.
     """
 
     resolution: tuple[int, int]
     defaults: Mapping[str, Any] = field(default_factory=dict)
     size_conditioning: SizeConditioning | None = None
     distilled_guidance: bool = False
+    class_input_dim: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)

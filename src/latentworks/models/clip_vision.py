@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 # CLIPImageProcessor's defaults (OpenAI's training statistics), also used by OpenCLIP's ViT-H/bigG.
@@ -154,7 +154,8 @@ class ClipVision:
 
     def __init__(self, model: CLIPVisionModelWithProjection) -> None:
         self.model = model.eval()
-        self.image_size = int(model.config.image_size)
+        size = model.config.image_size
+        self.image_size = size if isinstance(size, int) else int(size[0])  # type: ignore[index]
 
     @classmethod
     def from_state_dict(
@@ -176,7 +177,7 @@ class ClipVision:
         emb = model.vision_model.embeddings
         emb.position_ids = torch.arange(emb.num_positions).expand((1, -1))
         if dtype is not None:
-            model = model.to(dtype)
+            nn.Module.to(model, dtype=dtype)
         return cls(model)
 
     @torch.no_grad()

@@ -28,6 +28,7 @@ from latentworks.diffusion.samplers import SAMPLERS, StepInfo
 from latentworks.diffusion.schedules import SCHEDULERS, get_sigmas
 from latentworks.families.load import read_checkpoint
 from latentworks.models.autoencoder import Autoencoder
+from latentworks.models.unet import CLASS_INPUT_KEY
 from latentworks.pipelines.families import (
     add_conditioning_extras,
     behaviour_of,
@@ -305,6 +306,7 @@ class Pipeline:
         callback: Callable[[PipelineStep], Any] | None = None,
         sampler_options: dict[str, Any] | None = None,
         guidance_interval: tuple[float, float] | None = None,
+        class_input: Tensor | None = None,
     ) -> PipelineResult:
         """Generate ``batch`` images per prompt.
 
@@ -316,7 +318,9 @@ class Pipeline:
         ``guidance_interval`` ``(sigma_lo, sigma_hi)`` applies guidance only at those noise levels
         (Kynkaanniemi et al. 2024: guidance at high noise costs variety, at low noise it does little);
         default: the model's ``defaults["guidance_interval"]``, else every step. Steps outside it skip
-        the unconditional half of the batch.
+        the unconditional half of the batch. ``class_input`` (1 or N, D): a class-embedding model's input for the
+        prompt (SD 2.1 unCLIP: ``latentworks.models.unclip.ImageEmbeddingAugmentor`` of a CLIP image embedding);
+        the negative prompt gets zeros.
 
         Inpainting (docs/editing.md): ``mask`` (PIL image, white = regenerate, or an (H, W) array in [0, 1]) over
         ``image`` regenerates the white area. Without ``width``/``height`` the image's own size is used (rounded
@@ -397,6 +401,11 @@ class Pipeline:
         cfg = cfg_scale(self.behaviour, guidance)
         b = self.behaviour
         raw_cond = self.encode_prompts(all_prompts)
+        if class_input is not None:
+            rows = class_input.to(raw_cond.tokens.device).float()
+            raw_cond = raw_cond.with_extra(
+                **{CLASS_INPUT_KEY: rows.expand(n, -1) if rows.shape[0] == 1 else rows}
+            )
         raw_uncond = self.encode_prompts(all_negs) if cfg != 1.0 else None
 
         def conditionings(h: int, w: int) -> tuple[Conditioning, Conditioning | None]:

@@ -84,7 +84,7 @@ _UNET_USED = {
     "sample_size", "in_channels", "out_channels", "down_block_types", "up_block_types", "block_out_channels",
     "layers_per_block", "dropout", "norm_num_groups", "cross_attention_dim", "transformer_layers_per_block",
     "reverse_transformer_layers_per_block", "attention_head_dim", "num_attention_heads", "use_linear_projection",
-    "upcast_attention", "addition_time_embed_dim", "projection_class_embeddings_input_dim",
+    "upcast_attention", "addition_time_embed_dim", "projection_class_embeddings_input_dim", "class_embed_type",
 }  # fmt: skip
 
 
@@ -142,7 +142,9 @@ def unet_config_from_diffusers(
     else:
         head_spec = {"num_heads": heads, "head_dim": None}
     added: dict[str, Any] = {}
-    if cfg.get("addition_embed_type") == "text_time":
+    if cfg.get("class_embed_type") == "projection":  # SD 2.1 unCLIP: class input = augmented image embedding
+        added = {"pooled_dim": int(cfg["projection_class_embeddings_input_dim"]), "num_time_ids": 0}
+    elif cfg.get("addition_embed_type") == "text_time":
         time_id_dim = cfg.get("addition_time_embed_dim")
         total = cfg.get("projection_class_embeddings_input_dim")
         if not isinstance(time_id_dim, int) or not isinstance(total, int):
@@ -214,7 +216,9 @@ def unet_config_to_diffusers(config: UNetConfig, *, sample_size: int = 64) -> di
         "freq_shift": 0,
         "act_fn": "silu",
     }
-    if config.has_added_conditioning:
+    if config.has_added_conditioning and config.num_time_ids == 0:
+        out |= {"class_embed_type": "projection", "projection_class_embeddings_input_dim": config.pooled_dim}
+    elif config.has_added_conditioning:
         out |= {
             "addition_embed_type": "text_time",
             "addition_time_embed_dim": config.time_id_dim,
