@@ -8,6 +8,7 @@ import torch
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from latentworks.models.clip_vision import ClipVision, ClipVisionKeyError, normalize_clip_vision, preprocess
+from support.unclip import to_open_clip
 
 
 def tiny_clip_vision(seed: int = 0, act: str = "gelu") -> CLIPVisionModelWithProjection:
@@ -23,31 +24,6 @@ def tiny_clip_vision(seed: int = 0, act: str = "gelu") -> CLIPVisionModelWithPro
         hidden_act=act,
     )
     return CLIPVisionModelWithProjection(config).eval()
-
-
-def to_open_clip(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """transformers -> open_clip names, written independently of the code under test (its inverse)."""
-    out = {
-        "class_embedding": sd["vision_model.embeddings.class_embedding"],
-        "conv1.weight": sd["vision_model.embeddings.patch_embedding.weight"],
-        "positional_embedding": sd["vision_model.embeddings.position_embedding.weight"],
-        "proj": sd["visual_projection.weight"].t(),
-    }
-    for a, b in (("pre_layrnorm", "ln_pre"), ("post_layernorm", "ln_post")):
-        for p in ("weight", "bias"):
-            out[f"{b}.{p}"] = sd[f"vision_model.{a}.{p}"]
-    i = 0
-    while f"vision_model.encoder.layers.{i}.mlp.fc1.weight" in sd:
-        h, o = f"vision_model.encoder.layers.{i}.", f"transformer.resblocks.{i}."
-        for p in ("weight", "bias"):
-            out[o + f"attn.in_proj_{p}"] = torch.cat([sd[h + f"self_attn.{n}_proj.{p}"] for n in "qkv"])
-            out[o + f"attn.out_proj.{p}"] = sd[h + f"self_attn.out_proj.{p}"]
-            out[o + f"ln_1.{p}"] = sd[h + f"layer_norm1.{p}"]
-            out[o + f"ln_2.{p}"] = sd[h + f"layer_norm2.{p}"]
-            out[o + f"mlp.c_fc.{p}"] = sd[h + f"mlp.fc1.{p}"]
-            out[o + f"mlp.c_proj.{p}"] = sd[h + f"mlp.fc2.{p}"]
-        i += 1
-    return out
 
 
 @pytest.mark.parametrize("layout", ["transformers", "comfy-no-prefix", "open_clip"])

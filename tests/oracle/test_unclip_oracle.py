@@ -20,96 +20,21 @@ from latentworks.diffusion.schedules import get_sigmas
 from latentworks.models.clip_vision import ClipVision, preprocess
 from latentworks.models.unclip import ImageEmbeddingAugmentor
 from latentworks.pipelines import Pipeline
-from support.tokenizers import write_clip_tokenizer
+from support.unclip import EMBED, SIZE, tiny_unclip_pipe, unclip_single_file
 
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
 PROMPT = "a red apple on the table"
-SEED, STEPS, SIZE, NOISE_LEVEL, CFG = 3, 4, 16, 100, 5.0
-EMBED = 1024  # OpenCLIP ViT-H's image embedding width: the real class-input width 2 x 1024
-
-
-def _perturb(model: torch.nn.Module, scale: float = 0.05) -> torch.nn.Module:
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * scale)
-    return model.eval()
+SEED, STEPS, NOISE_LEVEL, CFG = 3, 4, 100, 5.0
 
 
 @pytest.fixture(scope="module")
 def unclip_folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
-    tmp = tmp_path_factory.mktemp("unclip")
-    vocab = write_clip_tokenizer(tmp / "tokenizer_src")
-    torch.manual_seed(0)
-    unet = _perturb(
-        diffusers.UNet2DConditionModel(
-            sample_size=8,
-            layers_per_block=1,
-            block_out_channels=(32, 64),
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-            cross_attention_dim=1024,  # OpenCLIP-H text, as SD 2.x
-            attention_head_dim=(1, 1),  # head count per level: 32- and 64-wide heads... diffusers' naming
-            use_linear_projection=True,
-            class_embed_type="projection",
-            projection_class_embeddings_input_dim=2 * EMBED,
-            norm_num_groups=32,
-        ),
-        0.02,
-    )
-    text = transformers.CLIPTextModel(
-        transformers.CLIPTextConfig(
-            vocab_size=vocab, hidden_size=1024, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=16, max_position_embeddings=77, hidden_act="gelu",
-            bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=vocab - 1,
-        )
-    )  # fmt: skip
-    image_encoder = transformers.CLIPVisionModelWithProjection(
-        transformers.CLIPVisionConfig(
-            hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
-            image_size=32, patch_size=8, projection_dim=EMBED, hidden_act="gelu",
-        )
-    )  # fmt: skip
-    normalizer = (
-        diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer.StableUnCLIPImageNormalizer(
-            embedding_dim=EMBED
-        )
-    )
-    with torch.no_grad():
-        normalizer.mean.copy_(torch.randn(1, EMBED) * 0.1)
-        normalizer.std.copy_(torch.rand(1, EMBED) + 0.5)
-    vae = diffusers.AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(32, 64), latent_channels=4, layers_per_block=1, norm_num_groups=32, sample_size=SIZE,
-    )  # fmt: skip
-    pipe = diffusers.StableUnCLIPImg2ImgPipeline(
-        feature_extractor=transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size=32),
-        image_encoder=_perturb(image_encoder),
-        image_normalizer=normalizer,
-        image_noising_scheduler=diffusers.DDPMScheduler(beta_schedule="squaredcos_cap_v2"),
-        tokenizer=transformers.CLIPTokenizer.from_pretrained(str(tmp / "tokenizer_src")),
-        text_encoder=_perturb(text),
-        unet=unet,
-        scheduler=diffusers.EulerDiscreteScheduler(
-            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="linspace",
-            prediction_type="v_prediction",
-        ),
-        vae=_perturb(vae, 0.02),
-    )  # fmt: skip
-    pipe.set_progress_bar_config(disable=True)
-    pipe.save_pretrained(str(tmp / "unclip"))
-    # diffusers' SD 2.x text encoders drop OpenCLIP-H's last layer (penultimate + final LN); ours reads the full
-    # tower's penultimate layer: run diffusers with the truncated copy (as tests/oracle/test_text_encoder_oracle)
-    short = transformers.CLIPTextModel(
-        transformers.CLIPTextConfig(**{**text.config.to_dict(), "num_hidden_layers": 1})
-    )
-    short.load_state_dict({k: v for k, v in text.state_dict().items() if ".layers.1." not in k})
-    pipe.text_encoder = short.eval()
-    return tmp / "unclip", pipe
+    return tiny_unclip_pipe(tmp_path_factory.mktemp("unclip"))
 
 
-def test_unclip_image_variation_matches_diffusers(unclip_folder: tuple[Path, object]) -> None:
+def test_unclip_image_variation_matches_diffusers(unclip_folder: tuple[Path, object], tmp_path: Path) -> None:
     folder, pipe = unclip_folder
     ours = Pipeline.from_pretrained(folder)
     assert ours.model.meta["family"] == "sd2-unclip-h"
@@ -141,6 +66,13 @@ def test_unclip_image_variation_matches_diffusers(unclip_folder: tuple[Path, obj
     err = (result.latents.float() - theirs.float()).abs().max().item()
     scale = theirs.abs().max().item()
     assert err <= 1e-3 * max(scale, 1.0), f"latents differ by {err} (scale {scale})"
+
+    # the same model as one LDM single file (with the open_clip image encoder and statistics, as released)
+    single = unclip_single_file(folder, pipe, tmp_path / "tiny-unclip.safetensors")
+    from_file = Pipeline.from_pretrained(single, tokenizer=folder)
+    assert from_file.model.meta["family"] == "sd2-unclip-h"
+    again = from_file(PROMPT, seed=SEED, width=SIZE, height=SIZE, class_input=class_input, **run)
+    assert (again.latents.float() - theirs.float()).abs().max().item() <= 1e-3 * max(scale, 1.0)
 
     # the image matters: without it (zeros class input) the result moves well beyond the tolerance
     plain = ours(PROMPT, seed=SEED, width=SIZE, height=SIZE, **run)

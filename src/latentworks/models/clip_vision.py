@@ -20,6 +20,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -68,6 +69,7 @@ class ClipVisionOutput:
     image_embeds: Tensor
     last_hidden_state: Tensor
     penultimate_hidden_states: Tensor
+    augmentor: Any = None  # an unCLIP checkpoint's ImageEmbeddingAugmentor when the encoder came with one
 
 
 def open_clip_visual_to_hf(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -152,8 +154,9 @@ def clip_vision_config(state_dict: Mapping[str, Tensor]) -> CLIPVisionConfig:
 class ClipVision:
     """A CLIP vision encoder with its preprocessing; ``encode(images)`` gives a :class:`ClipVisionOutput`."""
 
-    def __init__(self, model: CLIPVisionModelWithProjection) -> None:
+    def __init__(self, model: CLIPVisionModelWithProjection, augmentor: Any = None) -> None:
         self.model = model.eval()
+        self.augmentor = augmentor  # set by unCLIPCheckpointLoader: the checkpoint's embedding statistics
         size = model.config.image_size
         self.image_size = size if isinstance(size, int) else int(size[0])  # type: ignore[index]
 
@@ -191,6 +194,7 @@ class ClipVision:
             image_embeds=out.image_embeds.float(),
             last_hidden_state=out.last_hidden_state.float(),
             penultimate_hidden_states=out.hidden_states[-2].float(),
+            augmentor=self.augmentor,
         )
 
 
