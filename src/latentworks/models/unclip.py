@@ -76,3 +76,26 @@ class ImageEmbeddingAugmentor:
 def noise_level_of(noise_augmentation: float) -> int:
     """ComfyUI's ``noise_augmentation`` in [0, 1] -> the integer schedule step, ``round(999 * value)``."""
     return round((NOISE_STEPS - 1) * float(noise_augmentation))
+
+
+def slerp(a: Tensor, b: Tensor, t: float, *, eps: float = 1e-7) -> Tensor:
+    """Spherical interpolation between embeddings ``a`` and ``b`` (..., D) at ``t`` in [0, 1] (Shoemake 1985).
+
+    The direction moves along the great circle from ``a`` to ``b``; the length goes linearly from ``|a|`` to
+    ``|b|`` (CLIP embeddings live near a sphere, so this keeps them in distribution where plain linear
+    interpolation shrinks them). Nearly parallel inputs fall back to linear interpolation of the directions.
+    """
+    if a.shape != b.shape:
+        raise ValueError(f"slerp: embeddings must have one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    a64, b64 = a.double(), b.double()
+    na, nb = a64.norm(dim=-1, keepdim=True), b64.norm(dim=-1, keepdim=True)
+    ua, ub = a64 / na.clamp_min(eps), b64 / nb.clamp_min(eps)
+    cos = (ua * ub).sum(-1, keepdim=True).clamp(-1.0, 1.0)
+    theta = torch.arccos(cos)
+    sin = torch.sin(theta)
+    near = sin.abs() < 1e-6
+    safe = torch.where(near, torch.ones_like(sin), sin)
+    wa = torch.where(near, torch.full_like(sin, 1.0 - t), torch.sin((1.0 - t) * theta) / safe)
+    wb = torch.where(near, torch.full_like(sin, t), torch.sin(t * theta) / safe)
+    direction = wa * ua + wb * ub
+    return (direction * ((1.0 - t) * na + t * nb)).to(a.dtype)

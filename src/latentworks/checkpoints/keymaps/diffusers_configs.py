@@ -78,13 +78,14 @@ _UNET_FIXED: dict[str, tuple[Any, ...]] = {
     "conv_out_kernel": (3,),
     "attention_type": ("default",),
     "addition_embed_type": (None, "text_time"),
+    "class_embed_type": (None, "projection"),  # projection: SD 2.1 unCLIP's image-embedding class input
     "addition_embed_type_num_heads": (64,),
 }
 _UNET_USED = {
     "sample_size", "in_channels", "out_channels", "down_block_types", "up_block_types", "block_out_channels",
     "layers_per_block", "dropout", "norm_num_groups", "cross_attention_dim", "transformer_layers_per_block",
     "reverse_transformer_layers_per_block", "attention_head_dim", "num_attention_heads", "use_linear_projection",
-    "upcast_attention", "addition_time_embed_dim", "projection_class_embeddings_input_dim", "class_embed_type",
+    "upcast_attention", "addition_time_embed_dim", "projection_class_embeddings_input_dim",
 }  # fmt: skip
 
 
