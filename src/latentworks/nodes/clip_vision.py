@@ -23,12 +23,11 @@ import torch
 
 from latentworks.graph.types import InputSpec, NodeSpec, OutputSpec
 from latentworks.models.clip_vision import ClipVision, ClipVisionOutput
-from latentworks.models.unclip import noise_level_of
 from latentworks.models.unet import CLASS_INPUT_KEY
 from latentworks.nodes.loaders import list_weights, resolve_weights
 from latentworks.nodes.models import _load, _resolve, list_checkpoints
 from latentworks.nodes.payloads import ClipPayload, ConditioningPayload, ModelPayload, VAEPayload
-from latentworks.pipelines.unclip import load_clip_vision, load_unclip_image_parts
+from latentworks.pipelines.unclip import image_class_input, load_clip_vision, load_unclip_image_parts
 
 CLIP_VISION_FOLDERS = ("clip_vision",)
 CROPS = ("center", "none")
@@ -55,8 +54,9 @@ def unclip_conditioning(
             f"unCLIPConditioning: {embeds.shape[0]} images for a conditioning of batch {cond.batch_size}; "
             "encode one image per unCLIPConditioning node (chain several to mix images)"
         )
-    noise = torch.randn(embeds.shape, generator=torch.Generator().manual_seed(UNCLIP_NOISE_SEED))
-    added = float(strength) * augment(embeds.cpu(), noise_level_of(noise_augmentation), noise)  # (N, 2D)
+    added = image_class_input(
+        embeds, augment, strength=strength, noise_augmentation=noise_augmentation, seed=UNCLIP_NOISE_SEED
+    )  # (N, 2D)
     added = added.to(cond.tokens.device).expand(cond.batch_size, -1)
     previous = cond.extra.get(CLASS_INPUT_KEY)
     total = added if previous is None else previous + added

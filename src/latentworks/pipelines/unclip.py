@@ -16,7 +16,7 @@ import torch
 from latentworks.checkpoints.io import load_state_dict
 from latentworks.families.sd2_unclip import EMBEDDER_PREFIX, NOISE_AUGMENTOR_PREFIX
 from latentworks.models.clip_vision import ClipVision
-from latentworks.models.unclip import ImageEmbeddingAugmentor
+from latentworks.models.unclip import ImageEmbeddingAugmentor, noise_level_of
 
 
 def load_clip_vision(path: str | Path, *, dtype: torch.dtype | None = None) -> ClipVision:
@@ -56,3 +56,22 @@ def load_unclip_image_parts(path: str | Path) -> tuple[ClipVision, ImageEmbeddin
         )
     vision = ClipVision.from_state_dict({k.removeprefix(EMBEDDER_PREFIX): v for k, v in visual.items()})
     return vision, ImageEmbeddingAugmentor(mean, std)
+
+
+def image_class_input(
+    embeds: torch.Tensor,
+    augmentor: ImageEmbeddingAugmentor,
+    *,
+    strength: float = 1.0,
+    noise_augmentation: float = 0.0,
+    seed: int = 0,
+) -> torch.Tensor:
+    """The class input of one image embedding (N, D) -> (N, 2D): ``strength`` x the embedding noised to
+    ``noise_augmentation`` in [0, 1] (ComfyUI's unCLIPConditioning inputs), the noise drawn from ``seed``.
+
+    Pass it as ``Pipeline(...)(prompt, class_input=...)``; several images add up.
+    """
+    noise = torch.randn(embeds.shape, generator=torch.Generator().manual_seed(int(seed)))
+    return float(strength) * augmentor(
+        embeds.detach().cpu().float(), noise_level_of(noise_augmentation), noise
+    )
