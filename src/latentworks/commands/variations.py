@@ -35,12 +35,19 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         metavar="X",
         help="0 = close to the image, 1 = its gist",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the first variation and of the embedding noise"
+    )
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the family's)")
     p.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the family's)")
     p.add_argument("--width", type=int, default=None, help="pixels (default: the model's native size)")
     p.add_argument("--height", type=int, default=None, help="pixels (default: the model's native size)")
-    p.add_argument("--tokenizer", type=Path, default=None, help="a folder with the CLIP tokenizer, if needed")
+    p.add_argument(
+        "--tokenizer",
+        type=Path,
+        default=None,
+        help="a folder with the CLIP tokenizer (default: the bundled one, or the folder's own)",
+    )
     p.add_argument("-o", "--output-dir", type=Path, default=Path("outputs"), help="where the PNGs go")
     p.add_argument("--device", default="cpu", help="torch device")
     return p
