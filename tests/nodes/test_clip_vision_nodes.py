@@ -140,3 +140,10 @@ def test_unclip_conditioning_chains_add_up() -> None:
     # noise level 0 barely moves the embedding; the level's embedding is cos(0)=1, sin(0)=0
     torch.testing.assert_close(aug(e1, 0, noise)[:, :8], e1, atol=0.02, rtol=0)
     torch.testing.assert_close(aug(e1, 0, noise)[:, 8:], torch.tensor([[1.0] * 4 + [0.0] * 4]))
+
+
+def test_unclip_loader_refuses_a_plain_model(setup: tuple[Path, Path, object]) -> None:
+    root, _, _ = setup
+    loader = default_registry(root / "models", root / "input").get("unCLIPCheckpointLoader")
+    with pytest.raises(ValueError, match="not an SD 2.1 unCLIP one; load it with CheckpointLoaderSimple"):
+        loader.execute(None, ckpt_name="default")

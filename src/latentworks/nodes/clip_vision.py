@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from latentworks import families
 from latentworks.graph.types import InputSpec, NodeSpec, OutputSpec
 from latentworks.models.clip_vision import ClipVision, ClipVisionOutput
 from latentworks.models.unet import CLASS_INPUT_KEY
@@ -87,6 +88,12 @@ def clip_vision_nodes(models_dir: Path | None) -> list[NodeSpec]:
 
     def unclip_checkpoint_loader(ctx: Any, ckpt_name: str) -> tuple[Any, ...]:
         folder, encoder = _load(ctx, models_dir, ckpt_name)
+        family = families.get(folder.meta.get("family"))
+        if not family.generation.class_input_dim:
+            raise ValueError(
+                f"unCLIPCheckpointLoader: {ckpt_name!r} is a {family.title} model, not an SD 2.1 unCLIP one; "
+                "load it with CheckpointLoaderSimple"
+            )
         vision, augmentor = load_unclip_image_parts(_resolve(models_dir, ckpt_name))
         vision.augmentor = augmentor
         return (
