@@ -23,6 +23,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("serve", "serve", "run the workflow server and browser editor"),
     ("run", "run", "run a ComfyUI-style workflow (editor or API JSON, or a PNG) headless"),
     ("upscale", "upscale", "enlarge an image with an upscale model (ESRGAN, Real-ESRGAN, SwinIR, ...)"),
+    ("variations", "variations", "image variations with an SD 2.1 unCLIP model"),
 )
 
 

@@ -219,7 +219,11 @@ def unet_config_from_ldm(s: Mapping[str, tuple[int, ...]], source: str) -> UNetC
     context_dim = ctx[0][1]
     proj_in = [v for k, v in s.items() if k.endswith(".proj_in.weight")]
     kwargs: dict[str, Any] = {}
-    if "label_emb.0.0.weight" in s:
+    if "label_emb.0.0.weight" in s and context_dim == 1024:
+        # SD 2.1 unCLIP: OpenCLIP-H text, a class embedding of the noise-augmented image embedding + its
+        # noise-level embedding (2 x 1024 for CLIP-H images, 2 x 768 for CLIP-L), no size ids
+        kwargs |= {"pooled_dim": s["label_emb.0.0.weight"][1], "num_time_ids": 0}
+    elif "label_emb.0.0.weight" in s:
         adm_in = s["label_emb.0.0.weight"][1]
         pooled, id_dim = 1280, 256  # SDXL: OpenCLIP-bigG pooled output + 256-wide sinusoidal size/crop ids
         if adm_in <= pooled or (adm_in - pooled) % id_dim:

@@ -26,6 +26,7 @@ from latentworks.families.latentworks import LATENTWORKS
 from latentworks.families.qwenimage import QWEN_IMAGE
 from latentworks.families.sd1 import SD1
 from latentworks.families.sd2 import SD2, SD2_V
+from latentworks.families.sd2_unclip import SD2_UNCLIP_H, SD2_UNCLIP_L
 from latentworks.families.sd3 import SD3
 from latentworks.families.sdxl import SDXL, SDXL_REFINER
 from latentworks.families.zimage import Z_IMAGE
@@ -51,6 +52,8 @@ REGISTRY: tuple[ModelFamily, ...] = (
     SD2_V,
     SDXL,
     SDXL_REFINER,
+    SD2_UNCLIP_H,
+    SD2_UNCLIP_L,
     SD3,
     FLUX_DEV,
     FLUX_SCHNELL,

@@ -92,6 +92,8 @@ class Generation:
             text encoder's vision tower and its latents join the denoiser's sequence); None: no image input.
         edit_area: the pixel area the input image is resized to (keeping its aspect ratio, sides multiples
             of 32), which is also the output size unless one is given.
+        class_input_dim: width of the denoiser's class input (SD 2.1 unCLIP's augmented image embedding,
+            ``cond.extra["class_input"]``); a conditioning without one gets zeros. 0: none.
     """
 
     resolution: tuple[int, int]
@@ -101,6 +103,7 @@ class Generation:
     guidance_norm: GuidanceNorm | None = None
     edit_text: QwenRecipe | None = None
     edit_area: int = 1024 * 1024
+    class_input_dim: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -31,6 +31,10 @@ from latentworks.nn.embeddings import timestep_embedding
 from latentworks.nn.norms import GroupNorm
 from latentworks.nn.resnet import Downsample, ResBlock, Upsample
 
+# cond.extra key of a class-embedding U-Net's input (SD 2.1 unCLIP: the noise-augmented image embedding
+# concatenated with its noise level's sinusoidal embedding, (B, pooled_dim)); see latentworks.models.unclip.
+CLASS_INPUT_KEY = "class_input"
+
 
 @dataclass(frozen=True, kw_only=True)
 class UNetConfig:
@@ -52,7 +56,9 @@ class UNetConfig:
         upcast_attention: compute attention in float32 when the model runs in half precision (SD 2.1).
         pooled_dim: width of ``cond.pooled`` added to the time embedding (SDXL: 1280); 0 = none.
         num_time_ids / time_id_dim: SDXL's size/crop ids in ``cond.extra["time_ids"]`` (B, num_time_ids),
-            each embedded sinusoidally to ``time_id_dim``.
+            each embedded sinusoidally to ``time_id_dim``. ``num_time_ids=0`` with ``pooled_dim > 0`` is a
+            class-embedding U-Net (SD 2.1 unCLIP): the label embedding reads ``cond.extra[CLASS_INPUT_KEY]``
+            (B, pooled_dim), the noise-augmented image embedding, and zeros when it is absent.
         norm_groups / dropout: GroupNorm groups (divide every width) and ResBlock dropout.
     """
 
@@ -443,6 +449,18 @@ def embed_time(
     temb = time_embed(timestep_embedding(t, cfg.channels[0]).to(dtype))  # (B, time_embed_dim)
     if add_embed is None:
         return temb
+    if (
+        cfg.num_time_ids == 0
+    ):  # class-embedding U-Net (SD 2.1 unCLIP's label_emb / diffusers' class_embedding)
+        class_input = cond.extra.get(CLASS_INPUT_KEY)
+        if class_input is None:
+            class_input = temb.new_zeros(batch, cfg.pooled_dim)  # no image: zeros, as ComfyUI and diffusers
+        if class_input.shape != (batch, cfg.pooled_dim):
+            raise ValueError(
+                f"UNet: cond.extra[{CLASS_INPUT_KEY!r}] must be ({batch}, {cfg.pooled_dim}) (the noise-augmented "
+                f"image embedding and its noise-level embedding), got {tuple(class_input.shape)}"
+            )
+        return temb + add_embed(class_input.to(dtype))
     time_ids = cond.extra.get("time_ids")
     if cond.pooled is None or time_ids is None:
         raise ValueError(

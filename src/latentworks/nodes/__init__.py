@@ -14,6 +14,7 @@ from latentworks.graph.registry import NodeRegistry
 def default_registry(
     models_dir: str | Path | None = None, input_dir: str | Path | None = None
 ) -> NodeRegistry:
+    from latentworks.nodes.clip_vision import clip_vision_nodes
     from latentworks.nodes.conditioning_ops import conditioning_ops_nodes
     from latentworks.nodes.controlnet import controlnet_nodes
 
@@ -53,6 +54,7 @@ def default_registry(
             *inpaint_nodes(),  # InpaintModelConditioning, DifferentialDiffusion, GrowMask, ThresholdMask
             *upscale_nodes(md),  # UpscaleModelLoader, ImageUpscaleWithModel (spandrel)
             *split_loader_nodes(md),  # UNETLoader, CLIPLoader, ..., VAELoader (nodes/loaders.py)
+            *clip_vision_nodes(md),  # CLIPVisionLoader, CLIPVisionEncode, unCLIP (nodes/clip_vision.py)
             *utility_nodes(),  # SaveImageAdvanced, ImageCompare, ResolutionSelector (template coverage)
             *text_encode_nodes(),  # CLIPTextEncodeSDXL, ...Refiner, ...Flux, ...SD3
             *model_advanced_nodes(),  # RescaleCFG, ModelMergeSimple

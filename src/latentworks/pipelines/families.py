@@ -18,6 +18,7 @@ from latentworks.diffusion.conditioning import Conditioning
 from latentworks.diffusion.denoisers import FlowModelSampling
 from latentworks.diffusion.schedules import stretch_to_terminal
 from latentworks.families.base import Generation
+from latentworks.models.unet import CLASS_INPUT_KEY
 
 
 def behaviour_of(family: str | None) -> Generation:
@@ -48,6 +49,10 @@ def add_conditioning_extras(
     elif behaviour.size_conditioning == "size-aesthetic-ids":
         ids = [height, width, 0, 0, 2.5 if negative else 6.0]
         extra["time_ids"] = torch.tensor([ids] * b, dtype=torch.float32, device=device)
+    if (
+        behaviour.class_input_dim
+    ):  # unCLIP without an image (the negative prompt): zeros, as ComfyUI and diffusers
+        extra[CLASS_INPUT_KEY] = torch.zeros(b, behaviour.class_input_dim, device=device)
     if behaviour.distilled_guidance:
         extra["guidance"] = torch.full((b,), float(guidance), dtype=torch.float32, device=device)
     extra = {k: v for k, v in extra.items() if k not in cond.extra}

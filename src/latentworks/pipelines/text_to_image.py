@@ -29,6 +29,7 @@ from latentworks.diffusion.samplers import SAMPLERS, StepInfo
 from latentworks.diffusion.schedules import SCHEDULERS, get_sigmas
 from latentworks.families.load import read_checkpoint
 from latentworks.models.qwenimage import REFERENCE_LATENTS
+from latentworks.models.unet import CLASS_INPUT_KEY
 from latentworks.pipelines.control import Control, attach_controls
 from latentworks.pipelines.families import (
     add_conditioning_extras,
@@ -362,6 +363,7 @@ class Pipeline:
         sampler_options: dict[str, Any] | None = None,
         guidance_interval: tuple[float, float] | None = None,
         control: list[Control | tuple[Any, ...]] | None = None,
+        class_input: Tensor | None = None,
     ) -> PipelineResult:
         """Generate ``batch`` images per prompt.
 
@@ -373,7 +375,9 @@ class Pipeline:
         ``guidance_interval`` ``(sigma_lo, sigma_hi)`` applies guidance only at those noise levels
         (Kynkaanniemi et al. 2024: guidance at high noise costs variety, at low noise it does little);
         default: the model's ``defaults["guidance_interval"]``, else every step. Steps outside it skip
-        the unconditional half of the batch.
+        the unconditional half of the batch. ``class_input`` (1 or N, D): a class-embedding model's input for the
+        prompt (SD 2.1 unCLIP: ``latentworks.models.unclip.ImageEmbeddingAugmentor`` of a CLIP image embedding);
+        the negative prompt gets zeros.
 
         ``edit_image`` (editing models, Qwen-Image-Edit): the image the prompt describes a change to; it is read
         by the text encoder's vision tower and its latents join the denoiser's sequence; the output takes its
@@ -464,6 +468,11 @@ class Pipeline:
         cfg = cfg_scale(self.behaviour, guidance)
         b = self.behaviour
         raw_cond = self.encode_prompts(all_prompts, edit)
+        if class_input is not None:
+            rows = class_input.to(raw_cond.tokens.device).float()
+            raw_cond = raw_cond.with_extra(
+                **{CLASS_INPUT_KEY: rows.expand(n, -1) if rows.shape[0] == 1 else rows}
+            )
         raw_uncond = self.encode_prompts(all_negs, edit) if cfg != 1.0 else None
 
         def conditionings(h: int, w: int) -> tuple[Conditioning, Conditioning | None]:

@@ -78,6 +78,7 @@ _UNET_FIXED: dict[str, tuple[Any, ...]] = {
     "conv_out_kernel": (3,),
     "attention_type": ("default",),
     "addition_embed_type": (None, "text_time"),
+    "class_embed_type": (None, "projection"),  # projection: SD 2.1 unCLIP's image-embedding class input
     "addition_embed_type_num_heads": (64,),
 }
 _UNET_USED = {
@@ -142,7 +143,9 @@ def unet_config_from_diffusers(
     else:
         head_spec = {"num_heads": heads, "head_dim": None}
     added: dict[str, Any] = {}
-    if cfg.get("addition_embed_type") == "text_time":
+    if cfg.get("class_embed_type") == "projection":  # SD 2.1 unCLIP: class input = augmented image embedding
+        added = {"pooled_dim": int(cfg["projection_class_embeddings_input_dim"]), "num_time_ids": 0}
+    elif cfg.get("addition_embed_type") == "text_time":
         time_id_dim = cfg.get("addition_time_embed_dim")
         total = cfg.get("projection_class_embeddings_input_dim")
         if not isinstance(time_id_dim, int) or not isinstance(total, int):
@@ -214,7 +217,9 @@ def unet_config_to_diffusers(config: UNetConfig, *, sample_size: int = 64) -> di
         "freq_shift": 0,
         "act_fn": "silu",
     }
-    if config.has_added_conditioning:
+    if config.has_added_conditioning and config.num_time_ids == 0:
+        out |= {"class_embed_type": "projection", "projection_class_embeddings_input_dim": config.pooled_dim}
+    elif config.has_added_conditioning:
         out |= {
             "addition_embed_type": "text_time",
             "addition_time_embed_dim": config.time_id_dim,

@@ -69,7 +69,9 @@ def unet_module_map(config: UNetConfig) -> dict[str, str]:
         "norm_out": "conv_norm_out",
         "conv_out": "conv_out",
     }
-    if config.has_added_conditioning:
+    if config.has_added_conditioning and config.num_time_ids == 0:  # unCLIP: class_embed_type="projection"
+        m |= {"add_embed.fc1": "class_embedding.linear_1", "add_embed.fc2": "class_embedding.linear_2"}
+    elif config.has_added_conditioning:
         m |= {"add_embed.fc1": "add_embedding.linear_1", "add_embed.fc2": "add_embedding.linear_2"}
     for i in range(n):
         depth = config.transformer_depth[i]
