@@ -577,3 +577,41 @@ def test_lora_text_encoder_patches_each_branch_of_a_prompt_encoder_only_while_en
 
     monkeypatch.setattr(lora_mod, "resolve_lora", no_resolving)
     assert torch.equal(wrapped.encode([""]), got)
+
+
+def test_qwenimage_lora_in_diffusers_names_lands_on_fused_rows() -> None:
+    """Qwen-Image LoRAs (ComfyUI and diffusers share the diffusers names) resolve onto our fused q/k/v rows and
+    MLP layers, and change the output exactly as the update done by hand."""
+    from latentworks.models.qwenimage import PRESETS as QWEN_PRESETS
+    from latentworks.models.qwenimage import QwenImage
+
+    torch.manual_seed(0)
+    model = perturbed(QwenImage(QWEN_PRESETS["tiny"]))
+    d = model.config.width
+    mods = dict(model.named_modules())
+    g = torch.Generator().manual_seed(13)
+    targets = {
+        "transformer_blocks.0.attn.to_k": ("blocks.0.img_attn.qkv", slice(d, 2 * d)),
+        "transformer_blocks.1.attn.add_v_proj": ("blocks.1.txt_attn.qkv", slice(2 * d, 3 * d)),
+        "transformer_blocks.0.img_mlp.net.2": ("blocks.0.img_mlp.fc2", slice(None)),
+    }
+    sd: dict[str, Tensor] = {}
+    updates = []
+    for theirs, (ours, rows) in targets.items():
+        down, up = pair(g, mods[ours].weight, rows=mods[ours].weight[rows].shape[0])
+        sd |= peft_keys("diffusion_model.", theirs, down, up)
+        updates.append((ours, down, up, 1.0, rows))
+    res = resolve_lora(parse_lora(sd), model)
+    assert res.unmatched == ()
+    cfg = model.config
+    gi = torch.Generator().manual_seed(1)
+    x = torch.randn(1, cfg.in_channels, 8, 8, generator=gi)
+    cond = Conditioning(tokens=torch.randn(1, 5, cfg.context_dim, generator=gi))
+    t = torch.tensor([0.6])
+    with torch.no_grad():
+        with apply_loras(model, [(res, 1.0)]):
+            got = model(x, t, cond)
+        want = by_hand(model, updates)(x, t, cond)
+        base = model(x, t, cond)
+    assert (want - base).abs().max() > 1e-4
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

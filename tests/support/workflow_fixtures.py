@@ -455,6 +455,15 @@ def _lora(family: str) -> dict[str, torch.Tensor]:
             f"{key}.lora_A.weight": 0.1 * torch.randn(2, 64, generator=g),
             f"{key}.lora_B.weight": 0.1 * torch.randn(64, 2, generator=g),
         }
+    if family == "qwenimage":  # diffusers names (ComfyUI's Qwen-Image LoRAs, e.g. Lightning, use them too)
+        from support.qwenimage import TRANSFORMER as QWEN_TRANSFORMER
+
+        key = "diffusion_model.transformer_blocks.0.attn.to_out.0"
+        width = QWEN_TRANSFORMER.width
+        return {
+            f"{key}.lora_A.weight": 0.1 * torch.randn(2, width, generator=g),
+            f"{key}.lora_B.weight": 0.1 * torch.randn(width, 2, generator=g),
+        }
     raise UnsupportedModel(f"no tiny LoRA builder for {family}")
 
 

@@ -239,10 +239,12 @@ def _module_map_table(module_map: Mapping[str, str]) -> NameTable:
 
 
 def _family_tables(model: nn.Module) -> list[NameTable]:
-    """Name tables for ``model``, highest priority first: the diffusers layout (PEFT files, kohya SD1),
-    the original single-file layout (kohya SDXL: LDM; kohya FLUX: BFL; SD3: SAI), then our own names."""
+    """Name tables for ``model``, highest priority first: the diffusers layout (PEFT files, kohya SD1; the only
+    layout for Qwen-Image), the original single-file layout (kohya SDXL: LDM; kohya FLUX: BFL; SD3: SAI), then
+    our own names."""
     from latentworks.models.flux import Flux
     from latentworks.models.mmdit import MMDiT
+    from latentworks.models.qwenimage import QwenImage
     from latentworks.models.unet import UNet
 
     tables: list[NameTable] = []
@@ -264,6 +266,10 @@ def _family_tables(model: nn.Module) -> list[NameTable]:
 
         tables.append(_rules_table(sd3_diffusers_rules(model.config)))
         tables.append(_module_map_table(mmdit_sai_module_map(model.config)))
+    elif isinstance(model, QwenImage):  # diffusers names, which ComfyUI's Qwen-Image LoRAs use too
+        from latentworks.checkpoints.keymaps.qwenimage_diffusers import qwenimage_diffusers_rules
+
+        tables.append(_rules_table(qwenimage_diffusers_rules(model.config)))
     # Our own names (and any other model's own names, e.g. a transformers text encoder) come last.
     tables.append({n: (n, None, False) for n, m in model.named_modules() if _weight_of(m) is not None})
     return tables
