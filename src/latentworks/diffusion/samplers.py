@@ -724,7 +724,19 @@ def sample_dpmpp_2m(
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): second-order multistep in lambda with data
     prediction. First step and the step to sigma = 0 are first order (DDIM), as in k-diffusion and
     diffusers' ``lower_order_final``."""
-    run = _Run("dpmpp_2m", denoiser, x, sigmas, cond, callback)
+
+    def step(run: _Run, x: Tensor, d: Tensor, d_old: Tensor, sigma: float, sigma_next: float, h: float,
+             h_last: float) -> Tensor:  # fmt: skip
+        half_inv_r = h / (2.0 * h_last)  # 1 / (2 r), r = h_last / h
+        return torch.lerp((1.0 + half_inv_r) * d - half_inv_r * d_old, x, sigma_next / sigma)
+
+    return _two_step_multistep(_Run("dpmpp_2m", denoiser, x, sigmas, cond, callback), step)
+
+
+def _two_step_multistep(run: _Run, second_order: Callable[..., Tensor]) -> Tensor:
+    """The loop DPM-Solver++(2M) and RES multistep share: a first-order (DDIM) step first, to sigma = 0 and
+    after a non-finite lambda step; otherwise ``second_order(run, x, denoised, old_denoised, sigma,
+    sigma_next, h, h_last)`` with h the step in lambda and h_last the previous one."""
     x = run.x
     old_denoised: Tensor | None = None
     h_last = math.inf
@@ -735,9 +747,7 @@ def sample_dpmpp_2m(
         if old_denoised is None or sigma_next == 0 or not math.isfinite(h_last) or not math.isfinite(h):
             x = torch.lerp(denoised, x, sigma_next / sigma)
         else:
-            half_inv_r = h / (2.0 * h_last)  # 1 / (2 r), r = h_last / h
-            denoised_d = (1.0 + half_inv_r) * denoised - half_inv_r * old_denoised
-            x = torch.lerp(denoised_d, x, sigma_next / sigma)
+            x = second_order(run, x, denoised, old_denoised, sigma, sigma_next, h, h_last)
         old_denoised, h_last = denoised, h
         if run.stop(i, x, sigma, sigma_next, denoised):
             break
@@ -762,28 +772,16 @@ def sample_res_multistep(
     h (phi1(-h) D_i + phi2(-h) (D_i - D_{i-1}) / r), r = h_last / h, phi1(z) = (e^z - 1) / z,
     phi2(z) = (phi1(z) - 1) / z: the phi-function weights where DPM-Solver++(2M) uses the midpoint rule.
     First step and the step to sigma = 0 are first order (DDIM), as in dpmpp_2m."""
-    run = _Run("res_multistep", denoiser, x, sigmas, cond, callback)
-    x = run.x
-    old_denoised: Tensor | None = None
-    h_last = math.inf
-    for i in range(run.total):
-        sigma, sigma_next = run.sigmas[i], run.sigmas[i + 1]
-        denoised = run.denoise(x, sigma)
-        h = run.lam(sigma_next) - run.lam(sigma)
-        if old_denoised is None or sigma_next == 0 or not math.isfinite(h_last) or not math.isfinite(h):
-            x = torch.lerp(denoised, x, sigma_next / sigma)
-        else:
-            phi1 = -math.expm1(-h) / h  # phi1(-h)
-            phi2 = (1.0 - phi1) / h  # phi2(-h)
-            b_old = -phi2 * h / h_last  # weight of D_{i-1}: -phi2 / r
-            b_new = phi1 - b_old  # weight of D_i: phi1 + phi2 / r
-            x = (sigma_next / sigma) * x + (run.alpha(sigma_next) * h) * (
-                b_new * denoised + b_old * old_denoised
-            )
-        old_denoised, h_last = denoised, h
-        if run.stop(i, x, sigma, sigma_next, denoised):
-            break
-    return run.finish(x)
+
+    def step(run: _Run, x: Tensor, d: Tensor, d_old: Tensor, sigma: float, sigma_next: float, h: float,
+             h_last: float) -> Tensor:  # fmt: skip
+        phi1 = -math.expm1(-h) / h  # phi1(-h)
+        phi2 = (1.0 - phi1) / h  # phi2(-h)
+        b_old = -phi2 * h / h_last  # weight of D_{i-1}: -phi2 / r
+        b_new = phi1 - b_old  # weight of D_i: phi1 + phi2 / r
+        return (sigma_next / sigma) * x + (run.alpha(sigma_next) * h) * (b_new * d + b_old * d_old)
+
+    return _two_step_multistep(_Run("res_multistep", denoiser, x, sigmas, cond, callback), step)
 
 
 def sample_dpmpp_2s_ancestral(
