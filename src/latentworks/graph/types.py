@@ -185,3 +185,9 @@ def types_compatible(output_type: str, input_type: str) -> bool:
     outs = {t.strip() for t in output_type.split(",")}
     ins = {t.strip() for t in input_type.split(",")}
     return bool(outs & ins)
+
+
+def input_spec(name: str, type_: str, **kw: Any) -> InputSpec:
+    """``InputSpec(name=name, type=type_, **kw)``: the short form node modules declare inputs with
+    (``I = input_spec``)."""
+    return InputSpec(name=name, type=type_, **kw)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from latentworks.diffusion.conditioning import Conditioning
-from latentworks.graph.types import InputSpec, NodeSpec, OutputSpec
+from latentworks.graph.types import NodeSpec, OutputSpec, input_spec
 from latentworks.nodes.image_ops import MAX_RESOLUTION
 from latentworks.nodes.payloads import ConditioningPayload
 
@@ -162,8 +162,7 @@ def _set_timestep_range(
 
 
 def conditioning_ops_nodes() -> list[NodeSpec]:
-    def I(name: str, type_: str, **kw: Any) -> InputSpec:  # noqa: E743, N802
-        return InputSpec(name=name, type=type_, **kw)
+    I = input_spec  # noqa: E741, N806
 
     return [
         NodeSpec(

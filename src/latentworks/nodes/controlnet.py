@@ -23,7 +23,7 @@ from torch import Tensor
 
 from latentworks.diffusion.control import ControlInput
 from latentworks.families.controlnet import load_controlnet
-from latentworks.graph.types import InputSpec, NodeSpec, OutputSpec
+from latentworks.graph.types import NodeSpec, OutputSpec, input_spec
 from latentworks.models.controlnet import ControlNet
 from latentworks.models.t2i_adapter import T2IAdapter
 from latentworks.nodes.loaders import list_weights, resolve_weights
@@ -128,8 +128,7 @@ def controlnet_nodes(models_dir: Path | None) -> list[NodeSpec]:
     def canny_node(ctx: Any, image: Tensor, low_threshold: float, high_threshold: float) -> tuple[Any, ...]:
         return (canny(image, float(low_threshold), float(high_threshold)),)
 
-    def I(name: str, type_: str, **kw: Any) -> InputSpec:  # noqa: E743, N802
-        return InputSpec(name=name, type=type_, **kw)
+    I = input_spec  # noqa: E741, N806
 
     strength = I("strength", "FLOAT", default=1.0, min=0.0, max=10.0, step=0.01)
     return [

@@ -29,7 +29,7 @@ from latentworks.diffusion.schedules import (
     karras_sigmas,
 )
 from latentworks.graph.executor import ExecutionContext
-from latentworks.graph.types import InputSpec, NodeSpec, OutputSpec
+from latentworks.graph.types import NodeSpec, OutputSpec, input_spec
 from latentworks.nodes.payloads import (
     ConditioningPayload,
     GuiderPayload,
@@ -236,8 +236,7 @@ def _sampler_custom_advanced(
 
 
 def custom_sampling_nodes() -> list[NodeSpec]:
-    def I(name: str, type_: str, **kw: Any) -> InputSpec:  # noqa: E743, N802
-        return InputSpec(name=name, type=type_, **kw)
+    I = input_spec  # noqa: E741, N806
 
     sigmas_out = (OutputSpec(type="SIGMAS"),)
     split_out = (OutputSpec(type="SIGMAS", name="high_sigmas"), OutputSpec(type="SIGMAS", name="low_sigmas"))

@@ -15,7 +15,7 @@ from PIL import Image, ImageOps, PngImagePlugin
 
 from latentworks.graph.budgets import BudgetExceeded
 from latentworks.graph.metadata import png_metadata
-from latentworks.graph.types import InputSpec, NodeResult, NodeSpec, OutputSpec
+from latentworks.graph.types import NodeResult, NodeSpec, OutputSpec, input_spec
 from latentworks.nodes.budgets import decoder_refused, file_fingerprint
 from latentworks.nodes.devices import compute_device, on_device
 from latentworks.nodes.guards import interruptible, needs_fine_checks
@@ -170,8 +170,7 @@ def image_nodes(input_dir: Path | None) -> list[NodeSpec]:
         except (ValueError, OSError):
             return None  # load_image reports the problem
 
-    def I(name: str, type_: str, **kw: Any) -> InputSpec:  # noqa: E743, N802
-        return InputSpec(name=name, type=type_, **kw)
+    I = input_spec  # noqa: E741, N806
 
     hidden = (I("prompt", "PROMPT", hidden=True), I("extra_pnginfo", "EXTRA_PNGINFO", hidden=True))
     return [

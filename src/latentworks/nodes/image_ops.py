@@ -18,7 +18,7 @@ from PIL import Image, ImageOps
 from torch import Tensor
 
 from latentworks.graph.budgets import BudgetExceeded
-from latentworks.graph.types import InputSpec, NodeSpec, OutputSpec
+from latentworks.graph.types import NodeSpec, OutputSpec, input_spec
 from latentworks.nodes.budgets import decoder_refused, file_fingerprint
 from latentworks.nodes.image import _input_path, list_inputs
 from latentworks.nodes.resize import CROP_METHODS, IMAGE_METHODS, resize
@@ -107,8 +107,7 @@ def _pad_for_outpaint(
 
 
 def image_ops_nodes(input_dir: Path | None) -> list[NodeSpec]:
-    def I(name: str, type_: str, **kw: Any) -> InputSpec:  # noqa: E743, N802
-        return InputSpec(name=name, type=type_, **kw)
+    I = input_spec  # noqa: E741, N806
 
     def load_image_mask(ctx: Any, image: str, channel: str) -> tuple[Any, ...]:
         if channel not in MASK_CHANNELS:

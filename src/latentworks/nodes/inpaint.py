@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from latentworks.graph.types import InputSpec, NodeSpec, OutputSpec
+from latentworks.graph.types import NodeSpec, OutputSpec, input_spec
 from latentworks.nodes.image import _encode_pixels
 from latentworks.nodes.payloads import ConditioningPayload, Latent, ModelPayload, VAEPayload
 from latentworks.nodes.sampling import DIFFERENTIAL_KEY
@@ -80,8 +80,7 @@ def _threshold_mask(ctx: Any, mask: Tensor, value: float) -> tuple[Any, ...]:
 
 
 def inpaint_nodes() -> list[NodeSpec]:
-    def I(name: str, type_: str, **kw: Any) -> InputSpec:  # noqa: E743, N802
-        return InputSpec(name=name, type=type_, **kw)
+    I = input_spec  # noqa: E741, N806
 
     return [
         NodeSpec(

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from latentworks.graph.types import InputSpec, NodeSpec, OutputSpec
+from latentworks.graph.types import NodeSpec, OutputSpec, input_spec
 from latentworks.nodes.payloads import Latent
 from latentworks.nodes.resize import LATENT_METHODS, resize
 
@@ -151,8 +151,7 @@ def _blend(ctx: Any, samples1: Latent, samples2: Latent, blend_factor: float) ->
 
 
 def latent_ops_nodes() -> list[NodeSpec]:
-    def I(name: str, type_: str, **kw: Any) -> InputSpec:  # noqa: E743, N802
-        return InputSpec(name=name, type=type_, **kw)
+    I = input_spec  # noqa: E741, N806
 
     step8 = {"default": 0, "min": 0, "max": MAX_RESOLUTION, "step": 8}
     return [

@@ -30,7 +30,7 @@ from typing import Any
 
 from latentworks import families
 from latentworks.families.comfy import CLIP_TYPES, DUAL_CLIP_TYPES, TRIPLE_CLIP_TYPE
-from latentworks.graph.types import InputSpec, NodeSpec, OutputSpec
+from latentworks.graph.types import NodeSpec, OutputSpec, input_spec
 from latentworks.nn.quant import fp8_compute_available
 from latentworks.nodes.devices import load_device
 from latentworks.nodes.payloads import ClipPayload, ModelPayload, VAEPayload
@@ -278,8 +278,7 @@ def split_loader_nodes(models_dir: Path | None) -> list[NodeSpec]:
     def files(folders: Sequence[str]) -> Any:
         return lambda: list_weights(models_dir, folders)
 
-    def I(name: str, type_: str, **kw: Any) -> InputSpec:  # noqa: E743, N802
-        return InputSpec(name=name, type=type_, **kw)
+    I = input_spec  # noqa: E741, N806
 
     text_encoders = files(TEXT_ENCODER_FOLDERS)
     device = I("device", "COMBO", choices=DEVICES, default="default", optional=True, extra={"advanced": True})

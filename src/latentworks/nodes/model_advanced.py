@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from latentworks.graph.types import InputSpec, NodeSpec, OutputSpec
+from latentworks.graph.types import NodeSpec, OutputSpec, input_spec
 from latentworks.nodes.payloads import ModelPayload
 from latentworks.pipelines.sampling import model_loras
 
@@ -59,8 +59,7 @@ def _merge_simple(ctx: Any, model1: ModelPayload, model2: ModelPayload, ratio: f
 
 
 def model_advanced_nodes() -> list[NodeSpec]:
-    def I(name: str, type_: str, **kw: Any) -> InputSpec:  # noqa: E743, N802
-        return InputSpec(name=name, type=type_, **kw)
+    I = input_spec  # noqa: E741, N806
 
     return [
         NodeSpec(

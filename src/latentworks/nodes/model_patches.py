@@ -26,7 +26,7 @@ from typing import Any
 
 from latentworks.diffusion.denoisers import DiscreteSamplingSpec, FlowModelSampling, flux_shift_mu
 from latentworks.diffusion.guidance import GuidanceNorm
-from latentworks.graph.types import InputSpec, NodeSpec, OutputSpec
+from latentworks.graph.types import NodeSpec, OutputSpec, input_spec
 from latentworks.nodes.image_ops import MAX_RESOLUTION
 from latentworks.nodes.payloads import ModelPayload
 
@@ -134,8 +134,7 @@ def _cfg_norm(ctx: Any, model: ModelPayload, strength: float) -> tuple[Any, ...]
 
 
 def model_patch_nodes() -> list[NodeSpec]:
-    def I(name: str, type_: str, **kw: Any) -> InputSpec:  # noqa: E743, N802
-        return InputSpec(name=name, type=type_, **kw)
+    I = input_spec  # noqa: E741, N806
 
     model_out = (OutputSpec(type="MODEL"),)
     shift_range = {"min": 0.0, "max": 100.0, "step": 0.01}

@@ -13,7 +13,7 @@ import json
 import sys
 from typing import Any
 
-from latentworks.graph.types import InputSpec, NodeResult, NodeSpec, OutputSpec
+from latentworks.graph.types import NodeResult, NodeSpec, OutputSpec, input_spec
 
 # ComfyUI bounds its primitive INT/FLOAT widgets by Python's sys.maxsize (2**63 - 1).
 PRIMITIVE_LIMIT = sys.maxsize
@@ -79,8 +79,7 @@ def _preview_any(ctx: Any, source: Any = None) -> NodeResult:
 
 
 def primitive_nodes() -> list[NodeSpec]:
-    def I(name: str, type_: str, **kw: Any) -> InputSpec:  # noqa: E743, N802
-        return InputSpec(name=name, type=type_, **kw)
+    I = input_spec  # noqa: E741, N806
 
     lim = PRIMITIVE_LIMIT
     prim = "utils/primitive"

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from latentworks import families
-from latentworks.graph.types import InputSpec, NodeSpec, OutputSpec
+from latentworks.graph.types import NodeSpec, OutputSpec, input_spec
 from latentworks.models.qwenimage import REFERENCE_LATENTS
 from latentworks.nodes.image import _encode_pixels
 from latentworks.nodes.payloads import ClipPayload, ConditioningPayload, Latent, VAEPayload
@@ -69,8 +69,7 @@ def _reference_latent(
 
 
 def qwen_edit_nodes() -> list[NodeSpec]:
-    def I(name: str, type_: str, **kw: Any) -> InputSpec:  # noqa: E743, N802
-        return InputSpec(name=name, type=type_, **kw)
+    I = input_spec  # noqa: E741, N806
 
     return [
         NodeSpec(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from latentworks.graph.types import InputSpec, NodeSpec, OutputSpec
+from latentworks.graph.types import InputSpec, NodeSpec, OutputSpec, input_spec
 from latentworks.nodes.payloads import SamplerPayload
 
 
@@ -46,8 +46,7 @@ def _lms(ctx: Any, order: int) -> tuple[Any, ...]:
 
 
 def sampler_option_nodes() -> list[NodeSpec]:
-    def I(name: str, type_: str, **kw: Any) -> InputSpec:  # noqa: E743, N802
-        return InputSpec(name=name, type=type_, **kw)
+    I = input_spec  # noqa: E741, N806
 
     exact = {"round": False, "advanced": True}
 

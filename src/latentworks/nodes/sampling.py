@@ -27,7 +27,7 @@ from latentworks.diffusion.regions import (
 from latentworks.diffusion.samplers import SAMPLERS, StepInfo
 from latentworks.diffusion.schedules import SCHEDULERS, get_sigmas
 from latentworks.graph.executor import ExecutionContext
-from latentworks.graph.types import InputSpec, NodeSpec, OutputSpec, Preview
+from latentworks.graph.types import NodeSpec, OutputSpec, Preview, input_spec
 from latentworks.nodes.devices import compute_device, on_device, text_networks
 from latentworks.nodes.guards import interruptible, needs_fine_checks
 from latentworks.nodes.image_ops import MAX_RESOLUTION
@@ -407,8 +407,7 @@ def _latent_upscale(
 
 
 def sampling_nodes() -> list[NodeSpec]:
-    def I(name: str, type_: str, **kw: Any) -> InputSpec:  # noqa: E743, N802
-        return InputSpec(name=name, type=type_, **kw)
+    I = input_spec  # noqa: E741, N806
 
     common = (
         I("sampler_name", "COMBO", choices=tuple(SAMPLERS), default="euler"),

@@ -17,7 +17,7 @@ import torch
 
 from latentworks.checkpoints.lora import LoraTextEncoder
 from latentworks.diffusion.conditioning import Conditioning
-from latentworks.graph.types import InputSpec, NodeSpec, OutputSpec
+from latentworks.graph.types import InputSpec, NodeSpec, OutputSpec, input_spec
 from latentworks.nodes.image_ops import MAX_RESOLUTION
 from latentworks.nodes.payloads import ClipPayload, ConditioningPayload
 
@@ -86,8 +86,7 @@ def _sd3(
 
 
 def text_encode_nodes() -> list[NodeSpec]:
-    def I(name: str, type_: str, **kw: Any) -> InputSpec:  # noqa: E743, N802
-        return InputSpec(name=name, type=type_, **kw)
+    I = input_spec  # noqa: E741, N806
 
     def text(name: str) -> InputSpec:
         return I(name, "STRING", default="", multiline=True, extra={"dynamicPrompts": True})

@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import Tensor
 
-from latentworks.graph.types import InputSpec, NodeSpec, OutputSpec
+from latentworks.graph.types import NodeSpec, OutputSpec, input_spec
 from latentworks.nodes.loaders import list_weights, resolve_weights
 from latentworks.pipelines.upscale import DEFAULT_OVERLAP, DEFAULT_TILE, UpscaleModel, load_upscale_model
 
@@ -41,8 +41,7 @@ def _upscale(ctx: Any, upscale_model: UpscaleModel, image: Tensor) -> tuple[Any,
 
 
 def upscale_nodes(models_dir: Path | None) -> list[NodeSpec]:
-    def I(name: str, type_: str, **kw: Any) -> InputSpec:  # noqa: E743, N802
-        return InputSpec(name=name, type=type_, **kw)
+    I = input_spec  # noqa: E741, N806
 
     def loader(ctx: Any, model_name: str) -> tuple[Any, ...]:
         path = resolve_weights(models_dir, UPSCALE_FOLDERS, model_name, what="upscale model")

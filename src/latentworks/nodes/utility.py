@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from latentworks.graph.types import InputSpec, NodeResult, NodeSpec, OutputSpec
+from latentworks.graph.types import NodeResult, NodeSpec, OutputSpec, input_spec
 from latentworks.nodes.image import _save
 from latentworks.nodes.image_ops import _image_batch
 from latentworks.nodes.payloads import SigmasPayload
@@ -224,8 +224,7 @@ def _math_expression(ctx: Any, expression: str, **values: Any) -> tuple[Any, ...
 
 
 def utility_nodes() -> list[NodeSpec]:
-    def I(name: str, type_: str, **kw: Any) -> InputSpec:  # noqa: E743, N802
-        return InputSpec(name=name, type=type_, **kw)
+    I = input_spec  # noqa: E741, N806
 
     hidden = (I("prompt", "PROMPT", hidden=True), I("extra_pnginfo", "EXTRA_PNGINFO", hidden=True))
     return [

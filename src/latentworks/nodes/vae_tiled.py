@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from latentworks.graph.types import InputSpec, NodeSpec, OutputSpec
+from latentworks.graph.types import NodeSpec, OutputSpec, input_spec
 from latentworks.nodes.guards import interruptible, needs_fine_checks
 from latentworks.nodes.payloads import Latent, VAEPayload
 from latentworks.pipelines.memory import decode_latents
@@ -71,8 +71,7 @@ def _encode_tiled(
 
 
 def vae_tiled_nodes() -> list[NodeSpec]:
-    def I(name: str, type_: str, **kw: Any) -> InputSpec:  # noqa: E743, N802
-        return InputSpec(name=name, type=type_, **kw)
+    I = input_spec  # noqa: E741, N806
 
     temporal = (
         I(
