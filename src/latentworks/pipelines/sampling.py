@@ -35,17 +35,15 @@ SEED_MODULUS = 2**63
 
 
 def _has_control(*conds: object) -> bool:
-    """Whether any conditioning (or entry of a conditioning list) carries a ControlNet."""
+    """Whether any conditioning, entry of a conditioning list or DualCFGGuider prompt carries a ControlNet."""
     for c in conds:
-        if c is None:
-            continue
         if isinstance(c, Conditioning):
-            if c.control:
-                return True
-        elif isinstance(c, tuple | list):
-            if _has_control(*[getattr(e, "cond", e) for e in c]):
-                return True
-        elif _has_control(*[getattr(c, n, None) for n in ("cond2",)]):
+            found = bool(c.control)
+        elif isinstance(c, tuple | list):  # a conditioning list: its entries' conds
+            found = _has_control(*[getattr(e, "cond", e) for e in c])
+        else:  # DualGuidance (its second prompt) or None
+            found = c is not None and _has_control(getattr(c, "cond2", None))
+        if found:
             return True
     return False
 
