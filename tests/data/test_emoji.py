@@ -9,6 +9,15 @@ from PIL import Image
 from latentworks.data import emoji
 from latentworks.data.arrays import load_npz
 
+SUBCATEGORIES = [
+    {"unified": "1F34E", "subcategory": "food-fruit"},
+    {
+        "unified": "1F44B",
+        "subcategory": "hand-fingers-open",
+        "skin_variations": {"1F3FB": {"unified": "1F44B-1F3FB"}},
+    },
+]
+
 LABELS = [
     {"hexcode": "1F34E", "label": "red apple", "tags": ["apple", "fruit", "red"]},
     {
@@ -44,6 +53,7 @@ def fake_cache(tmp_path):
     for style, (name, ver) in emoji.PACKAGES.items():
         files = {
             "package.json": b"{}",
+            "emoji.json": json.dumps(SUBCATEGORIES).encode(),
             f"img/{style}/64/1f34e.png": _png((255, 0, 0)),
             f"img/{style}/64/1f44b.png": _png((0, 0, 255)),
             f"img/{style}/64/1f44b-1f3fb.png": _png((0, 255, 0), alpha=0),  # transparent -> white
@@ -112,3 +122,15 @@ def test_real_npm_cache_labels():
     entries = emoji.read_emojibase(pkg / "en" / "data.json")
     assert entries["1F34E"].label == "red apple"
     assert entries["1F44B-1F3FB"].base == "1F44B"
+
+
+def test_subcategories_come_from_emoji_datasource(fake_cache):
+    ds = emoji.build_emoji_dataset(cache_dir=fake_cache, size=16)
+    sub = dict(zip(ds.extra["hexcodes"], ds.extra["subcategories"]))
+    # a skin variant takes its base's subcategory; an emoji emoji.json does not list gets ''
+    assert sub == {
+        "1F34E": "food-fruit",
+        "1F44B": "hand-fingers-open",
+        "1F44B-1F3FB": "hand-fingers-open",
+        "2764": "",
+    }

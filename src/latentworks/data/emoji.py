@@ -127,6 +127,22 @@ def read_emojibase(path: Path) -> dict[str, EmojiEntry]:
     return out
 
 
+def read_subcategories(package: Path) -> dict[str, str]:
+    """``{normalised hexcode: subcategory}`` from an emoji-datasource package's ``emoji.json`` (99
+    subcategories such as ``face-smiling`` or ``animal-mammal``; skin variants share their base's), or
+    ``{}`` when the package has no ``emoji.json``. Evaluation's prompt-following classifier uses it."""
+    path = package / "emoji.json"
+    if not path.is_file():
+        return {}
+    out: dict[str, str] = {}
+    for e in json.loads(path.read_text(encoding="utf-8")):
+        sub = str(e.get("subcategory", ""))
+        out[normalize_hex(e["unified"])] = sub
+        for v in (e.get("skin_variations") or {}).values():
+            out[normalize_hex(v["unified"])] = sub
+    return out
+
+
 def make_caption(entry: EmojiEntry, style: str, num_tags: int = 2) -> str:
     tags = [t for t in entry.tags if t.lower() not in entry.label.lower()][:num_tags]
     return ", ".join([entry.label, *tags, f"{style} style"])
@@ -151,12 +167,14 @@ def build_emoji_dataset(
     labels_dir = fetch_npm_package(*LABELS_PACKAGE, cache)
     entries = read_emojibase(labels_dir / "en" / "data.json")
     jobs: list[tuple[str, Path, EmojiEntry]] = []
+    subcategories: dict[str, str] = {}
     versions = {"emojibase-data": LABELS_PACKAGE[1]}
     for style in styles:
         name, version = PACKAGES[style]
         versions[name] = version
         pkg = fetch_npm_package(name, version, cache)
         img_dir = pkg / "img" / style / "64"
+        subcategories = {**read_subcategories(pkg), **subcategories}
         if not img_dir.is_dir():
             raise DatasetError(f"{pkg}: expected 64x64 images in {img_dir}")
         for p in sorted(img_dir.glob("*.png")):
@@ -166,6 +184,7 @@ def build_emoji_dataset(
     if not jobs:
         raise DatasetError(f"no emoji images matched emojibase labels in {cache}")
     images, captions, hexcodes, style_col, held, labels, tags = [], [], [], [], [], [], []
+    bases: list[str] = []
     it = progress(jobs) if progress is not None else jobs
     for style, p, e in it:
         try:
@@ -178,6 +197,7 @@ def build_emoji_dataset(
         labels.append(e.label)
         tags.append(TAG_SEPARATOR.join(t for t in e.tags if t.lower() not in e.label.lower()))
         hexcodes.append(e.hexcode)
+        bases.append(e.base)
         style_col.append(style)
         held.append(heldout_key(e.base, heldout_permille))
     metadata = {
@@ -202,6 +222,11 @@ def build_emoji_dataset(
             # the caption's parts, for training-time caption augmentation (data/captions.py)
             "labels": np.asarray(labels, dtype=np.str_),
             "tags": np.asarray(tags, dtype=np.str_),
+            # emoji-datasource's subcategory ('' where unknown): a label for prompt-following classifiers
+            "subcategories": np.asarray(
+                [subcategories.get(h, subcategories.get(b, "")) for h, b in zip(hexcodes, bases)],
+                dtype=np.str_,
+            ),
         },
         metadata,
     )
