@@ -215,3 +215,34 @@ def test_user_form_prompts_are_built_from_caption_parts(inception: InceptionFeat
     r = evaluate_generation(answer, ds, split="all", n=12, progress=False, model=inception, prompts="user")
     assert r.split == "all, user prompts"
     assert r.fid < 1.0
+
+
+def test_per_group_rows_and_classifier_scores(inception: InceptionFeatures) -> None:
+    """With a styles column, each style gets its own row against the real images of that style; a copy
+    model matches them exactly (FID ~ 0 per group) and the classifier scores it like the real images."""
+    from latentworks.evaluation.classifier import LabelClassifier
+
+    ds = make_dataset(48)
+    styles = np.asarray(["a", "b"] * 24)
+    ds = ArrayDataset(images=ds.images, captions=ds.captions, extra={"styles": styles}, metadata={})
+
+    class Fixed(LabelClassifier):
+        def predict(self, images, batch=500):  # noqa: ANN001, ANN201
+            return {"styles": np.asarray(["a"] * len(images))}  # always "a": right on half the prompts
+
+    r = evaluate_generation(
+        CopyPipe(ds),
+        ds,
+        split="all",
+        n=20,
+        progress=False,
+        model=inception,
+        classifier=Fixed(net=None, classes={"styles": ("a", "b")}),  # type: ignore[arg-type]
+    )
+    assert [g.split.rsplit(", ", 1)[1] for g in r.by_group] == ["a", "b"]
+    assert sum(g.n for g in r.by_group) == 20
+    assert all(abs(g.fid) < 1e-6 for g in r.by_group)
+    assert len(r.row().splitlines()) == 3
+    (score,) = r.classified
+    expected = float((styles[np.random.default_rng(0).permutation(48)[:20]] == "a").mean())
+    assert score.column == "styles" and score.generated == score.real == pytest.approx(expected)

@@ -47,7 +47,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "real-vs-real at the same N and the model's resolution (the best any model of that resolution can "
         "score), then prompt following: how often each generated image's nearest real image (Inception "
         "features) is the one its prompt came from, or shares its emoji (hexcodes) or style, each beside "
-        "its chance level. By default the prompts are in user form (the label alone, label + style, label + "
+        "its chance level, and a classifier's top-1 (a small CNN trained on the real images that are not "
+        "scored, never seeing a prompt): does the image show the prompted subcategory and, where the prompt "
+        "names one, the style; beside the same classifier on the real images. With a styles column, FID/KID "
+        "are also given per style (read them on prompts that name the style). By default the prompts are in user form (the label alone, label + style, label + "
         "a tag or two, in turn), reported apart from the training captions: with one image per caption, "
         "training captions measure recall of the training images, not generation.",
     )
@@ -78,6 +81,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         action="append",
         default=None,
         help="generation seed; repeatable, each seed scores the same picked images (default: 0 and 1)",
+    )
+    m.add_argument(
+        "--no-classifier",
+        action="store_true",
+        help="skip the prompt-following classifier (training it takes a few CPU minutes per split)",
     )
     m.add_argument(
         "--feature-cache",
@@ -124,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"PSNR of the reconstructions: {psnr:.2f} dB")
         return 0
     if args.what == "model":
-        from latentworks.evaluation.generation import HEADER, evaluate_generation
+        from latentworks.evaluation.generation import HEADER, evaluate_generation, prompt_classifier
         from latentworks.pipelines import Pipeline
 
         pipe = Pipeline.from_pretrained(args.model)
@@ -134,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
         following: list[str] = []
         seeds = args.seed or [0, 1]
         for split in args.split or ["train", "heldout"]:
+            classifier = None if args.no_classifier else prompt_classifier(ds, split, args.n, seeds[0])
             for prompts in args.prompts or ["user", "training"]:
                 for seed in seeds:
                     r = evaluate_generation(
@@ -148,11 +157,13 @@ def run(args: argparse.Namespace) -> int:
                         sampler=args.sampler,
                         feature_cache=args.feature_cache,
                         prompts=prompts,
+                        classifier=classifier,
                     )
                     r = dataclasses.replace(r, split=f"{r.split}, seed {seed}")
                     print(r.row(), flush=True)
                     if r.following is not None:
                         following.append(f"{r.split}: {r.following.line()}")
+                    following += [f"{r.split}: classifier {c.line()}" for c in r.classified]
         if following:
             print("\n" + "\n".join(following))
         return 0

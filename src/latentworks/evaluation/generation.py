@@ -8,6 +8,7 @@ small), so a reader sees how far the model is from the floor that sample size al
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,12 @@ import numpy as np
 import torch
 
 from latentworks.data.captions import USER_FORMS, PromptForm, caption_parts, user_prompt
+from latentworks.evaluation.classifier import (
+    ClassifierScore,
+    LabelClassifier,
+    fit_label_classifier,
+    score_classifier,
+)
 from latentworks.evaluation.fid import (
     InceptionFeatures,
     extract_features,
@@ -85,12 +92,16 @@ class GenerationEval:
     real_fid: float  # real vs other real images, same N
     real_kid: float
     following: PromptFollowing | None = None  # generated images only (not the autoencoder floor)
+    classified: tuple[ClassifierScore, ...] = ()  # a classifier's top-1 on the prompted labels
+    by_group: tuple[GenerationEval, ...] = ()  # the same figures per group (e.g. per style)
 
     def row(self) -> str:
-        return (
+        """This evaluation's table row, then one row per group."""
+        rows = [
             f"| {self.split} | {self.n} | {self.fid:.2f} | {self.kid:.5f} | {self.real_fid:.2f} | "
             f"{self.real_kid:.5f} | {self.fid - self.real_fid:+.2f} | {self.kid - self.real_kid:+.5f} |"
-        )
+        ]
+        return "\n".join(rows + [g.row() for g in self.by_group])
 
 
 HEADER = (
@@ -160,6 +171,8 @@ def evaluate_generation(
     label_columns: tuple[str, ...] = ("hexcodes", "styles"),
     prompts: str = "training",
     pick_seed: int | None = None,
+    classifier: LabelClassifier | None = None,
+    group_column: str | None = "styles",
 ) -> GenerationEval:
     """FID/KID of ``pipe``'s images for N prompts of ``split`` against the N real images they describe,
     beside the real-vs-real figure (see the module docstring), and :class:`PromptFollowing` on the same
@@ -169,7 +182,13 @@ def evaluate_generation(
     ``prompts``: ``"training"`` (each image's own training caption), ``"user"`` (the forms people type,
     cycling through label only, label + style and label + a tag or two: :func:`prompt_texts`), or one of
     those forms. ``seed`` seeds the generation; ``pick_seed`` (default: ``seed``) which real images are
-    picked: give it to score two generation seeds on the same images."""
+    picked: give it to score two generation seeds on the same images.
+
+    ``classifier`` (see :func:`prompt_classifier`): also score its top-1 agreement with the prompted images'
+    labels; the ``styles`` column only on prompts that name a style. ``group_column``: also report FID/KID
+    per value of this column of the picked images (per style), each against the real images of that value
+    and beside real-vs-real within it. Meaningful for prompts that name the group (``label+style``,
+    ``training``): a prompt without a style may get either."""
     ds, pick, other = pick_real(dataset, split, n, seed if pick_seed is None else pick_seed)
     real = ds.images[pick]
     captions = prompt_texts(ds, pick, prompts)
@@ -180,7 +199,58 @@ def evaluate_generation(
         raise ValueError(f"generated {fake.shape[1:3]} but the dataset holds {real.shape[1:3]} images")
     labels = {k: ds.extra[k][pick] for k in label_columns if k in ds.extra}
     name = split if prompts == "training" else f"{split}, {prompts} prompts"
-    return _score(name, real, ds.images[other], fake, model, feature_cache, labels)
+    model = model or InceptionFeatures(device="cpu")
+    result = _score(name, real, ds.images[other], fake, model, feature_cache, labels)
+    if classifier is not None:
+        cols = {k: ds.extra[k][pick] for k in classifier.classes if k in ds.extra}
+        names_style = np.asarray([f in ("training", "label+style") for f in prompt_forms(prompts, len(pick))])
+        result = dataclasses.replace(
+            result, classified=score_classifier(classifier, real, fake, cols, {"styles": names_style})
+        )
+    if group_column is not None and group_column in ds.extra:
+        groups = []
+        for value in sorted({str(v) for v in ds.extra[group_column][pick]}):
+            gp = np.asarray(ds.extra[group_column][pick]).astype(str) == value
+            go = np.asarray(ds.extra[group_column][other]).astype(str) == value
+            if gp.sum() < 2 or go.sum() < 2:
+                continue
+            g = _score(f"{name}, {value}", real[gp], ds.images[other][go], fake[gp], model, feature_cache)
+            groups.append(g)
+        if len(groups) > 1:
+            result = dataclasses.replace(result, by_group=tuple(groups))
+    return result
+
+
+def prompt_forms(prompts: str, n: int) -> list[PromptForm]:
+    """The form of each of ``n`` prompts of a prompt set (``"user"`` cycles through the user forms, as
+    :func:`prompt_texts` does)."""
+    if prompts == "user":
+        return [USER_FORMS[k % len(USER_FORMS)] for k in range(n)]
+    return [prompts] * n  # type: ignore[list-item]
+
+
+def prompt_classifier(
+    dataset: Any,
+    split: str,
+    n: int,
+    seed: int,
+    columns: tuple[str, ...] = ("subcategories", "styles"),
+    epochs: int = 12,
+) -> LabelClassifier | None:
+    """A :class:`LabelClassifier` for ``columns`` (those the dataset stores; None if none), trained on every
+    real image of ``dataset`` except the N that :func:`pick_real` picks for ``split`` and ``seed``: the
+    classifier has not seen the images it is checked against, so its top-1 on them is a fair ceiling."""
+    cols = tuple(c for c in columns if c in dataset.extra)
+    if not cols:
+        return None
+    ds, pick, _ = pick_real(dataset, split, n, seed)
+    held = np.asarray(dataset.extra.get("heldout", np.zeros(len(dataset), bool))).astype(bool)
+    index = np.flatnonzero(held == (split == "heldout")) if split != "all" else None
+    picked = set((index[pick] if index is not None else pick).tolist())
+    keep = np.asarray([i for i in range(len(dataset)) if i not in picked])
+    return fit_label_classifier(
+        dataset.images[keep], {c: dataset.extra[c][keep] for c in cols}, seed=seed, epochs=epochs
+    )
 
 
 PROMPT_SETS = ("training", "user", *USER_FORMS)
