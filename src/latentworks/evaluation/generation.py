@@ -235,7 +235,8 @@ def prompt_classifier(
     n: int,
     seed: int,
     columns: tuple[str, ...] = ("subcategories", "styles"),
-    epochs: int = 12,
+    epochs: int = 10,
+    width: int = 32,
 ) -> LabelClassifier | None:
     """A :class:`LabelClassifier` for ``columns`` (those the dataset stores; None if none), trained on every
     real image of ``dataset`` except the N that :func:`pick_real` picks for ``split`` and ``seed``: the
@@ -249,7 +250,7 @@ def prompt_classifier(
     picked = set((index[pick] if index is not None else pick).tolist())
     keep = np.asarray([i for i in range(len(dataset)) if i not in picked])
     return fit_label_classifier(
-        dataset.images[keep], {c: dataset.extra[c][keep] for c in cols}, seed=seed, epochs=epochs
+        dataset.images[keep], {c: dataset.extra[c][keep] for c in cols}, seed=seed, epochs=epochs, width=width
     )
 
 
