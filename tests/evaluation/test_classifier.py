@@ -68,3 +68,13 @@ def test_a_mask_restricts_a_column_to_some_prompts(classifier) -> None:  # noqa:
     )
     (all_of_them,) = score_classifier(classifier, real, fake, {"colours": labels["colours"]})
     assert only_first.n == 6 and only_first.generated > all_of_them.generated
+
+
+def test_save_and_load_give_the_same_predictions(classifier, tmp_path) -> None:  # noqa: ANN001
+    from latentworks.evaluation.classifier import LabelClassifier
+
+    classifier.save(tmp_path / "c.safetensors")
+    back = LabelClassifier.load(tmp_path / "c.safetensors")
+    images, _ = shapes(20, seed=5)
+    a, b = classifier.predict(images), back.predict(images)
+    assert back.classes == classifier.classes and all((a[k] == b[k]).all() for k in a)

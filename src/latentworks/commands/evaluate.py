@@ -91,8 +91,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--feature-cache",
         type=Path,
         default=None,
-        help="folder that keeps the real images' Inception features between runs (they take minutes on a "
-        "CPU; default: none)",
+        help="folder that keeps the real images' Inception features and the prompt classifier between runs "
+        "(they take minutes on a CPU; default: none)",
     )
     return p
 
@@ -142,7 +142,11 @@ def run(args: argparse.Namespace) -> int:
         following: list[str] = []
         seeds = args.seed or [0, 1]
         for split in args.split or ["train", "heldout"]:
-            classifier = None if args.no_classifier else prompt_classifier(ds, split, args.n, seeds[0])
+            classifier = (
+                None
+                if args.no_classifier
+                else prompt_classifier(ds, split, args.n, seeds[0], cache_dir=args.feature_cache)
+            )
             for prompts in args.prompts or ["user", "training"]:
                 for seed in seeds:
                     r = evaluate_generation(

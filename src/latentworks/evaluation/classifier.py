@@ -12,8 +12,10 @@ a ``torch.Generator`` seeded by the caller, so a score is reproducible.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -73,6 +75,30 @@ class LabelClassifier:
 
     net: _Net
     classes: Mapping[str, tuple[str, ...]]
+
+    def save(self, path: str | Path) -> None:
+        """Weights and class names in one safetensors file (written atomically)."""
+        from safetensors.torch import save
+
+        from latentworks.atomic import atomic_write_bytes
+
+        width = self.net.heads[next(iter(self.classes))].in_features // 4
+        meta = {"classes": json.dumps({k: list(v) for k, v in self.classes.items()}), "width": str(width)}
+        state = {k: v.contiguous() for k, v in self.net.state_dict().items()}
+        atomic_write_bytes(save(state, metadata=meta), path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> LabelClassifier:
+        """A classifier :meth:`save` wrote."""
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        classes = {k: tuple(v) for k, v in json.loads(meta["classes"]).items()}
+        net = _Net({k: len(v) for k, v in classes.items()}, int(meta["width"]))
+        net.load_state_dict(load_file(str(path)))
+        return cls(net.eval(), classes)
 
     @torch.no_grad()
     def predict(self, images: np.ndarray, batch: int = 500) -> dict[str, np.ndarray]:

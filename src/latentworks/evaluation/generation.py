@@ -237,10 +237,13 @@ def prompt_classifier(
     columns: tuple[str, ...] = ("subcategories", "styles"),
     epochs: int = 10,
     width: int = 32,
+    cache_dir: Path | None = None,
 ) -> LabelClassifier | None:
     """A :class:`LabelClassifier` for ``columns`` (those the dataset stores; None if none), trained on every
     real image of ``dataset`` except the N that :func:`pick_real` picks for ``split`` and ``seed``: the
-    classifier has not seen the images it is checked against, so its top-1 on them is a fair ceiling."""
+    classifier has not seen the images it is checked against, so its top-1 on them is a fair ceiling.
+    ``cache_dir``: keep the trained classifier there, under a hash of its training images, labels and
+    settings (it takes minutes on a CPU and depends on real images only)."""
     cols = tuple(c for c in columns if c in dataset.extra)
     if not cols:
         return None
@@ -249,9 +252,21 @@ def prompt_classifier(
     index = np.flatnonzero(held == (split == "heldout")) if split != "all" else None
     picked = set((index[pick] if index is not None else pick).tolist())
     keep = np.asarray([i for i in range(len(dataset)) if i not in picked])
-    return fit_label_classifier(
-        dataset.images[keep], {c: dataset.extra[c][keep] for c in cols}, seed=seed, epochs=epochs, width=width
-    )
+    images, labels = dataset.images[keep], {c: dataset.extra[c][keep] for c in cols}
+    path = None
+    if cache_dir is not None:
+        digest = hashlib.sha256(np.ascontiguousarray(images).tobytes())
+        digest.update(
+            repr((sorted((k, v.tolist()) for k, v in labels.items()), seed, epochs, width)).encode()
+        )
+        path = Path(cache_dir) / f"classifier-{digest.hexdigest()[:24]}.safetensors"
+        if path.is_file():
+            return LabelClassifier.load(path)
+    clf = fit_label_classifier(images, labels, seed=seed, epochs=epochs, width=width)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        clf.save(path)
+    return clf
 
 
 PROMPT_SETS = ("training", "user", *USER_FORMS)
