@@ -28,7 +28,7 @@ class _Net(nn.Module):
 
     def __init__(self, num_classes: Mapping[str, int], width: int = 48) -> None:
         super().__init__()
-        w = width
+        self.width = w = width
         self.features = nn.Sequential(
             nn.Conv2d(3, w, 3, padding=1),
             nn.GroupNorm(8, w),
@@ -82,8 +82,10 @@ class LabelClassifier:
 
         from latentworks.atomic import atomic_write_bytes
 
-        width = self.net.heads[next(iter(self.classes))].in_features // 4
-        meta = {"classes": json.dumps({k: list(v) for k, v in self.classes.items()}), "width": str(width)}
+        meta = {
+            "classes": json.dumps({k: list(v) for k, v in self.classes.items()}),
+            "width": str(self.net.width),
+        }
         state = {k: v.contiguous() for k, v in self.net.state_dict().items()}
         atomic_write_bytes(save(state, metadata=meta), path)
 
