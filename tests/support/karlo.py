@@ -84,3 +84,25 @@ def tiny_karlo_pipe(tmp: Path, name: str = "karlo", *, mid_attention: bool = Tru
     pipe.set_progress_bar_config(disable=True)
     pipe.save_pretrained(str(tmp / name))
     return tmp / name, pipe
+
+
+def use_float64_tables(pipe: object) -> None:
+    """Give the pipeline's three ``UnCLIPScheduler`` s their cosine tables in float64.
+
+    diffusers keeps betas and alpha_bar in float32, where the capped last betas (0.999) lose digits: 1 - 0.999
+    is 0.0010000467 in float32, so alpha_bar near t = 999 is off by ~1e-4 relative, which a random network
+    amplifies. Karlo's own code (GLIDE's ``gaussian_diffusion``) computes the tables in float64 numpy, as
+    latentworks does; the oracle compares the algorithms on those tables. The betas are written here from the
+    formula (Nichol & Dhariwal 2021, eq. 17, capped at 0.999), independently of the code under test.
+    """
+    import math
+
+    def f(t: float) -> float:
+        return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    betas = torch.tensor([min(1 - f((i + 1) / 1000) / f(i / 1000), 0.999) for i in range(1000)], dtype=torch.float64)
+    for name in ("prior_scheduler", "decoder_scheduler", "super_res_scheduler"):
+        s = getattr(pipe, name)
+        s.betas, s.alphas = betas.clone(), 1 - betas
+        s.alphas_cumprod = torch.cumprod(1 - betas, 0)
+        s.one = torch.tensor(1.0, dtype=torch.float64)
