@@ -191,6 +191,151 @@ def _build(network: type[nn.Module], config: Any, state: dict[str, Tensor], devi
     return net.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
+NETWORK_CLASSES = {
+    "prior": "PriorTransformer",
+    "text_proj": "UnCLIPTextProjModel",
+    "decoder": "UNet2DConditionModel",
+    "super_res_first": "UNet2DModel",
+    "super_res_last": "UNet2DModel",
+}
+
+
+@dataclass(frozen=True)
+class KarloFolder:
+    """What an ``UnCLIPPipeline`` folder's configs say (no weights read): each stage's folder and config."""
+
+    root: Path
+    folders: dict[str, Path]
+    prior: PriorConfig
+    text_proj: TextProjConfig
+    unets: dict[str, PixelUNetConfig]  # decoder, super_res_first, super_res_last
+    schedules: dict[str, StageSchedule]  # prior, decoder, super_res
+    text_encoder: dict[str, Any]  # text_encoder/config.json
+    decoder_size: int
+    super_res_size: int
+
+
+def read_karlo_folder(path: str | Path) -> KarloFolder:
+    """Read and cross-check the configs of an ``UnCLIPPipeline`` folder.
+
+    Raises:
+        FileNotFoundError: a missing stage folder or config (the message names it and what it holds).
+        ValueError: a stage that is not Karlo's, or stages whose widths do not fit (from different models).
+    """
+    root = Path(path)
+    if not (root / "model_index.json").is_file():
+        raise FileNotFoundError(f"{root}: no model_index.json; pass a diffusers UnCLIPPipeline folder")
+    index = _read_json(root / "model_index.json")
+    if families.by_pipeline_class(index) is not KARLO:
+        raise ValueError(f"{root}: model_index.json names {index.get('_class_name')!r}, not UnCLIPPipeline")
+    folders = {name: _stage_folder(root, name) for name in (*STAGE_FOLDERS, *SCHEDULER_FOLDERS)}
+    schedules = {
+        stage: StageSchedule.from_diffusers(
+            _read_json(folders[f"{stage}_scheduler"] / "scheduler_config.json"),
+            str(folders[f"{stage}_scheduler"] / "scheduler_config.json"),
+        )
+        for stage in STAGES
+    }
+    configs = {name: _read_json(folders[name] / "config.json") for name in NETWORK_CLASSES}
+    for name, expected in NETWORK_CLASSES.items():
+        _class_of(configs[name], expected, folders[name])
+    src = {name: str(folders[name] / "config.json") for name in configs}
+    unets = {
+        name: keymaps.pixel_unet_config_from_diffusers(configs[name], source=src[name])
+        for name in ("decoder", "super_res_first", "super_res_last")
+    }
+    found = KarloFolder(
+        root=root,
+        folders=folders,
+        prior=keymaps.prior_config_from_diffusers(configs["prior"], source=src["prior"]),
+        text_proj=keymaps.text_proj_config_from_diffusers(configs["text_proj"], source=src["text_proj"]),
+        unets=unets,
+        schedules=schedules,
+        text_encoder=_read_json(folders["text_encoder"] / "config.json"),
+        decoder_size=int(configs["decoder"].get("sample_size", 64)),
+        super_res_size=int(configs["super_res_first"].get("sample_size", 256)),
+    )
+    _check_widths(found)
+    return found
+
+
+def _check_widths(k: KarloFolder) -> None:
+    """Stages from different models do not fit together; say which two disagree and how."""
+    p, tp, te = k.prior, k.text_proj, k.text_encoder
+    d, s1, s2 = k.unets["decoder"], k.unets["super_res_first"], k.unets["super_res_last"]
+    checks = [
+        ("text_encoder/ projection_dim", te.get("projection_dim"), "prior/ embedding_dim", p.embedding_dim),
+        ("text_encoder/ hidden_size", te.get("hidden_size"), "prior/ embedding_dim", p.embedding_dim),
+        ("text_encoder/ max_position_embeddings", te.get("max_position_embeddings"), "prior/ num_embeddings",
+         p.num_text_tokens),
+        ("prior/ embedding_dim", p.embedding_dim, "text_proj/ clip_embeddings_dim", tp.embedding_dim),
+        ("text_proj/ time_embed_dim", tp.time_embed_dim, "decoder/ time embedding width", d.time_embed_dim),
+        ("text_proj/ cross_attention_dim", tp.context_dim, "decoder/ cross_attention_dim", d.context_dim),
+        ("decoder/ in_channels", d.in_channels, "super_res_first/ in_channels / 2", s1.in_channels // 2),
+    ]  # fmt: skip
+    for a, va, b, vb in checks:
+        if va != vb:
+            raise ValueError(
+                f"{k.root}: {a} is {va} but {b} is {vb}: the stages come from different models; "
+                "use the folders of one UnCLIPPipeline release"
+            )
+    if s1 != s2:
+        raise ValueError(
+            f"{k.root}: super_res_first/ and super_res_last/ have different architectures; they must be "
+            "the two super-resolution U-Nets of one release"
+        )
+    expected_out = 2 * d.in_channels if k.schedules["decoder"].learned_variance else d.in_channels
+    if d.out_channels != expected_out:
+        raise ValueError(
+            f"{k.root}: decoder/ outputs {d.out_channels} channels but decoder_scheduler/ expects {expected_out} "
+            "(variance_type learned_range doubles them); the stages come from different models"
+        )
+
+
+def _parameter_count(folder: Path) -> int:
+    from safetensors import safe_open
+
+    for name in WEIGHT_FILES:
+        if (folder / name).is_file():
+            with safe_open(str(folder / name), framework="pt") as f:
+                return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+    raise FileNotFoundError(f"{folder}: no weights; pass {folder / WEIGHT_FILES[0]}")
+
+
+def describe_karlo_folder(path: str | Path) -> str:
+    """The stages of an ``UnCLIPPipeline`` folder, their sizes, schedules and parameter counts, from the configs
+    and the weight files' headers alone (``latentworks info --model``)."""
+    k = read_karlo_folder(path)
+    n = {name: f"{_parameter_count(k.folders[name]):,}" for name in (*NETWORK_CLASSES, "text_encoder")}
+
+    def how(stage: str) -> str:
+        s = k.schedules[stage]
+        var = "learned variance" if s.learned_variance else "posterior variance"
+        clip = f", x0 clamped to +-{s.clip_range:g}" if s.clip_range is not None else ""
+        return f"{s.prediction}-prediction, DDPM with {var}{clip}"
+
+    d = DEFAULTS
+    te = k.text_encoder
+    return "\n".join(
+        [
+            f"model       {k.root.name}  ({k.root})",
+            f"family      {KARLO.name}  ({KARLO.title})",
+            f"stage 1     text encoder (text_encoder/): CLIP, width {te.get('hidden_size')}, "
+            f"{te.get('num_hidden_layers')} layers, {n['text_encoder']} parameters",
+            f"stage 2     prior (prior/): text -> CLIP image embedding ({k.prior.embedding_dim}), {n['prior']} "
+            f"parameters; {how('prior')}; defaults {d['prior_steps']} steps, guidance {d['prior_guidance']:g}",
+            f"stage 3     text projection (text_proj/): image embedding -> {k.text_proj.extra_tokens} context "
+            f"tokens + time vector, {n['text_proj']} parameters",
+            f"stage 4     decoder (decoder/): {k.decoder_size} px, {n['decoder']} parameters; {how('decoder')}; "
+            f"defaults {d['decoder_steps']} steps, guidance {d['decoder_guidance']:g}",
+            f"stage 5     super-resolution (super_res_first/, super_res_last/): {k.decoder_size} -> "
+            f"{k.super_res_size} px, {n['super_res_first']} + {n['super_res_last']} parameters; {how('super_res')}; "
+            f"default {d['super_res_steps']} steps, no guidance",
+            f"resolution  [{k.super_res_size}, {k.super_res_size}]",
+        ]
+    )
+
+
 class KarloPipeline:
     """Karlo's cascade over an ``UnCLIPPipeline`` folder.
 
@@ -222,7 +367,6 @@ class KarloPipeline:
         self.decoder_size, self.super_res_size = decoder_size, super_res_size
         self.device, self.dtype = torch.device(device), dtype
         self.family = KARLO
-        self._check_widths()
 
     # -- loading -----------------------------------------------------------------------------------------
 
@@ -235,65 +379,34 @@ class KarloPipeline:
         dtype: torch.dtype = torch.float32,
         allow_pickle: bool = False,
     ) -> KarloPipeline:
-        """Load an ``UnCLIPPipeline`` folder (every stage folder and the three scheduler configs)."""
+        """Load an ``UnCLIPPipeline`` folder (every stage folder and the three scheduler configs); the configs
+        are cross-checked (:func:`read_karlo_folder`) before any weight is read."""
         from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
-        root = Path(path)
-        if not (root / "model_index.json").is_file():
-            raise FileNotFoundError(f"{root}: no model_index.json; pass a diffusers UnCLIPPipeline folder")
-        index = _read_json(root / "model_index.json")
-        if families.by_pipeline_class(index) is not KARLO:
-            raise ValueError(f"{root}: model_index.json names {index.get('_class_name')!r}, not UnCLIPPipeline")
-        folders = {name: _stage_folder(root, name) for name in (*STAGE_FOLDERS, *SCHEDULER_FOLDERS)}
-        schedules = {
-            stage: StageSchedule.from_diffusers(
-                _read_json(folders[f"{stage}_scheduler"] / "scheduler_config.json"),
-                str(folders[f"{stage}_scheduler"] / "scheduler_config.json"),
-            )
-            for stage in STAGES
-        }
-        configs: dict[str, dict[str, Any]] = {
-            name: _read_json(folders[name] / "config.json")
-            for name in ("prior", "text_proj", "decoder", "super_res_first", "super_res_last")
-        }
-        for name, expected in (
-            ("prior", "PriorTransformer"),
-            ("text_proj", "UnCLIPTextProjModel"),
-            ("decoder", "UNet2DConditionModel"),
-            ("super_res_first", "UNet2DModel"),
-            ("super_res_last", "UNet2DModel"),
-        ):
-            _class_of(configs[name], expected, folders[name])
+        k = read_karlo_folder(path)
 
         def weights(name: str) -> dict[str, Tensor]:
-            return _weights(folders[name], dtype=dtype, allow_pickle=allow_pickle)
+            return _weights(k.folders[name], dtype=dtype, allow_pickle=allow_pickle)
 
-        src = {name: str(folders[name] / "config.json") for name in configs}
-        prior_cfg = keymaps.prior_config_from_diffusers(configs["prior"], source=src["prior"])
-        proj_cfg = keymaps.text_proj_config_from_diffusers(configs["text_proj"], source=src["text_proj"])
-        unet_cfgs = {
-            name: keymaps.pixel_unet_config_from_diffusers(configs[name], source=src[name])
-            for name in ("decoder", "super_res_first", "super_res_last")
-        }
-        prior = _build(
-            PriorTransformer, prior_cfg, keymaps.prior_from_diffusers(weights("prior"), prior_cfg), device, dtype
-        )
+        prior = _build(PriorTransformer, k.prior, keymaps.prior_from_diffusers(weights("prior"), k.prior), device, dtype)
         text_proj = _build(
-            UnCLIPTextProj, proj_cfg, keymaps.text_proj_from_diffusers(weights("text_proj"), proj_cfg), device, dtype
-        )
+            UnCLIPTextProj, k.text_proj, keymaps.text_proj_from_diffusers(weights("text_proj"), k.text_proj), device,
+            dtype,
+        )  # fmt: skip
         unets = {
             name: _build(
-                PixelUNet, cfg, keymaps.pixel_unet_from_diffusers(weights(name), cfg, str(folders[name])), device, dtype
-            )
-            for name, cfg in unet_cfgs.items()
+                PixelUNet, cfg, keymaps.pixel_unet_from_diffusers(weights(name), cfg, str(k.folders[name])), device,
+                dtype,
+            )  # fmt: skip
+            for name, cfg in k.unets.items()
         }
         try:
-            tokenizer = CLIPTokenizer.from_pretrained(str(folders["tokenizer"]), local_files_only=True)
+            tokenizer = CLIPTokenizer.from_pretrained(str(k.folders["tokenizer"]), local_files_only=True)
             text_encoder = CLIPTextModelWithProjection.from_pretrained(
-                str(folders["text_encoder"]), local_files_only=True, use_safetensors=not allow_pickle
+                str(k.folders["text_encoder"]), local_files_only=True, use_safetensors=not allow_pickle
             )
         except (OSError, ValueError) as e:
-            raise ValueError(f"{root}: cannot read the CLIP tokenizer / text encoder: {e}") from None
+            raise ValueError(f"{k.root}: cannot read the CLIP tokenizer / text encoder: {e}") from None
         text_encoder = text_encoder.to(device=device, dtype=dtype).eval().requires_grad_(False)
         return cls(
             tokenizer=tokenizer,
@@ -303,80 +416,12 @@ class KarloPipeline:
             decoder=unets["decoder"],
             super_res_first=unets["super_res_first"],
             super_res_last=unets["super_res_last"],
-            schedules=schedules,
-            decoder_size=int(configs["decoder"].get("sample_size", 64)),
-            super_res_size=int(configs["super_res_first"].get("sample_size", 256)),
-            source=root,
+            schedules=k.schedules,
+            decoder_size=k.decoder_size,
+            super_res_size=k.super_res_size,
+            source=k.root,
             device=device,
             dtype=dtype,
-        )
-
-    def _check_widths(self) -> None:
-        """Stages from different models do not fit together; say which two disagree and how."""
-        p, tp = self.prior.config, self.text_proj.config
-        d, s1, s2 = self.decoder.config, self.super_res_first.config, self.super_res_last.config
-        te = self.text_encoder.config
-        checks = [
-            ("text_encoder/ projection_dim", te.projection_dim, "prior/ embedding_dim", p.embedding_dim),
-            ("text_encoder/ hidden_size", te.hidden_size, "prior/ embedding_dim", p.embedding_dim),
-            ("text_encoder/ max_position_embeddings", te.max_position_embeddings, "prior/ num_embeddings",
-             p.num_text_tokens),
-            ("prior/ embedding_dim", p.embedding_dim, "text_proj/ clip_embeddings_dim", tp.embedding_dim),
-            ("text_proj/ time_embed_dim", tp.time_embed_dim, "decoder/ time embedding width", d.time_embed_dim),
-            ("text_proj/ cross_attention_dim", tp.context_dim, "decoder/ cross_attention_dim", d.context_dim),
-            ("decoder/ in_channels", d.in_channels, "super_res_first/ in_channels / 2", s1.in_channels // 2),
-        ]  # fmt: skip
-        for a, va, b, vb in checks:
-            if va != vb:
-                raise ValueError(
-                    f"{self.source}: {a} is {va} but {b} is {vb}: the stages come from different models; "
-                    "use the folders of one UnCLIPPipeline release"
-                )
-        if s1 != s2:
-            raise ValueError(
-                f"{self.source}: super_res_first/ and super_res_last/ have different architectures; they must be "
-                "the two super-resolution U-Nets of one release"
-            )
-        if not self.schedules["decoder"].learned_variance and d.out_channels != d.in_channels:
-            raise ValueError(f"{self.source}: decoder/ outputs {d.out_channels} channels but its scheduler has no "
-                             "learned variance (variance_type learned_range)")  # fmt: skip
-
-    # -- description -------------------------------------------------------------------------------------
-
-    def describe(self) -> str:
-        """The stages, their sizes and parameter counts (``latentworks info --model``)."""
-
-        def count(m: nn.Module) -> str:
-            return f"{sum(p.numel() for p in m.parameters()):,}"
-
-        sch = self.schedules
-
-        def how(stage: str) -> str:
-            s = sch[stage]
-            var = "learned variance" if s.learned_variance else "posterior variance"
-            clip = f", x0 clamped to +-{s.clip_range:g}" if s.clip_range is not None else ""
-            return f"{s.prediction}-prediction, DDPM with {var}{clip}"
-
-        te = self.text_encoder.config
-        d = DEFAULTS
-        return "\n".join(
-            [
-                f"model       {self.source.name}  ({self.source})",
-                f"family      {KARLO.name}  ({KARLO.title})",
-                f"stage 1     text encoder  CLIP (width {te.hidden_size}, {te.num_hidden_layers} layers), "
-                f"{count(self.text_encoder)} parameters",
-                f"stage 2     prior  text -> CLIP image embedding ({self.prior.config.embedding_dim}), "
-                f"{count(self.prior)} parameters; {how('prior')}; defaults {d['prior_steps']} steps, guidance "
-                f"{d['prior_guidance']:g}",
-                f"stage 3     text projection  image embedding -> {self.text_proj.config.extra_tokens} context tokens "
-                f"+ time vector, {count(self.text_proj)} parameters",
-                f"stage 4     decoder  {self.decoder_size} px, {count(self.decoder)} parameters; {how('decoder')}; "
-                f"defaults {d['decoder_steps']} steps, guidance {d['decoder_guidance']:g}",
-                f"stage 5     super-resolution  {self.decoder_size} -> {self.super_res_size} px, "
-                f"{count(self.super_res_first)} + {count(self.super_res_last)} parameters (first / last step); "
-                f"{how('super_res')}; default {d['super_res_steps']} steps, no guidance",
-                f"resolution  [{self.super_res_size}, {self.super_res_size}]",
-            ]
         )
 
     # -- stages ------------------------------------------------------------------------------------------
