@@ -26,7 +26,9 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_karlo_pipe(tmp_path_factory.mktemp("karlo"))[0]
 
 
-def test_generate_writes_the_pipelines_images(folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_generate_writes_the_pipelines_images(
+    folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "apple.png"
     argv = ["generate", "a red apple", "--model", str(folder), "--seed", "3", "--batch", "2", "--quiet"]
     assert main([*argv, *STEPS, "--cfg", "6", "--prior-cfg", "3", "-o", str(out)]) == 0
@@ -36,7 +38,13 @@ def test_generate_writes_the_pipelines_images(folder: Path, tmp_path: Path, caps
     pipe = KarloPipeline.from_pretrained(folder)
     # image 2 of the batch is a single run with seed 4 (the one seeding rule)
     single = pipe(
-        "a red apple", seed=4, prior_steps=2, decoder_steps=3, super_res_steps=2, prior_guidance=3, decoder_guidance=6
+        "a red apple",
+        seed=4,
+        prior_steps=2,
+        decoder_steps=3,
+        super_res_steps=2,
+        prior_guidance=3,
+        decoder_guidance=6,
     )
     got = np.asarray(Image.open(written[1]), dtype=np.int16)
     assert got.shape == (SUPER_RES_SIZE, SUPER_RES_SIZE, 3)
@@ -58,7 +66,9 @@ def _copy(folder: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(folder, tmp_path / "copy"))
 
 
-def test_missing_stage_names_the_folder(folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_stage_names_the_folder(
+    folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     broken = _copy(folder, tmp_path)
     shutil.rmtree(broken / "super_res_last")
     assert main(["generate", "a cat", "--model", str(broken), "-o", str(tmp_path / "x.png")]) == 2
@@ -70,7 +80,9 @@ def test_missing_stage_names_the_folder(folder: Path, tmp_path: Path, capsys: py
     assert "super_res_first/diffusion_pytorch_model.safetensors" in capsys.readouterr().err
 
 
-def test_stages_from_different_models(folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_stages_from_different_models(
+    folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     broken = _copy(folder, tmp_path)
     cfg = json.loads((broken / "text_proj" / "config.json").read_text())
     cfg["cross_attention_dim"] = 2 * cfg["cross_attention_dim"]  # a text projection made for another decoder
@@ -87,7 +99,9 @@ def test_stages_from_different_models(folder: Path, tmp_path: Path, capsys: pyte
     assert "CrossAttnDownBlock2D" in capsys.readouterr().err
 
 
-def test_options_the_cascade_does_not_take(folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_options_the_cascade_does_not_take(
+    folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     argv = ["generate", "a cat", "--model", str(folder), "-o", str(tmp_path / "x.png")]
     assert main([*argv, "--sampler", "euler"]) == 2
     assert "--sampler" in capsys.readouterr().err

@@ -52,11 +52,18 @@ def test_one_learned_range_step_matches_unclip_scheduler() -> None:
     sampling = DiscreteModelSampling(betas)
     scheduler = diffusers.UnCLIPScheduler(variance_type="learned_range", clip_sample=False)
     scheduler.betas, scheduler.alphas = betas.clone(), 1 - betas
-    scheduler.alphas_cumprod, scheduler.one = torch.cumprod(1 - betas, 0), torch.tensor(1.0, dtype=torch.float64)
+    scheduler.alphas_cumprod, scheduler.one = (
+        torch.cumprod(1 - betas, 0),
+        torch.tensor(1.0, dtype=torch.float64),
+    )
     t, prev = 700, 350
     x_vp = torch.randn(2, 3, 4, 4, dtype=torch.float64)
-    out = torch.cat([torch.randn(2, 3, 4, 4), torch.rand(2, 3, 4, 4) * 2 - 1], 1).double()  # eps, v in [-1, 1]
-    theirs = scheduler.step(out, t, x_vp, prev_timestep=prev, generator=torch.Generator().manual_seed(3)).prev_sample
+    out = torch.cat(
+        [torch.randn(2, 3, 4, 4), torch.rand(2, 3, 4, 4) * 2 - 1], 1
+    ).double()  # eps, v in [-1, 1]
+    theirs = scheduler.step(
+        out, t, x_vp, prev_timestep=prev, generator=torch.Generator().manual_seed(3)
+    ).prev_sample
 
     sigmas = torch.cat([sampling.sigmas[[t, prev]], torch.zeros(1, dtype=torch.float64)])
     denoiser = LearnedRangeEpsDenoiser(_Fixed(out), sampling)
@@ -79,7 +86,9 @@ def test_without_a_variance_it_is_ddpm() -> None:
 
     denoiser.interpolation = VE  # type: ignore[attr-defined]
     x = torch.randn(3, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * float(sigmas[0])
-    a = sample_ddpm_learned_range(denoiser, x, sigmas, noise=gaussian_noise(x, torch.Generator().manual_seed(2)))
+    a = sample_ddpm_learned_range(
+        denoiser, x, sigmas, noise=gaussian_noise(x, torch.Generator().manual_seed(2))
+    )
     b = sample_ddpm(denoiser, x, sigmas, noise=gaussian_noise(x, torch.Generator().manual_seed(2)))
     torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
@@ -98,11 +107,15 @@ def test_guidance_clamp_and_last_step_wrappers() -> None:
     # x0 = x - sigma * eps: guided eps = -0.25 + 3 * 0.75 = 2.0 -> x0 = -4; v from the conditional branch
     torch.testing.assert_close(x0, torch.full_like(x, -4.0))
     torch.testing.assert_close(v, torch.full_like(x, 5.0))
-    clamped, v2 = ClampedDenoiser(GuidedVarianceDenoiser(inner, 3.0), 1.5).with_variance(x, sigma, GuidedCond(cond, uncond))
+    clamped, v2 = ClampedDenoiser(GuidedVarianceDenoiser(inner, 3.0), 1.5).with_variance(
+        x, sigma, GuidedCond(cond, uncond)
+    )
     torch.testing.assert_close(clamped, torch.full_like(x, -1.5))
     assert v2 is not None
     first = LearnedRangeEpsDenoiser(Net(), sampling)
     last = ClampedDenoiser(first, 0.1)
     switch = LastStepDenoiser(first, last, sigma_last=0.5)
-    assert switch(x, torch.tensor([0.5]), cond).abs().max().item() <= 0.1 + 1e-6  # the last network at sigma_last
+    assert (
+        switch(x, torch.tensor([0.5]), cond).abs().max().item() <= 0.1 + 1e-6
+    )  # the last network at sigma_last
     assert switch(x, torch.tensor([0.6]), cond).abs().max().item() > 0.1

@@ -36,13 +36,21 @@ def _round_trip(theirs: dict[str, torch.Tensor], back: dict[str, torch.Tensor]) 
 
 def test_prior_and_text_projection() -> None:
     torch.manual_seed(0)
-    ref = _perturbed(diffusers.PriorTransformer(num_attention_heads=2, attention_head_dim=8, embedding_dim=24, num_layers=2))
+    ref = _perturbed(
+        diffusers.PriorTransformer(
+            num_attention_heads=2, attention_head_dim=8, embedding_dim=24, num_layers=2
+        )
+    )
     cfg = km.prior_config_from_diffusers(dict(ref.config))
     ours = PriorTransformer(cfg)
     ours.load_state_dict(km.prior_from_diffusers(ref.state_dict(), cfg))
     _round_trip(ref.state_dict(), km.prior_to_diffusers(ours.state_dict(), cfg))
     g = torch.Generator().manual_seed(2)
-    x, embed, tokens = torch.randn(2, 24, generator=g), torch.randn(2, 24, generator=g), torch.randn(2, 77, 24, generator=g)
+    x, embed, tokens = (
+        torch.randn(2, 24, generator=g),
+        torch.randn(2, 24, generator=g),
+        torch.randn(2, 77, 24, generator=g),
+    )
     mask = torch.arange(77)[None] < torch.tensor([[5], [12]])  # two prompts of different lengths
     with torch.no_grad():
         theirs = ref(x, timestep=torch.tensor([10, 900]), proj_embedding=embed, encoder_hidden_states=tokens,
@@ -82,14 +90,22 @@ def test_decoder_unet() -> None:
     ours.load_state_dict(km.pixel_unet_from_diffusers(ref.state_dict(), cfg, "decoder"))
     _round_trip(ref.state_dict(), km.pixel_unet_to_diffusers(ours.state_dict(), cfg))
     g = torch.Generator().manual_seed(3)
-    x, context, klass = torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 9, 40, generator=g), torch.randn(2, 128, generator=g)
+    x, context, klass = (
+        torch.randn(2, 3, 8, 8, generator=g),
+        torch.randn(2, 9, 40, generator=g),
+        torch.randn(2, 128, generator=g),
+    )
     mask = torch.arange(9)[None] < torch.tensor([[6], [9]])
     with torch.no_grad():
-        theirs = ref(x, torch.tensor([50, 700]), encoder_hidden_states=context, class_labels=klass, attention_mask=mask).sample
+        theirs = ref(
+            x, torch.tensor([50, 700]), encoder_hidden_states=context, class_labels=klass, attention_mask=mask
+        ).sample
         _close(ours(x, torch.tensor([50.0, 700.0]), context, mask, klass), theirs)
 
 
-@pytest.mark.parametrize(("shift", "attention"), [("scale_shift", False), ("scale_shift", True), ("default", True)])
+@pytest.mark.parametrize(
+    ("shift", "attention"), [("scale_shift", False), ("scale_shift", True), ("default", True)]
+)
 def test_super_res_unet(shift: str, attention: bool) -> None:
     torch.manual_seed(0)
     ref = _perturbed(
@@ -99,7 +115,9 @@ def test_super_res_unet(shift: str, attention: bool) -> None:
             resnet_time_scale_shift=shift, add_attention=attention, attention_head_dim=16,
         )
     )  # fmt: skip
-    cfg = km.pixel_unet_config_from_diffusers({"_class_name": "UNet2DModel", **ref.config}, source="super_res_first")
+    cfg = km.pixel_unet_config_from_diffusers(
+        {"_class_name": "UNet2DModel", **ref.config}, source="super_res_first"
+    )
     assert cfg.mid_attention == ("self" if attention else "none")
     ours = PixelUNet(cfg)
     ours.load_state_dict(km.pixel_unet_from_diffusers(ref.state_dict(), cfg, "super_res_first"))

@@ -34,7 +34,9 @@ def karlo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object, Karlo
     return folder, pipe, KarloPipeline.from_pretrained(folder)
 
 
-def _run_theirs(pipe, steps: tuple[int, int, int], guidance: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
+def _run_theirs(
+    pipe, steps: tuple[int, int, int], guidance: tuple[float, float]
+) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
     """(images (1, 3, H, W) in [-1, 1], image embeddings (1, E)) from diffusers."""
     seen: dict[str, torch.Tensor] = {}
     post = pipe.prior.post_process_latents

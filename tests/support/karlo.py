@@ -56,7 +56,9 @@ def tiny_karlo_pipe(tmp: Path, name: str = "karlo", *, mid_attention: bool = Tru
         class_embed_type="identity",
     )  # fmt: skip
     text_proj = UnCLIPTextProjModel(
-        clip_embeddings_dim=EMBED, time_embed_dim=decoder.config.block_out_channels[0] * 4, cross_attention_dim=CONTEXT
+        clip_embeddings_dim=EMBED,
+        time_embed_dim=decoder.config.block_out_channels[0] * 4,
+        cross_attention_dim=CONTEXT,
     )
 
     def super_res() -> torch.nn.Module:
@@ -79,7 +81,9 @@ def tiny_karlo_pipe(tmp: Path, name: str = "karlo", *, mid_attention: bool = Tru
             variance_type="fixed_small_log", prediction_type="sample", clip_sample_range=5.0
         ),
         decoder_scheduler=diffusers.UnCLIPScheduler(variance_type="learned_range", prediction_type="epsilon"),
-        super_res_scheduler=diffusers.UnCLIPScheduler(variance_type="fixed_small_log", prediction_type="epsilon"),
+        super_res_scheduler=diffusers.UnCLIPScheduler(
+            variance_type="fixed_small_log", prediction_type="epsilon"
+        ),
     )
     pipe.set_progress_bar_config(disable=True)
     pipe.save_pretrained(str(tmp / name))
@@ -100,7 +104,9 @@ def use_float64_tables(pipe: object) -> None:
     def f(t: float) -> float:
         return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
 
-    betas = torch.tensor([min(1 - f((i + 1) / 1000) / f(i / 1000), 0.999) for i in range(1000)], dtype=torch.float64)
+    betas = torch.tensor(
+        [min(1 - f((i + 1) / 1000) / f(i / 1000), 0.999) for i in range(1000)], dtype=torch.float64
+    )
     for name in ("prior_scheduler", "decoder_scheduler", "super_res_scheduler"):
         s = getattr(pipe, name)
         s.betas, s.alphas = betas.clone(), 1 - betas

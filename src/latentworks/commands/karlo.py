@@ -91,7 +91,9 @@ def run_generate(args: argparse.Namespace) -> int:
         if stage not in bars:
             for bar in bars.values():
                 bar.close()
-            bars[stage] = tqdm(total=step.total, desc=titles[stage], unit="step", disable=args.quiet, file=sys.stderr)
+            bars[stage] = tqdm(
+                total=step.total, desc=titles[stage], unit="step", disable=args.quiet, file=sys.stderr
+            )
         bars[stage].update(1)
 
     with torch.inference_mode():

@@ -91,7 +91,9 @@ class GuidedVarianceDenoiser:
 
     def with_variance(self, x: Tensor, sigma: Tensor, cond: Any = None) -> tuple[Tensor, Tensor | None]:
         if not isinstance(cond, GuidedCond):
-            raise TypeError(f"GuidedVarianceDenoiser expects cond=GuidedCond(cond, uncond), got {type(cond).__name__}")
+            raise TypeError(
+                f"GuidedVarianceDenoiser expects cond=GuidedCond(cond, uncond), got {type(cond).__name__}"
+            )
         if self.scale == 1.0:
             return _with_variance(self.denoiser, x, sigma, cond.cond)
         if cond.uncond is None:

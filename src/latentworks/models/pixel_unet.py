@@ -68,12 +68,12 @@ class PixelUNetConfig:
 
     in_channels: int = 3
     out_channels: int = 6
-    channels: tuple[int, ...] = (320, 640, 960, 1280)
-    layers_per_block: int = 3
-    attention: tuple[bool, ...] = (False, True, True, True)
+    channels: tuple[int, ...] = (32, 64)
+    layers_per_block: int = 1
+    attention: tuple[bool, ...] = (False, True)
     mid_attention: MidAttention = "context"
-    head_dim: int = 64
-    context_dim: int = 1536
+    head_dim: int = 16
+    context_dim: int = 48
     class_embedding: bool = True
     scale_shift: bool = True
     mid_attention_norm: bool = True
@@ -88,9 +88,13 @@ class PixelUNetConfig:
                 f"norm_groups={self.norm_groups}"
             )
         if len(self.attention) != n:
-            raise ValueError(f"PixelUNetConfig.attention needs one flag per level ({n}), got {self.attention}")
+            raise ValueError(
+                f"PixelUNetConfig.attention needs one flag per level ({n}), got {self.attention}"
+            )
         if self.mid_attention not in ("none", "self", "context"):
-            raise ValueError(f"PixelUNetConfig.mid_attention must be none, self or context, got {self.mid_attention!r}")
+            raise ValueError(
+                f"PixelUNetConfig.mid_attention must be none, self or context, got {self.mid_attention!r}"
+            )
         attended = [c for c, a in zip(self.channels, self.attention, strict=True) if a]
         if self.mid_attention != "none":
             attended.append(self.channels[-1])
@@ -110,20 +114,16 @@ class PixelUNetConfig:
         return 4 * self.channels[0]
 
 
-# Karlo v1 alpha (kakaobrain/karlo-v1-alpha, diffusers' UnCLIPPipeline layout): decoder/ and super_res_*/.
+# A release's widths come from its folder's config.json (checkpoints/keymaps/karlo.py); the presets here are for
+# tests and small experiments.
 PRESETS: dict[str, PixelUNetConfig] = {
-    "karlo-decoder": PixelUNetConfig(),
-    "karlo-super-res": PixelUNetConfig(
-        in_channels=6,
-        out_channels=3,
-        channels=(320, 640, 960, 960),
-        layers_per_block=3,
-        attention=(False, False, False, False),
-        mid_attention="none",
-        context_dim=0,
-        class_embedding=False,
+    "tiny-decoder": PixelUNetConfig(channels=(32, 64), layers_per_block=1, attention=(False, True), head_dim=16,
+                                    context_dim=48),
+    "tiny-super-res": PixelUNetConfig(
+        in_channels=6, out_channels=3, channels=(32, 64), layers_per_block=1, attention=(False, False),
+        mid_attention="none", context_dim=0, class_embedding=False,
     ),
-}
+}  # fmt: skip
 
 
 class PixelResBlock(nn.Module):
@@ -180,7 +180,9 @@ class PixelAttention(nn.Module):
     text tokens (their own key/value projections, ``context_k`` / ``context_v``) followed by all pixels;
     output projection and residual. No text (``context_dim=0``): plain self-attention."""
 
-    def __init__(self, channels: int, head_dim: int, context_dim: int, *, groups: int | None, eps: float) -> None:
+    def __init__(
+        self, channels: int, head_dim: int, context_dim: int, *, groups: int | None, eps: float
+    ) -> None:
         super().__init__()
         self.num_heads = channels // head_dim
         self.norm = GroupNorm(groups, channels, eps=eps) if groups is not None else None
@@ -234,10 +236,14 @@ class PixelUNet(nn.Module):
         td, g, eps = cfg.time_embed_dim, cfg.norm_groups, cfg.norm_eps
 
         def res(cin: int, cout: int, resample: Literal["down", "up"] | None = None) -> PixelResBlock:
-            return PixelResBlock(cin, cout, td, scale_shift=cfg.scale_shift, groups=g, eps=eps, resample=resample)
+            return PixelResBlock(
+                cin, cout, td, scale_shift=cfg.scale_shift, groups=g, eps=eps, resample=resample
+            )
 
         def attn(width: int, context: bool = True, groups: int | None = g) -> PixelAttention:
-            return PixelAttention(width, cfg.head_dim, cfg.context_dim if context else 0, groups=groups, eps=eps)
+            return PixelAttention(
+                width, cfg.head_dim, cfg.context_dim if context else 0, groups=groups, eps=eps
+            )
 
         self.conv_in = nn.Conv2d(cfg.in_channels, cfg.channels[0], 3, padding=1)
         self.time_embed = nn.Module()
@@ -295,7 +301,9 @@ class PixelUNet(nn.Module):
         emb = self.time_embed.fc2(F.silu(self.time_embed.fc1(emb)))  # (B, td)
         if cfg.class_embedding:
             if class_input is None:
-                raise ValueError("this U-Net adds a class vector to its time embedding: pass class_input (B, D)")
+                raise ValueError(
+                    "this U-Net adds a class vector to its time embedding: pass class_input (B, D)"
+                )
             emb = emb + class_input.to(emb.dtype)
         h = self.conv_in(x)
         skips = [h]

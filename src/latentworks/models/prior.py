@@ -80,7 +80,7 @@ class TextProjConfig:
     embedding_dim: int = 768
     extra_tokens: int = 4
     time_embed_dim: int = 1280
-    context_dim: int = 1536
+    context_dim: int = 768
 
     def __post_init__(self) -> None:
         for name in ("embedding_dim", "extra_tokens", "time_embed_dim", "context_dim"):
@@ -89,9 +89,12 @@ class TextProjConfig:
                 raise ValueError(f"TextProjConfig.{name} must be a positive int, got {value!r}")
 
 
+# "karlo-prior": diffusers' PriorTransformer defaults, which are Karlo's prior (ViT-L/14 embeddings, 77 tokens).
+# A release's widths come from its folder's config.json (checkpoints/keymaps/karlo.py).
 PRESETS: dict[str, PriorConfig | TextProjConfig] = {
-    "karlo-prior": PriorConfig(),  # kakaobrain/karlo-v1-alpha prior/
-    "karlo-text-proj": TextProjConfig(),  # kakaobrain/karlo-v1-alpha text_proj/
+    "karlo-prior": PriorConfig(),
+    "tiny-prior": PriorConfig(num_heads=2, head_dim=16, num_layers=2, embedding_dim=32),
+    "tiny-text-proj": TextProjConfig(embedding_dim=32, time_embed_dim=128, context_dim=48),
 }
 
 
@@ -202,7 +205,9 @@ class UnCLIPTextProj(nn.Module):
         cfg = self.config
         class_input = self.image_to_time(image_embed) + self.text_to_time(text_embed)
         # (B, context_dim * extra) laid out with the token index fastest (the release's reshape)
-        extra = self.image_to_tokens(image_embed).reshape(-1, cfg.context_dim, cfg.extra_tokens).transpose(1, 2)
+        extra = (
+            self.image_to_tokens(image_embed).reshape(-1, cfg.context_dim, cfg.extra_tokens).transpose(1, 2)
+        )
         tokens = self.text_tokens_norm(self.text_tokens_proj(text_tokens))
         return torch.cat([extra, tokens], dim=1), class_input
 

@@ -72,7 +72,9 @@ class StageSchedule:
     @classmethod
     def from_diffusers(cls, cfg: dict[str, Any], source: str) -> StageSchedule:
         if cfg.get("beta_schedule", "squaredcos_cap_v2") != "squaredcos_cap_v2":
-            raise ValueError(f"{source}: beta_schedule must be squaredcos_cap_v2 (Karlo's), got {cfg['beta_schedule']!r}")
+            raise ValueError(
+                f"{source}: beta_schedule must be squaredcos_cap_v2 (Karlo's), got {cfg['beta_schedule']!r}"
+            )
         prediction = {"epsilon": "eps", "sample": "x0"}.get(cfg.get("prediction_type", "epsilon"))
         variance = cfg.get("variance_type", "fixed_small_log")
         if prediction is None or variance not in ("fixed_small_log", "learned_range"):
@@ -148,7 +150,9 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         return dict(json.loads(path.read_text()))
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path} is missing; it is part of diffusers' UnCLIPPipeline layout") from None
+        raise FileNotFoundError(
+            f"{path} is missing; it is part of diffusers' UnCLIPPipeline layout"
+        ) from None
     except ValueError as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from None
 
@@ -388,14 +392,19 @@ class KarloPipeline:
         def weights(name: str) -> dict[str, Tensor]:
             return _weights(k.folders[name], dtype=dtype, allow_pickle=allow_pickle)
 
-        prior = _build(PriorTransformer, k.prior, keymaps.prior_from_diffusers(weights("prior"), k.prior), device, dtype)
+        prior = _build(
+            PriorTransformer, k.prior, keymaps.prior_from_diffusers(weights("prior"), k.prior), device, dtype
+        )
         text_proj = _build(
             UnCLIPTextProj, k.text_proj, keymaps.text_proj_from_diffusers(weights("text_proj"), k.text_proj), device,
             dtype,
         )  # fmt: skip
         unets = {
             name: _build(
-                PixelUNet, cfg, keymaps.pixel_unet_from_diffusers(weights(name), cfg, str(k.folders[name])), device,
+                PixelUNet,
+                cfg,
+                keymaps.pixel_unet_from_diffusers(weights(name), cfg, str(k.folders[name])),
+                device,
                 dtype,
             )  # fmt: skip
             for name, cfg in k.unets.items()
@@ -527,7 +536,10 @@ class KarloPipeline:
         if image_embeddings is None:
             sampling = self._sampling("prior")
             prior = self._clamp(
-                "prior", CFGDenoiser(self._denoiser("prior", _PriorNet(self.prior), sampling), g_prior if guided else 1)
+                "prior",
+                CFGDenoiser(
+                    self._denoiser("prior", _PriorNet(self.prior), sampling), g_prior if guided else 1
+                ),
             )
             embed = self._run(
                 "prior", prior, (self.prior.config.embedding_dim,), steps["prior"], GuidedCond(text, uncond),
@@ -581,7 +593,13 @@ class KarloPipeline:
             ),
         )
         pixels = self._run(
-            "super_res", super_res, (small.shape[1], big, big), steps["super_res"], upscaled, generators, callback
+            "super_res",
+            super_res,
+            (small.shape[1], big, big),
+            steps["super_res"],
+            upscaled,
+            generators,
+            callback,
         ).clamp(-1, 1)
         timings["super_res"] = time.perf_counter() - t0
 

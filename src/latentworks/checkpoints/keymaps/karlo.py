@@ -46,7 +46,11 @@ def prior_module_map(config: PriorConfig) -> dict[str, str]:
         o, t = f"blocks.{i}.", f"transformer_blocks.{i}."
         m |= {o + "norm1": t + "norm1", o + "norm2": t + "norm3"}
         m |= {o + f"attn.{n}": t + f"attn1.to_{n}" for n in "qkv"}
-        m |= {o + "attn.out": t + "attn1.to_out.0", o + "ff.fc1": t + "ff.net.0.proj", o + "ff.fc2": t + "ff.net.2"}
+        m |= {
+            o + "attn.out": t + "attn1.to_out.0",
+            o + "ff.fc1": t + "ff.net.0.proj",
+            o + "ff.fc2": t + "ff.net.2",
+        }
     return m
 
 
@@ -121,20 +125,26 @@ def _both(model: type[nn.Module], config: Any, modules: Mapping[str, str]) -> tu
     return _table(model, config, modules), expected_shapes(model, config)
 
 
-def _from(sd: Mapping[str, Tensor], model: type[nn.Module], config: Any, modules: Mapping[str, str], source: str):  # noqa: ANN202
+def _from(
+    sd: Mapping[str, Tensor], model: type[nn.Module], config: Any, modules: Mapping[str, str], source: str
+):  # noqa: ANN202
     table, shapes = _both(model, config, modules)
     inverse = {theirs: ours for ours, theirs in table.items()}
     return convert(sd, inverse, {t: shapes[o] for t, o in inverse.items()}, source=source)
 
 
-def _to(sd: Mapping[str, Tensor], model: type[nn.Module], config: Any, modules: Mapping[str, str], source: str):  # noqa: ANN202
+def _to(
+    sd: Mapping[str, Tensor], model: type[nn.Module], config: Any, modules: Mapping[str, str], source: str
+):  # noqa: ANN202
     table, shapes = _both(model, config, modules)
     return convert(sd, table, shapes, source=source)
 
 
 def prior_from_diffusers(sd: Mapping[str, Tensor], config: PriorConfig) -> dict[str, Tensor]:
     """diffusers ``PriorTransformer`` state dict -> ours."""
-    return _from(sd, PriorTransformer, config, prior_module_map(config), "diffusers PriorTransformer (prior/)")
+    return _from(
+        sd, PriorTransformer, config, prior_module_map(config), "diffusers PriorTransformer (prior/)"
+    )
 
 
 def prior_to_diffusers(sd: Mapping[str, Tensor], config: PriorConfig) -> dict[str, Tensor]:
@@ -150,7 +160,9 @@ def text_proj_to_diffusers(sd: Mapping[str, Tensor], config: TextProjConfig) -> 
     return _to(sd, UnCLIPTextProj, config, TEXT_PROJ_MODULES, "latentworks text projection")
 
 
-def pixel_unet_from_diffusers(sd: Mapping[str, Tensor], config: PixelUNetConfig, source: str) -> dict[str, Tensor]:
+def pixel_unet_from_diffusers(
+    sd: Mapping[str, Tensor], config: PixelUNetConfig, source: str
+) -> dict[str, Tensor]:
     """diffusers ``UNet2DConditionModel`` / ``UNet2DModel`` state dict -> ours (``source`` names the folder)."""
     return _from(sd, PixelUNet, config, pixel_unet_module_map(config), source)
 
@@ -189,7 +201,9 @@ def prior_config_from_diffusers(cfg: Mapping[str, Any], *, source: str = "prior/
         value = cfg.get(key)
         expected = heads * head_dim if key == "time_embed_dim" else embedding
         if value is not None and int(value) != expected:
-            raise ValueError(f"{source}: {key}={value} differs from {expected}; latentworks runs Karlo's layout only")
+            raise ValueError(
+                f"{source}: {key}={value} differs from {expected}; latentworks runs Karlo's layout only"
+            )
     if int(cfg.get("additional_embeddings", 4)) != 4:
         raise ValueError(f"{source}: additional_embeddings must be 4 (text embed, time, image, query)")
     return PriorConfig(
