@@ -17,7 +17,7 @@ network of its own rather than a config of that one:
 Parameter layout (ours; :mod:`latentworks.checkpoints.keymaps.karlo` converts to and from diffusers'
 ``UNet2DConditionModel`` / ``UNet2DModel``)::
 
-    conv_in, time_embed.{fc1, fc2},
+    conv_in, time_embed.{in_layer, out_layer},
     down.{i}.resnets.{j}, down.{i}.attentions.{j}, down.{i}.downsample,
     mid.res1, mid.attention, mid.res2,
     up.{i}.resnets.{j}, up.{i}.attentions.{j}, up.{i}.upsample,
@@ -29,7 +29,7 @@ Up levels are numbered in the order they run (``up.0`` is the lowest resolution)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from latentworks.nn.attention import attention, split_heads
 from latentworks.nn.embeddings import timestep_embedding
+from latentworks.nn.mlp import MLPEmbedder
 from latentworks.nn.norms import GroupNorm
 
 MidAttention = Literal["none", "self", "context"]
@@ -215,10 +216,38 @@ class PixelAttention(nn.Module):
 
 
 class _Level(nn.Module):
+    """One resolution: ResBlocks, their attention layers (or none), and the resampling ResBlock (or None)."""
+
     def __init__(self) -> None:
         super().__init__()
         self.resnets = nn.ModuleList()
         self.attentions = nn.ModuleList()
+        self.downsample: PixelResBlock | None = None
+        self.upsample: PixelResBlock | None = None
+
+    def run(
+        self,
+        h: Tensor,
+        emb: Tensor,
+        context: Tensor | None,
+        mask: Tensor | None,
+        skips: list[Tensor],
+        *,
+        up: bool,
+    ) -> Tensor:
+        """Down levels append each output to ``skips``; up levels take their inputs' skips from its end."""
+        for j, block in enumerate(self.resnets):
+            h = block(torch.cat([h, skips.pop()], dim=1) if up else h, emb)
+            if len(self.attentions):
+                h = self.attentions[j](h, context, mask)
+            if not up:
+                skips.append(h)
+        if self.downsample is not None:
+            h = self.downsample(h, emb)
+            skips.append(h)
+        if self.upsample is not None:
+            h = self.upsample(h, emb)
+        return h
 
 
 class _Mid(nn.Module):
@@ -246,9 +275,7 @@ class PixelUNet(nn.Module):
             )
 
         self.conv_in = nn.Conv2d(cfg.in_channels, cfg.channels[0], 3, padding=1)
-        self.time_embed = nn.Module()
-        self.time_embed.fc1 = nn.Linear(cfg.channels[0], td)
-        self.time_embed.fc2 = nn.Linear(td, td)
+        self.time_embed = MLPEmbedder(cfg.channels[0], td)
         n = len(cfg.channels)
         skips = [cfg.channels[0]]
         width = cfg.channels[0]
@@ -298,7 +325,7 @@ class PixelUNet(nn.Module):
         cfg = self.config
         t = t.reshape(-1).expand(x.shape[0]) if t.numel() == 1 else t
         emb = timestep_embedding(t, cfg.channels[0]).to(x.dtype)  # (B, C0), cos first
-        emb = self.time_embed.fc2(F.silu(self.time_embed.fc1(emb)))  # (B, td)
+        emb = self.time_embed(emb)  # (B, td)
         if cfg.class_embedding:
             if class_input is None:
                 raise ValueError(
@@ -307,24 +334,12 @@ class PixelUNet(nn.Module):
             emb = emb + class_input.to(emb.dtype)
         h = self.conv_in(x)
         skips = [h]
-        for level in self.down:
-            for j, block in enumerate(level.resnets):
-                h = block(h, emb)
-                if len(level.attentions):
-                    h = level.attentions[j](h, context, mask)
-                skips.append(h)
-            if level.downsample is not None:
-                h = level.downsample(h, emb)
-                skips.append(h)
+        for level in cast("list[_Level]", self.down):
+            h = level.run(h, emb, context, mask, skips, up=False)
         h = self.mid.res1(h, emb)
         if self.mid.attention is not None:
             h = self.mid.attention(h, context, mask)
         h = self.mid.res2(h, emb)
-        for level in self.up:
-            for j, block in enumerate(level.resnets):
-                h = block(torch.cat([h, skips.pop()], dim=1), emb)
-                if len(level.attentions):
-                    h = level.attentions[j](h, context, mask)
-            if level.upsample is not None:
-                h = level.upsample(h, emb)
+        for level in cast("list[_Level]", self.up):
+            h = level.run(h, emb, context, mask, skips, up=True)
         return self.conv_out(F.silu(self.norm_out(h)))

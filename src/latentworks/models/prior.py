@@ -14,7 +14,7 @@ CLIP Latents", sections 2.1-2.2), in the shape Karlo released them.
 Parameter layout (ours; :mod:`latentworks.checkpoints.keymaps.karlo` converts diffusers' ``PriorTransformer``
 and ``UnCLIPTextProjModel``)::
 
-    prior: time_embed.{fc1, fc2}, proj_in, text_embed_proj, text_tokens_proj, pos_embed, query_token,
+    prior: time_embed.{in_layer, out_layer}, proj_in, text_embed_proj, text_tokens_proj, pos_embed, query_token,
            blocks.{i}.{norm1, attn.{q, k, v, out}, norm2, ff.{fc1, fc2}}, norm_out, proj_out, clip_mean, clip_std
     text projection: uncond_image_embedding, text_to_time, image_to_time, image_to_tokens, text_tokens_proj,
            text_tokens_norm
@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from latentworks.nn.attention import attention, split_heads
 from latentworks.nn.embeddings import timestep_embedding
+from latentworks.nn.mlp import MLPEmbedder
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -98,27 +99,41 @@ PRESETS: dict[str, PriorConfig | TextProjConfig] = {
 }
 
 
+class _SelfAttention(nn.Module):
+    def __init__(self, width: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.q, self.k, self.v = nn.Linear(width, width), nn.Linear(width, width), nn.Linear(width, width)
+        self.out = nn.Linear(width, width)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:  # (B, L, W) -> (B, L, W)
+        q, k, v = (split_heads(proj(x), self.num_heads) for proj in (self.q, self.k, self.v))
+        return self.out(attention(q, k, v, mask))
+
+
+class _FeedForward(nn.Module):
+    """``fc1 -> GELU (exact) -> fc2``, 4x wide."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(width, 4 * width), nn.Linear(4 * width, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
 class _Block(nn.Module):
     """Pre-norm transformer block: causal self-attention, then a GELU feed-forward (4x)."""
 
     def __init__(self, width: int, num_heads: int) -> None:
         super().__init__()
-        self.num_heads = num_heads
-        self.norm1 = nn.LayerNorm(width)
-        self.attn = nn.Module()
-        for name in ("q", "k", "v", "out"):
-            setattr(self.attn, name, nn.Linear(width, width))
-        self.norm2 = nn.LayerNorm(width)
-        self.ff = nn.Module()
-        self.ff.fc1 = nn.Linear(width, 4 * width)
-        self.ff.fc2 = nn.Linear(4 * width, width)
+        self.norm1, self.attn = nn.LayerNorm(width), _SelfAttention(width, num_heads)
+        self.norm2, self.ff = nn.LayerNorm(width), _FeedForward(width)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         # x: (B, L, W); mask: (B, 1, L, L) bool, True = may attend
-        h = self.norm1(x)
-        q, k, v = (split_heads(getattr(self.attn, n)(h), self.num_heads) for n in ("q", "k", "v"))
-        x = x + self.attn.out(attention(q, k, v, mask))
-        return x + self.ff.fc2(F.gelu(self.ff.fc1(self.norm2(x))))
+        x = x + self.attn(self.norm1(x), mask)
+        return x + self.ff(self.norm2(x))
 
 
 class PriorTransformer(nn.Module):
@@ -128,9 +143,7 @@ class PriorTransformer(nn.Module):
         super().__init__()
         self.config = cfg = config
         w, e = cfg.width, cfg.embedding_dim
-        self.time_embed = nn.Module()
-        self.time_embed.fc1 = nn.Linear(w, w)
-        self.time_embed.fc2 = nn.Linear(w, w)
+        self.time_embed = MLPEmbedder(w, w)
         self.proj_in = nn.Linear(e, w)  # the noisy image embedding
         self.text_embed_proj = nn.Linear(e, w)  # the pooled, projected text embedding
         self.text_tokens_proj = nn.Linear(e, w)  # the text encoder's last hidden states
@@ -153,7 +166,7 @@ class PriorTransformer(nn.Module):
         b = x.shape[0]
         t = t.reshape(-1).expand(b) if t.numel() == 1 else t
         temb = timestep_embedding(t, cfg.width).to(x.dtype)  # (B, W), cos first
-        temb = self.time_embed.fc2(F.silu(self.time_embed.fc1(temb)))
+        temb = self.time_embed(temb)
         seq = torch.cat(
             [
                 self.text_tokens_proj(text_tokens),  # (B, 77, W)

@@ -416,10 +416,11 @@ class KarloPipeline:
             )
         except (OSError, ValueError) as e:
             raise ValueError(f"{k.root}: cannot read the CLIP tokenizer / text encoder: {e}") from None
-        text_encoder = text_encoder.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        encoder: nn.Module = text_encoder  # transformers' own typing of .to() confuses mypy
+        encoder = encoder.to(device=device, dtype=dtype).eval().requires_grad_(False)
         return cls(
             tokenizer=tokenizer,
-            text_encoder=text_encoder,
+            text_encoder=encoder,
             prior=prior,
             text_proj=text_proj,
             decoder=unets["decoder"],
@@ -512,9 +513,9 @@ class KarloPipeline:
         seeds = seeds_for(seed, b)
         generators = [torch.Generator().manual_seed(s) for s in seeds]
         steps = {
-            "prior": prior_steps or DEFAULTS["prior_steps"],
-            "decoder": decoder_steps or DEFAULTS["decoder_steps"],
-            "super_res": super_res_steps or DEFAULTS["super_res_steps"],
+            "prior": int(prior_steps or DEFAULTS["prior_steps"]),
+            "decoder": int(decoder_steps or DEFAULTS["decoder_steps"]),
+            "super_res": int(super_res_steps or DEFAULTS["super_res_steps"]),
         }
         for stage, n in steps.items():
             if not 2 <= n <= 1000:

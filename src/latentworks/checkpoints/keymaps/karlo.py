@@ -30,8 +30,8 @@ from latentworks.models.prior import PriorConfig, PriorTransformer, TextProjConf
 def prior_module_map(config: PriorConfig) -> dict[str, str]:
     """``{our module or parameter: diffusers'}`` for ``PriorTransformer``."""
     m = {
-        "time_embed.fc1": "time_embedding.linear_1",
-        "time_embed.fc2": "time_embedding.linear_2",
+        "time_embed.in_layer": "time_embedding.linear_1",
+        "time_embed.out_layer": "time_embedding.linear_2",
         "proj_in": "proj_in",
         "text_embed_proj": "embedding_proj",
         "text_tokens_proj": "encoder_hidden_states_proj",
@@ -68,8 +68,8 @@ def pixel_unet_module_map(config: PixelUNetConfig) -> dict[str, str]:
     """``{our module: diffusers'}`` for ``UNet2DConditionModel`` (decoder) / ``UNet2DModel`` (super-res)."""
     m = {
         "conv_in": "conv_in",
-        "time_embed.fc1": "time_embedding.linear_1",
-        "time_embed.fc2": "time_embedding.linear_2",
+        "time_embed.in_layer": "time_embedding.linear_1",
+        "time_embed.out_layer": "time_embedding.linear_2",
         "norm_out": "conv_norm_out",
         "conv_out": "conv_out",
         "mid.res1": "mid_block.resnets.0",
