@@ -107,3 +107,10 @@ def test_options_the_cascade_does_not_take(
     assert "--sampler" in capsys.readouterr().err
     assert main([*argv, "--width", "512"]) == 2
     assert f"{SUPER_RES_SIZE}x{SUPER_RES_SIZE}" in capsys.readouterr().err
+
+
+def test_single_denoiser_loaders_point_to_generate(folder: Path) -> None:
+    from latentworks.families.load import read_checkpoint
+
+    with pytest.raises(ValueError, match="latentworks generate PROMPT --model"):
+        read_checkpoint(folder)
