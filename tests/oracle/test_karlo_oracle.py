@@ -23,6 +23,7 @@ from latentworks.pipelines.karlo import KarloPipeline
 from support.karlo import SUPER_RES_SIZE, tiny_karlo_pipe, use_float64_tables
 
 diffusers = pytest.importorskip("diffusers")
+transformers = pytest.importorskip("transformers")
 
 PROMPT = "a red apple on the table"
 SEED = 7
@@ -94,3 +95,45 @@ def test_karlo_prior_matches_diffusers_float32_tables(karlo: tuple[Path, object,
     result = _ours(ours, steps, guidance)
     err = (result.image_embeddings - embeddings).abs().max().item()
     assert err <= 1e-3 * embeddings.abs().max().item(), err
+
+
+def _unused_image_encoder() -> torch.nn.Module:
+    """A tiny CLIP vision tower: the variation pipeline reads its dtype, and nothing else, when given embeddings."""
+    config = transformers.CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=16,
+        patch_size=8,
+    )
+    return transformers.CLIPVisionModelWithProjection(config).eval()
+
+
+def test_karlo_from_image_embeddings_matches_unclip_image_variation(
+    karlo: tuple[Path, object, KarloPipeline],
+) -> None:
+    """``image_embeddings=`` skips the prior, as diffusers' UnCLIPImageVariationPipeline (empty prompt); the
+    decoder's start noise is then the generator's first draw on both sides."""
+    _, pipe, ours = karlo
+    embeddings = torch.randn(1, pipe.prior.config.embedding_dim, generator=torch.Generator().manual_seed(11))
+    variation = diffusers.UnCLIPImageVariationPipeline(
+        decoder=pipe.decoder, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, text_proj=pipe.text_proj,
+        feature_extractor=None, image_encoder=_unused_image_encoder(), super_res_first=pipe.super_res_first,
+        super_res_last=pipe.super_res_last, decoder_scheduler=copy.deepcopy(pipe.decoder_scheduler),
+        super_res_scheduler=copy.deepcopy(pipe.super_res_scheduler),
+    )  # fmt: skip
+    variation.set_progress_bar_config(disable=True)
+    variation.prior_scheduler = copy.deepcopy(pipe.prior_scheduler)  # use_float64_tables sets all three
+    use_float64_tables(variation)
+    with torch.no_grad():
+        theirs = variation(
+            image_embeddings=embeddings, generator=torch.Generator().manual_seed(SEED), decoder_num_inference_steps=3,
+            super_res_num_inference_steps=2, decoder_guidance_scale=5.0, output_type="np",
+        ).images  # fmt: skip
+    theirs_t = torch.from_numpy(theirs).permute(0, 3, 1, 2) * 2 - 1
+    result = ours(
+        "", image_embeddings=embeddings, seed=SEED, decoder_steps=3, super_res_steps=2, decoder_guidance=5.0
+    )
+    err = (result.pixels - theirs_t).abs().max().item()
+    assert err <= 1e-3 * max(theirs_t.abs().max().item(), 1.0), err

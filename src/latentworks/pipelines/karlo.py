@@ -525,8 +525,9 @@ class KarloPipeline:
         for name, g in (("prior", g_prior), ("decoder", g_decoder)):
             if not 0 <= g <= 100:
                 raise ValueError(f"{name} guidance must be between 0 and 100, got {g}")
-        # the release guides both stages whenever either scale is above 1 (one switch for the pipeline)
-        guided = g_prior > 1.0 or g_decoder > 1.0
+        # the release guides both stages whenever either scale is above 1 (one switch for the pipeline); given
+        # image embeddings, only the decoder's counts (diffusers' UnCLIPImageVariationPipeline)
+        guided = g_decoder > 1.0 or (image_embeddings is None and g_prior > 1.0)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         text = self.encode_text(prompts)
