@@ -11,6 +11,7 @@ from typing import Any
 
 from latentworks.cli import UserError
 from latentworks.commands.checkpoint_options import add_component_arguments
+from latentworks.commands.karlo import add_stage_arguments, is_karlo_model, run_generate
 from latentworks.commands.quiet import quiet_libraries
 
 
@@ -240,6 +241,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--quiet", action="store_true", help="no progress bars (ours and the libraries' weight loading)"
     )
+    add_stage_arguments(p)
     return p
 
 
@@ -404,6 +406,9 @@ def _load_controls(args: argparse.Namespace, pipe: Any) -> list[Any]:
 
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
+    if is_karlo_model(args.model):  # a cascade with its own pipeline (commands/karlo.py)
+        with quiet_libraries(args.quiet):
+            return run_generate(args)
     with quiet_libraries(args.quiet):  # text encoders load on first use, so the whole command is inside
         return _generate(args)
 

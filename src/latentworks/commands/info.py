@@ -73,9 +73,11 @@ def run(args: argparse.Namespace) -> int:
         print(_describe_image(args.image))
         return 0
     if args.model:
+        from latentworks.commands.karlo import describe
         from latentworks.pipelines.loading import describe_model
 
-        print(describe_model(args.model))
+        cascade = describe(args.model)
+        print(cascade if cascade is not None else describe_model(args.model))
         return 0
     import torch
 

@@ -22,6 +22,7 @@ from latentworks.families.base import (
     ModelFamily,
 )
 from latentworks.families.flux import FLUX_DEV, FLUX_SCHNELL
+from latentworks.families.karlo import KARLO
 from latentworks.families.latentworks import LATENTWORKS
 from latentworks.families.qwenimage import QWEN_IMAGE
 from latentworks.families.sd1 import SD1
@@ -59,6 +60,7 @@ REGISTRY: tuple[ModelFamily, ...] = (
     FLUX_SCHNELL,
     Z_IMAGE,
     QWEN_IMAGE,
+    KARLO,
     LATENTWORKS,
 )
 

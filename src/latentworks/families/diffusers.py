@@ -183,6 +183,11 @@ def read_diffusers_folder(
             "(unet/ or transformer/, vae/, scheduler/, text_encoder/, tokenizer/)"
         )
     family = by_pipeline_class(index)
+    if family is not None and family.architecture is None and family.diffusers is not None:  # Karlo's cascade
+        raise ValueError(
+            f"{root} is a {family.title} folder: a cascade of several networks, not one denoiser; run it with "
+            f"'latentworks generate PROMPT --model {root}'"
+        )
 
     def component(name: str) -> Path:
         folder = root / name
