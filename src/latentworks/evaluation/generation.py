@@ -200,7 +200,13 @@ def evaluate_generation(
     labels = {k: ds.extra[k][pick] for k in label_columns if k in ds.extra}
     name = split if prompts == "training" else f"{split}, {prompts} prompts"
     model = model or InceptionFeatures(device="cpu")
-    result = _score(name, real, ds.images[other], fake, model, feature_cache, labels)
+    with torch.no_grad():
+        features = (
+            cached_features(real, model, feature_cache),
+            extract_features(fake, model),
+            cached_features(ds.images[other], model, feature_cache),
+        )
+    result = _score_features(name, *features, labels)
     if classifier is not None:
         cols = {k: ds.extra[k][pick] for k in classifier.classes if k in ds.extra}
         names_style = np.asarray([f in ("training", "label+style") for f in prompt_forms(prompts, len(pick))])
@@ -214,7 +220,8 @@ def evaluate_generation(
             go = np.asarray(ds.extra[group_column][other]).astype(str) == value
             if gp.sum() < 2 or go.sum() < 2:
                 continue
-            g = _score(f"{name}, {value}", real[gp], ds.images[other][go], fake[gp], model, feature_cache)
+            fr, ff, fo = features
+            g = _score_features(f"{name}, {value}", fr[gp], ff[gp], fo[go])
             groups.append(g)
         if len(groups) > 1:
             result = dataclasses.replace(result, by_group=tuple(groups))
@@ -320,11 +327,22 @@ def _score(
         fr = cached_features(real, model, feature_cache)
         ff = extract_features(fake, model)
         fo = cached_features(others, model, feature_cache)
+    return _score_features(split, fr, ff, fo, labels)
+
+
+def _score_features(
+    split: str,
+    fr: np.ndarray,
+    ff: np.ndarray,
+    fo: np.ndarray,
+    labels: dict[str, np.ndarray] | None = None,
+) -> GenerationEval:
+    """:func:`_score` on Inception features of the real, generated and other real images."""
     kid, _ = kid_from_features(fr, ff)
     real_kid, _ = kid_from_features(fr, fo)
     return GenerationEval(
         split=split,
-        n=len(real),
+        n=len(fr),
         fid=fid_from_features(fr, ff),
         kid=kid,
         real_fid=fid_from_features(fr, fo),
