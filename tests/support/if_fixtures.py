@@ -78,18 +78,25 @@ def tiny_if_unet(*, stage: int, seed: int = 0):  # noqa: ANN201 - a diffusers UN
 
 
 def write_t5_tokenizer_folder(folder: Path) -> Path:
-    """A ``T5TokenizerFast`` folder (tokenizer.json + configs) over a word-level vocabulary of ``WORDS``."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
+    """A ``T5TokenizerFast`` folder (tokenizer.json + tokenizer_config.json): a SentencePiece-style Unigram model
+    (``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2, ``▁`` 3, then ``▁word`` for each of ``WORDS``), Metaspace
+    pre-tokenization and ``</s>`` appended, as T5 v1.1's own tokenizer.json is built."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
 
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2} | {w: i + 3 for i, w in enumerate(WORDS)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=77
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    pieces += [("▁" + w, -1.0 - i * 0.01) for i, w in enumerate(WORDS)]
+    tok = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=False))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace()]
     )
-    fast.save_pretrained(str(folder))
+    tok.decoder = decoders.Metaspace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+    T5TokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), extra_ids=0).save_pretrained(str(folder))
     return folder
 
 
@@ -98,7 +105,7 @@ def tiny_t5(seed: int = 1):  # noqa: ANN201 - a transformers T5EncoderModel
 
     torch.manual_seed(seed)
     config = T5Config(
-        vocab_size=len(WORDS) + 3, d_model=T5_DIM, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
+        vocab_size=len(WORDS) + 4, d_model=T5_DIM, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
         relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
         is_encoder_decoder=False, use_cache=False, dropout_rate=0.0,
     )  # fmt: skip
@@ -148,7 +155,9 @@ def write_if_folders(root: Path, *, with_text: bool = True) -> tuple[Path, Path]
             (folder / "text_encoder").mkdir(parents=True, exist_ok=True)
             t5.config.architectures = ["T5EncoderModel"]
             t5.config.to_json_file(str(folder / "text_encoder" / "config.json"))
-            state = {k: v.contiguous() for k, v in t5.state_dict().items() if k != "encoder.embed_tokens.weight"}
+            state = {
+                k: v.contiguous() for k, v in t5.state_dict().items() if k != "encoder.embed_tokens.weight"
+            }
             save_file(state, str(folder / "text_encoder" / "model.safetensors"))
             write_t5_tokenizer_folder(folder / "tokenizer")
             index["text_encoder"] = ["transformers", "T5EncoderModel"]

@@ -21,6 +21,7 @@ from latentworks.families.base import (
     Generation,
     ModelFamily,
 )
+from latentworks.families.deepfloyd_if import IF_I, IF_II
 from latentworks.families.flux import FLUX_DEV, FLUX_SCHNELL
 from latentworks.families.latentworks import LATENTWORKS
 from latentworks.families.qwenimage import QWEN_IMAGE
@@ -59,6 +60,8 @@ REGISTRY: tuple[ModelFamily, ...] = (
     FLUX_SCHNELL,
     Z_IMAGE,
     QWEN_IMAGE,
+    IF_I,
+    IF_II,
     LATENTWORKS,
 )
 

@@ -107,7 +107,9 @@ class IFUNetConfig:
     def __post_init__(self) -> None:
         n = len(self.channels) if isinstance(self.channels, tuple) else 0
         if n == 0:
-            raise ValueError(f"IFUNetConfig.channels must be a non-empty tuple of widths, got {self.channels!r}")
+            raise ValueError(
+                f"IFUNetConfig.channels must be a non-empty tuple of widths, got {self.channels!r}"
+            )
         for name in ("layers_per_block", "attention", "head_dim", "only_cross_attention"):
             value = getattr(self, name)
             if not isinstance(value, tuple) or len(value) != n:
@@ -122,7 +124,9 @@ class IFUNetConfig:
             )
         # down level i uses head_dim[i]; up block i (level n-1-i) uses head_dim[i] too, as in diffusers
         for i, d in enumerate(self.head_dim):
-            used = [self.channels[i]] * self.attention[i] + [self.channels[n - 1 - i]] * self.attention[n - 1 - i]
+            used = [self.channels[i]] * self.attention[i] + [self.channels[n - 1 - i]] * self.attention[
+                n - 1 - i
+            ]
             for width in used + ([self.channels[-1]] if i == n - 1 else []):
                 if d < 1 or width % d:
                     raise ValueError(
@@ -217,7 +221,9 @@ class AddedKVAttention(nn.Module):
         if self.k is not None and self.v is not None:
             keys.append(self.k(y))
             values.append(self.v(y))
-        q, k, v = (split_heads(t, self.num_heads) for t in (self.q(y), torch.cat(keys, 1), torch.cat(values, 1)))
+        q, k, v = (
+            split_heads(t, self.num_heads) for t in (self.q(y), torch.cat(keys, 1), torch.cat(values, 1))
+        )
         out = self.out(attention(q, k, v))  # (B, HW, C)
         return x + out.transpose(1, 2).reshape(b, c, h, w)
 
@@ -271,7 +277,14 @@ class Level(nn.Module):
     """One resolution: ResBlocks, each followed by an attention block where the level has attention."""
 
     def __init__(
-        self, in_channels: list[int], out_ch: int, cfg: IFUNetConfig, *, attend: bool, head_dim: int, only: bool
+        self,
+        in_channels: list[int],
+        out_ch: int,
+        cfg: IFUNetConfig,
+        *,
+        attend: bool,
+        head_dim: int,
+        only: bool,
     ) -> None:
         super().__init__()
         self.resnets = nn.ModuleList(
@@ -288,6 +301,61 @@ class Level(nn.Module):
     def block(self, j: int, h: Tensor, temb: Tensor, context: Tensor) -> Tensor:
         h = self.resnets[j](h, temb)
         return h if self.attentions is None else self.attentions[j](h, context)
+
+
+class DownLevel(Level):
+    """A down level and the downsampling ResBlock after it (None on the lowest level)."""
+
+    def __init__(self, in_ch: int, out_ch: int, cfg: IFUNetConfig, *, level: int, downsample: bool) -> None:
+        in_channels = [in_ch] + [out_ch] * (cfg.layers_per_block[level] - 1)
+        super().__init__(
+            in_channels, out_ch, cfg, attend=cfg.attention[level], head_dim=cfg.head_dim[level],
+            only=cfg.only_cross_attention[level],
+        )  # fmt: skip
+        self.downsample = (
+            ResBlock(out_ch, out_ch, cfg, out_scale=cfg.resnet_out_scale, resample="down")
+            if downsample
+            else None
+        )
+
+
+class UpLevel(Level):
+    """An up level (skips concatenated before each ResBlock) and the upsampling ResBlock after it."""
+
+    def __init__(
+        self,
+        in_channels: list[int],
+        out_ch: int,
+        cfg: IFUNetConfig,
+        *,
+        level: int,
+        position: int,
+        upsample: bool,
+    ) -> None:
+        # diffusers gives up block ``position`` the head width of down level ``position`` (not of its own level)
+        super().__init__(
+            in_channels, out_ch, cfg, attend=cfg.attention[level], head_dim=cfg.head_dim[position],
+            only=cfg.only_cross_attention[level],
+        )  # fmt: skip
+        self.upsample = (
+            ResBlock(out_ch, out_ch, cfg, out_scale=cfg.resnet_out_scale, resample="up") if upsample else None
+        )
+
+
+class MidBlock(nn.Module):
+    """ResBlock -> attention -> ResBlock at the lowest resolution."""
+
+    def __init__(self, cfg: IFUNetConfig) -> None:
+        super().__init__()
+        ch = cfg.channels[-1]
+        self.res1 = ResBlock(ch, ch, cfg, out_scale=cfg.mid_out_scale)
+        self.attention = AddedKVAttention(
+            ch, cfg, head_dim=cfg.head_dim[-1], only_cross=cfg.mid_only_cross_attention
+        )
+        self.res2 = ResBlock(ch, ch, cfg, out_scale=cfg.mid_out_scale)
+
+    def forward(self, h: Tensor, temb: Tensor, context: Tensor) -> Tensor:
+        return self.res2(self.attention(self.res1(h, temb), context), temb)
 
 
 class IFUNet(nn.Module):
@@ -311,48 +379,21 @@ class IFUNet(nn.Module):
         )
         self.time_act = None if cfg.time_act is None else _activation(cfg.time_act)
 
-        skip_channels = [ch[0]]
+        skip_channels = [ch[0]]  # widths of the tensors the down path hands to the up path
         down = []
         for i in range(n):
-            c_in = ch[max(i - 1, 0)]
-            level = Level(
-                [c_in] + [ch[i]] * (cfg.layers_per_block[i] - 1), ch[i], cfg,
-                attend=cfg.attention[i], head_dim=cfg.head_dim[i], only=cfg.only_cross_attention[i],
-            )  # fmt: skip
-            level.add_module(
-                "downsample",
-                ResBlock(ch[i], ch[i], cfg, out_scale=cfg.resnet_out_scale, resample="down") if i < n - 1 else None,
-            )
+            down.append(DownLevel(ch[max(i - 1, 0)], ch[i], cfg, level=i, downsample=i < n - 1))
             skip_channels += [ch[i]] * cfg.layers_per_block[i] + ([ch[i]] if i < n - 1 else [])
-            down.append(level)
         self.down = nn.ModuleList(down)
-
-        mid = nn.Module()
-        mid.res1 = ResBlock(ch[-1], ch[-1], cfg, out_scale=cfg.mid_out_scale)
-        mid.attention = AddedKVAttention(
-            ch[-1], cfg, head_dim=cfg.head_dim[-1], only_cross=cfg.mid_only_cross_attention
-        )
-        mid.res2 = ResBlock(ch[-1], ch[-1], cfg, out_scale=cfg.mid_out_scale)
-        self.mid = mid
-
+        self.mid = MidBlock(cfg)
         up = []
         prev = ch[-1]
-        for i, level_index in enumerate(reversed(range(n))):
-            out_ch = ch[level_index]
+        for i, level in enumerate(reversed(range(n))):
             in_channels = []
-            for _ in range(cfg.layers_per_block[level_index] + 1):
+            for _ in range(cfg.layers_per_block[level] + 1):
                 in_channels.append(prev + skip_channels.pop())
-                prev = out_ch
-            # diffusers gives up block i the head width of down level i (not of its own level)
-            level = Level(
-                in_channels, out_ch, cfg, attend=cfg.attention[level_index], head_dim=cfg.head_dim[i],
-                only=cfg.only_cross_attention[level_index],
-            )  # fmt: skip
-            level.add_module(
-                "upsample",
-                ResBlock(out_ch, out_ch, cfg, out_scale=cfg.resnet_out_scale, resample="up") if i < n - 1 else None,
-            )
-            up.append(level)
+                prev = ch[level]
+            up.append(UpLevel(in_channels, ch[level], cfg, level=level, position=i, upsample=i < n - 1))
         self.up = nn.ModuleList(up)
         self.norm_out = nn.GroupNorm(cfg.norm_groups, ch[0], eps=cfg.norm_eps)
         self.act_out = _activation(cfg.act)
@@ -362,8 +403,16 @@ class IFUNet(nn.Module):
         """(B, time_embed_dim): timestep + noise level (stage II) + pooled text, then ``time_act``."""
         cfg = self.config
         t = t.expand(batch) if t.ndim == 0 else t
-        sincos = {"flip_sin_to_cos": cfg.flip_sin_to_cos, "downscale_freq_shift": cfg.freq_shift}
-        emb = self.time_embed(timestep_embedding(t, cfg.channels[0], **sincos).to(dtype))
+
+        def sincos(steps: Tensor) -> Tensor:  # (B,) -> (B, channels[0])
+            return timestep_embedding(
+                steps,
+                cfg.channels[0],
+                flip_sin_to_cos=cfg.flip_sin_to_cos,
+                downscale_freq_shift=cfg.freq_shift,
+            ).to(dtype)
+
+        emb = self.time_embed(sincos(t))
         if self.class_embed is not None:
             level = cond.extra.get(NOISE_LEVEL_KEY)
             if level is None:
@@ -372,7 +421,7 @@ class IFUNet(nn.Module):
                     "augmentation step of the low-resolution image (DeepFloyd's default: 250)"
                 )
             level = torch.as_tensor(level, device=t.device).reshape(-1).expand(batch)
-            emb = emb + self.class_embed(timestep_embedding(level, cfg.channels[0], **sincos).to(dtype))
+            emb = emb + self.class_embed(sincos(level))
         if self.text_pool is not None:
             emb = emb + self.text_pool(cond.tokens.to(dtype))
         return emb if self.time_act is None else self.time_act(emb)
@@ -389,8 +438,14 @@ class IFUNet(nn.Module):
                 if x.ndim == 4 and x.shape[1] < cfg.in_channels and concat is None
                 else ""
             )
-            raise ValueError(f"IFUNet expects x of shape (B, {cfg.in_channels}, H, W), got {tuple(x.shape)}{hint}")
-        if cond.tokens.ndim != 3 or cond.tokens.shape[0] != x.shape[0] or cond.tokens.shape[-1] != cfg.token_dim:
+            raise ValueError(
+                f"IFUNet expects x of shape (B, {cfg.in_channels}, H, W), got {tuple(x.shape)}{hint}"
+            )
+        if (
+            cond.tokens.ndim != 3
+            or cond.tokens.shape[0] != x.shape[0]
+            or cond.tokens.shape[-1] != cfg.token_dim
+        ):
             raise ValueError(
                 f"IFUNet: cond.tokens must be (B={x.shape[0]}, S, {cfg.token_dim}) T5 states, got "
                 f"{tuple(cond.tokens.shape)}"
@@ -408,17 +463,19 @@ class IFUNet(nn.Module):
 
         h = self.conv_in(x.to(dtype))
         skips = [h]
-        for level in self.down:
-            for j in range(len(level.resnets)):
-                h = level.block(j, h, temb, context)
+        for down in self.down:
+            assert isinstance(down, DownLevel)
+            for j in range(len(down.resnets)):
+                h = down.block(j, h, temb, context)
                 skips.append(h)
-            if level.downsample is not None:
-                h = level.downsample(h, temb)
+            if down.downsample is not None:
+                h = down.downsample(h, temb)
                 skips.append(h)
-        h = self.mid.res2(self.mid.attention(self.mid.res1(h, temb), context), temb)
-        for level in self.up:
-            for j in range(len(level.resnets)):
-                h = level.block(j, torch.cat([h, skips.pop()], dim=1), temb, context)
-            if level.upsample is not None:
-                h = level.upsample(h, temb)
+        h = self.mid(h, temb, context)
+        for up in self.up:
+            assert isinstance(up, UpLevel)
+            for j in range(len(up.resnets)):
+                h = up.block(j, torch.cat([h, skips.pop()], dim=1), temb, context)
+            if up.upsample is not None:
+                h = up.upsample(h, temb)
         return self.conv_out(self.act_out(self.norm_out(h)))

@@ -91,13 +91,17 @@ def if_config_from_diffusers(cfg: Mapping[str, Any], *, source: str = "unet/conf
     mid_only = (only if isinstance(only, bool) else False) if mid_only is None else bool(mid_only)
     hid_type, hid_dim = cfg.get("encoder_hid_dim_type"), cfg.get("encoder_hid_dim")
     if hid_type not in (None, "text_proj"):
-        raise ValueError(f"{source}: encoder_hid_dim_type={hid_type!r} is not supported (IF uses 'text_proj')")
+        raise ValueError(
+            f"{source}: encoder_hid_dim_type={hid_type!r} is not supported (IF uses 'text_proj')"
+        )
     add_type = cfg.get("addition_embed_type")
     if add_type not in (None, "text"):
         raise ValueError(f"{source}: addition_embed_type={add_type!r} is not supported (IF uses 'text')")
     class_type = cfg.get("class_embed_type")
     if class_type not in (None, "timestep"):
-        raise ValueError(f"{source}: class_embed_type={class_type!r} is not supported (IF-II uses 'timestep')")
+        raise ValueError(
+            f"{source}: class_embed_type={class_type!r} is not supported (IF-II uses 'timestep')"
+        )
     norm = cfg.get("cross_attention_norm")
     if norm not in (None, "group_norm"):
         raise ValueError(f"{source}: cross_attention_norm={norm!r} is not supported (IF uses 'group_norm')")
@@ -230,7 +234,9 @@ def key_table(config: IFUNetConfig) -> dict[str, str]:
     return table
 
 
-def if_unet_from_diffusers(sd: Mapping[str, Tensor], config: IFUNetConfig, *, strict: bool = True) -> dict[str, Tensor]:
+def if_unet_from_diffusers(
+    sd: Mapping[str, Tensor], config: IFUNetConfig, *, strict: bool = True
+) -> dict[str, Tensor]:
     """diffusers IF ``UNet2DConditionModel`` state dict -> ours (load with ``IFUNet(config)``)."""
     shapes = model_shapes(config)
     inverse = {theirs: ours for ours, theirs in key_table(config).items()}
@@ -239,6 +245,8 @@ def if_unet_from_diffusers(sd: Mapping[str, Tensor], config: IFUNetConfig, *, st
     )
 
 
-def if_unet_to_diffusers(sd: Mapping[str, Tensor], config: IFUNetConfig, *, strict: bool = True) -> dict[str, Tensor]:
+def if_unet_to_diffusers(
+    sd: Mapping[str, Tensor], config: IFUNetConfig, *, strict: bool = True
+) -> dict[str, Tensor]:
     """Our IF U-Net state dict -> diffusers ``UNet2DConditionModel`` names."""
     return convert(sd, key_table(config), model_shapes(config), source="latentworks IF U-Net", strict=strict)
