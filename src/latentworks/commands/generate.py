@@ -11,6 +11,7 @@ from typing import Any
 
 from latentworks.cli import UserError
 from latentworks.commands.checkpoint_options import add_component_arguments
+from latentworks.commands.generate_cascade import add_cascade_arguments, generate_cascade, wants_cascade
 from latentworks.commands.quiet import quiet_libraries
 
 
@@ -240,6 +241,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--quiet", action="store_true", help="no progress bars (ours and the libraries' weight loading)"
     )
+    add_cascade_arguments(p)
     return p
 
 
@@ -405,7 +407,7 @@ def _load_controls(args: argparse.Namespace, pipe: Any) -> list[Any]:
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
     with quiet_libraries(args.quiet):  # text encoders load on first use, so the whole command is inside
-        return _generate(args)
+        return generate_cascade(args) if wants_cascade(args) else _generate(args)
 
 
 def _generate(args: argparse.Namespace) -> int:

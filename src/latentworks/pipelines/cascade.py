@@ -49,7 +49,6 @@ from latentworks.families.deepfloyd_if import STAGE_III_PIPELINES, T5_LENGTH, UP
 from latentworks.models.deepfloyd_if import NOISE_LEVEL_KEY, IFUNet, IFUNetConfig
 from latentworks.models.text.t5 import build_t5
 from latentworks.pipelines.sampling import seeds_for
-from latentworks.pipelines.text_to_image import tensor_to_images
 
 CASCADE_PIPELINES = ("IFPipeline", "IFSuperResolutionPipeline")
 T5_TOKENIZER_HELP = (
@@ -262,7 +261,12 @@ def read_stage(
     root = Path(path)
     option = "--upscaler" if upscaler else "--model"
     if not root.is_dir():
-        raise FileNotFoundError(f"{option}: no such folder: {root}")
+        need = (
+            f"the stage II folder ({CASCADE_PIPELINES[1]}, e.g. IF-II-L-v1.0)"
+            if upscaler
+            else f"a DeepFloyd IF cascade needs the stage I folder ({CASCADE_PIPELINES[0]}, e.g. IF-I-XL-v1.0) as --model"
+        )
+        raise FileNotFoundError(f"{option}: no such folder: {root}; {need}")
     kind = folder_kind(root)
     want = CASCADE_PIPELINES[1] if upscaler else CASCADE_PIPELINES[0]
     if kind != want:
@@ -351,6 +355,12 @@ def read_text_encoder(
         else (stage1 / "tokenizer" if (stage1 / "tokenizer").is_dir() else None)
     )
     return T5PromptEncoder(model, load_t5_tokenizer(tok_path))
+
+
+def pixels_to_images(x: Tensor) -> list[Image.Image]:
+    """(B, 3, H, W) in [-1, 1] -> PIL images (rounded to 8 bits)."""
+    arr = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in arr]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -560,7 +570,7 @@ class CascadePipeline:
                 "noise_level": level, "width": sr.sample_size, "height": sr.sample_size,
             }  # fmt: skip
         return CascadeResult(
-            images=tensor_to_images(image), stages=outputs, seeds=seeds, parameters=params, timings=timings
+            images=pixels_to_images(image), stages=outputs, seeds=seeds, parameters=params, timings=timings
         )
 
 
@@ -603,5 +613,5 @@ def describe_cascade(path: str | Path) -> str:
         f"defaults    {dict(defaults)}",
     ]
     if not upscaler:
-        lines.append("run         latentworks generate --model THIS --upscaler IF-II-FOLDER --prompt ...")
+        lines.append("run         latentworks generate PROMPT --model THIS --upscaler IF-II-FOLDER")
     return "\n".join(lines)
