@@ -277,7 +277,7 @@ def read_stage(
             )
         if kind in CASCADE_PIPELINES:
             hint = (
-                "pass it as --model and give the stage II folder as --upscaler"
+                "pass it as --upscaler, with the stage I folder as --model"
                 if not upscaler
                 else "a stage I folder goes to --model; --upscaler takes the stage II folder"
             )
