@@ -16,7 +16,7 @@ from typing import Any
 from latentworks.cli import UserError
 
 # (dest, value meaning "not given", option name) of generate's options that the cascade does not take
-_NOT_FOR_CASCADE = (
+_NOT_FOR_CASCADE: tuple[tuple[str, Any, str], ...] = (
     ("init", None, "--init"), ("image", None, "--image"), ("mask", None, "--mask"), ("outpaint", None, "--outpaint"),
     ("lora", [], "--lora"), ("controlnet", [], "--controlnet"), ("hires_scale", 1.0, "--hires-scale"),
     ("sampler", None, "--sampler"), ("scheduler", None, "--scheduler"), ("width", None, "--width"),
