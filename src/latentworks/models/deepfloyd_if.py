@@ -77,6 +77,9 @@ class IFUNetConfig:
         cross_norm: GroupNorm(32) over the text tokens before the key/value projections.
         norm_groups / norm_eps: GroupNorm groups and epsilon of the ResBlocks, attention and output.
         flip_sin_to_cos / freq_shift: the sinusoidal timestep embedding's convention.
+
+    The defaults are an IF-like shape, not a release's: released models are read from their ``unet/config.json``
+    (:func:`latentworks.checkpoints.keymaps.if_diffusers.if_config_from_diffusers`).
     """
 
     in_channels: int = 3
@@ -479,3 +482,25 @@ class IFUNet(nn.Module):
             if up.upsample is not None:
                 h = up.upsample(h, temb)
         return self.conv_out(self.act_out(self.norm_out(h)))
+
+
+PRESETS: dict[str, IFUNetConfig] = {
+    # For tests: both level kinds, text pooling, group-normed added-kv attention, learned variance; ~1.1M params.
+    "tiny": IFUNetConfig(
+        channels=(32, 64),
+        layers_per_block=(1, 2),
+        attention=(False, True),
+        head_dim=(16, 16),
+        only_cross_attention=(False, False),
+        context_dim=32,
+        text_dim=32,
+        text_pool_heads=4,
+        time_embed_dim=128,
+        resnet_out_scale=1.414,
+        norm_groups=8,
+    ),
+}
+PRESETS["tiny-sr"] = IFUNetConfig(  # its super-resolution counterpart (6 channels in, noise-level embedding)
+    **{**PRESETS["tiny"].__dict__, "in_channels": 6, "noise_level_embed": True, "layers_per_block": (1, 1),
+       "resnet_out_scale": 1.0},
+)  # fmt: skip
