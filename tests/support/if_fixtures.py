@@ -46,7 +46,9 @@ def _unet_config(*, stage: int) -> dict[str, Any]:
         "resnet_skip_time_act": True,
         "resnet_out_scale_factor": 1.414 if stage == 1 else 1.0,
         "norm_num_groups": 8,
-        "only_cross_attention": False,
+        # stage II attends to the text alone on its attention level and in the middle (as IF-II's release)
+        "only_cross_attention": False if stage == 1 else [False, True],
+        "mid_block_only_cross_attention": None if stage == 1 else True,
     }
 
 

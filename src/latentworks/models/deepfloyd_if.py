@@ -502,5 +502,5 @@ PRESETS: dict[str, IFUNetConfig] = {
 }
 PRESETS["tiny-sr"] = IFUNetConfig(  # its super-resolution counterpart (6 channels in, noise-level embedding)
     **{**PRESETS["tiny"].__dict__, "in_channels": 6, "noise_level_embed": True, "layers_per_block": (1, 1),
-       "resnet_out_scale": 1.0},
+       "resnet_out_scale": 1.0, "only_cross_attention": (False, True), "mid_only_cross_attention": True},
 )  # fmt: skip

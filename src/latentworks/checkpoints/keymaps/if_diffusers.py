@@ -40,6 +40,10 @@ _USED = {
     "mid_block_only_cross_attention", "mid_block_scale_factor", "norm_eps", "norm_num_groups",
     "only_cross_attention", "out_channels", "resnet_out_scale_factor", "resnet_skip_time_act", "sample_size",
     "time_embedding_act_fn", "time_embedding_dim", "up_block_types",
+    # read by diffusers' transformer blocks only, which IF's simple cross-attention blocks do not use; dropout is
+    # off at inference
+    "upcast_attention", "use_linear_projection", "dual_cross_attention", "transformer_layers_per_block",
+    "attention_type", "dropout",
 }  # fmt: skip
 _FIXED: dict[str, tuple[Any, ...]] = {
     "center_input_sample": (False,),
@@ -49,13 +53,7 @@ _FIXED: dict[str, tuple[Any, ...]] = {
     "conv_in_kernel": (3,),
     "conv_out_kernel": (3,),
     "downsample_padding": (1,),
-    "upcast_attention": (False,),
-    "use_linear_projection": (False,),
-    "dual_cross_attention": (False,),
     "class_embeddings_concat": (False,),
-    "dropout": (0, 0.0),
-    "transformer_layers_per_block": (1,),
-    "attention_type": ("default",),
 }
 
 
