@@ -84,13 +84,12 @@ def load_t5_tokenizer(path: str | Path | None) -> Any:
             tokenizer_file=str(p), pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
         )
     if p.is_dir() and not (p / "tokenizer.json").is_file() and not (p / "spiece.model").is_file():
-        for sub in (
-            "tokenizer",
-            "tokenizer_3",
-            "tokenizer_2",
-        ):  # a model folder given for its tokenizer folder
-            if (p / sub / "tokenizer.json").is_file() or (p / sub / "spiece.model").is_file():
-                p = p / sub
+        # a model folder given for its T5 tokenizer folder (IF: tokenizer, SD3: tokenizer_3, FLUX: tokenizer_2);
+        # a CLIP tokenizer folder (merges.txt) is never taken for it
+        for sub in (p / "tokenizer", p / "tokenizer_3", p / "tokenizer_2"):
+            t5_files = (sub / "tokenizer.json").is_file() or (sub / "spiece.model").is_file()
+            if t5_files and not (sub / "merges.txt").is_file():
+                p = sub
                 break
     if not p.is_dir() or not ((p / "tokenizer.json").is_file() or (p / "spiece.model").is_file()):
         raise FileNotFoundError(
@@ -107,8 +106,8 @@ def load_t5_tokenizer(path: str | Path | None) -> Any:
 
 class T5PromptEncoder:
     """Prompts -> T5 last hidden states (B, 77, d_model), as diffusers' IF pipelines without caption cleaning:
-    lower-cased and stripped, padded to 77 tokens with ``</s>``, run with the padding masked, every position
-    returned."""
+    lower-cased and stripped, ``</s>`` appended, padded with ``<pad>`` to 77 tokens (truncated beyond), run with
+    the padding masked inside T5, every position returned."""
 
     def __init__(self, model: Any, tokenizer: Any, max_length: int = T5_LENGTH) -> None:
         self.model, self.tokenizer, self.max_length = model, tokenizer, max_length
