@@ -126,3 +126,10 @@ def test_missing_parts_name_what_to_pass(
     shutil.rmtree(no_t5 / "text_encoder")
     err = _error(capsys, ["generate", "x", "--model", str(no_t5)])
     assert "--text-encoder" in err and "text_encoder" in err
+
+
+def test_the_latent_pipeline_points_to_the_cascade(folders: tuple[Path, Path]) -> None:
+    from latentworks.families.diffusers import read_diffusers_folder
+
+    with pytest.raises(ValueError, match="a stage of a pixel cascade: run it with"):
+        read_diffusers_folder(folders[0])

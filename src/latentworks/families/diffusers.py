@@ -183,6 +183,12 @@ def read_diffusers_folder(
             "(unet/ or transformer/, vae/, scheduler/, text_encoder/, tokenizer/)"
         )
     family = by_pipeline_class(index)
+    if family is not None and family.architecture is None:  # a cascade stage (DeepFloyd IF): its own pipeline
+        raise ValueError(
+            f"{root} is {family.title}, a stage of a pixel cascade: run it with latentworks.pipelines.cascade."
+            "CascadePipeline.from_pretrained(stage_1, upscaler=stage_2) or 'latentworks generate PROMPT --model "
+            "STAGE-I-FOLDER --upscaler STAGE-II-FOLDER'"
+        )
 
     def component(name: str) -> Path:
         folder = root / name
