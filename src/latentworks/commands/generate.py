@@ -11,6 +11,7 @@ from typing import Any
 
 from latentworks.cli import UserError
 from latentworks.commands.checkpoint_options import add_component_arguments
+from latentworks.commands.generate_cascade import add_cascade_arguments, generate_cascade, wants_cascade
 from latentworks.commands.karlo import add_stage_arguments, is_karlo_model, run_generate
 from latentworks.commands.quiet import quiet_libraries
 
@@ -242,6 +243,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--quiet", action="store_true", help="no progress bars (ours and the libraries' weight loading)"
     )
     add_stage_arguments(p)
+    add_cascade_arguments(p)
     return p
 
 
@@ -410,7 +412,7 @@ def run(args: argparse.Namespace) -> int:
         with quiet_libraries(args.quiet):
             return run_generate(args)
     with quiet_libraries(args.quiet):  # text encoders load on first use, so the whole command is inside
-        return _generate(args)
+        return generate_cascade(args) if wants_cascade(args) else _generate(args)
 
 
 def _generate(args: argparse.Namespace) -> int:

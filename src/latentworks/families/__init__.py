@@ -21,6 +21,7 @@ from latentworks.families.base import (
     Generation,
     ModelFamily,
 )
+from latentworks.families.deepfloyd_if import IF_I, IF_II
 from latentworks.families.flux import FLUX_DEV, FLUX_SCHNELL
 from latentworks.families.karlo import KARLO
 from latentworks.families.latentworks import LATENTWORKS
@@ -61,6 +62,8 @@ REGISTRY: tuple[ModelFamily, ...] = (
     Z_IMAGE,
     QWEN_IMAGE,
     KARLO,
+    IF_I,
+    IF_II,
     LATENTWORKS,
 )
 

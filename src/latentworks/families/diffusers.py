@@ -183,10 +183,16 @@ def read_diffusers_folder(
             "(unet/ or transformer/, vae/, scheduler/, text_encoder/, tokenizer/)"
         )
     family = by_pipeline_class(index)
-    if family is not None and family.architecture is None and family.diffusers is not None:  # Karlo's cascade
+    if family is not None and family.name == "karlo":  # Karlo: a cascade with its own pipeline
         raise ValueError(
             f"{root} is a {family.title} folder: a cascade of several networks, not one denoiser; run it with "
             f"'latentworks generate PROMPT --model {root}'"
+        )
+    if family is not None and family.architecture is None:  # a cascade stage (DeepFloyd IF): its own pipeline
+        raise ValueError(
+            f"{root} is {family.title}, a stage of a pixel cascade: run it with latentworks.pipelines.cascade."
+            "CascadePipeline.from_pretrained(stage_1, upscaler=stage_2) or 'latentworks generate PROMPT --model "
+            "STAGE-I-FOLDER --upscaler STAGE-II-FOLDER'"
         )
 
     def component(name: str) -> Path:

@@ -65,6 +65,7 @@ from latentworks.models.qwenimage_vae import QwenImageVAE
 from latentworks.models.text.base import TextEncoder
 from latentworks.models.text.families import make_prompt_encoder
 from latentworks.nn.quant import warn_if_fp8_upcast
+from latentworks.pipelines.cascade import describe_cascade, is_cascade_folder
 
 AnyAutoencoder = Autoencoder | QwenImageVAE
 """Either image autoencoder: same ``encode``/``decode``/``tiled_decode`` interface and ``config.downsample_factor``."""
@@ -365,6 +366,8 @@ def describe_checkpoint(path: Path) -> str:
 
 def describe_model(name_or_path: str | Path, models_dir: str | Path | None = None) -> str:
     """A human-readable description: family, parameters, objective, training data, licence."""
+    if is_cascade_folder(name_or_path):  # a DeepFloyd IF stage: which stage, and what it runs with
+        return describe_cascade(name_or_path)
     checkpoint = resolve_checkpoint(name_or_path, models_dir)
     if checkpoint is not None:
         return describe_checkpoint(checkpoint)
