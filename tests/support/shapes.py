@@ -82,7 +82,9 @@ def classify(image: Image.Image | np.ndarray) -> tuple[str | None, str | None]:
     not). Colour: the named hue nearest the circular mean hue of the foreground. Shape: the foreground's
     share of its bounding box (rows/columns holding >= 10% of the foreground's largest row/column count,
     so stray pixels do not stretch the box)."""
-    rgb = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.float64) / 255
+    rgb = (
+        np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.float64) / 255
+    )
     mx, mn = rgb.max(axis=2), rgb.min(axis=2)
     sat = np.where(mx > 0, (mx - mn) / np.maximum(mx, 1e-9), 0.0)
     fg = (sat > 0.35) & (mx > 0.25)
@@ -109,7 +111,9 @@ def prompts() -> list[str]:
     return [f"{c} {s}" for s in SHAPES for c in COLOURS]
 
 
-def score_pipeline(pipe: object, seeds: tuple[int, ...] = (0, 1, 2), steps: int | None = None) -> dict[str, float]:
+def score_pipeline(
+    pipe: object, seeds: tuple[int, ...] = (0, 1, 2), steps: int | None = None
+) -> dict[str, float]:
     """Generate every ``prompts()`` prompt with each seed through ``pipe`` (a ``Pipeline``) and score the
     images with ``classify``: the share whose colour, shape, and both, match the prompt."""
     ps = prompts()

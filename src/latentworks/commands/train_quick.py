@@ -45,7 +45,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         metavar="DATA",
         help="a folder of images with captions (cat.png + cat.txt) or a .npz from 'latentworks data'",
     )
-    p.add_argument("--out", type=Path, required=True, help="the model folder to write (the runs go to OUT/runs)")
+    p.add_argument(
+        "--out", type=Path, required=True, help="the model folder to write (the runs go to OUT/runs)"
+    )
     p.add_argument(
         "--minutes",
         type=float,
@@ -90,7 +92,9 @@ def run(args: argparse.Namespace) -> int:
     if args.minutes <= 0:
         raise UserError(f"--minutes must be > 0, got {args.minutes}")
     if not args.data.exists():
-        raise UserError(f"no such dataset {args.data}: give a folder of images with captions (cat.png + cat.txt)")
+        raise UserError(
+            f"no such dataset {args.data}: give a folder of images with captions (cat.png + cat.txt)"
+        )
     out: Path = args.out
     refuse_non_empty(out, args.overwrite)
 
@@ -114,7 +118,12 @@ def run(args: argparse.Namespace) -> int:
         "--lr", str(recipe.lr), "--ema-decay", str(recipe.ema_decay), "--caption-augment", "auto",
         "--sample-every", "1000000", *common, *overwrite,
     ]  # fmt: skip
-    defaults = {"steps": recipe.sample_steps, "guidance": recipe.guidance, "sampler": "euler", "scheduler": "normal"}
+    defaults = {
+        "steps": recipe.sample_steps,
+        "guidance": recipe.guidance,
+        "sampler": "euler",
+        "scheduler": "normal",
+    }
     convert_argv = [
         "--from-run", str(ldm_run), "--out", str(out), "--name", args.name or out.resolve().name,
         "--data", str(args.data), "--defaults", json.dumps(defaults), "--overwrite",

@@ -42,7 +42,9 @@ class QuickRecipe:
         if not 0 < self.vae_share < 1:
             raise ValueError(f"QuickRecipe.vae_share must be in (0, 1), got {self.vae_share}")
         if self.resolution < 8 or self.resolution % 4:
-            raise ValueError(f"QuickRecipe.resolution must be a multiple of 4 and >= 8, got {self.resolution}")
+            raise ValueError(
+                f"QuickRecipe.resolution must be a multiple of 4 and >= 8, got {self.resolution}"
+            )
 
     def plan(self, seconds: float) -> StagePlan:
         """Step counts and wall-time limits of both stages for a total budget of ``seconds``."""
