@@ -139,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with tidy_run_folder(out, vae_run / "checkpoints" / "last.safetensors"):
             _stage("train-vae", vae_argv)
+        _say_if_cut_short("autoencoder", vae_run, plan.vae_steps)
         t_vae = time.monotonic() - t0
         stage = "diffusion"
         # What the autoencoder left of the budget, less the tail (text encoder, latents, convert).
@@ -155,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
         )
         t1 = time.monotonic()
         _stage("train", ldm_argv)
+        _say_if_cut_short("diffusion model", ldm_run, steps)
         t_ldm = time.monotonic() - t1
         stage = "convert"
         print(f"train-quick: stage 3 of 3: model folder -> {out}", flush=True)
@@ -176,6 +178,24 @@ def run(args: argparse.Namespace) -> int:
     prompt = _example_prompt(args.data)
     print(f"  latentworks generate {shlex.quote(prompt)} --model {shlex.quote(str(out))} --seed 1")
     return 0
+
+
+def _say_if_cut_short(what: str, run: Path, steps: int) -> None:
+    """After a stage that its time share stopped early (it printed how to resume it): say that the recipe
+    goes on with what the stage has."""
+    from safetensors import safe_open
+
+    try:  # the step the stage's weights were saved at
+        with safe_open(str(run / "model.safetensors"), "pt") as f:
+            done = int((f.metadata() or {})["step"])
+    except (OSError, ValueError, KeyError):
+        return
+    if done < steps:
+        print(
+            f"train-quick: the {what} used its share of --minutes at step {done} of {steps}; going on with it "
+            "as it is (a slower machine than the 2-core CPU the steps were sized on)",
+            flush=True,
+        )
 
 
 def _example_prompt(data: Path) -> str:
