@@ -64,7 +64,9 @@ def main() -> int:
     net.load_state_dict(type(net)(net.config).state_dict())
     untrained = score_pipeline(pipe, seeds)
     print(f"train-quick --minutes {a.minutes}: {took:.0f} s wall; generation {gen_s:.2f} s per image")
-    print(f"{'':12} {'colour':>7} {'shape':>7} {'both':>7}   (N={trained['n']}: 12 prompts x {len(seeds)} seeds)")
+    print(
+        f"{'':12} {'colour':>7} {'shape':>7} {'both':>7}   (N={trained['n']}: 12 prompts x {len(seeds)} seeds)"
+    )
     print(f"{'chance':12} {0.25:7.2f} {1 / 3:7.2f} {1 / 12:7.2f}")
     for name, r in (("untrained", untrained), ("trained", trained)):
         print(f"{name:12} {r['colour']:7.2f} {r['shape']:7.2f} {r['both']:7.2f}")

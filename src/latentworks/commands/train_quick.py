@@ -163,12 +163,9 @@ def run(args: argparse.Namespace) -> int:
         t2 = time.monotonic()
         _stage("convert", convert_argv)
         t_convert = time.monotonic() - t2
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, UserError, ValueError, OSError):  # the stage printed what went wrong
         _what_is_left(stage, out, vae_run, ldm_run, vae_argv, ldm_argv, convert_argv)
         raise
-    except UserError as e:
-        _what_is_left(stage, out, vae_run, ldm_run, vae_argv, ldm_argv, convert_argv)
-        raise UserError(f"stage {stage}: {e}") from None
     total = time.monotonic() - t0
     print(
         f"train-quick: done in {total / 60:.1f} min (autoencoder {t_vae:.0f} s, diffusion model {t_ldm:.0f} s, "
