@@ -161,5 +161,6 @@ def test_a_quick_model_draws_the_prompted_shape_and_colour(
 # The budget (the whole test must stay under 3 minutes on 2 cores) and thresholds for it; the full
 # 15-minute run is benchmarks/train_quick_shapes.py (numbers in docs/results.md).
 MINUTES = 2.0
+# (An untrained denoiser scored colour 0.25 and shape 0.50 on this model folder layout: docs/results.md.)
 COLOUR_AT_LEAST = 0.6
-SHAPE_AT_LEAST = 0.55
+SHAPE_AT_LEAST = 0.7
