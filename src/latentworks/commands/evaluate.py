@@ -101,11 +101,11 @@ def run(args: argparse.Namespace) -> int:
     from latentworks.data.folder import load_dataset
 
     if args.what == "autoencoder":
-        from latentworks.pipelines.latents import load_autoencoder
+        from latentworks.pipelines.latents import load_autoencoder, vae_run_resolution
         from latentworks.training.vae import reconstruct, reconstruction_metrics
 
         ae = load_autoencoder(args.run)
-        ds = load_dataset(args.data, split=args.split)
+        ds = load_dataset(args.data, size=vae_run_resolution(args.run), split=args.split)
         n = len(ds) if args.limit is None else min(args.limit, len(ds))
         x = ds.batch(range(n))[0]
         rec = reconstruct(ae, x)

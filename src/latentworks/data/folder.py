@@ -35,8 +35,20 @@ def to_rgb_square(img: Image.Image, size: int) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
+HELDOUT_LIMIT = 64  # at most this many images of a folder are held out
+
+
+def heldout_count(n: int) -> int:
+    """How many of a folder's ``n`` images are held out: 1 in 20 (at least 1, at most ``HELDOUT_LIMIT``), none
+    of a single image. train-vae reports PSNR/SSIM on them and 'eval autoencoder' scores them by default."""
+    return 0 if n < 2 else min(HELDOUT_LIMIT, max(1, n // 20))
+
+
 def load_image_folder(folder: str | Path, size: int = 64, default_caption: str | None = None) -> ArrayDataset:
     """Load every image in ``folder`` with its same-name ``.txt`` caption.
+
+    The first ``heldout_count(N)`` images in file-name order form the held-out split (``extra["heldout"]``,
+    so ``split("train")`` / ``split("heldout")`` work as for a ``.npz``; none for a single image).
 
     A missing caption file is an error unless ``default_caption`` is given; an empty caption file is
     always an error (write "" explicitly nowhere: delete the image or give it a caption).
@@ -68,7 +80,11 @@ def load_image_folder(folder: str | Path, size: int = 64, default_caption: str |
         except (UnidentifiedImageError, OSError) as e:
             raise DatasetError(f"{p}: cannot read image ({e}); fix or remove the file") from None
         captions.append(caption)
-    return ArrayDataset(np.stack(images), captions, metadata={"source": str(folder), "resolution": size})
+    extra = {}
+    if (k := heldout_count(len(images))) > 0:
+        extra["heldout"] = np.arange(len(images)) < k
+    meta = {"source": str(folder), "resolution": size}
+    return ArrayDataset(np.stack(images), captions, extra, metadata=meta)
 
 
 def load_dataset(path: str | Path, size: int = 64, split: str = "all") -> ArrayDataset:
@@ -78,9 +94,9 @@ def load_dataset(path: str | Path, size: int = 64, split: str = "all") -> ArrayD
     path = Path(path)
     if path.is_dir():
         ds = load_image_folder(path, size)
-        if split not in ("all", "train"):
-            raise DatasetError(f"{path}: an image folder has no {split!r} split; use a separate folder")
-        return ds
+        if split != "all" and "heldout" not in ds.extra:
+            raise DatasetError(f"{path}: a folder of one image has no {split!r} split; use split 'all'")
+        return ds.split(split)
     if not path.exists():
         raise DatasetError(
             f"dataset not found: {path} (give a .npz from 'latentworks data emoji' or a folder)"

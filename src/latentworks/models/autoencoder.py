@@ -106,6 +106,10 @@ PRESETS: dict[str, AutoencoderConfig] = {
     "emoji32-f4c8": AutoencoderConfig(
         latent_channels=8, channels=(48, 96, 96), layers_per_block=1, norm_groups=16
     ),
+    # latentworks train-quick (training/quick.py): 32x32 -> 8x8x4 latents; ~0.95M params, minutes on a CPU.
+    "quick32-f4c4": AutoencoderConfig(
+        latent_channels=4, channels=(32, 64, 64), layers_per_block=1, norm_groups=16
+    ),
     # For tests: f2, a few hundred thousand params.
     "tiny": AutoencoderConfig(latent_channels=4, channels=(16, 32), layers_per_block=1, norm_groups=8),
 }

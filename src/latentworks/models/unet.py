@@ -222,6 +222,8 @@ PRESETS: dict[str, UNetConfig] = {
         norm_groups=8,
     ),
 }
+# latentworks train-quick (training/quick.py): the emoji32-xs layout at half width; ~3.0M params.
+PRESETS["quick32-s"] = replace(PRESETS["emoji32-xs"], channels=(32, 64, 64), norm_groups=16)
 # The same on the 8x8x8 latents of the `emoji32-f4c8` autoencoder (the embedded default model).
 PRESETS["emoji32-xs-c8"] = replace(PRESETS["emoji32-xs"], in_channels=8, out_channels=8)
 
