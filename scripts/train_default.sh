@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Rebuild the embedded default model from scratch with latentworks' own commands (nine stages).
+# Rebuild the embedded default model from scratch with latentworks' own commands (ten stages).
 # This is exactly what produced src/latentworks/assets/default (see docs/model_card_default.md).
 # On the 2-core CPU it takes about 12 hours; on a GPU pass DEVICE=cuda (and raise the step counts).
 #   bash scripts/train_default.sh [WORKDIR]
@@ -16,6 +16,7 @@ VAE_FT_TOTAL=${VAE_FT_TOTAL:-9449}
 UNET_FT3_STEPS=${UNET_FT3_STEPS:-8000}
 VAE_FT_TOTAL2=${VAE_FT_TOTAL2:-12285}
 UNET_FT4_STEPS=${UNET_FT4_STEPS:-6276}
+UNET_AUG_STEPS=${UNET_AUG_STEPS:-1457}
 LW=.venv/bin/latentworks
 M=src/latentworks/assets/default
 DEFAULTS='{"steps": 20, "guidance": 1.5, "sampler": "euler", "scheduler": "simple"}'
@@ -87,3 +88,13 @@ finetune_decoder "$VAE_FT_TOTAL2" --resume
 # kept) at half stage 7's learning rate. (Run with --steps 12000 --max-seconds 3900, which stopped at 6,276,
 # on a cache encoded afresh by the model folder's encoder: same latent scale/shift to every printed digit.)
 continue_unet unet-ft4 "$M" "$UNET_FT4_STEPS" 2.5e-5 13
+# Stage 10: caption augmentation (issue 21). The U-Net continued from the model folder on the same latents
+# with --caption-augment on: each example is seen as its label alone, the label with 0-3 shuffled tags, with
+# or without the style, in any case, so the forms people type work. (Run with --steps 4000 --max-seconds 3300,
+# which stopped at 1,457; chosen over the stage 9 weights by 'latentworks eval model' on user-form prompts.)
+$LW train --out "$W/unet-aug" --latents "$W/unet-ft/latents.safetensors" --vae "$M" --init-from "$M" \
+  --architecture unet --prediction flow --steps "$UNET_AUG_STEPS" --batch-size 64 --lr 5e-5 --ema-decay 0.999 \
+  --caption-dropout 0.1 --caption-augment on --seed 11 --checkpoint-every 250 --sample-every 100000 \
+  --device "$DEVICE"
+export_run "$W/unet-aug" default-unet-aug
+cp "$W/default-unet-aug/denoiser.safetensors" "$M/"
