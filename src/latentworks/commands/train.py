@@ -76,7 +76,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="superres: train on random crops of this many pixels a side (default: whole images)",
     )
     add_option(
-        p, "--aug-level", type=float, default=0.1, help="superres: the level the stage samples with by default"
+        p,
+        "--aug-level",
+        type=float,
+        default=0.1,
+        help="superres: the level the stage samples with by default",
     )
     add_option(
         p,

@@ -37,7 +37,7 @@ LEVEL_SCALE = 1000.0  # the level in [0, 1] is embedded like a timestep in [0, 1
 
 PRESETS: dict[str, UNetConfig] = {
     # 32 -> 64 px emoji: levels at 64, 32, 16 px; attention (self + MiniLM cross) only at 16 px and in the
-    # middle block, where it is cheap on a CPU. About 2.7M parameters.
+    # middle block, where it is cheap on a CPU. 4.2M parameters.
     "emoji-sr-xs": UNetConfig(
         in_channels=2 * IMAGE_CHANNELS,
         out_channels=IMAGE_CHANNELS,
@@ -70,6 +70,9 @@ PRESETS: dict[str, UNetConfig] = {
     ),
 }
 PRESETS["emoji-sr-s"] = replace(PRESETS["emoji-sr-xs"], channels=(64, 96, 128), layers_per_block=2)
+# A quarter of emoji-sr-xs's compute (0.43 s per batch of 32 crops of 32 px on one CPU core, fwd + bwd);
+# what a shared 2-core machine trained in half an hour (docs/results.md).
+PRESETS["emoji-sr-xxs"] = replace(PRESETS["emoji-sr-xs"], channels=(16, 32, 64), head_dim=16, norm_groups=8)
 
 
 def check_superres_config(config: UNetConfig, where: str = "the super-resolution model") -> None:

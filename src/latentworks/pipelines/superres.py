@@ -79,7 +79,9 @@ def upscale_with_model(
         raise ValueError(f"the augmentation level must be in [0, 1], got {aug_level}")
     device = next(model.denoiser_net.parameters()).device
     level = torch.full((b,), float(aug_level))
-    aug_noise = seeded_noise((IMAGE_CHANNELS, size, size), offset_seeds(seeds, AUG_SEED_OFFSET), device=device)
+    aug_noise = seeded_noise(
+        (IMAGE_CHANNELS, size, size), offset_seeds(seeds, AUG_SEED_OFFSET), device=device
+    )
     low = low.to(device)
     c = superres_conditioning(cond.to(device), low, level, aug_noise, size=size, level_dim=level_dim)
     u = None
@@ -262,11 +264,11 @@ class CascadePipeline:
                 f"the upscale stage takes {stage.low_size}x{stage.low_size} images but the base model draws "
                 f"{native[1]}x{native[0]}: the two stages do not belong together"
             )
-        if stage.uses_text:
+        if isinstance(stage, SuperResStage):
             te = base.model.meta.get("text_encoder", {}).get("kind")
-            want = getattr(stage, "text_encoder", {}).get("name", "minilm")
+            want = stage.text_encoder.get("name", "minilm")
             dim = getattr(base.text_encoder, "dim", None)
-            ctx = getattr(getattr(stage, "model").denoiser_net.config, "context_dim", None)
+            ctx = getattr(stage.model.denoiser_net.config, "context_dim", None)
             if te != want or (dim is not None and dim != ctx):
                 raise ValueError(
                     f"the upscale stage conditions on {want} tokens ({ctx}-dim) but the base model's text encoder "
@@ -292,14 +294,20 @@ class CascadePipeline:
         upscale_callback: Callable[[StepInfo], object] | None = None,
         **base_options: Any,
     ) -> PipelineResult:
-        if base_options.get("width") or base_options.get("height") or base_options.get("hires_scale", 1.0) != 1.0:
+        if (
+            base_options.get("width")
+            or base_options.get("height")
+            or base_options.get("hires_scale", 1.0) != 1.0
+        ):
             raise ValueError(
                 "a cascade samples stage 1 at its native size; drop width/height/hires_scale (stage 2 doubles it)"
             )
         seed = random.randrange(2**31) if seed is None else int(seed)
         first = self.base(prompt, negative_prompt, seed=seed, batch=batch, **base_options)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        negs = negative_prompt if isinstance(negative_prompt, list) else [negative_prompt or ""] * len(prompts)
+        negs = (
+            negative_prompt if isinstance(negative_prompt, list) else [negative_prompt or ""] * len(prompts)
+        )
         all_prompts = [p for p in prompts for _ in range(batch)]
         all_negs = [q for q in negs for _ in range(batch)]
         low = images_to_tensor(first.images, (self.stage.low_size, self.stage.low_size))  # the uint8 pixels
@@ -324,7 +332,12 @@ class CascadePipeline:
         for key in ("steps", "guidance", "aug_level", "sampler"):
             if options.get(key) is not None:
                 described[key] = options[key]
-        params = {**first.parameters, "width": self.stage.size, "height": self.stage.size, "upscale": described}
+        params = {
+            **first.parameters,
+            "width": self.stage.size,
+            "height": self.stage.size,
+            "upscale": described,
+        }
         return PipelineResult(
             images=images, parameters=params, seeds=first.seeds, latents=first.latents, timings=first.timings
         )

@@ -125,7 +125,11 @@ def load_pixel_pairs(
     if len(ds) == 0:
         raise ValueError(f"{path}: the {split!r} split holds no images")
     low = downscale(ds.images)
-    meta = {"dataset": str(path), "resolution": ds.resolution, "low_resolution": ds.resolution // SCALE_FACTOR}
+    meta = {
+        "dataset": str(path),
+        "resolution": ds.resolution,
+        "low_resolution": ds.resolution // SCALE_FACTOR,
+    }
     return PixelPairs(
         high=images_to_tensor(ds.images),
         low=images_to_tensor(low),
