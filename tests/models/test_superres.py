@@ -12,7 +12,8 @@ from latentworks.models.superres import (
     check_superres_config,
     superres_conditioning,
 )
-from latentworks.models.unet import CLASS_INPUT_KEY, PRESETS as UNET_PRESETS, UNet
+from latentworks.models.unet import CLASS_INPUT_KEY, UNet
+from latentworks.models.unet import PRESETS as UNET_PRESETS
 
 
 def _images(b: int = 3, size: int = 8, seed: int = 0) -> torch.Tensor:

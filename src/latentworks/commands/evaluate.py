@@ -161,8 +161,8 @@ def run(args: argparse.Namespace) -> int:
         from latentworks.evaluation.generation import HEADER, evaluate_upscaled_real
         from latentworks.pipelines.superres import load_stage
 
-        stage = load_stage(args.stage)
         ds = load_dataset(args.data)
+        stage = load_stage(args.stage, low_size=ds.resolution // 2)
         if ds.resolution != stage.size:
             raise ValueError(f"--data holds {ds.resolution} px images; the stage outputs {stage.size} px")
         encoder = None
@@ -195,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
         if args.upscale_stage is not None:
             from latentworks.pipelines.superres import CascadePipeline, load_stage
 
-            pipe = CascadePipeline(pipe, load_stage(args.upscale_stage))
+            pipe = CascadePipeline(pipe, load_stage(args.upscale_stage, low_size=h))
             h, _ = pipe.resolution
             pipe = _with_stage_options(pipe, args.upscale_steps, args.aug_level)
         ds = load_dataset(args.data, size=h)

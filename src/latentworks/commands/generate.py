@@ -497,7 +497,8 @@ def _generate(args: argparse.Namespace) -> int:
                 "--upscale-stage works on text-to-image runs only (no --init, --mask, --image, --hires-scale)"
             )
         try:
-            pipe = CascadePipeline(pipe, load_stage(args.upscale_stage, device=args.device))
+            stage = load_stage(args.upscale_stage, device=args.device, low_size=pipe.model.resolution[0])
+            pipe = CascadePipeline(pipe, stage)
         except (FileNotFoundError, ValueError, KeyError) as e:
             raise UserError(f"--upscale-stage {args.upscale_stage}: {e}") from None
     controls = _load_controls(args, pipe)

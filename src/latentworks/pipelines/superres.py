@@ -241,10 +241,10 @@ def load_superres_stage(path: str | Path, device: str | torch.device = "cpu") ->
     )
 
 
-def load_stage(spec: str | Path, device: str | torch.device = "cpu") -> UpscaleStage:
-    """``"bicubic"`` (the baseline) or a super-resolution run folder."""
+def load_stage(spec: str | Path, device: str | torch.device = "cpu", *, low_size: int = 32) -> UpscaleStage:
+    """``"bicubic"`` (the baseline, from ``low_size`` to twice that) or a super-resolution run folder."""
     if str(spec) == "bicubic":
-        return BicubicStage()
+        return BicubicStage(low_size=low_size, size=2 * low_size)
     return load_superres_stage(spec, device)
 
 
