@@ -51,7 +51,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--seed", type=int, default=0, help="pick seed; 0 matches 'eval model' (default: %(default)s)"
     )
     u.add_argument("--steps", type=int, default=None, help="the stage's sampling steps (default: its own)")
-    u.add_argument("--aug-level", type=float, default=None, help="the stage's augmentation level")
+    u.add_argument(
+        "--aug-level", type=float, default=None, help="the stage's augmentation level (default: its own)"
+    )
     u.add_argument("--feature-cache", type=Path, default=None, help="as for 'eval model' (default: none)")
     f = sub.add_parser("fid", help="FID and KID between two datasets (.npz or image folders)")
     f.add_argument("real", type=Path)

@@ -172,7 +172,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default=None,
         metavar="RUN|bicubic",
         help="upscale the model's images 2x with a 'latentworks train --task superres' run (the default "
-        "model then gives 64 px emoji), or 'bicubic' for comparison",
+        "model then gives 64 px emoji), or 'bicubic' for comparison (default: none)",
     )
     cascade.add_argument(
         "--upscale-steps", type=int, default=None, help="the stage's steps (default: its own)"
