@@ -468,7 +468,7 @@ def _generate(args: argparse.Namespace) -> int:
         if path is not None and not path.exists():
             raise UserError(f"{opt}: no such file: {path}")
     try:
-        pipe = Pipeline.from_pretrained(
+        pipe: Any = Pipeline.from_pretrained(
             args.model,
             device=args.device,
             vae=args.vae,

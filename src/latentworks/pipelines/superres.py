@@ -34,6 +34,7 @@ from latentworks.diffusion.noise import seeded_noise
 from latentworks.diffusion.samplers import StepInfo
 from latentworks.diffusion.schedules import get_sigmas
 from latentworks.models.superres import IMAGE_CHANNELS, check_superres_config, superres_conditioning, upsample
+from latentworks.models.unet import UNetConfig
 from latentworks.pipelines.sampling import SEED_MODULUS, NetworkModel, SamplingModel, denoise_latents
 from latentworks.pipelines.text_to_image import Pipeline, PipelineResult, images_to_tensor, tensor_to_images
 
@@ -117,7 +118,13 @@ class UpscaleStage(Protocol):
         cond: Conditioning | None,
         uncond: Conditioning | None,
         seeds: list[int],
-        **options: Any,
+        *,
+        steps: int | None = None,
+        guidance: float | None = None,
+        aug_level: float | None = None,
+        sampler: str | None = None,
+        scheduler: str | None = None,
+        callback: Callable[[StepInfo], object] | None = None,
     ) -> Tensor: ...
 
 
@@ -135,11 +142,18 @@ class BicubicStage:
     def upscale(
         self,
         low: Tensor,
-        cond: Conditioning | None = None,
-        uncond: Conditioning | None = None,
-        seeds: list[int] | None = None,
-        **options: Any,
+        cond: Conditioning | None,
+        uncond: Conditioning | None,
+        seeds: list[int],
+        *,
+        steps: int | None = None,
+        guidance: float | None = None,
+        aug_level: float | None = None,
+        sampler: str | None = None,
+        scheduler: str | None = None,
+        callback: Callable[[StepInfo], object] | None = None,
     ) -> Tensor:
+        """``low`` (B, 3, low_size, low_size) upsampled bicubically; the sampling options do not apply."""
         return upsample(low, self.size)
 
 
@@ -158,7 +172,10 @@ class SuperResStage:
 
     @property
     def level_dim(self) -> int:
-        return int(self.model.denoiser_net.config.pooled_dim)  # type: ignore[union-attr]
+        config = self.model.denoiser_net.config
+        if not isinstance(config, UNetConfig):
+            raise TypeError(f"{self.path}: the stage's network is not a U-Net")
+        return config.pooled_dim
 
     def describe(self) -> dict[str, Any]:
         return {"stage": str(self.path), **self.defaults}

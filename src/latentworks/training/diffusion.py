@@ -25,7 +25,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -402,12 +402,16 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
         superres = cfg.task == "superres"
         if superres:
             from latentworks.models.superres import check_superres_config
+            from latentworks.models.unet import UNetConfig
 
-            check_superres_config(mcfg, f"preset {cfg.preset!r}" if cfg.model is None else "the model config")
-            cache.level_dim = mcfg.pooled_dim
-            if cfg.crop is not None and cfg.crop % mcfg.downsample_factor:
+            sr_cfg = cast(UNetConfig, mcfg)
+            check_superres_config(
+                sr_cfg, f"preset {cfg.preset!r}" if cfg.model is None else "the model config"
+            )
+            cache.level_dim = sr_cfg.pooled_dim
+            if cfg.crop is not None and cfg.crop % sr_cfg.downsample_factor:
                 raise ValueError(
-                    f"crop {cfg.crop} must be a multiple of the U-Net's downsampling factor {mcfg.downsample_factor}"
+                    f"crop {cfg.crop} must be a multiple of the U-Net's downsampling factor {sr_cfg.downsample_factor}"
                 )
         check_fit(
             cfg.architecture,
