@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -35,6 +36,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--seed", type=int, default=0, help="pick seed; 0 matches 'eval model' (default: %(default)s)"
     )
     fl.add_argument("--feature-cache", type=Path, default=None, help="as for 'eval model' (default: none)")
+    u = sub.add_parser(
+        "upscale",
+        help="FID/KID of real images halved and upscaled 2x again (bicubic or a super-resolution stage)",
+        description="Downscale N real images of a split by 2 (Lanczos, as 'latentworks data emoji' makes its "
+        "smaller files), upscale them with STAGE and score them like 'eval model' scores generated images, "
+        "beside real-vs-real at the same N: the reference a cascade's second stage is measured against.",
+    )
+    u.add_argument("stage", help="'bicubic' or a 'latentworks train --task superres' run folder")
+    u.add_argument("--data", type=Path, required=True, help="dataset at the stage's output size (.npz)")
+    u.add_argument("--split", default="train", help="train, heldout or all (default: %(default)s)")
+    u.add_argument("-n", type=int, default=1000, help="images (default: %(default)s)")
+    u.add_argument(
+        "--seed", type=int, default=0, help="pick seed; 0 matches 'eval model' (default: %(default)s)"
+    )
+    u.add_argument("--steps", type=int, default=None, help="the stage's sampling steps (default: its own)")
+    u.add_argument(
+        "--aug-level", type=float, default=None, help="the stage's augmentation level (default: its own)"
+    )
+    u.add_argument("--feature-cache", type=Path, default=None, help="as for 'eval model' (default: none)")
     f = sub.add_parser("fid", help="FID and KID between two datasets (.npz or image folders)")
     f.add_argument("real", type=Path)
     f.add_argument("fake", type=Path)
@@ -88,6 +108,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="skip the prompt-following classifier (training it takes a few CPU minutes per split)",
     )
     m.add_argument(
+        "--upscale-stage",
+        default=None,
+        metavar="RUN",
+        help="score a cascade: the model's images upscaled 2x by a 'train --task superres' run, or 'bicubic' "
+        "(the baseline); --data must then hold images at twice the model's size (default: none)",
+    )
+    m.add_argument(
+        "--upscale-steps", type=int, default=None, help="the stage's sampling steps (default: its own)"
+    )
+    m.add_argument(
+        "--aug-level",
+        type=float,
+        default=None,
+        help="the stage's noise augmentation level (default: its own)",
+    )
+    m.add_argument(
         "--feature-cache",
         type=Path,
         default=None,
@@ -131,13 +167,53 @@ def run(args: argparse.Namespace) -> int:
         print(r.row())
         print(f"PSNR of the reconstructions: {psnr:.2f} dB")
         return 0
+    if args.what == "upscale":
+        from latentworks.evaluation.generation import HEADER, evaluate_upscaled_real
+        from latentworks.pipelines.superres import load_stage
+
+        ds = load_dataset(args.data)
+        stage = load_stage(args.stage, low_size=ds.resolution // 2)
+        if ds.resolution != stage.size:
+            raise ValueError(f"--data holds {ds.resolution} px images; the stage outputs {stage.size} px")
+        encoder = None
+        if stage.uses_text:
+            from latentworks.models.text.minilm import MiniLMTextEncoder
+
+            encoder = MiniLMTextEncoder(
+                max_length=int(getattr(stage, "text_encoder", {}).get("max_length", 32))
+            )
+        opts = {"steps": args.steps, "aug_level": args.aug_level} if stage.uses_text else {}
+        r = evaluate_upscaled_real(
+            stage,
+            ds,
+            split=args.split,
+            n=args.n,
+            seed=args.seed,
+            text_encoder=encoder,
+            feature_cache=args.feature_cache,
+            **opts,
+        )
+        print(HEADER.replace("| prompts |", "| real images upscaled |"))
+        print(r.row())
+        return 0
     if args.what == "model":
         from latentworks.evaluation.generation import HEADER, evaluate_generation, prompt_classifier
         from latentworks.pipelines import Pipeline
 
-        pipe = Pipeline.from_pretrained(args.model)
+        pipe: Any = Pipeline.from_pretrained(args.model)
         h, _ = pipe.model.resolution
+        if args.upscale_stage is not None:
+            from latentworks.pipelines.superres import CascadePipeline, load_stage
+
+            pipe = CascadePipeline(pipe, load_stage(args.upscale_stage, low_size=h))
+            h, _ = pipe.resolution
+            pipe = _with_stage_options(pipe, args.upscale_steps, args.aug_level)
         ds = load_dataset(args.data, size=h)
+        if ds.resolution != h:
+            raise ValueError(
+                f"--data holds {ds.resolution} px images but the model draws {h} px ones; give a dataset at "
+                f"{h} px ('latentworks data emoji --size {h}')"
+            )
         print(HEADER)
         following: list[str] = []
         seeds = args.seed or [0, 1]
@@ -177,3 +253,15 @@ def run(args: argparse.Namespace) -> int:
     fake = load_dataset(args.fake, size=args.size).images
     print(fid_kid(real, fake))
     return 0
+
+
+def _with_stage_options(pipe: Any, steps: int | None, aug_level: float | None) -> Any:
+    """``pipe`` (a cascade) called with the stage-2 options of the command line."""
+    if steps is None and aug_level is None:
+        return pipe
+
+    def call(*a: Any, **kw: Any) -> Any:
+        return pipe(*a, upscale_steps=steps, aug_level=aug_level, **kw)
+
+    call.resolution = pipe.resolution  # type: ignore[attr-defined]
+    return call

@@ -168,6 +168,23 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         action="store_true",
         help="differential diffusion: a grey mask changes an area a little instead of blending",
     )
+    cascade = p.add_argument_group("cascade: a super-resolution stage after the model (Imagen style)")
+    cascade.add_argument(
+        "--upscale-stage",
+        default=None,
+        metavar="RUN|bicubic",
+        help="upscale the model's images 2x with a 'latentworks train --task superres' run (the default "
+        "model then gives 64 px emoji), or 'bicubic' for comparison (default: none)",
+    )
+    cascade.add_argument(
+        "--upscale-steps", type=int, default=None, help="the stage's steps (default: its own)"
+    )
+    cascade.add_argument(
+        "--aug-level",
+        type=float,
+        default=None,
+        help="the stage's noise augmentation level 0..1 (default: its own)",
+    )
     hires = p.add_argument_group("hires fix: a second pass at a larger size")
     hires.add_argument(
         "--hires-scale",
@@ -458,7 +475,7 @@ def _generate(args: argparse.Namespace) -> int:
         if path is not None and not path.exists():
             raise UserError(f"{opt}: no such file: {path}")
     try:
-        pipe = Pipeline.from_pretrained(
+        pipe: Any = Pipeline.from_pretrained(
             args.model,
             device=args.device,
             vae=args.vae,
@@ -479,6 +496,18 @@ def _generate(args: argparse.Namespace) -> int:
         if skipped:
             print(f"warning: --lora {file}: {skipped} keys match no module of this model", file=sys.stderr)
     loras = [{"file": str(f), "strength": s} for f, s in args.lora]
+    if args.upscale_stage is not None:
+        from latentworks.pipelines.superres import CascadePipeline, load_stage
+
+        if init is not None or mask is not None or edit is not None or args.hires_scale != 1.0:
+            raise UserError(
+                "--upscale-stage works on text-to-image runs only (no --init, --mask, --image, --hires-scale)"
+            )
+        try:
+            stage = load_stage(args.upscale_stage, device=args.device, low_size=pipe.model.resolution[0])
+            pipe = CascadePipeline(pipe, stage)
+        except (FileNotFoundError, ValueError, KeyError) as e:
+            raise UserError(f"--upscale-stage {args.upscale_stage}: {e}") from None
     controls = _load_controls(args, pipe)
     bar = None
 
@@ -545,6 +574,20 @@ def _generate(args: argparse.Namespace) -> int:
 def _run(pipe, args: argparse.Namespace, init, mask, strength: float, on_step, controls=None, edit=None):  # noqa: ANN001, ANN202
     """The pipeline call with the command line's options."""
     masking = mask is not None
+    if args.upscale_stage is not None:
+        return pipe(
+            args.prompt,
+            args.negative,
+            steps=args.steps,
+            guidance=args.cfg,
+            sampler=args.sampler,
+            scheduler=args.scheduler,
+            seed=args.seed,
+            batch=args.batch,
+            callback=on_step,
+            upscale_steps=args.upscale_steps,
+            aug_level=args.aug_level,
+        )
     return pipe(
         args.prompt,
         args.negative,

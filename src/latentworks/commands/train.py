@@ -49,7 +49,38 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--data",
         type=Path,
         default=None,
-        help="dataset to encode when the cache does not exist (default: none)",
+        help="dataset to encode when the cache does not exist; with --task superres, the high-resolution "
+        "dataset to train on (default: none)",
+    )
+    add_option(
+        p,
+        "--task",
+        choices=("text2image", "superres"),
+        default="text2image",
+        help="superres: a pixel-space 2x super-resolution stage (32 -> 64 px on emoji-64.npz) with "
+        "noise-conditioning augmentation, for 'generate --upscale-stage' (see docs/training.md)",
+    )
+    add_option(
+        p,
+        "--noise-aug-max",
+        type=float,
+        default=0.5,
+        help="superres: training augmentation levels are uniform in [0, this]",
+    )
+    add_option(
+        p,
+        "--crop",
+        type=int,
+        default=None,
+        show_default=False,
+        help="superres: train on random crops of this many pixels a side (default: whole images)",
+    )
+    add_option(
+        p,
+        "--aug-level",
+        type=float,
+        default=0.1,
+        help="superres: the level the stage samples with by default",
     )
     add_option(
         p,
@@ -60,7 +91,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="the denoising network (--family is an old name for this option)",
     )
     add_option(
-        p, "--preset", default=None, show_default=False, help="model preset (default emoji-s / emoji-dit-s)"
+        p,
+        "--preset",
+        default=None,
+        show_default=False,
+        help="model preset (default emoji-s / emoji-dit-s; emoji-sr-xs for --task superres)",
     )
     add_option(
         p,
@@ -118,9 +153,18 @@ def run(args: argparse.Namespace) -> int:
         )
     else:
         o = option_values(args)
+        superres = o["task"] == "superres"
         preset = o["preset"] or ("emoji-s" if o["architecture"] == "unet" else "emoji-dit-s")
+        if superres:
+            if args.data is None:
+                raise UserError("--task superres trains on a dataset of high-resolution images: pass --data")
+            preset = o["preset"] or "emoji-sr-xs"
         cfg = DiffusionTrainConfig(
-            latents=o["latents"] or args.out / "latents.safetensors",
+            latents=args.data if superres else o["latents"] or args.out / "latents.safetensors",
+            task=o["task"],
+            noise_aug_max=o["noise_aug_max"],
+            aug_level=o["aug_level"],
+            crop=o["crop"],
             out=args.out,
             architecture=o["architecture"],
             preset=preset,
@@ -150,6 +194,8 @@ def run(args: argparse.Namespace) -> int:
     ckpt = args.out / "checkpoints" / "last.safetensors"
     try:
         with tidy_run_folder(args.out, ckpt):
+            if not cfg.latents.is_file() and cfg.task == "superres":
+                raise UserError(f"--data {cfg.latents}: no such dataset file")
             if not cfg.latents.is_file():
                 vae = cfg.vae_run
                 if vae is None or args.data is None:

@@ -25,7 +25,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -63,6 +63,7 @@ from latentworks.training.ema import EMA
 from latentworks.training.resume import DIFFUSION_RESUME, check_resume, read_run_config
 
 TRAINABLE = ("unet", "dit")  # the architectures latentworks train builds and fine-tunes
+TASKS = ("text2image", "superres")  # superres: a pixel 2x stage with noise augmentation (training.superres)
 
 DEFAULT_PROMPTS = (
     "red apple, google style",
@@ -74,7 +75,9 @@ DEFAULT_PROMPTS = (
 
 @dataclass(frozen=True, kw_only=True)
 class DiffusionTrainConfig:
-    """Stage-2 training on a latent cache (``pipelines.latents``)."""
+    """Stage-2 training on a latent cache (``pipelines.latents``), or with ``task="superres"`` a pixel
+    super-resolution stage on a dataset file (``latents`` is then the ``.npz`` of high-resolution images;
+    ``training.superres``)."""
 
     latents: Path
     out: Path
@@ -109,9 +112,21 @@ class DiffusionTrainConfig:
     device: str = "cpu"
     progress: bool = True
     max_seconds: float | None = None
+    task: str = "text2image"  # or "superres" (see the class docstring)
+    noise_aug_max: float = 0.5  # superres: augmentation levels are drawn uniformly from [0, noise_aug_max]
+    aug_level: float = 0.1  # superres: the fixed level previews and the exported stage sample with
+    crop: int | None = None  # superres: train on random crops of this side (None: whole images)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "latents", Path(self.latents))
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.task == "superres" and self.architecture != "unet":
+            raise ValueError(f"task superres trains a U-Net; got architecture {self.architecture!r}")
+        if not (0 < self.noise_aug_max <= 1 and 0 <= self.aug_level <= 1):
+            raise ValueError(
+                f"noise_aug_max must be in (0, 1] and aug_level in [0, 1], got {self.noise_aug_max}, {self.aug_level}"
+            )
         object.__setattr__(self, "out", Path(self.out))
         if self.architecture not in TRAINABLE:
             raise ValueError(f"architecture must be 'unet' or 'dit', got {self.architecture!r}")
@@ -131,7 +146,9 @@ class DiffusionTrainConfig:
         if self.model is not None:
             return self.model
         presets: dict[str, Any]
-        if self.architecture == "unet":
+        if self.task == "superres":
+            from latentworks.models.superres import PRESETS as presets
+        elif self.architecture == "unet":
             from latentworks.models.unet import PRESETS as presets
         else:
             from latentworks.models.dit import PRESETS as presets
@@ -233,9 +250,18 @@ def _resume_model_config(cfg: DiffusionTrainConfig, saved: dict[str, Any] | None
     return config_from_dict(model_config_class(saved.get("architecture", cfg.architecture)), saved["model"])
 
 
-def check_fit(arch: str, mcfg: Any, channels: int, size: int, text_dim: int) -> None:
-    """Raise a clear error when the model config does not fit the latents or the text encoder."""
-    if mcfg.in_channels != channels:
+def check_fit(
+    arch: str, mcfg: Any, channels: int, size: int, text_dim: int, concat_channels: int = 0
+) -> None:
+    """Raise a clear error when the model config does not fit the latents or the text encoder.
+    ``concat_channels``: channels the network reads besides the latents (a super-resolution stage's
+    low-resolution image)."""
+    if mcfg.in_channels != channels + concat_channels:
+        if concat_channels:
+            raise ValueError(
+                f"the {arch} config has in_channels={mcfg.in_channels}; this task needs {channels} + "
+                f"{concat_channels} (the image and its conditioning image)"
+            )
         raise ValueError(
             f"the {arch} config has in_channels={mcfg.in_channels} but the latents have {channels} channels; "
             f"use a config with in_channels={channels} (and out_channels={channels})"
@@ -253,7 +279,8 @@ def check_fit(arch: str, mcfg: Any, channels: int, size: int, text_dim: int) -> 
             f"the {arch} config has context_dim={ctx} but the text encoder gives {text_dim}-dim tokens"
         )
     pooled = getattr(mcfg, "pooled_dim", None)
-    if pooled and pooled != text_dim:
+    class_embedding = getattr(mcfg, "num_time_ids", None) == 0  # reads cond.extra, not the pooled text
+    if pooled and not class_embedding and pooled != text_dim:
         raise ValueError(
             f"the {arch} config has pooled_dim={pooled}; the text encoder's pooled vector is {text_dim}"
         )
@@ -350,7 +377,13 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
         cfg.device if not (cfg.device.startswith("cuda") and info.enabled) else f"cuda:{info.local_rank}"
     )
     try:
-        cache = load_latent_cache(cfg.latents)
+        cache: Any
+        if cfg.task == "superres":
+            from latentworks.training.superres import load_pixel_pairs
+
+            cache = load_pixel_pairs(cfg.latents, max_level=cfg.noise_aug_max, level_dim=0, crop=cfg.crop)
+        else:
+            cache = load_latent_cache(cfg.latents)
         if text_encoder is None:
             from latentworks.models.text.minilm import MiniLMTextEncoder
 
@@ -366,7 +399,28 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
         changes = check_resume(saved, cfg, DIFFUSION_RESUME, run=run, model_config=mcfg)
         if changes and info.is_main:
             print("--resume: changed from the saved config: " + "; ".join(changes))
-        check_fit(cfg.architecture, mcfg, cache.channels, cache.size, text_encoder.dim)
+        superres = cfg.task == "superres"
+        if superres:
+            from latentworks.models.superres import check_superres_config
+            from latentworks.models.unet import UNetConfig
+
+            sr_cfg = cast(UNetConfig, mcfg)
+            check_superres_config(
+                sr_cfg, f"preset {cfg.preset!r}" if cfg.model is None else "the model config"
+            )
+            cache.level_dim = sr_cfg.pooled_dim
+            if cfg.crop is not None and cfg.crop % sr_cfg.downsample_factor:
+                raise ValueError(
+                    f"crop {cfg.crop} must be a multiple of the U-Net's downsampling factor {sr_cfg.downsample_factor}"
+                )
+        check_fit(
+            cfg.architecture,
+            mcfg,
+            cache.channels,
+            cache.size,
+            text_encoder.dim,
+            concat_channels=cache.channels if superres else 0,
+        )
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.architecture, mcfg).to(device)
         if init is not None:
@@ -411,6 +465,12 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
             "text_encoder": {"name": "minilm", "max_length": cfg.text_max_length, "dim": text_encoder.dim},
             "train": to_jsonable(cfg),
         }
+        if superres:  # what pipelines.superres.load_superres_stage reads
+            run_config["latent"]["size"] = cache.image_size  # the stage's output, not the crop
+            run_config["superres"] = {
+                "low_resolution": cache.low_size,
+                "defaults": {"aug_level": cfg.aug_level, "steps": cfg.sample_steps},
+            }
         if info.is_main:
             run.mkdir(parents=True, exist_ok=True)
             write_json(run / "config.json", run_config)
@@ -460,6 +520,8 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
                 caps = augment(caps, idx, drop, step_generator(cfg.seed, step, info.rank + CAPTION_STREAM))
             cond = captions(caps)
             nb = objective.noise(x0, gen)
+            if superres:  # the low-resolution image, noise-augmented (draws after the objective's)
+                cond = cache.condition(cond, idx, gen)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 pred = ddp_model(nb.x_in, nb.timestep, cond)
             loss = nb.loss(pred)
@@ -491,7 +553,10 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
                 bar.update(1)
             timed_out = cfg.max_seconds is not None and time.perf_counter() - t_start > cfg.max_seconds
             if info.is_main and (step % cfg.sample_every == 0 or step == cfg.steps or timed_out):
-                _preview(cfg, preview_model, text_encoder, cache, run, step)
+                if superres:
+                    _preview_superres(cfg, preview_model, text_encoder, cache, run, step)
+                else:
+                    _preview(cfg, preview_model, text_encoder, cache, run, step)
                 if log is not None:
                     log.plot(f"train ({cfg.architecture}, {cfg.prediction}) loss")
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or timed_out:
@@ -535,3 +600,35 @@ def _preview(
         if img.shape[1] < 3:
             img = img.expand(-1, 3, -1, -1)
     make_grid(img.cpu()).save(run / "samples" / f"step_{step:07d}.png")
+
+
+def _preview_superres(
+    cfg: DiffusionTrainConfig, model: NetworkModel, text_encoder: Any, cache: Any, run: Path, step: int
+) -> None:
+    """A grid of the first four training images: bicubic from low resolution, the stage's output, the real
+    image (one column each)."""
+    from latentworks.models.superres import upsample
+    from latentworks.pipelines.superres import upscale_with_model
+    from latentworks.training.grids import make_grid
+
+    idx = torch.arange(min(4, len(cache)))
+    device = next(model.denoiser_net.parameters()).device
+    low, high = cache.low[idx], cache.high[idx]  # whole images, whatever the training crop
+    cond = text_encoder.encode([cache.captions[int(i)] for i in idx])
+    uncond = text_encoder.encode([""] * len(idx))
+    sr = upscale_with_model(
+        model,
+        low,
+        cond,
+        uncond,
+        list(range(len(idx))),
+        size=cache.image_size,
+        level_dim=cache.level_dim,
+        steps=cfg.sample_steps,
+        guidance=1.0,
+        aug_level=cfg.aug_level,
+        sampler=PREVIEW_SAMPLER,
+    ).to(device)
+    rows = torch.cat([upsample(low, cache.image_size).to(device), sr, high.to(device)])
+    (run / "samples").mkdir(exist_ok=True)
+    make_grid(rows.cpu(), nrow=len(idx)).save(run / "samples" / f"step_{step:07d}.png")
