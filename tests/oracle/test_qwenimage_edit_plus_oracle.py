@@ -108,15 +108,15 @@ def test_two_image_edit_matches_diffusers_qwen_image_edit_plus_pipeline(
     err = (result.latents.float() - lat.float()).abs().max().item()
     scale = lat.abs().max().item()
     print(f"edit-plus latents: max abs diff {err:.3g} (scale {scale:.3g})")
-    assert err <= 1e-4 * max(scale, 1.0), f"latents differ by {err} (scale {scale})"
+    assert err <= 1e-5 * max(scale, 1.0), f"latents differ by {err} (scale {scale})"  # measured 2.9e-6 of 3.3
     mine = np.stack([np.asarray(im, dtype=np.float32) / 255.0 for im in result.images])
     assert np.abs(mine - img).max() <= 1.0 / 255 + 1e-6
 
-    # the order matters (Picture 1 / 2, RoPE frames 1 / 2): the images swapped give other latents, by far more
-    # than the tolerance above
+    # the order matters (Picture 1 / 2, RoPE frames 1 / 2): the images swapped give other latents, far beyond
+    # the tolerance above (measured 2.7e-3: the tiny random network reads its references weakly)
     swapped = ours(PROMPT, NEGATIVE, edit_image=[second, first], steps=STEPS, guidance=4.0, seed=SEED,
                    width=WIDTH, height=HEIGHT)  # fmt: skip
-    assert (swapped.latents - result.latents).abs().max() > 1e-2 * max(scale, 1.0)
+    assert (swapped.latents - result.latents).abs().max() > 1e-4 * max(scale, 1.0)  # 10x the tolerance
 
 
 def test_index_timestep_zero_matches_diffusers_zero_cond_t() -> None:
@@ -154,5 +154,5 @@ def test_index_timestep_zero_matches_diffusers_zero_cond_t() -> None:
     err = (ours - want).abs().max().item()
     scale = want.abs().max().item()
     print(f"index_timestep_zero: max abs diff {err:.3g} (scale {scale:.3g})")
-    assert err <= 1e-4 * max(scale, 1.0)
+    assert err <= 1e-5 * max(scale, 1.0)  # measured 4.4e-6 of 1.7
     assert (plain - want).abs().max().item() > 1e-2 * max(scale, 1.0)
