@@ -20,12 +20,13 @@ from support.template_coverage import markdown, survey, templates, totals
 # SD 3.5, FLUX.1 schnell (all-in-one checkpoint), FLUX.1 dev (split files: UNETLoader + DualCLIPLoader +
 # VAELoader), Z-Image Turbo (split files inside a subgraph, res_multistep), Qwen-Image and Qwen-Image-Edit
 # (split files, CLIPLoader qwen_image, TextEncodeQwenImageEdit; the classic package's versions, whose
-# lightning LoRA is not wired in: Qwen-Image LoRAs are not supported yet).
+# lightning LoRA is not wired in: Qwen-Image LoRAs are not supported yet), and Qwen-Image-Edit-2509 (three input
+# images: TextEncodeQwenImageEditPlus, FluxKontextImageScale).
 CI_SUBSET = {
     "classic/default", "classic/lora", "classic/image2image", "classic/embedding_example",
     "current/sdxlturbo_example", "current/sd3.5_simple_example", "current/flux_schnell",
     "current/flux_dev_full_text_to_image", "current/image_z_image_turbo", "classic/image_qwen_image",
-    "classic/image_qwen_image_edit",
+    "classic/image_qwen_image_edit", "current/image_qwen_image_edit_2509",
 }  # fmt: skip
 FULL = os.environ.get("LATENTWORKS_TEMPLATES_FULL") == "1"
 

@@ -76,6 +76,10 @@ def schema_differences(name: str, ours: dict[str, Any], theirs: dict[str, Any]) 
                 )
                 if default != opts["default"]:
                     note(f"{input_name}.default", f"{default!r} != {opts['default']!r}")
+            if type_ == "COMBO" and "options" in opts:  # a fixed list of choices, where the data gives one
+                choices = entry[0] if isinstance(entry[0], list) else got_opts.get("options")
+                if list(choices or []) != opts["options"]:
+                    note(f"{input_name}.options", f"{choices!r} != {opts['options']!r}")
             for key in ("default", "min", "max") if type_ != "COMBO" else ():
                 if key in opts and not _same_number(got_opts.get(key), opts[key]):
                     note(f"{input_name}.{key}", f"{got_opts.get(key)!r} != {opts[key]!r}")

@@ -106,7 +106,7 @@ def test_edit_nodes_give_the_pipelines_conditioning(
     models_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """TextEncodeQwenImageEdit (with VAE and image) = the pipeline's edit conditioning; ReferenceLatent attaches
-    a VAEEncode latent the same way; a second reference is refused."""
+    a VAEEncode latent the same way; a second one adds a second reference."""
     import dataclasses
 
     from latentworks.models.qwenimage import REFERENCE_LATENTS
@@ -155,5 +155,7 @@ def test_edit_nodes_give_the_pipelines_conditioning(
     torch.testing.assert_close(
         ref.cond.extra[REFERENCE_LATENTS], want.extra[REFERENCE_LATENTS], atol=1e-5, rtol=0
     )
-    with pytest.raises(ValueError, match="one reference image"):
-        registry.get("ReferenceLatent").execute(ctx, conditioning=ref, latent=latent)
+    # a second ReferenceLatent appends the next reference (ComfyUI's list), the first kept as it was
+    (two,) = registry.get("ReferenceLatent").execute(ctx, conditioning=ref, latent=latent)
+    torch.testing.assert_close(two.cond.extra[REFERENCE_LATENTS], ref.cond.extra[REFERENCE_LATENTS])
+    torch.testing.assert_close(two.cond.extra[REFERENCE_LATENTS + ".1"], latent.samples)

@@ -210,6 +210,35 @@ def run_template(
     return row
 
 
+@contextlib.contextmanager
+def small_edit_sizes() -> Iterator[None]:
+    """While active, the sizes editing nodes pick by themselves are shrunk as ``--set`` shrinks the others:
+    Qwen-Image-Edit's input images to SIZE x SIZE area for the VAE and 56 x 56 for the vision tower (instead of
+    1024 x 1024 and 384 x 384), FluxKontextImageScale's resolutions to an eighth (multiples of 16). At the
+    release's sizes a 2509 template's three references make a 16k-token sequence, minutes per step on a CPU."""
+    import dataclasses
+
+    from latentworks import families
+    from latentworks.nodes import edit_plus
+
+    by_name = families._BY_NAME  # noqa: SLF001 - a test-only swap, restored below
+    saved = dict(by_name)
+    saved_kontext = edit_plus.KONTEXT_RESOLUTIONS
+    for key, fam in saved.items():
+        if fam.generation.edit_text is not None:
+            gen = dataclasses.replace(fam.generation, edit_area=SIZE * SIZE, edit_plus_vision_area=56 * 56)
+            by_name[key] = dataclasses.replace(fam, generation=gen)
+    edit_plus.KONTEXT_RESOLUTIONS = tuple(
+        (max(16, round(w / 128) * 16), max(16, round(h / 128) * 16)) for w, h in saved_kontext
+    )
+    try:
+        yield
+    finally:
+        by_name.clear()
+        by_name.update(saved)
+        edit_plus.KONTEXT_RESOLUTIONS = saved_kontext
+
+
 def run_cli(workflow: Path, models: Path, inputs: Path, outputs: Path, sets: list[str]) -> tuple[int, str]:
     """``latentworks run`` through its real entry point, in this process (so the tiny Qwen3 maps to Qwen3-4B);
     returns (exit status, stderr)."""
@@ -220,7 +249,12 @@ def run_cli(workflow: Path, models: Path, inputs: Path, outputs: Path, sets: lis
     for s in sets:
         argv += ["--set", s]
     err = io.StringIO()
-    with tiny_qwen_is_qwen3_4b(), contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+    with (
+        tiny_qwen_is_qwen3_4b(),
+        small_edit_sizes(),
+        contextlib.redirect_stderr(err),
+        contextlib.redirect_stdout(io.StringIO()),
+    ):
         try:
             rc = main(argv)
         except Exception as e:  # noqa: BLE001 - a crash is what the table must show, not stop at

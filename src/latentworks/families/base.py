@@ -92,6 +92,10 @@ class Generation:
             text encoder's vision tower and its latents join the denoiser's sequence); None: no image input.
         edit_area: the pixel area the input image is resized to (keeping its aspect ratio, sides multiples
             of 32), which is also the output size unless one is given.
+        edit_plus_text: the prompt recipe for several input images (Qwen-Image-Edit-2509: each image announced
+            as "Picture N:" before the prompt); None: one input image at most.
+        edit_plus_vision_area: the pixel area each of those images is resized to for the vision tower (its
+            latents still use ``edit_area``).
         class_input_dim: width of the denoiser's class input (SD 2.1 unCLIP's augmented image embedding,
             ``cond.extra["class_input"]``); a conditioning without one gets zeros. 0: none.
     """
@@ -103,6 +107,8 @@ class Generation:
     guidance_norm: GuidanceNorm | None = None
     edit_text: QwenRecipe | None = None
     edit_area: int = 1024 * 1024
+    edit_plus_text: QwenRecipe | None = None
+    edit_plus_vision_area: int = 384 * 384
     class_input_dim: int = 0
 
 

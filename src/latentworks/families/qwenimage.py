@@ -73,6 +73,18 @@ EDIT_TEMPLATE = (
     "<|im_start|>assistant\n"
 )
 EDIT_DROP_TOKENS = 64
+# diffusers' QwenImageEditPlusPipeline (Qwen-Image-Edit-2509 and -2511; ComfyUI's TextEncodeQwenImageEditPlus):
+# the same system turn, the images announced before the prompt as "Picture 1: <vision tokens>Picture 2: ...";
+# the same 64 leading tokens dropped. The vision tower reads each image at 384 x 384 area (CONDITION_IMAGE_SIZE),
+# the VAE at 1024 x 1024 (VAE_IMAGE_SIZE).
+EDIT_PLUS_TEMPLATE = (
+    "<|im_start|>system\nDescribe the key features of the input image (color, shape, size, texture, objects, "
+    "background), then explain how the user's text instruction should alter or modify the image. Generate a new "
+    "image that meets the user's requirements while maintaining consistency with the original input where "
+    "appropriate.<|im_end|>\n<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
+)
+EDIT_PLUS_PICTURE = "Picture {index}: <|vision_start|><|image_pad|><|vision_end|>"
+EDIT_PLUS_VISION_AREA = 384 * 384
 MAX_PROMPT_TOKENS = 1024  # tokenizer_max_length
 # scheduler_config.json of Qwen/Qwen-Image (use_dynamic_shifting, time_shift_type "exponential")
 DYNAMIC_SHIFT = FlowDynamicShift(base_seq_len=256, max_seq_len=8192, base_shift=0.5, max_shift=0.9)
@@ -115,6 +127,16 @@ QWEN_IMAGE = ModelFamily(
             max_length=MAX_PROMPT_TOKENS + EDIT_DROP_TOKENS,
             drop_tokens=EDIT_DROP_TOKENS,
         ),
+        edit_plus_text=QwenRecipe(
+            name="qwen-image-edit-plus",
+            component="qwen25vl_7b",
+            template=EDIT_PLUS_TEMPLATE,
+            layer=-1,
+            max_length=MAX_PROMPT_TOKENS + EDIT_DROP_TOKENS,
+            drop_tokens=EDIT_DROP_TOKENS,
+            image_prompt=EDIT_PLUS_PICTURE,
+        ),
+        edit_plus_vision_area=EDIT_PLUS_VISION_AREA,
     ),
     text=QwenRecipe(
         name="qwen-image",

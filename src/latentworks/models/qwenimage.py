@@ -20,11 +20,22 @@ joint attention; image keys are always attended). ``cond.pooled`` is not used. H
 
 Qwen-Image-Edit: ``cond.extra["reference_latents"]`` (B, 16, h, w), the input image's normalised latents, are
 packed and appended to the image stream at RoPE frame 1 (diffusers' ``img_shapes`` second entry); the
-prediction covers the noisy latent only.
+prediction covers the noisy latent only. Qwen-Image-Edit-2509 (several input images): further references under
+``reference_latents.1``, ``reference_latents.2`` (:func:`reference_latents`), each at the next frame (2, 3, ...)
+as diffusers' ``QwenImageEditPlusPipeline`` places them. ``cond.extra["reference_latents_method"]`` (B,) codes
+ComfyUI's FluxKontextMultiReferenceLatentMethod (:data:`REFERENCE_METHODS`):
+
+- ``index`` (the default): frames 1, 2, ... at the grid's centre, as above;
+- ``offset``: every reference at frame 1, each placed beside the ones before it (ComfyUI's layout: right of
+  them when that keeps the union closer to square, else below);
+- ``index_timestep_zero`` (Qwen-Image-Edit-2511): as ``index``, and the reference tokens' adaLN modulation reads
+  the timestep embedding of t = 0 while the noisy tokens read the sampling timestep (diffusers'
+  ``zero_cond_t=True``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -40,7 +51,73 @@ from latentworks.nn.norms import RMSNorm
 from latentworks.nn.patch import pack_latents, unpack_latents
 from latentworks.nn.rope import apply_rope, rope_frequencies
 
-REFERENCE_LATENTS = "reference_latents"  # cond.extra key of Qwen-Image-Edit's input-image latents
+REFERENCE_LATENTS = "reference_latents"  # cond.extra key of Qwen-Image-Edit's (first) input-image latents
+REFERENCE_METHOD = "reference_latents_method"  # cond.extra key: (B,) index into REFERENCE_METHODS
+REFERENCE_METHODS = ("index", "offset", "index_timestep_zero")
+"""How reference latents are placed (ComfyUI's ``reference_latents_method`` values; see the module docstring)."""
+
+
+def reference_key(i: int) -> str:
+    """The ``cond.extra`` key of the i-th reference latent (0: ``reference_latents``, then ``.1``, ``.2``)."""
+    return REFERENCE_LATENTS if i == 0 else f"{REFERENCE_LATENTS}.{i}"
+
+
+def reference_latents(cond: Conditioning) -> list[Tensor]:
+    """The reference latents a conditioning carries, in order (each (B, C, h, w)); [] for none."""
+    out: list[Tensor] = []
+    while reference_key(len(out)) in cond.extra:
+        out.append(cond.extra[reference_key(len(out))])
+    return out
+
+
+def with_reference_latents(cond: Conditioning, latents: Sequence[Tensor]) -> Conditioning:
+    """``cond`` with ``latents`` (each (B or 1, C, h, w)) appended after the references it already has."""
+    first = len(reference_latents(cond))
+    b = cond.batch_size
+    extra = {
+        reference_key(first + i): z.expand(b, *z.shape[1:]) if z.shape[0] == 1 else z
+        for i, z in enumerate(latents)
+    }
+    return cond.with_extra(**extra)
+
+
+def with_reference_method(cond: Conditioning, method: str) -> Conditioning:
+    """``cond`` with its references placed by ``method`` (one of :data:`REFERENCE_METHODS`)."""
+    if method not in REFERENCE_METHODS:
+        raise ValueError(
+            f"unknown reference latent method {method!r}; choose one of {', '.join(REFERENCE_METHODS)}"
+        )
+    code = torch.full((cond.batch_size,), REFERENCE_METHODS.index(method), device=cond.tokens.device)
+    return cond.with_extra(**{REFERENCE_METHOD: code})
+
+
+def reference_method(cond: Conditioning) -> str:
+    """The method a (batched) conditioning's references are placed by; ``index`` when none is set."""
+    code = cond.extra.get(REFERENCE_METHOD)
+    if code is None:
+        return REFERENCE_METHODS[0]
+    codes = {int(c) for c in code.flatten().tolist()}
+    if len(codes) != 1 or not 0 <= next(iter(codes)) < len(REFERENCE_METHODS):
+        raise ValueError(
+            f"cond.extra[{REFERENCE_METHOD!r}] must hold one method code for the whole batch (0..."
+            f"{len(REFERENCE_METHODS) - 1}), got {sorted(codes)}: sample the prompt and the negative prompt with "
+            "the same FluxKontextMultiReferenceLatentMethod"
+        )
+    return REFERENCE_METHODS[codes.pop()]
+
+
+def offset_placements(grids: Sequence[tuple[int, int]]) -> tuple[tuple[int, int, int], ...]:
+    """``(frame, row offset, col offset)`` per reference grid for the ``offset`` method: all at frame 1, each
+    beside the union of the ones before it (ComfyUI's rule, on latent sizes: to the right when the reference is
+    taller than it is wide relative to that union, else below). ``grids`` and offsets are in latent pixels;
+    the offsets returned are in packed 2x2 tokens, rounded half up as ComfyUI does."""
+    h = w = 0
+    out = []
+    for gh, gw in grids:
+        dh, dw = (0, w) if gh + h > gw + w else (h, 0)
+        h, w = max(h, gh + dh), max(w, gw + dw)
+        out.append((1, (dh + 1) // 2, (dw + 1) // 2))
+    return tuple(out)
 
 
 def position_ids(
@@ -49,15 +126,20 @@ def position_ids(
     text_len: int,
     device: torch.device | None = None,
     references: tuple[tuple[int, int], ...] = (),
+    placements: tuple[tuple[int, int, int], ...] | None = None,
 ) -> Tensor:
     """(text_len + h * w + sum of reference grids, 3) RoPE positions ``(frame, row, col)``: text tokens first,
     then the h x w packed image grid in raster order, then each reference image's grid (Qwen-Image-Edit) at
-    frame 1, 2, ... (see the module docstring for the centred grids and the diagonal text, which starts past the
-    largest grid)."""
+    frame 1, 2, ... or at ``placements`` ``(frame, row offset, col offset)`` per reference (see the module
+    docstring for the centred grids and the diagonal text, which starts past the largest grid)."""
+    if placements is None:
+        placements = tuple((i + 1, 0, 0) for i in range(len(references)))
+    if len(placements) != len(references):
+        raise ValueError(f"{len(references)} reference grids but {len(placements)} placements")
     grids = []
-    for frame, (gh, gw) in enumerate(((h, w), *references)):
-        rows = torch.arange(gh, device=device) - (gh - gh // 2)  # -(h - h//2) .. h//2 - 1
-        cols = torch.arange(gw, device=device) - (gw - gw // 2)
+    for (frame, dr, dc), (gh, gw) in zip(((0, 0, 0), *placements), ((h, w), *references), strict=True):
+        rows = torch.arange(gh, device=device) + dr - (gh - gh // 2)  # -(h - h//2) .. h//2 - 1 (+ offset)
+        cols = torch.arange(gw, device=device) + dc - (gw - gw // 2)
         grid_r, grid_c = torch.meshgrid(rows, cols, indexing="ij")
         grids.append(
             torch.stack([torch.full_like(grid_r, frame), grid_r, grid_c], dim=-1).reshape(gh * gw, 3)
@@ -133,6 +215,16 @@ PRESETS: dict[str, QwenImageConfig] = {
 }
 
 
+def _modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    """:func:`modulate` with per-sample (B, D) or per-token (B, N, D) shift and scale; x (B, N, D)."""
+    return modulate(x, shift, scale) if shift.ndim == 2 else x * (1 + scale) + shift
+
+
+def _gate(x: Tensor, g: Tensor) -> Tensor:
+    """:func:`gate` with a per-sample (B, D) or per-token (B, N, D) gate; x (B, N, D)."""
+    return gate(x, g) if g.ndim == 2 else x * g
+
+
 class QwenImageBlock(nn.Module):
     """One double-stream block: per-stream adaLN (shift, scale, gate for attention and for the MLP), joint
     attention over ``[text; image]`` with a key mask on text padding, per-stream MLP."""
@@ -148,12 +240,27 @@ class QwenImageBlock(nn.Module):
         self.txt_mlp = FeedForward(d, config.mlp_hidden_dim)
 
     def forward(
-        self, img: Tensor, txt: Tensor, vec: Tensor, freqs: Tensor, key_mask: Tensor | None
+        self,
+        img: Tensor,
+        txt: Tensor,
+        vec: Tensor,
+        freqs: Tensor,
+        key_mask: Tensor | None,
+        ref_vec: Tensor | None = None,
+        n_noisy: int = 0,
     ) -> tuple[Tensor, Tensor]:
-        # img: (B, N, D), txt: (B, L, D), vec: (B, D), freqs: (L+N, hd/2, 2), key_mask: (B, L+N) or None
-        i_shift, i_scale, i_gate, i_shift_m, i_scale_m, i_gate_m = self.img_mod(vec)
+        # img: (B, N, D), txt: (B, L, D), vec: (B, D), freqs: (L+N, hd/2, 2), key_mask: (B, L+N) or None;
+        # ref_vec (B, D): the image stream's tokens past the first n_noisy are modulated by it instead of vec
+        img_mods = self.img_mod(vec)  # 6 x (B, D)
+        if ref_vec is not None:  # per-token modulation: 6 x (B, N, D)
+            n_ref = img.shape[1] - n_noisy
+            img_mods = tuple(
+                torch.cat([m[:, None].expand(-1, n_noisy, -1), z[:, None].expand(-1, n_ref, -1)], dim=1)
+                for m, z in zip(img_mods, self.img_mod(ref_vec), strict=True)
+            )
+        i_shift, i_scale, i_gate, i_shift_m, i_scale_m, i_gate_m = img_mods
         t_shift, t_scale, t_gate, t_shift_m, t_scale_m, t_gate_m = self.txt_mod(vec)
-        qi, ki, vi = self.img_attn.qkv_tokens(modulate(layer_norm(img), i_shift, i_scale))  # (B, N, H, hd)
+        qi, ki, vi = self.img_attn.qkv_tokens(_modulate(layer_norm(img), i_shift, i_scale))  # (B, N, H, hd)
         qt, kt, vt = self.txt_attn.qkv_tokens(modulate(layer_norm(txt), t_shift, t_scale))  # (B, L, H, hd)
         # joined token-major (row copies), then viewed head-major (B, H, L+N, hd) for RoPE and attention
         q, k, v = (torch.cat(s, dim=1).transpose(1, 2) for s in ((qt, qi), (kt, ki), (vt, vi)))
@@ -162,8 +269,8 @@ class QwenImageBlock(nn.Module):
         n_txt = txt.shape[1]
         txt_out, img_out = joint[:, :n_txt], joint[:, n_txt:]
         assert self.img_attn.proj is not None and self.txt_attn.proj is not None
-        img = img + gate(self.img_attn.proj(img_out), i_gate)
-        img = img + gate(self.img_mlp(modulate(layer_norm(img), i_shift_m, i_scale_m)), i_gate_m)
+        img = img + _gate(self.img_attn.proj(img_out), i_gate)
+        img = img + _gate(self.img_mlp(_modulate(layer_norm(img), i_shift_m, i_scale_m)), i_gate_m)
         txt = txt + gate(self.txt_attn.proj(txt_out), t_gate)
         txt = txt + gate(self.txt_mlp(modulate(layer_norm(txt), t_shift_m, t_scale_m)), t_gate_m)
         return img, txt
@@ -208,18 +315,27 @@ class QwenImage(nn.Module):
         vec = self.time_in(timestep_embedding(t, TIME_EMBED_DIM).to(dtype))  # (B, D)
 
         n_img = img.shape[1]
-        refs = cond.extra.get(REFERENCE_LATENTS)
-        grids: tuple[tuple[int, int], ...] = ()
-        if refs is not None:  # Qwen-Image-Edit: the input image's latents join the image stream
+        grids: list[tuple[int, int]] = []
+        for i, refs in enumerate(
+            reference_latents(cond)
+        ):  # Qwen-Image-Edit: input images join the image stream
             if refs.ndim != 4 or refs.shape[1] != cfg.in_channels or refs.shape[-2] % p or refs.shape[-1] % p:
                 raise ValueError(
-                    f"cond.extra[{REFERENCE_LATENTS!r}] must be (B, {cfg.in_channels}, h, w) latents with h, w "
+                    f"cond.extra[{reference_key(i)!r}] must be (B, {cfg.in_channels}, h, w) latents with h, w "
                     f"multiples of {p}, got {tuple(refs.shape)}"
                 )
             img = torch.cat([img, self.img_in(pack_latents(refs.to(device=x.device, dtype=dtype), p))], dim=1)
-            grids = ((refs.shape[-2] // p, refs.shape[-1] // p),)
+            grids.append((refs.shape[-2], refs.shape[-1]))
+        method = reference_method(cond) if grids else "index"
+        placements = offset_placements(grids) if method == "offset" else None
+        ref_vec = None
+        if method == "index_timestep_zero":  # the references read the embedding of t = 0
+            ref_vec = self.time_in(timestep_embedding(torch.zeros_like(t), TIME_EMBED_DIM).to(dtype))
         n_txt = txt.shape[1]
-        ids = position_ids(height // p, width // p, n_txt, device=x.device, references=grids)  # (L+N, 3)
+        packed = tuple((gh // p, gw // p) for gh, gw in grids)
+        ids = position_ids(
+            height // p, width // p, n_txt, device=x.device, references=packed, placements=placements
+        )  # (L+N, 3)
         freqs = rope_frequencies(ids, cfg.axes_dim, cfg.theta)  # (L+N, hd/2, 2)
         key_mask = None  # an all-real mask is dropped so SDPA may pick its fused kernels (as diffusers does)
         if cond.mask is not None and not bool(cond.mask.bool().all()):
@@ -227,6 +343,6 @@ class QwenImage(nn.Module):
             key_mask = torch.cat([cond.mask.to(device=x.device, dtype=torch.bool), image_keys], dim=1)
 
         for block in self.blocks:
-            img, txt = block(img, txt, vec, freqs, key_mask)
+            img, txt = block(img, txt, vec, freqs, key_mask, ref_vec, n_img)
         out = self.final_layer(img[:, :n_img], vec)  # (B, N, p*p*C_out): the noisy latent's tokens only
         return unpack_latents(out, height, width, p)

@@ -20,6 +20,7 @@ def default_registry(
 
     # custom sampling and model-sampling patches (issue 23)
     from latentworks.nodes.custom_sampling import custom_sampling_nodes
+    from latentworks.nodes.edit_plus import edit_plus_nodes
     from latentworks.nodes.image import image_nodes
     from latentworks.nodes.image_ops import image_ops_nodes
     from latentworks.nodes.inpaint import inpaint_nodes
@@ -62,6 +63,7 @@ def default_registry(
             *sampler_option_nodes(),  # SamplerEulerAncestral, SamplerDPMPP_*, SamplerLMS
             *controlnet_nodes(md),  # ControlNetLoader, ControlNetApplyAdvanced, ControlNetApply, Canny
             *qwen_edit_nodes(),  # TextEncodeQwenImageEdit, ReferenceLatent (issue 22)
+            *edit_plus_nodes(),  # TextEncodeQwenImageEditPlus, FluxKontextImageScale, ...MultiReferenceLatentMethod
         ]
     )
 

@@ -8,7 +8,7 @@ reference. Without an image the prompt is encoded as for text-to-image (as Comfy
 The input image is resized as diffusers' QwenImageEditPipeline does (the family's edit area, 1024 x 1024, at its
 aspect ratio, sides multiples of 32, Lanczos), so a workflow and ``pipe(prompt, image=...)`` see the same
 image; ComfyUI keeps the exact area (``area`` resampling) and pads the latents to whole 2x2 patches instead.
-One reference image per conditioning (ComfyUI's list of several is not supported).
+Chained ReferenceLatent nodes add further references (``reference_latents.1``, ...), as ComfyUI's list does.
 """
 
 from __future__ import annotations
@@ -21,19 +21,16 @@ from PIL import Image
 
 from latentworks import families
 from latentworks.graph.types import NodeSpec, OutputSpec, input_spec
-from latentworks.models.qwenimage import REFERENCE_LATENTS
+from latentworks.models.qwenimage import with_reference_latents
 from latentworks.nodes.image import _encode_pixels
 from latentworks.nodes.payloads import ClipPayload, ConditioningPayload, Latent, VAEPayload
 from latentworks.pipelines.text_to_image import resize_for_edit
 
 
 def _with_reference(cond: ConditioningPayload, latents: torch.Tensor) -> ConditioningPayload:
-    if REFERENCE_LATENTS in cond.cond.extra:
-        raise ValueError(
-            "this conditioning already has a reference latent; latentworks supports one reference image per "
-            "conditioning (chain a single TextEncodeQwenImageEdit or ReferenceLatent)"
-        )
-    return ConditioningPayload(cond.cond.with_extra(**{REFERENCE_LATENTS: latents}))
+    """``cond`` with ``latents`` appended as its next reference (Qwen-Image-Edit reads several, each at the next
+    RoPE frame, as ComfyUI's list of reference latents)."""
+    return ConditioningPayload(with_reference_latents(cond.cond, [latents]))
 
 
 def _text_encode_edit(

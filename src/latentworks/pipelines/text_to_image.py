@@ -28,7 +28,7 @@ from latentworks.diffusion.guidance import check_interval
 from latentworks.diffusion.samplers import SAMPLERS, StepInfo
 from latentworks.diffusion.schedules import SCHEDULERS, get_sigmas
 from latentworks.families.load import read_checkpoint
-from latentworks.models.qwenimage import REFERENCE_LATENTS
+from latentworks.models.qwenimage import with_reference_latents
 from latentworks.models.unet import CLASS_INPUT_KEY
 from latentworks.pipelines.control import Control, attach_controls
 from latentworks.pipelines.families import (
@@ -236,11 +236,15 @@ class Pipeline:
         return [*self._text_networks(), self.model.denoiser_net, *vae]
 
     def encode_prompts(
-        self, prompts: list[str], edit: tuple[Image.Image, Tensor] | None = None
+        self,
+        prompts: list[str],
+        edit: tuple[Image.Image, Tensor] | tuple[list[Image.Image], list[Tensor]] | None = None,
     ) -> Conditioning:
         """The prompts' conditioning; with ``edit`` (the resized input image and its model-space latents, from
         an editing model's ``edit_image=``) the text encoder reads the image too and the latents ride along as
-        ``extra["reference_latents"]``."""
+        ``extra["reference_latents"]``. With lists (``edit_image=[a, b]``, Qwen-Image-Edit-2509) each image is
+        read as "Picture N" and its latents become reference N (``reference_latents``, ``reference_latents.1``,
+        ...)."""
         with contextlib.ExitStack() as stack:
             nets = self._text_networks()
             for m in nets:
@@ -253,11 +257,35 @@ class Pipeline:
             if edit is None:
                 return self.text_encoder.encode(prompts).to(self.device, self.dtype)
             picture, latents = edit
-            recipe = self.behaviour.edit_text
+            recipe = self.behaviour.edit_plus_text if isinstance(picture, list) else self.behaviour.edit_text
             assert recipe is not None  # checked by _edit_input
             cond = self.text_encoder.encode_with_image(prompts, [picture] * len(prompts), recipe)
-        refs = latents.expand(len(prompts), *latents.shape[1:])
-        return cond.to(self.device, self.dtype).with_extra(**{REFERENCE_LATENTS: refs.to(self.device)})
+        refs = latents if isinstance(latents, list) else [latents]
+        return with_reference_latents(cond.to(self.device, self.dtype), [r.to(self.device) for r in refs])
+
+    def _edit_inputs(
+        self, images: list[Image.Image], init_image: Image.Image | list[Image.Image] | None
+    ) -> tuple[list[Image.Image], list[Tensor], tuple[int, int]]:
+        """Several input images (Qwen-Image-Edit-2509, as diffusers' QwenImageEditPlusPipeline): each resized to
+        the vision area for the text encoder and to the edit area for its latents (1, C, h, w); and the default
+        output (height, width): the last image's edit size."""
+        name = str(self.model.meta.get("name", self.model.path))
+        recipe = self.behaviour.edit_plus_text
+        if recipe is None or not hasattr(self.text_encoder, "encode_with_image"):
+            raise ValueError(
+                f"{name} does not take several images to edit (edit_image=[...]): only Qwen-Image-Edit-2509 "
+                "style models do; give one image (edit_image=IMAGE) for single-image editing"
+            )
+        if init_image is not None:
+            raise ValueError(
+                "give either edit_image= (editing) or image= / init_image= (image-to-image), not both"
+            )
+        if not images:
+            raise ValueError("edit_image=[] holds no image: give at least one image to edit")
+        seen = [resize_for_edit(im, self.behaviour.edit_plus_vision_area) for im in images]
+        encoded = [resize_for_edit(im, self.behaviour.edit_area) for im in images]
+        latents = [self.encode_images([pic], (pic.height, pic.width)) for pic in encoded]
+        return seen, latents, (encoded[-1].height, encoded[-1].width)
 
     def _edit_input(
         self, image: Image.Image, init_image: Image.Image | list[Image.Image] | None
@@ -347,7 +375,7 @@ class Pipeline:
         height: int | None = None,
         init_image: Image.Image | list[Image.Image] | None = None,
         image: Image.Image | list[Image.Image] | None = None,
-        edit_image: Image.Image | None = None,
+        edit_image: Image.Image | list[Image.Image] | None = None,
         strength: float = 1.0,
         mask: Image.Image | Tensor | np.ndarray | None = None,
         mask_blur: float = 0.0,
@@ -381,7 +409,10 @@ class Pipeline:
 
         ``edit_image`` (editing models, Qwen-Image-Edit): the image the prompt describes a change to; it is read
         by the text encoder's vision tower and its latents join the denoiser's sequence; the output takes its
-        aspect ratio at the family's edit area unless ``width``/``height`` are given.
+        aspect ratio at the family's edit area unless ``width``/``height`` are given. A list of images
+        (Qwen-Image-Edit-2509, as diffusers' ``QwenImageEditPlusPipeline``) is read as "Picture 1", "Picture 2", ...
+        (each at the family's vision area) and each image's latents join the sequence at the next RoPE frame; the
+        output takes the last image's aspect ratio.
         Inpainting (docs/editing.md): ``mask`` (PIL image, white = regenerate, or an (H, W) array in [0, 1]) over
         ``image`` regenerates the white area. Without ``width``/``height`` the image's own size is used (rounded
         down to the VAE factor); a mask of another size than the image is resized with a
@@ -442,8 +473,11 @@ class Pipeline:
         imgs = None if init_image is None else (init_image if isinstance(init_image, list) else [init_image])
         f = self.vae.config.downsample_factor
         h0, w0 = self.model.resolution
-        edit = None
-        if edit_image is not None:  # an editing model: the input image sets the default size
+        edit: tuple[Image.Image, Tensor] | tuple[list[Image.Image], list[Tensor]] | None = None
+        if isinstance(edit_image, list):  # several input images (Qwen-Image-Edit-2509)
+            seen, refs, (h0, w0) = self._edit_inputs(edit_image, init_image)
+            edit = (seen, refs)
+        elif edit_image is not None:  # an editing model: the input image sets the default size
             edit = self._edit_input(edit_image, init_image)
             h0, w0 = edit[0].height, edit[0].width
         if mask is not None and imgs and height is None and width is None:

@@ -43,7 +43,7 @@ real tokens are kept: tokens (B, L, 2560) with L the longest prompt of the batch
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,6 +152,8 @@ class QwenRecipe:
             included.
         drop_tokens: leading tokens (the template's fixed prefix, e.g. Qwen-Image's system prompt) whose states
             are dropped after the model has read them.
+        image_prompt: text put before the prompt once per input image, ``{index}`` numbering them
+            (Qwen-Image-Edit-2509); "" when the template itself holds the image (Qwen-Image-Edit).
     """
 
     name: str
@@ -160,6 +162,7 @@ class QwenRecipe:
     layer: int = -2
     max_length: int = 512
     drop_tokens: int = 0
+    image_prompt: str = ""
 
     def __post_init__(self) -> None:
         if "{prompt}" not in self.template:
@@ -456,35 +459,74 @@ class QwenPromptEncoder:
         return Conditioning(tokens=tokens[:, drop:], mask=mask[:, drop:])
 
     @torch.no_grad()
-    def encode_with_image(self, prompts: list[str], images: list[Any], recipe: QwenRecipe) -> Conditioning:
-        """Prompts that each see an input image (Qwen-Image-Edit): ``recipe.template`` holds
-        ``<|image_pad|>``, which becomes the image's vision tokens; the vision tower (Qwen2.5-VL with
-        ``visual.*`` weights) reads the image. ``images``: one PIL image per prompt."""
+    def encode_with_image(
+        self,
+        prompts: list[str],
+        images: list[Any],
+        recipe: QwenRecipe,
+        *,
+        picture_numbers: Sequence[int] | None = None,
+    ) -> Conditioning:
+        """Prompts that each see input images (Qwen-Image-Edit): each ``<|image_pad|>`` of the templated text
+        becomes one image's vision tokens, read by the vision tower (Qwen2.5-VL with ``visual.*`` weights).
+
+        ``images``: per prompt, one PIL image or a list of them. With ``recipe.image_prompt`` (Qwen-Image-Edit-2509:
+        ``"Picture {index}: <|vision_start|><|image_pad|><|vision_end|>"``) that text is put before the prompt once
+        per image, numbered by ``picture_numbers`` (default 1, 2, ...; ComfyUI numbers by input slot);
+        otherwise ``recipe.template`` holds one ``<|image_pad|>`` per image. A prompt with no images reads the
+        template alone (no vision tokens)."""
         if len(images) != len(prompts):
-            raise ValueError(f"give one image per prompt: {len(prompts)} prompts, {len(images)} images")
-        if IMAGE_PAD not in recipe.template:
-            raise ValueError(f"{recipe.name}: an image prompt template must contain {IMAGE_PAD}")
+            raise ValueError(
+                f"give one image (or list of images) per prompt: {len(prompts)} prompts, {len(images)}"
+            )
+        per_prompt = [list(im) if isinstance(im, (list, tuple)) else [im] for im in images]
+        texts = []
+        for prompt, ims in zip(prompts, per_prompt, strict=True):
+            if recipe.image_prompt:
+                numbers = (
+                    list(picture_numbers) if picture_numbers is not None else list(range(1, len(ims) + 1))
+                )
+                if len(numbers) != len(ims):
+                    raise ValueError(f"{len(ims)} images but {len(numbers)} picture numbers")
+                prompt = "".join(recipe.image_prompt.replace("{index}", str(n)) for n in numbers) + prompt
+            text = recipe.template.replace("{prompt}", prompt)
+            if text.count(IMAGE_PAD) != len(ims):
+                raise ValueError(
+                    f"{recipe.name}: the prompt template holds {text.count(IMAGE_PAD)} {IMAGE_PAD} but "
+                    f"{len(ims)} images were given"
+                )
+            texts.append(text)
+        flat = [im for ims in per_prompt for im in ims]
+        if not flat:  # the edit template without pictures: the language model alone
+            ids, mask = self.tokenizer(texts, recipe.max_length)
+            device = next(self.model.parameters()).device
+            ids, mask = ids.to(device), mask.to(device)
+            hidden = qwen_hidden_states(self.model, ids, mask, layer=recipe.layer)
+            tokens = hidden * mask[..., None].to(hidden.dtype)
+            return Conditioning(tokens=tokens[:, recipe.drop_tokens :], mask=mask[:, recipe.drop_tokens :])
         if self._vl is None:
             if not self._vision:
                 raise ValueError(
                     "this text encoder has no vision tower ('visual.*'), which editing needs: pass the full "
                     "Qwen2.5-VL-7B file (e.g. ComfyUI's qwen_2.5_vl_7b.safetensors)"
                 )
-            p = next(self.model.parameters())
+            param = next(self.model.parameters())
             self._vl = build_qwen25vl(
                 {f"visual.{k}": v for k, v in self._vision.items()},
-                dtype=p.dtype,
-                device=p.device,
+                dtype=param.dtype,
+                device=param.device,
                 language_model=self.model.state_dict(),  # shares the language model's tensors
             )
         vl = self._vl
         merge = int(vl.config.vision_config.spatial_merge_size)
-        pixels, grid, counts = vision_inputs(images, merge_size=merge)
-        texts = [
-            recipe.template.replace("{prompt}", p).replace(IMAGE_PAD, IMAGE_PAD * n)
-            for p, n in zip(prompts, counts, strict=True)
-        ]
-        ids, mask = self.tokenizer(texts, recipe.max_length + sum(counts))  # (B, L)
+        pixels, grid, counts = vision_inputs(flat, merge_size=merge)  # images in reading order
+        filled, k = [], 0
+        for text, ims in zip(texts, per_prompt, strict=True):
+            parts = text.split(IMAGE_PAD)
+            pads = [IMAGE_PAD * n for n in counts[k : k + len(ims)]]
+            k += len(ims)
+            filled.append(parts[0] + "".join(pad + part for pad, part in zip(pads, parts[1:], strict=True)))
+        ids, mask = self.tokenizer(filled, recipe.max_length + sum(counts))  # (B, L)
         device = next(vl.parameters()).device
         out = vl(
             input_ids=ids.to(device),
