@@ -56,15 +56,18 @@ def prepare(args: argparse.Namespace) -> None:
     d = np.load(args.data)
     size = int(d["images"].shape[1])
     chars, svgs = _fluent_index(args.fluent)
-    hexes, labels, styles, held = d["extra_hexcodes"], d["extra_labels"], d["extra_styles"], d["extra_heldout"]
+    hexes, labels, styles, held = (
+        d["extra_hexcodes"],
+        d["extra_labels"],
+        d["extra_styles"],
+        d["extra_heldout"],
+    )
     tones = ("1F3FB", "1F3FC", "1F3FD", "1F3FE", "1F3FF")
     rows: dict[str, dict[str, int]] = {}  # hexcode -> style -> row
     for i, h in enumerate(hexes):
         if not any(t in h for t in tones):
             rows.setdefault(str(h), {})[str(styles[i])] = i
-    usable = sorted(
-        h for h, st in rows.items() if {"google", "twitter"} <= set(st) and h.lower() in chars
-    )
+    usable = sorted(h for h, st in rows.items() if {"google", "twitter"} <= set(st) and h.lower() in chars)
     rng = random.Random(args.seed)
     seen = [h for h in usable if not held[rows[h]["google"]]]
     heldout = [h for h in usable if held[rows[h]["google"]]]
@@ -80,7 +83,11 @@ def prepare(args: argparse.Namespace) -> None:
     def real(hs: list[str]) -> tuple[np.ndarray, np.ndarray]:
         xs, ys = [], []
         for h in hs:
-            xs += [d["images"][rows[h]["google"]], d["images"][rows[h]["twitter"]], _raster(svgs[chars[h.lower()]], size)]
+            xs += [
+                d["images"][rows[h]["google"]],
+                d["images"][rows[h]["twitter"]],
+                _raster(svgs[chars[h.lower()]], size),
+            ]
             ys += [0, 1, 2]
         return np.stack(xs), np.array(ys)
 
@@ -91,8 +98,10 @@ def prepare(args: argparse.Namespace) -> None:
     np.savez_compressed(
         out / "real.npz", x_train=xtr, y_train=ytr, x_test=xte, y_test=yte, eval_labels=np.array(eval_labels)
     )
-    print(f"{len(train)} LoRA images in {out / 'train'}; classifier: {len(xtr)} train / {len(xte)} test real "
-          f"images; {len(eval_labels)} held-out labels")
+    print(
+        f"{len(train)} LoRA images in {out / 'train'}; classifier: {len(xtr)} train / {len(xte)} test real "
+        f"images; {len(eval_labels)} held-out labels"
+    )
 
 
 def _features(x: np.ndarray) -> np.ndarray:
@@ -135,11 +144,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("prepare")
-    a.add_argument("--data", type=Path, default=Path("data/emoji-32.npz"), help="latentworks data emoji output")
+    a.add_argument(
+        "--data", type=Path, default=Path("data/emoji-32.npz"), help="latentworks data emoji output"
+    )
     a.add_argument("--fluent", type=Path, required=True, help="the unpacked npm package folder (package/)")
     a.add_argument("--out", type=Path, required=True)
     a.add_argument("--count", type=int, default=48)
-    a.add_argument("--classifier-count", type=int, default=300, help="emoji per style to train the classifier")
+    a.add_argument(
+        "--classifier-count", type=int, default=300, help="emoji per style to train the classifier"
+    )
     a.add_argument("--seed", type=int, default=0)
     a.set_defaults(run=prepare)
     b = sub.add_parser("evaluate")

@@ -320,8 +320,12 @@ def build_latent_cache(pipe: Any, cfg: LoraTrainConfig, path: Path, device: torc
     return dataclasses.replace(cache, scale=float(lf.scale_factor), shift=float(lf.shift_factor))
 
 
-def train_lora(cfg: LoraTrainConfig) -> LoraResult:
-    """Train (or resume) a LoRA; see the module docstring. The loop is ``training.diffusion.run_steps``."""
+def train_lora(cfg: LoraTrainConfig, pipe: Any = None) -> LoraResult:
+    """Train (or resume) a LoRA; see the module docstring. The loop is ``training.diffusion.run_steps``.
+
+    ``pipe`` (a ``Pipeline``: networks, text encoder and family of the base model) defaults to loading
+    ``cfg.base``; its denoiser is used in place, frozen, with the adapters hooked on during the run.
+    """
     from latentworks.pipelines.families import add_conditioning_extras
     from latentworks.training.diffusion import StepLoop, _CaptionCache, run_steps
 
@@ -337,7 +341,7 @@ def train_lora(cfg: LoraTrainConfig) -> LoraResult:
         changes = check_resume(saved, cfg, LORA_RESUME, run=run)
         if changes and info.is_main:
             print("--resume: changed from the saved config: " + "; ".join(changes))
-        pipe = load_base(cfg, device)
+        pipe = load_base(cfg, device) if pipe is None else pipe
         family = str(pipe.model.meta.get("family") or "latentworks")
         prediction = pipe.model.prediction
         if prediction not in TRAINED_PREDICTIONS:
