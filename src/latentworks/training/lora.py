@@ -71,8 +71,8 @@ class LoraAdapter(nn.Module):
         if rank < 1:
             raise ValueError(f"LoRA rank must be >= 1, got {rank}")
         self.rank, self.alpha, self.scale = rank, float(alpha), float(alpha) / rank
-        self.down: nn.Module
-        self.up: nn.Module
+        self.down: nn.Linear | nn.Conv2d
+        self.up: nn.Linear | nn.Conv2d
         if isinstance(layer, nn.Linear):
             self.down = nn.Linear(layer.in_features, rank, bias=False)
             self.up = nn.Linear(rank, layer.out_features, bias=False)
@@ -98,7 +98,7 @@ class LoraAdapter(nn.Module):
 
     def delta(self) -> Tensor:
         """``scale * up @ down`` shaped like the adapted layer's weight (float32)."""
-        down, up = self.down.weight.float(), self.up.weight.float()  # type: ignore[union-attr]
+        down, up = self.down.weight.float(), self.up.weight.float()
         d = up.flatten(1) @ down.flatten(1)
         return (self.scale * d).reshape(up.shape[0], *down.shape[1:])
 
@@ -124,7 +124,8 @@ class LoraNetwork(nn.Module):
     def _hook(self, key: str) -> Callable[..., Tensor]:
         def hook(module: nn.Module, args: tuple[Tensor, ...], out: Tensor) -> Tensor:
             adapter = self.adapters[key]
-            return out + adapter(args[0].to(adapter.down.weight.dtype)).to(out.dtype)  # type: ignore[union-attr]
+            assert isinstance(adapter, LoraAdapter)
+            return out + adapter(args[0].to(adapter.down.weight.dtype)).to(out.dtype)
 
         return hook
 
@@ -214,8 +215,8 @@ def lora_state_dict(
         if ours not in names:
             raise ValueError(f"no file name for LoRA module {ours!r}")
         key = FILE_PREFIX + names[ours].replace(".", "_")
-        sd[f"{key}.lora_down.weight"] = adapter.down.weight.detach().to("cpu", dtype).contiguous()  # type: ignore[union-attr]
-        sd[f"{key}.lora_up.weight"] = adapter.up.weight.detach().to("cpu", dtype).contiguous()  # type: ignore[union-attr]
+        sd[f"{key}.lora_down.weight"] = adapter.down.weight.detach().to("cpu", dtype).contiguous()
+        sd[f"{key}.lora_up.weight"] = adapter.up.weight.detach().to("cpu", dtype).contiguous()
         sd[f"{key}.alpha"] = torch.tensor(adapter.alpha, dtype=dtype)
     return sd
 
