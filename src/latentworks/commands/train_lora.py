@@ -39,7 +39,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         type=Path,
         default=None,
         show_default=False,
-        help="image folder with same-name .txt captions, or a .npz dataset (required for a new run)",
+        help="image folder with same-name .txt captions, or a .npz dataset (no default: required for a new run)",
     )
     add_option(
         p,
