@@ -332,9 +332,7 @@ def train_lora(cfg: LoraTrainConfig, pipe: Any = None) -> LoraResult:
 
     info = init_distributed(cfg.device)
     device = torch.device(
-        cfg.device
-        if not (cfg.device.startswith("cuda") and info.world_size > 1)
-        else f"cuda:{info.local_rank}"
+        cfg.device if not (cfg.device.startswith("cuda") and info.enabled) else f"cuda:{info.local_rank}"
     )
     try:
         run, ckpt = cfg.out, cfg.out / "checkpoints" / "last.safetensors"
@@ -453,8 +451,10 @@ def train_lora(cfg: LoraTrainConfig, pipe: Any = None) -> LoraResult:
             preview=preview,
             title=f"train-lora ({family}, rank {cfg.rank}) loss",
         )
-        step, losses = run_steps(loop, step)
-        lora.remove()
+        try:
+            step, losses = run_steps(loop, step)
+        finally:
+            lora.remove()  # the base network (possibly shared with the caller's pipeline) computes as before
         return LoraResult(step=step, losses=losses, run_dir=run, lora_file=lora_file)
     finally:
         cleanup(info)
