@@ -320,3 +320,21 @@ def test_cli_refuses_a_non_empty_out_folder(tmp_path: Path, capsys: pytest.Captu
 def test_config_rejects_bad_rank_with_a_message(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="rank must be >= 1"):
         dataclasses.replace(config(tmp_path, tmp_path), rank=0)
+
+
+def test_sd1_checkpoint_trains_end_to_end_with_its_own_encoder_and_objective(tmp_path: Path) -> None:
+    """A tiny SD 1.x-layout checkpoint (CLIP text encoder, eps prediction, discrete schedule) through the same
+    path: the file has SD1's kohya names and every module resolves on the checkpoint's U-Net."""
+    from latentworks.pipelines.loading import model_from_parts, text_encoder_from_parts
+    from support.checkpoints import tiny_sd1_parts
+
+    parts = tiny_sd1_parts(tmp_path / "tiny-sd1.safetensors")
+    pipe = Pipeline(model_from_parts(parts), text_encoder_from_parts(parts))
+    assert pipe.model.prediction == "eps"
+    data = image_folder(tmp_path / "data")
+    r = train_lora(config(tmp_path, data, resolution=16, steps=2, conv_rank=0), pipe=pipe)
+    lora = load_lora(r.lora_file)
+    assert all(m.startswith("lora_unet_down_blocks_") or "_blocks_" in m for m in lora.modules)
+    res = resolve_lora(lora, pipe.model.denoiser_net)
+    assert res.unmatched == () and len(res.patches) == len(lora.modules) > 0
+    assert lora.metadata["latentworks_family"] == "sd1"
