@@ -334,7 +334,8 @@ def test_sd1_checkpoint_trains_end_to_end_with_its_own_encoder_and_objective(tmp
     data = image_folder(tmp_path / "data")
     r = train_lora(config(tmp_path, data, resolution=16, steps=2, conv_rank=0), pipe=pipe)
     lora = load_lora(r.lora_file)
-    assert all(m.startswith("lora_unet_down_blocks_") or "_blocks_" in m for m in lora.modules)
+    sd1_prefixes = ("lora_unet_down_blocks_", "lora_unet_mid_block_", "lora_unet_up_blocks_")
+    assert all(m.startswith(sd1_prefixes) for m in lora.modules)
     res = resolve_lora(lora, pipe.model.denoiser_net)
     assert res.unmatched == () and len(res.patches) == len(lora.modules) > 0
     assert lora.metadata["latentworks_family"] == "sd1"
