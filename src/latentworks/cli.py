@@ -18,6 +18,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("train-vae", "train_vae", "stage 1: train a KL autoencoder on an image dataset"),
     ("train", "train", "stage 2: train a latent diffusion model"),
     ("train-quick", "train_quick", "both stages and a model folder in minutes, on a small dataset"),
+    ("train-lora", "train_lora", "train a LoRA for a model on a folder of captioned images"),
     ("eval", "evaluate", "FID/KID of a model, or PSNR/SSIM/rFID of an autoencoder"),
     ("data", "data", "fetch and build datasets (emoji)"),
     ("convert", "convert", "convert checkpoints between formats"),

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -434,8 +435,6 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
         if init is None and saved is not None and saved.get("sampling") is not None:
             sampling = sampling_spec_from_dict(saved["sampling"])
         objective = DiffusionObjective(cfg.prediction, cfg.logit_mean, cfg.logit_std, sampling=sampling)
-        use_amp = cfg.mixed_precision != "no"
-        amp_dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float16
         scaler = torch.amp.GradScaler(device.type, enabled=cfg.mixed_precision == "fp16")
         step = 0
         if resuming:
@@ -498,77 +497,153 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
                     {"step": str(s), "kind": "diffusion", "weights": "ema"},
                 )
 
-        bar = None
-        if info.is_main and cfg.progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
-        losses: list[float] = []
         preview_model = NetworkModel(
             ema.model, cfg.prediction, objective.model_sampling
         )  # EMA: updated in place
-        t_start, start_step = time.perf_counter(), step
-        model.train()
-        while step < cfg.steps:
-            seed_step_globals(cfg.seed, step, info.rank)  # dropout, if the model has any
-            idx = batch_indices(step, len(cache), cfg.batch_size, cfg.seed, info.rank, info.world_size)
-            gen = step_generator(cfg.seed, step, info.rank)
-            x0 = cache.sample(idx, gen).to(device)
-            drop = torch.rand(len(idx), generator=gen) < cfg.caption_dropout
-            caps = ["" if d else cache.captions[int(i)] for i, d in zip(idx, drop)]
-            if augment is not None:
-                caps = augment(caps, idx, drop, step_generator(cfg.seed, step, info.rank + CAPTION_STREAM))
-            cond = captions(caps)
-            nb = objective.noise(x0, gen)
-            if superres:  # the low-resolution image, noise-augmented (draws after the objective's)
-                cond = cache.condition(cond, idx, gen)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                pred = ddp_model(nb.x_in, nb.timestep, cond)
-            loss = nb.loss(pred)
-            check_finite(loss, step)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip > 0:
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(opt)
-            scaler.update()
-            ema.update(model)
-            step += 1
-            losses.append(float(loss.detach()))
-
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                lv = float(all_reduce_mean(loss.detach(), info))
-                if log is not None:
-                    log.log(step, loss=lv)
-                if bar is not None:
-                    rate = (
-                        (step - start_step)
-                        * cfg.batch_size
-                        * info.world_size
-                        / (time.perf_counter() - t_start)
-                    )
-                    bar.set_postfix(loss=f"{lv:.4f}", img_s=f"{rate:.1f}")
-            if bar is not None:
-                bar.update(1)
-            timed_out = cfg.max_seconds is not None and time.perf_counter() - t_start > cfg.max_seconds
-            if info.is_main and (step % cfg.sample_every == 0 or step == cfg.steps or timed_out):
-                if superres:
-                    _preview_superres(cfg, preview_model, text_encoder, cache, run, step)
-                else:
-                    _preview(cfg, preview_model, text_encoder, cache, run, step)
-                if log is not None:
-                    log.plot(f"train ({cfg.architecture}, {cfg.prediction}) loss")
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps or timed_out:
-                save_all(step)
-                barrier(info)
-            if timed_out:
-                break
-        if bar is not None:
-            bar.close()
+        loop = StepLoop(
+            cfg=cfg,
+            info=info,
+            device=device,
+            cache=cache,
+            encode=captions,
+            augment=augment,
+            objective=objective,
+            model=ddp_model,
+            net=model,
+            trainable=list(model.parameters()),
+            opt=opt,
+            scaler=scaler,
+            save=save_all,
+            ema=ema,
+            log=log,
+            condition=cache.condition if superres else None,
+            preview=(
+                (lambda s: _preview_superres(cfg, preview_model, text_encoder, cache, run, s))
+                if superres
+                else (lambda s: _preview(cfg, preview_model, text_encoder, cache, run, s))
+            ),
+            title=f"train ({cfg.architecture}, {cfg.prediction}) loss",
+        )
+        step, losses = run_steps(loop, step)
         return DiffusionResult(step=step, losses=losses, run_dir=run)
     finally:
         cleanup(info)
+
+
+@dataclass
+class StepLoop:
+    """What :func:`run_steps` needs: the run's settings, the data, the objective and the trainable parts.
+
+    ``cfg`` is a training config with the loop's fields (``steps``, ``batch_size``, ``seed``,
+    ``caption_dropout``, ``mixed_precision``, ``grad_clip``, ``log_every``, ``sample_every``,
+    ``checkpoint_every``, ``max_seconds``, ``progress``): ``DiffusionTrainConfig`` or
+    ``training.lora.LoraTrainConfig``. ``model(x_in, timestep, cond)`` is the network to train (possibly
+    DDP-wrapped), ``net`` the same network unwrapped (what ``ema`` follows); ``trainable`` its parameters that the optimizer updates (gradient clipping covers them).
+    ``encode(captions) -> Conditioning`` (B rows on ``device``). ``save(step)`` writes the checkpoint and
+    the run's outputs; ``preview(step)`` (optional) a sample grid.
+    """
+
+    cfg: Any
+    info: Any  # distributed.DistInfo
+    device: torch.device
+    cache: Any  # pipelines.latents.LatentCache
+    encode: Callable[[list[str]], Conditioning]
+    augment: Any  # _caption_augment(...) or None
+    objective: DiffusionObjective
+    model: nn.Module
+    net: nn.Module
+    trainable: list[nn.Parameter]
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    save: Callable[[int], None]
+    ema: EMA | None = None
+    log: RunLog | None = None
+    preview: Callable[[int], None] | None = None
+    title: str = "train loss"
+    # extra conditioning drawn after the objective's noise (the super-resolution stage's noise-augmented
+    # low-resolution image): ``condition(cond, batch indices, step generator) -> cond``
+    condition: Callable[[Conditioning, Tensor, torch.Generator], Conditioning] | None = None
+
+
+def run_steps(loop: StepLoop, step: int) -> tuple[int, list[float]]:
+    """The diffusion training loop from ``step`` to ``cfg.steps`` (or until ``cfg.max_seconds``): per step
+    a batch of cached latents and captions (dropout, augmentation), noise from the objective, the loss,
+    AdamW with clipping, EMA; logging, previews and checkpoints at their intervals and at the end. The
+    randomness of step ``s`` is a function of ``(seed, s, rank)`` only (``training.common``), so a resumed
+    run replays the straight one. Returns the last step and the losses of this call's steps."""
+    cfg, info, device, cache = loop.cfg, loop.info, loop.device, loop.cache
+    objective, model, opt, scaler, ema, log = (
+        loop.objective,
+        loop.model,
+        loop.opt,
+        loop.scaler,
+        loop.ema,
+        loop.log,
+    )
+    use_amp = cfg.mixed_precision != "no"
+    amp_dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float16
+    bar = None
+    if info.is_main and cfg.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+    losses: list[float] = []
+    t_start, start_step = time.perf_counter(), step
+    model.train()
+    while step < cfg.steps:
+        seed_step_globals(cfg.seed, step, info.rank)  # dropout, if the model has any
+        idx = batch_indices(step, len(cache), cfg.batch_size, cfg.seed, info.rank, info.world_size)
+        gen = step_generator(cfg.seed, step, info.rank)
+        x0 = cache.sample(idx, gen).to(device)
+        drop = torch.rand(len(idx), generator=gen) < cfg.caption_dropout
+        caps = ["" if d else cache.captions[int(i)] for i, d in zip(idx, drop)]
+        if loop.augment is not None:
+            caps = loop.augment(caps, idx, drop, step_generator(cfg.seed, step, info.rank + CAPTION_STREAM))
+        cond = loop.encode(caps)
+        nb = objective.noise(x0, gen)
+        if loop.condition is not None:
+            cond = loop.condition(cond, idx, gen)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+            pred = model(nb.x_in, nb.timestep, cond)
+        loss = nb.loss(pred)
+        check_finite(loss, step)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if cfg.grad_clip > 0:
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(loop.trainable, cfg.grad_clip)
+        scaler.step(opt)
+        scaler.update()
+        if ema is not None:
+            ema.update(loop.net)
+        step += 1
+        losses.append(float(loss.detach()))
+
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            lv = float(all_reduce_mean(loss.detach(), info))
+            if log is not None:
+                log.log(step, loss=lv)
+            if bar is not None:
+                rate = (
+                    (step - start_step) * cfg.batch_size * info.world_size / (time.perf_counter() - t_start)
+                )
+                bar.set_postfix(loss=f"{lv:.4f}", img_s=f"{rate:.1f}")
+        if bar is not None:
+            bar.update(1)
+        timed_out = cfg.max_seconds is not None and time.perf_counter() - t_start > cfg.max_seconds
+        if info.is_main and (step % cfg.sample_every == 0 or step == cfg.steps or timed_out):
+            if loop.preview is not None:
+                loop.preview(step)
+            if log is not None:
+                log.plot(loop.title)
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps or timed_out:
+            loop.save(step)
+            barrier(info)
+        if timed_out:
+            break
+    if bar is not None:
+        bar.close()
+    return step, losses
 
 
 def _preview(

@@ -61,6 +61,12 @@ DIFFUSION_RESUME = ResumePolicy(
     flags={"vae_run": "--vae", "model": "--preset/--architecture (the model config)"},
 )
 VAE_RESUME = ResumePolicy(kind="autoencoder", command="latentworks train-vae", mutable=_SCHEDULE)
+LORA_RESUME = ResumePolicy(
+    kind="lora",
+    command="latentworks train-lora",
+    mutable=_SCHEDULE | {"sample_prompts", "sample_steps"},
+    flags={"base": "--model"},
+)
 
 
 def read_run_config(run: str | Path, policy: ResumePolicy) -> dict[str, Any] | None:
