@@ -17,6 +17,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("info", "info", "show versions, devices, samplers, schedulers, or describe a model"),
     ("train-vae", "train_vae", "stage 1: train a KL autoencoder on an image dataset"),
     ("train", "train", "stage 2: train a latent diffusion model"),
+    ("train-controlnet", "train_controlnet", "train a ControlNet (Canny edges) for one of our own models"),
     ("eval", "evaluate", "FID/KID of a model, or PSNR/SSIM/rFID of an autoencoder"),
     ("data", "data", "fetch and build datasets (emoji)"),
     ("convert", "convert", "convert checkpoints between formats"),
