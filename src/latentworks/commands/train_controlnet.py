@@ -22,6 +22,9 @@ from latentworks.commands.resume_options import add_option, add_run_options, giv
 
 COMMAND = "train-controlnet"
 _FIELDS = {"base": "init_from"}  # command-line dest -> DiffusionTrainConfig field, where they differ
+_NO_CACHE = (
+    "latent cache {latents} does not exist; pass --data DATASET to build it with the base model's autoencoder"
+)
 _SPEC = ("hint", "low_threshold", "high_threshold")  # options that make up the ControlNetTrainSpec
 
 
@@ -128,6 +131,13 @@ def run(args: argparse.Namespace) -> int:
         cfg = config_from_saved(DiffusionTrainConfig, merged, out=args.out, resume=True, progress=True)
     else:
         o = option_values(args)
+        latents = o["latents"] or args.out / "latents.safetensors"
+        # Cheap checks first: the base model is loaded only for a start that can go ahead.
+        refuse_non_empty(
+            args.out, args.overwrite, keep=[latents], advice="; to continue its run, add --resume"
+        )
+        if not latents.is_file() and args.data is None:
+            raise UserError(_NO_CACHE.format(latents=latents))
         data = args.data.resolve() if args.data is not None else None
         try:
             spec = ControlNetTrainSpec(
@@ -140,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
         except (ValueError, FileNotFoundError) as e:
             raise UserError(str(e)) from None
         cfg = DiffusionTrainConfig(
-            latents=o["latents"] or args.out / "latents.safetensors",
+            latents=latents,
             out=args.out,
             architecture=init.architecture,
             prediction=init.prediction,
@@ -165,19 +175,12 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(
                 f"--base {o['base']}: a {init.architecture} model; ControlNets here are for U-Nets"
             )
-    if not args.resume:
-        refuse_non_empty(
-            args.out, args.overwrite, keep=[cfg.latents], advice="; to continue its run, add --resume"
-        )
     ckpt = args.out / "checkpoints" / "last.safetensors"
     try:
         with tidy_run_folder(args.out, ckpt):
             if not cfg.latents.is_file():
                 if args.data is None or cfg.vae_run is None:
-                    raise UserError(
-                        f"latent cache {cfg.latents} does not exist; pass --data DATASET to build it with the base "
-                        "model's autoencoder"
-                    )
+                    raise UserError(_NO_CACHE.format(latents=cfg.latents))
                 from latentworks.pipelines.latents import cache_latents
 
                 cache_latents(cfg.vae_run, args.data.resolve(), cfg.latents, split="train", device=cfg.device)
