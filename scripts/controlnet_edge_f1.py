@@ -19,7 +19,7 @@ import torch
 
 from latentworks.checkpoints.io import read_metadata
 from latentworks.data.folder import load_dataset
-from latentworks.evaluation.control import evaluate_control_following
+from latentworks.evaluation.control import ControlFollowing, EdgeScores, evaluate_control_following
 from latentworks.families.controlnet import load_controlnet
 from latentworks.pipelines import Pipeline
 
@@ -46,15 +46,42 @@ def main() -> None:
     ds = load_dataset(args.data, size=pipe.model.resolution[0], split="heldout")
     n = min(args.n, len(ds))
     t0 = time.perf_counter()
-    result = evaluate_control_following(
-        pipe, net, ds.images[:n], ds.captions[:n], low_threshold=low, high_threshold=high, seed=args.seed,
-        steps=args.steps, guidance=args.guidance, batch=args.batch, tolerance=args.tolerance,
-    )  # fmt: skip
-    print(result.table())
-    print(f"({time.perf_counter() - t0:.0f} s; ControlNet step {meta.get('step', '?')}, Canny {low}/{high})")
-    if args.json is not None:
-        rows = [dict(zip(("arm", "precision", "recall", "f1"), r, strict=True)) for r in result.rows()]
-        args.json.write_text(json.dumps({"n": n, "tolerance": args.tolerance, "rows": rows}, indent=2) + "\n")
+    parts: list[ControlFollowing] = []
+    for start in range(
+        0, n, args.batch
+    ):  # one batch at a time, printing the running means (same seeds as in one call)
+        end = min(start + args.batch, n)
+        parts.append(
+            evaluate_control_following(
+                pipe, net, ds.images[start:end], ds.captions[start:end], low_threshold=low, high_threshold=high,
+                seed=args.seed + start, steps=args.steps, guidance=args.guidance, batch=args.batch,
+                tolerance=args.tolerance, progress=False,
+            )
+        )  # fmt: skip
+        result = _merge(parts)
+        print(result.table())
+        print(
+            f"({time.perf_counter() - t0:.0f} s; ControlNet step {meta.get('step', '?')}, Canny {low}/{high})"
+        )
+        if args.json is not None:
+            rows = [dict(zip(("arm", "precision", "recall", "f1"), r, strict=True)) for r in result.rows()]
+            args.json.write_text(
+                json.dumps({"n": result.n, "tolerance": args.tolerance, "rows": rows}, indent=2) + "\n"
+            )
+
+
+def _merge(parts: list[ControlFollowing]) -> ControlFollowing:
+    def cat(scores: list[EdgeScores]) -> EdgeScores:
+        return EdgeScores(
+            *(torch.cat([getattr(s, f) for s in scores]) for f in ("precision", "recall", "f1"))
+        )
+
+    return ControlFollowing(
+        sum(p.n for p in parts),
+        parts[0].tolerance,
+        cat([p.with_control for p in parts]),
+        cat([p.without_control for p in parts]),
+    )
 
 
 if __name__ == "__main__":

@@ -9,12 +9,14 @@ scale (x 255). OpenCV is the optional dependency ``opencv-python`` (extra ``late
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import Tensor
 
 
-def _cv2():  # type: ignore[no-untyped-def]
+def _cv2() -> Any:
     try:
         import cv2  # optional dependency: latentworks[control]
     except ImportError:
