@@ -19,6 +19,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("train", "train", "stage 2: train a latent diffusion model"),
     ("train-quick", "train_quick", "both stages and a model folder in minutes, on a small dataset"),
     ("train-lora", "train_lora", "train a LoRA for a model on a folder of captioned images"),
+    ("train-controlnet", "train_controlnet", "train a ControlNet (Canny edges) for one of our own models"),
     ("eval", "evaluate", "FID/KID of a model, or PSNR/SSIM/rFID of an autoencoder"),
     ("data", "data", "fetch and build datasets (emoji)"),
     ("convert", "convert", "convert checkpoints between formats"),

@@ -4,12 +4,18 @@ The same registry pattern as the model families: one :class:`ControlNetLayout` p
 once in :data:`LAYOUTS`; :func:`detect_controlnet` walks them in order (marker key present -> config from
 shapes) and names the base model family the ControlNet belongs to (``families.by_config`` on its U-Net
 config). :func:`load_controlnet` builds the network on the meta device and loads the converted weights.
+
+Files that :func:`save_controlnet` writes (ControlNets trained with ``latentworks train-controlnet``) are in the
+diffusers layout and also carry the network config as safetensors metadata (:data:`CONFIG_METADATA`, what
+diffusers keeps in a ``config.json`` beside the weights): the attention head width and GroupNorm groups of
+our own small U-Nets are not visible in the shapes, and SD's rules would guess them wrong.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +23,7 @@ import torch
 from torch import Tensor
 
 from latentworks.checkpoints.detect import key_starts, strip_prefix
-from latentworks.checkpoints.io import build_on_meta
+from latentworks.checkpoints.io import build_on_meta, save_file_atomic
 from latentworks.checkpoints.keymaps.controlnet import (
     controlnet_config_from_diffusers,
     controlnet_config_from_original,
@@ -99,8 +105,33 @@ class DetectedControlNet:
     family: ModelFamily | None  # the base model family (SD1, SD2, SDXL...); None if unknown (T2I-Adapters)
 
 
-def detect_controlnet(shapes: Shapes, *, source: str = "ControlNet") -> DetectedControlNet:
-    """The layout, key prefix, config and base family of a ControlNet from ``{key: shape}`` alone.
+CONFIG_METADATA = (
+    "latentworks.controlnet"  # safetensors metadata key: JSON {"unet": {...}, "hint_channels": [...]}
+)
+# The U-Net settings that shapes do not show, read from that config when a file has it.
+_UNSEEN = ("num_heads", "head_dim", "norm_groups")
+
+
+def _unseen(metadata: Mapping[str, str] | None, source: str) -> dict[str, Any] | None:
+    """The settings of :data:`_UNSEEN` from a file's :data:`CONFIG_METADATA`, or None when it has none."""
+    text = (metadata or {}).get(CONFIG_METADATA)
+    if text is None:
+        return None
+    try:
+        unet = json.loads(text)["unet"]
+        return {k: tuple(v) if isinstance(v, list) else v for k, v in unet.items() if k in _UNSEEN}
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        raise ValueError(
+            f"{source}: its {CONFIG_METADATA!r} metadata is not a ControlNet config; the file is damaged or "
+            "was not written by latentworks"
+        ) from None
+
+
+def detect_controlnet(
+    shapes: Shapes, *, source: str = "ControlNet", metadata: Mapping[str, str] | None = None
+) -> DetectedControlNet:
+    """The layout, key prefix, config and base family of a ControlNet from ``{key: shape}`` (and, for files
+    written by :func:`save_controlnet`, the head and group settings in their ``metadata``).
 
     Raises:
         ValueError: not a ControlNet this version reads (names the keys it starts with).
@@ -108,7 +139,13 @@ def detect_controlnet(shapes: Shapes, *, source: str = "ControlNet") -> Detected
     for layout in LAYOUTS:
         for prefix in layout.prefixes:
             if prefix + layout.marker in shapes:
-                config = layout.config_from_shapes(strip_prefix(shapes, prefix), source)
+                unseen = _unseen(metadata, source) if layout is DIFFUSERS else None
+                if unseen is not None:
+                    config = controlnet_config_from_diffusers(
+                        strip_prefix(shapes, prefix), source, unseen=unseen
+                    )
+                else:
+                    config = layout.config_from_shapes(strip_prefix(shapes, prefix), source)
                 family = by_config(config.unet) if isinstance(config, ControlNetConfig) else None
                 return DetectedControlNet(layout, prefix, config, family)
     raise ValueError(
@@ -130,9 +167,19 @@ def load_controlnet(
     return the network in eval mode, frozen."""
     weights = open_weights(path, dtype=dtype, allow_pickle=allow_pickle)
     source = str(path)
-    found = detect_controlnet(_shapes(weights), source=source)
+    found = detect_controlnet(_shapes(weights), source=source, metadata=getattr(weights, "metadata", None))
     state = found.layout.to_ours(_Prefixed(weights, found.prefix), found.config)
     net = build_on_meta(found.layout.network, found.config, state, dtype=dtype, device=device)
     assert isinstance(net, ControlNet | T2IAdapter)
     net.source_name = Path(path).name
     return net
+
+
+def save_controlnet(net: ControlNet, path: str | Path, metadata: Mapping[str, str] | None = None) -> None:
+    """Write ``net`` to ``path`` (``.safetensors``, atomically) in the diffusers ``ControlNetModel`` layout, with
+    its config under :data:`CONFIG_METADATA` and ``metadata`` (strings) beside it; :func:`load_controlnet` reads
+    it back."""
+    state = {k: v.detach() for k, v in net.state_dict().items()}
+    config = {"unet": asdict(net.config.unet), "hint_channels": list(net.config.hint_channels)}
+    meta = {**dict(metadata or {}), CONFIG_METADATA: json.dumps(config)}
+    save_file_atomic(DIFFUSERS.from_ours(state, net.config), path, meta)

@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from torch import Tensor
 
+from latentworks.data.edges import canny_edges
 from latentworks.diffusion.control import ControlInput
 from latentworks.families.controlnet import load_controlnet
 from latentworks.graph.types import NodeSpec, OutputSpec, input_spec
@@ -72,23 +71,10 @@ def canny(image: Tensor, low_threshold: float, high_threshold: float) -> Tensor:
 
     Thresholds are on ComfyUI's [0, 1] scale (x 255 for OpenCV's 8-bit hysteresis thresholds).
     """
-    try:
-        import cv2  # optional dependency: latentworks[control]
-    except ImportError:
-        raise RuntimeError(
-            "the Canny node needs OpenCV; install it with `pip install 'latentworks[control]'` (opencv-python)"
-        ) from None
-    if not 0.0 < low_threshold <= high_threshold:
-        raise ValueError(
-            f"Canny: low_threshold ({low_threshold}) must be > 0 and at most high_threshold ({high_threshold})"
-        )
     if image.ndim != 4:
         raise ValueError(f"Canny: expected an IMAGE batch (B, H, W, C), got shape {tuple(image.shape)}")
-    rgb = image_to_hint(image)  # (B, 3, H, W)
-    luma = 0.299 * rgb[:, 0] + 0.587 * rgb[:, 1] + 0.114 * rgb[:, 2]  # ITU-R BT.601, as cv2.COLOR_RGB2GRAY
-    gray = (luma.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()  # (B, H, W)
-    edges = [cv2.Canny(g, low_threshold * 255.0, high_threshold * 255.0) for g in gray]
-    out = torch.from_numpy(np.stack(edges)).float() / 255.0  # (B, H, W)
+    edges = canny_edges(image_to_hint(image), low_threshold, high_threshold)  # (B, H, W) bool
+    out = edges.float()  # (B, H, W)
     return out.unsqueeze(-1).expand(-1, -1, -1, 3).contiguous().to(image.device)
 
 

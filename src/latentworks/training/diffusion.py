@@ -15,6 +15,8 @@ Run folder (``cfg.out``)::
                                    "channels", "size"}, "text_encoder": {"name": "minilm", "max_length": 32},
                                    "train": {...}}
     model.safetensors             EMA weights (what pipelines load)
+    controlnet.safetensors        instead of model.safetensors when training a ControlNet for a frozen base
+                                  (``controlnet``; training.controlnet): config.json "kind" is "controlnet"
     checkpoints/last.safetensors  full training state for --resume
     samples/step_XXXXXXX.png, loss.png, log.jsonl
 """
@@ -25,6 +27,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -33,10 +36,12 @@ from torch import Tensor, nn
 
 from latentworks.checkpoints.io import save_file_atomic
 from latentworks.diffusion.conditioning import Conditioning
+from latentworks.diffusion.control import ControlInput
 from latentworks.diffusion.denoisers import SamplingSpec, sampling_spec_from_dict
 from latentworks.diffusion.objective import DiffusionObjective
 from latentworks.diffusion.schedules import get_sigmas
 from latentworks.families.architectures import architecture
+from latentworks.models.controlnet import ControlNet
 from latentworks.pipelines.sampling import NetworkModel, SamplingModel, denoise_latents, seeds_for
 from latentworks.training.checkpoint import (
     check_finite,
@@ -53,6 +58,7 @@ from latentworks.training.common import (
     to_jsonable,
     write_json,
 )
+from latentworks.training.controlnet import CONTROLNET_RESUME, ControlNetTraining, ControlNetTrainSpec
 from latentworks.training.distributed import (
     all_reduce_mean,
     barrier,
@@ -117,6 +123,8 @@ class DiffusionTrainConfig:
     noise_aug_max: float = 0.5  # superres: augmentation levels are drawn uniformly from [0, noise_aug_max]
     aug_level: float = 0.1  # superres: the fixed level previews and the exported stage sample with
     crop: int | None = None  # superres: train on random crops of this side (None: whole images)
+    # Train a ControlNet for the frozen ``init_from`` model instead of the model itself (training.controlnet).
+    controlnet: ControlNetTrainSpec | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "latents", Path(self.latents))
@@ -129,6 +137,10 @@ class DiffusionTrainConfig:
                 f"noise_aug_max must be in (0, 1] and aug_level in [0, 1], got {self.noise_aug_max}, {self.aug_level}"
             )
         object.__setattr__(self, "out", Path(self.out))
+        if self.controlnet is not None:
+            object.__setattr__(self, "controlnet", ControlNetTrainSpec.from_saved(self.controlnet))
+            if self.init_from is None:
+                raise ValueError("training a ControlNet needs its base model: set init_from (--base)")
         if self.architecture not in TRAINABLE:
             raise ValueError(f"architecture must be 'unet' or 'dit', got {self.architecture!r}")
         if self.prediction not in ("eps", "v", "flow"):
@@ -390,14 +402,16 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
 
             text_encoder = MiniLMTextEncoder(max_length=cfg.text_max_length, device=device)
         run, ckpt = cfg.out, cfg.out / "checkpoints" / "last.safetensors"
-        saved = read_run_config(run, DIFFUSION_RESUME) if cfg.resume else None
+        policy = DIFFUSION_RESUME if cfg.controlnet is None else CONTROLNET_RESUME
+        saved = read_run_config(run, policy) if cfg.resume else None
         resuming = cfg.resume and ckpt.is_file()
         init = None
-        if cfg.init_from is not None and not resuming:  # on resume the checkpoint's weights replace these
+        # On resume the checkpoint's weights replace these, except a ControlNet's base (not in the checkpoint).
+        if cfg.init_from is not None and (not resuming or cfg.controlnet is not None):
             init = load_init_source(cfg.init_from)
             _check_init(cfg, init, cache.scale, cache.shift)
         mcfg = init.net.config if init is not None else _resume_model_config(cfg, saved)
-        changes = check_resume(saved, cfg, DIFFUSION_RESUME, run=run, model_config=mcfg)
+        changes = check_resume(saved, cfg, policy, run=run, model_config=mcfg)
         if changes and info.is_main:
             print("--resume: changed from the saved config: " + "; ".join(changes))
         superres = cfg.task == "superres"
@@ -426,9 +440,14 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
         model = build_model(cfg.architecture, mcfg).to(device)
         if init is not None:
             model.load_state_dict(init.net.state_dict(), strict=True)
-        # Fine-tuned weights already are an average, so their EMA starts at full decay.
-        ema = EMA(model, cfg.ema_decay, warmup=cfg.init_from is None)
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        control = None  # a ControlNet run trains ``control.network`` and keeps ``model`` (the base) frozen
+        if cfg.controlnet is not None:
+            image_size = int(cache.metadata.get("resolution", 0)) or cache.size
+            control = ControlNetTraining(cfg.controlnet, model, cache, image_size)
+        trained: nn.Module = model if control is None else control.network
+        # Fine-tuned weights already are an average, so their EMA starts at full decay (a new ControlNet is not).
+        ema = EMA(trained, cfg.ema_decay, warmup=cfg.init_from is None or control is not None)
+        opt = torch.optim.AdamW(trained.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         # A fine-tune samples noise levels by its source's spec; a resumed run by the one it recorded (its
         # source is not read again), so a resume draws exactly what the uninterrupted run would have.
         sampling = init.sampling if init is not None else None
@@ -439,7 +458,7 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
         step = 0
         if resuming:
             meta = load_training_state(
-                ckpt, modules={"model": model, "ema": ema.model}, optimizers={"model": opt}, device=device
+                ckpt, modules={"model": trained, "ema": ema.model}, optimizers={"model": opt}, device=device
             )
             step = int(meta["step"])
             ema.num_updates = int(meta.get("ema_updates", step))
@@ -449,7 +468,7 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
         elif cfg.resume and info.is_main:
             print(f"--resume: no checkpoint at {ckpt}; starting from step 0")
         run_config = {
-            "kind": "diffusion",
+            "kind": policy.kind,
             "architecture": cfg.architecture,
             "model": to_jsonable(mcfg),
             "prediction": cfg.prediction,
@@ -470,11 +489,16 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
                 "low_resolution": cache.low_size,
                 "defaults": {"aug_level": cfg.aug_level, "steps": cfg.sample_steps},
             }
+        if control is not None:
+            run_config["controlnet"] = {
+                "config": to_jsonable(control.network.config),
+                "file": "controlnet.safetensors",
+            }
         if info.is_main:
             run.mkdir(parents=True, exist_ok=True)
             write_json(run / "config.json", run_config)
         log = RunLog(run, step) if info.is_main else None
-        ddp_model = wrap_ddp(model, info)
+        ddp_model = wrap_ddp(trained, info)
         captions = _CaptionCache(text_encoder, device)
         augment = _caption_augment(cfg, cache)
 
@@ -483,7 +507,7 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
                 save_training_state(
                     ckpt,
                     step=s,
-                    modules={"model": model, "ema": ema.model},
+                    modules={"model": trained, "ema": ema.model},
                     optimizers={"model": opt},
                     extra_meta={
                         "config": run_config,
@@ -491,15 +515,24 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
                         "grad_scaler": grad_scaler_meta(scaler),
                     },
                 )
+                if control is not None:
+                    assert isinstance(ema.model, ControlNet)
+                    control.save(ema.model, run / "controlnet.safetensors", s, str(cfg.init_from))
+                    return
                 save_file_atomic(
                     ema.state_dict(),
                     run / "model.safetensors",
                     {"step": str(s), "kind": "diffusion", "weights": "ema"},
                 )
 
+        # EMA: updated in place. A ControlNet run previews the base with the EMA ControlNet.
         preview_model = NetworkModel(
-            ema.model, cfg.prediction, objective.model_sampling
-        )  # EMA: updated in place
+            model if control is not None else ema.model, cfg.prediction, objective.model_sampling
+        )
+        preview_control = None
+        if control is not None:
+            assert isinstance(ema.model, ControlNet)
+            preview_control = control.preview_control(ema.model, len(cfg.sample_prompts))
         loop = StepLoop(
             cfg=cfg,
             info=info,
@@ -509,18 +542,19 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
             augment=augment,
             objective=objective,
             model=ddp_model,
-            net=model,
-            trainable=list(model.parameters()),
+            net=trained,
+            trainable=list(trained.parameters()),
             opt=opt,
             scaler=scaler,
             save=save_all,
             ema=ema,
             log=log,
             condition=cache.condition if superres else None,
+            predict=None if control is None else partial(control.predict, ddp_model),
             preview=(
                 (lambda s: _preview_superres(cfg, preview_model, text_encoder, cache, run, s))
                 if superres
-                else (lambda s: _preview(cfg, preview_model, text_encoder, cache, run, s))
+                else (lambda s: _preview(cfg, preview_model, text_encoder, cache, run, s, preview_control))
             ),
             title=f"train ({cfg.architecture}, {cfg.prediction}) loss",
         )
@@ -563,6 +597,9 @@ class StepLoop:
     # extra conditioning drawn after the objective's noise (the super-resolution stage's noise-augmented
     # low-resolution image): ``condition(cond, batch indices, step generator) -> cond``
     condition: Callable[[Conditioning, Tensor, torch.Generator], Conditioning] | None = None
+    # the prediction when it is not ``model(x_in, timestep, cond)`` (a ControlNet run: the frozen base with
+    # the trained ControlNet's residuals): ``predict(x_in, timestep, cond, batch indices) -> prediction``
+    predict: Callable[[Tensor, Tensor, Conditioning, Tensor], Tensor] | None = None
 
 
 def run_steps(loop: StepLoop, step: int) -> tuple[int, list[float]]:
@@ -604,7 +641,10 @@ def run_steps(loop: StepLoop, step: int) -> tuple[int, list[float]]:
         if loop.condition is not None:
             cond = loop.condition(cond, idx, gen)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-            pred = model(nb.x_in, nb.timestep, cond)
+            if loop.predict is None:
+                pred = model(nb.x_in, nb.timestep, cond)
+            else:
+                pred = loop.predict(nb.x_in, nb.timestep, cond, idx)
         loss = nb.loss(pred)
         check_finite(loss, step)
         opt.zero_grad(set_to_none=True)
@@ -647,9 +687,17 @@ def run_steps(loop: StepLoop, step: int) -> tuple[int, list[float]]:
 
 
 def _preview(
-    cfg: DiffusionTrainConfig, model: NetworkModel, text_encoder: Any, cache: Any, run: Path, step: int
+    cfg: DiffusionTrainConfig,
+    model: NetworkModel,
+    text_encoder: Any,
+    cache: Any,
+    run: Path,
+    step: int,
+    control: ControlInput | None = None,
 ) -> None:
-    """Sample the preview prompts with the EMA model; decode with the VAE when one is known."""
+    """Sample the preview prompts with the EMA model (and ``control``, one hint per prompt, on both the prompt
+    and the negative prompt); decode with the VAE when one is known."""
+    from latentworks.pipelines.loading import is_model_folder
     from latentworks.training.grids import make_grid
 
     prompts = list(cfg.sample_prompts)
@@ -659,12 +707,14 @@ def _preview(
     device = next(model.denoiser_net.parameters()).device
     cond = text_encoder.encode(prompts)
     uncond = text_encoder.encode([""] * len(prompts))
+    if control is not None:
+        cond, uncond = cond.with_control(control), uncond.with_control(control)
     shape = (len(prompts), cache.channels, cache.size, cache.size)
     z = sample_latents(
         model, cond, uncond, shape, steps=cfg.sample_steps, guidance=cfg.sample_guidance, seed=cfg.seed
     )
     (run / "samples").mkdir(exist_ok=True)
-    if vae_run and Path(vae_run, "model.safetensors").is_file():
+    if vae_run and (Path(vae_run, "model.safetensors").is_file() or is_model_folder(vae_run)):
         from latentworks.pipelines.latents import load_autoencoder
 
         ae = load_autoencoder(vae_run, device)
