@@ -117,6 +117,11 @@ class FluxControlNet(nn.Module):
                 f"and {f.in_channels} latent channels, the model width {m.width}, {m.num_heads} heads, text widths "
                 f"{m.context_dim}/{m.pooled_dim}, RoPE axes {m.axes_dim} and {m.output_channels} latent channels"
             )
+        if f.double_depth > m.double_depth or f.single_depth > m.single_depth:
+            raise ValueError(
+                f"this FLUX ControlNet has {f.double_depth} double / {f.single_depth} single blocks, more than the "
+                f"model's {m.double_depth} / {m.single_depth}; use a ControlNet made for this model"
+            )
 
     def with_mode(self, mode: int | None) -> UnionMode:
         """This Union ControlNet with control mode ``mode`` (an index into its mode table; None = no mode
