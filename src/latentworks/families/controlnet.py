@@ -40,6 +40,7 @@ from latentworks.checkpoints.keymaps.controlnet_flux import (
     folder_config,
 )
 from latentworks.families import ModelFamily, by_config
+from latentworks.families.control_lora import ControlLoRA, is_control_lora
 from latentworks.families.load import _Prefixed, _shapes, open_weights
 from latentworks.models.controlnet import ControlNet, ControlNetConfig
 from latentworks.models.controlnet_flux import FluxControlNet, FluxControlNetConfig
@@ -47,7 +48,7 @@ from latentworks.models.t2i_adapter import T2IAdapter, T2IAdapterConfig
 
 Shapes = Mapping[str, tuple[int, ...]]
 ControlConfig = ControlNetConfig | T2IAdapterConfig | FluxControlNetConfig
-ControlModel = ControlNet | T2IAdapter | FluxControlNet
+ControlModel = ControlNet | T2IAdapter | FluxControlNet | ControlLoRA
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,8 @@ def load_controlnet(
     """Read a ControlNet or T2I-Adapter, detect it from shapes and return the network in eval mode, frozen.
 
     ``path`` is a weights file (``.safetensors``; pickles only with ``allow_pickle``) or a diffusers folder
-    (``diffusion_pytorch_model.safetensors``, sharded or not, with its ``config.json``).
+    (``diffusion_pytorch_model.safetensors``, sharded or not, with its ``config.json``). A Control-LoRA file
+    comes back as a :class:`~latentworks.families.control_lora.ControlLoRA`, rebuilt against the model at use.
     """
     path = Path(path)
     if path.is_dir():
@@ -167,6 +169,10 @@ def load_controlnet(
     else:
         weights = open_weights(path, dtype=dtype, allow_pickle=allow_pickle)
     source = str(path)
+    if is_control_lora(weights):  # rebuilt against the model it is applied to
+        lora = ControlLoRA({k: weights[k] for k in weights}, source=source)
+        lora.source_name = path.name
+        return lora
     found = detect_controlnet(_shapes(weights), source=source)
     config = found.config
     folder = folder_config(path)

@@ -31,6 +31,7 @@ from torch import Tensor
 from latentworks.diffusion.control import ControlInput, LatentHintEncoder
 from latentworks.diffusion.latent_formats import LatentFormat
 from latentworks.families import by_config
+from latentworks.families.control_lora import ControlLoRA
 from latentworks.families.controlnet import load_controlnet
 from latentworks.graph.types import NodeSpec, OutputSpec, input_spec
 from latentworks.models.controlnet import ControlNet
@@ -58,7 +59,7 @@ UNION_CONTROLNET_TYPES: dict[str, int] = {
 class ControlNetPayload:
     """CONTROL_NET: a loaded control network and the file it came from."""
 
-    network: ControlNet | T2IAdapter | FluxControlNet | UnionMode
+    network: ControlNet | T2IAdapter | FluxControlNet | UnionMode | ControlLoRA
     name: str
 
 

@@ -22,12 +22,13 @@ from torch import Tensor
 
 from latentworks.diffusion.conditioning import Conditioning
 from latentworks.diffusion.control import ControlInput, LatentHintEncoder
+from latentworks.families.control_lora import ControlLoRA
 from latentworks.families.controlnet import load_controlnet
 from latentworks.models.controlnet import ControlNet
 from latentworks.models.controlnet_flux import FluxControlNet, UnionMode
 from latentworks.models.t2i_adapter import T2IAdapter
 
-ControlNetLike = ControlNet | T2IAdapter | FluxControlNet | UnionMode
+ControlNetLike = ControlNet | T2IAdapter | FluxControlNet | UnionMode | ControlLoRA
 
 
 @dataclass(frozen=True)
