@@ -201,7 +201,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="FILE",
-        help="a ControlNet file or diffusers folder (SD1.x/SD2.x/SDXL, original or diffusers layout; FLUX "
+        help="a ControlNet file or diffusers folder (SD1.x/SD2.x/SDXL, original or diffusers layout, Control-LoRA; FLUX "
         "InstantX/Union, diffusers layout); repeat for several, each with its own --control-image (default: none)",
     )
     p.add_argument(

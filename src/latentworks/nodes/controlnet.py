@@ -222,8 +222,8 @@ def controlnet_nodes(models_dir: Path | None) -> list[NodeSpec]:
             category="loaders",
             description=(
                 "Load a ControlNet (models/controlnet or models/t2i_adapter): SD1.x, SD2.x or SDXL, original "
-                "(control_model.*) or diffusers layout, a FLUX ControlNet (InstantX / Union, diffusers layout), or "
-                "a diffusers T2I-Adapter, detected from the weights."
+                "(control_model.*) or diffusers layout, a Control-LoRA, a FLUX ControlNet (InstantX / Union, "
+                "diffusers layout), or a diffusers T2I-Adapter, detected from the weights."
             ),
             execute=loader,
             inputs=(
