@@ -9,9 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from safetensors.torch import save_file
 
 from latentworks.cli import main
+from latentworks.families.controlnet import FLUX_DIFFUSERS
 from latentworks.families.load import write_single_file
+from latentworks.models.controlnet_flux import FluxControlNet, FluxControlNetConfig
+from latentworks.models.flux import PRESETS as FLUX_PRESETS
 from latentworks.pipelines import Pipeline
 from latentworks.pipelines.control import Control
 from latentworks.pipelines.metadata import read_parameters
@@ -29,10 +33,16 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         parts.denoiser_config, channels=(64, 64), context_dim=1024, num_heads=None, head_dim=64
     )
     other = write_controlnet(root / "other.safetensors", tiny_controlnet(sd2_like), layout="diffusers")
+    flux_cfg = FluxControlNetConfig(flux=FLUX_PRESETS["tiny"], num_modes=4)
+    flux = FluxControlNet(flux_cfg)
+    save_file(FLUX_DIFFUSERS.from_ours(flux.state_dict(), flux_cfg), str(root / "flux.safetensors"))
     img = np.zeros((16, 16, 3), dtype=np.uint8)
     img[4:12, 6:10] = 255
     Image.fromarray(img).save(root / "edges.png")
-    return {"ckpt": ckpt, "cn": cn, "other": other, "image": root / "edges.png", "root": root}
+    return {
+        "ckpt": ckpt, "cn": cn, "other": other, "flux": root / "flux.safetensors", "image": root / "edges.png",
+        "root": root,
+    }  # fmt: skip
 
 
 def _base(files: dict[str, Path], out: Path) -> list[str]:
@@ -73,6 +83,13 @@ def test_generate_with_controlnet_equals_the_api(files: dict[str, Path], tmp_pat
         (["--control-strength", "0.5"], "--control-strength needs --controlnet"),
         (["--controlnet", "OTHER", "--control-image", "IMG"], "another model family"),
         (["--controlnet", "missing.safetensors", "--control-image", "IMG"], "--controlnet: no such file"),
+        (["--controlnet", "FLUX", "--control-image", "IMG"], "FLUX ControlNet but the model is a UNet"),
+        (["--controlnet", "CN", "--control-image", "IMG", "--control-mode", "1"], "not a Union ControlNet"),
+        (["--controlnet", "CN", "--control-image", "IMG", "--control-mode", "x"], "a mode index (0, 1, ...)"),
+        (
+            ["--controlnet", "CN", "--control-image", "IMG", "--control-mode", "1", "--control-mode", "2"],
+            "give one --control-mode per --controlnet",
+        ),
     ],
 )
 def test_bad_controlnet_arguments_are_clear_errors(
@@ -82,7 +99,7 @@ def test_bad_controlnet_arguments_are_clear_errors(
     extra: list[str],
     message: str,  # noqa: ANN001
 ) -> None:
-    subst = {"CN": str(files["cn"]), "OTHER": str(files["other"]), "IMG": str(files["image"])}
+    subst = {k: str(files[k.lower()]) for k in ("CN", "OTHER", "FLUX")} | {"IMG": str(files["image"])}
     code = main([*_base(files, tmp_path / "x.png"), *[subst.get(a, a) for a in extra]])
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err

@@ -226,7 +226,11 @@ def test_every_rank_key_exists() -> None:
 _MODELS_SHARED = frozenset({"latentworks.models", "latentworks.models.configs"})
 # Adapters that are part of the family they adapt: a ControlNet is a trainable copy of the U-Net's encoder
 # half, built from the U-Net's own blocks (Zhang et al. 2023), so it imports them.
-_ADAPTER_OF = {"latentworks.models.controlnet": "latentworks.models.unet"}
+# The same holds for the FLUX ControlNet, a shortened copy of the FLUX transformer built from its blocks.
+_ADAPTER_OF = {
+    "latentworks.models.controlnet": "latentworks.models.unet",
+    "latentworks.models.controlnet_flux": "latentworks.models.flux",
+}
 
 
 def family_cross_imports(source: str, module: str, path: str) -> list[Violation]:

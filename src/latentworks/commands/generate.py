@@ -220,8 +220,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="FILE",
-        help="a ControlNet file (SD1.x/SD2.x/SDXL, original or diffusers layout); repeat for several, each "
-        "with its own --control-image (default: none)",
+        help="a ControlNet file or diffusers folder (SD1.x/SD2.x/SDXL, original or diffusers layout, Control-LoRA; FLUX "
+        "InstantX/Union, diffusers layout); repeat for several, each with its own --control-image (default: none)",
     )
     p.add_argument(
         "--control-image",
@@ -238,6 +238,15 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default=[],
         metavar="S",
         help="strength of each --controlnet (one value for all, or one per ControlNet; default: 1.0)",
+    )
+    p.add_argument(
+        "--control-mode",
+        action="append",
+        default=[],
+        metavar="N",
+        help="control mode of each --controlnet, in order: an index into a Union ControlNet's table (InstantX "
+        "FLUX Union: 0 canny, 1 tile, 2 depth, 3 blur, 4 pose, 5 gray, 6 low quality), or 'auto' for none "
+        "(default: auto)",
     )
     p.add_argument(
         "-o",
@@ -383,11 +392,18 @@ def _check_args(args: argparse.Namespace) -> None:
             f"--control-strength needs --controlnet, and one value or one per ControlNet ({n_cn}); "
             f"got {len(args.control_strength)}"
         )
+    if args.control_mode and len(args.control_mode) != n_cn:
+        raise UserError(
+            f"give one --control-mode per --controlnet (or none): got {n_cn} ControlNet(s) and "
+            f"{len(args.control_mode)} mode(s)"
+        )
+    if any(m != "auto" and not m.isdigit() for m in args.control_mode):
+        raise UserError(f"--control-mode must be a mode index (0, 1, ...) or 'auto', got {args.control_mode}")
     if any(not 0 <= s <= 10 for s in args.control_strength):
         raise UserError(f"--control-strength must be between 0 and 10, got {args.control_strength}")
     for opt, files in (("--controlnet", args.controlnet), ("--control-image", args.control_image)):
         for f in files:
-            if not f.is_file():
+            if not (f.is_file() or (opt == "--controlnet" and f.is_dir())):
                 raise UserError(f"{opt}: no such file: {f}")
     if args.output.suffix.lower() != ".png":
         raise UserError(f"--output must end in .png, got {args.output}")
@@ -400,6 +416,7 @@ def _load_controls(args: argparse.Namespace, pipe: Any) -> list[Any]:
     from PIL import Image, UnidentifiedImageError
 
     from latentworks.families.controlnet import load_controlnet
+    from latentworks.models.controlnet_flux import FluxControlNet
     from latentworks.pipelines.control import Control
 
     strengths = args.control_strength or [1.0]
@@ -419,7 +436,15 @@ def _load_controls(args: argparse.Namespace, pipe: Any) -> list[Any]:
         except (UnidentifiedImageError, OSError) as e:
             raise UserError(f"--control-image: cannot read {image_path} as an image ({e})") from None
         strength = strengths[i] if len(strengths) > 1 else strengths[0]
-        controls.append(Control(image, net, strength))
+        mode = args.control_mode[i] if args.control_mode else "auto"
+        if mode != "auto":
+            if not isinstance(net, FluxControlNet):
+                raise UserError(f"--control-mode {mode}: {file} is not a Union ControlNet (it has no modes)")
+            try:
+                net.with_mode(int(mode))  # an index outside its table fails here, before sampling
+            except ValueError as e:
+                raise UserError(f"--control-mode {mode}: {e}") from None
+        controls.append(Control(image, net, strength, mode=None if mode == "auto" else int(mode)))
     return controls
 
 

@@ -19,6 +19,7 @@ entirely, so the result is bit-identical to sampling without it.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -45,12 +46,16 @@ class ControlResiduals:
     W_i), in the order they are pushed: conv_in output first); ``mid`` has the middle block's output shape.
     ``adapter[k]`` (T2I-Adapter) is added to the k-th down level's output (and to its last skip) and, when one
     is left over with the middle block's shape, after the middle block, as diffusers'
-    ``down_intrablock_additional_residuals``. Empty tuples / None: nothing there.
+    ``down_intrablock_additional_residuals``. ``double[j]`` / ``single[j]`` (FLUX ControlNets) are (B, N, D)
+    residuals for the image tokens after the FLUX transformer's double / single-stream blocks; block ``i`` of
+    ``n`` takes entry ``i // ceil(n / len)`` (diffusers' rule). Empty tuples / None: nothing there.
     """
 
     down: tuple[Tensor, ...] = ()
     mid: Tensor | None = None
     adapter: tuple[Tensor, ...] = ()
+    double: tuple[Tensor, ...] = ()
+    single: tuple[Tensor, ...] = ()
 
     def scaled(self, weight: Tensor | float) -> ControlResiduals:
         """Every residual times ``weight`` (a float or a (B,) per-sample tensor)."""
@@ -64,6 +69,8 @@ class ControlResiduals:
             tuple(mul(r) for r in self.down),
             None if self.mid is None else mul(self.mid),
             tuple(mul(r) for r in self.adapter),
+            tuple(mul(r) for r in self.double),
+            tuple(mul(r) for r in self.single),
         )
 
     def __add__(self, other: ControlResiduals) -> ControlResiduals:
@@ -82,6 +89,8 @@ class ControlResiduals:
             add(self.down, other.down, "ControlNet residuals"),
             mid,
             add(self.adapter, other.adapter, "adapter features"),
+            add(self.double, other.double, "FLUX ControlNet double-block residuals"),
+            add(self.single, other.single, "FLUX ControlNet single-block residuals"),
         )
 
 
@@ -90,6 +99,8 @@ class ControlNetwork(Protocol):
 
     ``x_in`` and ``t`` are exactly what the denoising network receives. ``check_model(network)`` raises a
     ValueError naming the mismatch when the control network cannot drive ``network`` (another family).
+    A network with the class attribute ``hint_space = "latent"`` (FLUX ControlNets) gets the hint encoded
+    by the control's :class:`LatentHintEncoder` instead: model-space latents (B, C, h, w).
     """
 
     def __call__(self, x: Tensor, t: Tensor, cond: Conditioning, hint: Tensor) -> ControlResiduals: ...
@@ -98,6 +109,20 @@ class ControlNetwork(Protocol):
 
     @property
     def hint_factor(self) -> int: ...  # pixels of the hint per latent cell (8 for SD)
+
+
+@dataclass(frozen=True, eq=False)
+class LatentHintEncoder:
+    """Turns a control image into model-space latents for ControlNets that read latents (FLUX ControlNets).
+
+    Attributes:
+        encode: pixels (N, 3, H, W) in [0, 1] -> model-space latents (N, C, H / factor, W / factor): the VAE's
+            posterior mode, scaled and shifted by the model's latent format.
+        factor: pixels per latent cell of the VAE (8 for the released VAEs).
+    """
+
+    encode: Callable[[Tensor], Tensor]
+    factor: int
 
 
 @dataclass(frozen=True, eq=False)
@@ -112,6 +137,8 @@ class ControlInput:
         start_percent / end_percent: the part of the schedule (0 = first step, 1 = last) where it acts.
         sample_weight: per-sample multiplier (B,) set when conditionings with different controls are
             batched together (0 for the samples that do not carry this control); None = 1 for all.
+        encoder: encodes the hint for networks that read latents (``hint_space = "latent"``); None for the
+            others (ComfyUI's optional ``vae`` input of ControlNetApplyAdvanced).
     """
 
     network: ControlNetwork
@@ -120,6 +147,7 @@ class ControlInput:
     start_percent: float = 0.0
     end_percent: float = 1.0
     sample_weight: Tensor | None = None
+    encoder: LatentHintEncoder | None = None
 
     def __post_init__(self) -> None:
         if self.hint.ndim != 4 or self.hint.shape[1] != 3:
@@ -232,6 +260,32 @@ class ControlDenoiser:
         # Residuals of networks that read only the hint (T2I-Adapters: ``reads_latent = False``), computed once
         # per hint for the whole sampling run: (network, hint, unscaled residuals).
         self._hint_only: list[tuple[object, Tensor, ControlResiduals]] = []
+        # VAE-encoded hints of networks that read latents (FLUX ControlNets), once per control and latent size.
+        self._latent_hints: list[tuple[ControlInput, tuple[int, int], Tensor]] = []
+
+    def _latent_hint(self, control: ControlInput, height: int, width: int) -> Tensor:
+        """``control.hint`` resized to the pixel size of an ``height x width`` latent and VAE-encoded, (N, C, h, w)."""
+        for cached, size, latents in self._latent_hints:  # CFG batching may rebuild equal controls each step
+            same_hint = cached.hint is control.hint or (
+                cached.hint.shape == control.hint.shape and torch.equal(cached.hint, control.hint)
+            )
+            if cached.encoder is control.encoder and size == (height, width) and same_hint:
+                return latents
+        if control.encoder is None:
+            raise ValueError(
+                "this ControlNet reads the control image as VAE latents (a FLUX ControlNet) but no VAE was given: "
+                "connect the model's VAE to the 'vae' input of Apply ControlNet (ControlNetApplyAdvanced)"
+            )
+        f = control.encoder.factor
+        with torch.no_grad():
+            latents = control.encoder.encode(resize_hint(control.hint, height * f, width * f))
+        if tuple(latents.shape[-2:]) != (height, width):
+            raise ValueError(
+                f"the VAE given to the ControlNet encodes the control image to {tuple(latents.shape[-2:])} latents "
+                f"but the model samples {(height, width)}; give the ControlNet the model's own VAE"
+            )
+        self._latent_hints.append((control, (height, width), latents))
+        return latents
 
     def _residuals(
         self, net: ControlNetwork, x_in: Tensor, t: Tensor, cond: Any, hint: Tensor
@@ -287,8 +341,11 @@ class ControlDenoiser:
             # The control network follows the model's device and dtype (an fp16 file next to an fp32 model).
             if isinstance(control.network, nn.Module):
                 control.network.to(device=x_in.device, dtype=x_in.dtype)
-            factor = control.network.hint_factor
-            hint = resize_hint(control.hint, x.shape[-2] * factor, x.shape[-1] * factor)
+            if getattr(control.network, "hint_space", "pixel") == "latent":
+                hint = self._latent_hint(control, x.shape[-2], x.shape[-1])
+            else:
+                factor = control.network.hint_factor
+                hint = resize_hint(control.hint, x.shape[-2] * factor, x.shape[-1] * factor)
             hint = tile_batch(hint, x.shape[0]).to(device=x.device, dtype=x_in.dtype)
             residuals = self._residuals(control.network, x_in, t, plain, hint).scaled(weight.to(x.device))
             total = residuals if total is None else total + residuals

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from latentworks.checkpoints.detect import key_starts, strip_prefix
+from latentworks.checkpoints.diffusers_folder import read_weights
 from latentworks.checkpoints.io import build_on_meta, save_file_atomic
 from latentworks.checkpoints.keymaps.controlnet import (
     controlnet_config_from_diffusers,
@@ -35,14 +36,25 @@ from latentworks.checkpoints.keymaps.controlnet import (
     t2i_adapter_from_diffusers,
     t2i_adapter_to_diffusers,
 )
+from latentworks.checkpoints.keymaps.controlnet_flux import (
+    MARKER as FLUX_MARKER,
+)
+from latentworks.checkpoints.keymaps.controlnet_flux import (
+    flux_controlnet_config_from_diffusers,
+    flux_controlnet_from_diffusers,
+    flux_controlnet_to_diffusers,
+    folder_config,
+)
 from latentworks.families import ModelFamily, by_config
+from latentworks.families.control_lora import ControlLoRA, is_control_lora
 from latentworks.families.load import _Prefixed, _shapes, open_weights
 from latentworks.models.controlnet import ControlNet, ControlNetConfig
+from latentworks.models.controlnet_flux import FluxControlNet, FluxControlNetConfig
 from latentworks.models.t2i_adapter import T2IAdapter, T2IAdapterConfig
 
 Shapes = Mapping[str, tuple[int, ...]]
-ControlConfig = ControlNetConfig | T2IAdapterConfig
-ControlModel = ControlNet | T2IAdapter
+ControlConfig = ControlNetConfig | T2IAdapterConfig | FluxControlNetConfig
+ControlModel = ControlNet | T2IAdapter | FluxControlNet | ControlLoRA
 
 
 @dataclass(frozen=True)
@@ -50,7 +62,8 @@ class ControlNetLayout:
     """One way ControlNet weights are laid out in files.
 
     Attributes:
-        name: ``original`` or ``diffusers`` (ControlNets), ``t2i-diffusers`` (T2I-Adapters).
+        name: ``original`` or ``diffusers`` (U-Net ControlNets), ``flux-diffusers`` (FLUX ControlNets),
+            ``t2i-diffusers`` (T2I-Adapters).
         network: the network class the layout holds.
         marker: a key (after the prefix) only this layout has.
         prefixes: prefixes the layout's keys may carry (tried in order; ``""`` = none).
@@ -94,7 +107,16 @@ T2I_DIFFUSERS = ControlNetLayout(
     to_ours=t2i_adapter_from_diffusers,
     from_ours=t2i_adapter_to_diffusers,
 )
-LAYOUTS: tuple[ControlNetLayout, ...] = (ORIGINAL, DIFFUSERS, T2I_DIFFUSERS)
+FLUX_DIFFUSERS = ControlNetLayout(
+    name="flux-diffusers",
+    network=FluxControlNet,
+    marker=FLUX_MARKER,
+    prefixes=("",),
+    config_from_shapes=flux_controlnet_config_from_diffusers,
+    to_ours=flux_controlnet_from_diffusers,
+    from_ours=flux_controlnet_to_diffusers,
+)
+LAYOUTS: tuple[ControlNetLayout, ...] = (ORIGINAL, DIFFUSERS, FLUX_DIFFUSERS, T2I_DIFFUSERS)
 
 
 @dataclass(frozen=True)
@@ -102,7 +124,9 @@ class DetectedControlNet:
     layout: ControlNetLayout
     prefix: str
     config: ControlConfig
-    family: ModelFamily | None  # the base model family (SD1, SD2, SDXL...); None if unknown (T2I-Adapters)
+    family: (
+        ModelFamily | None
+    )  # the base model family (SD1, SD2, SDXL, FLUX...); None if unknown (T2I-Adapters)
 
 
 CONFIG_METADATA = (
@@ -146,12 +170,19 @@ def detect_controlnet(
                     )
                 else:
                     config = layout.config_from_shapes(strip_prefix(shapes, prefix), source)
-                family = by_config(config.unet) if isinstance(config, ControlNetConfig) else None
+                family = (
+                    by_config(config.unet)
+                    if isinstance(config, ControlNetConfig)
+                    else by_config(config.flux)
+                    if isinstance(config, FluxControlNetConfig)
+                    else None
+                )
                 return DetectedControlNet(layout, prefix, config, family)
     raise ValueError(
-        f"{source}: not a ControlNet latentworks can read (no 'input_hint_block', 'controlnet_cond_embedding' or "
-        f"'adapter.conv_in' keys; the file starts with {key_starts(shapes)}). Supported: SD1.x/SD2.x/SDXL "
-        "ControlNets in the original (control_model.*) or diffusers (ControlNetModel) layout, and diffusers "
+        f"{source}: not a ControlNet latentworks can read (no 'input_hint_block', 'controlnet_cond_embedding', "
+        f"'controlnet_x_embedder' or 'adapter.conv_in' keys; the file starts with {key_starts(shapes)}). "
+        "Supported: SD1.x/SD2.x/SDXL ControlNets in the original (control_model.*) or diffusers (ControlNetModel) "
+        "layout, FLUX ControlNets in the diffusers layout (FluxControlNetModel: InstantX, Union), and diffusers "
         "T2I-Adapters (full and full_xl)."
     )
 
@@ -163,15 +194,33 @@ def load_controlnet(
     device: str | torch.device | None = None,
     allow_pickle: bool = False,
 ) -> ControlModel:
-    """Read a ControlNet or T2I-Adapter file (``.safetensors``; pickles only with ``allow_pickle``), detect it from shapes and
-    return the network in eval mode, frozen."""
-    weights = open_weights(path, dtype=dtype, allow_pickle=allow_pickle)
+    """Read a ControlNet or T2I-Adapter, detect it from shapes and return the network in eval mode, frozen.
+
+    ``path`` is a weights file (``.safetensors``; pickles only with ``allow_pickle``) or a diffusers folder
+    (``diffusion_pytorch_model.safetensors``, sharded or not, with its ``config.json``). A Control-LoRA file
+    comes back as a :class:`~latentworks.families.control_lora.ControlLoRA`, rebuilt against the model at use.
+    """
+    path = Path(path)
+    if path.is_dir():
+        weights = read_weights(path, dtype=dtype, allow_pickle=allow_pickle)
+    else:
+        weights = open_weights(path, dtype=dtype, allow_pickle=allow_pickle)
     source = str(path)
+    if is_control_lora(weights):  # rebuilt against the model it is applied to
+        lora = ControlLoRA({k: weights[k] for k in weights}, source=source)
+        lora.source_name = path.name
+        return lora
     found = detect_controlnet(_shapes(weights), source=source, metadata=getattr(weights, "metadata", None))
-    state = found.layout.to_ours(_Prefixed(weights, found.prefix), found.config)
-    net = build_on_meta(found.layout.network, found.config, state, dtype=dtype, device=device)
-    assert isinstance(net, ControlNet | T2IAdapter)
-    net.source_name = Path(path).name
+    config = found.config
+    folder = folder_config(path)
+    if isinstance(config, FluxControlNetConfig) and folder is not None and "axes_dims_rope" in folder:
+        # RoPE axes are not visible in shapes; a folder's config.json names them
+        axes = tuple(int(a) for a in folder["axes_dims_rope"])
+        config = replace(config, flux=replace(config.flux, axes_dim=axes))
+    state = found.layout.to_ours(_Prefixed(weights, found.prefix), config)
+    net = build_on_meta(found.layout.network, config, state, dtype=dtype, device=device)
+    assert isinstance(net, ControlNet | T2IAdapter | FluxControlNet)
+    net.source_name = path.name
     return net
 
 

@@ -16,6 +16,7 @@ Contract: ``forward(x (B, 16, H, W), t (B,), cond) -> velocity (B, 16, H, W)`` w
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentworks.diffusion.conditioning import CONCAT_KEY, Conditioning
+from latentworks.diffusion.control import ControlResiduals
 from latentworks.nn.attention import StreamAttention, attention, split_heads
 from latentworks.nn.embeddings import TIME_EMBED_DIM, timestep_embedding
 from latentworks.nn.final import FinalLayer
@@ -169,6 +171,19 @@ class SingleStreamBlock(nn.Module):
         return x + gate(out, g)
 
 
+def _per_block(residuals: tuple[Tensor, ...], blocks: int, kind: str) -> list[Tensor]:
+    """ControlNet residuals spread over ``blocks`` blocks: block ``i`` takes ``residuals[i // ceil(blocks / k)]``."""
+    if not residuals:
+        return []
+    if len(residuals) > blocks:
+        raise ValueError(
+            f"the FLUX ControlNet gives {len(residuals)} {kind}-block residuals but the model has only {blocks} "
+            f"{kind}-stream blocks; use a ControlNet made for this model"
+        )
+    interval = math.ceil(blocks / len(residuals))
+    return [residuals[i // interval] for i in range(blocks)]
+
+
 class Flux(nn.Module):
     """FLUX.1 transformer; see the module docstring."""
 
@@ -203,7 +218,12 @@ class Flux(nn.Module):
             vec = vec + self.guidance_in(timestep_embedding(g, TIME_EMBED_DIM).to(dtype))
         return vec + self.vector_in(cond.pooled.to(dtype))
 
-    def forward(self, x: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
+    def forward(
+        self, x: Tensor, t: Tensor, cond: Conditioning, control: ControlResiduals | None = None
+    ) -> Tensor:
+        """``control``: FLUX ControlNet residuals (``control.double`` / ``control.single``, (B, N, D) each) added
+        to the image tokens after the double / single-stream blocks; block ``i`` of ``n`` takes entry
+        ``i // ceil(n / len(residuals))``, as diffusers' ``FluxTransformer2DModel``."""
         cfg = self.config
         concat = cond.extra.get(CONCAT_KEY)
         if concat is not None and x.shape[1] + concat.shape[1] == cfg.in_channels:
@@ -238,12 +258,18 @@ class Flux(nn.Module):
         )  # (L+N, 3)
         freqs = rope_frequencies(ids, cfg.axes_dim, cfg.theta)  # (L+N, hd/2, 2)
 
-        for block in self.double_blocks:
+        double = _per_block(control.double if control is not None else (), len(self.double_blocks), "double")
+        single = _per_block(control.single if control is not None else (), len(self.single_blocks), "single")
+        for i, block in enumerate(self.double_blocks):
             img, txt = block(img, txt, vec, freqs)
+            if double:
+                img = img + double[i].to(img.dtype)
         n_txt = txt.shape[1]
         seq = torch.cat([txt, img], dim=1)  # (B, L+N, D)
-        for block in self.single_blocks:
+        for i, block in enumerate(self.single_blocks):
             seq = block(seq, vec, freqs)
+            if single:
+                seq = torch.cat([seq[:, :n_txt], seq[:, n_txt:] + single[i].to(seq.dtype)], dim=1)
         img = seq[:, n_txt:]
         out = self.final_layer(img, vec)  # (B, N, p*p*C_out)
         return unpack_latents(out, height, width, p)

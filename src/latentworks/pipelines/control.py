@@ -4,7 +4,8 @@ A :class:`Control` names a control image and a ControlNet (a loaded :class:`~lat
 or a file path); :func:`attach_controls` turns each into a
 :class:`~latentworks.diffusion.control.ControlInput` on the prompt's and the negative prompt's conditioning,
 as ComfyUI's ControlNetApplyAdvanced does. Plain tuples ``(image, controlnet, strength, start, end)`` (the
-last three optional) work too.
+last three optional) work too. FLUX ControlNets read the control image through the pipeline's VAE
+(``encoder``); a Union ControlNet takes its control mode from ``Control.mode``.
 """
 
 from __future__ import annotations
@@ -20,10 +21,14 @@ from PIL import Image
 from torch import Tensor
 
 from latentworks.diffusion.conditioning import Conditioning
-from latentworks.diffusion.control import ControlInput
+from latentworks.diffusion.control import ControlInput, LatentHintEncoder
+from latentworks.families.control_lora import ControlLoRA
 from latentworks.families.controlnet import load_controlnet
 from latentworks.models.controlnet import ControlNet
+from latentworks.models.controlnet_flux import FluxControlNet, UnionMode
 from latentworks.models.t2i_adapter import T2IAdapter
+
+ControlNetLike = ControlNet | T2IAdapter | FluxControlNet | UnionMode | ControlLoRA
 
 
 @dataclass(frozen=True)
@@ -33,27 +38,30 @@ class Control:
     Attributes:
         image: the control image (edges, depth, pose...): a PIL image, or a (3, H, W) / (N, 3, H, W) tensor in
             [0, 1]. It is resized to the output size (centre crop to the aspect ratio, nearest-exact).
-        controlnet: a loaded ControlNet or T2I-Adapter, or the path of its file.
+        controlnet: a loaded ControlNet (SD or FLUX) or T2I-Adapter, or the path of its file or diffusers folder.
         strength: residual scale (0 = off, 1 = as trained).
         start / end: the fraction of the steps where it acts (0 = first step, 1 = last).
+        mode: the control mode of a Union ControlNet (an index into its table; InstantX FLUX Union: 0 canny,
+            1 tile, 2 depth, 3 blur, 4 pose, 5 gray, 6 low quality); None = no mode.
     """
 
     image: Image.Image | Tensor
-    controlnet: ControlNet | T2IAdapter | str | Path
+    controlnet: ControlNetLike | str | Path
     strength: float = 1.0
     start: float = 0.0
     end: float = 1.0
+    mode: int | None = None
 
 
 def as_control(item: Control | Sequence[Any]) -> Control:
     """A :class:`Control` from itself or from a tuple ``(image, controlnet[, strength[, start[, end]]])``."""
     if isinstance(item, Control):
         return item
-    if isinstance(item, tuple | list) and 2 <= len(item) <= 5:
+    if isinstance(item, tuple | list) and 2 <= len(item) <= 6:
         return Control(*item)
     raise TypeError(
-        "each control must be a Control(image, controlnet, strength, start, end) or a tuple "
-        f"(image, controlnet[, strength[, start[, end]]]), got {type(item).__name__}"
+        "each control must be a Control(image, controlnet, strength, start, end, mode) or a tuple "
+        f"(image, controlnet[, strength[, start[, end[, mode]]]]), got {type(item).__name__}"
     )
 
 
@@ -75,25 +83,35 @@ def attach_controls(
     *,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
+    encoder: LatentHintEncoder | None = None,
 ) -> tuple[Conditioning, Conditioning | None, list[dict[str, Any]]]:
     """``cond`` and ``uncond`` with every control added (the same ControlInput on both), and a description of
-    each for the generation parameters. ControlNet files are loaded in ``dtype`` on ``device``."""
+    each for the generation parameters. ControlNet files are loaded in ``dtype`` on ``device``; ``encoder``
+    (the pipeline's VAE) encodes the control images of FLUX ControlNets."""
     described = []
     for item in controls:
         c = as_control(item)
         net = c.controlnet
         if isinstance(net, str | Path):
             net = load_controlnet(net, dtype=dtype, device=device)
-        if not isinstance(net, ControlNet | T2IAdapter):
+        if not isinstance(net, ControlNetLike):
             raise TypeError(
                 f"controlnet must be a ControlNet, a T2I-Adapter or a file path, got {type(net).__name__}"
             )
+        if c.mode is not None:
+            if not isinstance(net, FluxControlNet | UnionMode):
+                raise ValueError(
+                    f"Control.mode={c.mode} is for Union ControlNets; {net.source_name} has no modes"
+                )
+            net = net.with_mode(c.mode)
         name = net.source_name
         control = ControlInput(
             net, image_to_hint(c.image), strength=float(c.strength), start_percent=float(c.start),
-            end_percent=float(c.end),
+            end_percent=float(c.end), encoder=encoder if getattr(net, "hint_space", "pixel") == "latent" else None,
         )  # fmt: skip
         described.append({"controlnet": name, "strength": c.strength, "start": c.start, "end": c.end})
+        if c.mode is not None:
+            described[-1]["mode"] = c.mode
         if c.strength == 0:
             continue
         cond = cond.with_control(control)

@@ -24,6 +24,7 @@ from PIL import Image
 from torch import Tensor
 
 from latentworks.diffusion.conditioning import CONCAT_KEY, Conditioning
+from latentworks.diffusion.control import LatentHintEncoder
 from latentworks.diffusion.guidance import check_interval
 from latentworks.diffusion.samplers import SAMPLERS, StepInfo
 from latentworks.diffusion.schedules import SCHEDULERS, get_sigmas
@@ -430,9 +431,9 @@ class Pipeline:
         encode, the path of an upscale model file for spandrel, or a loaded
         :class:`~latentworks.pipelines.upscale.UpscaleModel`) and samples again from it at
         ``hires_denoise`` with ``hires_steps`` (default: ``steps``).
-        ``control``: ControlNets, each a ``Control(image, controlnet, strength, start, end)`` or a tuple
-        ``(image, controlnet[, strength[, start[, end]]])`` (see :mod:`latentworks.pipelines.control`), applied
-        to the prompt and the negative prompt.
+        ``control``: ControlNets, each a ``Control(image, controlnet, strength, start, end, mode)`` or a tuple
+        ``(image, controlnet[, strength[, start[, end[, mode]]]])`` (see :mod:`latentworks.pipelines.control`),
+        applied to the prompt and the negative prompt; FLUX ControlNets read the image through this VAE.
         """
         d = self.model.defaults
         steps = int(steps if steps is not None else d.get("steps", 20))
@@ -521,8 +522,9 @@ class Pipeline:
         cond, uncond = conditionings(height, width)
         timings["encode_text"] = time.perf_counter() - t0
         cond, uncond, controls = attach_controls(
-            cond, uncond, control or (), dtype=self.dtype, device=self.device
-        )
+            cond, uncond, control or (), dtype=self.dtype, device=self.device,
+            encoder=LatentHintEncoder(lambda pixels: self.encode_pixels(pixels * 2 - 1), f),
+        )  # fmt: skip
 
         c = self.model.latent_format.channels
         lh, lw = height // f, width // f
