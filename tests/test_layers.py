@@ -230,6 +230,9 @@ _MODELS_SHARED = frozenset({"latentworks.models", "latentworks.models.configs"})
 _ADAPTER_OF = {
     "latentworks.models.controlnet": "latentworks.models.unet",
     "latentworks.models.controlnet_flux": "latentworks.models.flux",
+    # The emoji super-resolution stage is the U-Net itself with the upsampled image concatenated to its input
+    # and the augmentation level as its class input (Imagen/IF style), so it is part of the U-Net family.
+    "latentworks.models.superres": "latentworks.models.unet",
 }
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 
 
@@ -111,3 +112,14 @@ def load_npz(path: str | Path) -> ArrayDataset:
     except (KeyError, ValueError, OSError) as e:
         raise ValueError(f"{path}: not a latentworks dataset file (.npz with images + captions): {e}") from e
     return ArrayDataset(images, captions, extra, metadata)
+
+
+def downscale(images: np.ndarray, factor: int = 2) -> np.ndarray:
+    """uint8 (N, H, W, 3) -> (N, H/factor, W/factor, 3) with PIL's Lanczos filter (``data.folder.to_rgb_square``)."""
+    n, h, w, _ = images.shape
+    if h % factor or w % factor:
+        raise ValueError(f"images of {w}x{h} px cannot be downscaled by {factor}")
+    size = (w // factor, h // factor)
+    return np.stack(
+        [np.asarray(Image.fromarray(im).resize(size, Image.Resampling.LANCZOS)) for im in images]
+    ).reshape(n, h // factor, w // factor, 3)

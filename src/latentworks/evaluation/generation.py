@@ -406,8 +406,8 @@ def evaluate_upscaled_real(
     what the upscaling alone costs; a cascade can hardly beat its stage on real inputs. ``text_encoder``
     encodes the images' training captions for stages that read text; ``options`` go to ``stage.upscale``.
     """
+    from latentworks.data.arrays import downscale
     from latentworks.diffusion.conditioning import Conditioning
-    from latentworks.training.superres import downscale
 
     ds, pick, other = pick_real(dataset, split, n, seed)
     low = downscale(ds.images[other])

@@ -22,28 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
-from latentworks.data.arrays import ArrayDataset, images_to_tensor
+from latentworks.data.arrays import ArrayDataset, downscale, images_to_tensor
 from latentworks.data.captions import CaptionParts, caption_parts
 from latentworks.diffusion.conditioning import Conditioning
 from latentworks.models.superres import superres_conditioning, upsample
 
 SCALE_FACTOR = 2  # this stage doubles the side: 32 -> 64 px
-
-
-def downscale(images: np.ndarray, factor: int = SCALE_FACTOR) -> np.ndarray:
-    """uint8 (N, H, W, 3) -> (N, H/factor, W/factor, 3) with PIL's Lanczos filter (``data.folder.to_rgb_square``)."""
-    n, h, w, _ = images.shape
-    if h % factor or w % factor:
-        raise ValueError(f"images of {w}x{h} px cannot be downscaled by {factor}")
-    size = (w // factor, h // factor)
-    return np.stack(
-        [np.asarray(Image.fromarray(im).resize(size, Image.Resampling.LANCZOS)) for im in images]
-    ).reshape(n, h // factor, w // factor, 3)
 
 
 @dataclass
