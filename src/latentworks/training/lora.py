@@ -186,7 +186,15 @@ def file_module_names(net: nn.Module, family: str) -> dict[str, str]:
     from latentworks.models.unet import UNet
 
     if isinstance(net, UNet):
-        if family.startswith("sdxl"):
+        # SDXL's U-Nets (the families with size conditioning) are named as in the original checkpoints, the
+        # SD 1.x/2.x ones (and ours) as in diffusers: what kohya writes for each
+        from latentworks.families import get as get_family
+
+        try:
+            size_conditioned = bool(get_family(family).generation.size_conditioning)
+        except (KeyError, ValueError):
+            size_conditioned = False
+        if size_conditioned:
             from latentworks.checkpoints.keymaps.sd_ldm import unet_ldm_module_map
 
             return unet_ldm_module_map(net.config)
