@@ -327,3 +327,47 @@ def test_old_boolean_seed_control_and_missing_widget_values_take_defaults(regist
     assert api["3"]["inputs"]["seed"] == 5 and api["3"]["inputs"]["steps"] == 3
     assert api["3"]["inputs"]["sampler_name"] == "euler" and api["3"]["inputs"]["denoise"] == 1.0
     assert api["9"]["inputs"]["filename_prefix"] == registry["SaveImage"].input("filename_prefix").default
+
+
+def test_instance_widget_values_follow_the_definitions_promoted_inputs(registry) -> None:
+    """As image-qwen_image_edit_2511_lora_inflation.json: the definition promotes two widgets ('text', then
+    'strength'); the instance lists only 'strength' among its inputs but saves both values, in the
+    definition's order. 'strength' must get the second value, not the first."""
+    g = _subgraph_workflow()
+    sub = g.subgraphs[0]
+    sub["inputs"] += [
+        {"id": "i1", "name": "text", "type": "STRING", "linkIds": [3]},
+        {"id": "i2", "name": "strength", "type": "FLOAT", "linkIds": [4]},
+    ]
+    text_encode = sub["nodes"][0]
+    text_encode["inputs"].append({"name": "text", "type": "STRING", "link": 3, "widget": {"name": "text"}})
+    text_encode["outputs"][0]["links"] = [5]
+    sub["nodes"].append(
+        {
+            "id": 7,
+            "type": "ConditioningSetAreaStrength",
+            "mode": 0,
+            "inputs": [
+                {"name": "conditioning", "type": "CONDITIONING", "link": 5},
+                {"name": "strength", "type": "FLOAT", "link": 4, "widget": {"name": "strength"}},
+            ],
+            "outputs": [{"name": "CONDITIONING", "type": "CONDITIONING", "links": [2]}],
+            "widgets_values": [1.0],
+        }
+    )
+    sub["links"] = [
+        {"id": 1, "origin_id": -10, "origin_slot": 0, "target_id": 5, "target_slot": 0, "type": "CLIP"},
+        {"id": 3, "origin_id": -10, "origin_slot": 1, "target_id": 5, "target_slot": 1, "type": "STRING"},
+        {"id": 4, "origin_id": -10, "origin_slot": 2, "target_id": 7, "target_slot": 1, "type": "FLOAT"},
+        {"id": 5, "origin_id": 5, "origin_slot": 0, "target_id": 7, "target_slot": 0, "type": "CONDITIONING"},
+        {"id": 2, "origin_id": 7, "origin_slot": 0, "target_id": -20, "target_slot": 0, "type": "CONDITIONING"},
+    ]  # fmt: skip
+    instance = g.node(12)
+    instance["inputs"].append(
+        {"name": "strength", "type": "FLOAT", "link": None, "widget": {"name": "strength"}}
+    )
+    instance["widgets_values"] = ["a promoted prompt", 0.25]
+    api = convert(registry, g)
+    assert api["12:5"]["inputs"]["text"] == "a promoted prompt"
+    assert api["12:7"]["inputs"]["strength"] == 0.25
+    assert api["12:7"]["inputs"]["conditioning"] == ["12:5", 0]

@@ -61,7 +61,7 @@ def _all_nodes(workflow: dict) -> Iterator[dict]:
         yield from sub.get("nodes", [])
 
 
-KNOWN_FAULTS = ("current/image-qwen_image_edit_2511_lora_inflation",)
+KNOWN_FAULTS: tuple[str, ...] = ()
 
 
 def test_official_templates_convert() -> None:

@@ -124,6 +124,10 @@ class _Node:
     widgets: Any = field(default_factory=list)  # list (positional) or dict (by name)
     kind: str = "node"  # node | reroute | primitive | note | subgraph_in | subgraph_out
     owner: str | None = None  # for subgraph_in / subgraph_out: the instance node's flat id
+    # for subgraph_in: declared input slot -> its position in the instance's widgets_values. The editor
+    # promotes every subgraph input that feeds an inner widget, in declaration order, and saves their
+    # values (no control_after_generate entries) whether or not the instance lists the input.
+    promoted: dict[int, int] = field(default_factory=dict)
 
     def label(self) -> str:
         return f"node {self.id} ({self.type!r}" + (
@@ -237,6 +241,15 @@ class _Flattener:
             boundary.output_types = [
                 str(i.get("name", "")) if isinstance(i, Mapping) else "" for i in declared or []
             ] if isinstance(declared, list) else []  # fmt: skip
+            feeds_widget = {
+                b
+                for a, b, c, d, _ in links.values()
+                if a == SUBGRAPH_INPUT_ID
+                and (inner := self.nodes.get(flat(c))) is not None
+                and d < len(inner.inputs)
+                and inner.inputs[d].widget
+            }
+            boundary.promoted = {slot: i for i, slot in enumerate(sorted(feeds_widget))}
             self.nodes[prefix + "in"] = boundary
             out = _Node(prefix + "out", "subgraph output", "", 0, kind="subgraph_out", owner=owner)
             for a, b, c, d, t in links.values():
@@ -330,19 +343,21 @@ class _Converter:
         name = boundary.output_types[slot] if slot < len(boundary.output_types) else ""
         named = [i for i in owner.inputs if name and i.name == name]
         if named:
-            slot = owner.inputs.index(named[0])
-        elif name or slot >= len(owner.inputs):
-            return None, None  # not on the instance: the inner node keeps its own widget value
-        inp = owner.inputs[slot]
-        if inp.source is not None or not inp.widget:
+            inp: _Input | None = named[0]
+        elif not name and slot < len(owner.inputs):
+            inp = owner.inputs[slot]  # a definition without input names: match by position
+        else:
+            inp = None
+        if inp is not None and inp.source is not None:
             return inp.source, None
-        widget_slot = sum(1 for i in owner.inputs[:slot] if i.widget)
         w = owner.widgets
-        if isinstance(w, list) and widget_slot < len(w):
-            return None, ("value", w[widget_slot], None)
-        if isinstance(w, Mapping) and inp.name in w:
-            return None, ("value", w[inp.name], None)
-        return None, None
+        if slot in boundary.promoted:
+            index = boundary.promoted[slot]
+            if isinstance(w, list) and index < len(w):
+                return None, ("value", w[index], None)
+            if isinstance(w, Mapping) and name in w:
+                return None, ("value", w[name], None)
+        return None, None  # not linked and no saved value: the inner node keeps its own widget value
 
     def bypass(self, node: _Node, slot: int) -> tuple[str, int] | None:
         """A bypassed node's output ``slot`` is its input of the same type (the same slot first)."""
