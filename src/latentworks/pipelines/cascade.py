@@ -281,7 +281,7 @@ def read_stage(
         if kind in STAGE_III_PIPELINES:
             raise ValueError(
                 f"{option}: {_describe_kind(kind, root)}, DeepFloyd's optional stage III (the x4 latent upscaler); "
-                f"pass it as --latent-upscaler (Python: latent_upscaler=), and a {want} folder as {option}. "
+                f"pass it as --latent-upscaler (Python: latent_upscaler=), and the {want} folder as {option}. "
                 f"Alone it upscales an image: latentworks upscale IMAGE --model {root} --prompt TEXT"
             )
         if kind in CASCADE_PIPELINES:
