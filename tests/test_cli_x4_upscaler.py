@@ -157,3 +157,18 @@ def test_missing_parts_name_the_file(
     assert "--latent-upscaler" in err and str(broken / named) in err
     err = _error(capsys, ["upscale", str(_image(tmp_path / "a.png")), "--model", str(broken)])
     assert str(broken / named) in err
+
+
+def test_batch_sample_equals_its_single_run(x4: Path) -> None:
+    up = X4Upscaler.from_pretrained(x4)
+    g = torch.Generator().manual_seed(1)
+    images = [
+        Image.fromarray((torch.rand(16, 16, 3, generator=g) * 255).to(torch.uint8).numpy()) for _ in range(2)
+    ]
+    both = up(images, ["a red apple", "a cat"], seed=5, steps=2)
+    single = up(images[1], "a cat", seed=6, steps=2)
+    assert both.seeds == [5, 6] and both.pixels.shape == (2, 3, 64, 64)
+    torch.testing.assert_close(both.pixels[1:], single.pixels, atol=1e-4, rtol=0)
+    assert (both.pixels[0] - both.pixels[1]).abs().max() > 0.05
+    with pytest.raises(ValueError, match="2 images but 3 prompts"):
+        up(images, ["a", "b", "c"], steps=1)

@@ -107,3 +107,34 @@ def test_pipeline_matches_stable_diffusion_upscale_pipeline(tmp_path: Path, nois
         pixels, cond2, uncond, start, augment, steps=steps, guidance=guidance, noise_level=noise_level
     )
     assert ((other / 2 + 0.5).clamp(0, 1) - want).abs().max() > 1e-2
+
+
+# unet/config.json of stabilityai/stable-diffusion-x4-upscaler (diffusers' field names and values)
+RELEASE_UNET = {
+    "_class_name": "UNet2DConditionModel", "act_fn": "silu", "attention_head_dim": 8,
+    "block_out_channels": [256, 512, 512, 1024], "center_input_sample": False, "class_embed_type": None,
+    "cross_attention_dim": 1024,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "downsample_padding": 1, "dual_cross_attention": False, "flip_sin_to_cos": True, "freq_shift": 0,
+    "in_channels": 7, "layers_per_block": 2, "mid_block_scale_factor": 1, "norm_eps": 1e-05, "norm_num_groups": 32,
+    "num_class_embeds": 1000, "only_cross_attention": [True, True, True, False], "out_channels": 4,
+    "sample_size": 128,
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    "use_linear_projection": True,
+}  # fmt: skip
+
+
+def test_release_config_maps_every_tensor_of_diffusers_model() -> None:
+    """The released U-Net's config builds our network, and every tensor of diffusers' model (built on the meta
+    device, so no memory) maps to one of ours with the same shape."""
+    from diffusers import UNet2DConditionModel
+
+    config = unet_config_from_diffusers(RELEASE_UNET, source="release")
+    with torch.device("meta"):
+        theirs = UNet2DConditionModel(**{k: v for k, v in RELEASE_UNET.items() if not k.startswith("_")})
+        ours = UNet(config)
+    mapped = unet_from_diffusers(theirs.state_dict(), config)  # refuses unmapped keys and wrong shapes
+    assert {k: tuple(v.shape) for k, v in mapped.items()} == {
+        k: tuple(v.shape) for k, v in ours.state_dict().items()
+    }
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
