@@ -100,6 +100,21 @@ def test_info_reports_the_x4_upscaler(x4: Path, capsys: pytest.CaptureFixture[st
     assert "in 7 (latent 4 + low-res RGB 3)" in out and "scaling 0.08333" in out and "v-prediction" in out
 
 
+def test_a_folder_without_model_index_is_known_by_its_unet(
+    x4: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bare = tmp_path / "x4-bare"
+    shutil.copytree(x4, bare)
+    (bare / "model_index.json").unlink()
+    assert main(["info", "--model", str(bare)]) == 0
+    assert "sd-x4-upscaler" in capsys.readouterr().out
+    # an SD U-Net (4 input channels, no class labels) is not taken for it
+    config = bare / "unet" / "config.json"
+    config.write_text(config.read_text().replace('"in_channels": 7', '"in_channels": 4'))
+    err = _error(capsys, ["upscale", str(_image(tmp_path / "a.png")), "--model", str(bare)])
+    assert "not a Stable Diffusion x4 upscaler" in err
+
+
 def test_help_defaults_are_the_families(capsys: pytest.CaptureFixture[str]) -> None:
     from latentworks.commands.generate_cascade import STAGE_III_NOISE_LEVEL, X4_DEFAULTS
     from latentworks.families import deepfloyd_if, sd_upscaler

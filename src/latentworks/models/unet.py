@@ -66,7 +66,7 @@ class UNetConfig:
         num_classes: size of a learned class-label embedding added to the time embedding (diffusers'
             ``num_class_embeds``); the labels are ``cond.extra[CLASS_LABEL_KEY]`` (B,) integers. The SD x4
             upscaler embeds the noise level of its low-res input image (1000 labels). 0 = none.
-        only_cross_attention: per level, True where the transformers' first attention also attends to the
+        only_cross_attention: per level, True where the transformers' first attention attends to the
             text instead of the image tokens (diffusers' ``only_cross_attention``; the SD x4 upscaler's
             attention levels). Empty = False everywhere. The middle block always has self-attention.
     """

@@ -48,6 +48,7 @@ from latentworks.diffusion.noise import SeededNoiseSampler, derive_seed, seeded_
 from latentworks.diffusion.samplers import NoiseFn, StepCallback
 from latentworks.families import by_pipeline_class
 from latentworks.families.base import ModelFamily
+from latentworks.families.sd_upscaler import is_x4_upscaler_folder
 from latentworks.families.deepfloyd_if import (
     STAGE_III_NOISE_LEVEL,
     STAGE_III_PIPELINES,
@@ -250,7 +251,9 @@ def folder_kind(path: str | Path) -> str | None:
 def is_cascade_folder(path: str | Path) -> bool:
     """True for a folder of a cascade stage (DeepFloyd IF stage I or II, or the x4 upscaler of stage III)."""
     p = Path(path)
-    return p.is_dir() and folder_kind(p) in (*CASCADE_PIPELINES, *STAGE_III_PIPELINES)
+    return p.is_dir() and (
+        folder_kind(p) in (*CASCADE_PIPELINES, *STAGE_III_PIPELINES) or is_x4_upscaler_folder(p)
+    )
 
 
 def _describe_kind(kind: str | None, path: Path) -> str:
@@ -664,7 +667,7 @@ def describe_cascade(path: str | Path) -> str:
     what it runs with."""
     root = Path(path)
     kind = folder_kind(root)
-    if kind in STAGE_III_PIPELINES:
+    if kind in STAGE_III_PIPELINES or is_x4_upscaler_folder(root):
         return describe_x4_folder(root)
     index = read_json(root / "model_index.json", "model_index.json")
     family = by_pipeline_class(index)
