@@ -48,13 +48,13 @@ from latentworks.diffusion.noise import SeededNoiseSampler, derive_seed, seeded_
 from latentworks.diffusion.samplers import NoiseFn, StepCallback
 from latentworks.families import by_pipeline_class
 from latentworks.families.base import ModelFamily
-from latentworks.families.sd_upscaler import is_x4_upscaler_folder
 from latentworks.families.deepfloyd_if import (
     STAGE_III_NOISE_LEVEL,
     STAGE_III_PIPELINES,
     T5_LENGTH,
     UPSCALER_OF,
 )
+from latentworks.families.sd_upscaler import is_x4_upscaler_folder
 from latentworks.models.deepfloyd_if import NOISE_LEVEL_KEY, IFUNet, IFUNetConfig
 from latentworks.models.text.t5 import build_t5
 from latentworks.pipelines.sampling import seeds_for
