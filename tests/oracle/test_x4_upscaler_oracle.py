@@ -101,6 +101,17 @@ def test_pipeline_matches_stable_diffusion_upscale_pipeline(tmp_path: Path, nois
     got = (got / 2 + 0.5).clamp(0, 1)
     assert got.shape == want.shape == (1, 3, 64, 64)
     assert (got - want).abs().max() <= 1e-3 * max(float(want.abs().max()), 1.0)
+    # a float image (stage II's output in the IF cascade) is used unquantised: ours takes [-1, 1], diffusers [0, 1]
+    tensor = torch.rand(1, 3, 16, 16, generator=g) * 2 - 1
+    want_t = theirs(
+        prompt="a red apple", image=(tensor + 1) / 2, num_inference_steps=steps, guidance_scale=guidance,
+        noise_level=noise_level, generator=torch.Generator().manual_seed(seed), latents=start.clone(),
+        output_type="pt",
+    ).images  # fmt: skip
+    got_t = ours.run(
+        tensor, cond, uncond, start, augment, steps=steps, guidance=guidance, noise_level=noise_level
+    )
+    assert ((got_t / 2 + 0.5).clamp(0, 1) - want_t).abs().max() <= 1e-3
     # the prompt matters: another prompt gives another image
     cond2, _ = ours.conditionings(["a photo of a cat"], [""])
     other = ours.run(
