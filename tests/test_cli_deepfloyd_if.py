@@ -60,7 +60,8 @@ def test_info_reports_the_stages(folders: tuple[Path, Path], capsys: pytest.Capt
     assert main(["info", "--model", str(stage1)]) == 0
     first = capsys.readouterr().out
     assert (
-        "stage       I: base of a 2-stage cascade" in first and "dynamic thresholding p=0.95 max=1.5" in first
+        "stage       I: base of DeepFloyd IF's cascade" in first
+        and "dynamic thresholding p=0.95 max=1.5" in first
     )
     assert main(["info", "--model", str(stage2)]) == 0
     second = capsys.readouterr().out

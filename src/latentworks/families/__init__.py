@@ -30,6 +30,7 @@ from latentworks.families.sd1 import SD1
 from latentworks.families.sd2 import SD2, SD2_V
 from latentworks.families.sd2_unclip import SD2_UNCLIP_H, SD2_UNCLIP_L
 from latentworks.families.sd3 import SD3
+from latentworks.families.sd_upscaler import SD_X4_UPSCALER
 from latentworks.families.sdxl import SDXL, SDXL_REFINER
 from latentworks.families.zimage import Z_IMAGE
 
@@ -64,6 +65,7 @@ REGISTRY: tuple[ModelFamily, ...] = (
     KARLO,
     IF_I,
     IF_II,
+    SD_X4_UPSCALER,
     LATENTWORKS,
 )
 

@@ -10,8 +10,9 @@ Two pixel-space stages, each its own diffusers folder, run one after the other
   upsampled and noise-augmented to step 250 of its ``image_noising_scheduler``, with the same T5 states;
   guidance 4, 50 steps.
 
-DeepFloyd's optional stage III is Stable Diffusion's x4 latent upscaler (``StableDiffusionUpscalePipeline``);
-latentworks does not run it (see :data:`STAGE_III_PIPELINES`).
+DeepFloyd's optional stage III is Stable Diffusion's x4 latent upscaler (``StableDiffusionUpscalePipeline``, its
+own family: :mod:`latentworks.families.sd_upscaler`), 256 -> 1024 px on the same prompt (re-encoded by its own CLIP
+text encoder); DeepFloyd's examples run it at noise level 100 (:data:`STAGE_III_NOISE_LEVEL`), 75 steps, guidance 9.
 
 Neither stage is detected from weights alone (a diffusers folder's ``model_index.json`` names the pipeline class),
 so the families carry no architecture for single-file detection.
@@ -24,7 +25,10 @@ from latentworks.families.base import DiffusersNames, Generation, ModelFamily
 
 T5_LENGTH = 77  # tokens per prompt (diffusers' IF pipelines: max_length=77, padded, with an attention mask)
 NOISE_LEVEL = 250  # stage II's default augmentation step of the upsampled stage I image
-STAGE_III_PIPELINES = ("StableDiffusionUpscalePipeline",)  # DeepFloyd's optional stage III, not run here
+STAGE_III_PIPELINES = ("StableDiffusionUpscalePipeline",)  # DeepFloyd's optional stage III (the x4 upscaler)
+STAGE_III_NOISE_LEVEL = (
+    100  # the augmentation step DeepFloyd's examples give stage III (diffusers' default: 20)
+)
 
 IF_I = ModelFamily(
     name="deepfloyd-if-i",

@@ -61,6 +61,7 @@ from latentworks.diffusion.latent_formats import LatentFormat
 from latentworks.families import REGISTRY, by_config, by_pipeline_class, get, with_prediction
 from latentworks.families.architectures import ARCHITECTURES, DenoiserConfig, architecture_of
 from latentworks.families.base import Architecture, ModelFamily
+from latentworks.families.sd_upscaler import SD_X4_UPSCALER
 from latentworks.models.autoencoder import Autoencoder, AutoencoderConfig
 from latentworks.models.qwenimage_vae import QwenImageVAE, QwenImageVAEConfig
 
@@ -187,6 +188,15 @@ def read_diffusers_folder(
         raise ValueError(
             f"{root} is a {family.title} folder: a cascade of several networks, not one denoiser; run it with "
             f"'latentworks generate PROMPT --model {root}'"
+        )
+    if (
+        family is not None and family.name == SD_X4_UPSCALER.name
+    ):  # an image-to-image upscaler: its own pipeline
+        raise ValueError(
+            f"{root} is the {family.title}: it enlarges an image rather than generating one; run it with "
+            f"'latentworks upscale IMAGE --model {root} --prompt TEXT', as DeepFloyd IF's stage III "
+            "('latentworks generate PROMPT --model IF-I --upscaler IF-II --latent-upscaler THIS') or from Python "
+            "with latentworks.pipelines.x4_upscale.X4Upscaler.from_pretrained"
         )
     if family is not None and family.architecture is None:  # a cascade stage (DeepFloyd IF): its own pipeline
         raise ValueError(

@@ -34,6 +34,9 @@ from latentworks.nn.resnet import Downsample, ResBlock, Upsample
 # cond.extra key of a class-embedding U-Net's input (SD 2.1 unCLIP: the noise-augmented image embedding
 # concatenated with its noise level's sinusoidal embedding, (B, pooled_dim)); see latentworks.models.unclip.
 CLASS_INPUT_KEY = "class_input"
+# cond.extra key of a class-label U-Net's integer labels (B,) (SD x4 upscaler: the low-res image's noise level);
+# see ``UNetConfig.num_classes``.
+CLASS_LABEL_KEY = "class_labels"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,6 +63,12 @@ class UNetConfig:
             class-embedding U-Net (SD 2.1 unCLIP): the label embedding reads ``cond.extra[CLASS_INPUT_KEY]``
             (B, pooled_dim), the noise-augmented image embedding, and zeros when it is absent.
         norm_groups / dropout: GroupNorm groups (divide every width) and ResBlock dropout.
+        num_classes: size of a learned class-label embedding added to the time embedding (diffusers'
+            ``num_class_embeds``); the labels are ``cond.extra[CLASS_LABEL_KEY]`` (B,) integers. The SD x4
+            upscaler embeds the noise level of its low-res input image (1000 labels). 0 = none.
+        only_cross_attention: per level, True where the transformers' first attention attends to the
+            text instead of the image tokens (diffusers' ``only_cross_attention``; the SD x4 upscaler's
+            attention levels). Empty = False everywhere. The middle block always has self-attention.
     """
 
     in_channels: int = 4
@@ -78,6 +87,8 @@ class UNetConfig:
     time_id_dim: int = 256
     norm_groups: int = 32
     dropout: float = 0.0
+    num_classes: int = 0
+    only_cross_attention: tuple[bool, ...] = ()
 
     def __post_init__(self) -> None:
         n = len(self.channels) if isinstance(self.channels, tuple) else 0
@@ -129,6 +140,17 @@ class UNetConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"UNetConfig.dropout must be in [0, 1), got {self.dropout}")
+        if not isinstance(self.num_classes, int) or self.num_classes < 0:
+            raise ValueError(
+                f"UNetConfig.num_classes must be an int >= 0 (0: no class labels), got {self.num_classes!r}"
+            )
+        if self.only_cross_attention and (
+            not isinstance(self.only_cross_attention, tuple) or len(self.only_cross_attention) != n
+        ):
+            raise ValueError(
+                f"UNetConfig.only_cross_attention needs one bool per level ({n} levels) or (), "
+                f"got {self.only_cross_attention!r}"
+            )
 
     @property
     def time_embed_dim(self) -> int:
@@ -153,6 +175,10 @@ class UNetConfig:
         dim = self.head_dim[level] if isinstance(self.head_dim, tuple) else self.head_dim
         assert dim is not None
         return width // dim, dim
+
+    def cross_only_at(self, level: int) -> bool:
+        """True where the transformers of ``level`` (``-1``: the middle block, always False) attend only to text."""
+        return level >= 0 and bool(self.only_cross_attention) and self.only_cross_attention[level]
 
     @property
     def downsample_factor(self) -> int:
@@ -278,19 +304,36 @@ class GEGLUFeedForward(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """Pre-norm self-attention, cross-attention and GEGLU feed-forward, each with a residual."""
+    """Pre-norm self-attention, cross-attention and GEGLU feed-forward, each with a residual.
 
-    def __init__(self, dim: int, context_dim: int, *, num_heads: int, head_dim: int, upcast: bool) -> None:
+    ``cross_only``: the first attention attends to the context too (diffusers' ``only_cross_attention``);
+    its parameters keep the name ``self_attn``."""
+
+    def __init__(
+        self,
+        dim: int,
+        context_dim: int,
+        *,
+        num_heads: int,
+        head_dim: int,
+        upcast: bool,
+        cross_only: bool = False,
+    ) -> None:
         super().__init__()
+        self.cross_only = cross_only
         self.norm1 = nn.LayerNorm(dim)
-        self.self_attn = Attention(dim, dim, num_heads=num_heads, head_dim=head_dim, upcast=upcast)
+        self.self_attn = Attention(
+            dim, context_dim if cross_only else dim, num_heads=num_heads, head_dim=head_dim, upcast=upcast
+        )
         self.norm2 = nn.LayerNorm(dim)
         self.cross_attn = Attention(dim, context_dim, num_heads=num_heads, head_dim=head_dim, upcast=upcast)
         self.norm3 = nn.LayerNorm(dim)
         self.ff = GEGLUFeedForward(dim)
 
     def forward(self, x: Tensor, context: Tensor, mask: Tensor | None = None) -> Tensor:
-        x = x + self.self_attn(self.norm1(x))
+        x = x + (
+            self.self_attn(self.norm1(x), context, mask) if self.cross_only else self.self_attn(self.norm1(x))
+        )
         x = x + self.cross_attn(self.norm2(x), context, mask)
         return x + self.ff(self.norm3(x))
 
@@ -298,7 +341,16 @@ class TransformerBlock(nn.Module):
 class SpatialTransformer(nn.Module):
     """GroupNorm -> proj_in -> transformer blocks over the H*W tokens -> proj_out, plus a residual."""
 
-    def __init__(self, channels: int, cfg: UNetConfig, *, depth: int, num_heads: int, head_dim: int) -> None:
+    def __init__(
+        self,
+        channels: int,
+        cfg: UNetConfig,
+        *,
+        depth: int,
+        num_heads: int,
+        head_dim: int,
+        cross_only: bool = False,
+    ) -> None:
         super().__init__()
         inner = num_heads * head_dim
         self.linear = cfg.use_linear_projection
@@ -306,7 +358,12 @@ class SpatialTransformer(nn.Module):
         self.proj_in: nn.Module = nn.Linear(channels, inner) if self.linear else nn.Conv2d(channels, inner, 1)
         self.blocks = nn.ModuleList(
             TransformerBlock(
-                inner, cfg.context_dim, num_heads=num_heads, head_dim=head_dim, upcast=cfg.upcast_attention
+                inner,
+                cfg.context_dim,
+                num_heads=num_heads,
+                head_dim=head_dim,
+                upcast=cfg.upcast_attention,
+                cross_only=cross_only,
             )
             for _ in range(depth)
         )
@@ -345,7 +402,14 @@ class Level(nn.Module):
         heads, head_dim = cfg.heads_at(level)
         self.transformers = (
             nn.ModuleList(
-                SpatialTransformer(out_ch, cfg, depth=depth, num_heads=heads, head_dim=head_dim)
+                SpatialTransformer(
+                    out_ch,
+                    cfg,
+                    depth=depth,
+                    num_heads=heads,
+                    head_dim=head_dim,
+                    cross_only=cfg.cross_only_at(level),
+                )
                 for _ in in_channels
             )
             if depth > 0
@@ -441,14 +505,25 @@ def embed_time(
     cond: Conditioning,
     batch: int,
     dtype: torch.dtype,
+    class_embed: nn.Embedding | None = None,
 ) -> Tensor:
     """The (B, time_embed_dim) embedding of timesteps ``t`` plus, for SDXL-style configs, the pooled text
-    vector and size ids of ``cond`` (shared by the U-Net and its ControlNets)."""
+    vector and size ids of ``cond``, and with ``class_embed`` the embedding of ``cond.extra[CLASS_LABEL_KEY]``
+    (shared by the U-Net and its ControlNets)."""
     if t.ndim == 0:
         t = t.expand(batch)
     if t.shape != (batch,):
         raise ValueError(f"UNet: t must be (B,) = ({batch},) timesteps, got shape {tuple(t.shape)}")
     temb = time_embed(timestep_embedding(t, cfg.channels[0]).to(dtype))  # (B, time_embed_dim)
+    if class_embed is not None:
+        labels = cond.extra.get(CLASS_LABEL_KEY)
+        if labels is None or labels.shape != (batch,):
+            got = "none" if labels is None else f"shape {tuple(labels.shape)}"
+            raise ValueError(
+                f"UNet: this network embeds a class label per sample (num_classes={cfg.num_classes}; the SD x4 "
+                f"upscaler's noise level): pass cond.extra[{CLASS_LABEL_KEY!r}] as ({batch},) integers, got {got}"
+            )
+        temb = temb + class_embed(labels.long().to(temb.device)).to(dtype)  # (B, time_embed_dim)
     if add_embed is None:
         return temb
     if (
@@ -501,6 +576,9 @@ class UNet(nn.Module):
             if config.has_added_conditioning
             else None
         )
+        self.class_embed = (
+            nn.Embedding(config.num_classes, config.time_embed_dim) if config.num_classes else None
+        )
 
         skip_channels = [ch[0]]  # widths of the tensors the down path hands to the up path
         down = []
@@ -525,7 +603,9 @@ class UNet(nn.Module):
         self.conv_out = nn.Conv2d(ch[0], config.out_channels, 3, padding=1)
 
     def _time_embedding(self, t: Tensor, cond: Conditioning, batch: int, dtype: torch.dtype) -> Tensor:
-        return embed_time(self.time_embed, self.add_embed, self.config, t, cond, batch, dtype)
+        return embed_time(
+            self.time_embed, self.add_embed, self.config, t, cond, batch, dtype, self.class_embed
+        )
 
     def forward(
         self, x: Tensor, t: Tensor, cond: Conditioning, control: ControlResiduals | None = None

@@ -3,12 +3,15 @@ larger, conditioned on the base image upsampled and noise-augmented (Ho et al. 2
 Saharia et al. 2022, Imagen). The stages people run are DeepFloyd IF's (:mod:`latentworks.families.deepfloyd_if`):
 
     prompt --T5--> states --stage I (64 px)--> image --bilinear up, noise to step 250--> stage II (256 px)
+           --CLIP--> states --(optional) stage III, the SD x4 latent upscaler, noise level 100--> 1024 px
 
 Each stage is a diffusers folder (``model_index.json``, ``unet/``, ``scheduler/``; stage I also ``text_encoder/``
 and ``tokenizer/``; stage II also ``image_noising_scheduler/``). Both stages sample with
 :func:`~latentworks.diffusion.ddpm.sample_ddpm_learned_variance` on the integer steps diffusers' ``DDPMScheduler``
 visits, with classifier-free guidance and dynamic thresholding per the folder's scheduler config, each with its own
-steps and guidance. Stage II reuses stage I's prompt states (as DeepFloyd's own examples do).
+steps and guidance. Stage II reuses stage I's prompt states (as DeepFloyd's own examples do). The optional stage
+III is Stable Diffusion's x4 upscaler (:class:`~latentworks.pipelines.x4_upscale.X4Upscaler`), run on stage II's
+image with the same prompts through its own CLIP text encoder.
 
 Randomness is passed in: ``__call__`` derives independent streams from each sample's seed (start noise, step
 noise and augmentation noise per stage); :meth:`CascadePipeline.run_base` and :meth:`CascadePipeline.run_upscaler`
@@ -45,10 +48,17 @@ from latentworks.diffusion.noise import SeededNoiseSampler, derive_seed, seeded_
 from latentworks.diffusion.samplers import NoiseFn, StepCallback
 from latentworks.families import by_pipeline_class
 from latentworks.families.base import ModelFamily
-from latentworks.families.deepfloyd_if import STAGE_III_PIPELINES, T5_LENGTH, UPSCALER_OF
+from latentworks.families.deepfloyd_if import (
+    STAGE_III_NOISE_LEVEL,
+    STAGE_III_PIPELINES,
+    T5_LENGTH,
+    UPSCALER_OF,
+)
+from latentworks.families.sd_upscaler import is_x4_upscaler_folder
 from latentworks.models.deepfloyd_if import NOISE_LEVEL_KEY, IFUNet, IFUNetConfig
 from latentworks.models.text.t5 import build_t5
 from latentworks.pipelines.sampling import seeds_for
+from latentworks.pipelines.x4_upscale import X4Upscaler, describe_x4_folder
 
 CASCADE_PIPELINES = ("IFPipeline", "IFSuperResolutionPipeline")
 T5_TOKENIZER_HELP = (
@@ -239,9 +249,11 @@ def folder_kind(path: str | Path) -> str | None:
 
 
 def is_cascade_folder(path: str | Path) -> bool:
-    """True for a folder of a cascade stage (DeepFloyd IF stage I or II)."""
+    """True for a folder of a cascade stage (DeepFloyd IF stage I or II, or the x4 upscaler of stage III)."""
     p = Path(path)
-    return p.is_dir() and folder_kind(p) in CASCADE_PIPELINES
+    return p.is_dir() and (
+        folder_kind(p) in (*CASCADE_PIPELINES, *STAGE_III_PIPELINES) or is_x4_upscaler_folder(p)
+    )
 
 
 def _describe_kind(kind: str | None, path: Path) -> str:
@@ -272,7 +284,8 @@ def read_stage(
         if kind in STAGE_III_PIPELINES:
             raise ValueError(
                 f"{option}: {_describe_kind(kind, root)}, DeepFloyd's optional stage III (the x4 latent upscaler); "
-                f"latentworks runs stages I and II only: pass a stage II folder ({want}, e.g. IF-II-L-v1.0)"
+                f"pass it as --latent-upscaler (Python: latent_upscaler=), and the {want} folder as {option}. "
+                f"Alone it upscales an image: latentworks upscale IMAGE --model {root} --prompt TEXT"
             )
         if kind in CASCADE_PIPELINES:
             hint = (
@@ -379,14 +392,30 @@ class CascadeResult:
 
 
 class CascadePipeline:
-    """Stage I, optionally stage II, and the T5 prompt encoder they share.
+    """Stage I, optionally stage II and stage III (the x4 latent upscaler), and the T5 prompt encoder of I and II.
 
     >>> pipe = CascadePipeline.from_pretrained("IF-I-XL-v1.0", upscaler="IF-II-L-v1.0")  # doctest: +SKIP
     >>> pipe("a red apple on a table", seed=1).images[0].size  # doctest: +SKIP
     (256, 256)
+    >>> pipe = CascadePipeline.from_pretrained(
+    ...     "IF-I-XL-v1.0", upscaler="IF-II-L-v1.0", latent_upscaler="stable-diffusion-x4-upscaler"
+    ... )  # doctest: +SKIP
+    >>> pipe("a red apple on a table", seed=1).images[0].size  # doctest: +SKIP
+    (1024, 1024)
     """
 
-    def __init__(self, base: CascadeStage, upscaler: CascadeStage | None, text: T5PromptEncoder) -> None:
+    def __init__(
+        self,
+        base: CascadeStage,
+        upscaler: CascadeStage | None,
+        text: T5PromptEncoder,
+        latent_upscaler: X4Upscaler | None = None,
+    ) -> None:
+        if latent_upscaler is not None and upscaler is None:
+            raise ValueError(
+                "a latent upscaler (stage III) runs after stage II: give the stage II folder too (--upscaler, "
+                "Python: upscaler=)"
+            )
         if base.is_upscaler or (upscaler is not None and not upscaler.is_upscaler):
             raise ValueError("CascadePipeline: give a base stage and, optionally, a super-resolution stage")
         if upscaler is not None and UPSCALER_OF.get(base.family.name) != upscaler.family.name:
@@ -399,6 +428,7 @@ class CascadePipeline:
                 f"{base.config.token_dim}; the two stages do not belong together"
             )
         self.base, self.upscaler, self.text = base, upscaler, text
+        self.latent_upscaler = latent_upscaler
 
     @classmethod
     def from_pretrained(
@@ -408,16 +438,28 @@ class CascadePipeline:
         *,
         text_encoder: str | Path | None = None,
         tokenizer: str | Path | None = None,
+        latent_upscaler: str | Path | None = None,
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
     ) -> CascadePipeline:
-        """Read stage I from ``model`` and stage II from ``upscaler`` (diffusers folders)."""
+        """Read stage I from ``model``, stage II from ``upscaler`` and stage III from ``latent_upscaler``
+        (diffusers folders: IFPipeline, IFSuperResolutionPipeline, StableDiffusionUpscalePipeline)."""
+        if latent_upscaler is not None and upscaler is None:
+            raise ValueError(
+                f"--latent-upscaler {latent_upscaler}: stage III runs after stage II; pass the stage II folder "
+                f"({CASCADE_PIPELINES[1]}, e.g. IF-II-L-v1.0) as --upscaler too"
+            )
         base = read_stage(model, upscaler=False, device=device, dtype=dtype)
         sr = read_stage(upscaler, upscaler=True, device=device, dtype=dtype) if upscaler is not None else None
+        x4 = (
+            read_latent_upscaler(latent_upscaler, device=device, dtype=dtype)
+            if latent_upscaler is not None
+            else None
+        )
         text = read_text_encoder(
             base.path, text_encoder=text_encoder, tokenizer=tokenizer, device=device, dtype=dtype
         )
-        return cls(base, sr, text)
+        return cls(base, sr, text, x4)
 
     # ---- the two stages, noise passed in ----------------------------------------------------------
 
@@ -506,9 +548,13 @@ class CascadePipeline:
         noise_level: int | None = None,
         callback: StepCallback | None = None,
         upscale: bool = True,
+        latent_upscaler_steps: int | None = None,
+        latent_upscaler_guidance: float | None = None,
+        latent_upscaler_noise_level: int | None = None,
     ) -> CascadeResult:
-        """Run stage I and (when loaded and ``upscale``) stage II; per-stage steps and guidance default to the
-        families' (100 at 7.0, 50 at 4.0; noise level 250). Sample i uses seed ``seed + i`` for every stream."""
+        """Run stage I and (when loaded and ``upscale``) stages II and III; per-stage steps and guidance default to
+        the families' (100 at 7.0, 50 at 4.0 with noise level 250, 75 at 9.0 with noise level 100). Sample i uses
+        seed ``seed + i`` for every stream."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         negs = [negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt)
         if len(negs) == 1 and len(prompts) > 1:
@@ -568,9 +614,52 @@ class CascadePipeline:
                 "upscaler": sr.path.name, "upscaler_steps": sr_steps, "upscaler_guidance": sr_guidance,
                 "noise_level": level, "width": sr.sample_size, "height": sr.sample_size,
             }  # fmt: skip
+        x4 = self.latent_upscaler
+        if x4 is not None and sr is not None and upscale:
+            x4_defaults = x4.family.generation.defaults
+            x4_steps = int(latent_upscaler_steps or x4_defaults["steps"])
+            x4_guidance = float(
+                x4_defaults["guidance"] if latent_upscaler_guidance is None else latent_upscaler_guidance
+            )
+            x4_level = int(
+                STAGE_III_NOISE_LEVEL if latent_upscaler_noise_level is None else latent_upscaler_noise_level
+            )
+            x4.check_noise_level(x4_level)
+            t0 = time.perf_counter()
+            cond3, uncond3 = x4.conditionings(all_prompts, all_negs)
+            h, w = image.shape[-2:]
+            start = seeded_noise((x4.vae.config.latent_channels, h, w), streams(5), device=x4.device)
+            augment = seeded_noise((3, h, w), streams(6), device=x4.device)
+            image = x4.run(
+                image, cond3, uncond3, start, augment, steps=x4_steps, guidance=x4_guidance, noise_level=x4_level,
+                callback=callback,
+            )  # fmt: skip
+            timings["stage_3"] = time.perf_counter() - t0
+            outputs.append(image)
+            params |= {
+                "latent_upscaler": x4.path.name, "latent_upscaler_steps": x4_steps,
+                "latent_upscaler_guidance": x4_guidance, "latent_upscaler_noise_level": x4_level,
+                "width": int(image.shape[-1]), "height": int(image.shape[-2]),
+            }  # fmt: skip
         return CascadeResult(
             images=pixels_to_images(image), stages=outputs, seeds=seeds, parameters=params, timings=timings
         )
+
+
+def read_latent_upscaler(
+    path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> X4Upscaler:
+    """Stage III from its folder, with errors that name ``--latent-upscaler`` (another family's folder, or a
+    missing component file)."""
+    root = Path(path)
+    kind = folder_kind(root) if root.is_dir() else None
+    if root.is_dir() and kind in CASCADE_PIPELINES:
+        hint = "--model" if kind == CASCADE_PIPELINES[0] else "--upscaler"
+        raise ValueError(
+            f"--latent-upscaler: {_describe_kind(kind, root)}; it goes to {hint}. --latent-upscaler takes DeepFloyd's "
+            f"stage III, a Stable Diffusion x4 upscaler folder ({STAGE_III_PIPELINES[0]})"
+        )
+    return X4Upscaler.from_pretrained(root, device=device, dtype=dtype, option="--latent-upscaler")
 
 
 def describe_cascade(path: str | Path) -> str:
@@ -578,6 +667,8 @@ def describe_cascade(path: str | Path) -> str:
     what it runs with."""
     root = Path(path)
     kind = folder_kind(root)
+    if kind in STAGE_III_PIPELINES or is_x4_upscaler_folder(root):
+        return describe_x4_folder(root)
     index = read_json(root / "model_index.json", "model_index.json")
     family = by_pipeline_class(index)
     assert family is not None
@@ -595,9 +686,9 @@ def describe_cascade(path: str | Path) -> str:
     lines = [
         f"model       {root.name}  ({root})",
         f"family      {family.name}  ({family.title})",
-        f"stage       {'II: super-resolution' if upscaler else 'I: base'} of a 2-stage cascade "
-        f"(stage I {CASCADE_PIPELINES[0]} -> stage II {CASCADE_PIPELINES[1]}; stage III, the x4 latent upscaler, "
-        "is not run by latentworks)",
+        f"stage       {'II: super-resolution' if upscaler else 'I: base'} of DeepFloyd IF's cascade "
+        f"(stage I {CASCADE_PIPELINES[0]} -> stage II {CASCADE_PIPELINES[1]} -> optional stage III, the x4 latent "
+        f"upscaler {STAGE_III_PIPELINES[0]})",
         f"parameters  unet {count:,}  channels {list(config.channels)}  in {config.in_channels} out {config.out_channels}",
         f"resolution  {unet_cfg.get('sample_size')} px  (pixel space)",
         f"sampling    DDPM, {'learned' if sched.learned_variance else 'fixed'} variance, "
@@ -612,5 +703,8 @@ def describe_cascade(path: str | Path) -> str:
         f"defaults    {dict(defaults)}",
     ]
     if not upscaler:
-        lines.append("run         latentworks generate PROMPT --model THIS --upscaler IF-II-FOLDER")
+        lines.append(
+            "run         latentworks generate PROMPT --model THIS --upscaler IF-II-FOLDER "
+            "[--latent-upscaler X4-UPSCALER-FOLDER]"
+        )
     return "\n".join(lines)

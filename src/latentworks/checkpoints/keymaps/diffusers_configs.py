@@ -85,7 +85,8 @@ _UNET_USED = {
     "sample_size", "in_channels", "out_channels", "down_block_types", "up_block_types", "block_out_channels",
     "layers_per_block", "dropout", "norm_num_groups", "cross_attention_dim", "transformer_layers_per_block",
     "reverse_transformer_layers_per_block", "attention_head_dim", "num_attention_heads", "use_linear_projection",
-    "upcast_attention", "addition_time_embed_dim", "projection_class_embeddings_input_dim",
+    "upcast_attention", "addition_time_embed_dim", "projection_class_embeddings_input_dim", "num_class_embeds",
+    "only_cross_attention",
 }  # fmt: skip
 
 
@@ -143,8 +144,25 @@ def unet_config_from_diffusers(
     else:
         head_spec = {"num_heads": heads, "head_dim": None}
     added: dict[str, Any] = {}
+    if cfg.get("num_class_embeds") is not None:  # SD x4 upscaler: a learned embedding of the noise level
+        if cfg.get("class_embed_type") is not None:
+            raise ValueError(
+                f"{source}: num_class_embeds with class_embed_type={cfg['class_embed_type']!r} is not supported "
+                "(only the plain label embedding, class_embed_type null)"
+            )
+        added["num_classes"] = int(cfg["num_class_embeds"])
+    cross_only = cfg.get("only_cross_attention", False)
+    if isinstance(cross_only, bool):
+        if cross_only:  # diffusers then makes the middle block cross-only as well, which ours cannot
+            raise ValueError(
+                f"{source}: only_cross_attention=true is not supported (a per-level list, as the x4 upscaler's, is)"
+            )
+    else:
+        added["only_cross_attention"] = tuple(
+            bool(v) for v in _per_level(cross_only, n, "only_cross_attention", source)
+        )
     if cfg.get("class_embed_type") == "projection":  # SD 2.1 unCLIP: class input = augmented image embedding
-        added = {"pooled_dim": int(cfg["projection_class_embeddings_input_dim"]), "num_time_ids": 0}
+        added |= {"pooled_dim": int(cfg["projection_class_embeddings_input_dim"]), "num_time_ids": 0}
     elif cfg.get("addition_embed_type") == "text_time":
         time_id_dim = cfg.get("addition_time_embed_dim")
         total = cfg.get("projection_class_embeddings_input_dim")
@@ -159,7 +177,7 @@ def unet_config_from_diffusers(
                 f"{source}: projection_class_embeddings_input_dim={total} leaves no room for a pooled vector "
                 f"next to {num_time_ids} time ids of width {time_id_dim}"
             )
-        added = {"pooled_dim": pooled, "num_time_ids": num_time_ids, "time_id_dim": time_id_dim}
+        added |= {"pooled_dim": pooled, "num_time_ids": num_time_ids, "time_id_dim": time_id_dim}
     return UNetConfig(
         in_channels=cfg.get("in_channels", 4),
         out_channels=cfg.get("out_channels", 4),
@@ -217,6 +235,10 @@ def unet_config_to_diffusers(config: UNetConfig, *, sample_size: int = 64) -> di
         "freq_shift": 0,
         "act_fn": "silu",
     }
+    if config.num_classes:
+        out["num_class_embeds"] = config.num_classes
+    if any(config.only_cross_attention):
+        out["only_cross_attention"] = list(config.only_cross_attention)
     if config.has_added_conditioning and config.num_time_ids == 0:
         out |= {"class_embed_type": "projection", "projection_class_embeddings_input_dim": config.pooled_dim}
     elif config.has_added_conditioning:

@@ -69,6 +69,8 @@ def unet_module_map(config: UNetConfig) -> dict[str, str]:
         "norm_out": "conv_norm_out",
         "conv_out": "conv_out",
     }
+    if config.num_classes:  # SD x4 upscaler: num_class_embeds (an nn.Embedding of the noise level)
+        m["class_embed"] = "class_embedding"
     if config.has_added_conditioning and config.num_time_ids == 0:  # unCLIP: class_embed_type="projection"
         m |= {"add_embed.fc1": "class_embedding.linear_1", "add_embed.fc2": "class_embedding.linear_2"}
     elif config.has_added_conditioning:
