@@ -140,7 +140,16 @@ def test_cli_trains_a_lora_for_each_family(case: Case, files: Files, data: Path,
     from latentworks.cli import main
 
     out = tmp_path / "run"
-    argv = ["train-lora", *files.args(case), "--data", str(data), "--out", str(out), "--resolution", str(SIZE)]
+    argv = [
+        "train-lora",
+        *files.args(case),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--resolution",
+        str(SIZE),
+    ]
     argv += ["--steps", "2", "--batch-size", "2", "--rank", "2", "--alpha", "2", "--lr", "0.05"]
     argv += ["--sample-steps", "1", "--sample-every", "100", "--checkpoint-every", "100"]
     assert main(argv) == 0

@@ -188,7 +188,8 @@ def random_adapters(net: nn.Module, family: str, conv_rank: int = 0) -> tuple[Lo
 def _family_cases() -> list[tuple[str, str, str]]:
     return [("unet", "sd1", "lora_unet_down_blocks_"), ("unet", "sdxl", "lora_unet_input_blocks_"),
             ("flux", "flux-dev", "lora_unet_double_blocks_"), ("mmdit", "sd3", "lora_unet_joint_blocks_"),
-            ("dit", "latentworks", "lora_unet_blocks_")]  # fmt: skip
+            ("dit", "latentworks", "lora_unet_blocks_"), ("zimage", "z-image", "lora_unet_layers_"),
+            ("qwenimage", "qwen-image", "lora_unet_transformer_blocks_")]  # fmt: skip
 
 
 @pytest.mark.parametrize(("arch", "family", "prefix"), _family_cases())
@@ -201,6 +202,10 @@ def test_file_names_resolve_for_each_family_and_patch_like_the_adapters(
     from latentworks.models.flux import Flux
     from latentworks.models.mmdit import PRESETS as MMDIT_PRESETS
     from latentworks.models.mmdit import MMDiT
+    from latentworks.models.qwenimage import PRESETS as QWEN_PRESETS
+    from latentworks.models.qwenimage import QwenImage
+    from latentworks.models.zimage import PRESETS as ZIMAGE_PRESETS
+    from latentworks.models.zimage import ZImage
 
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
@@ -209,19 +214,24 @@ def test_file_names_resolve_for_each_family_and_patch_like_the_adapters(
         net = perturbed(UNet(UNET_PRESETS["tiny"]))
         x, t, cond = unet_inputs(net.config)  # type: ignore[arg-type]
     else:
-        cls, cfg = {"flux": (Flux, FLUX_PRESETS), "mmdit": (MMDiT, MMDIT_PRESETS), "dit": (DiT, DIT_PRESETS)}[
-            arch
-        ]
+        cls, cfg = {
+            "flux": (Flux, FLUX_PRESETS),
+            "mmdit": (MMDiT, MMDIT_PRESETS),
+            "dit": (DiT, DIT_PRESETS),
+            "zimage": (ZImage, ZIMAGE_PRESETS),
+            "qwenimage": (QwenImage, QWEN_PRESETS),
+        }[arch]
         net = perturbed(cls(cfg["tiny"]))
         c = net.config
         x = torch.randn(2, c.in_channels, 8, 8, generator=g)  # type: ignore[union-attr]
         extra = {"guidance": torch.tensor([3.5, 3.5])} if arch == "flux" else {}
+        pooled_dim = getattr(c, "pooled_dim", 0)  # Z-Image and Qwen-Image read no pooled vector
         cond = Conditioning(
             tokens=torch.randn(2, 3, c.context_dim, generator=g),  # type: ignore[union-attr]
-            pooled=torch.randn(2, c.pooled_dim, generator=g),  # type: ignore[union-attr]
+            pooled=torch.randn(2, pooled_dim, generator=g) if pooled_dim else None,
             extra=extra,
         )
-        t = torch.tensor([300.0, 800.0]) if arch != "flux" else torch.tensor([0.3, 0.8])
+        t = torch.tensor([0.3, 0.8]) if arch in ("flux", "zimage") else torch.tensor([300.0, 800.0])
     lora, names = random_adapters(net, family, conv_rank=2 if arch == "unet" else 0)
     try:
         adapted = lora(x, t, cond)
