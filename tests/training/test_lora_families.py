@@ -213,7 +213,7 @@ def test_sdxl_trains_with_each_images_own_size_and_crop_ids(files: Files, data: 
 
 def test_flux_trains_with_the_guidance_it_was_given(files: Files, data: Path, tmp_path: Path) -> None:
     (case,) = [c for c in CASES if c.family == "flux-dev"]
-    for extra in _train_capturing(case, files, data, tmp_path / "run", guidance=2.5):
+    for extra in _train_capturing(case, files, data, tmp_path / "run", guidance=2.5):  # CLI: --guidance 2.5
         assert extra["guidance"].tolist() == [2.5, 2.5]
 
 

@@ -100,6 +100,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     add_option(
         p, "--save-precision", choices=("fp16", "bf16", "fp32"), default="fp16", help="dtype of the LoRA file"
     )
+    add_option(
+        p,
+        "--guidance",
+        type=float,
+        default=3.5,
+        help="the distilled-guidance input of models that take one (FLUX.1-dev) while training; others ignore it",
+    )
     add_option(p, "--sample-steps", type=int, default=20, help="sampling steps of the preview grids")
     add_run_options(p, sample_every=500)
     return p
@@ -139,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=o["batch_size"],
             lr=o["lr"],
             caption_dropout=o["caption_dropout"],
+            guidance=o["guidance"],
             mixed_precision=o["mixed_precision"],
             save_precision=o["save_precision"],
             seed=o["seed"],
