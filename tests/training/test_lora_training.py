@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 import sys
@@ -349,3 +350,43 @@ def test_sd1_checkpoint_trains_end_to_end_with_its_own_encoder_and_objective(tmp
     res = resolve_lora(lora, pipe.model.denoiser_net)
     assert res.unmatched == () and len(res.patches) == len(lora.modules) > 0
     assert lora.metadata["latentworks_family"] == "sd1"
+
+
+def test_qwen_image_file_loads_through_diffusers_converter_with_the_same_weights() -> None:
+    """Oracle: diffusers' converter for non-diffusers Qwen-Image LoRAs (what its ``load_lora_weights`` runs on
+    kohya files) maps every module of our file, the fused q/k/v written as ``to_q``/``to_k``/``to_v`` row
+    slices included, to a layer of diffusers' ``QwenImageTransformer2DModel``; that model with ``B @ A`` added
+    to each of those layers has, converted to our layout, the weights our loader's patching gives."""
+    pytest.importorskip("diffusers")
+    from diffusers.loaders.lora_conversion_utils import _convert_non_diffusers_qwen_lora_to_diffusers
+
+    from latentworks.checkpoints.keymaps.qwenimage_diffusers import qwenimage_from_diffusers
+    from oracle.test_qwenimage_oracle import ours_from, reference
+    from support.qwenimage import TRANSFORMER
+
+    ref = reference(TRANSFORMER)
+    ours = ours_from(copy.deepcopy(ref), TRANSFORMER).requires_grad_(False)  # (it assigns, sharing tensors)
+    lora, names = random_adapters(ours, "qwen-image")
+    try:
+        sd = lora_state_dict(lora, names, torch.float32)
+    finally:
+        lora.remove()
+    assert any(k.endswith("_attn_to_q.lora_down.weight") for k in sd)
+
+    converted = _convert_non_diffusers_qwen_lora_to_diffusers(dict(sd))
+    applied = 0
+    with torch.no_grad():
+        for key, a in converted.items():
+            if not key.endswith(".lora_A.weight"):
+                continue
+            module = key.removeprefix("transformer.").removesuffix(".lora_A.weight")
+            b = converted[key.replace(".lora_A.weight", ".lora_B.weight")]
+            ref.get_submodule(module).weight += b @ a  # diffusers folds alpha / rank into A and B
+            applied += 1
+        want = qwenimage_from_diffusers(ref.state_dict(), TRANSFORMER)
+    assert applied == len(sd) // 3  # every module of the file found its diffusers layer
+    with apply_loras(ours, [(resolve_lora(parse_lora(sd), ours), 1.0)]):
+        got = {k: v.clone() for k, v in ours.state_dict().items()}
+    assert got.keys() == want.keys()
+    bad = [k for k in want if not torch.allclose(got[k], want[k], rtol=1e-5, atol=1e-6)]
+    assert not bad, bad
