@@ -605,6 +605,7 @@ def _preview(
     encode: Callable[[list[str]], Conditioning],
 ) -> None:
     """A grid of the preview prompts sampled with the LoRA on (the base model's default guidance)."""
+    from latentworks.pipelines.families import cfg_scale, model_sampling_for
     from latentworks.pipelines.sampling import NetworkModel
     from latentworks.training.diffusion import sample_latents
     from latentworks.training.grids import make_grid
@@ -613,8 +614,10 @@ def _preview(
         return
     was_training = lora.training
     lora.eval()
-    guidance = float(pipe.model.defaults.get("guidance", 4.0))
-    model = NetworkModel(lora, objective.prediction, objective.model_sampling)
+    # as generation does: no CFG for distilled-guidance models (FLUX.1-dev), the shift for the image's size
+    guidance = cfg_scale(pipe.behaviour, float(pipe.model.defaults.get("guidance", 4.0)))
+    sampling = model_sampling_for(pipe.model, latent_height=cache.size, latent_width=cache.size)
+    model = NetworkModel(lora, objective.prediction, sampling)
     shape = (len(prompts), cache.channels, cache.size, cache.size)
     z = sample_latents(
         model,
