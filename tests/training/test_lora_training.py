@@ -328,6 +328,16 @@ def test_cli_refuses_a_non_empty_out_folder(tmp_path: Path, capsys: pytest.Captu
     assert "--overwrite" in capsys.readouterr().err and (out / "lora.safetensors").read_bytes() == b"keep me"
 
 
+def test_a_model_of_an_untrained_objective_is_refused_with_what_works(tmp_path: Path) -> None:
+    pipe = tiny_pipe()
+    pipe.model.meta["denoiser"]["prediction"] = "edm"  # a research model's objective train-lora lacks
+    with pytest.raises(
+        ValueError, match=r"latentworks model: it predicts 'edm'.*eps, v, flow-prediction models"
+    ):
+        train_lora(config(tmp_path, image_folder(tmp_path / "data")), pipe=pipe)
+    assert not (tmp_path / "run").exists()  # refused before writing anything
+
+
 def test_config_rejects_bad_rank_with_a_message(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="rank must be >= 1"):
         dataclasses.replace(config(tmp_path, tmp_path), rank=0)

@@ -463,7 +463,10 @@ def train_lora(cfg: LoraTrainConfig, pipe: Any = None) -> LoraResult:
         prediction = pipe.model.prediction
         if prediction not in TRAINED_PREDICTIONS:
             raise ValueError(
-                f"{cfg.base}: a {prediction!r}-prediction model; LoRA training supports {', '.join(TRAINED_PREDICTIONS)}"
+                f"{cfg.base}: cannot train a LoRA for this {family} model: it predicts {prediction!r}, and "
+                f"train-lora's objective trains {', '.join(TRAINED_PREDICTIONS)}-prediction models only (every "
+                "checkpoint family it loads: SD 1.x/2.x, SDXL, SD3, FLUX, Z-Image, Qwen-Image; and latentworks "
+                "models trained with those objectives)"
             )
         run.mkdir(parents=True, exist_ok=True)
         cache = build_latent_cache(pipe, cfg, run / "latents.safetensors", device)
