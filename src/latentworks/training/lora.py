@@ -11,14 +11,20 @@ Which layers (as kohya's sd-scripts ``networks/lora.py`` does for U-Nets):
 - U-Nets (our default model, SD 1.x/2.x, SDXL): every Linear and 1x1 Conv2d inside the spatial transformers
   (``proj_in``, attention ``q/k/v/out``, feed-forward, ``proj_out``); with ``conv_rank > 0`` also the 3x3
   convs of the ResNet blocks and the down/upsamplers (kohya's LoCon, ``conv_dim``/``conv_alpha``).
-- DiTs (our DiT, SD3 MM-DiT, FLUX, and the others the loader builds): every Linear inside the transformer
-  blocks.
+- DiTs (our DiT, SD3 MM-DiT, FLUX, Z-Image, Qwen-Image): every Linear inside the transformer's repeated
+  blocks (its ``nn.ModuleList`` s), not the embedders or the final layer.
 
 The file (:func:`lora_state_dict`) is in the kohya/ComfyUI layout: ``lora_unet_<module>.lora_down.weight``
 (rank, in[, kh, kw]), ``.lora_up.weight`` (out, rank[, 1, 1]) and ``.alpha`` (a scalar), where ``<module>`` is
 the layer's name, dots replaced by underscores, in the layout ComfyUI and kohya use for the family
 (:func:`file_module_names`): diffusers names for SD 1.x/2.x and our default model (kohya SD1/2 LoRAs),
-LDM names for SDXL (kohya's SDXL U-Net), BFL names for FLUX, SAI names for SD3, our own names otherwise.
+LDM names for SDXL (kohya's SDXL U-Net), BFL names for FLUX, SAI names for SD3, the released single file's
+names for Z-Image (ComfyUI's), diffusers names for Qwen-Image (ComfyUI's too; our fused q/k/v becomes three
+modules, :class:`FileModule`), our own names otherwise.
+
+Training takes what each family needs from the model's data: its prediction and noise schedule, with a flow
+model's time shift folded into the noise-level draw (:func:`training_logit_shift`), its text encoders, its
+latent format, SDXL's size ids per image (:func:`image_geometry`) and FLUX's guidance input.
 
 Run folder (``cfg.out``)::
 
