@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 import sys
@@ -188,7 +189,8 @@ def random_adapters(net: nn.Module, family: str, conv_rank: int = 0) -> tuple[Lo
 def _family_cases() -> list[tuple[str, str, str]]:
     return [("unet", "sd1", "lora_unet_down_blocks_"), ("unet", "sdxl", "lora_unet_input_blocks_"),
             ("flux", "flux-dev", "lora_unet_double_blocks_"), ("mmdit", "sd3", "lora_unet_joint_blocks_"),
-            ("dit", "latentworks", "lora_unet_blocks_")]  # fmt: skip
+            ("dit", "latentworks", "lora_unet_blocks_"), ("zimage", "z-image", "lora_unet_layers_"),
+            ("qwenimage", "qwen-image", "lora_unet_transformer_blocks_")]  # fmt: skip
 
 
 @pytest.mark.parametrize(("arch", "family", "prefix"), _family_cases())
@@ -201,6 +203,10 @@ def test_file_names_resolve_for_each_family_and_patch_like_the_adapters(
     from latentworks.models.flux import Flux
     from latentworks.models.mmdit import PRESETS as MMDIT_PRESETS
     from latentworks.models.mmdit import MMDiT
+    from latentworks.models.qwenimage import PRESETS as QWEN_PRESETS
+    from latentworks.models.qwenimage import QwenImage
+    from latentworks.models.zimage import PRESETS as ZIMAGE_PRESETS
+    from latentworks.models.zimage import ZImage
 
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
@@ -209,19 +215,24 @@ def test_file_names_resolve_for_each_family_and_patch_like_the_adapters(
         net = perturbed(UNet(UNET_PRESETS["tiny"]))
         x, t, cond = unet_inputs(net.config)  # type: ignore[arg-type]
     else:
-        cls, cfg = {"flux": (Flux, FLUX_PRESETS), "mmdit": (MMDiT, MMDIT_PRESETS), "dit": (DiT, DIT_PRESETS)}[
-            arch
-        ]
+        cls, cfg = {
+            "flux": (Flux, FLUX_PRESETS),
+            "mmdit": (MMDiT, MMDIT_PRESETS),
+            "dit": (DiT, DIT_PRESETS),
+            "zimage": (ZImage, ZIMAGE_PRESETS),
+            "qwenimage": (QwenImage, QWEN_PRESETS),
+        }[arch]
         net = perturbed(cls(cfg["tiny"]))
         c = net.config
         x = torch.randn(2, c.in_channels, 8, 8, generator=g)  # type: ignore[union-attr]
         extra = {"guidance": torch.tensor([3.5, 3.5])} if arch == "flux" else {}
+        pooled_dim = getattr(c, "pooled_dim", 0)  # Z-Image and Qwen-Image read no pooled vector
         cond = Conditioning(
             tokens=torch.randn(2, 3, c.context_dim, generator=g),  # type: ignore[union-attr]
-            pooled=torch.randn(2, c.pooled_dim, generator=g),  # type: ignore[union-attr]
+            pooled=torch.randn(2, pooled_dim, generator=g) if pooled_dim else None,
             extra=extra,
         )
-        t = torch.tensor([300.0, 800.0]) if arch != "flux" else torch.tensor([0.3, 0.8])
+        t = torch.tensor([0.3, 0.8]) if arch in ("flux", "zimage") else torch.tensor([300.0, 800.0])
     lora, names = random_adapters(net, family, conv_rank=2 if arch == "unet" else 0)
     try:
         adapted = lora(x, t, cond)
@@ -317,6 +328,16 @@ def test_cli_refuses_a_non_empty_out_folder(tmp_path: Path, capsys: pytest.Captu
     assert "--overwrite" in capsys.readouterr().err and (out / "lora.safetensors").read_bytes() == b"keep me"
 
 
+def test_a_model_of_an_untrained_objective_is_refused_with_what_works(tmp_path: Path) -> None:
+    pipe = tiny_pipe()
+    pipe.model.meta["denoiser"]["prediction"] = "edm"  # a research model's objective train-lora lacks
+    with pytest.raises(
+        ValueError, match=r"latentworks model: it predicts 'edm'.*eps, v, flow-prediction models"
+    ):
+        train_lora(config(tmp_path, image_folder(tmp_path / "data")), pipe=pipe)
+    assert not (tmp_path / "run").exists()  # refused before writing anything
+
+
 def test_config_rejects_bad_rank_with_a_message(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="rank must be >= 1"):
         dataclasses.replace(config(tmp_path, tmp_path), rank=0)
@@ -339,3 +360,43 @@ def test_sd1_checkpoint_trains_end_to_end_with_its_own_encoder_and_objective(tmp
     res = resolve_lora(lora, pipe.model.denoiser_net)
     assert res.unmatched == () and len(res.patches) == len(lora.modules) > 0
     assert lora.metadata["latentworks_family"] == "sd1"
+
+
+def test_qwen_image_file_loads_through_diffusers_converter_with_the_same_weights() -> None:
+    """Oracle: diffusers' converter for non-diffusers Qwen-Image LoRAs (what its ``load_lora_weights`` runs on
+    kohya files) maps every module of our file, the fused q/k/v written as ``to_q``/``to_k``/``to_v`` row
+    slices included, to a layer of diffusers' ``QwenImageTransformer2DModel``; that model with ``B @ A`` added
+    to each of those layers has, converted to our layout, the weights our loader's patching gives."""
+    pytest.importorskip("diffusers")
+    from diffusers.loaders.lora_conversion_utils import _convert_non_diffusers_qwen_lora_to_diffusers
+
+    from latentworks.checkpoints.keymaps.qwenimage_diffusers import qwenimage_from_diffusers
+    from oracle.test_qwenimage_oracle import ours_from, reference
+    from support.qwenimage import TRANSFORMER
+
+    ref = reference(TRANSFORMER)
+    ours = ours_from(copy.deepcopy(ref), TRANSFORMER).requires_grad_(False)  # (it assigns, sharing tensors)
+    lora, names = random_adapters(ours, "qwen-image")
+    try:
+        sd = lora_state_dict(lora, names, torch.float32)
+    finally:
+        lora.remove()
+    assert any(k.endswith("_attn_to_q.lora_down.weight") for k in sd)
+
+    converted = _convert_non_diffusers_qwen_lora_to_diffusers(dict(sd))
+    applied = 0
+    with torch.no_grad():
+        for key, a in converted.items():
+            if not key.endswith(".lora_A.weight"):
+                continue
+            module = key.removeprefix("transformer.").removesuffix(".lora_A.weight")
+            b = converted[key.replace(".lora_A.weight", ".lora_B.weight")]
+            ref.get_submodule(module).weight += b @ a  # diffusers folds alpha / rank into A and B
+            applied += 1
+        want = qwenimage_from_diffusers(ref.state_dict(), TRANSFORMER)
+    assert applied == len(sd) // 3  # every module of the file found its diffusers layer
+    with apply_loras(ours, [(resolve_lora(parse_lora(sd), ours), 1.0)]):
+        got = {k: v.clone() for k, v in ours.state_dict().items()}
+    assert got.keys() == want.keys()
+    bad = [k for k in want if not torch.allclose(got[k], want[k], rtol=1e-5, atol=1e-6)]
+    assert not bad, bad

@@ -246,6 +246,7 @@ def _family_tables(model: nn.Module) -> list[NameTable]:
     from latentworks.models.mmdit import MMDiT
     from latentworks.models.qwenimage import QwenImage
     from latentworks.models.unet import UNet
+    from latentworks.models.zimage import ZImage
 
     tables: list[NameTable] = []
     if isinstance(model, UNet):
@@ -270,6 +271,10 @@ def _family_tables(model: nn.Module) -> list[NameTable]:
         from latentworks.checkpoints.keymaps.qwenimage_diffusers import qwenimage_diffusers_rules
 
         tables.append(_rules_table(qwenimage_diffusers_rules(model.config)))
+    elif isinstance(model, ZImage):  # the released single file's names (ComfyUI's, and train-lora's)
+        from latentworks.checkpoints.keymaps.zimage_comfy import zimage_comfy_rules
+
+        tables.append(_rules_table(zimage_comfy_rules(model.config)))
     # Our own names (and any other model's own names, e.g. a transformers text encoder) come last.
     tables.append({n: (n, None, False) for n, m in model.named_modules() if _weight_of(m) is not None})
     return tables

@@ -44,9 +44,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     add_option(
         p,
         "--model",
+        "--base",
         default="default",
-        help="the base model: a model folder, 'default', a checkpoint file (SD 1.x/2.x/XL, SD3, FLUX) or a "
-        "diffusers folder",
+        help="the base model: a model folder, 'default', a checkpoint file (SD 1.x/2.x/XL, SD3, FLUX; Z-Image and "
+        "Qwen-Image diffusion-model files with --text-encoder and --vae) or a diffusers folder",
     )
     add_option(
         p,
@@ -63,7 +64,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         action="append",
         default=None,
         show_default=False,
-        help="CLIP/T5 file for checkpoints without them; repeat for several (default: the checkpoint's)",
+        help="CLIP/T5/Qwen file for checkpoints without them; repeat for several (default: the checkpoint's)",
+    )
+    add_option(
+        p,
+        "--tokenizer",
+        type=Path,
+        default=None,
+        show_default=False,
+        help="T5's tokenizer.json (SD3, FLUX), which cannot be downloaded here",
     )
     add_option(
         p,
@@ -91,6 +100,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     add_option(
         p, "--save-precision", choices=("fp16", "bf16", "fp32"), default="fp16", help="dtype of the LoRA file"
     )
+    add_option(
+        p,
+        "--guidance",
+        type=float,
+        default=3.5,
+        help="the distilled-guidance input of models that take one (FLUX.1-dev) while training; others ignore it",
+    )
+    add_option(p, "--sample-steps", type=int, default=20, help="sampling steps of the preview grids")
     add_run_options(p, sample_every=500)
     return p
 
@@ -119,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
             base=str(o["model"]),
             vae=o["vae"],
             text_encoders=tuple(o["text_encoder"] or ()),
+            tokenizer=o["tokenizer"],
             resolution=o["resolution"],
             rank=o["rank"],
             alpha=o["alpha"],
@@ -128,11 +146,13 @@ def run(args: argparse.Namespace) -> int:
             batch_size=o["batch_size"],
             lr=o["lr"],
             caption_dropout=o["caption_dropout"],
+            guidance=o["guidance"],
             mixed_precision=o["mixed_precision"],
             save_precision=o["save_precision"],
             seed=o["seed"],
             checkpoint_every=o["checkpoint_every"],
             sample_every=o["sample_every"],
+            sample_steps=o["sample_steps"],
             max_seconds=o["max_seconds"],
             device=o["device"],
         )
@@ -173,8 +193,12 @@ def _with_paths(cfg: Any) -> Any:
 
 def _next_steps(cfg: Any, lora_file: Path) -> list[str]:
     q = shlex.quote
+    parts = [f"--vae {q(str(cfg.vae))}"] if cfg.vae else []
+    parts += [f"--text-encoder {q(str(t))}" for t in cfg.text_encoders]
+    parts += [f"--tokenizer {q(str(cfg.tokenizer))}"] if cfg.tokenizer else []
+    components = "".join(" " + p for p in parts)
     return [
         "to use it as it is:                   "
-        f"latentworks generate 'PROMPT' --model {q(cfg.base)} --lora {q(str(lora_file))}:1.0",
+        f"latentworks generate 'PROMPT' --model {q(cfg.base)}{components} --lora {q(str(lora_file))}:1.0",
         "in ComfyUI:                           copy it to ComfyUI/models/loras/ and load it with LoraLoader",
     ]

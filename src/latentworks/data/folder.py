@@ -44,6 +44,11 @@ def heldout_count(n: int) -> int:
     return 0 if n < 2 else min(HELDOUT_LIMIT, max(1, n // 20))
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The image files of ``folder`` in the order :func:`load_image_folder` loads them (file-name order)."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
 def load_image_folder(folder: str | Path, size: int = 64, default_caption: str | None = None) -> ArrayDataset:
     """Load every image in ``folder`` with its same-name ``.txt`` caption.
 
@@ -56,7 +61,7 @@ def load_image_folder(folder: str | Path, size: int = 64, default_caption: str |
     folder = Path(folder)
     if not folder.is_dir():
         raise DatasetError(f"dataset folder not found: {folder}")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = image_files(folder)
     if not files:
         raise DatasetError(
             f"{folder}: no images found (looked for {', '.join(IMAGE_SUFFIXES)}); "

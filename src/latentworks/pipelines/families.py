@@ -8,7 +8,7 @@ data on each family (``latentworks.families.get(name).generation``), applied her
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -42,13 +42,10 @@ def add_conditioning_extras(
     """
     b = cond.batch_size
     device = cond.tokens.device
-    extra: dict[str, torch.Tensor] = {}
-    if behaviour.size_conditioning == "size-ids":
-        ids: list[float] = [height, width, 0, 0, height, width]
-        extra["time_ids"] = torch.tensor([ids] * b, dtype=torch.float32, device=device)
-    elif behaviour.size_conditioning == "size-aesthetic-ids":
-        ids = [height, width, 0, 0, 2.5 if negative else 6.0]
-        extra["time_ids"] = torch.tensor([ids] * b, dtype=torch.float32, device=device)
+    extra = size_conditioning(
+        behaviour, [(height, width, 0, 0)] * b, height=height, width=width, negative=negative
+    )
+    extra = {k: v.to(device) for k, v in extra.items()}
     if (
         behaviour.class_input_dim
     ):  # unCLIP without an image (the negative prompt): zeros, as ComfyUI and diffusers
@@ -57,6 +54,28 @@ def add_conditioning_extras(
         extra["guidance"] = torch.full((b,), float(guidance), dtype=torch.float32, device=device)
     extra = {k: v for k, v in extra.items() if k not in cond.extra}
     return cond.with_extra(**extra) if extra else cond
+
+
+def size_conditioning(
+    behaviour: Generation,
+    originals: Sequence[tuple[float, float, float, float]],
+    *,
+    height: int,
+    width: int,
+    negative: bool = False,
+) -> dict[str, torch.Tensor]:
+    """The family's size ids (SDXL's micro-conditioning, Podell et al. 2023 sec. 2.2) for a batch of images
+    generated (or trained) at ``height`` x ``width``: ``originals`` holds, per image, its original height and
+    width and the top/left of its crop, in pixels. ``{"time_ids": (B, n)}``, or ``{}`` for families without
+    size conditioning. Generation passes the target size and a zero crop (what ComfyUI and diffusers do)."""
+    rows: list[list[float]]
+    if behaviour.size_conditioning == "size-ids":
+        rows = [[oh, ow, top, left, height, width] for oh, ow, top, left in originals]
+    elif behaviour.size_conditioning == "size-aesthetic-ids":
+        rows = [[oh, ow, top, left, 2.5 if negative else 6.0] for oh, ow, top, left in originals]
+    else:
+        return {}
+    return {"time_ids": torch.tensor(rows, dtype=torch.float32)}
 
 
 def cfg_scale(behaviour: Generation, guidance: float) -> float:

@@ -11,14 +11,20 @@ Which layers (as kohya's sd-scripts ``networks/lora.py`` does for U-Nets):
 - U-Nets (our default model, SD 1.x/2.x, SDXL): every Linear and 1x1 Conv2d inside the spatial transformers
   (``proj_in``, attention ``q/k/v/out``, feed-forward, ``proj_out``); with ``conv_rank > 0`` also the 3x3
   convs of the ResNet blocks and the down/upsamplers (kohya's LoCon, ``conv_dim``/``conv_alpha``).
-- DiTs (our DiT, SD3 MM-DiT, FLUX, and the others the loader builds): every Linear inside the transformer
-  blocks.
+- DiTs (our DiT, SD3 MM-DiT, FLUX, Z-Image, Qwen-Image): every Linear inside the transformer's repeated
+  blocks (its ``nn.ModuleList`` s), not the embedders or the final layer.
 
 The file (:func:`lora_state_dict`) is in the kohya/ComfyUI layout: ``lora_unet_<module>.lora_down.weight``
 (rank, in[, kh, kw]), ``.lora_up.weight`` (out, rank[, 1, 1]) and ``.alpha`` (a scalar), where ``<module>`` is
 the layer's name, dots replaced by underscores, in the layout ComfyUI and kohya use for the family
 (:func:`file_module_names`): diffusers names for SD 1.x/2.x and our default model (kohya SD1/2 LoRAs),
-LDM names for SDXL (kohya's SDXL U-Net), BFL names for FLUX, SAI names for SD3, our own names otherwise.
+LDM names for SDXL (kohya's SDXL U-Net), BFL names for FLUX, SAI names for SD3, the released single file's
+names for Z-Image (ComfyUI's), diffusers names for Qwen-Image (ComfyUI's too; our fused q/k/v becomes three
+modules, :class:`FileModule`), our own names otherwise.
+
+Training takes what each family needs from the model's data: its prediction and noise schedule, with a flow
+model's time shift folded into the noise-level draw (:func:`training_logit_shift`), its text encoders, its
+latent format, SDXL's size ids per image (:func:`image_geometry`) and FLUX's guidance input.
 
 Run folder (``cfg.out``)::
 
@@ -34,7 +40,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +51,7 @@ from torch import Tensor, nn
 
 from latentworks.checkpoints.io import save_file_atomic
 from latentworks.diffusion.conditioning import Conditioning
-from latentworks.diffusion.denoisers import sampling_spec_from_dict
+from latentworks.diffusion.denoisers import FlowModelSampling, sampling_spec_from_dict
 from latentworks.diffusion.objective import TRAINED_PREDICTIONS, DiffusionObjective
 from latentworks.training.checkpoint import (
     grad_scaler_meta,
@@ -161,6 +168,7 @@ def lora_targets(
     from latentworks.models.unet import UNet
 
     out: dict[str, tuple[int, float]] = {}
+    in_blocks = _in_block_lists(net)
     for name, m in net.named_modules():
         if isinstance(net, UNet):
             in_transformer = ".transformers." in f".{name}" or name.startswith("mid.transformer.")
@@ -171,19 +179,67 @@ def lora_targets(
             elif conv_rank > 0 and isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1):
                 if name not in ("conv_in", "conv_out"):  # ResNet blocks, down/upsamplers (kohya LoCon)
                     out[name] = (conv_rank, conv_alpha)
-        elif isinstance(m, nn.Linear) and "blocks." in name:
+        elif isinstance(m, nn.Linear) and name in in_blocks:
             out[name] = (rank, alpha)
     if not out:
         raise ValueError(f"{type(net).__name__}: found no layers to put a LoRA on")
     return out
 
 
-def file_module_names(net: nn.Module, family: str) -> dict[str, str]:
-    """``{our module name: module name in the file}`` (dotted, without the ``lora_unet_`` prefix), in the
-    layout kohya and ComfyUI use for ``family`` (a registered family name; see the module docstring)."""
+def _in_block_lists(net: nn.Module) -> set[str]:
+    """Names of the modules inside ``net``'s ``nn.ModuleList`` s: a transformer's repeated blocks (DiT/SD3
+    ``blocks``, FLUX ``double_blocks``/``single_blocks``, Z-Image ``layers`` and its refiners, Qwen-Image
+    ``blocks``), as opposed to its embedders and final layer."""
+    out: set[str] = set()
+    for name, m in net.named_modules():
+        if isinstance(m, nn.ModuleList):
+            out.update(f"{name}.{sub}" for sub, _ in m.named_modules() if sub)
+    return out
+
+
+@dataclass(frozen=True)
+class FileModule:
+    """Where one of our adapted layers goes in the file: the file's module name (dotted, without the
+    ``lora_unet_`` prefix) and, when the file's layout splits our layer into several (our fused q/k/v as
+    diffusers' ``to_q``/``to_k``/``to_v``), the rows ``[start, stop)`` of our layer's output it holds. A LoRA
+    on a fused layer splits exactly: the slice's update is ``up[start:stop] @ down``."""
+
+    name: str
+    rows: tuple[int, int] | None = None
+
+
+def _from_module_map(module_map: Mapping[str, str]) -> dict[str, tuple[FileModule, ...]]:
+    return {ours: (FileModule(theirs),) for ours, theirs in module_map.items()}
+
+
+def _from_rules(rules: Iterable[Any]) -> dict[str, tuple[FileModule, ...]]:
+    """``{our module: file modules}`` from a key map's rules (``KeyRule``): a ``copy`` rule names one module, a
+    ``cat`` rule the row slices of ours; ``swap`` rules (halves exchanged, only outside the blocks) are left
+    out, so those layers get no LoRA."""
+    out: dict[str, tuple[FileModule, ...]] = {}
+    for rule in rules:
+        if not rule.ours.endswith(".weight"):
+            continue
+        ours = rule.ours[: -len(".weight")]
+        if rule.op == "copy":
+            out[ours] = (FileModule(rule.theirs[0][: -len(".weight")]),)
+        elif rule.op == "cat":
+            start, mods = 0, []
+            for theirs, size in zip(rule.theirs, rule.split, strict=True):
+                mods.append(FileModule(theirs[: -len(".weight")], (start, start + size)))
+                start += size
+            out[ours] = tuple(mods)
+    return out
+
+
+def file_module_names(net: nn.Module, family: str) -> dict[str, tuple[FileModule, ...]]:
+    """``{our module name: where it goes in the file}`` in the layout kohya and ComfyUI use for ``family`` (a
+    registered family name; see the module docstring). Layers missing from the map get no LoRA."""
     from latentworks.models.flux import Flux
     from latentworks.models.mmdit import MMDiT
+    from latentworks.models.qwenimage import QwenImage
     from latentworks.models.unet import UNet
+    from latentworks.models.zimage import ZImage
 
     if isinstance(net, UNet):
         # SDXL's U-Nets (the families with size conditioning) are named as in the original checkpoints, the
@@ -197,35 +253,47 @@ def file_module_names(net: nn.Module, family: str) -> dict[str, str]:
         if size_conditioned:
             from latentworks.checkpoints.keymaps.sd_ldm import unet_ldm_module_map
 
-            return unet_ldm_module_map(net.config)
+            return _from_module_map(unet_ldm_module_map(net.config))
         from latentworks.checkpoints.keymaps.sd_diffusers import unet_module_map
 
-        return unet_module_map(net.config)
+        return _from_module_map(unet_module_map(net.config))
     if isinstance(net, Flux):
         from latentworks.checkpoints.keymaps.flux_bfl import flux_bfl_module_map
 
-        return flux_bfl_module_map(net.config)
+        return _from_module_map(flux_bfl_module_map(net.config))
     if isinstance(net, MMDiT):
         from latentworks.checkpoints.keymaps.sd3_sai import mmdit_sai_module_map
 
-        return mmdit_sai_module_map(net.config)
-    return {n: n for n, _ in net.named_modules() if n}
+        return _from_module_map(mmdit_sai_module_map(net.config))
+    if isinstance(net, ZImage):  # the released single file's names, which ComfyUI's Lumina 2 model uses
+        from latentworks.checkpoints.keymaps.zimage_comfy import zimage_comfy_rules
+
+        return _from_rules(zimage_comfy_rules(net.config))
+    if isinstance(net, QwenImage):  # diffusers names, which ComfyUI's Qwen-Image model uses
+        from latentworks.checkpoints.keymaps.qwenimage_diffusers import qwenimage_diffusers_rules
+
+        return _from_rules(qwenimage_diffusers_rules(net.config))
+    return {n: (FileModule(n),) for n, _ in net.named_modules() if n}
 
 
 def lora_state_dict(
-    lora: LoraNetwork, names: Mapping[str, str], dtype: torch.dtype = torch.float16
+    lora: LoraNetwork, names: Mapping[str, tuple[FileModule, ...]], dtype: torch.dtype = torch.float16
 ) -> dict[str, Tensor]:
     """The adapters as kohya/ComfyUI tensors: ``lora_unet_<file module, dots as _>.lora_down.weight`` /
     ``.lora_up.weight`` / ``.alpha`` (a 0-d tensor), in ``dtype``. ``names`` maps our module names to the
-    file's (:func:`file_module_names`); a 1x1 conv keeps its 4-d shape, as kohya writes it."""
+    file's (:func:`file_module_names`); a 1x1 conv keeps its 4-d shape, as kohya writes it. A layer the file
+    splits (fused q/k/v) is written as one module per slice: the same ``down``, its rows of ``up``."""
     sd: dict[str, Tensor] = {}
     for ours, adapter in lora.named_adapters():
         if ours not in names:
             raise ValueError(f"no file name for LoRA module {ours!r}")
-        key = FILE_PREFIX + names[ours].replace(".", "_")
-        sd[f"{key}.lora_down.weight"] = adapter.down.weight.detach().to("cpu", dtype).contiguous()
-        sd[f"{key}.lora_up.weight"] = adapter.up.weight.detach().to("cpu", dtype).contiguous()
-        sd[f"{key}.alpha"] = torch.tensor(adapter.alpha, dtype=dtype)
+        down, up = adapter.down.weight.detach(), adapter.up.weight.detach()
+        for mod in names[ours]:
+            key = FILE_PREFIX + mod.name.replace(".", "_")
+            rows = up if mod.rows is None else up[mod.rows[0] : mod.rows[1]]
+            sd[f"{key}.lora_down.weight"] = down.to("cpu", dtype).contiguous()
+            sd[f"{key}.lora_up.weight"] = rows.to("cpu", dtype).contiguous()
+            sd[f"{key}.alpha"] = torch.tensor(adapter.alpha, dtype=dtype)
     return sd
 
 
@@ -242,7 +310,8 @@ class LoraTrainConfig:
     out: Path
     base: str = "default"  # a model folder, 'default', a checkpoint file or a diffusers folder
     vae: Path | None = None  # for checkpoints without a VAE (FLUX transformer files)
-    text_encoders: tuple[Path, ...] = ()  # CLIP/T5 files for checkpoints without them
+    text_encoders: tuple[Path, ...] = ()  # CLIP/T5/Qwen files for checkpoints without them
+    tokenizer: Path | None = None  # T5's tokenizer.json (SD3, FLUX), which cannot be downloaded here
     resolution: int | None = None  # image size (square); None: the base model's resolution
     rank: int = 8
     alpha: float = 8.0
@@ -305,13 +374,43 @@ def load_base(cfg: LoraTrainConfig, device: torch.device) -> Any:
     from latentworks.pipelines.text_to_image import Pipeline
 
     return Pipeline.from_pretrained(
-        cfg.base, device=device, vae=cfg.vae, text_encoders=list(cfg.text_encoders) or ()
+        cfg.base,
+        device=device,
+        vae=cfg.vae,
+        text_encoders=list(cfg.text_encoders) or (),
+        tokenizer=cfg.tokenizer,
     )
 
 
+def image_geometry(data: Path, size: int, images: Any) -> list[tuple[int, int, int, int]]:
+    """Per image of the dataset: ``(original height, original width, crop top, crop left)``, the crop in pixels
+    of the ``size`` x ``size`` training image (the centre square ``data.folder.to_rgb_square`` takes, as SDXL's
+    training scripts give ``crop_top_left`` after resizing). ``images`` (N, H, W, 3) is the loaded dataset: a
+    ``.npz`` holds its images at their stored size, uncropped."""
+    from PIL import Image
+
+    from latentworks.data.folder import image_files
+
+    if not data.is_dir():
+        return [(int(images.shape[1]), int(images.shape[2]), 0, 0)] * len(images)
+    out = []
+    for f in image_files(data):
+        with Image.open(f) as im:
+            w, h = im.size
+        side = min(w, h)
+        out.append((h, w, round((h - side) // 2 * size / side), round((w - side) // 2 * size / side)))
+    if len(out) != len(images):
+        raise ValueError(
+            f"{data}: {len(out)} image files but {len(images)} images loaded; did the folder change?"
+        )
+    return out
+
+
 def build_latent_cache(pipe: Any, cfg: LoraTrainConfig, path: Path, device: torch.device) -> Any:
-    """Encode ``cfg.data`` with the base model's VAE into ``path`` (reused when it exists) and return the cache
-    with the base model's latent scale and shift (the training latents must be what the model samples in)."""
+    """Encode ``cfg.data`` with the base model's VAE into ``path`` (reused when it exists; its metadata keeps
+    each image's geometry, :func:`image_geometry`) and return the cache in the model's latent space: the base
+    model's latent format (scale and shift, or per-channel statistics) applied to the means and standard
+    deviations, so the training latents are what the model samples in."""
     from latentworks.data.folder import load_dataset
     from latentworks.pipelines.latents import encode_dataset, load_latent_cache, save_latent_cache
 
@@ -319,14 +418,31 @@ def build_latent_cache(pipe: Any, cfg: LoraTrainConfig, path: Path, device: torc
         size = cfg.resolution or pipe.model.resolution[0]
         ds = load_dataset(cfg.data, size=size)
         mean, std = encode_dataset(pipe.vae, ds, batch_size=8, device=device, progress=cfg.progress)
+        meta = {"data": str(cfg.data), "base": cfg.base, "resolution": size}
         save_latent_cache(
-            path, mean, std, ds.captions, {"data": str(cfg.data), "base": cfg.base, "resolution": size}
+            path, mean, std, ds.captions, meta | {"image_geometry": image_geometry(cfg.data, size, ds.images)}
         )
     cache = load_latent_cache(path)
+    # the format is affine per channel: process_in(z) = a * z + b, so a sample m + s * eps maps to
+    # process_in(m) + |a| * s * eps (eps is symmetric)
     lf = pipe.model.latent_format
-    if lf.channel_mean:
-        raise ValueError(f"{cfg.base}: LoRA training does not yet support per-channel latent statistics")
-    return dataclasses.replace(cache, scale=float(lf.scale_factor), shift=float(lf.shift_factor))
+    zero = torch.zeros(1, cache.channels, 1, 1)
+    a = (lf.process_in(zero + 1) - lf.process_in(zero)).abs()
+    return dataclasses.replace(cache, mean=lf.process_in(cache.mean), std=cache.std * a, scale=1.0, shift=0.0)
+
+
+def training_logit_shift(model_sampling: Any) -> float:
+    """The offset to the logit-normal mean that makes training draw noise levels as the model's shifted flow
+    schedule places them: a time shift ``s`` maps ``sigma`` to ``s * sigma / (1 + (s - 1) * sigma)`` =
+    ``sigmoid(logit(sigma) + ln s)``, FLUX's exponential shift with ``mu`` to ``sigmoid(logit(sigma) + mu)``, so
+    the shifted draw is the unshifted one with its mean moved by ``ln s`` or ``mu`` (SD3 trains with its shift,
+    Esser et al. 2024 sec. 5.3.2; diffusers' SD3 LoRA script draws from the shifted table). 0 for discrete
+    (eps/v) models and unshifted flow models."""
+    if not isinstance(model_sampling, FlowModelSampling):
+        return 0.0
+    if model_sampling.mu is not None:
+        return float(model_sampling.mu)
+    return math.log(model_sampling.shift)
 
 
 def train_lora(cfg: LoraTrainConfig, pipe: Any = None) -> LoraResult:
@@ -335,7 +451,7 @@ def train_lora(cfg: LoraTrainConfig, pipe: Any = None) -> LoraResult:
     ``pipe`` (a ``Pipeline``: networks, text encoder and family of the base model) defaults to loading
     ``cfg.base``; its denoiser is used in place, frozen, with the adapters hooked on during the run.
     """
-    from latentworks.pipelines.families import add_conditioning_extras
+    from latentworks.pipelines.families import add_conditioning_extras, model_sampling_for, size_conditioning
     from latentworks.training.diffusion import StepLoop, _CaptionCache, run_steps
 
     info = init_distributed(cfg.device)
@@ -353,7 +469,10 @@ def train_lora(cfg: LoraTrainConfig, pipe: Any = None) -> LoraResult:
         prediction = pipe.model.prediction
         if prediction not in TRAINED_PREDICTIONS:
             raise ValueError(
-                f"{cfg.base}: a {prediction!r}-prediction model; LoRA training supports {', '.join(TRAINED_PREDICTIONS)}"
+                f"{cfg.base}: cannot train a LoRA for this {family} model: it predicts {prediction!r}, and "
+                f"train-lora's objective trains {', '.join(TRAINED_PREDICTIONS)}-prediction models only (every "
+                "checkpoint family it loads: SD 1.x/2.x, SDXL, SD3, FLUX, Z-Image, Qwen-Image; and latentworks "
+                "models trained with those objectives)"
             )
         run.mkdir(parents=True, exist_ok=True)
         cache = build_latent_cache(pipe, cfg, run / "latents.safetensors", device)
@@ -371,7 +490,11 @@ def train_lora(cfg: LoraTrainConfig, pipe: Any = None) -> LoraResult:
         trainable = list(lora.adapters.parameters())
         opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
         spec = sampling_spec_from_dict(pipe.model.meta["denoiser"]["sampling"])
-        objective = DiffusionObjective(prediction, cfg.logit_mean, cfg.logit_std, sampling=spec)
+        # the model's flow shift at the training resolution (static for SD3, from the token count for FLUX)
+        shift = training_logit_shift(
+            model_sampling_for(pipe.model, latent_height=cache.size, latent_width=cache.size)
+        )
+        objective = DiffusionObjective(prediction, cfg.logit_mean + shift, cfg.logit_std, sampling=spec)
         scaler = torch.amp.GradScaler(device.type, enabled=cfg.mixed_precision == "fp16")
         step = 0
         if cfg.resume and ckpt.is_file():
@@ -390,6 +513,7 @@ def train_lora(cfg: LoraTrainConfig, pipe: Any = None) -> LoraResult:
             "family": family,
             "prediction": prediction,
             "sampling": objective.sampling.to_dict(),
+            "noise_logit_mean": objective.logit_mean,
             "lora": {
                 "rank": cfg.rank,
                 "alpha": cfg.alpha,
@@ -410,6 +534,14 @@ def train_lora(cfg: LoraTrainConfig, pipe: Any = None) -> LoraResult:
             return add_conditioning_extras(
                 pipe.behaviour, captions(caps), height=size, width=size, guidance=cfg.guidance
             )
+
+        geometry = cache.metadata.get("image_geometry") or [(size, size, 0, 0)] * len(cache)
+
+        def condition(cond: Conditioning, idx: Tensor, gen: torch.Generator) -> Conditioning:
+            """Each image's own size ids (SDXL): its original size and crop, not the training size."""
+            rows = [tuple(geometry[int(i)]) for i in idx]
+            extra = size_conditioning(pipe.behaviour, rows, height=size, width=size)
+            return cond.with_extra(**{k: v.to(device) for k, v in extra.items()}) if extra else cond
 
         lora_file = run / "lora.safetensors"
         file_meta = {
@@ -448,6 +580,7 @@ def train_lora(cfg: LoraTrainConfig, pipe: Any = None) -> LoraResult:
             cache=cache,
             encode=encode,
             augment=None,
+            condition=condition,
             objective=objective,
             model=wrap_ddp(lora, info),
             net=lora,
@@ -481,6 +614,7 @@ def _preview(
     encode: Callable[[list[str]], Conditioning],
 ) -> None:
     """A grid of the preview prompts sampled with the LoRA on (the base model's default guidance)."""
+    from latentworks.pipelines.families import cfg_scale, model_sampling_for
     from latentworks.pipelines.sampling import NetworkModel
     from latentworks.training.diffusion import sample_latents
     from latentworks.training.grids import make_grid
@@ -489,8 +623,10 @@ def _preview(
         return
     was_training = lora.training
     lora.eval()
-    guidance = float(pipe.model.defaults.get("guidance", 4.0))
-    model = NetworkModel(lora, objective.prediction, objective.model_sampling)
+    # as generation does: no CFG for distilled-guidance models (FLUX.1-dev), the shift for the image's size
+    guidance = cfg_scale(pipe.behaviour, float(pipe.model.defaults.get("guidance", 4.0)))
+    sampling = model_sampling_for(pipe.model, latent_height=cache.size, latent_width=cache.size)
+    model = NetworkModel(lora, objective.prediction, sampling)
     shape = (len(prompts), cache.channels, cache.size, cache.size)
     z = sample_latents(
         model,
@@ -501,7 +637,7 @@ def _preview(
         guidance=guidance,
         seed=cfg.seed,
     )
-    img = pipe.vae.decode(z / cache.scale + cache.shift).clamp(-1, 1)
+    img = pipe.decode_pixels(z).clamp(-1, 1)
     (run / "samples").mkdir(exist_ok=True)
     make_grid(img.cpu().float()).save(run / "samples" / f"step_{step:07d}.png")
     lora.train(was_training)
