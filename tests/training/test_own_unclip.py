@@ -189,7 +189,7 @@ def test_decoder_trains_on_the_loop_with_task_unclip(tmp_path: Path) -> None:
     rc, net = load_diffusion_run(tmp_path / "dec")
     assert rc["model"]["pooled_dim"] == 16 and rc["model"]["num_time_ids"] == 0
     assert net.add_embed.fc2.weight.abs().sum() > 0  # the image path has learned something
-    with pytest.raises(ValueError, match="image encoder run and the dataset"):
+    with pytest.raises(ValueError, match="needs the image encoder run"):
         DiffusionTrainConfig(out=tmp_path / "x", task="unclip", **common)
     other = _toy_dataset(tmp_path / "other.npz", n=n + 4)
     with pytest.raises(ValueError, match="the data of the latent cache"):

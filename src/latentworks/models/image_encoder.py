@@ -63,6 +63,9 @@ class ImageEncoder(nn.Module):
     """``encode_image(images (B, 3, S, S)) -> (B, D)`` and ``encode_text(pooled (B, text_dim)) -> (B, D)``,
     both unit length (see the module docstring)."""
 
+    embed_mean: Tensor  # (D,) buffers: the training images' embedding statistics
+    embed_std: Tensor
+
     def __init__(self, config: ImageEncoderConfig) -> None:
         super().__init__()
         self.config = config

@@ -251,3 +251,31 @@ def add_own_unclip_stages(
     tmp.write_text(json.dumps(meta, indent=2) + "\n")
     tmp.replace(folder / "model.json")
     return folder
+
+
+def decode_embeddings(
+    pipe: Any,
+    parts: OwnUnclip,
+    embeds: Tensor,
+    prompt: str,
+    *,
+    seed: int,
+    same_seed: bool = False,
+    noise_augmentation: float | None = None,
+    **kw: Any,
+) -> list[Any]:
+    """Images (PIL) from image embeddings (N, D) with the decoder ``pipe`` (``Pipeline`` of the folder) and the
+    text ``prompt``: image i uses seed ``seed + i``, or ``seed`` for all with ``same_seed`` (an interpolation,
+    where only the embedding should change). ``kw`` goes to the pipeline (steps, guidance, width, height)."""
+    n = embeds.shape[0]
+    if same_seed:
+        images = []
+        for i in range(n):
+            ci = parts.class_input(embeds[i : i + 1], noise_augmentation=noise_augmentation, seed=seed)
+            images += pipe(prompt, seed=seed, batch=1, class_input=ci, **kw).images
+        return images
+    rows = [
+        parts.class_input(embeds[i : i + 1], noise_augmentation=noise_augmentation, seed=seed + i)
+        for i in range(n)
+    ]
+    return list(pipe(prompt, seed=seed, batch=n, class_input=torch.cat(rows), **kw).images)

@@ -127,7 +127,7 @@ class DiffusionTrainConfig:
     crop: int | None = None  # superres: train on random crops of this side (None: whole images)
     # unclip: the image encoder run (training.unclip) and the dataset file the latent cache was built from
     image_encoder: Path | None = None
-    image_data: Path | None = None
+    image_data: Path | None = None  # default: the dataset the latent cache names
     image_dropout: float = 0.1  # unclip: the share of steps an example is shown without its image embedding
     # Train a ControlNet for the frozen ``init_from`` model instead of the model itself (training.controlnet).
     controlnet: ControlNetTrainSpec | None = None
@@ -143,10 +143,10 @@ class DiffusionTrainConfig:
                 f"noise_aug_max must be in (0, 1] and aug_level in [0, 1], got {self.noise_aug_max}, {self.aug_level}"
             )
         object.__setattr__(self, "out", Path(self.out))
-        if self.task == "unclip" and (self.image_encoder is None or self.image_data is None):
+        if self.task == "unclip" and self.image_encoder is None:
             raise ValueError(
-                "task unclip needs the image encoder run and the dataset of the latent cache: set image_encoder "
-                "and image_data (--image-encoder, --data)"
+                "task unclip needs the image encoder run: set image_encoder (--image-encoder RUN, made by "
+                "'latentworks train-unclip --stages encoder')"
             )
         if self.controlnet is not None:
             object.__setattr__(self, "controlnet", ControlNetTrainSpec.from_saved(self.controlnet))
@@ -427,15 +427,19 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
             from latentworks.models.own_unclip import decoder_config
             from latentworks.training.unclip import decoder_conditioning
 
-            assert cfg.image_encoder is not None and cfg.image_data is not None
+            image_data = cfg.image_data or cache.metadata.get("data")
+            if cfg.image_encoder is None or not image_data:
+                raise ValueError(
+                    f"{cfg.latents}: the latent cache does not name its dataset; pass it (--data, image_data)"
+                )
             unclip = decoder_conditioning(
                 cfg.image_encoder,
-                cfg.image_data,
+                image_data,
                 cache.captions,
                 max_level=cfg.noise_aug_max,
                 dropout=cfg.image_dropout,
             )
-            mcfg = decoder_config(mcfg, unclip.augmentor.dim)
+            mcfg = decoder_config(cast(Any, mcfg), unclip.augmentor.dim)
         changes = check_resume(saved, cfg, policy, run=run, model_config=mcfg)
         if changes and info.is_main:
             print("--resume: changed from the saved config: " + "; ".join(changes))

@@ -49,6 +49,28 @@ CAPTION_STREAM = 1 << 20  # the caption generator's own stream, as training.diff
 ENCODER_KIND, PRIOR_KIND = "image-encoder", "embedding-prior"
 
 
+class PooledCaptions:
+    """Text conditioning per caption, memoised; unknown captions of a call are encoded together in one batch
+    (fast on a CPU, where one call per caption is not). Unlike ``training.diffusion``'s one-by-one memo, the
+    numbers may then depend on a caption's batch neighbours (~1e-6), so these stages do not promise a bit-exact
+    resume (they have no --resume)."""
+
+    def __init__(self, encoder: Any, device: torch.device, max_items: int = 50_000) -> None:
+        self.encoder, self.device, self.max_items = encoder, device, max_items
+        self.memo: dict[str, Conditioning] = {}
+
+    def __call__(self, captions: list[str]) -> Conditioning:
+        new = list(dict.fromkeys(c for c in captions if c not in self.memo))
+        fresh: dict[str, Conditioning] = {}
+        if new:
+            cond = self.encoder.encode(new).map(lambda t: t.cpu())
+            for i, c in enumerate(new):
+                fresh[c] = cond.map(lambda t, i=i: t[i : i + 1])
+                if len(self.memo) < self.max_items:
+                    self.memo[c] = fresh[c]
+        return Conditioning.cat([self.memo.get(c) or fresh[c] for c in captions]).to(self.device)
+
+
 def load_split(path: str | Path, split: str = "train") -> ArrayDataset:
     """The ``split`` of a dataset file from ``latentworks data emoji`` (or an image folder)."""
     from latentworks.data.folder import load_dataset
@@ -123,8 +145,6 @@ class StageResult:
 
 def train_image_encoder(cfg: EncoderTrainConfig, text_encoder: Any = None) -> StageResult:
     """Train the contrastive image encoder (module docstring, 1.); ``text_encoder`` defaults to MiniLM."""
-    from latentworks.training.diffusion import _CaptionCache
-
     device = torch.device(cfg.device)
     if text_encoder is None:
         from latentworks.models.text.minilm import MiniLMTextEncoder
@@ -145,7 +165,7 @@ def train_image_encoder(cfg: EncoderTrainConfig, text_encoder: Any = None) -> St
     torch.manual_seed(cfg.seed)
     enc = ImageEncoder(cfg.model).to(device)
     opt = torch.optim.AdamW(enc.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    captions = _CaptionCache(text_encoder, device)
+    captions = PooledCaptions(text_encoder, device)
     cfg.out.mkdir(parents=True, exist_ok=True)
     log = RunLog(cfg.out)
     bar = None
@@ -278,7 +298,7 @@ class PriorTrainConfig:
 
 def train_prior(cfg: PriorTrainConfig, text_encoder: Any = None) -> StageResult:
     """Train the diffusion prior on the one loop (module docstring, 2.)."""
-    from latentworks.training.diffusion import StepLoop, _caption_augment, _CaptionCache, run_steps
+    from latentworks.training.diffusion import StepLoop, _caption_augment, run_steps
     from latentworks.training.distributed import DistInfo
 
     device = torch.device(cfg.device)
@@ -326,7 +346,7 @@ def train_prior(cfg: PriorTrainConfig, text_encoder: Any = None) -> StageResult:
         info=DistInfo(),
         device=device,
         cache=data,
-        encode=_CaptionCache(text_encoder, device),
+        encode=PooledCaptions(text_encoder, device),
         augment=_caption_augment(cfg, data),  # type: ignore[arg-type]
         objective=objective,
         model=prior,
