@@ -39,16 +39,18 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--init-from", default="default", metavar="MODEL", help="the text-to-image model to extend"
     )
     p.add_argument("--embed-dim", type=int, default=128, help="image embedding width D")
-    p.add_argument("--encoder-steps", type=int, default=600)
-    p.add_argument("--encoder-batch-size", type=int, default=128)
-    p.add_argument("--encoder-lr", type=float, default=1e-3)
-    p.add_argument("--prior-steps", type=int, default=2000)
-    p.add_argument("--prior-batch-size", type=int, default=128)
-    p.add_argument("--prior-lr", type=float, default=3e-4)
-    p.add_argument("--decoder-steps", type=int, default=1500)
-    p.add_argument("--decoder-batch-size", type=int, default=32)
-    p.add_argument("--decoder-lr", type=float, default=5e-5)
-    p.add_argument("--decoder-ema-decay", type=float, default=0.999)
+    p.add_argument("--encoder-steps", type=int, default=600, help="encoder: training steps")
+    p.add_argument(
+        "--encoder-batch-size", type=int, default=128, help="encoder: images per contrastive batch"
+    )
+    p.add_argument("--encoder-lr", type=float, default=1e-3, help="encoder: AdamW learning rate")
+    p.add_argument("--prior-steps", type=int, default=2000, help="prior: training steps")
+    p.add_argument("--prior-batch-size", type=int, default=128, help="prior: examples per step")
+    p.add_argument("--prior-lr", type=float, default=3e-4, help="prior: AdamW learning rate")
+    p.add_argument("--decoder-steps", type=int, default=1500, help="decoder: training steps")
+    p.add_argument("--decoder-batch-size", type=int, default=32, help="decoder: examples per step")
+    p.add_argument("--decoder-lr", type=float, default=5e-5, help="decoder: AdamW learning rate")
+    p.add_argument("--decoder-ema-decay", type=float, default=0.999, help="decoder: EMA decay")
     p.add_argument(
         "--image-dropout",
         type=float,
@@ -64,8 +66,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--max-seconds", type=float, default=None, help="wall-clock limit per stage (default: none)"
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0, help="seed of every stage")
+    p.add_argument("--device", default="cpu", help="torch device")
     p.add_argument("--name", default="emoji-unclip", help="the model folder's name")
     return p
 

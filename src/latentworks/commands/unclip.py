@@ -24,7 +24,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("prompt", nargs="?", default=None, help="the prompt (or give --image)")
     p.add_argument("--model", type=Path, required=True, metavar="PATH", help="our own unCLIP model folder")
     p.add_argument(
-        "--image", type=Path, default=None, help="start from this image's embedding instead of a prompt"
+        "--image",
+        type=Path,
+        default=None,
+        help="start from this image's embedding instead of a prompt (default: none)",
     )
     p.add_argument(
         "--to", default=None, metavar="PROMPT|IMAGE", help="interpolate to this prompt or image file"
@@ -38,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--count", type=int, default=4, metavar="N", help="images (seeds SEED..SEED+N-1), without --to"
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the first image (and of the prior)")
     p.add_argument("--steps", type=int, default=None, help="decoder steps (default: the model's)")
     p.add_argument("--guidance", type=float, default=None, help="decoder CFG scale (default: the model's)")
     p.add_argument("--prior-steps", type=int, default=None, help="prior steps (default: the model's)")
