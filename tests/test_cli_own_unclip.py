@@ -114,6 +114,13 @@ def test_text_to_image_and_interpolation(folders: tuple[Path, Path], tmp_path: P
     out = tmp_path / "t"
     assert main(["unclip", "red apple", "--model", str(full), "--count", "2", "-o", str(out)]) == 0
     assert [p.name for p in _pngs(out)] == ["unclip-0-00.png", "unclip-0-01.png"]
+    # The Pipeline-shaped wrapper (what scripts/eval_own_unclip.py evaluates) gives the same images.
+    from latentworks.pipelines.own_unclip import UnclipTextToImage, load_own_unclip
+
+    pipe = Pipeline.from_pretrained(full)
+    want = UnclipTextToImage(pipe, load_own_unclip(full))("red apple", seed=0, batch=2).images
+    for path, im in zip(_pngs(out), want, strict=True):
+        assert np.abs(np.asarray(Image.open(path)).astype(int) - np.asarray(im).astype(int)).max() <= 1
     img = _image(tmp_path / "p.png")
     out2 = tmp_path / "i"
     argv = [

@@ -279,3 +279,32 @@ def decode_embeddings(
         for i in range(n)
     ]
     return list(pipe(prompt, seed=seed, batch=n, class_input=torch.cat(rows), **kw).images)
+
+
+@dataclass
+class UnclipTextToImage:
+    """Text -> prior -> embedding -> decoder behind the ``Pipeline`` call signature
+    (``pipe(prompts, seed=, batch=, steps=, guidance=, ...)``), so code that drives a pipeline (e.g.
+    ``evaluation.generation.evaluate_generation``) evaluates the whole unCLIP. Image i (prompt-major, as the
+    pipeline orders them) gets prior seed and embedding-noise seed ``seed + i``; the decoder reads the prompt too
+    (``decoder_text=False``: the empty prompt)."""
+
+    pipe: Any
+    parts: OwnUnclip
+    noise_augmentation: float | None = None
+    prior_steps: int | None = None
+    prior_guidance: float | None = None
+    decoder_text: bool = True
+
+    def __call__(self, prompt: str | list[str], *, seed: int = 0, batch: int = 1, **kw: Any) -> Any:
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        texts = [p for p in prompts for _ in range(batch)]
+        embeds = self.parts.embed_text(
+            self.pipe.text_encoder, texts, seed, steps=self.prior_steps, guidance=self.prior_guidance
+        )
+        rows = [
+            self.parts.class_input(embeds[i : i + 1], noise_augmentation=self.noise_augmentation, seed=s)
+            for i, s in enumerate(seeds_for(seed, len(texts)))
+        ]
+        shown = prompts if self.decoder_text else [""] * len(prompts)
+        return self.pipe(shown, seed=seed, batch=batch, class_input=torch.cat(rows), **kw)
