@@ -163,3 +163,70 @@ def test_missing_prior_and_wrong_models_are_clear_errors(
     parts = load_own_unclip(no_prior)
     with pytest.raises(ValueError, match=r"must be \(N, 8\)"):
         parts.class_input(torch.zeros(1, 12))
+
+
+@pytest.mark.slow  # about 15 s: three stages, an export and MiniLM
+def test_train_unclip_runs_every_stage_and_writes_a_model_folder(tmp_path: Path) -> None:
+    """Two steps per stage on 16 tiny 32 px images, from a tiny text-to-image folder; MiniLM for the text."""
+    from latentworks.data.arrays import ArrayDataset
+
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 255, (20, 32, 32, 3), dtype=np.uint8)
+    held = np.zeros(20, bool)
+    held[:4] = True
+    ArrayDataset(imgs, [f"thing {i % 5}" for i in range(20)], {"heldout": held}).save_npz(tmp_path / "d.npz")
+    base = save_model_folder(
+        tmp_path / "base", name="tiny", architecture="unet",
+        denoiser=UNet(dataclasses.replace(UNET_PRESETS["tiny"], context_dim=384)), prediction="flow",
+        sampling={"kind": "flow", "shift": 1.0}, vae=Autoencoder(VAE_PRESETS["tiny"]),
+        latent_format=LatentFormat(channels=4, scale_factor=1.0), text_encoder={"kind": "minilm", "max_length": 8},
+        resolution=(32, 32), defaults={"steps": 2},
+    )  # fmt: skip
+    # The latent cache's scale and shift come from the data: give the base folder the same (as the default
+    # model's match emoji-32.npz), and train-unclip reuses the cache it finds in OUT.
+    import json
+
+    from latentworks.pipelines.latents import cache_latents
+
+    cache = cache_latents(base, tmp_path / "d.npz", tmp_path / "u" / "latents.safetensors", progress=False)
+    meta = json.loads((base / "model.json").read_text())
+    meta["latent_format"].update(scale_factor=cache.scale, shift_factor=cache.shift)
+    (base / "model.json").write_text(json.dumps(meta))
+    argv = ["train-unclip", "--data", str(tmp_path / "d.npz"), "--out", str(tmp_path / "u"), "--init-from"]
+    argv += [str(base), "--embed-dim", "16", "--encoder-steps", "2", "--encoder-batch-size", "4"]
+    argv += [
+        "--prior-steps",
+        "2",
+        "--prior-batch-size",
+        "4",
+        "--decoder-steps",
+        "2",
+        "--decoder-batch-size",
+        "4",
+    ]
+    assert main(argv) == 0
+    model = tmp_path / "u" / "model"
+    from latentworks.pipelines.own_unclip import load_own_unclip
+
+    parts = load_own_unclip(model)
+    assert (
+        parts.dim == 16
+        and parts.prior is not None
+        and parts.stages() == ["image encoder", "prior", "decoder"]
+    )
+    pipe = Pipeline.from_pretrained(model)
+    assert pipe.model.denoiser_net.config.pooled_dim == 32
+    assert (
+        main(
+            [
+                "train-unclip",
+                "--data",
+                str(tmp_path / "d.npz"),
+                "--out",
+                str(tmp_path / "v"),
+                "--stages",
+                "prior",
+            ]
+        )
+        == 2
+    )

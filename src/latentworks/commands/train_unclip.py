@@ -84,6 +84,11 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, str] = {}
+    text_encoder = None  # one frozen MiniLM for every stage
+    if any(s in stages for s in ("encoder", "prior", "decoder")):
+        from latentworks.models.text.minilm import MiniLMTextEncoder
+
+        text_encoder = MiniLMTextEncoder(device=args.device)
 
     if "encoder" in stages:
         from latentworks.models.image_encoder import ImageEncoderConfig
@@ -100,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
                 seed=args.seed,
                 device=args.device,
                 max_seconds=args.max_seconds,
-            )
+            ),
+            text_encoder,
         )
         timings["encoder"] = _timing(r.step, r.seconds_per_step, args.encoder_batch_size, r.losses)
         print(f"encoder: {timings['encoder']}; run in {r.run_dir}")
@@ -120,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
                 seed=args.seed,
                 device=args.device,
                 max_seconds=args.max_seconds,
-            )
+            ),
+            text_encoder,
         )
         timings["prior"] = _timing(r.step, r.seconds_per_step, args.prior_batch_size, r.losses)
         print(f"prior: {timings['prior']}; run in {r.run_dir}")
@@ -155,7 +162,8 @@ def run(args: argparse.Namespace) -> int:
                 max_seconds=args.max_seconds,
                 checkpoint_every=max(1, min(500, args.decoder_steps)),
                 sample_every=max(1, args.decoder_steps),
-            )
+            ),
+            text_encoder,
         )
         per = (time.perf_counter() - t0) / max(1, d.step)  # includes loading, embedding and the preview
         timings["decoder"] = _timing(d.step, per, args.decoder_batch_size, d.losses)
