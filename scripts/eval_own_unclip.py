@@ -38,7 +38,11 @@ def main() -> None:
     p.add_argument(
         "--text-only", action="store_true", help="also score the decoder without an image embedding"
     )
+    p.add_argument("--embeddings-only", action="store_true", help="measure the encoder and prior only")
     args = p.parse_args()
+    if args.embeddings_only:
+        embedding_metrics(args)
+        return
     pipe = Pipeline.from_pretrained(args.model)
     unclip = UnclipTextToImage(
         pipe, load_own_unclip(args.model), args.noise_augmentation, args.prior_steps, args.prior_guidance
