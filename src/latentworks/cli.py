@@ -26,7 +26,9 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("serve", "serve", "run the workflow server and browser editor"),
     ("run", "run", "run a ComfyUI-style workflow (editor or API JSON, or a PNG) headless"),
     ("upscale", "upscale", "enlarge an image with an upscale model (ESRGAN, Real-ESRGAN, SwinIR, ...)"),
-    ("variations", "variations", "image variations with an SD 2.1 unCLIP model"),
+    ("variations", "variations", "image variations with an unCLIP model (SD 2.1 unCLIP or our own)"),
+    ("train-unclip", "train_unclip", "our own unCLIP on the emoji data: image encoder, prior, decoder"),
+    ("unclip", "unclip", "text -> prior -> image embedding -> image with our own unCLIP; interpolation"),
 )
 
 

@@ -55,17 +55,35 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     add_option(
         p,
         "--task",
-        choices=("text2image", "superres"),
+        choices=("text2image", "superres", "unclip"),
         default="text2image",
         help="superres: a pixel-space 2x super-resolution stage (32 -> 64 px on emoji-64.npz) with "
-        "noise-conditioning augmentation, for 'generate --upscale-stage' (see docs/training.md)",
+        "noise-conditioning augmentation, for 'generate --upscale-stage'; unclip: the --init-from model "
+        "given image-embedding conditioning from --image-encoder (our own unCLIP's decoder; see "
+        "docs/training.md)",
+    )
+    add_option(
+        p,
+        "--image-encoder",
+        type=Path,
+        default=None,
+        show_default=False,
+        metavar="RUN",
+        help="unclip: the image encoder run (latentworks train-unclip --stages encoder) (default: none)",
+    )
+    add_option(
+        p,
+        "--image-dropout",
+        type=float,
+        default=0.1,
+        help="unclip: share of examples shown without their image embedding",
     )
     add_option(
         p,
         "--noise-aug-max",
         type=float,
         default=0.5,
-        help="superres: training augmentation levels are uniform in [0, this]",
+        help="superres: training augmentation levels are uniform in [0, this]; unclip: the same for the image embedding (x 999 DDPM steps)",
     )
     add_option(
         p,
@@ -182,6 +200,9 @@ def run(args: argparse.Namespace) -> int:
             max_seconds=o["max_seconds"],
             vae_run=o["vae"],
             init_from=o["init_from"],
+            image_encoder=o["image_encoder"],
+            image_data=args.data if o["task"] == "unclip" else None,
+            image_dropout=o["image_dropout"],
             device=o["device"],
             resume=args.resume,
         )

@@ -389,6 +389,10 @@ def describe_model(name_or_path: str | Path, models_dir: str | Path | None = Non
         f"text        {meta.get('text_encoder')}",
         f"defaults    {meta.get('defaults')}",
     ]
+    if "unclip" in meta:  # our own unCLIP (pipelines.own_unclip): which stages the folder holds
+        stages = ["image encoder"] + (["prior"] if "prior" in meta["unclip"] else []) + ["decoder"]
+        missing = "" if "prior" in meta["unclip"] else " (no prior: variations only, no text -> image)"
+        lines.append(f"stages      unCLIP: {' -> '.join(stages)}{missing}")
     for key in ("prompting", "training_data", "training", "licence", "credits"):
         if key in card:
             lines.append(f"{key:<11} {card[key]}")

@@ -509,6 +509,11 @@ class Pipeline:
                 **{CLASS_INPUT_KEY: rows.expand(n, -1) if rows.shape[0] == 1 else rows}
             )
         raw_uncond = self.encode_prompts(all_negs, edit) if cfg != 1.0 else None
+        if class_input is not None and raw_uncond is not None and CLASS_INPUT_KEY not in raw_uncond.extra:
+            # the negative prompt's "no image" (a family without class_input_dim, e.g. our own unCLIP folders):
+            # zeros, so CFG's batched call keeps the key (Conditioning.cat drops keys one side lacks)
+            zeros = torch.zeros(raw_uncond.batch_size, class_input.shape[-1], device=raw_uncond.tokens.device)
+            raw_uncond = raw_uncond.with_extra(**{CLASS_INPUT_KEY: zeros})
 
         def conditionings(h: int, w: int) -> tuple[Conditioning, Conditioning | None]:
             c = add_conditioning_extras(b, raw_cond, height=h, width=w, guidance=guidance)

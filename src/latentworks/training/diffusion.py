@@ -70,7 +70,9 @@ from latentworks.training.ema import EMA
 from latentworks.training.resume import DIFFUSION_RESUME, check_resume, read_run_config
 
 TRAINABLE = ("unet", "dit")  # the architectures latentworks train builds and fine-tunes
-TASKS = ("text2image", "superres")  # superres: a pixel 2x stage with noise augmentation (training.superres)
+TASKS = ("text2image", "superres", "unclip")  # superres: a pixel 2x stage with noise augmentation
+# (training.superres); unclip: our own unCLIP decoder, the init model given image-embedding conditioning
+# (training.unclip)
 
 DEFAULT_PROMPTS = (
     "red apple, google style",
@@ -123,6 +125,10 @@ class DiffusionTrainConfig:
     noise_aug_max: float = 0.5  # superres: augmentation levels are drawn uniformly from [0, noise_aug_max]
     aug_level: float = 0.1  # superres: the fixed level previews and the exported stage sample with
     crop: int | None = None  # superres: train on random crops of this side (None: whole images)
+    # unclip: the image encoder run (training.unclip) and the dataset file the latent cache was built from
+    image_encoder: Path | None = None
+    image_data: Path | None = None  # default: the dataset the latent cache names
+    image_dropout: float = 0.1  # unclip: the share of steps an example is shown without its image embedding
     # Train a ControlNet for the frozen ``init_from`` model instead of the model itself (training.controlnet).
     controlnet: ControlNetTrainSpec | None = None
 
@@ -137,6 +143,11 @@ class DiffusionTrainConfig:
                 f"noise_aug_max must be in (0, 1] and aug_level in [0, 1], got {self.noise_aug_max}, {self.aug_level}"
             )
         object.__setattr__(self, "out", Path(self.out))
+        if self.task == "unclip" and self.image_encoder is None:
+            raise ValueError(
+                "task unclip needs the image encoder run: set image_encoder (--image-encoder RUN, made by "
+                "'latentworks train-unclip --stages encoder')"
+            )
         if self.controlnet is not None:
             object.__setattr__(self, "controlnet", ControlNetTrainSpec.from_saved(self.controlnet))
             if self.init_from is None:
@@ -411,6 +422,24 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
             init = load_init_source(cfg.init_from)
             _check_init(cfg, init, cache.scale, cache.shift)
         mcfg = init.net.config if init is not None else _resume_model_config(cfg, saved)
+        unclip = None
+        if cfg.task == "unclip":  # the decoder: mcfg with an image-embedding path (models.own_unclip)
+            from latentworks.models.own_unclip import decoder_config
+            from latentworks.training.unclip import decoder_conditioning
+
+            image_data = cfg.image_data or cache.metadata.get("data")
+            if cfg.image_encoder is None or not image_data:
+                raise ValueError(
+                    f"{cfg.latents}: the latent cache does not name its dataset; pass it (--data, image_data)"
+                )
+            unclip = decoder_conditioning(
+                cfg.image_encoder,
+                image_data,
+                cache.captions,
+                max_level=cfg.noise_aug_max,
+                dropout=cfg.image_dropout,
+            )
+            mcfg = decoder_config(cast(Any, mcfg), unclip.augmentor.dim)
         changes = check_resume(saved, cfg, policy, run=run, model_config=mcfg)
         if changes and info.is_main:
             print("--resume: changed from the saved config: " + "; ".join(changes))
@@ -438,7 +467,11 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
         )
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.architecture, mcfg).to(device)
-        if init is not None:
+        if init is not None and unclip is not None:
+            from latentworks.models.own_unclip import load_base_weights
+
+            load_base_weights(model, init.net)  # the new image path starts at zero: step 0 = the init model
+        elif init is not None:
             model.load_state_dict(init.net.state_dict(), strict=True)
         control = None  # a ControlNet run trains ``control.network`` and keeps ``model`` (the base) frozen
         if cfg.controlnet is not None:
@@ -488,6 +521,11 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
             run_config["superres"] = {
                 "low_resolution": cache.low_size,
                 "defaults": {"aug_level": cfg.aug_level, "steps": cfg.sample_steps},
+            }
+        if unclip is not None:
+            run_config["unclip"] = {
+                "image_encoder": str(cfg.image_encoder),
+                "embed_dim": unclip.augmentor.dim,
             }
         if control is not None:
             run_config["controlnet"] = {
@@ -549,7 +587,7 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
             save=save_all,
             ema=ema,
             log=log,
-            condition=cache.condition if superres else None,
+            condition=cache.condition if superres else (None if unclip is None else unclip.condition),
             predict=None if control is None else partial(control.predict, ddp_model),
             preview=(
                 (lambda s: _preview_superres(cfg, preview_model, text_encoder, cache, run, s))
