@@ -75,8 +75,21 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-def run(args: argparse.Namespace) -> int:
+def _read_input(args: argparse.Namespace) -> Any:
+    """The input image as RGB (a PIL image), after checking that --output names a PNG."""
     from PIL import Image, UnidentifiedImageError
+
+    if args.output is not None and args.output.suffix.lower() != ".png":
+        raise UserError(f"--output must end in .png, got {args.output}")
+    try:
+        with Image.open(args.image) as opened:
+            return opened.convert("RGB")
+    except (UnidentifiedImageError, OSError) as e:
+        raise UserError(f"cannot read {args.image} as an image ({e})") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from PIL import Image
 
     if not args.image.is_file():
         raise UserError(f"no such image file: {args.image}")
@@ -101,13 +114,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--tile must be 0 (no tiling) or at least 8 pixels, got {args.tile}")
     if args.overlap < 0:
         raise UserError(f"--overlap must be >= 0 pixels, got {args.overlap}")
-    if args.output is not None and args.output.suffix.lower() != ".png":
-        raise UserError(f"--output must end in .png, got {args.output}")
-    try:
-        with Image.open(args.image) as opened:
-            image = opened.convert("RGB")
-    except (UnidentifiedImageError, OSError) as e:
-        raise UserError(f"cannot read {args.image} as an image ({e})") from None
+    image = _read_input(args)
 
     import numpy as np
     import torch
@@ -137,7 +144,6 @@ def run(args: argparse.Namespace) -> int:
 
 def run_x4(args: argparse.Namespace) -> int:
     """``upscale`` with a Stable Diffusion x4 upscaler folder: the image redrawn 4x larger, guided by the prompt."""
-    from PIL import Image, UnidentifiedImageError
 
     from latentworks.families.sd_upscaler import SCALE, is_x4_upscaler_folder
 
@@ -150,13 +156,7 @@ def run_x4(args: argparse.Namespace) -> int:
         raise UserError("--tile: the x4 upscaler runs on the whole image; leave --tile out")
     if args.steps is not None and not 1 <= args.steps <= 1000:
         raise UserError(f"--steps must be between 1 and 1000, got {args.steps}")
-    if args.output is not None and args.output.suffix.lower() != ".png":
-        raise UserError(f"--output must end in .png, got {args.output}")
-    try:
-        with Image.open(args.image) as opened:
-            image = opened.convert("RGB")
-    except (UnidentifiedImageError, OSError) as e:
-        raise UserError(f"cannot read {args.image} as an image ({e})") from None
+    image = _read_input(args)
     out_path: Path = args.output or args.image.with_name(f"{args.image.stem}-x{SCALE}.png")
     if not out_path.parent.exists():
         raise UserError(f"--output: folder {out_path.parent} does not exist")
