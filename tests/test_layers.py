@@ -233,6 +233,8 @@ _ADAPTER_OF = {
     # The emoji super-resolution stage is the U-Net itself with the upsampled image concatenated to its input
     # and the augmentation level as its class input (Imagen/IF style), so it is part of the U-Net family.
     "latentworks.models.superres": "latentworks.models.unet",
+    # Our own unCLIP decoder is the text-to-image U-Net with SD 2.1 unCLIP's class-embedding path switched on.
+    "latentworks.models.own_unclip": "latentworks.models.unet",
 }
 
 
