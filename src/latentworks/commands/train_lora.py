@@ -72,7 +72,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         type=Path,
         default=None,
         show_default=False,
-        help="T5's tokenizer.json (SD3, FLUX), which cannot be downloaded here",
+        help="T5's tokenizer.json (SD3, FLUX), which cannot be downloaded here (default: the model "
+        "folder's own tokenizer, if it has one)",
     )
     add_option(
         p,
