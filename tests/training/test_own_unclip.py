@@ -194,3 +194,47 @@ def test_decoder_trains_on_the_loop_with_task_unclip(tmp_path: Path) -> None:
     other = _toy_dataset(tmp_path / "other.npz", n=n + 4)
     with pytest.raises(ValueError, match="the data of the latent cache"):
         train_diffusion(dataclasses.replace(cfg, out=tmp_path / "y", image_data=other), text_encoder=text)
+
+
+def test_the_image_path_learns_at_its_own_learning_rate(tmp_path: Path) -> None:
+    """embed_lr_scale=10: AdamW's first step moves each weight by about lr (its update is lr * g / |g|),
+    so one step moves the new image path's weights 10x as far as with scale 1, and every pretrained weight
+    exactly as far."""
+    text = HashTextEncoder(dim=24)
+    n = 8
+    data = _toy_dataset(tmp_path / "toy.npz", n=n)
+    from latentworks.data.arrays import load_npz
+    from latentworks.pipelines.export import load_diffusion_run
+    from latentworks.pipelines.latents import save_latent_cache
+
+    cache = make_latent_cache(tmp_path / "lat.safetensors", n=n, channels=4, size=8)
+    save_latent_cache(tmp_path / "lat.safetensors", cache.mean, cache.std, list(load_npz(data).captions), {})
+    common = dict(
+        latents=tmp_path / "lat.safetensors", batch_size=4, progress=False, sample_every=100,
+        checkpoint_every=100, log_every=1, caption_dropout=0.0,
+    )  # fmt: skip
+    train_diffusion(
+        DiffusionTrainConfig(out=tmp_path / "base", steps=1, model=UNET_PRESETS["tiny"], **common),
+        text_encoder=text,
+    )
+    train_image_encoder(
+        EncoderTrainConfig(data=data, out=tmp_path / "enc", model=ENC_PRESETS["tiny"], steps=1, batch_size=4,
+                           progress=False),
+        text_encoder=HashTextEncoder(dim=16),
+    )  # fmt: skip
+    moved = {}
+    for scale in (1.0, 10.0):
+        out = tmp_path / f"dec{scale:g}"
+        cfg = DiffusionTrainConfig(
+            out=out, steps=1, task="unclip", init_from=tmp_path / "base", image_encoder=tmp_path / "enc",
+            image_data=data, lr=1e-3, ema_decay=0.0, embed_lr_scale=scale, **common,
+        )  # fmt: skip
+        train_diffusion(cfg, text_encoder=text)
+        moved[scale] = dict(load_diffusion_run(out)[1].state_dict())
+    _, base = load_diffusion_run(tmp_path / "base")
+    new = moved[10.0]["add_embed.fc2.weight"].abs().max() / moved[1.0]["add_embed.fc2.weight"].abs().max()
+    assert 9.0 < float(new) < 11.0  # fc2 starts at zero: its change is the weight
+    for name, p in base.state_dict().items():
+        assert torch.allclose(moved[1.0][name] - p, moved[10.0][name] - p, atol=1e-7), name
+    with pytest.raises(ValueError, match="task unclip only"):
+        DiffusionTrainConfig(out=tmp_path / "x", embed_lr_scale=2.0, **common)

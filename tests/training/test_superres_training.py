@@ -131,3 +131,52 @@ def test_bad_inputs_are_clear_errors(data: Path) -> None:
         load_superres_stage(data / "t2i")
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_superres_stage(data / "nothing")
+
+
+def test_residual_examples_are_the_scaled_detail_bicubic_misses() -> None:
+    """--residual: the examples are (high - bicubic(low)) / std, cropped like the conditioning, with unit
+    variance over the dataset (the std computed here by hand, not by the code under test)."""
+    g = torch.Generator().manual_seed(1)
+    high = torch.rand(6, 3, 16, 16, generator=g) * 2 - 1
+    low = torch.rand(6, 3, 8, 8, generator=g) * 2 - 1
+    pairs = PixelPairs(high=high, low=low, captions=["x"] * 6, level_dim=8, crop=8, residual=True)
+    up = torch.nn.functional.interpolate(low, size=(16, 16), mode="bicubic", align_corners=False).clamp(-1, 1)
+    detail = high - up
+    assert pairs.residual_scale == pytest.approx(1 / float(detail.std()), rel=1e-3)
+    idx = torch.tensor([5, 0])
+    x0 = pairs.sample(idx, torch.Generator().manual_seed(2))
+    cond = pairs.condition(Conditioning(tokens=torch.zeros(2, 1, 4)), idx, torch.Generator().manual_seed(3))
+    for k in range(2):
+        (y, x) = pairs._offsets[k].tolist()
+        want = detail[idx[k]][:, y : y + 8, x : x + 8] * pairs.residual_scale
+        assert torch.allclose(x0[k], want)
+    assert cond.extra[CONCAT_KEY].shape == x0.shape
+    plain = PixelPairs(high=high, low=low, captions=["x"] * 6, level_dim=8)
+    assert plain.residual_scale == 0.0 and torch.equal(plain.sample(idx), high[idx])
+
+
+def test_a_residual_stage_adds_the_bicubic_image_back(data: Path) -> None:
+    """A stage trained with residual=True saves its scale; sampling returns bicubic(low) + x / scale. A
+    network whose velocity is zero leaves the starting noise (sigma 1) as it is: the image is then the
+    bicubic upsample plus that noise divided by the scale."""
+    from latentworks.diffusion.noise import seeded_noise
+    from latentworks.models.superres import upsample
+    from latentworks.pipelines.superres import STAGE_SEED_OFFSET, offset_seeds
+
+    train_diffusion(_cfg(data, residual=True), text_encoder=HashTextEncoder())
+    stage = load_superres_stage(data / "run")
+    assert stage.residual_scale > 1  # the detail is smaller than the images
+    assert stage.describe()["residual_scale"] == stage.residual_scale
+    net = stage.model.denoiser_net
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+    low = torch.rand(2, 3, 8, 8) * 2 - 1
+    enc = HashTextEncoder()
+    got = stage.upscale(low, enc.encode(["a", "b"]), None, [1, 2], steps=2)
+    noise = seeded_noise((3, 16, 16), offset_seeds([1, 2], STAGE_SEED_OFFSET))
+    want = (upsample(low, 16) + noise / stage.residual_scale).clamp(-1, 1)
+    assert torch.allclose(got, want, atol=1e-6)
+    assert not torch.allclose(got, upsample(low, 16), atol=1e-3)
+    with pytest.raises(ValueError, match="superres only"):
+        DiffusionTrainConfig(latents=data / "d.npz", out=data / "x", residual=True)

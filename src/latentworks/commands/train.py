@@ -95,6 +95,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     add_option(
         p,
+        "--residual",
+        action="store_true",
+        default=False,
+        help="superres: learn the residual over the bicubic upsample, scaled to unit variance (SRDiff); "
+        "the stage adds the bicubic image back, so its errors shrink by the same scale",
+    )
+    add_option(
+        p,
         "--aug-level",
         type=float,
         default=0.1,
@@ -183,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
             noise_aug_max=o["noise_aug_max"],
             aug_level=o["aug_level"],
             crop=o["crop"],
+            residual=o["residual"],
             out=args.out,
             architecture=o["architecture"],
             preset=preset,

@@ -52,6 +52,19 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--decoder-lr", type=float, default=5e-5, help="decoder: AdamW learning rate")
     p.add_argument("--decoder-ema-decay", type=float, default=0.999, help="decoder: EMA decay")
     p.add_argument(
+        "--embed-lr-scale",
+        type=float,
+        default=10.0,
+        help="decoder: the new image-embedding path learns at --decoder-lr x this",
+    )
+    p.add_argument(
+        "--caption-dropout",
+        type=float,
+        default=0.5,
+        help="decoder: share of examples shown without their caption, so that the image embedding alone "
+        "must carry the image (DALL-E 2 drops the caption 50%% of the time)",
+    )
+    p.add_argument(
         "--image-dropout",
         type=float,
         default=0.1,
@@ -149,6 +162,8 @@ def run(args: argparse.Namespace) -> int:
                 image_encoder=out / "encoder",
                 image_data=args.data,
                 image_dropout=args.image_dropout,
+                embed_lr_scale=args.embed_lr_scale,
+                caption_dropout=args.caption_dropout,
                 noise_aug_max=args.noise_aug_max,
                 init_from=Path(args.init_from),
                 vae_run=Path(args.init_from),

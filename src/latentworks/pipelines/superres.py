@@ -10,6 +10,9 @@ Sampling goes through the one sampling path (``pipelines.sampling.denoise_latent
 >>> pipe("red apple, google style", seed=1).images[0].size            # doctest: +SKIP
 (64, 64)
 
+A stage trained with ``--residual`` samples the scaled residual over the bicubic upsample; the image is
+``bicubic(low) + residual / residual_scale`` (``training.superres``).
+
 ``BicubicStage`` is the baseline the stage must beat: the same stage-1 images, upscaled bicubically.
 
 Seeds: image i of a call with ``seed`` has stage-1 seed ``seed + i`` (as ``Pipeline``); its stage-2 noise
@@ -69,10 +72,12 @@ def upscale_with_model(
     sampler: str = "euler",
     scheduler: str = "simple",
     callback: Callable[[StepInfo], object] | None = None,
+    residual_scale: float = 0.0,
 ) -> Tensor:
     """Sample the (B, 3, size, size) images in [-1, 1] a super-resolution network draws for low-resolution
     images ``low`` (B, 3, h, w) in [-1, 1] and the prompts' conditionings (B rows each; ``uncond`` is used
-    when ``guidance != 1``). ``seeds[i]`` (the stage-1 seed of image i) seeds its noise."""
+    when ``guidance != 1``). ``seeds[i]`` (the stage-1 seed of image i) seeds its noise. With
+    ``residual_scale > 0`` the network samples the scaled residual over the bicubic upsample of ``low``."""
     b = low.shape[0]
     if len(seeds) != b:
         raise ValueError(f"got {len(seeds)} seeds for {b} low-resolution images")
@@ -95,6 +100,8 @@ def upscale_with_model(
     x = denoise_latents(
         model, x0, sigmas, offset_seeds(seeds, STAGE_SEED_OFFSET), c, u, guidance, sampler, callback=callback
     )
+    if residual_scale > 0:
+        x = upsample(low, size) + x / residual_scale
     return x.clamp(-1, 1)
 
 
@@ -169,6 +176,7 @@ class SuperResStage:
     text_encoder: dict[str, Any]  # {"name": "minilm", "max_length": 32, "dim": 384}
     defaults: dict[str, Any] = field(default_factory=lambda: dict(STAGE_DEFAULTS))
     uses_text: bool = True
+    residual_scale: float = 0.0  # > 0: the network samples residuals over the bicubic upsample
 
     @property
     def level_dim(self) -> int:
@@ -178,7 +186,10 @@ class SuperResStage:
         return config.pooled_dim
 
     def describe(self) -> dict[str, Any]:
-        return {"stage": str(self.path), **self.defaults}
+        described = {"stage": str(self.path), **self.defaults}
+        if self.residual_scale > 0:
+            described["residual_scale"] = self.residual_scale
+        return described
 
     def upscale(
         self,
@@ -218,6 +229,7 @@ class SuperResStage:
             sampler=sampler or d["sampler"],
             scheduler=scheduler or d["scheduler"],
             callback=callback,
+            residual_scale=self.residual_scale,
         )
 
 
@@ -255,6 +267,7 @@ def load_superres_stage(path: str | Path, device: str | torch.device = "cpu") ->
         size=int(saved["latent"]["size"]),
         text_encoder=dict(saved.get("text_encoder", {"name": "minilm"})),
         defaults={**STAGE_DEFAULTS, **sr.get("defaults", {})},
+        residual_scale=float(sr.get("residual_scale", 0.0)),
     )
 
 

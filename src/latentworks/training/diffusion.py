@@ -125,10 +125,16 @@ class DiffusionTrainConfig:
     noise_aug_max: float = 0.5  # superres: augmentation levels are drawn uniformly from [0, noise_aug_max]
     aug_level: float = 0.1  # superres: the fixed level previews and the exported stage sample with
     crop: int | None = None  # superres: train on random crops of this side (None: whole images)
+    residual: bool = (
+        False  # superres: learn the scaled residual over the bicubic upsample (training.superres)
+    )
     # unclip: the image encoder run (training.unclip) and the dataset file the latent cache was built from
     image_encoder: Path | None = None
     image_data: Path | None = None  # default: the dataset the latent cache names
     image_dropout: float = 0.1  # unclip: the share of steps an example is shown without its image embedding
+    # unclip: the new image-embedding path (``add_embed``, zero at step 0) learns at lr x this; the
+    # pretrained U-Net at lr (a new layer beside a trained network needs larger steps to catch up)
+    embed_lr_scale: float = 1.0
     # Train a ControlNet for the frozen ``init_from`` model instead of the model itself (training.controlnet).
     controlnet: ControlNetTrainSpec | None = None
 
@@ -138,6 +144,12 @@ class DiffusionTrainConfig:
             raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if self.task == "superres" and self.architecture != "unet":
             raise ValueError(f"task superres trains a U-Net; got architecture {self.architecture!r}")
+        if self.embed_lr_scale <= 0:
+            raise ValueError(f"embed_lr_scale must be > 0, got {self.embed_lr_scale}")
+        if self.embed_lr_scale != 1.0 and self.task != "unclip":
+            raise ValueError(f"embed_lr_scale applies to task unclip only, not {self.task!r}")
+        if self.residual and self.task != "superres":
+            raise ValueError(f"residual applies to task superres only, not {self.task!r}")
         if not (0 < self.noise_aug_max <= 1 and 0 <= self.aug_level <= 1):
             raise ValueError(
                 f"noise_aug_max must be in (0, 1] and aug_level in [0, 1], got {self.noise_aug_max}, {self.aug_level}"
@@ -405,7 +417,9 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
         if cfg.task == "superres":
             from latentworks.training.superres import load_pixel_pairs
 
-            cache = load_pixel_pairs(cfg.latents, max_level=cfg.noise_aug_max, level_dim=0, crop=cfg.crop)
+            cache = load_pixel_pairs(
+                cfg.latents, max_level=cfg.noise_aug_max, level_dim=0, crop=cfg.crop, residual=cfg.residual
+            )
         else:
             cache = load_latent_cache(cfg.latents)
         if text_encoder is None:
@@ -480,7 +494,7 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
         trained: nn.Module = model if control is None else control.network
         # Fine-tuned weights already are an average, so their EMA starts at full decay (a new ControlNet is not).
         ema = EMA(trained, cfg.ema_decay, warmup=cfg.init_from is None or control is not None)
-        opt = torch.optim.AdamW(trained.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = torch.optim.AdamW(_param_groups(trained, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
         # A fine-tune samples noise levels by its source's spec; a resumed run by the one it recorded (its
         # source is not read again), so a resume draws exactly what the uninterrupted run would have.
         sampling = init.sampling if init is not None else None
@@ -497,7 +511,7 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
             ema.num_updates = int(meta.get("ema_updates", step))
             load_grad_scaler(scaler, meta)
             for group in opt.param_groups:  # the only optimizer setting a resume may change
-                group["lr"] = cfg.lr
+                group["lr"] = cfg.lr * group.get("lr_scale", 1.0)
         elif cfg.resume and info.is_main:
             print(f"--resume: no checkpoint at {ckpt}; starting from step 0")
         run_config = {
@@ -520,6 +534,7 @@ def train_diffusion(cfg: DiffusionTrainConfig, text_encoder: Any = None) -> Diff
             run_config["latent"]["size"] = cache.image_size  # the stage's output, not the crop
             run_config["superres"] = {
                 "low_resolution": cache.low_size,
+                "residual_scale": cache.residual_scale,  # 0: the stage samples whole images
                 "defaults": {"aug_level": cfg.aug_level, "steps": cfg.sample_steps},
             }
         if unclip is not None:
@@ -765,6 +780,22 @@ def _preview(
     make_grid(img.cpu()).save(run / "samples" / f"step_{step:07d}.png")
 
 
+def _param_groups(trained: nn.Module, cfg: DiffusionTrainConfig) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups: one, or with ``embed_lr_scale != 1`` the unCLIP decoder's new
+    image-embedding path (``add_embed.*``) apart, at ``lr * embed_lr_scale`` (its ``lr_scale`` is kept in
+    the group, so a resume with another ``lr`` keeps the ratio)."""
+    if cfg.embed_lr_scale == 1.0:
+        return [{"params": list(trained.parameters()), "lr_scale": 1.0}]
+    new = [p for n, p in trained.named_parameters() if n.startswith("add_embed.")]
+    if not new:
+        raise ValueError("embed_lr_scale: the network has no image-embedding path (add_embed)")
+    rest = [p for n, p in trained.named_parameters() if not n.startswith("add_embed.")]
+    return [
+        {"params": rest, "lr_scale": 1.0},
+        {"params": new, "lr": cfg.lr * cfg.embed_lr_scale, "lr_scale": cfg.embed_lr_scale},
+    ]
+
+
 def _preview_superres(
     cfg: DiffusionTrainConfig, model: NetworkModel, text_encoder: Any, cache: Any, run: Path, step: int
 ) -> None:
@@ -791,6 +822,7 @@ def _preview_superres(
         guidance=1.0,
         aug_level=cfg.aug_level,
         sampler=PREVIEW_SAMPLER,
+        residual_scale=cache.residual_scale,
     ).to(device)
     rows = torch.cat([upsample(low, cache.image_size).to(device), sr, high.to(device)])
     (run / "samples").mkdir(exist_ok=True)

@@ -11,6 +11,11 @@ The loop and objective are those of ``training.diffusion``; this module only sup
   offset per image from the step's generator and crops the high-resolution image; ``condition`` crops the
   bicubically upsampled low-resolution image at the same offset, so inside the crop the network sees the
   same values as on the whole image at sampling time;
+* with ``residual`` (SRDiff, Li et al. 2022), the examples are the *residuals* ``high - bicubic(low)``
+  times :attr:`PixelPairs.residual_scale` (one over their standard deviation over the dataset, so they have
+  unit variance as the flow objective expects): the network learns only the detail bicubic upsampling
+  misses, and what it gets wrong is scaled down by the same factor when the stage adds the bicubic image back
+  (``pipelines.superres.upscale_with_model``);
 * :meth:`PixelPairs.condition`, which adds the noise-augmented low-resolution image and its level to each
   step's conditioning (``models.superres.superres_conditioning``), drawing the levels (uniform in
   ``[0, max_level]``) and the augmentation noise from the step's generator after the objective's draws.
@@ -47,6 +52,7 @@ class PixelPairs:
     parts: list[CaptionParts] | None = None
     scale: float = 1.0  # pixels are trained as they are (the latent cache's z = (x - shift) * scale)
     shift: float = 0.0
+    residual: bool = False  # train on (high - bicubic(low)) * residual_scale (see the module docstring)
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -60,6 +66,7 @@ class PixelPairs:
         self._offsets: Tensor | None = None  # (B, 2) crop offsets of the last ``sample``
         if self.crop is not None and not 0 < self.crop <= self.high.shape[-1]:
             raise ValueError(f"crop must be in (0, {self.high.shape[-1]}], got {self.crop}")
+        self.residual_scale = residual_scale(self.high, self.low_up) if self.residual else 0.0
 
     @property
     def size(self) -> int:
@@ -83,11 +90,15 @@ class PixelPairs:
 
     def sample(self, idx: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """The high-resolution images (B, 3, size, size) of ``idx``; with ``crop``, one random crop each
-        (offsets drawn from ``generator`` and kept for the next :meth:`condition`)."""
+        (offsets drawn from ``generator`` and kept for the next :meth:`condition`); with ``residual``,
+        their scaled residuals over the bicubic upsample instead."""
         self._offsets = None
         if self.crop is not None:
             span = self.image_size - self.crop + 1
             self._offsets = torch.randint(0, span, (len(idx), 2), generator=generator)
+        if self.residual:
+            target = (self.high[idx] - self.low_up[idx]) * self.residual_scale
+            return self._cropped(target, self._offsets)
         return self._cropped(self.high[idx], self._offsets)
 
     def condition(self, cond: Conditioning, idx: Tensor, generator: torch.Generator) -> Conditioning:
@@ -100,8 +111,23 @@ class PixelPairs:
         return superres_conditioning(cond, low, level, noise, size=self.size, level_dim=self.level_dim)
 
 
+def residual_scale(high: Tensor, low_up: Tensor) -> float:
+    """One over the standard deviation of the residuals ``high - low_up`` over all images and pixels,
+    rounded to 4 significant digits (so a resumed run, which recomputes it, gets the same value)."""
+    std = float((high.double() - low_up.double()).std())
+    if not std > 0:
+        raise ValueError("the high-resolution images equal their bicubic upsamples: no residual to learn")
+    return float(f"{1.0 / std:.4g}")
+
+
 def load_pixel_pairs(
-    path: str | Path, *, max_level: float, level_dim: int, crop: int | None = None, split: str = "train"
+    path: str | Path,
+    *,
+    max_level: float,
+    level_dim: int,
+    crop: int | None = None,
+    split: str = "train",
+    residual: bool = False,
 ) -> PixelPairs:
     """The ``split`` of a dataset file from ``latentworks data emoji`` as :class:`PixelPairs`."""
     from latentworks.data.folder import load_dataset
@@ -124,6 +150,7 @@ def load_pixel_pairs(
         max_level=max_level,
         level_dim=level_dim,
         crop=crop,
+        residual=residual,
         metadata=meta,
         parts=caption_parts(ds.extra, len(ds)),
     )
