@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from latentworks.commands.outputs import print_continue_hints, refuse_non_empty, tidy_run_folder
-from latentworks.commands.resume_options import add_option, add_run_options, given_options, option_values
+from latentworks.commands.resume_options import add_option, given_options, option_values
+from latentworks.commands.train_options import add_diffusion_loop_options, loop_fields
 
 # command-line dest -> DiffusionTrainConfig field, where they differ
 _FIELDS = {"vae": "vae_run"}
@@ -135,22 +136,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "same autoencoder: --vae MODEL",
     )
     add_option(p, "--prediction", choices=("eps", "v", "flow"), default="flow")
-    add_option(p, "--steps", type=int, default=50_000)
-    add_option(p, "--batch-size", type=int, default=32)
-    add_option(p, "--lr", type=float, default=1e-4)
-    add_option(p, "--ema-decay", type=float, default=0.999)
-    add_option(p, "--caption-dropout", type=float, default=0.1)
-    add_option(
-        p,
-        "--caption-augment",
-        choices=("auto", "on", "off"),
-        default="auto",
-        help="train on the forms people type (label alone, shuffled tags, with or without the style, any "
-        "case) besides the fixed caption; auto: on when the data stores the captions' parts, as "
-        "'latentworks data emoji' does",
+    add_diffusion_loop_options(
+        p, steps=50_000, lr=1e-4, ema_decay=0.999, caption_dropout=0.1, sample_every=1000
     )
-    add_option(p, "--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
-    add_run_options(p, sample_every=1000)
     return p
 
 
@@ -196,23 +184,12 @@ def run(args: argparse.Namespace) -> int:
             architecture=o["architecture"],
             preset=preset,
             prediction=o["prediction"],
-            steps=o["steps"],
-            batch_size=o["batch_size"],
-            lr=o["lr"],
-            ema_decay=o["ema_decay"],
-            caption_dropout=o["caption_dropout"],
-            caption_augment=o["caption_augment"],
-            mixed_precision=o["mixed_precision"],
-            seed=o["seed"],
-            checkpoint_every=o["checkpoint_every"],
-            sample_every=o["sample_every"],
-            max_seconds=o["max_seconds"],
+            **loop_fields(o),
             vae_run=o["vae"],
             init_from=o["init_from"],
             image_encoder=o["image_encoder"],
             image_data=args.data if o["task"] == "unclip" else None,
             image_dropout=o["image_dropout"],
-            device=o["device"],
             resume=args.resume,
         )
     if not args.resume:

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from latentworks.commands.outputs import print_continue_hints, refuse_non_empty, tidy_run_folder
-from latentworks.commands.resume_options import add_option, add_run_options, given_options, option_values
+from latentworks.commands.resume_options import add_option, given_options, option_values
+from latentworks.commands.train_options import add_diffusion_loop_options, loop_fields
 
 COMMAND = "train-controlnet"
 _FIELDS = {"base": "init_from"}  # command-line dest -> DiffusionTrainConfig field, where they differ
@@ -72,27 +73,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     add_option(
         p, "--high-threshold", type=float, default=0.8, help="Canny high threshold, [0, 1] as the Canny node"
     )
-    add_option(p, "--steps", type=int, default=2_000)
-    add_option(p, "--batch-size", type=int, default=32)
-    add_option(p, "--lr", type=float, default=2e-4)
-    add_option(p, "--ema-decay", type=float, default=0.99)
-    add_option(
+    add_diffusion_loop_options(
         p,
-        "--caption-dropout",
-        type=float,
-        default=0.5,
-        help="share of captions replaced by '' (Zhang et al. 2023 drop half, so the ControlNet reads the "
-        "edges without the prompt's help)",
+        steps=2_000,
+        lr=2e-4,
+        ema_decay=0.99,
+        caption_dropout=0.5,
+        caption_dropout_help="share of captions replaced by '' (Zhang et al. 2023 drop half, so the ControlNet "
+        "reads the edges without the prompt's help)",
+        caption_augment_help="as for 'latentworks train'",
+        sample_every=500,
     )
-    add_option(
-        p,
-        "--caption-augment",
-        choices=("auto", "on", "off"),
-        default="auto",
-        help="as for 'latentworks train'",
-    )
-    add_option(p, "--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
-    add_run_options(p, sample_every=500)
     return p
 
 
@@ -154,20 +145,9 @@ def run(args: argparse.Namespace) -> int:
             out=args.out,
             architecture=init.architecture,
             prediction=init.prediction,
-            steps=o["steps"],
-            batch_size=o["batch_size"],
-            lr=o["lr"],
-            ema_decay=o["ema_decay"],
-            caption_dropout=o["caption_dropout"],
-            caption_augment=o["caption_augment"],
-            mixed_precision=o["mixed_precision"],
-            seed=o["seed"],
-            checkpoint_every=o["checkpoint_every"],
-            sample_every=o["sample_every"],
-            max_seconds=o["max_seconds"],
+            **loop_fields(o),
             vae_run=_vae_of(o["base"]),
             init_from=o["base"],
-            device=o["device"],
             resume=args.resume,
             controlnet=spec,
         )
