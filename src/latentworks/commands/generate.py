@@ -12,6 +12,7 @@ from typing import Any
 from latentworks.cli import UserError
 from latentworks.commands.checkpoint_options import add_component_arguments
 from latentworks.commands.generate_cascade import add_cascade_arguments, generate_cascade, wants_cascade
+from latentworks.commands.image_outputs import save_images
 from latentworks.commands.karlo import add_stage_arguments, is_karlo_model, run_generate
 from latentworks.commands.quiet import quiet_libraries
 
@@ -464,7 +465,6 @@ def _generate(args: argparse.Namespace) -> int:
     from latentworks.pipelines import Pipeline
     from latentworks.pipelines.inpaint import MaskSizeWarning
     from latentworks.pipelines.memory import MemoryBudgetError
-    from latentworks.pipelines.metadata import save_png
     from latentworks.pipelines.text_to_image import ResolutionWarning
 
     init: Image.Image | None = None
@@ -583,16 +583,9 @@ def _generate(args: argparse.Namespace) -> int:
             raise UserError(str(e)) from None
     if bar is not None:
         bar.close()
-    out: Path = args.output
-    paths = (
-        [out]
-        if len(result.images) == 1
-        else [out.with_name(f"{out.stem}-{i + 1}{out.suffix}") for i in range(len(result.images))]
+    save_images(
+        result.images, result.seeds, result.parameters, args.output, {"loras": loras} if loras else {}
     )
-    for img, path, seed in zip(result.images, paths, result.seeds, strict=True):
-        params = {**result.parameters, "seed": seed, "batch": 1} | ({"loras": loras} if loras else {})
-        save_png(img, path, params)
-        print(f"{path}  seed={seed}")
     return 0
 
 

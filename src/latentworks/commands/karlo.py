@@ -58,8 +58,8 @@ def run_generate(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
+    from latentworks.commands.image_outputs import save_images
     from latentworks.pipelines.karlo import KarloPipeline, read_karlo_folder
-    from latentworks.pipelines.metadata import save_png
 
     bad = _unsupported(args)
     if bad:
@@ -114,15 +114,7 @@ def run_generate(args: argparse.Namespace) -> int:
             raise UserError(str(e)) from None
     for bar in bars.values():
         bar.close()
-    out: Path = args.output
-    paths = (
-        [out]
-        if len(result.images) == 1
-        else [out.with_name(f"{out.stem}-{i + 1}{out.suffix}") for i in range(len(result.images))]
-    )
-    for img, path, seed in zip(result.images, paths, result.seeds, strict=True):
-        save_png(img, path, {**result.parameters, "seed": seed, "batch": 1})
-        print(f"{path}  seed={seed}")
+    save_images(result.images, result.seeds, result.parameters, args.output)
     return 0
 
 
