@@ -7,7 +7,11 @@ without an image embedding (text only), with the prompts, seeds and real images 
 Prints the rows of docs/results.md's table (``evaluation.generation.HEADER``). ``--embeddings-only`` instead
 measures the two embedding stages on N images of the split, without the decoder: the encoder's caption -> image
 retrieval (top-1 among the N images, training captions and user forms) and the prior's cosine similarity to the
-true image embedding (against the mean cosine of unrelated pairs).
+true image embedding (against the mean cosine of unrelated pairs). ``--variations`` measures whether the
+decoder carries an image: N images of the split are encoded, decoded with the empty prompt (image i, seed
+``seed + i``), and the outputs encoded again with the same encoder; it prints each output's cosine to its own
+source against the other sources, and how often its source is the nearest of the N (top-1; chance 1/N), beside
+the same decoder given no embedding (the baseline in the same process).
 """
 
 from __future__ import annotations
@@ -39,9 +43,13 @@ def main() -> None:
         "--text-only", action="store_true", help="also score the decoder without an image embedding"
     )
     p.add_argument("--embeddings-only", action="store_true", help="measure the encoder and prior only")
+    p.add_argument("--variations", action="store_true", help="measure image -> embedding -> decoder only")
     args = p.parse_args()
     if args.embeddings_only:
         embedding_metrics(args)
+        return
+    if args.variations:
+        variation_metrics(args)
         return
     pipe = Pipeline.from_pretrained(args.model)
     unclip = UnclipTextToImage(
@@ -86,6 +94,48 @@ def embedding_metrics(args: argparse.Namespace) -> None:
             print(
                 f"prior cosine to the true image embedding ({form}): {cos.mean():.3f} (unrelated pairs {base.mean():.3f})"
             )
+
+
+def variation_metrics(args: argparse.Namespace) -> None:
+    import torch
+
+    from latentworks.data.arrays import images_to_tensor
+    from latentworks.evaluation.generation import pick_real
+    from latentworks.pipelines.own_unclip import decode_embeddings
+
+    pipe = Pipeline.from_pretrained(args.model)
+    parts = load_own_unclip(args.model)
+    ds, pick, _ = pick_real(load_dataset(args.data, split="all"), args.split, args.n, args.seed)
+    src = parts.embed_images(images_to_tensor(ds.images[pick]))  # (N, D), unit length
+    kw: dict = {"steps": args.steps}
+    if args.guidance is not None:
+        kw["guidance"] = args.guidance
+    n, chunk = len(pick), 32
+    with_embed, without = [], []
+    for i in range(0, n, chunk):
+        e = src[i : i + chunk]
+        with_embed += decode_embeddings(
+            pipe, parts, e, "", seed=args.seed + i, noise_augmentation=args.noise_augmentation, **kw
+        )
+        without += list(pipe([""], seed=args.seed + i, batch=len(e), **kw).images)
+
+    def report(name: str, images: list) -> None:
+        import numpy as np
+
+        arr = np.stack([np.asarray(im.convert("RGB")) for im in images])
+        out = parts.embed_images(images_to_tensor(arr))
+        sim = out @ src.T  # (N, N): output i against source j
+        own = sim.diagonal()
+        others = (sim.sum(1) - own) / (n - 1)
+        top1 = (sim.argmax(1) == torch.arange(n)).float().mean()
+        print(
+            f"variations, {name}: cosine to own source {own.mean():.3f}, to other sources {others.mean():.3f}, "
+            f"source retrieved top-1 {top1:.3f} (chance {1 / n:.3f}), N={n}",
+            flush=True,
+        )
+
+    report("with the image embedding", with_embed)
+    report("no embedding (baseline)", without)
 
 
 if __name__ == "__main__":

@@ -99,8 +99,8 @@ def wants_cascade(args: argparse.Namespace) -> bool:
 def generate_cascade(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from latentworks.commands.image_outputs import save_images
     from latentworks.pipelines.cascade import CascadePipeline
-    from latentworks.pipelines.metadata import save_png
 
     for dest, unset, option in _NOT_FOR_CASCADE:
         if getattr(args, dest, unset) not in (unset, None):
@@ -158,14 +158,5 @@ def generate_cascade(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
-    out: Path = args.output
-    images = result.images
-    paths = (
-        [out]
-        if len(images) == 1
-        else [out.with_name(f"{out.stem}-{i + 1}{out.suffix}") for i in range(len(images))]
-    )
-    for img, path, seed in zip(images, paths, result.seeds, strict=True):
-        save_png(img, path, {**result.parameters, "seed": seed, "batch": 1})
-        print(f"{path}  seed={seed}")
+    save_images(result.images, result.seeds, result.parameters, args.output)
     return 0
