@@ -180,3 +180,31 @@ def test_a_residual_stage_adds_the_bicubic_image_back(data: Path) -> None:
     assert not torch.allclose(got, upsample(low, 16), atol=1e-3)
     with pytest.raises(ValueError, match="superres only"):
         DiffusionTrainConfig(latents=data / "d.npz", out=data / "x", residual=True)
+
+
+def test_denoise_starts_from_the_bicubic_image(data: Path) -> None:
+    """denoise < 1 starts from the bicubic image (a zero residual, or the upsampled pixels) noised to the first
+    sigma of the shortened schedule; with a zero velocity that start is the result."""
+    import dataclasses
+
+    from latentworks.diffusion.noise import seeded_noise
+    from latentworks.diffusion.schedules import get_sigmas
+    from latentworks.models.superres import upsample
+    from latentworks.pipelines.superres import STAGE_SEED_OFFSET, offset_seeds
+
+    train_diffusion(_cfg(data, residual=True), text_encoder=HashTextEncoder())
+    stage = load_superres_stage(data / "run")
+    with torch.no_grad():
+        for p in stage.model.denoiser_net.parameters():
+            p.zero_()
+    low = torch.rand(2, 3, 8, 8) * 2 - 1
+    cond = HashTextEncoder().encode(["a", "b"])
+    noise = seeded_noise((3, 16, 16), offset_seeds([1, 2], STAGE_SEED_OFFSET))
+    s = float(get_sigmas(stage.model.model_sampling, "simple", 4, denoise=0.25)[0])
+    assert 0.2 < s < 0.3
+    up = upsample(low, 16)
+    got = stage.upscale(low, cond, None, [1, 2], steps=4, denoise=0.25)
+    assert torch.allclose(got, (up + s * noise / stage.residual_scale).clamp(-1, 1), atol=1e-6)
+    plain = dataclasses.replace(stage, residual_scale=0.0)
+    got = plain.upscale(low, cond, None, [1, 2], steps=4, denoise=0.25)
+    assert torch.allclose(got, ((1 - s) * up + s * noise).clamp(-1, 1), atol=1e-6)

@@ -54,6 +54,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     u.add_argument(
         "--aug-level", type=float, default=None, help="the stage's augmentation level (default: its own)"
     )
+    u.add_argument(
+        "--denoise",
+        type=float,
+        default=None,
+        help="the stage's strength in (0, 1]: start from the bicubic image noised to this level (default: its own, 1)",
+    )
     u.add_argument("--feature-cache", type=Path, default=None, help="as for 'eval model' (default: none)")
     f = sub.add_parser("fid", help="FID and KID between two datasets (.npz or image folders)")
     f.add_argument("real", type=Path)
@@ -124,6 +130,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="the stage's noise augmentation level (default: its own)",
     )
     m.add_argument(
+        "--upscale-denoise",
+        type=float,
+        default=None,
+        help="the stage's strength in (0, 1]: start from the bicubic image noised to this level (default: its own, 1)",
+    )
+    m.add_argument(
         "--feature-cache",
         type=Path,
         default=None,
@@ -182,7 +194,11 @@ def run(args: argparse.Namespace) -> int:
             encoder = MiniLMTextEncoder(
                 max_length=int(getattr(stage, "text_encoder", {}).get("max_length", 32))
             )
-        opts = {"steps": args.steps, "aug_level": args.aug_level} if stage.uses_text else {}
+        opts = (
+            {"steps": args.steps, "aug_level": args.aug_level, "denoise": args.denoise}
+            if stage.uses_text
+            else {}
+        )
         r = evaluate_upscaled_real(
             stage,
             ds,
@@ -207,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
 
             pipe = CascadePipeline(pipe, load_stage(args.upscale_stage, low_size=h))
             h, _ = pipe.resolution
-            pipe = _with_stage_options(pipe, args.upscale_steps, args.aug_level)
+            pipe = _with_stage_options(pipe, args.upscale_steps, args.aug_level, args.upscale_denoise)
         ds = load_dataset(args.data, size=h)
         if ds.resolution != h:
             raise ValueError(
@@ -255,13 +271,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _with_stage_options(pipe: Any, steps: int | None, aug_level: float | None) -> Any:
+def _with_stage_options(
+    pipe: Any, steps: int | None, aug_level: float | None, denoise: float | None = None
+) -> Any:
     """``pipe`` (a cascade) called with the stage-2 options of the command line."""
-    if steps is None and aug_level is None:
+    if steps is None and aug_level is None and denoise is None:
         return pipe
 
     def call(*a: Any, **kw: Any) -> Any:
-        return pipe(*a, upscale_steps=steps, aug_level=aug_level, **kw)
+        return pipe(*a, upscale_steps=steps, aug_level=aug_level, upscale_denoise=denoise, **kw)
 
     call.resolution = pipe.resolution  # type: ignore[attr-defined]
     return call

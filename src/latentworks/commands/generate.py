@@ -186,6 +186,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default=None,
         help="the stage's noise augmentation level 0..1 (default: its own)",
     )
+    cascade.add_argument(
+        "--upscale-denoise",
+        type=float,
+        default=None,
+        help="the stage's strength in (0, 1]: start from the bicubic image noised to this level; lower keeps "
+        "closer to bicubic (default: its own, 1)",
+    )
     hires = p.add_argument_group("hires fix: a second pass at a larger size")
     hires.add_argument(
         "--hires-scale",
@@ -605,6 +612,7 @@ def _run(pipe, args: argparse.Namespace, init, mask, strength: float, on_step, c
             callback=on_step,
             upscale_steps=args.upscale_steps,
             aug_level=args.aug_level,
+            upscale_denoise=args.upscale_denoise,
         )
     return pipe(
         args.prompt,

@@ -50,6 +50,7 @@ STAGE_DEFAULTS: dict[str, Any] = {
     "aug_level": DEFAULT_AUG_LEVEL,
     "sampler": "euler",
     "scheduler": "simple",
+    "denoise": 1.0,
 }
 
 
@@ -73,11 +74,14 @@ def upscale_with_model(
     scheduler: str = "simple",
     callback: Callable[[StepInfo], object] | None = None,
     residual_scale: float = 0.0,
+    denoise: float = 1.0,
 ) -> Tensor:
     """Sample the (B, 3, size, size) images in [-1, 1] a super-resolution network draws for low-resolution
     images ``low`` (B, 3, h, w) in [-1, 1] and the prompts' conditionings (B rows each; ``uncond`` is used
     when ``guidance != 1``). ``seeds[i]`` (the stage-1 seed of image i) seeds its noise. With
-    ``residual_scale > 0`` the network samples the scaled residual over the bicubic upsample of ``low``."""
+    ``residual_scale > 0`` the network samples the scaled residual over the bicubic upsample of ``low``.
+    ``denoise < 1`` (img2img strength) starts from the bicubic image noised to that level instead of from pure
+    noise and runs the last part of the schedule: 0+ keeps the bicubic image, 1 samples from scratch."""
     b = low.shape[0]
     if len(seeds) != b:
         raise ValueError(f"got {len(seeds)} seeds for {b} low-resolution images")
@@ -95,8 +99,13 @@ def upscale_with_model(
         if uncond is None:
             raise ValueError(f"guidance {guidance} needs the negative prompts' conditioning (uncond)")
         u = superres_conditioning(uncond.to(device), low, level, aug_noise, size=size, level_dim=level_dim)
-    sigmas = get_sigmas(model.model_sampling, scheduler, steps)
-    x0 = torch.zeros((b, IMAGE_CHANNELS, size, size), device=device)
+    sigmas = get_sigmas(model.model_sampling, scheduler, steps, denoise=denoise)
+    # the bicubic image in the network's space: a zero residual, or the upsampled pixels (denoise 1 noises
+    # it away entirely)
+    if residual_scale > 0 or denoise == 1.0:
+        x0 = torch.zeros((b, IMAGE_CHANNELS, size, size), device=device)
+    else:
+        x0 = upsample(low, size)
     x = denoise_latents(
         model, x0, sigmas, offset_seeds(seeds, STAGE_SEED_OFFSET), c, u, guidance, sampler, callback=callback
     )
@@ -132,6 +141,7 @@ class UpscaleStage(Protocol):
         sampler: str | None = None,
         scheduler: str | None = None,
         callback: Callable[[StepInfo], object] | None = None,
+        denoise: float | None = None,
     ) -> Tensor: ...
 
 
@@ -159,6 +169,7 @@ class BicubicStage:
         sampler: str | None = None,
         scheduler: str | None = None,
         callback: Callable[[StepInfo], object] | None = None,
+        denoise: float | None = None,
     ) -> Tensor:
         """``low`` (B, 3, low_size, low_size) upsampled bicubically; the sampling options do not apply."""
         return upsample(low, self.size)
@@ -204,6 +215,7 @@ class SuperResStage:
         sampler: str | None = None,
         scheduler: str | None = None,
         callback: Callable[[StepInfo], object] | None = None,
+        denoise: float | None = None,
     ) -> Tensor:
         """(B, 3, size, size) images in [-1, 1] from ``low`` (B, 3, low_size, low_size) in [-1, 1]; ``cond``
         (and ``uncond`` for guidance) are the prompts' MiniLM conditionings. Unset options: the defaults."""
@@ -230,6 +242,7 @@ class SuperResStage:
             scheduler=scheduler or d["scheduler"],
             callback=callback,
             residual_scale=self.residual_scale,
+            denoise=float(denoise if denoise is not None else d.get("denoise", 1.0)),
         )
 
 
@@ -282,7 +295,8 @@ class CascadePipeline:
     """Stage 1 (a :class:`Pipeline`) at its native size, then an upscale stage to twice that size.
 
     ``__call__`` takes the base pipeline's arguments (``steps``, ``guidance``, ``sampler`` ... apply to stage
-    1) and ``upscale_steps``, ``upscale_guidance``, ``aug_level``, ``upscale_sampler`` for stage 2. The
+    1) and ``upscale_steps``, ``upscale_guidance``, ``aug_level``, ``upscale_denoise``, ``upscale_sampler`` for
+    stage 2. The
     result's images are the stage-2 images; ``parameters["upscale"]`` records stage 2's settings and
     ``latents`` are stage 1's.
     """
@@ -321,6 +335,7 @@ class CascadePipeline:
         upscale_guidance: float | None = None,
         upscale_sampler: str | None = None,
         aug_level: float | None = None,
+        upscale_denoise: float | None = None,
         upscale_callback: Callable[[StepInfo], object] | None = None,
         **base_options: Any,
     ) -> PipelineResult:
@@ -353,13 +368,14 @@ class CascadePipeline:
                 "steps": upscale_steps,
                 "guidance": guidance,
                 "aug_level": aug_level,
+                "denoise": upscale_denoise,
                 "sampler": upscale_sampler,
                 "callback": upscale_callback,
             }
         x = self.stage.upscale(low, cond, uncond, first.seeds, **options)
         images = tensor_to_images(x)
         described = self.stage.describe()
-        for key in ("steps", "guidance", "aug_level", "sampler"):
+        for key in ("steps", "guidance", "aug_level", "denoise", "sampler"):
             if options.get(key) is not None:
                 described[key] = options[key]
         params = {
