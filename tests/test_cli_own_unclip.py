@@ -214,6 +214,11 @@ def test_train_unclip_runs_every_stage_and_writes_a_model_folder(tmp_path: Path)
         and parts.prior is not None
         and parts.stages() == ["image encoder", "prior", "decoder"]
     )
+    assert parts.prior.config.text_embedding  # the default prior reads the encoder's text embedding too
+    from latentworks.models.text.minilm import MiniLMTextEncoder
+
+    e = parts.embed_text(MiniLMTextEncoder(max_length=8), ["red square", "blue"], 0, steps=2)
+    assert e.shape == (2, 16) and torch.allclose(e.norm(dim=-1), torch.ones(2), atol=1e-5)
     pipe = Pipeline.from_pretrained(model)
     assert pipe.model.denoiser_net.config.pooled_dim == 32
     assert (

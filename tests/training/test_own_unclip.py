@@ -238,3 +238,32 @@ def test_the_image_path_learns_at_its_own_learning_rate(tmp_path: Path) -> None:
         assert torch.allclose(moved[1.0][name] - p, moved[10.0][name] - p, atol=1e-7), name
     with pytest.raises(ValueError, match="task unclip only"):
         DiffusionTrainConfig(out=tmp_path / "x", embed_lr_scale=2.0, **common)
+
+
+def test_a_prior_with_text_embedding_reads_the_encoders_text_embedding() -> None:
+    """text_embedding=True: the conditioning carries encode_text(pooled) * sqrt(D) (computed here from the
+    encoder's own layer), the prior's output depends on it, and a conditioning without it is a clear error."""
+    import math
+
+    from latentworks.diffusion.conditioning import Conditioning
+    from latentworks.models.emoji_prior import EmbeddingPrior, add_text_embedding
+    from latentworks.models.image_encoder import ImageEncoder
+
+    enc = _perturbed(ImageEncoder(ENC_PRESETS["tiny"]), seed=5)
+    d = enc.config.embed_dim
+    pooled = torch.randn(3, enc.config.text_dim, generator=torch.Generator().manual_seed(0))
+    cond = add_text_embedding(Conditioning(tokens=torch.zeros(3, 1, 4), pooled=pooled), enc)
+    with torch.no_grad():
+        want = torch.nn.functional.normalize(enc.text_proj(pooled), dim=-1) * math.sqrt(d)
+    assert torch.allclose(cond.extra["text_embedding"], want, atol=1e-6)
+    prior = _perturbed(
+        EmbeddingPrior(dataclasses.replace(PRIOR_PRESETS["tiny"], text_dim=enc.config.text_dim, embed_dim=d,
+                                           text_embedding=True)), seed=6,
+    )  # fmt: skip
+    x, t = torch.randn(3, d, generator=torch.Generator().manual_seed(1)), torch.full((3,), 500.0)
+    with torch.no_grad():
+        a = prior(x, t, cond)
+        b = prior(x, t, cond.with_extra(text_embedding=cond.extra["text_embedding"].roll(1, 0)))
+    assert not torch.allclose(a, b)
+    with pytest.raises(ValueError, match="add_text_embedding"):
+        prior(x, t, Conditioning(tokens=torch.zeros(3, 1, 4), pooled=pooled))

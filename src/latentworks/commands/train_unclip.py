@@ -47,6 +47,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--prior-steps", type=int, default=2000, help="prior: training steps")
     p.add_argument("--prior-batch-size", type=int, default=128, help="prior: examples per step")
     p.add_argument("--prior-lr", type=float, default=3e-4, help="prior: AdamW learning rate")
+    p.add_argument(
+        "--prior-text-embedding",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="prior: also read the image encoder's text embedding of the caption, as DALL-E 2's prior reads "
+        "CLIP's",
+    )
     p.add_argument("--decoder-steps", type=int, default=1500, help="decoder: training steps")
     p.add_argument("--decoder-batch-size", type=int, default=32, help="decoder: examples per step")
     p.add_argument("--decoder-lr", type=float, default=5e-5, help="decoder: AdamW learning rate")
@@ -136,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
                 steps=args.prior_steps,
                 batch_size=args.prior_batch_size,
                 lr=args.prior_lr,
+                text_embedding=args.prior_text_embedding,
                 seed=args.seed,
                 device=args.device,
                 max_seconds=args.max_seconds,

@@ -11,8 +11,14 @@ vector is the unconditional input) and sampled through ``pipelines.sampling.deno
 The network works on embeddings scaled by ``sqrt(D)`` (:attr:`EmbeddingPriorConfig.embed_scale`), so each
 coordinate has about unit variance like the noise; the pipeline divides by it and renormalises.
 
+With ``text_embedding`` (DALL-E 2's prior reads the CLIP text embedding of the caption besides its tokens) the
+conditioning also holds the image encoder's own *text* embedding of the caption, ``cond.extra["text_embedding"]``
+(B, D), unit length times ``sqrt(D)`` (:func:`add_text_embedding`): the contrastive text tower already lands
+near the caption's image (cosine 0.59 from user prompts, docs/results.md), so the prior only learns what
+separates the image from that.
+
     x (B, D) -> Linear -> h (B, W)
-    c = MLP(sinusoidal(t)) + MLP(pooled text)                       (B, W)
+    c = MLP(sinusoidal(t)) + MLP(pooled text) [+ MLP(text embedding)]    (B, W)
     depth x [h += gate(c) * MLP(modulate(LayerNorm(h), shift(c), scale(c)))]    (adaLN-Zero, DiT)
     -> LayerNorm -> Linear (zero-initialised) -> (B, D) velocity
 """
@@ -22,6 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from latentworks.diffusion.conditioning import Conditioning
@@ -37,6 +44,7 @@ class EmbeddingPriorConfig:
     width: W, the hidden width.
     depth: number of residual MLP blocks.
     time_dim: width of the sinusoidal time embedding.
+    text_embedding: also read the image encoder's text embedding ``cond.extra["text_embedding"]`` (B, D).
     """
 
     embed_dim: int = 128
@@ -44,6 +52,7 @@ class EmbeddingPriorConfig:
     width: int = 512
     depth: int = 4
     time_dim: int = 128
+    text_embedding: bool = False
 
     def __post_init__(self) -> None:
         for name in ("embed_dim", "text_dim", "width", "depth", "time_dim"):
@@ -56,6 +65,19 @@ class EmbeddingPriorConfig:
     def embed_scale(self) -> float:
         """The network's embeddings are unit-length image embeddings times this (sqrt(D))."""
         return math.sqrt(self.embed_dim)
+
+
+TEXT_EMBEDDING_KEY = "text_embedding"
+
+
+def add_text_embedding(cond: Conditioning, encoder: nn.Module) -> Conditioning:
+    """``cond`` (MiniLM conditioning with ``pooled`` (B, text_dim)) with the image encoder's text embedding of
+    the same captions in ``extra["text_embedding"]``: (B, D), unit length times sqrt(D)."""
+    if cond.pooled is None:
+        raise ValueError("prior: the text conditioning has no pooled vector to embed")
+    with torch.no_grad():
+        e = encoder.encode_text(cond.pooled)  # type: ignore[operator]
+    return cond.with_extra(**{TEXT_EMBEDDING_KEY: e.float() * math.sqrt(e.shape[-1])})
 
 
 PRESETS: dict[str, EmbeddingPriorConfig] = {
@@ -88,6 +110,11 @@ class EmbeddingPrior(nn.Module):
         self.in_proj = nn.Linear(config.embed_dim, w)
         self.time_mlp = nn.Sequential(nn.Linear(config.time_dim, w), nn.SiLU(), nn.Linear(w, w))
         self.text_mlp = nn.Sequential(nn.Linear(config.text_dim, w), nn.SiLU(), nn.Linear(w, w))
+        self.embed_mlp = (
+            nn.Sequential(nn.Linear(config.embed_dim, w), nn.SiLU(), nn.Linear(w, w))
+            if config.text_embedding
+            else None
+        )
         self.blocks = nn.ModuleList(PriorBlock(w) for _ in range(config.depth))
         self.out_proj = nn.Linear(w, config.embed_dim)
         nn.init.zeros_(self.out_proj.weight)
@@ -108,6 +135,15 @@ class EmbeddingPrior(nn.Module):
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         c = self.time_mlp(timestep_embedding(t, cfg.time_dim).to(dtype)) + self.text_mlp(pooled.to(dtype))
+        if self.embed_mlp is not None:
+            e = cond.extra.get(TEXT_EMBEDDING_KEY)
+            if e is None or tuple(e.shape) != (x.shape[0], cfg.embed_dim):
+                raise ValueError(
+                    f"prior: this prior reads the image encoder's text embedding cond.extra[{TEXT_EMBEDDING_KEY!r}] "
+                    f"({x.shape[0]}, {cfg.embed_dim}); got {None if e is None else tuple(e.shape)} "
+                    "(models.emoji_prior.add_text_embedding makes it)"
+                )
+            c = c + self.embed_mlp(e.to(dtype))
         h = self.in_proj(x.to(dtype))  # (B, W)
         for block in self.blocks:
             h = block(h, c)

@@ -141,9 +141,9 @@ class OwnUnclip:
                 "('latentworks variations IMG --model ...'); train the prior with 'latentworks train-unclip "
                 "--stages prior' and add it"
             )
-        cond = text_encoder.encode(prompts)
+        cond = self._prior_text(text_encoder, prompts)
         g = self.defaults["prior_guidance"] if guidance is None else guidance
-        uncond = text_encoder.encode([""] * len(prompts)) if g != 1.0 else None
+        uncond = self._prior_text(text_encoder, [""] * len(prompts)) if g != 1.0 else None
         return sample_prior(
             self.prior,
             self.prior_sampling,
@@ -153,6 +153,16 @@ class OwnUnclip:
             steps=int(steps or self.defaults["prior_steps"]),
             guidance=float(g),
         ).cpu()
+
+    def _prior_text(self, text_encoder: Any, prompts: list[str]) -> Conditioning:
+        """The prior's conditioning for ``prompts``: MiniLM's, plus the image encoder's text embedding when the
+        prior reads it (``models.emoji_prior``)."""
+        cond = text_encoder.encode(prompts)
+        if self.prior is not None and self.prior.config.text_embedding:
+            from latentworks.models.emoji_prior import add_text_embedding
+
+            cond = add_text_embedding(cond.to(self.encoder.image_proj.weight.device), self.encoder)
+        return cond
 
     def class_input(
         self, embeds: Tensor, *, noise_augmentation: float | None = None, seed: int = 0

@@ -265,6 +265,8 @@ class PriorTrainConfig:
     encoder_run: Path
     out: Path
     model: EmbeddingPriorConfig | None = None  # default: EmbeddingPriorConfig(embed_dim=the encoder's)
+    # the default model also reads the encoder's text embedding (models.emoji_prior); a given model decides itself
+    text_embedding: bool = True
     steps: int = 2000
     batch_size: int = 128
     lr: float = 3e-4
@@ -307,7 +309,9 @@ def train_prior(cfg: PriorTrainConfig, text_encoder: Any = None) -> StageResult:
 
         text_encoder = MiniLMTextEncoder(device=device)
     enc = load_encoder_run(cfg.encoder_run, device)
-    mcfg = cfg.model or EmbeddingPriorConfig(embed_dim=enc.dim, text_dim=text_encoder.dim)
+    mcfg = cfg.model or EmbeddingPriorConfig(
+        embed_dim=enc.dim, text_dim=text_encoder.dim, text_embedding=cfg.text_embedding
+    )
     if mcfg.embed_dim != enc.dim or mcfg.text_dim != text_encoder.dim:
         raise ValueError(
             f"prior config embed_dim={mcfg.embed_dim}, text_dim={mcfg.text_dim}; the image encoder gives "
@@ -346,7 +350,7 @@ def train_prior(cfg: PriorTrainConfig, text_encoder: Any = None) -> StageResult:
         info=DistInfo(),
         device=device,
         cache=data,
-        encode=PooledCaptions(text_encoder, device),
+        encode=_prior_conditioning(PooledCaptions(text_encoder, device), enc, mcfg.text_embedding),
         augment=_caption_augment(cfg, data),  # type: ignore[arg-type]
         objective=objective,
         model=prior,
@@ -362,6 +366,16 @@ def train_prior(cfg: PriorTrainConfig, text_encoder: Any = None) -> StageResult:
     t0 = time.perf_counter()
     step, losses = run_steps(loop, 0)
     return StageResult(step, losses, run, (time.perf_counter() - t0) / max(1, step))
+
+
+def _prior_conditioning(encode: PooledCaptions, encoder: Any, text_embedding: bool) -> Any:
+    """The prior's caption -> Conditioning: MiniLM's, plus the image encoder's text embedding when the prior
+    reads it (``models.emoji_prior.add_text_embedding``)."""
+    if not text_embedding:
+        return encode
+    from latentworks.models.emoji_prior import add_text_embedding
+
+    return lambda captions: add_text_embedding(encode(captions), encoder)
 
 
 def load_prior_run(
