@@ -296,9 +296,8 @@ class CascadePipeline:
 
     ``__call__`` takes the base pipeline's arguments (``steps``, ``guidance``, ``sampler`` ... apply to stage
     1) and ``upscale_steps``, ``upscale_guidance``, ``aug_level``, ``upscale_denoise``, ``upscale_sampler`` for
-    stage 2. The
-    result's images are the stage-2 images; ``parameters["upscale"]`` records stage 2's settings and
-    ``latents`` are stage 1's.
+    stage 2. The result's images are the stage-2 images; ``parameters["upscale"]`` records stage 2's settings
+    and ``latents`` are stage 1's.
     """
 
     def __init__(self, base: Pipeline, stage: UpscaleStage) -> None:
