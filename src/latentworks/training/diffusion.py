@@ -125,9 +125,8 @@ class DiffusionTrainConfig:
     noise_aug_max: float = 0.5  # superres: augmentation levels are drawn uniformly from [0, noise_aug_max]
     aug_level: float = 0.1  # superres: the fixed level previews and the exported stage sample with
     crop: int | None = None  # superres: train on random crops of this side (None: whole images)
-    residual: bool = (
-        False  # superres: learn the scaled residual over the bicubic upsample (training.superres)
-    )
+    # superres: learn the scaled residual over the bicubic upsample (training.superres)
+    residual: bool = False
     # unclip: the image encoder run (training.unclip) and the dataset file the latent cache was built from
     image_encoder: Path | None = None
     image_data: Path | None = None  # default: the dataset the latent cache names
