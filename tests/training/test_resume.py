@@ -195,6 +195,32 @@ def test_cli_train_resume_uses_the_saved_config(tmp_path, cache, cli_encoder, ca
     assert read_metadata(tmp_path / "run/checkpoints/last.safetensors")["step"] == "5"
 
 
+def test_cli_resume_of_a_run_saved_before_new_model_fields(tmp_path, cache, cli_encoder, capsys):
+    """A run whose config.json predates fields added to the model config since (UNetConfig's
+    ``num_classes`` and ``only_cross_attention``) resumes with their defaults, while a field that really
+    differs is still refused."""
+    train_diffusion(_cfg(tmp_path, steps=3, architecture="unet", model=UNET), text_encoder=HashTextEncoder())
+    path = tmp_path / "run/config.json"
+    old = json.loads(path.read_text())
+    for added in ("num_classes", "only_cross_attention"):
+        del old["model"][added]
+    path.write_text(json.dumps(old))
+    run = str(tmp_path / "run")
+    assert main(["train", "--out", run, "--resume", "--steps", "4"]) == 0, capsys.readouterr().err
+    assert read_metadata(tmp_path / "run/checkpoints/last.safetensors")["step"] == "4"
+    with pytest.raises(ResumeError, match="head_dim: saved 16, given 8"):
+        train_diffusion(
+            _cfg(
+                tmp_path,
+                steps=6,
+                resume=True,
+                architecture="unet",
+                model=dataclasses.replace(UNET, head_dim=8),
+            ),
+            text_encoder=HashTextEncoder(),
+        )
+
+
 def test_cli_train_vae_resume_keeps_the_saved_settings(tmp_path, capsys):
     from test_vae_training import _cfg as vae_cfg
 

@@ -99,6 +99,21 @@ def _same(saved: Any, given: Any) -> bool:
     return bool(a == b)
 
 
+def _with_defaults(saved_model: Mapping[str, Any], model_config: Any) -> dict[str, Any]:
+    """The saved model config as JSON, with fields added to the config class since the run started filled
+    with their defaults (a run saved by an older version resumes as it was built)."""
+    out = dict(to_jsonable(saved_model))
+    if dataclasses.is_dataclass(model_config):
+        for f in dataclasses.fields(model_config):
+            if f.name in out:
+                continue
+            if f.default is not dataclasses.MISSING:
+                out[f.name] = to_jsonable(f.default)
+            elif f.default_factory is not dataclasses.MISSING:
+                out[f.name] = to_jsonable(f.default_factory())
+    return out
+
+
 def merge_for_resume(
     saved_train: Mapping[str, Any],
     given: Mapping[str, Any],
@@ -159,13 +174,15 @@ def check_resume(
     mine = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
     mine.pop("model", None)  # compared as the built config below (cfg.model may be None: a preset)
     changes = merge_for_resume(saved["train"], mine, policy, run=run)[1]
-    if model_config is not None and "model" in saved and not _same(saved["model"], model_config):
-        old, new = to_jsonable(saved["model"]), to_jsonable(model_config)
+    if model_config is not None and "model" in saved:
+        old, new = _with_defaults(saved["model"], model_config), to_jsonable(model_config)
         diff = [
             f"{k}: saved {_show(old.get(k))}, given {_show(new.get(k))}"
             for k in new
-            if old.get(k) != new.get(k)
+            if not _same(old.get(k), new.get(k))
         ]
+        if not diff:
+            return changes
         raise ResumeError(
             f"{run}: --resume continues the run with its saved model config ({Path(run) / 'config.json'}), "
             f"but the model config given differs ({'; '.join(diff[:5]) or 'other fields'}). Drop "
