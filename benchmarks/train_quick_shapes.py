@@ -8,7 +8,7 @@ with an untrained denoiser (the baseline run in the same process), and the wall 
 
     nice -n 10 python benchmarks/train_quick_shapes.py --minutes 15 --work /tmp/quick-shapes
 
-The CI version (a 1.5-minute budget) is tests/training/test_train_quick.py.
+The CI version (fixed step counts) is tests/training/test_train_quick.py.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from support.shapes import make_shapes_folder, prompts, score_pipeline  # noqa: 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=15.0, help="train-quick budget (default: 15)")
+    ap.add_argument("--vae-steps", type=int, default=None, help="fixed autoencoder steps (no time limit)")
+    ap.add_argument("--steps", type=int, default=None, help="fixed diffusion steps (no time limit)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/quick-shapes"), help="scratch folder (replaced)")
     ap.add_argument("--seeds", type=int, default=5, help="seeds per prompt (default: 5)")
     ap.add_argument("--grid", type=Path, default=None, help="also save the seed-0 images as one PNG")
@@ -41,7 +43,8 @@ def main() -> int:
     data = make_shapes_folder(a.work / "shapes")
     out = a.work / "model"
     t0 = time.monotonic()
-    code = cli(["train-quick", str(data), "--out", str(out), "--minutes", str(a.minutes)])
+    fixed = [f"--{k.replace('_', '-')}={v}" for k, v in (("vae_steps", a.vae_steps), ("steps", a.steps)) if v]
+    code = cli(["train-quick", str(data), "--out", str(out), "--minutes", str(a.minutes), *fixed])
     took = time.monotonic() - t0
     if code != 0:
         return code
@@ -63,7 +66,9 @@ def main() -> int:
     torch.manual_seed(0)
     net.load_state_dict(type(net)(net.config).state_dict())
     untrained = score_pipeline(pipe, seeds)
-    print(f"train-quick --minutes {a.minutes}: {took:.0f} s wall; generation {gen_s:.2f} s per image")
+    print(
+        f"train-quick --minutes {a.minutes} {' '.join(fixed)}: {took:.0f} s wall; generation {gen_s:.2f} s per image"
+    )
     print(
         f"{'':12} {'colour':>7} {'shape':>7} {'both':>7}   (N={trained['n']}: 12 prompts x {len(seeds)} seeds)"
     )

@@ -1,7 +1,8 @@
 """``latentworks train-quick DATA --out DIR``: a small model of your own within a time budget.
 
 Runs the three ordinary commands in turn with the settings of ``training.quick.QUICK``, each stage with
-its share of ``--minutes`` as ``--max-seconds``:
+its share of ``--minutes`` as ``--max-seconds`` (or, with ``--vae-steps`` / ``--steps``, exactly that many
+steps and no time limit, for a result that does not depend on the machine's speed):
 
 1. ``train-vae --data DATA --out DIR/runs/vae``      the autoencoder
 2. ``train --vae DIR/runs/vae --out DIR/runs/ldm``   the diffusion model on its latents
@@ -56,6 +57,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         f"{QUICK.vae_share * 100:.0f}%% of the training time, the diffusion model the rest",
     )
     p.add_argument(
+        "--vae-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run the autoencoder for exactly N steps, with no time limit, instead of the steps its share of "
+        "--minutes buys (the same result on any machine; default: sized from --minutes)",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run the diffusion model for exactly N steps, with no time limit (default: sized from what the "
+        "autoencoder left of --minutes)",
+    )
+    p.add_argument(
         "--resolution",
         type=int,
         default=QUICK.resolution,
@@ -91,6 +108,9 @@ def run(args: argparse.Namespace) -> int:
     recipe = QUICK
     if args.minutes <= 0:
         raise UserError(f"--minutes must be > 0, got {args.minutes}")
+    for flag, value in (("--vae-steps", args.vae_steps), ("--steps", args.steps)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be >= 1, got {value}")
     if not args.data.exists():
         raise UserError(
             f"no such dataset {args.data}: give a folder of images with captions (cat.png + cat.txt)"
@@ -101,15 +121,17 @@ def run(args: argparse.Namespace) -> int:
     budget = 60.0 * args.minutes
     deadline = time.monotonic() + budget
     plan = recipe.plan(budget)
+    vae_steps = plan.vae_steps if args.vae_steps is None else args.vae_steps
+    vae_limit = [] if args.vae_steps is not None else ["--max-seconds", f"{plan.vae_seconds:.0f}"]
     vae_run, ldm_run = out / "runs" / "vae", out / "runs" / "ldm"
     common = ["--seed", str(args.seed), "--device", args.device]
     overwrite = ["--overwrite"] if args.overwrite else []
     vae_argv = [
         "--data", str(args.data), "--out", str(vae_run), "--preset", recipe.vae_preset,
-        "--resolution", str(args.resolution), "--steps", str(plan.vae_steps),
+        "--resolution", str(args.resolution), "--steps", str(vae_steps),
         "--batch-size", str(recipe.vae_batch_size), "--lr", str(recipe.vae_lr),
         "--perceptual-weight", "0", "--disc-start", "-1",
-        "--max-seconds", f"{plan.vae_seconds:.0f}", "--checkpoint-every", str(max(100, plan.vae_steps // 4)),
+        *vae_limit, "--checkpoint-every", str(max(100, vae_steps // 4)),
         "--sample-every", "1000000", *common, *overwrite,
     ]  # fmt: skip
     ldm_base = [
@@ -132,26 +154,26 @@ def run(args: argparse.Namespace) -> int:
     stage = "autoencoder"
     print(
         f"train-quick: {budget / 60:.1f} min budget; stage 1 of 3: autoencoder ({recipe.vae_preset}, "
-        f"{args.resolution} px, {plan.vae_steps} steps, at most {plan.vae_seconds / 60:.1f} min) -> {vae_run}",
+        f"{args.resolution} px, {vae_steps} steps{_at_most(vae_limit, plan.vae_seconds)}) -> {vae_run}",
         flush=True,
     )
     ldm_argv = ldm_base
     try:
         with tidy_run_folder(out, vae_run / "checkpoints" / "last.safetensors"):
             _stage("train-vae", vae_argv)
-        _say_if_cut_short("autoencoder", vae_run, plan.vae_steps)
+        _say_if_cut_short("autoencoder", vae_run, vae_steps)
         t_vae = time.monotonic() - t0
         stage = "diffusion"
         # What the autoencoder left of the budget, less the tail (text encoder, latents, convert).
         seconds = max(0.1 * budget, deadline - time.monotonic() - 0.6 * recipe.overhead_seconds)
-        steps = max(1, round(seconds * recipe.steps_per_second))
-        ldm_argv = [*ldm_base, "--steps", str(steps), "--max-seconds", f"{seconds:.0f}"]
-        ldm_argv += ["--checkpoint-every", str(max(100, steps // 4))]
+        steps = max(1, round(seconds * recipe.steps_per_second)) if args.steps is None else args.steps
+        limit = [] if args.steps is not None else ["--max-seconds", f"{seconds:.0f}"]
+        ldm_argv = [*ldm_base, "--steps", str(steps), *limit, "--checkpoint-every", str(max(100, steps // 4))]
         if args.overwrite:  # a latent cache from an earlier run holds another autoencoder's latents
             (ldm_run / "latents.safetensors").unlink(missing_ok=True)
         print(
-            f"train-quick: stage 2 of 3: diffusion model ({recipe.unet_preset}, {steps} steps, at most "
-            f"{seconds / 60:.1f} min) -> {ldm_run}",
+            f"train-quick: stage 2 of 3: diffusion model ({recipe.unet_preset}, {steps} steps"
+            f"{_at_most(limit, seconds)}) -> {ldm_run}",
             flush=True,
         )
         t1 = time.monotonic()
@@ -175,6 +197,10 @@ def run(args: argparse.Namespace) -> int:
     prompt = _example_prompt(args.data)
     print(f"  latentworks generate {shlex.quote(prompt)} --model {shlex.quote(str(out))} --seed 1")
     return 0
+
+
+def _at_most(limit: list[str], seconds: float) -> str:
+    return f", at most {seconds / 60:.1f} min" if limit else ""
 
 
 def _say_if_cut_short(what: str, run: Path, steps: int) -> None:
