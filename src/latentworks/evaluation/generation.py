@@ -242,15 +242,20 @@ def prompt_classifier(
     n: int,
     seed: int,
     columns: tuple[str, ...] = ("subcategories", "styles"),
-    epochs: int = 10,
-    width: int = 32,
+    epochs: int = 20,
+    width: int = 64,
     cache_dir: Path | None = None,
 ) -> LabelClassifier | None:
     """A :class:`LabelClassifier` for ``columns`` (those the dataset stores; None if none), trained on every
     real image of ``dataset`` except the N that :func:`pick_real` picks for ``split`` and ``seed``: the
     classifier has not seen the images it is checked against, so its top-1 on them is a fair ceiling.
     ``cache_dir``: keep the trained classifier there, under a hash of its training images, labels and
-    settings (it takes minutes on a CPU and depends on real images only)."""
+    settings (it takes minutes on a CPU and depends on real images only).
+
+    The defaults were chosen on the emoji data (train split, N = 1,000 held back): width 32 and 10 epochs
+    reached top-1 0.588 (subcategory) / 0.907 (style) on the held-back real images, width 64 and 20 epochs
+    0.724 / 0.957 in 14 minutes of one CPU thread: a judge that misses 41 % of real images caps what a
+    model can score."""
     cols = tuple(c for c in columns if c in dataset.extra)
     if not cols:
         return None
