@@ -183,7 +183,8 @@ def test_a_quick_model_draws_the_prompted_shape_and_colour(
 
 # Steps, not minutes: a wall-clock budget made the outcome depend on the machine (2 minutes on an idle
 # 2-core CPU scored colour 0.53 / shape 0.64). These counts scored colour 1.00 / shape 0.92 in 258 s on one
-# thread, and 250 / 500 steps 0.75 / 0.67 (docs/results.md). The full 15-minute run is
+# thread (1.00 / 0.86 since the latent scale counts the posterior noise), and 250 / 500 steps 0.75 / 0.67
+# (docs/results.md). The full 15-minute run is
 # benchmarks/train_quick_shapes.py.
 VAE_STEPS = 400
 STEPS = 800
