@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from latentworks.models.configs import config_from_dict
 from latentworks.pipelines.export import upgrade_run_config
 from latentworks.training.common import to_jsonable
 
@@ -100,18 +101,13 @@ def _same(saved: Any, given: Any) -> bool:
 
 
 def _with_defaults(saved_model: Mapping[str, Any], model_config: Any) -> dict[str, Any]:
-    """The saved model config as JSON, with fields added to the config class since the run started filled
-    with their defaults (a run saved by an older version resumes as it was built)."""
-    out = dict(to_jsonable(saved_model))
-    if dataclasses.is_dataclass(model_config):
-        for f in dataclasses.fields(model_config):
-            if f.name in out:
-                continue
-            if f.default is not dataclasses.MISSING:
-                out[f.name] = to_jsonable(f.default)
-            elif f.default_factory is not dataclasses.MISSING:
-                out[f.name] = to_jsonable(f.default_factory())
-    return out
+    """The saved model config rebuilt as ``model_config``'s class, so fields added to the class since the run
+    started take their defaults (a run saved by an older version resumes as it was built). As saved if it no
+    longer builds (a field removed since): the comparison then names the difference."""
+    try:
+        return dict(to_jsonable(config_from_dict(type(model_config), dict(saved_model))))
+    except (TypeError, ValueError):
+        return dict(to_jsonable(saved_model))
 
 
 def merge_for_resume(
