@@ -121,8 +121,7 @@ def run(args: argparse.Namespace) -> int:
     budget = 60.0 * args.minutes
     deadline = time.monotonic() + budget
     plan = recipe.plan(budget)
-    vae_steps = plan.vae_steps if args.vae_steps is None else args.vae_steps
-    vae_limit = [] if args.vae_steps is not None else ["--max-seconds", f"{plan.vae_seconds:.0f}"]
+    vae_steps, vae_limit = _budget(args.vae_steps, plan.vae_steps, plan.vae_seconds)
     vae_run, ldm_run = out / "runs" / "vae", out / "runs" / "ldm"
     common = ["--seed", str(args.seed), "--device", args.device]
     overwrite = ["--overwrite"] if args.overwrite else []
@@ -166,8 +165,7 @@ def run(args: argparse.Namespace) -> int:
         stage = "diffusion"
         # What the autoencoder left of the budget, less the tail (text encoder, latents, convert).
         seconds = max(0.1 * budget, deadline - time.monotonic() - 0.6 * recipe.overhead_seconds)
-        steps = max(1, round(seconds * recipe.steps_per_second)) if args.steps is None else args.steps
-        limit = [] if args.steps is not None else ["--max-seconds", f"{seconds:.0f}"]
+        steps, limit = _budget(args.steps, max(1, round(seconds * recipe.steps_per_second)), seconds)
         ldm_argv = [*ldm_base, "--steps", str(steps), *limit, "--checkpoint-every", str(max(100, steps // 4))]
         if args.overwrite:  # a latent cache from an earlier run holds another autoencoder's latents
             (ldm_run / "latents.safetensors").unlink(missing_ok=True)
@@ -197,6 +195,14 @@ def run(args: argparse.Namespace) -> int:
     prompt = _example_prompt(args.data)
     print(f"  latentworks generate {shlex.quote(prompt)} --model {shlex.quote(str(out))} --seed 1")
     return 0
+
+
+def _budget(fixed: int | None, planned: int, seconds: float) -> tuple[int, list[str]]:
+    """A stage's step count and time-limit options: ``fixed`` steps and no limit when given, else the
+    ``planned`` steps within ``seconds``."""
+    if fixed is not None:
+        return fixed, []
+    return planned, ["--max-seconds", f"{seconds:.0f}"]
 
 
 def _at_most(limit: list[str], seconds: float) -> str:
