@@ -87,7 +87,7 @@ def save_latent_cache(
     shift = float(mean.mean())
     # Unit variance for what training draws, mean + std * eps: var = var(mean) + E[std^2]. (From the means
     # alone, an autoencoder with a wide posterior gave the diffusion model latents of std 1.26, not 1.)
-    scale = float(1.0 / (mean.var() + std.float().square().mean()).sqrt().clamp(min=1e-6))
+    scale = float(1.0 / (mean.float().var() + std.float().square().mean()).sqrt().clamp(min=1e-6))
     meta = dict(metadata or {})
     meta.update(scale=scale, shift=shift, count=len(captions))
     text = {"captions": json.dumps(captions), "metadata": json.dumps(meta)}
