@@ -144,6 +144,37 @@ def test_autoencoder_floor_reconstructs_the_baseline_images(inception: Inception
     assert lossy.fid > lossy.real_fid + 5 and lossy.real_fid == model.real_fid
 
 
+class DarkLossyAutoencoder(PixelAutoencoder):
+    """Lossless on light images, 4x4 block averages on dark ones (one style reconstructs worse)."""
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        coarse = torch.nn.functional.interpolate(
+            torch.nn.functional.avg_pool2d(z, 4), scale_factor=4, mode="nearest"
+        )
+        dark = z[:, :, :1, :1].mean(dim=1, keepdim=True) < 0  # the background (a corner) is dark
+        return torch.where(dark, coarse, z)
+
+
+def test_autoencoder_floor_per_style(inception: InceptionFeatures) -> None:
+    """Per style, each style's reconstructions are scored against that style's picked images beside the
+    same real-vs-real as evaluate_generation's per-style rows: a lossless autoencoder sits on it in both
+    styles, one that loses detail only in the dark style sits above it only there."""
+    ds = make_dataset(48)
+    dark = np.arange(len(ds)) % 2 == 1
+    ds.images[dark] = 255 - ds.images[dark]
+    ds.extra["styles"] = np.where(dark, "dark", "light")
+    exact, _ = evaluate_autoencoder_floor(PixelAutoencoder(False), ds, split="all", n=16, model=inception)
+    lossy, _ = evaluate_autoencoder_floor(DarkLossyAutoencoder(False), ds, split="all", n=16, model=inception)
+    model = evaluate_generation(CopyPipe(ds), ds, split="all", n=16, progress=False, model=inception)
+    assert [g.split for g in exact.by_group] == ["all, dark", "all, light"]
+    for e, m in zip(exact.by_group, model.by_group, strict=True):
+        assert e.fid == e.real_fid == m.real_fid and e.n == m.n
+    light, dark_row = lossy.by_group[1], lossy.by_group[0]
+    assert light.fid == light.real_fid
+    assert dark_row.fid > dark_row.real_fid + 5
+    assert "| all, dark |" in lossy.row()
+
+
 def test_prompt_following_finds_the_prompted_image_and_label(inception: InceptionFeatures) -> None:
     """The copy model's images are nearest to their own real image (100%); one that answers each prompt
     with another image of the same label rarely hits the prompted image but almost always its label; noise

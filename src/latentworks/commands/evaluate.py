@@ -24,7 +24,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "generated images (same picks as 'eval model')",
         description="Reconstruct N real images of a split with a train-vae run and score them exactly as "
         "'eval model' scores generated images, against the same N picked images. A latent model trained on "
-        "this autoencoder can hardly beat this FID; the gap to real-vs-real is the autoencoder's share.",
+        "this autoencoder can hardly beat this FID; the gap to real-vs-real is the autoencoder's share. "
+        "With a styles column, also per style (compare with 'eval model's per-style rows).",
     )
     fl.add_argument("run", type=Path, help="train-vae run folder")
     fl.add_argument(

@@ -214,18 +214,29 @@ def evaluate_generation(
             result, classified=score_classifier(classifier, real, fake, cols, {"styles": names_style})
         )
     if group_column is not None and group_column in ds.extra:
-        groups = []
-        for value in sorted({str(v) for v in ds.extra[group_column][pick]}):
-            gp = np.asarray(ds.extra[group_column][pick]).astype(str) == value
-            go = np.asarray(ds.extra[group_column][other]).astype(str) == value
-            if gp.sum() < 2 or go.sum() < 2:
-                continue
-            fr, ff, fo = features
-            g = _score_features(f"{name}, {value}", fr[gp], ff[gp], fo[go])
-            groups.append(g)
-        if len(groups) > 1:
-            result = dataclasses.replace(result, by_group=tuple(groups))
+        column = np.asarray(ds.extra[group_column]).astype(str)
+        result = _with_groups(result, features, column[pick], column[pick], column[other])
     return result
+
+
+def _with_groups(
+    result: GenerationEval,
+    features: tuple[np.ndarray, np.ndarray, np.ndarray],
+    real_groups: np.ndarray,
+    fake_groups: np.ndarray,
+    other_groups: np.ndarray,
+) -> GenerationEval:
+    """``result`` with the same figures per group (e.g. per style): each group's generated (or
+    reconstructed) images against the real images of that group, beside real-vs-real within it.
+    ``features`` are the real, generated and other real images' Inception features, in that order."""
+    fr, ff, fo = features
+    groups = []
+    for value in sorted(set(real_groups.tolist())):
+        gr, gf, go = real_groups == value, fake_groups == value, other_groups == value
+        if min(gr.sum(), gf.sum(), go.sum()) < 2:
+            continue
+        groups.append(_score_features(f"{result.split}, {value}", fr[gr], ff[gf], fo[go]))
+    return dataclasses.replace(result, by_group=tuple(groups)) if len(groups) > 1 else result
 
 
 def prompt_forms(prompts: str, n: int) -> list[PromptForm]:
@@ -366,6 +377,7 @@ def evaluate_autoencoder_floor(
     model: InceptionFeatures | None = None,
     feature_cache: Path | None = None,
     batch: int = 100,
+    group_column: str | None = "styles",
 ) -> tuple[GenerationEval, float]:
     """The FID floor an autoencoder puts under any latent model trained on it, and the PSNR behind it.
 
@@ -374,7 +386,8 @@ def evaluate_autoencoder_floor(
     the N *other* images (those of the real-vs-real baseline) exactly as :func:`evaluate_generation` scores
     generated images: ``fid - real_fid`` is what the autoencoder alone costs. Returns ``(figures,
     mean PSNR of those reconstructions in dB)``. ``autoencoder`` has ``encode(x).mode()`` and ``decode``
-    on images in [-1, 1].
+    on images in [-1, 1]. ``group_column``: also report the floor per value of this column (per style),
+    as :func:`evaluate_generation` does.
     """
     ds, pick, other = pick_real(dataset, split, n, seed)
     x = torch.from_numpy(ds.images[other]).permute(0, 3, 1, 2).float() / 127.5 - 1
@@ -387,7 +400,18 @@ def evaluate_autoencoder_floor(
         )
     mean_psnr = float(psnr(rec, x).mean())
     fake = ((rec + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    return _score(split, ds.images[pick], ds.images[other], fake, model, feature_cache), mean_psnr
+    model = model or InceptionFeatures(device="cpu")
+    with torch.no_grad():
+        features = (
+            cached_features(ds.images[pick], model, feature_cache),
+            extract_features(fake, model),
+            cached_features(ds.images[other], model, feature_cache),
+        )
+    result = _score_features(split, *features)
+    if group_column is not None and group_column in ds.extra:
+        column = np.asarray(ds.extra[group_column]).astype(str)  # a reconstruction has its source's group
+        result = _with_groups(result, features, column[pick], column[other], column[other])
+    return result, mean_psnr
 
 
 def evaluate_upscaled_real(
