@@ -16,7 +16,7 @@ VAE_FT_TOTAL=${VAE_FT_TOTAL:-9449}
 UNET_FT3_STEPS=${UNET_FT3_STEPS:-8000}
 VAE_FT_TOTAL2=${VAE_FT_TOTAL2:-12285}
 UNET_FT4_STEPS=${UNET_FT4_STEPS:-6276}
-UNET_AUG_STEPS=${UNET_AUG_STEPS:-5732}
+UNET_AUG_STEPS=${UNET_AUG_STEPS:-9995}
 LW=.venv/bin/latentworks
 M=src/latentworks/assets/default
 DEFAULTS='{"steps": 20, "guidance": 1.5, "sampler": "euler", "scheduler": "simple"}'
@@ -92,8 +92,8 @@ continue_unet unet-ft4 "$M" "$UNET_FT4_STEPS" 2.5e-5 13
 # with --caption-augment on: each example is seen as its label alone, the label with 0-3 shuffled tags, with
 # or without the style, in any case, so the forms people type work. (Run with --steps 4000 --max-seconds 3300,
 # which stopped at 1,457, shipped; then resumed with --resume to the planned 4,000, shipped again, and with
-# --resume --steps 8000 --max-seconds 2400 to 5,732, shipped: each chosen over the weights before it by
-# 'latentworks eval model' on user-form prompts.)
+# --resume --steps 8000 --max-seconds 2400 to 5,732, shipped, and --resume --steps 16000 --max-seconds 5400
+# to 9,995, shipped: each chosen over the weights before it by 'latentworks eval model' on user-form prompts.)
 $LW train --out "$W/unet-aug" --latents "$W/unet-ft/latents.safetensors" --vae "$M" --init-from "$M" \
   --architecture unet --prediction flow --steps "$UNET_AUG_STEPS" --batch-size 64 --lr 5e-5 --ema-decay 0.999 \
   --caption-dropout 0.1 --caption-augment on --seed 11 --checkpoint-every 250 --sample-every 100000 \
