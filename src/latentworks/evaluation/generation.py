@@ -199,13 +199,7 @@ def evaluate_generation(
         raise ValueError(f"generated {fake.shape[1:3]} but the dataset holds {real.shape[1:3]} images")
     labels = {k: ds.extra[k][pick] for k in label_columns if k in ds.extra}
     name = split if prompts == "training" else f"{split}, {prompts} prompts"
-    model = model or InceptionFeatures(device="cpu")
-    with torch.no_grad():
-        features = (
-            cached_features(real, model, feature_cache),
-            extract_features(fake, model),
-            cached_features(ds.images[other], model, feature_cache),
-        )
+    features = _features(real, fake, ds.images[other], model, feature_cache)
     result = _score_features(name, *features, labels)
     if classifier is not None:
         cols = {k: ds.extra[k][pick] for k in classifier.classes if k in ds.extra}
@@ -327,23 +321,22 @@ def pick_real(dataset: Any, split: str, n: int, seed: int) -> tuple[Any, np.ndar
     return ds, pick, other
 
 
-def _score(
-    split: str,
+def _features(
     real: np.ndarray,
-    others: np.ndarray,
     fake: np.ndarray | torch.Tensor,
+    others: np.ndarray,
     model: InceptionFeatures | None,
     feature_cache: Path | None,
-    labels: dict[str, np.ndarray] | None = None,
-) -> GenerationEval:
-    """FID/KID of ``fake`` against ``real`` beside ``others`` against ``real``; with ``labels`` (generated
-    images, not reconstructions) also :func:`prompt_following`."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Inception features of the real, generated (or reconstructed) and other real images, in the order
+    :func:`_score_features` and :func:`_with_groups` read them; the real ones through ``feature_cache``."""
     model = model or InceptionFeatures(device="cpu")
     with torch.no_grad():
-        fr = cached_features(real, model, feature_cache)
-        ff = extract_features(fake, model)
-        fo = cached_features(others, model, feature_cache)
-    return _score_features(split, fr, ff, fo, labels)
+        return (
+            cached_features(real, model, feature_cache),
+            extract_features(fake, model),
+            cached_features(others, model, feature_cache),
+        )
 
 
 def _score_features(
@@ -353,7 +346,9 @@ def _score_features(
     fo: np.ndarray,
     labels: dict[str, np.ndarray] | None = None,
 ) -> GenerationEval:
-    """:func:`_score` on Inception features of the real, generated and other real images."""
+    """FID/KID of the generated images' features ``ff`` against the real ones ``fr``, beside the other real
+    images' ``fo`` against ``fr`` (the real-vs-real baseline); with ``labels`` (generated images, not
+    reconstructions) also :func:`prompt_following`."""
     kid, _ = kid_from_features(fr, ff)
     real_kid, _ = kid_from_features(fr, fo)
     return GenerationEval(
@@ -400,13 +395,7 @@ def evaluate_autoencoder_floor(
         )
     mean_psnr = float(psnr(rec, x).mean())
     fake = ((rec + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    model = model or InceptionFeatures(device="cpu")
-    with torch.no_grad():
-        features = (
-            cached_features(ds.images[pick], model, feature_cache),
-            extract_features(fake, model),
-            cached_features(ds.images[other], model, feature_cache),
-        )
+    features = _features(ds.images[pick], fake, ds.images[other], model, feature_cache)
     result = _score_features(split, *features)
     if group_column is not None and group_column in ds.extra:
         column = np.asarray(ds.extra[group_column]).astype(str)  # a reconstruction has its source's group
@@ -455,4 +444,4 @@ def evaluate_upscaled_real(
         out.append(stage.upscale(x[i : i + batch], cond, None, seeds, **options).cpu())
     up = torch.cat(out)
     fake = ((up.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    return _score(split, ds.images[pick], ds.images[other], fake, model, feature_cache)
+    return _score_features(split, *_features(ds.images[pick], fake, ds.images[other], model, feature_cache))
