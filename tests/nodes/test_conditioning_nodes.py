@@ -116,10 +116,12 @@ def test_zero_mask_prompt_changes_nothing_and_full_mask_blends(parts) -> None:
     h, w = model.folder.resolution
     (masked,) = run("ConditioningSetMask", neg, torch.zeros(h, w), 1.0, "mask bounds")
     (both,) = run("ConditioningCombine", pos, masked)
-    assert torch.equal(ksampler(model, both, neg, latent), ksampler(model, pos, neg, latent))
+    # Not bitwise: the combined batch may be summed in another order (a few ulp apart with one thread).
+    alone = ksampler(model, pos, neg, latent)
+    torch.testing.assert_close(ksampler(model, both, neg, latent), alone, rtol=1e-5, atol=1e-5)
     (full,) = run("ConditioningSetMask", neg, torch.ones(h, w), 1.0, "default")
     (mixed,) = run("ConditioningCombine", pos, full)
-    assert not torch.equal(ksampler(model, mixed, neg, latent), ksampler(model, pos, neg, latent))
+    assert not torch.allclose(ksampler(model, mixed, neg, latent), alone, rtol=1e-3, atol=1e-3)
 
 
 def test_percentage_area_and_strength_nodes_set_every_entry(parts) -> None:
