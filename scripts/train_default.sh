@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Rebuild the embedded default model from scratch with latentworks' own commands (ten stages).
+# Rebuild the embedded default model from scratch with latentworks' own commands (eleven stages).
 # This is exactly what produced src/latentworks/assets/default (see docs/model_card_default.md).
 # On the 2-core CPU it takes about 12 hours; on a GPU pass DEVICE=cuda (and raise the step counts).
 #   bash scripts/train_default.sh [WORKDIR]
@@ -17,6 +17,7 @@ UNET_FT3_STEPS=${UNET_FT3_STEPS:-8000}
 VAE_FT_TOTAL2=${VAE_FT_TOTAL2:-12285}
 UNET_FT4_STEPS=${UNET_FT4_STEPS:-6276}
 UNET_AUG_STEPS=${UNET_AUG_STEPS:-9995}
+UNET_AUG2_STEPS=${UNET_AUG2_STEPS:-5502}
 LW=.venv/bin/latentworks
 M=src/latentworks/assets/default
 DEFAULTS='{"steps": 20, "guidance": 1.5, "sampler": "euler", "scheduler": "simple"}'
@@ -100,3 +101,13 @@ $LW train --out "$W/unet-aug" --latents "$W/unet-ft/latents.safetensors" --vae "
   --device "$DEVICE"
 export_run "$W/unet-aug" default-unet-aug
 cp "$W/default-unet-aug/denoiser.safetensors" "$M/"
+# Stage 11: the same caption-augmented fine-tune, continued from the model folder's fp16 weights with a fresh
+# AdamW (stage 10's run was not kept), on latents encoded afresh by its encoder (--data: scale/shift equal to
+# stage 10's in the first five digits, written to model.json with the denoiser). (Run with --steps 12000
+# --max-seconds 5400, which stopped at 5,502.)
+$LW train --out "$W/unet-aug2" --vae "$M" --data data/emoji-32.npz --init-from "$M" \
+  --architecture unet --prediction flow --steps "$UNET_AUG2_STEPS" --batch-size 64 --lr 5e-5 --ema-decay 0.999 \
+  --caption-dropout 0.1 --caption-augment on --seed 17 --checkpoint-every 250 --sample-every 100000 \
+  --device "$DEVICE"
+export_run "$W/unet-aug2" default-unet-aug2
+cp "$W/default-unet-aug2/denoiser.safetensors" "$W/default-unet-aug2/model.json" "$M/"
