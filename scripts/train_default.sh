@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Rebuild the embedded default model from scratch with latentworks' own commands (eleven stages).
+# Rebuild the embedded default model from scratch with latentworks' own commands (twelve stages).
 # This is exactly what produced src/latentworks/assets/default (see docs/model_card_default.md).
 # On the 2-core CPU it takes about 12 hours; on a GPU pass DEVICE=cuda (and raise the step counts).
 #   bash scripts/train_default.sh [WORKDIR]
@@ -17,7 +17,8 @@ UNET_FT3_STEPS=${UNET_FT3_STEPS:-8000}
 VAE_FT_TOTAL2=${VAE_FT_TOTAL2:-12285}
 UNET_FT4_STEPS=${UNET_FT4_STEPS:-6276}
 UNET_AUG_STEPS=${UNET_AUG_STEPS:-9995}
-UNET_AUG2_STEPS=${UNET_AUG2_STEPS:-5502}
+UNET_AUG2_STEPS=${UNET_AUG2_STEPS:-9948}
+VAE_FT3_STEPS=${VAE_FT3_STEPS:-3767}
 LW=.venv/bin/latentworks
 M=src/latentworks/assets/default
 DEFAULTS='{"steps": 20, "guidance": 1.5, "sampler": "euler", "scheduler": "simple"}'
@@ -104,10 +105,20 @@ cp "$W/default-unet-aug/denoiser.safetensors" "$M/"
 # Stage 11: the same caption-augmented fine-tune, continued from the model folder's fp16 weights with a fresh
 # AdamW (stage 10's run was not kept), on latents encoded afresh by its encoder (--data: scale/shift equal to
 # stage 10's in the first five digits, written to model.json with the denoiser). (Run with --steps 12000
-# --max-seconds 5400, which stopped at 5,502.)
+# --max-seconds 5400, which stopped at 5,502, shipped; then --resume --max-seconds 5100 to 9,948, shipped with
+# stage 12's decoder.)
 $LW train --out "$W/unet-aug2" --vae "$M" --data data/emoji-32.npz --init-from "$M" \
   --architecture unet --prediction flow --steps "$UNET_AUG2_STEPS" --batch-size 64 --lr 5e-5 --ema-decay 0.999 \
   --caption-dropout 0.1 --caption-augment on --seed 17 --checkpoint-every 250 --sample-every 100000 \
   --device "$DEVICE"
 export_run "$W/unet-aug2" default-unet-aug2
 cp "$W/default-unet-aug2/denoiser.safetensors" "$W/default-unet-aug2/model.json" "$M/"
+# Stage 12: a new decoder fine-tune of the model folder (stage 8's run, with its optimizer and discriminator,
+# was not kept): a fresh run at half stage 3's learning rate, same losses, encoder frozen, so stage 11 stands.
+# (Run with --steps 20000 --max-seconds 5100, which stopped at 3,767.)
+$LW train-vae --data data/emoji-32.npz --out "$W/vae-ft2" --finetune-decoder "$M" --steps "$VAE_FT3_STEPS" \
+  --batch-size 32 --lr 5e-5 --perceptual-weight 1 --disc-start 0 --checkpoint-every 250 --sample-every 100000 \
+  --device "$DEVICE"
+rm -rf "${W:?}/default-vae2"
+$LW convert "$M" --decoder-from "$W/vae-ft2" --out "$W/default-vae2"
+cp "$W/default-vae2/vae.safetensors" "$M/vae.safetensors"
