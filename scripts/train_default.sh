@@ -30,16 +30,17 @@ export_run() {
   $LW convert --from-run "$1" --out "$W/$2" --name default --data data/emoji-32.npz --half \
     --defaults "$DEFAULTS" --card docs/model_card_default.json
 }
-# finetune_decoder STEPS [--resume]: fine-tune only the decoder of $M in the run $W/vae-ft (encoder frozen,
+# finetune_decoder RUN STEPS LR [FLAG...]: fine-tune only the decoder of $M in the run $W/RUN (encoder frozen,
 # so the U-Net's latents are unchanged) with L1 + perceptual (Inception) + patch-GAN loss, as SD's ft-MSE
-# decoders; then swap the new decoder into $M.
+# decoders, at AdamW LR; then swap the new decoder into $M. FLAGs (e.g. --resume) go to train-vae last, so
+# they can also override the settings here.
 finetune_decoder() {
-  $LW train-vae --data data/emoji-32.npz --out "$W/vae-ft" --finetune-decoder "$M" "${@:2}" \
-    --steps "$1" --batch-size 32 --lr 1e-4 --perceptual-weight 1 --disc-start 0 \
-    --checkpoint-every 250 --sample-every 250 --device "$DEVICE"
-  rm -rf "${W:?}/default-vae"
-  $LW convert "$M" --decoder-from "$W/vae-ft" --out "$W/default-vae"
-  cp "$W/default-vae/vae.safetensors" "$M/vae.safetensors"
+  $LW train-vae --data data/emoji-32.npz --out "$W/$1" --finetune-decoder "$M" \
+    --steps "$2" --batch-size 32 --lr "$3" --perceptual-weight 1 --disc-start 0 \
+    --checkpoint-every 250 --sample-every 250 --device "$DEVICE" "${@:4}"
+  rm -rf "${W:?}/default-$1"
+  $LW convert "$M" --decoder-from "$W/$1" --out "$W/default-$1"
+  cp "$W/default-$1/vae.safetensors" "$M/vae.safetensors"
 }
 # continue_unet RUN FROM STEPS LR SEED: continue the U-Net from FROM (a run's fp32 EMA weights, or a model
 # folder's fp16 ones) with a fresh AdamW at LR, EMA 0.9995, on stage 4's latent cache, then swap its denoiser
@@ -66,7 +67,7 @@ $LW train --out "$W/unet" --vae "$W/vae" --data data/emoji-32.npz --architecture
 export_run "$W/unet" default-base
 cp "$W/default-base/"* "$M/"
 # Stage 3: the decoder fine-tune.
-finetune_decoder "$VAE_FT_STEPS"
+finetune_decoder vae-ft "$VAE_FT_STEPS" 1e-4
 # Stage 4: fine-tune the U-Net from the model folder (--init-from: its fp16 EMA weights, a fresh AdamW at
 # 2e-4, EMA 0.999 without warm-up) on the same latents (--vae: the model folder's encoder).
 $LW train --out "$W/unet-ft" --vae "$M" --data data/emoji-32.npz --init-from "$M" --architecture unet \
@@ -80,12 +81,12 @@ continue_unet unet-ft2 "$W/unet-ft" "$UNET_FT2_STEPS" 1e-4 7
 # Stage 6: continue stage 3's decoder fine-tune (--resume: its full state, same settings) to VAE_FT_TOTAL
 # steps and swap the decoder in again; the encoder is frozen, so stages 4-5 stand. (Run with --steps 10000
 # --max-seconds 5000, which stopped at 9,449.)
-finetune_decoder "$VAE_FT_TOTAL" --resume
+finetune_decoder vae-ft "$VAE_FT_TOTAL" 1e-4 --resume
 # Stage 7: continue stage 5's run at half its learning rate again.
 continue_unet unet-ft3 "$W/unet-ft2" "$UNET_FT3_STEPS" 5e-5 11
 # Stage 8: continue the decoder fine-tune once more (--resume) to VAE_FT_TOTAL2 steps. (Run with --steps
 # 14000 --max-seconds 2400, which stopped at 12,285.)
-finetune_decoder "$VAE_FT_TOTAL2" --resume
+finetune_decoder vae-ft "$VAE_FT_TOTAL2" 1e-4 --resume
 # Stage 9: continue the U-Net from the model folder itself (its fp16 weights: stage 7's fp32 run was not
 # kept) at half stage 7's learning rate. (Run with --steps 12000 --max-seconds 3900, which stopped at 6,276,
 # on a cache encoded afresh by the model folder's encoder: same latent scale/shift to every printed digit.)
@@ -116,9 +117,4 @@ cp "$W/default-unet-aug2/denoiser.safetensors" "$W/default-unet-aug2/model.json"
 # Stage 12: a new decoder fine-tune of the model folder (stage 8's run, with its optimizer and discriminator,
 # was not kept): a fresh run at half stage 3's learning rate, same losses, encoder frozen, so stage 11 stands.
 # (Run with --steps 20000 --max-seconds 5100, which stopped at 3,767.)
-$LW train-vae --data data/emoji-32.npz --out "$W/vae-ft2" --finetune-decoder "$M" --steps "$VAE_FT3_STEPS" \
-  --batch-size 32 --lr 5e-5 --perceptual-weight 1 --disc-start 0 --checkpoint-every 250 --sample-every 100000 \
-  --device "$DEVICE"
-rm -rf "${W:?}/default-vae2"
-$LW convert "$M" --decoder-from "$W/vae-ft2" --out "$W/default-vae2"
-cp "$W/default-vae2/vae.safetensors" "$M/vae.safetensors"
+finetune_decoder vae-ft2 "$VAE_FT3_STEPS" 5e-5 --sample-every 100000
