@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Rebuild the embedded default model from scratch with latentworks' own commands (twelve stages).
+# Rebuild the embedded default model from scratch with latentworks' own commands (fourteen stages).
 # This is exactly what produced src/latentworks/assets/default (see docs/model_card_default.md).
 # On the 2-core CPU it takes about 12 hours; on a GPU pass DEVICE=cuda (and raise the step counts).
 #   bash scripts/train_default.sh [WORKDIR]
@@ -19,6 +19,8 @@ UNET_FT4_STEPS=${UNET_FT4_STEPS:-6276}
 UNET_AUG_STEPS=${UNET_AUG_STEPS:-9995}
 UNET_AUG2_STEPS=${UNET_AUG2_STEPS:-9948}
 VAE_FT3_STEPS=${VAE_FT3_STEPS:-3767}
+UNET_AUG3_STEPS=${UNET_AUG3_STEPS:-13942}
+VAE_FT3_TOTAL=${VAE_FT3_TOTAL:-8098}
 LW=.venv/bin/latentworks
 M=src/latentworks/assets/default
 DEFAULTS='{"steps": 20, "guidance": 1.5, "sampler": "euler", "scheduler": "simple"}'
@@ -118,3 +120,11 @@ cp "$W/default-unet-aug2/denoiser.safetensors" "$W/default-unet-aug2/model.json"
 # was not kept): a fresh run at half stage 3's learning rate, same losses, encoder frozen, so stage 11 stands.
 # (Run with --steps 20000 --max-seconds 5100, which stopped at 3,767.)
 finetune_decoder vae-ft2 "$VAE_FT3_STEPS" 5e-5 --sample-every 100000
+# Stage 13: stage 11's run resumed (--resume: its AdamW state and EMA) at 2.5x lower learning rate, 2e-5, to
+# anneal it. (Run with --steps 16000 --max-seconds 4900, which stopped at 13,942.)
+$LW train --out "$W/unet-aug2" --resume --lr 2e-5 --steps "$UNET_AUG3_STEPS" --device "$DEVICE"
+export_run "$W/unet-aug2" default-unet-aug3
+cp "$W/default-unet-aug3/denoiser.safetensors" "$M/"
+# Stage 14: stage 12's decoder fine-tune resumed with the same settings to VAE_FT3_TOTAL steps and swapped in
+# again; the encoder is frozen, so stage 13 stands. (Run with --max-seconds 6000, which stopped at 8,098.)
+finetune_decoder vae-ft2 "$VAE_FT3_TOTAL" 5e-5 --sample-every 100000 --resume
