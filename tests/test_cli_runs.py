@@ -152,3 +152,27 @@ def test_convert_from_run_refuses_a_non_empty_out_unless_overwrite(
     code = main(["convert", "--from-run", str(run), "--out", str(out)])
     assert code == 2 and f"--out {out} exists and is not empty" in capsys.readouterr().err
     assert (out / "model.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--shift", "0"], "--shift must be a number greater than 0"),
+        (["--shift", "nan"], "--shift must be a number greater than 0"),
+    ],
+)
+def test_convert_shift_is_checked_before_anything_is_written(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    out = tmp_path / "models" / "mine"
+    code = main(["convert", "--from-run", str(run), "--out", str(out), *extra])
+    assert code == 2 and message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_convert_shift_needs_from_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["convert", "default", "--to", "diffusers", "--out", str(tmp_path / "o"), "--shift", "3"])
+    assert code == 2 and "--shift sets the sampling shift of a model folder written by --from-run" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "o").exists()

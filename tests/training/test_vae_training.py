@@ -87,6 +87,13 @@ def test_vae_learns_and_cache_latents(tmp_path, data, capsys):
     vae = load_state_dict(tmp_path / "vae" / "model.safetensors")
     assert all(torch.equal(v, vae[k]) for k, v in mf.vae.state_dict().items())
     assert (mf.latent_format.scale_factor, mf.latent_format.shift_factor) == (back.scale, back.shift)
+    # --shift: the same networks, with model.json's flow shift replaced (a sampling-time choice); the
+    # schedule's midpoint moves to SD3's closed form, shift * u / (1 + (shift - 1) * u) at u = 1/2.
+    assert mf.model_sampling.shift == 1.0
+    shifted = load_model_folder(export_run(tmp_path / "dm", tmp_path / "f3", name="t", shift=3.0))
+    assert shifted.meta["denoiser"]["sampling"] == {"kind": "flow", "shift": 3.0}
+    assert abs(float(shifted.model_sampling.sigmas[499]) - 0.75) < 1e-12
+    assert all(torch.equal(v, ema[k]) for k, v in shifted.denoiser_net.state_dict().items())
     # `latentworks eval floor` on the run: its reconstructions scored like generated images, with PSNR
     from latentworks.cli import main
 

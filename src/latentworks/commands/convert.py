@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from latentworks.cli import UserError
@@ -84,6 +85,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help='--from-run: generation defaults, e.g. \'{"steps": 20, "guidance": 5, "sampler": "euler"}\'',
     )
     p.add_argument(
+        "--shift",
+        type=float,
+        default=None,
+        help="--from-run, flow models: the sampling shift written to model.json; above 1 the schedule spends "
+        "more of its steps at high noise (sigma -> shift*sigma / (1 + (shift-1)*sigma), as SD3's) "
+        "(default: the run's own, 1)",
+    )
+    p.add_argument(
         "--card",
         type=Path,
         default=None,
@@ -152,6 +161,11 @@ def _replace_decoder(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.shift is not None:
+        if args.from_run is None:
+            raise UserError("--shift sets the sampling shift of a model folder written by --from-run RUN")
+        if not (math.isfinite(args.shift) and args.shift > 0):
+            raise UserError(f"--shift must be a number greater than 0, got {args.shift}")
     if args.decoder_from is not None:
         return _replace_decoder(args)
     if args.input is not None and args.from_run is not None:
@@ -178,6 +192,7 @@ def run(args: argparse.Namespace) -> int:
         half=args.half,
         defaults=defaults,
         card=card,
+        shift=args.shift,
     )
     print(f"wrote {path}")
     return 0

@@ -88,10 +88,13 @@ def export_run(
     half: bool = False,
     defaults: dict[str, Any] | None = None,
     card: dict[str, Any] | None = None,
+    shift: float | None = None,
 ) -> Path:
     """Write the model folder for a ``latentworks train`` run (EMA weights) and its ``train-vae`` run.
 
-    With ``data`` (a dataset file), preview factors for the latent format are fitted on 256 images.
+    With ``data`` (a dataset file), preview factors for the latent format are fitted on 256 images. ``shift``
+    (flow runs only) replaces the sampling shift written to model.json: a sampling-time choice, like the
+    ``shift`` of SD3's scheduler config; the run trained on its own noise levels either way.
     """
     from latentworks.pipelines.latents import load_autoencoder
 
@@ -120,7 +123,13 @@ def export_run(
         rgb_bias=bias,
     )
     prediction = cfg["prediction"]
-    objective = run_objective(cfg)
+    sampling = run_objective(cfg).sampling.to_dict()
+    if shift is not None:
+        if sampling.get("kind") != "flow":
+            raise ValueError(
+                f"shift: {run} is a {sampling.get('kind')!r} model; a sampling shift applies to flow models only"
+            )
+        sampling = sampling_spec_from_dict({**sampling, "shift": shift}).to_dict()
     te = cfg.get("text_encoder", {})
     return save_model_folder(
         out,
@@ -128,7 +137,7 @@ def export_run(
         architecture=arch_name,
         denoiser=net,
         prediction=prediction,
-        sampling=objective.sampling.to_dict(),
+        sampling=sampling,
         vae=vae,
         latent_format=lf,
         text_encoder={"kind": "minilm", "max_length": int(te.get("max_length", 32))},
