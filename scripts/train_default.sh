@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Rebuild the embedded default model from scratch with latentworks' own commands (fourteen stages).
+# Rebuild the embedded default model from scratch with latentworks' own commands (fifteen stages).
 # This is exactly what produced src/latentworks/assets/default (see docs/model_card_default.md).
 # On the 2-core CPU it takes about 12 hours; on a GPU pass DEVICE=cuda (and raise the step counts).
 #   bash scripts/train_default.sh [WORKDIR]
@@ -21,16 +21,18 @@ UNET_AUG2_STEPS=${UNET_AUG2_STEPS:-9948}
 VAE_FT3_STEPS=${VAE_FT3_STEPS:-3767}
 UNET_AUG3_STEPS=${UNET_AUG3_STEPS:-13942}
 VAE_FT3_TOTAL=${VAE_FT3_TOTAL:-8098}
+UNET_AUG4_STEPS=${UNET_AUG4_STEPS:-20369}
 LW=.venv/bin/latentworks
 M=src/latentworks/assets/default
 DEFAULTS='{"steps": 20, "guidance": 1.5, "sampler": "euler", "scheduler": "simple"}'
 mkdir -p "$W" "$M"
-# export_run RUN NAME: model folder $W/NAME (fp16 weights) from a train run's EMA weights, with preview
-# colours fitted on the data. (convert never overwrites, so each export gets its own folder.)
+# export_run RUN NAME [FLAG...]: model folder $W/NAME (fp16 weights) from a train run's EMA weights, with
+# preview colours fitted on the data; FLAGs go to convert. (convert never overwrites, so each export gets its
+# own folder.)
 export_run() {
   rm -rf "${W:?}/$2"
   $LW convert --from-run "$1" --out "$W/$2" --name default --data data/emoji-32.npz --half \
-    --defaults "$DEFAULTS" --card docs/model_card_default.json
+    --defaults "$DEFAULTS" --card docs/model_card_default.json "${@:3}"
 }
 # finetune_decoder RUN STEPS LR [FLAG...]: fine-tune only the decoder of $M in the run $W/RUN (encoder frozen,
 # so the U-Net's latents are unchanged) with L1 + perceptual (Inception) + patch-GAN loss, as SD's ft-MSE
@@ -128,3 +130,9 @@ cp "$W/default-unet-aug3/denoiser.safetensors" "$M/"
 # Stage 14: stage 12's decoder fine-tune resumed with the same settings to VAE_FT3_TOTAL steps and swapped in
 # again; the encoder is frozen, so stage 13 stands. (Run with --max-seconds 6000, which stopped at 8,098.)
 finetune_decoder vae-ft2 "$VAE_FT3_TOTAL" 5e-5 --sample-every 100000 --resume
+# Stage 15: stage 13's run resumed again at the same learning rate, 2e-5 (run with --steps 22000
+# --max-seconds 6600, which stopped at 20,369), and exported with the flow sampling shift 2 instead of 1 (a
+# sampling-time choice, picked by 'latentworks eval model' among 0.7-6: docs/results.md); model.json carries it.
+$LW train --out "$W/unet-aug2" --resume --lr 2e-5 --steps "$UNET_AUG4_STEPS" --device "$DEVICE"
+export_run "$W/unet-aug2" default-unet-aug4 --shift 2
+cp "$W/default-unet-aug4/denoiser.safetensors" "$W/default-unet-aug4/model.json" "$M/"

@@ -17,6 +17,8 @@ WORDS = {
     "twelve": 12,
     "thirteen": 13,
     "fourteen": 14,
+    "fifteen": 15,
+    "sixteen": 16,
 }
 
 
