@@ -176,3 +176,16 @@ def test_convert_shift_needs_from_run(tmp_path: Path, capsys: pytest.CaptureFixt
         capsys.readouterr().err
     )
     assert not (tmp_path / "o").exists()
+
+
+def test_convert_shift_is_refused_for_a_run_that_is_not_flow(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_latent_cache(tmp_path / "lat.safetensors", n=8)
+    cfg = _cfg(tmp_path, steps=1, checkpoint_every=1, prediction="eps")
+    train_diffusion(cfg, text_encoder=HashTextEncoder())
+    out = tmp_path / "models" / "eps"
+    code = main(["convert", "--from-run", str(tmp_path / "run"), "--out", str(out), "--shift", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "a sampling shift applies to flow models only" in err and "Traceback" not in err
+    assert not out.exists()

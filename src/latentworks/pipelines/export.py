@@ -101,6 +101,13 @@ def export_run(
     run = Path(diffusion_run)
     cfg, net = load_diffusion_run(run)
     arch_name = cfg["architecture"]
+    sampling = run_objective(cfg).sampling.to_dict()
+    if shift is not None:
+        if sampling.get("kind") != "flow":
+            raise ValueError(
+                f"shift: {run} is a {sampling.get('kind')!r} model; a sampling shift applies to flow models only"
+            )
+        sampling = sampling_spec_from_dict({**sampling, "shift": shift}).to_dict()
     vae_run = Path(cfg["vae_run"])
     if not vae_run.is_absolute() and not vae_run.exists():
         vae_run = run.parent / vae_run.name
@@ -123,13 +130,6 @@ def export_run(
         rgb_bias=bias,
     )
     prediction = cfg["prediction"]
-    sampling = run_objective(cfg).sampling.to_dict()
-    if shift is not None:
-        if sampling.get("kind") != "flow":
-            raise ValueError(
-                f"shift: {run} is a {sampling.get('kind')!r} model; a sampling shift applies to flow models only"
-            )
-        sampling = sampling_spec_from_dict({**sampling, "shift": shift}).to_dict()
     te = cfg.get("text_encoder", {})
     return save_model_folder(
         out,
