@@ -47,7 +47,9 @@ def test_embedded_default_model_spec_is_written_back_unchanged():
     meta = json.loads((EMBEDDED / "default" / "model.json").read_text())
     spec = meta["denoiser"]["sampling"]
     typed = sampling_spec_from_dict(spec)
-    assert typed == FlowSamplingSpec(shift=1.0)
+    assert typed == FlowSamplingSpec(
+        shift=2.0
+    )  # stage 15: sampled with flow shift 2 (docs/model_card_default.md)
     assert json.dumps(typed.to_dict(), indent=2) == json.dumps(spec, indent=2)
 
 
