@@ -157,8 +157,8 @@ def test_convert_from_run_refuses_a_non_empty_out_unless_overwrite(
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--shift", "0"], "--shift must be a number greater than 0"),
-        (["--shift", "nan"], "--shift must be a number greater than 0"),
+        (["--shift", "0"], "shift must be a number greater than 0, got 0.0"),
+        (["--shift", "nan"], "shift must be a number greater than 0, got nan"),
     ],
 )
 def test_convert_shift_is_checked_before_anything_is_written(

@@ -18,7 +18,6 @@ WORDS = {
     "thirteen": 13,
     "fourteen": 14,
     "fifteen": 15,
-    "sixteen": 16,
 }
 
 

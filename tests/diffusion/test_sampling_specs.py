@@ -47,9 +47,8 @@ def test_embedded_default_model_spec_is_written_back_unchanged():
     meta = json.loads((EMBEDDED / "default" / "model.json").read_text())
     spec = meta["denoiser"]["sampling"]
     typed = sampling_spec_from_dict(spec)
-    assert typed == FlowSamplingSpec(
-        shift=2.0
-    )  # stage 15: sampled with flow shift 2 (docs/model_card_default.md)
+    # Stage 15 samples with flow shift 2 (docs/model_card_default.md).
+    assert typed == FlowSamplingSpec(shift=2.0)
     assert json.dumps(typed.to_dict(), indent=2) == json.dumps(spec, indent=2)
 
 
@@ -84,6 +83,9 @@ def test_dynamic_shift_is_typed():
         ({"kind": "flow", "shfit": 1.0}, "unknown key.*'shfit'.*known: shift"),
         ({"kind": "discrete", "betas": "quadratic"}, "unknown betas 'quadratic'"),
         ({"kind": "flow", "shift": "3"}, "shift must be a number"),
+        ({"kind": "flow", "shift": 0.0}, "shift must be a number greater than 0, got 0.0"),
+        ({"kind": "flow", "shift": float("nan")}, "shift must be a number greater than 0, got nan"),
+        ({"kind": "flow", "multiplier": -1000}, "multiplier must be a number greater than 0, got -1000"),
         ({"kind": "discrete", "num_timesteps": 1000.5}, "num_timesteps must be an integer"),
         ({"kind": "flow", "dynamic_shift": {"max_shift": 1.15}}, "dynamic_shift must have exactly the keys"),
     ],

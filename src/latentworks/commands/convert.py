@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 from latentworks.cli import UserError
@@ -161,11 +160,8 @@ def _replace_decoder(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.shift is not None:
-        if args.from_run is None:
-            raise UserError("--shift sets the sampling shift of a model folder written by --from-run RUN")
-        if not (math.isfinite(args.shift) and args.shift > 0):
-            raise UserError(f"--shift must be a number greater than 0, got {args.shift}")
+    if args.shift is not None and args.from_run is None:
+        raise UserError("--shift sets the sampling shift of a model folder written by --from-run RUN")
     if args.decoder_from is not None:
         return _replace_decoder(args)
     if args.input is not None and args.from_run is not None:

@@ -504,12 +504,14 @@ class FlowModelSampling:
 # --------------------------------------------------------------------------------------------------
 
 
-def _spec_number(value: object, where: str, *, integer: bool = False) -> None:
+def _spec_number(value: object, where: str, *, integer: bool = False, positive: bool = False) -> None:
     ok = isinstance(value, int) if integer else isinstance(value, int | float)
     if isinstance(value, bool) or not ok:
         raise ValueError(
             f"sampling spec: {where} must be {'an integer' if integer else 'a number'}, got {value!r}"
         )
+    if positive and not (math.isfinite(float(value)) and float(value) > 0):  # type: ignore[arg-type]
+        raise ValueError(f"sampling spec: {where} must be a number greater than 0, got {value!r}")
 
 
 def _spec_fields(cls: type, data: Mapping[str, Any], kind: str) -> dict[str, Any]:
@@ -636,7 +638,7 @@ class FlowSamplingSpec:
             raise ValueError(f"sampling spec: shift_terminal must be in (0, 1), got {self.shift_terminal!r}")
         for name in ("shift", "multiplier"):
             if getattr(self, name) is not None:
-                _spec_number(getattr(self, name), name)
+                _spec_number(getattr(self, name), name, positive=True)
         if self.num_train_timesteps is not None:
             _spec_number(self.num_train_timesteps, "num_train_timesteps", integer=True)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 from latentworks.checkpoints.io import load_state_dict
-from latentworks.diffusion.denoisers import sampling_spec_from_dict
+from latentworks.diffusion.denoisers import FlowSamplingSpec, sampling_spec_from_dict
 from latentworks.diffusion.latent_formats import LatentFormat
 from latentworks.diffusion.objective import DiffusionObjective
 from latentworks.families.architectures import architecture
@@ -101,13 +102,13 @@ def export_run(
     run = Path(diffusion_run)
     cfg, net = load_diffusion_run(run)
     arch_name = cfg["architecture"]
-    sampling = run_objective(cfg).sampling.to_dict()
+    sampling = run_objective(cfg).sampling
     if shift is not None:
-        if sampling.get("kind") != "flow":
+        if not isinstance(sampling, FlowSamplingSpec):
             raise ValueError(
-                f"shift: {run} is a {sampling.get('kind')!r} model; a sampling shift applies to flow models only"
+                f"shift: {run} is a {sampling.kind!r} model; a sampling shift applies to flow models only"
             )
-        sampling = sampling_spec_from_dict({**sampling, "shift": shift}).to_dict()
+        sampling = replace(sampling, shift=shift)  # the spec checks it
     vae_run = Path(cfg["vae_run"])
     if not vae_run.is_absolute() and not vae_run.exists():
         vae_run = run.parent / vae_run.name
@@ -137,7 +138,7 @@ def export_run(
         architecture=arch_name,
         denoiser=net,
         prediction=prediction,
-        sampling=sampling,
+        sampling=sampling.to_dict(),
         vae=vae,
         latent_format=lf,
         text_encoder={"kind": "minilm", "max_length": int(te.get("max_length", 32))},
